@@ -1,0 +1,322 @@
+//! The archive: WAL files stored as envelopes under their cluster's namespace, on a local
+//! directory or an S3-compatible bucket. Writes are create-only and idempotent (the same bytes
+//! again succeed, different bytes are refused and nothing is overwritten); reads return
+//! verified content only.
+
+mod keys;
+mod location;
+mod retry;
+
+pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key};
+pub use location::Location;
+pub use retry::is_transient;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::envelope;
+use crate::wal::{SystemId, WalFileName};
+use retry::{Failure, retry};
+
+/// What went wrong talking to the archive.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The archive location cannot be opened (bad configuration, missing directory).
+    #[error("cannot open archive {location}: {reason}")]
+    Open {
+        /// The configured location.
+        location: Location,
+        /// Why.
+        reason: String,
+    },
+    /// The store refused or failed an operation, permanently or after retries.
+    #[error("{op} {key}: {source}")]
+    Store {
+        /// What was attempted.
+        op: &'static str,
+        /// The object or folder.
+        key: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// The operation did not finish within the deadline.
+    #[error("{op} {key}: no answer within {seconds}s{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    Timeout {
+        /// What was attempted.
+        op: &'static str,
+        /// The object or folder.
+        key: String,
+        /// The deadline in seconds.
+        seconds: u64,
+        /// The last transient error before the deadline, if any.
+        last: Option<object_store::Error>,
+    },
+    /// The archive already holds different content under this name; nothing was overwritten.
+    #[error(
+        "{key} is already archived with different content (stored: {stored_len} bytes, crc32 {stored_crc:08x}; \
+         offered: {offered_len} bytes, crc32 {offered_crc:08x}); the archived object was left unchanged"
+    )]
+    Conflict {
+        /// The object's key.
+        key: String,
+        /// Length of what the archive holds.
+        stored_len: u64,
+        /// CRC-32 of what the archive holds.
+        stored_crc: u32,
+        /// Length of what was offered.
+        offered_len: u64,
+        /// CRC-32 of what was offered.
+        offered_crc: u32,
+    },
+    /// An archived object failed verification.
+    #[error("archived object {key} is corrupt: {source}")]
+    Corrupt {
+        /// The object's key.
+        key: String,
+        /// What verification found.
+        source: envelope::Error,
+    },
+    /// The content could not be compressed.
+    #[error("cannot encode {name}: {source}")]
+    Encode {
+        /// The file being archived.
+        name: String,
+        /// The encoder's error.
+        source: envelope::Error,
+    },
+}
+
+/// Result of archive operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings for opening an archive.
+#[derive(Clone, Debug)]
+pub struct ArchiveOptions {
+    /// Deadline for one logical operation, retries included.
+    pub timeout: Duration,
+    /// Create a missing local archive directory (for writers) instead of failing (for readers).
+    pub create: bool,
+}
+
+/// How a put ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was stored.
+    Stored,
+    /// The archive already held identical content.
+    AlreadyArchived,
+}
+
+/// An archive, which may hold the WAL of several clusters.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    location: Location,
+    timeout: Duration,
+}
+
+impl Archive {
+    /// Opens the archive at `location`.
+    pub fn open(location: &Location, options: &ArchiveOptions) -> Result<Archive> {
+        let open_error = |reason: String| Error::Open {
+            location: location.clone(),
+            reason,
+        };
+        let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
+            Location::Local(dir) => {
+                if options.create {
+                    std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+                } else if !dir.is_dir() {
+                    return Err(open_error("no such directory".into()));
+                }
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| open_error(e.to_string()))?
+                    .with_fsync(true);
+                (Arc::new(fs), Path::default())
+            }
+            Location::S3 { bucket, prefix } => {
+                let client = object_store::ClientOptions::new()
+                    .with_timeout(options.timeout)
+                    .with_connect_timeout(Duration::from_secs(5).min(options.timeout));
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: (options.timeout / 2).min(Duration::from_secs(30)),
+                    ..Default::default()
+                };
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| open_error(e.to_string()))?;
+                (Arc::new(s3), Path::from(prefix.as_str()))
+            }
+        };
+        Ok(Archive {
+            store,
+            root,
+            location: location.clone(),
+            timeout: options.timeout,
+        })
+    }
+
+    /// Where the archive lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The clusters whose WAL the archive holds.
+    pub async fn clusters(&self) -> Result<Vec<SystemId>> {
+        let listing = self
+            .retrying("list", &self.root, || {
+                self.store.list_with_delimiter(Some(&self.root))
+            })
+            .await?;
+        let mut ids: Vec<SystemId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|name| name.parse().ok()))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The part of the archive that holds the WAL of cluster `system_id`.
+    pub fn cluster(&self, system_id: SystemId) -> ClusterArchive {
+        ClusterArchive {
+            archive: self.clone(),
+            system_id,
+        }
+    }
+
+    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &Path, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        retry(deadline, &format!("{op} {key}"), attempt)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Store(source) => Error::Store {
+                    op,
+                    key: key.to_string(),
+                    source,
+                },
+                Failure::DeadlineExceeded(last) => Error::Timeout {
+                    op,
+                    key: key.to_string(),
+                    seconds: self.timeout.as_secs(),
+                    last,
+                },
+            })
+    }
+}
+
+/// One cluster's WAL in an archive.
+#[derive(Clone, Debug)]
+pub struct ClusterArchive {
+    archive: Archive,
+    system_id: SystemId,
+}
+
+impl ClusterArchive {
+    /// The cluster's system identifier.
+    pub fn system_id(&self) -> SystemId {
+        self.system_id
+    }
+
+    /// The key under which `name` is stored.
+    pub fn key(&self, name: &WalFileName) -> Path {
+        object_key(&self.archive.root, self.system_id, name)
+    }
+
+    /// Stores `envelope` (made from `content`) as `name`, unless the archive already holds it:
+    /// identical content is success, different content is [`Error::Conflict`].
+    pub async fn put(
+        &self,
+        name: &WalFileName,
+        content: Bytes,
+        envelope: Vec<u8>,
+    ) -> Result<PutOutcome> {
+        let key = self.key(name);
+        let payload = PutPayload::from(envelope);
+        let opts = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let put = self
+            .archive
+            .retrying("store", &key, || {
+                self.archive.store.put_opts(&key, payload.clone(), opts())
+            })
+            .await;
+        match put {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(Error::Store {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => self.compare_existing(&key, content).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn compare_existing(&self, key: &Path, content: Bytes) -> Result<PutOutcome> {
+        let stored = self.get_key(key).await?.ok_or_else(|| Error::Store {
+            op: "read back",
+            key: key.to_string(),
+            source: object_store::Error::NotFound {
+                path: key.to_string(),
+                source: "the store reported it as existing, then as missing".into(),
+            },
+        })?;
+        let key_text = key.to_string();
+        crate::blocking::run(move || {
+            let existing = envelope::decode(&stored).map_err(|source| Error::Corrupt {
+                key: key_text.clone(),
+                source,
+            })?;
+            if existing == content[..] {
+                return Ok(PutOutcome::AlreadyArchived);
+            }
+            Err(Error::Conflict {
+                key: key_text,
+                stored_len: existing.len() as u64,
+                stored_crc: crc32fast::hash(&existing),
+                offered_len: content.len() as u64,
+                offered_crc: crc32fast::hash(&content),
+            })
+        })
+        .await
+    }
+
+    /// The stored envelope of `name`, not yet verified, or `None` when the archive lacks it.
+    pub async fn get(&self, name: &WalFileName) -> Result<Option<Bytes>> {
+        self.get_key(&self.key(name)).await
+    }
+
+    async fn get_key(&self, key: &Path) -> Result<Option<Bytes>> {
+        let store = &self.archive.store;
+        let read = self
+            .archive
+            .retrying("read", key, || async move {
+                store.get(key).await?.bytes().await
+            })
+            .await;
+        match read {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The archived-object byte format: a zstd skippable frame carrying a small header, followed by
+//! the zstd-compressed content. Stock `zstd -d` skips the header frame and restores the original
+//! bytes, so an archive stays readable in an emergency without walhalla.
+//!
+//! Byte layout (all integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | skippable frame magic `0x184D2A57` |
+//! | 4 | 4 | skippable frame length: 36 |
+//! | 8 | 8 | `WALHALLA` |
+//! | 16 | 2 | format version: 1 |
+//! | 18 | 2 | flags: 0 (reserved) |
+//! | 20 | 4 | CRC-32 (IEEE) of the original content |
+//! | 24 | 8 | length of the original content |
+//! | 32 | 8 | length of the zstd payload that follows the header |
+//! | 40 | 4 | CRC-32 (IEEE) of bytes 8..40 |
+//! | 44 | … | the payload: zstd frames holding the original content |
+//!
+//! Reading verifies the header checksum, the total length, the content length and the content
+//! checksum; any mismatch is an error and no partial content is trusted.
+
+use std::io::{Read, Write};
+
+use thiserror::Error;
+
+/// Length of the header that precedes the zstd payload.
+pub const HEADER_BYTES: usize = 44;
+/// Largest content an envelope may hold: a WAL segment of the largest size PostgreSQL allows.
+pub const MAX_CONTENT_BYTES: u64 = 1 << 30;
+/// The compression level used when none is configured, chosen by measurement (benches/README.md).
+pub const DEFAULT_LEVEL: i32 = 3;
+
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A57;
+const FRAME_BYTES: u32 = (HEADER_BYTES - 8) as u32;
+const MAGIC: &[u8; 8] = b"WALHALLA";
+const VERSION: u16 = 1;
+const DECODE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Why an envelope could not be written or read back.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The bytes are not an envelope of a version we read, or its header is damaged.
+    #[error("not a valid walhalla object: {0}")]
+    Malformed(String),
+    /// The header is intact but the content does not decode to what it records.
+    #[error("corrupt content: {0}")]
+    Corrupt(String),
+    /// The decoded content could not be written to its destination.
+    #[error("could not write the decoded content")]
+    Write(#[source] std::io::Error),
+    /// The compressor failed (bad parameters or out of memory).
+    #[error("zstd compression failed")]
+    Compress(#[source] std::io::Error),
+}
+
+/// Result of envelope operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an envelope's header records about its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// CRC-32 (IEEE) of the original content.
+    pub content_crc: u32,
+    /// Length of the original content.
+    pub content_len: u64,
+    /// Length of the zstd payload after the header.
+    pub payload_len: u64,
+}
+
+impl Header {
+    /// Reads and checks the header at the start of `bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<Header> {
+        let header: &[u8; HEADER_BYTES] = bytes
+            .get(..HEADER_BYTES)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| {
+                Error::Malformed(format!("{} bytes is shorter than the header", bytes.len()))
+            })?;
+        let u16_at = |o: usize| u16::from_le_bytes([header[o], header[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+        if u32_at(0) != SKIPPABLE_MAGIC || u32_at(4) != FRAME_BYTES || &header[8..16] != MAGIC {
+            return Err(Error::Malformed("missing the walhalla header frame".into()));
+        }
+        if crc32fast::hash(&header[8..40]) != u32_at(40) {
+            return Err(Error::Malformed("header checksum mismatch".into()));
+        }
+        let (version, flags) = (u16_at(16), u16_at(18));
+        if version != VERSION || flags != 0 {
+            return Err(Error::Malformed(format!(
+                "format version {version} flags {flags:#x}; this walhalla reads version {VERSION}"
+            )));
+        }
+        let header = Header {
+            content_crc: u32_at(20),
+            content_len: u64_at(24),
+            payload_len: u64_at(32),
+        };
+        if header.content_len > MAX_CONTENT_BYTES {
+            return Err(Error::Malformed(format!(
+                "content length {} is too large",
+                header.content_len
+            )));
+        }
+        Ok(header)
+    }
+
+    fn to_bytes(self) -> [u8; HEADER_BYTES] {
+        let mut h = [0u8; HEADER_BYTES];
+        h[0..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        h[4..8].copy_from_slice(&FRAME_BYTES.to_le_bytes());
+        h[8..16].copy_from_slice(MAGIC);
+        h[16..18].copy_from_slice(&VERSION.to_le_bytes());
+        h[20..24].copy_from_slice(&self.content_crc.to_le_bytes());
+        h[24..32].copy_from_slice(&self.content_len.to_le_bytes());
+        h[32..40].copy_from_slice(&self.payload_len.to_le_bytes());
+        let crc = crc32fast::hash(&h[8..40]);
+        h[40..44].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+}
+
+/// Compresses content into envelopes; reuse one for many objects to keep its zstd context.
+pub struct Encoder {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl Encoder {
+    /// An encoder at zstd `level` using `threads` worker threads (0: compress on the caller's
+    /// thread only).
+    pub fn new(level: i32, threads: u32) -> Result<Self> {
+        let mut compressor = zstd::bulk::Compressor::new(level).map_err(Error::Compress)?;
+        compressor
+            .set_parameter(zstd::zstd_safe::CParameter::NbWorkers(threads))
+            .map_err(Error::Compress)?;
+        Ok(Encoder { compressor })
+    }
+
+    /// Wraps `content` in an envelope.
+    pub fn encode(&mut self, content: &[u8]) -> Result<Vec<u8>> {
+        if content.len() as u64 > MAX_CONTENT_BYTES {
+            return Err(Error::Malformed(format!(
+                "content of {} bytes is too large",
+                content.len()
+            )));
+        }
+        let payload = self.compressor.compress(content).map_err(Error::Compress)?;
+        let header = Header {
+            content_crc: crc32fast::hash(content),
+            content_len: content.len() as u64,
+            payload_len: payload.len() as u64,
+        };
+        let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+        out.extend_from_slice(&header.to_bytes());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+}
+
+/// Decodes `envelope` into `out`, verifying lengths and checksum, and returns its header.
+/// On error `out` may hold part of the content: the caller must discard it.
+pub fn decode_into(envelope: &[u8], out: &mut impl Write) -> Result<Header> {
+    let header = Header::parse(envelope)?;
+    let payload = &envelope[HEADER_BYTES..];
+    if payload.len() as u64 != header.payload_len {
+        return Err(Error::Corrupt(format!(
+            "payload has {} bytes, header records {}",
+            payload.len(),
+            header.payload_len
+        )));
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
+        .map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    let mut buf = vec![0u8; DECODE_CHUNK_BYTES];
+    let mut hasher = crc32fast::Hasher::new();
+    let mut written = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Corrupt(format!("zstd: {e}"))),
+        };
+        written += n as u64;
+        if written > header.content_len {
+            return Err(Error::Corrupt(format!(
+                "content is longer than the {} bytes recorded",
+                header.content_len
+            )));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(Error::Write)?;
+    }
+    if written != header.content_len {
+        return Err(Error::Corrupt(format!(
+            "content has {written} bytes, header records {}",
+            header.content_len
+        )));
+    }
+    let crc = hasher.finalize();
+    if crc != header.content_crc {
+        return Err(Error::Corrupt(format!(
+            "content CRC-32 is {crc:08x}, header records {:08x}",
+            header.content_crc
+        )));
+    }
+    Ok(header)
+}
+
+/// Decodes `envelope` into memory, verifying lengths and checksum.
+pub fn decode(envelope: &[u8]) -> Result<Vec<u8>> {
+    let capacity = Header::parse(envelope)?.content_len.min(64 << 20) as usize;
+    let mut out = Vec::with_capacity(capacity);
+    decode_into(envelope, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
+    }
+
+    fn encode(content: &[u8]) -> Vec<u8> {
+        Encoder::new(DEFAULT_LEVEL, 0)
+            .unwrap()
+            .encode(content)
+            .unwrap()
+    }
+
+    #[test]
+    fn round_trips_with_and_without_worker_threads() {
+        let content = sample();
+        for threads in [0, 2] {
+            let env = Encoder::new(1, threads).unwrap().encode(&content).unwrap();
+            assert!(
+                env.len() < content.len() / 4,
+                "compressible content should shrink"
+            );
+            assert_eq!(decode(&env).unwrap(), content);
+        }
+        assert_eq!(decode(&encode(b"")).unwrap(), b"");
+    }
+
+    #[test]
+    fn golden_header_bytes() {
+        let env = encode(b"hello");
+        assert_eq!(&env[..8], &[0x57, 0x2A, 0x4D, 0x18, 36, 0, 0, 0]);
+        assert_eq!(&env[8..16], b"WALHALLA");
+        assert_eq!(&env[16..20], &[1, 0, 0, 0]);
+        assert_eq!(&env[20..24], &crc32fast::hash(b"hello").to_le_bytes());
+        assert_eq!(&env[24..32], &5u64.to_le_bytes());
+        assert_eq!(
+            u64::from_le_bytes(env[32..40].try_into().unwrap()),
+            (env.len() - HEADER_BYTES) as u64
+        );
+        // The payload is a plain zstd frame.
+        assert_eq!(zstd::decode_all(&env[HEADER_BYTES..]).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let content = sample();
+        let env = encode(&content);
+        // Every byte of the header and a spread of payload bytes.
+        let positions = (0..HEADER_BYTES).chain((HEADER_BYTES..env.len()).step_by(97));
+        for pos in positions {
+            for bit in [0x01, 0x80] {
+                let mut bad = env.clone();
+                bad[pos] ^= bit;
+                assert!(
+                    decode(&bad).is_err(),
+                    "flip of bit {bit:#x} at byte {pos} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_and_trailing_bytes_are_detected() {
+        let env = encode(&sample());
+        for len in [0, 10, HEADER_BYTES, HEADER_BYTES + 1, env.len() - 1] {
+            assert!(
+                decode(&env[..len]).is_err(),
+                "truncation to {len} went unnoticed"
+            );
+        }
+        let mut longer = env.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+    }
+
+    #[test]
+    fn a_consistent_forgery_with_wrong_content_is_refused() {
+        // A header whose checksums are internally valid but record different content.
+        let env = encode(b"hello");
+        let mut header = Header::parse(&env).unwrap();
+        header.content_crc ^= 1;
+        let mut forged = header.to_bytes().to_vec();
+        forged.extend_from_slice(&env[HEADER_BYTES..]);
+        assert!(matches!(decode(&forged), Err(Error::Corrupt(_))));
+    }
+}

@@ -1,0 +1,22 @@
+//! walhalla keeps a PostgreSQL cluster's write-ahead log safe off the database host and gives
+//! it back when a replica or a restore needs it.
+//!
+//! # Layout
+//! Dependencies point inward: `hooks` → `archive` → `envelope` → `wal`.
+//!
+//! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
+//! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
+//! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
+//! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command).
+//! - [`config`]: settings from flags, environment and the config file.
+//! - [`cli`]: the command line.
+//! - [`fsutil`], [`blocking`]: durable file writes; blocking work off the reactor.
+
+pub mod archive;
+pub mod blocking;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod fsutil;
+pub mod hooks;
+pub mod wal;

@@ -1,0 +1,108 @@
+//! The `walhalla` binary: parse the command line, set up logging, run the command, and map its
+//! outcome to the exit codes PostgreSQL expects of archive and restore commands.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+use walhalla::cli::{Cli, Command};
+use walhalla::config::Config;
+use walhalla::hooks::{
+    self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOutcome,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // A restore_command with a usage mistake must not read as "file not found", which
+            // would end recovery early: make it fatal.
+            if e.use_stderr() && args.iter().skip(1).any(|a| a == "fetch") {
+                return ExitCode::from(EXIT_FETCH_FATAL);
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    init_tracing();
+    let failure_code = match cli.command {
+        Command::Push { .. } => EXIT_PUSH_FAILED,
+        Command::Fetch { .. } => EXIT_FETCH_FATAL,
+    };
+    exit_with_on_panic(failure_code);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walhalla: cannot start the async runtime: {e}");
+            return ExitCode::from(failure_code);
+        }
+    };
+    let command = cli.command.name();
+    match runtime.block_on(run_until_signal(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("walhalla {command}: error: {e:#}");
+            ExitCode::from(failure_code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = Config::resolve(cli.global.overrides())?;
+    match cli.command {
+        Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
+        Command::Fetch { name, dest } => Ok(match hooks::fetch(&config, &name, &dest).await? {
+            FetchOutcome::Restored => 0,
+            FetchOutcome::NotFound => EXIT_FETCH_NOT_FOUND,
+        }),
+    }
+}
+
+/// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,
+/// as PostgreSQL expects of a command it interrupts at shutdown.
+async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let signo = tokio::select! {
+        result = run(cli) => return result,
+        _ = term.recv() => libc::SIGTERM,
+        _ = int.recv() => libc::SIGINT,
+    };
+    walhalla::fsutil::remove_live_temp_files();
+    // SAFETY: restoring the default disposition and raising a signal are async-signal-safe
+    // and touch no Rust state.
+    unsafe {
+        libc::signal(signo, libc::SIG_DFL);
+        libc::raise(signo);
+    }
+    Ok(128 + signo as u8)
+}
+
+/// A panic must not exit with Rust's 101, which restore_command would read as "not found".
+fn exit_with_on_panic(code: u8) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::exit(i32::from(code));
+    }));
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHALLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,103 @@
+//! Timeline history files (`%08X.history`): one line per ancestor timeline,
+//! `parentTLI<TAB>switchpoint X/X<TAB>reason`, ancestors oldest first; blank lines and lines
+//! starting with `#` are comments (PostgreSQL's `readTimeLineHistory`).
+
+use super::{Lsn, TimelineId};
+
+/// One ancestor of a timeline: the timeline and the position where its child branched off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The ancestor timeline.
+    pub timeline: TimelineId,
+    /// The first position that is no longer on `timeline`.
+    pub switch_point: Lsn,
+}
+
+/// Parses the history file of `timeline`, checking that ancestors are listed oldest first,
+/// that each is older than `timeline`, and that switch points never go backwards.
+pub fn parse_history(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, String> {
+    let text =
+        std::str::from_utf8(content).map_err(|_| "history file is not valid text".to_string())?;
+    let mut entries: Vec<HistoryEntry> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| format!("history line {}: {what}: {line:?}", number + 1);
+        let mut fields = line.split_whitespace();
+        let parent = fields
+            .next()
+            .and_then(|f| f.parse::<u32>().ok())
+            .ok_or_else(|| bad("expected a parent timeline number"))?;
+        let switch_point = fields
+            .next()
+            .and_then(|f| f.parse::<Lsn>().ok())
+            .ok_or_else(|| bad("expected a switch point X/X"))?;
+        let entry = HistoryEntry {
+            timeline: TimelineId(parent),
+            switch_point,
+        };
+        if parent == 0 || entry.timeline >= timeline {
+            return Err(bad(&format!(
+                "parent timeline must be between 1 and {}",
+                timeline.0 - 1
+            )));
+        }
+        if let Some(prev) = entries.last() {
+            if entry.timeline <= prev.timeline || entry.switch_point < prev.switch_point {
+                return Err(bad(
+                    "timelines must increase and switch points must not go backwards",
+                ));
+            }
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Err("history file lists no parent timeline".into());
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_postgres_writes() {
+        let content =
+            b"1\t0/3000000\tno recovery target specified\n\n2\t0/5000A28\tat restore point \"x\"\n";
+        let entries = parse_history(TimelineId(3), content).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                HistoryEntry {
+                    timeline: TimelineId(1),
+                    switch_point: Lsn(0x300_0000)
+                },
+                HistoryEntry {
+                    timeline: TimelineId(2),
+                    switch_point: Lsn(0x500_0A28)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_inconsistent_histories() {
+        for bad in [
+            &b""[..],
+            b"# only a comment\n",
+            b"2\t0/3000000\treason\n",
+            b"1\tnot-an-lsn\n",
+            b"x\t0/1\n",
+            b"1\t0/5000000\n1\t0/6000000\n",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_history(TimelineId(2), bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}
