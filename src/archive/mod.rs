@@ -142,9 +142,11 @@ impl Archive {
                 (Arc::new(fs), Path::default())
             }
             Location::S3 { bucket, prefix } => {
-                let client = object_store::ClientOptions::new()
-                    .with_timeout(options.timeout)
-                    .with_connect_timeout(Duration::from_secs(5).min(options.timeout));
+                // Client settings go through config keys: `with_client_options` would replace
+                // what `from_env` read (AWS_ALLOW_HTTP among them).
+                use object_store::ClientConfigKey as Key;
+                use object_store::aws::AmazonS3ConfigKey;
+                let seconds = |d: Duration| format!("{}s", d.as_secs().max(1));
                 let retry = object_store::RetryConfig {
                     max_retries: 3,
                     retry_timeout: (options.timeout / 2).min(Duration::from_secs(30)),
@@ -152,7 +154,14 @@ impl Archive {
                 };
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_client_options(client)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(Key::Timeout),
+                        seconds(options.timeout),
+                    )
+                    .with_config(
+                        AmazonS3ConfigKey::Client(Key::ConnectTimeout),
+                        seconds(Duration::from_secs(5).min(options.timeout)),
+                    )
                     .with_retry(retry)
                     .build()
                     .map_err(|e| open_error(e.to_string()))?;
@@ -312,6 +321,15 @@ impl ClusterArchive {
             .await;
         match read {
             Ok(bytes) => Ok(Some(bytes)),
+            // S3 answers 404 for a missing bucket too: that is a misconfiguration, not a
+            // missing file, and must not end a recovery early.
+            Err(Error::Store {
+                source: source @ object_store::Error::NotFound { .. },
+                ..
+            }) if format!("{source:?}").contains("<Code>NoSuchBucket</Code>") => Err(Error::Open {
+                location: self.archive.location.clone(),
+                reason: "the bucket does not exist".into(),
+            }),
             Err(Error::Store {
                 source: object_store::Error::NotFound { .. },
                 ..

@@ -1,1 +1,6 @@
+//! Integration tests against real PostgreSQL clusters and a real S3-compatible server.
 
+mod catchup;
+mod fetch;
+mod harness;
+mod push;

@@ -1,0 +1,75 @@
+//! A standby whose WAL the primary recycled catches up from the archive through
+//! `restore_command = 'walhalla fetch %f %p'`.
+
+use std::time::Duration;
+
+use crate::harness::{Backend, PgCluster, TestArchive, Walhalla, wait_for};
+use crate::push::archiving_primary;
+
+fn standby_catches_up_from_the_archive(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let primary = archiving_primary(
+        &wh,
+        &archive,
+        "wal_keep_size = 0\nmax_wal_size = '4MB'\nmin_wal_size = '2MB'\ncheckpoint_timeout = '1h'",
+    );
+    primary.write_rows(1000);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.start();
+    wait_for("the standby to stream", Duration::from_secs(60), || {
+        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1")
+            .then_some(())
+    });
+    standby.stop("fast");
+
+    // Several times max_wal_size of WAL, with checkpoints, until the segment the standby
+    // needs next is gone from the primary's pg_wal.
+    let needed = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let mut rounds = 0;
+    while primary.data.join("pg_wal").join(&needed).exists() || rounds < 3 {
+        primary.write_rows(3000);
+        primary.switch_wal();
+        primary.sql("CHECKPOINT");
+        rounds += 1;
+        assert!(rounds < 30, "{needed} is never recycled");
+    }
+    primary.write_rows(100);
+    let last = primary.switch_wal();
+    primary.wait_archived(&last);
+    let target = primary.sql("SELECT pg_current_wal_lsn()");
+
+    standby.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    standby.set_env(archive.env());
+    standby.start();
+    wait_for(
+        "the standby to replay the primary's WAL",
+        Duration::from_secs(120),
+        || {
+            let caught_up = standby.try_sql(&format!(
+                "SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+            ))?;
+            (caught_up == "t").then_some(())
+        },
+    );
+    assert_eq!(standby.table_fingerprint(), primary.table_fingerprint());
+    let log = standby.log();
+    assert!(
+        log.contains(&format!("restored log file \"{needed}\" from archive")),
+        "{needed} did not come from the archive"
+    );
+}
+
+#[test]
+fn standby_catches_up_from_the_archive_local() {
+    standby_catches_up_from_the_archive(Backend::Local);
+}
+
+#[test]
+fn standby_catches_up_from_the_archive_s3() {
+    standby_catches_up_from_the_archive(Backend::S3);
+}

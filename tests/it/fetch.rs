@@ -1,0 +1,183 @@
+//! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names.
+
+use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe};
+use crate::push::key_of;
+
+/// A cluster with one segment pushed to `archive`; returns the cluster and the segment name.
+fn one_archived_segment(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, String) {
+    let mut pg = PgCluster::init("source");
+    pg.append_conf("wal_keep_size = '1GB'");
+    pg.start();
+    pg.write_rows(500);
+    let name = pg.switch_wal();
+    let run = wh.run(archive, &pg.data, &["push", &format!("pg_wal/{name}")]);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    (pg, name)
+}
+
+fn corrupt_objects_are_never_delivered(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let (pg, name) = one_archived_segment(&wh, &archive);
+    let key = key_of(pg.system_id(), &name);
+    let mut object = archive.object(&key).unwrap();
+    let middle = object.len() / 2;
+    object[middle] ^= 0x01;
+    archive.overwrite(&key, object);
+
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let run = wh.run(
+        &archive,
+        &pg.data,
+        &["fetch", &name, dest.to_str().unwrap()],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "a corrupt object must stop recovery: {}",
+        describe(&run)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&key),
+        "the error should name the object {key}: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "something was written beside the destination"
+    );
+}
+
+#[test]
+fn corrupt_objects_are_never_delivered_local() {
+    corrupt_objects_are_never_delivered(Backend::Local);
+}
+
+#[test]
+fn corrupt_objects_are_never_delivered_s3() {
+    corrupt_objects_are_never_delivered(Backend::S3);
+}
+
+fn missing_files_and_bad_names(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let (pg, name) = one_archived_segment(&wh, &archive);
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let dest = dest.to_str().unwrap();
+
+    let next = format!(
+        "{}{:08X}",
+        &name[..16],
+        u32::from_str_radix(&name[16..], 16).unwrap() + 1
+    );
+    for missing in [
+        next.as_str(),
+        "00000002.history",
+        "0000000100000000000000FF.partial",
+    ] {
+        let run = wh.run(&archive, &pg.data, &["fetch", missing, dest]);
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "fetch {missing}: {}",
+            describe(&run)
+        );
+        assert!(
+            run.stderr.is_empty(),
+            "a missing file must be quiet: {}",
+            describe(&run)
+        );
+    }
+    for bad in [
+        "../x",
+        "",
+        "garbage",
+        "pg_wal/RECOVERYXLOG",
+        "00000001.history",
+        "0000000100000000000000ff",
+    ] {
+        let run = wh.run(&archive, &pg.data, &["fetch", bad, dest]);
+        assert_eq!(
+            run.status.code(),
+            Some(255),
+            "fetch {bad:?}: {}",
+            describe(&run)
+        );
+    }
+    // A restore_command missing %p must not read as "not found".
+    let run = wh.run(&archive, &pg.data, &["fetch", &name]);
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+
+    // The archived one comes back.
+    let run = wh.run(&archive, &pg.data, &["fetch", &name, dest]);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(
+        std::fs::read(dest).unwrap() == std::fs::read(pg.data.join("pg_wal").join(&name)).unwrap()
+    );
+}
+
+#[test]
+fn missing_files_and_bad_names_local() {
+    missing_files_and_bad_names(Backend::Local);
+}
+
+#[test]
+fn missing_files_and_bad_names_s3() {
+    missing_files_and_bad_names(Backend::S3);
+}
+
+#[test]
+fn a_misconfigured_or_unreachable_archive_stops_recovery() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let (pg, name) = one_archived_segment(&wh, &archive);
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |url: &str, env: Vec<(String, String)>| {
+        let mut cmd = crate::harness::as_pg_user(wh.path());
+        cmd.current_dir(&pg.data)
+            .args(["--archive", url, "--timeout", "3", "fetch", &name])
+            .arg(&dest)
+            .envs(env);
+        cmd.output().unwrap()
+    };
+    // A local archive directory that does not exist.
+    let run = fetch(out.path().join("no-such-dir").to_str().unwrap(), Vec::new());
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "missing directory: {}",
+        describe(&run)
+    );
+    // A bucket that does not exist on a live server.
+    let run = fetch("s3://no-such-bucket/x", archive.env());
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "missing bucket: {}",
+        describe(&run)
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("bucket does not exist"),
+        "{}",
+        describe(&run)
+    );
+    // The server gone: connection refused until the deadline.
+    let url = archive.url().to_string();
+    drop(archive);
+    let run = fetch(
+        &url,
+        crate::harness::S3Server::env_for("http://127.0.0.1:9"),
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "server down: {}",
+        describe(&run)
+    );
+    assert!(!dest.exists());
+}

@@ -1,0 +1,122 @@
+//! An archive for a test, on a local directory or on an S3 server, with raw access to its
+//! objects (to inspect them, or to damage them on purpose).
+
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{S3Server, TestDir};
+
+/// Which kind of store backs a test archive.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// A local directory.
+    Local,
+    /// A bucket on a moto server.
+    S3,
+}
+
+/// An archive a test writes through walhalla and inspects directly.
+pub struct TestArchive {
+    url: String,
+    env: Vec<(String, String)>,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    _dir: Option<TestDir>,
+    _server: Option<S3Server>,
+}
+
+impl TestArchive {
+    /// A new, empty archive.
+    pub fn new(backend: Backend) -> TestArchive {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        match backend {
+            Backend::Local => {
+                let dir = TestDir::new("archive");
+                let root = dir.subdir("wal-archive");
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                    .expect("local store");
+                TestArchive {
+                    url: root.display().to_string(),
+                    env: Vec::new(),
+                    store: Arc::new(store),
+                    runtime,
+                    _dir: Some(dir),
+                    _server: None,
+                }
+            }
+            Backend::S3 => {
+                let server = S3Server::start("walhalla-it");
+                let prefix = "clusters/test";
+                let s3 = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&server.bucket)
+                    .with_endpoint(&server.endpoint)
+                    .with_allow_http(true)
+                    .with_region(super::s3::REGION)
+                    .with_access_key_id(super::s3::ACCESS_KEY)
+                    .with_secret_access_key(super::s3::SECRET_KEY)
+                    .build()
+                    .expect("s3 store");
+                let store = object_store::prefix::PrefixStore::new(s3, prefix);
+                TestArchive {
+                    url: format!("s3://{}/{prefix}", server.bucket),
+                    env: server.env(),
+                    store: Arc::new(store),
+                    runtime,
+                    _dir: None,
+                    _server: Some(server),
+                }
+            }
+        }
+    }
+
+    /// The `--archive` URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Environment variables walhalla needs to reach the archive.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    /// The raw bytes of the object at `key` (relative to the archive root), if present.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            match self.store.get(&ObjectPath::from(key)).await {
+                Ok(result) => Some(result.bytes().await.expect("read object").to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("get {key}: {e}"),
+            }
+        })
+    }
+
+    /// Replaces the object at `key` behind walhalla's back.
+    pub fn overwrite(&self, key: &str, bytes: Vec<u8>) {
+        self.runtime
+            .block_on(
+                self.store
+                    .put(&ObjectPath::from(key), PutPayload::from(bytes)),
+            )
+            .expect("overwrite object");
+    }
+
+    /// Every object key in the archive, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        let mut keys: Vec<String> = self.runtime.block_on(async {
+            self.store
+                .list(None)
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .expect("list")
+        });
+        keys.sort();
+        keys
+    }
+}

@@ -1,0 +1,150 @@
+//! The test harness: real PostgreSQL clusters ([`PgCluster`]), a real S3-compatible server
+//! ([`S3Server`]), archives on either ([`TestArchive`]), and the walhalla binary run as
+//! PostgreSQL runs it. Everything lives in per-test temporary directories removed on drop.
+
+mod archive;
+mod pg;
+mod s3;
+
+pub use archive::{Backend, TestArchive};
+pub use pg::PgCluster;
+#[allow(unused_imports)]
+pub use s3::S3Server;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The operating-system user PostgreSQL runs as when the tests run as root.
+const PG_USER: &str = "postgres";
+
+/// Whether the tests run as root, so PostgreSQL and the hooks must run as `postgres`.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs `program` as the PostgreSQL user (directly when not root).
+pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", PG_USER, "--"]).arg(program.as_ref());
+        c
+    } else {
+        Command::new(program.as_ref())
+    }
+}
+
+/// A temporary directory owned by the PostgreSQL user, removed on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// A new directory with a short path (unix socket paths are limited to ~100 bytes).
+    pub fn new(label: &str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("wh-{label}-"))
+            .tempdir_in("/tmp")
+            .expect("create a temporary directory");
+        if running_as_root() {
+            chown_to_pg(dir.path());
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        TestDir { dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A subdirectory, created and owned by the PostgreSQL user.
+    pub fn subdir(&self, name: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(&p).expect("create a subdirectory");
+        if running_as_root() {
+            chown_to_pg(&p);
+        }
+        p
+    }
+}
+
+fn chown_to_pg(path: &Path) {
+    let status = Command::new("chown")
+        .arg(format!("{PG_USER}:"))
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown {} to {PG_USER}", path.display());
+}
+
+/// The walhalla binary, copied where the PostgreSQL user can run it (the checkout may sit
+/// under a directory only root can enter).
+pub struct Walhalla {
+    bin: PathBuf,
+    _dir: TestDir,
+}
+
+impl Walhalla {
+    /// Copies the binary cargo built for these tests.
+    pub fn install() -> Walhalla {
+        let dir = TestDir::new("bin");
+        let bin = dir.path().join("walhalla");
+        std::fs::copy(env!("CARGO_BIN_EXE_walhalla"), &bin).expect("copy the walhalla binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Walhalla { bin, _dir: dir }
+    }
+
+    /// The installed binary.
+    pub fn path(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs walhalla as the PostgreSQL user in `cwd` with `archive`'s settings.
+    pub fn run(&self, archive: &TestArchive, cwd: &Path, args: &[&str]) -> Output {
+        let mut cmd = as_pg_user(&self.bin);
+        cmd.current_dir(cwd)
+            .arg("--archive")
+            .arg(archive.url())
+            .args(args);
+        cmd.envs(archive.env());
+        cmd.output().expect("run walhalla")
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Describes an exited process for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,301 @@
+//! A real PostgreSQL cluster in a temporary directory: initdb with 1 MiB WAL segments, pg_ctl,
+//! SQL through psql, base backups and standbys. Stopped (immediate) on drop; the server log's
+//! tail is printed when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{TestDir, as_pg_user, describe, free_port, wait_for};
+
+/// Where PostgreSQL's server binaries are: `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn pg_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PG_BIN") {
+            return PathBuf::from(dir);
+        }
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, bin)| bin.join("pg_ctl").exists())
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL server binaries not found: install them (apt-get install postgresql) \
+                 or set PG_BIN to the directory holding initdb and pg_ctl"
+            )
+        })
+    })
+}
+
+/// A PostgreSQL cluster owned by the test.
+pub struct PgCluster {
+    dir: TestDir,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The TCP port on 127.0.0.1 (also the unix socket's number).
+    pub port: u16,
+    env: Vec<(String, String)>,
+    running: bool,
+}
+
+impl PgCluster {
+    /// initdb a new cluster with 1 MiB segments, listening on 127.0.0.1 and a private socket.
+    pub fn init(label: &str) -> PgCluster {
+        let dir = TestDir::new(label);
+        let data = dir.path().join("data");
+        run_ok(
+            as_pg_user(pg_bin().join("initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--wal-segsize=1",
+                    "-N",
+                    "-D",
+                ])
+                .arg(&data),
+        );
+        let cluster = PgCluster::at(dir, data);
+        cluster.append_conf(&format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_wal_senders = 10\nwal_level = replica\nlog_checkpoints = on\n",
+            cluster.port,
+            cluster.dir.path().display()
+        ));
+        cluster
+    }
+
+    fn at(dir: TestDir, data: PathBuf) -> PgCluster {
+        PgCluster {
+            dir,
+            data,
+            port: free_port(),
+            env: Vec::new(),
+            running: false,
+        }
+    }
+
+    /// A standby of `primary` from a fresh `pg_basebackup`, not started yet, with
+    /// `primary_conninfo` set and `standby.signal` in place.
+    pub fn standby_of(primary: &PgCluster, label: &str) -> PgCluster {
+        let dir = TestDir::new(label);
+        let data = dir.path().join("data");
+        primary.base_backup(&data);
+        let standby = PgCluster::at(dir, data);
+        standby.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'\narchive_mode = off\n\
+             primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={label}'\n",
+            standby.port,
+            standby.dir.path().display(),
+            primary.port
+        ));
+        std::fs::write(standby.data.join("standby.signal"), "").expect("write standby.signal");
+        standby
+    }
+
+    /// Environment variables for the server, and so for its archive and restore commands.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
+    }
+
+    /// Appends settings to postgresql.conf (later lines win).
+    pub fn append_conf(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        writeln!(f, "{text}").expect("append to postgresql.conf");
+    }
+
+    /// Starts the server and waits until it accepts connections (or, for a standby, until
+    /// pg_ctl considers it started).
+    pub fn start(&mut self) {
+        let output = as_pg_user(pg_bin().join("pg_ctl"))
+            .args(["-w", "-t", "120", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .arg("start")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            output.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            describe(&output),
+            self.log_tail()
+        );
+        self.running = true;
+    }
+
+    /// Stops the server with `mode` (smart, fast or immediate).
+    pub fn stop(&mut self, mode: &str) {
+        if !self.running {
+            return;
+        }
+        let output = as_pg_user(pg_bin().join("pg_ctl"))
+            .args(["-w", "-t", "120", "-m", mode, "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output()
+            .expect("run pg_ctl stop");
+        self.running = false;
+        assert!(
+            output.status.success(),
+            "pg_ctl stop failed: {}",
+            describe(&output)
+        );
+    }
+
+    /// Runs SQL through psql and returns its unaligned, tuples-only output, trimmed.
+    pub fn sql(&self, query: &str) -> String {
+        let output = self.psql(query).output().expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {query:?} failed: {}",
+            describe(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Like [`PgCluster::sql`] but returns `None` when the query fails.
+    pub fn try_sql(&self, query: &str) -> Option<String> {
+        let output = self.psql(query).output().ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    fn psql(&self, query: &str) -> Command {
+        let mut cmd = Command::new(pg_bin().join("psql"));
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-h",
+        ])
+        .arg(self.dir.path())
+        .args(["-p", &self.port.to_string(), "-c", query]);
+        cmd
+    }
+
+    /// The cluster's system identifier.
+    pub fn system_id(&self) -> u64 {
+        self.sql("SELECT system_identifier FROM pg_control_system()")
+            .parse()
+            .expect("a number")
+    }
+
+    /// Switches to a new WAL segment and returns the name of the one it closed.
+    pub fn switch_wal(&self) -> String {
+        self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+    }
+
+    /// Writes `rows` rows of about 1 kB into table `t` (created if missing).
+    pub fn write_rows(&self, rows: u32) {
+        self.sql(&format!(
+            "CREATE TABLE IF NOT EXISTS t (id serial primary key, payload text);\
+             INSERT INTO t (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, {rows}) g"
+        ));
+    }
+
+    /// A fingerprint of table `t`: row count and a sum over its content.
+    pub fn table_fingerprint(&self) -> String {
+        self.sql("SELECT count(*) || ':' || coalesce(sum(id), 0) || ':' || coalesce(sum(length(payload)), 0) FROM t")
+    }
+
+    /// A `pg_basebackup` of this cluster into `dest` (WAL streamed alongside).
+    pub fn base_backup(&self, dest: &Path) {
+        run_ok(
+            as_pg_user(pg_bin().join("pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-D",
+                ])
+                .arg(dest),
+        );
+    }
+
+    /// Waits until the archiver has archived `segment` (or a later file).
+    pub fn wait_archived(&self, segment: &str) {
+        wait_for(
+            &format!("{segment} archived"),
+            Duration::from_secs(60),
+            || {
+                let row = self.sql("SELECT coalesce(last_archived_wal, '') || ',' || failed_count FROM pg_stat_archiver");
+                let (last, _failed) = row.split_once(',').expect("two columns");
+                (last.len() >= 24 && &last[..24] >= segment).then_some(())
+            },
+        )
+    }
+
+    /// The path of the server log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The server log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last lines of the server log.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.log_path().display(),
+                self.log_tail()
+            );
+        }
+        if self.running {
+            let _ = as_pg_user(pg_bin().join("pg_ctl"))
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+        }
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let output = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        describe(&output)
+    );
+}

@@ -1,0 +1,303 @@
+//! `walhalla push` as PostgreSQL's archive_command, and its refusals.
+
+use std::path::Path;
+
+use walhalla::wal::{SystemId, WalFileName};
+
+use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe};
+
+/// The key of `name`'s object for cluster `system_id`, relative to the archive root.
+pub fn key_of(system_id: u64, name: &str) -> String {
+    let name: WalFileName = name.parse().expect("a WAL file name");
+    walhalla::archive::object_key(&Default::default(), SystemId(system_id), &name).to_string()
+}
+
+/// A primary archiving through `walhalla push` into `archive`.
+pub fn archiving_primary(wh: &Walhalla, archive: &TestArchive, extra_conf: &str) -> PgCluster {
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} --archive {} push %p'\n{extra_conf}",
+        wh.path().display(),
+        archive.url()
+    ));
+    pg.set_env(archive.env());
+    pg.start();
+    pg
+}
+
+fn archived_files_are_identical_to_the_servers(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let pg = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    pg.write_rows(3000);
+    pg.switch_wal();
+    // A base backup makes the server archive a .backup history file too.
+    let backup = TestDir::new("backup");
+    pg.base_backup(&backup.path().join("copy"));
+    pg.write_rows(3000);
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    let stats = pg.sql("SELECT archived_count || ',' || failed_count FROM pg_stat_archiver");
+    let (archived, failed) = stats.split_once(',').unwrap();
+    assert!(
+        archived.parse::<u32>().unwrap() >= 5,
+        "archived_count {archived}"
+    );
+    assert_eq!(
+        failed,
+        "0",
+        "pg_stat_archiver.failed_count\n{}",
+        pg.log_tail()
+    );
+
+    let status = pg.data.join("pg_wal/archive_status");
+    let mut checked = 0;
+    let out = TestDir::new("out");
+    for entry in std::fs::read_dir(&status).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        let Some(name) = file.strip_suffix(".done") else {
+            continue;
+        };
+        let original = pg.data.join("pg_wal").join(name);
+        if !original.exists() {
+            continue; // a .backup file removed by a checkpoint
+        }
+        let dest = out.path().join(name);
+        let run = wh.run(&archive, &pg.data, &["fetch", name, dest.to_str().unwrap()]);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "fetch {name}: {}",
+            describe(&run)
+        );
+        assert!(
+            std::fs::read(&original).unwrap() == std::fs::read(&dest).unwrap(),
+            "{name} differs"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} archived files compared");
+    let keys = archive.keys();
+    assert!(
+        keys.iter().any(|k| k.ends_with(".backup.zst")),
+        "no .backup archived: {keys:?}"
+    );
+    let sysid = pg.system_id().to_string();
+    assert!(
+        keys.iter().all(|k| k.starts_with(&format!("{sysid}/"))),
+        "keys outside the namespace: {keys:?}"
+    );
+}
+
+#[test]
+fn archived_files_are_identical_to_the_servers_local() {
+    archived_files_are_identical_to_the_servers(Backend::Local);
+}
+
+#[test]
+fn archived_files_are_identical_to_the_servers_s3() {
+    archived_files_are_identical_to_the_servers(Backend::S3);
+}
+
+/// A cluster that does not archive, with a few closed segments in pg_wal to push by hand.
+fn cluster_with_segments() -> (PgCluster, Vec<String>) {
+    let mut pg = PgCluster::init("source");
+    pg.append_conf("wal_keep_size = '1GB'");
+    pg.start();
+    let segments = (0..2)
+        .map(|_| {
+            pg.write_rows(500);
+            pg.switch_wal()
+        })
+        .collect();
+    (pg, segments)
+}
+
+fn duplicate_and_conflicting_pushes(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let (pg, segments) = cluster_with_segments();
+    let name = &segments[0];
+    let path = format!("pg_wal/{name}");
+    let key = key_of(pg.system_id(), name);
+
+    let first = wh.run(&archive, &pg.data, &["push", &path]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let stored = archive.object(&key).expect("object stored");
+
+    let again = wh.run(&archive, &pg.data, &["push", &path]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "identical re-push: {}",
+        describe(&again)
+    );
+    assert_eq!(archive.object(&key).unwrap(), stored);
+
+    // Same name, one byte different past the page header: a split brain's version.
+    let other = TestDir::new("other");
+    let mut bytes = std::fs::read(pg.data.join(&path)).unwrap();
+    bytes[100_000] ^= 0xFF;
+    let forged = other.path().join(name);
+    std::fs::write(&forged, bytes).unwrap();
+    let conflict = wh.run(&archive, &pg.data, &["push", forged.to_str().unwrap()]);
+    let code = conflict.status.code().unwrap();
+    assert!(
+        (1..=125).contains(&code),
+        "conflicting push must fail retryably: {}",
+        describe(&conflict)
+    );
+    let stderr = String::from_utf8_lossy(&conflict.stderr);
+    assert!(
+        stderr.contains("different content") && stderr.contains(name.as_str()),
+        "{stderr}"
+    );
+    assert_eq!(
+        archive.object(&key).unwrap(),
+        stored,
+        "the archived object changed"
+    );
+}
+
+#[test]
+fn duplicate_and_conflicting_pushes_local() {
+    duplicate_and_conflicting_pushes(Backend::Local);
+}
+
+#[test]
+fn duplicate_and_conflicting_pushes_s3() {
+    duplicate_and_conflicting_pushes(Backend::S3);
+}
+
+fn push_fails(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    cwd: &Path,
+    path: &Path,
+    expect_in_error: &str,
+) {
+    let run = wh.run(archive, cwd, &["push", path.to_str().unwrap()]);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "push {} should fail: {}",
+        path.display(),
+        describe(&run)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(expect_in_error),
+        "expected {expect_in_error:?} in: {stderr}"
+    );
+}
+
+#[test]
+fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, segments) = cluster_with_segments();
+    let work = TestDir::new("work");
+    let content = std::fs::read(pg.data.join("pg_wal").join(&segments[0])).unwrap();
+
+    // A segment under the next segment's name.
+    let renamed = work.path().join(&segments[1]);
+    std::fs::write(&renamed, &content).unwrap();
+    push_fails(&wh, &archive, &pg.data, &renamed, "first page is at");
+
+    // Truncated, and not WAL at all.
+    let truncated = work.path().join(&segments[0]);
+    std::fs::write(&truncated, &content[..content.len() / 2]).unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &truncated,
+        "bytes but its page header says",
+    );
+    std::fs::write(&truncated, vec![7u8; content.len()]).unwrap();
+    push_fails(&wh, &archive, &pg.data, &truncated, "page magic");
+
+    // Names PostgreSQL would never archive.
+    let odd = work.path().join("not-a-wal-file");
+    std::fs::write(&odd, &content).unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &odd,
+        "is not the name of a WAL segment",
+    );
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &work.path().join("000000010000000000000099"),
+        "read",
+    );
+
+    // A broken history file.
+    let history = work.path().join("00000002.history");
+    std::fs::write(&history, "not a history\n").unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &history,
+        "invalid timeline history",
+    );
+
+    // Another cluster's segment pushed from this cluster's data directory.
+    let (other, other_segments) = cluster_with_segments();
+    let foreign = other.data.join("pg_wal").join(&other_segments[0]);
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &foreign,
+        "refusing to mix two clusters",
+    );
+
+    assert!(
+        archive.keys().is_empty(),
+        "something was stored: {:?}",
+        archive.keys()
+    );
+
+    // A valid history file is accepted and comes back identical.
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let ok = wh.run(&archive, &pg.data, &["push", history.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+    let back = work.path().join("RECOVERYHISTORY");
+    let fetched = wh.run(
+        &archive,
+        &pg.data,
+        &["fetch", "00000002.history", back.to_str().unwrap()],
+    );
+    assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&history).unwrap()
+    );
+}
+
+#[test]
+fn objects_are_readable_with_stock_zstd() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, segments) = cluster_with_segments();
+    let path = format!("pg_wal/{}", segments[0]);
+    let run = wh.run(&archive, &pg.data, &["push", &path]);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let object = std::path::Path::new(archive.url()).join(key_of(pg.system_id(), &segments[0]));
+    let zstd = std::process::Command::new("zstd")
+        .arg("-dc")
+        .arg(&object)
+        .output()
+        .expect("the zstd command is needed for this test: apt-get install zstd");
+    assert!(zstd.status.success(), "zstd -d: {}", describe(&zstd));
+    assert!(
+        zstd.stdout == std::fs::read(pg.data.join(&path)).unwrap(),
+        "zstd -d gave other bytes"
+    );
+}
