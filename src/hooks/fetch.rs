@@ -65,7 +65,7 @@ fn write_verified(
     let mut temp = TempFile::create(dest)
         .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
     let mut out = HeadCapture {
-        inner: temp.file(),
+        inner: temp.early_writeback_writer(),
         head: Vec::with_capacity(LONG_HEADER_BYTES),
     };
     let header = match envelope::decode_into(object, &mut out) {
@@ -98,12 +98,12 @@ fn write_verified(
 }
 
 /// Passes writes through, keeping the first bytes (a segment's page header) for checks.
-struct HeadCapture<'a, W: Write> {
-    inner: &'a mut W,
+struct HeadCapture<W: Write> {
+    inner: W,
     head: Vec<u8>,
 }
 
-impl<W: Write> Write for HeadCapture<'_, W> {
+impl<W: Write> Write for HeadCapture<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         let wanted = LONG_HEADER_BYTES.saturating_sub(self.head.len()).min(n);
