@@ -45,7 +45,7 @@ impl SegmentName {
     }
 
     fn parse(s: &str) -> Option<Self> {
-        if s.len() != 24 {
+        if s.len() != 24 || !s.is_ascii() {
             return None;
         }
         let timeline = TimelineId(hex8(&s[0..8])?);
@@ -227,6 +227,9 @@ mod tests {
             "00000001000000000000002A.partial.partial",
             "00000001000000000000002A.tmp",
             " 00000001000000000000002A",
+            // 24 bytes, but not 24 characters (found by the wal_file_name fuzzer).
+            "lF\0\0\0\0F\u{47B}FF/FF=/FFFFF/FF",
+            "000000\u{e9}0000000000000002A",
         ] {
             assert!(bad.parse::<WalFileName>().is_err(), "{bad:?} accepted");
         }
