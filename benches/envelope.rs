@@ -21,11 +21,16 @@ fn segments() -> Vec<(String, Vec<u8>)> {
         .split(':')
         .filter_map(|source| pick_segment(Path::new(source)))
         .map(|path| {
-            let label = path.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).map_or_else(
-                || path.display().to_string(),
-                |corpus| corpus.to_string_lossy().into_owned(),
-            );
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            let label = path
+                .parent()
+                .and_then(|p| p.parent())
+                .and_then(|p| p.file_name())
+                .map_or_else(
+                    || path.display().to_string(),
+                    |corpus| corpus.to_string_lossy().into_owned(),
+                );
+            let bytes =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
             (label, bytes)
         })
         .collect();
@@ -59,7 +64,8 @@ fn bench(c: &mut Criterion) {
         for level in LEVELS {
             for threads in THREADS {
                 let mut encoder = Encoder::new(level, threads).expect("encoder");
-                let ratio = segment.len() as f64 / encoder.encode(&segment).expect("encode").len() as f64;
+                let ratio =
+                    segment.len() as f64 / encoder.encode(&segment).expect("encode").len() as f64;
                 eprintln!("corpus={corpus} level={level} threads={threads}: ratio {ratio:.2}");
                 let id = format!("level={level}/threads={threads}/corpus={corpus}/size={size}");
                 group.bench_function(BenchmarkId::from_parameter(id), |b| {
@@ -72,9 +78,14 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group("decode");
         group.throughput(Throughput::Bytes(segment.len() as u64));
         for level in [1, 3] {
-            let envelope = Encoder::new(level, 1).expect("encoder").encode(&segment).expect("encode");
+            let envelope = Encoder::new(level, 1)
+                .expect("encoder")
+                .encode(&segment)
+                .expect("encode");
             let id = format!("level={level}/corpus={corpus}/size={size}");
-            group.bench_function(BenchmarkId::from_parameter(id), |b| b.iter(|| decode(&envelope).expect("decode")));
+            group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| decode(&envelope).expect("decode"))
+            });
         }
         group.finish();
     }

@@ -46,7 +46,11 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.name();
-    match runtime.block_on(run_until_signal(cli)) {
+    let result = runtime.block_on(run_until_signal(cli));
+    // A blocking task stuck in the kernel (a hung mount) must not keep the process alive
+    // past its deadline.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("walhalla {command}: error: {e:#}");

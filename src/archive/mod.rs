@@ -36,14 +36,16 @@ pub enum Error {
         reason: String,
     },
     /// The store refused or failed an operation, permanently or after retries.
-    #[error("{op} {key}: {source}")]
+    // Errors here carry their cause in the message, not as `source()`: object_store's
+    // messages already include their own causes, so a chain would print them twice.
+    #[error("{op} {key}: {error}")]
     Store {
         /// What was attempted.
         op: &'static str,
         /// The object or folder.
         key: String,
         /// The store's error.
-        source: object_store::Error,
+        error: object_store::Error,
     },
     /// The operation did not finish within the deadline.
     #[error("{op} {key}: no answer within {seconds}s{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -75,20 +77,20 @@ pub enum Error {
         offered_crc: u32,
     },
     /// An archived object failed verification.
-    #[error("archived object {key} is corrupt: {source}")]
+    #[error("archived object {key} is corrupt: {error}")]
     Corrupt {
         /// The object's key.
         key: String,
         /// What verification found.
-        source: envelope::Error,
+        error: envelope::Error,
     },
     /// The content could not be compressed.
-    #[error("cannot encode {name}: {source}")]
+    #[error("cannot encode {name}: {error}")]
     Encode {
         /// The file being archived.
         name: String,
         /// The encoder's error.
-        source: envelope::Error,
+        error: envelope::Error,
     },
 }
 
@@ -154,9 +156,11 @@ impl Archive {
                 };
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    // The per-request timeout outlasts the deadline, which then fires first
+                    // with the clearer message.
                     .with_config(
                         AmazonS3ConfigKey::Client(Key::Timeout),
-                        seconds(options.timeout),
+                        seconds(options.timeout + Duration::from_secs(5)),
                     )
                     .with_config(
                         AmazonS3ConfigKey::Client(Key::ConnectTimeout),
@@ -214,10 +218,10 @@ impl Archive {
         retry(deadline, &format!("{op} {key}"), attempt)
             .await
             .map_err(|failure| match failure {
-                Failure::Store(source) => Error::Store {
+                Failure::Store(error) => Error::Store {
                     op,
                     key: key.to_string(),
-                    source,
+                    error,
                 },
                 Failure::DeadlineExceeded(last) => Error::Timeout {
                     op,
@@ -270,7 +274,7 @@ impl ClusterArchive {
         match put {
             Ok(_) => Ok(PutOutcome::Stored),
             Err(Error::Store {
-                source: object_store::Error::AlreadyExists { .. },
+                error: object_store::Error::AlreadyExists { .. },
                 ..
             }) => self.compare_existing(&key, content).await,
             Err(e) => Err(e),
@@ -281,16 +285,16 @@ impl ClusterArchive {
         let stored = self.get_key(key).await?.ok_or_else(|| Error::Store {
             op: "read back",
             key: key.to_string(),
-            source: object_store::Error::NotFound {
+            error: object_store::Error::NotFound {
                 path: key.to_string(),
                 source: "the store reported it as existing, then as missing".into(),
             },
         })?;
         let key_text = key.to_string();
         crate::blocking::run(move || {
-            let existing = envelope::decode(&stored).map_err(|source| Error::Corrupt {
+            let existing = envelope::decode(&stored).map_err(|error| Error::Corrupt {
                 key: key_text.clone(),
-                source,
+                error,
             })?;
             if existing == content[..] {
                 return Ok(PutOutcome::AlreadyArchived);
@@ -324,14 +328,14 @@ impl ClusterArchive {
             // S3 answers 404 for a missing bucket too: that is a misconfiguration, not a
             // missing file, and must not end a recovery early.
             Err(Error::Store {
-                source: source @ object_store::Error::NotFound { .. },
+                error: error @ object_store::Error::NotFound { .. },
                 ..
-            }) if format!("{source:?}").contains("<Code>NoSuchBucket</Code>") => Err(Error::Open {
+            }) if format!("{error:?}").contains("<Code>NoSuchBucket</Code>") => Err(Error::Open {
                 location: self.archive.location.clone(),
                 reason: "the bucket does not exist".into(),
             }),
             Err(Error::Store {
-                source: object_store::Error::NotFound { .. },
+                error: object_store::Error::NotFound { .. },
                 ..
             }) => Ok(None),
             Err(e) => Err(e),

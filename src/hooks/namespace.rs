@@ -38,7 +38,7 @@ pub enum NamespaceError {
         ids: Vec<SystemId>,
     },
     /// `pg_control` exists but cannot be read.
-    #[error("cannot read the system identifier: {0}")]
+    #[error("cannot read the system identifier")]
     ControlFile(#[source] std::io::Error),
     /// Listing the archive failed.
     #[error(transparent)]

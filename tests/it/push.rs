@@ -301,3 +301,32 @@ fn objects_are_readable_with_stock_zstd() {
         "zstd -d gave other bytes"
     );
 }
+
+#[test]
+fn a_hung_store_fails_the_push_at_the_deadline() {
+    let wh = Walhalla::install();
+    let (pg, segments) = cluster_with_segments();
+    // A listener that completes TCP handshakes (the kernel's backlog) but never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hung.local_addr().unwrap());
+    let mut cmd = crate::harness::as_pg_user(wh.path());
+    cmd.current_dir(&pg.data)
+        .args(["--archive", "s3://bucket/prefix", "--timeout", "3", "push"])
+        .arg(format!("pg_wal/{}", segments[0]))
+        .envs(crate::harness::S3Server::env_for(&endpoint));
+    let started = std::time::Instant::now();
+    let run = cmd.output().unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("no answer within 3s"),
+        "{}",
+        describe(&run)
+    );
+    // Bounded, not merely eventually: the archiver must get its answer near the deadline.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(hung);
+}
