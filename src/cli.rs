@@ -8,20 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{COMPRESSION_LEVELS, Overrides};
 use crate::wal::SystemId;
 
-const EXIT_CODES: &str = "\
-Exit codes (the contract with PostgreSQL):
-  push   0    stored durably, or already archived with identical content
-  push   1    not stored: invalid file, different content already archived, archive down or
-              deadline passed; PostgreSQL keeps the segment and retries
-  fetch  0    the file was written complete and verified
-  fetch  1    the archive does not have the file; recovery moves on
-  fetch  255  the file exists but cannot be delivered (corrupt object, archive unreachable past
-              the deadline, invalid name or usage); recovery stops instead of ending early
-  other  2    usage error";
-
 /// Keeps a PostgreSQL cluster's write-ahead log safe off the database host.
 #[derive(Debug, Parser)]
-#[command(name = "walhalla", version, after_help = EXIT_CODES)]
+#[command(name = "walhalla", version, after_help = crate::hooks::EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -21,6 +21,8 @@ use crate::wal::SystemId;
 
 /// Deadline of one archive operation, retries included, unless configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest deadline accepted: one day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// The zstd levels accepted: 1 (fastest) to 19 (smallest).
 pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 
@@ -96,6 +98,12 @@ impl Config {
         }
         let timeout = match overrides.timeout_seconds.or(file.timeout_seconds) {
             Some(0) => bail!("timeout must be at least 1 second"),
+            Some(seconds) if seconds > MAX_TIMEOUT.as_secs() => {
+                bail!(
+                    "timeout of {seconds} seconds is longer than the {} allowed",
+                    MAX_TIMEOUT.as_secs()
+                )
+            }
             Some(seconds) => Duration::from_secs(seconds),
             None => DEFAULT_TIMEOUT,
         };
@@ -176,5 +184,8 @@ mod tests {
         );
         assert!(with_file("archive = \"/a\"\nsystem_id = 0\n", Overrides::default()).is_err());
         assert!(with_file("archive = [", Overrides::default()).is_err());
+        let huge = format!("archive = \"/a\"\ntimeout_seconds = {}\n", i64::MAX);
+        assert!(with_file(&huge, Overrides::default()).is_err());
+        assert!(with_file("archive = \"relative/dir\"\n", Overrides::default()).is_err());
     }
 }

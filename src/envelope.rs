@@ -46,6 +46,9 @@ pub enum Error {
     /// The header is intact but the content does not decode to what it records.
     #[error("corrupt content: {0}")]
     Corrupt(String),
+    /// The content is larger than an envelope may hold.
+    #[error("content of {0} bytes is larger than the 1 GiB an object may hold")]
+    TooLarge(u64),
     /// The decoded content could not be written to its destination.
     #[error("could not write the decoded content")]
     Write(#[source] std::io::Error),
@@ -147,10 +150,7 @@ impl Encoder {
     /// Wraps `content` in an envelope.
     pub fn encode(&mut self, content: &[u8]) -> Result<Vec<u8>> {
         if content.len() as u64 > MAX_CONTENT_BYTES {
-            return Err(Error::Malformed(format!(
-                "content of {} bytes is too large",
-                content.len()
-            )));
+            return Err(Error::TooLarge(content.len() as u64));
         }
         let parts = if content.len() >= MIN_SPLIT_BYTES {
             self.compressors.len()
@@ -268,14 +268,28 @@ pub fn decode(envelope: &[u8]) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Compressible content large enough to be split into several frames.
     fn sample() -> Vec<u8> {
-        (0..200_000u32)
+        (0..(MIN_SPLIT_BYTES as u32))
             .flat_map(|i| (i % 251).to_le_bytes())
+            .take(2 * MIN_SPLIT_BYTES + 12_345)
             .collect()
     }
 
+    /// How many zstd frames the payload of `envelope` holds.
+    fn frames(envelope: &[u8]) -> usize {
+        let mut payload = &envelope[HEADER_BYTES..];
+        let mut count = 0;
+        while !payload.is_empty() {
+            let len = zstd::zstd_safe::find_frame_compressed_size(payload).expect("a frame");
+            payload = &payload[len..];
+            count += 1;
+        }
+        count
+    }
+
     fn encode(content: &[u8]) -> Vec<u8> {
-        Encoder::new(DEFAULT_LEVEL, 0)
+        Encoder::new(DEFAULT_LEVEL, 2)
             .unwrap()
             .encode(content)
             .unwrap()
@@ -286,12 +300,17 @@ mod tests {
         let content = sample();
         for threads in [1, 2, 3] {
             let env = Encoder::new(1, threads).unwrap().encode(&content).unwrap();
+            assert_eq!(frames(&env), threads, "one frame per thread");
             assert!(
                 env.len() < content.len() / 4,
                 "compressible content should shrink"
             );
             assert_eq!(decode(&env).unwrap(), content);
+            // Concatenated frames are one zstd stream, as the zstd tool reads them.
+            assert_eq!(zstd::decode_all(&env[HEADER_BYTES..]).unwrap(), content);
         }
+        let small = Encoder::new(1, 2).unwrap().encode(b"small").unwrap();
+        assert_eq!(frames(&small), 1, "small content is not split");
         assert_eq!(decode(&encode(b"")).unwrap(), b"");
     }
 
@@ -315,8 +334,14 @@ mod tests {
     fn every_flipped_bit_is_detected() {
         let content = sample();
         let env = encode(&content);
-        // Every byte of the header and a spread of payload bytes.
-        let positions = (0..HEADER_BYTES).chain((HEADER_BYTES..env.len()).step_by(97));
+        assert_eq!(frames(&env), 2);
+        // Every byte of the header, a spread of payload bytes, and both sides of the boundary
+        // between the two frames.
+        let boundary = HEADER_BYTES
+            + zstd::zstd_safe::find_frame_compressed_size(&env[HEADER_BYTES..]).unwrap();
+        let positions = (0..HEADER_BYTES)
+            .chain((HEADER_BYTES..env.len()).step_by(97))
+            .chain(boundary - 4..boundary + 4);
         for pos in positions {
             for bit in [0x01, 0x80] {
                 let mut bad = env.clone();

@@ -32,6 +32,43 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents, and fsyncs each one created together with the
+/// first that already existed, so the new entries survive a crash.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    while !existing.is_dir() {
+        missing.push(existing);
+        existing = match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in &missing {
+        fsync_dir(created)?;
+    }
+    fsync_dir(existing)
+}
+
+/// Fsyncs the file at `root/relative` and every directory from its parent up to `root`.
+pub fn fsync_path_within(root: &Path, relative: &Path) -> io::Result<()> {
+    let path = root.join(relative);
+    File::open(&path)?.sync_all()?;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        fsync_dir(d)?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
 /// A file being written under a temporary name next to its destination. Dropped without
 /// [`TempFile::persist`], the temporary file is removed.
 pub struct TempFile {
@@ -41,22 +78,31 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Creates `.<name>.<pid>.walhalla-tmp` in the directory of `dest`.
+    /// Creates `.<name>.walhalla-tmp` in the directory of `dest`, holding an exclusive lock on
+    /// it. The name is the same for every writer of `dest`, so a writer killed half-way leaves
+    /// at most one such file behind, which the next writer takes over and empties.
     pub fn create(dest: &Path) -> io::Result<TempFile> {
         let name = dest.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "destination has no file name")
         })?;
-        let temp_name = format!(
-            ".{}.{}.walhalla-tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        );
-        let temp_path = dest.with_file_name(temp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp_path)?;
+        let temp_path = dest.with_file_name(format!(".{}.walhalla-tmp", name.to_string_lossy()));
+        let file = loop {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&temp_path)?;
+            lock_exclusive(&file)?;
+            // The lock holder before us may have renamed or removed the file we opened.
+            use std::os::unix::fs::MetadataExt;
+            match std::fs::metadata(&temp_path) {
+                Ok(at_path) if at_path.ino() == file.metadata()?.ino() => break file,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        file.set_len(0)?;
         LIVE_TEMP_FILES
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -95,6 +141,21 @@ impl TempFile {
             _ => Path::new("."),
         };
         fsync_dir(dir)
+    }
+}
+
+/// Waits for an exclusive advisory lock on `file`, released when it is closed.
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor that stays open for the duration of the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 
@@ -158,6 +219,18 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn creates_directories_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all_durable(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"x").unwrap();
+        fsync_path_within(dir.path(), Path::new("a/b/c/f")).unwrap();
+        assert!(fsync_path_within(dir.path(), Path::new("a/missing")).is_err());
+    }
+
+    #[test]
     fn persists_or_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
@@ -170,6 +243,14 @@ mod tests {
         t.file().write_all(b"abc").unwrap();
         t.persist().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // A writer killed half-way leaves its temporary file; the next one takes it over.
+        std::fs::write(dir.path().join(".RECOVERYXLOG.walhalla-tmp"), b"torn").unwrap();
+        let mut t = TempFile::create(&dest).unwrap();
+        t.file().write_all(b"whole").unwrap();
+        t.persist().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -20,12 +20,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // A restore_command with a usage mistake must not read as "file not found", which
-            // would end recovery early: make it fatal.
-            if e.use_stderr() && args.iter().skip(1).any(|a| a == "fetch") {
-                return ExitCode::from(EXIT_FETCH_FATAL);
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS; // --help, --version
             }
-            return ExitCode::from(e.exit_code() as u8);
+            // Any usage mistake exits above 125: in a restore_command, a status from 1 to 125
+            // reads as "file not found" and would end recovery early; in an archive_command it
+            // makes the archiver restart, keeping the WAL.
+            return ExitCode::from(EXIT_FETCH_FATAL);
         }
     };
     init_tracing();

@@ -20,9 +20,15 @@ fi
 command -v zstd >/dev/null || apt_install zstd
 command -v runuser >/dev/null || apt_install util-linux
 if ! command -v moto_server >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "prepare.sh: moto_server is missing; install it with: python3 -m pip install 'moto[server]'" >&2; exit 1
+  fi
   echo "prepare.sh: installing moto_server"
-  python3 -m pip install --quiet 'moto[server]>=5.1'
-  command -v pyenv >/dev/null && pyenv rehash
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  # Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
+  python3 -m pip install --quiet 'moto[server]>=5.1' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]>=5.1'
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 command -v moto_server >/dev/null || { echo "prepare.sh: moto_server is not on PATH after installing it" >&2; exit 1; }
 python3 -c 'import boto3' || { echo "prepare.sh: python3 cannot import boto3" >&2; exit 1; }

@@ -61,6 +61,10 @@ impl FromStr for Location {
                 "unsupported archive scheme {scheme:?} in {s:?}: use a directory path, file:// or s3://"
             ));
         }
+        if !s.starts_with('/') {
+            // The hooks run in the data directory: a relative archive would land inside it.
+            return Err(format!("archive directory {s:?} must be an absolute path"));
+        }
         Ok(Location::Local(PathBuf::from(s)))
     }
 }
@@ -90,10 +94,6 @@ mod tests {
             Ok(Location::Local("/var/lib/wal".into()))
         );
         assert_eq!(
-            "relative/dir".parse(),
-            Ok(Location::Local("relative/dir".into()))
-        );
-        assert_eq!(
             "s3://bucket/a/b/".parse(),
             Ok(Location::S3 {
                 bucket: "bucket".into(),
@@ -120,6 +120,7 @@ mod tests {
             "file://relative",
             "gs://b/x",
             "s3://u:p@b/x",
+            "relative/dir",
         ] {
             assert!(bad.parse::<Location>().is_err(), "{bad:?} accepted");
         }

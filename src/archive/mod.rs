@@ -84,14 +84,6 @@ pub enum Error {
         /// What verification found.
         error: envelope::Error,
     },
-    /// The content could not be compressed.
-    #[error("cannot encode {name}: {error}")]
-    Encode {
-        /// The file being archived.
-        name: String,
-        /// The encoder's error.
-        error: envelope::Error,
-    },
 }
 
 /// Result of archive operations.
@@ -100,8 +92,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Settings for opening an archive.
 #[derive(Clone, Debug)]
 pub struct ArchiveOptions {
-    /// Deadline for one logical operation, retries included.
+    /// Time allowed for one operation, retries included.
     pub timeout: Duration,
+    /// When set, no operation goes on past this instant: a short-lived command's whole budget.
+    pub deadline: Option<Instant>,
     /// Create a missing local archive directory (for writers) instead of failing (for readers).
     pub create: bool,
 }
@@ -122,6 +116,7 @@ pub struct Archive {
     root: Path,
     location: Location,
     timeout: Duration,
+    deadline: Option<Instant>,
 }
 
 impl Archive {
@@ -134,7 +129,8 @@ impl Archive {
         let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
             Location::Local(dir) => {
                 if options.create {
-                    std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+                    crate::fsutil::create_dir_all_durable(dir)
+                        .map_err(|e| open_error(e.to_string()))?;
                 } else if !dir.is_dir() {
                     return Err(open_error("no such directory".into()));
                 }
@@ -177,6 +173,7 @@ impl Archive {
             root,
             location: location.clone(),
             timeout: options.timeout,
+            deadline: options.deadline,
         })
     }
 
@@ -214,7 +211,8 @@ impl Archive {
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        let own = Instant::now() + self.timeout;
+        let deadline = self.deadline.map_or(own, |overall| overall.min(own));
         retry(deadline, &format!("{op} {key}"), attempt)
             .await
             .map_err(|failure| match failure {
@@ -241,11 +239,6 @@ pub struct ClusterArchive {
 }
 
 impl ClusterArchive {
-    /// The cluster's system identifier.
-    pub fn system_id(&self) -> SystemId {
-        self.system_id
-    }
-
     /// The key under which `name` is stored.
     pub fn key(&self, name: &WalFileName) -> Path {
         object_key(&self.archive.root, self.system_id, name)
@@ -276,9 +269,31 @@ impl ClusterArchive {
             Err(Error::Store {
                 error: object_store::Error::AlreadyExists { .. },
                 ..
-            }) => self.compare_existing(&key, content).await,
+            }) => {
+                let outcome = self.compare_existing(&key, content).await?;
+                self.make_durable(&key).await?;
+                Ok(outcome)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes sure an object found already present is durable: an earlier attempt may have
+    /// been cut off between linking it into place and fsyncing its directory. Object stores
+    /// acknowledge only durable writes; on a local directory, fsync the file and its folders.
+    async fn make_durable(&self, key: &Path) -> Result<()> {
+        let Location::Local(root) = &self.archive.location else {
+            return Ok(());
+        };
+        let (root, relative) = (root.clone(), key.to_string());
+        crate::blocking::run(move || {
+            crate::fsutil::fsync_path_within(&root, std::path::Path::new(&relative))
+        })
+        .await
+        .map_err(|e| Error::Open {
+            location: self.archive.location.clone(),
+            reason: format!("fsync {key}: {e}"),
+        })
     }
 
     async fn compare_existing(&self, key: &Path, content: Bytes) -> Result<PutOutcome> {
@@ -310,6 +325,20 @@ impl ClusterArchive {
         .await
     }
 
+    /// Whether the archive holds anything at all for this cluster. A miss in an archive that
+    /// holds nothing is more likely a wrong location, prefix or unmounted directory than the
+    /// end of the WAL, and must not end a recovery early.
+    pub async fn has_objects(&self) -> Result<bool> {
+        let prefix = cluster_prefix(&self.archive.root, self.system_id);
+        let listing = self
+            .archive
+            .retrying("list", &prefix, || {
+                self.archive.store.list_with_delimiter(Some(&prefix))
+            })
+            .await?;
+        Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+    }
+
     /// The stored envelope of `name`, not yet verified, or `None` when the archive lacks it.
     pub async fn get(&self, name: &WalFileName) -> Result<Option<Bytes>> {
         self.get_key(&self.key(name)).await
@@ -325,15 +354,6 @@ impl ClusterArchive {
             .await;
         match read {
             Ok(bytes) => Ok(Some(bytes)),
-            // S3 answers 404 for a missing bucket too: that is a misconfiguration, not a
-            // missing file, and must not end a recovery early.
-            Err(Error::Store {
-                error: error @ object_store::Error::NotFound { .. },
-                ..
-            }) if format!("{error:?}").contains("<Code>NoSuchBucket</Code>") => Err(Error::Open {
-                location: self.archive.location.clone(),
-                reason: "the bucket does not exist".into(),
-            }),
             Err(Error::Store {
                 error: object_store::Error::NotFound { .. },
                 ..

@@ -20,12 +20,32 @@ pub enum Failure {
     DeadlineExceeded(Option<object_store::Error>),
 }
 
-/// Whether retrying `error` can help.
+/// Whether retrying `error` can help. object_store reports every local I/O error other than
+/// "not found" and "already exists" as `Generic`, so the causes are read for those that
+/// waiting will not cure.
 pub fn is_transient(error: &object_store::Error) -> bool {
-    matches!(
+    use std::io::ErrorKind;
+    if !matches!(
         error,
         object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    ) {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let permanent = matches!(
+                io.kind(),
+                ErrorKind::PermissionDenied
+                    | ErrorKind::ReadOnlyFilesystem
+                    | ErrorKind::NotADirectory
+                    | ErrorKind::IsADirectory
+            );
+            return !permanent;
+        }
+        cause = e.source();
+    }
+    true
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or `deadline` passes.
@@ -86,6 +106,24 @@ mod tests {
         .await;
         assert!(matches!(result, Ok(7)));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn local_permission_errors_are_permanent() {
+        let denied = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        assert!(!is_transient(&denied));
+        let full = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        };
+        assert!(
+            is_transient(&full),
+            "a full disk may be freed within the deadline"
+        );
+        assert!(is_transient(&transient()));
     }
 
     #[tokio::test(start_paused = true)]

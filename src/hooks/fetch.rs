@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 
-use super::NamespaceError;
-use crate::archive::{Archive, ArchiveOptions};
+use tokio::time::Instant;
+
 use crate::blocking;
 use crate::config::Config;
 use crate::envelope;
@@ -27,24 +27,21 @@ pub enum FetchOutcome {
 /// Restores `name` from the archive to `dest`; the data directory is the current directory.
 pub async fn fetch(config: &Config, name: &str, dest: &Path) -> anyhow::Result<FetchOutcome> {
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    let archive = Archive::open(
-        &config.archive,
-        &ArchiveOptions {
-            timeout: config.timeout,
-            create: false,
-        },
-    )?;
-    let system_id =
-        match super::resolve_system_id(config.system_id, Path::new("."), None, &archive).await {
-            Ok(id) => id,
-            Err(NamespaceError::NoCluster(location)) => {
-                tracing::warn!(%name, "archive {location} holds no cluster yet");
-                return Ok(FetchOutcome::NotFound);
-            }
-            Err(e) => return Err(e).with_context(|| format!("fetch {name}")),
-        };
+    let deadline = Instant::now() + config.timeout;
+    let archive = super::open_archive(config, false, deadline).await?;
+    let system_id = super::resolve_system_id(config.system_id, Path::new("."), None, &archive)
+        .await
+        .with_context(|| format!("fetch {name}"))?;
     let cluster = archive.cluster(system_id);
     let Some(object) = cluster.get(&name).await? else {
+        // Quiet when the archive is simply at its end (PostgreSQL probes for history files
+        // that do not exist); an error when it holds nothing at all for this cluster.
+        if !cluster.has_objects().await? {
+            bail!(
+                "archive {} holds nothing for cluster {system_id}: wrong --archive location or prefix, or an unmounted directory?",
+                archive.location()
+            );
+        }
         return Ok(FetchOutcome::NotFound);
     };
     let key = cluster.key(&name).to_string();

@@ -1,13 +1,7 @@
 //! The commands PostgreSQL runs: `walhalla push %p` as `archive_command` and
 //! `walhalla fetch %f %p` as `restore_command`, and the exit codes that are their contract.
 //!
-//! | command | exit | meaning for PostgreSQL |
-//! |---|---|---|
-//! | push | 0 | stored durably (or already archived with identical content): the segment may be recycled |
-//! | push | 1 | not stored (invalid file, conflict, store down, deadline): the archiver retries |
-//! | fetch | 0 | the file was written, complete and verified |
-//! | fetch | 1 | the archive does not have the file: recovery moves on |
-//! | fetch | 255 | the file exists but cannot be delivered (corrupt, store unreachable past the deadline, bad name or usage): recovery stops with FATAL rather than end early |
+//! Their exit codes are a contract with PostgreSQL: see [`EXIT_CODES`], which `--help` prints.
 
 mod fetch;
 mod namespace;
@@ -17,10 +11,50 @@ pub use fetch::{FetchOutcome, fetch};
 pub use namespace::{NamespaceError, resolve_system_id};
 pub use push::push;
 
+use anyhow::Context;
+use tokio::time::Instant;
+
+use crate::archive::{Archive, ArchiveOptions};
+use crate::config::Config;
+
+/// Opens the configured archive for a hook whose whole run must end by `deadline`. Opening a
+/// local archive touches the file system, which can hang on a dead mount: it runs on the
+/// blocking pool, under the deadline.
+async fn open_archive(config: &Config, create: bool, deadline: Instant) -> anyhow::Result<Archive> {
+    let options = ArchiveOptions {
+        timeout: config.timeout,
+        deadline: Some(deadline),
+        create,
+    };
+    let location = config.archive.clone();
+    let opening = crate::blocking::run(move || Archive::open(&location, &options));
+    match tokio::time::timeout_at(deadline, opening).await {
+        Ok(archive) => Ok(archive?),
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {}s",
+            config.timeout.as_secs()
+        ))
+        .with_context(|| format!("open archive {}", config.archive)),
+    }
+}
+
+/// The exit codes, as `walhalla --help` prints them.
+pub const EXIT_CODES: &str = "\
+Exit codes (the contract with PostgreSQL):
+  push   0    stored durably, or already archived with identical content
+  push   1    not stored: invalid file, different content already archived, archive down or
+              deadline passed; PostgreSQL keeps the segment and retries
+  fetch  0    the file was written complete and verified
+  fetch  1    the archive does not have the file; recovery moves on
+  fetch  255  the file cannot be delivered: corrupt object, archive unreachable or empty for
+              this cluster, deadline passed; recovery stops instead of ending early
+  any    255  usage error (a mistyped restore_command must not read as \"not found\")";
+
 /// push: the file was not archived; PostgreSQL keeps it and retries.
 pub const EXIT_PUSH_FAILED: u8 = 1;
 /// fetch: the archive does not hold the file.
 pub const EXIT_FETCH_NOT_FOUND: u8 = 1;
 /// fetch: the file could not be delivered; above 125 so PostgreSQL aborts recovery instead of
 /// taking the failure for the end of the archive (`wait_result_is_any_signal` in xlogarchive.c).
+/// Also every usage error, of any command.
 pub const EXIT_FETCH_FATAL: u8 = 255;

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
 
-use crate::archive::{Archive, ArchiveOptions, PutOutcome};
+use crate::archive::PutOutcome;
 use crate::blocking;
 use crate::config::Config;
 use crate::envelope::Encoder;
@@ -17,6 +17,7 @@ const MAX_COMPRESSION_THREADS: usize = 4;
 
 /// Archives the file at `path`; the data directory is the current directory.
 pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
+    let deadline = tokio::time::Instant::now() + config.timeout;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -30,13 +31,7 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     };
     let facts = validate_file(&name, &content)
         .with_context(|| format!("refusing to archive {}", path.display()))?;
-    let archive = Archive::open(
-        &config.archive,
-        &ArchiveOptions {
-            timeout: config.timeout,
-            create: true,
-        },
-    )?;
+    let archive = super::open_archive(config, true, deadline).await?;
     let system_id =
         super::resolve_system_id(config.system_id, Path::new("."), facts.system_id, &archive)
             .await
@@ -68,8 +63,8 @@ fn map_file(path: &Path) -> std::io::Result<Bytes> {
         return Ok(Bytes::new());
     }
     // SAFETY: the mapping is read-only and PostgreSQL neither changes nor truncates a file
-    // while its archive_command runs; were it truncated anyway, the process would die of
-    // SIGBUS, which the archiver treats as a failed attempt and retries.
+    // while its archive_command runs. Were it truncated anyway, the process would die of
+    // SIGBUS: the archiver then exits FATAL and the postmaster restarts it, keeping the WAL.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
     Ok(Bytes::from_owner(map))
 }

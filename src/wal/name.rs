@@ -63,19 +63,6 @@ impl fmt::Display for SegmentName {
     }
 }
 
-/// What kind of file a [`WalFileName`] names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    /// A complete WAL segment.
-    Segment,
-    /// A segment that was not filled, e.g. the old timeline's last one at a promotion.
-    Partial,
-    /// A backup history file, written when a base backup stops.
-    Backup,
-    /// A timeline history file, written at a promotion.
-    History,
-}
-
 /// A file name that PostgreSQL archives and asks back for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WalFileName {
@@ -95,34 +82,12 @@ pub enum WalFileName {
 }
 
 impl WalFileName {
-    /// The kind of file.
-    pub fn kind(&self) -> FileKind {
-        match self {
-            WalFileName::Segment(_) => FileKind::Segment,
-            WalFileName::Partial(_) => FileKind::Partial,
-            WalFileName::Backup { .. } => FileKind::Backup,
-            WalFileName::History(_) => FileKind::History,
-        }
-    }
-
     /// The segment the file belongs to; `None` for history files.
     pub fn segment(&self) -> Option<SegmentName> {
         match *self {
             WalFileName::Segment(s) | WalFileName::Partial(s) => Some(s),
             WalFileName::Backup { segment, .. } => Some(segment),
             WalFileName::History(_) => None,
-        }
-    }
-
-    /// The timeline the file belongs to.
-    pub fn timeline(&self) -> TimelineId {
-        match *self {
-            WalFileName::History(tli) => tli,
-            _ => {
-                self.segment()
-                    .expect("every other kind names a segment")
-                    .timeline
-            }
         }
     }
 }
@@ -145,7 +110,7 @@ impl FromStr for WalFileName {
         parse_name(s).ok_or_else(|| {
             format!(
                 "{s:?} is not the name of a WAL segment (24 upper-case hex digits), a .partial \
-                 segment, a .backup file or a timeline .history file (timeline 2 or later)"
+                 segment, a .backup file or a timeline .history file"
             )
         })
     }
@@ -154,8 +119,9 @@ impl FromStr for WalFileName {
 fn parse_name(s: &str) -> Option<WalFileName> {
     if let Some(tli) = s.strip_suffix(".history") {
         let tli = TimelineId(hex8(tli)?);
-        // Timeline 1 has no history file: PostgreSQL never writes or asks for one.
-        return (tli.0 > 1).then_some(WalFileName::History(tli));
+        // Timeline 1 has no history file, but PostgreSQL asks for one at a promotion from
+        // timeline 1 (it copies the parent's history, if any): a valid name, never found.
+        return (tli.0 > 0).then_some(WalFileName::History(tli));
     }
     if let Some(segment) = s.strip_suffix(".partial") {
         return SegmentName::parse(segment).map(WalFileName::Partial);
@@ -219,7 +185,6 @@ mod tests {
             "00000001000000000000002",
             "0000000100000000000000020",
             "000000000000000000000001",
-            "00000001.history",
             "00000000.history",
             "0000000a.history",
             "00000001000000000000002A.backup",

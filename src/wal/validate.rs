@@ -28,8 +28,6 @@ pub enum ValidationError {
 pub struct FileFacts {
     /// The system identifier the content carries (segments only).
     pub system_id: Option<SystemId>,
-    /// The segment size (segments only).
-    pub segment_size: Option<SegmentSize>,
 }
 
 /// Checks that `content` is a plausible file named `name`. The tail of a `.partial` segment
@@ -38,25 +36,18 @@ pub fn validate_file(name: &WalFileName, content: &[u8]) -> Result<FileFacts, Va
     match *name {
         WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
             let header = LongPageHeader::parse(content)?;
-            let size = header.check_segment(segment, content.len() as u64)?;
+            header.check_segment(segment, content.len() as u64)?;
             Ok(FileFacts {
                 system_id: Some(header.system_id),
-                segment_size: Some(size),
             })
         }
         WalFileName::History(timeline) => {
             parse_history(timeline, content).map_err(ValidationError::History)?;
-            Ok(FileFacts {
-                system_id: None,
-                segment_size: None,
-            })
+            Ok(FileFacts { system_id: None })
         }
         WalFileName::Backup { segment, offset } => {
             check_backup_file(segment, offset, content).map_err(ValidationError::Backup)?;
-            Ok(FileFacts {
-                system_id: None,
-                segment_size: None,
-            })
+            Ok(FileFacts { system_id: None })
         }
     }
 }
@@ -64,8 +55,10 @@ pub fn validate_file(name: &WalFileName, content: &[u8]) -> Result<FileFacts, Va
 /// The first line of a backup history file is `START WAL LOCATION: X/X (file NAME)`; the
 /// position must lie at `offset` inside segment `NAME` for some valid segment size.
 fn check_backup_file(segment: SegmentName, offset: u32, content: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(content).map_err(|_| "not valid text".to_string())?;
-    let first = text.lines().next().unwrap_or_default();
+    // Only the first line is read: later ones hold the user's LABEL in any encoding.
+    let first = content.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first =
+        std::str::from_utf8(first).map_err(|_| "the first line is not ASCII text".to_string())?;
     let rest = first
         .strip_prefix("START WAL LOCATION: ")
         .ok_or_else(|| format!("expected a START WAL LOCATION line, found {first:?}"))?;
@@ -115,6 +108,9 @@ mod tests {
         let name: WalFileName = "000000010000000000000002.00000028.backup".parse().unwrap();
         let good = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\n";
         assert!(validate_file(&name, good).is_ok());
+        let latin1_label =
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nLABEL: caf\xe9\n";
+        assert!(validate_file(&name, latin1_label).is_ok());
         let other_offset = b"START WAL LOCATION: 0/2000060 (file 000000010000000000000002)\n";
         assert!(validate_file(&name, other_offset).is_err());
         let other_file = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000003)\n";

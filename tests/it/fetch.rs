@@ -76,6 +76,7 @@ fn missing_files_and_bad_names(backend: Backend) {
     for missing in [
         next.as_str(),
         "00000002.history",
+        "00000001.history",
         "0000000100000000000000FF.partial",
     ] {
         let run = wh.run(&archive, &pg.data, &["fetch", missing, dest]);
@@ -96,7 +97,7 @@ fn missing_files_and_bad_names(backend: Backend) {
         "",
         "garbage",
         "pg_wal/RECOVERYXLOG",
-        "00000001.history",
+        "00000000.history",
         "0000000100000000000000ff",
     ] {
         let run = wh.run(&archive, &pg.data, &["fetch", bad, dest]);
@@ -151,6 +152,21 @@ fn a_misconfigured_or_unreachable_archive_stops_recovery() {
         run.status.code(),
         Some(255),
         "missing directory: {}",
+        describe(&run)
+    );
+    // A directory that exists but holds nothing for this cluster (an unmounted mount point).
+    let empty = out.path().join("empty-archive");
+    std::fs::create_dir(&empty).unwrap();
+    let run = fetch(empty.to_str().unwrap(), Vec::new());
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "empty archive: {}",
+        describe(&run)
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("holds nothing for cluster"),
+        "{}",
         describe(&run)
     );
     // A bucket that does not exist on a live server.

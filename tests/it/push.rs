@@ -290,15 +290,158 @@ fn objects_are_readable_with_stock_zstd() {
     let run = wh.run(&archive, &pg.data, &["push", &path]);
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     let object = std::path::Path::new(archive.url()).join(key_of(pg.system_id(), &segments[0]));
+    assert!(
+        zstd_decompress(&object) == std::fs::read(pg.data.join(&path)).unwrap(),
+        "zstd -d gave other bytes"
+    );
+
+    // Content of 2 MiB or more (a 16 MiB segment) is stored as several frames, one per
+    // compression thread: stock zstd must read those too.
+    let work = TestDir::new("frames");
+    let content: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let envelope = walhalla::envelope::Encoder::new(3, 3)
+        .unwrap()
+        .encode(&content)
+        .unwrap();
+    let multi = work.path().join("multi.zst");
+    std::fs::write(&multi, envelope).unwrap();
+    assert!(
+        zstd_decompress(&multi) == content,
+        "zstd -d misread a multi-frame object"
+    );
+}
+
+fn zstd_decompress(object: &Path) -> Vec<u8> {
     let zstd = std::process::Command::new("zstd")
         .arg("-dc")
-        .arg(&object)
+        .arg(object)
         .output()
         .expect("the zstd command is needed for this test: apt-get install zstd");
     assert!(zstd.status.success(), "zstd -d: {}", describe(&zstd));
+    zstd.stdout
+}
+
+#[test]
+fn settings_come_from_flags_before_or_after_the_command_then_the_environment() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, segments) = cluster_with_segments();
+    let push = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = crate::harness::as_pg_user(wh.path());
+        cmd.current_dir(&pg.data)
+            .args(args)
+            .envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let first = format!("pg_wal/{}", segments[0]);
+    let run = push(&["push", &first, "--archive", archive.url()], &[]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "flag after the command: {}",
+        describe(&run)
+    );
+    // The flag wins over the environment.
+    let run = push(
+        &["--archive", archive.url(), "push", &first],
+        &[("WALHALLA_ARCHIVE", "/nonexistent/elsewhere")],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "flag over environment: {}",
+        describe(&run)
+    );
+    // The environment alone.
+    let second = format!("pg_wal/{}", segments[1]);
+    let run = push(&["push", &second], &[("WALHALLA_ARCHIVE", archive.url())]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "environment: {}",
+        describe(&run)
+    );
+    let keys = archive.keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(!std::path::Path::new("/nonexistent/elsewhere").exists());
+}
+
+#[test]
+fn a_promotion_archives_the_history_and_partial_files() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(1000);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{wh} --archive {url} push %p'\n\
+         restore_command = '{wh} --archive {url} fetch %f %p'\nwal_keep_size = '1GB'",
+        wh = wh.path().display(),
+        url = archive.url()
+    ));
+    standby.start();
+    let last = primary.switch_wal();
+    primary.wait_archived(&last);
+    // WAL past the last switch, so the standby's last timeline-1 segment is incomplete at the
+    // promotion and is archived as .partial.
+    primary.write_rows(200);
+    crate::harness::wait_for(
+        "the standby to replay",
+        std::time::Duration::from_secs(60),
+        || {
+            let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+            (standby.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? == "t")
+                .then_some(())
+        },
+    );
+    standby.sql("SELECT pg_promote()");
+    crate::harness::wait_for("the promotion", std::time::Duration::from_secs(60), || {
+        (standby.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+    });
+    standby.write_rows(500);
+    let first_on_2 = standby.switch_wal();
+    assert!(first_on_2.starts_with("00000002"), "{first_on_2}");
+    standby.wait_archived(&first_on_2);
+    assert_eq!(
+        standby.sql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        standby.log_tail()
+    );
+
+    let sysid = standby.system_id();
+    let out = TestDir::new("out");
+    for name in ["00000002.history", first_on_2.as_str()] {
+        let dest = out.path().join(name);
+        let run = wh.run(
+            &archive,
+            &standby.data,
+            &["fetch", name, dest.to_str().unwrap()],
+        );
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "fetch {name}: {}",
+            describe(&run)
+        );
+        assert!(
+            std::fs::read(&dest).unwrap()
+                == std::fs::read(standby.data.join("pg_wal").join(name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    let keys = archive.keys();
     assert!(
-        zstd.stdout == std::fs::read(pg.data.join(&path)).unwrap(),
-        "zstd -d gave other bytes"
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{sysid}/wal/0000000100000000/"))
+                && k.ends_with(".partial.zst")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&key_of(sysid, "00000002.history")),
+        "{keys:?}"
     );
 }
 
