@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{COMPRESSION_LEVELS, Overrides};
-use crate::wal::SystemId;
+use crate::wal::{Lsn, SystemId};
 
 /// Keeps a PostgreSQL cluster's write-ahead log safe off the database host.
 #[derive(Debug, Parser)]
@@ -71,6 +71,11 @@ pub enum Command {
         /// The file to archive (PostgreSQL's %p).
         path: PathBuf,
     },
+    /// Stream WAL from a server over a physical replication slot and archive every segment.
+    ///
+    /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
+    /// is archived, or until a fatal problem (exit 1); reconnects after any other failure.
+    Receive(ReceiveArgs),
     /// Restore one WAL file: restore_command = 'walhalla fetch %f %p'.
     ///
     /// Writes the verified original bytes to the destination atomically.
@@ -82,12 +87,103 @@ pub enum Command {
     },
 }
 
+/// Options of `walhalla receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Connection string: key=value pairs or a postgres:// URI, libpq style (PGHOST, PGPORT,
+    /// PGUSER, PGPASSWORD, PGPASSFILE, PGAPPNAME, PGSSLMODE fill in what it leaves out).
+    /// Several hosts (host=a,b) are tried in order; add target_session_attrs=read-write to
+    /// follow the primary. application_name defaults to walhalla.
+    #[arg(
+        short = 'd',
+        long = "dbname",
+        value_name = "CONNINFO",
+        default_value = ""
+    )]
+    pub conninfo: String,
+
+    /// The physical replication slot to stream from (strongly recommended: without it the
+    /// primary may recycle WAL the archive does not have yet).
+    #[arg(short = 'S', long, value_name = "NAME")]
+    pub slot: Option<String>,
+
+    /// Create the slot if it does not exist, reserving WAL at once.
+    #[arg(long, requires = "slot")]
+    pub create_slot: bool,
+
+    /// Where to start when neither the spool nor the archive holds WAL of the server's
+    /// timeline yet (default: the slot's restart position, else the server's current one).
+    #[arg(long, value_name = "LSN")]
+    pub start_lsn: Option<Lsn>,
+
+    /// Stop, exiting 0, once everything up to this position is archived.
+    #[arg(long, value_name = "LSN")]
+    pub endpos: Option<Lsn>,
+
+    /// Local directory for WAL not yet archived [default: ~/.local/state/walhalla/spool-SYSTEMID].
+    #[arg(long, env = "WALHALLA_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+
+    /// Stop reading from the server while the spool holds this much (the slot then keeps
+    /// the WAL on the primary); accepts kB, MB, GB suffixes.
+    #[arg(long, value_name = "BYTES", default_value = "1GB", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+
+    /// Seconds between status updates to the server, at the most.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub status_interval: u64,
+
+    /// Report WAL as flushed once it is fsynced in the spool, not once it is archived, so the
+    /// receiver can be a synchronous standby (see README: what each mode guarantees).
+    #[arg(long)]
+    pub synchronous: bool,
+
+    /// Segments uploaded in parallel at most.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub upload_parallelism: u64,
+}
+
+/// Parses a byte count with an optional kB/MB/GB (or KiB/MiB/GiB) suffix, powers of 1024.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match text[digits.len()..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "kib" => 1 << 10,
+        "mb" | "mib" => 1 << 20,
+        "gb" | "gib" => 1 << 30,
+        "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a byte count such as 1GB"))
+}
+
 impl Command {
     /// The name a log line or an error message gives the command.
     pub fn name(&self) -> &'static str {
         match self {
             Command::Push { .. } => "push",
             Command::Fetch { .. } => "fetch",
+            Command::Receive(_) => "receive",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("1GB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "GB", "1XB", "-1MB", "99999999999999TB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

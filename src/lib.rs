@@ -2,7 +2,8 @@
 //! it back when a replica or a restore needs it.
 //!
 //! # Layout
-//! Dependencies point inward: `hooks` → `archive` → `envelope` → `wal`.
+//! Dependencies point inward: `hooks`, `receiver` → `archive` → `envelope` → `wal`;
+//! `receiver` → `protocol` → `wal`.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
@@ -10,13 +11,19 @@
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command).
 //! - [`config`]: settings from flags, environment and the config file.
 //! - [`cli`]: the command line.
-//! - [`fsutil`], [`blocking`]: durable file writes; blocking work off the reactor.
+//! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
+//! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
+//! - [`fsutil`], [`blocking`], [`backoff`]: durable file writes; blocking work off the
+//!   reactor; jittered backoff.
 
 pub mod archive;
+pub mod backoff;
 pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
+pub mod protocol;
+pub mod receiver;
 pub mod wal;

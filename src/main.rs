@@ -8,11 +8,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use walhalla::cli::{Cli, Command};
+use anyhow::Context;
+use std::time::Duration;
+use walhalla::archive::{Archive, ArchiveOptions};
+use walhalla::cli::{Cli, Command, ReceiveArgs};
 use walhalla::config::Config;
 use walhalla::hooks::{
     self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOutcome,
 };
+use walhalla::protocol::conninfo::ConnParams;
+use walhalla::receiver::{Mode, ReceiveOptions};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -29,9 +34,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FETCH_FATAL);
         }
     };
-    init_tracing();
+    init_tracing(match cli.command {
+        Command::Receive(_) => "info",
+        _ => "warn",
+    });
     let failure_code = match cli.command {
-        Command::Push { .. } => EXIT_PUSH_FAILED,
+        Command::Push { .. } | Command::Receive(_) => EXIT_PUSH_FAILED,
         Command::Fetch { .. } => EXIT_FETCH_FATAL,
     };
     exit_with_on_panic(failure_code);
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::resolve(cli.global.overrides())?;
     match cli.command {
+        Command::Receive(args) => receive(&config, args).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
         Command::Fetch { name, dest } => Ok(match hooks::fetch(&config, &name, &dest).await? {
             FetchOutcome::Restored => 0,
@@ -71,9 +80,58 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `walhalla receive`: runs the receiver; SIGTERM or SIGINT ask it to finish cleanly.
+async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    let conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
+        .context("connection string")?;
+    let options = ReceiveOptions {
+        conn,
+        slot: args.slot,
+        create_slot: args.create_slot,
+        start_lsn: args.start_lsn,
+        endpos: args.endpos,
+        spool: args.spool,
+        spool_max_bytes: args.spool_max_bytes,
+        status_interval: Duration::from_secs(args.status_interval),
+        mode: if args.synchronous {
+            Mode::Synchronous
+        } else {
+            Mode::Archived
+        },
+        upload_parallelism: args.upload_parallelism as usize,
+        compression_level: config.compression_level,
+        system_id: config.system_id,
+    };
+    let archive_options = ArchiveOptions {
+        timeout: config.timeout,
+        deadline: None,
+        create: true,
+    };
+    let location = config.archive.clone();
+    let archive =
+        walhalla::blocking::run(move || Archive::open(&location, &archive_options)).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stop requested");
+        let _ = stop.send(true);
+    });
+    walhalla::receiver::run(options, archive, stopped).await
+}
+
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,
 /// as PostgreSQL expects of a command it interrupts at shutdown.
 async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
+    if matches!(cli.command, Command::Receive(_)) {
+        return run(cli).await;
+    }
     let (mut term, mut int) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
@@ -102,9 +160,10 @@ fn exit_with_on_panic(code: u8) {
     }));
 }
 
-fn init_tracing() {
+/// Logs to stderr (PostgreSQL captures a hook's stderr in its own log); `WALHALLA_LOG` filters.
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALHALLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -6,14 +6,18 @@
 //! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.partial.zst   partial segment
 //! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.<off>.backup.zst  backup history file
 //! <prefix>/<system-id>/timelines/<TTTTTTTT>.history.zst               timeline history file
+//! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.partial.<END>.zst  receiver's snapshot
 //! ```
+//!
+//! A receiver's snapshot holds a segment from its start to `END` (16 hex digits, the LSN
+//! just past its last byte); later snapshots of the same segment have larger `END`s.
 //!
 //! Segments are grouped by timeline and "xlogid" (the first 16 digits of their names: 4 GiB of
 //! WAL), which bounds directory sizes and makes "newest segment of a timeline" a short listing.
 
 use object_store::path::Path;
 
-use crate::wal::{SystemId, WalFileName};
+use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
 
 /// The suffix every archived object carries: each is a zstd stream (`zstd -d` restores it).
 pub const OBJECT_SUFFIX: &str = ".zst";
@@ -34,6 +38,21 @@ pub fn object_key(root: &Path, system_id: SystemId, name: &WalFileName) -> Path 
         }
         None => cluster.join("timelines").join(file),
     }
+}
+
+/// The key of a receiver's snapshot of `segment` holding the WAL up to `end`.
+pub fn partial_snapshot_key(
+    root: &Path,
+    system_id: SystemId,
+    segment: SegmentName,
+    end: Lsn,
+) -> Path {
+    let group = format!("{:08X}{:08X}", segment.timeline.0, segment.log);
+    let file = format!("{segment}.partial.{:016X}{OBJECT_SUFFIX}", end.0);
+    cluster_prefix(root, system_id)
+        .join("wal")
+        .join(group)
+        .join(file)
 }
 
 #[cfg(test)]
@@ -65,6 +84,15 @@ mod tests {
             )
             .to_string(),
             "7300000000000000001/wal/0000000100000000/00000001000000000000000A.partial.zst"
+        );
+        let segment = crate::wal::SegmentName {
+            timeline: crate::wal::TimelineId(2),
+            log: 1,
+            seg: 0x3F,
+        };
+        assert_eq!(
+            partial_snapshot_key(&root, id, segment, Lsn(0x1_3F12_3456)).to_string(),
+            "team/pg1/7300000000000000001/wal/0000000200000001/00000002000000010000003F.partial.000000013F123456.zst"
         );
     }
 }

@@ -7,7 +7,7 @@ mod keys;
 mod location;
 mod retry;
 
-pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key};
+pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key, partial_snapshot_key};
 pub use location::Location;
 pub use retry::is_transient;
 
@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::envelope;
-use crate::wal::{SystemId, WalFileName};
+use crate::wal::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
 use retry::{Failure, retry};
 
 /// What went wrong talking to the archive.
@@ -239,6 +239,16 @@ pub struct ClusterArchive {
 }
 
 impl ClusterArchive {
+    /// The cluster's system identifier.
+    pub fn system_id(&self) -> SystemId {
+        self.system_id
+    }
+
+    /// Where the archive lives.
+    pub fn location(&self) -> &Location {
+        &self.archive.location
+    }
+
     /// The key under which `name` is stored.
     pub fn key(&self, name: &WalFileName) -> Path {
         object_key(&self.archive.root, self.system_id, name)
@@ -252,7 +262,24 @@ impl ClusterArchive {
         content: Bytes,
         envelope: Vec<u8>,
     ) -> Result<PutOutcome> {
-        let key = self.key(name);
+        self.put_key(self.key(name), content, envelope).await
+    }
+
+    /// Stores a snapshot of `segment` as received up to `end` (the bytes from the segment's
+    /// start to `end`), under a key of its own: a newer snapshot supersedes an older one
+    /// without replacing it, and a full segment's name is never used for one.
+    pub async fn put_partial_snapshot(
+        &self,
+        segment: SegmentName,
+        end: Lsn,
+        content: Bytes,
+        envelope: Vec<u8>,
+    ) -> Result<PutOutcome> {
+        let key = partial_snapshot_key(&self.archive.root, self.system_id, segment, end);
+        self.put_key(key, content, envelope).await
+    }
+
+    async fn put_key(&self, key: Path, content: Bytes, envelope: Vec<u8>) -> Result<PutOutcome> {
         let payload = PutPayload::from(envelope);
         let opts = || PutOptions {
             mode: PutMode::Create,
@@ -323,6 +350,54 @@ impl ClusterArchive {
             })
         })
         .await
+    }
+
+    /// The newest complete segment the archive holds on `timeline`, if any.
+    pub async fn newest_segment(&self, timeline: TimelineId) -> Result<Option<SegmentName>> {
+        let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
+        let groups = self
+            .archive
+            .retrying("list", &wal, || {
+                self.archive.store.list_with_delimiter(Some(&wal))
+            })
+            .await?;
+        let tli = format!("{:08X}", timeline.0);
+        let mut groups: Vec<Path> = groups
+            .common_prefixes
+            .into_iter()
+            .filter(|p| {
+                p.filename()
+                    .is_some_and(|g| g.len() == 16 && g.starts_with(&tli))
+            })
+            .collect();
+        groups.sort();
+        while let Some(group) = groups.pop() {
+            let listing = self
+                .archive
+                .retrying("list", &group, || {
+                    self.archive.store.list_with_delimiter(Some(&group))
+                })
+                .await?;
+            let newest = listing
+                .objects
+                .iter()
+                .filter_map(|o| {
+                    o.location
+                        .filename()?
+                        .strip_suffix(OBJECT_SUFFIX)?
+                        .parse::<WalFileName>()
+                        .ok()
+                })
+                .filter_map(|name| match name {
+                    WalFileName::Segment(s) if s.timeline == timeline => Some(s),
+                    _ => None,
+                })
+                .max();
+            if newest.is_some() {
+                return Ok(newest);
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the archive holds anything at all for this cluster. A miss in an archive that

@@ -63,7 +63,7 @@ where
             Ok(Err(e)) if !is_transient(&e) => return Err(Failure::Store(e)),
             Ok(Err(e)) => e,
         };
-        let pause = jittered(backoff);
+        let pause = crate::backoff::jittered(backoff);
         if Instant::now() + pause >= deadline {
             return Err(Failure::Store(error));
         }
@@ -72,14 +72,6 @@ where
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-/// A pause between half and all of `backoff`, so that many clients do not retry in step.
-fn jittered(backoff: Duration) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let random = RandomState::new().hash_one(std::time::SystemTime::now());
-    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
-    backoff.mul_f64(fraction)
 }
 
 #[cfg(test)]

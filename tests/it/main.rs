@@ -4,3 +4,4 @@ mod catchup;
 mod fetch;
 mod harness;
 mod push;
+mod receive;

@@ -4,10 +4,12 @@
 
 mod archive;
 mod pg;
+mod receiver;
 mod s3;
 
 pub use archive::{Backend, TestArchive};
 pub use pg::PgCluster;
+pub use receiver::Receiver;
 #[allow(unused_imports)]
 pub use s3::S3Server;
 

@@ -85,19 +85,28 @@ impl PgCluster {
     /// A standby of `primary` from a fresh `pg_basebackup`, not started yet, with
     /// `primary_conninfo` set and `standby.signal` in place.
     pub fn standby_of(primary: &PgCluster, label: &str) -> PgCluster {
-        let dir = TestDir::new(label);
-        let data = dir.path().join("data");
-        primary.base_backup(&data);
-        let standby = PgCluster::at(dir, data);
+        let standby = Self::from_backup(primary, label, "stream");
         standby.append_conf(&format!(
-            "port = {}\nunix_socket_directories = '{}'\narchive_mode = off\n\
-             primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={label}'\n",
-            standby.port,
-            standby.dir.path().display(),
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={label}'",
             primary.port
         ));
         std::fs::write(standby.data.join("standby.signal"), "").expect("write standby.signal");
         standby
+    }
+
+    /// An instance made from a fresh `pg_basebackup -X wal_method` of `primary`, with its own
+    /// port and socket and archiving off, not started yet.
+    pub fn from_backup(primary: &PgCluster, label: &str, wal_method: &str) -> PgCluster {
+        let dir = TestDir::new(label);
+        let data = dir.path().join("data");
+        primary.base_backup_with(&data, wal_method);
+        let copy = PgCluster::at(dir, data);
+        copy.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'\narchive_mode = off",
+            copy.port,
+            copy.dir.path().display()
+        ));
+        copy
     }
 
     /// Environment variables for the server, and so for its archive and restore commands.
@@ -166,6 +175,22 @@ impl PgCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// Runs SQL and returns whether it succeeded, with what psql printed on stdout and stderr.
+    pub fn sql_output(&self, query: &str) -> (bool, String, String) {
+        let output = self.psql(query).output().expect("run psql");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        (
+            output.status.success(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    }
+
+    /// A connection string for `walhalla receive` to this cluster over TCP.
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+
     /// Like [`PgCluster::sql`] but returns `None` when the query fails.
     pub fn try_sql(&self, query: &str) -> Option<String> {
         let output = self.psql(query).output().ok()?;
@@ -222,6 +247,11 @@ impl PgCluster {
 
     /// A `pg_basebackup` of this cluster into `dest` (WAL streamed alongside).
     pub fn base_backup(&self, dest: &Path) {
+        self.base_backup_with(dest, "stream");
+    }
+
+    /// A `pg_basebackup -X wal_method` of this cluster into `dest`.
+    pub fn base_backup_with(&self, dest: &Path, wal_method: &str) {
         run_ok(
             as_pg_user(pg_bin().join("pg_basebackup"))
                 .args([
@@ -231,10 +261,10 @@ impl PgCluster {
                     &self.port.to_string(),
                     "-U",
                     "postgres",
-                    "-X",
-                    "stream",
                     "-c",
                     "fast",
+                    "-X",
+                    wal_method,
                     "-D",
                 ])
                 .arg(dest),

@@ -1,0 +1,621 @@
+//! One connection to a PostgreSQL server in physical replication mode: TCP or unix socket,
+//! TLS negotiated per `sslmode`, authentication (trust, password, md5, SCRAM-SHA-256), simple
+//! queries (the replication commands and `SHOW`), and the CopyBoth sub-protocol that
+//! `START_REPLICATION` opens. Messages are framed with `postgres-protocol`; CopyBothResponse
+//! (`W`), which it does not know, and CopyData, the hot path, are handled here.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::{ErrorFields, Header, Message};
+use postgres_protocol::message::frontend;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
+use super::tls::{self, TlsError};
+
+/// How long connecting and authenticating to one host may take unless `connect_timeout` says.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest message accepted from the server; WAL arrives in messages of 128 kB at most.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// An error the server reported (ErrorResponse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// ERROR, FATAL or PANIC.
+    pub severity: String,
+    /// The SQLSTATE code.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// The detail, if any.
+    pub detail: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, "; {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerError {
+    fn from_fields(mut fields: ErrorFields<'_>) -> io::Result<ServerError> {
+        let mut error = ServerError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+        };
+        while let Some(field) = fields.next()? {
+            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+            match field.type_() {
+                b'V' => error.severity = value,
+                b'S' if error.severity.is_empty() => error.severity = value,
+                b'C' => error.code = value,
+                b'M' => error.message = value,
+                b'D' => error.detail = Some(value),
+                _ => {}
+            }
+        }
+        Ok(error)
+    }
+}
+
+/// What went wrong on a connection.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The network failed or the server closed the connection.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Connecting and authenticating took longer than the connect timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The server reported an error.
+    #[error("server error: {0}")]
+    Server(ServerError),
+    /// The server asked for a password and none is configured.
+    #[error(
+        "the server requires a password and none was given (password, PGPASSWORD or the password file)"
+    )]
+    NoPassword,
+    /// The server asked for an authentication method this client does not support.
+    #[error("unsupported authentication method {0} (use trust, password, md5 or scram-sha-256)")]
+    UnsupportedAuthentication(&'static str),
+    /// TLS could not be set up or the server's certificate was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// TLS is required but the server does not offer it.
+    #[error("sslmode={0} but the server does not support SSL")]
+    TlsRefused(SslMode),
+    /// The server does not match `target_session_attrs`.
+    #[error("server is not {0} ({1})")]
+    WrongSessionKind(TargetSessionAttrs, String),
+    /// No host could be used; the error of each, in order.
+    #[error("{}", .0.iter().map(|(h, e)| format!("{h}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllHostsFailed(Vec<(String, Error)>),
+}
+
+impl Error {
+    /// Whether retrying cannot help: bad credentials or configuration, not a passing outage.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            // Class 28: invalid authorization (bad password, no pg_hba.conf entry).
+            Error::Server(e) => e.code.starts_with("28"),
+            Error::NoPassword
+            | Error::UnsupportedAuthentication(_)
+            | Error::Tls(_)
+            | Error::TlsRefused(_) => true,
+            Error::AllHostsFailed(errors) => errors.iter().all(|(_, e)| e.is_fatal()),
+            Error::Io(_) | Error::Timeout(_) | Error::Protocol(_) | Error::WrongSessionKind(..) => {
+                false
+            }
+        }
+    }
+
+    /// The server's error, when that is what this is (for one host, the last one's).
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            Error::Server(e) => Some(e),
+            Error::AllHostsFailed(errors) => errors.last().and_then(|(_, e)| e.server_error()),
+            _ => None,
+        }
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Error::Tls(e.to_string())
+    }
+}
+
+/// Result of connection operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A row of a simple query's result, every column as text.
+pub type Row = Vec<Option<String>>;
+
+/// What arrives on a connection in CopyBoth mode.
+#[derive(Debug)]
+pub enum CopyMessage {
+    /// A CopyData payload.
+    Data(Bytes),
+    /// The server ended its side of the copy (end of a timeline).
+    Done,
+    /// The command finished without CopyDone, e.g. when the server shuts down.
+    Complete(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An authenticated connection in replication mode.
+pub struct Connection {
+    io: Box<dyn Io>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    host: HostAddr,
+    encrypted: bool,
+    parameters: HashMap<String, String>,
+}
+
+enum Frame {
+    CopyData(Bytes),
+    CopyBothResponse,
+    Other(Message),
+}
+
+impl Connection {
+    /// Connects to the first host of `params` that accepts the connection and matches its
+    /// `target_session_attrs`, trying them in order.
+    pub async fn connect(params: &ConnParams) -> Result<Connection> {
+        let mut errors = Vec::new();
+        let passes: &[TargetSessionAttrs] = match params.target_session_attrs {
+            TargetSessionAttrs::PreferStandby => {
+                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+            }
+            ref attrs => std::slice::from_ref(attrs),
+        };
+        for attrs in passes {
+            for host in &params.hosts {
+                match Self::connect_host(params, host, *attrs).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => errors.push((host.to_string(), e)),
+                }
+            }
+        }
+        Err(Error::AllHostsFailed(errors))
+    }
+
+    async fn connect_host(
+        params: &ConnParams,
+        host: &HostAddr,
+        attrs: TargetSessionAttrs,
+    ) -> Result<Connection> {
+        let timeout = params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut conn = match tokio::time::timeout(timeout, Self::open(params, host)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Timeout(timeout)),
+        };
+        conn.check_session_attrs(attrs).await?;
+        Ok(conn)
+    }
+
+    async fn open(params: &ConnParams, host: &HostAddr) -> Result<Connection> {
+        let (io, encrypted): (Box<dyn Io>, bool) = match host {
+            // libpq does not use TLS on unix sockets either.
+            HostAddr::Unix { .. } => {
+                let path = host.socket_path().expect("a unix host has a socket path");
+                (Box::new(UnixStream::connect(path).await?), false)
+            }
+            HostAddr::Tcp { host: name, port } => {
+                let tcp = TcpStream::connect((name.as_str(), *port)).await?;
+                tcp.set_nodelay(true)?;
+                match Self::negotiate_tls(params, name, tcp).await? {
+                    Ok(tls) => (tls, true),
+                    Err(plain) => (Box::new(plain), false),
+                }
+            }
+        };
+        let mut conn = Connection {
+            io,
+            read_buf: BytesMut::with_capacity(256 * 1024),
+            write_buf: BytesMut::with_capacity(8 * 1024),
+            host: host.clone(),
+            encrypted,
+            parameters: HashMap::new(),
+        };
+        conn.startup(params).await?;
+        Ok(conn)
+    }
+
+    /// Sends SSLRequest when `sslmode` asks for TLS; returns the TLS stream, or the plain one
+    /// when TLS is not to be used.
+    async fn negotiate_tls(
+        params: &ConnParams,
+        name: &str,
+        mut tcp: TcpStream,
+    ) -> Result<Result<Box<dyn Io>, TcpStream>> {
+        let mode = params.sslmode;
+        if matches!(mode, SslMode::Disable | SslMode::Allow) {
+            return Ok(Err(tcp));
+        }
+        let config = tls::client_config(mode, params.sslrootcert.as_deref())?
+            .expect("TLS modes have a config");
+        let mut request = BytesMut::new();
+        frontend::ssl_request(&mut request);
+        tcp.write_all(&request).await?;
+        // Exactly one byte: anything after it would be unencrypted data (CVE-2021-23222).
+        let answer = tcp.read_u8().await?;
+        match answer {
+            b'S' => {
+                let server_name = tls::server_name(name)
+                    .ok_or_else(|| Error::Tls(format!("invalid server name {name:?}")))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| Error::Tls(e.to_string()))?;
+                Ok(Ok(Box::new(stream)))
+            }
+            b'N' if mode == SslMode::Prefer => Ok(Err(tcp)),
+            b'N' => Err(Error::TlsRefused(mode)),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer {other:#04x} to SSLRequest"
+            ))),
+        }
+    }
+
+    async fn startup(&mut self, params: &ConnParams) -> Result<()> {
+        let startup = [
+            ("user", params.user.as_str()),
+            ("replication", "true"),
+            ("application_name", params.application_name.as_str()),
+        ];
+        frontend::startup_message(startup.iter().copied(), &mut self.write_buf)?;
+        self.flush().await?;
+        loop {
+            match self.read_message().await? {
+                Message::AuthenticationOk => break,
+                Message::AuthenticationCleartextPassword => {
+                    let password = self.password(params)?;
+                    frontend::password_message(password.as_bytes(), &mut self.write_buf)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let password = self.password(params)?;
+                    let hash = md5_hash(params.user.as_bytes(), password.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    self.scram(params, body.mechanisms().collect::<Vec<&str>>()?)
+                        .await?
+                }
+                Message::AuthenticationKerberosV5 => {
+                    return Err(Error::UnsupportedAuthentication("Kerberos"));
+                }
+                Message::AuthenticationScmCredential => {
+                    return Err(Error::UnsupportedAuthentication("SCM credentials"));
+                }
+                Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
+                    return Err(Error::UnsupportedAuthentication("GSSAPI"));
+                }
+                Message::AuthenticationSspi => {
+                    return Err(Error::UnsupportedAuthentication("SSPI"));
+                }
+                Message::ErrorResponse(body) => {
+                    return Err(Error::Server(ServerError::from_fields(body.fields())?));
+                }
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message during authentication".into(),
+                    ));
+                }
+            }
+        }
+        loop {
+            match self.read_message().await? {
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::BackendKeyData(_) => {}
+                Message::ErrorResponse(body) => {
+                    return Err(Error::Server(ServerError::from_fields(body.fields())?));
+                }
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message after authentication".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn scram(&mut self, params: &ConnParams, mechanisms: Vec<&str>) -> Result<()> {
+        if !mechanisms.contains(&SCRAM_SHA_256) {
+            return Err(Error::UnsupportedAuthentication(
+                "SASL without SCRAM-SHA-256",
+            ));
+        }
+        let password = self.password(params)?;
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)?;
+        self.flush().await?;
+        match self.read_message().await? {
+            Message::AuthenticationSaslContinue(body) => scram.update(body.data())?,
+            Message::ErrorResponse(body) => {
+                return Err(Error::Server(ServerError::from_fields(body.fields())?));
+            }
+            _ => return Err(Error::Protocol("expected SASL continue".into())),
+        }
+        frontend::sasl_response(scram.message(), &mut self.write_buf)?;
+        self.flush().await?;
+        match self.read_message().await? {
+            Message::AuthenticationSaslFinal(body) => scram.finish(body.data())?,
+            Message::ErrorResponse(body) => {
+                return Err(Error::Server(ServerError::from_fields(body.fields())?));
+            }
+            _ => return Err(Error::Protocol("expected SASL final".into())),
+        }
+        Ok(())
+    }
+
+    fn password(&self, params: &ConnParams) -> Result<String> {
+        params.password_for(&self.host).ok_or(Error::NoPassword)
+    }
+
+    async fn check_session_attrs(&mut self, attrs: TargetSessionAttrs) -> Result<()> {
+        let hot_standby = match self.parameters.get("in_hot_standby") {
+            Some(value) => value == "on",
+            // Before PostgreSQL 14 the server does not report it.
+            None => self.show("transaction_read_only").await? == "on",
+        };
+        let ok = match attrs {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::Primary => !hot_standby,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => hot_standby,
+            TargetSessionAttrs::ReadWrite => self.show("transaction_read_only").await? == "off",
+            TargetSessionAttrs::ReadOnly => self.show("transaction_read_only").await? == "on",
+        };
+        if ok {
+            return Ok(());
+        }
+        let what = if hot_standby {
+            "it is a standby"
+        } else {
+            "it is a primary or read-only"
+        };
+        Err(Error::WrongSessionKind(attrs, what.into()))
+    }
+
+    /// The value of a server setting (`SHOW name`).
+    pub async fn show(&mut self, name: &str) -> Result<String> {
+        let rows = self.simple_query(&format!("SHOW {name}")).await?;
+        rows.into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten())
+            .ok_or_else(|| Error::Protocol(format!("SHOW {name} returned no value")))
+    }
+
+    /// The host this connection reached.
+    pub fn host(&self) -> &HostAddr {
+        &self.host
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Runs `sql` with the simple query protocol and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        self.read_results().await
+    }
+
+    /// Reads result rows until ReadyForQuery; a server error is returned after the server is
+    /// ready again, so the connection stays usable.
+    pub async fn read_results(&mut self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                Message::DataRow(body) => {
+                    let buffer = body.buffer();
+                    let row = body
+                        .ranges()
+                        .map(|range| {
+                            Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
+                        })
+                        .collect::<Row>()?;
+                    rows.push(row);
+                }
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                Message::ErrorResponse(body) => {
+                    error = Some(ServerError::from_fields(body.fields())?)
+                }
+                Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(Error::Server(e)),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message in a query result".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends `sql` (START_REPLICATION) and waits for the server to enter CopyBoth mode.
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        loop {
+            match self.read_frame().await? {
+                Frame::CopyBothResponse => return Ok(()),
+                Frame::Other(Message::ErrorResponse(body)) => {
+                    let error = ServerError::from_fields(body.fields())?;
+                    // Drain to ReadyForQuery so the connection can be reused.
+                    self.read_results().await?;
+                    return Err(Error::Server(error));
+                }
+                Frame::Other(
+                    Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_),
+                ) => {}
+                _ => return Err(Error::Protocol("expected CopyBothResponse".into())),
+            }
+        }
+    }
+
+    /// The next message of a CopyBoth stream.
+    pub async fn read_copy(&mut self) -> Result<CopyMessage> {
+        match self.read_frame().await? {
+            Frame::CopyData(data) => Ok(CopyMessage::Data(data)),
+            Frame::Other(Message::CopyDone) => Ok(CopyMessage::Done),
+            Frame::Other(Message::CommandComplete(body)) => {
+                Ok(CopyMessage::Complete(body.tag()?.to_string()))
+            }
+            Frame::Other(Message::ErrorResponse(body)) => {
+                Err(Error::Server(ServerError::from_fields(body.fields())?))
+            }
+            _ => Err(Error::Protocol(
+                "unexpected message in CopyBoth mode".into(),
+            )),
+        }
+    }
+
+    /// Whether a complete message is already buffered, so reading it will not wait on the
+    /// network: the end of a batch is when this turns false.
+    pub fn has_buffered_message(&self) -> bool {
+        match Header::parse(&self.read_buf) {
+            Ok(Some(header)) => self.read_buf.len() > header.len() as usize,
+            _ => false,
+        }
+    }
+
+    /// The server's major version, from the `server_version` it reported.
+    pub fn server_major_version(&self) -> Option<u32> {
+        let version = self.parameters.get("server_version")?;
+        version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Queues a CopyData message; [`Connection::flush`] sends it.
+    pub fn queue_copy_data(&mut self, payload: &[u8]) {
+        frontend::CopyData::new(payload)
+            .expect("small payload")
+            .write(&mut self.write_buf);
+    }
+
+    /// Sends CopyDone, ending the client's side of the copy.
+    pub async fn send_copy_done(&mut self) -> Result<()> {
+        frontend::copy_done(&mut self.write_buf);
+        self.flush().await
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.io.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Says goodbye to the server (Terminate) and closes the connection.
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+
+    async fn read_message(&mut self) -> Result<Message> {
+        match self.read_frame().await? {
+            Frame::Other(message) => Ok(message),
+            Frame::CopyData(_) | Frame::CopyBothResponse => {
+                Err(Error::Protocol("unexpected copy message".into()))
+            }
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(frame) = self.parse_frame()? {
+                return Ok(frame);
+            }
+            if self.io.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// Takes one complete message off the read buffer, skipping notices and parameter reports.
+    fn parse_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let Some(header) = Header::parse(&self.read_buf)? else {
+                return Ok(None);
+            };
+            let total = header.len() as usize + 1;
+            if total > MAX_MESSAGE_BYTES {
+                return Err(Error::Protocol(format!(
+                    "message of {total} bytes is too large"
+                )));
+            }
+            if self.read_buf.len() < total {
+                self.read_buf.reserve(total - self.read_buf.len());
+                return Ok(None);
+            }
+            match header.tag() {
+                b'd' => {
+                    let mut frame = self.read_buf.split_to(total).freeze();
+                    frame.advance(5);
+                    return Ok(Some(Frame::CopyData(frame)));
+                }
+                b'W' => {
+                    self.read_buf.advance(total);
+                    return Ok(Some(Frame::CopyBothResponse));
+                }
+                _ => {}
+            }
+            let message =
+                Message::parse(&mut self.read_buf)?.expect("a complete message is buffered");
+            match message {
+                Message::NoticeResponse(body) => {
+                    let notice = ServerError::from_fields(body.fields())?;
+                    tracing::info!(host = %self.host, "server notice: {notice}");
+                }
+                Message::ParameterStatus(body) => {
+                    self.parameters
+                        .insert(body.name()?.to_string(), body.value()?.to_string());
+                }
+                other => return Ok(Some(Frame::Other(other))),
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The replication client: connection parameters (libpq conventions), the connection
+//! (startup, TLS, authentication, simple queries, CopyBoth), and the sans-IO framing of the
+//! streaming replication messages.
+
+pub mod connection;
+pub mod conninfo;
+pub mod replication;
+pub mod tls;

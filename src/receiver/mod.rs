@@ -1,0 +1,114 @@
+//! `walhalla receive`: a streaming replication client on a physical slot that archives every
+//! WAL byte. A supervisor runs sessions ([`session`]) and reconnects after failures with
+//! exponential backoff and jitter, forever, until shutdown, `--endpos`, or a fatal problem.
+//! Received WAL goes to a local spool ([`spool`]); complete segments are archived by the
+//! uploader ([`upload`]).
+//!
+//! The flush position reported to the server decides how far the slot lets the primary
+//! recycle WAL. By default it is what is durable in the archive, so the primary keeps every
+//! segment until it is safely off the host. With `--synchronous` it is what is durable in the
+//! local spool, reported after every fsync, so the receiver can serve as a synchronous standby
+//! and commits wait only for the local fsync.
+
+mod session;
+mod spool;
+mod upload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::archive::Archive;
+use crate::protocol::conninfo::ConnParams;
+use crate::wal::{Lsn, SystemId};
+use session::SessionEnd;
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A session that streamed this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// What the receiver reports as flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// WAL durable in the archive (the default).
+    Archived,
+    /// WAL durable in the local spool (`--synchronous`).
+    Synchronous,
+}
+
+/// Settings of `walhalla receive`.
+#[derive(Clone, Debug)]
+pub struct ReceiveOptions {
+    /// Where and how to connect.
+    pub conn: ConnParams,
+    /// The physical replication slot to stream from.
+    pub slot: Option<String>,
+    /// Create the slot when it is missing.
+    pub create_slot: bool,
+    /// Where to start when neither the spool nor the archive holds anything yet.
+    pub start_lsn: Option<Lsn>,
+    /// Stop once everything up to here is archived.
+    pub endpos: Option<Lsn>,
+    /// The spool directory (default: per cluster under the user's state directory).
+    pub spool: Option<PathBuf>,
+    /// Stop reading from the server while the spool holds this much.
+    pub spool_max_bytes: u64,
+    /// How often to send a status update at the least.
+    pub status_interval: Duration,
+    /// What to report as flushed.
+    pub mode: Mode,
+    /// Uploads in flight at most.
+    pub upload_parallelism: usize,
+    /// zstd level of archived segments.
+    pub compression_level: i32,
+    /// The cluster the archive namespace is for, when given explicitly.
+    pub system_id: Option<SystemId>,
+}
+
+/// Runs the receiver until `--endpos` is archived, `shutdown` turns true, or a fatal error.
+pub async fn run(
+    options: ReceiveOptions,
+    archive: Archive,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut context = None;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let outcome = session::run(&options, &archive, &mut context, shutdown.clone()).await;
+        if started.elapsed() >= HEALTHY_SESSION {
+            backoff = FIRST_BACKOFF;
+        }
+        let pause = match outcome {
+            Ok(SessionEnd::EndPos | SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::ServerEnded(why)) => {
+                tracing::warn!("disconnected: {why}; reconnecting");
+                FIRST_BACKOFF
+            }
+            Err(e) if e.fatal => return Err(e.error),
+            Err(e) => {
+                let pause = crate::backoff::jittered(backoff);
+                tracing::warn!(
+                    "disconnected: {:#}; reconnecting in {:.1}s",
+                    e.error,
+                    pause.as_secs_f64()
+                );
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {
+                if let Some(ctx) = &context {
+                    tracing::info!("shutting down: archiving complete segments");
+                    ctx.drain().await?;
+                }
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The spool: a local directory where received WAL lands before it is archived.
+//!
+//! - `SEGMENT.partial`: the segment being received, written sequentially from its start.
+//! - `SEGMENT`: a complete segment, fsynced and renamed durably, waiting for its upload; it is
+//!   deleted once the archive holds it.
+//! - `walhalla.spool`: the system identifier of the cluster the spool belongs to, so a spool is
+//!   never shared by two clusters.
+//!
+//! After a crash, streaming restarts at the start of the segment of the `.partial` file (the
+//! slot keeps that segment on the server), so its possibly torn tail is never trusted.
+//! The functions here block: call them through [`crate::blocking::run`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::fsync_dir;
+use crate::wal::{SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+
+const MARKER: &str = "walhalla.spool";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// What a spool directory holds for one timeline.
+#[derive(Debug, Default)]
+pub struct SpoolContents {
+    /// Complete segments not yet archived, oldest first.
+    pub complete: Vec<SegmentName>,
+    /// The segment that was being received, if any.
+    pub partial: Option<SegmentName>,
+}
+
+/// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
+/// cluster and checks that the directory is writable.
+pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let marker = dir.join(MARKER);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) if text.trim() == system_id.to_string() => {}
+        Ok(text) => {
+            return Err(io::Error::other(format!(
+                "spool {} belongs to cluster {}, not {system_id}",
+                dir.display(),
+                text.trim()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let temp = dir.join(format!("{MARKER}.tmp"));
+            std::fs::write(&temp, format!("{system_id}\n"))?;
+            File::open(&temp)?.sync_all()?;
+            std::fs::rename(&temp, &marker)?;
+            fsync_dir(dir)?;
+        }
+        Err(e) => return Err(e),
+    }
+    // Writable? (The marker may predate a permissions change.)
+    let probe = dir.join(".walhalla-write-probe");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Lists the spool's segments of `timeline`.
+pub fn scan(dir: &Path, timeline: TimelineId) -> io::Result<SpoolContents> {
+    let mut contents = SpoolContents::default();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match name.parse::<WalFileName>() {
+            Ok(WalFileName::Segment(s)) if s.timeline == timeline => contents.complete.push(s),
+            Ok(WalFileName::Partial(s)) if s.timeline == timeline => {
+                contents.partial = contents.partial.max(Some(s));
+            }
+            _ => {}
+        }
+    }
+    contents.complete.sort();
+    Ok(contents)
+}
+
+/// The path of a complete segment in the spool.
+pub fn complete_path(dir: &Path, segment: SegmentName) -> PathBuf {
+    dir.join(segment.to_string())
+}
+
+/// Removes a segment once the archive holds it.
+pub fn remove_complete(dir: &Path, segment: SegmentName) -> io::Result<()> {
+    match std::fs::remove_file(complete_path(dir, segment)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The segment being received: `SEGMENT.partial`, written from the segment's start.
+pub struct SegmentWriter {
+    file: File,
+    dir: PathBuf,
+    segment: SegmentName,
+    segno: SegNo,
+    size: SegmentSize,
+    written: u64,
+    synced: u64,
+}
+
+impl SegmentWriter {
+    /// Starts receiving segment `segno` of `timeline`, discarding any older `.partial` file.
+    pub fn create(
+        dir: &Path,
+        timeline: TimelineId,
+        segno: SegNo,
+        size: SegmentSize,
+    ) -> io::Result<SegmentWriter> {
+        let segment = SegmentName::new(timeline, segno, size);
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            if let Some(Ok(WalFileName::Partial(stale))) =
+                name.to_str().map(str::parse::<WalFileName>)
+            {
+                std::fs::remove_file(dir.join(format!("{stale}{PARTIAL_SUFFIX}")))?;
+            }
+        }
+        let path = dir.join(format!("{segment}{PARTIAL_SUFFIX}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        fsync_dir(dir)?;
+        Ok(SegmentWriter {
+            file,
+            dir: dir.to_path_buf(),
+            segment,
+            segno,
+            size,
+            written: 0,
+            synced: 0,
+        })
+    }
+
+    /// The segment's name.
+    pub fn segment(&self) -> SegmentName {
+        self.segment
+    }
+
+    /// Bytes of the segment still to receive.
+    pub fn remaining(&self) -> u64 {
+        u64::from(self.size.bytes()) - self.written
+    }
+
+    /// The position just past the last byte written.
+    pub fn end_lsn(&self) -> crate::wal::Lsn {
+        crate::wal::Lsn(self.segno.start_lsn(self.size).0 + self.written)
+    }
+
+    /// The position just past the last byte made durable.
+    pub fn synced_lsn(&self) -> crate::wal::Lsn {
+        crate::wal::Lsn(self.segno.start_lsn(self.size).0 + self.synced)
+    }
+
+    /// Appends bytes; the caller never passes more than [`SegmentWriter::remaining`].
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        debug_assert!(bytes.len() as u64 <= self.remaining());
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.synced < self.written {
+            self.file.sync_data()?;
+            self.synced = self.written;
+        }
+        Ok(())
+    }
+
+    /// The bytes received so far (for a snapshot upload).
+    pub fn read_back(&self) -> io::Result<Vec<u8>> {
+        let mut bytes = std::fs::read(self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment)))?;
+        bytes.truncate(self.written as usize);
+        Ok(bytes)
+    }
+
+    /// Completes the segment: fsync, rename to its final name, fsync the directory.
+    pub fn finish(mut self) -> io::Result<SegmentName> {
+        debug_assert_eq!(self.remaining(), 0);
+        self.sync()?;
+        let from = self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment));
+        std::fs::rename(from, complete_path(&self.dir, self.segment))?;
+        fsync_dir(&self.dir)?;
+        Ok(self.segment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u32 = 1 << 20;
+
+    #[test]
+    fn segments_complete_durably_and_scan_back() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), SystemId(9)).unwrap();
+        assert!(
+            open(dir.path(), SystemId(10)).is_err(),
+            "another cluster's spool must be refused"
+        );
+        let size = SegmentSize::new(MIB).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size).unwrap();
+        w.write(&vec![1u8; MIB as usize]).unwrap();
+        assert_eq!(w.end_lsn(), crate::wal::Lsn(4 * u64::from(MIB)));
+        let done = w.finish().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
+        w.write(b"abc").unwrap();
+        assert_eq!(w.read_back().unwrap(), b"abc");
+        let contents = scan(dir.path(), TimelineId(1)).unwrap();
+        assert_eq!(contents.complete, vec![done]);
+        assert_eq!(contents.partial, Some(w.segment()));
+        assert!(scan(dir.path(), TimelineId(2)).unwrap().complete.is_empty());
+        remove_complete(dir.path(), done).unwrap();
+        assert!(scan(dir.path(), TimelineId(1)).unwrap().complete.is_empty());
+    }
+}

@@ -1,0 +1,121 @@
+//! A `walhalla receive` daemon run by a test: started with the archive's settings, logging to
+//! a file, stopped with SIGTERM or killed with SIGKILL by pid; killed on drop, its log printed
+//! when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TestArchive, TestDir, Walhalla};
+
+/// A running receiver.
+pub struct Receiver {
+    child: Option<Child>,
+    log: PathBuf,
+    /// The spool directory it was given.
+    pub spool: PathBuf,
+    _dir: TestDir,
+}
+
+impl Receiver {
+    /// Starts `walhalla --archive … receive --spool … ARGS` (spool in a fresh directory).
+    pub fn start(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> Receiver {
+        let dir = TestDir::new("receiver");
+        Self::start_with_spool(wh, archive, dir.path().join("spool"), args, dir)
+    }
+
+    /// Like [`Receiver::start`] but with a given spool directory, to restart on the same one.
+    pub fn restart(wh: &Walhalla, archive: &TestArchive, spool: &Path, args: &[&str]) -> Receiver {
+        Self::start_with_spool(
+            wh,
+            archive,
+            spool.to_path_buf(),
+            args,
+            TestDir::new("receiver"),
+        )
+    }
+
+    fn start_with_spool(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        spool: PathBuf,
+        args: &[&str],
+        dir: TestDir,
+    ) -> Receiver {
+        let log = dir.path().join("receiver.log");
+        let file = std::fs::File::create(&log).expect("create the receiver log");
+        let child = Command::new(wh.path())
+            .arg("--archive")
+            .arg(archive.url())
+            .arg("receive")
+            .arg("--spool")
+            .arg(&spool)
+            .args(args)
+            .envs(archive.env())
+            .env("WALHALLA_LOG", "walhalla=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("start walhalla receive");
+        Receiver {
+            child: Some(child),
+            log,
+            spool,
+            _dir: dir,
+        }
+    }
+
+    /// Asks it to stop (SIGTERM) and waits for it.
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(child) = &self.child {
+            // SAFETY: kill() on the pid of a child we started and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        self.wait(Duration::from_secs(120))
+            .expect("the receiver did not stop within 120 s after SIGTERM")
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit on its own.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait for the receiver") {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last lines of the receiver log ---\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        self.kill9();
+    }
+}

@@ -1,0 +1,536 @@
+//! `walhalla receive` against real PostgreSQL: byte-identical archives, the slot held back to
+//! what is archived, synchronous standby, restarts of the primary, authentication, TLS, and
+//! the fatal cases.
+
+use std::time::Duration;
+
+use walhalla::wal::{Lsn, SegNo, SegmentSize, WalFileName};
+
+use crate::harness::{
+    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+};
+use crate::push::key_of;
+
+const SEGMENT: u64 = 1 << 20;
+
+/// The complete segments in the archive, sorted, and the end of the newest receiver snapshot
+/// of each segment.
+fn archived(archive: &TestArchive) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let mut segments = Vec::new();
+    let mut snapshots = Vec::new();
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    for key in archive.keys() {
+        let file = key.rsplit('/').next().unwrap().trim_end_matches(".zst");
+        if let Some((name, end)) = file.split_once(".partial.") {
+            if let Ok(WalFileName::Segment(s)) = name.parse::<WalFileName>() {
+                snapshots.push((
+                    s.segno(size).unwrap().0,
+                    u64::from_str_radix(end, 16).unwrap(),
+                ));
+            }
+        } else if let Ok(WalFileName::Segment(s)) = file.parse::<WalFileName>() {
+            segments.push(s.segno(size).unwrap().0);
+        }
+    }
+    segments.sort();
+    (segments, snapshots)
+}
+
+/// Everything before this position is in the archive (contiguous from its first segment).
+fn archive_end(archive: &TestArchive) -> Lsn {
+    let (segments, snapshots) = archived(archive);
+    let Some(&first) = segments.first() else {
+        return Lsn(0);
+    };
+    let mut next = first;
+    while segments.binary_search(&next).is_ok() {
+        next += 1;
+    }
+    let snapshot = snapshots
+        .iter()
+        .filter(|(s, _)| *s == next)
+        .map(|(_, end)| *end)
+        .max();
+    Lsn(snapshot.unwrap_or(next * SEGMENT))
+}
+
+fn lsn(pg: &PgCluster, query: &str) -> Lsn {
+    pg.sql(query).parse().expect("an LSN")
+}
+
+fn wait_streaming(pg: &PgCluster) {
+    wait_for("the receiver to stream", Duration::from_secs(60), || {
+        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
+        (state == "streaming").then_some(())
+    });
+}
+
+fn wait_archive_holds(archive: &TestArchive, segment: &str) {
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    let target = match segment.parse::<WalFileName>() {
+        Ok(WalFileName::Segment(s)) => s.segno(size).unwrap().0,
+        other => panic!("{other:?}"),
+    };
+    wait_for(
+        &format!("{segment} in the archive"),
+        Duration::from_secs(120),
+        || (archive_end(archive) >= Lsn((target + 1) * SEGMENT)).then_some(()),
+    );
+}
+
+/// A receiver on slot "walhalla" (created) of `pg`, with `extra` arguments, once streaming.
+fn streaming_receiver(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    extra: &[&str],
+) -> Receiver {
+    let conninfo = pg.conninfo();
+    let mut args = vec!["-d", conninfo.as_str(), "-S", "walhalla", "--create-slot"];
+    args.extend_from_slice(extra);
+    let receiver = Receiver::start(wh, archive, &args);
+    wait_streaming(pg);
+    receiver
+}
+
+fn receiver_archives_every_byte(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let reference = TestDir::new("reference");
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = 'cp %p {}/%f'\nwal_keep_size = '1GB'",
+        reference.path().display()
+    ));
+    pg.start();
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &["--status-interval", "1"]);
+    let slot_lsn = || {
+        lsn(
+            &pg,
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walhalla'",
+        )
+    };
+    let reserved = slot_lsn();
+    let mut last = String::new();
+    for _ in 0..6 {
+        pg.write_rows(2000);
+        last = pg.switch_wal();
+        // The slot never passes what the archive holds (sample the slot first: the archive
+        // only grows).
+        let restart = slot_lsn();
+        let end = archive_end(&archive);
+        assert!(
+            restart <= end.max(reserved),
+            "slot at {restart} but the archive ends at {end}"
+        );
+    }
+    wait_archive_holds(&archive, &last);
+    pg.wait_archived(&last);
+    wait_for(
+        "the slot to advance with the archive",
+        Duration::from_secs(30),
+        || {
+            let restart = slot_lsn();
+            assert!(
+                restart <= archive_end(&archive).max(reserved),
+                "slot at {restart} past the archive"
+            );
+            (restart > reserved).then_some(())
+        },
+    );
+
+    let (segments, _) = archived(&archive);
+    assert!(segments.len() >= 6, "{segments:?}");
+    let system_id = pg.system_id();
+    let out = TestDir::new("out");
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    for &segno in &segments {
+        let name =
+            walhalla::wal::SegmentName::new(walhalla::wal::TimelineId(1), SegNo(segno), size)
+                .to_string();
+        let dest = out.path().join(&name);
+        let run = wh.run(
+            &archive,
+            &pg.data,
+            &["fetch", &name, dest.to_str().unwrap()],
+        );
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "fetch {name}: {}",
+            describe(&run)
+        );
+        let expected = std::fs::read(reference.path().join(&name)).unwrap();
+        assert!(
+            std::fs::read(&dest).unwrap() == expected,
+            "{name} differs from the server's"
+        );
+    }
+    assert!(archive.object(&key_of(system_id, &last)).is_some());
+    let status = receiver.stop();
+    assert!(
+        status.success(),
+        "SIGTERM must end the receiver cleanly: {status:?}\n{}",
+        receiver.log()
+    );
+}
+
+#[test]
+fn receiver_archives_every_byte_local() {
+    receiver_archives_every_byte(Backend::Local);
+}
+
+#[test]
+fn receiver_archives_every_byte_s3() {
+    receiver_archives_every_byte(Backend::S3);
+}
+
+#[test]
+fn synchronous_standby() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("synchronous_standby_names = 'walhalla'");
+    pg.start();
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &["--synchronous"]);
+    // Commits succeed: the receiver confirms each flush.
+    let (ok, _, stderr) = pg.sql_output(
+        "SET statement_timeout = '30s'; CREATE TABLE t AS SELECT 1 AS x; INSERT INTO t VALUES (2)",
+    );
+    assert!(ok && !stderr.contains("canceling wait"), "{stderr}");
+    assert_eq!(
+        pg.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walhalla'"),
+        "sync"
+    );
+    let status = receiver.stop();
+    assert!(status.success(), "{status:?}");
+    // Without it, a commit waits for it. (statement_timeout does not cover that wait, so the
+    // waiting backend is seen in pg_stat_activity, then cancelled.)
+    let waiting = std::thread::scope(|scope| {
+        let insert = scope.spawn(|| pg.sql_output("INSERT INTO t VALUES (3)"));
+        let pid = wait_for(
+            "a commit waiting for the synchronous standby",
+            Duration::from_secs(30),
+            || {
+                let pid = pg.sql("SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+                (pid != "0").then_some(pid)
+            },
+        );
+        pg.sql(&format!("SELECT pg_cancel_backend({pid})"));
+        insert.join().unwrap()
+    });
+    assert!(
+        waiting
+            .2
+            .contains("canceling wait for synchronous replication"),
+        "{waiting:?}"
+    );
+}
+
+#[test]
+fn primary_restarts_leave_no_gap() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &[]);
+    pg.write_rows(1000);
+    let first = pg.switch_wal();
+    for mode in ["fast", "immediate"] {
+        pg.write_rows(1000);
+        // pg_ctl stop waits for the receiver to confirm everything sent: it must not hang.
+        pg.stop(mode);
+        pg.start();
+        wait_streaming(&pg);
+        pg.write_rows(1000);
+        pg.switch_wal();
+    }
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    let (segments, _) = archived(&archive);
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    let segno = |name: &str| match name.parse::<WalFileName>() {
+        Ok(WalFileName::Segment(s)) => s.segno(size).unwrap().0,
+        other => panic!("{other:?}"),
+    };
+    let wanted: Vec<u64> = (segno(&first)..=segno(&last)).collect();
+    let missing: Vec<u64> = wanted
+        .iter()
+        .filter(|s| segments.binary_search(s).is_err())
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "segments missing from the archive: {missing:?} (archived {segments:?})"
+    );
+    assert!(
+        receiver.log().contains("reconnecting"),
+        "{}",
+        receiver.log()
+    );
+    assert!(receiver.stop().success());
+}
+
+/// Waits for a receiver expected to stop on its own with a fatal error; returns its log.
+fn fails_at_once(mut receiver: Receiver) -> String {
+    let status = receiver
+        .wait(Duration::from_secs(60))
+        .expect("a fatal problem must stop the receiver");
+    assert_eq!(status.code(), Some(1), "{}", receiver.log());
+    receiver.log()
+}
+
+#[test]
+fn fatal_problems_stop_the_receiver() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+
+    let log = fails_at_once(Receiver::start(
+        &wh,
+        &archive,
+        &["-d", &conninfo, "-S", "nosuchslot"],
+    ));
+    assert!(log.contains("\"nosuchslot\" does not exist"), "{log}");
+
+    let mismatch = [
+        "-d",
+        &conninfo,
+        "-S",
+        "s",
+        "--create-slot",
+        "--system-id",
+        "12345",
+    ];
+    let log = fails_at_once(Receiver::start(&wh, &archive, &mismatch));
+    assert!(log.contains("belongs to cluster"), "{log}");
+
+    // A spool that cannot be created: its parent is a file.
+    let blocker = TestDir::new("blocker");
+    let file = blocker.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let args = ["-d", &conninfo, "-S", "s", "--create-slot"];
+    let log = fails_at_once(Receiver::restart(&wh, &archive, &file.join("spool"), &args));
+    assert!(log.contains("spool"), "{log}");
+}
+
+#[test]
+fn authentication_methods_and_wrong_passwords() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    // First matching line wins: each user gets its own method.
+    let hba = pg.data.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host replication u_scram 127.0.0.1/32 scram-sha-256\nhost replication u_md5 127.0.0.1/32 md5\n\
+             host replication u_password 127.0.0.1/32 password\n{original}"
+        ),
+    )
+    .unwrap();
+    pg.start();
+    pg.sql("SET password_encryption = 'scram-sha-256'; CREATE ROLE u_scram LOGIN REPLICATION PASSWORD 'secret-s'");
+    pg.sql(
+        "SET password_encryption = 'md5'; CREATE ROLE u_md5 LOGIN REPLICATION PASSWORD 'secret-m'",
+    );
+    pg.sql("CREATE ROLE u_password LOGIN REPLICATION PASSWORD 'secret-p'");
+
+    let wrong = format!(
+        "host=127.0.0.1 port={} user=u_scram password=wrong",
+        pg.port
+    );
+    let log = fails_at_once(Receiver::start(
+        &wh,
+        &archive,
+        &["-d", &wrong, "-S", "s", "--create-slot"],
+    ));
+    assert!(log.contains("password authentication failed"), "{log}");
+
+    for (user, password) in [
+        ("u_scram", "secret-s"),
+        ("u_md5", "secret-m"),
+        ("u_password", "secret-p"),
+    ] {
+        let end = pg.sql("SELECT pg_current_wal_lsn()");
+        let conninfo = format!("postgresql://{user}:{password}@127.0.0.1:{}/", pg.port);
+        let slot = format!("slot_{user}");
+        let mut receiver = Receiver::start(
+            &wh,
+            &archive,
+            &[
+                "-d",
+                &conninfo,
+                "-S",
+                &slot,
+                "--create-slot",
+                "--endpos",
+                &end,
+            ],
+        );
+        let status = receiver
+            .wait(Duration::from_secs(60))
+            .expect("--endpos must end the receiver");
+        assert!(status.success(), "{user}: {status:?}\n{}", receiver.log());
+        assert!(
+            !receiver.log().contains(password),
+            "the password leaked into the log"
+        );
+    }
+}
+
+#[test]
+fn streams_over_tls_with_sslmode_require() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    // A CA, and a server certificate it signs for 127.0.0.1 (rustls checks the IP address
+    // in subjectAltName; it ignores the CN, and refuses a CA certificate as the server's).
+    let pki = TestDir::new("pki");
+    let (ca, cert, key) = (
+        pki.path().join("ca.crt"),
+        pg.data.join("server.crt"),
+        pg.data.join("server.key"),
+    );
+    let ext = pki.path().join("san.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let p = |name: &str| pki.path().join(name).display().to_string();
+    let steps: [Vec<String>; 3] = [
+        format!("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=walhalla-test-ca -keyout {} -out {}", p("ca.key"), ca.display()),
+        format!("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {} -out {}", key.display(), p("server.csr")),
+        format!(
+            "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 2 -extfile {} -out {}",
+            p("server.csr"),
+            ca.display(),
+            p("ca.key"),
+            ext.display(),
+            cert.display()
+        ),
+    ]
+    .map(|step| step.split(' ').map(String::from).collect());
+    for args in steps {
+        let made = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl is needed for this test: apt-get install openssl");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            describe(&made)
+        );
+    }
+    for file in [&cert, &key] {
+        let chown = std::process::Command::new("chown")
+            .arg("postgres:")
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    pg.append_conf("ssl = on");
+    pg.start();
+    let conninfo = format!("{} sslmode=require", pg.conninfo());
+    let mut receiver = Receiver::start(
+        &wh,
+        &archive,
+        &["-d", &conninfo, "-S", "walhalla", "--create-slot"],
+    );
+    wait_streaming(&pg);
+    let ssl = pg.sql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_replication r USING (pid) WHERE r.application_name = 'walhalla'",
+    );
+    assert_eq!(ssl, "t", "the replication connection is not encrypted");
+    assert!(receiver.stop().success());
+
+    // verify-full: the chain to the CA and the server's name are checked.
+    let conninfo = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        pg.conninfo(),
+        ca.display()
+    );
+    let end = pg.sql("SELECT pg_current_wal_lsn()");
+    let mut receiver = Receiver::start(
+        &wh,
+        &archive,
+        &["-d", &conninfo, "-S", "walhalla", "--endpos", &end],
+    );
+    let status = receiver
+        .wait(Duration::from_secs(60))
+        .expect("--endpos must end the receiver");
+    assert!(status.success(), "{}", receiver.log());
+}
+
+#[test]
+fn killed_receivers_leave_an_archive_that_restores() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let args = [
+        "-d",
+        conninfo.as_str(),
+        "-S",
+        "walhalla",
+        "--create-slot",
+        "--status-interval",
+        "1",
+    ];
+    let mut receiver = Receiver::start(&wh, &archive, &args);
+    wait_streaming(&pg);
+    pg.write_rows(100);
+    // All WAL of the restore must come from the archive: no WAL in the backup.
+    let mut restored = PgCluster::from_backup(&pg, "restored", "none");
+    let spool = receiver.spool.clone();
+    let stop_load = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            while !stop_load.load(std::sync::atomic::Ordering::Relaxed) {
+                pg.write_rows(500);
+                pg.switch_wal();
+            }
+        });
+        for round in 0..5u64 {
+            // A pseudo-random moment between 0.3 and 1.5 s into the load.
+            use std::hash::{BuildHasher, RandomState};
+            let jitter = RandomState::new().hash_one(round) % 1200;
+            std::thread::sleep(Duration::from_millis(300 + jitter));
+            receiver.kill9();
+            receiver = Receiver::restart(&wh, &archive, &spool, &args);
+        }
+        stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap();
+    });
+    pg.write_rows(100);
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+
+    // Contiguous: every segment from the first archived to the last.
+    let (segments, _) = archived(&archive);
+    let (first, newest) = (segments[0], *segments.last().unwrap());
+    assert_eq!(
+        segments.len() as u64,
+        newest - first + 1,
+        "a gap in {segments:?}"
+    );
+
+    restored.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    std::fs::write(restored.data.join("recovery.signal"), "").unwrap();
+    restored.start();
+    wait_for(
+        "the restored instance to finish recovery",
+        Duration::from_secs(120),
+        || (restored.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(()),
+    );
+    assert_eq!(restored.table_fingerprint(), pg.table_fingerprint());
+}
