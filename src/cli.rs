@@ -76,6 +76,13 @@ pub enum Command {
     /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
     /// is archived, or until a fatal problem (exit 1); reconnects after any other failure.
     Receive(ReceiveArgs),
+    /// Show the main job: a throwaway PostgreSQL streamed by the receiver into a local
+    /// archive directory, under load; prints the archive and the receiver's position.
+    Demo {
+        /// Keep the temporary directory (cluster, spool, archive) instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Restore one WAL file: restore_command = 'walhalla fetch %f %p'.
     ///
     /// Writes the verified original bytes to the destination atomically.
@@ -169,6 +176,7 @@ impl Command {
             Command::Push { .. } => "push",
             Command::Fetch { .. } => "fetch",
             Command::Receive(_) => "receive",
+            Command::Demo { .. } => "demo",
         }
     }
 }

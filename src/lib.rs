@@ -10,6 +10,7 @@
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command).
 //! - [`config`]: settings from flags, environment and the config file.
+//! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
 //! - [`cli`]: the command line.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
@@ -21,6 +22,7 @@ pub mod backoff;
 pub mod blocking;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod envelope;
 pub mod fsutil;
 pub mod hooks;

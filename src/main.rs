@@ -36,10 +36,11 @@ fn main() -> ExitCode {
     };
     init_tracing(match cli.command {
         Command::Receive(_) => "info",
+        Command::Demo { .. } => "walhalla=warn",
         _ => "warn",
     });
     let failure_code = match cli.command {
-        Command::Push { .. } | Command::Receive(_) => EXIT_PUSH_FAILED,
+        Command::Push { .. } | Command::Receive(_) | Command::Demo { .. } => EXIT_PUSH_FAILED,
         Command::Fetch { .. } => EXIT_FETCH_FATAL,
     };
     exit_with_on_panic(failure_code);
@@ -69,8 +70,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Demo { keep } = cli.command {
+        // The demo makes its own archive: no --archive needed.
+        let level = cli
+            .global
+            .compression_level
+            .unwrap_or(walhalla::envelope::DEFAULT_LEVEL);
+        return walhalla::demo::run(level, keep).await.map(|()| 0);
+    }
     let config = Config::resolve(cli.global.overrides())?;
     match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
         Command::Fetch { name, dest } => Ok(match hooks::fetch(&config, &name, &dest).await? {
@@ -129,7 +139,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,
 /// as PostgreSQL expects of a command it interrupts at shutdown.
 async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
-    if matches!(cli.command, Command::Receive(_)) {
+    if matches!(cli.command, Command::Receive(_) | Command::Demo { .. }) {
         return run(cli).await;
     }
     let (mut term, mut int) = (

@@ -669,7 +669,10 @@ mod tests {
         let ignored = "replication=true options='-c a=b' keepalives=1 keepalives_idle=5 \
                        keepalives_interval=5 keepalives_count=3 sslcert=c sslkey=k";
         assert_eq!(hosts(ignored), [unix(DEFAULT_SOCKET_DIR, 5432)]);
-        assert!(parse("sslcrl=/etc/crl.pem").is_err(), "revocation lists are not checked: refuse");
+        assert!(
+            parse("sslcrl=/etc/crl.pem").is_err(),
+            "revocation lists are not checked: refuse"
+        );
     }
 
     #[test]

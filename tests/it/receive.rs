@@ -534,3 +534,98 @@ fn killed_receivers_leave_an_archive_that_restores() {
     );
     assert_eq!(restored.table_fingerprint(), pg.table_fingerprint());
 }
+
+#[test]
+fn an_archive_outage_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = crate::harness::TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = crate::harness::S3Server::env_for(&proxy.endpoint());
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let args = [
+        "-d",
+        conninfo.as_str(),
+        "-S",
+        "walhalla",
+        "--create-slot",
+        "--spool-max-bytes",
+        "3MB",
+        "--timeout",
+        "5",
+    ];
+    let mut receiver = Receiver::start_via(&wh, &archive, env, &args);
+    wait_streaming(&pg);
+    pg.write_rows(500);
+    let before = pg.switch_wal();
+    wait_archive_holds(&archive, &before);
+
+    // 30 s without the archive, under load: the spool fills to its limit, the receiver stops
+    // reading, and the slot keeps the rest on the primary.
+    proxy.pause();
+    let outage = std::time::Instant::now();
+    let mut last = before.clone();
+    while outage.elapsed() < Duration::from_secs(30) {
+        pg.write_rows(1000);
+        last = pg.switch_wal();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let restart = lsn(
+        &pg,
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walhalla'",
+    );
+    assert!(
+        restart <= archive_end(&archive),
+        "the slot moved past the archive during the outage"
+    );
+    proxy.resume();
+    wait_archive_holds(&archive, &last);
+
+    let (segments, _) = archived(&archive);
+    let (first, newest) = (segments[0], *segments.last().unwrap());
+    assert_eq!(
+        segments.len() as u64,
+        newest - first + 1,
+        "a gap in {segments:?}"
+    );
+    let peak = receiver.peak_rss_kb().expect("the receiver is running");
+    eprintln!(
+        "receiver peak RSS through a 30 s archive outage: {} MiB",
+        peak / 1024
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    assert!(
+        receiver.log().contains("upload failed"),
+        "the outage was not noticed:\n{}",
+        receiver.log()
+    );
+}
+
+#[test]
+fn the_demo_streams_a_throwaway_cluster_into_an_archive() {
+    let wh = Walhalla::install();
+    let run = std::process::Command::new(wh.path())
+        .arg("demo")
+        .output()
+        .expect("run walhalla demo");
+    assert!(run.status.success(), "{}", describe(&run));
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        out.contains("application_name=walhalla state=streaming"),
+        "{out}"
+    );
+    let archived = out
+        .lines()
+        .filter(|l| l.trim_end().ends_with(".zst"))
+        .count();
+    assert!(archived >= 5, "only {archived} objects archived:\n{out}");
+    let kept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("== a throwaway PostgreSQL in "))
+        .expect("the data directory");
+    assert!(
+        !std::path::Path::new(kept).exists(),
+        "the demo did not clean up {kept}"
+    );
+}

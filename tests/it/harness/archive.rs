@@ -79,6 +79,12 @@ impl TestArchive {
         &self.url
     }
 
+    /// The S3 server's address, for an S3 archive.
+    pub fn s3_addr(&self) -> Option<std::net::SocketAddr> {
+        let endpoint = self._server.as_ref()?.endpoint.strip_prefix("http://")?;
+        endpoint.parse().ok()
+    }
+
     /// Environment variables walhalla needs to reach the archive.
     pub fn env(&self) -> Vec<(String, String)> {
         self.env.clone()

@@ -4,11 +4,13 @@
 
 mod archive;
 mod pg;
+mod proxy;
 mod receiver;
 mod s3;
 
 pub use archive::{Backend, TestArchive};
 pub use pg::PgCluster;
+pub use proxy::TcpProxy;
 pub use receiver::Receiver;
 #[allow(unused_imports)]
 pub use s3::S3Server;

@@ -20,24 +20,30 @@ pub struct Receiver {
 impl Receiver {
     /// Starts `walhalla --archive … receive --spool … ARGS` (spool in a fresh directory).
     pub fn start(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> Receiver {
+        Self::start_via(wh, archive, archive.env(), args)
+    }
+
+    /// Like [`Receiver::start`] with other variables for reaching the archive (a proxy).
+    pub fn start_via(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        env: Vec<(String, String)>,
+        args: &[&str],
+    ) -> Receiver {
         let dir = TestDir::new("receiver");
-        Self::start_with_spool(wh, archive, dir.path().join("spool"), args, dir)
+        Self::start_with_spool(wh, archive, env, dir.path().join("spool"), args, dir)
     }
 
     /// Like [`Receiver::start`] but with a given spool directory, to restart on the same one.
     pub fn restart(wh: &Walhalla, archive: &TestArchive, spool: &Path, args: &[&str]) -> Receiver {
-        Self::start_with_spool(
-            wh,
-            archive,
-            spool.to_path_buf(),
-            args,
-            TestDir::new("receiver"),
-        )
+        let dir = TestDir::new("receiver");
+        Self::start_with_spool(wh, archive, archive.env(), spool.to_path_buf(), args, dir)
     }
 
     fn start_with_spool(
         wh: &Walhalla,
         archive: &TestArchive,
+        env: Vec<(String, String)>,
         spool: PathBuf,
         args: &[&str],
         dir: TestDir,
@@ -51,7 +57,7 @@ impl Receiver {
             .arg("--spool")
             .arg(&spool)
             .args(args)
-            .envs(archive.env())
+            .envs(env)
             .env("WALHALLA_LOG", "walhalla=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
@@ -98,6 +104,14 @@ impl Receiver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its peak resident memory (VmHWM) in kB, while it runs.
+    pub fn peak_rss_kb(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// What it logged so far.
