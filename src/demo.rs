@@ -137,7 +137,7 @@ fn find_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 }
 
 /// The newest installed PostgreSQL server binaries (`PG_BIN` overrides).
-fn pg_bin() -> anyhow::Result<PathBuf> {
+pub fn pg_bin() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BIN") {
         return Ok(PathBuf::from(dir));
     }

@@ -54,6 +54,17 @@ fn archive_end(archive: &TestArchive) -> Lsn {
     Lsn(snapshot.unwrap_or(next * SEGMENT))
 }
 
+/// Every segment from the first archived to the newest is there.
+fn assert_contiguous(archive: &TestArchive) {
+    let (segments, _) = archived(archive);
+    let (first, newest) = (segments[0], *segments.last().unwrap());
+    assert_eq!(
+        segments.len() as u64,
+        newest - first + 1,
+        "a gap in {segments:?}"
+    );
+}
+
 fn lsn(pg: &PgCluster, query: &str) -> Lsn {
     pg.sql(query).parse().expect("an LSN")
 }
@@ -511,14 +522,7 @@ fn killed_receivers_leave_an_archive_that_restores() {
     wait_archive_holds(&archive, &last);
     assert!(receiver.stop().success(), "{}", receiver.log());
 
-    // Contiguous: every segment from the first archived to the last.
-    let (segments, _) = archived(&archive);
-    let (first, newest) = (segments[0], *segments.last().unwrap());
-    assert_eq!(
-        segments.len() as u64,
-        newest - first + 1,
-        "a gap in {segments:?}"
-    );
+    assert_contiguous(&archive);
 
     restored.append_conf(&format!(
         "restore_command = '{} --archive {} fetch %f %p'",
@@ -582,13 +586,7 @@ fn an_archive_outage_loses_nothing() {
     proxy.resume();
     wait_archive_holds(&archive, &last);
 
-    let (segments, _) = archived(&archive);
-    let (first, newest) = (segments[0], *segments.last().unwrap());
-    assert_eq!(
-        segments.len() as u64,
-        newest - first + 1,
-        "a gap in {segments:?}"
-    );
+    assert_contiguous(&archive);
     let peak = receiver.peak_rss_kb().expect("the receiver is running");
     eprintln!(
         "receiver peak RSS through a 30 s archive outage: {} MiB",

@@ -12,25 +12,7 @@ use super::{TestDir, as_pg_user, describe, free_port, wait_for};
 /// Where PostgreSQL's server binaries are: `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
 pub fn pg_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("PG_BIN") {
-            return PathBuf::from(dir);
-        }
-        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-            .filter(|(_, bin)| bin.join("pg_ctl").exists())
-            .collect();
-        found.sort();
-        found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries not found: install them (apt-get install postgresql) \
-                 or set PG_BIN to the directory holding initdb and pg_ctl"
-            )
-        })
-    })
+    BIN.get_or_init(|| walhalla::demo::pg_bin().unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// A PostgreSQL cluster owned by the test.
