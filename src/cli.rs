@@ -136,6 +136,11 @@ pub struct ReceiveArgs {
     #[arg(long, value_name = "BYTES", default_value = "1GB", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,
 
+    /// Seconds between uploads of the segment being received, as a partial object, so losing
+    /// this host loses at most that much WAL; 0 turns them off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub partial_interval: u64,
+
     /// Seconds between status updates to the server, at the most.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub status_interval: u64,

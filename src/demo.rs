@@ -52,6 +52,7 @@ async fn demo(cluster: &Cluster, compression_level: i32) -> anyhow::Result<()> {
         endpos: None,
         spool: Some(cluster.root.join("spool")),
         spool_max_bytes: 1 << 30,
+        partial_interval: None,
         status_interval: Duration::from_secs(1),
         mode: Mode::Archived,
         upload_parallelism: 2,

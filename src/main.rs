@@ -102,6 +102,8 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         endpos: args.endpos,
         spool: args.spool,
         spool_max_bytes: args.spool_max_bytes,
+        partial_interval: (args.partial_interval > 0)
+            .then(|| Duration::from_secs(args.partial_interval)),
         status_interval: Duration::from_secs(args.status_interval),
         mode: if args.synchronous {
             Mode::Synchronous
@@ -126,12 +128,21 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         signal(SignalKind::interrupt())?,
     );
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        for second in [false, true] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if second {
+                // What is not archived yet stays in the spool for the next start.
+                tracing::warn!("second stop request: exiting without waiting for the archive");
+                std::process::exit(1);
+            }
+            tracing::info!(
+                "stop requested: archiving what is complete (a second signal exits at once)"
+            );
+            let _ = stop.send(true);
         }
-        tracing::info!("stop requested");
-        let _ = stop.send(true);
     });
     walhalla::receiver::run(options, archive, stopped).await
 }

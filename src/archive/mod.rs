@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::envelope;
-use crate::wal::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
+use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
 use retry::{Failure, retry};
 
 /// What went wrong talking to the archive.
@@ -352,23 +352,20 @@ impl ClusterArchive {
         .await
     }
 
-    /// The newest complete segment the archive holds on `timeline`, if any.
-    pub async fn newest_segment(&self, timeline: TimelineId) -> Result<Option<SegmentName>> {
+    /// The newest complete segment the archive holds, on the newest timeline it has any on.
+    pub async fn newest_segment(&self) -> Result<Option<SegmentName>> {
         let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
-        let groups = self
+        let listing = self
             .archive
             .retrying("list", &wal, || {
                 self.archive.store.list_with_delimiter(Some(&wal))
             })
             .await?;
-        let tli = format!("{:08X}", timeline.0);
-        let mut groups: Vec<Path> = groups
+        // Groups are named TTTTTTTTXXXXXXXX: their order is timeline, then position.
+        let mut groups: Vec<Path> = listing
             .common_prefixes
             .into_iter()
-            .filter(|p| {
-                p.filename()
-                    .is_some_and(|g| g.len() == 16 && g.starts_with(&tli))
-            })
+            .filter(|p| p.filename().is_some_and(|g| g.len() == 16))
             .collect();
         groups.sort();
         while let Some(group) = groups.pop() {
@@ -389,7 +386,7 @@ impl ClusterArchive {
                         .ok()
                 })
                 .filter_map(|name| match name {
-                    WalFileName::Segment(s) if s.timeline == timeline => Some(s),
+                    WalFileName::Segment(s) => Some(s),
                     _ => None,
                 })
                 .max();

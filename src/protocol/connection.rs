@@ -152,6 +152,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A row of a simple query's result, every column as text.
 pub type Row = Vec<Option<String>>;
 
+/// A row with every column's bytes as the server sent them (TIMELINE_HISTORY's content).
+pub type RawRow = Vec<Option<Vec<u8>>>;
+
 /// What arrives on a connection in CopyBoth mode.
 #[derive(Debug)]
 pub enum CopyMessage {
@@ -161,6 +164,24 @@ pub enum CopyMessage {
     Done,
     /// The command finished without CopyDone, e.g. when the server shuts down.
     Complete(String),
+}
+
+/// A refused certificate or a TLS protocol error is a configuration problem; a connection
+/// dropped during the handshake is an ordinary network failure.
+fn tls_handshake_error(error: io::Error) -> Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+    {
+        Some(tls) => Error::Tls(tls.to_string()),
+        None => Error::Io(error),
+    }
+}
+
+fn text_row(row: RawRow) -> Row {
+    row.into_iter()
+        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        .collect()
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -271,7 +292,7 @@ impl Connection {
                 let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(server_name, tcp)
                     .await
-                    .map_err(|e| Error::Tls(e.to_string()))?;
+                    .map_err(tls_handshake_error)?;
                 Ok(Ok(Box::new(stream)))
             }
             b'N' if mode == SslMode::Prefer => Ok(Err(tcp)),
@@ -424,14 +445,29 @@ impl Connection {
 
     /// Runs `sql` with the simple query protocol and returns its rows as text.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>> {
+        let rows = self.simple_query_raw(sql).await?;
+        Ok(rows.into_iter().map(text_row).collect())
+    }
+
+    /// Runs `sql` and returns its rows' bytes untouched.
+    pub async fn simple_query_raw(&mut self, sql: &str) -> Result<Vec<RawRow>> {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush().await?;
-        self.read_results().await
+        self.read_raw_results().await
     }
 
     /// Reads result rows until ReadyForQuery; a server error is returned after the server is
     /// ready again, so the connection stays usable.
     pub async fn read_results(&mut self) -> Result<Vec<Row>> {
+        Ok(self
+            .read_raw_results()
+            .await?
+            .into_iter()
+            .map(text_row)
+            .collect())
+    }
+
+    async fn read_raw_results(&mut self) -> Result<Vec<RawRow>> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -440,10 +476,8 @@ impl Connection {
                     let buffer = body.buffer();
                     let row = body
                         .ranges()
-                        .map(|range| {
-                            Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
-                        })
-                        .collect::<Row>()?;
+                        .map(|range| Ok(range.map(|r| buffer[r].to_vec())))
+                        .collect::<RawRow>()?;
                     rows.push(row);
                 }
                 Message::RowDescription(_)
@@ -512,6 +546,11 @@ impl Connection {
             Ok(Some(header)) => self.read_buf.len() > header.len() as usize,
             _ => false,
         }
+    }
+
+    /// A setting the server reported at startup (ParameterStatus).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
     }
 
     /// The server's major version, from the `server_version` it reported.

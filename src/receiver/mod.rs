@@ -56,6 +56,9 @@ pub struct ReceiveOptions {
     pub spool: Option<PathBuf>,
     /// Stop reading from the server while the spool holds this much.
     pub spool_max_bytes: u64,
+    /// How often to store a snapshot of the segment being received (`None`: only when the
+    /// server asks for confirmation, at `--endpos` and at a timeline's end).
+    pub partial_interval: Option<Duration>,
     /// How often to send a status update at the least.
     pub status_interval: Duration,
     /// What to report as flushed.

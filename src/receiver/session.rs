@@ -4,7 +4,7 @@
 //! `--endpos`, or at shutdown.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
@@ -14,17 +14,25 @@ use tokio::task::JoinHandle;
 use super::spool::{self, SegmentWriter};
 use super::upload::{UploadSettings, Uploader};
 use super::{Mode, ReceiveOptions};
-use crate::archive::{Archive, ClusterArchive};
+use crate::archive::{self, Archive, ClusterArchive};
 use crate::blocking;
 use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, CopyMessage, Error as ConnError};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
-use crate::wal::{Lsn, SegNo, SegmentSize, SystemId, TimelineId};
+use crate::wal::{
+    HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
+    parse_history,
+};
 
 /// SQLSTATE of "replication slot does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE of "requested WAL segment … has already been removed".
 const UNDEFINED_FILE: &str = "58P01";
+/// SQLSTATE of "permission denied" (a role without the REPLICATION attribute).
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// No message from the server for this long means the connection is dead (the server sends
+/// a keepalive at least every wal_sender_timeout / 2); PostgreSQL's wal_receiver_timeout.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a session failed: whether reconnecting can help.
 #[derive(Debug)]
@@ -54,7 +62,11 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 /// missing slot, or WAL the server no longer has (streaming on would leave a gap).
 fn from_conn(error: ConnError) -> SessionError {
     let code = error.server_error().map(|e| e.code.as_str());
-    let fatal = error.is_fatal() || matches!(code, Some(UNDEFINED_OBJECT | UNDEFINED_FILE));
+    let fatal = error.is_fatal()
+        || matches!(
+            code,
+            Some(UNDEFINED_OBJECT | UNDEFINED_FILE | INSUFFICIENT_PRIVILEGE)
+        );
     SessionError {
         fatal,
         error: error.into(),
@@ -153,50 +165,70 @@ pub async fn run(
         Some(slot) => ensure_slot(&mut conn, slot, options.create_slot).await?,
         None => None,
     };
-    let start = start_segment(options, ctx, timeline, slot_start.unwrap_or(server_lsn)).await?;
-    let start_lsn = start.start_lsn(segment_size);
-    let command = match &options.slot {
-        Some(slot) => format!(
-            "START_REPLICATION SLOT \"{slot}\" PHYSICAL {start_lsn} TIMELINE {}",
-            timeline.0
-        ),
-        None => format!(
-            "START_REPLICATION PHYSICAL {start_lsn} TIMELINE {}",
-            timeline.0
-        ),
-    };
-    if let Err(e) = conn.start_copy_both(&command).await {
-        let host = conn.host().to_string();
-        let SessionError { fatal, error } = from_conn(e);
-        return Err(SessionError {
-            fatal,
-            error: error.context(format!("{command} on {host}")),
-        });
-    }
-    tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
-
-    let dir = ctx.spool.clone();
-    let writer = blocking::run(move || SegmentWriter::create(&dir, timeline, start, segment_size))
-        .await
-        .context("create the spool file")?;
-    // With nothing outstanding, everything before the start is archived or none of ours.
-    let floor = if ctx.uploader.is_idle() {
-        start_lsn
-    } else {
-        Lsn(0)
-    };
-    let mut stream = Stream {
-        conn,
-        floor,
-        writer: Some(writer),
+    let (mut timeline, mut start) = start_point(
         options,
         ctx,
+        &mut conn,
         timeline,
-        snapshot: None,
-        snapshot_end: Lsn(0),
-        server_end: Lsn(0),
-    };
-    stream.run(&mut shutdown).await
+        slot_start.unwrap_or(server_lsn),
+    )
+    .await?;
+    // Stream one timeline after the other: when the server ends one, continue on the next.
+    loop {
+        let start_lsn = start.start_lsn(segment_size);
+        let command = match &options.slot {
+            Some(slot) => format!(
+                "START_REPLICATION SLOT \"{slot}\" PHYSICAL {start_lsn} TIMELINE {}",
+                timeline.0
+            ),
+            None => format!(
+                "START_REPLICATION PHYSICAL {start_lsn} TIMELINE {}",
+                timeline.0
+            ),
+        };
+        if let Err(e) = conn.start_copy_both(&command).await {
+            let host = conn.host().to_string();
+            let SessionError { fatal, error } = from_conn(e);
+            return Err(SessionError {
+                fatal,
+                error: error.context(format!("{command} on {host}")),
+            });
+        }
+        tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
+
+        let dir = ctx.spool.clone();
+        let writer =
+            blocking::run(move || SegmentWriter::create(&dir, timeline, start, segment_size))
+                .await
+                .context("create the spool file")?;
+        // With nothing outstanding, everything before the start is archived or none of ours.
+        ctx.uploader.new_stream();
+        let floor = if ctx.uploader.is_idle() {
+            start_lsn
+        } else {
+            Lsn(0)
+        };
+        let mut stream = Stream {
+            conn: &mut conn,
+            floor,
+            writer: Some(writer),
+            options,
+            ctx,
+            timeline,
+            snapshot: None,
+            snapshot_end: Lsn(0),
+            server_end: Lsn(0),
+        };
+        match stream.run(&mut shutdown).await? {
+            StreamEnd::Session(end) => return Ok(end),
+            StreamEnd::Timeline { next, switch_point } => {
+                archive_history(&mut conn, &ctx.cluster, next).await?;
+                tracing::info!(from = timeline.0, to = next.0, %switch_point, "timeline switch");
+                timeline = next;
+                start = SegNo::containing(switch_point, segment_size);
+            }
+        }
+    }
 }
 
 async fn new_context(
@@ -304,40 +336,133 @@ async fn ensure_slot(
     Ok(None)
 }
 
-/// Where to start: after what the spool or the archive already holds on this timeline (the
-/// segment of an interrupted `.partial` is streamed again from its start), else `--start-lsn`,
-/// else `fallback` (the slot's restart position or the server's current one).
-async fn start_segment(
+/// Where to start, and on which timeline. After the newest segment the spool or the archive
+/// holds (the segment of an interrupted `.partial` is received again from its start); on an
+/// empty archive at `--start-lsn`, else `fallback` (the slot's restart position or the
+/// server's current one). When the server is on a newer timeline, the old timeline is asked
+/// for (the server streams it to its end, then switches), unless the archive holds WAL past
+/// the point where the server's history forked: then streaming restarts at the fork on the
+/// timeline that followed, and what was archived of the old timeline stays.
+async fn start_point(
     options: &ReceiveOptions,
     ctx: &Context,
-    timeline: TimelineId,
+    conn: &mut Connection,
+    server_timeline: TimelineId,
     fallback: Lsn,
-) -> Result<SegNo, SessionError> {
+) -> Result<(TimelineId, SegNo), SessionError> {
     let size = ctx.segment_size;
     let dir = ctx.spool.clone();
-    let spooled = blocking::run(move || spool::scan(&dir, timeline))
+    let spooled = blocking::run(move || spool::scan(&dir))
         .await
         .context("scan the spool")?;
     for &segment in &spooled.complete {
         ctx.uploader
             .enqueue(segment)
-            .await
             .map_err(|e| SessionError::fatal(anyhow!(e)))?;
     }
-    let after = |s: crate::wal::SegmentName| s.segno(size).map(|n| SegNo(n.0 + 1));
-    let from_spool = spooled
-        .complete
-        .last()
-        .and_then(|s| after(*s))
-        .max(spooled.partial.and_then(|p| p.segno(size)));
-    let from_archive = ctx.cluster.newest_segment(timeline).await?.and_then(after);
-    if let Some(segno) = from_spool.max(from_archive) {
-        return Ok(segno);
+    let next_after = |s: SegmentName| s.segno(size).map(|n| (s.timeline, SegNo(n.0 + 1)));
+    let at = |s: SegmentName| s.segno(size).map(|n| (s.timeline, n));
+    let held = [
+        spooled.complete.last().and_then(|s| next_after(*s)),
+        spooled.partial.and_then(at),
+        ctx.cluster.newest_segment().await?.and_then(next_after),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let history = match server_timeline.0 {
+        1 => Vec::new(),
+        _ => archive_history(conn, &ctx.cluster, server_timeline).await?,
+    };
+    let Some((timeline, next)) = held else {
+        return Ok((
+            server_timeline,
+            SegNo::containing(options.start_lsn.unwrap_or(fallback), size),
+        ));
+    };
+    if timeline == server_timeline {
+        return Ok((timeline, next));
     }
-    Ok(SegNo::containing(
-        options.start_lsn.unwrap_or(fallback),
-        size,
-    ))
+    if timeline > server_timeline {
+        return Err(anyhow!(
+            "{} is on timeline {} but the archive already holds timeline {}: waiting for a server on a newer timeline",
+            conn.host(),
+            server_timeline.0,
+            timeline.0
+        )
+        .into());
+    }
+    let Some(position) = history.iter().position(|e| e.timeline == timeline) else {
+        return Err(SessionError::fatal(anyhow!(
+            "the archive holds timeline {}, which is not in the history of {}'s timeline {}",
+            timeline.0,
+            conn.host(),
+            server_timeline.0
+        )));
+    };
+    let switch_point = history[position].switch_point;
+    if next.start_lsn(size) <= switch_point {
+        return Ok((timeline, next));
+    }
+    let successor = history
+        .get(position + 1)
+        .map_or(server_timeline, |e| e.timeline);
+    tracing::warn!(
+        timeline = timeline.0,
+        %switch_point,
+        "the archive holds WAL of timeline {} past where the server's history left it: restarting at the fork on timeline {}",
+        timeline.0,
+        successor.0
+    );
+    Ok((successor, SegNo::containing(switch_point, size)))
+}
+
+/// Archives the history file of `timeline` as the server has it (before any segment of that
+/// timeline), and returns its entries.
+async fn archive_history(
+    conn: &mut Connection,
+    cluster: &ClusterArchive,
+    timeline: TimelineId,
+) -> Result<Vec<HistoryEntry>, SessionError> {
+    let rows = conn
+        .simple_query_raw(&format!("TIMELINE_HISTORY {}", timeline.0))
+        .await
+        .map_err(from_conn)?;
+    let name = WalFileName::History(timeline);
+    let (file, content) = match rows
+        .first()
+        .map(|r| (r.first().cloned().flatten(), r.get(1).cloned().flatten()))
+    {
+        Some((Some(file), Some(content))) => (file, content),
+        _ => return Err(anyhow!("TIMELINE_HISTORY {} returned no file", timeline.0).into()),
+    };
+    if file != name.to_string().as_bytes() {
+        return Err(anyhow!(
+            "TIMELINE_HISTORY {} returned a file named {:?}",
+            timeline.0,
+            String::from_utf8_lossy(&file)
+        )
+        .into());
+    }
+    let entries = parse_history(timeline, &content)
+        .map_err(|e| anyhow!("{name} from {}: {e}", conn.host()))?;
+    let content = Bytes::from(content);
+    let encoded = content.clone();
+    let envelope = blocking::run(move || {
+        Encoder::new(crate::envelope::DEFAULT_LEVEL, 1).and_then(|mut e| e.encode(&encoded))
+    })
+    .await
+    .context("compress a history file")?;
+    cluster
+        .put(&name, content, envelope)
+        .await
+        .map_err(|e| match e {
+            e @ (archive::Error::Conflict { .. } | archive::Error::Corrupt { .. }) => {
+                SessionError::fatal(e.into())
+            }
+            e => e.into(),
+        })?;
+    Ok(entries)
 }
 
 /// Parses `SHOW wal_segment_size` (`16MB`, `1GB`).
@@ -352,8 +477,9 @@ fn parse_segment_size(text: &str) -> anyhow::Result<SegmentSize> {
     };
     let bytes = digits
         .parse::<u64>()
-        .with_context(|| format!("wal_segment_size {text:?}"))?
-        * unit;
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| anyhow!("wal_segment_size {text:?} is not a size"))?;
     u32::try_from(bytes)
         .ok()
         .and_then(SegmentSize::new)
@@ -362,7 +488,7 @@ fn parse_segment_size(text: &str) -> anyhow::Result<SegmentSize> {
 
 /// The streaming part of a session.
 struct Stream<'a> {
-    conn: Connection,
+    conn: &'a mut Connection,
     /// A position known archived when the session started.
     floor: Lsn,
     writer: Option<SegmentWriter>,
@@ -377,34 +503,140 @@ struct Stream<'a> {
     server_end: Lsn,
 }
 
+/// How streaming one timeline ended.
+enum StreamEnd {
+    /// The session is over.
+    Session(SessionEnd),
+    /// The server ended the timeline; streaming goes on on `next` from `switch_point`.
+    Timeline {
+        /// The next timeline.
+        next: TimelineId,
+        /// Where it branched off.
+        switch_point: Lsn,
+    },
+}
+
 impl Stream<'_> {
+    /// The server ended the timeline (CopyDone): answer, read where the next one starts, and
+    /// archive what was received of the old timeline's last segment.
+    async fn end_of_timeline(&mut self) -> Result<StreamEnd, SessionError> {
+        self.conn.send_copy_done().await.map_err(from_conn)?;
+        let rows = self.conn.read_results().await.map_err(from_conn)?;
+        let row = rows.first().ok_or_else(|| {
+            anyhow!(
+                "no next timeline after the end of timeline {}",
+                self.timeline.0
+            )
+        })?;
+        let next = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|t| t.parse::<u32>().ok());
+        let switch_point = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|l| l.parse::<Lsn>().ok());
+        let (Some(next), Some(switch_point)) = (next, switch_point) else {
+            return Err(anyhow!(
+                "unreadable next timeline after timeline {}: {row:?}",
+                self.timeline.0
+            )
+            .into());
+        };
+        if next <= self.timeline.0 {
+            return Err(anyhow!(
+                "the server switched from timeline {} to {next}",
+                self.timeline.0
+            )
+            .into());
+        }
+        self.store_tail().await?;
+        Ok(StreamEnd::Timeline {
+            next: TimelineId(next),
+            switch_point,
+        })
+    }
+
+    /// Stores what was received of the current segment, retrying until it is stored.
+    async fn store_tail(&mut self) -> Result<(), SessionError> {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            // A snapshot in flight may cover less: let it finish, then store one that covers all.
+            if let Some((end, task)) = self.snapshot.take() {
+                if let Ok(Ok(())) = task.await {
+                    self.snapshot_end = self.snapshot_end.max(end);
+                }
+            }
+            self.start_snapshot().await?;
+            let Some((end, task)) = self.snapshot.take() else {
+                return Ok(());
+            };
+            match task.await.map_err(|e| anyhow!("snapshot task: {e}"))? {
+                Ok(()) => {
+                    self.snapshot_end = end;
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.downcast_ref(),
+                        Some(archive::Error::Conflict { .. } | archive::Error::Corrupt { .. })
+                    ) =>
+                {
+                    return Err(SessionError::fatal(e));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        retry_in_s = pause.as_secs(),
+                        "the end of the segment is not archived yet: {e:#}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
     async fn run(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<SessionEnd, SessionError> {
+    ) -> Result<StreamEnd, SessionError> {
         let mut status = tokio::time::interval(self.options.status_interval);
+        let mut partial = self.options.partial_interval.map(tokio::time::interval);
         let mut progress = self.ctx.uploader.progress();
+        let mut last_message = tokio::time::Instant::now();
         loop {
             if let Some(end) = self.options.endpos {
                 if self.written() >= end {
-                    return self.finish_at_endpos(end).await;
+                    return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
                 }
             }
             let spool_full = self.spool_bytes() >= self.options.spool_max_bytes;
             tokio::select! {
-                _ = shutdown.changed() => return self.shut_down().await,
+                _ = shutdown.changed() => return Ok(StreamEnd::Session(self.shut_down().await?)),
                 message = self.conn.read_copy(), if !spool_full => {
+                    last_message = tokio::time::Instant::now();
                     match message.map_err(from_conn)? {
                         CopyMessage::Data(payload) => self.handle(payload).await?,
-                        CopyMessage::Done => {
-                            self.conn.send_copy_done().await.map_err(from_conn)?;
-                            let rows = self.conn.read_results().await.map_err(from_conn)?;
-                            return Ok(SessionEnd::ServerEnded(format!("timeline {} ended; next: {rows:?}", self.timeline.0)));
+                        CopyMessage::Done => return self.end_of_timeline().await,
+                        CopyMessage::Complete(tag) => {
+                            return Ok(StreamEnd::Session(SessionEnd::ServerEnded(format!("the server ended streaming ({tag})"))));
                         }
-                        CopyMessage::Complete(tag) => return Ok(SessionEnd::ServerEnded(format!("the server ended streaming ({tag})"))),
                     }
                 }
-                _ = status.tick() => self.send_status(false).await?,
+                _ = status.tick() => {
+                    // While the spool is full nothing is read, so silence proves nothing.
+                    if spool_full {
+                        last_message = tokio::time::Instant::now();
+                    } else if last_message.elapsed() > RECEIVE_TIMEOUT {
+                        return Err(anyhow!("no message from the server for {}s", RECEIVE_TIMEOUT.as_secs()).into());
+                    }
+                    self.send_status(false).await?;
+                }
+                _ = async { partial.as_mut().expect("guarded").tick().await }, if partial.is_some() => {
+                    self.start_snapshot().await?;
+                }
                 changed = progress.changed() => {
                     changed.map_err(|_| SessionError::fatal(anyhow!("the uploader stopped")))?;
                     if let Some(fatal) = progress.borrow().fatal.clone() {
@@ -417,10 +649,12 @@ impl Stream<'_> {
                 done = async { (&mut self.snapshot.as_mut().expect("guarded").1).await }, if self.snapshot.is_some() => {
                     let (end, _) = self.snapshot.take().expect("guarded");
                     match done.map_err(|e| anyhow!("snapshot task: {e}"))? {
-                        Ok(()) => {
+                        // Only a snapshot of the segment still being received counts.
+                        Ok(()) if end > self.writer.as_ref().expect("current segment").start_lsn() => {
                             self.snapshot_end = self.snapshot_end.max(end);
                             self.send_status(false).await?;
                         }
+                        Ok(()) => {}
                         Err(e) => tracing::warn!("snapshot of the current segment not stored: {e:#}"),
                     }
                 }
@@ -461,10 +695,23 @@ impl Stream<'_> {
                     .borrow()
                     .archived
                     .unwrap_or(Lsn(0));
-                archived.max(self.snapshot_end).max(self.floor)
+                let archived = archived.max(self.floor);
+                // A snapshot covers the current segment only: it counts once all before it is in.
+                let snapshot = if archived >= writer.start_lsn() {
+                    self.snapshot_end
+                } else {
+                    Lsn(0)
+                };
+                archived.max(snapshot)
             }
         };
         flushed.min(writer.end_lsn())
+    }
+
+    async fn send_status_without_flush(&mut self) -> Result<(), SessionError> {
+        let message = status_update(self.written(), Lsn(0), SystemTime::now(), false);
+        self.conn.queue_copy_data(&message);
+        self.conn.flush().await.map_err(from_conn)
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), SessionError> {
@@ -513,13 +760,19 @@ impl Stream<'_> {
                 if reply_requested {
                     if self.options.mode == Mode::Synchronous {
                         self.sync().await?;
+                        self.send_status(false).await?;
                     } else if self.written() >= self.server_end {
-                        // Caught up and asked to confirm (a primary shutting down waits for the
-                        // flush position to reach what it sent): make the current segment
-                        // durable in the archive as a snapshot, then report it.
+                        // Caught up and asked to confirm: a primary shutting down waits until
+                        // the flush position, or the write position when no flush position is
+                        // given, reaches what it sent (walsender.c WalSndDone). Store the
+                        // current segment as a snapshot, and answer without a flush position
+                        // (InvalidXLogRecPtr: the slot stays where it is) so the server
+                        // need not wait for the archive.
                         self.start_snapshot().await?;
+                        self.send_status_without_flush().await?;
+                    } else {
+                        self.send_status(false).await?;
                     }
-                    self.send_status(false).await?;
                 }
             }
         }
@@ -551,11 +804,10 @@ impl Stream<'_> {
             self.writer = Some(writer);
             self.snapshot_end = Lsn(0);
             tracing::debug!(segment = %done, "segment complete");
-            // Waits while the upload queue is full: backpressure on the stream.
+            // No waiting here: the spool limit, checked before each read, is the backpressure.
             self.ctx
                 .uploader
                 .enqueue(done)
-                .await
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
         }
         Ok(())
@@ -609,22 +861,7 @@ impl Stream<'_> {
 
     /// At `--endpos`: archive everything up to it, then end the session.
     async fn finish_at_endpos(&mut self, end: Lsn) -> Result<SessionEnd, SessionError> {
-        let writer = self.writer.as_ref().expect("current segment");
-        let segment_start =
-            Lsn(end.0 - (u64::from(self.ctx.segment_size.bytes()) - writer.remaining()));
-        if end > segment_start {
-            // A snapshot in flight may cover less than `end`: let it finish, then store one
-            // that covers everything.
-            if let Some((_, task)) = self.snapshot.take() {
-                let _ = task.await;
-            }
-            self.snapshot_end = Lsn(0);
-            self.start_snapshot().await?;
-            if let Some((_, task)) = self.snapshot.take() {
-                task.await.map_err(|e| anyhow!("snapshot task: {e}"))??;
-            }
-            self.snapshot_end = end;
-        }
+        self.store_tail().await?;
         self.ctx.drain().await.map_err(SessionError::fatal)?;
         self.send_status(false).await?;
         tracing::info!(%end, "reached the end position; everything up to it is archived");
@@ -650,7 +887,7 @@ mod tests {
         assert_eq!(parse_segment_size("16MB").unwrap().bytes(), 16 << 20);
         assert_eq!(parse_segment_size("1GB").unwrap().bytes(), 1 << 30);
         assert_eq!(parse_segment_size("1024kB").unwrap().bytes(), 1 << 20);
-        for bad in ["", "MB", "3MB", "2TB", "16 MB", "-1MB"] {
+        for bad in ["", "MB", "3MB", "2TB", "16 MB", "-1MB", "17179869185GB"] {
             assert!(parse_segment_size(bad).is_err(), "{bad:?} accepted");
         }
     }

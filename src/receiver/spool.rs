@@ -20,12 +20,12 @@ use crate::wal::{SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileN
 const MARKER: &str = "walhalla.spool";
 const PARTIAL_SUFFIX: &str = ".partial";
 
-/// What a spool directory holds for one timeline.
+/// What a spool directory holds.
 #[derive(Debug, Default)]
 pub struct SpoolContents {
-    /// Complete segments not yet archived, oldest first.
+    /// Complete segments not yet archived, oldest first (by timeline, then position).
     pub complete: Vec<SegmentName>,
-    /// The segment that was being received, if any.
+    /// The newest segment that was being received, if any.
     pub partial: Option<SegmentName>,
 }
 
@@ -58,15 +58,15 @@ pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// Lists the spool's segments of `timeline`.
-pub fn scan(dir: &Path, timeline: TimelineId) -> io::Result<SpoolContents> {
+/// Lists the spool's segments, of every timeline.
+pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
     let mut contents = SpoolContents::default();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
         match name.parse::<WalFileName>() {
-            Ok(WalFileName::Segment(s)) if s.timeline == timeline => contents.complete.push(s),
-            Ok(WalFileName::Partial(s)) if s.timeline == timeline => {
+            Ok(WalFileName::Segment(s)) => contents.complete.push(s),
+            Ok(WalFileName::Partial(s)) => {
                 contents.partial = contents.partial.max(Some(s));
             }
             _ => {}
@@ -145,6 +145,11 @@ impl SegmentWriter {
         u64::from(self.size.bytes()) - self.written
     }
 
+    /// The position of the segment's first byte.
+    pub fn start_lsn(&self) -> crate::wal::Lsn {
+        self.segno.start_lsn(self.size)
+    }
+
     /// The position just past the last byte written.
     pub fn end_lsn(&self) -> crate::wal::Lsn {
         crate::wal::Lsn(self.segno.start_lsn(self.size).0 + self.written)
@@ -212,11 +217,13 @@ mod tests {
         let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
         w.write(b"abc").unwrap();
         assert_eq!(w.read_back().unwrap(), b"abc");
-        let contents = scan(dir.path(), TimelineId(1)).unwrap();
+        let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.complete, vec![done]);
         assert_eq!(contents.partial, Some(w.segment()));
-        assert!(scan(dir.path(), TimelineId(2)).unwrap().complete.is_empty());
+        // A new timeline's segment replaces the old .partial.
+        let w2 = SegmentWriter::create(dir.path(), TimelineId(2), SegNo(4), size).unwrap();
+        assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
-        assert!(scan(dir.path(), TimelineId(1)).unwrap().complete.is_empty());
+        assert!(scan(dir.path()).unwrap().complete.is_empty());
     }
 }

@@ -34,7 +34,10 @@ pub struct Progress {
 
 /// Handle to a running uploader.
 pub struct Uploader {
-    queue: mpsc::Sender<SegmentName>,
+    /// Unbounded on purpose: it holds only names of spool files, and the spool limit
+    /// (`--spool-max-bytes`) is the backpressure. A bounded queue would block the stream
+    /// while the archive is down, starving the status updates the server needs.
+    queue: mpsc::UnboundedSender<SegmentName>,
     progress: watch::Receiver<Progress>,
     /// Segments handed over and not yet archived, and the newest handed over.
     queued: Arc<Mutex<Outstanding>>,
@@ -75,7 +78,7 @@ pub struct UploadSettings {
 impl Uploader {
     /// Starts an uploader.
     pub fn start(archive: ClusterArchive, settings: UploadSettings) -> Uploader {
-        let (queue, mut incoming) = mpsc::channel::<SegmentName>(settings.parallelism.max(1) * 2);
+        let (queue, mut incoming) = mpsc::unbounded_channel::<SegmentName>();
         let size = settings.segment_size;
         let (progress_tx, progress) = watch::channel(Progress {
             archived: None,
@@ -130,9 +133,8 @@ impl Uploader {
         }
     }
 
-    /// Queues a complete spool segment, unless it is queued already; waits while the queue
-    /// is full (backpressure).
-    pub async fn enqueue(&self, segment: SegmentName) -> Result<(), String> {
+    /// Queues a complete spool segment, unless it is queued already. Never waits.
+    pub fn enqueue(&self, segment: SegmentName) -> Result<(), String> {
         {
             let mut queued = lock(&self.queued);
             if !queued.segments.insert(segment) {
@@ -142,8 +144,14 @@ impl Uploader {
         }
         self.queue
             .send(segment)
-            .await
             .map_err(|_| self.fatal_or("uploader stopped"))
+    }
+
+    /// Starts a new stream: what is archived is measured from its segments from now on, not
+    /// from the newest segment of an earlier stream (which, after a failover, may lie past the
+    /// new timeline's fork).
+    pub fn new_stream(&self) {
+        lock(&self.queued).newest = None;
     }
 
     /// How many segments are queued or being uploaded.
@@ -213,19 +221,26 @@ async fn upload(
 ) -> archive::Result<()> {
     let path = spool::complete_path(&settings.spool, segment);
     let level = settings.compression_level;
-    let encoded = blocking::run(move || -> Result<(Bytes, Vec<u8>), String> {
-        let content =
-            Bytes::from(std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?);
+    let encoded = blocking::run(move || -> Result<Option<(Bytes, Vec<u8>)>, String> {
+        let content = match std::fs::read(&path) {
+            Ok(bytes) => Bytes::from(bytes),
+            // Files leave the spool only once archived: this one was queued again after that.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        };
         let envelope = Encoder::new(level, 1)
             .and_then(|mut e| e.encode(&content))
             .map_err(|e| e.to_string())?;
-        Ok((content, envelope))
+        Ok(Some((content, envelope)))
     })
     .await;
-    let (content, envelope) = encoded.map_err(|reason| archive::Error::Open {
+    let encoded = encoded.map_err(|reason| archive::Error::Open {
         location: archive.location().clone(),
         reason,
     })?;
+    let Some((content, envelope)) = encoded else {
+        return Ok(());
+    };
     archive
         .put(&WalFileName::Segment(segment), content, envelope)
         .await

@@ -5,3 +5,4 @@ mod fetch;
 mod harness;
 mod push;
 mod receive;
+mod timelines;

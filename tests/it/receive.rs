@@ -96,10 +96,7 @@ fn streaming_receiver(
     pg: &PgCluster,
     extra: &[&str],
 ) -> Receiver {
-    let conninfo = pg.conninfo();
-    let mut args = vec!["-d", conninfo.as_str(), "-S", "walhalla", "--create-slot"];
-    args.extend_from_slice(extra);
-    let receiver = Receiver::start(wh, archive, &args);
+    let receiver = Receiver::on_slot(wh, archive, &pg.conninfo(), extra);
     wait_streaming(pg);
     receiver
 }
@@ -114,7 +111,7 @@ fn receiver_archives_every_byte(backend: Backend) {
         reference.path().display()
     ));
     pg.start();
-    let mut receiver = streaming_receiver(&wh, &archive, &pg, &["--status-interval", "1"]);
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &[]);
     let slot_lsn = || {
         lsn(
             &pg,

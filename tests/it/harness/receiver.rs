@@ -23,6 +23,27 @@ impl Receiver {
         Self::start_via(wh, archive, archive.env(), args)
     }
 
+    /// A receiver on slot "walhalla" (created when missing) of `conninfo`, reporting every
+    /// second, with `extra` arguments.
+    pub fn on_slot(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        conninfo: &str,
+        extra: &[&str],
+    ) -> Receiver {
+        let mut args = vec![
+            "-d",
+            conninfo,
+            "-S",
+            "walhalla",
+            "--create-slot",
+            "--status-interval",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(wh, archive, &args)
+    }
+
     /// Like [`Receiver::start`] with other variables for reaching the archive (a proxy).
     pub fn start_via(
         wh: &Walhalla,
