@@ -198,3 +198,120 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
         "the archive ends at {newest_end:X}, WAL was written up to {written}"
     );
 }
+
+#[test]
+fn follows_two_promotions_to_timeline_3() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    // primary -> standby1 -> standby2 (cascading); the receiver streams from standby2.
+    let mut primary = PgCluster::init("primary");
+    primary.append_conf("wal_keep_size = '1GB'");
+    primary.start();
+    primary.write_rows(300);
+    let mut standby1 = PgCluster::standby_of(&primary, "standby1");
+    standby1.append_conf("wal_keep_size = '1GB'");
+    standby1.start();
+    wait_replayed(&primary, &standby1);
+    let mut standby2 = PgCluster::standby_of(&standby1, "standby2");
+    standby2.append_conf("wal_keep_size = '1GB'\nrecovery_target_timeline = 'latest'");
+    standby2.start();
+    let conninfo = standby2.conninfo();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
+    wait_for("the receiver to stream", Duration::from_secs(60), || {
+        (standby2
+            .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
+            == "1")
+            .then_some(())
+    });
+    let mut backup = PgCluster::from_backup(&primary, "restored", "none");
+    primary.write_rows(500);
+    primary.switch_wal();
+    wait_replayed(&primary, &standby1);
+    wait_replayed(&primary, &standby2);
+
+    // First promotion: standby1 to timeline 2; standby2 follows it, and the receiver follows.
+    primary.stop("fast");
+    promote(&standby1);
+    standby1.write_rows(500);
+    standby1.switch_wal();
+    wait_replayed(&standby1, &standby2);
+    // Second promotion: standby2 to timeline 3.
+    standby1.stop("fast");
+    promote(&standby2);
+    standby2.write_rows(500);
+    let last = standby2.switch_wal();
+    assert!(last.starts_with("00000003"), "{last}");
+    let system_id = standby2.system_id();
+    wait_object(&archive, system_id, &last);
+    for history in ["00000002.history", "00000003.history"] {
+        assert_eq!(
+            fetched(&wh, &archive, &standby2, history),
+            std::fs::read(standby2.data.join("pg_wal").join(history)).unwrap(),
+            "{history}"
+        );
+    }
+    assert!(receiver.stop().success());
+
+    backup.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'\nrecovery_target_timeline = 'latest'",
+        wh.path().display(),
+        archive.url()
+    ));
+    std::fs::write(backup.data.join("recovery.signal"), "").unwrap();
+    backup.start();
+    wait_for("recovery to finish", Duration::from_secs(120), || {
+        (backup.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+    });
+    assert_eq!(backup.table_fingerprint(), standby2.table_fingerprint());
+}
+
+#[test]
+fn a_second_primary_on_the_same_timeline_cannot_change_the_archive() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = crate::push::archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(300);
+    primary.switch_wal();
+    primary.stop("fast");
+    // A copy of the stopped primary: the same cluster, on the same timeline.
+    let twin_dir = crate::harness::TestDir::new("twin");
+    let twin_data = twin_dir.path().join("data");
+    let copied = crate::harness::as_pg_user("cp")
+        .arg("-a")
+        .arg(&primary.data)
+        .arg(&twin_data)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    // The original goes on and its WAL is archived.
+    primary.start();
+    primary.write_rows(1000);
+    let first = primary.switch_wal();
+    primary.wait_archived(&first);
+    let before: Vec<(String, Vec<u8>)> = archive
+        .keys()
+        .into_iter()
+        .map(|k| (k.clone(), archive.object(&k).unwrap()))
+        .collect();
+    primary.stop("immediate");
+
+    // The twin comes up and writes something else at the same positions.
+    let mut twin = PgCluster::adopt(twin_dir, twin_data);
+    twin.set_env(archive.env());
+    twin.start();
+    twin.sql("CREATE TABLE other AS SELECT g, 'split brain' AS x FROM generate_series(1, 50000) g");
+    twin.switch_wal();
+    wait_for(
+        "the twin's archiver to fail",
+        Duration::from_secs(60),
+        || (twin.sql("SELECT failed_count FROM pg_stat_archiver") != "0").then_some(()),
+    );
+    let log = twin.log();
+    assert!(
+        log.contains("is already archived with different content") && log.contains(&first[..16]),
+        "{log}"
+    );
+    for (key, bytes) in before {
+        assert!(archive.object(&key).unwrap() == bytes, "{key} changed");
+    }
+}

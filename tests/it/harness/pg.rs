@@ -54,6 +54,18 @@ impl PgCluster {
         cluster
     }
 
+    /// A cluster whose data directory was made by hand inside `dir` (a copy of another one):
+    /// its own port and socket, not started yet.
+    pub fn adopt(dir: TestDir, data: PathBuf) -> PgCluster {
+        let cluster = PgCluster::at(dir, data);
+        cluster.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'",
+            cluster.port,
+            cluster.dir.path().display()
+        ));
+        cluster
+    }
+
     fn at(dir: TestDir, data: PathBuf) -> PgCluster {
         PgCluster {
             dir,
