@@ -91,6 +91,11 @@ pub enum Command {
         name: String,
         /// Where to write it (%p).
         dest: PathBuf,
+        /// For a last recovery after losing the primary: serve a segment the archive lacks
+        /// from the newest partial snapshot the receiver stored of it, zero-padded, so replay
+        /// reaches the last archived byte. Never use it on a standby that keeps following.
+        #[arg(long)]
+        partial: bool,
     },
 }
 

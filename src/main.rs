@@ -45,10 +45,18 @@ fn main() -> ExitCode {
     };
     exit_with_on_panic(failure_code);
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.command {
+        // The daemon: network I/O and uploads on two workers, blocking work on a bounded pool.
+        Command::Receive(_) | Command::Demo { .. } => {
+            limit_allocator_caching();
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2).max_blocking_threads(16);
+            builder
+        }
+        // A hook does one thing: one thread, blocking work on the pool.
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walhalla: cannot start the async runtime: {e}");
@@ -83,7 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
-        Command::Fetch { name, dest } => Ok(match hooks::fetch(&config, &name, &dest).await? {
+        Command::Fetch {
+            name,
+            dest,
+            partial,
+        } => Ok(match hooks::fetch(&config, &name, &dest, partial).await? {
             FetchOutcome::Restored => 0,
             FetchOutcome::NotFound => EXIT_FETCH_NOT_FOUND,
         }),
@@ -170,6 +182,19 @@ async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
         libc::raise(signo);
     }
     Ok(128 + signo as u8)
+}
+
+/// Keeps the daemon's memory bounded: glibc raises its mmap threshold after a large block is
+/// freed, and from then on serves 16 MiB buffers from per-thread arenas that keep the memory
+/// (hundreds of MiB with many blocking threads). A fixed threshold returns large blocks to the
+/// system when freed, and two arenas bound what small allocations keep.
+fn limit_allocator_caching() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// A panic must not exit with Rust's 101, which restore_command would read as "not found".

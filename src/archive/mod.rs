@@ -397,6 +397,52 @@ impl ClusterArchive {
         Ok(None)
     }
 
+    /// The newest snapshot a receiver stored of `segment` (the one reaching furthest): its
+    /// key and envelope, not yet verified.
+    pub async fn newest_partial_snapshot(
+        &self,
+        segment: SegmentName,
+    ) -> Result<Option<(String, Bytes)>> {
+        let group = self.key(&WalFileName::Segment(segment));
+        let Some(dir) = group
+            .parts()
+            .count()
+            .checked_sub(1)
+            .map(|n| Path::from_iter(group.parts().take(n)))
+        else {
+            return Ok(None);
+        };
+        let listing = self
+            .archive
+            .retrying("list", &dir, || {
+                self.archive.store.list_with_delimiter(Some(&dir))
+            })
+            .await?;
+        let prefix = format!("{segment}.partial.");
+        let newest = listing
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                let end = o
+                    .location
+                    .filename()?
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(OBJECT_SUFFIX)?;
+                (end.len() == 16)
+                    .then(|| u64::from_str_radix(end, 16).ok())
+                    .flatten()
+                    .map(|end| (end, o.location))
+            })
+            .max_by_key(|(end, _)| *end);
+        let Some((_, key)) = newest else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_key(&key)
+            .await?
+            .map(|object| (key.to_string(), object)))
+    }
+
     /// Whether the archive holds anything at all for this cluster. A miss in an archive that
     /// holds nothing is more likely a wrong location, prefix or unmounted directory than the
     /// end of the WAL, and must not end a recovery early.

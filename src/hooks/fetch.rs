@@ -2,12 +2,14 @@
 //! the original bytes to `dest` atomically. A file that fails verification is never handed to
 //! PostgreSQL.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 
 use tokio::time::Instant;
+
+use crate::archive::{Archive, ClusterArchive};
 
 use crate::blocking;
 use crate::config::Config;
@@ -25,7 +27,14 @@ pub enum FetchOutcome {
 }
 
 /// Restores `name` from the archive to `dest`; the data directory is the current directory.
-pub async fn fetch(config: &Config, name: &str, dest: &Path) -> anyhow::Result<FetchOutcome> {
+/// With `partial`, a segment the archive lacks is served from the newest snapshot the
+/// receiver stored of it, zero-padded: for a last recovery after losing the primary.
+pub async fn fetch(
+    config: &Config,
+    name: &str,
+    dest: &Path,
+    partial: bool,
+) -> anyhow::Result<FetchOutcome> {
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
     let deadline = Instant::now() + config.timeout;
     let archive = super::open_archive(config, false, deadline).await?;
@@ -33,23 +42,36 @@ pub async fn fetch(config: &Config, name: &str, dest: &Path) -> anyhow::Result<F
         .await
         .with_context(|| format!("fetch {name}"))?;
     let cluster = archive.cluster(system_id);
-    let Some(object) = cluster.get(&name).await? else {
-        // Quiet when the archive is simply at its end (PostgreSQL probes for history files
-        // that do not exist); an error when it holds nothing at all for this cluster.
-        if !cluster.has_objects().await? {
-            bail!(
-                "archive {} holds nothing for cluster {system_id}: wrong --archive location or prefix, or an unmounted directory?",
-                archive.location()
-            );
-        }
-        return Ok(FetchOutcome::NotFound);
+    let (object, key, padded) = match cluster.get(&name).await? {
+        Some(object) => (object, cluster.key(&name).to_string(), false),
+        None => match (partial, name) {
+            (true, WalFileName::Segment(segment)) => {
+                match cluster.newest_partial_snapshot(segment).await? {
+                    Some((key, object)) => (object, key, true),
+                    None => return not_found(&cluster, &archive).await,
+                }
+            }
+            _ => return not_found(&cluster, &archive).await,
+        },
     };
-    let key = cluster.key(&name).to_string();
     let dest = dest.to_path_buf();
-    blocking::run(move || write_verified(&object, &name, system_id, &dest))
+    blocking::run(move || write_verified(&object, &name, system_id, &dest, padded))
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
     Ok(FetchOutcome::Restored)
+}
+
+/// Quiet when the archive is simply at its end (PostgreSQL probes for history files that do
+/// not exist); an error when it holds nothing at all for this cluster.
+async fn not_found(cluster: &ClusterArchive, archive: &Archive) -> anyhow::Result<FetchOutcome> {
+    if !cluster.has_objects().await? {
+        bail!(
+            "archive {} holds nothing for cluster {}: wrong --archive location or prefix, or an unmounted directory?",
+            archive.location(),
+            cluster.system_id()
+        );
+    }
+    Ok(FetchOutcome::NotFound)
 }
 
 /// Decodes `object` into a temporary file beside `dest`, checks it, and renames it into place.
@@ -58,6 +80,7 @@ fn write_verified(
     name: &WalFileName,
     system_id: SystemId,
     dest: &Path,
+    pad_to_segment: bool,
 ) -> anyhow::Result<()> {
     let mut temp = TempFile::create(dest)
         .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
@@ -74,13 +97,24 @@ fn write_verified(
             return Err(e).context("the archived object failed verification; nothing was written");
         }
     };
+    let mut length = header.content_len;
     if let Some(segment) = name
         .segment()
         .filter(|_| !matches!(name, WalFileName::Backup { .. }))
     {
         let page = LongPageHeader::parse(&out.head)
             .context("the archived content is not a WAL segment")?;
-        page.check_segment(segment, header.content_len)
+        if pad_to_segment {
+            // A snapshot holds the segment up to the last byte received: the rest reads as
+            // the end of the WAL.
+            let size = u64::from(page.segment_size()?.bytes());
+            if length > size {
+                bail!("the snapshot is longer than a segment");
+            }
+            std::io::copy(&mut std::io::repeat(0).take(size - length), &mut out)?;
+            length = size;
+        }
+        page.check_segment(segment, length)
             .context("the archived content does not match its name")?;
         if page.system_id != system_id {
             bail!(

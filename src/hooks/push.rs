@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
-use bytes::Bytes;
 
 use crate::archive::PutOutcome;
 use crate::blocking;
@@ -25,7 +24,10 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     let name: WalFileName = file_name.parse().map_err(|e: String| anyhow!(e))?;
     let content = {
         let owned = path.to_path_buf();
-        blocking::run(move || map_file(&owned))
+        // SAFETY: PostgreSQL neither changes nor truncates a file while its archive_command
+        // runs. Were it truncated anyway, the process would die of SIGBUS: the archiver then
+        // exits FATAL and the postmaster restarts it, keeping the WAL.
+        blocking::run(move || unsafe { crate::fsutil::map_immutable_file(&owned) })
             .await
             .with_context(|| format!("read {}", path.display()))?
     };
@@ -53,20 +55,6 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         }
     }
     Ok(outcome)
-}
-
-/// Maps the file into memory: no copy of a 16 MiB segment into a fresh buffer, whose page
-/// faults would cost more than the copy.
-fn map_file(path: &Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: the mapping is read-only and PostgreSQL neither changes nor truncates a file
-    // while its archive_command runs. Were it truncated anyway, the process would die of
-    // SIGBUS: the archiver then exits FATAL and the postmaster restarts it, keeping the WAL.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    Ok(Bytes::from_owner(map))
 }
 
 fn compression_threads() -> usize {

@@ -124,6 +124,15 @@ pub async fn run(
         .map_err(from_conn)?;
     tracing::info!(host = %conn.host(), tls = conn.is_encrypted(), "connected");
 
+    if conn
+        .parameter("integer_datetimes")
+        .is_some_and(|v| v != "on")
+    {
+        let host = conn.host().to_string();
+        return Err(SessionError::fatal(anyhow!(
+            "{host} does not use integer timestamps, which the protocol needs"
+        )));
+    }
     let identity = conn
         .simple_query("IDENTIFY_SYSTEM")
         .await

@@ -222,8 +222,10 @@ async fn upload(
     let path = spool::complete_path(&settings.spool, segment);
     let level = settings.compression_level;
     let encoded = blocking::run(move || -> Result<Option<(Bytes, Vec<u8>)>, String> {
-        let content = match std::fs::read(&path) {
-            Ok(bytes) => Bytes::from(bytes),
+        // SAFETY: a complete spool segment is never written again; it is only removed, after
+        // its upload.
+        let content = match unsafe { crate::fsutil::map_immutable_file(&path) } {
+            Ok(bytes) => bytes,
             // Files leave the spool only once archived: this one was queued again after that.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("read {}: {e}", path.display())),

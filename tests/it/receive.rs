@@ -521,18 +521,11 @@ fn killed_receivers_leave_an_archive_that_restores() {
 
     assert_contiguous(&archive);
 
-    restored.append_conf(&format!(
-        "restore_command = '{} --archive {} fetch %f %p'",
+    restored.recover_from_archive(&format!(
+        "{} --archive {} fetch %f %p",
         wh.path().display(),
         archive.url()
     ));
-    std::fs::write(restored.data.join("recovery.signal"), "").unwrap();
-    restored.start();
-    wait_for(
-        "the restored instance to finish recovery",
-        Duration::from_secs(120),
-        || (restored.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(()),
-    );
     assert_eq!(restored.table_fingerprint(), pg.table_fingerprint());
 }
 

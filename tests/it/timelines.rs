@@ -95,16 +95,11 @@ fn follows_a_failover_to_the_promoted_standby() {
     assert!(receiver.stop().success());
 
     // Recovery through the archive alone follows the history to timeline 2's data.
-    backup.append_conf(&format!(
-        "restore_command = '{} --archive {} fetch %f %p'\nrecovery_target_timeline = 'latest'",
+    backup.recover_from_archive(&format!(
+        "{} --archive {} fetch %f %p",
         wh.path().display(),
         archive.url()
     ));
-    std::fs::write(backup.data.join("recovery.signal"), "").unwrap();
-    backup.start();
-    wait_for("recovery to finish", Duration::from_secs(120), || {
-        (backup.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
-    });
     assert_eq!(backup.table_fingerprint(), standby.table_fingerprint());
 }
 
@@ -175,6 +170,12 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
     pg.start();
     let conninfo = pg.conninfo();
     let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &["--partial-interval", "1"]);
+    wait_for("the receiver to stream", Duration::from_secs(60), || {
+        (pg.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
+            == "1")
+            .then_some(())
+    });
+    let mut restored = PgCluster::from_backup(&pg, "restored", "none");
     pg.write_rows(100);
     let written: walhalla::wal::Lsn = pg.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
     std::thread::sleep(Duration::from_secs(3));
@@ -196,6 +197,19 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
     assert!(
         newest_end >= written.0,
         "the archive ends at {newest_end:X}, WAL was written up to {written}"
+    );
+
+    // The primary is lost too: a restore with fetch --partial reaches the last archived byte.
+    pg.stop("immediate");
+    restored.recover_from_archive(&format!(
+        "{} --archive {} fetch --partial %f %p",
+        wh.path().display(),
+        archive.url()
+    ));
+    assert_eq!(
+        restored.sql("SELECT count(*) FROM t"),
+        "100",
+        "rows written before the last snapshot are lost"
     );
 }
 
@@ -252,16 +266,11 @@ fn follows_two_promotions_to_timeline_3() {
     }
     assert!(receiver.stop().success());
 
-    backup.append_conf(&format!(
-        "restore_command = '{} --archive {} fetch %f %p'\nrecovery_target_timeline = 'latest'",
+    backup.recover_from_archive(&format!(
+        "{} --archive {} fetch %f %p",
         wh.path().display(),
         archive.url()
     ));
-    std::fs::write(backup.data.join("recovery.signal"), "").unwrap();
-    backup.start();
-    wait_for("recovery to finish", Duration::from_secs(120), || {
-        (backup.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
-    });
     assert_eq!(backup.table_fingerprint(), standby2.table_fingerprint());
 }
 

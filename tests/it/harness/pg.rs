@@ -103,6 +103,19 @@ impl PgCluster {
         copy
     }
 
+    /// Starts this copy in archive recovery with `restore_command` (no target: to the end of
+    /// the archive, on the latest timeline) and waits until it is promoted.
+    pub fn recover_from_archive(&mut self, restore_command: &str) {
+        self.append_conf(&format!("restore_command = '{restore_command}'"));
+        std::fs::write(self.data.join("recovery.signal"), "").expect("write recovery.signal");
+        self.start();
+        wait_for(
+            "archive recovery to finish",
+            Duration::from_secs(120),
+            || (self.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(()),
+        );
+    }
+
     /// Environment variables for the server, and so for its archive and restore commands.
     pub fn set_env(&mut self, env: Vec<(String, String)>) {
         self.env = env;
