@@ -9,7 +9,6 @@ mod retry;
 
 pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key, partial_snapshot_key};
 pub use location::Location;
-pub use retry::is_transient;
 
 use std::sync::Arc;
 use std::time::Duration;

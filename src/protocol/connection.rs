@@ -584,13 +584,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Says goodbye to the server (Terminate) and closes the connection.
-    pub async fn close(mut self) {
-        frontend::terminate(&mut self.write_buf);
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
-    }
-
     async fn read_message(&mut self) -> Result<Message> {
         match self.read_frame().await? {
             Frame::Other(message) => Ok(message),

@@ -80,10 +80,10 @@ pub fn client_config(
             });
         }
         (SslMode::VerifyFull, Some(file)) => webpki_verifier(&file, provider)?,
-        (_, Some(file)) => Arc::new(IgnoreHostName {
-            inner: webpki_verifier(&file, provider)?,
-        }),
-        (_, None) => Arc::new(NoVerification {
+        (_, file) => Arc::new(LibpqVerifier {
+            chain: file
+                .map(|f| webpki_verifier(&f, provider.clone()))
+                .transpose()?,
             algorithms: provider.signature_verification_algorithms,
         }),
     };
@@ -121,13 +121,17 @@ fn webpki_verifier(
         .map_err(|e| bad(e.to_string()))
 }
 
-/// verify-ca: the chain must be valid; the name is not checked.
+/// The verifier for every mode but verify-full: with a root certificate (verify-ca, or
+/// require/prefer when a root file exists) the chain must be valid but the name is not
+/// checked; without one (require/prefer) the server is not authenticated, as in libpq. The
+/// handshake signatures are always checked.
 #[derive(Debug)]
-struct IgnoreHostName {
-    inner: Arc<WebPkiServerVerifier>,
+struct LibpqVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for IgnoreHostName {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -136,60 +140,15 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// require/prefer without a root certificate: encryption without authentication of the
-/// server, as libpq does. The handshake signatures are still checked.
-#[derive(Debug)]
-struct NoVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

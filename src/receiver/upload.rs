@@ -26,8 +26,6 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 pub struct Progress {
     /// Everything before this position is in the archive (`None` until a segment is handed over).
     pub archived: Option<Lsn>,
-    /// Segments uploaded since the uploader started.
-    pub uploaded: u64,
     /// Set when the uploader stopped for good.
     pub fatal: Option<String>,
 }
@@ -82,7 +80,6 @@ impl Uploader {
         let size = settings.segment_size;
         let (progress_tx, progress) = watch::channel(Progress {
             archived: None,
-            uploaded: 0,
             fatal: None,
         });
         let settings = Arc::new(settings);
@@ -91,7 +88,6 @@ impl Uploader {
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
             let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
-            let mut uploaded = 0;
             let mut open = true;
             loop {
                 tokio::select! {
@@ -112,9 +108,8 @@ impl Uploader {
                     Some(result) = done_rx.recv() => {
                         match result {
                             Ok(()) => {
-                                uploaded += 1;
                                 let archived = lock(&in_flight).archived(size);
-                                progress_tx.send_replace(Progress { archived, uploaded, fatal: None });
+                                progress_tx.send_replace(Progress { archived, fatal: None });
                             }
                             Err(fatal) => {
                                 progress_tx.send_modify(|p| p.fatal = Some(fatal));

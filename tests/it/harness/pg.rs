@@ -94,12 +94,8 @@ impl PgCluster {
         let dir = TestDir::new(label);
         let data = dir.path().join("data");
         primary.base_backup_with(&data, wal_method);
-        let copy = PgCluster::at(dir, data);
-        copy.append_conf(&format!(
-            "port = {}\nunix_socket_directories = '{}'\narchive_mode = off",
-            copy.port,
-            copy.dir.path().display()
-        ));
+        let copy = PgCluster::adopt(dir, data);
+        copy.append_conf("archive_mode = off");
         copy
     }
 
