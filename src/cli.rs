@@ -1,11 +1,14 @@
 //! The command line: the only module that sees clap types. Flags take precedence over their
 //! environment variables, which take precedence over the config file.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
+use crate::server::ServerOptions;
 use crate::wal::{Lsn, SystemId};
 
 /// Keeps a PostgreSQL cluster's write-ahead log safe off the database host.
@@ -85,18 +88,140 @@ pub enum Command {
     },
     /// Restore one WAL file: restore_command = 'walhalla fetch %f %p'.
     ///
-    /// Writes the verified original bytes to the destination atomically.
-    Fetch {
-        /// The file name PostgreSQL asks for (%f).
-        name: String,
-        /// Where to write it (%p).
-        dest: PathBuf,
-        /// For a last recovery after losing the primary: serve a segment the archive lacks
-        /// from the newest partial snapshot the receiver stored of it, zero-padded, so replay
-        /// reaches the last archived byte. Never use it on a standby that keeps following.
+    /// Writes the verified original bytes to the destination atomically. Asks the fetch
+    /// server first when one is given, and fetches the next segments ahead in the background
+    /// into pg_wal/walhalla-prefetch, so the next calls only move a file into place.
+    Fetch(FetchArgs),
+    /// Serve the archive to restore_commands (GET /wal/NAME), with /metrics, /status and
+    /// /healthz, for hosts that do not run `walhalla receive --listen`.
+    Serve(ServeArgs),
+    /// Print a running server's /status for a person.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the JSON as the server sent it.
         #[arg(long)]
-        partial: bool,
+        json: bool,
     },
+    /// The background readahead of `walhalla fetch`; started by it, not by hand.
+    #[command(hide = true)]
+    PrefetchWorker {
+        /// The cache directory to fill.
+        cache: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Segments to keep ahead.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
+        prefetch: u16,
+    },
+}
+
+/// Segments `walhalla fetch` keeps ahead by default, chosen by measurement (README).
+pub const DEFAULT_PREFETCH: u16 = 8;
+
+/// Options of `walhalla fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The file name PostgreSQL asks for (%f).
+    pub name: String,
+    /// Where to write it (%p).
+    pub dest: PathBuf,
+    /// For a last recovery after losing the primary: serve a segment the archive lacks
+    /// from the newest partial snapshot the receiver stored of it, zero-padded, so replay
+    /// reaches the last archived byte. Never use it on a standby that keeps following.
+    #[arg(long)]
+    pub partial: bool,
+    /// Segments to fetch ahead in the background; 0 turns readahead off.
+    #[arg(long, env = "WALHALLA_PREFETCH", value_name = "N", default_value_t = DEFAULT_PREFETCH,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub prefetch: u16,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// How a client reaches the fetch server.
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// The fetch server (`walhalla receive --listen` or `walhalla serve`), such as
+    /// http://127.0.0.1:7480; when it cannot answer, the archive is read directly.
+    #[arg(long, env = "WALHALLA_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the bearer token to send to the server.
+    #[arg(long, env = "WALHALLA_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the server's certificate must chain to.
+    #[arg(long, env = "WALHALLA_SERVER_CA", value_name = "FILE")]
+    pub server_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to the server.
+    #[arg(
+        long,
+        env = "WALHALLA_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "WALHALLA_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The settings for `client::ServerClient`.
+    pub fn settings(&self) -> ClientSettings {
+        ClientSettings {
+            server: self.server.clone(),
+            token_file: self.token_file.clone(),
+            server_ca: self.server_ca.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+}
+
+/// How the fetch server listens and whom it lets in.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Listen on this address (loopback unless told otherwise; another address needs
+    /// --token-file or --tls-client-ca).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token every request must carry (Authorization: Bearer …).
+    #[arg(long, env = "WALHALLA_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Certificate chain (PEM) for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS client certificates signed by these CA certificates (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ListenArgs {
+    /// The settings for `server::Server`.
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            listen: self.listen,
+            token_file: self.token_file.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+        }
+    }
+}
+
+/// Options of `walhalla serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
 }
 
 /// Options of `walhalla receive`.
@@ -158,6 +283,10 @@ pub struct ReceiveArgs {
     /// Segments uploaded in parallel at most.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub upload_parallelism: u64,
+
+    /// The fetch server: without --listen, none runs.
+    #[command(flatten)]
+    pub listen: ListenArgs,
 }
 
 /// Parses a byte count with an optional kB/MB/GB (or KiB/MiB/GiB) suffix, powers of 1024.
@@ -187,6 +316,9 @@ impl Command {
             Command::Fetch { .. } => "fetch",
             Command::Receive(_) => "receive",
             Command::Demo { .. } => "demo",
+            Command::Serve(_) => "serve",
+            Command::Status { .. } => "status",
+            Command::PrefetchWorker { .. } => "prefetch-worker",
         }
     }
 }

@@ -44,8 +44,8 @@ pub struct Overrides {
 /// The resolved settings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where the archive lives.
-    pub archive: Location,
+    /// Where the archive lives, when configured (only `fetch --server` can do without).
+    pub archive: Option<Location>,
     /// The cluster, when given explicitly; otherwise commands find it out.
     pub system_id: Option<SystemId>,
     /// zstd level for new objects.
@@ -78,10 +78,10 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let archive = overrides.archive.or(file.archive).context(
-            "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file",
-        )?;
-        let archive: Location = archive.parse().map_err(anyhow::Error::msg)?;
+        let archive = match overrides.archive.or(file.archive) {
+            Some(text) => Some(text.parse::<Location>().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let file_system_id = match file.system_id {
             None => None,
             Some(FileSystemId::Number(n)) => {
@@ -116,6 +116,15 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The archive, which every command but `fetch --server` needs.
+    pub fn archive(&self) -> anyhow::Result<&Location> {
+        self.archive.as_ref().context(
+            "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file",
+        )
+    }
+}
+
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -140,7 +149,7 @@ mod tests {
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let file = "archive = \"/from/file\"\ncompression_level = 7\nsystem_id = \"9300000000000000001\"\n";
         let c = with_file(file, Overrides::default()).unwrap();
-        assert_eq!(c.archive, Location::Local("/from/file".into()));
+        assert_eq!(c.archive, Some(Location::Local("/from/file".into())));
         assert_eq!(c.compression_level, 7);
         assert_eq!(c.system_id, Some(SystemId(9_300_000_000_000_000_001)));
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
@@ -153,10 +162,10 @@ mod tests {
         let c = with_file(file, flags).unwrap();
         assert_eq!(
             c.archive,
-            Location::S3 {
+            Some(Location::S3 {
                 bucket: "b".into(),
                 prefix: "p".into()
-            }
+            })
         );
         assert_eq!(c.compression_level, 2);
     }
@@ -164,8 +173,11 @@ mod tests {
     #[test]
     fn refuses_bad_settings() {
         assert!(
-            Config::resolve(Overrides::default()).is_err(),
-            "an archive is required"
+            Config::resolve(Overrides::default())
+                .unwrap()
+                .archive()
+                .is_err(),
+            "an archive is required where one is used"
         );
         assert!(with_file("archive = \"/a\"\nunknown_key = 1\n", Overrides::default()).is_err());
         assert!(

@@ -73,7 +73,7 @@ async fn demo(cluster: &Cluster, compression_level: i32) -> anyhow::Result<()> {
         "== walhalla receive: streaming from slot walhalla_demo into {}",
         archive_dir.display()
     );
-    let receiver = tokio::spawn(receiver::run(options, archive, stopped));
+    let receiver = tokio::spawn(receiver::run(options, archive, stopped, Default::default()));
 
     println!("== generating load (100 000 rows, then 5 WAL switches)");
     cluster.psql("CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS payload FROM generate_series(1, 100000) g")?;

@@ -14,6 +14,8 @@
 //! - [`cli`]: the command line.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
+//! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
+//!   hold what it shares with the receiver.
 //! - [`fsutil`], [`blocking`], [`backoff`]: durable file writes; blocking work off the
 //!   reactor; jittered backoff.
 
@@ -21,11 +23,15 @@ pub mod archive;
 pub mod backoff;
 pub mod blocking;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
+pub mod metrics;
 pub mod protocol;
 pub mod receiver;
+pub mod server;
 pub mod wal;

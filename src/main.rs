@@ -9,15 +9,20 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use anyhow::Context;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use walhalla::archive::{Archive, ArchiveOptions};
-use walhalla::cli::{Cli, Command, ReceiveArgs};
+use walhalla::cli::{Cli, ClientArgs, Command, ListenArgs, ReceiveArgs};
+use walhalla::client::ServerClient;
 use walhalla::config::Config;
+use walhalla::daemon::{ServedCluster, Shared};
 use walhalla::hooks::{
-    self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOutcome,
+    self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOptions, FetchOutcome,
 };
 use walhalla::protocol::conninfo::ConnParams;
 use walhalla::receiver::{Mode, ReceiveOptions};
+use walhalla::server::Server;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -35,19 +40,19 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(match cli.command {
-        Command::Receive(_) => "info",
+        Command::Receive(_) | Command::Serve(_) => "info",
         Command::Demo { .. } => "walhalla=warn",
         _ => "warn",
     });
     let failure_code = match cli.command {
-        Command::Push { .. } | Command::Receive(_) | Command::Demo { .. } => EXIT_PUSH_FAILED,
-        Command::Fetch { .. } => EXIT_FETCH_FATAL,
+        Command::Fetch(_) => EXIT_FETCH_FATAL,
+        _ => EXIT_PUSH_FAILED,
     };
     exit_with_on_panic(failure_code);
 
     let mut builder = match cli.command {
         // The daemon: network I/O and uploads on two workers, blocking work on a bounded pool.
-        Command::Receive(_) | Command::Demo { .. } => {
+        Command::Receive(_) | Command::Demo { .. } | Command::Serve(_) => {
             limit_allocator_caching();
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(2).max_blocking_threads(16);
@@ -90,16 +95,112 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
+        Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
+        Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
-        Command::Fetch {
-            name,
-            dest,
-            partial,
-        } => Ok(match hooks::fetch(&config, &name, &dest, partial).await? {
-            FetchOutcome::Restored => 0,
-            FetchOutcome::NotFound => EXIT_FETCH_NOT_FOUND,
-        }),
+        Command::Fetch(args) => {
+            let options = FetchOptions {
+                partial: args.partial,
+                client: args.client.settings(),
+                prefetch: usize::from(args.prefetch),
+            };
+            Ok(
+                match hooks::fetch(&config, &args.name, &args.dest, &options).await? {
+                    FetchOutcome::Restored => 0,
+                    FetchOutcome::NotFound => EXIT_FETCH_NOT_FOUND,
+                },
+            )
+        }
+        Command::PrefetchWorker {
+            cache,
+            client,
+            prefetch,
+        } => hooks::run_prefetch_worker(&config, &cache, &client.settings(), usize::from(prefetch))
+            .await
+            .map(|()| 0),
     }
+}
+
+/// Opens the configured archive for a daemon (no overall deadline).
+async fn open_archive(config: &Config) -> anyhow::Result<Archive> {
+    let options = ArchiveOptions {
+        timeout: config.timeout,
+        deadline: None,
+        create: true,
+    };
+    let location = config.archive()?.clone();
+    walhalla::blocking::run(move || Archive::open(&location, &options))
+        .await
+        .map_err(Into::into)
+}
+
+/// A watch that turns true at the first SIGTERM or SIGINT; a second one exits at once.
+fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let (stop, stopped) = watch::channel(false);
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    tokio::spawn(async move {
+        for second in [false, true] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if second {
+                // What is not archived yet stays in the spool for the next start.
+                tracing::warn!("second stop request: exiting without waiting for the archive");
+                std::process::exit(1);
+            }
+            tracing::info!(
+                "stop requested: archiving what is complete (a second signal exits at once)"
+            );
+            let _ = stop.send(true);
+        }
+    });
+    Ok(stopped)
+}
+
+/// `walhalla serve`: the fetch server alone, for the cluster `--system-id` names or the only
+/// one in the archive.
+async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
+    let archive = open_archive(config).await?;
+    let system_id = match config.system_id {
+        Some(id) => id,
+        None => match archive.clusters().await?.as_slice() {
+            [only] => *only,
+            [] => anyhow::bail!("archive {} holds no cluster yet", archive.location()),
+            many => anyhow::bail!(
+                "archive {} holds several clusters ({}): choose one with --system-id",
+                archive.location(),
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
+    let shared = Arc::new(Shared::serving(ServedCluster {
+        archive: archive.cluster(system_id),
+        spool: None,
+    }));
+    let server = Server::bind(&listen.options(), shared).await?;
+    server.run(stop_on_signal()?).await
+}
+
+/// `walhalla status`: a server's /status, for a person.
+async fn status(config: &Config, client: &ClientArgs, json: bool) -> anyhow::Result<()> {
+    let mut settings = client.settings();
+    let default_url = format!("http://{}", walhalla::server::DEFAULT_LISTEN);
+    settings.server.get_or_insert(default_url);
+    let client = ServerClient::new(&settings, config.timeout)?.expect("a server is set");
+    let status = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", walhalla::server::describe_status(&status));
+    }
+    Ok(())
 }
 
 /// `walhalla receive`: runs the receiver; SIGTERM or SIGINT ask it to finish cleanly.
@@ -126,43 +227,27 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         compression_level: config.compression_level,
         system_id: config.system_id,
     };
-    let archive_options = ArchiveOptions {
-        timeout: config.timeout,
-        deadline: None,
-        create: true,
-    };
-    let location = config.archive.clone();
-    let archive =
-        walhalla::blocking::run(move || Archive::open(&location, &archive_options)).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (mut term, mut int) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-    );
-    tokio::spawn(async move {
-        for second in [false, true] {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if second {
-                // What is not archived yet stays in the spool for the next start.
-                tracing::warn!("second stop request: exiting without waiting for the archive");
-                std::process::exit(1);
-            }
-            tracing::info!(
-                "stop requested: archiving what is complete (a second signal exits at once)"
-            );
-            let _ = stop.send(true);
-        }
-    });
-    walhalla::receiver::run(options, archive, stopped).await
+    let archive = open_archive(config).await?;
+    let shared = Arc::new(Shared::default());
+    let stopped = stop_on_signal()?;
+    if args.listen.listen.is_none() {
+        return walhalla::receiver::run(options, archive, stopped, shared).await;
+    }
+    // Bound before streaming starts: a listener that cannot start is a configuration error.
+    let server = Server::bind(&args.listen.options(), shared.clone()).await?;
+    let serving = tokio::spawn(server.run(stopped.clone()));
+    let received = walhalla::receiver::run(options, archive, stopped, shared).await;
+    serving.abort();
+    received
 }
 
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,
 /// as PostgreSQL expects of a command it interrupts at shutdown.
 async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
-    if matches!(cli.command, Command::Receive(_) | Command::Demo { .. }) {
+    if matches!(
+        cli.command,
+        Command::Receive(_) | Command::Demo { .. } | Command::Serve(_)
+    ) {
         return run(cli).await;
     }
     let (mut term, mut int) = (

@@ -353,6 +353,12 @@ impl ClusterArchive {
 
     /// The newest complete segment the archive holds, on the newest timeline it has any on.
     pub async fn newest_segment(&self) -> Result<Option<SegmentName>> {
+        Ok(self.newest_segments_per_timeline().await?.pop())
+    }
+
+    /// The newest complete segment the archive holds on each timeline that has any, oldest
+    /// timeline first.
+    pub async fn newest_segments_per_timeline(&self) -> Result<Vec<SegmentName>> {
         let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
         let listing = self
             .archive
@@ -367,14 +373,20 @@ impl ClusterArchive {
             .filter(|p| p.filename().is_some_and(|g| g.len() == 16))
             .collect();
         groups.sort();
+        let mut newest = Vec::new();
+        let mut done_timeline: Option<String> = None;
         while let Some(group) = groups.pop() {
+            let timeline = group.filename().unwrap_or_default()[..8].to_string();
+            if done_timeline.as_ref() == Some(&timeline) {
+                continue;
+            }
             let listing = self
                 .archive
                 .retrying("list", &group, || {
                     self.archive.store.list_with_delimiter(Some(&group))
                 })
                 .await?;
-            let newest = listing
+            let found = listing
                 .objects
                 .iter()
                 .filter_map(|o| {
@@ -389,11 +401,13 @@ impl ClusterArchive {
                     _ => None,
                 })
                 .max();
-            if newest.is_some() {
-                return Ok(newest);
+            if let Some(segment) = found {
+                newest.push(segment);
+                done_timeline = Some(timeline);
             }
         }
-        Ok(None)
+        newest.reverse();
+        Ok(newest)
     }
 
     /// The newest snapshot a receiver stored of `segment` (the one reaching furthest): its

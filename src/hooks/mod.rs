@@ -5,10 +5,12 @@
 
 mod fetch;
 mod namespace;
+mod prefetch;
 mod push;
 
-pub use fetch::{FetchOutcome, fetch};
+pub use fetch::{FetchOptions, FetchOutcome, fetch};
 pub use namespace::{NamespaceError, resolve_system_id};
+pub use prefetch::run_worker as run_prefetch_worker;
 pub use push::push;
 
 use anyhow::Context;
@@ -21,12 +23,13 @@ use crate::config::Config;
 /// local archive touches the file system, which can hang on a dead mount: it runs on the
 /// blocking pool, under the deadline.
 async fn open_archive(config: &Config, create: bool, deadline: Instant) -> anyhow::Result<Archive> {
+    let location_text = config.archive()?.to_string();
     let options = ArchiveOptions {
         timeout: config.timeout,
         deadline: Some(deadline),
         create,
     };
-    let location = config.archive.clone();
+    let location = config.archive()?.clone();
     let opening = crate::blocking::run(move || Archive::open(&location, &options));
     match tokio::time::timeout_at(deadline, opening).await {
         Ok(archive) => Ok(archive?),
@@ -34,7 +37,7 @@ async fn open_archive(config: &Config, create: bool, deadline: Instant) -> anyho
             "no answer within {}s",
             config.timeout.as_secs()
         ))
-        .with_context(|| format!("open archive {}", config.archive)),
+        .with_context(|| format!("open archive {location_text}")),
     }
 }
 

@@ -15,15 +15,22 @@ mod spool;
 mod upload;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::archive::Archive;
+use crate::archive::{self, Archive};
+use crate::daemon::Shared;
+use crate::metrics::ErrorKind;
+use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
 use crate::wal::{Lsn, SystemId};
 use session::SessionEnd;
+
+/// The path of a complete segment waiting for upload in a spool.
+pub use spool::complete_path as spooled_segment;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -76,12 +83,18 @@ pub async fn run(
     options: ReceiveOptions,
     archive: Archive,
     mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     let mut context = None;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        let outcome = session::run(&options, &archive, &mut context, shutdown.clone()).await;
+        let outcome =
+            session::run(&options, &archive, &mut context, shutdown.clone(), &shared).await;
+        shared.metrics.set_connected(false);
+        if let Err(e) = &outcome {
+            shared.metrics.error(error_kind(&e.error));
+        }
         if started.elapsed() >= HEALTHY_SESSION {
             backoff = FIRST_BACKOFF;
         }
@@ -104,7 +117,7 @@ pub async fn run(
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause) => shared.metrics.reconnected(),
             _ = shutdown.changed() => {
                 if let Some(ctx) = &context {
                     tracing::info!("shutting down: archiving complete segments");
@@ -114,4 +127,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// What kind of failure ended a session, for the error counters.
+fn error_kind(error: &anyhow::Error) -> ErrorKind {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<ConnError>() {
+            return if e.is_fatal() {
+                ErrorKind::Protocol
+            } else {
+                ErrorKind::Connection
+            };
+        }
+        if cause.is::<archive::Error>() {
+            return ErrorKind::Archive;
+        }
+        if cause.is::<std::io::Error>() {
+            return ErrorKind::Spool;
+        }
+    }
+    ErrorKind::Protocol
 }

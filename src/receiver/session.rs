@@ -4,6 +4,7 @@
 //! `--endpos`, or at shutdown.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -16,6 +17,7 @@ use super::upload::{UploadSettings, Uploader};
 use super::{Mode, ReceiveOptions};
 use crate::archive::{self, Archive, ClusterArchive};
 use crate::blocking;
+use crate::daemon::{ServedCluster, Shared};
 use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, CopyMessage, Error as ConnError};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
@@ -91,6 +93,7 @@ pub struct Context {
     spool: PathBuf,
     cluster: ClusterArchive,
     uploader: Uploader,
+    shared: Arc<Shared>,
 }
 
 impl Context {
@@ -118,6 +121,7 @@ pub async fn run(
     archive: &Archive,
     context: &mut Option<Context>,
     mut shutdown: watch::Receiver<bool>,
+    shared: &Arc<Shared>,
 ) -> Result<SessionEnd, SessionError> {
     let mut conn = Connection::connect(&options.conn)
         .await
@@ -161,7 +165,7 @@ pub async fn run(
         parse_segment_size(&conn.show("wal_segment_size").await.map_err(from_conn)?)?;
 
     if context.is_none() {
-        *context = Some(new_context(options, archive, system_id, segment_size).await?);
+        *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
     }
     let ctx = context.as_mut().expect("just set");
     if ctx.segment_size != segment_size {
@@ -204,6 +208,9 @@ pub async fn run(
             });
         }
         tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
+        shared.metrics.set_timeline(timeline.0);
+        shared.metrics.stream_started(start_lsn.0);
+        shared.metrics.set_connected(true);
 
         let dir = ctx.spool.clone();
         let writer =
@@ -245,6 +252,7 @@ async fn new_context(
     archive: &Archive,
     system_id: SystemId,
     segment_size: SegmentSize,
+    shared: &Arc<Shared>,
 ) -> Result<Context, SessionError> {
     let spool = options
         .spool
@@ -261,7 +269,11 @@ async fn new_context(
         compression_level: options.compression_level,
         parallelism: options.upload_parallelism,
     };
-    let uploader = Uploader::start(cluster.clone(), settings);
+    let uploader = Uploader::start(cluster.clone(), settings, shared.clone());
+    shared.publish(ServedCluster {
+        archive: cluster.clone(),
+        spool: Some(spool.clone()),
+    });
     tracing::info!(spool = %spool.display(), %system_id, archive = %archive.location(), "receiver ready");
     Ok(Context {
         system_id,
@@ -269,6 +281,7 @@ async fn new_context(
         spool,
         cluster,
         uploader,
+        shared: shared.clone(),
     })
 }
 
@@ -719,17 +732,17 @@ impl Stream<'_> {
 
     async fn send_status_without_flush(&mut self) -> Result<(), SessionError> {
         let message = status_update(self.written(), Lsn(0), SystemTime::now(), false);
+        self.ctx.shared.metrics.set_flushed(0);
         self.conn.queue_copy_data(&message);
         self.conn.flush().await.map_err(from_conn)
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), SessionError> {
-        let message = status_update(
-            self.written(),
-            self.flushed(),
-            SystemTime::now(),
-            reply_requested,
-        );
+        let flushed = self.flushed();
+        let message = status_update(self.written(), flushed, SystemTime::now(), reply_requested);
+        let metrics = &self.ctx.shared.metrics;
+        metrics.set_flushed(flushed.0);
+        metrics.set_spool_bytes(self.spool_bytes());
         self.conn.queue_copy_data(&message);
         self.conn.flush().await.map_err(from_conn)
     }
@@ -742,6 +755,7 @@ impl Stream<'_> {
                 data,
             } => {
                 self.server_end = self.server_end.max(server_end);
+                self.ctx.shared.metrics.set_server_end(server_end.0);
                 if start != self.written() {
                     return Err(anyhow!(
                         "the server sent WAL from {start}, expected {}",
@@ -766,6 +780,7 @@ impl Stream<'_> {
                 reply_requested,
             } => {
                 self.server_end = self.server_end.max(server_end);
+                self.ctx.shared.metrics.set_server_end(server_end.0);
                 if reply_requested {
                     if self.options.mode == Mode::Synchronous {
                         self.sync().await?;
@@ -794,9 +809,14 @@ impl Stream<'_> {
             let take = (self.writer().remaining() as usize).min(data.len());
             let chunk = data.split_to(take);
             let mut writer = self.writer.take().expect("current segment");
+            let written = chunk.len() as u64;
             let writer = blocking::run(move || writer.write(&chunk).map(|()| writer))
                 .await
                 .context("write to the spool")?;
+            self.ctx
+                .shared
+                .metrics
+                .received(writer.end_lsn().0, written);
             if writer.remaining() > 0 {
                 self.writer = Some(writer);
                 continue;

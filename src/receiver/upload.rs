@@ -4,10 +4,10 @@
 //! the archive. Transient failures are retried with backoff forever; only a conflict or a
 //! corrupt object stops it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -15,7 +15,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::spool;
 use crate::archive::{self, ClusterArchive};
 use crate::blocking;
+use crate::daemon::Shared;
 use crate::envelope::Encoder;
+use crate::metrics::ErrorKind;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, WalFileName};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -39,25 +41,32 @@ pub struct Uploader {
     progress: watch::Receiver<Progress>,
     /// Segments handed over and not yet archived, and the newest handed over.
     queued: Arc<Mutex<Outstanding>>,
+    shared: Arc<Shared>,
 }
 
-/// The segments an uploader is responsible for.
+/// The segments an uploader is responsible for, with when each was handed over.
 #[derive(Default)]
 struct Outstanding {
-    segments: BTreeSet<SegmentName>,
+    segments: BTreeMap<SegmentName, SystemTime>,
     newest: Option<SegmentName>,
 }
 
 impl Outstanding {
     /// Everything before this position is archived.
     fn archived(&self, size: SegmentSize) -> Option<Lsn> {
-        let (segment, past) = match self.segments.first() {
-            Some(oldest) => (*oldest, 0),
+        let (segment, past) = match self.segments.first_key_value() {
+            Some((oldest, _)) => (*oldest, 0),
             None => (self.newest?, 1),
         };
         segment
             .segno(size)
             .map(|n| SegNo(n.0 + past).start_lsn(size))
+    }
+
+    /// Publishes the queue's depth and age.
+    fn publish(&self, shared: &Shared) {
+        let oldest = self.segments.values().min().copied();
+        shared.metrics.set_upload_queue(self.segments.len(), oldest);
     }
 }
 
@@ -75,7 +84,11 @@ pub struct UploadSettings {
 
 impl Uploader {
     /// Starts an uploader.
-    pub fn start(archive: ClusterArchive, settings: UploadSettings) -> Uploader {
+    pub fn start(
+        archive: ClusterArchive,
+        settings: UploadSettings,
+        shared: Arc<Shared>,
+    ) -> Uploader {
         let (queue, mut incoming) = mpsc::unbounded_channel::<SegmentName>();
         let size = settings.segment_size;
         let (progress_tx, progress) = watch::channel(Progress {
@@ -85,6 +98,7 @@ impl Uploader {
         let settings = Arc::new(settings);
         let queued = Arc::new(Mutex::new(Outstanding::default()));
         let in_flight = queued.clone();
+        let uploader_shared = shared.clone();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
             let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
@@ -95,12 +109,14 @@ impl Uploader {
                         let Some(segment) = segment else { open = false; continue };
                         let permit = permits.clone().acquire_owned().await.expect("never closed");
                         let (archive, settings, done_tx) = (archive.clone(), settings.clone(), done_tx.clone());
-                        let in_flight = in_flight.clone();
+                        let (in_flight, shared) = (in_flight.clone(), shared.clone());
                         tokio::spawn(async move {
-                            let result = upload_until_stored(&archive, &settings, segment).await;
+                            let result = upload_until_stored(&archive, &settings, segment, &shared).await;
                             drop(permit);
                             if result.is_ok() {
-                                lock(&in_flight).segments.remove(&segment);
+                                let mut in_flight = lock(&in_flight);
+                                in_flight.segments.remove(&segment);
+                                in_flight.publish(&shared);
                             }
                             let _ = done_tx.send(result);
                         });
@@ -109,6 +125,9 @@ impl Uploader {
                         match result {
                             Ok(()) => {
                                 let archived = lock(&in_flight).archived(size);
+                                if let Some(lsn) = archived {
+                                    shared.metrics.set_archived(lsn.0);
+                                }
                                 progress_tx.send_replace(Progress { archived, fatal: None });
                             }
                             Err(fatal) => {
@@ -125,6 +144,7 @@ impl Uploader {
             queue,
             progress,
             queued,
+            shared: uploader_shared,
         }
     }
 
@@ -132,10 +152,12 @@ impl Uploader {
     pub fn enqueue(&self, segment: SegmentName) -> Result<(), String> {
         {
             let mut queued = lock(&self.queued);
-            if !queued.segments.insert(segment) {
+            if queued.segments.contains_key(&segment) {
                 return Ok(());
             }
+            queued.segments.insert(segment, SystemTime::now());
             queued.newest = queued.newest.max(Some(segment));
+            queued.publish(&self.shared);
         }
         self.queue
             .send(segment)
@@ -185,16 +207,19 @@ async fn upload_until_stored(
     archive: &ClusterArchive,
     settings: &UploadSettings,
     segment: SegmentName,
+    shared: &Shared,
 ) -> Result<(), String> {
     let mut pause = FIRST_RETRY;
     loop {
         match upload(archive, settings, segment).await {
             Ok(()) => break,
             Err(e @ (archive::Error::Conflict { .. } | archive::Error::Corrupt { .. })) => {
+                shared.metrics.error(ErrorKind::Archive);
                 tracing::error!(%segment, "cannot archive: {e}");
                 return Err(format!("archive {segment}: {e}"));
             }
             Err(e) => {
+                shared.metrics.error(ErrorKind::Archive);
                 tracing::warn!(%segment, retry_in_s = pause.as_secs(), "upload failed: {e}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_RETRY);
@@ -205,6 +230,9 @@ async fn upload_until_stored(
     blocking::run(move || spool::remove_complete(&dir, segment))
         .await
         .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
+    shared
+        .metrics
+        .segment_archived(u64::from(settings.segment_size.bytes()));
     tracing::debug!(%segment, "archived");
     Ok(())
 }
@@ -255,7 +283,7 @@ mod tests {
         let mut o = Outstanding::default();
         assert_eq!(o.archived(size), None, "nothing handed over yet");
         for n in [5, 6, 7] {
-            o.segments.insert(name(n));
+            o.segments.insert(name(n), SystemTime::now());
             o.newest = o.newest.max(Some(name(n)));
         }
         o.segments.remove(&name(6));

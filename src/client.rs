@@ -1,0 +1,155 @@
+//! The client side of the fetch server: `walhalla fetch --server`, the prefetch worker and
+//! `walhalla status` talk to a server through this.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use reqwest::{StatusCode, Url};
+
+use crate::server::auth::read_token;
+use crate::wal::WalFileName;
+
+/// How to reach a fetch server.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSettings {
+    /// The server's base URL, such as `http://127.0.0.1:7480`.
+    pub server: Option<String>,
+    /// A file holding the bearer token to send.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the server's certificate must chain to, instead of the system's.
+    pub server_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+/// A connection to one fetch server.
+#[derive(Clone, Debug)]
+pub struct ServerClient {
+    base: Url,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Why a request to the server did not give an answer to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The server could not be reached or did not answer in time.
+    #[error("server {url} unreachable: {source}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("server {url} answered {status}: {body}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The start of the body.
+        body: String,
+    },
+}
+
+impl ServerClient {
+    /// A client for `settings.server`; `None` when no server is configured.
+    pub fn new(settings: &ClientSettings, timeout: Duration) -> anyhow::Result<Option<Self>> {
+        let Some(server) = &settings.server else {
+            return Ok(None);
+        };
+        let base = Url::parse(server).with_context(|| format!("server URL {server:?}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("server URL {server:?}: only http:// and https:// are supported");
+        }
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout);
+        if let Some(ca) = &settings.server_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("certificates in {}", ca.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem =
+                    std::fs::read(cert).with_context(|| format!("read {}", cert.display()))?;
+                pem.extend(std::fs::read(key).with_context(|| format!("read {}", key.display()))?);
+                builder = builder.identity(
+                    reqwest::Identity::from_pem(&pem).context("the client certificate and key")?,
+                );
+            }
+            (None, None) => {}
+            _ => bail!("a client certificate needs both --client-cert and --client-key"),
+        }
+        let token = match &settings.token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        Ok(Some(ServerClient {
+            base,
+            http: builder.build().context("HTTP client")?,
+            token,
+        }))
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &Url {
+        &self.base
+    }
+
+    async fn get(&self, path: &str) -> Result<reqwest::Response, ServerError> {
+        let url = self.base.join(path).expect("a relative path joins");
+        let mut request = self.http.get(url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .map_err(|source| ServerError::Unreachable {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    async fn error_status(response: reqwest::Response) -> ServerError {
+        let (url, status) = (response.url().to_string(), response.status());
+        let body = response.text().await.unwrap_or_default();
+        ServerError::Status {
+            url,
+            status,
+            body: body.trim().chars().take(500).collect(),
+        }
+    }
+
+    /// Asks for a WAL file: the response to read the body of, or `None` when the server has
+    /// no such file.
+    pub async fn wal(&self, name: &WalFileName) -> Result<Option<reqwest::Response>, ServerError> {
+        let response = self.get(&format!("wal/{name}")).await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(response)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::error_status(response).await),
+        }
+    }
+
+    /// The server's `/status`.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let response = self.get("status").await?;
+        if response.status() != StatusCode::OK {
+            return Err(Self::error_status(response).await.into());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| anyhow!("read /status: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| anyhow!("/status is not JSON: {e}"))
+    }
+}

@@ -1,0 +1,219 @@
+//! The fetch server: `walhalla receive --listen ADDR` and `walhalla serve`. It answers
+//! `GET /wal/{name}` with the verified original bytes of a WAL file (from the receiver's spool
+//! while a complete segment waits for upload, else from the archive), and exposes `/metrics`
+//! (Prometheus text), `/status` (JSON) and `/healthz`.
+//!
+//! Security: it listens on loopback unless told otherwise, and a listener reachable from other
+//! hosts must authenticate its clients, by bearer token (`--token-file`) or by TLS client
+//! certificates (`--tls-client-ca`); it refuses to start otherwise.
+
+pub mod auth;
+mod routes;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::daemon::Shared;
+
+pub use routes::{CRC_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
+
+/// Address the server listens on unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+/// How the server listens and whom it lets in.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// The address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token clients must send.
+    pub token_file: Option<PathBuf>,
+    /// The server's certificate chain (PEM): turns TLS on.
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: requires TLS client
+    /// certificates.
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A server bound to its address, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+}
+
+impl Server {
+    /// Checks the security settings and binds the listener. A listener reachable from other
+    /// hosts without a token or client certificates is refused.
+    pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
+        let listen = match options.listen {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().expect("valid default"),
+        };
+        if options.tls_client_ca.is_some() && options.tls_cert.is_none() {
+            bail!("--tls-client-ca needs TLS: give --tls-cert and --tls-key too");
+        }
+        if options.tls_cert.is_some() != options.tls_key.is_some() {
+            bail!("TLS needs both --tls-cert and --tls-key");
+        }
+        if !listen.ip().is_loopback()
+            && options.token_file.is_none()
+            && options.tls_client_ca.is_none()
+        {
+            bail!(
+                "refusing to listen on {listen}, which other hosts can reach, without client \
+                 authentication: give --token-file (bearer token) or --tls-client-ca (TLS client \
+                 certificates), or listen on a loopback address"
+            );
+        }
+        let token = match &options.token_file {
+            Some(path) => Some(auth::read_token(path)?),
+            None => None,
+        };
+        let tls = match (&options.tls_cert, &options.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(tls::acceptor(cert, key, options.tls_client_ca.as_deref())?)
+            }
+            _ => None,
+        };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen on {listen}"))?;
+        let router = routes::router(shared, token);
+        Ok(Server {
+            listener,
+            tls,
+            router,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves connections until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(
+            listen = %self.local_addr()?,
+            tls = self.tls.is_some(),
+            "fetch server ready"
+        );
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors and the like: pause rather than spin.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let (router, tls) = (self.router.clone(), self.tls.clone());
+            tokio::spawn(async move {
+                let service = TowerToHyperService::new(router);
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let served = match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                    },
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// A server's `/status` for a person, one fact a line.
+pub fn describe_status(status: &serde_json::Value) -> String {
+    let text = |key: &str| match &status[key] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let metrics = &status["metrics"];
+    let number = |key: &str| metrics[key].as_f64().unwrap_or(0.0);
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        out.push_str(&format!("{label:<28}{value}\n"));
+    };
+    line("cluster", text("system_id"));
+    line("archive", text("archive"));
+    line("spool", text("spool"));
+    line(
+        "streaming",
+        if metrics["connected"].as_bool() == Some(true) {
+            format!("yes, timeline {}", metrics["timeline"])
+        } else {
+            "no".to_string()
+        },
+    );
+    line("server WAL end", text("server_wal_end_lsn"));
+    line("received", text("received_lsn"));
+    line("flushed (reported)", text("flushed_lsn"));
+    line("archived", text("archived_lsn"));
+    line(
+        "replication lag",
+        format!(
+            "{} bytes, {:.1} s",
+            number("replication_lag_bytes"),
+            number("replication_lag_seconds")
+        ),
+    );
+    line(
+        "upload queue",
+        format!(
+            "{} segments, oldest waiting {:.1} s",
+            number("upload_queue_segments"),
+            number("oldest_unarchived_age_seconds")
+        ),
+    );
+    line("segments archived", number("archived_segments").to_string());
+    line("reconnects", number("reconnects").to_string());
+    let newest = status["archive_newest_segments"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    line("newest archived segments", newest);
+    if let Some(error) = status["archive_error"].as_str() {
+        line("archive error", error.to_string());
+    }
+    let fetch = &metrics["fetch"];
+    line(
+        "fetch requests",
+        format!("{} ({} missing)", fetch["requests"], fetch["misses"]),
+    );
+    out
+}

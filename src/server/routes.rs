@@ -1,0 +1,260 @@
+//! The fetch server's endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, anyhow, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::auth;
+use crate::blocking;
+use crate::daemon::{ServedCluster, Shared};
+use crate::envelope;
+use crate::metrics::{FetchSource, Snapshot};
+use crate::receiver::spooled_segment;
+use crate::wal::{Lsn, WalFileName, validate_file};
+
+/// Response header: the CRC-32 (IEEE) of the body, 8 hexadecimal digits.
+pub const CRC_HEADER: &str = "x-walhalla-crc32";
+/// Response header: the system identifier of the cluster the file belongs to.
+pub const SYSTEM_ID_HEADER: &str = "x-walhalla-system-id";
+/// Response header: where the file came from (`spool` or `archive`).
+pub const SOURCE_HEADER: &str = "x-walhalla-source";
+
+/// Files read and verified at once, at most: each holds up to a segment in memory until sent.
+const CONCURRENT_FILES: usize = 8;
+/// The body is sent in pieces of this size.
+const BODY_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    files: Arc<Semaphore>,
+    /// Set once the archive was seen to hold something for the cluster.
+    archive_has_objects: Arc<AtomicBool>,
+}
+
+/// The routes, behind the bearer-token check when a token is configured.
+pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
+    let state = AppState {
+        shared,
+        files: Arc::new(Semaphore::new(CONCURRENT_FILES)),
+        archive_has_objects: Arc::new(AtomicBool::new(false)),
+    };
+    let router = Router::new()
+        .route("/wal/{name}", get(wal))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state);
+    match token {
+        Some(token) => router.layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        )),
+        None => router,
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /wal/{name}`: the verified original bytes, 404 when nobody has the file, 400 for a
+/// name that is not a WAL file name, 500 when the file exists but cannot be served intact.
+async fn wal(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let started = Instant::now();
+    let name: WalFileName = match name.parse() {
+        Ok(name) => name,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(cluster) = state.shared.served() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the receiver has not identified its cluster yet\n".into(),
+        );
+    };
+    let permit = state
+        .files
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("never closed");
+    let metrics = &state.shared.metrics;
+    match find(cluster, &name, &state.archive_has_objects).await {
+        Ok(Some((content, source))) => {
+            metrics.fetch_answered(Some(source), started.elapsed());
+            tracing::debug!(%name, source = source.label(), "served");
+            let crc = crc32fast::hash(&content);
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_LENGTH, content.len())
+                .header(CRC_HEADER, format!("{crc:08x}"))
+                .header(SYSTEM_ID_HEADER, cluster.archive.system_id().to_string())
+                .header(SOURCE_HEADER, source.label())
+                .body(body(content, permit))
+                .expect("valid headers")
+        }
+        Ok(None) => {
+            metrics.fetch_answered(None, started.elapsed());
+            plain(StatusCode::NOT_FOUND, format!("{name} is not archived\n"))
+        }
+        Err(e) => {
+            metrics.fetch_failed();
+            tracing::error!(%name, "cannot serve: {e:#}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"))
+        }
+    }
+}
+
+/// The file's verified content and where it came from: the spool while a complete segment
+/// waits there for upload, else the archive.
+async fn find(
+    cluster: &ServedCluster,
+    name: &WalFileName,
+    archive_has_objects: &AtomicBool,
+) -> anyhow::Result<Option<(Bytes, FetchSource)>> {
+    let system_id = cluster.archive.system_id();
+    if let (Some(spool), WalFileName::Segment(segment)) = (&cluster.spool, name) {
+        let path = spooled_segment(spool, *segment);
+        let name = *name;
+        let read = blocking::run(move || match std::fs::read(&path) {
+            Ok(content) => verify(&name, &content, system_id)
+                .map(|()| Some(content))
+                .with_context(|| format!("spool file {}", path.display())),
+            // Not complete in the spool, or already uploaded and removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        });
+        if let Some(content) = read.await? {
+            return Ok(Some((Bytes::from(content), FetchSource::Spool)));
+        }
+    }
+    let Some(object) = cluster.archive.get(name).await? else {
+        if !archive_has_objects.load(Ordering::Relaxed) {
+            if !cluster.archive.has_objects().await? {
+                bail!(
+                    "archive {} holds nothing for cluster {system_id}: wrong location or prefix?",
+                    cluster.archive.location()
+                );
+            }
+            archive_has_objects.store(true, Ordering::Relaxed);
+        }
+        return Ok(None);
+    };
+    let key = cluster.archive.key(name).to_string();
+    let name = *name;
+    let content = blocking::run(move || -> anyhow::Result<Vec<u8>> {
+        let content = envelope::decode(&object)?;
+        verify(&name, &content, system_id)?;
+        Ok(content)
+    })
+    .await
+    .with_context(|| format!("archived object {key}"))?;
+    Ok(Some((Bytes::from(content), FetchSource::Archive)))
+}
+
+/// Checks that `content` fits its name and belongs to the cluster.
+fn verify(
+    name: &WalFileName,
+    content: &[u8],
+    system_id: crate::wal::SystemId,
+) -> anyhow::Result<()> {
+    let facts = validate_file(name, content).map_err(|e| anyhow!("{name}: {e}"))?;
+    match facts.system_id {
+        Some(found) if found != system_id => {
+            bail!("{name} belongs to cluster {found}, not {system_id}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The body in pieces; the permit is held until the last piece is handed over.
+fn body(content: Bytes, permit: OwnedSemaphorePermit) -> Body {
+    let pieces =
+        futures_util::stream::unfold((content, Some(permit)), |(mut rest, permit)| async move {
+            if rest.is_empty() {
+                drop(permit);
+                return None;
+            }
+            let piece = rest.split_to(rest.len().min(BODY_CHUNK_BYTES));
+            Some((Ok::<_, std::io::Error>(piece), (rest, permit)))
+        });
+    Body::from_stream(pieces)
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.shared.metrics.snapshot().to_prometheus(),
+    )
+        .into_response()
+}
+
+/// What `GET /status` answers.
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    system_id: Option<String>,
+    archive: Option<String>,
+    spool: Option<String>,
+    /// The positions in PostgreSQL's notation.
+    received_lsn: String,
+    flushed_lsn: String,
+    archived_lsn: String,
+    server_wal_end_lsn: String,
+    /// The newest segment the archive holds on each timeline, oldest timeline first.
+    archive_newest_segments: Vec<String>,
+    /// Why the archive could not be listed, if it could not.
+    archive_error: Option<String>,
+    /// Every measurement, as `/metrics` has them.
+    metrics: Snapshot,
+}
+
+/// `GET /status`: JSON.
+async fn status(State(state): State<AppState>) -> Response {
+    let metrics = state.shared.metrics.snapshot();
+    let served = state.shared.served();
+    let (newest, archive_error) = match served {
+        Some(cluster) => match cluster.archive.newest_segments_per_timeline().await {
+            Ok(newest) => (newest.iter().map(ToString::to_string).collect(), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        },
+        None => (Vec::new(), None),
+    };
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        system_id: served.map(|c| c.archive.system_id().to_string()),
+        archive: served.map(|c| c.archive.location().to_string()),
+        spool: served.and_then(|c| c.spool.as_ref().map(|p| p.display().to_string())),
+        received_lsn: Lsn(metrics.received_lsn).to_string(),
+        flushed_lsn: Lsn(metrics.flushed_lsn).to_string(),
+        archived_lsn: Lsn(metrics.archived_lsn).to_string(),
+        server_wal_end_lsn: Lsn(metrics.server_end_lsn).to_string(),
+        archive_newest_segments: newest,
+        archive_error,
+        metrics,
+    };
+    match serde_json::to_string_pretty(&status) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
