@@ -164,6 +164,8 @@ fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
 /// `walhalla serve`: the fetch server alone, for the cluster `--system-id` names or the only
 /// one in the archive.
 async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
+    let options = listen.options();
+    options.check()?;
     let archive = open_archive(config).await?;
     let system_id = match config.system_id {
         Some(id) => id,
@@ -184,7 +186,7 @@ async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
         archive: archive.cluster(system_id),
         spool: None,
     }));
-    let server = Server::bind(&listen.options(), shared).await?;
+    let server = Server::bind(&options, shared).await?;
     server.run(stop_on_signal()?).await
 }
 
@@ -227,6 +229,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         compression_level: config.compression_level,
         system_id: config.system_id,
     };
+    args.listen.options().check()?;
     let archive = open_archive(config).await?;
     let shared = Arc::new(Shared::default());
     let stopped = stop_on_signal()?;

@@ -11,8 +11,8 @@
 //! came for a while.
 //!
 //! Files in the cache directory: `SEGMENT` (verified, durable), `.SEGMENT.walhalla-tmp`
-//! (being written), `wanted` (`SEGMENT SIZE`, the newest segment asked for) and
-//! `worker.lock` (held by the live worker).
+//! (being written), `wanted` (`SEGMENT SIZE`, the newest segment asked for),
+//! `worker.lock` (held by the live worker) and `worker.log` (the last worker's warnings).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -38,6 +38,8 @@ use crate::wal::{
 const CACHE_DIR: &str = "walhalla-prefetch";
 const WANTED: &str = "wanted";
 const LOCK: &str = "worker.lock";
+/// The worker's log (its warnings; the fetch that needs a file reports its own errors).
+const LOG: &str = "worker.log";
 /// Segments fetched at once by the worker.
 const PARALLEL: usize = 2;
 /// How often the worker looks for a new request.
@@ -46,6 +48,8 @@ const POLL: Duration = Duration::from_millis(10);
 const IDLE: Duration = Duration::from_secs(30);
 /// A segment found missing is not asked for again before this long.
 const MISS_EXPIRY: Duration = Duration::from_secs(2);
+/// At the end of the archive, newer timelines' histories are looked for this often at most.
+const HISTORY_RECHECK: Duration = Duration::from_secs(10);
 /// Timelines probed past the current one, at most, when following histories.
 const MAX_TIMELINE_PROBES: u32 = 64;
 
@@ -226,9 +230,13 @@ fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyho
             command.arg(flag).arg(value);
         }
     }
+    // Not the hook's stderr: whoever runs the hook may wait for that pipe to close.
+    let log = File::create(cache.dir.join(LOG))
+        .with_context(|| format!("create {}", cache.dir.join(LOG).display()))?;
     command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .context("start the prefetch worker")?;
     Ok(())
@@ -271,7 +279,7 @@ impl Timelines {
     async fn refresh(&mut self, sources: &Sources, cache: &Cache, base: TimelineId, missed: bool) {
         let stale = self
             .checked
-            .is_none_or(|at| missed && at.elapsed() > MISS_EXPIRY);
+            .is_none_or(|at| missed && at.elapsed() > HISTORY_RECHECK);
         if self.base == Some(base) && !stale {
             return;
         }

@@ -44,6 +44,31 @@ pub struct ServerOptions {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+impl ServerOptions {
+    /// Checks the settings before anything starts; returns the address to listen on. A
+    /// listener other hosts can reach needs a bearer token or TLS client certificates.
+    pub fn check(&self) -> anyhow::Result<SocketAddr> {
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().expect("valid default"),
+        };
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            bail!("--tls-client-ca needs TLS: give --tls-cert and --tls-key too");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("TLS needs both --tls-cert and --tls-key");
+        }
+        if !listen.ip().is_loopback() && self.token_file.is_none() && self.tls_client_ca.is_none() {
+            bail!(
+                "refusing to listen on {listen}, which other hosts can reach, without client \
+                 authentication: give --token-file (bearer token) or --tls-client-ca (TLS client \
+                 certificates), or listen on a loopback address"
+            );
+        }
+        Ok(listen)
+    }
+}
+
 /// A server bound to its address, ready to run.
 pub struct Server {
     listener: TcpListener,
@@ -55,26 +80,7 @@ impl Server {
     /// Checks the security settings and binds the listener. A listener reachable from other
     /// hosts without a token or client certificates is refused.
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
-        let listen = match options.listen {
-            Some(addr) => addr,
-            None => DEFAULT_LISTEN.parse().expect("valid default"),
-        };
-        if options.tls_client_ca.is_some() && options.tls_cert.is_none() {
-            bail!("--tls-client-ca needs TLS: give --tls-cert and --tls-key too");
-        }
-        if options.tls_cert.is_some() != options.tls_key.is_some() {
-            bail!("TLS needs both --tls-cert and --tls-key");
-        }
-        if !listen.ip().is_loopback()
-            && options.token_file.is_none()
-            && options.tls_client_ca.is_none()
-        {
-            bail!(
-                "refusing to listen on {listen}, which other hosts can reach, without client \
-                 authentication: give --token-file (bearer token) or --tls-client-ca (TLS client \
-                 certificates), or listen on a loopback address"
-            );
-        }
+        let listen = options.check()?;
         let token = match &options.token_file {
             Some(path) => Some(auth::read_token(path)?),
             None => None,

@@ -4,5 +4,7 @@ mod catchup;
 mod fetch;
 mod harness;
 mod push;
+mod readahead;
 mod receive;
+mod serve;
 mod timelines;

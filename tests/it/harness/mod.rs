@@ -3,10 +3,12 @@
 //! PostgreSQL runs it. Everything lives in per-test temporary directories removed on drop.
 
 mod archive;
+pub mod http;
 mod pg;
 mod proxy;
 mod receiver;
 mod s3;
+pub mod server;
 
 pub use archive::{Backend, TestArchive};
 pub use pg::PgCluster;
@@ -14,6 +16,7 @@ pub use proxy::TcpProxy;
 pub use receiver::Receiver;
 #[allow(unused_imports)]
 pub use s3::S3Server;
+pub use server::Server;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -148,6 +148,26 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Starts the server without waiting for it to accept connections (a standby that may
+    /// never reach a consistent state, a recovery expected to stop).
+    pub fn start_without_waiting(&mut self) {
+        let output = as_pg_user(pg_bin().join("pg_ctl"))
+            .args(["-W", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .arg("start")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            output.status.success(),
+            "pg_ctl start failed: {}",
+            describe(&output)
+        );
+        self.running = true;
+    }
+
     /// Stops the server with `mode` (smart, fast or immediate).
     pub fn stop(&mut self, mode: &str) {
         if !self.running {

@@ -1,0 +1,177 @@
+//! `walhalla fetch` readahead: the background worker keeps the next segments beside `%p`, a
+//! later fetch only moves one into place, the end of the archive costs no request storm, the
+//! worker follows a timeline switch, and it empties the cache and exits when fetches stop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::harness::Backend;
+use crate::harness::server::scrape;
+use crate::harness::{
+    PgCluster, Server, TestArchive, TestDir, Walhalla, as_pg_user, describe, wait_for,
+};
+use crate::push::archiving_primary;
+
+/// The segment `ahead` after `name`, on `timeline` (16 MiB segments, same xlogid).
+fn segment_after(name: &str, ahead: u32, timeline: u32) -> String {
+    let low = u32::from_str_radix(&name[16..], 16).unwrap() + ahead;
+    format!("{timeline:08X}{}{low:08X}", &name[8..16])
+}
+
+/// Runs `walhalla fetch [extra] NAME DEST` as PostgreSQL would, in `data`.
+fn fetch(
+    wh: &Walhalla,
+    data: &Path,
+    extra: &[&str],
+    name: &str,
+    dest: &Path,
+) -> std::process::Output {
+    as_pg_user(wh.path())
+        .current_dir(data)
+        .arg("fetch")
+        .args(extra)
+        .args([name, dest.to_str().unwrap()])
+        .output()
+        .expect("run walhalla fetch")
+}
+
+fn cached(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.len() == 24)
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A primary that archived `count` consecutive segments after its first; returns it and the
+/// names of those segments.
+fn archived_segments(wh: &Walhalla, archive: &TestArchive, count: u32) -> (PgCluster, Vec<String>) {
+    let primary = archiving_primary(wh, archive, "wal_keep_size = '1GB'");
+    primary.write_rows(100);
+    let first = primary.switch_wal();
+    let mut names = vec![first.clone()];
+    for i in 1..count {
+        primary.write_rows(100);
+        let name = primary.switch_wal();
+        assert_eq!(name, segment_after(&first, i, 1), "one segment per switch");
+        names.push(name);
+    }
+    primary.wait_archived(names.last().unwrap());
+    (primary, names)
+}
+
+#[test]
+fn prefetched_segments_are_moved_into_place_and_the_end_costs_no_storm() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, names) = archived_segments(&wh, &archive, 5);
+    let mut server = Some(Server::start(&wh, &archive, &[]));
+    let url = server.as_ref().unwrap().url();
+    let port = server.as_ref().unwrap().port;
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let cache: PathBuf = out.path().join("walhalla-prefetch");
+    let only_server = ["--prefetch", "3", "--server", url.as_str()];
+
+    let run = fetch(&wh, &primary.data, &only_server, &names[0], &dest);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    wait_for(
+        "the next three segments in the cache",
+        Duration::from_secs(60),
+        || (cached(&cache) == names[1..4]).then_some(()),
+    );
+
+    // With the server gone and no archive configured, only the cache can answer.
+    drop(server.take());
+    for name in &names[1..4] {
+        let run = fetch(&wh, &primary.data, &only_server, name, &dest);
+        assert_eq!(run.status.code(), Some(0), "{name}: {}", describe(&run));
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(primary.data.join("pg_wal").join(name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    let run = fetch(&wh, &primary.data, &only_server, &names[4], &dest);
+    assert_eq!(
+        run.status.code(),
+        Some(255),
+        "not cached, server down: {}",
+        describe(&run)
+    );
+
+    // Past the end of the archive: a miss is asked again only after a pause.
+    let server = Server::start_on(&wh, &archive, port, &[]);
+    let run = fetch(&wh, &primary.data, &only_server, &names[4], &dest);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    std::thread::sleep(Duration::from_secs(1));
+    let misses_before = scrape(port, "walhalla_fetch_misses_total").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let misses = scrape(port, "walhalla_fetch_misses_total").unwrap() - misses_before;
+    assert!(
+        (1.0..=4.0).contains(&misses),
+        "{misses} misses in 4 s at the end of the archive"
+    );
+
+    // No fetch for a while: the worker empties the cache and exits.
+    wait_for("the worker to clean up", Duration::from_secs(90), || {
+        (cached(&cache).is_empty() && !cache.join("wanted").exists()).then_some(())
+    });
+    drop(server);
+}
+
+#[test]
+fn readahead_follows_a_timeline_switch() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(1000);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{wh} --archive {url} push %p'\nwal_keep_size = '1GB'",
+        wh = wh.path().display(),
+        url = archive.url()
+    ));
+    standby.start();
+    let last_on_1 = primary.switch_wal();
+    primary.wait_archived(&last_on_1);
+    primary.write_rows(200);
+    let target = primary.sql("SELECT pg_current_wal_lsn()");
+    wait_for("the standby to replay", Duration::from_secs(60), || {
+        (standby.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"))? == "t")
+            .then_some(())
+    });
+    standby.sql("SELECT pg_promote()");
+    wait_for("the promotion", Duration::from_secs(60), || {
+        (standby.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+    });
+    // Timeline 2 begins inside the segment after last_on_1.
+    let switch_segment = segment_after(&last_on_1, 1, 2);
+    assert_eq!(standby.switch_wal(), switch_segment);
+    standby.write_rows(100);
+    let after = standby.switch_wal();
+    assert_eq!(after, segment_after(&last_on_1, 2, 2));
+    standby.wait_archived(&after);
+
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let cache = out.path().join("walhalla-prefetch");
+    let run = fetch(
+        &wh,
+        &standby.data,
+        &["--prefetch", "2", "--archive", archive.url()],
+        &last_on_1,
+        &dest,
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    wait_for(
+        "the timeline-2 segments in the cache",
+        Duration::from_secs(60),
+        || (cached(&cache) == [switch_segment.clone(), after.clone()]).then_some(()),
+    );
+}

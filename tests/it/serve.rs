@@ -1,0 +1,562 @@
+//! The fetch server (`walhalla receive --listen`, `walhalla serve`), `walhalla fetch --server`
+//! and its readahead, against real PostgreSQL: catch-up of a standby whose WAL the primary
+//! recycled, spool segments served before upload, corrupt objects refused, metrics matching
+//! pg_stat_replication, and who may ask.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::server::{refused_start, scrape, wait_until_listening};
+use crate::harness::{
+    Backend, PgCluster, Receiver, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla,
+    as_pg_user, describe, free_port, http, wait_for,
+};
+use crate::push::{archiving_primary, key_of};
+
+/// The segment after `name` on the same timeline (16 MiB segments).
+fn next_segment(name: &str, ahead: u32) -> String {
+    let low = u32::from_str_radix(&name[16..], 16).unwrap() + ahead;
+    format!("{}{low:08X}", &name[..16])
+}
+
+fn lsn_bytes(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A receiver on slot "walhalla" of `pg` serving on a fresh loopback port, once it answers.
+fn serving_receiver(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    env: Vec<(String, String)>,
+    pg: &PgCluster,
+    extra: &[&str],
+) -> (Receiver, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let conninfo = pg.conninfo();
+    let mut args = vec![
+        "-d",
+        conninfo.as_str(),
+        "-S",
+        "walhalla",
+        "--create-slot",
+        "--status-interval",
+        "1",
+        "--listen",
+        listen.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let receiver = Receiver::start_via(wh, archive, env, &args);
+    wait_until_listening(port);
+    wait_for("the receiver to stream", Duration::from_secs(60), || {
+        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
+        (state == "streaming").then_some(())
+    });
+    (receiver, port)
+}
+
+/// Runs `walhalla ARGS` the way PostgreSQL runs restore_command: as its user, in `data`.
+fn run_as_postgres(wh: &Walhalla, data: &Path, args: &[&str]) -> std::process::Output {
+    as_pg_user(wh.path())
+        .current_dir(data)
+        .args(args)
+        .output()
+        .expect("run walhalla")
+}
+
+#[test]
+fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    primary.append_conf(
+        "wal_keep_size = 0\nmax_wal_size = '4MB'\nmin_wal_size = '2MB'\ncheckpoint_timeout = '1h'",
+    );
+    primary.start();
+    let (receiver, port) = serving_receiver(&wh, &archive, archive.env(), &primary, &[]);
+    primary.write_rows(1000);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.start();
+    wait_for("the standby to stream", Duration::from_secs(60), || {
+        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2")
+            .then_some(())
+    });
+    standby.stop("fast");
+
+    // Several times max_wal_size of WAL, with checkpoints, until the segment the standby
+    // needs next is gone from the primary (the receiver's slot lets it go once archived).
+    let needed = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let mut rounds = 0;
+    while primary.data.join("pg_wal").join(&needed).exists() || rounds < 3 {
+        primary.write_rows(3000);
+        primary.switch_wal();
+        primary.sql("CHECKPOINT");
+        std::thread::sleep(Duration::from_millis(200));
+        rounds += 1;
+        assert!(rounds < 60, "{needed} is never recycled");
+    }
+    primary.write_rows(100);
+    let target = primary.sql("SELECT pg_current_wal_lsn()");
+
+    // Only the server: no archive settings at all on the standby.
+    standby.append_conf(&format!(
+        "restore_command = '{} fetch --server http://127.0.0.1:{port} %f %p'",
+        wh.path().display()
+    ));
+    standby.start();
+    wait_for(
+        "the standby to replay the primary's WAL",
+        Duration::from_secs(120),
+        || {
+            let caught_up = standby.try_sql(&format!(
+                "SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+            ))?;
+            (caught_up == "t").then_some(())
+        },
+    );
+    assert_eq!(standby.table_fingerprint(), primary.table_fingerprint());
+    assert!(
+        standby
+            .log()
+            .contains(&format!("restored log file \"{needed}\" from archive")),
+        "{needed} did not come through restore_command"
+    );
+    let served = scrape(port, "walhalla_fetch_hits_total{source=\"archive\"}").unwrap()
+        + scrape(port, "walhalla_fetch_hits_total{source=\"spool\"}").unwrap();
+    assert!(served >= 1.0, "the server served nothing");
+    drop(receiver);
+}
+
+#[test]
+fn a_segment_complete_in_the_spool_is_served_before_its_upload() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&proxy.endpoint());
+    let mut primary = PgCluster::init("primary");
+    primary.start();
+    let (receiver, port) = serving_receiver(&wh, &archive, env, &primary, &["--timeout", "3"]);
+
+    // The archive stops; the standby's base backup and everything after it exist only in the
+    // primary and in the receiver's spool.
+    proxy.pause();
+    let mut standby = PgCluster::from_backup(&primary, "standby", "stream");
+    primary.write_rows(2000);
+    let spooled = primary.switch_wal();
+    wait_for(
+        &format!("{spooled} complete in the spool"),
+        Duration::from_secs(60),
+        || receiver.spool.join(&spooled).exists().then_some(()),
+    );
+    assert!(archive.keys().iter().all(|k| !k.contains(&spooled)));
+
+    // A standby without a connection to the primary: only the server can give it WAL.
+    standby.append_conf(&format!(
+        "restore_command = '{} fetch --prefetch 0 --server http://127.0.0.1:{port} %f %p'\n\
+         recovery_target_timeline = 'current'",
+        wh.path().display()
+    ));
+    std::fs::write(standby.data.join("standby.signal"), "").unwrap();
+    standby.start_without_waiting();
+    wait_for(
+        &format!("the standby to restore {spooled}"),
+        Duration::from_secs(90),
+        || {
+            standby
+                .log()
+                .contains(&format!("restored log file \"{spooled}\" from archive"))
+                .then_some(())
+        },
+    );
+    assert!(
+        scrape(port, "walhalla_fetch_hits_total{source=\"spool\"}").unwrap() >= 1.0,
+        "not served from the spool"
+    );
+    assert_eq!(
+        scrape(port, "walhalla_fetch_hits_total{source=\"archive\"}").unwrap(),
+        0.0,
+        "the archive was down: nothing can have come from it"
+    );
+    // Served from the spool means byte for byte what the primary wrote.
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let run = run_as_postgres(
+        &wh,
+        &standby.data,
+        &[
+            "fetch",
+            "--prefetch",
+            "0",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            &spooled,
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(
+        std::fs::read(&dest).unwrap()
+            == std::fs::read(primary.data.join("pg_wal").join(&spooled)).unwrap(),
+        "the served segment differs from the primary's"
+    );
+    proxy.resume();
+}
+
+#[test]
+fn a_corrupt_object_is_refused_by_the_server_and_the_client() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    let backup = TestDir::new("backup");
+    let base = backup.path().join("data");
+    primary.base_backup(&base);
+    primary.write_rows(200);
+    let good = primary.switch_wal();
+    let bad = next_segment(&good, 1);
+    primary.write_rows(2000);
+    let last = primary.switch_wal();
+    primary.wait_archived(&last);
+    let key = key_of(primary.system_id(), &bad);
+    primary.stop("fast");
+
+    let mut object = archive.object(&key).unwrap();
+    let middle = object.len() / 2;
+    object[middle] ^= 0x01;
+    archive.overwrite(&key, object);
+    let server = Server::start(&wh, &archive, &[]);
+
+    // The server refuses it.
+    let answer = http::get(server.port, &format!("/wal/{bad}"), None).unwrap();
+    assert_eq!(answer.status, 500, "{}", answer.text());
+    assert!(answer.text().contains(&key), "{}", answer.text());
+    let answer = http::get(server.port, &format!("/wal/{good}"), None).unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        std::fs::read(primary.data.join("pg_wal").join(&good)).unwrap()
+    );
+
+    // The client, asking the server and falling back to the archive, refuses it too: exit
+    // 255 (recovery stops), nothing written; the readahead never cached it either.
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |name: &str| {
+        let mut cmd = as_pg_user(wh.path());
+        cmd.current_dir(&base)
+            .args(["--archive", archive.url(), "fetch", "--server"])
+            .arg(server.url())
+            .args([name, dest.to_str().unwrap()])
+            .envs(archive.env());
+        cmd.output().expect("run walhalla")
+    };
+    let run = fetch(&good);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let cache = out.path().join("walhalla-prefetch");
+    wait_for(
+        "the readahead to try the next segment",
+        Duration::from_secs(30),
+        || (scrape(server.port, "walhalla_errors_total{kind=\"fetch\"}")? >= 2.0).then_some(()),
+    );
+    assert!(!cache.join(&bad).exists(), "a corrupt segment was cached");
+    std::fs::remove_file(&dest).unwrap();
+    let run = fetch(&bad);
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("500"),
+        "the server's refusal is reported: {stderr}"
+    );
+    assert!(
+        stderr.contains(&key),
+        "the archive's refusal is reported: {stderr}"
+    );
+    assert!(!dest.exists());
+
+    // A recovering instance stops at the corrupt segment instead of replaying it or ending
+    // recovery there.
+    let mut recovering = PgCluster::adopt(backup, base);
+    recovering.append_conf(&format!(
+        "restore_command = '{} fetch --server {} %f %p'",
+        wh.path().display(),
+        server.url()
+    ));
+    std::fs::write(recovering.data.join("recovery.signal"), "").unwrap();
+    recovering.start_without_waiting();
+    wait_for("recovery to stop", Duration::from_secs(90), || {
+        recovering.log().contains("exit code 255").then_some(())
+    });
+    assert!(
+        !recovering
+            .log()
+            .contains(&format!("restored log file \"{bad}\""))
+    );
+    assert!(!recovering.data.join("pg_wal").join(&bad).exists());
+}
+
+#[test]
+fn metrics_match_pg_stat_replication_and_status_is_json() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    primary.start();
+    let (_receiver, port) = serving_receiver(&wh, &archive, archive.env(), &primary, &[]);
+    primary.write_rows(3000);
+    let last = primary.switch_wal();
+    primary.write_rows(100);
+
+    let page = http::get(port, "/metrics", None).unwrap();
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let lines = page
+        .text()
+        .lines()
+        .map(|l| Ok(l.to_string()))
+        .collect::<Vec<_>>();
+    let scrape_result =
+        prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    for name in [
+        "walhalla_received_lsn",
+        "walhalla_flushed_lsn",
+        "walhalla_archived_lsn",
+        "walhalla_received_bytes_total",
+        "walhalla_archived_bytes_total",
+        "walhalla_archived_segments_total",
+        "walhalla_upload_queue_segments",
+        "walhalla_spool_bytes",
+        "walhalla_reconnects_total",
+        "walhalla_errors_total",
+        "walhalla_replication_lag_bytes",
+        "walhalla_replication_lag_seconds",
+        "walhalla_oldest_unarchived_segment_age_seconds",
+        "walhalla_fetch_requests_total",
+        "walhalla_fetch_hits_total",
+        "walhalla_fetch_misses_total",
+    ] {
+        assert!(
+            scrape_result.samples.iter().any(|s| s.metric == name),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(
+        scrape_result
+            .samples
+            .iter()
+            .any(|s| s.metric == "walhalla_fetch_duration_seconds"),
+        "the latency histogram is missing"
+    );
+
+    // Once load stops, one status interval later both sides say the same.
+    wait_for(
+        "metrics to match pg_stat_replication",
+        Duration::from_secs(30),
+        || {
+            let row = primary.sql(
+                "SELECT write_lsn || ' ' || coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walhalla'",
+            );
+            let (write, flush) = row.split_once(' ')?;
+            let received = scrape(port, "walhalla_received_lsn")? as u64;
+            let flushed = scrape(port, "walhalla_flushed_lsn")? as u64;
+            (received == lsn_bytes(write) && flushed == lsn_bytes(flush) && flushed > 0)
+                .then_some(())
+        },
+    );
+    assert!(scrape(port, "walhalla_archived_segments_total").unwrap() >= 1.0);
+
+    let status = http::get(port, "/status", None).unwrap();
+    assert_eq!(status.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&status.body).expect("valid JSON");
+    assert_eq!(json["system_id"], primary.system_id().to_string());
+    assert_eq!(json["metrics"]["connected"], true);
+    let newest = json["archive_newest_segments"].as_array().unwrap();
+    assert!(
+        newest.iter().any(|s| s.as_str().unwrap() >= last.as_str()),
+        "{json}"
+    );
+    assert_eq!(http::get(port, "/healthz", None).unwrap().status, 200);
+
+    // `walhalla status` prints it for a person.
+    let run = std::process::Command::new(wh.path())
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", describe(&run));
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains(&primary.system_id().to_string()), "{text}");
+    assert!(text.contains("archived"), "{text}");
+}
+
+#[test]
+fn only_authenticated_clients_reach_a_server() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let dir = TestDir::new("secrets");
+
+    // Reachable from other hosts and no client authentication: refused before binding.
+    let port = free_port();
+    let run = refused_start(&wh, &archive, &["--listen", &format!("0.0.0.0:{port}")]);
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
+        "{}",
+        describe(&run)
+    );
+
+    // A token: requests without it, or with another, get 401.
+    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(500);
+    let segment = primary.switch_wal();
+    primary.wait_archived(&segment);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "correct horse battery staple\n").unwrap();
+    std::fs::write(dir.path().join("wrong"), "nope\n").unwrap();
+    let server = Server::start(&wh, &archive, &["--token-file", token.to_str().unwrap()]);
+    for path in [
+        format!("/wal/{segment}"),
+        "/metrics".into(),
+        "/status".into(),
+    ] {
+        assert_eq!(
+            http::get(server.port, &path, None).unwrap().status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            http::get(server.port, &path, Some("nope")).unwrap().status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            http::get(server.port, &path, Some("correct horse battery staple"))
+                .unwrap()
+                .status,
+            200,
+            "{path}"
+        );
+    }
+    assert!(
+        !server.log().contains("correct horse"),
+        "the token was logged"
+    );
+
+    // walhalla fetch sends the token from WALHALLA_TOKEN_FILE; without it the fetch fails
+    // loudly (no archive to fall back to) instead of reading as "not found".
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |token_file: Option<&Path>| {
+        let mut cmd = as_pg_user(wh.path());
+        cmd.current_dir(&primary.data)
+            .args(["fetch", "--prefetch", "0", "--server", &server.url()])
+            .args([segment.as_str(), dest.to_str().unwrap()]);
+        if let Some(file) = token_file {
+            cmd.env("WALHALLA_TOKEN_FILE", file);
+        }
+        cmd.output().expect("run walhalla")
+    };
+    let denied = fetch(None);
+    assert_eq!(denied.status.code(), Some(255), "{}", describe(&denied));
+    assert!(!dest.exists());
+    let allowed = fetch(Some(&token));
+    assert_eq!(allowed.status.code(), Some(0), "{}", describe(&allowed));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(primary.data.join("pg_wal").join(&segment)).unwrap()
+    );
+    primary.stop("fast");
+}
+
+#[test]
+fn tls_client_certificates_are_required_when_configured() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let dir = TestDir::new("pki");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "walhalla test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issuer: &Issuer<'_, KeyPair> = &ca;
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let leaf = |name: &str, san: &str, purpose: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![san.to_string()]).unwrap();
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (
+            write(&format!("{name}.crt"), &cert.pem()),
+            write(&format!("{name}.key"), &key.serialize_pem()),
+        )
+    };
+    let (server_cert, server_key) =
+        leaf("server", "127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = leaf(
+        "client",
+        "walhalla-client",
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let ca_file = write("ca.crt", &ca.pem());
+
+    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(500);
+    let segment = primary.switch_wal();
+    primary.wait_archived(&segment);
+    let server = Server::start(
+        &wh,
+        &archive,
+        &[
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &ca_file,
+        ],
+    );
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |with_cert: bool| {
+        let mut cmd = as_pg_user(wh.path());
+        cmd.current_dir(&primary.data).args([
+            "fetch",
+            "--prefetch",
+            "0",
+            "--server",
+            &url,
+            "--server-ca",
+            &ca_file,
+        ]);
+        if with_cert {
+            cmd.args(["--client-cert", &client_cert, "--client-key", &client_key]);
+        }
+        cmd.args([segment.as_str(), dest.to_str().unwrap()]);
+        cmd.output().expect("run walhalla")
+    };
+    let denied = fetch(false);
+    assert_eq!(denied.status.code(), Some(255), "{}", describe(&denied));
+    assert!(!dest.exists());
+    let allowed = fetch(true);
+    assert_eq!(allowed.status.code(), Some(0), "{}", describe(&allowed));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(primary.data.join("pg_wal").join(&segment)).unwrap()
+    );
+    primary.stop("fast");
+}
