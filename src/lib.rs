@@ -2,13 +2,14 @@
 //! it back when a replica or a restore needs it.
 //!
 //! # Layout
-//! Dependencies point inward: `hooks`, `receiver` → `archive` → `envelope` → `wal`;
-//! `receiver` → `protocol` → `wal`.
+//! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
+//! `receiver` → `protocol` → `wal`; `hooks` → `client` → `server`'s header names.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
-//! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command).
+//! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
+//!   worker; [`client`] reaches a fetch server.
 //! - [`config`]: settings from flags, environment and the config file.
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
 //! - [`cli`]: the command line.

@@ -26,14 +26,7 @@ fn standby_catches_up_from_the_archive(backend: Backend) {
     // Several times max_wal_size of WAL, with checkpoints, until the segment the standby
     // needs next is gone from the primary's pg_wal.
     let needed = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    let mut rounds = 0;
-    while primary.data.join("pg_wal").join(&needed).exists() || rounds < 3 {
-        primary.write_rows(3000);
-        primary.switch_wal();
-        primary.sql("CHECKPOINT");
-        rounds += 1;
-        assert!(rounds < 30, "{needed} is never recycled");
-    }
+    primary.churn_until_recycled(&needed);
     primary.write_rows(100);
     let last = primary.switch_wal();
     primary.wait_archived(&last);

@@ -34,20 +34,9 @@ fn serving_receiver(
 ) -> (Receiver, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let conninfo = pg.conninfo();
-    let mut args = vec![
-        "-d",
-        conninfo.as_str(),
-        "-S",
-        "walhalla",
-        "--create-slot",
-        "--status-interval",
-        "1",
-        "--listen",
-        listen.as_str(),
-    ];
+    let mut args = vec!["--listen", listen.as_str()];
     args.extend_from_slice(extra);
-    let receiver = Receiver::start_via(wh, archive, env, &args);
+    let receiver = Receiver::on_slot_via(wh, archive, env, &pg.conninfo(), &args);
     wait_until_listening(port);
     wait_for("the receiver to stream", Duration::from_secs(60), || {
         let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
@@ -87,15 +76,7 @@ fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
     // Several times max_wal_size of WAL, with checkpoints, until the segment the standby
     // needs next is gone from the primary (the receiver's slot lets it go once archived).
     let needed = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    let mut rounds = 0;
-    while primary.data.join("pg_wal").join(&needed).exists() || rounds < 3 {
-        primary.write_rows(3000);
-        primary.switch_wal();
-        primary.sql("CHECKPOINT");
-        std::thread::sleep(Duration::from_millis(200));
-        rounds += 1;
-        assert!(rounds < 60, "{needed} is never recycled");
-    }
+    primary.churn_until_recycled(&needed);
     primary.write_rows(100);
     let target = primary.sql("SELECT pg_current_wal_lsn()");
 

@@ -146,6 +146,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The last 40 lines of `text`.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// Describes an exited process for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(

@@ -130,8 +130,19 @@ impl PgCluster {
     /// Starts the server and waits until it accepts connections (or, for a standby, until
     /// pg_ctl considers it started).
     pub fn start(&mut self) {
+        self.pg_ctl_start(&["-w", "-t", "120"]);
+    }
+
+    /// Starts the server without waiting for it to accept connections (a standby that may
+    /// never reach a consistent state, a recovery expected to stop).
+    pub fn start_without_waiting(&mut self) {
+        self.pg_ctl_start(&["-W"]);
+    }
+
+    fn pg_ctl_start(&mut self, wait: &[&str]) {
         let output = as_pg_user(pg_bin().join("pg_ctl"))
-            .args(["-w", "-t", "120", "-D"])
+            .args(wait)
+            .arg("-D")
             .arg(&self.data)
             .arg("-l")
             .arg(self.log_path())
@@ -148,24 +159,18 @@ impl PgCluster {
         self.running = true;
     }
 
-    /// Starts the server without waiting for it to accept connections (a standby that may
-    /// never reach a consistent state, a recovery expected to stop).
-    pub fn start_without_waiting(&mut self) {
-        let output = as_pg_user(pg_bin().join("pg_ctl"))
-            .args(["-W", "-D"])
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .arg("start")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run pg_ctl start");
-        assert!(
-            output.status.success(),
-            "pg_ctl start failed: {}",
-            describe(&output)
-        );
-        self.running = true;
+    /// Writes and checkpoints until `segment` is gone from pg_wal (recycled or removed), at
+    /// least a few rounds; needs a small max_wal_size and nothing holding the WAL back.
+    pub fn churn_until_recycled(&self, segment: &str) {
+        let mut rounds = 0;
+        while self.data.join("pg_wal").join(segment).exists() || rounds < 3 {
+            self.write_rows(3000);
+            self.switch_wal();
+            self.sql("CHECKPOINT");
+            std::thread::sleep(Duration::from_millis(200));
+            rounds += 1;
+            assert!(rounds < 60, "{segment} is never recycled");
+        }
     }
 
     /// Stops the server with `mode` (smart, fast or immediate).
@@ -319,9 +324,7 @@ impl PgCluster {
 
     /// The last lines of the server log.
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        super::tail(&self.log())
     }
 }
 

@@ -31,6 +31,17 @@ impl Receiver {
         conninfo: &str,
         extra: &[&str],
     ) -> Receiver {
+        Self::on_slot_via(wh, archive, archive.env(), conninfo, extra)
+    }
+
+    /// Like [`Receiver::on_slot`] with other variables for reaching the archive (a proxy).
+    pub fn on_slot_via(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        env: Vec<(String, String)>,
+        conninfo: &str,
+        extra: &[&str],
+    ) -> Receiver {
         let mut args = vec![
             "-d",
             conninfo,
@@ -41,7 +52,7 @@ impl Receiver {
             "1",
         ];
         args.extend_from_slice(extra);
-        Self::start(wh, archive, &args)
+        Self::start_via(wh, archive, env, &args)
     }
 
     /// Like [`Receiver::start`] with other variables for reaching the archive (a proxy).
@@ -144,11 +155,9 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "--- last lines of the receiver log ---\n{}",
-                lines[lines.len().saturating_sub(40)..].join("\n")
+                super::tail(&self.log())
             );
         }
         self.kill9();

@@ -106,11 +106,9 @@ pub fn scrape(port: u16, name: &str) -> Option<f64> {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "--- last lines of the server log ---\n{}",
-                lines[lines.len().saturating_sub(40)..].join("\n")
+                super::tail(&self.log())
             );
         }
         if let Some(mut child) = self.child.take() {
