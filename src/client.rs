@@ -104,9 +104,16 @@ impl ServerClient {
         &self.base
     }
 
-    async fn get(&self, path: &str) -> Result<reqwest::Response, ServerError> {
+    async fn get(
+        &self,
+        path: &str,
+        accept_encoding: Option<&str>,
+    ) -> Result<reqwest::Response, ServerError> {
         let url = self.base.join(path).expect("a relative path joins");
         let mut request = self.http.get(url.clone());
+        if let Some(coding) = accept_encoding {
+            request = request.header(reqwest::header::ACCEPT_ENCODING, coding);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -132,7 +139,8 @@ impl ServerClient {
     /// Asks for a WAL file: the response to read the body of, or `None` when the server has
     /// no such file.
     pub async fn wal(&self, name: &WalFileName) -> Result<Option<reqwest::Response>, ServerError> {
-        let response = self.get(&format!("wal/{name}")).await?;
+        // The archived object as stored (a zstd stream) is a tenth of the bytes.
+        let response = self.get(&format!("wal/{name}"), Some("zstd")).await?;
         match response.status() {
             StatusCode::OK => Ok(Some(response)),
             StatusCode::NOT_FOUND => Ok(None),
@@ -142,7 +150,7 @@ impl ServerClient {
 
     /// The server's `/status`.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let response = self.get("status").await?;
+        let response = self.get("status", None).await?;
         if response.status() != StatusCode::OK {
             return Err(Self::error_status(response).await.into());
         }

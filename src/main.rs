@@ -12,7 +12,6 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use walhalla::archive::{Archive, ArchiveOptions};
 use walhalla::cli::{Cli, ClientArgs, Command, ListenArgs, ReceiveArgs};
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
@@ -121,19 +120,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// Opens the configured archive for a daemon (no overall deadline).
-async fn open_archive(config: &Config) -> anyhow::Result<Archive> {
-    let options = ArchiveOptions {
-        timeout: config.timeout,
-        deadline: None,
-        create: true,
-    };
-    let location = config.archive()?.clone();
-    walhalla::blocking::run(move || Archive::open(&location, &options))
-        .await
-        .map_err(Into::into)
-}
-
 /// A watch that turns true at the first SIGTERM or SIGINT; a second one exits at once.
 fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     let (stop, stopped) = watch::channel(false);
@@ -166,7 +152,7 @@ fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
 async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
     let options = listen.options();
     options.check()?;
-    let archive = open_archive(config).await?;
+    let archive = hooks::open_archive(config, false, None).await?;
     let system_id = match config.system_id {
         Some(id) => id,
         None => match archive.clusters().await?.as_slice() {
@@ -230,7 +216,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         system_id: config.system_id,
     };
     args.listen.options().check()?;
-    let archive = open_archive(config).await?;
+    let archive = hooks::open_archive(config, true, None).await?;
     let shared = Arc::new(Shared::default());
     let stopped = stop_on_signal()?;
     if args.listen.listen.is_none() {
@@ -249,7 +235,10 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
 async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
     if matches!(
         cli.command,
-        Command::Receive(_) | Command::Demo { .. } | Command::Serve(_)
+        Command::Receive(_)
+            | Command::Demo { .. }
+            | Command::Serve(_)
+            | Command::PrefetchWorker { .. }
     ) {
         return run(cli).await;
     }

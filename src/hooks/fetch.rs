@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
-use tokio::time::Instant;
 
 use super::prefetch::{self, Cache};
 use crate::archive::{Archive, ClusterArchive};
@@ -16,11 +15,12 @@ use crate::client::{ClientSettings, ServerClient};
 use crate::config::Config;
 use crate::envelope;
 use crate::fsutil::TempFile;
-use crate::server::{CRC_HEADER, SYSTEM_ID_HEADER};
+use crate::server::{CRC_HEADER, LENGTH_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{
-    LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId, WalFileName,
-    system_id_from_control_file,
+    HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
+    WalFileName, system_id_from_control_file,
 };
+use reqwest::header::CONTENT_ENCODING;
 
 /// How a fetch ended, short of an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +50,6 @@ pub async fn fetch(
     options: &FetchOptions,
 ) -> anyhow::Result<FetchOutcome> {
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    let deadline = Instant::now() + config.timeout;
     let sources = Sources::new(config, &options.client)?;
     let prefetching = match name {
         WalFileName::Segment(segment) if options.prefetch > 0 && !options.partial => {
@@ -67,9 +66,7 @@ pub async fn fetch(
             return Ok(FetchOutcome::Restored);
         }
     }
-    let (outcome, size) = sources
-        .restore(&name, dest, options.partial, deadline)
-        .await?;
+    let (outcome, size) = sources.restore(&name, dest, options.partial).await?;
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         prefetch::request(cache, *segment, size, config, options).await;
     }
@@ -87,7 +84,12 @@ pub struct Sources {
 impl Sources {
     /// The sources `config` and `client` name; at least one is required.
     pub fn new(config: &Config, client: &ClientSettings) -> anyhow::Result<Sources> {
-        let server = ServerClient::new(client, config.timeout)?;
+        // With an archive to fall back to, a server that does not answer gets half the time.
+        let server_timeout = match config.archive {
+            Some(_) => config.timeout / 2,
+            None => config.timeout,
+        };
+        let server = ServerClient::new(client, server_timeout)?;
         if server.is_none() {
             config.archive()?;
         }
@@ -106,13 +108,29 @@ impl Sources {
         }
     }
 
-    /// Restores `name` to `dest`; for a segment, also says its size.
+    /// Restores `name` to `dest` within `--timeout`; for a segment, also says its size.
     pub async fn restore(
         &self,
         name: &WalFileName,
         dest: &Path,
         partial: bool,
-        deadline: Instant,
+    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, self.restore_unbounded(name, dest, partial))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "{name}: no answer within {}s (--timeout)",
+                    timeout.as_secs()
+                ))
+            })
+    }
+
+    async fn restore_unbounded(
+        &self,
+        name: &WalFileName,
+        dest: &Path,
+        partial: bool,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
         let declared = self.declared_system_id()?;
         if let (Some(server), false) = (&self.server, partial) {
@@ -124,8 +142,7 @@ impl Sources {
                 Err(e) => return Err(e),
             }
         }
-        self.read_archive(name, dest, partial, declared, deadline)
-            .await
+        self.read_archive(name, dest, partial, declared).await
     }
 
     async fn ask_server(
@@ -158,36 +175,56 @@ impl Sources {
             (Some(id), _) | (None, Some(id)) => id,
             (None, None) => bail!("the server did not say which cluster it serves"),
         };
-        let length = response.content_length().unwrap_or(0);
-        if length > envelope::MAX_CONTENT_BYTES {
-            bail!("the server announced {length} bytes for {name}");
+        let length: u64 = header(LENGTH_HEADER)
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
+            .ok_or_else(|| anyhow!("the server sent no valid {LENGTH_HEADER} header"))?;
+        let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v == "zstd");
+        // An encoded body is at most a little larger than its content.
+        let body_length = response.content_length().unwrap_or(0);
+        if body_length > length + length / 8 + 4096 {
+            bail!("the server announced {body_length} bytes for {name} of {length}");
         }
-        let mut content = Vec::with_capacity(length as usize);
+        let mut body = Vec::with_capacity(body_length as usize);
         while let Some(chunk) = response
             .chunk()
             .await
             .with_context(|| format!("read {name} from the server"))?
         {
-            if content.len() + chunk.len() > length as usize {
-                bail!("the server sent more than the {length} bytes it announced for {name}");
+            if (body.len() + chunk.len()) as u64 > body_length {
+                bail!("the server sent more than the {body_length} bytes it announced for {name}");
             }
-            content.extend_from_slice(&chunk);
+            body.extend_from_slice(&chunk);
         }
-        if content.len() as u64 != length || crc32fast::hash(&content) != crc {
+        if body.len() as u64 != body_length {
             bail!(
-                "{name} from the server failed verification: {} bytes with CRC {:08x}, announced {length} with {crc:08x}",
-                content.len(),
-                crc32fast::hash(&content)
+                "the server sent {} of the {body_length} bytes of {name}",
+                body.len()
             );
         }
         let (name, dest) = (*name, dest.to_path_buf());
         let size = blocking::run(move || {
             write_checked(&name, system_id, &dest, false, |out| {
-                out.write_all(&content)?;
-                Ok(content.len() as u64)
+                if encoded {
+                    let recorded = envelope::Header::parse(&body)?;
+                    if (recorded.content_crc, recorded.content_len) != (crc, length) {
+                        bail!("the object does not match the server's {CRC_HEADER} and {LENGTH_HEADER}");
+                    }
+                    return decode_verified(&body, out);
+                }
+                let found = crc32fast::hash(&body);
+                if (found, body.len() as u64) != (crc, length) {
+                    bail!(
+                        "{} bytes with CRC {found:08x} arrived, the server announced {length} with {crc:08x}",
+                        body.len()
+                    );
+                }
+                out.write_all(&body)?;
+                Ok(length)
             })
         })
-        .await?;
+        .await
+        .with_context(|| format!("{name} from the server failed verification; nothing was written"))?;
         Ok((FetchOutcome::Restored, size))
     }
 
@@ -197,11 +234,11 @@ impl Sources {
         dest: &Path,
         partial: bool,
         declared: Option<SystemId>,
-        deadline: Instant,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        // No overall deadline inside: `restore` bounds each call, and a worker makes many.
         let archive = self
             .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, deadline))
+            .get_or_try_init(|| super::open_archive(&self.config, false, None))
             .await?;
         let system_id = super::resolve_system_id(declared, Path::new("."), None, archive)
             .await
@@ -221,22 +258,23 @@ impl Sources {
         };
         let (name, dest) = (*name, dest.to_path_buf());
         let size = blocking::run(move || {
-            write_checked(
-                &name,
-                system_id,
-                &dest,
-                padded,
-                |out| match envelope::decode_into(&object, out) {
-                    Ok(header) => Ok(header.content_len),
-                    Err(envelope::Error::Write(e)) => Err(e.into()),
-                    Err(e) => Err(anyhow::Error::new(e)
-                        .context("the archived object failed verification; nothing was written")),
-                },
-            )
+            write_checked(&name, system_id, &dest, padded, |out| {
+                decode_verified(&object, out)
+            })
         })
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
         Ok((FetchOutcome::Restored, size))
+    }
+}
+
+/// Decodes an archived object into `out`, verifying it; returns the content's length.
+fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
+    match envelope::decode_into(object, out) {
+        Ok(header) => Ok(header.content_len),
+        Err(envelope::Error::Write(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the archived object failed verification; nothing was written")),
     }
 }
 
@@ -268,17 +306,14 @@ fn write_checked(
 ) -> anyhow::Result<Option<SegmentSize>> {
     let mut temp = TempFile::create(dest)
         .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
-    let mut out = HeadCapture {
-        inner: temp.early_writeback_writer(),
-        head: Vec::with_capacity(LONG_HEADER_BYTES),
-    };
+    let mut out = HeadCapture::new(temp.early_writeback_writer());
     let mut length = produce(&mut out).with_context(|| format!("write {}", dest.display()))?;
     let mut segment_size = None;
     if let Some(segment) = name
         .segment()
         .filter(|_| !matches!(name, WalFileName::Backup { .. }))
     {
-        let page = LongPageHeader::parse(&out.head).context("the content is not a WAL segment")?;
+        let page = LongPageHeader::parse(out.head()).context("the content is not a WAL segment")?;
         let size = page.segment_size()?;
         if pad_to_segment {
             // A snapshot holds the segment up to the last byte received: the rest reads as
@@ -300,7 +335,7 @@ fn write_checked(
         }
         segment_size = Some(size);
     }
-    out.inner.flush()?;
+    out.flush()?;
     temp.persist()
         .with_context(|| format!("write {} durably", dest.display()))?;
     Ok(segment_size)
@@ -326,23 +361,4 @@ pub fn check_segment_file(
         );
     }
     Ok(page.segment_size()?)
-}
-
-/// Passes writes through, keeping the first bytes (a segment's page header) for checks.
-pub struct HeadCapture<W: Write> {
-    inner: W,
-    head: Vec<u8>,
-}
-
-impl<W: Write> Write for HeadCapture<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        let wanted = LONG_HEADER_BYTES.saturating_sub(self.head.len()).min(n);
-        self.head.extend_from_slice(&buf[..wanted]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }

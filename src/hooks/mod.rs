@@ -19,19 +19,25 @@ use tokio::time::Instant;
 use crate::archive::{Archive, ArchiveOptions};
 use crate::config::Config;
 
-/// Opens the configured archive for a hook whose whole run must end by `deadline`. Opening a
-/// local archive touches the file system, which can hang on a dead mount: it runs on the
-/// blocking pool, under the deadline.
-async fn open_archive(config: &Config, create: bool, deadline: Instant) -> anyhow::Result<Archive> {
+/// Opens the configured archive. With a `deadline` (a hook's whole run), opening and every
+/// later operation end by then; without one (a daemon, a worker doing many fetches), each
+/// operation has its own `--timeout`. Opening a local archive touches the file system, which
+/// can hang on a dead mount: it runs on the blocking pool, under the deadline or the timeout.
+pub async fn open_archive(
+    config: &Config,
+    create: bool,
+    deadline: Option<Instant>,
+) -> anyhow::Result<Archive> {
     let location_text = config.archive()?.to_string();
     let options = ArchiveOptions {
         timeout: config.timeout,
-        deadline: Some(deadline),
+        deadline,
         create,
     };
     let location = config.archive()?.clone();
     let opening = crate::blocking::run(move || Archive::open(&location, &options));
-    match tokio::time::timeout_at(deadline, opening).await {
+    let open_by = deadline.unwrap_or_else(|| Instant::now() + config.timeout);
+    match tokio::time::timeout_at(open_by, opening).await {
         Ok(archive) => Ok(archive?),
         Err(_) => Err(anyhow::anyhow!(
             "no answer within {}s",

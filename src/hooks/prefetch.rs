@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -289,8 +290,7 @@ impl Timelines {
         for timeline in (base.0 + 1..).take(MAX_TIMELINE_PROBES as usize) {
             let name = WalFileName::History(TimelineId(timeline));
             let path = cache.dir.join(name.to_string());
-            let deadline = Instant::now() + Duration::from_secs(30);
-            match sources.restore(&name, &path, false, deadline).await {
+            match sources.restore(&name, &path, false).await {
                 Ok((FetchOutcome::Restored, _)) => {
                     let content = std::fs::read(&path);
                     let _ = std::fs::remove_file(&path);
@@ -344,6 +344,13 @@ pub async fn run_worker(
     let mut active = Instant::now();
     let mut tasks: JoinSet<(SegmentName, anyhow::Result<FetchOutcome>)> = JoinSet::new();
     let mut running: HashSet<SegmentName> = HashSet::new();
+    // Fetched into the cache and still in the window: gone from the cache means taken, not
+    // to be fetched again.
+    let mut fetched: HashSet<SegmentName> = HashSet::new();
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let mut misses: HashMap<SegmentName, Instant> = HashMap::new();
     let mut missed = false;
     loop {
@@ -359,12 +366,7 @@ pub async fn run_worker(
             }
         }
         if active.elapsed() > IDLE && tasks.is_empty() {
-            let all = cache.clone();
-            let _ = blocking::run(move || {
-                let _ = std::fs::remove_file(all.dir.join(WANTED));
-                all.prune(&HashSet::new())
-            })
-            .await;
+            empty(&cache).await;
             return Ok(());
         }
         if let Some((segment, size)) = wanted {
@@ -376,6 +378,7 @@ pub async fn run_worker(
             let mut keep: HashSet<SegmentName> = window.iter().copied().collect();
             keep.insert(segment);
             keep.extend(running.iter().copied());
+            fetched.retain(|s| keep.contains(s));
             let pruner = cache.clone();
             if let Err(e) = blocking::run(move || pruner.prune(&keep)).await {
                 tracing::warn!("prefetch cache {}: {e}", cache.dir.display());
@@ -386,15 +389,14 @@ pub async fn run_worker(
                     // Past a missing segment the archive most likely ends.
                     break;
                 }
-                if running.contains(&next) || cache.holds(next) {
+                if running.contains(&next) || fetched.contains(&next) || cache.holds(next) {
                     continue;
                 }
                 running.insert(next);
                 let (sources, path) = (sources.clone(), cache.path(next));
-                let deadline = Instant::now() + config.timeout;
                 tasks.spawn(async move {
                     let name = WalFileName::Segment(next);
-                    let outcome = sources.restore(&name, &path, false, deadline).await;
+                    let outcome = sources.restore(&name, &path, false).await;
                     (next, outcome.map(|(outcome, _)| outcome))
                 });
             }
@@ -404,7 +406,10 @@ pub async fn run_worker(
                 let (segment, outcome) = done.context("prefetch task")?;
                 running.remove(&segment);
                 match outcome {
-                    Ok(FetchOutcome::Restored) => tracing::debug!(%segment, "prefetched"),
+                    Ok(FetchOutcome::Restored) => {
+                        fetched.insert(segment);
+                        tracing::debug!(%segment, "prefetched");
+                    }
                     Ok(FetchOutcome::NotFound) => {
                         misses.insert(segment, Instant::now());
                         missed = true;
@@ -416,7 +421,31 @@ pub async fn run_worker(
                 }
             }
             _ = tokio::time::sleep(POLL) => {}
+            // PostgreSQL stopping signals the startup process's group, this worker included.
+            _ = term.recv() => break,
+            _ = int.recv() => break,
         }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    crate::fsutil::remove_live_temp_files();
+    empty(&cache).await;
+    Ok(())
+}
+
+/// Removes every cached segment and the request, leaving the lock and the log.
+async fn empty(cache: &Cache) {
+    let cache = cache.clone();
+    let emptied = blocking::run(move || {
+        match std::fs::remove_file(cache.dir.join(WANTED)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        cache.prune(&HashSet::new())
+    })
+    .await;
+    if let Err(e) = emptied {
+        tracing::warn!("prefetch cache not emptied: {e}");
     }
 }
 

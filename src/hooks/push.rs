@@ -33,7 +33,7 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     };
     let facts = validate_file(&name, &content)
         .with_context(|| format!("refusing to archive {}", path.display()))?;
-    let archive = super::open_archive(config, true, deadline).await?;
+    let archive = super::open_archive(config, true, Some(deadline)).await?;
     let system_id =
         super::resolve_system_id(config.system_id, Path::new("."), facts.system_id, &archive)
             .await

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::daemon::Shared;
 
-pub use routes::{CRC_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
+pub use routes::{CRC_HEADER, LENGTH_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
 
 /// Address the server listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";

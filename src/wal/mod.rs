@@ -13,8 +13,8 @@ pub use control::{CONTROL_FILE_PATH, system_id_from_control_file};
 pub use history::{HistoryEntry, parse_history};
 pub use lsn::Lsn;
 pub use name::{SegmentName, WalFileName};
-pub use page::{LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
-pub use validate::{FileFacts, ValidationError, validate_file};
+pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
+pub use validate::{FileFacts, ValidationError, validate_file, validate_segment_head};
 
 use std::fmt;
 

@@ -176,6 +176,40 @@ impl LongPageHeader {
     }
 }
 
+/// Passes writes through, keeping the first bytes (a segment's long page header) for checks.
+pub struct HeadCapture<W: std::io::Write> {
+    inner: W,
+    head: Vec<u8>,
+}
+
+impl<W: std::io::Write> HeadCapture<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HeadCapture {
+            inner,
+            head: Vec::with_capacity(LONG_HEADER_BYTES),
+        }
+    }
+
+    /// The first bytes written, up to [`LONG_HEADER_BYTES`].
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HeadCapture<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let wanted = LONG_HEADER_BYTES.saturating_sub(self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..wanted]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -35,11 +35,7 @@ pub struct FileFacts {
 pub fn validate_file(name: &WalFileName, content: &[u8]) -> Result<FileFacts, ValidationError> {
     match *name {
         WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
-            let header = LongPageHeader::parse(content)?;
-            header.check_segment(segment, content.len() as u64)?;
-            Ok(FileFacts {
-                system_id: Some(header.system_id),
-            })
+            validate_segment_head(segment, content, content.len() as u64)
         }
         WalFileName::History(timeline) => {
             parse_history(timeline, content).map_err(ValidationError::History)?;
@@ -50,6 +46,19 @@ pub fn validate_file(name: &WalFileName, content: &[u8]) -> Result<FileFacts, Va
             Ok(FileFacts { system_id: None })
         }
     }
+}
+
+/// Checks a segment known by its first bytes (at least the long page header) and its length.
+pub fn validate_segment_head(
+    segment: SegmentName,
+    head: &[u8],
+    length: u64,
+) -> Result<FileFacts, ValidationError> {
+    let header = LongPageHeader::parse(head)?;
+    header.check_segment(segment, length)?;
+    Ok(FileFacts {
+        system_id: Some(header.system_id),
+    })
 }
 
 /// The first line of a backup history file is `START WAL LOCATION: X/X (file NAME)`; the

@@ -106,6 +106,25 @@ fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
     let served = scrape(port, "walhalla_fetch_hits_total{source=\"archive\"}").unwrap()
         + scrape(port, "walhalla_fetch_hits_total{source=\"spool\"}").unwrap();
     assert!(served >= 1.0, "the server served nothing");
+
+    // Stopping PostgreSQL stops the readahead worker too (it is in the startup process's
+    // group), which empties its cache: nothing is left in pg_wal.
+    standby.stop("fast");
+    let cache = standby.data.join("pg_wal/walhalla-prefetch");
+    wait_for(
+        "the readahead cache to be emptied",
+        Duration::from_secs(30),
+        || {
+            let left = std::fs::read_dir(&cache)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.file_name().len() == 24)
+                        .count()
+                })
+                .unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    );
     drop(receiver);
 }
 
