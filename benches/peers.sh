@@ -4,9 +4,15 @@
 #
 #   benches/peers.sh push|get|recovery [more...]
 #
-# Env: BENCH   the shared harness (default ../shared/bench beside this checkout)
-#      CORPUS  corpus built by $BENCH/corpus.sh (default /tmp/walcorpus; LOAD=mixed for a realistic one)
-#      LEVELS  zstd levels to run walhalla at (default "1 3"); REPS as in the harness (default 3)
+# recovery runs walhalla fetch from a local archive at each readahead depth in PREFETCH, then from
+# an S3 archive (moto_server on loopback) directly and through `walhalla serve` (fetch --server).
+#
+# Env: BENCH     the shared harness (default ../shared/bench beside this checkout)
+#      CORPUS    corpus built by $BENCH/corpus.sh (default /tmp/walcorpus; LOAD=mixed for a realistic one)
+#      LEVELS    zstd levels to run walhalla at in push/get (default "1 3"); recovery uses level 3
+#      PREFETCH  recovery: --prefetch depths from the local archive (default "0 4 8 16"; 8 is the default)
+#      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
+#      REPS      as in the harness (default 3)
 # Needs root (the harness runs PostgreSQL and the commands as user postgres), a built corpus, and
 # pgbackrest, hyperfine and GNU time installed (see $BENCH/README.md).
 set -euo pipefail
@@ -14,11 +20,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$root/../shared/bench}
 export CORPUS=${CORPUS:-/tmp/walcorpus}
 LEVELS=${LEVELS:-"1 3"}
+PREFETCH=${PREFETCH:-"0 4 8 16"}
+MOTO=${MOTO:-$(command -v moto_server || echo /root/.pyenv/shims/moto_server)}
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 # PostgreSQL's user must be able to run the binary: the checkout may be under a root-only dir.
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
-trap 'rm -rf "$bin_dir"' EXIT
+pids=()  # background servers started here, stopped by pid on exit
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir"' EXIT
 install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$bin_dir/"
 chmod 755 "$bin_dir"
 WH=$bin_dir/walhalla
@@ -31,14 +40,43 @@ for level in $LEVELS; do
   fill="$bin_dir/fill_archive.sh $WH $level $archive"
   push_extra+="walhalla zstd-$level|:|$IN_DATA $WH --archive \$DEST --compression-level $level push %p"$'\n'
   get_extra+="walhalla zstd-$level|$fill|$IN_DATA $WH --archive $archive fetch %f %p"$'\n'
-  recovery_extra+="walhalla zstd-$level|$fill|$WH --archive $archive fetch %f \"%p\""$'\n'
 done
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+# s3_up: moto_server on a free loopback port with bucket walhalla-bench holding the corpus at level 3,
+# and `walhalla serve` in front of it; sets S3ENV (the AWS_* settings as an `env` prefix), S3 and SERVER.
+s3_up() {
+  local port; port=$(free_port)
+  "$MOTO" -p "$port" > "$bin_dir/moto.log" 2>&1 & pids+=($!)
+  wait_http "http://127.0.0.1:$port/"
+  curl -sf -o /dev/null -X PUT "http://127.0.0.1:$port/walhalla-bench"
+  S3ENV="env AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_ALLOW_HTTP=true"
+  S3=s3://walhalla-bench/corpus
+  find "$CORPUS/wal" -type f -name '????????????????????????' | sort |
+    xargs -P2 -I{} runuser -u postgres -- sh -c "cd $CORPUS/primary && $S3ENV $WH --archive $S3 push {}"
+  port=$(free_port); SERVER=http://127.0.0.1:$port
+  $S3ENV "$WH" --archive $S3 serve --listen "127.0.0.1:$port" > "$bin_dir/serve.log" 2>&1 & pids+=($!)
+  wait_http "$SERVER/healthz"
+}
+
+recovery_variants() {
+  local archive=$CORPUS/archives/walhalla-zstd3 n
+  local fill="$bin_dir/fill_archive.sh $WH 3 $archive"
+  for n in $PREFETCH; do
+    recovery_extra+="walhalla prefetch $n|$fill|$WH --archive $archive fetch --prefetch $n %f \"%p\""$'\n'
+  done
+  s3_up
+  recovery_extra+="walhalla s3|:|$S3ENV $WH --archive $S3 fetch %f \"%p\""$'\n'
+  recovery_extra+="walhalla s3 via serve|:|$S3ENV $WH --archive $S3 fetch --server $SERVER %f \"%p\""$'\n'
+}
 
 for what in "$@"; do
   case $what in
     push) PUSH_EXTRA=${push_extra%$'\n'} "$BENCH/archive_push.sh" ;;
     get) GET_EXTRA=${get_extra%$'\n'} "$BENCH/archive_get.sh" ;;
-    recovery) RECOVERY_EXTRA=${recovery_extra%$'\n'} "$BENCH/recovery.sh" ;;
+    recovery) recovery_variants; RECOVERY_EXTRA=${recovery_extra%$'\n'} "$BENCH/recovery.sh" ;;
     *) echo "usage: $0 push|get|recovery ..." >&2; exit 2 ;;
   esac
 done
