@@ -116,7 +116,8 @@ pub enum Command {
     },
 }
 
-/// Segments `walhalla fetch` keeps ahead by default, chosen by measurement (README).
+/// Segments `walhalla fetch` keeps ahead by default, chosen by measurement
+/// (benches/README.md).
 pub const DEFAULT_PREFETCH: u16 = 8;
 
 /// Options of `walhalla fetch`.

@@ -92,6 +92,19 @@ impl ServerClient {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        let loopback = match base.host_str() {
+            Some("localhost") => true,
+            Some(host) => host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        if token.is_some() && base.scheme() == "http" && !loopback {
+            tracing::warn!(
+                "sending the bearer token to {base} without TLS: use https:// to keep it secret"
+            );
+        }
         Ok(Some(ServerClient {
             base,
             http: builder.build().context("HTTP client")?,
@@ -136,14 +149,13 @@ impl ServerClient {
         }
     }
 
-    /// Asks for a WAL file: the response to read the body of, or `None` when the server has
-    /// no such file.
-    pub async fn wal(&self, name: &WalFileName) -> Result<Option<reqwest::Response>, ServerError> {
+    /// Asks for a WAL file: a 200 answer to read the body of, or a 404 (whose headers say
+    /// which cluster the server answered for); any other answer is an error.
+    pub async fn wal(&self, name: &WalFileName) -> Result<reqwest::Response, ServerError> {
         // The archived object as stored (a zstd stream) is a tenth of the bytes.
         let response = self.get(&format!("wal/{name}"), Some("zstd")).await?;
         match response.status() {
-            StatusCode::OK => Ok(Some(response)),
-            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK | StatusCode::NOT_FOUND => Ok(response),
             _ => Err(Self::error_status(response).await),
         }
     }

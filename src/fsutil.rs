@@ -153,26 +153,41 @@ impl TempFile {
         drop(file);
         std::fs::rename(&self.temp_path, &self.dest)?;
         forget_temp_file(&self.temp_path);
-        let dir = match self.dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fsync_dir(dir)
+        fsync_dir(parent_dir(&self.dest))
     }
 }
 
 /// Waits for an exclusive advisory lock on `file`, released when it is closed.
 fn lock_exclusive(file: &File) -> io::Result<()> {
+    flock(file, libc::LOCK_EX).map(|_| ())
+}
+
+/// Takes an exclusive advisory lock on `file` if nobody holds one: whether it did.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    flock(file, libc::LOCK_EX | libc::LOCK_NB)
+}
+
+fn flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     loop {
         // SAFETY: flock on a descriptor that stays open for the duration of the call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(());
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(true);
         }
         let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(error),
         }
+    }
+}
+
+/// The directory a file is in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 

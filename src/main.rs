@@ -147,27 +147,15 @@ fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(stopped)
 }
 
-/// `walhalla serve`: the fetch server alone, for the cluster `--system-id` names or the only
-/// one in the archive.
+/// `walhalla serve`: the fetch server alone, for the cluster `--system-id` names, else the one
+/// of a data directory it runs in, else the only one in the archive.
 async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
     let options = listen.options();
     options.check()?;
     let archive = hooks::open_archive(config, false, None).await?;
-    let system_id = match config.system_id {
-        Some(id) => id,
-        None => match archive.clusters().await?.as_slice() {
-            [only] => *only,
-            [] => anyhow::bail!("archive {} holds no cluster yet", archive.location()),
-            many => anyhow::bail!(
-                "archive {} holds several clusters ({}): choose one with --system-id",
-                archive.location(),
-                many.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
-    };
+    let system_id =
+        hooks::resolve_system_id(config.system_id, std::path::Path::new("."), None, &archive)
+            .await?;
     let shared = Arc::new(Shared::serving(ServedCluster {
         archive: archive.cluster(system_id),
         spool: None,

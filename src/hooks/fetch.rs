@@ -18,7 +18,7 @@ use crate::fsutil::TempFile;
 use crate::server::{CRC_HEADER, LENGTH_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{
     HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
-    WalFileName, system_id_from_control_file,
+    WalFileName, system_id_from_control_file, validate_segment_head,
 };
 use reqwest::header::CONTENT_ENCODING;
 
@@ -53,7 +53,7 @@ pub async fn fetch(
     let sources = Sources::new(config, &options.client)?;
     let prefetching = match name {
         WalFileName::Segment(segment) if options.prefetch > 0 && !options.partial => {
-            Some((segment, Cache::beside(dest)?))
+            Some((segment, Cache::beside(dest, config, &options.client)))
         }
         _ => None,
     };
@@ -108,25 +108,10 @@ impl Sources {
         }
     }
 
-    /// Restores `name` to `dest` within `--timeout`; for a segment, also says its size.
+    /// Restores `name` to `dest`; for a segment, also says its size. The server, when
+    /// configured, gets `--timeout` (half of it when an archive is there to fall back to),
+    /// then the archive gets `--timeout`.
     pub async fn restore(
-        &self,
-        name: &WalFileName,
-        dest: &Path,
-        partial: bool,
-    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let timeout = self.config.timeout;
-        tokio::time::timeout(timeout, self.restore_unbounded(name, dest, partial))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow!(
-                    "{name}: no answer within {}s (--timeout)",
-                    timeout.as_secs()
-                ))
-            })
-    }
-
-    async fn restore_unbounded(
         &self,
         name: &WalFileName,
         dest: &Path,
@@ -142,7 +127,15 @@ impl Sources {
                 Err(e) => return Err(e),
             }
         }
-        self.read_archive(name, dest, partial, declared).await
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, self.read_archive(name, dest, partial, declared))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "{name}: the archive gave no answer within {}s (--timeout)",
+                    timeout.as_secs()
+                ))
+            })
     }
 
     async fn ask_server(
@@ -152,9 +145,7 @@ impl Sources {
         dest: &Path,
         declared: Option<SystemId>,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let Some(mut response) = server.wal(name).await? else {
-            return Ok((FetchOutcome::NotFound, None));
-        };
+        let mut response = server.wal(name).await?;
         let header = |h: &str| {
             response
                 .headers()
@@ -162,9 +153,6 @@ impl Sources {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let crc = header(CRC_HEADER)
-            .and_then(|v| u32::from_str_radix(&v, 16).ok())
-            .ok_or_else(|| anyhow!("the server sent no valid {CRC_HEADER} header"))?;
         let server_system_id: Option<SystemId> =
             header(SYSTEM_ID_HEADER).and_then(|v| v.parse().ok());
         let system_id = match (declared, server_system_id) {
@@ -175,6 +163,21 @@ impl Sources {
             (Some(id), _) | (None, Some(id)) => id,
             (None, None) => bail!("the server did not say which cluster it serves"),
         };
+        // A 404 counts as "not archived" only from a walhalla server that answered for this
+        // cluster (not, say, a proxy's or a wrong URL's 404).
+        if server_system_id.is_none() {
+            bail!(
+                "server {} answered {} without saying which cluster it serves: is --server a walhalla server?",
+                server.url(),
+                response.status()
+            );
+        }
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok((FetchOutcome::NotFound, None));
+        }
+        let crc = header(CRC_HEADER)
+            .and_then(|v| u32::from_str_radix(&v, 16).ok())
+            .ok_or_else(|| anyhow!("the server sent no valid {CRC_HEADER} header"))?;
         let length: u64 = header(LENGTH_HEADER)
             .and_then(|v| v.parse().ok())
             .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
@@ -325,14 +328,9 @@ fn write_checked(
             std::io::copy(&mut std::io::repeat(0).take(size - length), &mut out)?;
             length = size;
         }
-        page.check_segment(segment, length)
-            .context("the content does not match its name")?;
-        if page.system_id != system_id {
-            bail!(
-                "the segment belongs to cluster {}, not {system_id}",
-                page.system_id
-            );
-        }
+        validate_segment_head(segment, out.head(), length)
+            .and_then(|facts| facts.check_cluster(system_id))
+            .context("the content does not match its name and cluster")?;
         segment_size = Some(size);
     }
     out.flush()?;
@@ -351,14 +349,9 @@ pub fn check_segment_file(
     let mut file = std::fs::File::open(path)?;
     let mut head = [0u8; LONG_HEADER_BYTES];
     file.read_exact(&mut head)?;
-    let page = LongPageHeader::parse(&head)?;
-    page.check_segment(segment, file.metadata()?.len())?;
-    if let Some(expected) = system_id.filter(|id| *id != page.system_id) {
-        bail!(
-            "{} belongs to cluster {}, not {expected}",
-            path.display(),
-            page.system_id
-        );
+    let facts = validate_segment_head(segment, &head, file.metadata()?.len())?;
+    if let Some(expected) = system_id {
+        facts.check_cluster(expected)?;
     }
-    Ok(page.segment_size()?)
+    Ok(LongPageHeader::parse(&head)?.segment_size()?)
 }

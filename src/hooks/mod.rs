@@ -54,9 +54,10 @@ Exit codes (the contract with PostgreSQL):
   push   1    not stored: invalid file, different content already archived, archive down or
               deadline passed; PostgreSQL keeps the segment and retries
   fetch  0    the file was written complete and verified
-  fetch  1    the archive does not have the file; recovery moves on
+  fetch  1    the archive (or the --server) does not have the file; recovery moves on
   fetch  255  the file cannot be delivered: corrupt object, archive unreachable or empty for
-              this cluster, deadline passed; recovery stops instead of ending early
+              this cluster, a --server that refuses or does not answer with no archive to
+              fall back to, deadline passed; recovery stops instead of ending early
   any    255  usage error (a mistyped restore_command must not read as \"not found\")";
 
 /// push: the file was not archived; PostgreSQL keeps it and retries.

@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,7 +30,7 @@ use super::fetch::{FetchOptions, FetchOutcome, Sources, check_segment_file};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{fsync_dir, parent_dir, try_lock_exclusive};
 use crate::wal::{
     Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName, parse_history,
 };
@@ -39,12 +38,16 @@ use crate::wal::{
 const CACHE_DIR: &str = "walhalla-prefetch";
 const WANTED: &str = "wanted";
 const LOCK: &str = "worker.lock";
+/// The settings of the worker that holds the lock.
+const SETTINGS: &str = "worker.settings";
 /// The worker's log (its warnings; the fetch that needs a file reports its own errors).
 const LOG: &str = "worker.log";
 /// Segments fetched at once by the worker.
 const PARALLEL: usize = 2;
 /// How often the worker looks for a new request.
-const POLL: Duration = Duration::from_millis(10);
+const POLL: Duration = Duration::from_millis(25);
+/// The cache holds this many bytes of segments at most, whatever `--prefetch` says.
+const MAX_CACHE_BYTES: u64 = 1 << 30;
 /// The worker empties the cache and exits after this long without a request.
 const IDLE: Duration = Duration::from_secs(30);
 /// A segment found missing is not asked for again before this long.
@@ -54,28 +57,34 @@ const HISTORY_RECHECK: Duration = Duration::from_secs(10);
 /// Timelines probed past the current one, at most, when following histories.
 const MAX_TIMELINE_PROBES: u32 = 64;
 
-/// The prefetch cache directory.
+/// The prefetch cache directory, as seen by a fetch or a worker with given settings.
 #[derive(Clone, Debug)]
 pub struct Cache {
     dir: PathBuf,
+    /// Where files come from (archive, server, cluster): a cache filled under other settings
+    /// is never used.
+    settings: String,
 }
 
 impl Cache {
-    /// The cache beside `dest` (in the same directory, so taking a file is a rename).
-    pub fn beside(dest: &Path) -> anyhow::Result<Cache> {
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        Ok(Cache {
-            dir: parent.join(CACHE_DIR),
-        })
+    /// The cache beside `dest` (in the same directory, so taking a file is a rename), for a
+    /// fetch with `config` and `client`.
+    pub fn beside(dest: &Path, config: &Config, client: &ClientSettings) -> Cache {
+        Self::at(&parent_dir(dest).join(CACHE_DIR), config, client)
     }
 
-    /// The cache at `dir`.
-    pub fn at(dir: &Path) -> Cache {
+    /// The cache at `dir`, for `config` and `client`.
+    pub fn at(dir: &Path, config: &Config, client: &ClientSettings) -> Cache {
+        let archive = config.archive.as_ref().map(ToString::to_string);
+        let system_id = config.system_id.map(|id| id.to_string());
         Cache {
             dir: dir.to_path_buf(),
+            settings: format!(
+                "archive={}\nserver={}\nsystem_id={}\n",
+                archive.as_deref().unwrap_or("-"),
+                client.server.as_deref().unwrap_or("-"),
+                system_id.as_deref().unwrap_or("-"),
+            ),
         }
     }
 
@@ -83,14 +92,28 @@ impl Cache {
         self.dir.join(segment.to_string())
     }
 
-    /// Moves `segment` from the cache to `dest` if the worker fetched it; returns its size.
-    /// A file that does not check out is removed and the caller fetches it as usual.
+    /// Moves `segment` from the cache to `dest` if a live worker with the same settings
+    /// fetched it; returns its size. A file that does not check out is removed and the
+    /// caller fetches it as usual. Files no live worker vouches for (one killed, or from
+    /// before a restore) are removed, never used.
     pub fn take(
         &self,
         segment: SegmentName,
         dest: &Path,
         system_id: Option<SystemId>,
     ) -> anyhow::Result<Option<SegmentSize>> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        if self.try_lock()?.is_some() {
+            // No worker runs: what is here is left over.
+            self.prune(&HashSet::new())?;
+            return Ok(None);
+        }
+        let worker_settings = std::fs::read_to_string(self.dir.join(SETTINGS)).unwrap_or_default();
+        if worker_settings != self.settings {
+            return Ok(None);
+        }
         match std::fs::rename(self.path(segment), dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -101,8 +124,7 @@ impl Cache {
         }
         match check_segment_file(dest, segment, system_id) {
             Ok(size) => {
-                let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
-                fsync_dir(dir.unwrap_or(Path::new(".")))
+                fsync_dir(parent_dir(dest))
                     .with_context(|| format!("fsync the directory of {}", dest.display()))?;
                 Ok(Some(size))
             }
@@ -114,23 +136,35 @@ impl Cache {
         }
     }
 
-    /// Records `segment` as the newest one asked for.
+    /// Records `segment` as the newest one asked for, with the settings it is asked under.
     fn write_wanted(&self, segment: SegmentName, size: SegmentSize) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let temp = self.dir.join(format!(".{WANTED}.tmp"));
-        std::fs::write(&temp, format!("{segment} {}\n", size.bytes()))?;
+        std::fs::write(
+            &temp,
+            format!("{segment} {}\n{}", size.bytes(), self.settings),
+        )?;
         std::fs::rename(&temp, self.dir.join(WANTED))
     }
 
-    /// The newest segment asked for, its size, and when it was asked for.
-    fn read_wanted(&self) -> Option<(SegmentName, SegmentSize, SystemTime)> {
+    /// The request as written (compared whole, so a repeated request with the same content
+    /// is noticed through the modification time, a new one even on coarse timestamps).
+    fn read_wanted(&self) -> Option<(String, SystemTime)> {
         let path = self.dir.join(WANTED);
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-        let text = std::fs::read_to_string(&path).ok()?;
-        let (name, size) = text.trim().split_once(' ')?;
+        Some((std::fs::read_to_string(&path).ok()?, modified))
+    }
+
+    /// Parses a request: the segment and its size, if it was made under these settings.
+    fn parse_wanted(&self, text: &str) -> Option<Result<(SegmentName, SegmentSize), ()>> {
+        let (first, settings) = text.split_once('\n')?;
+        if settings != self.settings {
+            return Some(Err(()));
+        }
+        let (name, size) = first.split_once(' ')?;
         let size = SegmentSize::new(size.parse().ok()?)?;
         match name.parse().ok()? {
-            WalFileName::Segment(segment) => Some((segment, size, modified)),
+            WalFileName::Segment(segment) => Some(Ok((segment, size))),
             _ => None,
         }
     }
@@ -143,15 +177,7 @@ impl Cache {
             .truncate(false)
             .write(true)
             .open(self.dir.join(LOCK))?;
-        // SAFETY: flock on a descriptor that stays open for the duration of the call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(file));
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::WouldBlock => Ok(None),
-            _ => Err(error),
-        }
+        Ok(try_lock_exclusive(&file)?.then_some(file))
     }
 
     fn holds(&self, segment: SegmentName) -> bool {
@@ -191,6 +217,7 @@ pub async fn request(
     let (config, options) = (config.clone(), options.clone());
     let started = blocking::run(move || -> anyhow::Result<()> {
         cache.write_wanted(segment, size)?;
+        // Released before the worker starts, which takes it for its whole life.
         if cache.try_lock()?.is_some() {
             spawn_worker(&cache, &config, &options)?;
         }
@@ -237,10 +264,38 @@ fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyho
     command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start the prefetch worker")?;
+        .stderr(log);
+    close_inherited_descriptors(&mut command);
+    command.spawn().context("start the prefetch worker")?;
     Ok(())
+}
+
+/// The worker outlives the fetch: it must not keep open what PostgreSQL left inheritable
+/// (files, sockets, pipes) in the process that ran the fetch.
+fn close_inherited_descriptors(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec and only makes system calls, which are
+    // async-signal-safe; descriptors 0-2 are the ones set up above.
+    unsafe {
+        command.pre_exec(|| {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let all = libc::c_uint::MAX;
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                all,
+                CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                // Older kernels: mark them one by one, as far as the limit goes.
+                let limit = libc::sysconf(libc::_SC_OPEN_MAX).clamp(256, 65_536) as libc::c_int;
+                for fd in 3..limit {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Which timeline holds each segment ahead, from the newest history file in the archive.
@@ -324,23 +379,33 @@ impl Timelines {
 }
 
 /// `walhalla prefetch-worker`: keeps the next `depth` segments after the newest one asked for
-/// in the cache at `dir`, until no fetch came for a while. Exits at once when another worker
-/// holds the cache.
+/// in the cache at `dir`, until no fetch came for a while or one came with other settings.
+/// Exits at once when another worker holds the cache.
 pub async fn run_worker(
     config: &Config,
     dir: &Path,
     client: &ClientSettings,
     depth: usize,
 ) -> anyhow::Result<()> {
-    let cache = Cache::at(dir);
-    let locker = cache.clone();
-    let Some(_lock) = blocking::run(move || locker.try_lock()).await? else {
+    let cache = Cache::at(dir, config, client);
+    let starting = cache.clone();
+    let lock = blocking::run(move || -> io::Result<Option<File>> {
+        let Some(lock) = starting.try_lock()? else {
+            return Ok(None);
+        };
+        // Whatever an earlier worker left is not vouched for by this one.
+        starting.prune(&HashSet::new())?;
+        std::fs::write(starting.dir.join(SETTINGS), &starting.settings)?;
+        Ok(Some(lock))
+    })
+    .await?;
+    let Some(_lock) = lock else {
         return Ok(());
     };
     let sources = Arc::new(Sources::new(config, client)?);
     let mut timelines = Timelines::default();
     let mut wanted: Option<(SegmentName, SegmentSize)> = None;
-    let mut seen: Option<SystemTime> = None;
+    let mut seen: Option<(String, SystemTime)> = None;
     let mut active = Instant::now();
     let mut tasks: JoinSet<(SegmentName, anyhow::Result<FetchOutcome>)> = JoinSet::new();
     let mut running: HashSet<SegmentName> = HashSet::new();
@@ -353,27 +418,37 @@ pub async fn run_worker(
     );
     let mut misses: HashMap<SegmentName, Instant> = HashMap::new();
     let mut missed = false;
+    let mut changed = true;
     loop {
         if !cache.dir.is_dir() {
             // The data directory went away (a test cluster removed, a restore redone).
             return Ok(());
         }
-        if let Some((segment, size, modified)) = cache.read_wanted() {
-            if seen != Some(modified) {
-                seen = Some(modified);
+        if let Some(request) = cache.read_wanted() {
+            if seen.as_ref() != Some(&request) {
+                match cache.parse_wanted(&request.0) {
+                    // Asked for under other settings: this worker's files are not wanted.
+                    Some(Err(())) => break,
+                    Some(Ok(asked)) => {
+                        changed |= wanted != Some(asked);
+                        wanted = Some(asked);
+                    }
+                    None => {}
+                }
+                seen = Some(request);
                 active = Instant::now();
-                wanted = Some((segment, size));
             }
         }
         if active.elapsed() > IDLE && tasks.is_empty() {
-            empty(&cache).await;
-            return Ok(());
+            break;
         }
-        if let Some((segment, size)) = wanted {
+        if let (Some((segment, size)), true) = (wanted, changed) {
+            changed = false;
             timelines
                 .refresh(&sources, &cache, segment.timeline, missed)
                 .await;
             missed = false;
+            let depth = depth.min((MAX_CACHE_BYTES / u64::from(size.bytes())).max(1) as usize);
             let window = timelines.window(segment, size, depth);
             let mut keep: HashSet<SegmentName> = window.iter().copied().collect();
             keep.insert(segment);
@@ -405,6 +480,7 @@ pub async fn run_worker(
             Some(done) = tasks.join_next() => {
                 let (segment, outcome) = done.context("prefetch task")?;
                 running.remove(&segment);
+                changed = true;
                 match outcome {
                     Ok(FetchOutcome::Restored) => {
                         fetched.insert(segment);
@@ -420,7 +496,8 @@ pub async fn run_worker(
                     }
                 }
             }
-            _ = tokio::time::sleep(POLL) => {}
+            // A missing segment is asked for again once its entry expires.
+            _ = tokio::time::sleep(POLL) => changed |= !misses.is_empty(),
             // PostgreSQL stopping signals the startup process's group, this worker included.
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -433,13 +510,15 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// Removes every cached segment and the request, leaving the lock and the log.
+/// Removes every cached segment, the request and the settings, leaving the lock and the log.
 async fn empty(cache: &Cache) {
     let cache = cache.clone();
     let emptied = blocking::run(move || {
-        match std::fs::remove_file(cache.dir.join(WANTED)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        for file in [WANTED, SETTINGS] {
+            match std::fs::remove_file(cache.dir.join(file)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         cache.prune(&HashSet::new())
     })
@@ -476,16 +555,61 @@ mod tests {
     }
 
     #[test]
-    fn taking_moves_a_checked_file_and_refuses_a_bad_one() {
+    fn only_files_a_live_worker_with_the_same_settings_vouches_for_are_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::beside(&dir.path().join("RECOVERYXLOG")).unwrap();
-        std::fs::create_dir_all(&cache.dir).unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let config = Config::resolve(crate::config::Overrides {
+            archive: Some("/archive/a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let cache = Cache::beside(&dest, &config, &ClientSettings::default());
         let size = SegmentSize::new(1 << 20).unwrap();
         let segment = SegmentName::new(TimelineId(1), SegNo(3), size);
-        let dest = dir.path().join("RECOVERYXLOG");
-        assert_eq!(cache.take(segment, &dest, None).unwrap(), None, "empty");
-        std::fs::write(cache.path(segment), vec![0u8; 1 << 20]).unwrap();
-        assert_eq!(cache.take(segment, &dest, None).unwrap(), None, "not WAL");
-        assert!(!dest.exists(), "a bad file is never left for PostgreSQL");
+        let mut good = crate::wal::page::tests::header_bytes(1, 3 << 20, 42, 1 << 20);
+        good.resize(1 << 20, 0);
+        let place = |bytes: &[u8]| std::fs::write(cache.path(segment), bytes).unwrap();
+        assert_eq!(
+            cache.take(segment, &dest, None).unwrap(),
+            None,
+            "no cache yet"
+        );
+
+        // Left over, no worker holding the lock: removed, not taken.
+        std::fs::create_dir_all(&cache.dir).unwrap();
+        place(&good);
+        assert_eq!(cache.take(segment, &dest, None).unwrap(), None);
+        assert!(!cache.holds(segment), "a left-over file stays");
+
+        // A live worker, with these settings.
+        let _worker = cache.try_lock().unwrap().expect("free");
+        std::fs::write(cache.dir.join(SETTINGS), &cache.settings).unwrap();
+        place(&good);
+        assert_eq!(
+            cache.take(segment, &dest, Some(SystemId(7))).unwrap(),
+            None,
+            "other cluster"
+        );
+        assert!(
+            !dest.exists(),
+            "a refused file is never left for PostgreSQL"
+        );
+        place(&good);
+        assert_eq!(
+            cache.take(segment, &dest, Some(SystemId(42))).unwrap(),
+            Some(size)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), good);
+
+        // A worker started with another archive: its files are not used.
+        let other = Config::resolve(crate::config::Overrides {
+            archive: Some("/archive/b".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let elsewhere = Cache::beside(&dest, &other, &ClientSettings::default());
+        place(&good);
+        assert_eq!(elsewhere.take(segment, &dest, None).unwrap(), None);
+        assert!(cache.holds(segment));
     }
 }

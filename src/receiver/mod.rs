@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::archive::{self, Archive};
-use crate::daemon::Shared;
+use crate::daemon::{ServedCluster, Shared};
 use crate::metrics::ErrorKind;
 use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
@@ -85,6 +85,22 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    // Serve what the spool and the archive hold before the server is reachable, when the
+    // cluster is known already: a restarting receiver must not hold up standbys.
+    if let Some(system_id) = options
+        .system_id
+        .or_else(|| options.spool.as_deref().and_then(spool::owner))
+    {
+        shared.publish(ServedCluster {
+            archive: archive.cluster(system_id),
+            spool: Some(
+                options
+                    .spool
+                    .clone()
+                    .unwrap_or_else(|| session::default_spool(system_id)),
+            ),
+        });
+    }
     let mut context = None;
     let mut backoff = FIRST_BACKOFF;
     loop {

@@ -286,7 +286,7 @@ async fn new_context(
 }
 
 /// The spool used when none is given: per cluster, under the user's state directory.
-fn default_spool(system_id: SystemId) -> PathBuf {
+pub fn default_spool(system_id: SystemId) -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))

@@ -58,6 +58,15 @@ pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
+/// The cluster a spool belongs to, if it was opened before.
+pub fn owner(dir: &Path) -> Option<SystemId> {
+    std::fs::read_to_string(dir.join(MARKER))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Lists the spool's segments, of every timeline.
 pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
     let mut contents = SpoolContents::default();

@@ -16,14 +16,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::daemon::Shared;
 
 pub use routes::{CRC_HEADER, LENGTH_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// A client silent this long (headers, TLS handshake, HTTP/2 pings) is disconnected.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Address the server listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
@@ -91,6 +96,12 @@ impl Server {
             }
             _ => None,
         };
+        if !listen.ip().is_loopback() && tls.is_none() {
+            tracing::warn!(
+                %listen,
+                "without TLS the bearer token and the WAL cross the network in the clear: add --tls-cert and --tls-key"
+            );
+        }
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("listen on {listen}"))?;
@@ -114,7 +125,13 @@ impl Server {
             tls = self.tls.is_some(),
             "fetch server ready"
         );
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
+            // At the limit, new connections wait in the kernel's backlog.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                _ = shutdown.changed() => return Ok(()),
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -129,20 +146,38 @@ impl Server {
             };
             let (router, tls) = (self.router.clone(), self.tls.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = TowerToHyperService::new(router);
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A client that stops sending or answering loses its connection.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(IDLE_TIMEOUT);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(IDLE_TIMEOUT)
+                    .keep_alive_timeout(IDLE_TIMEOUT);
                 let served = match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => {
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await
+                    Some(acceptor) => {
+                        match tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
                         }
-                        Err(e) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                    },
+                    }
                     None => {
                         builder
                             .serve_connection(TokioIo::new(stream), service)

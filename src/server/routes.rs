@@ -1,7 +1,6 @@
 //! The fetch server's endpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
@@ -34,6 +33,8 @@ pub const LENGTH_HEADER: &str = "x-walhalla-length";
 
 /// Files read and verified at once, at most: each holds up to a segment in memory until sent.
 const CONCURRENT_FILES: usize = 8;
+/// How long a look at the archive showing it holds the cluster's WAL is trusted.
+const ARCHIVE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// The body is sent in pieces of this size.
 const BODY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -41,8 +42,8 @@ const BODY_CHUNK_BYTES: usize = 1 << 20;
 struct AppState {
     shared: Arc<Shared>,
     files: Arc<Semaphore>,
-    /// Set once the archive was seen to hold something for the cluster.
-    archive_has_objects: Arc<AtomicBool>,
+    /// When the archive was last seen to hold something for the cluster.
+    archive_seen: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// The routes, behind the bearer-token check when a token is configured.
@@ -50,7 +51,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
     let state = AppState {
         shared,
         files: Arc::new(Semaphore::new(CONCURRENT_FILES)),
-        archive_has_objects: Arc::new(AtomicBool::new(false)),
+        archive_seen: Arc::default(),
     };
     let router = Router::new()
         .route("/wal/{name}", get(wal))
@@ -111,7 +112,7 @@ async fn wal(
         .await
         .expect("never closed");
     let metrics = &state.shared.metrics;
-    match find(cluster, &name, &state.archive_has_objects, accepts_zstd).await {
+    match find(cluster, &name, &state.archive_seen, accepts_zstd).await {
         Ok(Some((payload, source))) => {
             metrics.fetch_answered(Some(source), started.elapsed());
             tracing::debug!(%name, source = source.label(), "served");
@@ -120,8 +121,7 @@ async fn wal(
                 .header(SYSTEM_ID_HEADER, cluster.archive.system_id().to_string())
                 .header(SOURCE_HEADER, source.label());
             let (response, bytes) = match payload {
-                Payload::Original(content) => {
-                    let crc = crc32fast::hash(&content);
+                Payload::Original { content, crc } => {
                     let response = response
                         .header(CRC_HEADER, format!("{crc:08x}"))
                         .header(LENGTH_HEADER, content.len());
@@ -142,7 +142,18 @@ async fn wal(
         }
         Ok(None) => {
             metrics.fetch_answered(None, started.elapsed());
-            plain(StatusCode::NOT_FOUND, format!("{name} is not archived\n"))
+            // Clients take a 404 for "not archived" only with the cluster it is about.
+            let mut response = plain(StatusCode::NOT_FOUND, format!("{name} is not archived\n"));
+            response.headers_mut().insert(
+                SYSTEM_ID_HEADER,
+                cluster
+                    .archive
+                    .system_id()
+                    .to_string()
+                    .parse()
+                    .expect("digits"),
+            );
+            response
         }
         Err(e) => {
             metrics.fetch_failed();
@@ -154,8 +165,8 @@ async fn wal(
 
 /// What a request is answered with.
 enum Payload {
-    /// The original bytes.
-    Original(Bytes),
+    /// The original bytes, and their CRC-32.
+    Original { content: Bytes, crc: u32 },
     /// The archived object, verified, whose content is the original bytes.
     Encoded {
         object: Bytes,
@@ -168,7 +179,7 @@ enum Payload {
 async fn find(
     cluster: &ServedCluster,
     name: &WalFileName,
-    archive_has_objects: &AtomicBool,
+    archive_seen: &std::sync::Mutex<Option<Instant>>,
     encoded: bool,
 ) -> anyhow::Result<Option<(Payload, FetchSource)>> {
     let system_id = cluster.archive.system_id();
@@ -177,28 +188,28 @@ async fn find(
         let name = *name;
         let read = blocking::run(move || match std::fs::read(&path) {
             Ok(content) => verify(&name, &content, system_id)
-                .map(|()| Some(content))
+                .map(|()| Some(original(content)))
                 .with_context(|| format!("spool file {}", path.display())),
             // Not complete in the spool, or already uploaded and removed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
         });
-        if let Some(content) = read.await? {
-            return Ok(Some((
-                Payload::Original(content.into()),
-                FetchSource::Spool,
-            )));
+        if let Some(payload) = read.await? {
+            return Ok(Some((payload, FetchSource::Spool)));
         }
     }
     let Some(object) = cluster.archive.get(name).await? else {
-        if !archive_has_objects.load(Ordering::Relaxed) {
+        // A miss in an archive that holds nothing for the cluster (an unmounted directory, a
+        // wrong prefix) is not the end of the WAL; checked again every few seconds.
+        let seen = *archive_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.is_none_or(|at| at.elapsed() > ARCHIVE_RECHECK) {
             if !cluster.archive.has_objects().await? {
                 bail!(
                     "archive {} holds nothing for cluster {system_id}: wrong location or prefix?",
                     cluster.archive.location()
                 );
             }
-            archive_has_objects.store(true, Ordering::Relaxed);
+            *archive_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         return Ok(None);
     };
@@ -210,15 +221,15 @@ async fn find(
                 // Decoded only to be checked: nothing but the first page is kept.
                 let mut head = HeadCapture::new(std::io::sink());
                 let header = envelope::decode_into(&object, &mut head)?;
-                let facts = validate_segment_head(segment, head.head(), header.content_len)
+                validate_segment_head(segment, head.head(), header.content_len)
+                    .and_then(|facts| facts.check_cluster(system_id))
                     .map_err(|e| anyhow!("{name}: {e}"))?;
-                check_cluster(&name, facts.system_id, system_id)?;
                 Ok(Payload::Encoded { object, header })
             }
             _ => {
                 let content = envelope::decode(&object)?;
                 verify(&name, &content, system_id)?;
-                Ok(Payload::Original(content.into()))
+                Ok(original(content))
             }
         }
     })
@@ -227,28 +238,24 @@ async fn find(
     Ok(Some((payload, FetchSource::Archive)))
 }
 
+/// Verified content, with its CRC-32 computed here (on the blocking pool).
+fn original(content: Vec<u8>) -> Payload {
+    let crc = crc32fast::hash(&content);
+    Payload::Original {
+        content: content.into(),
+        crc,
+    }
+}
+
 /// Checks that `content` fits its name and belongs to the cluster.
 fn verify(
     name: &WalFileName,
     content: &[u8],
     system_id: crate::wal::SystemId,
 ) -> anyhow::Result<()> {
-    let facts = validate_file(name, content).map_err(|e| anyhow!("{name}: {e}"))?;
-    check_cluster(name, facts.system_id, system_id)
-}
-
-/// Refuses a segment of another cluster.
-fn check_cluster(
-    name: &WalFileName,
-    found: Option<crate::wal::SystemId>,
-    system_id: crate::wal::SystemId,
-) -> anyhow::Result<()> {
-    match found {
-        Some(found) if found != system_id => {
-            bail!("{name} belongs to cluster {found}, not {system_id}")
-        }
-        _ => Ok(()),
-    }
+    validate_file(name, content)
+        .and_then(|facts| facts.check_cluster(system_id))
+        .map_err(|e| anyhow!("{name}: {e}"))
 }
 
 /// The body in pieces; the permit is held until the last piece is handed over.

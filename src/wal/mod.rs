@@ -6,7 +6,7 @@ mod control;
 mod history;
 mod lsn;
 mod name;
-mod page;
+pub(crate) mod page;
 mod validate;
 
 pub use control::{CONTROL_FILE_PATH, system_id_from_control_file};

@@ -21,6 +21,14 @@ pub enum ValidationError {
     /// A backup history file does not describe a backup that started where its name says.
     #[error("invalid backup history file: {0}")]
     Backup(String),
+    /// A segment of another cluster.
+    #[error("the segment belongs to cluster {found}, not {expected}")]
+    OtherCluster {
+        /// The system identifier in the segment.
+        found: SystemId,
+        /// The cluster it was meant for.
+        expected: SystemId,
+    },
 }
 
 /// What validation learned about a file.
@@ -28,6 +36,18 @@ pub enum ValidationError {
 pub struct FileFacts {
     /// The system identifier the content carries (segments only).
     pub system_id: Option<SystemId>,
+}
+
+impl FileFacts {
+    /// Refuses a segment of another cluster than `expected`.
+    pub fn check_cluster(&self, expected: SystemId) -> Result<(), ValidationError> {
+        match self.system_id {
+            Some(found) if found != expected => {
+                Err(ValidationError::OtherCluster { found, expected })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Checks that `content` is a plausible file named `name`. The tail of a `.partial` segment

@@ -367,15 +367,26 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     );
     assert!(scrape(port, "walhalla_archived_segments_total").unwrap() >= 1.0);
 
-    let status = http::get(port, "/status", None).unwrap();
-    assert_eq!(status.status, 200);
-    let json: serde_json::Value = serde_json::from_slice(&status.body).expect("valid JSON");
+    let status = || {
+        let status = http::get(port, "/status", None).unwrap();
+        assert_eq!(status.status, 200);
+        let json: serde_json::Value = serde_json::from_slice(&status.body).expect("valid JSON");
+        json
+    };
+    let json = status();
     assert_eq!(json["system_id"], primary.system_id().to_string());
     assert_eq!(json["metrics"]["connected"], true);
-    let newest = json["archive_newest_segments"].as_array().unwrap();
-    assert!(
-        newest.iter().any(|s| s.as_str().unwrap() >= last.as_str()),
-        "{json}"
+    wait_for(
+        &format!("/status to show {last} archived"),
+        Duration::from_secs(60),
+        || {
+            let json = status();
+            let newest = json["archive_newest_segments"].as_array()?.clone();
+            newest
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s >= last.as_str()))
+                .then_some(())
+        },
     );
     assert_eq!(http::get(port, "/healthz", None).unwrap().status, 200);
 
@@ -447,16 +458,17 @@ fn only_authenticated_clients_reach_a_server() {
     // loudly (no archive to fall back to) instead of reading as "not found".
     let out = TestDir::new("out");
     let dest = out.path().join("RECOVERYXLOG");
-    let fetch = |token_file: Option<&Path>| {
+    let fetch_from = |url: &str, token_file: Option<&Path>| {
         let mut cmd = as_pg_user(wh.path());
         cmd.current_dir(&primary.data)
-            .args(["fetch", "--prefetch", "0", "--server", &server.url()])
+            .args(["fetch", "--prefetch", "0", "--server", url])
             .args([segment.as_str(), dest.to_str().unwrap()]);
         if let Some(file) = token_file {
             cmd.env("WALHALLA_TOKEN_FILE", file);
         }
         cmd.output().expect("run walhalla")
     };
+    let fetch = |token_file: Option<&Path>| fetch_from(&server.url(), token_file);
     let denied = fetch(None);
     assert_eq!(denied.status.code(), Some(255), "{}", describe(&denied));
     assert!(!dest.exists());
@@ -466,6 +478,18 @@ fn only_authenticated_clients_reach_a_server() {
         std::fs::read(&dest).unwrap(),
         std::fs::read(primary.data.join("pg_wal").join(&segment)).unwrap()
     );
+
+    // A 404 that does not come from a walhalla server answering for this cluster (here a
+    // mistyped URL) is an error, not "not archived": recovery must not end on it.
+    std::fs::remove_file(&dest).unwrap();
+    let elsewhere = fetch_from(&format!("{}/typo/", server.url()), Some(&token));
+    assert_eq!(
+        elsewhere.status.code(),
+        Some(255),
+        "{}",
+        describe(&elsewhere)
+    );
+    assert!(!dest.exists());
     primary.stop("fast");
 }
 
