@@ -22,6 +22,9 @@ use crate::wal::{
 };
 use reqwest::header::CONTENT_ENCODING;
 
+/// The name PostgreSQL gives `%p` when it restores a segment (xlogrecovery.c).
+const RECOVERY_SEGMENT: &str = "RECOVERYXLOG";
+
 /// How a fetch ended, short of an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -51,8 +54,13 @@ pub async fn fetch(
 ) -> anyhow::Result<FetchOutcome> {
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
     let sources = Sources::new(config, &options.client)?;
+    // Readahead serves PostgreSQL's recovery, which restores every segment as RECOVERYXLOG;
+    // a fetch by hand to some other file starts no background worker.
+    let for_recovery = dest.file_name().is_some_and(|n| n == RECOVERY_SEGMENT);
     let prefetching = match name {
-        WalFileName::Segment(segment) if options.prefetch > 0 && !options.partial => {
+        WalFileName::Segment(segment)
+            if options.prefetch > 0 && !options.partial && for_recovery =>
+        {
             Some((segment, Cache::beside(dest, config, &options.client)))
         }
         _ => None,

@@ -78,6 +78,12 @@ fn prefetched_segments_are_moved_into_place_and_the_end_costs_no_storm() {
     let cache: PathBuf = out.path().join("walhalla-prefetch");
     let only_server = ["--prefetch", "3", "--server", url.as_str()];
 
+    // A fetch by hand to another file name starts no readahead.
+    let by_hand = out.path().join(&names[0]);
+    let run = fetch(&wh, &primary.data, &only_server, &names[0], &by_hand);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(!cache.exists(), "readahead started for a fetch by hand");
+
     let run = fetch(&wh, &primary.data, &only_server, &names[0], &dest);
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     wait_for(
