@@ -17,10 +17,7 @@ fn standby_catches_up_from_the_archive(backend: Backend) {
     primary.write_rows(1000);
     let mut standby = PgCluster::standby_of(&primary, "standby");
     standby.start();
-    wait_for("the standby to stream", Duration::from_secs(60), || {
-        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1")
-            .then_some(())
-    });
+    primary.wait_streaming_standbys(1);
     standby.stop("fast");
 
     // Several times max_wal_size of WAL, with checkpoints, until the segment the standby

@@ -25,6 +25,31 @@ pub fn archiving_primary(wh: &Walhalla, archive: &TestArchive, extra_conf: &str)
     pg
 }
 
+/// A standby of `primary` that archives into `archive` too (with `extra_conf`), promoted once
+/// it replayed WAL past the primary's last complete segment, which is returned: the standby's
+/// last timeline-1 segment is incomplete at the promotion and archived as .partial.
+pub fn promoted_archiving_standby(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    primary: &PgCluster,
+    extra_conf: &str,
+) -> (PgCluster, String) {
+    let mut standby = PgCluster::standby_of(primary, "standby");
+    standby.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} --archive {} push %p'\n\
+         wal_keep_size = '1GB'\n{extra_conf}",
+        wh.path().display(),
+        archive.url()
+    ));
+    standby.start();
+    let last = primary.switch_wal();
+    primary.wait_archived(&last);
+    primary.write_rows(200);
+    standby.wait_replayed(primary);
+    standby.promote();
+    (standby, last)
+}
+
 fn archived_files_are_identical_to_the_servers(backend: Backend) {
     let wh = Walhalla::install();
     let archive = TestArchive::new(backend);
@@ -374,32 +399,12 @@ fn a_promotion_archives_the_history_and_partial_files() {
     let archive = TestArchive::new(Backend::Local);
     let primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
     primary.write_rows(1000);
-    let mut standby = PgCluster::standby_of(&primary, "standby");
-    standby.append_conf(&format!(
-        "archive_mode = on\narchive_command = '{wh} --archive {url} push %p'\n\
-         restore_command = '{wh} --archive {url} fetch %f %p'\nwal_keep_size = '1GB'",
-        wh = wh.path().display(),
-        url = archive.url()
-    ));
-    standby.start();
-    let last = primary.switch_wal();
-    primary.wait_archived(&last);
-    // WAL past the last switch, so the standby's last timeline-1 segment is incomplete at the
-    // promotion and is archived as .partial.
-    primary.write_rows(200);
-    crate::harness::wait_for(
-        "the standby to replay",
-        std::time::Duration::from_secs(60),
-        || {
-            let lsn = primary.sql("SELECT pg_current_wal_lsn()");
-            (standby.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? == "t")
-                .then_some(())
-        },
+    let restore = format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
     );
-    standby.sql("SELECT pg_promote()");
-    crate::harness::wait_for("the promotion", std::time::Duration::from_secs(60), || {
-        (standby.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
-    });
+    let (standby, _) = promoted_archiving_standby(&wh, &archive, &primary, &restore);
     standby.write_rows(500);
     let first_on_2 = standby.switch_wal();
     assert!(first_on_2.starts_with("00000002"), "{first_on_2}");

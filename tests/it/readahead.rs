@@ -10,7 +10,7 @@ use crate::harness::server::scrape;
 use crate::harness::{
     PgCluster, Server, TestArchive, TestDir, Walhalla, as_pg_user, describe, wait_for,
 };
-use crate::push::archiving_primary;
+use crate::push::{archiving_primary, promoted_archiving_standby};
 
 /// The segment `ahead` after `name`, on `timeline` (16 MiB segments, same xlogid).
 fn segment_after(name: &str, ahead: u32, timeline: u32) -> String {
@@ -137,25 +137,7 @@ fn readahead_follows_a_timeline_switch() {
     let archive = TestArchive::new(Backend::Local);
     let primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
     primary.write_rows(1000);
-    let mut standby = PgCluster::standby_of(&primary, "standby");
-    standby.append_conf(&format!(
-        "archive_mode = on\narchive_command = '{wh} --archive {url} push %p'\nwal_keep_size = '1GB'",
-        wh = wh.path().display(),
-        url = archive.url()
-    ));
-    standby.start();
-    let last_on_1 = primary.switch_wal();
-    primary.wait_archived(&last_on_1);
-    primary.write_rows(200);
-    let target = primary.sql("SELECT pg_current_wal_lsn()");
-    wait_for("the standby to replay", Duration::from_secs(60), || {
-        (standby.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"))? == "t")
-            .then_some(())
-    });
-    standby.sql("SELECT pg_promote()");
-    wait_for("the promotion", Duration::from_secs(60), || {
-        (standby.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
-    });
+    let (standby, last_on_1) = promoted_archiving_standby(&wh, &archive, &primary, "");
     // Timeline 2 begins inside the segment after last_on_1.
     let switch_segment = segment_after(&last_on_1, 1, 2);
     assert_eq!(standby.switch_wal(), switch_segment);

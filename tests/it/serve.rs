@@ -67,10 +67,7 @@ fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
     primary.write_rows(1000);
     let mut standby = PgCluster::standby_of(&primary, "standby");
     standby.start();
-    wait_for("the standby to stream", Duration::from_secs(60), || {
-        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2")
-            .then_some(())
-    });
+    primary.wait_streaming_standbys(2);
     standby.stop("fast");
 
     // Several times max_wal_size of WAL, with checkpoints, until the segment the standby

@@ -30,21 +30,6 @@ fn fetched(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, name: &str) -> 
     std::fs::read(dest).unwrap()
 }
 
-fn promote(pg: &PgCluster) {
-    pg.sql("SELECT pg_promote()");
-    wait_for("the promotion", Duration::from_secs(60), || {
-        (pg.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
-    });
-}
-
-fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
-    let target = primary.sql("SELECT pg_current_wal_lsn()");
-    wait_for("the standby to replay", Duration::from_secs(60), || {
-        (standby.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"))? == "t")
-            .then_some(())
-    });
-}
-
 #[test]
 fn follows_a_failover_to_the_promoted_standby() {
     let wh = Walhalla::install();
@@ -73,10 +58,10 @@ fn follows_a_failover_to_the_promoted_standby() {
     let system_id = primary.system_id();
     wait_object(&archive, system_id, &before);
     primary.write_rows(300);
-    wait_replayed(&primary, &standby);
+    standby.wait_replayed(&primary);
 
     primary.stop("fast");
-    promote(&standby);
+    standby.promote();
     standby.write_rows(1000);
     let after = standby.switch_wal();
     assert!(after.starts_with("00000002"), "{after}");
@@ -117,9 +102,9 @@ fn follows_the_promotion_of_the_standby_it_streams_from() {
     let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
     primary.write_rows(1000);
     primary.switch_wal();
-    wait_replayed(&primary, &standby);
+    standby.wait_replayed(&primary);
     primary.stop("fast");
-    promote(&standby);
+    standby.promote();
     standby.write_rows(1000);
     let after = standby.switch_wal();
     wait_object(&archive, standby.system_id(), &after);
@@ -142,9 +127,9 @@ fn starts_on_an_empty_archive_against_timeline_2() {
     primary.write_rows(200);
     let mut standby = PgCluster::standby_of(&primary, "standby");
     standby.start();
-    wait_replayed(&primary, &standby);
+    standby.wait_replayed(&primary);
     primary.stop("fast");
-    promote(&standby);
+    standby.promote();
     let conninfo = standby.conninfo();
     let mut receiver = Receiver::start(
         &wh,
@@ -225,7 +210,7 @@ fn follows_two_promotions_to_timeline_3() {
     let mut standby1 = PgCluster::standby_of(&primary, "standby1");
     standby1.append_conf("wal_keep_size = '1GB'");
     standby1.start();
-    wait_replayed(&primary, &standby1);
+    standby1.wait_replayed(&primary);
     let mut standby2 = PgCluster::standby_of(&standby1, "standby2");
     standby2.append_conf("wal_keep_size = '1GB'\nrecovery_target_timeline = 'latest'");
     standby2.start();
@@ -240,18 +225,18 @@ fn follows_two_promotions_to_timeline_3() {
     let mut backup = PgCluster::from_backup(&primary, "restored", "none");
     primary.write_rows(500);
     primary.switch_wal();
-    wait_replayed(&primary, &standby1);
-    wait_replayed(&primary, &standby2);
+    standby1.wait_replayed(&primary);
+    standby2.wait_replayed(&primary);
 
     // First promotion: standby1 to timeline 2; standby2 follows it, and the receiver follows.
     primary.stop("fast");
-    promote(&standby1);
+    standby1.promote();
     standby1.write_rows(500);
     standby1.switch_wal();
-    wait_replayed(&standby1, &standby2);
+    standby2.wait_replayed(&standby1);
     // Second promotion: standby2 to timeline 3.
     standby1.stop("fast");
-    promote(&standby2);
+    standby2.promote();
     standby2.write_rows(500);
     let last = standby2.switch_wal();
     assert!(last.starts_with("00000003"), "{last}");

@@ -159,6 +159,32 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Promotes this standby and waits until it accepts writes.
+    pub fn promote(&self) {
+        self.sql("SELECT pg_promote()");
+        wait_for("the promotion", Duration::from_secs(60), || {
+            (self.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+        });
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far.
+    pub fn wait_replayed(&self, primary: &PgCluster) {
+        let target = primary.sql("SELECT pg_current_wal_lsn()");
+        wait_for("the standby to replay", Duration::from_secs(60), || {
+            (self.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"))? == "t")
+                .then_some(())
+        });
+    }
+
+    /// Waits until `count` standbys stream from this server.
+    pub fn wait_streaming_standbys(&self, count: usize) {
+        wait_for("standbys to stream", Duration::from_secs(60), || {
+            let streaming =
+                self.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
+            (streaming == count.to_string()).then_some(())
+        });
+    }
+
     /// Writes and checkpoints until `segment` is gone from pg_wal (recycled or removed), at
     /// least a few rounds; needs a small max_wal_size and nothing holding the WAL back.
     pub fn churn_until_recycled(&self, segment: &str) {
