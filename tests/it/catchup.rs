@@ -1,9 +1,7 @@
 //! A standby whose WAL the primary recycled catches up from the archive through
 //! `restore_command = 'walhalla fetch %f %p'`.
 
-use std::time::Duration;
-
-use crate::harness::{Backend, PgCluster, TestArchive, Walhalla, wait_for};
+use crate::harness::{Backend, PgCluster, TestArchive, Walhalla};
 use crate::push::archiving_primary;
 
 fn standby_catches_up_from_the_archive(backend: Backend) {
@@ -27,7 +25,6 @@ fn standby_catches_up_from_the_archive(backend: Backend) {
     primary.write_rows(100);
     let last = primary.switch_wal();
     primary.wait_archived(&last);
-    let target = primary.sql("SELECT pg_current_wal_lsn()");
 
     standby.append_conf(&format!(
         "restore_command = '{} --archive {} fetch %f %p'",
@@ -36,16 +33,7 @@ fn standby_catches_up_from_the_archive(backend: Backend) {
     ));
     standby.set_env(archive.env());
     standby.start();
-    wait_for(
-        "the standby to replay the primary's WAL",
-        Duration::from_secs(120),
-        || {
-            let caught_up = standby.try_sql(&format!(
-                "SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
-            ))?;
-            (caught_up == "t").then_some(())
-        },
-    );
+    standby.wait_replayed(&primary);
     assert_eq!(standby.table_fingerprint(), primary.table_fingerprint());
     let log = standby.log();
     assert!(

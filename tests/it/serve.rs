@@ -75,7 +75,6 @@ fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
     let needed = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     primary.churn_until_recycled(&needed);
     primary.write_rows(100);
-    let target = primary.sql("SELECT pg_current_wal_lsn()");
 
     // Only the server: no archive settings at all on the standby.
     standby.append_conf(&format!(
@@ -83,16 +82,7 @@ fn a_standby_whose_wal_was_recycled_catches_up_through_the_receivers_server() {
         wh.path().display()
     ));
     standby.start();
-    wait_for(
-        "the standby to replay the primary's WAL",
-        Duration::from_secs(120),
-        || {
-            let caught_up = standby.try_sql(&format!(
-                "SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
-            ))?;
-            (caught_up == "t").then_some(())
-        },
-    );
+    standby.wait_replayed(&primary);
     assert_eq!(standby.table_fingerprint(), primary.table_fingerprint());
     assert!(
         standby

@@ -170,7 +170,7 @@ impl PgCluster {
     /// Waits until this standby has replayed everything `primary` has written so far.
     pub fn wait_replayed(&self, primary: &PgCluster) {
         let target = primary.sql("SELECT pg_current_wal_lsn()");
-        wait_for("the standby to replay", Duration::from_secs(60), || {
+        wait_for("the standby to replay", Duration::from_secs(120), || {
             (self.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"))? == "t")
                 .then_some(())
         });
