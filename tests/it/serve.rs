@@ -396,7 +396,23 @@ fn only_authenticated_clients_reach_a_server() {
 
     // Reachable from other hosts and no client authentication: refused before binding.
     let port = free_port();
-    let run = refused_start(&wh, &archive, &["--listen", &format!("0.0.0.0:{port}")]);
+    let everywhere = format!("0.0.0.0:{port}");
+    let run = refused_start(&wh, &archive, &["serve", "--listen", &everywhere]);
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
+        "{}",
+        describe(&run)
+    );
+    // The receiver too, before it connects anywhere.
+    let args = [
+        "receive",
+        "-d",
+        "host=127.0.0.1 port=1",
+        "--listen",
+        &everywhere,
+    ];
+    let run = refused_start(&wh, &archive, &args);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),

@@ -72,12 +72,12 @@ pub fn wait_until_listening(port: u16) {
     );
 }
 
-/// Runs `walhalla serve ARGS` expecting it to refuse to start; returns how it ended.
+/// Runs `walhalla --archive … ARGS` (a daemon command) expecting it to refuse to start;
+/// returns how it ended.
 pub fn refused_start(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> Output {
     let mut child = Command::new(wh.path())
         .arg("--archive")
         .arg(archive.url())
-        .arg("serve")
         .args(args)
         .envs(archive.env())
         .stdin(Stdio::null())
