@@ -181,6 +181,8 @@ async fn status(config: &Config, client: &ClientArgs, json: bool) -> anyhow::Res
 
 /// `walhalla receive`: runs the receiver; SIGTERM or SIGINT ask it to finish cleanly.
 async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    // A listener that may not start is a configuration error: before anything else.
+    args.listen.options().check()?;
     let conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
         .context("connection string")?;
     let options = ReceiveOptions {
@@ -203,7 +205,6 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         compression_level: config.compression_level,
         system_id: config.system_id,
     };
-    args.listen.options().check()?;
     let archive = hooks::open_archive(config, true, None).await?;
     let shared = Arc::new(Shared::default());
     let stopped = stop_on_signal()?;
