@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use reqwest::{StatusCode, Url};
 
+use crate::server::SYSTEM_ID_HEADER;
 use crate::server::auth::read_token;
-use crate::wal::WalFileName;
+use crate::wal::{SystemId, WalFileName};
 
 /// How to reach a fetch server.
 #[derive(Clone, Debug, Default)]
@@ -117,16 +118,11 @@ impl ServerClient {
         &self.base
     }
 
-    async fn get(
+    async fn send(
         &self,
-        path: &str,
-        accept_encoding: Option<&str>,
+        mut request: reqwest::RequestBuilder,
+        url: &Url,
     ) -> Result<reqwest::Response, ServerError> {
-        let url = self.base.join(path).expect("a relative path joins");
-        let mut request = self.http.get(url.clone());
-        if let Some(coding) = accept_encoding {
-            request = request.header(reqwest::header::ACCEPT_ENCODING, coding);
-        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -149,11 +145,27 @@ impl ServerClient {
         }
     }
 
-    /// Asks for a WAL file: a 200 answer to read the body of, or a 404 (whose headers say
-    /// which cluster the server answered for); any other answer is an error.
-    pub async fn wal(&self, name: &WalFileName) -> Result<reqwest::Response, ServerError> {
+    /// Asks for a WAL file of cluster `system_id` (the server's own when `None`): a 200
+    /// answer to read the body of, or a 404 (whose headers say which cluster the server
+    /// answered for); any other answer is an error.
+    pub async fn wal(
+        &self,
+        name: &WalFileName,
+        system_id: Option<SystemId>,
+    ) -> Result<reqwest::Response, ServerError> {
+        let url = self
+            .base
+            .join(&format!("wal/{name}"))
+            .expect("a relative path joins");
         // The archived object as stored (a zstd stream) is a tenth of the bytes.
-        let response = self.get(&format!("wal/{name}"), Some("zstd")).await?;
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT_ENCODING, "zstd");
+        if let Some(id) = system_id {
+            request = request.header(SYSTEM_ID_HEADER, id.to_string());
+        }
+        let response = self.send(request, &url).await?;
         match response.status() {
             StatusCode::OK | StatusCode::NOT_FOUND => Ok(response),
             _ => Err(Self::error_status(response).await),
@@ -162,7 +174,8 @@ impl ServerClient {
 
     /// The server's `/status`.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let response = self.get("status", None).await?;
+        let url = self.base.join("status").expect("a relative path joins");
+        let response = self.send(self.http.get(url.clone()), &url).await?;
         if response.status() != StatusCode::OK {
             return Err(Self::error_status(response).await.into());
         }

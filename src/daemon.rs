@@ -1,10 +1,10 @@
-//! What the daemon's parts share: the receiver publishes its measurements and, once it knows
-//! the cluster, where that cluster's WAL is; the fetch server reads both.
+//! What the daemon's parts share: the archive, the receiver's measurements and, once it knows
+//! its cluster, where that cluster's WAL is (spool and archive); the fetch server reads them.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::archive::ClusterArchive;
+use crate::archive::{Archive, ClusterArchive};
 use crate::metrics::Metrics;
 
 /// The state a receiver and a fetch server share; hold it in an `Arc`.
@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 pub struct Shared {
     /// The measurements.
     pub metrics: Metrics,
+    archive: Option<Archive>,
     served: OnceLock<ServedCluster>,
 }
 
@@ -25,11 +26,24 @@ pub struct ServedCluster {
 }
 
 impl Shared {
-    /// State for a server of `cluster` known from the start.
-    pub fn serving(cluster: ServedCluster) -> Shared {
-        let shared = Shared::default();
+    /// State for a daemon of `archive` whose cluster is not known yet.
+    pub fn new(archive: Archive) -> Shared {
+        Shared {
+            archive: Some(archive),
+            ..Shared::default()
+        }
+    }
+
+    /// State for a server of `cluster` in `archive`, known from the start.
+    pub fn serving(archive: Archive, cluster: ServedCluster) -> Shared {
+        let shared = Shared::new(archive);
         shared.publish(cluster);
         shared
+    }
+
+    /// The archive, when this state has one.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.archive.as_ref()
     }
 
     /// Publishes the cluster once it is known; later calls change nothing (a receiver

@@ -156,10 +156,11 @@ async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
     let system_id =
         hooks::resolve_system_id(config.system_id, std::path::Path::new("."), None, &archive)
             .await?;
-    let shared = Arc::new(Shared::serving(ServedCluster {
+    let cluster = ServedCluster {
         archive: archive.cluster(system_id),
         spool: None,
-    }));
+    };
+    let shared = Arc::new(Shared::serving(archive, cluster));
     let server = Server::bind(&options, shared).await?;
     server.run(stop_on_signal()?).await
 }
@@ -206,7 +207,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         system_id: config.system_id,
     };
     let archive = hooks::open_archive(config, true, None).await?;
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(archive.clone()));
     let stopped = stop_on_signal()?;
     if args.listen.listen.is_none() {
         return walhalla::receiver::run(options, archive, stopped, shared).await;

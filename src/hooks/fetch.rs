@@ -153,7 +153,7 @@ impl Sources {
         dest: &Path,
         declared: Option<SystemId>,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let mut response = server.wal(name).await?;
+        let mut response = server.wal(name, declared).await?;
         let header = |h: &str| {
             response
                 .headers()

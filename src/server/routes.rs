@@ -1,5 +1,6 @@
 //! The fetch server's endpoints.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
@@ -20,7 +21,7 @@ use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
 use crate::metrics::{FetchSource, Snapshot};
 use crate::receiver::spooled_segment;
-use crate::wal::{HeadCapture, Lsn, WalFileName, validate_file, validate_segment_head};
+use crate::wal::{HeadCapture, Lsn, SystemId, WalFileName, validate_file, validate_segment_head};
 
 /// Response header: the CRC-32 (IEEE) of the body, 8 hexadecimal digits.
 pub const CRC_HEADER: &str = "x-walhalla-crc32";
@@ -43,7 +44,7 @@ struct AppState {
     shared: Arc<Shared>,
     files: Arc<Semaphore>,
     /// When the archive was last seen to hold something for the cluster.
-    archive_seen: Arc<std::sync::Mutex<Option<Instant>>>,
+    archive_seen: Arc<std::sync::Mutex<HashMap<SystemId, Instant>>>,
 }
 
 /// The routes, behind the bearer-token check when a token is configured.
@@ -93,12 +94,37 @@ async fn wal(
         Ok(name) => name,
         Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let Some(cluster) = state.shared.served() else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the receiver has not identified its cluster yet\n".into(),
-        );
+    // The client names its cluster when it knows it: served from the archive even before
+    // the receiver has connected, or when it is not the receiver's.
+    let requested = match headers.get(SYSTEM_ID_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => match text.parse::<SystemId>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("{SYSTEM_ID_HEADER}: {e}\n"),
+                );
+            }
+        },
+        Some(Err(_)) => return plain(StatusCode::BAD_REQUEST, format!("bad {SYSTEM_ID_HEADER}\n")),
     };
+    let cluster = match (state.shared.served(), requested, state.shared.archive()) {
+        (Some(served), None, _) => served.clone(),
+        (Some(served), Some(id), _) if id == served.archive.system_id() => served.clone(),
+        (_, Some(id), Some(archive)) => ServedCluster {
+            archive: archive.cluster(id),
+            spool: None,
+        },
+        _ => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the receiver has not identified its cluster yet, and the request names none\n"
+                    .into(),
+            );
+        }
+    };
+    let cluster = &cluster;
     let accepts_zstd = headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -179,7 +205,7 @@ enum Payload {
 async fn find(
     cluster: &ServedCluster,
     name: &WalFileName,
-    archive_seen: &std::sync::Mutex<Option<Instant>>,
+    archive_seen: &std::sync::Mutex<HashMap<SystemId, Instant>>,
     encoded: bool,
 ) -> anyhow::Result<Option<(Payload, FetchSource)>> {
     let system_id = cluster.archive.system_id();
@@ -201,7 +227,11 @@ async fn find(
     let Some(object) = cluster.archive.get(name).await? else {
         // A miss in an archive that holds nothing for the cluster (an unmounted directory, a
         // wrong prefix) is not the end of the WAL; checked again every few seconds.
-        let seen = *archive_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = archive_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&system_id)
+            .copied();
         if seen.is_none_or(|at| at.elapsed() > ARCHIVE_RECHECK) {
             if !cluster.archive.has_objects().await? {
                 bail!(
@@ -209,7 +239,10 @@ async fn find(
                     cluster.archive.location()
                 );
             }
-            *archive_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            archive_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(system_id, Instant::now());
         }
         return Ok(None);
     };

@@ -587,3 +587,50 @@ fn tls_client_certificates_are_required_when_configured() {
     );
     primary.stop("fast");
 }
+
+#[test]
+fn a_receiver_that_cannot_reach_its_primary_still_serves_the_archive() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
+    primary.write_rows(500);
+    let segment = primary.switch_wal();
+    primary.wait_archived(&segment);
+
+    // Its primary is down (nothing listens on port 1): it never learns its cluster itself.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "-d",
+        "host=127.0.0.1 port=1 user=postgres",
+        "--listen",
+        &listen,
+    ];
+    let _receiver = Receiver::start(&wh, &archive, &args);
+    wait_until_listening(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |cwd: &Path| {
+        let args = ["fetch", "--prefetch", "0", "--server", &url, &segment];
+        run_as_postgres(&wh, cwd, &[&args[..], &[dest.to_str().unwrap()]].concat())
+    };
+
+    // A standby names its cluster (from pg_control): served from the archive.
+    let run = fetch(&primary.data);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(primary.data.join("pg_wal").join(&segment)).unwrap()
+    );
+    // A client that cannot name one gets no answer to act on: 255, never "not found".
+    std::fs::remove_file(&dest).unwrap();
+    let run = fetch(out.path());
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("503"),
+        "{}",
+        describe(&run)
+    );
+    primary.stop("fast");
+}
