@@ -9,11 +9,13 @@
 
 pub mod auth;
 mod routes;
+mod stall;
 mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,8 +29,9 @@ pub use routes::{CRC_HEADER, LENGTH_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
-/// A client silent this long (headers, TLS handshake, HTTP/2 pings) is disconnected.
-const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A client silent this long (request headers, TLS handshake, HTTP/2 pings), or not reading
+/// what it asked for, is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Address the server listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
@@ -138,7 +141,7 @@ impl Server {
                     Err(e) => {
                         // Out of descriptors and the like: pause rather than spin.
                         tracing::warn!("accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
@@ -160,32 +163,36 @@ impl Server {
                     .timer(TokioTimer::new())
                     .keep_alive_interval(IDLE_TIMEOUT)
                     .keep_alive_timeout(IDLE_TIMEOUT);
-                let served = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                builder
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
+                let (stream, watchdog) = stall::watch(stream);
+                let serving = async {
+                    match tls {
+                        Some(acceptor) => {
+                            match tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(stream)).await
+                            {
+                                Ok(Ok(stream)) => {
+                                    builder
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .await
+                                }
+                                Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                                Err(_) => Err("TLS handshake timed out".into()),
                             }
                         }
-                    }
-                    None => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
                     }
                 };
-                if let Err(e) = served {
-                    tracing::debug!(%peer, "connection ended: {e}");
+                tokio::select! {
+                    served = serving => if let Err(e) = served {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    },
+                    // Dropping the connection frees what its response held.
+                    _ = watchdog.stalled(IDLE_TIMEOUT, Duration::from_secs(1)) => {
+                        tracing::warn!(%peer, "client stopped reading for {}s: disconnected", IDLE_TIMEOUT.as_secs());
+                    }
                 }
             });
         }
