@@ -8,11 +8,16 @@
 //! across switches; a segment nobody has is not asked for again for a moment (a short
 //! negative cache), so the end of the archive costs a request every few seconds, not a storm.
 //! It removes what falls behind the window, and empties the cache and exits once no fetch
-//! came for a while.
+//! came for a while, when PostgreSQL stops it, or when a fetch comes with other settings.
+//!
+//! Trust: a fetch takes a cached file only while a live worker holds the lock and that worker
+//! runs with the fetch's archive, server and cluster settings; a new worker starts from an
+//! empty cache. Files nobody vouches for are removed, never handed to PostgreSQL.
 //!
 //! Files in the cache directory: `SEGMENT` (verified, durable), `.SEGMENT.walhalla-tmp`
-//! (being written), `wanted` (`SEGMENT SIZE`, the newest segment asked for),
-//! `worker.lock` (held by the live worker) and `worker.log` (the last worker's warnings).
+//! (being written), `wanted` (`SEGMENT SIZE` and the settings it was asked under),
+//! `worker.lock` (held by the live worker), `worker.settings` (that worker's settings) and
+//! `worker.log` (the last worker's warnings).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

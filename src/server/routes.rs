@@ -78,8 +78,10 @@ fn plain(status: StatusCode, text: String) -> Response {
         .into_response()
 }
 
-/// `GET /wal/{name}`: the verified original bytes, 404 when nobody has the file, 400 for a
-/// name that is not a WAL file name, 500 when the file exists but cannot be served intact.
+/// `GET /wal/{name}`: the verified original bytes, 404 (naming the cluster) when nobody has
+/// the file, 400 for a name that is not a WAL file name, 500 when the file exists but cannot
+/// be served intact, 503 when neither the request nor the receiver names a cluster yet. The
+/// cluster is the one the request names (`X-Walhalla-System-Id`), else the receiver's.
 ///
 /// A client that accepts `zstd` (`Accept-Encoding`) gets an archived object as it is stored,
 /// `Content-Encoding: zstd` (the envelope is a zstd stream), after the server verified it:
