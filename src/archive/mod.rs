@@ -10,6 +10,7 @@ mod retry;
 pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key, partial_snapshot_key};
 pub use location::Location;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +20,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::backoff::{GaveUp, retry};
 use crate::envelope;
-use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
-use retry::{Failure, retry};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use retry::STORE_BACKOFF;
 
 /// What went wrong talking to the archive.
 #[derive(Debug, Error)]
@@ -83,6 +85,26 @@ pub enum Error {
         /// What verification found.
         error: envelope::Error,
     },
+}
+
+impl Error {
+    /// Whether retrying can cure this: a store's transient failure or a timeout. A conflict,
+    /// a corrupt object, a refused permission, a missing bucket or directory will not go
+    /// away by waiting.
+    pub fn is_transient(&self) -> bool {
+        use crate::backoff::Transient;
+        match self {
+            Error::Store { error, .. } => error.is_transient(),
+            Error::Timeout { .. } => true,
+            Error::Open { .. } | Error::Conflict { .. } | Error::Corrupt { .. } => false,
+        }
+    }
+
+    /// Whether the archive holds something that contradicts what was offered: retrying the
+    /// same write can never succeed, and going on could hide a real problem.
+    pub fn is_contradiction(&self) -> bool {
+        matches!(self, Error::Conflict { .. } | Error::Corrupt { .. })
+    }
 }
 
 /// Result of archive operations.
@@ -212,15 +234,18 @@ impl Archive {
     {
         let own = Instant::now() + self.timeout;
         let deadline = self.deadline.map_or(own, |overall| overall.min(own));
-        retry(deadline, &format!("{op} {key}"), attempt)
-            .await
-            .map_err(|failure| match failure {
-                Failure::Store(error) => Error::Store {
+        let what = format!("{op} {key}");
+        retry(STORE_BACKOFF, Some(deadline), attempt, |error, pause| {
+            tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+        })
+        .await
+        .map_err(|failure| match failure {
+                GaveUp::Error(error) => Error::Store {
                     op,
                     key: key.to_string(),
                     error,
                 },
-                Failure::DeadlineExceeded(last) => Error::Timeout {
+                GaveUp::Deadline(last) => Error::Timeout {
                     op,
                     key: key.to_string(),
                     seconds: self.timeout.as_secs(),
@@ -380,27 +405,7 @@ impl ClusterArchive {
             if done_timeline.as_ref() == Some(&timeline) {
                 continue;
             }
-            let listing = self
-                .archive
-                .retrying("list", &group, || {
-                    self.archive.store.list_with_delimiter(Some(&group))
-                })
-                .await?;
-            let found = listing
-                .objects
-                .iter()
-                .filter_map(|o| {
-                    o.location
-                        .filename()?
-                        .strip_suffix(OBJECT_SUFFIX)?
-                        .parse::<WalFileName>()
-                        .ok()
-                })
-                .filter_map(|name| match name {
-                    WalFileName::Segment(s) => Some(s),
-                    _ => None,
-                })
-                .max();
+            let found = self.segments_in_group(&group).await?.into_iter().max();
             if let Some(segment) = found {
                 newest.push(segment);
                 done_timeline = Some(timeline);
@@ -408,6 +413,60 @@ impl ClusterArchive {
         }
         newest.reverse();
         Ok(newest)
+    }
+
+    /// The segments of `timeline` in `from..to` that the archive holds, listed one group
+    /// (4 GiB of WAL) at a time.
+    pub async fn segments_between(
+        &self,
+        timeline: TimelineId,
+        from: SegNo,
+        to: SegNo,
+        size: SegmentSize,
+    ) -> Result<BTreeSet<SegNo>> {
+        let mut held = BTreeSet::new();
+        if from >= to {
+            return Ok(held);
+        }
+        let per_group = size.segments_per_xlog_id();
+        let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
+        for log in from.0 / per_group..=(to.0 - 1) / per_group {
+            let group = wal.clone().join(format!("{:08X}{log:08X}", timeline.0));
+            held.extend(
+                self.segments_in_group(&group)
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.timeline == timeline)
+                    .filter_map(|s| s.segno(size))
+                    .filter(|n| (from..to).contains(n)),
+            );
+        }
+        Ok(held)
+    }
+
+    /// The complete segments stored in one group folder (`wal/TTTTTTTTXXXXXXXX`).
+    async fn segments_in_group(&self, group: &Path) -> Result<Vec<SegmentName>> {
+        let listing = self
+            .archive
+            .retrying("list", group, || {
+                self.archive.store.list_with_delimiter(Some(group))
+            })
+            .await?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_suffix(OBJECT_SUFFIX)?
+                    .parse::<WalFileName>()
+                    .ok()
+            })
+            .filter_map(|name| match name {
+                WalFileName::Segment(s) => Some(s),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The newest snapshot a receiver stored of `segment` (the one reaching furthest): its
