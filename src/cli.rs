@@ -276,6 +276,17 @@ pub struct ReceiveArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub status_interval: u64,
 
+    /// Seconds without a message from the server after which the connection counts as dead
+    /// and is made again; after half of it a reply is asked for, as PostgreSQL's
+    /// wal_receiver_timeout does. 0 waits forever.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub receive_timeout: u64,
+
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for uploads; what is not archived by then
+    /// stays in the spool and is archived at the next start.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
     /// Report WAL as flushed once it is fsynced in the spool, not once it is archived, so the
     /// receiver can be a synchronous standby (see README: what each mode guarantees).
     #[arg(long)]

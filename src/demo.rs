@@ -53,6 +53,8 @@ async fn demo(cluster: &Cluster, compression_level: i32) -> anyhow::Result<()> {
         spool: Some(cluster.root.join("spool")),
         spool_max_bytes: 1 << 30,
         partial_interval: None,
+        receive_timeout: Some(Duration::from_secs(60)),
+        shutdown_timeout: Duration::from_secs(30),
         status_interval: Duration::from_secs(1),
         mode: Mode::Archived,
         upload_parallelism: 2,

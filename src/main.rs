@@ -197,6 +197,9 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         partial_interval: (args.partial_interval > 0)
             .then(|| Duration::from_secs(args.partial_interval)),
         status_interval: Duration::from_secs(args.status_interval),
+        receive_timeout: (args.receive_timeout > 0)
+            .then(|| Duration::from_secs(args.receive_timeout)),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         mode: if args.synchronous {
             Mode::Synchronous
         } else {

@@ -3,6 +3,7 @@
 //! JSON, so both always say the same thing.
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +95,36 @@ pub struct Metrics {
     fetch_misses: AtomicU64,
     fetch_buckets: [AtomicU64; FETCH_BUCKETS.len()],
     fetch_seconds_micros: AtomicU64,
+    /// The archive's current failure: what, and whether it is permanent.
+    archive_failure: Mutex<Option<ArchiveFailure>>,
+    /// Holes in the archive that the receiver could not fill.
+    archive_gaps: Mutex<Vec<ArchiveGap>>,
+}
+
+/// An archive failure the uploader keeps retrying.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchiveFailure {
+    /// The error.
+    pub message: String,
+    /// Whether an operator must act (permission denied, no such bucket) rather than wait.
+    pub permanent: bool,
+}
+
+/// Segments missing from the archive that the server no longer has: WAL lost to the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArchiveGap {
+    /// The first missing segment.
+    pub first: String,
+    /// The last missing segment.
+    pub last: String,
+    /// How many segments are missing.
+    pub segments: u64,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -204,6 +235,20 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The archive fails with `failure` (message, permanent), or works again (`None`).
+    pub fn archive_failing(&self, failure: Option<(String, bool)>) {
+        *locked(&self.archive_failure) =
+            failure.map(|(message, permanent)| ArchiveFailure { message, permanent });
+    }
+
+    /// Records a hole in the archive that cannot be filled any more.
+    pub fn archive_gap(&self, gap: ArchiveGap) {
+        let mut gaps = locked(&self.archive_gaps);
+        if !gaps.contains(&gap) {
+            gaps.push(gap);
+        }
+    }
+
     /// A fetch request failed.
     pub fn fetch_failed(&self) {
         self.fetch_requests.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +283,8 @@ impl Metrics {
             spool_bytes: get(&self.spool_bytes),
             oldest_unarchived_age_seconds: age(get(&self.oldest_unarchived_ms)).unwrap_or(0.0),
             reconnects: get(&self.reconnects),
+            archive_failure: locked(&self.archive_failure).clone(),
+            archive_gaps: locked(&self.archive_gaps).clone(),
             errors: ErrorKind::ALL
                 .iter()
                 .zip(&self.errors)
@@ -298,6 +345,10 @@ pub struct Snapshot {
     pub oldest_unarchived_age_seconds: f64,
     /// Reconnections after a session ended.
     pub reconnects: u64,
+    /// The archive's current failure, if uploads fail.
+    pub archive_failure: Option<ArchiveFailure>,
+    /// Holes in the archive the receiver could not fill (WAL the archive will never have).
+    pub archive_gaps: Vec<ArchiveGap>,
     /// Failures by kind.
     pub errors: Vec<(&'static str, u64)>,
     /// The fetch server's requests.
@@ -411,6 +462,33 @@ impl Snapshot {
             };
             metric(name, kind, help, &one(value));
         }
+        metric(
+            "archive_gap_segments",
+            "gauge",
+            "Segments missing from the archive that the server no longer has",
+            &one(self
+                .archive_gaps
+                .iter()
+                .map(|g| g.segments)
+                .sum::<u64>()
+                .to_string()),
+        );
+        let failing = |permanent: bool| {
+            let on = self
+                .archive_failure
+                .as_ref()
+                .is_some_and(|f| f.permanent == permanent);
+            u64::from(on).to_string()
+        };
+        metric(
+            "archive_failing",
+            "gauge",
+            "1 while uploads fail, by kind: transient (retried) or permanent (an operator must act)",
+            &[
+                ("{kind=\"transient\"}".to_string(), failing(false)),
+                ("{kind=\"permanent\"}".to_string(), failing(true)),
+            ],
+        );
         metric(
             "reconnects_total",
             "counter",

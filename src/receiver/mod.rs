@@ -1,8 +1,10 @@
 //! `walhalla receive`: a streaming replication client on a physical slot that archives every
 //! WAL byte. A supervisor runs sessions ([`session`]) and reconnects after failures with
 //! exponential backoff and jitter, forever, until shutdown, `--endpos`, or a fatal problem.
-//! Received WAL goes to a local spool ([`spool`]); complete segments are archived by the
-//! uploader ([`upload`]).
+//! A session checks the slot ([`slot`]), chooses where to start ([`start`]) and streams
+//! ([`stream`]). Received WAL goes to a local spool ([`spool`]); complete segments and the
+//! ends of streams are archived by the uploader ([`upload`]); the flush position reported
+//! follows what is stored ([`flush`]).
 //!
 //! The flush position reported to the server decides how far the slot lets the primary
 //! recycle WAL. By default it is what is durable in the archive, so the primary keeps every
@@ -10,11 +12,15 @@
 //! local spool, reported after every fsync, so the receiver can serve as a synchronous standby
 //! and commits wait only for the local fsync.
 
+mod flush;
 mod session;
+mod slot;
 mod spool;
+mod start;
+mod stream;
 mod upload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::archive::{self, Archive};
+use crate::backoff::Backoff;
 use crate::daemon::{ServedCluster, Shared};
 use crate::metrics::ErrorKind;
 use crate::protocol::connection::Error as ConnError;
@@ -33,7 +40,7 @@ use session::SessionEnd;
 pub use spool::complete_path as spooled_segment;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(60));
 /// A session that streamed this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
@@ -68,6 +75,11 @@ pub struct ReceiveOptions {
     pub partial_interval: Option<Duration>,
     /// How often to send a status update at the least.
     pub status_interval: Duration,
+    /// Silence from the server after which the connection counts as dead (`None`: never);
+    /// a reply is asked for after half of it.
+    pub receive_timeout: Option<Duration>,
+    /// How long shutdown waits for uploads; what is left stays in the spool.
+    pub shutdown_timeout: Duration,
     /// What to report as flushed.
     pub mode: Mode,
     /// Uploads in flight at most.
@@ -102,7 +114,7 @@ pub async fn run(
         });
     }
     let mut context = None;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = RECONNECT_BACKOFF;
     loop {
         let started = Instant::now();
         let outcome =
@@ -112,7 +124,7 @@ pub async fn run(
             shared.metrics.error(error_kind(&e.error));
         }
         if started.elapsed() >= HEALTHY_SESSION {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
         }
         let pause = match outcome {
             Ok(SessionEnd::EndPos | SessionEnd::Shutdown) => return Ok(()),
@@ -122,13 +134,12 @@ pub async fn run(
             }
             Err(e) if e.fatal => return Err(e.error),
             Err(e) => {
-                let pause = crate::backoff::jittered(backoff);
+                let pause = backoff.next_pause();
                 tracing::warn!(
                     "disconnected: {:#}; reconnecting in {:.1}s",
                     e.error,
                     pause.as_secs_f64()
                 );
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 pause
             }
         };
@@ -136,12 +147,25 @@ pub async fn run(
             _ = tokio::time::sleep(pause) => shared.metrics.reconnected(),
             _ = shutdown.changed() => {
                 if let Some(ctx) = &context {
-                    tracing::info!("shutting down: archiving complete segments");
-                    ctx.drain().await?;
+                    tracing::info!("shutting down: archiving what the spool holds");
+                    let left = ctx.drain(Some(Instant::now() + options.shutdown_timeout)).await?;
+                    report_left_in_spool(left, options.shutdown_timeout, &ctx.spool);
                 }
                 return Ok(());
             }
         }
+    }
+}
+
+/// Says what a shutdown left in the spool for the next start, if anything.
+fn report_left_in_spool(left: usize, waited: Duration, spool: &Path) {
+    if left > 0 {
+        tracing::warn!(
+            files = left,
+            spool = %spool.display(),
+            "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start (the slot keeps this WAL on the server)",
+            waited.as_secs()
+        );
     }
 }
 

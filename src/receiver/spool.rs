@@ -3,11 +3,16 @@
 //! - `SEGMENT.partial`: the segment being received, written sequentially from its start.
 //! - `SEGMENT`: a complete segment, fsynced and renamed durably, waiting for its upload; it is
 //!   deleted once the archive holds it.
+//! - `SEGMENT.partial.END`: a kept tail, the bytes of a segment from its start to `END` (16 hex
+//!   digits) that a stream had received when it ended; it is archived as a receiver snapshot
+//!   and then deleted. A stream that ends for any reason (lost connection, crash, shutdown,
+//!   a timeline's end) leaves its `.partial` to be kept this way, so WAL whose flush was
+//!   confirmed in `--synchronous` mode reaches the archive and is never truncated first.
 //! - `walhalla.spool`: the system identifier of the cluster the spool belongs to, so a spool is
 //!   never shared by two clusters.
 //!
-//! After a crash, streaming restarts at the start of the segment of the `.partial` file (the
-//! slot keeps that segment on the server), so its possibly torn tail is never trusted.
+//! Streaming restarts at the start of a segment (the slot keeps that segment on the server),
+//! so a kept tail is never appended to; it only serves a last-resort recovery.
 //! The functions here block: call them through [`crate::blocking::run`].
 
 use std::fs::{File, OpenOptions};
@@ -15,7 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::fsync_dir;
-use crate::wal::{SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
 
 const MARKER: &str = "walhalla.spool";
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -27,6 +32,8 @@ pub struct SpoolContents {
     pub complete: Vec<SegmentName>,
     /// The newest segment that was being received, if any.
     pub partial: Option<SegmentName>,
+    /// Kept tails not yet archived: the segment and the end of what it holds.
+    pub tails: Vec<(SegmentName, Lsn)>,
 }
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
@@ -78,11 +85,89 @@ pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
             Ok(WalFileName::Partial(s)) => {
                 contents.partial = contents.partial.max(Some(s));
             }
-            _ => {}
+            _ => {
+                if let Some(tail) = parse_tail_name(name) {
+                    contents.tails.push(tail);
+                }
+            }
         }
     }
     contents.complete.sort();
+    contents.tails.sort();
     Ok(contents)
+}
+
+/// Parses `SEGMENT.partial.END`, the name of a kept tail.
+fn parse_tail_name(name: &str) -> Option<(SegmentName, Lsn)> {
+    let (segment, end) = name.split_once(&format!("{PARTIAL_SUFFIX}."))?;
+    let Ok(WalFileName::Segment(segment)) = segment.parse::<WalFileName>() else {
+        return None;
+    };
+    if end.len() != 16 || !end.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((segment, Lsn(u64::from_str_radix(end, 16).ok()?)))
+}
+
+/// The path of a kept tail.
+pub fn tail_path(dir: &Path, segment: SegmentName, end: Lsn) -> PathBuf {
+    dir.join(format!("{segment}{PARTIAL_SUFFIX}.{:016X}", end.0))
+}
+
+/// Keeps what the last stream received of its segment: fsyncs the `.partial` file and renames
+/// it durably to `SEGMENT.partial.END`, to be archived as a snapshot. An empty one is removed.
+/// Returns the kept tail, if there was one.
+pub fn keep_tail(dir: &Path, size: SegmentSize) -> io::Result<Option<(SegmentName, Lsn)>> {
+    let Some(segment) = scan(dir)?.partial else {
+        return Ok(None);
+    };
+    let Some(start) = segment.start_lsn(size) else {
+        return Ok(None);
+    };
+    let path = dir.join(format!("{segment}{PARTIAL_SUFFIX}"));
+    let file = File::open(&path)?;
+    file.sync_all()?;
+    let length = file.metadata()?.len().min(u64::from(size.bytes()));
+    drop(file);
+    if length == 0 {
+        std::fs::remove_file(&path)?;
+        fsync_dir(dir)?;
+        return Ok(None);
+    }
+    let end = Lsn(start.0 + length);
+    std::fs::rename(&path, tail_path(dir, segment, end))?;
+    fsync_dir(dir)?;
+    Ok(Some((segment, end)))
+}
+
+/// Reads a kept tail (exactly the bytes up to its end).
+pub fn read_tail(
+    dir: &Path,
+    segment: SegmentName,
+    end: Lsn,
+    size: SegmentSize,
+) -> io::Result<Vec<u8>> {
+    let start = segment
+        .start_lsn(size)
+        .ok_or_else(|| io::Error::other(format!("{segment} is not a segment of this size")))?;
+    let mut bytes = std::fs::read(tail_path(dir, segment, end))?;
+    let length = end.0.saturating_sub(start.0) as usize;
+    if bytes.len() < length {
+        return Err(io::Error::other(format!(
+            "kept tail of {segment} holds {} bytes, its name says {length}",
+            bytes.len()
+        )));
+    }
+    bytes.truncate(length);
+    Ok(bytes)
+}
+
+/// Removes a kept tail once the archive holds it.
+pub fn remove_tail(dir: &Path, segment: SegmentName, end: Lsn) -> io::Result<()> {
+    match std::fs::remove_file(tail_path(dir, segment, end)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The path of a complete segment in the spool.
@@ -155,18 +240,18 @@ impl SegmentWriter {
     }
 
     /// The position of the segment's first byte.
-    pub fn start_lsn(&self) -> crate::wal::Lsn {
+    pub fn start_lsn(&self) -> Lsn {
         self.segno.start_lsn(self.size)
     }
 
     /// The position just past the last byte written.
-    pub fn end_lsn(&self) -> crate::wal::Lsn {
-        crate::wal::Lsn(self.segno.start_lsn(self.size).0 + self.written)
+    pub fn end_lsn(&self) -> Lsn {
+        Lsn(self.segno.start_lsn(self.size).0 + self.written)
     }
 
     /// The position just past the last byte made durable.
-    pub fn synced_lsn(&self) -> crate::wal::Lsn {
-        crate::wal::Lsn(self.segno.start_lsn(self.size).0 + self.synced)
+    pub fn synced_lsn(&self) -> Lsn {
+        Lsn(self.segno.start_lsn(self.size).0 + self.synced)
     }
 
     /// Appends bytes; the caller never passes more than [`SegmentWriter::remaining`].
@@ -221,7 +306,7 @@ mod tests {
         let size = SegmentSize::new(MIB).unwrap();
         let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size).unwrap();
         w.write(&vec![1u8; MIB as usize]).unwrap();
-        assert_eq!(w.end_lsn(), crate::wal::Lsn(4 * u64::from(MIB)));
+        assert_eq!(w.end_lsn(), Lsn(4 * u64::from(MIB)));
         let done = w.finish().unwrap();
         let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
         w.write(b"abc").unwrap();
@@ -234,5 +319,37 @@ mod tests {
         assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
         assert!(scan(dir.path()).unwrap().complete.is_empty());
+    }
+
+    #[test]
+    fn a_kept_tail_holds_what_was_received_and_survives_the_next_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), SystemId(9)).unwrap();
+        let size = SegmentSize::new(MIB).unwrap();
+        assert_eq!(
+            keep_tail(dir.path(), size).unwrap(),
+            None,
+            "nothing to keep"
+        );
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
+        w.write(b"confirmed bytes").unwrap();
+        drop(w);
+        let (segment, end) = keep_tail(dir.path(), size).unwrap().expect("a tail");
+        assert_eq!(end, Lsn(7 * u64::from(MIB) + 15));
+        // The next stream of the same segment truncates nothing that was kept.
+        let w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
+        let contents = scan(dir.path()).unwrap();
+        assert_eq!(contents.tails, vec![(segment, end)]);
+        assert_eq!(contents.partial, Some(w.segment()));
+        assert_eq!(
+            read_tail(dir.path(), segment, end, size).unwrap(),
+            b"confirmed bytes"
+        );
+        remove_tail(dir.path(), segment, end).unwrap();
+        assert!(scan(dir.path()).unwrap().tails.is_empty());
+        // An empty .partial is not kept.
+        drop(w);
+        assert_eq!(keep_tail(dir.path(), size).unwrap(), None);
+        assert_eq!(scan(dir.path()).unwrap().partial, None);
     }
 }

@@ -1,35 +1,49 @@
-//! The uploader: archives complete spool segments, several at a time, compressing on the
-//! blocking pool, and publishes the archived position: everything before the oldest segment
-//! still outstanding (or, with none outstanding, through the newest one handed over) is in
-//! the archive. Transient failures are retried with backoff forever; only a conflict or a
-//! corrupt object stops it.
+//! The uploader: archives complete spool segments and kept tails, several at a time,
+//! compressing on the blocking pool. It says which segments are still outstanding, so the
+//! stream never reports a flush position past WAL that is not in the archive, whatever order
+//! parallel uploads finish in.
+//!
+//! Failures are retried with backoff for as long as the receiver runs: a transient one with a
+//! warning, a permanent one (permission denied, no such bucket) with an error line and in
+//! `/status`, since an operator can fix it while the slot keeps the WAL. Only a contradiction
+//! (the archive holds other bytes under the name, or a corrupt object) stops the uploader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
 use super::spool;
 use crate::archive::{self, ClusterArchive};
+use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
 use crate::envelope::Encoder;
 use crate::metrics::ErrorKind;
-use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, WalFileName};
+use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
 
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(30);
+const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// What the uploader reports back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Everything before this position is in the archive (`None` until a segment is handed over).
-    pub archived: Option<Lsn>,
+    /// Uploads finished so far (a change means the outstanding set shrank).
+    pub finished: u64,
     /// Set when the uploader stopped for good.
     pub fatal: Option<String>,
+}
+
+/// One piece of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Job {
+    /// A complete spool segment.
+    Segment(SegmentName),
+    /// A kept tail: the segment's bytes up to `end`, archived as a receiver snapshot.
+    Tail(SegmentName, Lsn),
 }
 
 /// Handle to a running uploader.
@@ -37,30 +51,67 @@ pub struct Uploader {
     /// Unbounded on purpose: it holds only names of spool files, and the spool limit
     /// (`--spool-max-bytes`) is the backpressure. A bounded queue would block the stream
     /// while the archive is down, starving the status updates the server needs.
-    queue: mpsc::UnboundedSender<SegmentName>,
+    queue: mpsc::UnboundedSender<Job>,
     progress: watch::Receiver<Progress>,
-    /// Segments handed over and not yet archived, and the newest handed over.
-    queued: Arc<Mutex<Outstanding>>,
+    outstanding: Arc<Mutex<Outstanding>>,
+    size: SegmentSize,
     shared: Arc<Shared>,
 }
 
-/// The segments an uploader is responsible for, with when each was handed over.
+/// The work an uploader is responsible for, with when each segment was handed over.
 #[derive(Default)]
 struct Outstanding {
     segments: BTreeMap<SegmentName, SystemTime>,
-    newest: Option<SegmentName>,
+    tails: BTreeSet<(SegmentName, Lsn)>,
 }
 
 impl Outstanding {
-    /// Everything before this position is archived.
-    fn archived(&self, size: SegmentSize) -> Option<Lsn> {
-        let (segment, past) = match self.segments.first_key_value() {
-            Some((oldest, _)) => (*oldest, 0),
-            None => (self.newest?, 1),
-        };
-        segment
-            .segno(size)
-            .map(|n| SegNo(n.0 + past).start_lsn(size))
+    fn contains(&self, job: Job) -> bool {
+        match job {
+            Job::Segment(s) => self.segments.contains_key(&s),
+            Job::Tail(s, end) => self.tails.contains(&(s, end)),
+        }
+    }
+
+    fn insert(&mut self, job: Job) {
+        match job {
+            Job::Segment(s) => {
+                self.segments.insert(s, SystemTime::now());
+            }
+            Job::Tail(s, end) => {
+                self.tails.insert((s, end));
+            }
+        }
+    }
+
+    fn remove(&mut self, job: Job) {
+        match job {
+            Job::Segment(s) => {
+                self.segments.remove(&s);
+            }
+            Job::Tail(s, end) => {
+                self.tails.remove(&(s, end));
+            }
+        }
+    }
+
+    /// The start of the oldest outstanding segment, by position (timelines do not matter:
+    /// positions run on across a switch).
+    fn oldest_segment_start(&self, size: SegmentSize) -> Option<Lsn> {
+        self.segments.keys().filter_map(|s| s.start_lsn(size)).min()
+    }
+
+    /// Bytes of WAL these files hold in the spool.
+    fn bytes(&self, size: SegmentSize) -> u64 {
+        let tails: u64 = self
+            .tails
+            .iter()
+            .map(|(s, end)| {
+                end.0
+                    .saturating_sub(s.start_lsn(size).map_or(end.0, |l| l.0))
+            })
+            .sum();
+        self.segments.len() as u64 * u64::from(size.bytes()) + tails
     }
 
     /// Publishes the queue's depth and age.
@@ -89,15 +140,12 @@ impl Uploader {
         settings: UploadSettings,
         shared: Arc<Shared>,
     ) -> Uploader {
-        let (queue, mut incoming) = mpsc::unbounded_channel::<SegmentName>();
+        let (queue, mut incoming) = mpsc::unbounded_channel::<Job>();
         let size = settings.segment_size;
-        let (progress_tx, progress) = watch::channel(Progress {
-            archived: None,
-            fatal: None,
-        });
+        let (progress_tx, progress) = watch::channel(Progress::default());
         let settings = Arc::new(settings);
-        let queued = Arc::new(Mutex::new(Outstanding::default()));
-        let in_flight = queued.clone();
+        let outstanding = Arc::new(Mutex::new(Outstanding::default()));
+        let in_flight = outstanding.clone();
         let uploader_shared = shared.clone();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
@@ -105,17 +153,17 @@ impl Uploader {
             let mut open = true;
             loop {
                 tokio::select! {
-                    segment = incoming.recv(), if open => {
-                        let Some(segment) = segment else { open = false; continue };
+                    job = incoming.recv(), if open => {
+                        let Some(job) = job else { open = false; continue };
                         let permit = permits.clone().acquire_owned().await.expect("never closed");
                         let (archive, settings, done_tx) = (archive.clone(), settings.clone(), done_tx.clone());
                         let (in_flight, shared) = (in_flight.clone(), shared.clone());
                         tokio::spawn(async move {
-                            let result = upload_until_stored(&archive, &settings, segment, &shared).await;
+                            let result = upload_until_stored(&archive, &settings, job, &shared).await;
                             drop(permit);
                             if result.is_ok() {
                                 let mut in_flight = lock(&in_flight);
-                                in_flight.segments.remove(&segment);
+                                in_flight.remove(job);
                                 in_flight.publish(&shared);
                             }
                             let _ = done_tx.send(result);
@@ -123,13 +171,7 @@ impl Uploader {
                     }
                     Some(result) = done_rx.recv() => {
                         match result {
-                            Ok(()) => {
-                                let archived = lock(&in_flight).archived(size);
-                                if let Some(lsn) = archived {
-                                    shared.metrics.set_archived(lsn.0);
-                                }
-                                progress_tx.send_replace(Progress { archived, fatal: None });
-                            }
+                            Ok(()) => progress_tx.send_modify(|p| p.finished += 1),
                             Err(fatal) => {
                                 progress_tx.send_modify(|p| p.fatal = Some(fatal));
                                 return;
@@ -143,47 +185,81 @@ impl Uploader {
         Uploader {
             queue,
             progress,
-            queued,
+            outstanding,
+            size,
             shared: uploader_shared,
         }
     }
 
     /// Queues a complete spool segment, unless it is queued already. Never waits.
     pub fn enqueue(&self, segment: SegmentName) -> Result<(), String> {
+        self.submit(Job::Segment(segment))
+    }
+
+    /// Queues a kept tail (see [`spool::keep_tail`]), unless it is queued already.
+    pub fn enqueue_tail(&self, segment: SegmentName, end: Lsn) -> Result<(), String> {
+        self.submit(Job::Tail(segment, end))
+    }
+
+    fn submit(&self, job: Job) -> Result<(), String> {
         {
-            let mut queued = lock(&self.queued);
-            if queued.segments.contains_key(&segment) {
+            let mut outstanding = lock(&self.outstanding);
+            if outstanding.contains(job) {
                 return Ok(());
             }
-            queued.segments.insert(segment, SystemTime::now());
-            queued.newest = queued.newest.max(Some(segment));
-            queued.publish(&self.shared);
+            outstanding.insert(job);
+            outstanding.publish(&self.shared);
         }
         self.queue
-            .send(segment)
+            .send(job)
             .map_err(|_| self.fatal_or("uploader stopped"))
     }
 
-    /// Starts a new stream: what is archived is measured from its segments from now on, not
-    /// from the newest segment of an earlier stream (which, after a failover, may lie past the
-    /// new timeline's fork).
-    pub fn new_stream(&self) {
-        lock(&self.queued).newest = None;
+    /// The start of the oldest complete segment not yet archived: nothing from there on may
+    /// be reported as archived.
+    pub fn oldest_outstanding(&self) -> Option<Lsn> {
+        lock(&self.outstanding).oldest_segment_start(self.size)
     }
 
-    /// How many segments are queued or being uploaded.
+    /// Bytes of WAL in the spool waiting for upload.
+    pub fn pending_bytes(&self) -> u64 {
+        lock(&self.outstanding).bytes(self.size)
+    }
+
+    /// How many segments and kept tails are queued or being uploaded.
     pub fn pending(&self) -> usize {
-        lock(&self.queued).segments.len()
-    }
-
-    /// Whether every segment handed over is archived.
-    pub fn is_idle(&self) -> bool {
-        self.pending() == 0
+        let outstanding = lock(&self.outstanding);
+        outstanding.segments.len() + outstanding.tails.len()
     }
 
     /// Watches the uploader's progress.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
+    }
+
+    /// Waits until everything handed over is archived (`Ok(true)`), or `deadline` passes
+    /// (`Ok(false)`: the rest stays in the spool for the next start). An error when the
+    /// uploader stopped for good.
+    pub async fn wait_idle(&self, deadline: Option<Instant>) -> Result<bool, String> {
+        let mut progress = self.progress();
+        loop {
+            if let Some(fatal) = progress.borrow_and_update().fatal.clone() {
+                return Err(fatal);
+            }
+            if self.pending() == 0 {
+                return Ok(true);
+            }
+            let changed = progress.changed();
+            match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
+                    Ok(result) => result.map_err(|_| "the uploader stopped".to_string())?,
+                    Err(_elapsed) => return Ok(false),
+                },
+                None => changed
+                    .await
+                    .map_err(|_| "the uploader stopped".to_string())?,
+            }
+        }
     }
 
     fn fatal_or(&self, default: &str) -> String {
@@ -201,57 +277,93 @@ fn lock(outstanding: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstandi
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Archives one spool segment, retrying transient failures until it is stored; then removes
-/// it from the spool. Returns an error only for what retrying cannot fix.
+/// An upload failure, as the uploader's retries see it: everything but a contradiction is
+/// worth another attempt, even a permanent error an operator must fix.
+struct UploadError(archive::Error);
+
+impl Transient for UploadError {
+    fn is_transient(&self) -> bool {
+        !self.0.is_contradiction()
+    }
+}
+
+/// Archives one job, retrying until it is stored; then removes its file from the spool.
+/// Returns an error only for a contradiction, which retrying cannot fix.
 async fn upload_until_stored(
     archive: &ClusterArchive,
     settings: &UploadSettings,
-    segment: SegmentName,
+    job: Job,
     shared: &Shared,
 ) -> Result<(), String> {
-    let mut pause = FIRST_RETRY;
-    loop {
-        match upload(archive, settings, segment).await {
-            Ok(()) => break,
-            Err(e @ (archive::Error::Conflict { .. } | archive::Error::Corrupt { .. })) => {
-                shared.metrics.error(ErrorKind::Archive);
-                tracing::error!(%segment, "cannot archive: {e}");
-                return Err(format!("archive {segment}: {e}"));
+    let what = match job {
+        Job::Segment(segment) => segment.to_string(),
+        Job::Tail(segment, end) => format!("{segment} up to {end}"),
+    };
+    let stored = retry(
+        UPLOAD_BACKOFF,
+        None,
+        || async { upload(archive, settings, job).await.map_err(UploadError) },
+        |UploadError(e), pause| {
+            shared.metrics.error(ErrorKind::Archive);
+            shared.metrics.archive_failing(Some((e.to_string(), !e.is_transient())));
+            if e.is_transient() {
+                tracing::warn!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
+            } else {
+                tracing::error!(file = %what, retry_in_s = pause.as_secs(), "upload failed, and will until the archive is fixed (permanent error): {e}");
             }
-            Err(e) => {
-                shared.metrics.error(ErrorKind::Archive);
-                tracing::warn!(%segment, retry_in_s = pause.as_secs(), "upload failed: {e}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY);
-            }
+        },
+    )
+    .await;
+    if let Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) = stored {
+        shared.metrics.error(ErrorKind::Archive);
+        tracing::error!(file = %what, "cannot archive: {e}");
+        return Err(format!("archive {what}: {e}"));
+    }
+    shared.metrics.archive_failing(None);
+    let dir = settings.spool.clone();
+    match job {
+        Job::Segment(segment) => {
+            blocking::run(move || spool::remove_complete(&dir, segment))
+                .await
+                .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
+            shared
+                .metrics
+                .segment_archived(u64::from(settings.segment_size.bytes()));
+        }
+        Job::Tail(segment, end) => {
+            blocking::run(move || spool::remove_tail(&dir, segment, end))
+                .await
+                .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
         }
     }
-    let dir = settings.spool.clone();
-    blocking::run(move || spool::remove_complete(&dir, segment))
-        .await
-        .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
-    shared
-        .metrics
-        .segment_archived(u64::from(settings.segment_size.bytes()));
-    tracing::debug!(%segment, "archived");
+    tracing::debug!(file = %what, "archived");
     Ok(())
 }
 
 async fn upload(
     archive: &ClusterArchive,
     settings: &UploadSettings,
-    segment: SegmentName,
+    job: Job,
 ) -> archive::Result<()> {
-    let path = spool::complete_path(&settings.spool, segment);
-    let level = settings.compression_level;
+    let (dir, size, level) = (
+        settings.spool.clone(),
+        settings.segment_size,
+        settings.compression_level,
+    );
     let encoded = blocking::run(move || -> Result<Option<(Bytes, Vec<u8>)>, String> {
-        // SAFETY: a complete spool segment is never written again; it is only removed, after
-        // its upload.
-        let content = match unsafe { crate::fsutil::map_immutable_file(&path) } {
+        let content = match job {
+            // SAFETY: a complete spool segment is never written again; it is only removed,
+            // after its upload.
+            Job::Segment(segment) => unsafe {
+                crate::fsutil::map_immutable_file(&spool::complete_path(&dir, segment))
+            },
+            Job::Tail(segment, end) => spool::read_tail(&dir, segment, end, size).map(Bytes::from),
+        };
+        let content = match content {
             Ok(bytes) => bytes,
             // Files leave the spool only once archived: this one was queued again after that.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("read {}: {e}", path.display())),
+            Err(e) => return Err(format!("read {job:?} from the spool: {e}")),
         };
         let envelope = Encoder::new(level, 1)
             .and_then(|mut e| e.encode(&content))
@@ -266,39 +378,45 @@ async fn upload(
     let Some((content, envelope)) = encoded else {
         return Ok(());
     };
-    archive
-        .put(&WalFileName::Segment(segment), content, envelope)
-        .await
-        .map(|_| ())
+    match job {
+        Job::Segment(segment) => archive
+            .put(&WalFileName::Segment(segment), content, envelope)
+            .await
+            .map(|_| ()),
+        Job::Tail(segment, end) => archive
+            .put_partial_snapshot(segment, end, content, envelope)
+            .await
+            .map(|_| ()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::{SegNo, TimelineId};
 
     #[test]
-    fn archived_is_before_the_oldest_outstanding_segment() {
+    fn the_oldest_outstanding_segment_bounds_what_is_archived() {
         let size = SegmentSize::new(1 << 20).unwrap();
-        let name = |n: u64| SegmentName::new(crate::wal::TimelineId(1), SegNo(n), size);
+        let name = |t: u32, n: u64| SegmentName::new(TimelineId(t), SegNo(n), size);
         let mut o = Outstanding::default();
-        assert_eq!(o.archived(size), None, "nothing handed over yet");
+        assert_eq!(
+            o.oldest_segment_start(size),
+            None,
+            "nothing handed over yet"
+        );
         for n in [5, 6, 7] {
-            o.segments.insert(name(n), SystemTime::now());
-            o.newest = o.newest.max(Some(name(n)));
+            o.insert(Job::Segment(name(1, n)));
         }
-        o.segments.remove(&name(6));
-        assert_eq!(
-            o.archived(size),
-            Some(SegNo(5).start_lsn(size)),
-            "5 is still outstanding"
-        );
-        o.segments.remove(&name(5));
-        assert_eq!(o.archived(size), Some(SegNo(7).start_lsn(size)));
-        o.segments.remove(&name(7));
-        assert_eq!(
-            o.archived(size),
-            Some(SegNo(8).start_lsn(size)),
-            "all done: through the newest"
-        );
+        o.insert(Job::Tail(name(1, 4), Lsn(4 * (1 << 20) + 100)));
+        // 6 finishes before 5: 5 still bounds the archived position.
+        o.remove(Job::Segment(name(1, 6)));
+        assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
+        o.remove(Job::Segment(name(1, 5)));
+        assert_eq!(o.oldest_segment_start(size), Some(SegNo(7).start_lsn(size)));
+        // A later timeline's segment is compared by position.
+        o.insert(Job::Segment(name(2, 3)));
+        assert_eq!(o.oldest_segment_start(size), Some(SegNo(3).start_lsn(size)));
+        assert_eq!(o.bytes(size), 2 * (1 << 20) + 100);
     }
 }

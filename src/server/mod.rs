@@ -258,6 +258,24 @@ pub fn describe_status(status: &serde_json::Value) -> String {
     if let Some(error) = status["archive_error"].as_str() {
         line("archive error", error.to_string());
     }
+    if let Some(failure) = metrics["archive_failure"].as_object() {
+        let kind = match failure["permanent"].as_bool() {
+            Some(true) => "uploads failing (permanent: fix the archive)",
+            _ => "uploads failing (retrying)",
+        };
+        line(kind, failure["message"].as_str().unwrap_or("").to_string());
+    }
+    for gap in metrics["archive_gaps"].as_array().into_iter().flatten() {
+        line(
+            "ARCHIVE GAP (WAL lost)",
+            format!(
+                "{}..{} ({} segments)",
+                gap["first"].as_str().unwrap_or("?"),
+                gap["last"].as_str().unwrap_or("?"),
+                gap["segments"]
+            ),
+        );
+    }
     let fetch = &metrics["fetch"];
     line(
         "fetch requests",

@@ -1,0 +1,314 @@
+//! Where a stream starts, and on which timeline.
+//!
+//! Normally after the newest segment the spool or the archive holds. But the archive may have
+//! holes: parallel uploads store N+1 before N, and losing the host at that moment loses N from
+//! the spool. So the segments from the slot's restart position (the WAL the server still
+//! keeps for the receiver) to the newest held are checked, and streaming starts at the first
+//! one missing: re-received segments that are already archived are stored again harmlessly
+//! (create-only with identical bytes). Missing segments the server no longer keeps are
+//! reported as gaps, loudly, and never treated as archived.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, anyhow};
+
+use super::ReceiveOptions;
+use super::session::{Context, SessionError, archive_history};
+use super::spool;
+use crate::blocking;
+use crate::metrics::ArchiveGap;
+use crate::protocol::connection::Connection;
+use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
+
+/// At most this many groups (4 GiB of WAL each) are listed to look for holes.
+const MAX_GROUPS_CHECKED: u64 = 64;
+
+/// Where and how a stream starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartPlan {
+    /// The timeline to ask for.
+    pub timeline: TimelineId,
+    /// The segment streaming starts at.
+    pub segment: SegNo,
+    /// One past the segments known missing from `segment` on: if the server no longer has
+    /// `segment`, these are lost to the archive.
+    pub missing_until: SegNo,
+    /// The slot keeps this WAL on the server: a server that lacks it is a real problem.
+    pub guaranteed: bool,
+    /// One past the newest segment held.
+    pub resume: SegNo,
+}
+
+/// Plans where to stream from on one timeline: at the first segment missing from what the
+/// archive and the spool hold (`held`, at least from the start of the listing) that is not
+/// known `lost`, else at `resume` (one past the newest held). `keeps_from` is the first
+/// segment the slot keeps on the server, when known: missing segments from there on are
+/// guaranteed; those before it (and after the oldest held) are tried all the same, since
+/// the server may still have them, and become lost only when it says it has not.
+pub fn plan(
+    timeline: TimelineId,
+    held: &BTreeSet<SegNo>,
+    resume: SegNo,
+    keeps_from: Option<SegNo>,
+    lost: &BTreeSet<SegNo>,
+) -> StartPlan {
+    let oldest = held.first().copied().unwrap_or(resume);
+    let from = keeps_from.map_or(oldest, |k| k.min(oldest));
+    let missing = |n: SegNo| !held.contains(&n) && !lost.contains(&n);
+    let segment = (from.0..resume.0)
+        .map(SegNo)
+        .find(|&n| missing(n))
+        .unwrap_or_else(|| {
+            let mut n = resume;
+            while lost.contains(&n) {
+                n = SegNo(n.0 + 1);
+            }
+            n
+        });
+    let missing_until = if segment < resume {
+        (segment.0..resume.0)
+            .map(SegNo)
+            .find(|&n| !missing(n))
+            .unwrap_or(resume)
+    } else {
+        keeps_from
+            .filter(|&k| k > segment)
+            .unwrap_or(SegNo(segment.0 + 1))
+    };
+    StartPlan {
+        timeline,
+        segment,
+        missing_until,
+        guaranteed: keeps_from.is_some_and(|k| segment >= k),
+        resume,
+    }
+}
+
+/// Where to start, and on which timeline. After the newest segment the spool or the archive
+/// holds, or at the first hole the server can still fill; on an empty archive at
+/// `--start-lsn`, else `fallback` (the slot's restart position or the server's current
+/// one). When the server is on a newer timeline, the old timeline is asked for (the server
+/// streams it to its end, then switches), unless the archive holds WAL past the point where
+/// the server's history forked: then streaming restarts at the fork on the timeline that
+/// followed, and what was archived of the old timeline stays.
+pub async fn start_point(
+    options: &ReceiveOptions,
+    ctx: &Context,
+    conn: &mut Connection,
+    server_timeline: TimelineId,
+    slot_restart: Option<Lsn>,
+    fallback: Lsn,
+) -> Result<StartPlan, SessionError> {
+    let size = ctx.segment_size;
+    let spooled = ctx.take_over_spool().await?;
+    let next_after = |s: SegmentName| s.segno(size).map(|n| (s.timeline, SegNo(n.0 + 1)));
+    let at = |s: SegmentName| s.segno(size).map(|n| (s.timeline, n));
+    let held = [
+        spooled.complete.last().and_then(|s| next_after(*s)),
+        spooled.tails.last().and_then(|(s, _)| at(*s)),
+        ctx.cluster.newest_segment().await?.and_then(next_after),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let history = match server_timeline.0 {
+        1 => Vec::new(),
+        _ => archive_history(conn, &ctx.cluster, server_timeline).await?,
+    };
+    let Some((timeline, next)) = held else {
+        let segment = SegNo::containing(options.start_lsn.unwrap_or(fallback), size);
+        return Ok(StartPlan {
+            timeline: server_timeline,
+            segment,
+            missing_until: SegNo(segment.0 + 1),
+            guaranteed: slot_restart.is_some(),
+            resume: segment,
+        });
+    };
+    let (timeline, resume) = if timeline == server_timeline {
+        (timeline, next)
+    } else if timeline > server_timeline {
+        return Err(anyhow!(
+            "{} is on timeline {} but the archive already holds timeline {}: waiting for a server on a newer timeline",
+            conn.host(),
+            server_timeline.0,
+            timeline.0
+        )
+        .into());
+    } else {
+        past_fork(conn, &history, timeline, next, server_timeline, size)?
+    };
+    let begin = SegNo::containing(timeline_begin(&history, timeline), size);
+    let keeps_from = slot_restart.map(|l| SegNo::containing(l, size).max(begin));
+    let per_group = size.segments_per_xlog_id();
+    let newest_group = resume.0.saturating_sub(1) / per_group;
+    let first_group = keeps_from
+        .map_or(newest_group, |k| k.0 / per_group)
+        .max(newest_group.saturating_sub(MAX_GROUPS_CHECKED - 1));
+    let scan_from = SegNo(first_group * per_group).max(begin);
+    let mut held = ctx
+        .cluster
+        .segments_between(timeline, scan_from, resume, size)
+        .await?;
+    held.extend(
+        spooled
+            .complete
+            .iter()
+            .filter(|s| s.timeline == timeline)
+            .filter_map(|s| s.segno(size)),
+    );
+    let plan = plan(
+        timeline,
+        &held,
+        resume,
+        keeps_from.map(|k| k.max(scan_from)),
+        &ctx.lost,
+    );
+    if plan.segment < resume {
+        tracing::warn!(
+            first_missing = %SegmentName::new(timeline, plan.segment, size),
+            newest_held = %SegmentName::new(timeline, SegNo(resume.0 - 1), size),
+            "the archive has a hole: streaming again from its start"
+        );
+    }
+    Ok(plan)
+}
+
+/// Where `timeline` begins: where its parent's history ends (0 for the first timeline).
+fn timeline_begin(history: &[HistoryEntry], timeline: TimelineId) -> Lsn {
+    history
+        .iter()
+        .filter(|e| e.timeline < timeline)
+        .map(|e| e.switch_point)
+        .max()
+        .unwrap_or(Lsn(0))
+}
+
+/// The archive's newest timeline is an ancestor of the server's: continue on it up to the
+/// fork, or, when the archive already holds WAL past the fork, restart at the fork on the
+/// timeline that followed.
+fn past_fork(
+    conn: &Connection,
+    history: &[HistoryEntry],
+    timeline: TimelineId,
+    next: SegNo,
+    server_timeline: TimelineId,
+    size: SegmentSize,
+) -> Result<(TimelineId, SegNo), SessionError> {
+    let Some(position) = history.iter().position(|e| e.timeline == timeline) else {
+        return Err(SessionError::fatal(anyhow!(
+            "the archive holds timeline {}, which is not in the history of {}'s timeline {}",
+            timeline.0,
+            conn.host(),
+            server_timeline.0
+        )));
+    };
+    let switch_point = history[position].switch_point;
+    if next.start_lsn(size) <= switch_point {
+        return Ok((timeline, next));
+    }
+    let successor = history
+        .get(position + 1)
+        .map_or(server_timeline, |e| e.timeline);
+    tracing::warn!(
+        timeline = timeline.0,
+        %switch_point,
+        "the archive holds WAL of timeline {} past where the server's history left it: restarting at the fork on timeline {}",
+        timeline.0,
+        successor.0
+    );
+    Ok((successor, SegNo::containing(switch_point, size)))
+}
+
+impl Context {
+    /// Takes over what an earlier run left in the spool: complete segments and kept tails
+    /// are queued for upload, and a `.partial` is kept as a tail (it may hold WAL whose
+    /// flush was confirmed) before any new stream could truncate it.
+    pub async fn take_over_spool(&self) -> Result<spool::SpoolContents, SessionError> {
+        self.keep_tail(Lsn(0)).await?;
+        let dir = self.spool.clone();
+        let spooled = blocking::run(move || spool::scan(&dir))
+            .await
+            .context("scan the spool")?;
+        for &segment in &spooled.complete {
+            self.uploader
+                .enqueue(segment)
+                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+        }
+        for &(segment, end) in &spooled.tails {
+            self.uploader
+                .enqueue_tail(segment, end)
+                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+        }
+        Ok(spooled)
+    }
+
+    /// Reports missing segments the server no longer keeps: an error line, `/status` and
+    /// `walhalla_archive_gap_segments`.
+    pub(super) fn report_gap(&self, timeline: TimelineId, first: SegNo, last: SegNo) {
+        let size = self.segment_size;
+        let (first, last) = (
+            SegmentName::new(timeline, first, size),
+            SegmentName::new(timeline, last, size),
+        );
+        let segments =
+            last.segno(size).map_or(0, |l| l.0) + 1 - first.segno(size).map_or(0, |f| f.0);
+        tracing::error!(
+            %first, %last, segments,
+            "the archive lacks WAL the server no longer has: these segments are lost to the archive; a recovery through them needs another source (take a new base backup)"
+        );
+        self.shared.metrics.archive_gap(ArchiveGap {
+            first: first.to_string(),
+            last: last.to_string(),
+            segments,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TL: TimelineId = TimelineId(1);
+
+    fn set(segments: &[u64]) -> BTreeSet<SegNo> {
+        segments.iter().map(|&n| SegNo(n)).collect()
+    }
+
+    fn start(held: &[u64], resume: u64, keeps: Option<u64>, lost: &[u64]) -> (u64, u64, bool) {
+        let p = plan(TL, &set(held), SegNo(resume), keeps.map(SegNo), &set(lost));
+        (p.segment.0, p.missing_until.0, p.guaranteed)
+    }
+
+    #[test]
+    fn a_hole_the_slot_still_keeps_is_filled_from_its_start() {
+        // The review's case: slot at 06, archive 06..09 and 12.
+        assert_eq!(start(&[6, 7, 8, 9, 12], 13, Some(6), &[]), (10, 12, true));
+        // The oldest segment itself lost in flight (07 stored before 06).
+        assert_eq!(start(&[7, 8], 9, Some(6), &[]), (6, 7, true));
+        // No hole: after the newest.
+        assert_eq!(start(&[6, 7, 8], 9, Some(6), &[]), (9, 10, true));
+    }
+
+    #[test]
+    fn holes_before_the_slot_are_tried_and_skipped_once_lost() {
+        let held = [2, 3, 6, 7, 10];
+        assert_eq!(start(&held, 11, Some(9), &[]), (4, 6, false));
+        assert_eq!(start(&held, 11, Some(9), &[4, 5]), (8, 9, false));
+        assert_eq!(start(&held, 11, Some(9), &[4, 5, 8]), (9, 10, true));
+        // A slot ahead of everything held: what lies between is tried, then skipped.
+        assert_eq!(start(&held, 11, Some(14), &[4, 5, 8, 9]), (11, 14, false));
+        assert_eq!(
+            start(&held, 11, Some(14), &[4, 5, 8, 9, 11, 12, 13]),
+            (14, 15, true)
+        );
+    }
+
+    #[test]
+    fn without_a_slot_holes_after_the_oldest_held_are_tried() {
+        assert_eq!(start(&[4, 5, 7], 8, None, &[]), (6, 7, false));
+        assert_eq!(start(&[4, 5, 6, 7], 8, None, &[]), (8, 9, false));
+        // Nothing held: where the slot keeps WAL.
+        assert_eq!(start(&[], 8, Some(3), &[]), (3, 8, true));
+    }
+}

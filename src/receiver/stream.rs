@@ -1,0 +1,446 @@
+//! Streaming one timeline: write WAL into the spool, hand complete segments to the uploader,
+//! store snapshots of the segment being received, and answer the server with status updates
+//! whose flush position never passes what is safely stored ([`super::flush`]).
+//!
+//! Liveness, as PostgreSQL's walreceiver does it: an idle primary sends nothing while the
+//! receiver keeps sending status updates, so after half of `--receive-timeout` of silence the
+//! receiver asks for a reply, and only after the whole of it gives up on the connection.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, anyhow};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::flush::{FlushReport, Stored};
+use super::session::{Context, SessionEnd, SessionError, from_conn};
+use super::spool::SegmentWriter;
+use super::{Mode, ReceiveOptions};
+use crate::blocking;
+use crate::envelope::Encoder;
+use crate::protocol::connection::{Connection, CopyMessage};
+use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
+use crate::wal::{Lsn, SegNo, TimelineId};
+
+/// How long a primary that is shutting down waits for the receiver to confirm the end of
+/// the stream before the receiver disconnects instead (it never confirms WAL not stored).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The streaming part of a session.
+pub struct Stream<'a> {
+    conn: &'a mut Connection,
+    writer: Option<SegmentWriter>,
+    options: &'a ReceiveOptions,
+    ctx: &'a mut Context,
+    timeline: TimelineId,
+    /// A snapshot upload of the current segment in flight, and the position it covers.
+    snapshot: Option<(Lsn, JoinHandle<anyhow::Result<()>>)>,
+    /// The end of the newest snapshot of the current segment stored (0: none).
+    snapshot_end: Lsn,
+    /// The end of WAL on the server, as last reported.
+    server_end: Lsn,
+    /// The flush positions reported on this connection.
+    report: FlushReport,
+}
+
+/// How streaming one timeline ended.
+pub enum StreamEnd {
+    /// The session is over.
+    Session(SessionEnd),
+    /// The server ended the timeline; streaming goes on on `next` from `switch_point`.
+    Timeline {
+        /// The next timeline.
+        next: TimelineId,
+        /// Where it branched off.
+        switch_point: Lsn,
+    },
+}
+
+impl<'a> Stream<'a> {
+    /// A stream that has just entered CopyBoth mode, writing into `writer`.
+    pub fn new(
+        conn: &'a mut Connection,
+        writer: SegmentWriter,
+        options: &'a ReceiveOptions,
+        ctx: &'a mut Context,
+        timeline: TimelineId,
+    ) -> Stream<'a> {
+        Stream {
+            conn,
+            writer: Some(writer),
+            options,
+            ctx,
+            timeline,
+            snapshot: None,
+            snapshot_end: Lsn(0),
+            server_end: Lsn(0),
+            report: FlushReport::default(),
+        }
+    }
+
+    /// How far the archive holds the current segment, as a snapshot.
+    pub fn snapshot_end(&self) -> Lsn {
+        self.snapshot_end
+    }
+
+    /// Streams until the session or the timeline ends.
+    pub async fn run(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<StreamEnd, SessionError> {
+        let mut status = tokio::time::interval(self.options.status_interval);
+        let mut partial = self.options.partial_interval.map(tokio::time::interval);
+        let mut progress = self.ctx.uploader.progress();
+        let timeout = self.options.receive_timeout;
+        let mut last_message = Instant::now();
+        let mut ping_sent = false;
+        loop {
+            if let Some(end) = self.options.endpos {
+                if self.written() >= end {
+                    return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
+                }
+            }
+            let spool_full = self.spool_bytes() >= self.options.spool_max_bytes;
+            if spool_full {
+                // Nothing is read while the spool is full, so silence proves nothing.
+                last_message = Instant::now();
+            }
+            let liveness = timeout.map(|t| last_message + if ping_sent { t } else { t / 2 });
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(StreamEnd::Session(self.shut_down().await?)),
+                message = self.conn.read_copy(), if !spool_full => {
+                    last_message = Instant::now();
+                    ping_sent = false;
+                    match message.map_err(from_conn)? {
+                        CopyMessage::Data(payload) => self.handle(payload).await?,
+                        CopyMessage::Done => return self.end_of_timeline().await,
+                        CopyMessage::Complete(tag) => {
+                            return Ok(StreamEnd::Session(SessionEnd::ServerEnded(format!("the server ended streaming ({tag})"))));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(liveness.unwrap_or_else(Instant::now)), if liveness.is_some() => {
+                    let timeout = timeout.expect("guarded");
+                    if ping_sent {
+                        return Err(anyhow!("no message from the server for {}s (--receive-timeout)", timeout.as_secs()).into());
+                    }
+                    // Silent for half the timeout: ask for a reply before giving up.
+                    tracing::debug!("no message from the server for {}s: asking for a reply", (timeout / 2).as_secs());
+                    self.send_status(true).await?;
+                    ping_sent = true;
+                }
+                _ = status.tick() => self.send_status(false).await?,
+                _ = async { partial.as_mut().expect("guarded").tick().await }, if partial.is_some() => {
+                    self.start_snapshot().await?;
+                }
+                changed = progress.changed() => {
+                    changed.map_err(|_| SessionError::fatal(anyhow!("the uploader stopped")))?;
+                    if let Some(fatal) = progress.borrow().fatal.clone() {
+                        return Err(SessionError::fatal(anyhow!(fatal)));
+                    }
+                    if self.options.mode == Mode::Archived {
+                        self.send_status(false).await?;
+                    }
+                }
+                done = async { (&mut self.snapshot.as_mut().expect("guarded").1).await }, if self.snapshot.is_some() => {
+                    let (end, _) = self.snapshot.take().expect("guarded");
+                    if self.snapshot_stored(end, done) {
+                        self.send_status(false).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes note of a finished snapshot upload; says whether it moved what is stored.
+    fn snapshot_stored(
+        &mut self,
+        end: Lsn,
+        done: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    ) -> bool {
+        match done {
+            // Only a snapshot of the segment still being received counts.
+            Ok(Ok(())) if end > self.writer().start_lsn() => {
+                self.snapshot_end = self.snapshot_end.max(end);
+                true
+            }
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::warn!("snapshot of the current segment not stored: {e:#}");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("snapshot task: {e}");
+                false
+            }
+        }
+    }
+
+    /// The server ended the timeline (CopyDone): answer, and read where the next one starts.
+    /// What was received of the old timeline's last segment is kept by the session.
+    async fn end_of_timeline(&mut self) -> Result<StreamEnd, SessionError> {
+        self.conn.send_copy_done().await.map_err(from_conn)?;
+        let rows = self.conn.read_results().await.map_err(from_conn)?;
+        let row = rows.first().ok_or_else(|| {
+            anyhow!(
+                "no next timeline after the end of timeline {}",
+                self.timeline.0
+            )
+        })?;
+        let next = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|t| t.parse::<u32>().ok());
+        let switch_point = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|l| l.parse::<Lsn>().ok());
+        let (Some(next), Some(switch_point)) = (next, switch_point) else {
+            return Err(anyhow!(
+                "unreadable next timeline after timeline {}: {row:?}",
+                self.timeline.0
+            )
+            .into());
+        };
+        if next <= self.timeline.0 {
+            return Err(anyhow!(
+                "the server switched from timeline {} to {next}",
+                self.timeline.0
+            )
+            .into());
+        }
+        self.sync().await?;
+        Ok(StreamEnd::Timeline {
+            next: TimelineId(next),
+            switch_point,
+        })
+    }
+
+    fn writer(&self) -> &SegmentWriter {
+        self.writer
+            .as_ref()
+            .expect("a stream always has a current segment")
+    }
+
+    fn written(&self) -> Lsn {
+        self.writer().end_lsn()
+    }
+
+    /// Bytes in the spool: files waiting for upload, and the current segment.
+    fn spool_bytes(&self) -> u64 {
+        let current = u64::from(self.ctx.segment_size.bytes()) - self.writer().remaining();
+        self.ctx.uploader.pending_bytes() + current
+    }
+
+    /// What is safely stored now.
+    fn stored(&self) -> Stored {
+        let writer = self.writer();
+        Stored {
+            written: writer.end_lsn(),
+            synced: writer.synced_lsn(),
+            segment_start: writer.start_lsn(),
+            oldest_unarchived: self.ctx.uploader.oldest_outstanding(),
+            snapshot_end: self.snapshot_end,
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), SessionError> {
+        let stored = self.stored();
+        let flushed = self.report.next(stored.flushed(self.options.mode));
+        let message = status_update(self.written(), flushed, SystemTime::now(), reply_requested);
+        let metrics = &self.ctx.shared.metrics;
+        metrics.set_flushed(flushed.0);
+        metrics.set_archived(stored.archived().0);
+        metrics.set_spool_bytes(self.spool_bytes());
+        self.conn.queue_copy_data(&message);
+        self.conn.flush().await.map_err(from_conn)
+    }
+
+    async fn handle(&mut self, payload: Bytes) -> Result<(), SessionError> {
+        match parse_server_message(payload)? {
+            ServerMessage::XLogData {
+                start,
+                server_end,
+                data,
+            } => {
+                self.server_end = self.server_end.max(server_end);
+                self.ctx.shared.metrics.set_server_end(server_end.0);
+                if start != self.written() {
+                    return Err(anyhow!(
+                        "the server sent WAL from {start}, expected {}",
+                        self.written()
+                    )
+                    .into());
+                }
+                let data = match self.options.endpos {
+                    Some(end) if start.0 + data.len() as u64 > end.0 => {
+                        data.slice(..(end.0.saturating_sub(start.0)) as usize)
+                    }
+                    _ => data,
+                };
+                self.write(data).await?;
+                if self.options.mode == Mode::Synchronous && !self.conn.has_buffered_message() {
+                    self.sync().await?;
+                    self.send_status(false).await?;
+                }
+            }
+            ServerMessage::Keepalive {
+                server_end,
+                reply_requested,
+            } => {
+                self.server_end = self.server_end.max(server_end);
+                self.ctx.shared.metrics.set_server_end(server_end.0);
+                if reply_requested {
+                    if self.options.mode == Mode::Synchronous {
+                        self.sync().await?;
+                    } else if self.written() >= self.server_end {
+                        self.confirm_caught_up().await?;
+                    }
+                    self.send_status(false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Caught up and asked to confirm: a primary shutting down waits until the reported
+    /// flush position reaches what it sent (walsender.c WalSndDone). Store the current
+    /// segment as a snapshot so the archive holds everything, then the caller reports it.
+    /// When the archive cannot do that in time, disconnect rather than confirm WAL that is
+    /// not stored: the server then shuts down, and its slot keeps what is not archived.
+    async fn confirm_caught_up(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        self.start_snapshot().await?;
+        if let Some((end, task)) = self.snapshot.take() {
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(done) => {
+                    self.snapshot_stored(end, done);
+                }
+                Err(_elapsed) => {}
+            }
+        }
+        let _ = self.ctx.uploader.wait_idle(Some(deadline)).await;
+        if self.stored().archived() >= self.written() {
+            return Ok(());
+        }
+        Err(anyhow!(
+            "the server asked to confirm the end of the stream at {}, but the archive did not store it within {}s; disconnecting so the server can shut down (its slot keeps the WAL not archived)",
+            self.written(),
+            CONFIRM_TIMEOUT.as_secs()
+        )
+        .into())
+    }
+
+    /// Writes WAL into the spool, completing segments as they fill.
+    async fn write(&mut self, mut data: Bytes) -> Result<(), SessionError> {
+        while !data.is_empty() {
+            let take = (self.writer().remaining() as usize).min(data.len());
+            let chunk = data.split_to(take);
+            let mut writer = self.writer.take().expect("current segment");
+            let written = chunk.len() as u64;
+            let writer = blocking::run(move || writer.write(&chunk).map(|()| writer))
+                .await
+                .context("write to the spool")?;
+            self.ctx
+                .shared
+                .metrics
+                .received(writer.end_lsn().0, written);
+            if writer.remaining() > 0 {
+                self.writer = Some(writer);
+                continue;
+            }
+            let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
+            let (dir, timeline, size) =
+                (self.ctx.spool.clone(), self.timeline, self.ctx.segment_size);
+            let (done, writer) = blocking::run(move || -> std::io::Result<_> {
+                let done = writer.finish()?;
+                Ok((done, SegmentWriter::create(&dir, timeline, next, size)?))
+            })
+            .await
+            .context("complete a segment in the spool")?;
+            self.writer = Some(writer);
+            self.snapshot_end = Lsn(0);
+            tracing::debug!(segment = %done, "segment complete");
+            // No waiting here: the spool limit, checked before each read, is the backpressure.
+            self.ctx
+                .uploader
+                .enqueue(done)
+                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> Result<(), SessionError> {
+        let mut writer = self.writer.take().expect("current segment");
+        let writer = blocking::run(move || writer.sync().map(|()| writer))
+            .await
+            .context("fsync the spool")?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Starts storing the current segment as received so far, unless a snapshot is already
+    /// in flight or stored up to here.
+    async fn start_snapshot(&mut self) -> Result<(), SessionError> {
+        let end = self.written();
+        if self.snapshot.is_some() || end <= self.snapshot_end || end == self.writer().start_lsn() {
+            return Ok(());
+        }
+        let content = Bytes::from({
+            let writer = self.writer.take().expect("current segment");
+            let (writer, content) = blocking::run(move || {
+                let content = writer.read_back();
+                (writer, content)
+            })
+            .await;
+            self.writer = Some(writer);
+            content.context("read the spool for a snapshot")?
+        });
+        let segment = self.writer().segment();
+        let (cluster, level) = (self.ctx.cluster.clone(), self.options.compression_level);
+        let task = tokio::spawn(async move {
+            let encoded = content.clone();
+            let envelope =
+                blocking::run(move || Encoder::new(level, 1).and_then(|mut e| e.encode(&encoded)))
+                    .await?;
+            cluster
+                .put_partial_snapshot(segment, end, content, envelope)
+                .await?;
+            tracing::debug!(%segment, %end, "stored a snapshot of the current segment");
+            Ok(())
+        });
+        self.snapshot = Some((end, task));
+        Ok(())
+    }
+
+    /// At `--endpos`: archive everything up to it, then end the session.
+    async fn finish_at_endpos(&mut self, end: Lsn) -> Result<SessionEnd, SessionError> {
+        self.sync().await?;
+        self.ctx.keep_tail(self.snapshot_end).await?;
+        self.ctx.drain(None).await.map_err(SessionError::fatal)?;
+        self.send_status(false).await?;
+        tracing::info!(%end, "reached the end position; everything up to it is archived");
+        Ok(SessionEnd::EndPos)
+    }
+
+    /// On SIGTERM/SIGINT: make the spool durable, keep what was received of the current
+    /// segment, archive what can be within `--shutdown-timeout`, report once more.
+    async fn shut_down(&mut self) -> Result<SessionEnd, SessionError> {
+        self.sync().await?;
+        self.ctx.keep_tail(self.snapshot_end).await?;
+        tracing::info!("shutting down: archiving what the spool holds");
+        let deadline = Instant::now() + self.options.shutdown_timeout;
+        let left = self
+            .ctx
+            .drain(Some(deadline))
+            .await
+            .map_err(SessionError::fatal)?;
+        self.send_status(false).await?;
+        super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
+        Ok(SessionEnd::Shutdown)
+    }
+}
