@@ -3,6 +3,7 @@
 mod catchup;
 mod fetch;
 mod harness;
+mod promises;
 mod push;
 mod readahead;
 mod receive;

@@ -11,11 +11,11 @@ use crate::harness::{
 };
 use crate::push::key_of;
 
-const SEGMENT: u64 = 1 << 20;
+pub const SEGMENT: u64 = 1 << 20;
 
 /// The complete segments in the archive, sorted, and the end of the newest receiver snapshot
 /// of each segment.
-fn archived(archive: &TestArchive) -> (Vec<u64>, Vec<(u64, u64)>) {
+pub fn archived(archive: &TestArchive) -> (Vec<u64>, Vec<(u64, u64)>) {
     let mut segments = Vec::new();
     let mut snapshots = Vec::new();
     let size = SegmentSize::new(SEGMENT as u32).unwrap();
@@ -37,7 +37,7 @@ fn archived(archive: &TestArchive) -> (Vec<u64>, Vec<(u64, u64)>) {
 }
 
 /// Everything before this position is in the archive (contiguous from its first segment).
-fn archive_end(archive: &TestArchive) -> Lsn {
+pub fn archive_end(archive: &TestArchive) -> Lsn {
     let (segments, snapshots) = archived(archive);
     let Some(&first) = segments.first() else {
         return Lsn(0);
@@ -55,7 +55,7 @@ fn archive_end(archive: &TestArchive) -> Lsn {
 }
 
 /// Every segment from the first archived to the newest is there.
-fn assert_contiguous(archive: &TestArchive) {
+pub fn assert_contiguous(archive: &TestArchive) {
     let (segments, _) = archived(archive);
     let (first, newest) = (segments[0], *segments.last().unwrap());
     assert_eq!(
@@ -65,18 +65,18 @@ fn assert_contiguous(archive: &TestArchive) {
     );
 }
 
-fn lsn(pg: &PgCluster, query: &str) -> Lsn {
+pub fn lsn(pg: &PgCluster, query: &str) -> Lsn {
     pg.sql(query).parse().expect("an LSN")
 }
 
-fn wait_streaming(pg: &PgCluster) {
+pub fn wait_streaming(pg: &PgCluster) {
     wait_for("the receiver to stream", Duration::from_secs(60), || {
         let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
         (state == "streaming").then_some(())
     });
 }
 
-fn wait_archive_holds(archive: &TestArchive, segment: &str) {
+pub fn wait_archive_holds(archive: &TestArchive, segment: &str) {
     let size = SegmentSize::new(SEGMENT as u32).unwrap();
     let target = match segment.parse::<WalFileName>() {
         Ok(WalFileName::Segment(s)) => s.segno(size).unwrap().0,

@@ -111,6 +111,13 @@ impl TestArchive {
             .expect("overwrite object");
     }
 
+    /// Deletes the object at `key` behind walhalla's back (a lost upload).
+    pub fn remove(&self, key: &str) {
+        self.runtime
+            .block_on(self.store.delete(&ObjectPath::from(key)))
+            .expect("delete object");
+    }
+
     /// Every object key in the archive, sorted.
     pub fn keys(&self) -> Vec<String> {
         use futures_util::TryStreamExt;

@@ -1,0 +1,416 @@
+//! The receiver keeps its promises against real PostgreSQL: it never skips a hole in the
+//! archive, stays connected to an idle primary, gets WAL it confirmed as a synchronous standby
+//! into the archive when the primary dies, reports a flush position that never goes back,
+//! and shuts down within its deadline while the archive is unreachable.
+
+use std::time::{Duration, Instant};
+
+use walhalla::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
+
+use crate::harness::server::{metric, scrape, wait_until_listening};
+use crate::harness::{
+    Backend, PgCluster, Receiver, S3Server, TcpProxy, TestArchive, TestDir, Walhalla, describe,
+    free_port, http, wait_for,
+};
+use crate::push::key_of;
+use crate::receive::{SEGMENT, archive_end, archived, lsn, wait_archive_holds, wait_streaming};
+
+const SLOT_RESTART: &str =
+    "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walhalla'";
+
+fn name(segno: u64) -> String {
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    SegmentName::new(TimelineId(1), SegNo(segno), size).to_string()
+}
+
+/// Writes WAL and closes `segments` segments; returns the name of the last one closed.
+fn write_segments(pg: &PgCluster, segments: usize) -> String {
+    let mut last = String::new();
+    for _ in 0..segments {
+        pg.write_rows(300);
+        last = pg.switch_wal();
+    }
+    last
+}
+
+/// A receiver without a slot, from `start`: it archives without moving any slot.
+fn slotless_receiver(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, start: Lsn) -> Receiver {
+    let conninfo = pg.conninfo();
+    let start = start.to_string();
+    Receiver::start(
+        wh,
+        archive,
+        &[
+            "-d",
+            &conninfo,
+            "--start-lsn",
+            &start,
+            "--status-interval",
+            "1",
+        ],
+    )
+}
+
+#[test]
+fn a_restarted_receiver_fills_a_hole_the_slot_still_keeps() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("wal_keep_size = 0\nmax_wal_size = '32MB'\nmin_wal_size = '4MB'");
+    pg.start();
+    pg.sql("SELECT pg_create_physical_replication_slot('walhalla', true)");
+    let reserved = lsn(&pg, SLOT_RESTART);
+    let first = reserved.0 / SEGMENT;
+
+    // Segments archived past the slot, as when uploads finished but their flush position
+    // was never reported; then two of them vanish, as uploads in flight when a host is lost.
+    let mut receiver = slotless_receiver(&wh, &archive, &pg, reserved);
+    wait_streaming(&pg);
+    let last = write_segments(&pg, 8);
+    wait_archive_holds(&archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let system_id = pg.system_id();
+    for hole in [first + 3, first + 4] {
+        archive.remove(&key_of(system_id, &name(hole)));
+    }
+    assert_eq!(
+        lsn(&pg, SLOT_RESTART),
+        reserved,
+        "nothing moved the slot yet"
+    );
+
+    // A receiver on the slot, with a fresh spool.
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    let last = write_segments(&pg, 3);
+    wait_archive_holds(&archive, &last);
+    for _ in 0..3 {
+        let restart = lsn(&pg, SLOT_RESTART);
+        let end = archive_end(&archive);
+        assert!(
+            restart <= end,
+            "slot at {restart}, archive contiguous only to {end}"
+        );
+        pg.write_rows(3000);
+        pg.switch_wal();
+        pg.sql("CHECKPOINT");
+    }
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+
+    // Every segment from the slot's original restart position on is archived and fetchable.
+    let (segments, _) = archived(&archive);
+    let newest = *segments.last().unwrap();
+    let out = TestDir::new("out");
+    for segno in first..=newest {
+        assert!(
+            segments.binary_search(&segno).is_ok(),
+            "{} missing from {segments:?}\n{}",
+            name(segno),
+            receiver.log()
+        );
+        let dest = out.path().join(name(segno));
+        let run = wh.run(
+            &archive,
+            &pg.data,
+            &["fetch", &name(segno), dest.to_str().unwrap()],
+        );
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    }
+    assert!(
+        receiver.log().contains("the archive has a hole"),
+        "{}",
+        receiver.log()
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
+#[test]
+fn a_hole_the_server_no_longer_has_is_reported_and_streaming_goes_on() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("wal_keep_size = 0\nmax_wal_size = '32MB'\nmin_wal_size = '4MB'");
+    pg.start();
+    let start = lsn(&pg, "SELECT pg_current_wal_lsn()");
+    let first = start.0 / SEGMENT;
+    let mut receiver = slotless_receiver(&wh, &archive, &pg, start);
+    wait_streaming(&pg);
+    let last = write_segments(&pg, 6);
+    wait_archive_holds(&archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let lost = name(first + 2);
+    archive.remove(&key_of(pg.system_id(), &lost));
+    pg.churn_until_recycled(&lost);
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--listen", &listen]);
+    wait_until_listening(port);
+    wait_for("the gap to be reported", Duration::from_secs(60), || {
+        let status = http::get(port, "/status", None).ok()?.text();
+        status.contains(&lost).then_some(status)
+    });
+    let log = receiver.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&lost) && l.contains("lost to the archive")),
+        "no error line names {lost}:\n{log}"
+    );
+    let gaps = scrape(port, "walhalla_archive_gap_segments").unwrap_or(0.0);
+    assert!(gaps >= 1.0, "walhalla_archive_gap_segments = {gaps}");
+    // It goes on archiving what the server still has.
+    wait_streaming(&pg);
+    let last = write_segments(&pg, 2);
+    let newest = last_segno(&last);
+    wait_for("new WAL archived", Duration::from_secs(60), || {
+        archived(&archive).0.contains(&newest).then_some(())
+    });
+}
+
+/// The segment number of a segment name on timeline 1.
+fn last_segno(name: &str) -> u64 {
+    let size = SegmentSize::new(SEGMENT as u32).unwrap();
+    match name.parse::<walhalla::wal::WalFileName>() {
+        Ok(walhalla::wal::WalFileName::Segment(s)) => s.segno(size).unwrap().0,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The walsender serving the receiver: its pid.
+fn walsender_pid(pg: &PgCluster) -> String {
+    pg.sql("SELECT coalesce(max(pid)::text, '') FROM pg_stat_replication WHERE application_name = 'walhalla'")
+}
+
+#[test]
+fn an_idle_primary_keeps_its_receiver_connected() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let conninfo = pg.conninfo();
+    // The defaults: status every 10 s, --receive-timeout 60 s, wal_sender_timeout 60 s.
+    let receiver = Receiver::start(
+        &wh,
+        &archive,
+        &[
+            "-d",
+            &conninfo,
+            "-S",
+            "walhalla",
+            "--create-slot",
+            "--listen",
+            &listen,
+        ],
+    );
+    wait_streaming(&pg);
+    wait_until_listening(port);
+    let pid = walsender_pid(&pg);
+    assert!(!pid.is_empty());
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(200) {
+        std::thread::sleep(Duration::from_secs(10));
+        assert_eq!(
+            walsender_pid(&pg),
+            pid,
+            "the receiver reconnected after {:?} of an idle primary:\n{}",
+            idle.elapsed(),
+            receiver.log()
+        );
+    }
+    let page = http::get(port, "/metrics", None).unwrap().text();
+    assert_eq!(
+        metric(&page, "walhalla_reconnects_total"),
+        Some(0.0),
+        "{page}"
+    );
+    assert_eq!(metric(&page, "walhalla_connected"), Some(1.0), "{page}");
+    let log = receiver.log();
+    assert!(!log.contains("disconnected"), "{log}");
+    assert!(
+        log.contains("asking for a reply"),
+        "no ping was needed?\n{log}"
+    );
+}
+
+#[test]
+fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
+    pg.start();
+    // No periodic snapshot: only what the receiver does when it loses the primary counts.
+    let receiver = Receiver::on_slot(
+        &wh,
+        &archive,
+        &pg.conninfo(),
+        &["--synchronous", "--partial-interval", "0"],
+    );
+    wait_streaming(&pg);
+    wait_for(
+        "the receiver to be the synchronous standby",
+        Duration::from_secs(30),
+        || {
+            (pg.sql("SELECT coalesce(max(sync_state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'") == "sync").then_some(())
+        },
+    );
+    pg.sql("CREATE TABLE confirmed (id int primary key)");
+    // The backup's WAL comes from the archive alone.
+    let mut restored = PgCluster::from_backup(&pg, "restored", "none");
+    let backup_end = pg.switch_wal();
+    wait_archive_holds(&archive, &backup_end);
+    for i in 1..=40 {
+        // Each commit returns only once the receiver confirmed its flush.
+        pg.sql(&format!("INSERT INTO confirmed VALUES ({i})"));
+    }
+    let system_id = pg.system_id();
+    pg.stop("immediate");
+    let stopped = Instant::now();
+
+    let snapshot = wait_for(
+        "the confirmed WAL to reach the archive",
+        Duration::from_secs(15),
+        || {
+            archive
+                .keys()
+                .into_iter()
+                .find(|k| k.contains(&format!("{system_id}/wal/")) && k.contains(".partial."))
+        },
+    );
+    eprintln!(
+        "{snapshot} stored {:?} after the primary died",
+        stopped.elapsed()
+    );
+    restored.recover_from_archive(&format!(
+        "{} --archive {} fetch --partial %f %p",
+        wh.path().display(),
+        archive.url()
+    ));
+    assert_eq!(restored.sql("SELECT count(*) FROM confirmed"), "40");
+    assert!(
+        receiver.log().contains("keeping the end of the stream"),
+        "{}",
+        receiver.log()
+    );
+    drop(receiver);
+}
+
+#[test]
+fn the_reported_flush_position_never_goes_back() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--partial-interval", "1"]);
+    wait_streaming(&pg);
+    let pid = walsender_pid(&pg);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let samples = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(pg.sql(
+                    "SELECT coalesce(flush_lsn::text, 'NULL') FROM pg_stat_replication WHERE application_name = 'walhalla'",
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        // A load, a caught-up idle phase with snapshots, a segment switch, idle again.
+        for _ in 0..4 {
+            pg.write_rows(400);
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        pg.write_rows(100);
+        std::thread::sleep(Duration::from_secs(3));
+        pg.switch_wal();
+        std::thread::sleep(Duration::from_secs(4));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    });
+    assert_eq!(walsender_pid(&pg), pid, "one connection throughout");
+    let mut previous: Option<Lsn> = None;
+    for sample in &samples {
+        if sample == "NULL" || sample.is_empty() {
+            assert!(
+                previous.is_none(),
+                "flush_lsn NULL after {previous:?}: {samples:?}"
+            );
+            continue;
+        }
+        let flushed: Lsn = sample.parse().unwrap();
+        if let Some(previous) = previous {
+            assert!(
+                flushed >= previous,
+                "flush_lsn went back from {previous} to {flushed}: {samples:?}"
+            );
+        }
+        previous = Some(flushed);
+    }
+    let first = samples.iter().position(|s| s != "NULL" && !s.is_empty());
+    assert!(
+        first.is_some_and(|i| i < samples.len() / 2),
+        "{samples:?}\n{}",
+        receiver.log()
+    );
+    // It moved: through the snapshots and the switch.
+    assert!(
+        previous.unwrap() > samples[first.unwrap()].parse().unwrap(),
+        "{samples:?}"
+    );
+}
+
+#[test]
+fn shutdown_during_an_archive_outage_keeps_its_deadline_and_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&proxy.endpoint());
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let mut receiver = Receiver::on_slot_via(
+        &wh,
+        &archive,
+        env,
+        &conninfo,
+        &["--shutdown-timeout", "5", "--timeout", "5"],
+    );
+    wait_streaming(&pg);
+    let before = write_segments(&pg, 1);
+    wait_archive_holds(&archive, &before);
+    proxy.pause();
+    let last = write_segments(&pg, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let stopping = Instant::now();
+    let status = receiver.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status:?}\n{}", receiver.log());
+    assert!(
+        took < Duration::from_secs(12),
+        "shutdown took {took:?} with --shutdown-timeout 5\n{}",
+        receiver.log()
+    );
+    assert!(
+        receiver.log().contains("left in the spool"),
+        "{}",
+        receiver.log()
+    );
+    // The next start archives what the spool kept.
+    proxy.resume();
+    let spool = receiver.spool.clone();
+    let args = [
+        "-d",
+        conninfo.as_str(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+    ];
+    let mut receiver = Receiver::restart(&wh, &archive, &spool, &args);
+    wait_archive_holds(&archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
