@@ -7,11 +7,13 @@ mod fetch;
 mod namespace;
 mod prefetch;
 mod push;
+mod sources;
 
-pub use fetch::{FetchOptions, FetchOutcome, fetch};
+pub use fetch::{FetchOptions, fetch};
 pub use namespace::{NamespaceError, resolve_system_id};
 pub use prefetch::run_worker as run_prefetch_worker;
 pub use push::push;
+pub use sources::FetchOutcome;
 
 use anyhow::Context;
 use tokio::time::Instant;

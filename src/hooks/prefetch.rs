@@ -31,7 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::fetch::{FetchOptions, FetchOutcome, Sources, check_segment_file};
+use super::sources::{FetchOutcome, Sources, check_segment_file};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -216,15 +216,16 @@ pub async fn request(
     segment: SegmentName,
     size: SegmentSize,
     config: &Config,
-    options: &FetchOptions,
+    client: &ClientSettings,
+    depth: usize,
 ) {
     let cache = cache.clone();
-    let (config, options) = (config.clone(), options.clone());
+    let (config, client) = (config.clone(), client.clone());
     let started = blocking::run(move || -> anyhow::Result<()> {
         cache.write_wanted(segment, size)?;
         // Released before the worker starts, which takes it for its whole life.
         if cache.try_lock()?.is_some() {
-            spawn_worker(&cache, &config, &options)?;
+            spawn_worker(&cache, &config, &client, depth)?;
         }
         Ok(())
     })
@@ -235,7 +236,12 @@ pub async fn request(
 }
 
 /// Starts `walhalla prefetch-worker` in the background with the settings of this fetch.
-fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyhow::Result<()> {
+fn spawn_worker(
+    cache: &Cache,
+    config: &Config,
+    client: &ClientSettings,
+    depth: usize,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locate the walhalla binary")?;
     let mut command = std::process::Command::new(exe);
     if let Some(archive) = &config.archive {
@@ -250,8 +256,7 @@ fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyho
         .arg("prefetch-worker")
         .arg(&cache.dir)
         .arg("--prefetch")
-        .arg(options.prefetch.to_string());
-    let client = &options.client;
+        .arg(depth.to_string());
     for (flag, value) in [
         ("--server", client.server.as_ref().map(PathBuf::from)),
         ("--token-file", client.token_file.clone()),
