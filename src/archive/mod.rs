@@ -53,7 +53,7 @@ pub enum Error {
         op: &'static str,
         /// The object or folder.
         key: String,
-        /// The deadline in seconds.
+        /// The time the operation was given, in seconds.
         seconds: u64,
         /// The last transient error before the deadline, if any.
         last: Option<object_store::Error>,
@@ -210,8 +210,11 @@ impl Archive {
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let own = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let own = started + self.timeout;
         let deadline = self.deadline.map_or(own, |overall| overall.min(own));
+        // What this operation was given, rounded: less than `--timeout` under a deadline.
+        let allowed = (deadline.saturating_duration_since(started).as_millis() as u64 + 500) / 1000;
         retry(deadline, &format!("{op} {key}"), attempt)
             .await
             .map_err(|failure| match failure {
@@ -223,7 +226,7 @@ impl Archive {
                 Failure::DeadlineExceeded(last) => Error::Timeout {
                     op,
                     key: key.to_string(),
-                    seconds: self.timeout.as_secs(),
+                    seconds: allowed,
                     last,
                 },
             })

@@ -5,13 +5,14 @@
 use std::path::Path;
 
 use anyhow::anyhow;
+use tokio::time::Instant;
 
 use super::prefetch::{self, Cache};
 use super::sources::{FetchOutcome, Sources};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
-use crate::wal::WalFileName;
+use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// The name PostgreSQL gives `%p` when it restores a segment (xlogrecovery.c).
 const RECOVERY_SEGMENT: &str = "RECOVERYXLOG";
@@ -27,19 +28,22 @@ pub struct FetchOptions {
     pub prefetch: usize,
 }
 
-/// Restores `name` to `dest`; the data directory is the current directory.
+/// Restores `name` to `dest`; the data directory is the current directory. The whole call
+/// ends within `--timeout`. Readahead only makes fetches faster: a problem with its cache is
+/// a warning, and the file is fetched directly.
 pub async fn fetch(
     config: &Config,
     name: &str,
     dest: &Path,
     options: &FetchOptions,
 ) -> anyhow::Result<FetchOutcome> {
+    let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    let sources = Sources::new(config, &options.client)?;
+    let sources = Sources::new(config, &options.client, Some(deadline))?;
     // Readahead serves PostgreSQL's recovery, which restores every segment as RECOVERYXLOG;
     // a fetch by hand to some other file starts no background worker.
     let for_recovery = dest.file_name().is_some_and(|n| n == RECOVERY_SEGMENT);
-    let prefetching = match name {
+    let mut prefetching = match name {
         WalFileName::Segment(segment)
             if options.prefetch > 0 && !options.partial && for_recovery =>
         {
@@ -47,34 +51,53 @@ pub async fn fetch(
         }
         _ => None,
     };
-    if let Some((segment, cache)) = &prefetching {
+    if let Some((segment, cache)) = prefetching.clone() {
         let expected = sources.declared_system_id()?;
-        let (taker, segment, to) = (cache.clone(), *segment, dest.to_path_buf());
-        let taken = blocking::run(move || taker.take(segment, &to, expected)).await?;
-        if let Some(size) = taken {
-            prefetch::request(
-                cache,
-                segment,
-                size,
-                config,
-                &options.client,
-                options.prefetch,
-            )
-            .await;
-            return Ok(FetchOutcome::Restored);
+        let (taker, to) = (cache.clone(), dest.to_path_buf());
+        let taking = blocking::run(move || taker.take(segment, &to, expected));
+        // The cache is local: past the deadline the file system hangs, and nothing is left
+        // for a direct fetch either.
+        let taken = tokio::time::timeout_at(deadline, taking)
+            .await
+            .map_err(|_| anyhow!("{cache}: no answer within --timeout"))?;
+        match taken {
+            Ok(Some(size)) => {
+                record(&cache, segment, size, config, options, deadline).await;
+                return Ok(FetchOutcome::Restored);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("{cache}: {e:#}; fetching {segment} directly, without readahead");
+                prefetching = None;
+            }
         }
     }
     let (outcome, size) = sources.restore(&name, dest, options.partial).await?;
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
-        prefetch::request(
-            cache,
-            *segment,
-            size,
-            config,
-            &options.client,
-            options.prefetch,
-        )
-        .await;
+        record(cache, *segment, size, config, options, deadline).await;
     }
     Ok(outcome)
+}
+
+/// Records the request for readahead, by the deadline; the file is already in place, so a
+/// failure is only a warning.
+async fn record(
+    cache: &Cache,
+    segment: SegmentName,
+    size: SegmentSize,
+    config: &Config,
+    options: &FetchOptions,
+    deadline: Instant,
+) {
+    let requesting = prefetch::request(
+        cache,
+        segment,
+        size,
+        config,
+        &options.client,
+        options.prefetch,
+    );
+    if tokio::time::timeout_at(deadline, requesting).await.is_err() {
+        tracing::warn!("{cache}: readahead not recorded within --timeout");
+    }
 }

@@ -4,9 +4,11 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use reqwest::header::CONTENT_ENCODING;
+use tokio::time::Instant;
 
 use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
@@ -33,27 +35,40 @@ pub enum FetchOutcome {
 pub struct Sources {
     server: Option<ServerClient>,
     config: Config,
+    /// When a hook's whole run must end; without one (the prefetch worker, which makes many
+    /// restores) each restore gets its own `--timeout`.
+    deadline: Option<Instant>,
     /// The archive, opened on first use.
     archive: tokio::sync::OnceCell<Archive>,
 }
 
 impl Sources {
-    /// The sources `config` and `client` name; at least one is required.
-    pub fn new(config: &Config, client: &ClientSettings) -> anyhow::Result<Sources> {
-        // With an archive to fall back to, a server that does not answer gets half the time.
-        let server_timeout = match config.archive {
-            Some(_) => config.timeout / 2,
-            None => config.timeout,
-        };
-        let server = ServerClient::new(client, server_timeout)?;
+    /// The sources `config` and `client` name; at least one is required. With a `deadline`,
+    /// every restore ends by then.
+    pub fn new(
+        config: &Config,
+        client: &ClientSettings,
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<Sources> {
+        let server = ServerClient::new(client, Self::server_share(config))?;
         if server.is_none() {
             config.archive()?;
         }
         Ok(Sources {
             server,
             config: config.clone(),
+            deadline,
             archive: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The part of `--timeout` the server gets: half when an archive is there to fall back
+    /// to, else all of it.
+    fn server_share(config: &Config) -> Duration {
+        match config.archive {
+            Some(_) => config.timeout / 2,
+            None => config.timeout,
+        }
     }
 
     /// The cluster named by `--system-id`, else by `pg_control` in the current directory.
@@ -64,18 +79,37 @@ impl Sources {
         }
     }
 
-    /// Restores `name` to `dest`; for a segment, also says its size. The server, when
-    /// configured, gets `--timeout` (half of it when an archive is there to fall back to),
-    /// then the archive gets `--timeout`.
+    /// Restores `name` to `dest`; for a segment, also says its size. One deadline covers
+    /// the call (the hook's, else `--timeout` from now): the server, when configured, has
+    /// until half of `--timeout` is left when an archive is there to fall back to, and the
+    /// archive gets what is left.
     pub async fn restore(
         &self,
         name: &WalFileName,
         dest: &Path,
         partial: bool,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        let timeout = self.config.timeout;
+        let deadline = self.deadline.unwrap_or_else(|| Instant::now() + timeout);
         let declared = self.declared_system_id()?;
         if let (Some(server), false) = (&self.server, partial) {
-            match self.ask_server(server, name, dest, declared).await {
+            let share = Self::server_share(&self.config);
+            let server_until = deadline
+                .checked_sub(timeout - share)
+                .unwrap_or_else(Instant::now);
+            let answer = tokio::time::timeout_at(
+                server_until,
+                self.ask_server(server, name, dest, declared),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "server {} gave no answer for {name} within {}s",
+                    server.url(),
+                    share.as_secs_f32()
+                ))
+            });
+            match answer {
                 Ok(answer) => return Ok(answer),
                 Err(e) if self.config.archive.is_some() => {
                     tracing::warn!("{e:#}; reading the archive directly");
@@ -83,12 +117,11 @@ impl Sources {
                 Err(e) => return Err(e),
             }
         }
-        let timeout = self.config.timeout;
-        tokio::time::timeout(timeout, self.read_archive(name, dest, partial, declared))
+        tokio::time::timeout_at(deadline, self.read_archive(name, dest, partial, declared))
             .await
             .unwrap_or_else(|_| {
                 Err(anyhow!(
-                    "{name}: the archive gave no answer within {}s (--timeout)",
+                    "{name}: the archive gave no answer within --timeout ({}s)",
                     timeout.as_secs()
                 ))
             })
@@ -194,10 +227,11 @@ impl Sources {
         partial: bool,
         declared: Option<SystemId>,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        // No overall deadline inside: `restore` bounds each call, and a worker makes many.
+        // A hook's archive ends every operation by its deadline; a worker's gives each its
+        // own `--timeout`, and `restore` bounds each call.
         let archive = self
             .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, None))
+            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
             .await?;
         let system_id = super::resolve_system_id(declared, Path::new("."), None, archive)
             .await

@@ -1,6 +1,11 @@
-//! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names.
+//! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names,
+//! one deadline for the whole call.
 
-use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe};
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Backend, PgCluster, S3Server, TcpProxy, TestArchive, TestDir, Walhalla, as_pg_user, describe,
+};
 use crate::push::key_of;
 
 /// A cluster with one segment pushed to `archive`; returns the cluster and the segment name.
@@ -196,4 +201,56 @@ fn a_misconfigured_or_unreachable_archive_stops_recovery() {
         describe(&run)
     );
     assert!(!dest.exists());
+}
+
+#[test]
+fn one_deadline_covers_the_server_and_the_archive() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let (pg, name) = one_archived_segment(&wh, &archive);
+    // The kernel completes connections to a listener nobody accepts on: a server that takes
+    // the request and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", silent.local_addr().unwrap());
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = || {
+        let started = Instant::now();
+        let run = as_pg_user(wh.path())
+            .current_dir(&pg.data)
+            .args(["--archive", archive.url(), "--timeout", "4", "fetch"])
+            .args(["--server", &server, &name])
+            .arg(&dest)
+            .envs(S3Server::env_for(&proxy.endpoint()))
+            .output()
+            .expect("run walhalla fetch");
+        (run, started.elapsed())
+    };
+
+    // Neither answers: the server gets half of --timeout, the archive what is left.
+    proxy.pause();
+    let (run, took) = fetch();
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert!(
+        took < Duration::from_millis(5500),
+        "fetch took {took:?} with --timeout 4: {}",
+        describe(&run)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("reading the archive directly"),
+        "the archive was not tried after the server: {stderr}"
+    );
+    assert!(!dest.exists());
+
+    // The archive reachable again: what the server's half leaves is enough.
+    proxy.resume();
+    let (run, took) = fetch();
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(took < Duration::from_millis(5500), "fetch took {took:?}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(pg.data.join("pg_wal").join(&name)).unwrap()
+    );
 }
