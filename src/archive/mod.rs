@@ -75,6 +75,17 @@ pub enum Error {
         /// CRC-32 of what was offered.
         offered_crc: u32,
     },
+    /// The archive holds nothing at all for the cluster: a miss there is more likely a wrong
+    /// location or prefix, or an unmounted directory, than the end of the WAL.
+    #[error(
+        "archive {location} holds nothing for cluster {system_id}: wrong location or prefix, an unmounted directory, or nothing archived yet?"
+    )]
+    NothingArchived {
+        /// The archive.
+        location: Location,
+        /// The cluster.
+        system_id: SystemId,
+    },
     /// An archived object failed verification.
     #[error("archived object {key} is corrupt: {error}")]
     Corrupt {
@@ -459,10 +470,9 @@ impl ClusterArchive {
             .map(|object| (key.to_string(), object)))
     }
 
-    /// Whether the archive holds anything at all for this cluster. A miss in an archive that
-    /// holds nothing is more likely a wrong location, prefix or unmounted directory than the
-    /// end of the WAL, and must not end a recovery early.
-    pub async fn has_objects(&self) -> Result<bool> {
+    /// Fails with [`Error::NothingArchived`] when the archive holds nothing at all for this
+    /// cluster. A miss in such an archive must not end a recovery early.
+    pub async fn ensure_not_empty(&self) -> Result<()> {
         let prefix = cluster_prefix(&self.archive.root, self.system_id);
         let listing = self
             .archive
@@ -470,7 +480,13 @@ impl ClusterArchive {
                 self.archive.store.list_with_delimiter(Some(&prefix))
             })
             .await?;
-        Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+        if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
+            return Err(Error::NothingArchived {
+                location: self.archive.location.clone(),
+                system_id: self.system_id,
+            });
+        }
+        Ok(())
     }
 
     /// The stored envelope of `name`, not yet verified, or `None` when the archive lacks it.

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use tokio::time::Instant;
 
 use super::prefetch::{self, Cache};
-use super::sources::{FetchOutcome, Sources};
+use super::sources::{FetchOutcome, Sources, nothing_archived};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -16,6 +16,10 @@ use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// The name PostgreSQL gives `%p` when it restores a segment (xlogrecovery.c).
 const RECOVERY_SEGMENT: &str = "RECOVERYXLOG";
+
+/// The file whose presence in the data directory puts PostgreSQL in standby mode (it wins
+/// over `recovery.signal`, in PostgreSQL as here).
+const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// Options of `walhalla fetch`.
 #[derive(Clone, Debug, Default)]
@@ -72,7 +76,17 @@ pub async fn fetch(
             }
         }
     }
-    let (outcome, size) = sources.restore(&name, dest, options.partial).await?;
+    let (outcome, size) = match sources.restore(&name, dest, options.partial).await {
+        Ok(answer) => answer,
+        // A new standby probes an archive nothing was pushed to yet (its primary archives
+        // elsewhere, or not yet): "not found" lets it stream; a refusal would stop it. In
+        // archive recovery, the refusal stands: "not found" would end recovery early.
+        Err(e) if nothing_archived(&e) && in_standby_mode() => {
+            tracing::warn!("{e:#} (standby mode: {name} taken as not archived)");
+            (FetchOutcome::NotFound, None)
+        }
+        Err(e) => return Err(e),
+    };
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
     }
@@ -100,4 +114,10 @@ async fn record(
     if tokio::time::timeout_at(deadline, requesting).await.is_err() {
         tracing::warn!("{cache}: readahead not recorded within --timeout");
     }
+}
+
+/// Whether PostgreSQL runs this fetch in standby mode: `standby.signal` in the data
+/// directory, which is the current directory of a restore_command.
+fn in_standby_mode() -> bool {
+    Path::new(STANDBY_SIGNAL).exists()
 }

@@ -10,9 +10,10 @@ use anyhow::{Context, anyhow, bail};
 use reqwest::header::CONTENT_ENCODING;
 use tokio::time::Instant;
 
-use crate::archive::{Archive, ClusterArchive};
+use super::namespace::NamespaceError;
+use crate::archive::{self, Archive, ClusterArchive};
 use crate::blocking;
-use crate::client::{ClientSettings, ServerClient};
+use crate::client::{ClientSettings, ServerClient, ServerError};
 use crate::config::Config;
 use crate::envelope;
 use crate::fsutil::TempFile;
@@ -134,7 +135,18 @@ impl Sources {
         dest: &Path,
         declared: Option<SystemId>,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let mut response = server.wal(name, declared).await?;
+        let mut response = match server.wal(name, declared).await {
+            Ok(response) => response,
+            Err(ServerError::NothingArchived { system_id, .. })
+                if declared.is_some_and(|ours| ours != system_id) =>
+            {
+                bail!(
+                    "server {} answered for cluster {system_id}, not this cluster",
+                    server.url()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
         let header = |h: &str| {
             response
                 .headers()
@@ -243,10 +255,10 @@ impl Sources {
                 (true, WalFileName::Segment(segment)) => {
                     match cluster.newest_partial_snapshot(*segment).await? {
                         Some((key, object)) => (object, key, true),
-                        None => return not_found(&cluster, archive).await,
+                        None => return not_found(&cluster).await,
                     }
                 }
-                _ => return not_found(&cluster, archive).await,
+                _ => return not_found(&cluster).await,
             },
         };
         let (name, dest) = (*name, dest.to_path_buf());
@@ -272,19 +284,28 @@ fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
 }
 
 /// Quiet when the archive is simply at its end (PostgreSQL probes for history files that do
-/// not exist); an error when it holds nothing at all for this cluster.
+/// not exist); an error ([`archive::Error::NothingArchived`]) when it holds nothing at all for
+/// this cluster.
 async fn not_found(
     cluster: &ClusterArchive,
-    archive: &Archive,
 ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-    if !cluster.has_objects().await? {
-        bail!(
-            "archive {} holds nothing for cluster {}: wrong --archive location or prefix, or an unmounted directory?",
-            archive.location(),
-            cluster.system_id()
-        );
-    }
+    cluster.ensure_not_empty().await?;
     Ok((FetchOutcome::NotFound, None))
+}
+
+/// Whether `error` says that the archive holds nothing for this cluster (read directly, as
+/// the fetch server reports it, or no cluster at all when none is named): the one refusal a
+/// standby takes for "not found".
+pub fn nothing_archived(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref(),
+            Some(archive::Error::NothingArchived { .. })
+        ) || matches!(
+            cause.downcast_ref(),
+            Some(ServerError::NothingArchived { .. })
+        ) || matches!(cause.downcast_ref(), Some(NamespaceError::NoCluster(_)))
+    })
 }
 
 /// Writes what `produce` writes into a temporary file beside `dest`, checks it against its

@@ -1,10 +1,13 @@
 //! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names,
-//! one deadline for the whole call.
+//! one deadline for the whole call, and an archive that holds nothing yet for the cluster.
 
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Backend, PgCluster, S3Server, TcpProxy, TestArchive, TestDir, Walhalla, as_pg_user, describe,
+    Backend, PgCluster, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla, as_pg_user,
+    describe, wait_for,
 };
 use crate::push::key_of;
 
@@ -253,4 +256,106 @@ fn one_deadline_covers_the_server_and_the_archive() {
         std::fs::read(&dest).unwrap(),
         std::fs::read(pg.data.join("pg_wal").join(&name)).unwrap()
     );
+}
+
+/// A primary that archives nothing to `archive`, an empty `archive`, and a fetch server on
+/// it for the primary's cluster.
+fn primary_and_empty_archive(wh: &Walhalla) -> (PgCluster, TestArchive, Server) {
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    primary.start();
+    primary.write_rows(100);
+    assert!(archive.keys().is_empty());
+    let id = primary.system_id().to_string();
+    let server = Server::start(wh, &archive, &["--system-id", &id]);
+    (primary, archive, server)
+}
+
+/// The probe PostgreSQL makes first with `recovery_target_timeline = 'latest'`, made in
+/// `data` as PostgreSQL makes it, from `source` (`--archive URL` or `--server URL`).
+fn probe_history(wh: &Walhalla, data: &Path, source: [&str; 2]) -> Output {
+    as_pg_user(wh.path())
+        .current_dir(data)
+        .arg("fetch")
+        .args(source)
+        .args(["00000002.history", "pg_wal/RECOVERYHISTORY"])
+        .output()
+        .expect("run walhalla fetch")
+}
+
+#[test]
+fn a_new_standby_streams_while_the_archive_holds_nothing_for_its_cluster() {
+    let wh = Walhalla::install();
+    let (primary, archive, server) = primary_and_empty_archive(&wh);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+
+    // Read directly or through the fetch server: "not found", with one warning line.
+    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
+        let run = probe_history(&wh, &standby.data, source);
+        assert_eq!(run.status.code(), Some(1), "{source:?}: {}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{source:?}: one line: {stderr}");
+        assert!(
+            stderr.contains("WARN") && stderr.contains("holds nothing for cluster"),
+            "{source:?}: {stderr}"
+        );
+    }
+    assert!(!standby.data.join("pg_wal/RECOVERYHISTORY").exists());
+
+    standby.start();
+    primary.wait_streaming_standbys(1);
+    assert_eq!(
+        standby.sql("SELECT status FROM pg_stat_wal_receiver"),
+        "streaming"
+    );
+    primary.write_rows(100);
+    standby.wait_replayed(&primary);
+    let log = standby.log();
+    assert!(
+        log.contains("holds nothing for cluster"),
+        "the standby never ran its restore_command:\n{}",
+        standby.log_tail()
+    );
+    assert!(!log.contains("FATAL"), "{}", standby.log_tail());
+}
+
+#[test]
+fn an_archive_that_holds_nothing_still_stops_archive_recovery() {
+    let wh = Walhalla::install();
+    let (primary, archive, server) = primary_and_empty_archive(&wh);
+    let mut copy = PgCluster::from_backup(&primary, "recovering", "stream");
+    std::fs::write(copy.data.join("recovery.signal"), "").unwrap();
+
+    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
+        let run = probe_history(&wh, &copy.data, source);
+        assert_eq!(
+            run.status.code(),
+            Some(255),
+            "{source:?}: {}",
+            describe(&run)
+        );
+        assert!(
+            String::from_utf8_lossy(&run.stderr).contains("holds nothing for cluster"),
+            "{source:?}: {}",
+            describe(&run)
+        );
+    }
+
+    // PostgreSQL stops instead of ending recovery and promoting.
+    copy.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    copy.start_without_waiting();
+    wait_for("recovery to stop", Duration::from_secs(90), || {
+        copy.log().contains("exit code 255").then_some(())
+    });
+    assert!(copy.log().contains("FATAL"), "{}", copy.log_tail());
+    assert!(!copy.log().contains("selected new timeline ID"));
 }
