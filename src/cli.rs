@@ -45,7 +45,9 @@ pub struct GlobalArgs {
           value_parser = clap::value_parser!(i32).range(*COMPRESSION_LEVELS.start() as i64..=*COMPRESSION_LEVELS.end() as i64))]
     pub compression_level: Option<i32>,
 
-    /// Deadline in seconds for one archive operation, retries included [default: 60].
+    /// Deadline in seconds, retries included: of a whole push or fetch (a --server gets half
+    /// of it when --archive is there to fall back to), of each archive operation of receive
+    /// and serve [default: 60].
     #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS")]
     pub timeout: Option<u64>,
 }

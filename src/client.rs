@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use reqwest::{StatusCode, Url};
 
-use crate::server::SYSTEM_ID_HEADER;
 use crate::server::auth::read_token;
+use crate::server::{NOTHING_ARCHIVED_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{SystemId, WalFileName};
 
 /// How to reach a fetch server.
@@ -44,6 +44,15 @@ pub enum ServerError {
         url: String,
         /// The transport error.
         source: reqwest::Error,
+    },
+    /// The server's archive holds nothing for the cluster it answered for (a 500 marked
+    /// `X-Walhalla-Nothing-Archived`).
+    #[error("server {url}: its archive holds nothing for cluster {system_id}")]
+    NothingArchived {
+        /// The URL asked.
+        url: String,
+        /// The cluster the server answered for.
+        system_id: SystemId,
     },
     /// The server answered with an error status.
     #[error("server {url} answered {status}: {body}")]
@@ -147,7 +156,8 @@ impl ServerClient {
 
     /// Asks for a WAL file of cluster `system_id` (the server's own when `None`): a 200
     /// answer to read the body of, or a 404 (whose headers say which cluster the server
-    /// answered for); any other answer is an error.
+    /// answered for); any other answer is an error, [`ServerError::NothingArchived`] when the
+    /// server says its archive holds nothing for the cluster.
     pub async fn wal(
         &self,
         name: &WalFileName,
@@ -166,8 +176,19 @@ impl ServerClient {
             request = request.header(SYSTEM_ID_HEADER, id.to_string());
         }
         let response = self.send(request, &url).await?;
-        match response.status() {
-            StatusCode::OK | StatusCode::NOT_FOUND => Ok(response),
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let nothing_archived = match header(NOTHING_ARCHIVED_HEADER) {
+            Some(_) => header(SYSTEM_ID_HEADER).and_then(|id| id.parse().ok()),
+            None => None,
+        };
+        match (response.status(), nothing_archived) {
+            (StatusCode::OK | StatusCode::NOT_FOUND, _) => Ok(response),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some(system_id)) => {
+                Err(ServerError::NothingArchived {
+                    url: url.to_string(),
+                    system_id,
+                })
+            }
             _ => Err(Self::error_status(response).await),
         }
     }

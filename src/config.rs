@@ -50,7 +50,8 @@ pub struct Config {
     pub system_id: Option<SystemId>,
     /// zstd level for new objects.
     pub compression_level: i32,
-    /// Deadline of one archive operation, retries included.
+    /// Deadline, retries included: of a whole hook run, or of each archive operation of a
+    /// daemon.
     pub timeout: Duration,
 }
 

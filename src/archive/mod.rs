@@ -55,7 +55,7 @@ pub enum Error {
         op: &'static str,
         /// The object or folder.
         key: String,
-        /// The deadline in seconds.
+        /// The time the operation was given, in seconds.
         seconds: u64,
         /// The last transient error before the deadline, if any.
         last: Option<object_store::Error>,
@@ -77,6 +77,17 @@ pub enum Error {
         /// CRC-32 of what was offered.
         offered_crc: u32,
     },
+    /// The archive holds nothing at all for the cluster: a miss there is more likely a wrong
+    /// location or prefix, or an unmounted directory, than the end of the WAL.
+    #[error(
+        "archive {location} holds nothing for cluster {system_id}: wrong location or prefix, an unmounted directory, or nothing archived yet?"
+    )]
+    NothingArchived {
+        /// The archive.
+        location: Location,
+        /// The cluster.
+        system_id: SystemId,
+    },
     /// An archived object failed verification.
     #[error("archived object {key} is corrupt: {error}")]
     Corrupt {
@@ -96,7 +107,10 @@ impl Error {
         match self {
             Error::Store { error, .. } => error.is_transient(),
             Error::Timeout { .. } => true,
-            Error::Open { .. } | Error::Conflict { .. } | Error::Corrupt { .. } => false,
+            Error::Open { .. }
+            | Error::NothingArchived { .. }
+            | Error::Conflict { .. }
+            | Error::Corrupt { .. } => false,
         }
     }
 
@@ -232,8 +246,11 @@ impl Archive {
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let own = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let own = started + self.timeout;
         let deadline = self.deadline.map_or(own, |overall| overall.min(own));
+        // What this operation was given, rounded: less than `--timeout` under a deadline.
+        let allowed = (deadline.saturating_duration_since(started).as_millis() as u64 + 500) / 1000;
         let what = format!("{op} {key}");
         retry(STORE_BACKOFF, Some(deadline), attempt, |error, pause| {
             tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
@@ -248,7 +265,7 @@ impl Archive {
                 GaveUp::Deadline(last) => Error::Timeout {
                     op,
                     key: key.to_string(),
-                    seconds: self.timeout.as_secs(),
+                    seconds: allowed,
                     last,
                 },
             })
@@ -515,10 +532,9 @@ impl ClusterArchive {
             .map(|object| (key.to_string(), object)))
     }
 
-    /// Whether the archive holds anything at all for this cluster. A miss in an archive that
-    /// holds nothing is more likely a wrong location, prefix or unmounted directory than the
-    /// end of the WAL, and must not end a recovery early.
-    pub async fn has_objects(&self) -> Result<bool> {
+    /// Fails with [`Error::NothingArchived`] when the archive holds nothing at all for this
+    /// cluster. A miss in such an archive must not end a recovery early.
+    pub async fn ensure_not_empty(&self) -> Result<()> {
         let prefix = cluster_prefix(&self.archive.root, self.system_id);
         let listing = self
             .archive
@@ -526,7 +542,13 @@ impl ClusterArchive {
                 self.archive.store.list_with_delimiter(Some(&prefix))
             })
             .await?;
-        Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+        if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
+            return Err(Error::NothingArchived {
+                location: self.archive.location.clone(),
+                system_id: self.system_id,
+            });
+        }
+        Ok(())
     }
 
     /// The stored envelope of `name`, not yet verified, or `None` when the archive lacks it.

@@ -1,38 +1,25 @@
 //! `walhalla fetch <name> <dest>`, the restore_command: take the file from the prefetch cache
-//! when a worker already fetched it, else ask the fetch server (`--server`), else read the
-//! archive directly; verify it, and write the original bytes to `dest` atomically. A file
-//! that fails verification is never handed to PostgreSQL.
+//! when a worker already fetched it, else get it from its [`Sources`] (the fetch server, then
+//! the archive), verified, written to `dest` atomically.
 
-use std::io::{Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
+use tokio::time::Instant;
 
 use super::prefetch::{self, Cache};
-use crate::archive::{Archive, ClusterArchive};
+use super::sources::{FetchOutcome, Sources, nothing_archived};
 use crate::blocking;
-use crate::client::{ClientSettings, ServerClient};
+use crate::client::ClientSettings;
 use crate::config::Config;
-use crate::envelope;
-use crate::fsutil::TempFile;
-use crate::server::{CRC_HEADER, LENGTH_HEADER, SYSTEM_ID_HEADER};
-use crate::wal::{
-    HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
-    WalFileName, system_id_from_control_file, validate_segment_head,
-};
-use reqwest::header::CONTENT_ENCODING;
+use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// The name PostgreSQL gives `%p` when it restores a segment (xlogrecovery.c).
 const RECOVERY_SEGMENT: &str = "RECOVERYXLOG";
 
-/// How a fetch ended, short of an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FetchOutcome {
-    /// The file was written to its destination.
-    Restored,
-    /// The archive does not hold the file.
-    NotFound,
-}
+/// The file whose presence in the data directory puts PostgreSQL in standby mode (it wins
+/// over `recovery.signal`, in PostgreSQL as here).
+const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// Options of `walhalla fetch`.
 #[derive(Clone, Debug, Default)]
@@ -45,19 +32,22 @@ pub struct FetchOptions {
     pub prefetch: usize,
 }
 
-/// Restores `name` to `dest`; the data directory is the current directory.
+/// Restores `name` to `dest`; the data directory is the current directory. The whole call
+/// ends within `--timeout`. Readahead only makes fetches faster: a problem with its cache is
+/// a warning, and the file is fetched directly.
 pub async fn fetch(
     config: &Config,
     name: &str,
     dest: &Path,
     options: &FetchOptions,
 ) -> anyhow::Result<FetchOutcome> {
+    let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    let sources = Sources::new(config, &options.client)?;
+    let sources = Sources::new(config, &options.client, Some(deadline))?;
     // Readahead serves PostgreSQL's recovery, which restores every segment as RECOVERYXLOG;
     // a fetch by hand to some other file starts no background worker.
     let for_recovery = dest.file_name().is_some_and(|n| n == RECOVERY_SEGMENT);
-    let prefetching = match name {
+    let mut prefetching = match name {
         WalFileName::Segment(segment)
             if options.prefetch > 0 && !options.partial && for_recovery =>
         {
@@ -65,301 +55,69 @@ pub async fn fetch(
         }
         _ => None,
     };
-    if let Some((segment, cache)) = &prefetching {
+    if let Some((segment, cache)) = prefetching.clone() {
         let expected = sources.declared_system_id()?;
-        let (taker, segment, to) = (cache.clone(), *segment, dest.to_path_buf());
-        let taken = blocking::run(move || taker.take(segment, &to, expected)).await?;
-        if let Some(size) = taken {
-            prefetch::request(cache, segment, size, config, options).await;
-            return Ok(FetchOutcome::Restored);
+        let (taker, to) = (cache.clone(), dest.to_path_buf());
+        let taking = blocking::run(move || taker.take(segment, &to, expected));
+        // The cache is local: past the deadline the file system hangs, and nothing is left
+        // for a direct fetch either.
+        let taken = tokio::time::timeout_at(deadline, taking)
+            .await
+            .map_err(|_| anyhow!("{cache}: no answer within --timeout"))?;
+        match taken {
+            Ok(Some(size)) => {
+                record(&cache, segment, size, config, options, deadline).await;
+                return Ok(FetchOutcome::Restored);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("{cache}: {e:#}; fetching {segment} directly, without readahead");
+                prefetching = None;
+            }
         }
     }
-    let (outcome, size) = sources.restore(&name, dest, options.partial).await?;
+    let (outcome, size) = match sources.restore(&name, dest, options.partial).await {
+        Ok(answer) => answer,
+        // A new standby probes an archive nothing was pushed to yet (its primary archives
+        // elsewhere, or not yet): "not found" lets it stream; a refusal would stop it. In
+        // archive recovery, the refusal stands: "not found" would end recovery early.
+        Err(e) if nothing_archived(&e) && in_standby_mode() => {
+            tracing::warn!("{e:#} (standby mode: {name} taken as not archived)");
+            (FetchOutcome::NotFound, None)
+        }
+        Err(e) => return Err(e),
+    };
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
-        prefetch::request(cache, *segment, size, config, options).await;
+        record(cache, *segment, size, config, options, deadline).await;
     }
     Ok(outcome)
 }
 
-/// Where WAL files come from: the fetch server first, then the archive.
-pub struct Sources {
-    server: Option<ServerClient>,
-    config: Config,
-    /// The archive, opened on first use.
-    archive: tokio::sync::OnceCell<Archive>,
-}
-
-impl Sources {
-    /// The sources `config` and `client` name; at least one is required.
-    pub fn new(config: &Config, client: &ClientSettings) -> anyhow::Result<Sources> {
-        // With an archive to fall back to, a server that does not answer gets half the time.
-        let server_timeout = match config.archive {
-            Some(_) => config.timeout / 2,
-            None => config.timeout,
-        };
-        let server = ServerClient::new(client, server_timeout)?;
-        if server.is_none() {
-            config.archive()?;
-        }
-        Ok(Sources {
-            server,
-            config: config.clone(),
-            archive: tokio::sync::OnceCell::new(),
-        })
-    }
-
-    /// The cluster named by `--system-id`, else by `pg_control` in the current directory.
-    pub fn declared_system_id(&self) -> anyhow::Result<Option<SystemId>> {
-        match self.config.system_id {
-            Some(id) => Ok(Some(id)),
-            None => system_id_from_control_file(Path::new(".")).context("read pg_control"),
-        }
-    }
-
-    /// Restores `name` to `dest`; for a segment, also says its size. The server, when
-    /// configured, gets `--timeout` (half of it when an archive is there to fall back to),
-    /// then the archive gets `--timeout`.
-    pub async fn restore(
-        &self,
-        name: &WalFileName,
-        dest: &Path,
-        partial: bool,
-    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let declared = self.declared_system_id()?;
-        if let (Some(server), false) = (&self.server, partial) {
-            match self.ask_server(server, name, dest, declared).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) if self.config.archive.is_some() => {
-                    tracing::warn!("{e:#}; reading the archive directly");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let timeout = self.config.timeout;
-        tokio::time::timeout(timeout, self.read_archive(name, dest, partial, declared))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow!(
-                    "{name}: the archive gave no answer within {}s (--timeout)",
-                    timeout.as_secs()
-                ))
-            })
-    }
-
-    async fn ask_server(
-        &self,
-        server: &ServerClient,
-        name: &WalFileName,
-        dest: &Path,
-        declared: Option<SystemId>,
-    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let mut response = server.wal(name, declared).await?;
-        let header = |h: &str| {
-            response
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let server_system_id: Option<SystemId> =
-            header(SYSTEM_ID_HEADER).and_then(|v| v.parse().ok());
-        let system_id = match (declared, server_system_id) {
-            (Some(ours), Some(theirs)) if ours != theirs => bail!(
-                "server {} serves cluster {theirs}, not this cluster {ours}",
-                server.url()
-            ),
-            (Some(id), _) | (None, Some(id)) => id,
-            (None, None) => bail!("the server did not say which cluster it serves"),
-        };
-        // A 404 counts as "not archived" only from a walhalla server that answered for this
-        // cluster (not, say, a proxy's or a wrong URL's 404).
-        if server_system_id.is_none() {
-            bail!(
-                "server {} answered {} without saying which cluster it serves: is --server a walhalla server?",
-                server.url(),
-                response.status()
-            );
-        }
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok((FetchOutcome::NotFound, None));
-        }
-        let crc = header(CRC_HEADER)
-            .and_then(|v| u32::from_str_radix(&v, 16).ok())
-            .ok_or_else(|| anyhow!("the server sent no valid {CRC_HEADER} header"))?;
-        let length: u64 = header(LENGTH_HEADER)
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
-            .ok_or_else(|| anyhow!("the server sent no valid {LENGTH_HEADER} header"))?;
-        let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v == "zstd");
-        // An encoded body is at most a little larger than its content.
-        let body_length = response.content_length().unwrap_or(0);
-        if body_length > length + length / 8 + 4096 {
-            bail!("the server announced {body_length} bytes for {name} of {length}");
-        }
-        let mut body = Vec::with_capacity(body_length as usize);
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .with_context(|| format!("read {name} from the server"))?
-        {
-            if (body.len() + chunk.len()) as u64 > body_length {
-                bail!("the server sent more than the {body_length} bytes it announced for {name}");
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if body.len() as u64 != body_length {
-            bail!(
-                "the server sent {} of the {body_length} bytes of {name}",
-                body.len()
-            );
-        }
-        let (name, dest) = (*name, dest.to_path_buf());
-        let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, false, |out| {
-                if encoded {
-                    let recorded = envelope::Header::parse(&body)?;
-                    if (recorded.content_crc, recorded.content_len) != (crc, length) {
-                        bail!("the object does not match the server's {CRC_HEADER} and {LENGTH_HEADER}");
-                    }
-                    return decode_verified(&body, out);
-                }
-                let found = crc32fast::hash(&body);
-                if (found, body.len() as u64) != (crc, length) {
-                    bail!(
-                        "{} bytes with CRC {found:08x} arrived, the server announced {length} with {crc:08x}",
-                        body.len()
-                    );
-                }
-                out.write_all(&body)?;
-                Ok(length)
-            })
-        })
-        .await
-        .with_context(|| format!("{name} from the server failed verification; nothing was written"))?;
-        Ok((FetchOutcome::Restored, size))
-    }
-
-    async fn read_archive(
-        &self,
-        name: &WalFileName,
-        dest: &Path,
-        partial: bool,
-        declared: Option<SystemId>,
-    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        // No overall deadline inside: `restore` bounds each call, and a worker makes many.
-        let archive = self
-            .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, None))
-            .await?;
-        let system_id = super::resolve_system_id(declared, Path::new("."), None, archive)
-            .await
-            .with_context(|| format!("fetch {name}"))?;
-        let cluster = archive.cluster(system_id);
-        let (object, key, padded) = match cluster.get(name).await? {
-            Some(object) => (object, cluster.key(name).to_string(), false),
-            None => match (partial, name) {
-                (true, WalFileName::Segment(segment)) => {
-                    match cluster.newest_partial_snapshot(*segment).await? {
-                        Some((key, object)) => (object, key, true),
-                        None => return not_found(&cluster, archive).await,
-                    }
-                }
-                _ => return not_found(&cluster, archive).await,
-            },
-        };
-        let (name, dest) = (*name, dest.to_path_buf());
-        let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, padded, |out| {
-                decode_verified(&object, out)
-            })
-        })
-        .await
-        .with_context(|| format!("fetch {name} (object {key})"))?;
-        Ok((FetchOutcome::Restored, size))
-    }
-}
-
-/// Decodes an archived object into `out`, verifying it; returns the content's length.
-fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
-    match envelope::decode_into(object, out) {
-        Ok(header) => Ok(header.content_len),
-        Err(envelope::Error::Write(e)) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context("the archived object failed verification; nothing was written")),
-    }
-}
-
-/// Quiet when the archive is simply at its end (PostgreSQL probes for history files that do
-/// not exist); an error when it holds nothing at all for this cluster.
-async fn not_found(
-    cluster: &ClusterArchive,
-    archive: &Archive,
-) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-    if !cluster.has_objects().await? {
-        bail!(
-            "archive {} holds nothing for cluster {}: wrong --archive location or prefix, or an unmounted directory?",
-            archive.location(),
-            cluster.system_id()
-        );
-    }
-    Ok((FetchOutcome::NotFound, None))
-}
-
-/// Writes what `produce` writes into a temporary file beside `dest`, checks it against its
-/// name and cluster, and renames it into place; for a segment, returns its size.
-/// `produce` returns the length it wrote and must fail on content it cannot vouch for.
-fn write_checked(
-    name: &WalFileName,
-    system_id: SystemId,
-    dest: &Path,
-    pad_to_segment: bool,
-    produce: impl FnOnce(&mut HeadCapture<crate::fsutil::EarlyWriteback<'_>>) -> anyhow::Result<u64>,
-) -> anyhow::Result<Option<SegmentSize>> {
-    let mut temp = TempFile::create(dest)
-        .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
-    let mut out = HeadCapture::new(temp.early_writeback_writer());
-    let mut length = produce(&mut out).with_context(|| format!("write {}", dest.display()))?;
-    let mut segment_size = None;
-    if let Some(segment) = name
-        .segment()
-        .filter(|_| !matches!(name, WalFileName::Backup { .. }))
-    {
-        let page = LongPageHeader::parse(out.head()).context("the content is not a WAL segment")?;
-        let size = page.segment_size()?;
-        if pad_to_segment {
-            // A snapshot holds the segment up to the last byte received: the rest reads as
-            // the end of the WAL.
-            let size = u64::from(size.bytes());
-            if length > size {
-                bail!("the snapshot is longer than a segment");
-            }
-            std::io::copy(&mut std::io::repeat(0).take(size - length), &mut out)?;
-            length = size;
-        }
-        validate_segment_head(segment, out.head(), length)
-            .and_then(|facts| facts.check_cluster(system_id))
-            .context("the content does not match its name and cluster")?;
-        segment_size = Some(size);
-    }
-    out.flush()?;
-    temp.persist()
-        .with_context(|| format!("write {} durably", dest.display()))?;
-    Ok(segment_size)
-}
-
-/// Checks a segment file already in place: its first page must match its name and cluster,
-/// and its length the segment size. Returns the segment size.
-pub fn check_segment_file(
-    path: &Path,
+/// Records the request for readahead, by the deadline; the file is already in place, so a
+/// failure is only a warning.
+async fn record(
+    cache: &Cache,
     segment: SegmentName,
-    system_id: Option<SystemId>,
-) -> anyhow::Result<SegmentSize> {
-    let mut file = std::fs::File::open(path)?;
-    let mut head = [0u8; LONG_HEADER_BYTES];
-    file.read_exact(&mut head)?;
-    let facts = validate_segment_head(segment, &head, file.metadata()?.len())?;
-    if let Some(expected) = system_id {
-        facts.check_cluster(expected)?;
+    size: SegmentSize,
+    config: &Config,
+    options: &FetchOptions,
+    deadline: Instant,
+) {
+    let requesting = prefetch::request(
+        cache,
+        segment,
+        size,
+        config,
+        &options.client,
+        options.prefetch,
+    );
+    if tokio::time::timeout_at(deadline, requesting).await.is_err() {
+        tracing::warn!("{cache}: readahead not recorded within --timeout");
     }
-    Ok(LongPageHeader::parse(&head)?.segment_size()?)
+}
+
+/// Whether PostgreSQL runs this fetch in standby mode: `standby.signal` in the data
+/// directory, which is the current directory of a restore_command.
+fn in_standby_mode() -> bool {
+    Path::new(STANDBY_SIGNAL).exists()
 }

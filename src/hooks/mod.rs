@@ -7,11 +7,13 @@ mod fetch;
 mod namespace;
 mod prefetch;
 mod push;
+mod sources;
 
-pub use fetch::{FetchOptions, FetchOutcome, fetch};
+pub use fetch::{FetchOptions, fetch};
 pub use namespace::{NamespaceError, resolve_system_id};
 pub use prefetch::run_worker as run_prefetch_worker;
 pub use push::push;
+pub use sources::FetchOutcome;
 
 use anyhow::Context;
 use tokio::time::Instant;
@@ -54,15 +56,19 @@ Exit codes (the contract with PostgreSQL):
   push   1    not stored: invalid file, different content already archived, archive down or
               deadline passed; PostgreSQL keeps the segment and retries
   fetch  0    the file was written complete and verified
-  fetch  1    the archive (or the --server) does not have the file; recovery moves on
-  fetch  255  the file cannot be delivered: corrupt object, archive unreachable or empty for
-              this cluster, a --server that refuses or does not answer with no archive to
-              fall back to, deadline passed; recovery stops instead of ending early
+  fetch  1    the archive (or the --server) does not have the file; recovery moves on. In
+              standby mode (standby.signal) also an archive that holds nothing yet for this
+              cluster, with a warning: the standby streams and asks again
+  fetch  255  the file cannot be delivered: corrupt object, archive unreachable or (outside
+              standby mode) empty for this cluster, a --server that refuses or does not
+              answer with no archive to fall back to, --timeout passed (one deadline for the
+              whole call); recovery stops instead of ending early
   any    255  usage error (a mistyped restore_command must not read as \"not found\")";
 
 /// push: the file was not archived; PostgreSQL keeps it and retries.
 pub const EXIT_PUSH_FAILED: u8 = 1;
-/// fetch: the archive does not hold the file.
+/// fetch: the archive does not hold the file (or, in standby mode, holds nothing yet for the
+/// cluster).
 pub const EXIT_FETCH_NOT_FOUND: u8 = 1;
 /// fetch: the file could not be delivered; above 125 so PostgreSQL aborts recovery instead of
 /// taking the failure for the end of the archive (`wait_result_is_any_signal` in xlogarchive.c).

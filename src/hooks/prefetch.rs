@@ -31,7 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::fetch::{FetchOptions, FetchOutcome, Sources, check_segment_file};
+use super::sources::{FetchOutcome, Sources, check_segment_file};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -71,6 +71,12 @@ pub struct Cache {
     settings: String,
 }
 
+impl std::fmt::Display for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "readahead cache {}", self.dir.display())
+    }
+}
+
 impl Cache {
     /// The cache beside `dest` (in the same directory, so taking a file is a rename), for a
     /// fetch with `config` and `client`.
@@ -100,7 +106,8 @@ impl Cache {
     /// Moves `segment` from the cache to `dest` if a live worker with the same settings
     /// fetched it; returns its size. A file that does not check out is removed and the
     /// caller fetches it as usual. Files no live worker vouches for (one killed, or from
-    /// before a restore) are removed, never used.
+    /// before a restore) are removed, never used. An error is a problem of the cache (it
+    /// cannot be read or written): the caller fetches the file directly.
     pub fn take(
         &self,
         segment: SegmentName,
@@ -112,7 +119,8 @@ impl Cache {
         }
         if self.try_lock()?.is_some() {
             // No worker runs: what is here is left over.
-            self.prune(&HashSet::new())?;
+            self.prune(&HashSet::new())
+                .with_context(|| format!("remove the files left in {}", self.dir.display()))?;
             return Ok(None);
         }
         let worker_settings = std::fs::read_to_string(self.dir.join(SETTINGS)).unwrap_or_default();
@@ -142,14 +150,16 @@ impl Cache {
     }
 
     /// Records `segment` as the newest one asked for, with the settings it is asked under.
-    fn write_wanted(&self, segment: SegmentName, size: SegmentSize) -> io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+    fn write_wanted(&self, segment: SegmentName, size: SegmentSize) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
         let temp = self.dir.join(format!(".{WANTED}.tmp"));
         std::fs::write(
             &temp,
             format!("{segment} {}\n{}", size.bytes(), self.settings),
-        )?;
-        std::fs::rename(&temp, self.dir.join(WANTED))
+        )
+        .and_then(|()| std::fs::rename(&temp, self.dir.join(WANTED)))
+        .with_context(|| format!("record {segment} in {}", self.dir.join(WANTED).display()))
     }
 
     /// The request as written (compared whole, so a repeated request with the same content
@@ -175,14 +185,19 @@ impl Cache {
     }
 
     /// Takes the worker lock without waiting: `None` when a worker holds it.
-    fn try_lock(&self) -> io::Result<Option<File>> {
-        std::fs::create_dir_all(&self.dir)?;
+    fn try_lock(&self) -> anyhow::Result<Option<File>> {
+        let path = self.dir.join(LOCK);
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join(LOCK))?;
-        Ok(try_lock_exclusive(&file)?.then_some(file))
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let locked =
+            try_lock_exclusive(&file).with_context(|| format!("lock {}", path.display()))?;
+        Ok(locked.then_some(file))
     }
 
     fn holds(&self, segment: SegmentName) -> bool {
@@ -216,26 +231,32 @@ pub async fn request(
     segment: SegmentName,
     size: SegmentSize,
     config: &Config,
-    options: &FetchOptions,
+    client: &ClientSettings,
+    depth: usize,
 ) {
     let cache = cache.clone();
-    let (config, options) = (config.clone(), options.clone());
+    let (config, client) = (config.clone(), client.clone());
     let started = blocking::run(move || -> anyhow::Result<()> {
         cache.write_wanted(segment, size)?;
         // Released before the worker starts, which takes it for its whole life.
         if cache.try_lock()?.is_some() {
-            spawn_worker(&cache, &config, &options)?;
+            spawn_worker(&cache, &config, &client, depth)?;
         }
         Ok(())
     })
     .await;
     if let Err(e) = started {
-        tracing::warn!("prefetch not started: {e:#}");
+        tracing::warn!("readahead not started: {e:#}");
     }
 }
 
 /// Starts `walhalla prefetch-worker` in the background with the settings of this fetch.
-fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyhow::Result<()> {
+fn spawn_worker(
+    cache: &Cache,
+    config: &Config,
+    client: &ClientSettings,
+    depth: usize,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locate the walhalla binary")?;
     let mut command = std::process::Command::new(exe);
     if let Some(archive) = &config.archive {
@@ -250,8 +271,7 @@ fn spawn_worker(cache: &Cache, config: &Config, options: &FetchOptions) -> anyho
         .arg("prefetch-worker")
         .arg(&cache.dir)
         .arg("--prefetch")
-        .arg(options.prefetch.to_string());
-    let client = &options.client;
+        .arg(depth.to_string());
     for (flag, value) in [
         ("--server", client.server.as_ref().map(PathBuf::from)),
         ("--token-file", client.token_file.clone()),
@@ -394,20 +414,24 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let cache = Cache::at(dir, config, client);
     let starting = cache.clone();
-    let lock = blocking::run(move || -> io::Result<Option<File>> {
+    let lock = blocking::run(move || -> anyhow::Result<Option<File>> {
         let Some(lock) = starting.try_lock()? else {
             return Ok(None);
         };
         // Whatever an earlier worker left is not vouched for by this one.
-        starting.prune(&HashSet::new())?;
-        std::fs::write(starting.dir.join(SETTINGS), &starting.settings)?;
+        starting
+            .prune(&HashSet::new())
+            .with_context(|| format!("empty {}", starting.dir.display()))?;
+        let settings = starting.dir.join(SETTINGS);
+        std::fs::write(&settings, &starting.settings)
+            .with_context(|| format!("write {}", settings.display()))?;
         Ok(Some(lock))
     })
     .await?;
     let Some(_lock) = lock else {
         return Ok(());
     };
-    let sources = Arc::new(Sources::new(config, client)?);
+    let sources = Arc::new(Sources::new(config, client, None)?);
     let mut timelines = Timelines::default();
     let mut wanted: Option<(SegmentName, SegmentSize)> = None;
     let mut seen: Option<(String, SystemTime)> = None;

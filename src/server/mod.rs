@@ -25,7 +25,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::daemon::Shared;
 
-pub use routes::{CRC_HEADER, LENGTH_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER};
+pub use routes::{
+    CRC_HEADER, LENGTH_HEADER, NOTHING_ARCHIVED_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER,
+};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;

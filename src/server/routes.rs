@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::auth;
+use crate::archive;
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
@@ -31,6 +32,9 @@ pub const SYSTEM_ID_HEADER: &str = "x-walhalla-system-id";
 pub const SOURCE_HEADER: &str = "x-walhalla-source";
 /// Response header: the length of the original bytes (the body may be zstd-encoded).
 pub const LENGTH_HEADER: &str = "x-walhalla-length";
+/// Response header of a 500: the archive holds nothing for the cluster `X-Walhalla-System-Id`
+/// names (which a standby takes for "not found").
+pub const NOTHING_ARCHIVED_HEADER: &str = "x-walhalla-nothing-archived";
 
 /// Files read and verified at once, at most: each holds up to a segment in memory until sent.
 const CONCURRENT_FILES: usize = 8;
@@ -186,7 +190,20 @@ async fn wal(
         Err(e) => {
             metrics.fetch_failed();
             tracing::error!(%name, "cannot serve: {e:#}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"))
+            let mut response = plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"));
+            let nothing = e.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref(),
+                    Some(archive::Error::NothingArchived { .. })
+                )
+            });
+            if nothing {
+                let headers = response.headers_mut();
+                let id = cluster.archive.system_id().to_string();
+                headers.insert(SYSTEM_ID_HEADER, id.parse().expect("digits"));
+                headers.insert(NOTHING_ARCHIVED_HEADER, "true".parse().expect("ASCII"));
+            }
+            response
         }
     }
 }
@@ -235,12 +252,7 @@ async fn find(
             .get(&system_id)
             .copied();
         if seen.is_none_or(|at| at.elapsed() > ARCHIVE_RECHECK) {
-            if !cluster.archive.has_objects().await? {
-                bail!(
-                    "archive {} holds nothing for cluster {system_id}: wrong location or prefix?",
-                    cluster.archive.location()
-                );
-            }
+            cluster.archive.ensure_not_empty().await?;
             archive_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -1,6 +1,14 @@
-//! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names.
+//! `walhalla fetch` as PostgreSQL's restore_command: missing files, corrupt objects, bad names,
+//! one deadline for the whole call, and an archive that holds nothing yet for the cluster.
 
-use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe};
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Backend, PgCluster, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla, as_pg_user,
+    describe, wait_for,
+};
 use crate::push::key_of;
 
 /// A cluster with one segment pushed to `archive`; returns the cluster and the segment name.
@@ -196,4 +204,158 @@ fn a_misconfigured_or_unreachable_archive_stops_recovery() {
         describe(&run)
     );
     assert!(!dest.exists());
+}
+
+#[test]
+fn one_deadline_covers_the_server_and_the_archive() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let (pg, name) = one_archived_segment(&wh, &archive);
+    // The kernel completes connections to a listener nobody accepts on: a server that takes
+    // the request and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", silent.local_addr().unwrap());
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let out = TestDir::new("out");
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = || {
+        let started = Instant::now();
+        let run = as_pg_user(wh.path())
+            .current_dir(&pg.data)
+            .args(["--archive", archive.url(), "--timeout", "4", "fetch"])
+            .args(["--server", &server, &name])
+            .arg(&dest)
+            .envs(S3Server::env_for(&proxy.endpoint()))
+            .output()
+            .expect("run walhalla fetch");
+        (run, started.elapsed())
+    };
+
+    // Neither answers: the server gets half of --timeout, the archive what is left.
+    proxy.pause();
+    let (run, took) = fetch();
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert!(
+        took < Duration::from_millis(5500),
+        "fetch took {took:?} with --timeout 4: {}",
+        describe(&run)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("reading the archive directly"),
+        "the archive was not tried after the server: {stderr}"
+    );
+    assert!(!dest.exists());
+
+    // The archive reachable again: what the server's half leaves is enough.
+    proxy.resume();
+    let (run, took) = fetch();
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(took < Duration::from_millis(5500), "fetch took {took:?}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(pg.data.join("pg_wal").join(&name)).unwrap()
+    );
+}
+
+/// A primary that archives nothing to `archive`, an empty `archive`, and a fetch server on
+/// it for the primary's cluster.
+fn primary_and_empty_archive(wh: &Walhalla) -> (PgCluster, TestArchive, Server) {
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    primary.start();
+    primary.write_rows(100);
+    assert!(archive.keys().is_empty());
+    let id = primary.system_id().to_string();
+    let server = Server::start(wh, &archive, &["--system-id", &id]);
+    (primary, archive, server)
+}
+
+/// The probe PostgreSQL makes first with `recovery_target_timeline = 'latest'`, made in
+/// `data` as PostgreSQL makes it, from `source` (`--archive URL` or `--server URL`).
+fn probe_history(wh: &Walhalla, data: &Path, source: [&str; 2]) -> Output {
+    as_pg_user(wh.path())
+        .current_dir(data)
+        .arg("fetch")
+        .args(source)
+        .args(["00000002.history", "pg_wal/RECOVERYHISTORY"])
+        .output()
+        .expect("run walhalla fetch")
+}
+
+#[test]
+fn a_new_standby_streams_while_the_archive_holds_nothing_for_its_cluster() {
+    let wh = Walhalla::install();
+    let (primary, archive, server) = primary_and_empty_archive(&wh);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+
+    // Read directly or through the fetch server: "not found", with one warning line.
+    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
+        let run = probe_history(&wh, &standby.data, source);
+        assert_eq!(run.status.code(), Some(1), "{source:?}: {}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{source:?}: one line: {stderr}");
+        assert!(
+            stderr.contains("WARN") && stderr.contains("holds nothing for cluster"),
+            "{source:?}: {stderr}"
+        );
+    }
+    assert!(!standby.data.join("pg_wal/RECOVERYHISTORY").exists());
+
+    standby.start();
+    primary.wait_streaming_standbys(1);
+    assert_eq!(
+        standby.sql("SELECT status FROM pg_stat_wal_receiver"),
+        "streaming"
+    );
+    primary.write_rows(100);
+    standby.wait_replayed(&primary);
+    let log = standby.log();
+    assert!(
+        log.contains("holds nothing for cluster"),
+        "the standby never ran its restore_command:\n{}",
+        standby.log_tail()
+    );
+    assert!(!log.contains("FATAL"), "{}", standby.log_tail());
+}
+
+#[test]
+fn an_archive_that_holds_nothing_still_stops_archive_recovery() {
+    let wh = Walhalla::install();
+    let (primary, archive, server) = primary_and_empty_archive(&wh);
+    let mut copy = PgCluster::from_backup(&primary, "recovering", "stream");
+    std::fs::write(copy.data.join("recovery.signal"), "").unwrap();
+
+    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
+        let run = probe_history(&wh, &copy.data, source);
+        assert_eq!(
+            run.status.code(),
+            Some(255),
+            "{source:?}: {}",
+            describe(&run)
+        );
+        assert!(
+            String::from_utf8_lossy(&run.stderr).contains("holds nothing for cluster"),
+            "{source:?}: {}",
+            describe(&run)
+        );
+    }
+
+    // PostgreSQL stops instead of ending recovery and promoting.
+    copy.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    copy.start_without_waiting();
+    wait_for("recovery to stop", Duration::from_secs(90), || {
+        copy.log().contains("exit code 255").then_some(())
+    });
+    assert!(copy.log().contains("FATAL"), "{}", copy.log_tail());
+    assert!(!copy.log().contains("selected new timeline ID"));
 }

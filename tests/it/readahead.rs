@@ -163,3 +163,49 @@ fn readahead_follows_a_timeline_switch() {
         || (cached(&cache) == [switch_segment.clone(), after.clone()]).then_some(()),
     );
 }
+
+#[test]
+fn an_unusable_prefetch_cache_degrades_to_a_direct_fetch() {
+    use std::os::unix::fs::PermissionsExt;
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, names) = archived_segments(&wh, &archive, 2);
+    let archive_only = ["--archive", archive.url()];
+    // The cache a regular file, a directory the postgres user cannot write, one it cannot
+    // even read.
+    for (what, mode) in [
+        ("a regular file", None),
+        ("a read-only directory", Some(0o555)),
+        ("an unreadable directory", Some(0o000)),
+    ] {
+        let out = TestDir::new("out");
+        let dest = out.path().join("RECOVERYXLOG");
+        let cache = out.path().join("walhalla-prefetch");
+        match mode {
+            None => std::fs::write(&cache, "not a directory").unwrap(),
+            Some(mode) => {
+                std::fs::create_dir(&cache).unwrap();
+                std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+        for name in &names {
+            let run = fetch(&wh, &primary.data, &archive_only, name, &dest);
+            assert_eq!(
+                run.status.code(),
+                Some(0),
+                "cache is {what}: {}",
+                describe(&run)
+            );
+            assert_eq!(
+                std::fs::read(&dest).unwrap(),
+                std::fs::read(primary.data.join("pg_wal").join(name)).unwrap(),
+                "cache is {what}: {name} differs"
+            );
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(
+                stderr.contains("WARN") && stderr.contains("walhalla-prefetch"),
+                "cache is {what}: no warning naming the cache: {stderr}"
+            );
+        }
+    }
+}

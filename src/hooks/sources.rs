@@ -1,0 +1,368 @@
+//! Where WAL files come from, for `walhalla fetch` and the prefetch worker alike: the fetch
+//! server (`--server`) first, then the archive; and the checks every file passes before it
+//! gets its final name. A file that fails verification is never handed to PostgreSQL.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use reqwest::header::CONTENT_ENCODING;
+use tokio::time::Instant;
+
+use super::namespace::NamespaceError;
+use crate::archive::{self, Archive, ClusterArchive};
+use crate::blocking;
+use crate::client::{ClientSettings, ServerClient, ServerError};
+use crate::config::Config;
+use crate::envelope;
+use crate::fsutil::TempFile;
+use crate::server::{CRC_HEADER, LENGTH_HEADER, SYSTEM_ID_HEADER};
+use crate::wal::{
+    HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
+    WalFileName, system_id_from_control_file, validate_segment_head,
+};
+
+/// How a fetch ended, short of an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The file was written to its destination.
+    Restored,
+    /// The archive does not hold the file.
+    NotFound,
+}
+
+/// Where WAL files come from: the fetch server first, then the archive.
+pub struct Sources {
+    server: Option<ServerClient>,
+    config: Config,
+    /// When a hook's whole run must end; without one (the prefetch worker, which makes many
+    /// restores) each restore gets its own `--timeout`.
+    deadline: Option<Instant>,
+    /// The archive, opened on first use.
+    archive: tokio::sync::OnceCell<Archive>,
+}
+
+impl Sources {
+    /// The sources `config` and `client` name; at least one is required. With a `deadline`,
+    /// every restore ends by then.
+    pub fn new(
+        config: &Config,
+        client: &ClientSettings,
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<Sources> {
+        let server = ServerClient::new(client, Self::server_share(config))?;
+        if server.is_none() {
+            config.archive()?;
+        }
+        Ok(Sources {
+            server,
+            config: config.clone(),
+            deadline,
+            archive: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The part of `--timeout` the server gets: half when an archive is there to fall back
+    /// to, else all of it.
+    fn server_share(config: &Config) -> Duration {
+        match config.archive {
+            Some(_) => config.timeout / 2,
+            None => config.timeout,
+        }
+    }
+
+    /// The cluster named by `--system-id`, else by `pg_control` in the current directory.
+    pub fn declared_system_id(&self) -> anyhow::Result<Option<SystemId>> {
+        match self.config.system_id {
+            Some(id) => Ok(Some(id)),
+            None => system_id_from_control_file(Path::new(".")).context("read pg_control"),
+        }
+    }
+
+    /// Restores `name` to `dest`; for a segment, also says its size. One deadline covers
+    /// the call (the hook's, else `--timeout` from now): the server, when configured, has
+    /// until half of `--timeout` is left when an archive is there to fall back to, and the
+    /// archive gets what is left.
+    pub async fn restore(
+        &self,
+        name: &WalFileName,
+        dest: &Path,
+        partial: bool,
+    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        let timeout = self.config.timeout;
+        let deadline = self.deadline.unwrap_or_else(|| Instant::now() + timeout);
+        let declared = self.declared_system_id()?;
+        if let (Some(server), false) = (&self.server, partial) {
+            let share = Self::server_share(&self.config);
+            let server_until = deadline
+                .checked_sub(timeout - share)
+                .unwrap_or_else(Instant::now);
+            let answer = tokio::time::timeout_at(
+                server_until,
+                self.ask_server(server, name, dest, declared),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "server {} gave no answer for {name} within {}s",
+                    server.url(),
+                    share.as_secs_f32()
+                ))
+            });
+            match answer {
+                Ok(answer) => return Ok(answer),
+                Err(e) if self.config.archive.is_some() => {
+                    tracing::warn!("{e:#}; reading the archive directly");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tokio::time::timeout_at(deadline, self.read_archive(name, dest, partial, declared))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "{name}: the archive gave no answer within --timeout ({}s)",
+                    timeout.as_secs()
+                ))
+            })
+    }
+
+    async fn ask_server(
+        &self,
+        server: &ServerClient,
+        name: &WalFileName,
+        dest: &Path,
+        declared: Option<SystemId>,
+    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        let mut response = match server.wal(name, declared).await {
+            Ok(response) => response,
+            Err(ServerError::NothingArchived { system_id, .. })
+                if declared.is_some_and(|ours| ours != system_id) =>
+            {
+                bail!(
+                    "server {} answered for cluster {system_id}, not this cluster",
+                    server.url()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = |h: &str| {
+            response
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let server_system_id: Option<SystemId> =
+            header(SYSTEM_ID_HEADER).and_then(|v| v.parse().ok());
+        let system_id = match (declared, server_system_id) {
+            (Some(ours), Some(theirs)) if ours != theirs => bail!(
+                "server {} serves cluster {theirs}, not this cluster {ours}",
+                server.url()
+            ),
+            (Some(id), _) | (None, Some(id)) => id,
+            (None, None) => bail!("the server did not say which cluster it serves"),
+        };
+        // A 404 counts as "not archived" only from a walhalla server that answered for this
+        // cluster (not, say, a proxy's or a wrong URL's 404).
+        if server_system_id.is_none() {
+            bail!(
+                "server {} answered {} without saying which cluster it serves: is --server a walhalla server?",
+                server.url(),
+                response.status()
+            );
+        }
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok((FetchOutcome::NotFound, None));
+        }
+        let crc = header(CRC_HEADER)
+            .and_then(|v| u32::from_str_radix(&v, 16).ok())
+            .ok_or_else(|| anyhow!("the server sent no valid {CRC_HEADER} header"))?;
+        let length: u64 = header(LENGTH_HEADER)
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
+            .ok_or_else(|| anyhow!("the server sent no valid {LENGTH_HEADER} header"))?;
+        let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v == "zstd");
+        // An encoded body is at most a little larger than its content.
+        let body_length = response.content_length().unwrap_or(0);
+        if body_length > length + length / 8 + 4096 {
+            bail!("the server announced {body_length} bytes for {name} of {length}");
+        }
+        let mut body = Vec::with_capacity(body_length as usize);
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("read {name} from the server"))?
+        {
+            if (body.len() + chunk.len()) as u64 > body_length {
+                bail!("the server sent more than the {body_length} bytes it announced for {name}");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if body.len() as u64 != body_length {
+            bail!(
+                "the server sent {} of the {body_length} bytes of {name}",
+                body.len()
+            );
+        }
+        let (name, dest) = (*name, dest.to_path_buf());
+        let size = blocking::run(move || {
+            write_checked(&name, system_id, &dest, false, |out| {
+                if encoded {
+                    let recorded = envelope::Header::parse(&body)?;
+                    if (recorded.content_crc, recorded.content_len) != (crc, length) {
+                        bail!("the object does not match the server's {CRC_HEADER} and {LENGTH_HEADER}");
+                    }
+                    return decode_verified(&body, out);
+                }
+                let found = crc32fast::hash(&body);
+                if (found, body.len() as u64) != (crc, length) {
+                    bail!(
+                        "{} bytes with CRC {found:08x} arrived, the server announced {length} with {crc:08x}",
+                        body.len()
+                    );
+                }
+                out.write_all(&body)?;
+                Ok(length)
+            })
+        })
+        .await
+        .with_context(|| format!("{name} from the server failed verification; nothing was written"))?;
+        Ok((FetchOutcome::Restored, size))
+    }
+
+    async fn read_archive(
+        &self,
+        name: &WalFileName,
+        dest: &Path,
+        partial: bool,
+        declared: Option<SystemId>,
+    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        // A hook's archive ends every operation by its deadline; a worker's gives each its
+        // own `--timeout`, and `restore` bounds each call.
+        let archive = self
+            .archive
+            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
+            .await?;
+        let system_id = super::resolve_system_id(declared, Path::new("."), None, archive)
+            .await
+            .with_context(|| format!("fetch {name}"))?;
+        let cluster = archive.cluster(system_id);
+        let (object, key, padded) = match cluster.get(name).await? {
+            Some(object) => (object, cluster.key(name).to_string(), false),
+            None => match (partial, name) {
+                (true, WalFileName::Segment(segment)) => {
+                    match cluster.newest_partial_snapshot(*segment).await? {
+                        Some((key, object)) => (object, key, true),
+                        None => return not_found(&cluster).await,
+                    }
+                }
+                _ => return not_found(&cluster).await,
+            },
+        };
+        let (name, dest) = (*name, dest.to_path_buf());
+        let size = blocking::run(move || {
+            write_checked(&name, system_id, &dest, padded, |out| {
+                decode_verified(&object, out)
+            })
+        })
+        .await
+        .with_context(|| format!("fetch {name} (object {key})"))?;
+        Ok((FetchOutcome::Restored, size))
+    }
+}
+
+/// Decodes an archived object into `out`, verifying it; returns the content's length.
+fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
+    match envelope::decode_into(object, out) {
+        Ok(header) => Ok(header.content_len),
+        Err(envelope::Error::Write(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the archived object failed verification; nothing was written")),
+    }
+}
+
+/// Quiet when the archive is simply at its end (PostgreSQL probes for history files that do
+/// not exist); an error ([`archive::Error::NothingArchived`]) when it holds nothing at all for
+/// this cluster.
+async fn not_found(
+    cluster: &ClusterArchive,
+) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+    cluster.ensure_not_empty().await?;
+    Ok((FetchOutcome::NotFound, None))
+}
+
+/// Whether `error` says that the archive holds nothing for this cluster (read directly, as
+/// the fetch server reports it, or no cluster at all when none is named): the one refusal a
+/// standby takes for "not found".
+pub fn nothing_archived(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref(),
+            Some(archive::Error::NothingArchived { .. })
+        ) || matches!(
+            cause.downcast_ref(),
+            Some(ServerError::NothingArchived { .. })
+        ) || matches!(cause.downcast_ref(), Some(NamespaceError::NoCluster(_)))
+    })
+}
+
+/// Writes what `produce` writes into a temporary file beside `dest`, checks it against its
+/// name and cluster, and renames it into place; for a segment, returns its size.
+/// `produce` returns the length it wrote and must fail on content it cannot vouch for.
+fn write_checked(
+    name: &WalFileName,
+    system_id: SystemId,
+    dest: &Path,
+    pad_to_segment: bool,
+    produce: impl FnOnce(&mut HeadCapture<crate::fsutil::EarlyWriteback<'_>>) -> anyhow::Result<u64>,
+) -> anyhow::Result<Option<SegmentSize>> {
+    let mut temp = TempFile::create(dest)
+        .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
+    let mut out = HeadCapture::new(temp.early_writeback_writer());
+    let mut length = produce(&mut out).with_context(|| format!("write {}", dest.display()))?;
+    let mut segment_size = None;
+    if let Some(segment) = name
+        .segment()
+        .filter(|_| !matches!(name, WalFileName::Backup { .. }))
+    {
+        let page = LongPageHeader::parse(out.head()).context("the content is not a WAL segment")?;
+        let size = page.segment_size()?;
+        if pad_to_segment {
+            // A snapshot holds the segment up to the last byte received: the rest reads as
+            // the end of the WAL.
+            let size = u64::from(size.bytes());
+            if length > size {
+                bail!("the snapshot is longer than a segment");
+            }
+            std::io::copy(&mut std::io::repeat(0).take(size - length), &mut out)?;
+            length = size;
+        }
+        validate_segment_head(segment, out.head(), length)
+            .and_then(|facts| facts.check_cluster(system_id))
+            .context("the content does not match its name and cluster")?;
+        segment_size = Some(size);
+    }
+    out.flush()?;
+    temp.persist()
+        .with_context(|| format!("write {} durably", dest.display()))?;
+    Ok(segment_size)
+}
+
+/// Checks a segment file already in place: its first page must match its name and cluster,
+/// and its length the segment size. Returns the segment size.
+pub fn check_segment_file(
+    path: &Path,
+    segment: SegmentName,
+    system_id: Option<SystemId>,
+) -> anyhow::Result<SegmentSize> {
+    let mut file = std::fs::File::open(path)?;
+    let mut head = [0u8; LONG_HEADER_BYTES];
+    file.read_exact(&mut head)?;
+    let facts = validate_segment_head(segment, &head, file.metadata()?.len())?;
+    if let Some(expected) = system_id {
+        facts.check_cluster(expected)?;
+    }
+    Ok(LongPageHeader::parse(&head)?.segment_size()?)
+}
