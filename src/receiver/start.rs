@@ -66,9 +66,11 @@ pub fn plan(
             n
         });
     let missing_until = if segment < resume {
+        // A run the server may lack ends where the slot's guarantee begins.
+        let guaranteed_from = keeps_from.filter(|&k| k > segment);
         (segment.0..resume.0)
             .map(SegNo)
-            .find(|&n| !missing(n))
+            .find(|&n| !missing(n) || guaranteed_from == Some(n))
             .unwrap_or(resume)
     } else {
         keeps_from
