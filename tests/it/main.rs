@@ -2,6 +2,7 @@
 
 mod catchup;
 mod fetch;
+mod foreign_names;
 mod harness;
 mod push;
 mod readahead;
