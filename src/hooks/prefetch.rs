@@ -143,7 +143,7 @@ impl Cache {
 
     /// Records `segment` as the newest one asked for, with the settings it is asked under.
     fn write_wanted(&self, segment: SegmentName, size: SegmentSize) -> io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        self.create_dir()?;
         let temp = self.dir.join(format!(".{WANTED}.tmp"));
         std::fs::write(
             &temp,
@@ -176,13 +176,20 @@ impl Cache {
 
     /// Takes the worker lock without waiting: `None` when a worker holds it.
     fn try_lock(&self) -> io::Result<Option<File>> {
-        std::fs::create_dir_all(&self.dir)?;
+        self.create_dir()?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join(LOCK))?;
         Ok(try_lock_exclusive(&file)?.then_some(file))
+    }
+
+    /// Creates the cache directory, private (see `fsutil::restrict_umask`); one an older
+    /// version left accessible to other users loses that access: walhalla owns it whole.
+    fn create_dir(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        crate::fsutil::remove_access_for_others(&self.dir)
     }
 
     fn holds(&self, segment: SegmentName) -> bool {
