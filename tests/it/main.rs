@@ -4,6 +4,7 @@ mod catchup;
 mod fetch;
 mod foreign_names;
 mod harness;
+mod permissions;
 mod push;
 mod readahead;
 mod receive;
