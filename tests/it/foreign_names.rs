@@ -221,7 +221,7 @@ fn push_fetch_and_status_ignore_foreign_keys_on_s3() {
     }
     let pushed = archive_one_more(&pg);
     assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
-    let server = Server::start(&wh, &archive, &[]);
+    let server = Server::start(&wh, &archive, &["--system-id", &id.to_string()]);
     wait_status_shows(server.port, &pushed);
     assert_fetch_works(&wh, &archive, &pg, &pushed);
 }

@@ -101,8 +101,8 @@ fn receive_and_push_under_umask_022_create_nothing_others_can_read() {
     assert!(!receiver.log().contains("accessible to other users"));
 
     // A spool an older version left open to others is not changed, but said so.
-    let open_spool = parent.join("old-spool");
-    std::fs::create_dir(&open_spool).expect("mkdir");
+    let old = TestDir::new("old");
+    let open_spool = old.subdir("spool");
     std::fs::set_permissions(&open_spool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let receiver = Receiver::start_with_umask(
         &wh,

@@ -1,6 +1,6 @@
-//! A `walhalla receive` daemon run by a test: started with the archive's settings, logging to
-//! a file, stopped with SIGTERM or killed with SIGKILL by pid; killed on drop, its log printed
-//! when the test fails.
+//! A `walhalla receive` daemon run by a test, as the PostgreSQL user: started with the
+//! archive's settings, logging to a file, stopped with SIGTERM or killed with SIGKILL by pid;
+//! killed on drop, its log printed when the test fails.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -122,6 +122,11 @@ impl Receiver {
     ) -> Receiver {
         let log = dir.path().join("receiver.log");
         let file = std::fs::File::create(&log).expect("create the receiver log");
+        // As PostgreSQL's user, who owns the test archives and runs the hooks that read what
+        // the receiver archived (walhalla's files grant nothing to other users).
+        if let Some((uid, gid)) = super::pg_user_ids() {
+            command.uid(uid).gid(gid);
+        }
         let child = command
             .arg("--archive")
             .arg(archive.url())
