@@ -27,6 +27,87 @@ fn forget_temp_file(path: &Path) {
     live.retain(|p| p != path);
 }
 
+/// The umask bits that keep other users out, and the group out too.
+const PRIVATE_MASK: u32 = 0o077;
+/// The umask bits that keep other users out and let the group read (as PostgreSQL's
+/// `initdb -g`: files 0640, directories 0750).
+const GROUP_READ_MASK: u32 = 0o027;
+
+/// The umask walhalla runs with, given the one it inherited and the modes of the directories
+/// its files go into (`roots`, see [`restrict_umask`]): never looser than `current`, never
+/// granting anything to other users, and granting the group read access only when every root
+/// grants its group some access (with no roots, never). The result: files 0600 and
+/// directories 0700, or 0640 and 0750 beside a group-readable tree, whatever the umask was.
+pub fn private_umask(current: u32, root_modes: &[u32]) -> u32 {
+    let group_shared = !root_modes.is_empty() && root_modes.iter().all(|mode| mode & 0o070 != 0);
+    current
+        | if group_shared {
+            GROUP_READ_MASK
+        } else {
+            PRIVATE_MASK
+        }
+}
+
+/// The permission bits of `path`, or of its nearest existing ancestor when it does not
+/// exist yet (where walhalla would create it). `None` when nothing on the way can be read.
+pub fn nearest_existing_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = path;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) => return Some(meta.permissions().mode() & 0o7777),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+        at = match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ if at != Path::new(".") && path.is_relative() => Path::new("."),
+            _ => return None,
+        };
+    }
+}
+
+/// Sets the process umask to [`private_umask`] of the inherited one and the modes of `roots`:
+/// the directories the command creates files and folders in (a local archive, a spool, a
+/// restore's destination directory), each as it is or, if missing, its nearest existing
+/// ancestor. Process-wide, so it covers files that libraries create too (object_store's
+/// local archive). Call it before any file is created. Returns the new umask.
+pub fn restrict_umask(roots: &[PathBuf]) -> u32 {
+    let modes: Vec<u32> = roots
+        .iter()
+        .map(|root| nearest_existing_mode(root).unwrap_or(0))
+        .collect();
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    let current = unsafe { libc::umask(0o077) } as u32;
+    let wanted = private_umask(current, &modes);
+    // SAFETY: as above.
+    unsafe { libc::umask(wanted as libc::mode_t) };
+    wanted
+}
+
+/// The permission bits `path` grants other users, if any (`Ok(None)` for none).
+pub fn access_for_others(path: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    Ok((mode & 0o007 != 0).then_some(mode))
+}
+
+/// Removes every permission other users have on directory `dir`, one walhalla owns whole
+/// (created by it, holding nothing but its own files, such as the prefetch cache): an older
+/// version created such directories under the inherited umask. Logs what it changed.
+pub fn remove_access_for_others(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(mode) = access_for_others(dir)? {
+        let private = mode & !0o007;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(private))?;
+        tracing::info!(
+            "{}: removed other users' access (mode {mode:04o} -> {private:04o})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Fsyncs a directory so that the entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -284,5 +365,51 @@ mod tests {
         t.persist().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_umask_keeps_others_out_and_the_group_out_unless_the_tree_shares() {
+        // Whatever the inherited umask, nothing for others; never looser than inherited.
+        for current in [0o000, 0o002, 0o022, 0o027, 0o077, 0o277] {
+            let private = private_umask(current, &[]);
+            assert_eq!(private & 0o077, 0o077, "{current:o}");
+            assert_eq!(private & current, current);
+            let shared = private_umask(current, &[0o750, 0o2775]);
+            assert_eq!(shared & 0o007, 0o007, "{current:o}");
+            assert_eq!(shared & current, current);
+        }
+        assert_eq!(private_umask(0o022, &[0o755]), 0o027);
+        assert_eq!(private_umask(0o022, &[0o700]), 0o077);
+        // One root keeps its group out: so does the one umask for every root.
+        assert_eq!(private_umask(0o022, &[0o750, 0o700]), 0o077);
+        // PostgreSQL's own umask (initdb -g) is kept as it is.
+        assert_eq!(private_umask(0o027, &[0o750]), 0o027);
+        assert_eq!(private_umask(0o077, &[0o750]), 0o077);
+    }
+
+    #[test]
+    fn a_missing_root_counts_as_its_nearest_existing_ancestor() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let missing = dir.path().join("a/b/c");
+        assert_eq!(nearest_existing_mode(&missing), Some(0o750));
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        assert_eq!(nearest_existing_mode(&missing), Some(0o700));
+        assert!(nearest_existing_mode(Path::new("no/such/relative/dir")).is_some());
+    }
+
+    #[test]
+    fn others_lose_access_to_a_directory_walhalla_owns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(access_for_others(dir.path()).unwrap(), Some(0o755));
+        remove_access_for_others(dir.path()).unwrap();
+        assert_eq!(access_for_others(dir.path()).unwrap(), None);
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -88,9 +89,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             .global
             .compression_level
             .unwrap_or(walhalla::envelope::DEFAULT_LEVEL);
+        walhalla::fsutil::restrict_umask(&[]);
         return walhalla::demo::run(level, keep).await.map(|()| 0);
     }
     let config = Config::resolve(cli.global.overrides())?;
+    let umask = walhalla::fsutil::restrict_umask(&private_roots(&cli.command, &config));
+    tracing::debug!("umask {umask:04o}");
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
@@ -117,6 +121,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => hooks::run_prefetch_worker(&config, &cache, &client.settings(), usize::from(prefetch))
             .await
             .map(|()| 0),
+    }
+}
+
+/// The directories `command` creates files and folders in, whose modes decide whether its
+/// files may be readable by their group (see [`walhalla::fsutil::private_umask`]): the local
+/// archive `push` and `receive` write, the spool, the directory a restored file and the
+/// prefetch cache go to. PostgreSQL runs `push` and `fetch` with a umask derived from its
+/// data directory's mode, which they keep.
+fn private_roots(command: &Command, config: &Config) -> Vec<PathBuf> {
+    let local_archive = || match &config.archive {
+        Some(walhalla::archive::Location::Local(dir)) => Some(dir.clone()),
+        _ => None,
+    };
+    match command {
+        Command::Push { .. } => local_archive().into_iter().collect(),
+        Command::Receive(args) => {
+            let spool = args
+                .spool
+                .clone()
+                .unwrap_or_else(walhalla::receiver::spool_root);
+            local_archive().into_iter().chain([spool]).collect()
+        }
+        Command::Fetch(args) => vec![walhalla::fsutil::parent_dir(&args.dest).to_path_buf()],
+        Command::PrefetchWorker { cache, .. } => vec![cache.clone()],
+        _ => Vec::new(),
     }
 }
 

@@ -14,29 +14,191 @@
 //!
 //! Segments are grouped by timeline and "xlogid" (the first 16 digits of their names: 4 GiB of
 //! WAL), which bounds directory sizes and makes "newest segment of a timeline" a short listing.
+//!
+//! # Reading listings
+//!
+//! An archive may hold names walhalla did not write: a file an operator dropped, a folder of
+//! another tool, a half-uploaded object of an older version, a name in another encoding. Every
+//! name a listing returns is parsed here, in one place and without I/O, by the parser for the
+//! level it was found at:
+//!
+//! | level | parser |
+//! |---|---|
+//! | `<prefix>/` (cluster folders) | [`parse_cluster_folder`] |
+//! | `<prefix>/<system-id>/wal/` (groups) | [`WalGroup::parse`] |
+//! | `<prefix>/<system-id>/wal/<group>/` (objects) | [`parse_group_object`] |
+//! | `<prefix>/<system-id>/timelines/` (history files) | [`parse_timeline_object`] |
+//!
+//! A name a parser refuses (`None`) is not walhalla's: listings skip it (with a debug log
+//! line) and never fail or panic because of it. A name is accepted only exactly as walhalla
+//! writes it (upper-case hex of the right length, decimal without sign or leading zeros), so
+//! what a parser accepts prints back to the same text.
+
+use std::fmt;
 
 use object_store::path::Path;
 
-use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
+use crate::wal::{Lsn, SegmentName, SystemId, TimelineId, WalFileName, upper_hex};
 
 /// The suffix every archived object carries: each is a zstd stream (`zstd -d` restores it).
 pub const OBJECT_SUFFIX: &str = ".zst";
+
+/// The folder under a cluster's folder that holds the groups of segment-related objects.
+const WAL_FOLDER: &str = "wal";
+/// The folder under a cluster's folder that holds timeline history files.
+const TIMELINES_FOLDER: &str = "timelines";
+
+/// A group folder under `wal/`, named `TTTTTTTTXXXXXXXX`: the timeline and "xlogid" (the high
+/// 32 bits of the segment number, 4 GiB of WAL) shared by every object in it. Groups sort by
+/// timeline, then position, as their names do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WalGroup {
+    /// The timeline (the first 8 digits); never 0.
+    pub timeline: TimelineId,
+    /// The "xlogid" (the last 8 digits).
+    pub log: u32,
+}
+
+impl WalGroup {
+    /// The group `segment` is stored in.
+    pub fn of(segment: SegmentName) -> WalGroup {
+        WalGroup {
+            timeline: segment.timeline,
+            log: segment.log,
+        }
+    }
+
+    /// Parses a folder name found under `wal/`: exactly 16 upper-case hex digits, timeline not
+    /// 0. Anything else (another length, lower case, non-ASCII) is `None`.
+    pub fn parse(name: &str) -> Option<WalGroup> {
+        let both = upper_hex(name, 16)?;
+        let timeline = TimelineId((both >> 32) as u32);
+        (timeline.0 != 0).then_some(WalGroup {
+            timeline,
+            log: both as u32,
+        })
+    }
+
+    /// Whether `segment` belongs in this group.
+    pub fn holds(self, segment: SegmentName) -> bool {
+        WalGroup::of(segment) == self
+    }
+}
+
+impl fmt::Display for WalGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08X}{:08X}", self.timeline.0, self.log)
+    }
+}
+
+/// What an archived object is, from its file name (`.zst` included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectName {
+    /// A file PostgreSQL archives, stored by `push` or the receiver under its own name:
+    /// a segment, a `.partial` segment, a `.backup` file (all in a `wal/` group) or a
+    /// `.history` file (in `timelines/`).
+    File(WalFileName),
+    /// A receiver's snapshot of `segment`, holding its bytes from its start up to `end`.
+    Snapshot {
+        /// The segment.
+        segment: SegmentName,
+        /// The WAL position just past the snapshot's last byte.
+        end: Lsn,
+    },
+}
+
+impl ObjectName {
+    /// Parses an object's file name as walhalla writes it (see the module's table).
+    /// A snapshot's `END` is 16 upper-case hex digits and lies past the start of the
+    /// segment's "xlogid" and no further than its end (the segment size is not needed).
+    pub fn parse(file_name: &str) -> Option<ObjectName> {
+        let stem = file_name.strip_suffix(OBJECT_SUFFIX)?;
+        let Some((segment, end)) = stem.split_once(".partial.") else {
+            return stem.parse().ok().map(ObjectName::File);
+        };
+        let segment = match segment.parse().ok()? {
+            WalFileName::Segment(segment) => segment,
+            _ => return None,
+        };
+        let end = upper_hex(end, 16)?;
+        let xlogid_start = u64::from(segment.log) << 32;
+        let within = end > xlogid_start && end - xlogid_start <= 1 << 32;
+        within.then_some(ObjectName::Snapshot {
+            segment,
+            end: Lsn(end),
+        })
+    }
+
+    /// The segment the object belongs to; `None` for a timeline history file.
+    pub fn segment(&self) -> Option<SegmentName> {
+        match self {
+            ObjectName::File(name) => name.segment(),
+            ObjectName::Snapshot { segment, .. } => Some(*segment),
+        }
+    }
+}
+
+impl fmt::Display for ObjectName {
+    /// The object's file name, `.zst` included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectName::File(name) => write!(f, "{name}{OBJECT_SUFFIX}"),
+            ObjectName::Snapshot { segment, end } => {
+                write!(f, "{segment}.partial.{:016X}{OBJECT_SUFFIX}", end.0)
+            }
+        }
+    }
+}
+
+/// Parses a folder name found at the archive's root (under its prefix): a cluster's system
+/// identifier, in decimal as walhalla writes it (no sign, no leading zero, not 0).
+pub fn parse_cluster_folder(name: &str) -> Option<SystemId> {
+    let id: SystemId = name.parse().ok()?;
+    (id.to_string() == name).then_some(id)
+}
+
+/// Parses a file name found in the `wal/` group `group`: an object of a segment of that group
+/// (a segment, `.partial`, `.backup` or receiver snapshot). A history file, or an object of a
+/// segment of another group, is not where walhalla puts it: `None`.
+pub fn parse_group_object(group: WalGroup, file_name: &str) -> Option<ObjectName> {
+    let object = ObjectName::parse(file_name)?;
+    object
+        .segment()
+        .is_some_and(|segment| group.holds(segment))
+        .then_some(object)
+}
+
+/// Parses a file name found in a cluster's `timelines/` folder: a timeline history file.
+pub fn parse_timeline_object(file_name: &str) -> Option<TimelineId> {
+    match ObjectName::parse(file_name)? {
+        ObjectName::File(WalFileName::History(timeline)) => Some(timeline),
+        _ => None,
+    }
+}
 
 /// The folder holding one cluster's objects.
 pub fn cluster_prefix(root: &Path, system_id: SystemId) -> Path {
     root.clone().join(system_id.to_string())
 }
 
+/// The folder holding cluster `system_id`'s groups (`<prefix>/<system-id>/wal`).
+pub fn wal_prefix(root: &Path, system_id: SystemId) -> Path {
+    cluster_prefix(root, system_id).join(WAL_FOLDER)
+}
+
+/// The folder of group `group` of cluster `system_id`.
+pub fn group_prefix(root: &Path, system_id: SystemId, group: WalGroup) -> Path {
+    wal_prefix(root, system_id).join(group.to_string())
+}
+
 /// The key of the object holding `name` for cluster `system_id`.
 pub fn object_key(root: &Path, system_id: SystemId, name: &WalFileName) -> Path {
-    let cluster = cluster_prefix(root, system_id);
-    let file = format!("{name}{OBJECT_SUFFIX}");
+    let file = ObjectName::File(*name).to_string();
     match name.segment() {
-        Some(segment) => {
-            let group = format!("{:08X}{:08X}", segment.timeline.0, segment.log);
-            cluster.join("wal").join(group).join(file)
-        }
-        None => cluster.join("timelines").join(file),
+        Some(segment) => group_prefix(root, system_id, WalGroup::of(segment)).join(file),
+        None => cluster_prefix(root, system_id)
+            .join(TIMELINES_FOLDER)
+            .join(file),
     }
 }
 
@@ -47,12 +209,8 @@ pub fn partial_snapshot_key(
     segment: SegmentName,
     end: Lsn,
 ) -> Path {
-    let group = format!("{:08X}{:08X}", segment.timeline.0, segment.log);
-    let file = format!("{segment}.partial.{:016X}{OBJECT_SUFFIX}", end.0);
-    cluster_prefix(root, system_id)
-        .join("wal")
-        .join(group)
-        .join(file)
+    let file = ObjectName::Snapshot { segment, end }.to_string();
+    group_prefix(root, system_id, WalGroup::of(segment)).join(file)
 }
 
 #[cfg(test)]
@@ -94,5 +252,153 @@ mod tests {
             partial_snapshot_key(&root, id, segment, Lsn(0x1_3F12_3456)).to_string(),
             "team/pg1/7300000000000000001/wal/0000000200000001/00000002000000010000003F.partial.000000013F123456.zst"
         );
+    }
+
+    fn segment(timeline: u32, log: u32, seg: u32) -> SegmentName {
+        SegmentName {
+            timeline: TimelineId(timeline),
+            log,
+            seg,
+        }
+    }
+
+    #[test]
+    fn group_names_parse_only_as_written() {
+        let group = WalGroup::parse("0000000200000001").unwrap();
+        assert_eq!(
+            group,
+            WalGroup {
+                timeline: TimelineId(2),
+                log: 1
+            }
+        );
+        assert_eq!(group.to_string(), "0000000200000001");
+        assert!(group.holds(segment(2, 1, 0x3F)));
+        assert!(!group.holds(segment(2, 2, 0x3F)));
+        assert!(!group.holds(segment(1, 1, 0x3F)));
+        for foreign in [
+            "",
+            "000000020000000",
+            "00000002000000010",
+            "000000020000000a",
+            "0000000000000001",
+            "+000000200000001",
+            " 000000200000001",
+            // 16 bytes, not ASCII; byte 8 falls inside a character.
+            "0\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}1",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+            "lost+found",
+        ] {
+            assert_eq!(WalGroup::parse(foreign), None, "{foreign:?}");
+        }
+        assert!(WalGroup::parse("0000000100000000") < WalGroup::parse("00000001000000FF"));
+        assert!(WalGroup::parse("00000001FFFFFFFF") < WalGroup::parse("0000000200000000"));
+    }
+
+    #[test]
+    fn object_names_say_what_they_are() {
+        let s = segment(1, 0, 0x2A);
+        let cases = [
+            (
+                "00000001000000000000002A.zst",
+                ObjectName::File(WalFileName::Segment(s)),
+            ),
+            (
+                "00000001000000000000002A.partial.zst",
+                ObjectName::File(WalFileName::Partial(s)),
+            ),
+            (
+                "00000001000000000000002A.00000028.backup.zst",
+                ObjectName::File(WalFileName::Backup {
+                    segment: s,
+                    offset: 0x28,
+                }),
+            ),
+            (
+                "00000003.history.zst",
+                ObjectName::File(WalFileName::History(TimelineId(3))),
+            ),
+            (
+                "00000001000000000000002A.partial.000000002A123456.zst",
+                ObjectName::Snapshot {
+                    segment: s,
+                    end: Lsn(0x2A12_3456),
+                },
+            ),
+        ];
+        for (text, object) in cases {
+            assert_eq!(ObjectName::parse(text), Some(object), "{text}");
+            assert_eq!(object.to_string(), text);
+        }
+        assert_eq!(ObjectName::parse(&cases[4].0.replace(".zst", "")), None);
+    }
+
+    #[test]
+    fn foreign_object_names_are_refused() {
+        for foreign in [
+            "",
+            ".zst",
+            "00000001000000000000002A",
+            "00000001000000000000002A.zst#1",
+            "00000001000000000000002A.zst.tmp",
+            "00000001000000000000002a.zst",
+            "README.zst",
+            "00000001000000000000002A.partial.2A123456.zst",
+            "00000001000000000000002A.partial.000000002a123456.zst",
+            "00000001000000000000002A.partial.+00000002A12345.zst",
+            "00000001000000000000002A.partial.partial.zst",
+            "00000001000000000000002A.00000028.backup.partial.0000000000000001.zst",
+            // END outside the segment's xlogid.
+            "00000001000000000000002A.partial.0000000000000000.zst",
+            "00000001000000010000002A.partial.0000000000000001.zst",
+            "00000001000000000000002A.partial.0000000100000001.zst",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}.zst",
+        ] {
+            assert_eq!(ObjectName::parse(foreign), None, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn objects_count_only_where_walhalla_puts_them() {
+        let group = WalGroup::parse("0000000100000000").unwrap();
+        let segment_name = "00000001000000000000002A.zst";
+        assert!(parse_group_object(group, segment_name).is_some());
+        // Another group's segment, a history file in a group, a segment in timelines/.
+        assert_eq!(
+            parse_group_object(group, "00000002000000000000002A.zst"),
+            None
+        );
+        assert_eq!(
+            parse_group_object(group, "00000001000000010000002A.zst"),
+            None
+        );
+        assert_eq!(parse_group_object(group, "00000002.history.zst"), None);
+        assert_eq!(
+            parse_timeline_object("00000002.history.zst"),
+            Some(TimelineId(2))
+        );
+        assert_eq!(parse_timeline_object(segment_name), None);
+        assert_eq!(parse_timeline_object("00000002.history"), None);
+    }
+
+    #[test]
+    fn cluster_folders_are_canonical_decimal() {
+        assert_eq!(
+            parse_cluster_folder("7300000000000000001"),
+            Some(SystemId(7_300_000_000_000_000_001))
+        );
+        for foreign in [
+            "",
+            "0",
+            "007",
+            "+7",
+            "-7",
+            "7 ",
+            "18446744073709551616",
+            "lost+found",
+            "\u{e9}",
+        ] {
+            assert_eq!(parse_cluster_folder(foreign), None, "{foreign:?}");
+        }
     }
 }

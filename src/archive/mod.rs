@@ -7,7 +7,10 @@ mod keys;
 mod location;
 mod retry;
 
-pub use keys::{OBJECT_SUFFIX, cluster_prefix, object_key, partial_snapshot_key};
+pub use keys::{
+    OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, object_key, parse_cluster_folder,
+    parse_group_object, parse_timeline_object, partial_snapshot_key,
+};
 pub use location::Location;
 
 use std::collections::BTreeSet;
@@ -217,20 +220,48 @@ impl Archive {
         &self.location
     }
 
-    /// The clusters whose WAL the archive holds.
+    /// The clusters whose WAL the archive holds. Names at the root that are not a cluster's
+    /// folder are ignored.
     pub async fn clusters(&self) -> Result<Vec<SystemId>> {
-        let listing = self
-            .retrying("list", &self.root, || {
-                self.store.list_with_delimiter(Some(&self.root))
-            })
-            .await?;
-        let mut ids: Vec<SystemId> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(|name| name.parse().ok()))
-            .collect();
+        let listing = self.list(&self.root).await?;
+        let mut ids: Vec<SystemId> = listing.folders_as(&self.root, parse_cluster_folder);
         ids.sort();
         Ok(ids)
+    }
+
+    /// The names directly under folder `dir`, retried like every operation. Walhalla's
+    /// listings go through here and parse what it returns with the parsers of
+    /// [`keys`](self::keys), level by level.
+    async fn list(&self, dir: &Path) -> Result<Listing> {
+        match &self.location {
+            Location::Local(root) => {
+                let folder = root.join(dir.as_ref());
+                self.retrying("list", dir, || {
+                    let folder = folder.clone();
+                    crate::blocking::run(move || list_local(&folder))
+                })
+                .await
+            }
+            Location::S3 { .. } => {
+                let listing = self
+                    .retrying("list", dir, || self.store.list_with_delimiter(Some(dir)))
+                    .await?;
+                let names = |paths: Vec<Path>| -> Vec<Result<String, String>> {
+                    paths
+                        .into_iter()
+                        .map(|p| {
+                            p.filename()
+                                .map(str::to_string)
+                                .ok_or_else(|| p.to_string())
+                        })
+                        .collect()
+                };
+                Ok(Listing {
+                    folders: names(listing.common_prefixes),
+                    objects: names(listing.objects.into_iter().map(|o| o.location).collect()),
+                })
+            }
+        }
     }
 
     /// The part of the archive that holds the WAL of cluster `system_id`.
@@ -399,33 +430,25 @@ impl ClusterArchive {
     }
 
     /// The newest complete segment the archive holds on each timeline that has any, oldest
-    /// timeline first.
+    /// timeline first. Names in `wal/` and its groups that walhalla did not write are ignored.
     pub async fn newest_segments_per_timeline(&self) -> Result<Vec<SegmentName>> {
-        let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
-        let listing = self
+        let wal = keys::wal_prefix(&self.archive.root, self.system_id);
+        let mut groups = self
             .archive
-            .retrying("list", &wal, || {
-                self.archive.store.list_with_delimiter(Some(&wal))
-            })
-            .await?;
-        // Groups are named TTTTTTTTXXXXXXXX: their order is timeline, then position.
-        let mut groups: Vec<Path> = listing
-            .common_prefixes
-            .into_iter()
-            .filter(|p| p.filename().is_some_and(|g| g.len() == 16))
-            .collect();
+            .list(&wal)
+            .await?
+            .folders_as(&wal, WalGroup::parse);
         groups.sort();
         let mut newest = Vec::new();
-        let mut done_timeline: Option<String> = None;
+        let mut done_timeline: Option<TimelineId> = None;
         while let Some(group) = groups.pop() {
-            let timeline = group.filename().unwrap_or_default()[..8].to_string();
-            if done_timeline.as_ref() == Some(&timeline) {
+            if done_timeline == Some(group.timeline) {
                 continue;
             }
-            let found = self.segments_in_group(&group).await?.into_iter().max();
+            let found = self.segments_in(group).await?.into_iter().max();
             if let Some(segment) = found {
                 newest.push(segment);
-                done_timeline = Some(timeline);
+                done_timeline = Some(group.timeline);
             }
         }
         newest.reverse();
@@ -446,14 +469,12 @@ impl ClusterArchive {
             return Ok(held);
         }
         let per_group = size.segments_per_xlog_id();
-        let wal = cluster_prefix(&self.archive.root, self.system_id).join("wal");
         for log in from.0 / per_group..=(to.0 - 1) / per_group {
-            let group = wal.clone().join(format!("{:08X}{log:08X}", timeline.0));
+            let Ok(log) = u32::try_from(log) else { break };
             held.extend(
-                self.segments_in_group(&group)
+                self.segments_in(WalGroup { timeline, log })
                     .await?
                     .into_iter()
-                    .filter(|s| s.timeline == timeline)
                     .filter_map(|s| s.segno(size))
                     .filter(|n| (from..to).contains(n)),
             );
@@ -461,29 +482,25 @@ impl ClusterArchive {
         Ok(held)
     }
 
-    /// The complete segments stored in one group folder (`wal/TTTTTTTTXXXXXXXX`).
-    async fn segments_in_group(&self, group: &Path) -> Result<Vec<SegmentName>> {
-        let listing = self
-            .archive
-            .retrying("list", group, || {
-                self.archive.store.list_with_delimiter(Some(group))
-            })
-            .await?;
-        Ok(listing
-            .objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()?
-                    .strip_suffix(OBJECT_SUFFIX)?
-                    .parse::<WalFileName>()
-                    .ok()
-            })
-            .filter_map(|name| match name {
-                WalFileName::Segment(s) => Some(s),
+    /// The complete segments stored in `group`.
+    async fn segments_in(&self, group: WalGroup) -> Result<Vec<SegmentName>> {
+        Ok(self
+            .group_objects(group)
+            .await?
+            .into_iter()
+            .filter_map(|object| match object {
+                ObjectName::File(WalFileName::Segment(s)) => Some(s),
                 _ => None,
             })
             .collect())
+    }
+
+    /// The objects in `group` (a folder under `wal/`), in no particular order; names that are
+    /// not objects of that group are ignored. For listings of segments, snapshots, backups.
+    pub async fn group_objects(&self, group: WalGroup) -> Result<Vec<ObjectName>> {
+        let dir = keys::group_prefix(&self.archive.root, self.system_id, group);
+        let listing = self.archive.list(&dir).await?;
+        Ok(listing.objects_as(&dir, |name| parse_group_object(group, name)))
     }
 
     /// The newest snapshot a receiver stored of `segment` (the one reaching furthest): its
@@ -492,40 +509,19 @@ impl ClusterArchive {
         &self,
         segment: SegmentName,
     ) -> Result<Option<(String, Bytes)>> {
-        let group = self.key(&WalFileName::Segment(segment));
-        let Some(dir) = group
-            .parts()
-            .count()
-            .checked_sub(1)
-            .map(|n| Path::from_iter(group.parts().take(n)))
-        else {
-            return Ok(None);
-        };
-        let listing = self
-            .archive
-            .retrying("list", &dir, || {
-                self.archive.store.list_with_delimiter(Some(&dir))
-            })
-            .await?;
-        let prefix = format!("{segment}.partial.");
-        let newest = listing
-            .objects
+        let newest = self
+            .group_objects(WalGroup::of(segment))
+            .await?
             .into_iter()
-            .filter_map(|o| {
-                let end = o
-                    .location
-                    .filename()?
-                    .strip_prefix(&prefix)?
-                    .strip_suffix(OBJECT_SUFFIX)?;
-                (end.len() == 16)
-                    .then(|| u64::from_str_radix(end, 16).ok())
-                    .flatten()
-                    .map(|end| (end, o.location))
+            .filter_map(|object| match object {
+                ObjectName::Snapshot { segment: s, end } if s == segment => Some(end),
+                _ => None,
             })
-            .max_by_key(|(end, _)| *end);
-        let Some((_, key)) = newest else {
+            .max();
+        let Some(end) = newest else {
             return Ok(None);
         };
+        let key = partial_snapshot_key(&self.archive.root, self.system_id, segment, end);
         Ok(self
             .get_key(&key)
             .await?
@@ -536,13 +532,8 @@ impl ClusterArchive {
     /// cluster. A miss in such an archive must not end a recovery early.
     pub async fn ensure_not_empty(&self) -> Result<()> {
         let prefix = cluster_prefix(&self.archive.root, self.system_id);
-        let listing = self
-            .archive
-            .retrying("list", &prefix, || {
-                self.archive.store.list_with_delimiter(Some(&prefix))
-            })
-            .await?;
-        if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
+        let listing = self.archive.list(&prefix).await?;
+        if listing.objects.is_empty() && listing.folders.is_empty() {
             return Err(Error::NothingArchived {
                 location: self.archive.location.clone(),
                 system_id: self.system_id,
@@ -572,5 +563,165 @@ impl ClusterArchive {
             }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The names directly under a folder, as a listing found them: `Err` holds a name that is not
+/// valid Unicode (lossily converted) or a path with no file name, to be logged and skipped.
+#[derive(Debug, Default)]
+struct Listing {
+    folders: Vec<Result<String, String>>,
+    objects: Vec<Result<String, String>>,
+}
+
+impl Listing {
+    /// The sub-folders `parse` accepts; the others are logged and skipped.
+    fn folders_as<T>(&self, dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+        parse_names(dir, "folder", &self.folders, parse)
+    }
+
+    /// The objects `parse` accepts; the others are logged and skipped.
+    fn objects_as<T>(&self, dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+        parse_names(dir, "file", &self.objects, parse)
+    }
+}
+
+fn parse_names<T>(
+    dir: &Path,
+    kind: &str,
+    names: &[Result<String, String>],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Vec<T> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let parsed = name.as_deref().ok().and_then(&parse);
+            if parsed.is_none() {
+                let name = name.as_ref().unwrap_or_else(|lossy| lossy);
+                tracing::debug!(folder = %dir, "ignoring {kind} {name:?}: not a name walhalla writes there");
+            }
+            parsed
+        })
+        .collect()
+}
+
+/// Lists a local folder with the standard library rather than object_store, which fails a
+/// whole listing on one name that is not valid Unicode. A missing folder is empty, as on S3;
+/// symbolic links count as what they point to, and broken ones are skipped.
+fn list_local(folder: &std::path::Path) -> object_store::Result<Listing> {
+    let io_error = |e: std::io::Error| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(std::io::Error::new(
+            e.kind(),
+            format!("list {}: {e}", folder.display()),
+        )),
+    };
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut listing = Listing::default();
+    for entry in entries {
+        let entry = entry.map_err(io_error)?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|raw| raw.to_string_lossy().into_owned());
+        match std::fs::metadata(entry.path()) {
+            Ok(meta) if meta.is_dir() => listing.folders.push(name),
+            Ok(_) => listing.objects.push(name),
+            // Removed meanwhile, or a broken link.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A local archive holding objects of cluster 7 and, at every level, names walhalla
+    /// does not write: listings find the objects and skip the rest, without failing.
+    #[tokio::test]
+    async fn listings_skip_foreign_names_at_every_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let touch = |relative: &str| {
+            let path = root.join(relative);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"object").unwrap();
+        };
+        touch("7/wal/0000000100000000/000000010000000000000003.zst");
+        touch("7/wal/0000000100000000/000000010000000000000004.partial.0000000004000100.zst");
+        touch("7/wal/0000000200000000/000000020000000000000005.zst");
+        touch("7/timelines/00000002.history.zst");
+        // Foreign names: cluster level, wal/ level, in a group, in timelines/.
+        let non_utf8 = std::ffi::OsStr::from_bytes(b"\xff\xfe-latin1-\xe9");
+        for foreign_dir in [
+            "007",
+            "lost+found",
+            "7/wal/0\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}1",
+            "7/wal/00000001",
+            "7/wal/000000030000000G",
+            "7/wal/0000000100000000/000000010000000000000009.zst",
+        ] {
+            std::fs::create_dir_all(root.join(foreign_dir)).unwrap();
+        }
+        for foreign_file in [
+            "README",
+            "7/stray",
+            "7/wal/stray.zst",
+            "7/wal/0000000300000000",
+            "7/wal/0000000100000000/000000010000000000000007.zst#1",
+            "7/wal/0000000100000000/00000001000000000000000A.zst.tmp",
+            "7/wal/0000000100000000/000000020000000000000009.zst",
+            "7/wal/0000000100000000/000000010000000000000004.partial.0000000104000100.zst",
+            "7/timelines/notes.txt",
+        ] {
+            touch(foreign_file);
+        }
+        for level in ["", "7", "7/wal", "7/wal/0000000100000000", "7/timelines"] {
+            std::fs::write(root.join(level).join(non_utf8), b"x").unwrap();
+            std::fs::create_dir_all(root.join(level).join(non_utf8).with_extension("d")).unwrap();
+        }
+
+        let options = ArchiveOptions {
+            timeout: Duration::from_secs(10),
+            deadline: None,
+            create: false,
+        };
+        let archive = Archive::open(&Location::Local(root.to_path_buf()), &options).unwrap();
+        assert_eq!(archive.clusters().await.unwrap(), vec![SystemId(7)]);
+        let cluster = archive.cluster(SystemId(7));
+        let newest: Vec<String> = cluster
+            .newest_segments_per_timeline()
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            newest,
+            ["000000010000000000000003", "000000020000000000000005"]
+        );
+        let segment = |text: &str| match text.parse() {
+            Ok(WalFileName::Segment(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let (key, _) = cluster
+            .newest_partial_snapshot(segment("000000010000000000000004"))
+            .await
+            .unwrap()
+            .expect("the snapshot");
+        assert!(key.ends_with("000000010000000000000004.partial.0000000004000100.zst"));
+        assert!(cluster.ensure_not_empty().await.is_ok());
+        assert!(matches!(
+            archive.cluster(SystemId(8)).ensure_not_empty().await,
+            Err(Error::NothingArchived { .. })
+        ));
     }
 }

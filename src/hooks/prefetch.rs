@@ -151,7 +151,7 @@ impl Cache {
 
     /// Records `segment` as the newest one asked for, with the settings it is asked under.
     fn write_wanted(&self, segment: SegmentName, size: SegmentSize) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)
+        self.create_dir()
             .with_context(|| format!("create {}", self.dir.display()))?;
         let temp = self.dir.join(format!(".{WANTED}.tmp"));
         std::fs::write(
@@ -187,7 +187,7 @@ impl Cache {
     /// Takes the worker lock without waiting: `None` when a worker holds it.
     fn try_lock(&self) -> anyhow::Result<Option<File>> {
         let path = self.dir.join(LOCK);
-        std::fs::create_dir_all(&self.dir)
+        self.create_dir()
             .with_context(|| format!("create {}", self.dir.display()))?;
         let file = OpenOptions::new()
             .create(true)
@@ -198,6 +198,13 @@ impl Cache {
         let locked =
             try_lock_exclusive(&file).with_context(|| format!("lock {}", path.display()))?;
         Ok(locked.then_some(file))
+    }
+
+    /// Creates the cache directory, private (see `fsutil::restrict_umask`); one an older
+    /// version left accessible to other users loses that access: walhalla owns it whole.
+    fn create_dir(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        crate::fsutil::remove_access_for_others(&self.dir)
     }
 
     fn holds(&self, segment: SegmentName) -> bool {

@@ -37,6 +37,7 @@ use crate::wal::{Lsn, SystemId};
 use session::SessionEnd;
 
 /// The path of a complete segment waiting for upload in a spool.
+pub use session::spool_root;
 pub use spool::complete_path as spooled_segment;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);

@@ -335,11 +335,16 @@ async fn new_context(
 
 /// The spool used when none is given: per cluster, under the user's state directory.
 pub fn default_spool(system_id: SystemId) -> PathBuf {
+    spool_root().join(format!("spool-{system_id}"))
+}
+
+/// The directory default spools go in: `walhalla` in the user's state directory.
+pub fn spool_root() -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
-    state.join("walhalla").join(format!("spool-{system_id}"))
+    state.join("walhalla")
 }
 
 /// Archives the history file of `timeline` as the server has it (before any segment of that

@@ -37,9 +37,18 @@ pub struct SpoolContents {
 }
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
-/// cluster and checks that the directory is writable.
+/// cluster, checks that the directory is writable, and warns when other users can enter it.
 pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
+    // not be, and it is the user's to change.
+    if let Some(mode) = crate::fsutil::access_for_others(dir)? {
+        tracing::warn!(
+            "spool {} is accessible to other users (mode {mode:04o}): they can read the WAL \
+             it holds; run chmod o-rwx on it",
+            dir.display()
+        );
+    }
     let marker = dir.join(MARKER);
     match std::fs::read_to_string(&marker) {
         Ok(text) if text.trim() == system_id.to_string() => {}

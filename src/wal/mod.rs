@@ -12,6 +12,7 @@ mod validate;
 pub use control::{CONTROL_FILE_PATH, system_id_from_control_file};
 pub use history::{HistoryEntry, parse_history};
 pub use lsn::Lsn;
+pub(crate) use name::upper_hex;
 pub use name::{SegmentName, WalFileName};
 pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
 pub use validate::{FileFacts, ValidationError, validate_file, validate_segment_head};

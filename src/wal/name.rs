@@ -138,8 +138,16 @@ fn parse_name(s: &str) -> Option<WalFileName> {
 
 /// Exactly 8 upper-case hexadecimal digits.
 fn hex8(s: &str) -> Option<u32> {
-    let ok = s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
-    ok.then(|| u32::from_str_radix(s, 16).expect("checked hex digits"))
+    upper_hex(s, 8).map(|n| n as u32)
+}
+
+/// Exactly `digits` (at most 16) upper-case hexadecimal digits, as PostgreSQL and walhalla
+/// print numbers in file names: no sign, no lower case, no other length.
+pub(crate) fn upper_hex(s: &str, digits: usize) -> Option<u64> {
+    let ok = digits <= 16
+        && s.len() == digits
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+    ok.then(|| u64::from_str_radix(s, 16).ok()).flatten()
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 mod catchup;
 mod fetch;
+mod foreign_names;
 mod harness;
+mod permissions;
 mod promises;
 mod push;
 mod readahead;

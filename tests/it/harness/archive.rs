@@ -74,6 +74,29 @@ impl TestArchive {
         }
     }
 
+    /// An archive on a local directory that does not exist yet (walhalla is to create it):
+    /// `relative` (`a/b`) inside a new test directory, which is returned too.
+    pub fn uncreated_local(relative: &str) -> (TestArchive, std::path::PathBuf) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = TestDir::new("archive");
+        let parent = dir.path().to_path_buf();
+        let base =
+            object_store::local::LocalFileSystem::new_with_prefix(&parent).expect("local store");
+        let store = object_store::prefix::PrefixStore::new(base, relative);
+        let archive = TestArchive {
+            url: parent.join(relative).display().to_string(),
+            env: Vec::new(),
+            store: Arc::new(store),
+            runtime,
+            _dir: Some(dir),
+            _server: None,
+        };
+        (archive, parent)
+    }
+
     /// The `--archive` URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -43,6 +43,20 @@ pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
     }
 }
 
+/// The PostgreSQL user's uid and gid when the tests run as root, for processes that must run
+/// as that user without a `runuser` in between (which a SIGKILL would leave orphaned).
+pub fn pg_user_ids() -> Option<(u32, u32)> {
+    if !running_as_root() {
+        return None;
+    }
+    let name = std::ffi::CString::new(PG_USER).expect("no NUL");
+    // SAFETY: getpwnam with a valid C string; the entry is read before any other call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!entry.is_null(), "no user {PG_USER}");
+    // SAFETY: non-null, points to libc's static entry.
+    Some(unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
+}
+
 /// A temporary directory owned by the PostgreSQL user, removed on drop.
 pub struct TestDir {
     dir: tempfile::TempDir,

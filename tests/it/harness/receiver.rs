@@ -1,7 +1,8 @@
-//! A `walhalla receive` daemon run by a test: started with the archive's settings, logging to
-//! a file, stopped with SIGTERM or killed with SIGKILL by pid; killed on drop, its log printed
-//! when the test fails.
+//! A `walhalla receive` daemon run by a test, as the PostgreSQL user: started with the
+//! archive's settings, logging to a file, stopped with SIGTERM or killed with SIGKILL by pid;
+//! killed on drop, its log printed when the test fails.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -72,6 +73,34 @@ impl Receiver {
         Self::start_with_spool(wh, archive, archive.env(), spool.to_path_buf(), args, dir)
     }
 
+    /// Like [`Receiver::start`] with a given spool directory, in a process whose umask is
+    /// `umask` (whatever the test process's is).
+    pub fn start_with_umask(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        spool: &Path,
+        umask: u32,
+        args: &[&str],
+    ) -> Receiver {
+        let dir = TestDir::new("receiver");
+        let mut command = Command::new(wh.path());
+        // SAFETY: umask is async-signal-safe and touches no state of this process.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            });
+        }
+        Self::spawn(
+            command,
+            archive,
+            archive.env(),
+            spool.to_path_buf(),
+            args,
+            dir,
+        )
+    }
+
     fn start_with_spool(
         wh: &Walhalla,
         archive: &TestArchive,
@@ -80,9 +109,25 @@ impl Receiver {
         args: &[&str],
         dir: TestDir,
     ) -> Receiver {
+        Self::spawn(Command::new(wh.path()), archive, env, spool, args, dir)
+    }
+
+    fn spawn(
+        mut command: Command,
+        archive: &TestArchive,
+        env: Vec<(String, String)>,
+        spool: PathBuf,
+        args: &[&str],
+        dir: TestDir,
+    ) -> Receiver {
         let log = dir.path().join("receiver.log");
         let file = std::fs::File::create(&log).expect("create the receiver log");
-        let child = Command::new(wh.path())
+        // As PostgreSQL's user, who owns the test archives and runs the hooks that read what
+        // the receiver archived (walhalla's files grant nothing to other users).
+        if let Some((uid, gid)) = super::pg_user_ids() {
+            command.uid(uid).gid(gid);
+        }
+        let child = command
             .arg("--archive")
             .arg(archive.url())
             .arg("receive")
