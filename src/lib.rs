@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
-//! `receiver` → `protocol` → `wal`; `hooks` → `client` → `server`'s header names.
+//! `receiver` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` → `client` →
+//! `server`'s header names.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
@@ -15,6 +16,7 @@
 //! - [`cli`]: the command line.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
+//! - [`spool`]: the receiver's local spool, which the fetch server also reads.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
 //! - [`fsutil`], [`blocking`], [`backoff`]: durable file writes; blocking work off the
@@ -35,4 +37,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod receiver;
 pub mod server;
+pub mod spool;
 pub mod wal;

@@ -15,7 +15,6 @@
 mod flush;
 mod session;
 mod slot;
-mod spool;
 mod start;
 mod stream;
 mod upload;
@@ -33,12 +32,11 @@ use crate::daemon::{ServedCluster, Shared};
 use crate::metrics::ErrorKind;
 use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
+use crate::spool;
 use crate::wal::{Lsn, SystemId};
 use session::SessionEnd;
 
-/// The path of a complete segment waiting for upload in a spool.
 pub use session::spool_root;
-pub use spool::complete_path as spooled_segment;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(60));

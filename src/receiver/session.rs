@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use super::ReceiveOptions;
 use super::slot::ensure_slot;
-use super::spool::{self, SegmentWriter};
 use super::start::start_point;
 use super::stream::{Stream, StreamEnd};
 use super::upload::{UploadSettings, Uploader};
@@ -23,6 +22,7 @@ use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, Error as ConnError};
+use crate::spool::{self, SegmentWriter};
 use crate::wal::{
     HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
     parse_history,

@@ -14,10 +14,10 @@ use anyhow::{Context as _, anyhow};
 
 use super::ReceiveOptions;
 use super::session::{Context, SessionError, archive_history};
-use super::spool;
 use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
+use crate::spool;
 use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// At most this many groups (4 GiB of WAL each) are listed to look for holes.

@@ -16,12 +16,12 @@ use tokio::time::Instant;
 
 use super::flush::{FlushReport, Stored};
 use super::session::{Context, SessionEnd, SessionError, from_conn};
-use super::spool::SegmentWriter;
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
 use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, CopyMessage};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
+use crate::spool::SegmentWriter;
 use crate::wal::{Lsn, SegNo, TimelineId};
 
 /// How long a primary that is shutting down waits for the receiver to confirm the end of

@@ -17,13 +17,13 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use super::spool;
 use crate::archive::{self, ClusterArchive};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
 use crate::envelope::Encoder;
 use crate::metrics::ErrorKind;
+use crate::spool;
 use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
 
 const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));

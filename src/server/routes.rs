@@ -21,7 +21,7 @@ use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
 use crate::metrics::{FetchSource, Snapshot};
-use crate::receiver::spooled_segment;
+use crate::spool::complete_path as spooled_segment;
 use crate::wal::{HeadCapture, Lsn, SystemId, WalFileName, validate_file, validate_segment_head};
 
 /// Response header: the CRC-32 (IEEE) of the body, 8 hexadecimal digits.
