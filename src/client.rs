@@ -158,14 +158,18 @@ impl ServerClient {
     /// answer to read the body of, or a 404 (whose headers say which cluster the server
     /// answered for); any other answer is an error, [`ServerError::NothingArchived`] when the
     /// server says its archive holds nothing for the cluster.
+    /// With `partial`, a segment nobody has in full may come from its newest snapshot,
+    /// zero-padded.
     pub async fn wal(
         &self,
         name: &WalFileName,
         system_id: Option<SystemId>,
+        partial: bool,
     ) -> Result<reqwest::Response, ServerError> {
+        let query = if partial { "?partial=1" } else { "" };
         let url = self
             .base
-            .join(&format!("wal/{name}"))
+            .join(&format!("wal/{name}{query}"))
             .expect("a relative path joins");
         // The archived object as stored (a zstd stream) is a tenth of the bytes.
         let mut request = self

@@ -93,14 +93,14 @@ impl Sources {
         let timeout = self.config.timeout;
         let deadline = self.deadline.unwrap_or_else(|| Instant::now() + timeout);
         let declared = self.declared_system_id()?;
-        if let (Some(server), false) = (&self.server, partial) {
+        if let Some(server) = &self.server {
             let share = Self::server_share(&self.config);
             let server_until = deadline
                 .checked_sub(timeout - share)
                 .unwrap_or_else(Instant::now);
             let answer = tokio::time::timeout_at(
                 server_until,
-                self.ask_server(server, name, dest, declared),
+                self.ask_server(server, name, dest, declared, partial),
             )
             .await
             .unwrap_or_else(|_| {
@@ -134,8 +134,9 @@ impl Sources {
         name: &WalFileName,
         dest: &Path,
         declared: Option<SystemId>,
+        partial: bool,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let mut response = match server.wal(name, declared).await {
+        let mut response = match server.wal(name, declared, partial).await {
             Ok(response) => response,
             Err(ServerError::NothingArchived { system_id, .. })
                 if declared.is_some_and(|ours| ours != system_id) =>

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -22,7 +22,9 @@ use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
 use crate::metrics::{FetchSource, Snapshot};
 use crate::spool::complete_path as spooled_segment;
-use crate::wal::{HeadCapture, Lsn, SystemId, WalFileName, validate_file, validate_segment_head};
+use crate::wal::{
+    HeadCapture, LongPageHeader, Lsn, SystemId, WalFileName, validate_file, validate_segment_head,
+};
 
 /// Response header: the CRC-32 (IEEE) of the body, 8 hexadecimal digits.
 pub const CRC_HEADER: &str = "x-walhalla-crc32";
@@ -87,12 +89,17 @@ fn plain(status: StatusCode, text: String) -> Response {
 /// be served intact, 503 when neither the request nor the receiver names a cluster yet. The
 /// cluster is the one the request names (`X-Walhalla-System-Id`), else the receiver's.
 ///
+/// With `?partial=1`, a segment nobody has in full is answered with the newest receiver
+/// snapshot of it, zero-padded to the segment size (for a last-resort recovery, as
+/// `fetch --partial` reads the archive); the server logs which snapshot it served.
+///
 /// A client that accepts `zstd` (`Accept-Encoding`) gets an archived object as it is stored,
 /// `Content-Encoding: zstd` (the envelope is a zstd stream), after the server verified it:
 /// about a tenth of the bytes on the wire, and decoding happens on the client.
 async fn wal(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<WalQuery>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let started = Instant::now();
@@ -144,7 +151,11 @@ async fn wal(
         .await
         .expect("never closed");
     let metrics = &state.shared.metrics;
-    match find(cluster, &name, &state.archive_seen, accepts_zstd).await {
+    let found = match find(cluster, &name, &state.archive_seen, accepts_zstd).await {
+        Ok(None) if query.partial == Some(1) => snapshot(cluster, &name).await,
+        other => other,
+    };
+    match found {
         Ok(Some((payload, source))) => {
             metrics.fetch_answered(Some(source), started.elapsed());
             tracing::debug!(%name, source = source.label(), "served");
@@ -206,6 +217,43 @@ async fn wal(
             response
         }
     }
+}
+
+/// The query of `GET /wal/{name}`.
+#[derive(Debug, Deserialize)]
+struct WalQuery {
+    /// `1`: a missing segment may be answered with its newest snapshot, zero-padded.
+    partial: Option<u8>,
+}
+
+/// The newest snapshot of a segment the archive lacks in full, zero-padded to the segment
+/// size and verified like a segment.
+async fn snapshot(
+    cluster: &ServedCluster,
+    name: &WalFileName,
+) -> anyhow::Result<Option<(Payload, FetchSource)>> {
+    let WalFileName::Segment(segment) = *name else {
+        return Ok(None);
+    };
+    let Some((key, object)) = cluster.archive.newest_partial_snapshot(segment).await? else {
+        return Ok(None);
+    };
+    let system_id = cluster.archive.system_id();
+    let name = *name;
+    let padded = blocking::run(move || -> anyhow::Result<Vec<u8>> {
+        let mut content = envelope::decode(&object)?;
+        let size = LongPageHeader::parse(&content)?.segment_size()?.bytes() as usize;
+        if content.len() > size {
+            anyhow::bail!("the snapshot is longer than a segment");
+        }
+        content.resize(size, 0);
+        verify(&name, &content, system_id)?;
+        Ok(content)
+    })
+    .await
+    .with_context(|| format!("snapshot {key}"))?;
+    tracing::info!(%name, snapshot = %key, "served a snapshot, zero-padded");
+    Ok(Some((original(padded), FetchSource::Archive)))
 }
 
 /// What a request is answered with.

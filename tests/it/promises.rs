@@ -243,13 +243,22 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
     pg.start();
     // No periodic snapshot: only what the receiver does when it loses the primary counts.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let receiver = Receiver::on_slot(
         &wh,
         &archive,
         &pg.conninfo(),
-        &["--synchronous", "--partial-interval", "0"],
+        &[
+            "--synchronous",
+            "--partial-interval",
+            "0",
+            "--listen",
+            &listen,
+        ],
     );
     wait_streaming(&pg);
+    wait_until_listening(port);
     wait_for(
         "the receiver to be the synchronous standby",
         Duration::from_secs(30),
@@ -260,6 +269,7 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     pg.sql("CREATE TABLE confirmed (id int primary key)");
     // The backup's WAL comes from the archive alone.
     let mut restored = PgCluster::from_backup(&pg, "restored", "none");
+    let mut through_server = PgCluster::from_backup(&pg, "through-server", "none");
     let backup_end = pg.switch_wal();
     wait_archive_holds(&archive, &backup_end);
     for i in 1..=40 {
@@ -290,6 +300,17 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
         archive.url()
     ));
     assert_eq!(restored.sql("SELECT count(*) FROM confirmed"), "40");
+    // The same last-resort recovery through the receiver's fetch server, with no archive.
+    through_server.recover_from_archive(&format!(
+        "{} fetch --partial --prefetch 0 --server http://127.0.0.1:{port} %f %p",
+        wh.path().display()
+    ));
+    assert_eq!(through_server.sql("SELECT count(*) FROM confirmed"), "40");
+    assert!(
+        receiver.log().contains("served a snapshot"),
+        "{}",
+        receiver.log()
+    );
     assert!(
         receiver.log().contains("keeping the end of the stream"),
         "{}",
