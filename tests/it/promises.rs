@@ -446,3 +446,49 @@ fn shutdown_during_an_archive_outage_keeps_its_deadline_and_loses_nothing() {
     wait_archive_holds(&archive, &last);
     assert!(receiver.stop().success(), "{}", receiver.log());
 }
+
+#[test]
+fn a_permanent_archive_error_is_reported_as_one_until_it_is_fixed() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--listen", &listen]);
+    wait_streaming(&pg);
+    wait_until_listening(port);
+    let before = write_segments(&pg, 1);
+    wait_archive_holds(&archive, &before);
+
+    let s3 = archive.s3().expect("an S3 archive");
+    s3.delete_bucket();
+    let last = write_segments(&pg, 2);
+    let failing = |kind: &str| {
+        scrape(
+            port,
+            &format!("walhalla_archive_failing{{kind=\"{kind}\"}}"),
+        )
+    };
+    wait_for(
+        "uploads to fail as permanent",
+        Duration::from_secs(60),
+        || (failing("permanent") == Some(1.0)).then_some(()),
+    );
+    let status = http::get(port, "/status", None).unwrap().text();
+    assert!(status.contains("\"permanent\": true"), "{status}");
+    assert!(
+        receiver
+            .log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("permanent error")),
+        "{}",
+        receiver.log()
+    );
+    // Fixed by an operator: the retries store everything, and the report clears.
+    s3.create_bucket();
+    wait_archive_holds(&archive, &last);
+    wait_for("the failure to clear", Duration::from_secs(60), || {
+        (failing("permanent") == Some(0.0) && failing("transient") == Some(0.0)).then_some(())
+    });
+}

@@ -102,6 +102,11 @@ impl TestArchive {
         &self.url
     }
 
+    /// The S3 server, for an S3 archive.
+    pub fn s3(&self) -> Option<&S3Server> {
+        self._server.as_ref()
+    }
+
     /// The S3 server's address, for an S3 archive.
     pub fn s3_addr(&self) -> Option<std::net::SocketAddr> {
         let endpoint = self._server.as_ref()?.endpoint.strip_prefix("http://")?;

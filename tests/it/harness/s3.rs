@@ -46,15 +46,32 @@ impl S3Server {
         server
     }
 
-    fn create_bucket(&self) {
-        let script = "import boto3, sys\n\
-            s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], \
-            aws_secret_access_key=sys.argv[3], region_name=sys.argv[4])\n\
-            s3.create_bucket(Bucket=sys.argv[5])\n";
+    /// Creates the bucket (again).
+    pub fn create_bucket(&self) {
+        self.boto("s3.create_bucket(Bucket=bucket)");
+    }
+
+    /// Deletes the bucket with everything in it: a store that answers "no such bucket".
+    pub fn delete_bucket(&self) {
+        self.boto(
+            "for o in s3.list_objects_v2(Bucket=bucket).get('Contents', []):\n    \
+             s3.delete_object(Bucket=bucket, Key=o['Key'])\n\
+             s3.delete_bucket(Bucket=bucket)",
+        );
+    }
+
+    /// Runs Python `statements` with boto3's client `s3` and the name `bucket`.
+    fn boto(&self, statements: &str) {
+        let script = format!(
+            "import boto3, sys\n\
+             s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], \
+             aws_secret_access_key=sys.argv[3], region_name=sys.argv[4])\n\
+             bucket = sys.argv[5]\n{statements}\n"
+        );
         let output = Command::new("python3")
             .args([
                 "-c",
-                script,
+                &script,
                 &self.endpoint,
                 ACCESS_KEY,
                 SECRET_KEY,
@@ -62,10 +79,10 @@ impl S3Server {
                 &self.bucket,
             ])
             .output()
-            .expect("run python3 to create the bucket");
+            .expect("run python3 with boto3");
         assert!(
             output.status.success(),
-            "create bucket: {}",
+            "{statements}: {}",
             describe(&output)
         );
     }
