@@ -13,7 +13,9 @@ use crate::harness::{
     free_port, http, wait_for,
 };
 use crate::push::key_of;
-use crate::receive::{SEGMENT, archive_end, archived, lsn, wait_archive_holds, wait_streaming};
+use crate::receive::{
+    SEGMENT, archive_end, archived, lsn, segno_of, wait_archive_holds, wait_streaming,
+};
 
 const SLOT_RESTART: &str =
     "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walhalla'";
@@ -33,11 +35,26 @@ fn write_segments(pg: &PgCluster, segments: usize) -> String {
     last
 }
 
-/// A receiver without a slot, from `start`: it archives without moving any slot.
-fn slotless_receiver(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, start: Lsn) -> Receiver {
+/// A primary that recycles WAL soon: no wal_keep_size, a small max_wal_size.
+fn recycling_primary() -> PgCluster {
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("wal_keep_size = 0\nmax_wal_size = '32MB'\nmin_wal_size = '4MB'");
+    pg.start();
+    pg
+}
+
+/// Archives `segments` segments from `start` with a receiver that uses no slot (so it moves
+/// none), then stops it.
+fn archive_without_a_slot(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    start: Lsn,
+    segments: usize,
+) {
     let conninfo = pg.conninfo();
     let start = start.to_string();
-    Receiver::start(
+    let mut receiver = Receiver::start(
         wh,
         archive,
         &[
@@ -48,27 +65,25 @@ fn slotless_receiver(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, start
             "--status-interval",
             "1",
         ],
-    )
+    );
+    wait_streaming(pg);
+    let last = write_segments(pg, segments);
+    wait_archive_holds(archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
 }
 
 #[test]
 fn a_restarted_receiver_fills_a_hole_the_slot_still_keeps() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.append_conf("wal_keep_size = 0\nmax_wal_size = '32MB'\nmin_wal_size = '4MB'");
-    pg.start();
+    let pg = recycling_primary();
     pg.sql("SELECT pg_create_physical_replication_slot('walhalla', true)");
     let reserved = lsn(&pg, SLOT_RESTART);
     let first = reserved.0 / SEGMENT;
 
     // Segments archived past the slot, as when uploads finished but their flush position
     // was never reported; then two of them vanish, as uploads in flight when a host is lost.
-    let mut receiver = slotless_receiver(&wh, &archive, &pg, reserved);
-    wait_streaming(&pg);
-    let last = write_segments(&pg, 8);
-    wait_archive_holds(&archive, &last);
-    assert!(receiver.stop().success(), "{}", receiver.log());
+    archive_without_a_slot(&wh, &archive, &pg, reserved, 8);
     let system_id = pg.system_id();
     for hole in [first + 3, first + 4] {
         archive.remove(&key_of(system_id, &name(hole)));
@@ -129,16 +144,10 @@ fn a_restarted_receiver_fills_a_hole_the_slot_still_keeps() {
 fn a_hole_the_server_no_longer_has_is_reported_and_streaming_goes_on() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.append_conf("wal_keep_size = 0\nmax_wal_size = '32MB'\nmin_wal_size = '4MB'");
-    pg.start();
+    let pg = recycling_primary();
     let start = lsn(&pg, "SELECT pg_current_wal_lsn()");
     let first = start.0 / SEGMENT;
-    let mut receiver = slotless_receiver(&wh, &archive, &pg, start);
-    wait_streaming(&pg);
-    let last = write_segments(&pg, 6);
-    wait_archive_holds(&archive, &last);
-    assert!(receiver.stop().success(), "{}", receiver.log());
+    archive_without_a_slot(&wh, &archive, &pg, start, 6);
     let lost = name(first + 2);
     archive.remove(&key_of(pg.system_id(), &lost));
     pg.churn_until_recycled(&lost);
@@ -162,19 +171,10 @@ fn a_hole_the_server_no_longer_has_is_reported_and_streaming_goes_on() {
     // It goes on archiving what the server still has.
     wait_streaming(&pg);
     let last = write_segments(&pg, 2);
-    let newest = last_segno(&last);
+    let newest = segno_of(&last);
     wait_for("new WAL archived", Duration::from_secs(60), || {
         archived(&archive).0.contains(&newest).then_some(())
     });
-}
-
-/// The segment number of a segment name on timeline 1.
-fn last_segno(name: &str) -> u64 {
-    let size = SegmentSize::new(SEGMENT as u32).unwrap();
-    match name.parse::<walhalla::wal::WalFileName>() {
-        Ok(walhalla::wal::WalFileName::Segment(s)) => s.segno(size).unwrap().0,
-        other => panic!("{other:?}"),
-    }
 }
 
 /// The walsender serving the receiver: its pid.

@@ -76,12 +76,17 @@ pub fn wait_streaming(pg: &PgCluster) {
     });
 }
 
-pub fn wait_archive_holds(archive: &TestArchive, segment: &str) {
+/// The segment number of a segment's name.
+pub fn segno_of(segment: &str) -> u64 {
     let size = SegmentSize::new(SEGMENT as u32).unwrap();
-    let target = match segment.parse::<WalFileName>() {
+    match segment.parse::<WalFileName>() {
         Ok(WalFileName::Segment(s)) => s.segno(size).unwrap().0,
-        other => panic!("{other:?}"),
-    };
+        other => panic!("{segment}: {other:?}"),
+    }
+}
+
+pub fn wait_archive_holds(archive: &TestArchive, segment: &str) {
+    let target = segno_of(segment);
     wait_for(
         &format!("{segment} in the archive"),
         Duration::from_secs(120),
