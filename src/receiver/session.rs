@@ -31,7 +31,7 @@ use crate::wal::{
 /// SQLSTATE of "replication slot does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE of "requested WAL segment … has already been removed".
-pub const UNDEFINED_FILE: &str = "58P01";
+const UNDEFINED_FILE: &str = "58P01";
 /// SQLSTATE of "permission denied" (a role without the REPLICATION attribute).
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
