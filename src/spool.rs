@@ -20,7 +20,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::fsync_dir;
-use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use crate::wal::{
+    LONG_HEADER_BYTES, LongPageHeader, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId,
+    WalFileName,
+};
 
 const MARKER: &str = "walhalla.spool";
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -81,6 +84,38 @@ pub fn owner(dir: &Path) -> Option<SystemId> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The segment size of the WAL an earlier run left in the spool, read from the first page of
+/// one of its files (every spool file starts at a segment's start); `None` when it holds no
+/// WAL, or none that can tell.
+pub fn segment_size(dir: &Path) -> io::Result<Option<SegmentSize>> {
+    use std::io::Read;
+    let contents = scan(dir)?;
+    let files = contents
+        .partial
+        .map(|s| dir.join(format!("{s}{PARTIAL_SUFFIX}")))
+        .into_iter()
+        .chain(
+            contents
+                .tails
+                .iter()
+                .map(|&(s, end)| tail_path(dir, s, end)),
+        )
+        .chain(contents.complete.iter().map(|&s| complete_path(dir, s)));
+    for path in files {
+        let mut head = [0u8; LONG_HEADER_BYTES];
+        let read = File::open(&path).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_ok() {
+            if let Some(size) = LongPageHeader::parse(&head)
+                .ok()
+                .and_then(|h| h.segment_size().ok())
+            {
+                return Ok(Some(size));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Lists the spool's segments, of every timeline.

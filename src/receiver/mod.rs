@@ -96,23 +96,24 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    // Serve what the spool and the archive hold before the server is reachable, when the
-    // cluster is known already: a restarting receiver must not hold up standbys.
+    let mut context = None;
+    // When the cluster is known already, a restarting receiver serves what the spool and the
+    // archive hold, and archives what an earlier run left in the spool (WAL it may have
+    // confirmed), before any server is reachable.
     if let Some(system_id) = options
         .system_id
         .or_else(|| options.spool.as_deref().and_then(spool::owner))
     {
+        let dir = options
+            .spool
+            .clone()
+            .unwrap_or_else(|| session::default_spool(system_id));
         shared.publish(ServedCluster {
             archive: archive.cluster(system_id),
-            spool: Some(
-                options
-                    .spool
-                    .clone()
-                    .unwrap_or_else(|| session::default_spool(system_id)),
-            ),
+            spool: Some(dir.clone()),
         });
+        context = take_over_spool(&options, &archive, system_id, dir, &shared).await?;
     }
-    let mut context = None;
     let mut backoff = RECONNECT_BACKOFF;
     loop {
         let started = Instant::now();
@@ -154,6 +155,27 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Starts archiving what an earlier run left in `dir`, if it left WAL: `None` otherwise (the
+/// first session then learns the segment size from the server).
+async fn take_over_spool(
+    options: &ReceiveOptions,
+    archive: &Archive,
+    system_id: SystemId,
+    dir: PathBuf,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Option<session::Context>> {
+    let Ok(Some(size)) = crate::blocking::run(move || spool::segment_size(&dir)).await else {
+        return Ok(None);
+    };
+    let ctx = session::new_context(options, archive, system_id, size, shared)
+        .await
+        .map_err(|e| e.error)?;
+    if let Err(e) = ctx.take_over_spool().await {
+        tracing::warn!("taking over the spool: {:#}", e.error);
+    }
+    Ok(Some(ctx))
 }
 
 /// Says what a shutdown left in the spool for the next start, if anything.

@@ -294,7 +294,8 @@ async fn identify(conn: &mut Connection) -> Result<(SystemId, TimelineId, Lsn), 
     Ok((system_id, timeline, server_lsn))
 }
 
-async fn new_context(
+/// Opens the spool and starts the uploader: what every session of this receiver shares.
+pub async fn new_context(
     options: &ReceiveOptions,
     archive: &Archive,
     system_id: SystemId,

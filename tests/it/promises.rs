@@ -492,3 +492,54 @@ fn a_permanent_archive_error_is_reported_as_one_until_it_is_fixed() {
         (failing("permanent") == Some(0.0) && failing("transient") == Some(0.0)).then_some(())
     });
 }
+
+#[test]
+fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let args = [
+        "-d",
+        conninfo.as_str(),
+        "-S",
+        "walhalla",
+        "--create-slot",
+        "--synchronous",
+        "--partial-interval",
+        "0",
+    ];
+    let mut receiver = Receiver::start(&wh, &archive, &args);
+    wait_streaming(&pg);
+    pg.sql("CREATE TABLE confirmed (id int primary key)");
+    let mut restored = PgCluster::from_backup(&pg, "restored", "none");
+    let backup_end = pg.switch_wal();
+    wait_archive_holds(&archive, &backup_end);
+    for i in 1..=40 {
+        pg.sql(&format!("INSERT INTO confirmed VALUES ({i})"));
+    }
+    // The receiver's host and the primary are lost together; the receiver comes back first,
+    // with its spool, and no primary to reach.
+    receiver.kill9();
+    pg.stop("immediate");
+    let spool = receiver.spool.clone();
+    let receiver = Receiver::restart(&wh, &archive, &spool, &args);
+    wait_for(
+        "the confirmed WAL to reach the archive",
+        Duration::from_secs(15),
+        || archive.keys().into_iter().find(|k| k.contains(".partial.")),
+    );
+    restored.recover_from_archive(&format!(
+        "{} --archive {} fetch --partial %f %p",
+        wh.path().display(),
+        archive.url()
+    ));
+    assert_eq!(restored.sql("SELECT count(*) FROM confirmed"), "40");
+    assert!(
+        receiver.log().contains("keeping the end of the stream"),
+        "{}",
+        receiver.log()
+    );
+}
