@@ -235,13 +235,30 @@ fn an_idle_primary_keeps_its_receiver_connected() {
     );
 }
 
+/// A primary whose only synchronous standby is a receiver named `walhalla`.
+fn synchronous_primary() -> PgCluster {
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
+    pg.start();
+    pg
+}
+
+/// How many rows [`commit_confirmed_rows`] commits, as `count(*)` prints it.
+const CONFIRMED_ROWS: &str = "40";
+
+/// Commits rows into table `confirmed` one at a time: each commit returns only once the
+/// synchronous receiver confirmed its flush.
+fn commit_confirmed_rows(pg: &PgCluster) {
+    for i in 1..=CONFIRMED_ROWS.parse::<u32>().unwrap() {
+        pg.sql(&format!("INSERT INTO confirmed VALUES ({i})"));
+    }
+}
+
 #[test]
 fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
-    pg.start();
+    let mut pg = synchronous_primary();
     // No periodic snapshot: only what the receiver does when it loses the primary counts.
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -272,10 +289,7 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     let mut through_server = PgCluster::from_backup(&pg, "through-server", "none");
     let backup_end = pg.switch_wal();
     wait_archive_holds(&archive, &backup_end);
-    for i in 1..=40 {
-        // Each commit returns only once the receiver confirmed its flush.
-        pg.sql(&format!("INSERT INTO confirmed VALUES ({i})"));
-    }
+    commit_confirmed_rows(&pg);
     let system_id = pg.system_id();
     pg.stop("immediate");
     let stopped = Instant::now();
@@ -299,13 +313,19 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
         wh.path().display(),
         archive.url()
     ));
-    assert_eq!(restored.sql("SELECT count(*) FROM confirmed"), "40");
+    assert_eq!(
+        restored.sql("SELECT count(*) FROM confirmed"),
+        CONFIRMED_ROWS
+    );
     // The same last-resort recovery through the receiver's fetch server, with no archive.
     through_server.recover_from_archive(&format!(
         "{} fetch --partial --prefetch 0 --server http://127.0.0.1:{port} %f %p",
         wh.path().display()
     ));
-    assert_eq!(through_server.sql("SELECT count(*) FROM confirmed"), "40");
+    assert_eq!(
+        through_server.sql("SELECT count(*) FROM confirmed"),
+        CONFIRMED_ROWS
+    );
     assert!(
         receiver.log().contains("served a snapshot"),
         "{}",
@@ -497,9 +517,7 @@ fn a_permanent_archive_error_is_reported_as_one_until_it_is_fixed() {
 fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.append_conf("synchronous_standby_names = 'walhalla'\nsynchronous_commit = on");
-    pg.start();
+    let mut pg = synchronous_primary();
     let conninfo = pg.conninfo();
     let args = [
         "-d",
@@ -517,9 +535,7 @@ fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
     let mut restored = PgCluster::from_backup(&pg, "restored", "none");
     let backup_end = pg.switch_wal();
     wait_archive_holds(&archive, &backup_end);
-    for i in 1..=40 {
-        pg.sql(&format!("INSERT INTO confirmed VALUES ({i})"));
-    }
+    commit_confirmed_rows(&pg);
     // The receiver's host and the primary are lost together; the receiver comes back first,
     // with its spool, and no primary to reach.
     receiver.kill9();
@@ -536,7 +552,10 @@ fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
         wh.path().display(),
         archive.url()
     ));
-    assert_eq!(restored.sql("SELECT count(*) FROM confirmed"), "40");
+    assert_eq!(
+        restored.sql("SELECT count(*) FROM confirmed"),
+        CONFIRMED_ROWS
+    );
     assert!(
         receiver.log().contains("keeping the end of the stream"),
         "{}",
