@@ -9,10 +9,89 @@ use std::time::Duration;
 
 use super::{TestDir, as_pg_user, describe, free_port, wait_for};
 
-/// Where PostgreSQL's server binaries are: `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+/// The PostgreSQL installation the tests run against.
+struct Install {
+    /// initdb, pg_ctl and postgres.
+    server: PathBuf,
+    /// psql and pg_basebackup: the server's own, or newer ones that support it.
+    client: PathBuf,
+}
+
+/// `WALHALLA_PG=MAJOR` picks the installation `tests/prepare.sh` put in its cache
+/// (`WALHALLA_PG_CACHE/MAJOR/{server,client}`); without it, `PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`, holds everything.
+fn install() -> &'static Install {
+    static INSTALL: OnceLock<Install> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        let (server, client) = match std::env::var("WALHALLA_PG") {
+            Ok(major) => {
+                assert!(
+                    major.parse::<u32>().is_ok(),
+                    "WALHALLA_PG={major:?}: a test process runs one PostgreSQL major; \
+                     tests/run.sh runs a list of them"
+                );
+                let dir = cache_dir().join(&major);
+                assert!(
+                    dir.join("server/pg_ctl").exists(),
+                    "PostgreSQL {major} is not in {}: run WALHALLA_PG={major} tests/prepare.sh",
+                    dir.display()
+                );
+                (dir.join("server"), dir.join("client"))
+            }
+            Err(_) => {
+                let bin = walhalla::demo::pg_bin().unwrap_or_else(|e| panic!("{e}"));
+                (bin.clone(), bin)
+            }
+        };
+        if let Ok(wanted) = std::env::var("WALHALLA_PG") {
+            let major = server_major(&server);
+            assert_eq!(
+                wanted,
+                major.to_string(),
+                "{} is not PostgreSQL {wanted}",
+                server.display()
+            );
+        }
+        Install { server, client }
+    })
+}
+
+/// Where `tests/prepare.sh` installs PostgreSQL versions (the same rule as there).
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WALHALLA_PG_CACHE") {
+        return dir.into();
+    }
+    if super::running_as_root() {
+        return "/var/cache/walhalla/pg".into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    cache.join("walhalla/pg")
+}
+
+/// The major version `postgres --version` reports ("postgres (PostgreSQL) 17.10" is 17).
+fn server_major(server: &Path) -> u32 {
+    let output = Command::new(server.join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}/postgres: {e}", server.display()));
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split(['.', 'b', 'r']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read a version in {text:?}"))
+}
+
+/// Where the server binaries (initdb, pg_ctl, postgres) of the PostgreSQL under test are.
 pub fn pg_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| walhalla::demo::pg_bin().unwrap_or_else(|e| panic!("{e}")))
+    &install().server
+}
+
+/// Where the client tools (psql, pg_basebackup) for the PostgreSQL under test are.
+pub fn pg_client_bin() -> &'static Path {
+    &install().client
 }
 
 /// A PostgreSQL cluster owned by the test.
@@ -255,7 +334,7 @@ impl PgCluster {
     }
 
     fn psql(&self, query: &str) -> Command {
-        let mut cmd = Command::new(pg_bin().join("psql"));
+        let mut cmd = Command::new(pg_client_bin().join("psql"));
         cmd.args([
             "-X",
             "-A",
@@ -281,8 +360,11 @@ impl PgCluster {
             .expect("a number")
     }
 
-    /// Switches to a new WAL segment and returns the name of the one it closed.
+    /// Switches to a new WAL segment and returns the name of the one it closed. A record goes
+    /// first: `pg_switch_wal()` does nothing at the very start of a segment, where a base
+    /// backup's end leaves PostgreSQL 17 and later.
     pub fn switch_wal(&self) -> String {
+        self.sql("SELECT pg_logical_emit_message(false, 'walhalla-test', 'switch')");
         self.sql("SELECT pg_walfile_name(pg_switch_wal())")
     }
 
@@ -307,7 +389,7 @@ impl PgCluster {
     /// A `pg_basebackup -X wal_method` of this cluster into `dest`.
     pub fn base_backup_with(&self, dest: &Path, wal_method: &str) {
         run_ok(
-            as_pg_user(pg_bin().join("pg_basebackup"))
+            as_pg_user(pg_client_bin().join("pg_basebackup"))
                 .args([
                     "-h",
                     "127.0.0.1",
