@@ -13,7 +13,12 @@ use crate::wal::{Lsn, SystemId};
 
 /// Keeps a PostgreSQL cluster's write-ahead log safe off the database host.
 #[derive(Debug, Parser)]
-#[command(name = "walhalla", version, after_help = crate::hooks::EXIT_CODES)]
+#[command(
+    name = "walhalla",
+    // The range is `wal::version::SUPPORTED_RANGE`'s; a test keeps the two equal.
+    version = concat!(env!("CARGO_PKG_VERSION"), ", for PostgreSQL 13 to 18"),
+    after_help = crate::hooks::EXIT_CODES
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -340,6 +345,16 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_states_the_supported_range() {
+        use clap::CommandFactory;
+        let version = Cli::command().get_version().unwrap_or_default().to_string();
+        assert!(
+            version.ends_with(&format!(", for {}", crate::wal::version::SUPPORTED_RANGE)),
+            "{version}"
+        );
+    }
 
     #[test]
     fn byte_counts() {

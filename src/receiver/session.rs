@@ -25,7 +25,7 @@ use crate::protocol::connection::{Connection, Error as ConnError};
 use crate::spool::{self, SegmentWriter};
 use crate::wal::{
     HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
-    parse_history,
+    parse_history, version,
 };
 
 /// SQLSTATE of "replication slot does not exist".
@@ -163,6 +163,13 @@ pub async fn run(
         let host = conn.host().to_string();
         return Err(SessionError::fatal(anyhow!(
             "{host} does not use integer timestamps, which the protocol needs"
+        )));
+    }
+    if let Some(Err(why)) = conn.server_major_version().map(version::by_number) {
+        let server = conn.parameter("server_version").unwrap_or_default();
+        return Err(SessionError::fatal(anyhow!(
+            "{} runs PostgreSQL {server}, {why}",
+            conn.host()
         )));
     }
     let (system_id, timeline, server_lsn) = identify(&mut conn).await?;

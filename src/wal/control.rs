@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use super::SystemId;
+use super::version::{self, Unsupported};
 
 /// Where `pg_control` lives, relative to the data directory.
 pub const CONTROL_FILE_PATH: &str = "global/pg_control";
@@ -37,11 +38,17 @@ fn parse_control_file(bytes: &[u8]) -> Result<SystemId, String> {
     };
     let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(version.try_into().expect("4 bytes"));
-    // pg_control_version is 1201 for PostgreSQL 12, 1300 for 13 to 16, 1700 for 17.
-    if !(1100..10_000).contains(&version) || id == 0 {
-        return Err(format!(
-            "does not look like pg_control (version {version}, system id {id})"
-        ));
+    if id == 0 {
+        return Err("does not look like pg_control (system id 0)".into());
+    }
+    match version::check_control_version(version) {
+        Ok(()) => {}
+        Err(Unsupported::Foreign) => {
+            return Err(format!(
+                "does not look like pg_control (version {version}, system id {id})"
+            ));
+        }
+        Err(why) => return Err(format!("pg_control version {version} is from {why}")),
     }
     Ok(SystemId(id))
 }
@@ -61,5 +68,14 @@ mod tests {
         );
         assert!(parse_control_file(&bytes[..10]).is_err());
         assert!(parse_control_file(&[0xAB; 8192]).is_err());
+        bytes[8..12].copy_from_slice(&1900u32.to_le_bytes());
+        assert_eq!(
+            parse_control_file(&bytes),
+            Err(
+                "pg_control version 1900 is from a PostgreSQL release newer than 18; \
+                 walhalla supports PostgreSQL 13 to 18"
+                    .into()
+            )
+        );
     }
 }

@@ -8,6 +8,7 @@ mod lsn;
 mod name;
 pub(crate) mod page;
 mod validate;
+pub mod version;
 
 pub use control::{CONTROL_FILE_PATH, system_id_from_control_file};
 pub use history::{HistoryEntry, parse_history};

@@ -5,7 +5,7 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 2 | `xlp_magic`: changes with each major version (0xD101 = 12 … 0xD116 = 17) |
+//! | 0 | 2 | `xlp_magic`: changes with each major version ([`super::version::SUPPORTED`]) |
 //! | 2 | 2 | `xlp_info`: flag bits; `XLP_LONG_HEADER` (0x0002) on a segment's first page |
 //! | 4 | 4 | `xlp_tli`: timeline of the first record on the page (may be below the name's) |
 //! | 8 | 8 | `xlp_pageaddr`: WAL position of the page |
@@ -16,15 +16,12 @@
 
 use thiserror::Error;
 
+use super::version::{self, Unsupported};
 use super::{Lsn, SegmentName, SegmentSize, SystemId, TimelineId};
 
 /// Length of the long page header in bytes.
 pub const LONG_HEADER_BYTES: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
-/// `xlp_magic` of PostgreSQL 12, the oldest release we read.
-const OLDEST_MAGIC: u16 = 0xD101;
-/// Magic numbers stay below this: PostgreSQL has bumped only the low byte since 9.x.
-const MAGIC_LIMIT: u16 = 0xD200;
 
 /// Why a file's first page does not look like the start of the segment its name says.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -32,9 +29,9 @@ pub enum PageHeaderError {
     /// The file is shorter than a long page header.
     #[error("file has {0} bytes, too short for a WAL page header")]
     TooShort(usize),
-    /// `xlp_magic` is not that of a PostgreSQL release we know.
-    #[error("page magic 0x{0:04X} is not a WAL page of PostgreSQL 12 or later")]
-    BadMagic(u16),
+    /// `xlp_magic` is not that of a supported PostgreSQL release.
+    #[error("page magic 0x{0:04X} is from {1}")]
+    BadMagic(u16, Unsupported),
     /// The first page lacks the long header flag.
     #[error("first page has no long header (xlp_info 0x{0:04X})")]
     NotLongHeader(u16),
@@ -113,9 +110,7 @@ impl LongPageHeader {
         let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
         let magic = u16_at(0);
-        if !(OLDEST_MAGIC..MAGIC_LIMIT).contains(&magic) {
-            return Err(PageHeaderError::BadMagic(magic));
-        }
+        version::by_page_magic(magic).map_err(|why| PageHeaderError::BadMagic(magic, why))?;
         let info = u16_at(2);
         if info & XLP_LONG_HEADER == 0 {
             return Err(PageHeaderError::NotLongHeader(info));
@@ -283,7 +278,15 @@ pub(crate) mod tests {
         );
         assert_eq!(
             LongPageHeader::parse(&[0; 64]),
-            Err(PageHeaderError::BadMagic(0))
+            Err(PageHeaderError::BadMagic(0, Unsupported::Foreign))
+        );
+        let mut newer = header_bytes(1, 0, 42, MIB);
+        newer[..2].copy_from_slice(&0xD11Au16.to_le_bytes());
+        let refused = LongPageHeader::parse(&newer).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "page magic 0xD11A is from a PostgreSQL release newer than 18; \
+             walhalla supports PostgreSQL 13 to 18"
         );
         let mut short_header = header_bytes(1, 0, 42, MIB);
         short_header[2] = 0;

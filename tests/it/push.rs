@@ -306,6 +306,67 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
     );
 }
 
+/// `content` with every WAL page's magic replaced by `magic`.
+fn with_page_magic(content: &[u8], magic: u16) -> Vec<u8> {
+    let mut patched = content.to_vec();
+    for page in patched.chunks_mut(8192) {
+        page[..2].copy_from_slice(&magic.to_le_bytes());
+    }
+    patched
+}
+
+#[test]
+fn push_refuses_wal_and_data_directories_of_unsupported_versions() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, segments) = cluster_with_segments();
+    let work = TestDir::new("work");
+    let content = std::fs::read(pg.data.join("pg_wal").join(&segments[0])).unwrap();
+    let segment = work.path().join(&segments[0]);
+
+    // 0xD11A is no release yet: a future one, not something to store on trust.
+    std::fs::write(&segment, with_page_magic(&content, 0xD11A)).unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &segment,
+        "page magic 0xD11A is from a PostgreSQL release newer than 18; \
+         walhalla supports PostgreSQL 13 to 18",
+    );
+    // PostgreSQL 12's magic.
+    std::fs::write(&segment, with_page_magic(&content, 0xD101)).unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &segment,
+        "page magic 0xD101 is from a PostgreSQL release older than 13",
+    );
+
+    // A data directory whose pg_control is a newer release's.
+    let data = work.subdir("data");
+    std::fs::create_dir_all(data.join("global")).unwrap();
+    let mut control = std::fs::read(pg.data.join("global/pg_control")).unwrap();
+    control[8..12].copy_from_slice(&1900u32.to_le_bytes());
+    std::fs::write(data.join("global/pg_control"), control).unwrap();
+    let history = work.path().join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &data,
+        &history,
+        "pg_control version 1900 is from a PostgreSQL release newer than 18",
+    );
+    assert!(archive.keys().is_empty(), "stored: {:?}", archive.keys());
+
+    // The real segment still goes in.
+    std::fs::write(&segment, &content).unwrap();
+    let ok = wh.run(&archive, &pg.data, &["push", segment.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+}
+
 #[test]
 fn objects_are_readable_with_stock_zstd() {
     let wh = Walhalla::install();
