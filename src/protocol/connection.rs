@@ -21,6 +21,9 @@ use tokio::net::{TcpStream, UnixStream};
 use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
 use super::tls::{self, TlsError};
 
+mod response;
+pub use response::Response;
+
 /// How long connecting and authenticating to one host may take unless `connect_timeout` says.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message accepted from the server; WAL arrives in messages of 128 kB at most.

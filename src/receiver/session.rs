@@ -21,6 +21,7 @@ use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope::Encoder;
+use crate::protocol::commands::{self, CommandError, Identity};
 use crate::protocol::connection::{Connection, Error as ConnError};
 use crate::spool::{self, SegmentWriter};
 use crate::wal::{
@@ -66,6 +67,15 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
             fatal: false,
             error: error.into(),
         }
+    }
+}
+
+/// Classifies a failed IDENTIFY_SYSTEM or SHOW like any other connection error; an answer
+/// that makes no sense is an ordinary error too.
+fn from_command(error: CommandError) -> SessionError {
+    match error {
+        CommandError::Connection(e) => from_conn(e),
+        CommandError::Answer(message) => anyhow!(message).into(),
     }
 }
 
@@ -172,7 +182,13 @@ pub async fn run(
             conn.host()
         )));
     }
-    let (system_id, timeline, server_lsn) = identify(&mut conn).await?;
+    let Identity {
+        system_id,
+        timeline,
+        lsn: server_lsn,
+    } = commands::identify_system(&mut conn)
+        .await
+        .map_err(from_command)?;
     if let Some(expected) = options.system_id.or(context.as_ref().map(|c| c.system_id)) {
         if expected != system_id {
             return Err(SessionError::fatal(anyhow!(
@@ -181,8 +197,9 @@ pub async fn run(
             )));
         }
     }
-    let segment_size =
-        parse_segment_size(&conn.show("wal_segment_size").await.map_err(from_conn)?)?;
+    let segment_size = commands::segment_size(&mut conn)
+        .await
+        .map_err(from_command)?;
 
     if context.is_none() {
         *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
@@ -278,27 +295,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// IDENTIFY_SYSTEM: the cluster, the server's timeline and its current WAL position.
-async fn identify(conn: &mut Connection) -> Result<(SystemId, TimelineId, Lsn), SessionError> {
-    let identity = conn
-        .simple_query("IDENTIFY_SYSTEM")
-        .await
-        .map_err(from_conn)?;
-    let row = identity
-        .first()
-        .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM returned no row"))?;
-    let field = |i: usize| {
-        row.get(i)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM column {i} is missing"))
-    };
-    let system_id: SystemId = field(0)?.parse().map_err(|e: String| anyhow!(e))?;
-    let timeline = TimelineId(field(1)?.parse().context("IDENTIFY_SYSTEM timeline")?);
-    let server_lsn: Lsn = field(2)?.parse().map_err(|e: String| anyhow!(e))?;
-    Ok((system_id, timeline, server_lsn))
 }
 
 /// Opens the spool and starts the uploader: what every session of this receiver shares.
@@ -399,40 +395,4 @@ pub async fn archive_history(
             false => e.into(),
         })?;
     Ok(entries)
-}
-
-/// Parses `SHOW wal_segment_size` (`16MB`, `1GB`).
-fn parse_segment_size(text: &str) -> anyhow::Result<SegmentSize> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit: u64 = match &text[digits.len()..] {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        other => bail!("unknown unit {other:?} in wal_segment_size {text:?}"),
-    };
-    let bytes = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| anyhow!("wal_segment_size {text:?} is not a size"))?;
-    u32::try_from(bytes)
-        .ok()
-        .and_then(SegmentSize::new)
-        .ok_or_else(|| anyhow!("wal_segment_size {text:?} is not a power of two from 1 MB to 1 GB"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_segment_size_as_the_server_shows_it() {
-        assert_eq!(parse_segment_size("16MB").unwrap().bytes(), 16 << 20);
-        assert_eq!(parse_segment_size("1GB").unwrap().bytes(), 1 << 30);
-        assert_eq!(parse_segment_size("1024kB").unwrap().bytes(), 1 << 20);
-        for bad in ["", "MB", "3MB", "2TB", "16 MB", "-1MB", "17179869185GB"] {
-            assert!(parse_segment_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 }

@@ -1,0 +1,101 @@
+//! Replication commands with a one-row answer that every client of a server asks first:
+//! which cluster and timeline it serves (IDENTIFY_SYSTEM) and its WAL segment size.
+
+use thiserror::Error;
+
+use super::connection::{Connection, Error as ConnError};
+use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
+
+/// A command failed, or its answer made no sense.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    /// The connection or the server failed.
+    #[error(transparent)]
+    Connection(#[from] ConnError),
+    /// The server answered something walhalla cannot read.
+    #[error("{0}")]
+    Answer(String),
+}
+
+/// What IDENTIFY_SYSTEM says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster.
+    pub system_id: SystemId,
+    /// The server's current timeline.
+    pub timeline: TimelineId,
+    /// The server's current WAL position (flush position on a primary, replay on a standby).
+    pub lsn: Lsn,
+}
+
+/// IDENTIFY_SYSTEM: the cluster, the server's timeline and its current WAL position.
+pub async fn identify_system(conn: &mut Connection) -> Result<Identity, CommandError> {
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| CommandError::Answer("IDENTIFY_SYSTEM returned no row".into()))?;
+    let field = |i: usize| {
+        row.get(i)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| CommandError::Answer(format!("IDENTIFY_SYSTEM column {i} is missing")))
+    };
+    let system_id: SystemId = field(0)?.parse().map_err(CommandError::Answer)?;
+    let timeline = field(1)?;
+    let timeline = timeline
+        .parse()
+        .map(TimelineId)
+        .map_err(|_| CommandError::Answer(format!("IDENTIFY_SYSTEM timeline {timeline:?}")))?;
+    let lsn: Lsn = field(2)?.parse().map_err(CommandError::Answer)?;
+    Ok(Identity {
+        system_id,
+        timeline,
+        lsn,
+    })
+}
+
+/// The server's WAL segment size (`SHOW wal_segment_size`).
+pub async fn segment_size(conn: &mut Connection) -> Result<SegmentSize, CommandError> {
+    let text = conn.show("wal_segment_size").await?;
+    parse_segment_size(&text).map_err(CommandError::Answer)
+}
+
+/// Reads a size as `SHOW wal_segment_size` prints it (`16MB`, `1GB`, `1024kB`).
+fn parse_segment_size(text: &str) -> Result<SegmentSize, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &text[digits.len()..] {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in wal_segment_size {text:?}"
+            ));
+        }
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("wal_segment_size {text:?} is not a size"))?;
+    u32::try_from(bytes)
+        .ok()
+        .and_then(SegmentSize::new)
+        .ok_or_else(|| format!("wal_segment_size {text:?} is not a power of two from 1 MB to 1 GB"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_segment_size_as_the_server_shows_it() {
+        assert_eq!(parse_segment_size("16MB").unwrap().bytes(), 16 << 20);
+        assert_eq!(parse_segment_size("1GB").unwrap().bytes(), 1 << 30);
+        assert_eq!(parse_segment_size("1024kB").unwrap().bytes(), 1 << 20);
+        for bad in ["", "MB", "3MB", "2TB", "16 MB", "-1MB", "17179869185GB"] {
+            assert!(parse_segment_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
