@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
+use crate::restore::settings::TimelineChoice;
 use crate::server::ServerOptions;
 use crate::wal::{Lsn, SystemId};
 
@@ -80,6 +81,24 @@ pub enum Command {
     Push {
         /// The file to archive (PostgreSQL's %p).
         path: PathBuf,
+    },
+    /// Take a base backup of a server into the archive.
+    ///
+    /// Streams the files over a replication connection (BASE_BACKUP), compressed and checked,
+    /// with the server's manifest; then waits for the backup's WAL to be archived. Exit 0 when
+    /// the backup is complete, 1 otherwise.
+    Backup(BackupArgs),
+    /// Restore a base backup into a new data directory, set up to recover to a target.
+    ///
+    /// Chooses the backup for the target, checks that the WAL it needs is archived, writes
+    /// and verifies every file against the server's manifest, and adds restore_command and
+    /// the target to postgresql.auto.conf. Start the server afterwards.
+    Restore(RestoreArgs),
+    /// List the backups in the archive.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Stream WAL from a server over a physical replication slot and archive every segment.
     ///
@@ -232,9 +251,9 @@ pub struct ServeArgs {
     pub listen: ListenArgs,
 }
 
-/// Options of `walhalla receive`.
+/// How to reach the server, for the commands that open a replication connection.
 #[derive(Debug, Args)]
-pub struct ReceiveArgs {
+pub struct ConnArgs {
     /// Connection string: key=value pairs or a postgres:// URI, libpq style (PGHOST, PGPORT,
     /// PGUSER, PGPASSWORD, PGPASSFILE, PGAPPNAME, PGSSLMODE fill in what it leaves out).
     /// Several hosts (host=a,b) are tried in order; add target_session_attrs=read-write to
@@ -246,6 +265,109 @@ pub struct ReceiveArgs {
         default_value = ""
     )]
     pub conninfo: String,
+}
+
+/// Options of `walhalla backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The backup's label (in backup_label and `walhalla list`) [default: walhalla ID].
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Start with an immediate checkpoint instead of a spread one (PostgreSQL's
+    /// checkpoint_completion_target), so the backup begins at once at the cost of an I/O burst.
+    #[arg(long)]
+    pub fast: bool,
+    /// Seconds to wait, once the files are stored, for the WAL from the backup's start to its
+    /// stop to be archived (by archive_command or walhalla receive); a backup whose WAL did not
+    /// arrive is kept, marked incomplete, and never chosen by restore.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub wal_timeout: u64,
+    /// Pieces (8 MiB of the backup each) compressed and stored at once [default: CPUs + 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallelism: Option<u64>,
+    /// Print the backup's metadata as JSON instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `walhalla restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The new data directory (created, or empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The backup: `latest` chooses the newest complete one from which the target can be
+    /// reached; or a backup's id from `walhalla list`.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub backup: String,
+    /// Recover to this time: RFC 3339 (2026-12-02T14:05:00Z) or PostgreSQL's format
+    /// (2026-12-02 14:05:00+01), with a time zone.
+    #[arg(long, value_name = "TIME", group = "target_kind")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position.
+    #[arg(long, value_name = "LSN", group = "target_kind")]
+    pub target_lsn: Option<Lsn>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target_kind")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target_kind")]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long, value_name = "immediate", value_parser = ["immediate"], group = "target_kind")]
+    pub target: Option<String>,
+    /// What the server does at the target: promote, pause or shutdown [default: PostgreSQL's,
+    /// pause].
+    #[arg(long, value_name = "ACTION", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: Option<String>,
+    /// The timeline to recover along: latest, current (the backup's) or a number
+    /// [default: latest].
+    #[arg(long, value_name = "TIMELINE")]
+    pub target_timeline: Option<TimelineChoice>,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Write standby.signal instead of recovery.signal: the server stays a standby.
+    #[arg(long)]
+    pub standby: bool,
+    /// Empty the data directory (and tablespace directories) first if they hold anything.
+    #[arg(long)]
+    pub force: bool,
+    /// Put tablespace OID in DIR instead of where it was (repeatable).
+    #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_mapping)]
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    /// The fetch server the restore_command asks first.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Pieces fetched at once [default: CPUs + 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallelism: Option<u64>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `OID=DIR`.
+fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
+    let (oid, dir) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not OID=DIR"))?;
+    let oid = oid
+        .parse()
+        .map_err(|_| format!("{oid:?} is not a tablespace OID"))?;
+    if !dir.starts_with('/') {
+        return Err(format!("{dir:?} is not an absolute path"));
+    }
+    Ok((oid, PathBuf::from(dir)))
+}
+
+/// Options of `walhalla receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     /// The physical replication slot to stream from (strongly recommended: without it the
     /// primary may recycle WAL the archive does not have yet).
@@ -332,6 +454,9 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Push { .. } => "push",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::List { .. } => "list",
             Command::Fetch { .. } => "fetch",
             Command::Receive(_) => "receive",
             Command::Demo { .. } => "demo",

@@ -220,11 +220,7 @@ impl TempFile {
     /// A writer that asks the kernel to start writing back every [`WRITEBACK_CHUNK_BYTES`]
     /// as they arrive, so the final fsync finds little left to do.
     pub fn early_writeback_writer(&mut self) -> EarlyWriteback<'_> {
-        EarlyWriteback {
-            file: self.file(),
-            written: 0,
-            submitted: 0,
-        }
+        EarlyWriteback::new(self.file())
     }
 
     /// Flushes the data to disk, renames the file to its destination and fsyncs the directory.
@@ -281,6 +277,17 @@ pub struct EarlyWriteback<'a> {
     file: &'a mut File,
     written: u64,
     submitted: u64,
+}
+
+impl<'a> EarlyWriteback<'a> {
+    /// A writer over `file`, which is written sequentially from its start (a new file).
+    pub fn new(file: &'a mut File) -> EarlyWriteback<'a> {
+        EarlyWriteback {
+            file,
+            written: 0,
+            submitted: 0,
+        }
+    }
 }
 
 impl io::Write for EarlyWriteback<'_> {

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
-//! `receiver` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` → `client` →
-//! `server`'s header names.
+//! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
+//! `client` → `server`'s header names; `restore` → `backup` → `archive`. `cli` sees
+//! `restore::settings`' value types.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
@@ -17,6 +18,11 @@
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
 //! - [`spool`]: the receiver's local spool, which the fetch server also reads.
+//! - [`backup`]: `walhalla backup` (`BASE_BACKUP` streamed into the archive in pieces), the
+//!   backups' metadata and catalogue; [`backup::manifest`] parses and verifies PostgreSQL's
+//!   manifest.
+//! - [`restore`]: `walhalla restore`: the plan (backup, timeline path, WAL needed), then
+//!   [`restore::extract`] unpacks the pieces, verified and durable, and the recovery settings.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
 //! - [`fsutil`], [`blocking`], [`backoff`]: durable file writes; blocking work off the
@@ -24,6 +30,7 @@
 
 pub mod archive;
 pub mod backoff;
+pub mod backup;
 pub mod blocking;
 pub mod cli;
 pub mod client;
@@ -36,6 +43,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod protocol;
 pub mod receiver;
+pub mod restore;
 pub mod server;
 pub mod spool;
 pub mod wal;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use walhalla::cli::{Cli, ClientArgs, Command, ListenArgs, ReceiveArgs};
+use walhalla::cli::{BackupArgs, Cli, ClientArgs, Command, ListenArgs, ReceiveArgs, RestoreArgs};
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
 use walhalla::daemon::{ServedCluster, Shared};
@@ -40,7 +40,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(match cli.command {
-        Command::Receive(_) | Command::Serve(_) => "info",
+        Command::Receive(_) | Command::Serve(_) | Command::Backup(_) | Command::Restore(_) => {
+            "info"
+        }
         Command::Demo { .. } => "walhalla=warn",
         _ => "warn",
     });
@@ -52,7 +54,11 @@ fn main() -> ExitCode {
 
     let mut builder = match cli.command {
         // The daemon: network I/O and uploads on two workers, blocking work on a bounded pool.
-        Command::Receive(_) | Command::Demo { .. } | Command::Serve(_) => {
+        Command::Receive(_)
+        | Command::Demo { .. }
+        | Command::Serve(_)
+        | Command::Backup(_)
+        | Command::Restore(_) => {
             limit_allocator_caching();
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(2).max_blocking_threads(16);
@@ -98,6 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
+        Command::Backup(args) => backup(&config, args).await,
+        Command::Restore(args) => restore(&config, args).await.map(|()| 0),
+        Command::List { json } => list(&config, json).await.map(|()| 0),
         Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
         Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
@@ -135,7 +144,8 @@ fn private_roots(command: &Command, config: &Config) -> Vec<PathBuf> {
         _ => None,
     };
     match command {
-        Command::Push { .. } => local_archive().into_iter().collect(),
+        Command::Push { .. } | Command::Backup(_) => local_archive().into_iter().collect(),
+        Command::Restore(args) => vec![args.to.clone()],
         Command::Receive(args) => {
             let spool = args
                 .spool
@@ -213,7 +223,7 @@ async fn status(config: &Config, client: &ClientArgs, json: bool) -> anyhow::Res
 async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     // A listener that may not start is a configuration error: before anything else.
     args.listen.options().check()?;
-    let conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
+    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
         .context("connection string")?;
     let options = ReceiveOptions {
         conn,
@@ -250,6 +260,95 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     let received = walhalla::receiver::run(options, archive, stopped, shared).await;
     serving.abort();
     received
+}
+
+/// `walhalla backup`: exit 0 when the backup is complete, 1 when its WAL did not arrive.
+async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<u8> {
+    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
+        .context("connection string")?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let options = walhalla::backup::take::BackupOptions {
+        conn,
+        label: args.label,
+        fast: args.fast,
+        wal_timeout: Duration::from_secs(args.wal_timeout),
+        compression_level: config.compression_level,
+        parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
+    };
+    let archive = hooks::open_archive(config, true, None).await?;
+    let meta = walhalla::backup::take::run(&options, &archive).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&meta)?);
+    } else {
+        println!("{}", walhalla::backup::describe(&meta));
+    }
+    Ok(if meta.is_complete() { 0 } else { 1 })
+}
+
+/// `walhalla restore`.
+async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
+    use walhalla::restore::plan::{Target, parse_time};
+    use walhalla::restore::settings::Recovery;
+    let target = if let Some(text) = args.target_time {
+        Target::Time {
+            at: parse_time(&text).map_err(|e| anyhow::anyhow!(e))?,
+            text,
+        }
+    } else if let Some(lsn) = args.target_lsn {
+        Target::Lsn(lsn)
+    } else if let Some(xid) = args.target_xid {
+        Target::Xid(xid)
+    } else if let Some(name) = args.target_name {
+        Target::Name(name)
+    } else if args.target.is_some() {
+        Target::Immediate
+    } else {
+        Target::End
+    };
+    let walhalla = std::env::current_exe().context("the path of this walhalla")?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let options = walhalla::restore::RestoreOptions {
+        dest: std::path::absolute(&args.to).context("the data directory's path")?,
+        backup: Some(args.backup),
+        system_id: config.system_id,
+        recovery: Recovery {
+            walhalla: walhalla.display().to_string(),
+            archive: config.archive()?.to_string(),
+            server: args.server,
+            target,
+            action: args
+                .target_action
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(|e: String| anyhow::anyhow!(e))?,
+            timeline: args.target_timeline,
+            exclusive: args.target_exclusive,
+        },
+        standby: args.standby,
+        force: args.force,
+        tablespace_map: args.tablespace_map.into_iter().collect(),
+        parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
+    };
+    let archive = hooks::open_archive(config, false, None).await?;
+    let report = walhalla::restore::run(&options, &archive).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", walhalla::restore::describe(&report));
+    }
+    Ok(())
+}
+
+/// `walhalla list`.
+async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let archive = hooks::open_archive(config, false, None).await?;
+    let listing = walhalla::backup::listing(&archive, config.system_id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+    } else {
+        print!("{}", walhalla::backup::describe_listing(&listing));
+    }
+    Ok(())
 }
 
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,

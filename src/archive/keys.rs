@@ -7,7 +7,16 @@
 //! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.<off>.backup.zst  backup history file
 //! <prefix>/<system-id>/timelines/<TTTTTTTT>.history.zst               timeline history file
 //! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.partial.<END>.zst  receiver's snapshot
+//! <prefix>/<system-id>/backups/<ID>/backup.json.zst                   base backup: metadata
+//! <prefix>/<system-id>/backups/<ID>/backup_manifest.zst               the server's manifest
+//! <prefix>/<system-id>/backups/<ID>/<ARCHIVE>/<NNNNNNNN>.zst          piece N of a tar stream
 //! ```
+//!
+//! A backup's `<ID>` is its start time in UTC, `YYYYMMDDTHHMMSSZ`, with `-N` appended when
+//! another backup of the cluster started in the same second. `<ARCHIVE>` is `base` for the data
+//! directory's tar stream and the tablespace's OID for a tablespace's; the stream is cut into
+//! pieces of at most a few MiB, numbered from 0 in 8 decimal digits, that concatenate back to
+//! it. The metadata is written last: a backup folder without it is an interrupted backup.
 //!
 //! A receiver's snapshot holds a segment from its start to `END` (16 hex digits, the LSN
 //! just past its last byte); later snapshots of the same segment have larger `END`s.
@@ -47,6 +56,8 @@ pub const OBJECT_SUFFIX: &str = ".zst";
 const WAL_FOLDER: &str = "wal";
 /// The folder under a cluster's folder that holds timeline history files.
 const TIMELINES_FOLDER: &str = "timelines";
+/// The folder under a cluster's folder that holds base backups.
+const BACKUPS_FOLDER: &str = "backups";
 
 /// A group folder under `wal/`, named `TTTTTTTTXXXXXXXX`: the timeline and "xlogid" (the high
 /// 32 bits of the segment number, 4 GiB of WAL) shared by every object in it. Groups sort by
@@ -186,6 +197,11 @@ pub fn wal_prefix(root: &Path, system_id: SystemId) -> Path {
     cluster_prefix(root, system_id).join(WAL_FOLDER)
 }
 
+/// The folder holding cluster `system_id`'s timeline history files.
+pub fn timelines_prefix(root: &Path, system_id: SystemId) -> Path {
+    cluster_prefix(root, system_id).join(TIMELINES_FOLDER)
+}
+
 /// The folder of group `group` of cluster `system_id`.
 pub fn group_prefix(root: &Path, system_id: SystemId, group: WalGroup) -> Path {
     wal_prefix(root, system_id).join(group.to_string())
@@ -199,6 +215,105 @@ pub fn object_key(root: &Path, system_id: SystemId, name: &WalFileName) -> Path 
         None => cluster_prefix(root, system_id)
             .join(TIMELINES_FOLDER)
             .join(file),
+    }
+}
+
+/// A base backup's identifier and folder name: its start time in UTC, `YYYYMMDDTHHMMSSZ`,
+/// then `-N` (N ≥ 2, no leading zero) for a later backup started in the same second.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupId(String);
+
+impl BackupId {
+    /// The identifier for a backup started at `utc` (`YYYYMMDDTHHMMSSZ`, as formatted by the
+    /// caller), the `n`th of that second (1 for the first).
+    pub fn new(utc: &str, n: u32) -> Option<BackupId> {
+        let text = if n > 1 {
+            format!("{utc}-{n}")
+        } else {
+            utc.to_string()
+        };
+        BackupId::parse(&text)
+    }
+
+    /// Parses a folder name; `None` for anything walhalla does not write.
+    pub fn parse(name: &str) -> Option<BackupId> {
+        let (time, n) = match name.split_once('-') {
+            Some((time, n)) => (time, Some(n)),
+            None => (name, None),
+        };
+        let b = time.as_bytes();
+        let time_ok = b.len() == 16
+            && b[8] == b'T'
+            && b[15] == b'Z'
+            && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+        let n_ok = n.is_none_or(|n| {
+            !n.starts_with('0')
+                && n.parse::<u32>().is_ok_and(|n| n >= 2)
+                && n.bytes().all(|c| c.is_ascii_digit())
+        });
+        (time_ok && n_ok).then(|| BackupId(name.to_string()))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One object of a base backup, relative to its folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupObject {
+    /// `backup.json.zst`: the metadata, written last.
+    Meta,
+    /// `backup_manifest.zst`: the server's manifest, verbatim.
+    Manifest,
+    /// `<ARCHIVE>/<NNNNNNNN>.zst`: piece `index` of tar stream `archive` (`base` or an OID).
+    Piece {
+        /// `base` or the tablespace's OID.
+        archive: String,
+        /// The piece's position in the stream, from 0.
+        index: u32,
+    },
+}
+
+impl fmt::Display for BackupObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupObject::Meta => write!(f, "backup.json{OBJECT_SUFFIX}"),
+            BackupObject::Manifest => write!(f, "backup_manifest{OBJECT_SUFFIX}"),
+            BackupObject::Piece { archive, index } => {
+                write!(f, "{archive}/{index:08}{OBJECT_SUFFIX}")
+            }
+        }
+    }
+}
+
+/// The folder holding cluster `system_id`'s base backups.
+pub fn backups_prefix(root: &Path, system_id: SystemId) -> Path {
+    cluster_prefix(root, system_id).join(BACKUPS_FOLDER)
+}
+
+/// The key of `object` of backup `id`.
+pub fn backup_object_key(
+    root: &Path,
+    system_id: SystemId,
+    id: &BackupId,
+    object: &BackupObject,
+) -> Path {
+    let folder = backups_prefix(root, system_id).join(id.as_str());
+    match object {
+        BackupObject::Piece { archive, .. } => {
+            let file = object.to_string();
+            let name = file.rsplit('/').next().unwrap_or_default().to_string();
+            folder.join(archive.as_str()).join(name)
+        }
+        _ => folder.join(object.to_string()),
     }
 }
 

@@ -3,13 +3,15 @@
 //! again succeed, different bytes are refused and nothing is overwritten); reads return
 //! verified content only.
 
+mod backups;
 mod keys;
 mod location;
 mod retry;
+mod timelines;
 
 pub use keys::{
-    OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, object_key, parse_cluster_folder,
-    parse_group_object, parse_timeline_object, partial_snapshot_key,
+    BackupId, BackupObject, OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, object_key,
+    parse_cluster_folder, parse_group_object, parse_timeline_object, partial_snapshot_key,
 };
 pub use location::Location;
 

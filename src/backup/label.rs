@@ -1,0 +1,149 @@
+//! The `backup_label` file a base backup starts with: where its WAL starts, on which timeline,
+//! and whether it was taken on a standby. It is the first member of the main tar stream
+//! (basebackup.c sends it before anything else), so it is read from the stream's first bytes.
+
+use thiserror::Error;
+
+use crate::wal::{Lsn, TimelineId};
+
+/// What walhalla reads from a `backup_label`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupLabel {
+    /// `START WAL LOCATION`.
+    pub start_lsn: Lsn,
+    /// `START TIMELINE`.
+    pub start_timeline: TimelineId,
+    /// `BACKUP FROM: standby`.
+    pub from_standby: bool,
+    /// `START TIME`, as the server wrote it (in its log time zone).
+    pub start_time: String,
+}
+
+/// A `backup_label` walhalla cannot read.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LabelError {
+    /// The tar stream does not start with `backup_label`.
+    #[error("the backup's main archive does not start with backup_label")]
+    NotFirst,
+    /// A line is missing or malformed.
+    #[error("backup_label: {0}")]
+    Malformed(String),
+}
+
+/// The length of a tar header block.
+const BLOCK: usize = 512;
+
+/// The content of the `backup_label` at the start of a tar stream, once `head` holds all of
+/// it; `Ok(None)` while more bytes are needed.
+pub fn from_tar_head(head: &[u8]) -> Result<Option<String>, LabelError> {
+    let Some(header) = head.get(..BLOCK) else {
+        return Ok(None);
+    };
+    let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+    if &header[..name_end] != b"backup_label" || !matches!(header[156], b'0' | 0) {
+        return Err(LabelError::NotFirst);
+    }
+    let size_field = std::str::from_utf8(&header[124..136])
+        .map_err(|_| LabelError::Malformed("size field".into()))?;
+    let size = usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+        .map_err(|_| LabelError::Malformed(format!("size field {size_field:?}")))?;
+    if size > 64 * 1024 {
+        return Err(LabelError::Malformed(format!("{size} bytes")));
+    }
+    let Some(content) = head.get(BLOCK..BLOCK + size) else {
+        return Ok(None);
+    };
+    String::from_utf8(content.to_vec())
+        .map(Some)
+        .map_err(|_| LabelError::Malformed("not UTF-8".into()))
+}
+
+/// Parses a `backup_label`.
+pub fn parse(text: &str) -> Result<BackupLabel, LabelError> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(": "))
+            .ok_or_else(|| LabelError::Malformed(format!("no {key} line")))
+    };
+    let start = field("START WAL LOCATION")?;
+    let start_lsn = start
+        .split_whitespace()
+        .next()
+        .and_then(|lsn| lsn.parse().ok())
+        .ok_or_else(|| LabelError::Malformed(format!("START WAL LOCATION {start:?}")))?;
+    let timeline = field("START TIMELINE")?;
+    let start_timeline = timeline
+        .trim()
+        .parse()
+        .map(TimelineId)
+        .map_err(|_| LabelError::Malformed(format!("START TIMELINE {timeline:?}")))?;
+    let from = field("BACKUP FROM")?.trim();
+    let from_standby = match from {
+        "standby" => true,
+        // PostgreSQL 13 still says "master".
+        "primary" | "master" => false,
+        other => return Err(LabelError::Malformed(format!("BACKUP FROM {other:?}"))),
+    };
+    Ok(BackupLabel {
+        start_lsn,
+        start_timeline,
+        from_standby,
+        start_time: field("START TIME")?.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LABEL: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+        CHECKPOINT LOCATION: 0/2000080\n\
+        BACKUP METHOD: streamed\n\
+        BACKUP FROM: standby\n\
+        START TIME: 2026-12-02 08:25:13 UTC\n\
+        LABEL: it's: a label\n\
+        START TIMELINE: 3\n";
+
+    fn tar_head(name: &str, content: &str) -> Vec<u8> {
+        let mut header = vec![0u8; BLOCK];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[124..135].copy_from_slice(format!("{:011o}", content.len()).as_bytes());
+        header[156] = b'0';
+        header.extend_from_slice(content.as_bytes());
+        header
+    }
+
+    #[test]
+    fn reads_the_label_from_the_stream_head() {
+        let head = tar_head("backup_label", LABEL);
+        assert_eq!(from_tar_head(&head[..300]), Ok(None));
+        assert_eq!(from_tar_head(&head[..600]), Ok(None));
+        let text = from_tar_head(&head).unwrap().unwrap();
+        assert_eq!(
+            parse(&text),
+            Ok(BackupLabel {
+                start_lsn: "0/2000028".parse().unwrap(),
+                start_timeline: TimelineId(3),
+                from_standby: true,
+                start_time: "2026-12-02 08:25:13 UTC".into(),
+            })
+        );
+        assert_eq!(
+            from_tar_head(&tar_head("global/pg_control", "x")),
+            Err(LabelError::NotFirst)
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_labels() {
+        assert!(parse("").is_err());
+        assert!(parse(&LABEL.replace("standby", "elsewhere")).is_err());
+        assert!(
+            !parse(&LABEL.replace("standby", "master"))
+                .unwrap()
+                .from_standby
+        );
+        assert!(parse(&LABEL.replace("0/2000028", "nowhere")).is_err());
+        assert!(parse(&LABEL.replace("TIMELINE: 3", "TIMELINE: three")).is_err());
+    }
+}

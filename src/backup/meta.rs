@@ -1,0 +1,133 @@
+//! A base backup's metadata (`backup.json` in its folder): what it is, where its WAL starts and
+//! ends, what it holds, and whether it can be restored. Written once, last, create-only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::BackupId;
+use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
+
+/// The format of `backup.json`; readers refuse newer ones.
+pub const META_FORMAT: u32 = 1;
+
+/// `backup.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupMeta {
+    /// [`META_FORMAT`].
+    pub format: u32,
+    /// The backup's identifier (its folder's name).
+    pub id: String,
+    /// The label given at `walhalla backup --label`.
+    pub label: String,
+    /// The cluster's system identifier, as text (it does not fit a JSON number exactly).
+    pub system_id: String,
+    /// The server's version (`server_version`).
+    pub server_version: String,
+    /// The server's major version.
+    pub server_major: u32,
+    /// The walhalla version that took the backup.
+    pub walhalla_version: String,
+    /// The WAL segment size, in bytes.
+    pub segment_size: u32,
+    /// Where replay must start (the backup's checkpoint redo point), "X/Y".
+    pub start_lsn: String,
+    /// The timeline at the start.
+    pub start_timeline: u32,
+    /// Where the database is consistent, "X/Y": the restore must replay at least to here.
+    pub stop_lsn: String,
+    /// The timeline at the stop.
+    pub stop_timeline: u32,
+    /// When the backup started (RFC 3339, UTC, walhalla's clock).
+    pub start_time: String,
+    /// When the server reported the stop position (RFC 3339, UTC, walhalla's clock): every
+    /// transaction the backup holds committed before it.
+    pub stop_time: String,
+    /// Taken on a standby.
+    pub from_standby: bool,
+    /// The tar streams: the data directory's, then one per tablespace.
+    pub archives: Vec<ArchiveMeta>,
+    /// Bytes of the server's manifest, and as stored.
+    pub manifest_bytes: u64,
+    /// Bytes as the server sent them (tar streams and manifest).
+    pub bytes: u64,
+    /// Bytes as stored (compressed, with envelopes).
+    pub stored_bytes: u64,
+    /// Whether every WAL segment from the start to the stop was in the archive.
+    pub wal_complete: bool,
+    /// When not, the first segment that was missing at the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_missing: Option<String>,
+}
+
+/// One tar stream of a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveMeta {
+    /// `base`, or the tablespace's OID: the folder of its pieces.
+    pub name: String,
+    /// The tablespace's directory on the server; `None` for the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// How many pieces the stream was cut into.
+    pub pieces: u32,
+    /// The stream's length in bytes.
+    pub bytes: u64,
+    /// Bytes as stored.
+    pub stored_bytes: u64,
+}
+
+impl BackupMeta {
+    /// Parses `backup.json`, refusing formats newer than this walhalla reads.
+    pub fn parse(bytes: &[u8]) -> Result<BackupMeta, String> {
+        let meta: BackupMeta =
+            serde_json::from_slice(bytes).map_err(|e| format!("backup.json: {e}"))?;
+        if meta.format > META_FORMAT {
+            return Err(format!(
+                "backup.json has format {}, newer than this walhalla reads ({META_FORMAT}); upgrade walhalla",
+                meta.format
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// The backup's identifier.
+    pub fn backup_id(&self) -> Result<BackupId, String> {
+        BackupId::parse(&self.id).ok_or_else(|| format!("backup.json names backup {:?}", self.id))
+    }
+
+    /// Whether restore may choose it: its WAL was all archived.
+    pub fn is_complete(&self) -> bool {
+        self.wal_complete
+    }
+
+    /// The start position.
+    pub fn start(&self) -> Result<Lsn, String> {
+        self.start_lsn.parse()
+    }
+
+    /// The consistency position.
+    pub fn stop(&self) -> Result<Lsn, String> {
+        self.stop_lsn.parse()
+    }
+
+    /// The start timeline.
+    pub fn timeline(&self) -> TimelineId {
+        TimelineId(self.start_timeline)
+    }
+
+    /// The cluster.
+    pub fn system(&self) -> Result<SystemId, String> {
+        self.system_id.parse()
+    }
+
+    /// The segment size.
+    pub fn segment_size(&self) -> Result<SegmentSize, String> {
+        SegmentSize::new(self.segment_size)
+            .ok_or_else(|| format!("backup.json: segment size {}", self.segment_size))
+    }
+
+    /// When the backup became restorable, as a timestamp.
+    pub fn stop_timestamp(&self) -> Result<jiff::Timestamp, String> {
+        self.stop_time
+            .parse()
+            .map_err(|e| format!("backup.json: stop_time {:?}: {e}", self.stop_time))
+    }
+}

@@ -1,0 +1,494 @@
+//! `walhalla backup`: a base backup streamed from the server straight into the archive.
+//!
+//! The tar streams arrive over one replication connection (`BASE_BACKUP`), are cut into
+//! pieces of [`PIECE_BYTES`], and each piece is compressed into an envelope and stored,
+//! create-only, by a bounded set of tasks: memory stays at a few pieces whatever the
+//! database's size, and a slow store slows the reading down instead of filling memory. The
+//! server's manifest is stored verbatim. The metadata goes last, once the WAL from the
+//! backup's start to its stop is in the archive (or the wait for it gave up, which marks the
+//! backup incomplete: restore never chooses it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::label::{self, BackupLabel};
+use super::meta::{ArchiveMeta, BackupMeta, META_FORMAT};
+use super::protocol::{self, BackupRequest, CopyPayload, TYPED_MESSAGES_SINCE};
+use crate::archive::{Archive, BackupId, BackupObject, ClusterArchive};
+use crate::blocking;
+use crate::envelope::Encoder;
+use crate::protocol::commands;
+use crate::protocol::connection::{Connection, Response, Row};
+use crate::protocol::conninfo::ConnParams;
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, version};
+
+/// Bytes of a tar stream per stored piece: large enough to compress well, small enough that
+/// a few in flight stay well within the memory budget.
+pub const PIECE_BYTES: usize = 8 << 20;
+/// The largest manifest accepted (the server's is about 150 bytes per file).
+const MAX_MANIFEST_BYTES: usize = 1 << 30;
+
+/// What `walhalla backup` was asked for.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// The server to back up (a replication connection is made).
+    pub conn: ConnParams,
+    /// The label; default `walhalla ID`.
+    pub label: Option<String>,
+    /// Checkpoint at once instead of spreading it.
+    pub fast: bool,
+    /// How long to wait for the backup's WAL to reach the archive.
+    pub wal_timeout: Duration,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Pieces compressed and stored at once.
+    pub parallelism: usize,
+}
+
+/// Takes a base backup of the server `options.conn` names into `archive`.
+pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<BackupMeta> {
+    let mut conn = Connection::connect(&options.conn)
+        .await
+        .context("connect to the server")?;
+    let server_version = conn
+        .parameter("server_version")
+        .unwrap_or_default()
+        .to_string();
+    let major = conn
+        .server_major_version()
+        .ok_or_else(|| anyhow!("the server did not report its version"))?;
+    if let Err(why) = version::by_number(major) {
+        bail!("{} runs PostgreSQL {server_version}, {why}", conn.host());
+    }
+    let identity = commands::identify_system(&mut conn).await?;
+    let segment_size = commands::segment_size(&mut conn).await?;
+    let cluster = archive.cluster(identity.system_id);
+    let started = jiff::Timestamp::now();
+    let id = free_id(&cluster, started).await?;
+    let label_text = options
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("walhalla {id}"));
+    tracing::info!(backup = %id, host = %conn.host(), "starting a base backup");
+
+    let request = BackupRequest {
+        label: label_text.clone(),
+        fast: options.fast,
+        progress: false,
+    };
+    conn.send_query(&protocol::command(major, &request))
+        .await
+        .context("send BASE_BACKUP")?;
+    let uploads = Uploads::new(cluster.clone(), id.clone(), options)?;
+    let received = receive(&mut conn, major, uploads).await?;
+    let stopped = jiff::Timestamp::now();
+
+    let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
+    let (stop_lsn, stop_timeline) = position(received.sets.get(2), "stop")?;
+    let label = received
+        .label
+        .ok_or_else(|| anyhow!("the backup's main archive held no backup_label"))?;
+    if label.start_lsn != start_lsn {
+        bail!(
+            "backup_label starts at {}, the server said {start_lsn}",
+            label.start_lsn
+        );
+    }
+    tracing::info!(backup = %id, start = %start_lsn, stop = %stop_lsn, "backup streamed; waiting for its WAL in the archive");
+
+    let missing = wait_for_wal(
+        &cluster,
+        [start_timeline, stop_timeline],
+        start_lsn,
+        stop_lsn,
+        segment_size,
+        Instant::now() + options.wal_timeout,
+    )
+    .await?;
+    let meta = BackupMeta {
+        format: META_FORMAT,
+        id: id.to_string(),
+        label: label_text,
+        system_id: identity.system_id.to_string(),
+        server_version,
+        server_major: major,
+        walhalla_version: env!("CARGO_PKG_VERSION").to_string(),
+        segment_size: segment_size.bytes(),
+        start_lsn: start_lsn.to_string(),
+        start_timeline: start_timeline.0,
+        stop_lsn: stop_lsn.to_string(),
+        stop_timeline: stop_timeline.0,
+        start_time: utc(started),
+        stop_time: utc(stopped),
+        from_standby: label.from_standby,
+        manifest_bytes: received.manifest_bytes,
+        bytes: received.archives.iter().map(|a| a.bytes).sum::<u64>() + received.manifest_bytes,
+        stored_bytes: received.stored_bytes,
+        archives: received.archives,
+        wal_complete: missing.is_none(),
+        wal_missing: missing.map(|s| s.to_string()),
+    };
+    let json = serde_json::to_vec_pretty(&meta).context("encode backup.json")?;
+    let level = options.compression_level;
+    let content = Bytes::from(json);
+    let body = content.clone();
+    let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+    cluster
+        .put_backup_object(&id, &BackupObject::Meta, content, envelope)
+        .await?;
+    Ok(meta)
+}
+
+/// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist.
+async fn free_id(cluster: &ClusterArchive, at: jiff::Timestamp) -> anyhow::Result<BackupId> {
+    let second = at.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let taken = cluster.backup_ids().await?;
+    (1..1000)
+        .filter_map(|n| BackupId::new(&second, n))
+        .find(|id| !taken.contains(id))
+        .ok_or_else(|| anyhow!("too many backups started at {second}"))
+}
+
+/// RFC 3339 in UTC with seconds.
+fn utc(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// What the response to BASE_BACKUP delivered.
+struct Received {
+    /// The ordinary result sets: start position, tablespaces, stop position.
+    sets: Vec<Vec<Row>>,
+    archives: Vec<ArchiveMeta>,
+    manifest_bytes: u64,
+    stored_bytes: u64,
+    label: Option<BackupLabel>,
+}
+
+/// Reads the whole response, storing the tar streams and the manifest as they arrive.
+async fn receive(
+    conn: &mut Connection,
+    major: u32,
+    mut uploads: Uploads,
+) -> anyhow::Result<Received> {
+    let typed = major >= TYPED_MESSAGES_SINCE;
+    let mut sets: Vec<Vec<Row>> = Vec::new();
+    let mut archives = Vec::new();
+    let mut current: Option<PieceWriter> = None;
+    let mut manifest: Option<Vec<u8>> = None;
+    let mut copy_outs = 0usize;
+    let mut head = Vec::new();
+    let mut label = None;
+    loop {
+        let response = conn.next_response().await.context("BASE_BACKUP")?;
+        let data = match response {
+            Response::Columns => {
+                sets.push(Vec::new());
+                continue;
+            }
+            Response::Row(row) => {
+                sets.last_mut()
+                    .ok_or_else(|| anyhow!("a row before its result set"))?
+                    .push(row);
+                continue;
+            }
+            Response::Complete(_) => continue,
+            Response::Ready => break,
+            Response::CopyOut => {
+                copy_outs += 1;
+                if !typed {
+                    // One CopyOut per tablespace, in the order of the second result set,
+                    // then one for the manifest.
+                    let tablespaces = tablespaces(sets.get(1))?;
+                    match tablespaces.get(copy_outs - 1) {
+                        Some((name, location)) => {
+                            current = Some(PieceWriter::new(name.clone(), location.clone()))
+                        }
+                        None => manifest = Some(Vec::new()),
+                    }
+                }
+                continue;
+            }
+            Response::CopyDone => {
+                if let Some(mut writer) = current.take() {
+                    if !typed {
+                        // Before 15 the server leaves out the end-of-archive blocks (its
+                        // client adds them); store a complete tar, as 15 and later send it.
+                        writer.write(&[0; 1024], &mut uploads).await?;
+                    }
+                    archives.push(writer.finish(&mut uploads).await?);
+                }
+                continue;
+            }
+            Response::CopyData(data) if !typed => data,
+            Response::CopyData(payload) => match protocol::parse_payload(payload)? {
+                CopyPayload::NewArchive { name, location } => {
+                    if let Some(writer) = current.take() {
+                        archives.push(writer.finish(&mut uploads).await?);
+                    }
+                    let name = name.strip_suffix(".tar").unwrap_or(&name).to_string();
+                    let location = (!location.is_empty()).then_some(location);
+                    current = Some(PieceWriter::new(archive_name(&name)?, location));
+                    continue;
+                }
+                CopyPayload::Manifest => {
+                    if let Some(writer) = current.take() {
+                        archives.push(writer.finish(&mut uploads).await?);
+                    }
+                    manifest = Some(Vec::new());
+                    continue;
+                }
+                CopyPayload::Progress(_) => continue,
+                CopyPayload::Data(data) => data,
+            },
+        };
+        if let Some(manifest) = manifest.as_mut() {
+            if manifest.len() + data.len() > MAX_MANIFEST_BYTES {
+                bail!("the backup manifest is larger than {MAX_MANIFEST_BYTES} bytes");
+            }
+            manifest.extend_from_slice(&data);
+            continue;
+        }
+        let writer = current
+            .as_mut()
+            .ok_or_else(|| anyhow!("backup data before any archive began"))?;
+        if writer.name == "base" && label.is_none() {
+            head.extend_from_slice(&data[..data.len().min(64 * 1024)]);
+            if let Some(text) = label::from_tar_head(&head)? {
+                label = Some(label::parse(&text)?);
+                head = Vec::new();
+            }
+        }
+        writer.write(&data, &mut uploads).await?;
+    }
+    if current.is_some() {
+        bail!("the server ended the backup in the middle of an archive");
+    }
+    let manifest = manifest.ok_or_else(|| anyhow!("the server sent no backup manifest"))?;
+    let manifest_bytes = manifest.len() as u64;
+    uploads
+        .submit(BackupObject::Manifest, Bytes::from(manifest))
+        .await?;
+    let stored = uploads.finish().await?;
+    for archive in &mut archives {
+        archive.stored_bytes = stored.get(&archive.name).copied().unwrap_or(0);
+    }
+    let stored_bytes = stored.values().sum();
+    if !archives.iter().any(|a| a.name == "base") {
+        bail!("the server sent no archive of the data directory");
+    }
+    Ok(Received {
+        sets,
+        archives,
+        manifest_bytes,
+        stored_bytes,
+        label,
+    })
+}
+
+/// `base` or a tablespace OID, the only names an archive folder may have.
+fn archive_name(name: &str) -> anyhow::Result<String> {
+    if name == "base" || (name.parse::<u32>().is_ok_and(|oid| oid > 0) && !name.starts_with('0')) {
+        Ok(name.to_string())
+    } else {
+        bail!("the server sent an archive named {name:?}, neither base nor a tablespace OID")
+    }
+}
+
+/// The second result set (spcoid, spclocation, size) as archive names and locations.
+fn tablespaces(set: Option<&Vec<Row>>) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let rows = set.ok_or_else(|| anyhow!("BASE_BACKUP sent no tablespace list"))?;
+    rows.iter()
+        .map(|row| {
+            match (
+                row.first().cloned().flatten(),
+                row.get(1).cloned().flatten(),
+            ) {
+                (None, _) => Ok(("base".to_string(), None)),
+                (Some(oid), location) => Ok((archive_name(&oid)?, location)),
+            }
+        })
+        .collect()
+}
+
+/// The position and timeline in the one-row result set `set` (the start or the stop).
+fn position(set: Option<&Vec<Row>>, what: &str) -> anyhow::Result<(Lsn, TimelineId)> {
+    let row = set
+        .and_then(|rows| rows.first())
+        .ok_or_else(|| anyhow!("BASE_BACKUP sent no {what} position"))?;
+    let field = |i: usize| row.get(i).cloned().flatten();
+    let lsn = field(0)
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| anyhow!("BASE_BACKUP {what} position {:?}", field(0)))?;
+    let timeline = field(1)
+        .and_then(|t| t.parse().ok())
+        .map(TimelineId)
+        .ok_or_else(|| anyhow!("BASE_BACKUP {what} timeline {:?}", field(1)))?;
+    Ok((lsn, timeline))
+}
+
+/// Waits until every segment from the one holding `start` to the one holding the byte before
+/// `stop` is in the archive, on either of `timelines` (a standby's upstream may be promoted
+/// during the backup). Returns the first one still missing at `deadline`.
+async fn wait_for_wal(
+    cluster: &ClusterArchive,
+    timelines: [TimelineId; 2],
+    start: Lsn,
+    stop: Lsn,
+    size: SegmentSize,
+    deadline: Instant,
+) -> anyhow::Result<Option<SegmentName>> {
+    let first = SegNo::containing(start, size);
+    let last = SegNo::containing(Lsn(stop.0.saturating_sub(1).max(start.0)), size);
+    let mut logged = Instant::now();
+    loop {
+        let mut held = std::collections::BTreeSet::new();
+        for timeline in timelines {
+            held.extend(
+                cluster
+                    .segments_between(timeline, first, SegNo(last.0 + 1), size)
+                    .await?,
+            );
+        }
+        let missing = (first.0..=last.0).map(SegNo).find(|n| !held.contains(n));
+        let Some(missing) = missing else {
+            return Ok(None);
+        };
+        let name = SegmentName::new(timelines[1], missing, size);
+        if Instant::now() >= deadline {
+            tracing::error!(segment = %name, "the backup's WAL did not reach the archive in time; the backup is marked incomplete");
+            return Ok(Some(name));
+        }
+        if logged.elapsed() >= Duration::from_secs(30) {
+            tracing::info!(segment = %name, "waiting for the backup's WAL to be archived (archive_command or walhalla receive)");
+            logged = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Cuts one tar stream into pieces and hands them to the uploads.
+struct PieceWriter {
+    name: String,
+    location: Option<String>,
+    buf: BytesMut,
+    pieces: u32,
+    bytes: u64,
+}
+
+impl PieceWriter {
+    fn new(name: String, location: Option<String>) -> PieceWriter {
+        PieceWriter {
+            name,
+            location,
+            buf: BytesMut::new(),
+            pieces: 0,
+            bytes: 0,
+        }
+    }
+
+    async fn write(&mut self, data: &[u8], uploads: &mut Uploads) -> anyhow::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        while self.buf.len() >= PIECE_BYTES {
+            let piece = self.buf.split_to(PIECE_BYTES).freeze();
+            self.submit(piece, uploads).await?;
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, piece: Bytes, uploads: &mut Uploads) -> anyhow::Result<()> {
+        let object = BackupObject::Piece {
+            archive: self.name.clone(),
+            index: self.pieces,
+        };
+        self.pieces += 1;
+        uploads.submit(object, piece).await
+    }
+
+    async fn finish(mut self, uploads: &mut Uploads) -> anyhow::Result<ArchiveMeta> {
+        if !self.buf.is_empty() || self.pieces == 0 {
+            let rest = std::mem::take(&mut self.buf).freeze();
+            self.submit(rest, uploads).await?;
+        }
+        Ok(ArchiveMeta {
+            name: self.name,
+            location: self.location,
+            pieces: self.pieces,
+            bytes: self.bytes,
+            stored_bytes: 0,
+        })
+    }
+}
+
+/// Compresses and stores objects with at most `parallelism` in flight.
+struct Uploads {
+    cluster: ClusterArchive,
+    id: BackupId,
+    level: i32,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<anyhow::Result<(String, u64)>>,
+    /// Stored bytes per archive (`manifest`, `base`, OIDs).
+    stored: HashMap<String, u64>,
+}
+
+impl Uploads {
+    fn new(cluster: ClusterArchive, id: BackupId, options: &BackupOptions) -> anyhow::Result<Self> {
+        Ok(Uploads {
+            cluster,
+            id,
+            level: options.compression_level,
+            slots: Arc::new(Semaphore::new(options.parallelism.max(1))),
+            tasks: JoinSet::new(),
+            stored: HashMap::new(),
+        })
+    }
+
+    /// Starts storing `object`, waiting first for a free slot (the backpressure).
+    async fn submit(&mut self, object: BackupObject, content: Bytes) -> anyhow::Result<()> {
+        let slot = self.slots.clone().acquire_owned().await?;
+        while let Some(done) = self.tasks.try_join_next() {
+            self.record(done)?;
+        }
+        let (cluster, id, level) = (self.cluster.clone(), self.id.clone(), self.level);
+        self.tasks.spawn(async move {
+            let body = content.clone();
+            let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+            let stored = envelope.len() as u64;
+            cluster
+                .put_backup_object(&id, &object, content, envelope)
+                .await
+                .with_context(|| format!("store {}", cluster.backup_object_key(&id, &object)))?;
+            drop(slot);
+            let archive = match object {
+                BackupObject::Piece { archive, .. } => archive,
+                _ => "manifest".to_string(),
+            };
+            Ok((archive, stored))
+        });
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        done: Result<anyhow::Result<(String, u64)>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let (archive, stored) = done.context("an upload task failed")??;
+        *self.stored.entry(archive).or_default() += stored;
+        Ok(())
+    }
+
+    /// Waits for every upload; the stored bytes per archive.
+    async fn finish(mut self) -> anyhow::Result<HashMap<String, u64>> {
+        while let Some(done) = self.tasks.join_next().await {
+            self.record(done)?;
+        }
+        Ok(self.stored)
+    }
+}

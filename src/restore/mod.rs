@@ -1,0 +1,499 @@
+//! `walhalla restore`: a base backup from the archive into a new data directory, set up to
+//! recover to a target through `walhalla fetch`.
+//!
+//! Everything that can be checked is checked before a byte is written: the backup is chosen
+//! for the target along the timeline path ([`plan`]), and every WAL segment from it to the
+//! target (or to the end of the archive) must be in the archive. Files are then written from
+//! the backup's pieces, each verified against the server's manifest ([`extract`]); on any
+//! failure the partial restore is removed, so nothing half-restored is left to start.
+
+pub mod extract;
+pub mod pieces;
+pub mod plan;
+pub mod settings;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use serde::Serialize;
+
+use crate::archive::{Archive, BackupObject, ClusterArchive};
+use crate::backup::catalog;
+use crate::backup::manifest::{self, Manifest};
+use crate::backup::meta::BackupMeta;
+use crate::wal::{SegNo, SystemId, TimelineId, WalFileName, parse_history};
+use crate::{blocking, envelope, fsutil};
+use plan::{Leg, Target};
+use settings::{Recovery, TimelineChoice};
+
+/// What `walhalla restore` was asked for.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// The new data directory.
+    pub dest: PathBuf,
+    /// `latest` (by the target) or a backup's id.
+    pub backup: Option<String>,
+    /// The cluster, when the archive holds several.
+    pub system_id: Option<SystemId>,
+    /// How the restored server recovers.
+    pub recovery: Recovery,
+    /// Write `standby.signal` instead of `recovery.signal`.
+    pub standby: bool,
+    /// Empty a non-empty destination first.
+    pub force: bool,
+    /// New directories for tablespaces, by OID.
+    pub tablespace_map: BTreeMap<u32, PathBuf>,
+    /// Pieces fetched at once.
+    pub parallelism: usize,
+}
+
+/// What a restore did, for the summary and `--json`.
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    /// The backup restored.
+    pub backup: String,
+    /// Why that one.
+    pub reason: String,
+    /// The target, in words.
+    pub target: String,
+    /// The data directory.
+    pub data_directory: PathBuf,
+    /// Where each tablespace went, by OID.
+    pub tablespaces: BTreeMap<String, PathBuf>,
+    /// Files written.
+    pub files: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// The WAL segments the recovery needs, all checked present: the first and the last.
+    pub wal: (String, String),
+    /// The settings added to postgresql.auto.conf.
+    pub settings: BTreeMap<String, String>,
+    /// The signal file written.
+    pub signal: String,
+    /// How to start the server.
+    pub start: String,
+}
+
+/// Restores a backup from `archive` as `options` say.
+pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<RestoreReport> {
+    let cluster = archive.cluster(which_cluster(archive, options.system_id).await?);
+    let entries = catalog::read(&cluster).await?;
+    let backups: Vec<BackupMeta> = entries
+        .iter()
+        .filter_map(|e| e.meta.as_ref().ok().cloned())
+        .collect();
+    if backups.is_empty() {
+        bail!(
+            "the archive holds no backup of cluster {} (walhalla backup takes one)",
+            cluster.system_id()
+        );
+    }
+
+    let target = &options.recovery.target;
+    let (backup, reason, path) = choose(&cluster, &backups, options).await?;
+    tracing::info!(backup = %backup.id, "restoring: {reason}");
+    let size = backup.segment_size().map_err(|e| anyhow!(e))?;
+    let until = match target {
+        Target::Lsn(lsn) => Some(*lsn),
+        Target::Immediate => Some(backup.stop().map_err(|e| anyhow!(e))?),
+        _ => None,
+    };
+    let newest: BTreeMap<TimelineId, SegNo> = cluster
+        .newest_segments_per_timeline()
+        .await?
+        .into_iter()
+        .filter_map(|s| Some((s.timeline, s.segno(size)?)))
+        .collect();
+    let ranges =
+        plan::needed_segments(backup, &path, until, &newest, size).map_err(|e| anyhow!(e))?;
+    let mut held = BTreeMap::new();
+    for &(timeline, from, to) in &ranges {
+        let segments = cluster.segments_between(timeline, from, to, size).await?;
+        held.entry(timeline)
+            .or_insert_with(std::collections::BTreeSet::new)
+            .extend(segments);
+    }
+    if let Some(missing) = plan::first_missing(&ranges, &held, size) {
+        bail!(
+            "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written",
+            backup.id
+        );
+    }
+    let wal_span = span(&ranges, size);
+
+    let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;
+    let tablespaces = tablespace_destinations(backup, &options.tablespace_map)?;
+    prepare_destination(&options.dest, options.force)?;
+    for dir in tablespaces.values() {
+        prepare_destination(dir, options.force)?;
+    }
+    let written = write_files(&cluster, backup, &manifest, options, &tablespaces).await;
+    let (files, bytes) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            remove_partial(&options.dest, &tablespaces);
+            return Err(e.context(format!(
+                "restore of backup {} failed; the partial restore was removed",
+                backup.id
+            )));
+        }
+    };
+
+    let settings = options.recovery.settings();
+    let signal = if options.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    // Beside the files, as pg_basebackup leaves it: pg_verifybackup checks the directory.
+    write_durable(&options.dest.join("backup_manifest"), &manifest_bytes)
+        .context("write backup_manifest")?;
+    finish_directory(&options.dest, backup, &settings, &tablespaces, signal)?;
+    Ok(RestoreReport {
+        backup: backup.id.clone(),
+        reason,
+        target: target.to_string(),
+        data_directory: options.dest.clone(),
+        tablespaces: tablespaces
+            .iter()
+            .map(|(oid, dir)| (oid.to_string(), dir.clone()))
+            .collect(),
+        files,
+        bytes,
+        wal: wal_span,
+        settings: settings
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        signal: signal.into(),
+        start: settings::start_hint(&options.dest),
+    })
+}
+
+/// The cluster to restore: the one named, or the only one the archive holds.
+async fn which_cluster(archive: &Archive, named: Option<SystemId>) -> anyhow::Result<SystemId> {
+    if let Some(id) = named {
+        return Ok(id);
+    }
+    match archive.clusters().await?.as_slice() {
+        [only] => Ok(*only),
+        [] => bail!("the archive {} holds no cluster", archive.location()),
+        several => bail!(
+            "the archive holds {} clusters ({}); name one with --system-id",
+            several.len(),
+            several
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Chooses the backup and the timeline path.
+async fn choose<'a>(
+    cluster: &ClusterArchive,
+    backups: &'a [BackupMeta],
+    options: &RestoreOptions,
+) -> anyhow::Result<(&'a BackupMeta, String, Vec<Leg>)> {
+    let target = &options.recovery.target;
+    if let Some(id) = options.backup.as_deref().filter(|id| *id != "latest") {
+        let backup = backups
+            .iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| anyhow!("the archive holds no usable backup {id}"))?;
+        if !backup.is_complete() {
+            bail!(
+                "backup {id} is incomplete: WAL segment {} never reached the archive",
+                backup.wal_missing.as_deref().unwrap_or("?")
+            );
+        }
+        let path = timeline_path(
+            cluster,
+            options.recovery.timeline,
+            TimelineId(backup.stop_timeline),
+        )
+        .await?;
+        return Ok((backup, "named with --backup".into(), path));
+    }
+    let timeline = options.recovery.timeline.unwrap_or(TimelineChoice::Latest);
+    if timeline == TimelineChoice::Current {
+        // The path is the chosen backup's own timeline: try the newest timeline first.
+        let mut timelines: Vec<u32> = backups.iter().map(|b| b.stop_timeline).collect();
+        timelines.sort_unstable();
+        timelines.dedup();
+        let mut last_error = String::new();
+        for tl in timelines.into_iter().rev() {
+            let path = plan::path(TimelineId(tl), &[]);
+            match plan::choose(backups, target, &path) {
+                Ok(choice) => return Ok((choice.backup, choice.reason, path)),
+                Err(e) => last_error = e,
+            }
+        }
+        bail!(last_error);
+    }
+    let path = timeline_path(cluster, Some(timeline), TimelineId(1)).await?;
+    let choice = plan::choose(backups, target, &path).map_err(|e| anyhow!(e))?;
+    Ok((choice.backup, choice.reason, path))
+}
+
+/// The timeline path for `choice`; `current` is `backup_timeline`.
+async fn timeline_path(
+    cluster: &ClusterArchive,
+    choice: Option<TimelineChoice>,
+    backup_timeline: TimelineId,
+) -> anyhow::Result<Vec<Leg>> {
+    let timeline = match choice.unwrap_or(TimelineChoice::Latest) {
+        TimelineChoice::Current => backup_timeline,
+        TimelineChoice::Id(n) => TimelineId(n),
+        TimelineChoice::Latest => {
+            let newest_history = cluster.history_timelines().await?.into_iter().max();
+            let newest_segment = cluster
+                .newest_segments_per_timeline()
+                .await?
+                .into_iter()
+                .map(|s| s.timeline)
+                .max();
+            newest_history
+                .max(newest_segment)
+                .unwrap_or(TimelineId(1))
+                .max(backup_timeline)
+        }
+    };
+    if timeline.0 == 1 {
+        return Ok(plan::path(timeline, &[]));
+    }
+    let name = WalFileName::History(timeline);
+    let content = cluster.get_verified(&name).await?.ok_or_else(|| {
+        anyhow!("the archive holds no {name}, which recovery to timeline {timeline} needs")
+    })?;
+    let history = parse_history(timeline, &content).map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok(plan::path(timeline, &history))
+}
+
+/// The first and last segment names of `ranges`, for the report.
+fn span(ranges: &[(TimelineId, SegNo, SegNo)], size: crate::wal::SegmentSize) -> (String, String) {
+    let name = |tl, n| crate::wal::SegmentName::new(tl, n, size).to_string();
+    match (ranges.first(), ranges.last()) {
+        (Some(&(t1, from, _)), Some(&(t2, _, to))) => (name(t1, from), name(t2, SegNo(to.0 - 1))),
+        _ => (String::new(), String::new()),
+    }
+}
+
+/// The backup's manifest, verified, and its bytes.
+async fn read_manifest(
+    cluster: &ClusterArchive,
+    backup: &BackupMeta,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let id = backup.backup_id().map_err(|e| anyhow!(e))?;
+    let key = cluster.backup_object_key(&id, &BackupObject::Manifest);
+    let stored = cluster
+        .get_backup_object(&id, &BackupObject::Manifest)
+        .await?
+        .ok_or_else(|| anyhow!("{key} is missing from the archive"))?;
+    blocking::run(move || {
+        let content = envelope::decode(&stored).with_context(|| format!("{key} is corrupt"))?;
+        let manifest = manifest::parse(&content).with_context(|| key.clone())?;
+        Ok((manifest, content))
+    })
+    .await
+}
+
+/// Where each tablespace goes: `--tablespace-map`, else where it was.
+fn tablespace_destinations(
+    backup: &BackupMeta,
+    map: &BTreeMap<u32, PathBuf>,
+) -> anyhow::Result<BTreeMap<u32, PathBuf>> {
+    let mut destinations = BTreeMap::new();
+    for archive in backup.archives.iter().filter(|a| a.name != "base") {
+        let oid: u32 = archive.name.parse().context("tablespace archive name")?;
+        let dir = match (map.get(&oid), &archive.location) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(location)) => PathBuf::from(location),
+            (None, None) => {
+                bail!("tablespace {oid} has no location; give one with --tablespace-map {oid}=DIR")
+            }
+        };
+        destinations.insert(oid, dir);
+    }
+    if let Some(unknown) = map.keys().find(|oid| !destinations.contains_key(oid)) {
+        bail!(
+            "--tablespace-map names tablespace {unknown}, which backup {} does not have",
+            backup.id
+        );
+    }
+    Ok(destinations)
+}
+
+/// Makes `dir` an empty directory only its owner can enter, refusing one with content
+/// unless `force`.
+fn prepare_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force {
+                    bail!(
+                        "{} is not empty; restore into an empty directory, or add --force to empty it first",
+                        dir.display()
+                    );
+                }
+                for entry in std::fs::read_dir(dir)? {
+                    let path = entry?.path();
+                    let removed = if path.is_dir() && !path.is_symlink() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.with_context(|| format!("empty {}", dir.display()))?;
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fsutil::create_dir_all_durable(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))
+}
+
+/// Writes every archive of the backup, verified against the manifest; checks that every file
+/// the manifest lists was written. Returns the files and bytes written.
+async fn write_files(
+    cluster: &ClusterArchive,
+    backup: &BackupMeta,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+    tablespaces: &BTreeMap<u32, PathBuf>,
+) -> anyhow::Result<(usize, u64)> {
+    let id = backup.backup_id().map_err(|e| anyhow!(e))?;
+    let manifest = std::sync::Arc::new(manifest.clone());
+    let mut written = HashSet::new();
+    let mut bytes = 0;
+    for archive in &backup.archives {
+        let (dest, prefix) = if archive.name == "base" {
+            (options.dest.clone(), String::new())
+        } else {
+            let oid: u32 = archive.name.parse().context("tablespace archive name")?;
+            (tablespaces[&oid].clone(), format!("pg_tblspc/{oid}/"))
+        };
+        let reader = pieces::open(
+            cluster.clone(),
+            id.clone(),
+            archive.name.clone(),
+            archive.pieces,
+            options.parallelism,
+        );
+        let manifest = manifest.clone();
+        let done = blocking::run(move || {
+            let job = extract::Extract {
+                dest: &dest,
+                manifest_prefix: &prefix,
+                manifest: &manifest,
+            };
+            extract::extract(reader, &job)
+        })
+        .await
+        .with_context(|| format!("archive {} of backup {}", archive.name, backup.id))?;
+        bytes += done.bytes;
+        written.extend(done.files);
+    }
+    let missing = extract::missing(&manifest, &written);
+    if let Some(first) = missing.first() {
+        bail!(
+            "{} files of the manifest were not in the backup's archives, {first} first",
+            missing.len()
+        );
+    }
+    Ok((written.len(), bytes))
+}
+
+/// Removes what a failed restore wrote (the destinations were empty or new).
+fn remove_partial(dest: &Path, tablespaces: &BTreeMap<u32, PathBuf>) {
+    for dir in std::iter::once(dest).chain(tablespaces.values().map(PathBuf::as_path)) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+}
+
+/// Rewrites `tablespace_map` for the new locations, appends the recovery settings, writes the
+/// signal file, and makes it all durable.
+fn finish_directory(
+    dest: &Path,
+    backup: &BackupMeta,
+    settings: &[(&str, String)],
+    tablespaces: &BTreeMap<u32, PathBuf>,
+    signal: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    if !tablespaces.is_empty() {
+        let map: String = tablespaces
+            .iter()
+            .map(|(oid, dir)| format!("{oid} {}\n", dir.display()))
+            .collect();
+        write_durable(&dest.join("tablespace_map"), map.as_bytes())
+            .context("write tablespace_map")?;
+    }
+    let auto = dest.join("postgresql.auto.conf");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&auto)
+        .with_context(|| format!("open {}", auto.display()))?;
+    file.write_all(settings::conf_block(&backup.id, settings).as_bytes())?;
+    file.sync_all()?;
+    for stale in ["recovery.signal", "standby.signal"] {
+        let _ = std::fs::remove_file(dest.join(stale));
+    }
+    write_durable(&dest.join(signal), b"").with_context(|| format!("write {signal}"))?;
+    fsutil::fsync_dir(dest).context("fsync the data directory")?;
+    Ok(())
+}
+
+/// Writes `content` to `path` under a temporary name, fsyncs, renames it into place and
+/// fsyncs the directory.
+fn write_durable(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fsutil::TempFile::create(path)?;
+    file.file().write_all(content)?;
+    file.persist()
+}
+
+/// The summary of a restore, for a person.
+pub fn describe(report: &RestoreReport) -> String {
+    let mut out = format!(
+        "restored backup {} into {} ({} files, {} MiB): {}\n",
+        report.backup,
+        report.data_directory.display(),
+        report.files,
+        report.bytes >> 20,
+        report.reason
+    );
+    for (oid, dir) in &report.tablespaces {
+        out.push_str(&format!("tablespace {oid} in {}\n", dir.display()));
+    }
+    out.push_str(&format!(
+        "recovery to {} will replay WAL {} to {} (checked present in the archive)\n",
+        report.target, report.wal.0, report.wal.1
+    ));
+    out.push_str(&format!(
+        "wrote {} and added to postgresql.auto.conf:\n",
+        report.signal
+    ));
+    for (name, value) in &report.settings {
+        out.push_str(&format!("  {name} = '{}'\n", value.replace('\'', "''")));
+    }
+    out.push_str(&format!("start the server with: {}", report.start));
+    out
+}

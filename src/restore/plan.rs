@@ -1,0 +1,345 @@
+//! What a restore will do, decided before a byte is copied, pure: the timeline path recovery
+//! will follow, the backup to start from (and why), and the WAL segments it will need.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::backup::meta::BackupMeta;
+use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
+
+/// Where recovery stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the archived WAL.
+    End,
+    /// As soon as the backup is consistent (`recovery_target = 'immediate'`).
+    Immediate,
+    /// A point in time; the text is passed on to PostgreSQL as written.
+    Time {
+        /// The instant, for choosing the backup.
+        at: jiff::Timestamp,
+        /// The value as the user wrote it.
+        text: String,
+    },
+    /// A WAL position.
+    Lsn(Lsn),
+    /// A transaction id.
+    Xid(String),
+    /// A restore point made with `pg_create_restore_point`.
+    Name(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::End => write!(f, "the end of the archive"),
+            Target::Immediate => write!(f, "the end of the backup"),
+            Target::Time { text, .. } => write!(f, "time {text}"),
+            Target::Lsn(lsn) => write!(f, "position {lsn}"),
+            Target::Xid(xid) => write!(f, "transaction {xid}"),
+            Target::Name(name) => write!(f, "restore point {name:?}"),
+        }
+    }
+}
+
+/// Reads a time target: RFC 3339 or PostgreSQL's output format, with a time zone (an offset,
+/// `Z`, or ` UTC`); without one, PostgreSQL would read it in the server's time zone, which
+/// walhalla cannot know.
+pub fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    let normalized = text
+        .strip_suffix(" UTC")
+        .or_else(|| text.strip_suffix(" GMT"))
+        .map_or_else(|| text.to_string(), |t| format!("{t}Z"));
+    normalized.parse().map_err(|e| {
+        format!("{text:?} is not a time with a time zone, such as 2026-12-02T14:05:00Z or 2026-12-02 14:05:00+01 ({e})")
+    })
+}
+
+/// One timeline on the path recovery follows, with the position where it ends (where the
+/// next timeline on the path branches off); the last one has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leg {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// Where the next timeline on the path begins.
+    pub end: Option<Lsn>,
+}
+
+/// The timelines recovery follows to reach `timeline`: its ancestors (from its history file),
+/// oldest first, then itself.
+pub fn path(timeline: TimelineId, history: &[HistoryEntry]) -> Vec<Leg> {
+    history
+        .iter()
+        .map(|entry| Leg {
+            timeline: entry.timeline,
+            end: Some(entry.switch_point),
+        })
+        .chain(std::iter::once(Leg {
+            timeline,
+            end: None,
+        }))
+        .collect()
+}
+
+/// The backup chosen, and why.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    /// The backup.
+    pub backup: &'a BackupMeta,
+    /// Why this one, for the log and `--json`.
+    pub reason: String,
+}
+
+/// Where on `path` a backup sits: the index of its timeline's leg, when the backup is
+/// complete, of this cluster's layout, and consistent before that leg ends.
+fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, Lsn)> {
+    let stop = backup.stop().ok()?;
+    let timeline = TimelineId(backup.stop_timeline);
+    let index = path.iter().position(|leg| leg.timeline == timeline)?;
+    path[index]
+        .end
+        .is_none_or(|end| stop <= end)
+        .then_some((index, stop))
+}
+
+/// Chooses the newest complete backup on `path` from which `target` can be reached: for a
+/// time, one consistent before it; for a position, one consistent at or before it.
+pub fn choose<'a>(
+    backups: &'a [BackupMeta],
+    target: &Target,
+    path: &[Leg],
+) -> Result<Choice<'a>, String> {
+    let usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
+        .iter()
+        .filter(|b| b.is_complete())
+        .filter_map(|b| Some((b, on_path(b, path)?)))
+        .collect();
+    let Some(oldest) = usable.iter().min_by_key(|(_, at)| *at).map(|(b, _)| *b) else {
+        let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
+        return Err(format!(
+            "no complete backup lies on timeline path {} ({} backups in the archive, {} complete)",
+            timelines.join(" → "),
+            backups.len(),
+            backups.iter().filter(|b| b.is_complete()).count()
+        ));
+    };
+    let fits = |b: &BackupMeta| match target {
+        Target::Time { at, .. } => b.stop_timestamp().is_ok_and(|stop| stop <= *at),
+        Target::Lsn(lsn) => b.stop().is_ok_and(|stop| stop <= *lsn),
+        _ => true,
+    };
+    let chosen = usable
+        .iter()
+        .filter(|(b, _)| fits(b))
+        .max_by_key(|(_, at)| *at)
+        .map(|(b, _)| *b);
+    let Some(backup) = chosen else {
+        return Err(format!(
+            "no backup is consistent before {target}: the oldest complete backup, {}, is consistent at {} ({})",
+            oldest.id, oldest.stop_lsn, oldest.stop_time
+        ));
+    };
+    let reason = match target {
+        Target::Time { .. } | Target::Lsn(_) => format!(
+            "the newest complete backup consistent before {target} (at {}, {})",
+            backup.stop_lsn, backup.stop_time
+        ),
+        _ => format!(
+            "the newest complete backup on the timeline path (consistent at {}, {})",
+            backup.stop_lsn, backup.stop_time
+        ),
+    };
+    Ok(Choice { backup, reason })
+}
+
+/// The segments a restore from `backup` needs, per timeline, as half-open ranges: from the
+/// backup's start along `path`, through the backup's stop, then to `until` (a target position)
+/// or, without one, through the newest segment `newest` holds of each timeline.
+pub fn needed_segments(
+    backup: &BackupMeta,
+    path: &[Leg],
+    until: Option<Lsn>,
+    newest: &BTreeMap<TimelineId, SegNo>,
+    size: SegmentSize,
+) -> Result<Vec<(TimelineId, SegNo, SegNo)>, String> {
+    let start = backup.start()?;
+    let stop = backup.stop()?;
+    let (first_leg, _) = on_path(backup, path)
+        .ok_or_else(|| format!("backup {} is not on the timeline path", backup.id))?;
+    let last_byte = |lsn: Lsn| SegNo::containing(Lsn(lsn.0.saturating_sub(1)), size);
+    // Past the segment holding the target (and the backup's last byte).
+    let through_target = |target: Lsn| SegNo(last_byte(Lsn(target.0 + 1).max(stop)).0 + 1);
+    let mut from = SegNo::containing(start, size);
+    let mut ranges = Vec::new();
+    for leg in &path[first_leg..] {
+        // Segments up to the one where the next timeline begins come from this timeline; that
+        // one and later from the next (it holds this timeline's WAL up to the switch).
+        let to = match (leg.end, until) {
+            (Some(end), Some(target)) if target < end => through_target(target),
+            (Some(end), _) => SegNo::containing(end, size).max(SegNo(last_byte(stop).0 + 1)),
+            (None, Some(target)) => through_target(target),
+            (None, None) => {
+                let newest = newest.get(&leg.timeline).map_or(from, |n| SegNo(n.0 + 1));
+                newest.max(SegNo(last_byte(stop).0 + 1))
+            }
+        };
+        if to > from {
+            ranges.push((leg.timeline, from, to));
+            from = to;
+        }
+        if leg
+            .end
+            .is_some_and(|end| until.is_some_and(|target| target < end))
+        {
+            break;
+        }
+    }
+    Ok(ranges)
+}
+
+/// The first segment of `ranges` that `held` (what the archive holds per timeline) lacks.
+pub fn first_missing(
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    held: &BTreeMap<TimelineId, std::collections::BTreeSet<SegNo>>,
+    size: SegmentSize,
+) -> Option<SegmentName> {
+    ranges.iter().find_map(|&(timeline, from, to)| {
+        (from.0..to.0)
+            .map(SegNo)
+            .find(|n| !held.get(&timeline).is_some_and(|h| h.contains(n)))
+            .map(|n| SegmentName::new(timeline, n, size))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::meta::META_FORMAT;
+
+    const MIB: u32 = 1 << 20;
+
+    fn backup(id: &str, timeline: u32, start: &str, stop: &str, stop_time: &str) -> BackupMeta {
+        BackupMeta {
+            format: META_FORMAT,
+            id: id.into(),
+            label: String::new(),
+            system_id: "7".into(),
+            server_version: "17.2".into(),
+            server_major: 17,
+            walhalla_version: "0".into(),
+            segment_size: MIB,
+            start_lsn: start.into(),
+            start_timeline: timeline,
+            stop_lsn: stop.into(),
+            stop_timeline: timeline,
+            start_time: stop_time.into(),
+            stop_time: stop_time.into(),
+            from_standby: false,
+            archives: Vec::new(),
+            manifest_bytes: 0,
+            bytes: 0,
+            stored_bytes: 0,
+            wal_complete: true,
+            wal_missing: None,
+        }
+    }
+
+    fn at(text: &str) -> Target {
+        Target::Time {
+            at: text.parse().unwrap(),
+            text: text.into(),
+        }
+    }
+
+    fn lsn(text: &str) -> Lsn {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn chooses_the_newest_backup_before_the_target() {
+        let backups = [
+            backup("a", 1, "0/2000028", "0/2000100", "2026-01-01T10:00:00Z"),
+            backup("b", 1, "0/5000028", "0/5000100", "2026-01-01T11:00:00Z"),
+            backup("c", 1, "0/9000028", "0/9000100", "2026-01-01T12:00:00Z"),
+        ];
+        let path = path(TimelineId(1), &[]);
+        let id = |t: &Target| choose(&backups, t, &path).map(|c| c.backup.id.clone());
+        assert_eq!(id(&at("2026-01-01T11:30:00Z")), Ok("b".into()));
+        assert_eq!(id(&at("2026-01-01T12:00:00Z")), Ok("c".into()));
+        assert_eq!(id(&Target::End), Ok("c".into()));
+        assert_eq!(id(&Target::Lsn(lsn("0/6000000"))), Ok("b".into()));
+        let refused = id(&at("2026-01-01T09:00:00Z")).unwrap_err();
+        assert!(refused.contains("oldest complete backup, a"), "{refused}");
+
+        let mut incomplete = backups.clone();
+        incomplete[2].wal_complete = false;
+        assert_eq!(
+            choose(&incomplete, &Target::End, &path).map(|c| c.backup.id.clone()),
+            Ok("b".into())
+        );
+    }
+
+    #[test]
+    fn time_targets_need_a_zone() {
+        let utc = |t: &str| parse_time(t).map(|t| t.to_string());
+        assert_eq!(
+            utc("2026-12-02T14:05:00Z"),
+            Ok("2026-12-02T14:05:00Z".into())
+        );
+        assert_eq!(
+            utc("2026-12-02 14:05:00+01"),
+            Ok("2026-12-02T13:05:00Z".into())
+        );
+        assert_eq!(
+            utc("2026-12-02 14:05:00 UTC"),
+            Ok("2026-12-02T14:05:00Z".into())
+        );
+        assert!(
+            parse_time("2026-12-02 14:05:00")
+                .unwrap_err()
+                .contains("time zone")
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn follows_the_timeline_path() {
+        // Timeline 2 branched from 1 at 0/6000000; a backup on 1 after that is off the path.
+        let backups = [
+            backup("old", 1, "0/2000028", "0/2000100", "2026-01-01T10:00:00Z"),
+            backup("late", 1, "0/7000028", "0/7000100", "2026-01-01T11:00:00Z"),
+        ];
+        let history = [HistoryEntry {
+            timeline: TimelineId(1),
+            switch_point: lsn("0/6000000"),
+        }];
+        let to_2 = path(TimelineId(2), &history);
+        let chosen = choose(&backups, &Target::End, &to_2).unwrap();
+        assert_eq!(chosen.backup.id, "old");
+
+        let size = SegmentSize::new(MIB).unwrap();
+        let newest = BTreeMap::from([(TimelineId(1), SegNo(7)), (TimelineId(2), SegNo(9))]);
+        let ranges = needed_segments(chosen.backup, &to_2, None, &newest, size).unwrap();
+        assert_eq!(
+            ranges,
+            vec![
+                (TimelineId(1), SegNo(2), SegNo(6)),
+                (TimelineId(2), SegNo(6), SegNo(10))
+            ]
+        );
+        // A target before the switch stays on timeline 1.
+        let ranges =
+            needed_segments(chosen.backup, &to_2, Some(lsn("0/4000010")), &newest, size).unwrap();
+        assert_eq!(ranges, vec![(TimelineId(1), SegNo(2), SegNo(5))]);
+
+        let held = BTreeMap::from([
+            (TimelineId(1), (2..6).map(SegNo).collect()),
+            (TimelineId(2), [6, 7, 9].map(SegNo).into_iter().collect()),
+        ]);
+        let all = needed_segments(chosen.backup, &to_2, None, &newest, size).unwrap();
+        assert_eq!(
+            first_missing(&all, &held, size).map(|s| s.to_string()),
+            Some("000000020000000000000008".into())
+        );
+    }
+}
