@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL clusters and a real S3-compatible server.
 
+mod backup;
 mod catchup;
 mod fetch;
 mod foreign_names;

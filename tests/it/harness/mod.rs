@@ -11,7 +11,7 @@ mod s3;
 pub mod server;
 
 pub use archive::{Backend, TestArchive};
-pub use pg::PgCluster;
+pub use pg::{PgCluster, pg_client_bin};
 pub use proxy::TcpProxy;
 pub use receiver::Receiver;
 #[allow(unused_imports)]

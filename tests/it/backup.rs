@@ -1,0 +1,375 @@
+//! `walhalla backup` and `walhalla restore`: base backups into the archive and
+//! point-in-time restores from it, against real PostgreSQL (local and S3 archives).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe, wait_for};
+use crate::push::archiving_primary;
+
+/// Runs `walhalla backup` of `pg`, expecting success; returns the backup's metadata.
+pub fn take_backup(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster) -> serde_json::Value {
+    let run = wh.run(
+        archive,
+        Path::new("/"),
+        &[
+            "backup",
+            "-d",
+            &pg.conninfo(),
+            "--fast",
+            "--wal-timeout",
+            "60",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "backup failed: {}",
+        describe(&run)
+    );
+    serde_json::from_slice(&run.stdout).expect("backup --json prints JSON")
+}
+
+/// Runs `walhalla restore --to DIR ARGS --json`; the exit code, the report (on success) and
+/// stderr.
+fn restore(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    to: &Path,
+    args: &[&str],
+) -> (Option<i32>, Option<serde_json::Value>, String) {
+    let mut all = vec!["restore", "--to", to.to_str().unwrap(), "--json"];
+    all.extend_from_slice(args);
+    let run = wh.run(archive, Path::new("/"), &all);
+    let report = serde_json::from_slice(&run.stdout).ok();
+    (
+        run.status.code(),
+        report,
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+/// A restored data directory brought up: its own port, archiving off (it must not write into
+/// the archive the other restores read), the archive's settings in its environment (for the
+/// restore_command), started, and waited for until recovery ended.
+fn start_restored(archive: &TestArchive, dir: TestDir, data: PathBuf) -> PgCluster {
+    let mut pg = PgCluster::adopt(dir, data);
+    pg.append_conf("archive_mode = off");
+    pg.set_env(archive.env());
+    pg.start();
+    wait_for("recovery to end", Duration::from_secs(120), || {
+        (pg.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+    });
+    pg
+}
+
+/// Restores with `args` (and promotion at the target) and returns the batches table's
+/// content, `-` when the table does not exist.
+fn restored_batches(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    args: &[&str],
+) -> (String, serde_json::Value) {
+    let dir = TestDir::new("restored");
+    let data = dir.path().join("data");
+    let mut all = args.to_vec();
+    if args.iter().any(|a| a.starts_with("--target")) {
+        all.extend(["--target-action", "promote"]);
+    }
+    let (code, report, stderr) = restore(wh, archive, &data, &all);
+    assert_eq!(code, Some(0), "restore {args:?} failed: {stderr}");
+    let pg = start_restored(archive, dir, data);
+    let batches = pg.sql(
+        "SELECT CASE WHEN to_regclass('batches') IS NULL THEN '-' \
+         ELSE (SELECT coalesce(string_agg(DISTINCT batch, ',' ORDER BY batch), '') FROM batches) END",
+    );
+    (batches, report.expect("a JSON report"))
+}
+
+fn insert_batch(pg: &PgCluster, batch: &str) {
+    pg.sql(&format!(
+        "INSERT INTO batches SELECT '{batch}', g FROM generate_series(1, 1000) g"
+    ));
+}
+
+fn point_in_time_restores(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&pg, "0");
+    let backup = take_backup(&wh, &archive, &pg);
+    assert_eq!(backup["wal_complete"], true, "{backup}");
+
+    insert_batch(&pg, "A");
+    let time = pg.sql("SELECT now()");
+    let point = pg.sql("SELECT pg_create_restore_point('before_b')");
+    std::thread::sleep(Duration::from_millis(50));
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    for (args, expected) in [
+        (vec!["--target-time", time.as_str()], "0,A"),
+        (vec!["--target-name", "before_b"], "0,A"),
+        (vec!["--target-lsn", point.as_str()], "0,A"),
+        (vec![], "0,A,B"),
+        (vec!["--target", "immediate"], "0"),
+    ] {
+        let (batches, report) = restored_batches(&wh, &archive, &args);
+        assert_eq!(batches, expected, "restore {args:?}: {report}");
+        assert_eq!(report["backup"], backup["id"]);
+    }
+}
+
+#[test]
+fn point_in_time_restores_local() {
+    point_in_time_restores(Backend::Local);
+}
+
+#[test]
+fn point_in_time_restores_s3() {
+    point_in_time_restores(Backend::S3);
+}
+
+#[test]
+fn a_time_target_chooses_the_newest_backup_before_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let mut backups = Vec::new();
+    let mut times = Vec::new();
+    for batch in ["A", "B", "C"] {
+        backups.push(take_backup(&wh, &archive, &pg));
+        insert_batch(&pg, batch);
+        times.push(pg.sql("SELECT now()"));
+        // Backup ids are per second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    let listing = wh.run(&archive, Path::new("/"), &["list", "--json"]);
+    assert_eq!(listing.status.code(), Some(0), "{}", describe(&listing));
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let listed: Vec<&serde_json::Value> = listing["clusters"][0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["id"])
+        .collect();
+    assert_eq!(listed, backups.iter().map(|b| &b["id"]).collect::<Vec<_>>());
+
+    // After batch B, before C's backup: B's backup (the second) is the newest before it.
+    let (batches, report) = restored_batches(&wh, &archive, &["--target-time", &times[1]]);
+    assert_eq!(batches, "A,B");
+    assert_eq!(report["backup"], backups[1]["id"], "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("before"),
+        "{report}"
+    );
+
+    // Before the oldest backup was consistent: refused, and nothing is written.
+    let early = TestDir::new("early");
+    let to = early.path().join("data");
+    let (code, _, stderr) = restore(
+        &wh,
+        &archive,
+        &to,
+        &["--target-time", "2000-01-01 00:00:00+00"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no backup is consistent before time 2000-01-01 00:00:00+00"),
+        "{stderr}"
+    );
+    assert!(!to.exists(), "the restore wrote something");
+}
+
+#[test]
+fn corrupt_backup_objects_and_missing_wal_are_refused() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let backup = take_backup(&wh, &archive, &pg);
+    let id = backup["id"].as_str().unwrap().to_string();
+    let system_id = pg.system_id();
+    insert_batch(&pg, "A");
+    let gap = pg.switch_wal();
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    // A flipped byte in a piece of the data directory's stream.
+    let piece = format!("{system_id}/backups/{id}/base/00000001.zst");
+    let mut bytes = archive.object(&piece).expect("the backup's second piece");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    let original = archive.object(&piece).unwrap();
+    archive.overwrite(&piece, bytes);
+    let dir = TestDir::new("corrupt");
+    let to = dir.path().join("data");
+    let (code, _, stderr) = restore(&wh, &archive, &to, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&piece),
+        "the error names the object: {stderr}"
+    );
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&to)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed restore left {left:?}");
+    archive.overwrite(&piece, original);
+
+    // A WAL segment between the backup and the end of the archive.
+    let segment = crate::push::key_of(system_id, &gap);
+    archive.remove(&segment);
+    let dir = TestDir::new("gap");
+    let to = dir.path().join("data");
+    let (code, _, stderr) = restore(&wh, &archive, &to, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("WAL segment {gap} is not in the archive")),
+        "{stderr}"
+    );
+    assert!(
+        !to.exists(),
+        "the restore wrote something before checking the WAL"
+    );
+}
+
+#[test]
+fn restored_files_pass_pg_verifybackup() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.write_rows(2000);
+    take_backup(&wh, &archive, &pg);
+    let dir = TestDir::new("verified");
+    let to = dir.path().join("data");
+    let (code, _, stderr) = restore(&wh, &archive, &to, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let verify =
+        crate::harness::as_pg_user(crate::harness::pg_client_bin().join("pg_verifybackup"))
+            .args([
+                "--no-parse-wal",
+                "--ignore",
+                "postgresql.auto.conf",
+                "--ignore",
+                "recovery.signal",
+            ])
+            .arg(&to)
+            .output()
+            .expect("run pg_verifybackup");
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        describe(&verify)
+    );
+}
+
+#[test]
+fn a_backup_taken_on_a_standby_restores_the_primarys_data() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "");
+    primary.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&primary, "A");
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.start();
+    standby.wait_replayed(&primary);
+    // A standby does not switch segments: the backup waits for the primary to complete and
+    // archive the one its stop position is in.
+    let backup = std::thread::scope(|scope| {
+        let taking = scope.spawn(|| take_backup(&wh, &archive, &standby));
+        while !taking.is_finished() {
+            primary.switch_wal();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        taking.join().expect("the backup thread")
+    });
+    assert_eq!(backup["from_standby"], true, "{backup}");
+    insert_batch(&primary, "B");
+    let last = primary.switch_wal();
+    primary.wait_archived(&last);
+    let (batches, report) = restored_batches(&wh, &archive, &[]);
+    assert_eq!(batches, "A,B");
+    assert_eq!(report["backup"], backup["id"]);
+}
+
+#[test]
+fn tablespaces_are_restored_where_the_map_says() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    let spaces = TestDir::new("spaces");
+    let location = spaces.subdir("space");
+    pg.sql(&format!(
+        "CREATE TABLESPACE space LOCATION '{}'",
+        location.display()
+    ));
+    pg.sql("CREATE TABLE batches (batch text, n int) TABLESPACE space");
+    insert_batch(&pg, "A");
+    let oid = pg.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'space'");
+    let backup = take_backup(&wh, &archive, &pg);
+    let archives = backup["archives"].as_array().unwrap();
+    assert!(
+        archives.iter().any(|a| a["name"] == oid.as_str()),
+        "{backup}"
+    );
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    let moved = TestDir::new("moved");
+    let new_location = moved.path().join("space");
+    let mapping = format!("{oid}={}", new_location.display());
+    let dir = TestDir::new("restored");
+    let data = dir.path().join("data");
+    let (code, report, stderr) = restore(&wh, &archive, &data, &["--tablespace-map", &mapping]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        report.unwrap()["tablespaces"][&oid],
+        new_location.to_str().unwrap()
+    );
+    let restored = start_restored(&archive, dir, data);
+    assert_eq!(
+        restored.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches"),
+        "A,B"
+    );
+    assert_eq!(
+        restored.sql(&format!("SELECT pg_tablespace_location({oid})")),
+        new_location.to_str().unwrap()
+    );
+}
+
+#[test]
+fn a_restore_point_on_timeline_2_is_reached_along_the_latest_timeline() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "");
+    primary.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&primary, "A");
+    take_backup(&wh, &archive, &primary);
+    let (promoted, _) = crate::push::promoted_archiving_standby(&wh, &archive, &primary, "");
+    assert_eq!(
+        promoted.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002"
+    );
+    insert_batch(&promoted, "B");
+    promoted.sql("SELECT pg_create_restore_point('on_2')");
+    insert_batch(&promoted, "C");
+    let last = promoted.switch_wal();
+    promoted.wait_archived(&last);
+
+    let (batches, _) = restored_batches(
+        &wh,
+        &archive,
+        &["--target-name", "on_2", "--target-timeline", "latest"],
+    );
+    assert_eq!(batches, "A,B");
+}
