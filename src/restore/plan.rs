@@ -304,14 +304,14 @@ mod tests {
 
     #[test]
     fn follows_the_timeline_path() {
-        // Timeline 2 branched from 1 at 0/6000000; a backup on 1 after that is off the path.
+        // Timeline 2 branched from 1 at 0/600000; a backup on 1 after that is off the path.
         let backups = [
-            backup("old", 1, "0/2000028", "0/2000100", "2026-01-01T10:00:00Z"),
-            backup("late", 1, "0/7000028", "0/7000100", "2026-01-01T11:00:00Z"),
+            backup("old", 1, "0/200028", "0/200100", "2026-01-01T10:00:00Z"),
+            backup("late", 1, "0/700028", "0/700100", "2026-01-01T11:00:00Z"),
         ];
         let history = [HistoryEntry {
             timeline: TimelineId(1),
-            switch_point: lsn("0/6000000"),
+            switch_point: lsn("0/600000"),
         }];
         let to_2 = path(TimelineId(2), &history);
         let chosen = choose(&backups, &Target::End, &to_2).unwrap();
@@ -329,7 +329,7 @@ mod tests {
         );
         // A target before the switch stays on timeline 1.
         let ranges =
-            needed_segments(chosen.backup, &to_2, Some(lsn("0/4000010")), &newest, size).unwrap();
+            needed_segments(chosen.backup, &to_2, Some(lsn("0/400010")), &newest, size).unwrap();
         assert_eq!(ranges, vec![(TimelineId(1), SegNo(2), SegNo(5))]);
 
         let held = BTreeMap::from([
