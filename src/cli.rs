@@ -332,7 +332,8 @@ pub struct RestoreArgs {
     /// Write standby.signal instead of recovery.signal: the server stays a standby.
     #[arg(long)]
     pub standby: bool,
-    /// Empty the data directory (and tablespace directories) first if they hold anything.
+    /// Empty the data directory, and the tablespace directories named with --tablespace-map,
+    /// first if they hold anything (a tablespace's original location is never emptied).
     #[arg(long)]
     pub force: bool,
     /// Put tablespace OID in DIR instead of where it was (repeatable).

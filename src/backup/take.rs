@@ -27,7 +27,7 @@ use crate::envelope::Encoder;
 use crate::protocol::commands;
 use crate::protocol::connection::{Connection, Response, Row};
 use crate::protocol::conninfo::ConnParams;
-use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, version};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, version};
 
 /// Bytes of a tar stream per stored piece: large enough to compress well, small enough that
 /// a few in flight stay well within the memory budget.
@@ -87,7 +87,7 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         .await
         .context("send BASE_BACKUP")?;
     let uploads = Uploads::new(cluster.clone(), id.clone(), options)?;
-    let received = receive(&mut conn, major, uploads).await?;
+    let received = receive(&mut conn, major, identity.system_id, uploads).await?;
     let stopped = jiff::Timestamp::now();
 
     let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
@@ -175,6 +175,7 @@ struct Received {
 async fn receive(
     conn: &mut Connection,
     major: u32,
+    system_id: SystemId,
     mut uploads: Uploads,
 ) -> anyhow::Result<Received> {
     let typed = major >= TYPED_MESSAGES_SINCE;
@@ -271,6 +272,14 @@ async fn receive(
         bail!("the server ended the backup in the middle of an archive");
     }
     let manifest = manifest.ok_or_else(|| anyhow!("the server sent no backup manifest"))?;
+    // Restore will need it: a manifest it would refuse makes the backup fail now.
+    let parsed = super::manifest::parse(&manifest).context("the server's backup manifest")?;
+    if parsed.system_id.is_some_and(|id| id != system_id.0) {
+        bail!(
+            "the backup manifest names cluster {:?}, the server {system_id}",
+            parsed.system_id
+        );
+    }
     let manifest_bytes = manifest.len() as u64;
     uploads
         .submit(BackupObject::Manifest, Bytes::from(manifest))

@@ -22,7 +22,7 @@ use crate::archive::{Archive, BackupObject, ClusterArchive};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::BackupMeta;
-use crate::wal::{SegNo, SystemId, TimelineId, WalFileName, parse_history};
+use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope, fsutil};
 use plan::{Leg, Target};
 use settings::{Recovery, TimelineChoice};
@@ -96,7 +96,12 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     let size = backup.segment_size().map_err(|e| anyhow!(e))?;
     let until = match target {
         Target::Lsn(lsn) => Some(*lsn),
-        Target::Immediate => Some(backup.stop().map_err(|e| anyhow!(e))?),
+        // Through the backup's last byte.
+        Target::Immediate => Some(Lsn(backup
+            .stop()
+            .map_err(|e| anyhow!(e))?
+            .0
+            .saturating_sub(1))),
         _ => None,
     };
     let newest: BTreeMap<TimelineId, SegNo> = cluster
@@ -124,21 +129,22 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
 
     let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;
     let tablespaces = tablespace_destinations(backup, &options.tablespace_map)?;
-    prepare_destination(&options.dest, options.force)?;
-    for dir in tablespaces.values() {
-        prepare_destination(dir, options.force)?;
+    // Every destination is checked before any is touched. --force empties only what the
+    // command line names: a tablespace's default location is the source server's own.
+    let mut destinations = vec![(options.dest.clone(), options.force)];
+    for (oid, dir) in &tablespaces {
+        destinations.push((
+            dir.clone(),
+            options.force && options.tablespace_map.contains_key(oid),
+        ));
     }
-    let written = write_files(&cluster, backup, &manifest, options, &tablespaces).await;
-    let (files, bytes) = match written {
-        Ok(done) => done,
-        Err(e) => {
-            remove_partial(&options.dest, &tablespaces);
-            return Err(e.context(format!(
-                "restore of backup {} failed; the partial restore was removed",
-                backup.id
-            )));
-        }
-    };
+    let checked = destinations.clone();
+    blocking::run(move || {
+        checked
+            .iter()
+            .try_for_each(|(dir, force)| check_destination(dir, *force))
+    })
+    .await?;
 
     let settings = options.recovery.settings();
     let signal = if options.standby {
@@ -146,10 +152,43 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     } else {
         "recovery.signal"
     };
-    // Beside the files, as pg_basebackup leaves it: pg_verifybackup checks the directory.
-    write_durable(&options.dest.join("backup_manifest"), &manifest_bytes)
-        .context("write backup_manifest")?;
-    finish_directory(&options.dest, backup, &settings, &tablespaces, signal)?;
+    let restored = async {
+        let prepared = destinations.clone();
+        blocking::run(move || {
+            prepared
+                .iter()
+                .try_for_each(|(dir, force)| prepare_destination(dir, *force))
+        })
+        .await?;
+        let (files, bytes) =
+            write_files(&cluster, backup, &manifest, options, &tablespaces).await?;
+        let (dest, meta, settings, map) = (
+            options.dest.clone(),
+            backup.clone(),
+            settings.clone(),
+            tablespaces.clone(),
+        );
+        blocking::run(move || {
+            // Beside the files, as pg_basebackup leaves it: pg_verifybackup checks the
+            // directory.
+            write_durable(&dest.join("backup_manifest"), &manifest_bytes)
+                .context("write backup_manifest")?;
+            finish_directory(&dest, &meta, &settings, &map, signal)
+        })
+        .await?;
+        anyhow::Ok((files, bytes))
+    };
+    let (files, bytes) = match restored.await {
+        Ok(done) => done,
+        Err(e) => {
+            let written: Vec<PathBuf> = destinations.into_iter().map(|(dir, _)| dir).collect();
+            blocking::run(move || remove_partial(&written)).await;
+            return Err(e.context(format!(
+                "restore of backup {} failed; the partial restore was removed",
+                backup.id
+            )));
+        }
+    };
     Ok(RestoreReport {
         backup: backup.id.clone(),
         reason,
@@ -317,6 +356,23 @@ fn tablespace_destinations(
         };
         destinations.insert(oid, dir);
     }
+    for (oid, dir) in &destinations {
+        if !dir.is_absolute() {
+            bail!(
+                "tablespace {oid} was at {}, not an absolute path; give it one with --tablespace-map {oid}=DIR",
+                dir.display()
+            );
+        }
+        let clash = destinations
+            .iter()
+            .find(|(other, d)| *other != oid && (d.starts_with(dir) || dir.starts_with(d)));
+        if let Some((other, _)) = clash {
+            bail!(
+                "tablespaces {oid} and {other} would share {}",
+                dir.display()
+            );
+        }
+    }
     if let Some(unknown) = map.keys().find(|oid| !destinations.contains_key(oid)) {
         bail!(
             "--tablespace-map names tablespace {unknown}, which backup {} does not have",
@@ -326,38 +382,47 @@ fn tablespace_destinations(
     Ok(destinations)
 }
 
-/// Makes `dir` an empty directory only its owner can enter, refusing one with content
-/// unless `force`.
-fn prepare_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                if !force {
-                    bail!(
-                        "{} is not empty; restore into an empty directory, or add --force to empty it first",
-                        dir.display()
-                    );
-                }
-                for entry in std::fs::read_dir(dir)? {
-                    let path = entry?.path();
-                    let removed = if path.is_dir() && !path.is_symlink() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    removed.with_context(|| format!("empty {}", dir.display()))?;
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fsutil::create_dir_all_durable(dir)
-                .with_context(|| format!("create {}", dir.display()))?;
-        }
+/// Refuses a destination that holds anything, unless `force` allows emptying it.
+fn check_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
+    let holds_something = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    if holds_something && !force {
+        bail!(
+            "{} is not empty; restore into an empty directory, or add --force to empty it first",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Makes `dir` an empty directory only its owner can enter (emptied when `force`).
+fn prepare_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
+    if dir.exists() {
+        if force {
+            empty_directory(dir).with_context(|| format!("empty {}", dir.display()))?;
+        }
+    } else {
+        fsutil::create_dir_all_durable(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("chmod {}", dir.display()))
+}
+
+/// Removes everything in `dir`, not following symbolic links.
+fn empty_directory(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes every archive of the backup, verified against the manifest; checks that every file
@@ -411,20 +476,29 @@ async fn write_files(
     Ok((written.len(), bytes))
 }
 
-/// Removes what a failed restore wrote (the destinations were empty or new).
-fn remove_partial(dest: &Path, tablespaces: &BTreeMap<u32, PathBuf>) {
-    for dir in std::iter::once(dest).chain(tablespaces.values().map(PathBuf::as_path)) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let _ = if path.is_dir() && !path.is_symlink() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
-        }
+/// Removes what a failed restore wrote (the destinations were empty or new, or emptied).
+fn remove_partial(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = empty_directory(dir);
     }
+}
+
+/// A `tablespace_map` file: `OID PATH` lines, the path's bytes as they are with `\\`, LF
+/// and CR escaped by a backslash, as PostgreSQL writes and reads it.
+fn tablespace_map(tablespaces: &BTreeMap<u32, PathBuf>) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut map = Vec::new();
+    for (oid, dir) in tablespaces {
+        map.extend_from_slice(format!("{oid} ").as_bytes());
+        for &byte in dir.as_os_str().as_bytes() {
+            if matches!(byte, b'\\' | b'\n' | b'\r') {
+                map.push(b'\\');
+            }
+            map.push(byte);
+        }
+        map.push(b'\n');
+    }
+    map
 }
 
 /// Rewrites `tablespace_map` for the new locations, appends the recovery settings, writes the
@@ -438,11 +512,7 @@ fn finish_directory(
 ) -> anyhow::Result<()> {
     use std::io::Write;
     if !tablespaces.is_empty() {
-        let map: String = tablespaces
-            .iter()
-            .map(|(oid, dir)| format!("{oid} {}\n", dir.display()))
-            .collect();
-        write_durable(&dest.join("tablespace_map"), map.as_bytes())
+        write_durable(&dest.join("tablespace_map"), &tablespace_map(tablespaces))
             .context("write tablespace_map")?;
     }
     let auto = dest.join("postgresql.auto.conf");
@@ -496,4 +566,21 @@ pub fn describe(report: &RestoreReport) -> String {
     }
     out.push_str(&format!("start the server with: {}", report.start));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_map_escapes_as_postgresql_reads_it() {
+        let map = BTreeMap::from([
+            (16385, PathBuf::from("/srv/plain")),
+            (16386, PathBuf::from("/srv/odd\\name\nline")),
+        ]);
+        assert_eq!(
+            tablespace_map(&map),
+            b"16385 /srv/plain\n16386 /srv/odd\\\\name\\\nline\n".to_vec()
+        );
+    }
 }

@@ -94,12 +94,21 @@ pub struct Choice<'a> {
 /// complete, of this cluster's layout, and consistent before that leg ends.
 fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, Lsn)> {
     let stop = backup.stop().ok()?;
-    let timeline = TimelineId(backup.stop_timeline);
-    let index = path.iter().position(|leg| leg.timeline == timeline)?;
-    path[index]
-        .end
-        .is_none_or(|end| stop <= end)
-        .then_some((index, stop))
+    let index = path
+        .iter()
+        .position(|leg| leg.timeline.0 == backup.stop_timeline)?;
+    // A standby's backup may start on the timeline before a promotion it replayed.
+    let start = path
+        .iter()
+        .position(|leg| leg.timeline.0 == backup.start_timeline)?;
+    (start <= index && path[index].end.is_none_or(|end| stop <= end)).then_some((index, stop))
+}
+
+/// The index of the leg the backup's start is on (see [`on_path`]).
+fn start_leg(backup: &BackupMeta, path: &[Leg]) -> Option<usize> {
+    on_path(backup, path)?;
+    path.iter()
+        .position(|leg| leg.timeline.0 == backup.start_timeline)
 }
 
 /// Chooses the newest complete backup on `path` from which `target` can be reached: for a
@@ -164,11 +173,12 @@ pub fn needed_segments(
 ) -> Result<Vec<(TimelineId, SegNo, SegNo)>, String> {
     let start = backup.start()?;
     let stop = backup.stop()?;
-    let (first_leg, _) = on_path(backup, path)
+    let first_leg = start_leg(backup, path)
         .ok_or_else(|| format!("backup {} is not on the timeline path", backup.id))?;
     let last_byte = |lsn: Lsn| SegNo::containing(Lsn(lsn.0.saturating_sub(1)), size);
     // Past the segment holding the target (and the backup's last byte).
-    let through_target = |target: Lsn| SegNo(last_byte(Lsn(target.0 + 1).max(stop)).0 + 1);
+    let through_target =
+        |target: Lsn| SegNo(last_byte(Lsn(target.0.saturating_add(1)).max(stop)).0 + 1);
     let mut from = SegNo::containing(start, size);
     let mut ranges = Vec::new();
     for leg in &path[first_leg..] {
@@ -176,7 +186,9 @@ pub fn needed_segments(
         // one and later from the next (it holds this timeline's WAL up to the switch).
         let to = match (leg.end, until) {
             (Some(end), Some(target)) if target < end => through_target(target),
-            (Some(end), _) => SegNo::containing(end, size).max(SegNo(last_byte(stop).0 + 1)),
+            // Recovery reads the segment holding the switch from the newer timeline, which
+            // also covers a stop in it; the old timeline may have it only as .partial.
+            (Some(end), _) => SegNo::containing(end, size),
             (None, Some(target)) => through_target(target),
             (None, None) => {
                 let newest = newest.get(&leg.timeline).map_or(from, |n| SegNo(n.0 + 1));
@@ -277,6 +289,31 @@ mod tests {
             choose(&incomplete, &Target::End, &path).map(|c| c.backup.id.clone()),
             Ok("b".into())
         );
+    }
+
+    #[test]
+    fn a_backup_spanning_a_promotion_starts_on_the_old_timeline() {
+        // Taken on a standby that replayed the promotion to timeline 2 during the backup.
+        let mut spanning = backup("s", 1, "0/500028", "0/700100", "2026-01-01T10:00:00Z");
+        spanning.stop_timeline = 2;
+        let history = [HistoryEntry {
+            timeline: TimelineId(1),
+            switch_point: lsn("0/600000"),
+        }];
+        let to_2 = path(TimelineId(2), &history);
+        let backups = [spanning];
+        let chosen = choose(&backups, &Target::End, &to_2).unwrap();
+        let size = SegmentSize::new(MIB).unwrap();
+        let newest = BTreeMap::from([(TimelineId(2), SegNo(8))]);
+        assert_eq!(
+            needed_segments(chosen.backup, &to_2, None, &newest, size).unwrap(),
+            vec![
+                (TimelineId(1), SegNo(5), SegNo(6)),
+                (TimelineId(2), SegNo(6), SegNo(9))
+            ]
+        );
+        // Along timeline 1 alone it is not restorable.
+        assert!(choose(&backups, &Target::End, &path(TimelineId(1), &[])).is_err());
     }
 
     #[test]

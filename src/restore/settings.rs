@@ -79,24 +79,35 @@ pub struct Recovery {
 impl Recovery {
     /// The settings, as name and unquoted value, in the order they are written.
     pub fn settings(&self) -> Vec<(&'static str, String)> {
-        let mut command = format!(
-            "{} --archive {}",
-            shell_quote(&self.walhalla),
-            shell_quote(&self.archive)
-        );
+        // PostgreSQL replaces %f, %p and %r in restore_command, and from 16 on refuses any
+        // other %: a literal one is written %%.
+        let part = |text: &str| shell_quote(text).replace('%', "%%");
+        let mut command = format!("{} --archive {}", part(&self.walhalla), part(&self.archive));
         if let Some(server) = &self.server {
-            command.push_str(&format!(" --server {}", shell_quote(server)));
+            command.push_str(&format!(" --server {}", part(server)));
         }
         command.push_str(" fetch %f %p");
         let mut settings = vec![("restore_command", command)];
-        match &self.target {
-            Target::End => {}
-            Target::Immediate => settings.push(("recovery_target", "immediate".into())),
-            Target::Time { text, .. } => settings.push(("recovery_target_time", text.clone())),
-            Target::Lsn(lsn) => settings.push(("recovery_target_lsn", lsn.to_string())),
-            Target::Xid(xid) => settings.push(("recovery_target_xid", xid.clone())),
-            Target::Name(name) => settings.push(("recovery_target_name", name.clone())),
+        let chosen = match &self.target {
+            Target::End => None,
+            Target::Immediate => Some(("recovery_target", "immediate".to_string())),
+            // PostgreSQL's own format, in UTC: its check refuses the RFC 3339 `T…Z` form.
+            Target::Time { at, .. } => Some((
+                "recovery_target_time",
+                at.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
+            )),
+            Target::Lsn(lsn) => Some(("recovery_target_lsn", lsn.to_string())),
+            Target::Xid(xid) => Some(("recovery_target_xid", xid.clone())),
+            Target::Name(name) => Some(("recovery_target_name", name.clone())),
+        };
+        // A target the backup's own postgresql.auto.conf may set (ALTER SYSTEM) is cleared
+        // first: two targets make PostgreSQL refuse to start.
+        for name in TARGET_SETTINGS {
+            if chosen.as_ref().is_none_or(|(chosen, _)| *chosen != name) {
+                settings.push((name, String::new()));
+            }
         }
+        settings.extend(chosen);
         if self.exclusive {
             settings.push(("recovery_target_inclusive", "off".into()));
         }
@@ -120,13 +131,32 @@ impl Recovery {
     }
 }
 
+/// The settings that each name a recovery target; PostgreSQL accepts at most one.
+const TARGET_SETTINGS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
 /// The block appended to `postgresql.auto.conf` (later lines win over the backup's own).
 pub fn conf_block(backup_id: &str, settings: &[(&str, String)]) -> String {
     let mut block = format!("\n# Added by walhalla restore of backup {backup_id}\n");
     for (name, value) in settings {
-        block.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        block.push_str(&format!("{name} = '{}'\n", conf_quote(value)));
     }
     block
+}
+
+/// Escapes a value for a quoted string in a PostgreSQL configuration file, whose reader
+/// (guc-file.l, GUC_scanstr) takes `\` escapes as well as doubled quotes.
+pub fn conf_quote(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('\'', "''")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
 }
 
 /// `text` quoted for the shell PostgreSQL runs restore_command with, when it needs to be.
@@ -158,24 +188,33 @@ mod tests {
     fn settings_quote_what_needs_quoting() {
         let recovery = Recovery {
             walhalla: "/usr/local/bin/walhalla".into(),
-            archive: "/srv/my archive".into(),
+            archive: "/srv/it's 100%".into(),
             server: Some("http://127.0.0.1:7480".into()),
-            target: Target::Name("before 'b'".into()),
+            target: Target::Name(r"before 'b' \ c".into()),
             action: Some(TargetAction::Promote),
             timeline: Some(TimelineChoice::Latest),
             exclusive: true,
         };
         let block = conf_block("20260101T000000Z", &recovery.settings());
+        let lines: Vec<&str> = block.lines().collect();
         assert_eq!(
-            block,
-            "\n# Added by walhalla restore of backup 20260101T000000Z\n\
-             restore_command = '/usr/local/bin/walhalla --archive ''/srv/my archive'' --server http://127.0.0.1:7480 fetch %f %p'\n\
-             recovery_target_name = 'before ''b'''\n\
-             recovery_target_inclusive = 'off'\n\
-             recovery_target_action = 'promote'\n\
-             recovery_target_timeline = 'latest'\n"
+            lines,
+            [
+                "",
+                "# Added by walhalla restore of backup 20260101T000000Z",
+                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' --server http://127.0.0.1:7480 fetch %f %p'",
+                "recovery_target = ''",
+                "recovery_target_lsn = ''",
+                "recovery_target_time = ''",
+                "recovery_target_xid = ''",
+                r"recovery_target_name = 'before ''b'' \\ c'",
+                "recovery_target_inclusive = 'off'",
+                "recovery_target_action = 'promote'",
+                "recovery_target_timeline = 'latest'",
+            ]
         );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(conf_quote("a\nb"), r"a\nb");
     }
 
     #[test]
