@@ -25,8 +25,8 @@
 //!   [`restore::extract`] unpacks the pieces, verified and durable, and the recovery settings.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
-//! - [`fsutil`], [`blocking`], [`backoff`]: durable file writes; blocking work off the
-//!   reactor; jittered backoff.
+//! - [`fsutil`], [`blocking`], [`backoff`], [`progress`]: durable file writes; blocking work
+//!   off the reactor; jittered backoff; a progress line on a terminal.
 
 pub mod archive;
 pub mod backoff;
@@ -41,6 +41,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
 pub mod metrics;
+pub mod progress;
 pub mod protocol;
 pub mod receiver;
 pub mod restore;

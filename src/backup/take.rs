@@ -24,6 +24,7 @@ use super::protocol::{self, BackupRequest, CopyPayload, TYPED_MESSAGES_SINCE};
 use crate::archive::{Archive, BackupId, BackupObject, ClusterArchive};
 use crate::blocking;
 use crate::envelope::Encoder;
+use crate::progress::Progress;
 use crate::protocol::commands;
 use crate::protocol::connection::{Connection, Response, Row};
 use crate::protocol::conninfo::ConnParams;
@@ -81,13 +82,17 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     let request = BackupRequest {
         label: label_text.clone(),
         fast: options.fast,
-        progress: false,
+        // The server's size estimate costs a scan of the data directory: only for a person.
+        progress: Progress::wanted(),
     };
     conn.send_query(&protocol::command(major, &request))
         .await
         .context("send BASE_BACKUP")?;
     let uploads = Uploads::new(cluster.clone(), id.clone(), options)?;
-    let received = receive(&mut conn, major, identity.system_id, uploads).await?;
+    let progress = Progress::start("backup");
+    let received = receive(&mut conn, major, identity.system_id, uploads, &progress).await;
+    progress.finish().await;
+    let received = received?;
     let stopped = jiff::Timestamp::now();
 
     let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
@@ -177,7 +182,9 @@ async fn receive(
     major: u32,
     system_id: SystemId,
     mut uploads: Uploads,
+    progress: &Progress,
 ) -> anyhow::Result<Received> {
+    let done = progress.counter();
     let typed = major >= TYPED_MESSAGES_SINCE;
     let mut sets: Vec<Vec<Row>> = Vec::new();
     let mut archives = Vec::new();
@@ -203,6 +210,16 @@ async fn receive(
             Response::Ready => break,
             Response::CopyOut => {
                 copy_outs += 1;
+                if copy_outs == 1 {
+                    // The second result set's sizes, in kB, when PROGRESS was asked for.
+                    let kib: u64 = sets
+                        .get(1)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|row| row.get(2).cloned().flatten()?.parse::<u64>().ok())
+                        .sum();
+                    progress.set_total(kib * 1024);
+                }
                 if !typed {
                     // One CopyOut per tablespace, in the order of the second result set,
                     // then one for the manifest.
@@ -266,6 +283,7 @@ async fn receive(
                 head = Vec::new();
             }
         }
+        done.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         writer.write(&data, &mut uploads).await?;
     }
     if current.is_some() {

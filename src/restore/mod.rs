@@ -22,6 +22,7 @@ use crate::archive::{Archive, BackupObject, ClusterArchive};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::BackupMeta;
+use crate::progress::Progress;
 use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope, fsutil};
 use plan::{Leg, Target};
@@ -438,34 +439,43 @@ async fn write_files(
     let manifest = std::sync::Arc::new(manifest.clone());
     let mut written = HashSet::new();
     let mut bytes = 0;
-    for archive in &backup.archives {
-        let (dest, prefix) = if archive.name == "base" {
-            (options.dest.clone(), String::new())
-        } else {
-            let oid: u32 = archive.name.parse().context("tablespace archive name")?;
-            (tablespaces[&oid].clone(), format!("pg_tblspc/{oid}/"))
-        };
-        let reader = pieces::open(
-            cluster.clone(),
-            id.clone(),
-            archive.name.clone(),
-            archive.pieces,
-            options.parallelism,
-        );
-        let manifest = manifest.clone();
-        let done = blocking::run(move || {
-            let job = extract::Extract {
-                dest: &dest,
-                manifest_prefix: &prefix,
-                manifest: &manifest,
+    let progress = Progress::start("restore");
+    progress.set_total(backup.archives.iter().map(|a| a.bytes).sum());
+    let extracted = async {
+        for archive in &backup.archives {
+            let (dest, prefix) = if archive.name == "base" {
+                (options.dest.clone(), String::new())
+            } else {
+                let oid: u32 = archive.name.parse().context("tablespace archive name")?;
+                (tablespaces[&oid].clone(), format!("pg_tblspc/{oid}/"))
             };
-            extract::extract(reader, &job)
-        })
-        .await
-        .with_context(|| format!("archive {} of backup {}", archive.name, backup.id))?;
-        bytes += done.bytes;
-        written.extend(done.files);
-    }
+            let reader = pieces::open(
+                cluster.clone(),
+                id.clone(),
+                archive.name.clone(),
+                archive.pieces,
+                options.parallelism,
+                progress.counter(),
+            );
+            let manifest = manifest.clone();
+            let done = blocking::run(move || {
+                let job = extract::Extract {
+                    dest: &dest,
+                    manifest_prefix: &prefix,
+                    manifest: &manifest,
+                };
+                extract::extract(reader, &job)
+            })
+            .await
+            .with_context(|| format!("archive {} of backup {}", archive.name, backup.id))?;
+            bytes += done.bytes;
+            written.extend(done.files);
+        }
+        anyhow::Ok(())
+    };
+    let extracted = extracted.await;
+    progress.finish().await;
+    extracted?;
     let missing = extract::missing(&manifest, &written);
     if let Some(first) = missing.first() {
         bail!(

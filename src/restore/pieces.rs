@@ -2,6 +2,8 @@
 //! parallel, handed in order to a blocking reader (the extractor), with backpressure.
 
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use bytes::{Buf, Bytes};
@@ -13,13 +15,14 @@ use crate::{blocking, envelope};
 
 /// Starts fetching the `pieces` pieces of stream `archive` of backup `id`, `parallel` at a
 /// time; the returned reader yields the stream's bytes in order, or the first error (which
-/// names the object).
+/// names the object), and adds what it yields to `counted`.
 pub fn open(
     cluster: ClusterArchive,
     id: BackupId,
     archive: String,
     pieces: u32,
     parallel: usize,
+    counted: Arc<AtomicU64>,
 ) -> PieceReader {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
@@ -38,6 +41,7 @@ pub fn open(
     PieceReader {
         rx,
         current: Bytes::new(),
+        counted,
     }
 }
 
@@ -68,6 +72,7 @@ async fn fetch(
 pub struct PieceReader {
     rx: mpsc::Receiver<anyhow::Result<Bytes>>,
     current: Bytes,
+    counted: Arc<AtomicU64>,
 }
 
 impl Read for PieceReader {
@@ -82,6 +87,7 @@ impl Read for PieceReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
+        self.counted.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
