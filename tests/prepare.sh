@@ -4,7 +4,7 @@
 # S3-compatible server). Installs only what is missing and says what it did; needs root for
 # apt-get (Debian) and system-wide pip.
 #
-# Versions: WALHALLA_PG (comma-separated majors, "all" = 13 to 18; default 15,18). Each one ends up
+# Versions: WALHALLA_PG (comma-separated majors, "all" = 13 to 18; default all). Each one ends up
 # in the cache directory (WALHALLA_PG_CACHE; default /var/cache/walhalla/pg as root, else
 # ~/.cache/walhalla/pg) as two links the test harness reads:
 #   MAJOR/server  initdb, pg_ctl and postgres of that major;
@@ -47,7 +47,7 @@ pip_install() {
 }
 
 versions() {
-  local list=${WALHALLA_PG:-15,18}
+  local list=${WALHALLA_PG:-all}
   [ "$list" = all ] && list=${SUPPORTED// /,}
   local v
   for v in ${list//,/ }; do

@@ -3,7 +3,7 @@
 # PostgreSQL clusters and a real S3-compatible server on loopback.
 #
 #   WALHALLA_PG       the PostgreSQL majors to test, comma-separated or "all" (13 to 18);
-#                     default 15,18. tests/prepare.sh installs them.
+#                     default all. tests/prepare.sh installs them.
 #   WALHALLA_PG_FULL  the majors that run the whole integration suite; default 15 and the newest
 #                     of WALHALLA_PG. The others run the core scenarios (tests/core-scenarios).
 #   WALHALLA_PG_JOBS  how many majors are tested at once; default 2.
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 supported="13 14 15 16 17 18"
-majors=${WALHALLA_PG:-15,18}
+majors=${WALHALLA_PG:-all}
 [ "$majors" = all ] && majors=${supported// /,}
 export WALHALLA_PG=$majors
 tests/prepare.sh
