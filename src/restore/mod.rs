@@ -526,9 +526,12 @@ fn finish_directory(
             .context("write tablespace_map")?;
     }
     let auto = dest.join("postgresql.auto.conf");
+    // Never through a symbolic link the backup carried: it could point out of the directory.
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&auto)
         .with_context(|| format!("open {}", auto.display()))?;
     file.write_all(settings::conf_block(&backup.id, settings).as_bytes())?;
