@@ -36,21 +36,22 @@ const BLOCK: usize = 512;
 /// The content of the `backup_label` at the start of a tar stream, once `head` holds all of
 /// it; `Ok(None)` while more bytes are needed.
 pub fn from_tar_head(head: &[u8]) -> Result<Option<String>, LabelError> {
-    let Some(header) = head.get(..BLOCK) else {
+    let Some(block) = head.get(..BLOCK) else {
         return Ok(None);
     };
-    let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
-    if &header[..name_end] != b"backup_label" || !matches!(header[156], b'0' | 0) {
+    let header = tar::Header::from_byte_slice(block);
+    let is_label = header.path_bytes().as_ref() == b"backup_label"
+        && header.entry_type() == tar::EntryType::Regular;
+    if !is_label {
         return Err(LabelError::NotFirst);
     }
-    let size_field = std::str::from_utf8(&header[124..136])
-        .map_err(|_| LabelError::Malformed("size field".into()))?;
-    let size = usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-        .map_err(|_| LabelError::Malformed(format!("size field {size_field:?}")))?;
+    let size = header
+        .size()
+        .map_err(|e| LabelError::Malformed(format!("size field: {e}")))?;
     if size > 64 * 1024 {
         return Err(LabelError::Malformed(format!("{size} bytes")));
     }
-    let Some(content) = head.get(BLOCK..BLOCK + size) else {
+    let Some(content) = head.get(BLOCK..BLOCK + size as usize) else {
         return Ok(None);
     };
     String::from_utf8(content.to_vec())

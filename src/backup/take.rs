@@ -88,7 +88,7 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     conn.send_query(&protocol::command(major, &request))
         .await
         .context("send BASE_BACKUP")?;
-    let uploads = Uploads::new(cluster.clone(), id.clone(), options)?;
+    let uploads = Uploads::new(cluster.clone(), id.clone(), options);
     let progress = Progress::start("backup");
     let received = receive(&mut conn, major, identity.system_id, uploads, &progress).await;
     progress.finish().await;
@@ -466,15 +466,15 @@ struct Uploads {
 }
 
 impl Uploads {
-    fn new(cluster: ClusterArchive, id: BackupId, options: &BackupOptions) -> anyhow::Result<Self> {
-        Ok(Uploads {
+    fn new(cluster: ClusterArchive, id: BackupId, options: &BackupOptions) -> Self {
+        Uploads {
             cluster,
             id,
             level: options.compression_level,
             slots: Arc::new(Semaphore::new(options.parallelism.max(1))),
             tasks: JoinSet::new(),
             stored: HashMap::new(),
-        })
+        }
     }
 
     /// Starts storing `object`, waiting first for a free slot (the backpressure).

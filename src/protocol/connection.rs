@@ -181,6 +181,14 @@ fn tls_handshake_error(error: io::Error) -> Error {
     }
 }
 
+/// A DataRow's columns as the server sent them.
+fn raw_row(body: &postgres_protocol::message::backend::DataRowBody) -> io::Result<RawRow> {
+    let buffer = body.buffer();
+    body.ranges()
+        .map(|range| Ok(range.map(|r| buffer[r].to_vec())))
+        .collect()
+}
+
 fn text_row(row: RawRow) -> Row {
     row.into_iter()
         .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
@@ -475,14 +483,7 @@ impl Connection {
         let mut error = None;
         loop {
             match self.read_message().await? {
-                Message::DataRow(body) => {
-                    let buffer = body.buffer();
-                    let row = body
-                        .ranges()
-                        .map(|range| Ok(range.map(|r| buffer[r].to_vec())))
-                        .collect::<RawRow>()?;
-                    rows.push(row);
-                }
+                Message::DataRow(body) => rows.push(raw_row(&body)?),
                 Message::RowDescription(_)
                 | Message::CommandComplete(_)
                 | Message::EmptyQueryResponse => {}

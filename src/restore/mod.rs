@@ -92,7 +92,10 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     }
 
     let target = &options.recovery.target;
-    let (backup, reason, path) = choose(&cluster, &backups, options).await?;
+    // Listed once: the newest timeline for the path, the end of the WAL to check.
+    let newest_segments = cluster.newest_segments_per_timeline().await?;
+    let newest_timeline = newest_segments.iter().map(|s| s.timeline).max();
+    let (backup, reason, path) = choose(&cluster, &backups, options, newest_timeline).await?;
     tracing::info!(backup = %backup.id, "restoring: {reason}");
     let size = backup.segment_size().map_err(|e| anyhow!(e))?;
     let until = match target {
@@ -105,10 +108,8 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .saturating_sub(1))),
         _ => None,
     };
-    let newest: BTreeMap<TimelineId, SegNo> = cluster
-        .newest_segments_per_timeline()
-        .await?
-        .into_iter()
+    let newest: BTreeMap<TimelineId, SegNo> = newest_segments
+        .iter()
         .filter_map(|s| Some((s.timeline, s.segno(size)?)))
         .collect();
     let ranges =
@@ -236,6 +237,7 @@ async fn choose<'a>(
     cluster: &ClusterArchive,
     backups: &'a [BackupMeta],
     options: &RestoreOptions,
+    newest_timeline: Option<TimelineId>,
 ) -> anyhow::Result<(&'a BackupMeta, String, Vec<Leg>)> {
     let target = &options.recovery.target;
     if let Some(id) = options.backup.as_deref().filter(|id| *id != "latest") {
@@ -253,6 +255,7 @@ async fn choose<'a>(
             cluster,
             options.recovery.timeline,
             TimelineId(backup.stop_timeline),
+            newest_timeline,
         )
         .await?;
         return Ok((backup, "named with --backup".into(), path));
@@ -273,30 +276,26 @@ async fn choose<'a>(
         }
         bail!(last_error);
     }
-    let path = timeline_path(cluster, Some(timeline), TimelineId(1)).await?;
+    let path = timeline_path(cluster, Some(timeline), TimelineId(1), newest_timeline).await?;
     let choice = plan::choose(backups, target, &path).map_err(|e| anyhow!(e))?;
     Ok((choice.backup, choice.reason, path))
 }
 
-/// The timeline path for `choice`; `current` is `backup_timeline`.
+/// The timeline path for `choice`; `current` is `backup_timeline`, `latest` the newest of
+/// the history files and `newest_segment_timeline`.
 async fn timeline_path(
     cluster: &ClusterArchive,
     choice: Option<TimelineChoice>,
     backup_timeline: TimelineId,
+    newest_segment_timeline: Option<TimelineId>,
 ) -> anyhow::Result<Vec<Leg>> {
     let timeline = match choice.unwrap_or(TimelineChoice::Latest) {
         TimelineChoice::Current => backup_timeline,
         TimelineChoice::Id(n) => TimelineId(n),
         TimelineChoice::Latest => {
             let newest_history = cluster.history_timelines().await?.into_iter().max();
-            let newest_segment = cluster
-                .newest_segments_per_timeline()
-                .await?
-                .into_iter()
-                .map(|s| s.timeline)
-                .max();
             newest_history
-                .max(newest_segment)
+                .max(newest_segment_timeline)
                 .unwrap_or(TimelineId(1))
                 .max(backup_timeline)
         }

@@ -90,25 +90,17 @@ pub struct Choice<'a> {
     pub reason: String,
 }
 
-/// Where on `path` a backup sits: the index of its timeline's leg, when the backup is
-/// complete, of this cluster's layout, and consistent before that leg ends.
-fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, Lsn)> {
+/// Where on `path` a backup sits: the indexes of the legs its start and its stop are on, and
+/// its stop, when it is consistent before its stop leg ends. A standby's backup may start on
+/// the timeline before a promotion it replayed.
+fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize, Lsn)> {
     let stop = backup.stop().ok()?;
-    let index = path
-        .iter()
-        .position(|leg| leg.timeline.0 == backup.stop_timeline)?;
-    // A standby's backup may start on the timeline before a promotion it replayed.
-    let start = path
-        .iter()
-        .position(|leg| leg.timeline.0 == backup.start_timeline)?;
-    (start <= index && path[index].end.is_none_or(|end| stop <= end)).then_some((index, stop))
-}
-
-/// The index of the leg the backup's start is on (see [`on_path`]).
-fn start_leg(backup: &BackupMeta, path: &[Leg]) -> Option<usize> {
-    on_path(backup, path)?;
-    path.iter()
-        .position(|leg| leg.timeline.0 == backup.start_timeline)
+    let leg_of = |timeline: u32| path.iter().position(|leg| leg.timeline.0 == timeline);
+    let (first, last) = (
+        leg_of(backup.start_timeline)?,
+        leg_of(backup.stop_timeline)?,
+    );
+    (first <= last && path[last].end.is_none_or(|end| stop <= end)).then_some((first, last, stop))
 }
 
 /// Chooses the newest complete backup on `path` from which `target` can be reached: for a
@@ -121,7 +113,7 @@ pub fn choose<'a>(
     let usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
         .iter()
         .filter(|b| b.is_complete())
-        .filter_map(|b| Some((b, on_path(b, path)?)))
+        .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
         .collect();
     let Some(oldest) = usable.iter().min_by_key(|(_, at)| *at).map(|(b, _)| *b) else {
         let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
@@ -173,7 +165,7 @@ pub fn needed_segments(
 ) -> Result<Vec<(TimelineId, SegNo, SegNo)>, String> {
     let start = backup.start()?;
     let stop = backup.stop()?;
-    let first_leg = start_leg(backup, path)
+    let (first_leg, _, _) = on_path(backup, path)
         .ok_or_else(|| format!("backup {} is not on the timeline path", backup.id))?;
     let last_byte = |lsn: Lsn| SegNo::containing(Lsn(lsn.0.saturating_sub(1)), size);
     // Past the segment holding the target (and the backup's last byte).

@@ -2,11 +2,10 @@
 //! then one or more CopyOut streams, then more result sets, then ReadyForQuery.
 
 use bytes::Bytes;
-use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::{Connection, Error, Frame, Result, Row, ServerError, text_row};
+use super::{Connection, Error, Frame, Result, Row, ServerError, raw_row, text_row};
 
 /// One part of a multi-part response.
 #[derive(Debug)]
@@ -48,14 +47,7 @@ impl Connection {
         };
         match message {
             Message::RowDescription(_) => Ok(Response::Columns),
-            Message::DataRow(body) => {
-                let buffer = body.buffer();
-                let row = body
-                    .ranges()
-                    .map(|range| Ok(range.map(|r| buffer[r].to_vec())))
-                    .collect::<super::RawRow>()?;
-                Ok(Response::Row(text_row(row)))
-            }
+            Message::DataRow(body) => Ok(Response::Row(text_row(raw_row(&body)?))),
             Message::CommandComplete(body) => Ok(Response::Complete(body.tag()?.to_string())),
             Message::EmptyQueryResponse => Ok(Response::Complete(String::new())),
             Message::CopyOutResponse(_) => Ok(Response::CopyOut),
