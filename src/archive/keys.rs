@@ -333,6 +333,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backup_folders_parse_only_as_written() {
+        for ok in [
+            "20261202T082513Z",
+            "20261202T082513Z-2",
+            "20261202T082513Z-17",
+        ] {
+            assert_eq!(
+                BackupId::parse(ok).map(|id| id.to_string()),
+                Some(ok.to_string())
+            );
+        }
+        for foreign in [
+            "",
+            "latest",
+            "20261202T082513",
+            "20261202 082513Z",
+            "20261202T082513Z-1",
+            "20261202T082513Z-02",
+            "20261202T082513Z-",
+            "20261202T082513Z-x",
+            "2026120T0825139Z",
+            "20261202t082513z",
+        ] {
+            assert_eq!(BackupId::parse(foreign), None, "{foreign:?} accepted");
+        }
+        assert_eq!(
+            BackupId::new("20261202T082513Z", 1).unwrap().as_str(),
+            "20261202T082513Z"
+        );
+        assert_eq!(
+            BackupId::new("20261202T082513Z", 3).unwrap().as_str(),
+            "20261202T082513Z-3"
+        );
+        let id = BackupId::parse("20261202T082513Z").unwrap();
+        let piece = BackupObject::Piece {
+            archive: "16385".into(),
+            index: 7,
+        };
+        assert_eq!(
+            backup_object_key(&Path::from("pre"), SystemId(7), &id, &piece).to_string(),
+            "pre/7/backups/20261202T082513Z/16385/00000007.zst"
+        );
+        assert_eq!(
+            backup_object_key(&Path::from("pre"), SystemId(7), &id, &BackupObject::Meta)
+                .to_string(),
+            "pre/7/backups/20261202T082513Z/backup.json.zst"
+        );
+    }
+
+    #[test]
     fn keys_follow_the_documented_layout() {
         let root = Path::from("team/pg1");
         let id = SystemId(7_300_000_000_000_000_001);
