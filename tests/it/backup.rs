@@ -373,3 +373,43 @@ fn a_restore_point_on_timeline_2_is_reached_along_the_latest_timeline() {
     );
     assert_eq!(batches, "A,B");
 }
+
+#[test]
+fn a_backup_whose_wal_never_arrives_is_kept_incomplete_and_never_restored() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    // Nothing archives this primary's WAL.
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    pg.write_rows(100);
+    let run = wh.run(
+        &archive,
+        Path::new("/"),
+        &[
+            "backup",
+            "-d",
+            &pg.conninfo(),
+            "--fast",
+            "--wal-timeout",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    let meta: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    assert_eq!(meta["wal_complete"], false, "{meta}");
+    assert!(meta["wal_missing"].is_string(), "{meta}");
+
+    let listing = wh.run(&archive, Path::new("/"), &["list"]);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("incomplete (missing"),
+        "{}",
+        describe(&listing)
+    );
+    let dir = TestDir::new("never");
+    let to = dir.path().join("data");
+    let (code, _, stderr) = restore(&wh, &archive, &to, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no complete backup"), "{stderr}");
+    assert!(!to.exists());
+}
