@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backup::take::WalSource;
 use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
 use crate::restore::settings::TimelineChoice;
@@ -284,6 +285,11 @@ pub struct BackupArgs {
     /// arrive is kept, marked incomplete, and never chosen by restore.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub wal_timeout: u64,
+    /// Where the backup's WAL comes from: `wait` for archive_command or `walhalla receive`
+    /// to archive it, or `stream` it into the archive through a temporary replication slot
+    /// while the backup runs (for a cluster whose WAL nothing else archives).
+    #[arg(long, value_enum, value_name = "SOURCE", default_value = "wait")]
+    pub wal: WalSource,
     /// Pieces (8 MiB of the backup each) compressed and stored at once [default: CPUs + 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: Option<u64>,

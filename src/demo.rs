@@ -60,6 +60,7 @@ async fn demo(cluster: &Cluster, compression_level: i32) -> anyhow::Result<()> {
         upload_parallelism: 2,
         compression_level,
         system_id: None,
+        for_backup: None,
     };
     let location = Location::Local(archive_dir.clone());
     let archive = Archive::open(

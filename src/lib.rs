@@ -4,7 +4,8 @@
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
-//! `client` → `server`'s header names; `restore` → `backup` → `archive`. `cli` sees
+//! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
+//! `receiver` (a backup that streams its own WAL). `cli` sees
 //! `restore::settings`' value types.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.

@@ -247,6 +247,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         upload_parallelism: args.upload_parallelism as usize,
         compression_level: config.compression_level,
         system_id: config.system_id,
+        for_backup: None,
     };
     let archive = hooks::open_archive(config, true, None).await?;
     let shared = Arc::new(Shared::new(archive.clone()));
@@ -274,6 +275,7 @@ async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<u8> {
         wal_timeout: Duration::from_secs(args.wal_timeout),
         compression_level: config.compression_level,
         parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
+        wal: args.wal,
     };
     let archive = hooks::open_archive(config, true, None).await?;
     let meta = walhalla::backup::take::run(&options, &archive).await?;

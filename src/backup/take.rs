@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::label::{self, BackupLabel};
 use super::meta::{ArchiveMeta, BackupMeta, META_FORMAT};
 use super::protocol::{self, BackupRequest, CopyPayload, TYPED_MESSAGES_SINCE};
+use super::wal::{WalStream, wait_for_wal};
 use crate::archive::{Archive, BackupId, BackupObject, ClusterArchive};
 use crate::blocking;
 use crate::envelope::Encoder;
@@ -28,7 +29,7 @@ use crate::progress::Progress;
 use crate::protocol::commands;
 use crate::protocol::connection::{Connection, Response, Row};
 use crate::protocol::conninfo::ConnParams;
-use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, version};
+use crate::wal::{Lsn, SystemId, TimelineId, version};
 
 /// Bytes of a tar stream per stored piece: large enough to compress well, small enough that
 /// a few in flight stay well within the memory budget.
@@ -51,6 +52,17 @@ pub struct BackupOptions {
     pub compression_level: i32,
     /// Pieces compressed and stored at once.
     pub parallelism: usize,
+    /// Where the backup's WAL comes from.
+    pub wal: WalSource,
+}
+
+/// Where a backup's WAL comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalSource {
+    /// Wait for archive_command or `walhalla receive` to archive it.
+    Wait,
+    /// Stream it into the archive, through a temporary slot, beside the backup.
+    Stream,
 }
 
 /// Takes a base backup of the server `options.conn` names into `archive`.
@@ -78,6 +90,19 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         .clone()
         .unwrap_or_else(|| format!("walhalla {id}"));
     tracing::info!(backup = %id, host = %conn.host(), "starting a base backup");
+    let stream = match options.wal {
+        WalSource::Wait => None,
+        WalSource::Stream => Some(
+            WalStream::start(
+                &options.conn,
+                archive,
+                identity.system_id,
+                options.compression_level,
+                &id.to_string(),
+            )
+            .await?,
+        ),
+    };
 
     let request = BackupRequest {
         label: label_text.clone(),
@@ -90,7 +115,15 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         .context("send BASE_BACKUP")?;
     let uploads = Uploads::new(cluster.clone(), id.clone(), options);
     let progress = Progress::start("backup");
-    let received = receive(&mut conn, major, identity.system_id, uploads, &progress).await;
+    let received = receive(
+        &mut conn,
+        major,
+        identity.system_id,
+        uploads,
+        &progress,
+        stream.as_ref(),
+    )
+    .await;
     progress.finish().await;
     let received = received?;
     let stopped = jiff::Timestamp::now();
@@ -115,8 +148,14 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         stop_lsn,
         segment_size,
         Instant::now() + options.wal_timeout,
+        stream.as_ref(),
     )
     .await?;
+    if let Some(stream) = stream {
+        if let Err(e) = stream.stop().await {
+            tracing::error!("{e:#}");
+        }
+    }
     let meta = BackupMeta {
         format: META_FORMAT,
         id: id.to_string(),
@@ -183,6 +222,7 @@ async fn receive(
     system_id: SystemId,
     mut uploads: Uploads,
     progress: &Progress,
+    stream: Option<&WalStream>,
 ) -> anyhow::Result<Received> {
     let done = progress.counter();
     let typed = major >= TYPED_MESSAGES_SINCE;
@@ -206,7 +246,13 @@ async fn receive(
                     .push(row);
                 continue;
             }
-            Response::Complete(_) => continue,
+            Response::Complete(_) => {
+                if let (Some(stream), 1) = (stream, sets.len()) {
+                    let (lsn, timeline) = position(sets.first(), "start")?;
+                    stream.begin_at(lsn, timeline);
+                }
+                continue;
+            }
             Response::Ready => break,
             Response::CopyOut => {
                 copy_outs += 1;
@@ -358,46 +404,6 @@ fn position(set: Option<&Vec<Row>>, what: &str) -> anyhow::Result<(Lsn, Timeline
         .map(TimelineId)
         .ok_or_else(|| anyhow!("BASE_BACKUP {what} timeline {:?}", field(1)))?;
     Ok((lsn, timeline))
-}
-
-/// Waits until every segment from the one holding `start` to the one holding the byte before
-/// `stop` is in the archive, on either of `timelines` (a standby's upstream may be promoted
-/// during the backup). Returns the first one still missing at `deadline`.
-async fn wait_for_wal(
-    cluster: &ClusterArchive,
-    timelines: [TimelineId; 2],
-    start: Lsn,
-    stop: Lsn,
-    size: SegmentSize,
-    deadline: Instant,
-) -> anyhow::Result<Option<SegmentName>> {
-    let first = SegNo::containing(start, size);
-    let last = SegNo::containing(Lsn(stop.0.saturating_sub(1).max(start.0)), size);
-    let mut logged = Instant::now();
-    loop {
-        let mut held = std::collections::BTreeSet::new();
-        for timeline in timelines {
-            held.extend(
-                cluster
-                    .segments_between(timeline, first, SegNo(last.0 + 1), size)
-                    .await?,
-            );
-        }
-        let missing = (first.0..=last.0).map(SegNo).find(|n| !held.contains(n));
-        let Some(missing) = missing else {
-            return Ok(None);
-        };
-        let name = SegmentName::new(timelines[1], missing, size);
-        if Instant::now() >= deadline {
-            tracing::error!(segment = %name, "the backup's WAL did not reach the archive in time; the backup is marked incomplete");
-            return Ok(Some(name));
-        }
-        if logged.elapsed() >= Duration::from_secs(30) {
-            tracing::info!(segment = %name, "waiting for the backup's WAL to be archived (archive_command or walhalla receive)");
-            logged = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Cuts one tar stream into pieces and hands them to the uploads.

@@ -33,7 +33,7 @@ use crate::metrics::ErrorKind;
 use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
 use crate::spool;
-use crate::wal::{Lsn, SystemId};
+use crate::wal::{Lsn, SystemId, TimelineId};
 use session::SessionEnd;
 
 pub use session::spool_root;
@@ -87,6 +87,21 @@ pub struct ReceiveOptions {
     pub compression_level: i32,
     /// The cluster the archive namespace is for, when given explicitly.
     pub system_id: Option<SystemId>,
+    /// Set when a base backup streams its own WAL (`backup --wal stream`).
+    pub for_backup: Option<BackupWal>,
+}
+
+/// How `backup --wal stream` drives the receiver: one session on a temporary slot (named by
+/// [`ReceiveOptions::slot`]), created before the backup starts so that it keeps every segment
+/// the backup needs; streaming begins at the backup's start once the server has said where
+/// that is. The slot dies with the connection, so any failure ends the receiver: a new slot
+/// could no longer promise the WAL in between.
+#[derive(Clone, Debug)]
+pub struct BackupWal {
+    /// Turns true once the temporary slot exists: the backup may begin.
+    pub slot_ready: Arc<watch::Sender<bool>>,
+    /// The backup's start position and timeline, once known.
+    pub start: watch::Receiver<Option<(Lsn, TimelineId)>>,
 }
 
 /// Runs the receiver until `--endpos` is archived, `shutdown` turns true, or a fatal error.
@@ -128,6 +143,11 @@ pub async fn run(
         }
         let pause = match outcome {
             Ok(SessionEnd::EndPos | SessionEnd::Shutdown) => return Ok(()),
+            // The temporary slot is gone with the connection: nothing to reconnect to.
+            Ok(SessionEnd::ServerEnded(why)) if options.for_backup.is_some() => {
+                anyhow::bail!("the server ended the stream: {why}")
+            }
+            Err(e) if options.for_backup.is_some() => return Err(e.error),
             Ok(SessionEnd::ServerEnded(why)) => {
                 tracing::warn!("disconnected: {why}; reconnecting");
                 FIRST_BACKOFF

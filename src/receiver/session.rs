@@ -12,11 +12,11 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ReceiveOptions;
-use super::slot::ensure_slot;
-use super::start::start_point;
+use super::slot::{create_temporary_slot, ensure_slot};
+use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd};
 use super::upload::{UploadSettings, Uploader};
+use super::{BackupWal, ReceiveOptions};
 use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
@@ -211,19 +211,32 @@ pub async fn run(
         )));
     }
 
-    let slot_restart = match &options.slot {
-        Some(slot) => ensure_slot(&mut conn, slot, options.create_slot).await?,
-        None => None,
+    let plan = if let Some(backup) = &options.for_backup {
+        let slot = options
+            .slot
+            .as_deref()
+            .ok_or_else(|| SessionError::fatal(anyhow!("a backup's stream needs a slot name")))?;
+        let Some(plan) =
+            backup_start(&mut conn, ctx, slot, backup, timeline, &mut shutdown).await?
+        else {
+            return Ok(SessionEnd::Shutdown);
+        };
+        plan
+    } else {
+        let slot_restart = match &options.slot {
+            Some(slot) => ensure_slot(&mut conn, slot, options.create_slot).await?,
+            None => None,
+        };
+        start_point(
+            options,
+            ctx,
+            &mut conn,
+            timeline,
+            slot_restart,
+            slot_restart.unwrap_or(server_lsn),
+        )
+        .await?
     };
-    let plan = start_point(
-        options,
-        ctx,
-        &mut conn,
-        timeline,
-        slot_restart,
-        slot_restart.unwrap_or(server_lsn),
-    )
-    .await?;
     let (mut timeline, mut start) = (plan.timeline, plan.segment);
     // Stream one timeline after the other: when the server ends one, continue on the next.
     loop {
@@ -295,6 +308,45 @@ pub async fn run(
             }
         }
     }
+}
+
+/// For `backup --wal stream`: creates the temporary slot, says so, and waits for the backup's
+/// start (`None` at shutdown). Streaming then begins at the segment holding it, on the
+/// backup's timeline, whose history is archived first.
+async fn backup_start(
+    conn: &mut Connection,
+    ctx: &Context,
+    slot: &str,
+    backup: &BackupWal,
+    server_timeline: TimelineId,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<StartPlan>, SessionError> {
+    create_temporary_slot(conn, slot).await?;
+    backup.slot_ready.send_replace(true);
+    let mut start = backup.start.clone();
+    let (lsn, timeline) = tokio::select! {
+        known = start.wait_for(Option::is_some) => known
+            .map_err(|_| SessionError::fatal(anyhow!("the backup ended before it started")))?
+            .expect("waited for Some"),
+        _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+    };
+    if timeline != server_timeline {
+        return Err(SessionError::fatal(anyhow!(
+            "the backup started on timeline {timeline}, but {} streams timeline {server_timeline}",
+            conn.host()
+        )));
+    }
+    if timeline.0 > 1 {
+        archive_history(conn, &ctx.cluster, timeline).await?;
+    }
+    let segment = SegNo::containing(lsn, ctx.segment_size);
+    Ok(Some(StartPlan {
+        timeline,
+        segment,
+        missing_until: SegNo(segment.0 + 1),
+        guaranteed: true,
+        resume: segment,
+    }))
 }
 
 /// Opens the spool and starts the uploader: what every session of this receiver shares.

@@ -70,3 +70,15 @@ pub async fn ensure_slot(
     }
     Ok(None)
 }
+
+/// Creates a temporary physical slot that keeps WAL from the server's current redo position
+/// on; the server drops it when this connection ends.
+pub async fn create_temporary_slot(conn: &mut Connection, slot: &str) -> Result<(), SessionError> {
+    conn.simple_query(&format!(
+        "CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY PHYSICAL RESERVE_WAL"
+    ))
+    .await
+    .map_err(from_conn)?;
+    tracing::info!(slot, host = %conn.host(), "created temporary replication slot");
+    Ok(())
+}

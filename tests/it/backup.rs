@@ -7,21 +7,31 @@ use std::time::Duration;
 use crate::harness::{Backend, PgCluster, TestArchive, TestDir, Walhalla, describe, wait_for};
 use crate::push::archiving_primary;
 
+/// Runs `walhalla backup -d PG --fast --json --wal-timeout SECONDS ARGS`.
+fn run_backup(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    wal_timeout: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let conninfo = pg.conninfo();
+    let mut all = vec![
+        "backup",
+        "-d",
+        &conninfo,
+        "--fast",
+        "--json",
+        "--wal-timeout",
+        wal_timeout,
+    ];
+    all.extend_from_slice(args);
+    wh.run(archive, Path::new("/"), &all)
+}
+
 /// Runs `walhalla backup` of `pg`, expecting success; returns the backup's metadata.
 pub fn take_backup(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster) -> serde_json::Value {
-    let run = wh.run(
-        archive,
-        Path::new("/"),
-        &[
-            "backup",
-            "-d",
-            &pg.conninfo(),
-            "--fast",
-            "--wal-timeout",
-            "60",
-            "--json",
-        ],
-    );
+    let run = run_backup(wh, archive, pg, "60", &[]);
     assert_eq!(
         run.status.code(),
         Some(0),
@@ -382,19 +392,7 @@ fn a_backup_whose_wal_never_arrives_is_kept_incomplete_and_never_restored() {
     let mut pg = PgCluster::init("primary");
     pg.start();
     pg.write_rows(100);
-    let run = wh.run(
-        &archive,
-        Path::new("/"),
-        &[
-            "backup",
-            "-d",
-            &pg.conninfo(),
-            "--fast",
-            "--wal-timeout",
-            "2",
-            "--json",
-        ],
-    );
+    let run = run_backup(&wh, &archive, &pg, "2", &[]);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     let meta: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
     assert_eq!(meta["wal_complete"], false, "{meta}");
@@ -412,4 +410,28 @@ fn a_backup_whose_wal_never_arrives_is_kept_incomplete_and_never_restored() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no complete backup"), "{stderr}");
     assert!(!to.exists());
+}
+
+#[test]
+fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    // Nothing archives this primary's WAL, and it keeps none for anyone: only the backup's
+    // temporary slot can hold the WAL the backup needs.
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("wal_keep_size = 0");
+    pg.start();
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&pg, "A");
+    let run = run_backup(&wh, &archive, &pg, "60", &["--wal", "stream"]);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let backup: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    assert_eq!(backup["wal_complete"], true, "{backup}");
+    // The temporary slot went with the backup's stream.
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0");
+    insert_batch(&pg, "B");
+
+    let (batches, report) = restored_batches(&wh, &archive, &["--target", "immediate"]);
+    assert_eq!(batches, "A");
+    assert_eq!(report["backup"], backup["id"]);
 }

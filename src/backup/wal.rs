@@ -1,0 +1,177 @@
+//! The backup's WAL: a backup is usable only once every segment from its start to its stop
+//! is in the archive. [`wait_for_wal`] waits for them, whoever archives them; with
+//! `backup --wal stream` a [`WalStream`] streams them itself, for clusters whose WAL nothing
+//! else archives.
+//!
+//! The stream works like `pg_basebackup -X stream`, but with the slot made before the backup begins: the
+//! receiver creates a temporary slot (which keeps WAL from the server's latest checkpoint,
+//! so from before any start the backup can have), then `BASE_BACKUP` runs, and once it has
+//! said where it starts the receiver streams from that segment. Segments go to the archive
+//! as the receiver's always do (spool, fsync, create-only upload). The backup then waits
+//! for them like for WAL archived by anyone else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::archive::{Archive, ClusterArchive};
+use crate::daemon::Shared;
+use crate::protocol::conninfo::ConnParams;
+use crate::receiver::{self, BackupWal, Mode, ReceiveOptions};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId};
+
+/// How long stopping waits for the receiver's last uploads.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until every segment from the one holding `start` to the one holding the byte before
+/// `stop` is in the archive, on either of `timelines` (a standby's upstream may be promoted
+/// during the backup). Returns the first one still missing at `deadline`.
+pub async fn wait_for_wal(
+    cluster: &ClusterArchive,
+    timelines: [TimelineId; 2],
+    start: Lsn,
+    stop: Lsn,
+    size: SegmentSize,
+    deadline: Instant,
+    stream: Option<&WalStream>,
+) -> anyhow::Result<Option<SegmentName>> {
+    let first = SegNo::containing(start, size);
+    let last = SegNo::containing(Lsn(stop.0.saturating_sub(1).max(start.0)), size);
+    let mut logged = Instant::now();
+    loop {
+        let mut held = std::collections::BTreeSet::new();
+        for timeline in timelines {
+            held.extend(
+                cluster
+                    .segments_between(timeline, first, SegNo(last.0 + 1), size)
+                    .await?,
+            );
+        }
+        let missing = (first.0..=last.0).map(SegNo).find(|n| !held.contains(n));
+        let Some(missing) = missing else {
+            return Ok(None);
+        };
+        let name = SegmentName::new(timelines[1], missing, size);
+        if stream.is_some_and(WalStream::has_stopped) {
+            return Ok(Some(name));
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(segment = %name, "the backup's WAL did not reach the archive in time; the backup is marked incomplete");
+            return Ok(Some(name));
+        }
+        if logged.elapsed() >= Duration::from_secs(30) {
+            tracing::info!(segment = %name, "waiting for the backup's WAL to be archived (archive_command or walhalla receive)");
+            logged = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A receiver streaming one backup's WAL.
+pub struct WalStream {
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    shutdown: watch::Sender<bool>,
+    start: watch::Sender<Option<(Lsn, TimelineId)>>,
+    spool: PathBuf,
+}
+
+impl WalStream {
+    /// Starts the receiver and returns once its temporary slot exists.
+    pub async fn start(
+        conn: &ConnParams,
+        archive: &Archive,
+        system_id: SystemId,
+        compression_level: i32,
+        name: &str,
+    ) -> anyhow::Result<WalStream> {
+        let spool = receiver::spool_root().join(format!("backup-{system_id}-{name}"));
+        let (ready_tx, mut ready) = watch::channel(false);
+        let (start, start_rx) = watch::channel(None);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let options = ReceiveOptions {
+            conn: conn.clone(),
+            slot: Some(format!("walhalla_backup_{}", std::process::id())),
+            create_slot: true,
+            start_lsn: None,
+            endpos: None,
+            spool: Some(spool.clone()),
+            spool_max_bytes: 1 << 30,
+            partial_interval: None,
+            status_interval: Duration::from_secs(10),
+            receive_timeout: Some(Duration::from_secs(60)),
+            shutdown_timeout: STOP_TIMEOUT,
+            mode: Mode::Archived,
+            upload_parallelism: 2,
+            compression_level,
+            system_id: Some(system_id),
+            for_backup: Some(BackupWal {
+                slot_ready: Arc::new(ready_tx),
+                start: start_rx,
+            }),
+        };
+        let shared = Arc::new(Shared::new(archive.clone()));
+        let archive = archive.clone();
+        let task = tokio::spawn(receiver::run(options, archive, shutdown_rx, shared));
+        let mut stream = WalStream {
+            task: Some(task),
+            shutdown,
+            start,
+            spool,
+        };
+        let task = stream.task.as_mut().expect("just set");
+        tokio::select! {
+            ready = ready.wait_for(|r| *r) => {
+                ready.map_err(|_| anyhow!("the WAL stream ended before its slot existed"))?;
+            }
+            ended = task => {
+                stream.task = None;
+                let error = ended
+                    .context("the WAL stream panicked")?
+                    .err()
+                    .unwrap_or_else(|| anyhow!("it ended"));
+                return Err(error.context("could not stream the backup's WAL"));
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Tells the receiver where the backup starts: streaming begins there.
+    pub fn begin_at(&self, lsn: Lsn, timeline: TimelineId) {
+        self.start.send_replace(Some((lsn, timeline)));
+    }
+
+    /// Whether the receiver stopped (with an error: it runs until told to stop).
+    pub fn has_stopped(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the receiver, once what it received is archived; its error if it failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        let outcome = match self.task.take() {
+            Some(task) => task.await.context("the WAL stream panicked")?,
+            None => Ok(()),
+        };
+        outcome.context("streaming the backup's WAL")
+    }
+}
+
+impl Drop for WalStream {
+    /// Ends the receiver (its temporary slot goes with its connection) and removes its spool:
+    /// what mattered was archived, or the backup failed.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.spool) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(spool = %self.spool.display(), "could not remove the backup's WAL spool: {e}");
+            }
+        }
+    }
+}
