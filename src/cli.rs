@@ -290,7 +290,12 @@ pub struct BackupArgs {
     /// while the backup runs (for a cluster whose WAL nothing else archives).
     #[arg(long, value_enum, value_name = "SOURCE", default_value = "wait")]
     pub wal: WalSource,
-    /// Pieces (8 MiB of the backup each) compressed and stored at once [default: CPUs + 1].
+    /// Have the server compress the backup with zstd (at --compression-level) before sending
+    /// it: less network traffic and CPU here, more CPU on the server (PostgreSQL 15 and
+    /// later, built with zstd). By default this host compresses, on all its cores.
+    #[arg(long)]
+    pub server_compression: bool,
+    /// Pieces (4 MiB of the backup each) compressed and stored at once [default: CPUs + 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: Option<u64>,
     /// Print the backup's metadata as JSON instead of a summary line.

@@ -276,6 +276,7 @@ async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<u8> {
         compression_level: config.compression_level,
         parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
         wal: args.wal,
+        server_compression: args.server_compression,
     };
     let archive = hooks::open_archive(config, true, None).await?;
     let meta = walhalla::backup::take::run(&options, &archive).await?;

@@ -32,6 +32,67 @@ pub enum LabelError {
 
 /// The length of a tar header block.
 const BLOCK: usize = 512;
+/// The largest `backup_label` read.
+const MAX_LABEL_BYTES: u64 = 64 * 1024;
+/// How much of the stream's start is kept while looking for the label.
+const HEAD_LIMIT: usize = 1 << 20;
+
+/// Finds the `backup_label` in the first bytes of the main tar stream as they arrive, the
+/// stream compressed with zstd when the server compressed it (`--server-compression`).
+#[derive(Debug, Default)]
+pub struct LabelFinder {
+    head: Vec<u8>,
+    zstd: bool,
+    done: bool,
+}
+
+impl LabelFinder {
+    /// A finder for a plain (`zstd` false) or zstd-compressed stream.
+    pub fn new(zstd: bool) -> LabelFinder {
+        LabelFinder {
+            zstd,
+            ..LabelFinder::default()
+        }
+    }
+
+    /// Takes the stream's next bytes; the label once they complete it (then nothing more).
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<BackupLabel>, LabelError> {
+        if self.done {
+            return Ok(None);
+        }
+        let room = HEAD_LIMIT - self.head.len();
+        self.head.extend_from_slice(&data[..data.len().min(room)]);
+        let text = if self.zstd {
+            from_tar_head(&decoded_prefix(&self.head))?
+        } else {
+            from_tar_head(&self.head)?
+        };
+        match text {
+            Some(text) => {
+                self.done = true;
+                self.head = Vec::new();
+                parse(&text).map(Some)
+            }
+            None if self.head.len() == HEAD_LIMIT => Err(LabelError::Malformed(format!(
+                "not complete in the stream's first {HEAD_LIMIT} bytes"
+            ))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the start of a zstd stream decodes to, as far as it goes (a label's worth at most).
+fn decoded_prefix(compressed: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if let Ok(decoder) = zstd::stream::read::Decoder::with_buffer(compressed) {
+        // A stream cut short ends in an error: what was decoded before it is what counts.
+        let _ = decoder
+            .take(BLOCK as u64 + MAX_LABEL_BYTES)
+            .read_to_end(&mut out);
+    }
+    out
+}
 
 /// The content of the `backup_label` at the start of a tar stream, once `head` holds all of
 /// it; `Ok(None)` while more bytes are needed.
@@ -48,7 +109,7 @@ pub fn from_tar_head(head: &[u8]) -> Result<Option<String>, LabelError> {
     let size = header
         .size()
         .map_err(|e| LabelError::Malformed(format!("size field: {e}")))?;
-    if size > 64 * 1024 {
+    if size > MAX_LABEL_BYTES {
         return Err(LabelError::Malformed(format!("{size} bytes")));
     }
     let Some(content) = head.get(BLOCK..BLOCK + size as usize) else {
@@ -146,5 +207,26 @@ mod tests {
         );
         assert!(parse(&LABEL.replace("0/2000028", "nowhere")).is_err());
         assert!(parse(&LABEL.replace("TIMELINE: 3", "TIMELINE: three")).is_err());
+    }
+
+    #[test]
+    fn the_label_is_found_in_a_zstd_stream_fed_piecemeal() {
+        let mut tar = tar_head("backup_label", LABEL);
+        tar.extend(std::iter::repeat_n(7u8, 200_000));
+        let compressed = zstd::encode_all(&tar[..], 3).unwrap();
+        let mut finder = LabelFinder::new(true);
+        let mut found = None;
+        for chunk in compressed.chunks(7) {
+            if let Some(label) = finder.feed(chunk).unwrap() {
+                found = Some(label);
+            }
+        }
+        assert_eq!(found, Some(parse(LABEL).unwrap()));
+        let mut plain = LabelFinder::new(false);
+        assert!(plain.feed(&tar[..100]).unwrap().is_none());
+        assert_eq!(
+            plain.feed(&tar[100..]).unwrap(),
+            Some(parse(LABEL).unwrap())
+        );
     }
 }

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::archive::BackupId;
 use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
 
-/// The format of `backup.json`; readers refuse newer ones.
-pub const META_FORMAT: u32 = 1;
+/// The newest format of `backup.json`; readers refuse newer ones. Format 2 added
+/// [`ArchiveMeta::compression`]; backups without it are written as format 1.
+pub const META_FORMAT: u32 = 2;
 
 /// `backup.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +69,32 @@ pub struct ArchiveMeta {
     pub location: Option<String>,
     /// How many pieces the stream was cut into.
     pub pieces: u32,
-    /// The stream's length in bytes.
+    /// The stream's length in bytes (compressed, when the server compressed it).
     pub bytes: u64,
+    /// How the server compressed the stream (`--server-compression`): the pieces' contents
+    /// put together are then a zstd stream of the tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<StreamCompression>,
     /// Bytes as stored.
     pub stored_bytes: u64,
+}
+
+/// A compression the server applied to a tar stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamCompression {
+    /// zstd (`BASE_BACKUP` option `COMPRESSION 'zstd'`).
+    Zstd,
+}
+
+/// The `backup.json` format a backup with these streams needs: readers older than a feature
+/// refuse it instead of misreading it.
+pub fn format_for(archives: &[ArchiveMeta]) -> u32 {
+    if archives.iter().any(|a| a.compression.is_some()) {
+        2
+    } else {
+        1
+    }
 }
 
 impl BackupMeta {

@@ -16,6 +16,8 @@ pub struct BackupRequest {
     /// Ask the server to estimate the sizes first, for a progress display. Costs a scan of
     /// the data directory before the first byte.
     pub progress: bool,
+    /// Have the server compress the tar streams with zstd at this level (15 and later).
+    pub server_zstd: Option<i32>,
 }
 
 /// The first major version with the parenthesized option syntax and the typed CopyData
@@ -44,6 +46,10 @@ pub fn command(major: u32, request: &BackupRequest) -> String {
             ]
             .map(String::from),
         );
+        if let Some(level) = request.server_zstd {
+            options.push("COMPRESSION 'zstd'".into());
+            options.push(format!("COMPRESSION_DETAIL 'level={level}'"));
+        }
         format!("BASE_BACKUP ({})", options.join(", "))
     } else {
         let mut command = format!("BASE_BACKUP LABEL {label}");
@@ -134,6 +140,7 @@ mod tests {
             label: label.into(),
             fast: true,
             progress: false,
+            server_zstd: None,
         }
     }
 
@@ -159,6 +166,14 @@ mod tests {
             command(13, &slow),
             "BASE_BACKUP LABEL 'x' PROGRESS NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' \
              TABLESPACE_MAP"
+        );
+        let compressed = BackupRequest {
+            server_zstd: Some(5),
+            ..request("x")
+        };
+        assert!(
+            command(16, &compressed)
+                .ends_with(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=5')")
         );
     }
 

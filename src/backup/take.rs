@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::label::{self, BackupLabel};
-use super::meta::{ArchiveMeta, BackupMeta, META_FORMAT};
+use super::label::{BackupLabel, LabelFinder};
+use super::meta::{ArchiveMeta, BackupMeta, StreamCompression, format_for};
 use super::protocol::{self, BackupRequest, CopyPayload, TYPED_MESSAGES_SINCE};
 use super::wal::{WalStream, wait_for_wal};
 use crate::archive::{Archive, BackupId, BackupObject, ClusterArchive};
@@ -33,7 +33,7 @@ use crate::wal::{Lsn, SystemId, TimelineId, version};
 
 /// Bytes of a tar stream per stored piece: large enough to compress well, small enough that
 /// a few in flight stay well within the memory budget.
-pub const PIECE_BYTES: usize = 8 << 20;
+pub const PIECE_BYTES: usize = 4 << 20;
 /// The largest manifest accepted (the server's is about 150 bytes per file).
 const MAX_MANIFEST_BYTES: usize = 1 << 30;
 
@@ -54,6 +54,9 @@ pub struct BackupOptions {
     pub parallelism: usize,
     /// Where the backup's WAL comes from.
     pub wal: WalSource,
+    /// Have the server compress the tar streams (at `compression_level`), saving network
+    /// bandwidth and this host's CPU at the cost of the server's (PostgreSQL 15 and later).
+    pub server_compression: bool,
 }
 
 /// Where a backup's WAL comes from.
@@ -79,6 +82,12 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         .ok_or_else(|| anyhow!("the server did not report its version"))?;
     if let Err(why) = version::by_number(major) {
         bail!("{} runs PostgreSQL {server_version}, {why}", conn.host());
+    }
+    if options.server_compression && major < TYPED_MESSAGES_SINCE {
+        bail!(
+            "--server-compression needs PostgreSQL {TYPED_MESSAGES_SINCE} or later; {} runs {server_version}",
+            conn.host()
+        );
     }
     let identity = commands::identify_system(&mut conn).await?;
     let segment_size = commands::segment_size(&mut conn).await?;
@@ -107,17 +116,24 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     let request = BackupRequest {
         label: label_text.clone(),
         fast: options.fast,
-        // The server's size estimate costs a scan of the data directory: only for a person.
-        progress: Progress::wanted(),
+        // The server's size estimate costs a scan of the data directory: only for a person,
+        // and not when compressed streams could not be compared with it.
+        progress: Progress::wanted() && !options.server_compression,
+        server_zstd: options
+            .server_compression
+            .then_some(options.compression_level),
     };
     conn.send_query(&protocol::command(major, &request))
         .await
         .context("send BASE_BACKUP")?;
     let uploads = Uploads::new(cluster.clone(), id.clone(), options);
     let progress = Progress::start("backup");
+    let compression = options
+        .server_compression
+        .then_some(StreamCompression::Zstd);
     let received = receive(
         &mut conn,
-        major,
+        (major, compression),
         identity.system_id,
         uploads,
         &progress,
@@ -125,7 +141,14 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     )
     .await;
     progress.finish().await;
-    let received = received?;
+    let received = received.map_err(|e| {
+        if options.server_compression && format!("{e:#}").contains("does not support compression")
+        {
+            e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
+        } else {
+            e
+        }
+    })?;
     let stopped = jiff::Timestamp::now();
 
     let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
@@ -157,7 +180,7 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         }
     }
     let meta = BackupMeta {
-        format: META_FORMAT,
+        format: format_for(&received.archives),
         id: id.to_string(),
         label: label_text,
         system_id: identity.system_id.to_string(),
@@ -218,7 +241,7 @@ struct Received {
 /// Reads the whole response, storing the tar streams and the manifest as they arrive.
 async fn receive(
     conn: &mut Connection,
-    major: u32,
+    (major, compression): (u32, Option<StreamCompression>),
     system_id: SystemId,
     mut uploads: Uploads,
     progress: &Progress,
@@ -231,7 +254,7 @@ async fn receive(
     let mut current: Option<PieceWriter> = None;
     let mut manifest: Option<Vec<u8>> = None;
     let mut copy_outs = 0usize;
-    let mut head = Vec::new();
+    let mut finder = LabelFinder::new(compression.is_some());
     let mut label = None;
     loop {
         let response = conn.next_response().await.context("BASE_BACKUP")?;
@@ -272,7 +295,7 @@ async fn receive(
                     let tablespaces = tablespaces(sets.get(1))?;
                     match tablespaces.get(copy_outs - 1) {
                         Some((name, location)) => {
-                            current = Some(PieceWriter::new(name.clone(), location.clone()))
+                            current = Some(PieceWriter::new(name.clone(), location.clone(), None))
                         }
                         None => manifest = Some(Vec::new()),
                     }
@@ -296,9 +319,17 @@ async fn receive(
                     if let Some(writer) = current.take() {
                         archives.push(writer.finish(&mut uploads).await?);
                     }
-                    let name = name.strip_suffix(".tar").unwrap_or(&name).to_string();
+                    let suffix = match compression {
+                        Some(StreamCompression::Zstd) => ".tar.zst",
+                        None => ".tar",
+                    };
+                    let name = name.strip_suffix(suffix).unwrap_or(&name).to_string();
                     let location = (!location.is_empty()).then_some(location);
-                    current = Some(PieceWriter::new(archive_name(&name)?, location));
+                    current = Some(PieceWriter::new(
+                        archive_name(&name)?,
+                        location,
+                        compression,
+                    ));
                     continue;
                 }
                 CopyPayload::Manifest => {
@@ -323,11 +354,7 @@ async fn receive(
             .as_mut()
             .ok_or_else(|| anyhow!("backup data before any archive began"))?;
         if writer.name == "base" && label.is_none() {
-            head.extend_from_slice(&data[..data.len().min(64 * 1024)]);
-            if let Some(text) = label::from_tar_head(&head)? {
-                label = Some(label::parse(&text)?);
-                head = Vec::new();
-            }
+            label = finder.feed(&data)?;
         }
         done.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         writer.write(&data, &mut uploads).await?;
@@ -346,7 +373,7 @@ async fn receive(
     }
     let manifest_bytes = manifest.len() as u64;
     uploads
-        .submit(BackupObject::Manifest, Bytes::from(manifest))
+        .submit(BackupObject::Manifest, Bytes::from(manifest), uploads.level)
         .await?;
     let stored = uploads.finish().await?;
     for archive in &mut archives {
@@ -413,13 +440,19 @@ struct PieceWriter {
     buf: BytesMut,
     pieces: u32,
     bytes: u64,
+    compression: Option<StreamCompression>,
 }
 
 impl PieceWriter {
-    fn new(name: String, location: Option<String>) -> PieceWriter {
+    fn new(
+        name: String,
+        location: Option<String>,
+        compression: Option<StreamCompression>,
+    ) -> PieceWriter {
         PieceWriter {
             name,
             location,
+            compression,
             buf: BytesMut::new(),
             pieces: 0,
             bytes: 0,
@@ -442,7 +475,12 @@ impl PieceWriter {
             index: self.pieces,
         };
         self.pieces += 1;
-        uploads.submit(object, piece).await
+        // The server compressed it already: a light pass only wraps it in its envelope.
+        let level = match self.compression {
+            Some(_) => 1,
+            None => uploads.level,
+        };
+        uploads.submit(object, piece, level).await
     }
 
     async fn finish(mut self, uploads: &mut Uploads) -> anyhow::Result<ArchiveMeta> {
@@ -455,6 +493,7 @@ impl PieceWriter {
             location: self.location,
             pieces: self.pieces,
             bytes: self.bytes,
+            compression: self.compression,
             stored_bytes: 0,
         })
     }
@@ -484,12 +523,17 @@ impl Uploads {
     }
 
     /// Starts storing `object`, waiting first for a free slot (the backpressure).
-    async fn submit(&mut self, object: BackupObject, content: Bytes) -> anyhow::Result<()> {
+    async fn submit(
+        &mut self,
+        object: BackupObject,
+        content: Bytes,
+        level: i32,
+    ) -> anyhow::Result<()> {
         let slot = self.slots.clone().acquire_owned().await?;
         while let Some(done) = self.tasks.try_join_next() {
             self.record(done)?;
         }
-        let (cluster, id, level) = (self.cluster.clone(), self.id.clone(), self.level);
+        let (cluster, id) = (self.cluster.clone(), self.id.clone());
         self.tasks.spawn(async move {
             let body = content.clone();
             let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;

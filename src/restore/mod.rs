@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::archive::{Archive, BackupObject, ClusterArchive};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
-use crate::backup::meta::BackupMeta;
+use crate::backup::meta::{BackupMeta, StreamCompression};
 use crate::progress::Progress;
 use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope, fsutil};
@@ -457,13 +457,22 @@ async fn write_files(
                 progress.counter(),
             );
             let manifest = manifest.clone();
+            let compression = archive.compression;
             let done = blocking::run(move || {
                 let job = extract::Extract {
                     dest: &dest,
                     manifest_prefix: &prefix,
                     manifest: &manifest,
                 };
-                extract::extract(reader, &job)
+                match compression {
+                    None => extract::extract(reader, &job),
+                    Some(StreamCompression::Zstd) => {
+                        let decoder = zstd::stream::read::Decoder::new(reader)
+                            .map_err(|e| anyhow!("zstd decoder: {e}"))?;
+                        extract::extract(decoder, &job)
+                    }
+                }
+                .map_err(anyhow::Error::from)
             })
             .await
             .with_context(|| format!("archive {} of backup {}", archive.name, backup.id))?;

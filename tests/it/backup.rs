@@ -435,3 +435,45 @@ fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
     assert_eq!(batches, "A");
     assert_eq!(report["backup"], backup["id"]);
 }
+
+#[test]
+fn a_backup_the_server_compressed_restores() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&pg, "A");
+    let major: u32 = pg.sql("SHOW server_version_num").parse::<u32>().unwrap() / 10000;
+    let run = run_backup(&wh, &archive, &pg, "60", &["--server-compression"]);
+    if major < 15 {
+        assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("needs PostgreSQL 15 or later"), "{stderr}");
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if stderr.contains("does not support compression with ZSTD") {
+        // A server built without zstd (the embedded binaries of some majors): the error
+        // says what to do instead.
+        assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+        assert!(
+            stderr.contains("leave out --server-compression"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let backup: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    assert_eq!(backup["format"], 2, "{backup}");
+    let base = &backup["archives"][0];
+    assert_eq!(base["compression"], "zstd", "{backup}");
+    // What arrived is the server's zstd stream, far smaller than the tar it holds.
+    let files: u64 = backup["bytes"].as_u64().unwrap();
+    assert!(files < 8 << 20, "{backup}");
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    let (batches, report) = restored_batches(&wh, &archive, &[]);
+    assert_eq!(batches, "A,B");
+    assert_eq!(report["backup"], backup["id"]);
+}
