@@ -159,6 +159,17 @@ pub struct Archive {
     deadline: Option<Instant>,
 }
 
+/// What an archive's cluster folders say about which cluster is meant when nothing names one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OnlyCluster {
+    /// The archive holds this one cluster.
+    Only(SystemId),
+    /// The archive holds no cluster yet.
+    NoneYet,
+    /// The archive holds these clusters: one must be named.
+    Several(Vec<SystemId>),
+}
+
 impl Archive {
     /// Opens the archive at `location`.
     pub fn open(location: &Location, options: &ArchiveOptions) -> Result<Archive> {
@@ -229,6 +240,16 @@ impl Archive {
         let mut ids: Vec<SystemId> = listing.folders_as(&self.root, parse_cluster_folder);
         ids.sort();
         Ok(ids)
+    }
+
+    /// The cluster meant when nothing names one: the only one the archive holds, if so.
+    pub async fn only_cluster(&self) -> Result<OnlyCluster> {
+        let mut ids = self.clusters().await?;
+        Ok(match ids.len() {
+            0 => OnlyCluster::NoneYet,
+            1 => OnlyCluster::Only(ids.remove(0)),
+            _ => OnlyCluster::Several(ids),
+        })
     }
 
     /// The names directly under folder `dir`, retried like every operation. Walhalla's

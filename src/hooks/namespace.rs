@@ -6,7 +6,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::archive::{self, Archive};
+use crate::archive::{self, Archive, OnlyCluster};
 use crate::wal::{CONTROL_FILE_PATH, SystemId, system_id_from_control_file};
 
 /// Why the cluster could not be determined.
@@ -69,16 +69,13 @@ pub async fn resolve_system_id(
         }
         (Some((id, _)), _) => Ok(id),
         (None, Some(id)) => Ok(id),
-        (None, None) => {
-            let ids = archive.clusters().await?;
-            match ids.as_slice() {
-                [only] => Ok(*only),
-                [] => Err(NamespaceError::NoCluster(archive.location().to_string())),
-                _ => Err(NamespaceError::Ambiguous {
-                    location: archive.location().to_string(),
-                    ids,
-                }),
-            }
-        }
+        (None, None) => match archive.only_cluster().await? {
+            OnlyCluster::Only(id) => Ok(id),
+            OnlyCluster::NoneYet => Err(NamespaceError::NoCluster(archive.location().to_string())),
+            OnlyCluster::Several(ids) => Err(NamespaceError::Ambiguous {
+                location: archive.location().to_string(),
+                ids,
+            }),
+        },
     }
 }

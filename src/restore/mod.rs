@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 
-use crate::archive::{Archive, BackupObject, ClusterArchive};
+use crate::archive::{Archive, BackupObject, ClusterArchive, OnlyCluster};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::{BackupMeta, StreamCompression};
@@ -217,10 +217,10 @@ async fn which_cluster(archive: &Archive, named: Option<SystemId>) -> anyhow::Re
     if let Some(id) = named {
         return Ok(id);
     }
-    match archive.clusters().await?.as_slice() {
-        [only] => Ok(*only),
-        [] => bail!("the archive {} holds no cluster", archive.location()),
-        several => bail!(
+    match archive.only_cluster().await? {
+        OnlyCluster::Only(id) => Ok(id),
+        OnlyCluster::NoneYet => bail!("the archive {} holds no cluster", archive.location()),
+        OnlyCluster::Several(several) => bail!(
             "the archive holds {} clusters ({}); name one with --system-id",
             several.len(),
             several
