@@ -1,12 +1,14 @@
 //! PostgreSQL write-ahead-log concepts, pure and free of I/O: positions, timelines, segment
 //! numbers, the names of the files PostgreSQL archives, long page headers, timeline history
-//! files and the system identifier in `pg_control`.
+//! files, the system identifier in `pg_control`, and the commits, aborts and restore points
+//! recorded in a segment.
 
 mod control;
 mod history;
 mod lsn;
 mod name;
 pub(crate) mod page;
+mod records;
 mod validate;
 pub mod version;
 
@@ -16,6 +18,10 @@ pub use lsn::Lsn;
 pub(crate) use name::upper_hex;
 pub use name::{SegmentName, WalFileName};
 pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
+pub use records::{
+    InvalidWal, PgTimestamp, RecordError, RestorePoint, ScanEnd, SegmentRecords, XactEnd, XactKind,
+    scan_segment,
+};
 pub use validate::{FileFacts, ValidationError, validate_file, validate_segment_head};
 
 use std::fmt;
