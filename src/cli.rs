@@ -95,12 +95,18 @@ pub enum Command {
     /// and verifies every file against the server's manifest, and adds restore_command and
     /// the target to postgresql.auto.conf. Start the server afterwards.
     Restore(RestoreArgs),
-    /// List the backups in the archive.
+    /// List what the archive holds: per cluster its backups, its WAL per timeline (runs of
+    /// segments, gaps named), history files, and the restorable window along each timeline.
     List {
-        /// Print JSON.
+        /// Print JSON (schema in docs/ARCHIVE-FORMAT.md).
         #[arg(long)]
         json: bool,
     },
+    /// Read the archive back and report every problem: objects that do not decode or whose
+    /// checksum or content does not match their name, history files that do not chain,
+    /// backups whose files do not match their manifest, and missing WAL. Exit 0 when clean,
+    /// 1 when anything is wrong.
+    Verify(VerifyArgs),
     /// Stream WAL from a server over a physical replication slot and archive every segment.
     ///
     /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
@@ -303,6 +309,56 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+/// Options of `walhalla verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Re-read only objects stored (and backups stopped) since then: an RFC 3339 time or a
+    /// duration ago (`30m`, `12h`, `7d`, `2w`). History, continuity and the window are
+    /// always checked in full, from the listing.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<jiff::Timestamp>,
+    /// Objects read at once [default: CPUs + 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallelism: Option<u64>,
+    /// Print JSON (schema in docs/ARCHIVE-FORMAT.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An RFC 3339 time, or a duration before now (`90s`, `30m`, `12h`, `7d`, `2w`).
+fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let seconds = parse_duration(text)?;
+    jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_secs(seconds as i64))
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A duration with a unit: `s`, `m`, `h`, `d` (24 h) or `w`; in seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &text[digits.len()..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a number and a unit (s, m, h, d, w), or an RFC 3339 time"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&s| s <= i64::MAX as u64 / 1_000_000)
+        .ok_or_else(|| format!("{text:?}: not a duration"))
+}
+
 /// Options of `walhalla restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -469,6 +525,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::List { .. } => "list",
+            Command::Verify(_) => "verify",
             Command::Fetch { .. } => "fetch",
             Command::Receive(_) => "receive",
             Command::Demo { .. } => "demo",

@@ -14,8 +14,13 @@
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
 //! - [`config`]: settings from flags, environment and the config file.
+//! - [`coverage`]: what the archive covers, pure: WAL runs and gaps per timeline, the
+//!   restorable window along each timeline path.
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
 //! - [`cli`]: the command line.
+//! - [`list`]: `walhalla list`: backups, WAL runs and gaps, the restorable window.
+//! - [`verify`]: `walhalla verify`: every object read back, histories, backups against their
+//!   manifests, continuity.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
 //! - [`spool`]: the receiver's local spool, which the fetch server also reads.
@@ -36,11 +41,13 @@ pub mod blocking;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod coverage;
 pub mod daemon;
 pub mod demo;
 pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
+pub mod list;
 pub mod metrics;
 pub mod progress;
 pub mod protocol;
@@ -48,4 +55,5 @@ pub mod receiver;
 pub mod restore;
 pub mod server;
 pub mod spool;
+pub mod verify;
 pub mod wal;

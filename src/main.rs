@@ -13,7 +13,9 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use walhalla::cli::{BackupArgs, Cli, ClientArgs, Command, ListenArgs, ReceiveArgs, RestoreArgs};
+use walhalla::cli::{
+    BackupArgs, Cli, ClientArgs, Command, ListenArgs, ReceiveArgs, RestoreArgs, VerifyArgs,
+};
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
 use walhalla::daemon::{ServedCluster, Shared};
@@ -107,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Backup(args) => backup(&config, args).await,
         Command::Restore(args) => restore(&config, args).await.map(|()| 0),
         Command::List { json } => list(&config, json).await.map(|()| 0),
+        Command::Verify(args) => verify(&config, args).await,
         Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
         Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
@@ -348,13 +351,30 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
 /// `walhalla list`.
 async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let archive = hooks::open_archive(config, false, None).await?;
-    let listing = walhalla::backup::listing(&archive, config.system_id).await?;
+    let listing = walhalla::list::listing(&archive, config.system_id).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&listing)?);
     } else {
-        print!("{}", walhalla::backup::describe_listing(&listing));
+        print!("{}", walhalla::list::describe(&listing));
     }
     Ok(())
+}
+
+/// `walhalla verify`: exit 0 when clean, 1 when anything is wrong.
+async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let options = walhalla::verify::VerifyOptions {
+        since: args.since,
+        parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
+    };
+    let archive = hooks::open_archive(config, false, None).await?;
+    let report = walhalla::verify::run(&archive, config.system_id, options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", walhalla::verify::describe(&report));
+    }
+    Ok(if report.is_clean() { 0 } else { 1 })
 }
 
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,

@@ -4,11 +4,13 @@
 //! verified content only.
 
 mod backups;
+mod inventory;
 mod keys;
 mod location;
 mod retry;
 mod timelines;
 
+pub use inventory::WalInventory;
 pub use keys::{
     BackupId, BackupObject, OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, object_key,
     parse_cluster_folder, parse_group_object, parse_timeline_object, partial_snapshot_key,
@@ -279,9 +281,21 @@ impl Archive {
                         })
                         .collect()
                 };
+                let infos = listing
+                    .objects
+                    .iter()
+                    .map(|o| ObjectInfo {
+                        size: o.size,
+                        modified: jiff::Timestamp::from_millisecond(
+                            o.last_modified.timestamp_millis(),
+                        )
+                        .ok(),
+                    })
+                    .collect();
                 Ok(Listing {
                     folders: names(listing.common_prefixes),
                     objects: names(listing.objects.into_iter().map(|o| o.location).collect()),
+                    infos,
                 })
             }
         }
@@ -447,6 +461,18 @@ impl ClusterArchive {
         .await
     }
 
+    /// The groups (folders of 4 GiB of WAL of one timeline) under `wal/`, sorted.
+    async fn wal_groups(&self) -> Result<Vec<WalGroup>> {
+        let wal = keys::wal_prefix(&self.archive.root, self.system_id);
+        let mut groups = self
+            .archive
+            .list(&wal)
+            .await?
+            .folders_as(&wal, WalGroup::parse);
+        groups.sort();
+        Ok(groups)
+    }
+
     /// The newest complete segment the archive holds, on the newest timeline it has any on.
     pub async fn newest_segment(&self) -> Result<Option<SegmentName>> {
         Ok(self.newest_segments_per_timeline().await?.pop())
@@ -455,13 +481,7 @@ impl ClusterArchive {
     /// The newest complete segment the archive holds on each timeline that has any, oldest
     /// timeline first. Names in `wal/` and its groups that walhalla did not write are ignored.
     pub async fn newest_segments_per_timeline(&self) -> Result<Vec<SegmentName>> {
-        let wal = keys::wal_prefix(&self.archive.root, self.system_id);
-        let mut groups = self
-            .archive
-            .list(&wal)
-            .await?
-            .folders_as(&wal, WalGroup::parse);
-        groups.sort();
+        let mut groups = self.wal_groups().await?;
         let mut newest = Vec::new();
         let mut done_timeline: Option<TimelineId> = None;
         while let Some(group) = groups.pop() {
@@ -595,6 +615,17 @@ impl ClusterArchive {
 struct Listing {
     folders: Vec<Result<String, String>>,
     objects: Vec<Result<String, String>>,
+    /// Size and modification time of each of `objects`, in the same order.
+    infos: Vec<ObjectInfo>,
+}
+
+/// What a listing tells of an object besides its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its size in bytes, as stored.
+    pub size: u64,
+    /// When it was stored, where the store says.
+    pub modified: Option<jiff::Timestamp>,
 }
 
 impl Listing {
@@ -607,6 +638,19 @@ impl Listing {
     fn objects_as<T>(&self, dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
         parse_names(dir, "file", &self.objects, parse)
     }
+
+    /// The objects `parse` accepts, with their size and time.
+    fn objects_with_info<T>(
+        &self,
+        dir: &Path,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Vec<(T, ObjectInfo)> {
+        self.objects
+            .iter()
+            .zip(&self.infos)
+            .filter_map(|(name, info)| parse_name(dir, "file", name, &parse).map(|t| (t, *info)))
+            .collect()
+    }
 }
 
 fn parse_names<T>(
@@ -617,15 +661,23 @@ fn parse_names<T>(
 ) -> Vec<T> {
     names
         .iter()
-        .filter_map(|name| {
-            let parsed = name.as_deref().ok().and_then(&parse);
-            if parsed.is_none() {
-                let name = name.as_ref().unwrap_or_else(|lossy| lossy);
-                tracing::debug!(folder = %dir, "ignoring {kind} {name:?}: not a name walhalla writes there");
-            }
-            parsed
-        })
+        .filter_map(|name| parse_name(dir, kind, name, &parse))
         .collect()
+}
+
+/// `name` parsed, or `None` (logged) when it is not a name walhalla writes in `dir`.
+fn parse_name<T>(
+    dir: &Path,
+    kind: &str,
+    name: &Result<String, String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let parsed = name.as_deref().ok().and_then(parse);
+    if parsed.is_none() {
+        let name = name.as_ref().unwrap_or_else(|lossy| lossy);
+        tracing::debug!(folder = %dir, "ignoring {kind} {name:?}: not a name walhalla writes there");
+    }
+    parsed
 }
 
 /// Lists a local folder with the standard library rather than object_store, which fails a
@@ -653,7 +705,16 @@ fn list_local(folder: &std::path::Path) -> object_store::Result<Listing> {
             .map_err(|raw| raw.to_string_lossy().into_owned());
         match std::fs::metadata(entry.path()) {
             Ok(meta) if meta.is_dir() => listing.folders.push(name),
-            Ok(_) => listing.objects.push(name),
+            Ok(meta) => {
+                listing.objects.push(name);
+                listing.infos.push(ObjectInfo {
+                    size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
+                });
+            }
             // Removed meanwhile, or a broken link.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(e)),

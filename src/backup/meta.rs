@@ -154,3 +154,37 @@ impl BackupMeta {
             .map_err(|e| format!("backup.json: stop_time {:?}: {e}", self.stop_time))
     }
 }
+
+/// Backups to test with.
+#[cfg(test)]
+pub mod testing {
+    use super::{BackupMeta, META_FORMAT};
+
+    /// A complete backup of a PostgreSQL 17 cluster with 1 MiB segments on `timeline`, from
+    /// `start` to `stop` ("X/Y"), stopped at `stop_time`.
+    pub fn backup(id: &str, timeline: u32, start: &str, stop: &str, stop_time: &str) -> BackupMeta {
+        BackupMeta {
+            format: META_FORMAT,
+            id: id.into(),
+            label: String::new(),
+            system_id: "7".into(),
+            server_version: "17.2".into(),
+            server_major: 17,
+            walhalla_version: "0".into(),
+            segment_size: 1 << 20,
+            start_lsn: start.into(),
+            start_timeline: timeline,
+            stop_lsn: stop.into(),
+            stop_timeline: timeline,
+            start_time: stop_time.into(),
+            stop_time: stop_time.into(),
+            from_standby: false,
+            archives: Vec::new(),
+            manifest_bytes: 0,
+            bytes: 0,
+            stored_bytes: 0,
+            wal_complete: true,
+            wal_missing: None,
+        }
+    }
+}

@@ -19,6 +19,7 @@
 //! but PostgreSQL will once started on the result.
 
 mod beneath;
+mod check;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -30,6 +31,7 @@ use thiserror::Error;
 use crate::backup::manifest::{ChecksumAlgorithm, FileChecksummer, Manifest, ManifestFile, hex};
 use crate::fsutil::{EarlyWriteback, create_dir_all_durable};
 use beneath::Beneath;
+pub use check::check;
 
 /// Bytes read from the archive and written at a time: memory stays bounded whatever the size
 /// of a file.
@@ -191,11 +193,7 @@ pub fn extract(reader: impl Read, job: &Extract) -> Result<Extracted, ExtractErr
         path: job.dest.display().to_string(),
         source,
     };
-    let watched = EndWatch {
-        inner: reader,
-        ended: false,
-    };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUFFER_BYTES, watched));
+    let mut archive = open_tar(reader);
     let mut extracted = Extracted::default();
     let mut buffer = vec![0; COPY_BUFFER_BYTES];
     for entry in archive.entries().map_err(whole)? {
@@ -341,17 +339,33 @@ fn write_verified<R: Read>(
     listed: Option<&ManifestFile>,
     buffer: &mut [u8],
 ) -> Result<(), ExtractError> {
-    let path = &name.manifest_path;
-    let size = entry.size();
-    let expected = listed.and_then(|listed| listed.checksum.as_ref());
-    let mut checksummer = expected.map(|expected| FileChecksummer::new(expected.algorithm));
     let io_error = |action, source| ExtractError::Io {
         path: file_path.clone(),
         action,
         source,
     };
-    let mut read = 0;
     let mut writer = EarlyWriteback::new(file);
+    copy_verified(entry, &mut writer, name, listed, buffer, |e| {
+        io_error("write", e)
+    })?;
+    file.sync_all().map_err(|e| io_error("fsync", e))
+}
+
+/// Copies an entry's data into `out`, checking its length against the tar header and its
+/// content against `listed`'s checksum; `write_error` describes a failed write.
+fn copy_verified<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    out: &mut impl Write,
+    name: &EntryName,
+    listed: Option<&ManifestFile>,
+    buffer: &mut [u8],
+    write_error: impl Fn(io::Error) -> ExtractError,
+) -> Result<(), ExtractError> {
+    let path = &name.manifest_path;
+    let size = entry.size();
+    let expected = listed.and_then(|listed| listed.checksum.as_ref());
+    let mut checksummer = expected.map(|expected| FileChecksummer::new(expected.algorithm));
+    let mut read = 0;
     loop {
         let n = match entry.read(buffer) {
             Ok(0) => break,
@@ -362,9 +376,7 @@ fn write_verified<R: Read>(
         if let Some(checksummer) = &mut checksummer {
             checksummer.update(&buffer[..n]);
         }
-        writer
-            .write_all(&buffer[..n])
-            .map_err(|e| io_error("write", e))?;
+        out.write_all(&buffer[..n]).map_err(&write_error)?;
         read += n as u64;
     }
     if read != size {
@@ -385,7 +397,7 @@ fn write_verified<R: Read>(
             });
         }
     }
-    file.sync_all().map_err(|e| io_error("fsync", e))
+    Ok(())
 }
 
 /// 0640 when the archive lets the group read, else 0600.
@@ -409,6 +421,15 @@ fn entry_kind(kind: tar::EntryType) -> String {
 
 /// The caller's reader, noting whether it reached its end: a tar archive that ends with its
 /// end-of-archive marker is read no further than the marker.
+/// A tar reader over `reader` that notes whether the stream ended before tar's end marker.
+fn open_tar<R: Read>(reader: R) -> tar::Archive<BufReader<EndWatch<R>>> {
+    let watched = EndWatch {
+        inner: reader,
+        ended: false,
+    };
+    tar::Archive::new(BufReader::with_capacity(READ_BUFFER_BYTES, watched))
+}
+
 struct EndWatch<R> {
     inner: R,
     ended: bool,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::archive::{Archive, BackupObject, ClusterArchive, OnlyCluster};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
-use crate::backup::meta::{BackupMeta, StreamCompression};
+use crate::backup::meta::BackupMeta;
 use crate::progress::Progress;
 use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope, fsutil};
@@ -464,15 +464,8 @@ async fn write_files(
                     manifest_prefix: &prefix,
                     manifest: &manifest,
                 };
-                match compression {
-                    None => extract::extract(reader, &job),
-                    Some(StreamCompression::Zstd) => {
-                        let decoder = zstd::stream::read::Decoder::new(reader)
-                            .map_err(|e| anyhow!("zstd decoder: {e}"))?;
-                        extract::extract(decoder, &job)
-                    }
-                }
-                .map_err(anyhow::Error::from)
+                let stream = pieces::tar_stream(reader, compression).context("zstd decoder")?;
+                anyhow::Ok(extract::extract(stream, &job)?)
             })
             .await
             .with_context(|| format!("archive {} of backup {}", archive.name, backup.id))?;

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::archive::{BackupId, BackupObject, ClusterArchive};
+use crate::backup::meta::StreamCompression;
 use crate::{blocking, envelope};
 
 /// Starts fetching the `pieces` pieces of stream `archive` of backup `id`, `parallel` at a
@@ -90,4 +91,15 @@ impl Read for PieceReader {
         self.counted.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// The tar stream `pieces` carry: as they are, or decompressed when the server compressed it.
+pub fn tar_stream(
+    pieces: PieceReader,
+    compression: Option<StreamCompression>,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    Ok(match compression {
+        None => Box::new(pieces),
+        Some(StreamCompression::Zstd) => Box::new(zstd::stream::read::Decoder::new(pieces)?),
+    })
 }

@@ -218,35 +218,9 @@ pub fn first_missing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::meta::META_FORMAT;
+    use crate::backup::meta::testing::backup;
 
     const MIB: u32 = 1 << 20;
-
-    fn backup(id: &str, timeline: u32, start: &str, stop: &str, stop_time: &str) -> BackupMeta {
-        BackupMeta {
-            format: META_FORMAT,
-            id: id.into(),
-            label: String::new(),
-            system_id: "7".into(),
-            server_version: "17.2".into(),
-            server_major: 17,
-            walhalla_version: "0".into(),
-            segment_size: MIB,
-            start_lsn: start.into(),
-            start_timeline: timeline,
-            stop_lsn: stop.into(),
-            stop_timeline: timeline,
-            start_time: stop_time.into(),
-            stop_time: stop_time.into(),
-            from_standby: false,
-            archives: Vec::new(),
-            manifest_bytes: 0,
-            bytes: 0,
-            stored_bytes: 0,
-            wal_complete: true,
-            wal_missing: None,
-        }
-    }
 
     fn at(text: &str) -> Target {
         Target::Time {

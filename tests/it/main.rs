@@ -12,3 +12,4 @@ mod readahead;
 mod receive;
 mod serve;
 mod timelines;
+mod verify;

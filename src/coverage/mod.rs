@@ -1,0 +1,226 @@
+//! What an archive covers, pure: each timeline's WAL as contiguous runs of segments with the
+//! gaps between them ([`timelines`]), and the restorable window along each timeline path
+//! ([`window`]).
+
+pub mod window;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::archive::{ObjectInfo, ObjectName, WalInventory};
+use crate::wal::{HistoryEntry, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
+
+/// A run of consecutive segments of one timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentRun {
+    /// The first segment.
+    pub first: String,
+    /// The last segment.
+    pub last: String,
+    /// How many segments.
+    pub segments: u64,
+}
+
+/// One timeline's WAL in the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TimelineWal {
+    /// The timeline.
+    pub timeline: u32,
+    /// The timeline it branched from and where (`X/Y`), from its history file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<(u32, String)>,
+    /// Whether the archive holds its history file (every timeline after the first needs one).
+    pub history_file: bool,
+    /// The complete segments held, as runs.
+    pub ranges: Vec<SegmentRun>,
+    /// The segments missing between the timeline's first (where it branched, when known,
+    /// else the oldest held) and its newest held segment.
+    pub gaps: Vec<SegmentRun>,
+    /// `.partial` segments archived at promotions.
+    pub partial_files: Vec<String>,
+    /// `.backup` history files.
+    pub backup_files: u64,
+    /// Receiver snapshots of segments being received.
+    pub snapshots: u64,
+    /// Bytes stored for this timeline's objects.
+    pub stored_bytes: u64,
+}
+
+/// The complete segments held per timeline.
+pub fn held_segments(
+    objects: &[(ObjectName, ObjectInfo)],
+    size: SegmentSize,
+) -> BTreeMap<TimelineId, BTreeSet<SegNo>> {
+    let mut held: BTreeMap<TimelineId, BTreeSet<SegNo>> = BTreeMap::new();
+    for (name, _) in objects {
+        if let ObjectName::File(WalFileName::Segment(segment)) = name {
+            if let Some(n) = segment.segno(size) {
+                held.entry(segment.timeline).or_default().insert(n);
+            }
+        }
+    }
+    held
+}
+
+/// Each timeline's WAL: every timeline with objects or a history file, oldest first.
+pub fn timelines(
+    inventory: &WalInventory,
+    histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>,
+    size: SegmentSize,
+) -> Vec<TimelineWal> {
+    let held = held_segments(&inventory.objects, size);
+    let with_history: BTreeSet<TimelineId> = inventory.histories.iter().map(|(t, _)| *t).collect();
+    let mut all: BTreeSet<TimelineId> = with_history.clone();
+    all.extend(
+        inventory
+            .objects
+            .iter()
+            .filter_map(|(n, _)| n.segment())
+            .map(|s| s.timeline),
+    );
+    all.into_iter()
+        .map(|timeline| {
+            let parent = histories
+                .get(&timeline)
+                .and_then(|h| h.last())
+                .map(|e| (e.timeline, e.switch_point));
+            let empty = BTreeSet::new();
+            let segments = held.get(&timeline).unwrap_or(&empty);
+            let begins = parent.map(|(_, at)| SegNo::containing(at, size));
+            let mut wal = TimelineWal {
+                timeline: timeline.0,
+                parent: parent.map(|(t, at)| (t.0, at.to_string())),
+                history_file: with_history.contains(&timeline),
+                ranges: runs(segments.iter().copied(), timeline, size),
+                gaps: missing_runs(segments, begins, timeline, size),
+                partial_files: Vec::new(),
+                backup_files: 0,
+                snapshots: 0,
+                stored_bytes: 0,
+            };
+            for (name, info) in &inventory.objects {
+                if name.segment().is_none_or(|s| s.timeline != timeline) {
+                    continue;
+                }
+                wal.stored_bytes += info.size;
+                match name {
+                    ObjectName::File(WalFileName::Partial(s)) => {
+                        wal.partial_files.push(format!("{s}.partial"))
+                    }
+                    ObjectName::File(WalFileName::Backup { .. }) => wal.backup_files += 1,
+                    ObjectName::Snapshot { .. } => wal.snapshots += 1,
+                    _ => {}
+                }
+            }
+            wal
+        })
+        .collect()
+}
+
+/// Consecutive numbers of `segments` (ascending) as runs.
+fn runs(
+    segments: impl IntoIterator<Item = SegNo>,
+    timeline: TimelineId,
+    size: SegmentSize,
+) -> Vec<SegmentRun> {
+    let mut spans: Vec<(SegNo, SegNo)> = Vec::new();
+    for n in segments {
+        match spans.last_mut() {
+            Some((_, last)) if last.0 + 1 == n.0 => *last = n,
+            _ => spans.push((n, n)),
+        }
+    }
+    spans
+        .into_iter()
+        .map(|(first, last)| SegmentRun {
+            first: SegmentName::new(timeline, first, size).to_string(),
+            last: SegmentName::new(timeline, last, size).to_string(),
+            segments: last.0 - first.0 + 1,
+        })
+        .collect()
+}
+
+/// The runs of segments missing from `held` between `begins` (or the oldest held) and the
+/// newest held.
+fn missing_runs(
+    held: &BTreeSet<SegNo>,
+    begins: Option<SegNo>,
+    timeline: TimelineId,
+    size: SegmentSize,
+) -> Vec<SegmentRun> {
+    let (Some(&oldest), Some(&newest)) = (held.first(), held.last()) else {
+        return Vec::new();
+    };
+    let from = begins.map_or(oldest, |b| b.min(oldest));
+    runs(
+        (from.0..newest.0).map(SegNo).filter(|n| !held.contains(n)),
+        timeline,
+        size,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Lsn;
+
+    const SIZE: u32 = 16 << 20;
+
+    fn inventory(names: &[&str]) -> WalInventory {
+        WalInventory {
+            objects: names
+                .iter()
+                .map(|n| {
+                    let name = ObjectName::parse(&format!("{n}.zst")).expect("an object name");
+                    (
+                        name,
+                        ObjectInfo {
+                            size: 10,
+                            modified: None,
+                        },
+                    )
+                })
+                .collect(),
+            histories: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_and_gaps_per_timeline() {
+        let size = SegmentSize::new(SIZE).unwrap();
+        let mut inv = inventory(&[
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000004",
+            "000000010000000000000004.00000028.backup",
+            "000000010000000000000005.partial",
+            "000000020000000000000007",
+            "000000020000000000000008.partial.0000000008000100",
+        ]);
+        inv.histories.push((TimelineId(2), ObjectInfo::default()));
+        let histories = BTreeMap::from([(
+            TimelineId(2),
+            vec![HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: Lsn(0x0500_0100),
+            }],
+        )]);
+        let wal = timelines(&inv, &histories, size);
+        assert_eq!(wal.len(), 2);
+        let one = &wal[0];
+        assert_eq!(one.ranges.len(), 2);
+        assert_eq!(one.ranges[0].segments, 2);
+        assert_eq!(one.gaps, runs([SegNo(3)], TimelineId(1), size));
+        assert_eq!(one.partial_files, ["000000010000000000000005.partial"]);
+        assert_eq!((one.backup_files, one.history_file), (1, false));
+        let two = &wal[1];
+        assert_eq!(two.parent, Some((1, "0/5000100".to_string())));
+        // Timeline 2 begins in segment 5: 5 and 6 are missing.
+        assert_eq!(two.gaps, runs([SegNo(5), SegNo(6)], TimelineId(2), size));
+        assert_eq!(
+            (two.snapshots, two.history_file, two.stored_bytes),
+            (1, true, 20)
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! `walhalla list`: what the archive holds, per cluster: its backups, its WAL per timeline as
+//! runs of segments with the gaps named, its history files, and the restorable window along
+//! each timeline path. The JSON form is documented in docs/ARCHIVE-FORMAT.md ("`list --json`").
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::archive::{Archive, ClusterArchive, ObjectName, WalInventory};
+use crate::backup::catalog;
+use crate::backup::meta::BackupMeta;
+use crate::coverage::{self, TimelineWal, window::Window};
+use crate::wal::{
+    HistoryEntry, LongPageHeader, SegmentSize, SystemId, TimelineId, WalFileName, version,
+};
+
+/// The version of the `list --json` schema.
+pub const LIST_FORMAT: u32 = 1;
+
+/// What `walhalla list` reports.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    /// [`LIST_FORMAT`].
+    pub format: u32,
+    /// Each cluster in the archive (or the one named).
+    pub clusters: Vec<ClusterListing>,
+}
+
+/// One cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterListing {
+    /// Its system identifier, as a decimal string.
+    pub system_id: String,
+    /// Its PostgreSQL major version, from its backups or its WAL's page headers.
+    pub postgres_major: Option<u32>,
+    /// Its WAL segment size in bytes, when known.
+    pub segment_size: Option<u32>,
+    /// Its backups, oldest first.
+    pub backups: Vec<BackupMeta>,
+    /// Backup folders restore cannot use, with why.
+    pub unusable: Vec<Unusable>,
+    /// Its WAL, per timeline.
+    pub timelines: Vec<TimelineWal>,
+    /// History files that could not be read.
+    pub unreadable_histories: Vec<Unusable>,
+    /// The restorable window along the path to each timeline.
+    pub windows: Vec<Window>,
+}
+
+/// Something in the archive that cannot be used, and why.
+#[derive(Debug, Serialize)]
+pub struct Unusable {
+    /// The backup or the history file.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Reads what the archive holds of `system_id`, or of every cluster in it.
+pub async fn listing(archive: &Archive, system_id: Option<SystemId>) -> anyhow::Result<Listing> {
+    let ids = match system_id {
+        Some(id) => vec![id],
+        None => archive.clusters().await?,
+    };
+    let mut clusters = Vec::new();
+    for id in ids {
+        clusters.push(
+            cluster_listing(&archive.cluster(id))
+                .await
+                .with_context(|| format!("cluster {id}"))?,
+        );
+    }
+    Ok(Listing {
+        format: LIST_FORMAT,
+        clusters,
+    })
+}
+
+/// One cluster's listing.
+pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<ClusterListing> {
+    let (mut backups, mut unusable) = (Vec::new(), Vec::new());
+    for entry in catalog::read(cluster).await? {
+        match entry.meta {
+            Ok(meta) => backups.push(meta),
+            Err(reason) => unusable.push(Unusable {
+                id: entry.id.to_string(),
+                reason,
+            }),
+        }
+    }
+    let inventory = cluster.wal_inventory().await?;
+    let (histories, unreadable) = cluster
+        .histories(inventory.histories.iter().map(|(t, _)| *t))
+        .await?;
+    let facts = facts(cluster, &backups, &inventory).await?;
+    let (timelines, windows) = match facts.segment_size {
+        Some(size) => covered(&inventory, &histories, &backups, size),
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(ClusterListing {
+        system_id: cluster.system_id().to_string(),
+        postgres_major: facts.major,
+        segment_size: facts.segment_size.map(SegmentSize::bytes),
+        backups,
+        unusable,
+        timelines,
+        unreadable_histories: unreadable
+            .into_iter()
+            .map(|(t, reason)| Unusable {
+                id: WalFileName::History(t).to_string(),
+                reason,
+            })
+            .collect(),
+        windows,
+    })
+}
+
+/// The runs per timeline and the windows along every timeline's path.
+fn covered(
+    inventory: &WalInventory,
+    histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>,
+    backups: &[BackupMeta],
+    size: SegmentSize,
+) -> (Vec<TimelineWal>, Vec<Window>) {
+    let timelines = coverage::timelines(inventory, histories, size);
+    let held = coverage::held_segments(&inventory.objects, size);
+    let windows = coverage::window::windows(
+        timelines.iter().map(|t| TimelineId(t.timeline)),
+        backups,
+        histories,
+        &held,
+        size,
+    );
+    (timelines, windows)
+}
+
+/// The segment size and major version of a cluster.
+struct Facts {
+    segment_size: Option<SegmentSize>,
+    major: Option<u32>,
+}
+
+/// From the newest backup, or else from the first page of the newest segment.
+async fn facts(
+    cluster: &ClusterArchive,
+    backups: &[BackupMeta],
+    inventory: &WalInventory,
+) -> anyhow::Result<Facts> {
+    if let Some(backup) = backups.last() {
+        return Ok(Facts {
+            segment_size: backup.segment_size().ok(),
+            major: Some(backup.server_major),
+        });
+    }
+    let newest = inventory
+        .objects
+        .iter()
+        .rev()
+        .find_map(|(name, _)| match name {
+            ObjectName::File(file @ WalFileName::Segment(_)) => Some(*file),
+            _ => None,
+        });
+    let Some(name) = newest else {
+        return Ok(Facts {
+            segment_size: None,
+            major: None,
+        });
+    };
+    let content = cluster.get_verified(&name).await?;
+    let header = content
+        .as_deref()
+        .and_then(|c| LongPageHeader::parse(c).ok());
+    Ok(Facts {
+        segment_size: header.and_then(|h| h.segment_size().ok()),
+        major: header.and_then(|h| version::by_page_magic(h.magic).ok().map(|m| m.number)),
+    })
+}
+
+/// `walhalla list` for a person.
+pub fn describe(listing: &Listing) -> String {
+    let mut out = String::new();
+    for cluster in &listing.clusters {
+        describe_cluster(cluster, &mut out);
+    }
+    if listing.clusters.is_empty() {
+        out.push_str("the archive holds no cluster\n");
+    }
+    out
+}
+
+fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
+    let major = cluster
+        .postgres_major
+        .map_or(String::new(), |m| format!(", PostgreSQL {m}"));
+    let size = cluster
+        .segment_size
+        .map_or(String::new(), |s| format!(", {} MiB segments", s >> 20));
+    let _ = writeln!(out, "cluster {}{major}{size}", cluster.system_id);
+    describe_backups(cluster, out);
+    out.push_str("  WAL\n");
+    for t in &cluster.timelines {
+        let parent = t.parent.as_ref().map_or(String::new(), |(p, at)| {
+            format!(" (from timeline {p} at {at})")
+        });
+        let history = if t.timeline > 1 && !t.history_file {
+            ", NO HISTORY FILE"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "    timeline {}{parent}{history}: {} MiB stored",
+            t.timeline,
+            t.stored_bytes >> 20
+        );
+        for r in &t.ranges {
+            let _ = writeln!(
+                out,
+                "      {} .. {}  {} segments",
+                r.first, r.last, r.segments
+            );
+        }
+        for g in &t.gaps {
+            let _ = writeln!(
+                out,
+                "      GAP {} .. {}  {} missing",
+                g.first, g.last, g.segments
+            );
+        }
+        for p in &t.partial_files {
+            let _ = writeln!(out, "      {p}");
+        }
+    }
+    if cluster.timelines.is_empty() {
+        out.push_str("    none\n");
+    }
+    for h in &cluster.unreadable_histories {
+        let _ = writeln!(out, "    {} unreadable: {}", h.id, h.reason);
+    }
+    out.push_str("  restorable window\n");
+    for w in &cluster.windows {
+        let path = w
+            .path
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" > ");
+        let _ = writeln!(out, "    timeline {} (path {path})", w.timeline);
+        for s in &w.spans {
+            let end = match &s.broken_by {
+                Some(missing) => format!(", then {missing} is missing"),
+                None => ", the end of the archive".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "      {} ({}, backup {}) to {}{end}",
+                s.from_lsn, s.from_time, s.from_backup, s.to_lsn
+            );
+        }
+        if w.spans.is_empty() {
+            out.push_str("      none: no backup can be restored along this path\n");
+        }
+        for u in &w.unrestorable {
+            let _ = writeln!(
+                out,
+                "      backup {} cannot be restored: {} is missing",
+                u.backup, u.missing
+            );
+        }
+    }
+}
+
+fn describe_backups(cluster: &ClusterListing, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "  {:<20} {:<28} {:<22} {:<22} {:>3} {:>10} {:>10}  STATE",
+        "BACKUP", "STOPPED (UTC)", "START LSN", "STOP LSN", "TLI", "SIZE MiB", "STORED MiB",
+    );
+    for b in &cluster.backups {
+        let state = if b.is_complete() {
+            "complete".to_string()
+        } else {
+            format!(
+                "incomplete (missing {})",
+                b.wal_missing.as_deref().unwrap_or("?")
+            )
+        };
+        let standby = if b.from_standby {
+            ", from a standby"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<28} {:<22} {:<22} {:>3} {:>10} {:>10}  {state}{standby}",
+            b.id,
+            b.stop_time,
+            b.start_lsn,
+            b.stop_lsn,
+            b.stop_timeline,
+            b.bytes >> 20,
+            b.stored_bytes >> 20,
+        );
+    }
+    for u in &cluster.unusable {
+        let _ = writeln!(out, "  {:<20} unusable: {}", u.id, u.reason);
+    }
+    if cluster.backups.is_empty() && cluster.unusable.is_empty() {
+        out.push_str("  no backups\n");
+    }
+}

@@ -1,0 +1,142 @@
+//! `walhalla list` and `walhalla verify` on a real archive: WAL runs, gaps, the restorable
+//! window, and every kind of damage named.
+
+use std::path::Path;
+
+use crate::backup::take_backup;
+use crate::harness::{Backend, TestArchive, Walhalla, describe};
+use crate::push::archiving_primary;
+
+fn json_of(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let run = wh.run(archive, Path::new("/"), args);
+    let value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} prints JSON ({e}): {}", describe(&run)));
+    (run.status.code(), value)
+}
+
+/// The key of `segment`'s object.
+fn segment_key(archive: &TestArchive, segment: &str) -> String {
+    archive
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(&format!("/{segment}.zst")))
+        .unwrap_or_else(|| panic!("{segment} is not archived"))
+}
+
+fn verify_archive(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.write_rows(100);
+    let backup = take_backup(&wh, &archive, &pg);
+    let mut segments = Vec::new();
+    for _ in 0..4 {
+        pg.write_rows(100);
+        segments.push(pg.switch_wal());
+    }
+    pg.wait_archived(segments.last().unwrap());
+    let restore_point = pg.sql("SELECT pg_create_restore_point('checked')");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    let (code, report) = json_of(&wh, &archive, &["verify", "--json"]);
+    assert_eq!(code, Some(0), "a clean archive: {report}");
+    assert!(
+        report["clusters"][0]["wal"]["objects"].as_u64().unwrap() > 5,
+        "{report}"
+    );
+    assert_eq!(report["clusters"][0]["backups"]["objects"], 1, "{report}");
+    let (code, listing) = json_of(&wh, &archive, &["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let cluster = &listing["clusters"][0];
+    assert_eq!(
+        cluster["timelines"][0]["gaps"],
+        serde_json::json!([]),
+        "{cluster}"
+    );
+    let span = &cluster["windows"][0]["spans"][0];
+    assert_eq!(span["from_backup"], backup["id"], "{cluster}");
+    assert_eq!(span["from_lsn"], backup["stop_lsn"], "{cluster}");
+    assert!(span["broken_by"].is_null(), "{cluster}");
+    let end: walhalla::wal::Lsn = span["to_lsn"].as_str().unwrap().parse().unwrap();
+    let point: walhalla::wal::Lsn = restore_point.parse().unwrap();
+    assert!(
+        end > point,
+        "the window reaches the restore point: {cluster}"
+    );
+
+    // A segment lost after the backup: a gap at exactly it, and the window stops before it.
+    let lost = &segments[1];
+    archive.remove(&segment_key(&archive, lost));
+    let (code, report) = json_of(&wh, &archive, &["verify", "--json"]);
+    assert_eq!(code, Some(1), "{report}");
+    let findings = report["clusters"][0]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["object"], lost.as_str(), "{report}");
+    let (_, listing) = json_of(&wh, &archive, &["list", "--json"]);
+    let cluster = &listing["clusters"][0];
+    assert_eq!(
+        cluster["timelines"][0]["gaps"][0]["first"],
+        lost.as_str(),
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster["timelines"][0]["gaps"][0]["segments"], 1,
+        "{cluster}"
+    );
+    let span = &cluster["windows"][0]["spans"][0];
+    assert_eq!(span["broken_by"], lost.as_str(), "{cluster}");
+    let size = walhalla::wal::SegmentSize::new(cluster["segment_size"].as_u64().unwrap() as u32)
+        .expect("a segment size");
+    let Ok(walhalla::wal::WalFileName::Segment(lost_name)) = lost.parse() else {
+        panic!("{lost} is a segment name")
+    };
+    assert_eq!(
+        span["to_lsn"],
+        lost_name.start_lsn(size).unwrap().to_string(),
+        "{cluster}"
+    );
+    let human = wh.run(&archive, Path::new("/"), &["list"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(&format!("GAP {lost} .. {lost}")), "{text}");
+
+    // A flipped byte and a truncated object: each named by its key.
+    let flipped_key = segment_key(&archive, &segments[2]);
+    let mut bytes = archive.object(&flipped_key).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    archive.overwrite(&flipped_key, bytes);
+    let truncated_key = segment_key(&archive, &segments[3]);
+    let bytes = archive.object(&truncated_key).unwrap();
+    archive.overwrite(&truncated_key, bytes[..bytes.len() - 10].to_vec());
+    let (code, report) = json_of(&wh, &archive, &["verify", "--json"]);
+    assert_eq!(code, Some(1), "{report}");
+    let named: Vec<&str> = report["clusters"][0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["object"].as_str().unwrap())
+        .collect();
+    for key in [&flipped_key, &truncated_key] {
+        // walhalla names the key with the archive's prefix, which the test's store is under.
+        assert!(
+            named.iter().any(|n| n.ends_with(key.as_str())),
+            "{key} not named: {report}"
+        );
+    }
+    assert!(named.contains(&lost.as_str()), "{report}");
+}
+
+#[test]
+fn verify_and_list_find_every_kind_of_damage_local() {
+    verify_archive(Backend::Local);
+}
+
+#[test]
+fn verify_and_list_find_every_kind_of_damage_s3() {
+    verify_archive(Backend::S3);
+}
