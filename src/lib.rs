@@ -4,7 +4,7 @@
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
-//! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
+//! `client` → `server`'s header names; `retention` → `restore` → `backup` → `archive`; `backup` →
 //! `receiver` (a backup that streams its own WAL). `cli` sees
 //! `restore::settings`' value types.
 //!
@@ -29,6 +29,7 @@
 //!   manifest.
 //! - [`restore`]: `walhalla restore`: the plan (backup, timeline path, WAL needed), then
 //!   [`restore::extract`] unpacks the pieces, verified and durable, and the recovery settings.
+//! - [`retention`]: `walhalla prune`'s retention rule, pure: which backups and WAL go.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
 //! - [`fsutil`], [`blocking`], [`backoff`], [`progress`]: durable file writes; blocking work
@@ -53,6 +54,7 @@ pub mod progress;
 pub mod protocol;
 pub mod receiver;
 pub mod restore;
+pub mod retention;
 pub mod server;
 pub mod spool;
 pub mod verify;

@@ -92,8 +92,9 @@ pub struct Choice<'a> {
 
 /// Where on `path` a backup sits: the indexes of the legs its start and its stop are on, and
 /// its stop, when it is consistent before its stop leg ends. A standby's backup may start on
-/// the timeline before a promotion it replayed.
-fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize, Lsn)> {
+/// the timeline before a promotion it replayed. `retention` asks it which paths a backup can
+/// follow.
+pub(crate) fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize, Lsn)> {
     let stop = backup.stop().ok()?;
     let leg_of = |timeline: u32| path.iter().position(|leg| leg.timeline.0 == timeline);
     let (first, last) = (
