@@ -107,6 +107,10 @@ pub enum Command {
     /// backups whose files do not match their manifest, and missing WAL. Exit 0 when clean,
     /// 1 when anything is wrong.
     Verify(VerifyArgs),
+    /// Delete backups outside the retention and the WAL no retained backup needs (along
+    /// every timeline path it can follow), receiver snapshots of segments archived in full;
+    /// history files always stay. Refuses while a backup may be in progress.
+    Prune(PruneArgs),
     /// Stream WAL from a server over a physical replication slot and archive every segment.
     ///
     /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
@@ -330,33 +334,46 @@ fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
     if let Ok(at) = text.parse::<jiff::Timestamp>() {
         return Ok(at);
     }
-    let seconds = parse_duration(text)?;
+    let ago = jiff::SignedDuration::try_from(parse_duration(text)?)
+        .map_err(|e| format!("{text:?}: {e}"))?;
     jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::from_secs(seconds as i64))
+        .checked_sub(ago)
         .map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// A duration with a unit: `s`, `m`, `h`, `d` (24 h) or `w`; in seconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit: u64 = match &text[digits.len()..] {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: expected a number and a unit (s, m, h, d, w), or an RFC 3339 time"
-            ));
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .filter(|&s| s <= i64::MAX as u64 / 1_000_000)
-        .ok_or_else(|| format!("{text:?}: not a duration"))
+/// A duration: a number and a unit (`s`, `m`, `h`, `d`, `w`), as `retention` reads it.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::retention::parse_duration(text)
+}
+
+/// Options of `walhalla prune`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("rule").required(true).multiple(true))]
+pub struct PruneArgs {
+    /// Retain the newest N complete backups (the newest is always retained).
+    #[arg(long, value_name = "N", group = "rule", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_backups: Option<u64>,
+    /// Retain every complete backup that stopped within this long (`14d`, `12h`, `2w`);
+    /// with --keep-backups, the union of both.
+    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// For an archive without backups: keep the WAL stored within this long.
+    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration,
+          conflicts_with_all = ["keep_backups", "keep_within", "before"])]
+    pub keep_wal_within: Option<std::time::Duration>,
+    /// For an archive without backups: delete the WAL before the segment holding this
+    /// position, on every timeline.
+    #[arg(long, value_name = "LSN", group = "rule", conflicts_with_all = ["keep_backups", "keep_within"])]
+    pub before: Option<Lsn>,
+    /// Say what would be deleted, with sizes; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take backup folders without metadata for interrupted backups, not ones in progress.
+    #[arg(long)]
+    pub assume_interrupted: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `walhalla restore`.
@@ -526,6 +543,7 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::List { .. } => "list",
             Command::Verify(_) => "verify",
+            Command::Prune(_) => "prune",
             Command::Fetch { .. } => "fetch",
             Command::Receive(_) => "receive",
             Command::Demo { .. } => "demo",

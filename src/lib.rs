@@ -19,6 +19,7 @@
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
 //! - [`cli`]: the command line.
 //! - [`list`]: `walhalla list`: backups, WAL runs and gaps, the restorable window.
+//! - [`prune`]: `walhalla prune`: the retention rule ([`retention`], pure) carried out.
 //! - [`verify`]: `walhalla verify`: every object read back, histories, backups against their
 //!   manifests, continuity.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
@@ -52,6 +53,7 @@ pub mod list;
 pub mod metrics;
 pub mod progress;
 pub mod protocol;
+pub mod prune;
 pub mod receiver;
 pub mod restore;
 pub mod retention;

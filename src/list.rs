@@ -8,10 +8,11 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::archive::{Archive, ClusterArchive, ObjectName, WalInventory};
+use crate::archive::{Archive, BackupId, ClusterArchive, ObjectName, WalInventory};
 use crate::backup::catalog;
 use crate::backup::meta::BackupMeta;
 use crate::coverage::{self, TimelineWal, window::Window};
+use crate::progress::bytes;
 use crate::wal::{
     HistoryEntry, LongPageHeader, SegmentSize, SystemId, TimelineId, WalFileName, version,
 };
@@ -78,35 +79,79 @@ pub async fn listing(archive: &Archive, system_id: Option<SystemId>) -> anyhow::
     })
 }
 
-/// One cluster's listing.
-pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<ClusterListing> {
+/// What one listing of a cluster's part of the archive found: what `list`, `verify` and
+/// `prune` work from.
+#[derive(Debug)]
+pub struct Survey {
+    /// The backups with readable metadata, oldest first.
+    pub backups: Vec<BackupMeta>,
+    /// Backup folders without usable metadata (interrupted, in progress, corrupt), and why.
+    pub unusable: Vec<(BackupId, String)>,
+    /// Every WAL object and history file.
+    pub inventory: WalInventory,
+    /// The parsed history files.
+    pub histories: BTreeMap<TimelineId, Vec<HistoryEntry>>,
+    /// History files that could not be read, and why.
+    pub unreadable_histories: Vec<(TimelineId, String)>,
+    /// The cluster's segment size, when a backup or a segment tells it.
+    pub segment_size: Option<SegmentSize>,
+    /// The cluster's PostgreSQL major version, likewise.
+    pub major: Option<u32>,
+}
+
+/// Lists a cluster's part of the archive once and reads its backups' metadata and its
+/// history files.
+pub async fn survey(cluster: &ClusterArchive) -> anyhow::Result<Survey> {
     let (mut backups, mut unusable) = (Vec::new(), Vec::new());
     for entry in catalog::read(cluster).await? {
         match entry.meta {
             Ok(meta) => backups.push(meta),
-            Err(reason) => unusable.push(Unusable {
-                id: entry.id.to_string(),
-                reason,
-            }),
+            Err(reason) => unusable.push((entry.id, reason)),
         }
     }
     let inventory = cluster.wal_inventory().await?;
-    let (histories, unreadable) = cluster
+    let (histories, unreadable_histories) = cluster
         .histories(inventory.histories.iter().map(|(t, _)| *t))
         .await?;
     let facts = facts(cluster, &backups, &inventory).await?;
-    let (timelines, windows) = match facts.segment_size {
-        Some(size) => covered(&inventory, &histories, &backups, size),
-        None => (Vec::new(), Vec::new()),
-    };
-    Ok(ClusterListing {
-        system_id: cluster.system_id().to_string(),
-        postgres_major: facts.major,
-        segment_size: facts.segment_size.map(SegmentSize::bytes),
+    Ok(Survey {
         backups,
         unusable,
+        inventory,
+        histories,
+        unreadable_histories,
+        segment_size: facts.segment_size,
+        major: facts.major,
+    })
+}
+
+/// One cluster's listing.
+pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<ClusterListing> {
+    Ok(listing_of(cluster.system_id(), survey(cluster).await?))
+}
+
+/// The listing of what `survey` found of cluster `system_id`.
+pub fn listing_of(system_id: SystemId, survey: Survey) -> ClusterListing {
+    let (timelines, windows) = match survey.segment_size {
+        Some(size) => covered(&survey.inventory, &survey.histories, &survey.backups, size),
+        None => (Vec::new(), Vec::new()),
+    };
+    ClusterListing {
+        system_id: system_id.to_string(),
+        postgres_major: survey.major,
+        segment_size: survey.segment_size.map(SegmentSize::bytes),
+        backups: survey.backups,
+        unusable: survey
+            .unusable
+            .into_iter()
+            .map(|(id, reason)| Unusable {
+                id: id.to_string(),
+                reason,
+            })
+            .collect(),
         timelines,
-        unreadable_histories: unreadable
+        unreadable_histories: survey
+            .unreadable_histories
             .into_iter()
             .map(|(t, reason)| Unusable {
                 id: WalFileName::History(t).to_string(),
@@ -114,7 +159,7 @@ pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<Cluster
             })
             .collect(),
         windows,
-    })
+    }
 }
 
 /// The runs per timeline and the windows along every timeline's path.
@@ -211,9 +256,9 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
         };
         let _ = writeln!(
             out,
-            "    timeline {}{parent}{history}: {} MiB stored",
+            "    timeline {}{parent}{history}: {} stored",
             t.timeline,
-            t.stored_bytes >> 20
+            bytes(t.stored_bytes)
         );
         for r in &t.ranges {
             let _ = writeln!(

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use walhalla::cli::{
-    BackupArgs, Cli, ClientArgs, Command, ListenArgs, ReceiveArgs, RestoreArgs, VerifyArgs,
+    BackupArgs, Cli, ClientArgs, Command, ListenArgs, PruneArgs, ReceiveArgs, RestoreArgs,
+    VerifyArgs,
 };
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
@@ -110,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Restore(args) => restore(&config, args).await.map(|()| 0),
         Command::List { json } => list(&config, json).await.map(|()| 0),
         Command::Verify(args) => verify(&config, args).await,
+        Command::Prune(args) => prune(&config, args).await.map(|()| 0),
         Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
         Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
@@ -375,6 +377,38 @@ async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
         print!("{}", walhalla::verify::describe(&report));
     }
     Ok(if report.is_clean() { 0 } else { 1 })
+}
+
+/// `walhalla prune`.
+async fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<()> {
+    use walhalla::retention::{Policy, Rule};
+    let rule = if let Some(within) = args.keep_wal_within {
+        Rule::WalWithin(within)
+    } else if let Some(lsn) = args.before {
+        Rule::WalBefore(lsn)
+    } else {
+        Rule::Backups {
+            keep: args.keep_backups.map(|n| n as usize),
+            within: args.keep_within,
+        }
+    };
+    let options = walhalla::prune::PruneOptions {
+        policy: Policy {
+            rule,
+            now: jiff::Timestamp::now(),
+            assume_interrupted: args.assume_interrupted,
+        },
+        dry_run: args.dry_run,
+    };
+    let archive = hooks::open_archive(config, false, None).await?;
+    let system_id = archive.chosen_cluster(config.system_id).await?;
+    let report = walhalla::prune::run(&archive.cluster(system_id), options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", walhalla::prune::describe(&report));
+    }
+    Ok(())
 }
 
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,

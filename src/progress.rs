@@ -111,8 +111,8 @@ fn describe(what: &str, done: u64, total: Option<u64>, elapsed: Duration) -> Str
     line
 }
 
-/// A byte count with a binary unit.
-fn bytes(n: u64) -> String {
+/// A byte count with a binary unit, for people (progress lines, listings).
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

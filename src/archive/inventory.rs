@@ -33,7 +33,7 @@ impl ClusterArchive {
         self.wal_object_path(name).to_string()
     }
 
-    fn wal_object_path(&self, name: &ObjectName) -> object_store::path::Path {
+    pub(super) fn wal_object_path(&self, name: &ObjectName) -> object_store::path::Path {
         match name {
             ObjectName::File(file) => self.key(file),
             ObjectName::Snapshot { segment, end } => {

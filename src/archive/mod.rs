@@ -4,6 +4,7 @@
 //! verified content only.
 
 mod backups;
+mod delete;
 mod inventory;
 mod keys;
 mod location;
@@ -161,6 +162,20 @@ pub struct Archive {
     deadline: Option<Instant>,
 }
 
+/// Why no cluster could be chosen.
+#[derive(Debug, Error)]
+pub enum ChoiceError {
+    /// The archive holds none.
+    #[error("the archive {0} holds no cluster")]
+    NoCluster(String),
+    /// The archive holds several and none was named.
+    #[error("the archive holds {} clusters ({}); name one with --system-id", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Several(Vec<SystemId>),
+    /// Listing the archive failed.
+    #[error(transparent)]
+    Archive(#[from] Error),
+}
+
 /// What an archive's cluster folders say about which cluster is meant when nothing names one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OnlyCluster {
@@ -252,6 +267,22 @@ impl Archive {
             1 => OnlyCluster::Only(ids.remove(0)),
             _ => OnlyCluster::Several(ids),
         })
+    }
+
+    /// The cluster a command works on (restore, prune): the one named, or the only one the
+    /// archive holds.
+    pub async fn chosen_cluster(
+        &self,
+        named: Option<SystemId>,
+    ) -> std::result::Result<SystemId, ChoiceError> {
+        if let Some(id) = named {
+            return Ok(id);
+        }
+        match self.only_cluster().await? {
+            OnlyCluster::Only(id) => Ok(id),
+            OnlyCluster::NoneYet => Err(ChoiceError::NoCluster(self.location().to_string())),
+            OnlyCluster::Several(ids) => Err(ChoiceError::Several(ids)),
+        }
     }
 
     /// The names directly under folder `dir`, retried like every operation. Walhalla's

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 
-use crate::archive::{Archive, BackupObject, ClusterArchive, OnlyCluster};
+use crate::archive::{Archive, BackupObject, ClusterArchive};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::BackupMeta;
@@ -78,7 +78,7 @@ pub struct RestoreReport {
 
 /// Restores a backup from `archive` as `options` say.
 pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<RestoreReport> {
-    let cluster = archive.cluster(which_cluster(archive, options.system_id).await?);
+    let cluster = archive.cluster(archive.chosen_cluster(options.system_id).await?);
     let entries = catalog::read(&cluster).await?;
     let backups: Vec<BackupMeta> = entries
         .iter()
@@ -210,26 +210,6 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         signal: signal.into(),
         start: settings::start_hint(&options.dest),
     })
-}
-
-/// The cluster to restore: the one named, or the only one the archive holds.
-async fn which_cluster(archive: &Archive, named: Option<SystemId>) -> anyhow::Result<SystemId> {
-    if let Some(id) = named {
-        return Ok(id);
-    }
-    match archive.only_cluster().await? {
-        OnlyCluster::Only(id) => Ok(id),
-        OnlyCluster::NoneYet => bail!("the archive {} holds no cluster", archive.location()),
-        OnlyCluster::Several(several) => bail!(
-            "the archive holds {} clusters ({}); name one with --system-id",
-            several.len(),
-            several
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 /// Chooses the backup and the timeline path.

@@ -228,7 +228,7 @@ impl Plan {
 pub enum PruneError {
     /// A backup folder without metadata may belong to a backup still running.
     #[error(
-        "backup {id} has no metadata yet and {why}: a backup may be in progress, and prune does not run during one (if it was interrupted, say so to prune anyway)"
+        "backup {id} has no metadata yet and {why}: a backup may be in progress, and prune does not run during one (if it was interrupted: prune --assume-interrupted)"
     )]
     InProgress {
         /// The folder.

@@ -8,9 +8,9 @@ use std::sync::atomic::AtomicU64;
 
 use super::{Finding, Tally};
 use crate::archive::{BackupObject, ClusterArchive};
-use crate::backup::catalog;
 use crate::backup::manifest;
 use crate::backup::meta::BackupMeta;
+use crate::list::Survey;
 use crate::restore::{extract, pieces};
 use crate::{blocking, envelope};
 
@@ -18,20 +18,20 @@ use crate::{blocking, envelope};
 /// incomplete backups (whose WAL never arrived) are skipped: restore never uses them.
 pub async fn check(
     cluster: &ClusterArchive,
+    survey: &Survey,
     since: Option<jiff::Timestamp>,
     parallel: usize,
-) -> anyhow::Result<(Tally, Vec<Finding>)> {
+) -> (Tally, Vec<Finding>) {
     let mut tally = Tally::default();
-    let mut findings = Vec::new();
-    for entry in catalog::read(cluster).await? {
-        let object = cluster.backup_object_key(&entry.id, &BackupObject::Meta);
-        let meta = match entry.meta {
-            Ok(meta) => meta,
-            Err(problem) => {
-                findings.push(Finding { object, problem });
-                continue;
-            }
-        };
+    let mut findings: Vec<Finding> = survey
+        .unusable
+        .iter()
+        .map(|(id, problem)| Finding {
+            object: cluster.backup_object_key(id, &BackupObject::Meta),
+            problem: problem.clone(),
+        })
+        .collect();
+    for meta in &survey.backups {
         let recent = since.is_none_or(|s| meta.stop_timestamp().is_ok_and(|t| t >= s));
         if !meta.is_complete() || !recent {
             tally.skipped += 1;
@@ -39,11 +39,11 @@ pub async fn check(
         }
         tally.objects += 1;
         tally.bytes += meta.stored_bytes;
-        if let Err(finding) = check_backup(cluster, &meta, parallel).await {
+        if let Err(finding) = check_backup(cluster, meta, parallel).await {
             findings.push(finding);
         }
     }
-    Ok((tally, findings))
+    (tally, findings)
 }
 
 /// One backup, to its first problem.

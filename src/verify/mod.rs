@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::archive::{Archive, ClusterArchive};
 use crate::coverage::{self, TimelineWal, window::Window};
-use crate::list::cluster_listing;
+use crate::list::{listing_of, survey};
 use crate::wal::{HistoryEntry, SystemId, TimelineId, WalFileName};
 
 /// The version of the `verify --json` schema.
@@ -108,17 +108,22 @@ async fn verify_cluster(
     cluster: &ClusterArchive,
     options: VerifyOptions,
 ) -> anyhow::Result<ClusterReport> {
-    let listing = cluster_listing(cluster).await?;
-    let inventory = cluster.wal_inventory().await?;
-    let (histories, _) = cluster
-        .histories(inventory.histories.iter().map(|(t, _)| *t))
-        .await?;
+    let survey = survey(cluster).await?;
     let mut findings = Vec::new();
-    let (wal, found) =
-        objects::check(cluster, &inventory, options.since, options.parallelism).await;
+    let (wal, found) = objects::check(
+        cluster,
+        &survey.inventory,
+        options.since,
+        options.parallelism,
+    )
+    .await;
     findings.extend(found);
-    let (backups, found) = backups::check(cluster, options.since, options.parallelism).await?;
+    let (backups, found) =
+        backups::check(cluster, &survey, options.since, options.parallelism).await;
     findings.extend(found);
+    let inventory_empty = survey.inventory.objects.is_empty();
+    let histories = survey.histories.clone();
+    let listing = listing_of(cluster.system_id(), survey);
     findings.extend(listing.unreadable_histories.iter().map(|h| Finding {
         object: h.id.clone(),
         problem: format!("unreadable: {}", h.reason),
@@ -130,7 +135,7 @@ async fn verify_cluster(
         &listing.windows,
         has_backups,
     ));
-    if listing.segment_size.is_none() && !inventory.objects.is_empty() {
+    if listing.segment_size.is_none() && !inventory_empty {
         findings.push(Finding {
             object: format!("cluster {}", cluster.system_id()),
             problem: "no backup and no readable segment tells the segment size: continuity was not checked".into(),
@@ -251,10 +256,10 @@ pub fn describe(report: &Report) -> String {
     let mut out = String::new();
     for c in &report.clusters {
         out.push_str(&format!(
-            "cluster {}: {} WAL objects read ({} MiB, {} not re-read), {} backups checked ({} skipped): {}\n",
+            "cluster {}: {} WAL objects read ({}, {} not re-read), {} backups checked ({} skipped): {}\n",
             c.system_id,
             c.wal.objects,
-            c.wal.bytes >> 20,
+            crate::progress::bytes(c.wal.bytes),
             c.wal.skipped,
             c.backups.objects,
             c.backups.skipped,

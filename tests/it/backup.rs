@@ -76,7 +76,7 @@ fn start_restored(archive: &TestArchive, dir: TestDir, data: PathBuf) -> PgClust
 
 /// Restores with `args` (and promotion at the target) and returns the batches table's
 /// content, `-` when the table does not exist.
-fn restored_batches(
+pub fn restored_batches(
     wh: &Walhalla,
     archive: &TestArchive,
     args: &[&str],
@@ -97,7 +97,7 @@ fn restored_batches(
     (batches, report.expect("a JSON report"))
 }
 
-fn insert_batch(pg: &PgCluster, batch: &str) {
+pub fn insert_batch(pg: &PgCluster, batch: &str) {
     pg.sql(&format!(
         "INSERT INTO batches SELECT '{batch}', g FROM generate_series(1, 1000) g"
     ));

@@ -7,6 +7,7 @@ mod foreign_names;
 mod harness;
 mod permissions;
 mod promises;
+mod prune;
 mod push;
 mod readahead;
 mod receive;

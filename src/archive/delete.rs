@@ -1,0 +1,85 @@
+//! Deleting, for `walhalla prune` only: the one way objects leave an archive that is
+//! otherwise create-only. A missing object counts as deleted, so an interrupted prune can
+//! simply run again.
+
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use super::keys::{self, BackupId, BackupObject, ObjectName};
+use super::{ClusterArchive, Error, Location, Result};
+
+impl ClusterArchive {
+    /// Deletes a WAL-area object.
+    pub async fn delete_wal_object(&self, name: &ObjectName) -> Result<()> {
+        self.delete_key(&self.wal_object_path(name)).await
+    }
+
+    /// Deletes backup `id`: its metadata first (a delete cut short then leaves what looks
+    /// like an interrupted backup, never one that seems restorable), then every other object
+    /// in its folder. Returns how many objects went.
+    pub async fn delete_backup(&self, id: &BackupId) -> Result<u64> {
+        let meta =
+            keys::backup_object_key(&self.archive.root, self.system_id, id, &BackupObject::Meta);
+        self.delete_key(&meta).await?;
+        let folder = keys::backups_prefix(&self.archive.root, self.system_id).join(id.as_str());
+        let mut deleted = 1;
+        let mut folders = vec![folder.clone()];
+        while let Some(dir) = folders.pop() {
+            let listing = self.archive.list(&dir).await?;
+            for name in listing.folders.iter().flatten() {
+                folders.push(dir.clone().join(name.as_str()));
+            }
+            for name in listing.objects.iter().flatten() {
+                self.delete_key(&dir.clone().join(name.as_str())).await?;
+                deleted += 1;
+            }
+        }
+        if let Location::Local(root) = &self.archive.location {
+            // A directory left behind would list as a backup without metadata.
+            let path = root.join(folder.as_ref());
+            crate::blocking::run(move || remove_empty_dirs(&path))
+                .await
+                .map_err(|e| Error::Store {
+                    op: "delete",
+                    key: folder.to_string(),
+                    error: object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    },
+                })?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_key(&self, key: &Path) -> Result<()> {
+        let store = &self.archive.store;
+        let deleted = self
+            .archive
+            .retrying("delete", key, || async move { store.delete(key).await })
+            .await;
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(Error::Store {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes `dir` and the directories under it, which must be empty of files.
+fn remove_empty_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_empty_dirs(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}

@@ -1,0 +1,217 @@
+//! `walhalla prune`: applies the retention rule ([`crate::retention`]) to one cluster's part
+//! of the archive: lists it once, plans, and deletes what the plan names (backups first,
+//! each starting with its metadata, then WAL objects oldest first), or with `--dry-run`
+//! only says what would go.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::archive::ClusterArchive;
+use crate::list::survey;
+use crate::progress::bytes;
+use crate::retention::{self, Doomed, Kept, Policy, StoredObject, Why};
+
+/// What `walhalla prune` was asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// The rule and the time it counts from.
+    pub policy: Policy,
+    /// Say what would go; delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a prune did (or, with `--dry-run`, would do).
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    /// The cluster.
+    pub system_id: String,
+    /// Nothing was deleted.
+    pub dry_run: bool,
+    /// The retained backups and why.
+    pub retained: Vec<Named>,
+    /// The backups deleted and why.
+    pub deleted_backups: Vec<Named>,
+    /// The WAL-area objects deleted.
+    pub deleted_objects: Vec<Sized>,
+    /// Bytes freed, as far as known.
+    pub freed_bytes: u64,
+    /// Per timeline, what is kept: `from SEGMENT`, `all (why)` or `nothing`.
+    pub kept: Vec<(u32, String)>,
+    /// What the operator should know.
+    pub notes: Vec<String>,
+}
+
+/// A backup and a reason.
+#[derive(Debug, Serialize)]
+pub struct Named {
+    /// The backup.
+    pub id: String,
+    /// Why.
+    pub why: String,
+    /// Its stored size, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// An object and its stored size.
+#[derive(Debug, Serialize)]
+pub struct Sized {
+    /// The object's file name.
+    pub name: String,
+    /// Its stored size in bytes.
+    pub bytes: u64,
+}
+
+/// Plans and carries out a prune of `cluster`.
+pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Result<PruneReport> {
+    let survey = survey(cluster).await?;
+    let Some(segment_size) = survey.segment_size else {
+        anyhow::bail!(
+            "cluster {}: no backup and no readable segment tells its segment size; nothing to prune",
+            cluster.system_id()
+        );
+    };
+    if let Some((timeline, why)) = survey.unreadable_histories.first() {
+        anyhow::bail!(
+            "the history file of timeline {timeline} cannot be read ({why}): prune needs every timeline's history; run walhalla verify"
+        );
+    }
+    let inventory = retention::Inventory {
+        backups: survey.backups,
+        unusable: survey.unusable.into_iter().map(|(id, _)| id).collect(),
+        timelines: survey.histories,
+        objects: survey
+            .inventory
+            .objects
+            .iter()
+            .map(|(name, info)| StoredObject {
+                name: *name,
+                bytes: info.size,
+                modified: info.modified,
+            })
+            .collect(),
+        segment_size,
+    };
+    let plan = retention::plan(&inventory, &options.policy)?;
+    let report = PruneReport {
+        system_id: cluster.system_id().to_string(),
+        dry_run: options.dry_run,
+        retained: plan
+            .retained
+            .iter()
+            .map(|r| Named {
+                id: r.id.to_string(),
+                why: r.why.iter().map(why).collect::<Vec<_>>().join(", "),
+                bytes: None,
+            })
+            .collect(),
+        deleted_backups: plan
+            .delete_backups
+            .iter()
+            .map(|b| Named {
+                id: b.id.to_string(),
+                why: doomed(b.why).to_string(),
+                bytes: b.stored_bytes,
+            })
+            .collect(),
+        deleted_objects: plan
+            .delete_objects
+            .iter()
+            .map(|(name, bytes)| Sized {
+                name: name.to_string(),
+                bytes: *bytes,
+            })
+            .collect(),
+        freed_bytes: plan.bytes_freed(),
+        kept: plan
+            .kept
+            .iter()
+            .map(|(t, kept)| (t.0, kept_text(kept)))
+            .collect(),
+        notes: plan.notes.clone(),
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    for backup in &plan.delete_backups {
+        let objects = cluster.delete_backup(&backup.id).await?;
+        tracing::info!(backup = %backup.id, objects, "deleted backup");
+    }
+    for (name, _) in &plan.delete_objects {
+        cluster.delete_wal_object(name).await?;
+    }
+    if !plan.delete_objects.is_empty() {
+        tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
+    }
+    Ok(report)
+}
+
+fn why(why: &Why) -> String {
+    match why {
+        Why::Newest => "the newest complete backup".into(),
+        Why::AmongNewest => "among the newest --keep-backups".into(),
+        Why::Within => "stopped within --keep-within".into(),
+        Why::NewestTimeline(t) => format!("the newest that can restore timeline {t}"),
+    }
+}
+
+fn doomed(why: Doomed) -> &'static str {
+    match why {
+        Doomed::NotRetained => "outside the retention",
+        Doomed::Incomplete => "incomplete, older than every retained backup",
+        Doomed::Interrupted => "interrupted, older than every retained backup",
+    }
+}
+
+fn kept_text(kept: &Kept) -> String {
+    match kept {
+        Kept::From(segment) => format!("from {segment}"),
+        Kept::All(why) => format!("all ({why})"),
+        Kept::Nothing => "nothing".into(),
+    }
+}
+
+/// `walhalla prune` for a person.
+pub fn describe(report: &PruneReport) -> String {
+    let mut out = String::new();
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    let _ = writeln!(
+        out,
+        "cluster {}: {verb} {} backups and {} WAL objects, {}",
+        report.system_id,
+        report.deleted_backups.len(),
+        report.deleted_objects.len(),
+        bytes(report.freed_bytes)
+    );
+    for b in &report.retained {
+        let _ = writeln!(out, "  keeps backup {}: {}", b.id, b.why);
+    }
+    for b in &report.deleted_backups {
+        let size = b
+            .bytes
+            .map_or(String::new(), |n| format!(", {} MiB", n >> 20));
+        let _ = writeln!(out, "  {verb} backup {}: {}{size}", b.id, b.why);
+    }
+    for (timeline, kept) in &report.kept {
+        let _ = writeln!(out, "  timeline {timeline}: keeps {kept}");
+    }
+    if report.dry_run {
+        for object in &report.deleted_objects {
+            let _ = writeln!(
+                out,
+                "  {verb} {} ({} kB)",
+                object.name,
+                object.bytes.div_ceil(1024)
+            );
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
+    out
+}

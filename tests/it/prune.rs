@@ -1,0 +1,149 @@
+//! `walhalla prune` on real archives: what goes, what stays, and that the retained backup
+//! still restores, across a promotion too.
+
+use std::path::Path;
+
+use crate::backup::{insert_batch, restored_batches, take_backup};
+use crate::harness::{Backend, TestArchive, Walhalla, describe};
+use crate::push::{archiving_primary, promoted_archiving_standby};
+
+fn prune(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["prune", "--json"];
+    all.extend_from_slice(args);
+    let run = wh.run(archive, Path::new("/"), &all);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "prune {args:?}: {}",
+        describe(&run)
+    );
+    serde_json::from_slice(&run.stdout).expect("prune --json prints JSON")
+}
+
+/// The segments (names) the archive holds on `timeline` ("00000001").
+fn segments(archive: &TestArchive, timeline: &str) -> Vec<String> {
+    archive
+        .keys()
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".zst"))
+        .filter(|n| n.len() == 24 && n.starts_with(timeline))
+        .map(String::from)
+        .collect()
+}
+
+fn backup_folders(archive: &TestArchive) -> Vec<String> {
+    let mut ids: Vec<String> = archive
+        .keys()
+        .iter()
+        .filter_map(|k| {
+            k.split("/backups/")
+                .nth(1)?
+                .split('/')
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    ids.dedup();
+    ids
+}
+
+fn keep_one_of_three(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let mut backups = Vec::new();
+    for batch in ["A", "B", "C"] {
+        backups.push(take_backup(&wh, &archive, &pg));
+        insert_batch(&pg, batch);
+        pg.switch_wal();
+    }
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    let third_start = {
+        let b = &backups[2];
+        let lsn: walhalla::wal::Lsn = b["start_lsn"].as_str().unwrap().parse().unwrap();
+        let size =
+            walhalla::wal::SegmentSize::new(b["segment_size"].as_u64().unwrap() as u32).unwrap();
+        walhalla::wal::SegmentName::new(
+            walhalla::wal::TimelineId(1),
+            walhalla::wal::SegNo::containing(lsn, size),
+            size,
+        )
+        .to_string()
+    };
+
+    let keys_before = archive.keys();
+    let dry = prune(&wh, &archive, &["--keep-backups", "1", "--dry-run"]);
+    assert_eq!(archive.keys(), keys_before, "--dry-run deletes nothing");
+    assert_eq!(dry["deleted_backups"].as_array().unwrap().len(), 2, "{dry}");
+    assert!(
+        dry["deleted_objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["bytes"].as_u64().unwrap() > 0),
+        "sizes: {dry}"
+    );
+
+    let before = segments(&archive, "00000001");
+    let report = prune(&wh, &archive, &["--keep-backups", "1"]);
+    assert_eq!(report["retained"][0]["id"], backups[2]["id"], "{report}");
+    assert_eq!(
+        backup_folders(&archive),
+        [backups[2]["id"].as_str().unwrap()]
+    );
+    let after = segments(&archive, "00000001");
+    for segment in &before {
+        assert_eq!(
+            after.contains(segment),
+            segment >= &third_start,
+            "{segment}: kept only from the third backup's start {third_start}"
+        );
+    }
+    // Nothing more to do the second time.
+    let again = prune(&wh, &archive, &["--keep-backups", "1"]);
+    assert_eq!(again["deleted_objects"], serde_json::json!([]), "{again}");
+
+    let (batches, report) = restored_batches(&wh, &archive, &[]);
+    assert_eq!(batches, "A,B,C");
+    assert_eq!(report["backup"], backups[2]["id"]);
+    let verify = wh.run(&archive, Path::new("/"), &["verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
+}
+
+#[test]
+fn keep_the_newest_of_three_backups_local() {
+    keep_one_of_three(Backend::Local);
+}
+
+#[test]
+fn keep_the_newest_of_three_backups_s3() {
+    keep_one_of_three(Backend::S3);
+}
+
+#[test]
+fn a_retained_backup_on_timeline_1_still_reaches_timeline_2() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "");
+    primary.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&primary, "A");
+    let old = take_backup(&wh, &archive, &primary);
+    insert_batch(&primary, "B");
+    primary.switch_wal();
+    let kept = take_backup(&wh, &archive, &primary);
+    insert_batch(&primary, "C");
+    let (promoted, _) = promoted_archiving_standby(&wh, &archive, &primary, "");
+    insert_batch(&promoted, "D");
+    let last = promoted.switch_wal();
+    promoted.wait_archived(&last);
+
+    let report = prune(&wh, &archive, &["--keep-backups", "1"]);
+    assert_eq!(report["deleted_backups"][0]["id"], old["id"], "{report}");
+    assert_eq!(report["retained"][0]["id"], kept["id"], "{report}");
+    assert!(!segments(&archive, "00000002").is_empty());
+    let (batches, restored) = restored_batches(&wh, &archive, &[]);
+    assert_eq!(batches, "A,B,C,D", "{restored}");
+    assert_eq!(restored["backup"], kept["id"]);
+}
