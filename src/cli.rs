@@ -240,9 +240,18 @@ pub struct ListenArgs {
     /// Require TLS client certificates signed by these CA certificates (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Seconds between surveys of the archive, which publish its gaps and restorable window
+    /// in /metrics and /status (one listing of the cluster each); 0 turns them off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub survey_interval: u64,
 }
 
 impl ListenArgs {
+    /// How often the archive is surveyed, if at all.
+    pub fn survey_interval(&self) -> Option<std::time::Duration> {
+        (self.survey_interval > 0).then(|| std::time::Duration::from_secs(self.survey_interval))
+    }
+
     /// The settings for `server::Server`.
     pub fn options(&self) -> ServerOptions {
         ServerOptions {

@@ -24,6 +24,8 @@
 //!   manifests, continuity.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
+//! - [`survey`]: the daemon's periodic look at its archive: gaps and the restorable window as
+//!   metrics.
 //! - [`spool`]: the receiver's local spool, which the fetch server also reads.
 //! - [`backup`]: `walhalla backup` (`BASE_BACKUP` streamed into the archive in pieces), the
 //!   backups' metadata and catalogue; [`backup::manifest`] parses and verifies PostgreSQL's
@@ -59,5 +61,6 @@ pub mod restore;
 pub mod retention;
 pub mod server;
 pub mod spool;
+pub mod survey;
 pub mod verify;
 pub mod wal;

@@ -111,7 +111,7 @@ pub async fn survey(cluster: &ClusterArchive) -> anyhow::Result<Survey> {
     }
     let inventory = cluster.wal_inventory().await?;
     let (histories, unreadable_histories) = cluster
-        .histories(inventory.histories.iter().map(|(t, _)| *t))
+        .histories(inventory.histories.iter().map(|(t, _)| *t).collect())
         .await?;
     let facts = facts(cluster, &backups, &inventory).await?;
     Ok(Survey {

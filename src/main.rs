@@ -205,8 +205,12 @@ async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
         spool: None,
     };
     let shared = Arc::new(Shared::serving(archive, cluster));
-    let server = Server::bind(&options, shared).await?;
-    server.run(stop_on_signal()?).await
+    let server = Server::bind(&options, shared.clone()).await?;
+    let stopped = stop_on_signal()?;
+    if let Some(interval) = listen.survey_interval() {
+        tokio::spawn(walhalla::survey::run(shared, interval, stopped.clone()));
+    }
+    server.run(stopped).await
 }
 
 /// `walhalla status`: a server's /status, for a person.
@@ -263,6 +267,13 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     // Bound before streaming starts: a listener that cannot start is a configuration error.
     let server = Server::bind(&args.listen.options(), shared.clone()).await?;
     let serving = tokio::spawn(server.run(stopped.clone()));
+    if let Some(interval) = args.listen.survey_interval() {
+        tokio::spawn(walhalla::survey::run(
+            shared.clone(),
+            interval,
+            stopped.clone(),
+        ));
+    }
     let received = walhalla::receiver::run(options, archive, stopped, shared).await;
     serving.abort();
     received

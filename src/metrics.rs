@@ -99,6 +99,26 @@ pub struct Metrics {
     archive_failure: Mutex<Option<ArchiveFailure>>,
     /// Holes in the archive that the receiver could not fill.
     archive_gaps: Mutex<Vec<ArchiveGap>>,
+    /// What the last survey of the archive found.
+    coverage: Mutex<Option<Coverage>>,
+}
+
+/// What the daemon's last survey of the archive found: its holes and restorable window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    /// When the survey ran (Unix seconds).
+    pub checked_at: f64,
+    /// Missing segments that break the restorable window or leave a backup unrestorable
+    /// (without backups: every gap in a timeline's WAL).
+    pub gap_segments: u64,
+    /// The oldest point a restore can reach on the newest timeline's path (the oldest
+    /// restorable backup's stop time, Unix seconds), if any.
+    pub window_start: Option<f64>,
+    /// The newest archived commit a restore can reach on that path (Unix seconds), when the
+    /// segment index tells it.
+    pub window_end: Option<f64>,
+    /// The end of the window as a position ("X/Y").
+    pub window_end_lsn: Option<String>,
 }
 
 /// An archive failure the uploader keeps retrying.
@@ -255,6 +275,11 @@ impl Metrics {
         self.error(ErrorKind::Fetch);
     }
 
+    /// Publishes what a survey of the archive found.
+    pub fn set_coverage(&self, coverage: Coverage) {
+        *locked(&self.coverage) = Some(coverage);
+    }
+
     /// The values now.
     pub fn snapshot(&self) -> Snapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -285,6 +310,7 @@ impl Metrics {
             reconnects: get(&self.reconnects),
             archive_failure: locked(&self.archive_failure).clone(),
             archive_gaps: locked(&self.archive_gaps).clone(),
+            coverage: locked(&self.coverage).clone(),
             errors: ErrorKind::ALL
                 .iter()
                 .zip(&self.errors)
@@ -349,6 +375,8 @@ pub struct Snapshot {
     pub archive_failure: Option<ArchiveFailure>,
     /// Holes in the archive the receiver could not fill (WAL the archive will never have).
     pub archive_gaps: Vec<ArchiveGap>,
+    /// What the last survey of the archive found (none yet: `null`).
+    pub coverage: Option<Coverage>,
     /// Failures by kind.
     pub errors: Vec<(&'static str, u64)>,
     /// The fetch server's requests.
@@ -473,6 +501,36 @@ impl Snapshot {
                 .sum::<u64>()
                 .to_string()),
         );
+        if let Some(coverage) = &self.coverage {
+            metric(
+                "archive_gaps",
+                "gauge",
+                "Missing segments that break the restorable window, at the last survey",
+                &one(coverage.gap_segments.to_string()),
+            );
+            let times = [
+                (
+                    "restorable_window_start_seconds",
+                    "Oldest time a restore can reach on the newest timeline (Unix seconds)",
+                    coverage.window_start,
+                ),
+                (
+                    "restorable_window_end_seconds",
+                    "Newest archived commit a restore can reach on the newest timeline (Unix seconds)",
+                    coverage.window_end,
+                ),
+                (
+                    "archive_survey_timestamp_seconds",
+                    "When the archive was last surveyed (Unix seconds)",
+                    Some(coverage.checked_at),
+                ),
+            ];
+            for (name, help, value) in times {
+                if let Some(value) = value {
+                    metric(name, "gauge", help, &one(value.to_string()));
+                }
+            }
+        }
         let failing = |permanent: bool| {
             let on = self
                 .archive_failure

@@ -73,7 +73,7 @@ impl ClusterArchive {
     /// a file that cannot be read or parsed is reported beside the others.
     pub async fn histories(
         &self,
-        timelines: impl IntoIterator<Item = TimelineId>,
+        timelines: Vec<TimelineId>,
     ) -> Result<(
         BTreeMap<TimelineId, Vec<HistoryEntry>>,
         Vec<(TimelineId, String)>,

@@ -118,6 +118,48 @@ pub fn timelines(
         .collect()
 }
 
+/// The holes that matter, each once: with complete backups, the runs of missing segments
+/// that break a restorable window or leave a backup unrestorable, each with the backup it
+/// leaves unrestorable if so; without, every gap in a timeline's WAL.
+pub fn breaking_gaps(
+    timelines: &[TimelineWal],
+    windows: &[window::Window],
+    has_backups: bool,
+) -> Vec<(SegmentRun, Option<String>)> {
+    let gaps = || timelines.iter().flat_map(|t| &t.gaps);
+    if !has_backups {
+        return gaps().map(|g| (g.clone(), None)).collect();
+    }
+    let run_at = |segment: &str| {
+        gaps()
+            .find(|g| g.first == segment)
+            .cloned()
+            .unwrap_or(SegmentRun {
+                first: segment.to_string(),
+                last: segment.to_string(),
+                segments: 1,
+            })
+    };
+    let mut found: Vec<(SegmentRun, Option<String>)> = Vec::new();
+    for w in windows {
+        let broken = w.spans.iter().filter_map(|s| s.broken_by.as_deref());
+        for segment in broken {
+            if !found.iter().any(|(g, b)| g.first == segment && b.is_none()) {
+                found.push((run_at(segment), None));
+            }
+        }
+        for u in &w.unrestorable {
+            if !found
+                .iter()
+                .any(|(g, b)| g.first == u.missing && b.as_ref() == Some(&u.backup))
+            {
+                found.push((run_at(&u.missing), Some(u.backup.clone())));
+            }
+        }
+    }
+    found
+}
+
 /// Consecutive numbers of `segments` (ascending) as runs.
 fn runs(
     segments: impl IntoIterator<Item = SegNo>,

@@ -278,6 +278,27 @@ pub fn describe_status(status: &serde_json::Value) -> String {
             ),
         );
     }
+    if let Some(coverage) = metrics["coverage"].as_object() {
+        let time = |key: &str| {
+            coverage[key]
+                .as_f64()
+                .and_then(|t| jiff::Timestamp::from_millisecond((t * 1000.0) as i64).ok())
+                .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        };
+        let window = match (time("window_start"), coverage["window_end_lsn"].as_str()) {
+            (Some(start), Some(end)) => format!("from {start} to {end}"),
+            _ => "none: no backup can be restored".to_string(),
+        };
+        line("restorable window", window);
+        line(
+            "missing segments",
+            format!(
+                "{} (surveyed {})",
+                coverage["gap_segments"],
+                time("checked_at").unwrap_or_default()
+            ),
+        );
+    }
     let fetch = &metrics["fetch"];
     line(
         "fetch requests",

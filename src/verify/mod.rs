@@ -10,7 +10,7 @@
 mod backups;
 mod objects;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -194,49 +194,21 @@ fn history_chain(
     findings
 }
 
-/// The holes that matter: with backups, the segments that break a restorable window or
-/// leave a backup unrestorable; without, every gap in a timeline's WAL.
+/// A finding for each hole that matters ([`coverage::breaking_gaps`]).
 fn continuity(timelines: &[TimelineWal], windows: &[Window], has_backups: bool) -> Vec<Finding> {
-    if !has_backups {
-        return timelines
-            .iter()
-            .flat_map(|t| &t.gaps)
-            .map(|gap| Finding {
-                object: gap.first.clone(),
-                problem: missing(gap),
-            })
-            .collect();
-    }
-    let mut seen = BTreeSet::new();
-    let mut findings = Vec::new();
-    for window in windows {
-        for span in &window.spans {
-            if let Some(segment) = &span.broken_by {
-                if seen.insert(segment.clone()) {
-                    let gap = timelines
-                        .iter()
-                        .flat_map(|t| &t.gaps)
-                        .find(|g| &g.first == segment);
-                    findings.push(Finding {
-                        object: segment.clone(),
-                        problem: gap.map_or_else(
-                            || "missing: the restorable window stops before it".to_string(),
-                            |g| format!("{}: the restorable window stops before it", missing(g)),
-                        ),
-                    });
+    coverage::breaking_gaps(timelines, windows, has_backups)
+        .into_iter()
+        .map(|(gap, backup)| Finding {
+            object: gap.first.clone(),
+            problem: match (backup, has_backups) {
+                (Some(backup), _) => {
+                    format!("{}: backup {backup} cannot be restored", missing(&gap))
                 }
-            }
-        }
-        for u in &window.unrestorable {
-            if seen.insert(format!("{}/{}", u.backup, u.missing)) {
-                findings.push(Finding {
-                    object: u.missing.clone(),
-                    problem: format!("missing: backup {} cannot be restored", u.backup),
-                });
-            }
-        }
-    }
-    findings
+                (None, true) => format!("{}: the restorable window stops before it", missing(&gap)),
+                (None, false) => missing(&gap),
+            },
+        })
+        .collect()
 }
 
 fn missing(gap: &coverage::SegmentRun) -> String {

@@ -2,9 +2,11 @@
 //! window, and every kind of damage named.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::backup::take_backup;
-use crate::harness::{Backend, TestArchive, Walhalla, describe};
+use crate::harness::server::scrape;
+use crate::harness::{Backend, Server, TestArchive, Walhalla, describe, wait_for};
 use crate::push::archiving_primary;
 
 fn json_of(
@@ -139,4 +141,45 @@ fn verify_and_list_find_every_kind_of_damage_local() {
 #[test]
 fn verify_and_list_find_every_kind_of_damage_s3() {
     verify_archive(Backend::S3);
+}
+
+#[test]
+fn a_server_publishes_the_restorable_window_and_the_gaps_that_break_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.write_rows(100);
+    let backup = take_backup(&wh, &archive, &pg);
+    let mut segments = Vec::new();
+    for _ in 0..3 {
+        pg.write_rows(100);
+        segments.push(pg.switch_wal());
+    }
+    pg.wait_archived(segments.last().unwrap());
+    let id = pg.sql("SELECT system_identifier FROM pg_control_system()");
+    let server = Server::start(
+        &wh,
+        &archive,
+        &["--system-id", &id, "--survey-interval", "1"],
+    );
+    let start = wait_for("the first survey", Duration::from_secs(30), || {
+        scrape(server.port, "walhalla_restorable_window_start_seconds")
+    });
+    let stopped: jiff::Timestamp = backup["stop_time"].as_str().unwrap().parse().unwrap();
+    let stopped = stopped.as_millisecond() as f64 / 1000.0;
+    assert!((start - stopped).abs() < 0.01, "{start} != {stopped}");
+    assert_eq!(scrape(server.port, "walhalla_archive_gaps"), Some(0.0));
+
+    archive.remove(&segment_key(&archive, &segments[1]));
+    wait_for("the lost segment counted", Duration::from_secs(30), || {
+        (scrape(server.port, "walhalla_archive_gaps")? == 1.0).then_some(())
+    });
+    let status = wh.run(
+        &archive,
+        Path::new("/"),
+        &["status", "--server", &server.url()],
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("missing segments            1"), "{text}");
+    assert!(text.contains("restorable window           from "), "{text}");
 }
