@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
+//! `archive` → `timeindex` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
 //! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
 //! `receiver` (a backup that streams its own WAL). `cli` sees
@@ -10,6 +11,8 @@
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
+//! - [`timeindex`]: a segment's time index (commit times, restore points), its JSON, pure;
+//!   written beside each complete segment by `push` and the receiver.
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
@@ -48,4 +51,5 @@ pub mod receiver;
 pub mod restore;
 pub mod server;
 pub mod spool;
+pub mod timeindex;
 pub mod wal;
