@@ -103,6 +103,18 @@ fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize, Lsn)> {
     (first <= last && path[last].end.is_none_or(|end| stop <= end)).then_some((first, last, stop))
 }
 
+/// The complete backups on `path`, oldest first: by the leg their stop is on, then by their
+/// stop.
+pub fn usable<'a>(backups: &'a [BackupMeta], path: &[Leg]) -> Vec<&'a BackupMeta> {
+    let mut usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
+        .iter()
+        .filter(|b| b.is_complete())
+        .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
+        .collect();
+    usable.sort_by_key(|(_, at)| *at);
+    usable.into_iter().map(|(b, _)| b).collect()
+}
+
 /// Chooses the newest complete backup on `path` from which `target` can be reached: for a
 /// time, one consistent before it; for a position, one consistent at or before it.
 pub fn choose<'a>(
@@ -110,12 +122,8 @@ pub fn choose<'a>(
     target: &Target,
     path: &[Leg],
 ) -> Result<Choice<'a>, String> {
-    let usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
-        .iter()
-        .filter(|b| b.is_complete())
-        .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
-        .collect();
-    let Some(oldest) = usable.iter().min_by_key(|(_, at)| *at).map(|(b, _)| *b) else {
+    let usable = usable(backups, path);
+    let Some(&oldest) = usable.first() else {
         let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
         return Err(format!(
             "no complete backup lies on timeline path {} ({} backups in the archive, {} complete)",
@@ -129,11 +137,7 @@ pub fn choose<'a>(
         Target::Lsn(lsn) => b.stop().is_ok_and(|stop| stop <= *lsn),
         _ => true,
     };
-    let chosen = usable
-        .iter()
-        .filter(|(b, _)| fits(b))
-        .max_by_key(|(_, at)| *at)
-        .map(|(b, _)| *b);
+    let chosen = usable.iter().rev().find(|b| fits(b)).copied();
     let Some(backup) = chosen else {
         return Err(format!(
             "no backup is consistent before {target}: the oldest complete backup, {}, is consistent at {} ({})",
@@ -216,13 +220,20 @@ pub fn first_missing(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backup::meta::META_FORMAT;
 
     const MIB: u32 = 1 << 20;
 
-    fn backup(id: &str, timeline: u32, start: &str, stop: &str, stop_time: &str) -> BackupMeta {
+    /// A complete backup's metadata, with 1 MiB segments.
+    pub(crate) fn backup(
+        id: &str,
+        timeline: u32,
+        start: &str,
+        stop: &str,
+        stop_time: &str,
+    ) -> BackupMeta {
         BackupMeta {
             format: META_FORMAT,
             id: id.into(),

@@ -477,3 +477,87 @@ fn a_backup_the_server_compressed_restores() {
     assert_eq!(batches, "A,B");
     assert_eq!(report["backup"], backup["id"]);
 }
+
+#[test]
+fn the_time_index_names_a_restore_point_where_postgresql_made_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    insert_batch(&pg, "A");
+    let point = pg.sql("SELECT pg_create_restore_point('indexed')");
+    let segment = pg.sql(&format!("SELECT pg_walfile_name('{point}')"));
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    // PostgreSQL counts a segment archived once push returned, index stored.
+    pg.wait_archived(&last);
+
+    let name = match segment.parse() {
+        Ok(walhalla::wal::WalFileName::Segment(s)) => s,
+        other => panic!("{segment}: {other:?}"),
+    };
+    let system_id = walhalla::wal::SystemId(pg.system_id());
+    let key = walhalla::archive::index_key(&Default::default(), system_id, name).to_string();
+    let object = archive
+        .object(&key)
+        .unwrap_or_else(|| panic!("no {key}: {:?}", archive.keys()));
+    let index: serde_json::Value =
+        serde_json::from_slice(&walhalla::envelope::decode(&object).unwrap()).unwrap();
+    assert_eq!(index["segment"], segment.as_str(), "{index}");
+    let points = index["restore_points"].as_array().unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|p| p["name"] == "indexed" && p["lsn"] == point.as_str()),
+        "{point}: {index:#}"
+    );
+    assert!(index["commits"].as_u64().unwrap() >= 2, "{index:#}");
+}
+
+#[test]
+fn a_restore_point_chooses_the_newest_backup_before_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let mut backups = Vec::new();
+    for batch in ["A", "B", "C"] {
+        backups.push(take_backup(&wh, &archive, &pg));
+        insert_batch(&pg, batch);
+        if batch == "A" {
+            pg.sql("SELECT pg_create_restore_point('after_a')");
+        }
+        // Backup ids are per second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    // Without the index, the newest backup: PostgreSQL would never meet the restore point.
+    let (batches, report) = restored_batches(&wh, &archive, &["--target-name", "after_a"]);
+    assert_eq!(batches, "A");
+    assert_eq!(report["backup"], backups[0]["id"], "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("time index"),
+        "{report}"
+    );
+
+    // A name no segment holds, and a time past the last commit: refused, nothing written.
+    for (args, refusal) in [
+        (
+            ["--target-name", "never_made"],
+            "holds no restore point \"never_made\"",
+        ),
+        (
+            ["--target-time", "2999-01-01 00:00:00+00"],
+            "does not reach time 2999-01-01 00:00:00+00",
+        ),
+    ] {
+        let dir = TestDir::new("refused");
+        let to = dir.path().join("data");
+        let (code, _, stderr) = restore(&wh, &archive, &to, &args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(refusal), "{args:?}: {stderr}");
+        assert!(!to.exists(), "{args:?}: the restore wrote something");
+    }
+}
