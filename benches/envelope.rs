@@ -1,63 +1,24 @@
 //! Envelope encode and decode throughput on real 16 MiB WAL segments, per zstd level and
 //! thread count, with the compression ratio printed beside each case.
 //!
-//! Segments come from `WALHALLA_BENCH_WAL` (colon-separated segment files or directories of
-//! them), by default the corpora that ../shared/bench/corpus.sh builds:
-//! `/tmp/walcorpus/wal` (pgbench) and `/tmp/walcorpus-mixed/wal` (`LOAD=mixed`). From a
-//! directory the bench takes the segment in the middle, past the bulk load at the start.
+//! Segments: see [`common`].
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use walhalla::envelope::{Encoder, decode};
 
-const DEFAULT_SOURCES: &str = "/tmp/walcorpus/wal:/tmp/walcorpus-mixed/wal";
 const LEVELS: [i32; 3] = [1, 3, 6];
 const THREADS: [usize; 2] = [1, 2];
 
-fn segments() -> Vec<(String, Vec<u8>)> {
-    let sources = std::env::var("WALHALLA_BENCH_WAL").unwrap_or_else(|_| DEFAULT_SOURCES.into());
-    let found: Vec<(String, Vec<u8>)> = sources
-        .split(':')
-        .filter_map(|source| pick_segment(Path::new(source)))
-        .map(|path| {
-            let label = path
-                .parent()
-                .and_then(|p| p.parent())
-                .and_then(|p| p.file_name())
-                .map_or_else(
-                    || path.display().to_string(),
-                    |corpus| corpus.to_string_lossy().into_owned(),
-                );
-            let bytes =
-                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-            (label, bytes)
-        })
-        .collect();
-    assert!(
-        !found.is_empty(),
-        "no WAL segments in {sources}: build a corpus with ../shared/bench/corpus.sh \
-         or set WALHALLA_BENCH_WAL to segment files or directories"
-    );
-    found
-}
-
-fn pick_segment(source: &Path) -> Option<PathBuf> {
-    if source.is_file() {
-        return Some(source.to_path_buf());
-    }
-    let mut names: Vec<PathBuf> = std::fs::read_dir(source)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.len() == 24))
-        .collect();
-    names.sort();
-    names.get(names.len() / 2).cloned()
-}
-
 fn bench(c: &mut Criterion) {
-    for (corpus, segment) in segments() {
+    for common::Segment {
+        corpus,
+        path,
+        bytes: segment,
+    } in common::segments()
+    {
+        eprintln!("corpus={corpus}: {}", path.display());
         let size = format!("{}MiB", segment.len() >> 20);
         let mut group = c.benchmark_group("encode");
         group.throughput(Throughput::Bytes(segment.len() as u64));

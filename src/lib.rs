@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
+//! `archive`, `restore` → `timeindex` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
 //! `client` → `server`'s header names; `retention` → `restore` → `backup` → `archive`; `backup` →
 //! `receiver` (a backup that streams its own WAL). `cli` sees
@@ -10,6 +11,8 @@
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
+//! - [`timeindex`]: a segment's time index (commit times, restore points), its JSON, pure;
+//!   written beside each complete segment by `push` and the receiver, read by `restore`.
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
@@ -30,7 +33,8 @@
 //! - [`backup`]: `walhalla backup` (`BASE_BACKUP` streamed into the archive in pieces), the
 //!   backups' metadata and catalogue; [`backup::manifest`] parses and verifies PostgreSQL's
 //!   manifest.
-//! - [`restore`]: `walhalla restore`: the plan (backup, timeline path, WAL needed), then
+//! - [`restore`]: `walhalla restore`: the plan (backup, timeline path, WAL needed; for a
+//!   restore point or a time, what the time indexes say: [`restore::targets`]), then
 //!   [`restore::extract`] unpacks the pieces, verified and durable, and the recovery settings.
 //! - [`retention`]: `walhalla prune`'s retention rule, pure: which backups and WAL go.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
@@ -62,5 +66,6 @@ pub mod retention;
 pub mod server;
 pub mod spool;
 pub mod survey;
+pub mod timeindex;
 pub mod verify;
 pub mod wal;

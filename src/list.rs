@@ -13,8 +13,10 @@ use crate::backup::catalog;
 use crate::backup::meta::BackupMeta;
 use crate::coverage::{self, TimelineWal, window::Window};
 use crate::progress::bytes;
+use crate::timeindex;
 use crate::wal::{
-    HistoryEntry, LongPageHeader, SegmentSize, SystemId, TimelineId, WalFileName, version,
+    HistoryEntry, LongPageHeader, Lsn, SegNo, SegmentSize, SystemId, TimelineId, WalFileName,
+    version,
 };
 
 /// The version of the `list --json` schema.
@@ -127,7 +129,82 @@ pub async fn survey(cluster: &ClusterArchive) -> anyhow::Result<Survey> {
 
 /// One cluster's listing.
 pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<ClusterListing> {
-    Ok(listing_of(cluster.system_id(), survey(cluster).await?))
+    let mut listing = listing_of(cluster.system_id(), survey(cluster).await?);
+    add_end_times(cluster, &mut listing).await?;
+    add_restore_points(cluster, &mut listing).await?;
+    Ok(listing)
+}
+
+/// How many segments before a window's end are searched for the newest commit.
+const COMMIT_SEARCH_SEGMENTS: u64 = 32;
+
+/// Fills in the time each window span ends at: the newest commit before its end that the
+/// time indexes of the last segments before it record (none for segments archived without
+/// an index, or without a commit in the last [`COMMIT_SEARCH_SEGMENTS`]).
+pub async fn add_end_times(
+    cluster: &ClusterArchive,
+    listing: &mut ClusterListing,
+) -> anyhow::Result<()> {
+    let Some(size) = listing.segment_size.and_then(SegmentSize::new) else {
+        return Ok(());
+    };
+    for window in &mut listing.windows {
+        let timeline = TimelineId(window.timeline);
+        for span in &mut window.spans {
+            let Ok(end) = span.to_lsn.parse::<Lsn>() else {
+                continue;
+            };
+            let to = SegNo::containing(end, size);
+            let from = SegNo(to.0.saturating_sub(COMMIT_SEARCH_SEGMENTS));
+            let indexes = cluster.segment_indexes(timeline, from, to, size).await?;
+            span.to_time = indexes
+                .values()
+                .rev()
+                .find_map(|index| index.latest_xact.as_ref())
+                .and_then(|mark| timeindex::format_time(mark.time));
+        }
+    }
+    Ok(())
+}
+
+/// Fills in each timeline's restore points and how many of its segments are indexed, from
+/// every time index the archive holds of it (a read of each).
+pub async fn add_restore_points(
+    cluster: &ClusterArchive,
+    listing: &mut ClusterListing,
+) -> anyhow::Result<()> {
+    let Some(size) = listing.segment_size.and_then(SegmentSize::new) else {
+        return Ok(());
+    };
+    for timeline in &mut listing.timelines {
+        let name = |run: Option<&coverage::SegmentRun>, last: bool| {
+            let text = if last { &run?.last } else { &run?.first };
+            match text.parse::<WalFileName>().ok()? {
+                WalFileName::Segment(s) => s.segno(size),
+                _ => None,
+            }
+        };
+        let (Some(first), Some(last)) = (
+            name(timeline.ranges.first(), false),
+            name(timeline.ranges.last(), true),
+        ) else {
+            continue;
+        };
+        let indexes = cluster
+            .segment_indexes(
+                TimelineId(timeline.timeline),
+                first,
+                SegNo(last.0 + 1),
+                size,
+            )
+            .await?;
+        timeline.indexed_segments = indexes.len() as u64;
+        timeline.restore_points = indexes
+            .into_values()
+            .flat_map(|index| index.restore_points)
+            .collect();
+    }
+    Ok(())
 }
 
 /// The listing of what `survey` found of cluster `system_id`.
@@ -277,6 +354,14 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
         for p in &t.partial_files {
             let _ = writeln!(out, "      {p}");
         }
+        for point in &t.restore_points {
+            let time = timeindex::format_time(point.time).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "      restore point {:?} at {} ({time})",
+                point.name, point.lsn
+            );
+        }
     }
     if cluster.timelines.is_empty() {
         out.push_str("    none\n");
@@ -298,9 +383,13 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
                 Some(missing) => format!(", then {missing} is missing"),
                 None => ", the end of the archive".to_string(),
             };
+            let until = s
+                .to_time
+                .as_ref()
+                .map_or(String::new(), |t| format!(" (last commit {t})"));
             let _ = writeln!(
                 out,
-                "      {} ({}, backup {}) to {}{end}",
+                "      {} ({}, backup {}) to {}{until}{end}",
                 s.from_lsn, s.from_time, s.from_backup, s.to_lsn
             );
         }

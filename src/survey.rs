@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::archive::ClusterArchive;
 use crate::coverage;
 use crate::daemon::Shared;
-use crate::list::{listing_of, survey};
+use crate::list::{add_end_times, listing_of, survey};
 use crate::metrics::Coverage;
 
 /// How often the archive is surveyed by default.
@@ -43,7 +43,8 @@ pub async fn run(shared: Arc<Shared>, interval: Duration, mut shutdown: watch::R
 /// timeline's path.
 pub async fn coverage_of(cluster: &ClusterArchive) -> anyhow::Result<Coverage> {
     let checked_at = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-    let listing = listing_of(cluster.system_id(), survey(cluster).await?);
+    let mut listing = listing_of(cluster.system_id(), survey(cluster).await?);
+    add_end_times(cluster, &mut listing).await?;
     let has_backups = listing.backups.iter().any(|b| b.is_complete());
     let gap_segments = coverage::breaking_gaps(&listing.timelines, &listing.windows, has_backups)
         .iter()
@@ -61,7 +62,7 @@ pub async fn coverage_of(cluster: &ClusterArchive) -> anyhow::Result<Coverage> {
         checked_at,
         gap_segments,
         window_start: first.and_then(|s| seconds(&s.from_time)),
-        window_end: None,
+        window_end: last.and_then(|s| s.to_time.as_deref()).and_then(seconds),
         window_end_lsn: last.map(|s| s.to_lsn.clone()),
     })
 }

@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use walhalla::archive::{
-    ObjectName, WalGroup, parse_cluster_folder, parse_group_object, parse_timeline_object,
+    ObjectName, WalGroup, parse_cluster_folder, parse_group_object, parse_index_object,
+    parse_timeline_object,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,6 +31,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some(group) = WalGroup::parse(group) {
             if let Some(object) = parse_group_object(group, file) {
                 assert_eq!(object.segment().map(WalGroup::of), Some(group));
+            }
+            if let Some(segment) = parse_index_object(group, file) {
+                assert_eq!(WalGroup::of(segment), group);
+                assert_eq!(format!("{segment}.json.zst"), file);
             }
         }
     }

@@ -7,11 +7,26 @@ use object_store::path::Path;
 
 use super::keys::{self, BackupId, BackupObject, ObjectName};
 use super::{ClusterArchive, Error, Location, Result};
+use crate::wal::{SegmentName, WalFileName};
 
 impl ClusterArchive {
-    /// Deletes a WAL-area object.
+    /// Deletes a WAL-area object, and a segment's time index with it.
     pub async fn delete_wal_object(&self, name: &ObjectName) -> Result<()> {
-        self.delete_key(&self.wal_object_path(name)).await
+        self.delete_key(&self.wal_object_path(name)).await?;
+        if let ObjectName::File(WalFileName::Segment(segment)) = name {
+            self.delete_index(*segment).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the time index of `segment`, if there is one.
+    pub async fn delete_index(&self, segment: SegmentName) -> Result<()> {
+        self.delete_key(&keys::index_key(
+            &self.archive.root,
+            self.system_id,
+            segment,
+        ))
+        .await
     }
 
     /// Deletes backup `id`: its metadata first (a delete cut short then leaves what looks

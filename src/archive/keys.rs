@@ -10,6 +10,7 @@
 //! <prefix>/<system-id>/backups/<ID>/backup.json.zst                   base backup: metadata
 //! <prefix>/<system-id>/backups/<ID>/backup_manifest.zst               the server's manifest
 //! <prefix>/<system-id>/backups/<ID>/<ARCHIVE>/<NNNNNNNN>.zst          piece N of a tar stream
+//! <prefix>/<system-id>/index/<TTTTTTTTXXXXXXXX>/<segment>.json.zst    a segment's time index
 //! ```
 //!
 //! A backup's `<ID>` is its start time in UTC, `YYYYMMDDTHHMMSSZ`, with `-N` appended when
@@ -20,6 +21,9 @@
 //!
 //! A receiver's snapshot holds a segment from its start to `END` (16 hex digits, the LSN
 //! just past its last byte); later snapshots of the same segment have larger `END`s.
+//!
+//! A segment's time index ([`crate::timeindex`]) is stored in a tree of its own, grouped like
+//! `wal/`, so that listings of segments never meet indexes and the other way round.
 //!
 //! Segments are grouped by timeline and "xlogid" (the first 16 digits of their names: 4 GiB of
 //! WAL), which bounds directory sizes and makes "newest segment of a timeline" a short listing.
@@ -37,6 +41,8 @@
 //! | `<prefix>/<system-id>/wal/` (groups) | [`WalGroup::parse`] |
 //! | `<prefix>/<system-id>/wal/<group>/` (objects) | [`parse_group_object`] |
 //! | `<prefix>/<system-id>/timelines/` (history files) | [`parse_timeline_object`] |
+//! | `<prefix>/<system-id>/index/` (groups) | [`WalGroup::parse`] |
+//! | `<prefix>/<system-id>/index/<group>/` (indexes) | [`parse_index_object`] |
 //!
 //! A name a parser refuses (`None`) is not walhalla's: listings skip it (with a debug log
 //! line) and never fail or panic because of it. A name is accepted only exactly as walhalla
@@ -47,7 +53,9 @@ use std::fmt;
 
 use object_store::path::Path;
 
-use crate::wal::{Lsn, SegmentName, SystemId, TimelineId, WalFileName, upper_hex};
+use crate::wal::{
+    Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName, upper_hex,
+};
 
 /// The suffix every archived object carries: each is a zstd stream (`zstd -d` restores it).
 pub const OBJECT_SUFFIX: &str = ".zst";
@@ -58,6 +66,10 @@ const WAL_FOLDER: &str = "wal";
 const TIMELINES_FOLDER: &str = "timelines";
 /// The folder under a cluster's folder that holds base backups.
 const BACKUPS_FOLDER: &str = "backups";
+/// The folder under a cluster's folder that holds the groups of segments' time indexes.
+const INDEX_FOLDER: &str = "index";
+/// What follows a segment's name in its index's file name.
+const INDEX_SUFFIX: &str = ".json.zst";
 
 /// A group folder under `wal/`, named `TTTTTTTTXXXXXXXX`: the timeline and "xlogid" (the high
 /// 32 bits of the segment number, 4 GiB of WAL) shared by every object in it. Groups sort by
@@ -87,6 +99,23 @@ impl WalGroup {
         (timeline.0 != 0).then_some(WalGroup {
             timeline,
             log: both as u32,
+        })
+    }
+
+    /// The groups holding segments `from..to` of `timeline`, in order.
+    pub fn spanning(
+        timeline: TimelineId,
+        from: SegNo,
+        to: SegNo,
+        size: SegmentSize,
+    ) -> impl Iterator<Item = WalGroup> {
+        let per_group = size.segments_per_xlog_id();
+        let logs = (from < to).then(|| from.0 / per_group..=(to.0 - 1) / per_group);
+        logs.into_iter().flatten().map_while(move |log| {
+            Some(WalGroup {
+                timeline,
+                log: u32::try_from(log).ok()?,
+            })
         })
     }
 
@@ -185,6 +214,31 @@ pub fn parse_timeline_object(file_name: &str) -> Option<TimelineId> {
         ObjectName::File(WalFileName::History(timeline)) => Some(timeline),
         _ => None,
     }
+}
+
+/// Parses a file name found in the `index/` group `group`: the index of a segment of that
+/// group, `<segment>.json.zst`.
+pub fn parse_index_object(group: WalGroup, file_name: &str) -> Option<SegmentName> {
+    match file_name.strip_suffix(INDEX_SUFFIX)?.parse().ok()? {
+        WalFileName::Segment(segment) if group.holds(segment) => Some(segment),
+        _ => None,
+    }
+}
+
+/// The folder holding cluster `system_id`'s index groups (`<prefix>/<system-id>/index`).
+pub fn index_prefix(root: &Path, system_id: SystemId) -> Path {
+    cluster_prefix(root, system_id).join(INDEX_FOLDER)
+}
+
+/// The folder of index group `group` of cluster `system_id`.
+pub fn index_group_prefix(root: &Path, system_id: SystemId, group: WalGroup) -> Path {
+    index_prefix(root, system_id).join(group.to_string())
+}
+
+/// The key of the time index of `segment`.
+pub fn index_key(root: &Path, system_id: SystemId, segment: SegmentName) -> Path {
+    index_group_prefix(root, system_id, WalGroup::of(segment))
+        .join(format!("{segment}{INDEX_SUFFIX}"))
 }
 
 /// The folder holding one cluster's objects.
@@ -544,6 +598,33 @@ mod tests {
         );
         assert_eq!(parse_timeline_object(segment_name), None);
         assert_eq!(parse_timeline_object("00000002.history"), None);
+    }
+
+    #[test]
+    fn index_names_parse_only_as_written() {
+        let group = WalGroup::parse("0000000200000001").unwrap();
+        let s = segment(2, 1, 0x3F);
+        assert_eq!(
+            index_key(&Path::from("pre"), SystemId(7), s).to_string(),
+            "pre/7/index/0000000200000001/00000002000000010000003F.json.zst"
+        );
+        assert_eq!(
+            parse_index_object(group, "00000002000000010000003F.json.zst"),
+            Some(s)
+        );
+        for foreign in [
+            "00000002000000010000003F.zst",
+            "00000002000000010000003F.json",
+            "00000002000000010000003f.json.zst",
+            "00000002000000020000003F.json.zst",
+            "00000001000000010000003F.json.zst",
+            "00000002000000010000003F.partial.json.zst",
+            "00000002.history.json.zst",
+            ".json.zst",
+            "00000002000000010000003F.json.zst.tmp",
+        ] {
+            assert_eq!(parse_index_object(group, foreign), None, "{foreign:?}");
+        }
     }
 
     #[test]

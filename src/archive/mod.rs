@@ -5,16 +5,19 @@
 
 mod backups;
 mod delete;
+mod index;
 mod inventory;
 mod keys;
 mod location;
 mod retry;
 mod timelines;
 
+pub use index::{PreparedIndex, prepare_index};
 pub use inventory::WalInventory;
 pub use keys::{
-    BackupId, BackupObject, OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, object_key,
-    parse_cluster_folder, parse_group_object, parse_timeline_object, partial_snapshot_key,
+    BackupId, BackupObject, OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, index_key,
+    object_key, parse_cluster_folder, parse_group_object, parse_index_object,
+    parse_timeline_object, partial_snapshot_key,
 };
 pub use location::Location;
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::archive::{ObjectInfo, ObjectName, WalInventory};
+use crate::timeindex::RestorePointMark;
 use crate::wal::{HistoryEntry, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// A run of consecutive segments of one timeline.
@@ -45,6 +46,10 @@ pub struct TimelineWal {
     pub snapshots: u64,
     /// Bytes stored for this timeline's objects.
     pub stored_bytes: u64,
+    /// How many of its segments have a time index (`list` reads them; 0 elsewhere).
+    pub indexed_segments: u64,
+    /// The restore points its time indexes record, in WAL order.
+    pub restore_points: Vec<RestorePointMark>,
 }
 
 /// The complete segments held per timeline.
@@ -98,6 +103,8 @@ pub fn timelines(
                 backup_files: 0,
                 snapshots: 0,
                 stored_bytes: 0,
+                indexed_segments: 0,
+                restore_points: Vec::new(),
             };
             for (name, info) in &inventory.objects {
                 if name.segment().is_none_or(|s| s.timeline != timeline) {

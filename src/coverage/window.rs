@@ -35,6 +35,9 @@ pub struct Span {
     pub from_backup: String,
     /// The end of the WAL that follows without a hole.
     pub to_lsn: String,
+    /// The newest commit (or abort) before `to_lsn`, when the time index tells it: the
+    /// latest time a restore along this path can reach.
+    pub to_time: Option<String>,
     /// What ends the span: the first missing segment, or `None` at the end of the archive.
     pub broken_by: Option<String>,
 }
@@ -114,6 +117,7 @@ fn along(
             from_time: backup.stop_time.clone(),
             from_backup: backup.id.clone(),
             to_lsn: end.to_string(),
+            to_time: None,
             broken_by: missing.map(|m: SegmentName| m.to_string()),
         });
     }

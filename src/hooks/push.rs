@@ -1,11 +1,12 @@
 //! `walhalla push <path>`, the archive_command: validate the file against its name, compress
-//! it into an envelope and store it create-only under the cluster's namespace.
+//! it into an envelope and store it create-only under the cluster's namespace; for a complete
+//! segment, then its time index ([`crate::timeindex`]).
 
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
 
-use crate::archive::PutOutcome;
+use crate::archive::{PutOutcome, prepare_index};
 use crate::blocking;
 use crate::config::Config;
 use crate::envelope::Encoder;
@@ -44,10 +45,22 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
             .await
             .with_context(|| format!("compress {name}"))?
     };
-    let outcome = archive
-        .cluster(system_id)
-        .put(&name, content, envelope)
-        .await?;
+    let cluster = archive.cluster(system_id);
+    // A complete segment's time index is made while the segment is stored, and stored
+    // after it; it never fails the push.
+    let index = async {
+        match name {
+            WalFileName::Segment(segment) => {
+                Some((segment, prepare_index(segment, content.clone()).await))
+            }
+            _ => None,
+        }
+    };
+    let (outcome, index) = tokio::join!(cluster.put(&name, content.clone(), envelope), index);
+    let outcome = outcome?;
+    if let Some((segment, prepared)) = index {
+        cluster.store_index(segment, prepared).await;
+    }
     match outcome {
         PutOutcome::Stored => tracing::info!(%name, %system_id, "archived"),
         PutOutcome::AlreadyArchived => {

@@ -1,7 +1,9 @@
 //! The uploader: archives complete spool segments and kept tails, several at a time,
-//! compressing on the blocking pool. It says which segments are still outstanding, so the
-//! stream never reports a flush position past WAL that is not in the archive, whatever order
-//! parallel uploads finish in.
+//! compressing on the blocking pool, then each complete segment's time index
+//! ([`crate::timeindex`], made while the segment is stored; best effort, never a reason to
+//! retry or stop). It says which segments are still outstanding, so the stream never reports
+//! a flush position past WAL that is not in the archive, whatever order parallel uploads
+//! finish in.
 //!
 //! Failures are retried with backoff for as long as the receiver runs: a transient one with a
 //! warning, a permanent one (permission denied, no such bucket) with an error line and in
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::archive::{self, ClusterArchive};
+use crate::archive::{self, ClusterArchive, PreparedIndex, prepare_index};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
@@ -314,11 +316,15 @@ async fn upload_until_stored(
         },
     )
     .await;
-    if let Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) = stored {
-        shared.metrics.error(ErrorKind::Archive);
-        tracing::error!(file = %what, "cannot archive: {e}");
-        return Err(format!("archive {what}: {e}"));
-    }
+    let index = match stored {
+        Ok(index) => index,
+        Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
+            shared.metrics.error(ErrorKind::Archive);
+            tracing::error!(file = %what, "cannot archive: {e}");
+            return Err(format!("archive {what}: {e}"));
+        }
+        Err(GaveUp::Deadline(None)) => None,
+    };
     shared.metrics.archive_failing(None);
     let dir = settings.spool.clone();
     match job {
@@ -336,15 +342,20 @@ async fn upload_until_stored(
                 .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
         }
     }
+    if let Some((segment, prepared)) = index {
+        archive.store_index(segment, prepared).await;
+    }
     tracing::debug!(file = %what, "archived");
     Ok(())
 }
 
+/// Archives one job's file; for a complete segment, also returns its time index, made
+/// while the segment was stored, for the caller to store once the segment is archived.
 async fn upload(
     archive: &ClusterArchive,
     settings: &UploadSettings,
     job: Job,
-) -> archive::Result<()> {
+) -> archive::Result<Option<(SegmentName, Result<PreparedIndex, String>)>> {
     let (dir, size, level) = (
         settings.spool.clone(),
         settings.segment_size,
@@ -376,17 +387,21 @@ async fn upload(
         reason,
     })?;
     let Some((content, envelope)) = encoded else {
-        return Ok(());
+        return Ok(None);
     };
     match job {
-        Job::Segment(segment) => archive
-            .put(&WalFileName::Segment(segment), content, envelope)
-            .await
-            .map(|_| ()),
+        Job::Segment(segment) => {
+            let name = WalFileName::Segment(segment);
+            let (stored, index) = tokio::join!(
+                archive.put(&name, content.clone(), envelope),
+                prepare_index(segment, content)
+            );
+            stored.map(|_| Some((segment, index)))
+        }
         Job::Tail(segment, end) => archive
             .put_partial_snapshot(segment, end, content, envelope)
             .await
-            .map(|_| ()),
+            .map(|_| None),
     }
 }
 

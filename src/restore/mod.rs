@@ -8,9 +8,11 @@
 //! failure the partial restore is removed, so nothing half-restored is left to start.
 
 pub mod extract;
+mod indexed;
 pub mod pieces;
 pub mod plan;
 pub mod settings;
+pub mod targets;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -95,7 +97,16 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     // Listed once: the newest timeline for the path, the end of the WAL to check.
     let newest_segments = cluster.newest_segments_per_timeline().await?;
     let newest_timeline = newest_segments.iter().map(|s| s.timeline).max();
-    let (backup, reason, path) = choose(&cluster, &backups, options, newest_timeline).await?;
+    // Segment numbers need a segment size: the backups' (all the same for one cluster).
+    let newest: BTreeMap<TimelineId, SegNo> = match backups[0].segment_size() {
+        Ok(size) => newest_segments
+            .iter()
+            .filter_map(|s| Some((s.timeline, s.segno(size)?)))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    let (backup, reason, path) =
+        choose(&cluster, &backups, options, newest_timeline, &newest).await?;
     tracing::info!(backup = %backup.id, "restoring: {reason}");
     let size = backup.segment_size().map_err(|e| anyhow!(e))?;
     let until = match target {
@@ -108,10 +119,6 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .saturating_sub(1))),
         _ => None,
     };
-    let newest: BTreeMap<TimelineId, SegNo> = newest_segments
-        .iter()
-        .filter_map(|s| Some((s.timeline, s.segno(size)?)))
-        .collect();
     let ranges =
         plan::needed_segments(backup, &path, until, &newest, size).map_err(|e| anyhow!(e))?;
     let mut held = BTreeMap::new();
@@ -127,6 +134,9 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             backup.id
         );
     }
+    let server = options.recovery.server.is_some();
+    let exclusive = options.recovery.exclusive;
+    indexed::check_time(&cluster, backup, target, exclusive, &ranges, server).await?;
     let wal_span = span(&ranges, size);
 
     let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;
@@ -218,8 +228,8 @@ async fn choose<'a>(
     backups: &'a [BackupMeta],
     options: &RestoreOptions,
     newest_timeline: Option<TimelineId>,
+    newest: &BTreeMap<TimelineId, SegNo>,
 ) -> anyhow::Result<(&'a BackupMeta, String, Vec<Leg>)> {
-    let target = &options.recovery.target;
     if let Some(id) = options.backup.as_deref().filter(|id| *id != "latest") {
         let backup = backups
             .iter()
@@ -249,7 +259,7 @@ async fn choose<'a>(
         let mut last_error = String::new();
         for tl in timelines.into_iter().rev() {
             let path = plan::path(TimelineId(tl), &[]);
-            match plan::choose(backups, target, &path) {
+            match choose_on(cluster, backups, options, &path, newest).await? {
                 Ok(choice) => return Ok((choice.backup, choice.reason, path)),
                 Err(e) => last_error = e,
             }
@@ -257,8 +267,28 @@ async fn choose<'a>(
         bail!(last_error);
     }
     let path = timeline_path(cluster, Some(timeline), TimelineId(1), newest_timeline).await?;
-    let choice = plan::choose(backups, target, &path).map_err(|e| anyhow!(e))?;
+    let choice = choose_on(cluster, backups, options, &path, newest)
+        .await?
+        .map_err(|e| anyhow!(e))?;
     Ok((choice.backup, choice.reason, path))
+}
+
+/// Chooses the backup on `path`: for a restore point by the archive's time indexes, for the
+/// other targets by the backups alone. `Err(String)` is a refusal.
+async fn choose_on<'a>(
+    cluster: &ClusterArchive,
+    backups: &'a [BackupMeta],
+    options: &RestoreOptions,
+    path: &[Leg],
+    newest: &BTreeMap<TimelineId, SegNo>,
+) -> anyhow::Result<Result<plan::Choice<'a>, String>> {
+    match &options.recovery.target {
+        Target::Name(name) => {
+            let server = options.recovery.server.is_some();
+            indexed::choose_for_name(cluster, backups, name, path, newest, server).await
+        }
+        target => Ok(plan::choose(backups, target, path)),
+    }
 }
 
 /// The timeline path for `choice`; `current` is `backup_timeline`, `latest` the newest of

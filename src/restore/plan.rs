@@ -104,6 +104,18 @@ pub(crate) fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize
     (first <= last && path[last].end.is_none_or(|end| stop <= end)).then_some((first, last, stop))
 }
 
+/// The complete backups on `path`, oldest first: by the leg their stop is on, then by their
+/// stop.
+pub fn usable<'a>(backups: &'a [BackupMeta], path: &[Leg]) -> Vec<&'a BackupMeta> {
+    let mut usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
+        .iter()
+        .filter(|b| b.is_complete())
+        .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
+        .collect();
+    usable.sort_by_key(|(_, at)| *at);
+    usable.into_iter().map(|(b, _)| b).collect()
+}
+
 /// Chooses the newest complete backup on `path` from which `target` can be reached: for a
 /// time, one consistent before it; for a position, one consistent at or before it.
 pub fn choose<'a>(
@@ -111,12 +123,8 @@ pub fn choose<'a>(
     target: &Target,
     path: &[Leg],
 ) -> Result<Choice<'a>, String> {
-    let usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
-        .iter()
-        .filter(|b| b.is_complete())
-        .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
-        .collect();
-    let Some(oldest) = usable.iter().min_by_key(|(_, at)| *at).map(|(b, _)| *b) else {
+    let usable = usable(backups, path);
+    let Some(&oldest) = usable.first() else {
         let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
         return Err(format!(
             "no complete backup lies on timeline path {} ({} backups in the archive, {} complete)",
@@ -130,11 +138,7 @@ pub fn choose<'a>(
         Target::Lsn(lsn) => b.stop().is_ok_and(|stop| stop <= *lsn),
         _ => true,
     };
-    let chosen = usable
-        .iter()
-        .filter(|(b, _)| fits(b))
-        .max_by_key(|(_, at)| *at)
-        .map(|(b, _)| *b);
+    let chosen = usable.iter().rev().find(|b| fits(b)).copied();
     let Some(backup) = chosen else {
         return Err(format!(
             "no backup is consistent before {target}: the oldest complete backup, {}, is consistent at {} ({})",
@@ -217,7 +221,7 @@ pub fn first_missing(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backup::meta::testing::backup;
 

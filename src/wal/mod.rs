@@ -19,8 +19,8 @@ pub(crate) use name::upper_hex;
 pub use name::{SegmentName, WalFileName};
 pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
 pub use records::{
-    InvalidWal, PgTimestamp, RecordError, RestorePoint, ScanEnd, SegmentRecords, XactEnd, XactKind,
-    scan_segment,
+    Crossing, InvalidWal, PgTimestamp, RecordError, RestorePoint, ScanEnd, SegmentRecords, XactEnd,
+    XactKind, scan_segment,
 };
 pub use validate::{FileFacts, ValidationError, validate_file, validate_segment_head};
 

@@ -48,6 +48,11 @@ impl PgTimestamp {
         self.0.checked_add(Self::EPOCH_UNIX_MICROS)
     }
 
+    /// The instant `micros` microseconds since 1970-01-01 00:00:00 UTC, unless that overflows.
+    pub fn from_unix_micros(micros: i64) -> Option<PgTimestamp> {
+        micros.checked_sub(Self::EPOCH_UNIX_MICROS).map(PgTimestamp)
+    }
+
     /// The same instant as a [`jiff::Timestamp`], when jiff can represent it.
     pub fn to_timestamp(self) -> Option<jiff::Timestamp> {
         jiff::Timestamp::from_microsecond(self.unix_micros()?).ok()
@@ -118,12 +123,14 @@ pub enum ScanEnd {
         at: Lsn,
     },
     /// A record starts in this segment and continues in the next one; its header, when
-    /// wholly in this segment, passed the checks.
+    /// wholly in this segment, passed the checks. Neither segment's scan reads it whole.
     Continues {
         /// Where the record starts.
         start: Lsn,
         /// Its length (`xl_tot_len`).
         total_len: u32,
+        /// What it is, as far as its header tells.
+        record: Crossing,
     },
     /// The bytes given end before the segment does (the header's segment size).
     Truncated {
@@ -137,6 +144,19 @@ pub enum ScanEnd {
         /// What is wrong with it.
         problem: InvalidWal,
     },
+}
+
+/// What a record that continues into the next segment is, from its header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Crossing {
+    /// Its header is not wholly in the segment: it may be anything.
+    Unknown,
+    /// A transaction's commit or abort.
+    XactEnd,
+    /// A restore point.
+    RestorePoint,
+    /// Something else.
+    Other,
 }
 
 /// What makes a page or record invalid (and so ends the valid WAL in a segment).

@@ -97,6 +97,13 @@ pub fn restored_batches(
     (batches, report.expect("a JSON report"))
 }
 
+/// A primary archiving into `archive`, with an empty `batches` table.
+pub fn primary_with_batches(wh: &Walhalla, archive: &TestArchive) -> PgCluster {
+    let pg = archiving_primary(wh, archive, "");
+    pg.sql("CREATE TABLE batches (batch text, n int)");
+    pg
+}
+
 pub fn insert_batch(pg: &PgCluster, batch: &str) {
     pg.sql(&format!(
         "INSERT INTO batches SELECT '{batch}', g FROM generate_series(1, 1000) g"
@@ -106,8 +113,7 @@ pub fn insert_batch(pg: &PgCluster, batch: &str) {
 fn point_in_time_restores(backend: Backend) {
     let wh = Walhalla::install();
     let archive = TestArchive::new(backend);
-    let pg = archiving_primary(&wh, &archive, "");
-    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let pg = primary_with_batches(&wh, &archive);
     insert_batch(&pg, "0");
     let backup = take_backup(&wh, &archive, &pg);
     assert_eq!(backup["wal_complete"], true, "{backup}");
@@ -147,8 +153,7 @@ fn point_in_time_restores_s3() {
 fn a_time_target_chooses_the_newest_backup_before_it() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let pg = archiving_primary(&wh, &archive, "");
-    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let pg = primary_with_batches(&wh, &archive);
     let mut backups = Vec::new();
     let mut times = Vec::new();
     for batch in ["A", "B", "C"] {
@@ -202,8 +207,7 @@ fn a_time_target_chooses_the_newest_backup_before_it() {
 fn corrupt_backup_objects_and_missing_wal_are_refused() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let pg = archiving_primary(&wh, &archive, "");
-    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let pg = primary_with_batches(&wh, &archive);
     let backup = take_backup(&wh, &archive, &pg);
     let id = backup["id"].as_str().unwrap().to_string();
     let system_id = pg.system_id();
@@ -286,8 +290,7 @@ fn restored_files_pass_pg_verifybackup() {
 fn a_backup_taken_on_a_standby_restores_the_primarys_data() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let primary = archiving_primary(&wh, &archive, "");
-    primary.sql("CREATE TABLE batches (batch text, n int)");
+    let primary = primary_with_batches(&wh, &archive);
     insert_batch(&primary, "A");
     let mut standby = PgCluster::standby_of(&primary, "standby");
     standby.start();
@@ -361,8 +364,7 @@ fn tablespaces_are_restored_where_the_map_says() {
 fn a_restore_point_on_timeline_2_is_reached_along_the_latest_timeline() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let primary = archiving_primary(&wh, &archive, "");
-    primary.sql("CREATE TABLE batches (batch text, n int)");
+    let primary = primary_with_batches(&wh, &archive);
     insert_batch(&primary, "A");
     take_backup(&wh, &archive, &primary);
     let (promoted, _) = crate::push::promoted_archiving_standby(&wh, &archive, &primary, "");
@@ -440,8 +442,7 @@ fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
 fn a_backup_the_server_compressed_restores() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let pg = archiving_primary(&wh, &archive, "");
-    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let pg = primary_with_batches(&wh, &archive);
     insert_batch(&pg, "A");
     let major: u32 = pg.sql("SHOW server_version_num").parse::<u32>().unwrap() / 10000;
     let run = run_backup(&wh, &archive, &pg, "60", &["--server-compression"]);
@@ -476,4 +477,86 @@ fn a_backup_the_server_compressed_restores() {
     let (batches, report) = restored_batches(&wh, &archive, &[]);
     assert_eq!(batches, "A,B");
     assert_eq!(report["backup"], backup["id"]);
+}
+
+#[test]
+fn the_time_index_names_a_restore_point_where_postgresql_made_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    insert_batch(&pg, "A");
+    let point = pg.sql("SELECT pg_create_restore_point('indexed')");
+    let segment = pg.sql(&format!("SELECT pg_walfile_name('{point}')"));
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    // PostgreSQL counts a segment archived once push returned, index stored.
+    pg.wait_archived(&last);
+
+    let name = match segment.parse() {
+        Ok(walhalla::wal::WalFileName::Segment(s)) => s,
+        other => panic!("{segment}: {other:?}"),
+    };
+    let system_id = walhalla::wal::SystemId(pg.system_id());
+    let key = walhalla::archive::index_key(&Default::default(), system_id, name).to_string();
+    let object = archive
+        .object(&key)
+        .unwrap_or_else(|| panic!("no {key}: {:?}", archive.keys()));
+    let index: serde_json::Value =
+        serde_json::from_slice(&walhalla::envelope::decode(&object).unwrap()).unwrap();
+    assert_eq!(index["segment"], segment.as_str(), "{index}");
+    let points = index["restore_points"].as_array().unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|p| p["name"] == "indexed" && p["lsn"] == point.as_str()),
+        "{point}: {index:#}"
+    );
+    assert!(index["commits"].as_u64().unwrap() >= 2, "{index:#}");
+}
+
+#[test]
+fn a_restore_point_chooses_the_newest_backup_before_it() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    let mut backups = Vec::new();
+    for batch in ["A", "B", "C"] {
+        backups.push(take_backup(&wh, &archive, &pg));
+        insert_batch(&pg, batch);
+        if batch == "A" {
+            pg.sql("SELECT pg_create_restore_point('after_a')");
+        }
+        // Backup ids are per second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+
+    // Without the index, the newest backup: PostgreSQL would never meet the restore point.
+    let (batches, report) = restored_batches(&wh, &archive, &["--target-name", "after_a"]);
+    assert_eq!(batches, "A");
+    assert_eq!(report["backup"], backups[0]["id"], "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("time index"),
+        "{report}"
+    );
+
+    // A name no segment holds, and a time past the last commit: refused, nothing written.
+    for (args, refusal) in [
+        (
+            ["--target-name", "never_made"],
+            "holds no restore point \"never_made\"",
+        ),
+        (
+            ["--target-time", "2999-01-01 00:00:00+00"],
+            "does not reach time 2999-01-01 00:00:00+00",
+        ),
+    ] {
+        let dir = TestDir::new("refused");
+        let to = dir.path().join("data");
+        let (code, _, stderr) = restore(&wh, &archive, &to, &args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(refusal), "{args:?}: {stderr}");
+        assert!(!to.exists(), "{args:?}: the restore wrote something");
+    }
 }

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::backup::{insert_batch, restored_batches, take_backup};
+use crate::backup::{insert_batch, primary_with_batches, restored_batches, take_backup};
 use crate::harness::{Backend, TestArchive, Walhalla, describe};
-use crate::push::{archiving_primary, promoted_archiving_standby};
+use crate::push::promoted_archiving_standby;
 
 fn prune(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["prune", "--json"];
@@ -50,8 +50,7 @@ fn backup_folders(archive: &TestArchive) -> Vec<String> {
 fn keep_one_of_three(backend: Backend) {
     let wh = Walhalla::install();
     let archive = TestArchive::new(backend);
-    let pg = archiving_primary(&wh, &archive, "");
-    pg.sql("CREATE TABLE batches (batch text, n int)");
+    let pg = primary_with_batches(&wh, &archive);
     let mut backups = Vec::new();
     for batch in ["A", "B", "C"] {
         backups.push(take_backup(&wh, &archive, &pg));
@@ -126,8 +125,7 @@ fn keep_the_newest_of_three_backups_s3() {
 fn a_retained_backup_on_timeline_1_still_reaches_timeline_2() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let primary = archiving_primary(&wh, &archive, "");
-    primary.sql("CREATE TABLE batches (batch text, n int)");
+    let primary = primary_with_batches(&wh, &archive);
     insert_batch(&primary, "A");
     let old = take_backup(&wh, &archive, &primary);
     insert_batch(&primary, "B");

@@ -186,6 +186,15 @@ fn receiver_archives_every_byte(backend: Backend) {
         "SIGTERM must end the receiver cleanly: {status:?}\n{}",
         receiver.log()
     );
+    // Each complete segment's time index is stored before its upload counts as done.
+    let keys = archive.keys();
+    for &segno in &segments {
+        let segment =
+            walhalla::wal::SegmentName::new(walhalla::wal::TimelineId(1), SegNo(segno), size);
+        let system_id = walhalla::wal::SystemId(system_id);
+        let key = walhalla::archive::index_key(&Default::default(), system_id, segment).to_string();
+        assert!(keys.contains(&key), "no {key}: {keys:?}");
+    }
 }
 
 #[test]

@@ -32,7 +32,8 @@ fn segment_key(archive: &TestArchive, segment: &str) -> String {
 fn verify_archive(backend: Backend) {
     let wh = Walhalla::install();
     let archive = TestArchive::new(backend);
-    let pg = archiving_primary(&wh, &archive, "");
+    // No autovacuum: the last commit is the test's own.
+    let pg = archiving_primary(&wh, &archive, "autovacuum = off");
     pg.write_rows(100);
     let backup = take_backup(&wh, &archive, &pg);
     let mut segments = Vec::new();
@@ -40,6 +41,10 @@ fn verify_archive(backend: Backend) {
         pg.write_rows(100);
         segments.push(pg.switch_wal());
     }
+    let committed: jiff::Timestamp = pg
+        .sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        .parse()
+        .unwrap();
     pg.wait_archived(segments.last().unwrap());
     let restore_point = pg.sql("SELECT pg_create_restore_point('checked')");
     let last = pg.switch_wal();
@@ -64,6 +69,23 @@ fn verify_archive(backend: Backend) {
     assert_eq!(span["from_backup"], backup["id"], "{cluster}");
     assert_eq!(span["from_lsn"], backup["stop_lsn"], "{cluster}");
     assert!(span["broken_by"].is_null(), "{cluster}");
+    // The window ends at the last commit, as the time index of its segment recorded it.
+    let until: jiff::Timestamp = span["to_time"].as_str().unwrap().parse().unwrap();
+    let before = committed.duration_since(until).as_secs_f64();
+    assert!(
+        (0.0..1.0).contains(&before),
+        "last commit at {until}, {committed}: {span}"
+    );
+    // The restore point, by the name and position the server gave it.
+    let points = cluster["timelines"][0]["restore_points"]
+        .as_array()
+        .unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|p| p["name"] == "checked" && p["lsn"] == restore_point.as_str()),
+        "{cluster}"
+    );
     let end: walhalla::wal::Lsn = span["to_lsn"].as_str().unwrap().parse().unwrap();
     let point: walhalla::wal::Lsn = restore_point.parse().unwrap();
     assert!(
@@ -169,6 +191,11 @@ fn a_server_publishes_the_restorable_window_and_the_gaps_that_break_it() {
     let stopped = stopped.as_millisecond() as f64 / 1000.0;
     assert!((start - stopped).abs() < 0.01, "{start} != {stopped}");
     assert_eq!(scrape(server.port, "walhalla_archive_gaps"), Some(0.0));
+    let end = scrape(server.port, "walhalla_restorable_window_end_seconds");
+    assert!(
+        end.is_some_and(|end| end > start),
+        "the window ends at a commit after it starts"
+    );
 
     archive.remove(&segment_key(&archive, &segments[1]));
     wait_for("the lost segment counted", Duration::from_secs(30), || {

@@ -17,7 +17,7 @@
 //! Then block reference headers, at most one main data header (always last), then each block's
 //! image and data in header order, then the main data: the main data is the record's tail.
 
-use super::{InvalidWal, PgTimestamp, XactKind};
+use super::{Crossing, InvalidWal, PgTimestamp, XactKind};
 use crate::wal::Lsn;
 
 /// `SizeOfXLogRecord`.
@@ -87,6 +87,24 @@ impl Header {
             info: bytes[16],
             rmid: bytes[17],
             crc: u32_at(20),
+        }
+    }
+
+    /// What the record is, by its resource manager and info bits.
+    pub fn crossing(&self) -> Crossing {
+        let xact_end = matches!(
+            self.info & XLOG_XACT_OPMASK,
+            XLOG_XACT_COMMIT
+                | XLOG_XACT_ABORT
+                | XLOG_XACT_COMMIT_PREPARED
+                | XLOG_XACT_ABORT_PREPARED
+        );
+        match self.rmid {
+            RM_XLOG_ID if self.info & XLR_RMGR_INFO_MASK == XLOG_RESTORE_POINT => {
+                Crossing::RestorePoint
+            }
+            RM_XACT_ID if xact_end => Crossing::XactEnd,
+            _ => Crossing::Other,
         }
     }
 

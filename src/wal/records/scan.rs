@@ -2,7 +2,7 @@
 //! continued from the previous segment, and reassembly of records that span pages.
 
 use super::decode::{self, HEADER_BYTES, Header, Meaning};
-use super::{InvalidWal, RestorePoint, ScanEnd, SegmentRecords, XactEnd};
+use super::{Crossing, InvalidWal, RestorePoint, ScanEnd, SegmentRecords, XactEnd};
 use crate::wal::{LongPageHeader, Lsn, SegmentSize};
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
@@ -270,10 +270,12 @@ impl<'a> Scanner<'a> {
                 if checked.is_none() && buf.len() >= HEADER_BYTES {
                     let header = parse_header(buf);
                     header.check(at, prev, self.major).map_err(invalid)?;
+                    checked = Some(header);
                 }
                 return Err(ScanEnd::Continues {
                     start: at,
                     total_len,
+                    record: checked.map_or(Crossing::Unknown, |h| h.crossing()),
                 });
             }
             let page = self.page(page_start / self.page_size)?;

@@ -112,7 +112,9 @@ fn segment_with_a_record_continuing_into_the_next_matches_pg_waldump() {
         found.end,
         ScanEnd::Continues {
             start: Lsn(0x7FF588),
-            total_len: 20062
+            total_len: 20062,
+            // A logical message.
+            record: Crossing::Other,
         }
     );
     assert_eq!(found.valid_end, Lsn(0x7FF588));

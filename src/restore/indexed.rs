@@ -1,0 +1,123 @@
+//! `restore`'s use of the archive's time indexes ([`super::targets`]): reading them along
+//! the WAL a restore would replay, choosing the backup for a restore point, and checking
+//! that the archived WAL reaches a time, before a byte is written.
+//!
+//! When a fetch server is given (`--server`), the restored server may replay WAL the archive
+//! does not hold yet: what the indexes do not find is then a warning, not a refusal.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail};
+
+use super::plan::{self, Choice, Leg, Target};
+use super::targets::{self, Step, TimeReach};
+use crate::archive::ClusterArchive;
+use crate::backup::meta::BackupMeta;
+use crate::wal::{PgTimestamp, SegNo, SegmentSize, TimelineId};
+
+/// The segments of `ranges` with their indexes, in order.
+pub async fn steps(
+    cluster: &ClusterArchive,
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    size: SegmentSize,
+) -> anyhow::Result<Vec<Step>> {
+    let mut indexes: BTreeMap<TimelineId, BTreeMap<SegNo, _>> = BTreeMap::new();
+    for &(timeline, from, to) in ranges {
+        let found = cluster.segment_indexes(timeline, from, to, size).await?;
+        indexes.entry(timeline).or_default().extend(found);
+    }
+    Ok(targets::walk(ranges, indexes, size))
+}
+
+/// Chooses the backup for restore point `name` on `path` by the indexes of the WAL from the
+/// oldest usable backup on; `Err(String)` is a refusal, as [`plan::choose`]'s.
+pub async fn choose_for_name<'a>(
+    cluster: &ClusterArchive,
+    backups: &'a [BackupMeta],
+    name: &str,
+    path: &[Leg],
+    newest: &BTreeMap<TimelineId, SegNo>,
+    server: bool,
+) -> anyhow::Result<Result<Choice<'a>, String>> {
+    let target = Target::Name(name.into());
+    let Some(&oldest) = plan::usable(backups, path).first() else {
+        return Ok(plan::choose(backups, &target, path));
+    };
+    let size = oldest.segment_size().map_err(|e| anyhow!(e))?;
+    let ranges = plan::needed_segments(oldest, path, None, newest, size).map_err(|e| anyhow!(e))?;
+    let steps = steps(cluster, &ranges, size).await?;
+    Ok(
+        match targets::choose_for_name(backups, name, path, &steps, size) {
+            Ok(chosen) => {
+                if let Some(unchecked) = chosen.unchecked {
+                    tracing::warn!(
+                        "{unchecked}; choosing backup {} as without an index",
+                        chosen.choice.backup.id
+                    );
+                }
+                Ok(chosen.choice)
+            }
+            Err(refusal) if server => {
+                tracing::warn!(
+                    "{refusal}; the fetch server may hold WAL the archive lacks, so choosing as without an index"
+                );
+                plan::choose(backups, &target, path)
+            }
+            Err(refusal) => Err(format!("{refusal}; nothing was written")),
+        },
+    )
+}
+
+/// Checks by the indexes of `ranges` (from `backup` to the end of the archive) that recovery
+/// to time `at` stops before the end of the archived WAL: refuses when every segment is
+/// indexed and none has a commit or abort past it (unless `server`), warns when one is not
+/// indexed.
+pub async fn check_time(
+    cluster: &ClusterArchive,
+    backup: &BackupMeta,
+    target: &Target,
+    exclusive: bool,
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    server: bool,
+) -> anyhow::Result<()> {
+    let Target::Time { at, .. } = target else {
+        return Ok(());
+    };
+    let (Some(at), Ok(start), Ok(size)) = (
+        PgTimestamp::from_unix_micros(at.as_microsecond()),
+        backup.start(),
+        backup.segment_size(),
+    ) else {
+        return Ok(());
+    };
+    let steps = steps(cluster, ranges, size).await?;
+    match targets::time_reach(&steps, at, exclusive, start, size) {
+        TimeReach::Stops { segment, by } => tracing::info!(
+            "by the archive's time index, recovery to {target} stops in segment {segment}, at or before the commit or abort at {by}"
+        ),
+        TimeReach::Unknown { segment } => tracing::warn!(
+            "{}: whether the archived WAL reaches {target} is not checked",
+            targets::uncovered(segment)
+        ),
+        TimeReach::Short { newest } => {
+            let latest = match newest {
+                Some((time, segment)) => format!(
+                    "its latest commit or abort is at {} (in segment {segment})",
+                    targets::time_text(time)
+                ),
+                None => "it holds no commit or abort".into(),
+            };
+            let problem = format!(
+                "the archived WAL from backup {} does not reach {target}: {latest}, so PostgreSQL would replay to the end \
+                 and fail with \"recovery ended before configured recovery target was reached\"",
+                backup.id
+            );
+            if server {
+                tracing::warn!("{problem}; going on, since the fetch server may hold newer WAL");
+            } else {
+                bail!("{problem}; nothing was written");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! What a WAL segment says about time, pure: the per-segment index walhalla stores beside each
+//! complete segment it archives. It holds the earliest and latest commit or abort times in the
+//! segment, with their positions, and every restore point, so that a time or a restore point
+//! name maps to a position without restoring anything.
+//!
+//! The index is made from [`scan_segment`]'s reading of the segment's bytes and stored as JSON
+//! (see docs/ARCHIVE-FORMAT.md, "Time index"); [`SegmentIndex::parse`] refuses formats newer
+//! than this walhalla reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{
+    Crossing, LongPageHeader, Lsn, PgTimestamp, RecordError, ScanEnd, SegmentName, SegmentRecords,
+    scan_segment,
+};
+
+/// The newest index format; readers refuse newer ones.
+pub const INDEX_FORMAT: u32 = 1;
+
+/// The index of one complete segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentIndex {
+    /// [`INDEX_FORMAT`].
+    pub format: u32,
+    /// The segment's name.
+    #[serde(with = "segment_text")]
+    pub segment: SegmentName,
+    /// Valid records that start and end in the segment.
+    pub records: usize,
+    /// Commit records (direct or of a prepared transaction).
+    pub commits: usize,
+    /// Abort records (direct or of a prepared transaction).
+    pub aborts: usize,
+    /// The commit or abort with the earliest time; commit times are not strictly in WAL
+    /// order, so this is not always the first record.
+    pub earliest_xact: Option<XactMark>,
+    /// The commit or abort with the latest time.
+    pub latest_xact: Option<XactMark>,
+    /// Every restore point, in WAL order.
+    pub restore_points: Vec<RestorePointMark>,
+    /// Just past the last valid record: where the next one starts.
+    #[serde(with = "lsn_text")]
+    pub valid_end: Lsn,
+    /// Why the scan stopped.
+    pub end: IndexEnd,
+}
+
+/// A commit or abort record: where it starts (recovery to a time stops before it) and its
+/// time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XactMark {
+    /// Where the record starts.
+    #[serde(with = "lsn_text")]
+    pub lsn: Lsn,
+    /// The commit or abort time.
+    #[serde(with = "time_text")]
+    pub time: PgTimestamp,
+}
+
+/// A restore point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePointMark {
+    /// Its name.
+    pub name: String,
+    /// Where its record ends: what `pg_create_restore_point` returned, and where recovery to
+    /// it stops.
+    #[serde(with = "lsn_text")]
+    pub lsn: Lsn,
+    /// When it was created.
+    #[serde(with = "time_text")]
+    pub time: PgTimestamp,
+}
+
+/// Why the scan of the segment stopped ([`ScanEnd`], as stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IndexEnd {
+    /// The last record ended at the segment's end.
+    SegmentEnd,
+    /// A WAL switch record: the rest is unused.
+    Switch,
+    /// The rest was never written.
+    EndOfWal {
+        /// Where the next record would have started.
+        #[serde(with = "lsn_text")]
+        at: Lsn,
+    },
+    /// The last record continues in the next segment; neither segment's index lists it.
+    Continues {
+        /// Where it starts.
+        #[serde(with = "lsn_text")]
+        at: Lsn,
+        /// Its length.
+        length: u32,
+        /// What it is, from its header.
+        record: CrossingRecord,
+    },
+    /// The bytes ended before the segment did.
+    Truncated {
+        /// The first missing byte.
+        #[serde(with = "lsn_text")]
+        at: Lsn,
+    },
+    /// A page or record PostgreSQL would refuse.
+    Invalid {
+        /// Where it starts.
+        #[serde(with = "lsn_text")]
+        at: Lsn,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// What the record continuing into the next segment is ([`Crossing`], as stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossingRecord {
+    /// Its header is not wholly in the segment: it may be anything.
+    Unknown,
+    /// A commit or abort.
+    XactEnd,
+    /// A restore point.
+    RestorePoint,
+    /// Something else.
+    Other,
+}
+
+impl From<Crossing> for CrossingRecord {
+    fn from(crossing: Crossing) -> Self {
+        match crossing {
+            Crossing::Unknown => CrossingRecord::Unknown,
+            Crossing::XactEnd => CrossingRecord::XactEnd,
+            Crossing::RestorePoint => CrossingRecord::RestorePoint,
+            Crossing::Other => CrossingRecord::Other,
+        }
+    }
+}
+
+impl From<&ScanEnd> for IndexEnd {
+    fn from(end: &ScanEnd) -> Self {
+        match end {
+            ScanEnd::SegmentEnd => IndexEnd::SegmentEnd,
+            ScanEnd::Switch => IndexEnd::Switch,
+            ScanEnd::EndOfWal { at } => IndexEnd::EndOfWal { at: *at },
+            ScanEnd::Continues {
+                start,
+                total_len,
+                record,
+            } => IndexEnd::Continues {
+                at: *start,
+                length: *total_len,
+                record: CrossingRecord::from(*record),
+            },
+            ScanEnd::Truncated { at } => IndexEnd::Truncated { at: *at },
+            ScanEnd::Invalid { at, problem } => IndexEnd::Invalid {
+                at: *at,
+                problem: problem.to_string(),
+            },
+        }
+    }
+}
+
+impl SegmentIndex {
+    /// The index of `segment` from what its scan found.
+    pub fn from_records(segment: SegmentName, found: &SegmentRecords) -> SegmentIndex {
+        let mark = |t: &crate::wal::XactEnd| XactMark {
+            lsn: t.lsn,
+            time: t.time,
+        };
+        // The first record of the earliest time, the last of the latest.
+        let earliest = found.transactions.iter().rev().min_by_key(|t| t.time);
+        let latest = found.transactions.iter().max_by_key(|t| t.time);
+        let commits = found
+            .transactions
+            .iter()
+            .filter(|t| t.kind.is_commit())
+            .count();
+        SegmentIndex {
+            format: INDEX_FORMAT,
+            segment,
+            records: found.records,
+            commits,
+            aborts: found.transactions.len() - commits,
+            earliest_xact: earliest.map(mark),
+            latest_xact: latest.map(mark),
+            restore_points: found
+                .restore_points
+                .iter()
+                .map(|p| RestorePointMark {
+                    name: p.name.clone(),
+                    lsn: p.end,
+                    time: p.time,
+                })
+                .collect(),
+            valid_end: found.valid_end,
+            end: IndexEnd::from(&found.end),
+        }
+    }
+
+    /// Scans the bytes of complete segment `segment` and indexes them.
+    pub fn of_segment(segment: SegmentName, bytes: &[u8]) -> Result<SegmentIndex, String> {
+        let size = LongPageHeader::parse(bytes)
+            .and_then(|header| header.segment_size())
+            .map_err(|e| RecordError::from(e).to_string())?;
+        let start = segment
+            .start_lsn(size)
+            .ok_or_else(|| format!("{segment} is not a segment name for {size} segments"))?;
+        let found = scan_segment(bytes, start).map_err(|e| e.to_string())?;
+        Ok(SegmentIndex::from_records(segment, &found))
+    }
+
+    /// The index as stored: JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec_pretty(self).map_err(|e| format!("index of {}: {e}", self.segment))
+    }
+
+    /// Parses a stored index of `segment`, refusing newer formats and another segment's.
+    pub fn parse(segment: SegmentName, bytes: &[u8]) -> Result<SegmentIndex, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(bytes).map_err(|e| format!("index of {segment}: {e}"))?;
+        if version.format > INDEX_FORMAT {
+            return Err(format!(
+                "index of {segment} has format {}, newer than this walhalla reads ({INDEX_FORMAT})",
+                version.format
+            ));
+        }
+        let index: SegmentIndex =
+            serde_json::from_slice(bytes).map_err(|e| format!("index of {segment}: {e}"))?;
+        if index.segment != segment {
+            return Err(format!(
+                "index of {segment} describes {} instead",
+                index.segment
+            ));
+        }
+        Ok(index)
+    }
+
+    /// Whether the scan read the whole segment, so the index lists everything in it but a
+    /// record continuing into the next segment ([`Self::crossing`]). A scan that stopped at
+    /// an invalid record or short of the end may have missed what follows (what recovery
+    /// would replay from another copy), so such an index answers nothing.
+    pub fn covers_segment(&self) -> bool {
+        matches!(
+            self.end,
+            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. }
+        )
+    }
+
+    /// What the record that continues into the next segment is, if one does: neither
+    /// segment's index lists it.
+    pub fn crossing(&self) -> Option<CrossingRecord> {
+        match self.end {
+            IndexEnd::Continues { record, .. } => Some(record),
+            _ => None,
+        }
+    }
+}
+
+/// A time as stored: RFC 3339 in UTC with microseconds.
+pub fn format_time(time: PgTimestamp) -> Option<String> {
+    Some(
+        time.to_timestamp()?
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string(),
+    )
+}
+
+/// Reads a time as stored (any RFC 3339 time), to microseconds.
+pub fn parse_time(text: &str) -> Option<PgTimestamp> {
+    let at: jiff::Timestamp = text.parse().ok()?;
+    PgTimestamp::from_unix_micros(at.as_microsecond())
+}
+
+mod lsn_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::wal::Lsn;
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+mod time_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser};
+
+    use crate::wal::PgTimestamp;
+
+    pub fn serialize<S: Serializer>(time: &PgTimestamp, s: S) -> Result<S::Ok, S::Error> {
+        let text = super::format_time(*time).ok_or_else(|| {
+            <S::Error as ser::Error>::custom(format!("time {} is out of range", time.0))
+        })?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PgTimestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_time(&text).ok_or_else(|| D::Error::custom(format!("invalid time {text:?}")))
+    }
+}
+
+mod segment_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::wal::{SegmentName, WalFileName};
+
+    pub fn serialize<S: Serializer>(segment: &SegmentName, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(segment)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SegmentName, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.parse() {
+            Ok(WalFileName::Segment(segment)) => Ok(segment),
+            _ => Err(D::Error::custom(format!("invalid segment name {text:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{SegNo, SegmentSize, TimelineId};
+
+    const SEGMENT_7: &[u8] = include_bytes!("wal/testdata/pg15-1MiB-000000010000000000000007.zst");
+    const SEGMENT_8: &[u8] = include_bytes!("wal/testdata/pg15-1MiB-000000010000000000000008.zst");
+
+    fn name(n: u64) -> SegmentName {
+        SegmentName::new(TimelineId(1), SegNo(n), SegmentSize::new(1 << 20).unwrap())
+    }
+
+    fn time(text: &str) -> PgTimestamp {
+        parse_time(text).unwrap()
+    }
+
+    #[test]
+    fn a_segment_is_indexed_as_pg_waldump_reads_it() {
+        let bytes = zstd::decode_all(SEGMENT_7).unwrap();
+        let index = SegmentIndex::of_segment(name(7), &bytes).unwrap();
+        assert_eq!(index.records, 209);
+        assert_eq!((index.commits, index.aborts), (7, 2));
+        assert_eq!(
+            index.earliest_xact,
+            Some(XactMark {
+                lsn: Lsn(0x71E128),
+                time: time("2026-12-02T13:39:27.543700Z")
+            })
+        );
+        assert_eq!(
+            index.latest_xact,
+            Some(XactMark {
+                lsn: Lsn(0x73AD30),
+                time: time("2026-12-02T13:39:27.966981Z")
+            })
+        );
+        assert_eq!(index.restore_points.len(), 1);
+        assert_eq!(index.restore_points[0].name, "before_b");
+        // What pg_create_restore_point returned.
+        assert_eq!(index.restore_points[0].lsn, Lsn(0x735DE8));
+        assert_eq!(
+            index.end,
+            IndexEnd::Continues {
+                at: Lsn(0x7FF588),
+                length: 20062,
+                record: CrossingRecord::Other
+            }
+        );
+        assert!(index.covers_segment());
+
+        let json = index.to_json().unwrap();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(
+            text.contains(r#""time": "2026-12-02T13:39:27.543700Z""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""lsn": "0/735DE8""#), "{text}");
+        assert!(text.contains(r#""kind": "continues""#), "{text}");
+        assert!(text.contains(r#""record": "other""#), "{text}");
+        assert_eq!(SegmentIndex::parse(name(7), &json), Ok(index));
+        assert!(SegmentIndex::parse(name(8), &json).is_err());
+    }
+
+    #[test]
+    fn a_switched_segment_and_damaged_ones() {
+        let mut bytes = zstd::decode_all(SEGMENT_8).unwrap();
+        let index = SegmentIndex::of_segment(name(8), &bytes).unwrap();
+        assert_eq!(index.end, IndexEnd::Switch);
+        assert_eq!(index.restore_points[0].name, "after_b");
+        assert_eq!(index.restore_points[0].lsn, Lsn(0x8094E8));
+        assert_eq!(index.valid_end, Lsn(0x809568));
+        assert!(index.covers_segment());
+
+        // Zeroed from the middle: what follows is unknown, the index covers nothing.
+        bytes[0x9480..].fill(0);
+        let cut = SegmentIndex::of_segment(name(8), &bytes).unwrap();
+        assert!(matches!(cut.end, IndexEnd::EndOfWal { .. }), "{cut:?}");
+        assert!(!cut.covers_segment());
+        // Not a segment, or not the one named.
+        assert!(SegmentIndex::of_segment(name(8), b"garbage").is_err());
+        assert!(SegmentIndex::of_segment(name(9), &bytes).is_err());
+    }
+
+    #[test]
+    fn stored_indexes_are_read_strictly() {
+        let bytes = zstd::decode_all(SEGMENT_8).unwrap();
+        let index = SegmentIndex::of_segment(name(8), &bytes).unwrap();
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&index.to_json().unwrap()).unwrap();
+        value["format"] = 2.into();
+        let newer = serde_json::to_vec(&value).unwrap();
+        let refused = SegmentIndex::parse(name(8), &newer).unwrap_err();
+        assert!(refused.contains("newer"), "{refused}");
+        for broken in [&b"{"[..], b"[]", b"{\"format\": 1}", b"\xff"] {
+            assert!(SegmentIndex::parse(name(8), broken).is_err());
+        }
+        value["format"] = 1.into();
+        value["restore_points"][0]["time"] = "yesterday".into();
+        assert!(SegmentIndex::parse(name(8), &serde_json::to_vec(&value).unwrap()).is_err());
+        // Out of jiff's range: not stored, and an error, not a panic.
+        assert_eq!(format_time(PgTimestamp(i64::MAX)), None);
+        let mut far = index.clone();
+        far.restore_points[0].time = PgTimestamp(i64::MAX);
+        assert!(far.to_json().is_err());
+    }
+}
