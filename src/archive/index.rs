@@ -6,13 +6,13 @@
 //! segment stays archived; a missing or unreadable index makes its segment count as
 //! unindexed, and whoever reads indexes falls back to what it did without them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::keys::{WalGroup, index_group_prefix, index_key, parse_index_object};
+use super::keys::{WalGroup, index_group_prefix, index_key, index_prefix, parse_index_object};
 use super::{ClusterArchive, Error, PutOutcome, Result};
 use crate::envelope::{self, Encoder};
 use crate::timeindex::SegmentIndex;
@@ -86,6 +86,23 @@ impl ClusterArchive {
             }
             Err(e) => tracing::warn!(%segment, "archived without a time index: {e}"),
         }
+    }
+
+    /// Every segment of the cluster with a time index (listed, not read).
+    pub async fn indexed_segments(&self) -> Result<BTreeSet<SegmentName>> {
+        let root = index_prefix(&self.archive.root, self.system_id);
+        let groups = self
+            .archive
+            .list(&root)
+            .await?
+            .folders_as(&root, WalGroup::parse);
+        let mut indexed = BTreeSet::new();
+        for group in groups {
+            let dir = index_group_prefix(&self.archive.root, self.system_id, group);
+            let listing = self.archive.list(&dir).await?;
+            indexed.extend(listing.objects_as(&dir, |name| parse_index_object(group, name)));
+        }
+        Ok(indexed)
     }
 
     /// The time indexes the archive holds of segments `from..to` of `timeline`, read and

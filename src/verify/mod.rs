@@ -50,6 +50,8 @@ pub struct Tally {
     pub bytes: u64,
     /// Objects (or backups) not re-read: older than `--since`, or incomplete backups.
     pub skipped: u64,
+    /// Segments archived without a time index whose index was made now.
+    pub indexed: u64,
 }
 
 /// One cluster's verification.
@@ -110,9 +112,11 @@ async fn verify_cluster(
 ) -> anyhow::Result<ClusterReport> {
     let survey = survey(cluster).await?;
     let mut findings = Vec::new();
+    let indexed = cluster.indexed_segments().await?;
     let (wal, found) = objects::check(
         cluster,
         &survey.inventory,
+        &indexed,
         options.since,
         options.parallelism,
     )
@@ -228,11 +232,12 @@ pub fn describe(report: &Report) -> String {
     let mut out = String::new();
     for c in &report.clusters {
         out.push_str(&format!(
-            "cluster {}: {} WAL objects read ({}, {} not re-read), {} backups checked ({} skipped): {}\n",
+            "cluster {}: {} WAL objects read ({}, {} not re-read, {} newly indexed), {} backups checked ({} skipped): {}\n",
             c.system_id,
             c.wal.objects,
             crate::progress::bytes(c.wal.bytes),
             c.wal.skipped,
+            c.wal.indexed,
             c.backups.objects,
             c.backups.skipped,
             if c.findings.is_empty() {

@@ -1,13 +1,18 @@
 //! Reading back every WAL-area object and history file: the envelope and its CRC-32, and
-//! each segment's first page against its name and the cluster.
+//! each segment's first page against its name and the cluster. A segment archived without a
+//! time index (by an older walhalla) is read whole instead, and its index is made and stored.
 
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{Finding, Tally};
-use crate::archive::{ClusterArchive, ObjectInfo, ObjectName, WalInventory};
+use crate::archive::{ClusterArchive, ObjectInfo, ObjectName, WalInventory, prepare_index};
 use crate::envelope;
 use crate::wal::{
-    HeadCapture, LongPageHeader, SystemId, WalFileName, validate_file, validate_segment_head,
+    HeadCapture, LongPageHeader, SegmentName, SystemId, WalFileName, validate_file,
+    validate_segment_head,
 };
 
 /// Reads every object of `inventory` stored at or after `since` (all without it), `parallel`
@@ -16,6 +21,7 @@ use crate::wal::{
 pub async fn check(
     cluster: &ClusterArchive,
     inventory: &WalInventory,
+    indexed: &BTreeSet<SegmentName>,
     since: Option<jiff::Timestamp>,
     parallel: usize,
 ) -> (Tally, Vec<Finding>) {
@@ -37,13 +43,22 @@ pub async fn check(
     };
     let system_id = cluster.system_id();
     let mut results = futures_util::stream::iter(wanted)
-        .map(|name| async move { (name, check_one(cluster, name, system_id).await) })
+        .map(|name| async move {
+            let index = match name {
+                ObjectName::File(WalFileName::Segment(s)) => !indexed.contains(&s),
+                _ => false,
+            };
+            (name, check_one(cluster, name, system_id, index).await)
+        })
         .buffer_unordered(parallel.max(1));
     let mut findings = Vec::new();
     while let Some((name, result)) = results.next().await {
         tally.objects += 1;
         match result {
-            Ok(bytes) => tally.bytes += bytes,
+            Ok((bytes, indexed)) => {
+                tally.bytes += bytes;
+                tally.indexed += u64::from(indexed);
+            }
             Err(problem) => findings.push(Finding {
                 object: cluster.wal_object_key(&name),
                 problem,
@@ -53,24 +68,40 @@ pub async fn check(
     (tally, findings)
 }
 
-/// Reads and checks one object; its stored size, or what is wrong with it.
+/// Reads and checks one object; its stored size and whether a time index was made for it
+/// (when `index` asks), or what is wrong with it.
 async fn check_one(
     cluster: &ClusterArchive,
     name: ObjectName,
     system_id: SystemId,
-) -> Result<u64, String> {
+    index: bool,
+) -> Result<(u64, bool), String> {
     let stored = match cluster.get_wal_object(&name).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return Err("listed, but gone when read".into()),
         Err(e) => return Err(format!("cannot be read: {e}")),
     };
     let size = stored.len() as u64;
+    if let (true, ObjectName::File(WalFileName::Segment(segment))) = (index, name) {
+        let content = crate::blocking::run(move || {
+            let content = envelope::decode(&stored).map_err(|e| e.to_string())?;
+            validate_segment_head(segment, &content, content.len() as u64)
+                .and_then(|facts| facts.check_cluster(system_id))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(Bytes::from(content))
+        })
+        .await?;
+        let prepared = prepare_index(segment, content).await;
+        let made = prepared.is_ok();
+        cluster.store_index(segment, prepared).await;
+        return Ok((size, made));
+    }
     crate::blocking::run(move || {
         check_content(name, &stored, system_id).map_err(anyhow::Error::msg)
     })
     .await
     .map_err(|e| format!("{e:#}"))?;
-    Ok(size)
+    Ok((size, false))
 }
 
 /// Decodes an envelope and checks what it holds against the object's name.

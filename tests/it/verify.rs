@@ -50,8 +50,26 @@ fn verify_archive(backend: Backend) {
     let last = pg.switch_wal();
     pg.wait_archived(&last);
 
+    // A segment archived without a time index (as by an older walhalla) gets one from verify.
+    let index_key = archive
+        .keys()
+        .into_iter()
+        .find(|k| {
+            k.ends_with(&format!(
+                "/index/{}/{}.json.zst",
+                &segments[0][..16],
+                segments[0]
+            ))
+        })
+        .expect("push indexed the segment");
+    archive.remove(&index_key);
     let (code, report) = json_of(&wh, &archive, &["verify", "--json"]);
     assert_eq!(code, Some(0), "a clean archive: {report}");
+    assert_eq!(report["clusters"][0]["wal"]["indexed"], 1, "{report}");
+    assert!(
+        archive.object(&index_key).is_some(),
+        "verify stored the index"
+    );
     assert!(
         report["clusters"][0]["wal"]["objects"].as_u64().unwrap() > 5,
         "{report}"
