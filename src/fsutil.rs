@@ -268,6 +268,70 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Fsyncs files on a thread of its own, in the order given, so that writing the next file
+/// overlaps the wait for the last one's data to reach the disk. [`SyncQueue::finish`] waits
+/// for every fsync and returns the first failure: only then are the files durable. At most
+/// `depth` files wait (their descriptors stay open until synced).
+pub struct SyncQueue {
+    files: Option<std::sync::mpsc::SyncSender<(File, PathBuf)>>,
+    worker: Option<std::thread::JoinHandle<Result<(), (PathBuf, io::Error)>>>,
+}
+
+impl SyncQueue {
+    /// A queue of at most `depth` files waiting.
+    pub fn new(depth: usize) -> io::Result<SyncQueue> {
+        let (files, waiting) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(depth);
+        let worker = std::thread::Builder::new()
+            .name("walhalla-fsync".into())
+            .spawn(move || {
+                let mut failed = None;
+                for (file, path) in waiting {
+                    if failed.is_none() {
+                        if let Err(e) = file.sync_all() {
+                            failed = Some((path, e));
+                        }
+                    }
+                }
+                failed.map_or(Ok(()), Err)
+            })?;
+        Ok(SyncQueue {
+            files: Some(files),
+            worker: Some(worker),
+        })
+    }
+
+    /// Queues `file` (at `path`, for messages) for its fsync, waiting while the queue is full.
+    pub fn push(&self, file: File, path: PathBuf) -> Result<(), (PathBuf, io::Error)> {
+        let sent = self.files.as_ref().map(|f| f.send((file, path.clone())));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err((path, io::Error::other("the fsync thread stopped"))),
+        }
+    }
+
+    /// Waits until every queued file is fsynced; the first that failed.
+    pub fn finish(mut self) -> Result<(), (PathBuf, io::Error)> {
+        self.files = None;
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err((
+                PathBuf::new(),
+                io::Error::other("the fsync thread panicked"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SyncQueue {
+    fn drop(&mut self) {
+        self.files = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
 /// How much written data [`EarlyWriteback`] lets accumulate before starting its writeback.
 pub const WRITEBACK_CHUNK_BYTES: u64 = 2 << 20;
 
@@ -335,6 +399,22 @@ impl Drop for TempFile {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sync_queue_syncs_every_file_before_finishing() {
+        let dir = std::env::temp_dir().join(format!("walhalla-syncq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let queue = SyncQueue::new(1).unwrap();
+        for n in 0..5 {
+            let path = dir.join(n.to_string());
+            let mut file = File::create(&path).unwrap();
+            file.write_all(b"data").unwrap();
+            queue.push(file, path).unwrap();
+        }
+        assert!(queue.finish().is_ok());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
     use std::io::Write;
 

@@ -29,9 +29,13 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::backup::manifest::{ChecksumAlgorithm, FileChecksummer, Manifest, ManifestFile, hex};
-use crate::fsutil::{EarlyWriteback, create_dir_all_durable};
+use crate::fsutil::{EarlyWriteback, SyncQueue, create_dir_all_durable};
 use beneath::Beneath;
 pub use check::check;
+
+/// Files written and waiting for their fsync at most: the fsyncs run on a thread of their
+/// own while the next files are written.
+const SYNCS_WAITING: usize = 64;
 
 /// Bytes read from the archive and written at a time: memory stays bounded whatever the size
 /// of a file.
@@ -176,7 +180,8 @@ pub enum ExtractError {
 /// Unpacks the tar archive `reader` streams into `job.dest`, verifying each regular file
 /// against the manifest while writing it, then fsyncs every directory it changed. Files are
 /// created new, mode 0600 (0640 when the archive's mode lets the group read), directories
-/// 0700 (0750 likewise), each file fsynced once written; modification times are not kept.
+/// 0700 (0750 likewise); every file is fsynced (on a thread of its own, while the next ones
+/// are written) before this returns; modification times are not kept.
 /// The archive must end with tar's end-of-archive marker, as PostgreSQL 15+ sends it and
 /// `pg_basebackup` writes it (`BASE_BACKUP` on PostgreSQL 13 and 14 sends each archive
 /// without it: the two 512-byte zero blocks must be appended when storing it).
@@ -194,6 +199,16 @@ pub fn extract(reader: impl Read, job: &Extract) -> Result<Extracted, ExtractErr
         source,
     };
     let mut archive = open_tar(reader);
+    let syncs = SyncQueue::new(SYNCS_WAITING).map_err(|source| ExtractError::Io {
+        path: job.dest.to_path_buf(),
+        action: "start the fsync thread",
+        source,
+    })?;
+    let synced = |(path, source)| ExtractError::Io {
+        path,
+        action: "fsync",
+        source,
+    };
     let mut extracted = Extracted::default();
     let mut buffer = vec![0; COPY_BUFFER_BYTES];
     for entry in archive.entries().map_err(whole)? {
@@ -209,12 +224,19 @@ pub fn extract(reader: impl Read, job: &Extract) -> Result<Extracted, ExtractErr
                 let listed = listed_file(job.manifest, &name, size)?;
                 let (mut file, dir) = tree.create_file(&name.components, file_mode(mode))?;
                 let file_path = tree.display(&name.components);
-                let written =
-                    write_verified(&mut entry, &mut file, file_path, &name, listed, &mut buffer);
+                let written = write_verified(
+                    &mut entry,
+                    &mut file,
+                    &file_path,
+                    &name,
+                    listed,
+                    &mut buffer,
+                );
                 if let Err(e) = written {
                     tree.remove(&dir, &name.components);
                     return Err(e);
                 }
+                syncs.push(file, file_path).map_err(synced)?;
                 extracted.bytes += size;
                 extracted.files.push(name.manifest_path);
             }
@@ -240,6 +262,7 @@ pub fn extract(reader: impl Read, job: &Extract) -> Result<Extracted, ExtractErr
             path: job.dest.to_path_buf(),
         });
     }
+    syncs.finish().map_err(synced)?;
     tree.sync_dirs()?;
     Ok(extracted)
 }
@@ -330,25 +353,23 @@ fn may_be_unlisted(path: &str) -> bool {
 }
 
 /// Copies a file's data from the archive into `file` (new, at `file_path`), checking it
-/// against `listed` as it passes, then fsyncs it.
+/// against `listed` as it passes and starting its writeback; the caller fsyncs it.
 fn write_verified<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     file: &mut File,
-    file_path: PathBuf,
+    file_path: &Path,
     name: &EntryName,
     listed: Option<&ManifestFile>,
     buffer: &mut [u8],
 ) -> Result<(), ExtractError> {
-    let io_error = |action, source| ExtractError::Io {
-        path: file_path.clone(),
-        action,
-        source,
-    };
     let mut writer = EarlyWriteback::new(file);
-    copy_verified(entry, &mut writer, name, listed, buffer, |e| {
-        io_error("write", e)
-    })?;
-    file.sync_all().map_err(|e| io_error("fsync", e))
+    copy_verified(entry, &mut writer, name, listed, buffer, |source| {
+        ExtractError::Io {
+            path: file_path.to_path_buf(),
+            action: "write",
+            source,
+        }
+    })
 }
 
 /// Copies an entry's data into `out`, checking its length against the tar header and its

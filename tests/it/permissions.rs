@@ -142,5 +142,6 @@ fn receive_and_push_under_umask_022_create_nothing_others_can_read() {
         .output()
         .expect("run walhalla push");
     assert!(output.status.success(), "push: {}", describe(&output));
-    assert_eq!(assert_private(&fresh.path().join("made"), 0o640, 0o750), 1);
+    // The segment and its time index.
+    assert_eq!(assert_private(&fresh.path().join("made"), 0o640, 0o750), 2);
 }
