@@ -42,6 +42,7 @@ measure() { # NAME COMMAND... (as postgres): appends "name wall cpu rss_kib"
   local name=$1 t
   shift
   t=$(mktemp)
+  chown postgres: "$t"
   runuser -u postgres -- /usr/bin/time -f "%e %U %S %M" -o "$t" "$@" >/dev/null 2>"$t.err" ||
     { cat "$t.err" >&2; exit 1; }
   read -r wall user sys rss <"$t"
