@@ -5,9 +5,10 @@
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
 //! `archive`, `restore` → `timeindex` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
-//! `client` → `server`'s header names; `retention` → `restore` → `backup` → `archive`; `backup` →
-//! `receiver` (a backup that streams its own WAL). `cli` sees
-//! `restore::settings`' value types.
+//! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
+//! `receiver` (a backup that streams its own WAL). The archive's tools sit on top: `list` →
+//! `coverage` (pure) → `restore::plan`; `verify`, `prune`, `survey` → `list`; `prune` →
+//! `retention` (pure) → `restore::plan`. `cli` sees `restore::settings`' value types.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.

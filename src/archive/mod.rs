@@ -5,13 +5,16 @@
 
 mod backups;
 mod delete;
+mod error;
 mod index;
 mod inventory;
 mod keys;
+mod listing;
 mod location;
 mod retry;
 mod timelines;
 
+pub use error::{ChoiceError, Error, Result};
 pub use index::{PreparedIndex, prepare_index};
 pub use inventory::WalInventory;
 pub use keys::{
@@ -19,6 +22,7 @@ pub use keys::{
     object_key, parse_cluster_folder, parse_group_object, parse_index_object,
     parse_timeline_object, partial_snapshot_key,
 };
+pub use listing::ObjectInfo;
 pub use location::Location;
 
 use std::collections::BTreeSet;
@@ -35,105 +39,6 @@ use crate::backoff::{GaveUp, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
 use retry::STORE_BACKOFF;
-
-/// What went wrong talking to the archive.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// The archive location cannot be opened (bad configuration, missing directory).
-    #[error("cannot open archive {location}: {reason}")]
-    Open {
-        /// The configured location.
-        location: Location,
-        /// Why.
-        reason: String,
-    },
-    /// The store refused or failed an operation, permanently or after retries.
-    // Errors here carry their cause in the message, not as `source()`: object_store's
-    // messages already include their own causes, so a chain would print them twice.
-    #[error("{op} {key}: {error}")]
-    Store {
-        /// What was attempted.
-        op: &'static str,
-        /// The object or folder.
-        key: String,
-        /// The store's error.
-        error: object_store::Error,
-    },
-    /// The operation did not finish within the deadline.
-    #[error("{op} {key}: no answer within {seconds}s{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
-    Timeout {
-        /// What was attempted.
-        op: &'static str,
-        /// The object or folder.
-        key: String,
-        /// The time the operation was given, in seconds.
-        seconds: u64,
-        /// The last transient error before the deadline, if any.
-        last: Option<object_store::Error>,
-    },
-    /// The archive already holds different content under this name; nothing was overwritten.
-    #[error(
-        "{key} is already archived with different content (stored: {stored_len} bytes, crc32 {stored_crc:08x}; \
-         offered: {offered_len} bytes, crc32 {offered_crc:08x}); the archived object was left unchanged"
-    )]
-    Conflict {
-        /// The object's key.
-        key: String,
-        /// Length of what the archive holds.
-        stored_len: u64,
-        /// CRC-32 of what the archive holds.
-        stored_crc: u32,
-        /// Length of what was offered.
-        offered_len: u64,
-        /// CRC-32 of what was offered.
-        offered_crc: u32,
-    },
-    /// The archive holds nothing at all for the cluster: a miss there is more likely a wrong
-    /// location or prefix, or an unmounted directory, than the end of the WAL.
-    #[error(
-        "archive {location} holds nothing for cluster {system_id}: wrong location or prefix, an unmounted directory, or nothing archived yet?"
-    )]
-    NothingArchived {
-        /// The archive.
-        location: Location,
-        /// The cluster.
-        system_id: SystemId,
-    },
-    /// An archived object failed verification.
-    #[error("archived object {key} is corrupt: {error}")]
-    Corrupt {
-        /// The object's key.
-        key: String,
-        /// What verification found.
-        error: envelope::Error,
-    },
-}
-
-impl Error {
-    /// Whether retrying can cure this: a store's transient failure or a timeout. A conflict,
-    /// a corrupt object, a refused permission, a missing bucket or directory will not go
-    /// away by waiting.
-    pub fn is_transient(&self) -> bool {
-        use crate::backoff::Transient;
-        match self {
-            Error::Store { error, .. } => error.is_transient(),
-            Error::Timeout { .. } => true,
-            Error::Open { .. }
-            | Error::NothingArchived { .. }
-            | Error::Conflict { .. }
-            | Error::Corrupt { .. } => false,
-        }
-    }
-
-    /// Whether the archive holds something that contradicts what was offered: retrying the
-    /// same write can never succeed, and going on could hide a real problem.
-    pub fn is_contradiction(&self) -> bool {
-        matches!(self, Error::Conflict { .. } | Error::Corrupt { .. })
-    }
-}
-
-/// Result of archive operations.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Settings for opening an archive.
 #[derive(Clone, Debug)]
@@ -163,20 +68,6 @@ pub struct Archive {
     location: Location,
     timeout: Duration,
     deadline: Option<Instant>,
-}
-
-/// Why no cluster could be chosen.
-#[derive(Debug, Error)]
-pub enum ChoiceError {
-    /// The archive holds none.
-    #[error("the archive {0} holds no cluster")]
-    NoCluster(String),
-    /// The archive holds several and none was named.
-    #[error("the archive holds {} clusters ({}); name one with --system-id", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
-    Several(Vec<SystemId>),
-    /// Listing the archive failed.
-    #[error(transparent)]
-    Archive(#[from] Error),
 }
 
 /// What an archive's cluster folders say about which cluster is meant when nothing names one.
@@ -285,53 +176,6 @@ impl Archive {
             OnlyCluster::Only(id) => Ok(id),
             OnlyCluster::NoneYet => Err(ChoiceError::NoCluster(self.location().to_string())),
             OnlyCluster::Several(ids) => Err(ChoiceError::Several(ids)),
-        }
-    }
-
-    /// The names directly under folder `dir`, retried like every operation. Walhalla's
-    /// listings go through here and parse what it returns with the parsers of
-    /// [`keys`](self::keys), level by level.
-    async fn list(&self, dir: &Path) -> Result<Listing> {
-        match &self.location {
-            Location::Local(root) => {
-                let folder = root.join(dir.as_ref());
-                self.retrying("list", dir, || {
-                    let folder = folder.clone();
-                    crate::blocking::run(move || list_local(&folder))
-                })
-                .await
-            }
-            Location::S3 { .. } => {
-                let listing = self
-                    .retrying("list", dir, || self.store.list_with_delimiter(Some(dir)))
-                    .await?;
-                let names = |paths: Vec<Path>| -> Vec<Result<String, String>> {
-                    paths
-                        .into_iter()
-                        .map(|p| {
-                            p.filename()
-                                .map(str::to_string)
-                                .ok_or_else(|| p.to_string())
-                        })
-                        .collect()
-                };
-                let infos = listing
-                    .objects
-                    .iter()
-                    .map(|o| ObjectInfo {
-                        size: o.size,
-                        modified: jiff::Timestamp::from_millisecond(
-                            o.last_modified.timestamp_millis(),
-                        )
-                        .ok(),
-                    })
-                    .collect();
-                Ok(Listing {
-                    folders: names(listing.common_prefixes),
-                    objects: names(listing.objects.into_iter().map(|o| o.location).collect()),
-                    infos,
-                })
-            }
         }
     }
 
@@ -641,120 +485,6 @@ impl ClusterArchive {
             Err(e) => Err(e),
         }
     }
-}
-
-/// The names directly under a folder, as a listing found them: `Err` holds a name that is not
-/// valid Unicode (lossily converted) or a path with no file name, to be logged and skipped.
-#[derive(Debug, Default)]
-struct Listing {
-    folders: Vec<Result<String, String>>,
-    objects: Vec<Result<String, String>>,
-    /// Size and modification time of each of `objects`, in the same order.
-    infos: Vec<ObjectInfo>,
-}
-
-/// What a listing tells of an object besides its name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// Its size in bytes, as stored.
-    pub size: u64,
-    /// When it was stored, where the store says.
-    pub modified: Option<jiff::Timestamp>,
-}
-
-impl Listing {
-    /// The sub-folders `parse` accepts; the others are logged and skipped.
-    fn folders_as<T>(&self, dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
-        parse_names(dir, "folder", &self.folders, parse)
-    }
-
-    /// The objects `parse` accepts; the others are logged and skipped.
-    fn objects_as<T>(&self, dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
-        parse_names(dir, "file", &self.objects, parse)
-    }
-
-    /// The objects `parse` accepts, with their size and time.
-    fn objects_with_info<T>(
-        &self,
-        dir: &Path,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Vec<(T, ObjectInfo)> {
-        self.objects
-            .iter()
-            .zip(&self.infos)
-            .filter_map(|(name, info)| parse_name(dir, "file", name, &parse).map(|t| (t, *info)))
-            .collect()
-    }
-}
-
-fn parse_names<T>(
-    dir: &Path,
-    kind: &str,
-    names: &[Result<String, String>],
-    parse: impl Fn(&str) -> Option<T>,
-) -> Vec<T> {
-    names
-        .iter()
-        .filter_map(|name| parse_name(dir, kind, name, &parse))
-        .collect()
-}
-
-/// `name` parsed, or `None` (logged) when it is not a name walhalla writes in `dir`.
-fn parse_name<T>(
-    dir: &Path,
-    kind: &str,
-    name: &Result<String, String>,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Option<T> {
-    let parsed = name.as_deref().ok().and_then(parse);
-    if parsed.is_none() {
-        let name = name.as_ref().unwrap_or_else(|lossy| lossy);
-        tracing::debug!(folder = %dir, "ignoring {kind} {name:?}: not a name walhalla writes there");
-    }
-    parsed
-}
-
-/// Lists a local folder with the standard library rather than object_store, which fails a
-/// whole listing on one name that is not valid Unicode. A missing folder is empty, as on S3;
-/// symbolic links count as what they point to, and broken ones are skipped.
-fn list_local(folder: &std::path::Path) -> object_store::Result<Listing> {
-    let io_error = |e: std::io::Error| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(std::io::Error::new(
-            e.kind(),
-            format!("list {}: {e}", folder.display()),
-        )),
-    };
-    let entries = match std::fs::read_dir(folder) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
-        Err(e) => return Err(io_error(e)),
-    };
-    let mut listing = Listing::default();
-    for entry in entries {
-        let entry = entry.map_err(io_error)?;
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|raw| raw.to_string_lossy().into_owned());
-        match std::fs::metadata(entry.path()) {
-            Ok(meta) if meta.is_dir() => listing.folders.push(name),
-            Ok(meta) => {
-                listing.objects.push(name);
-                listing.infos.push(ObjectInfo {
-                    size: meta.len(),
-                    modified: meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
-                });
-            }
-            // Removed meanwhile, or a broken link.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(e)),
-        }
-    }
-    Ok(listing)
 }
 
 #[cfg(test)]

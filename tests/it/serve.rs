@@ -207,10 +207,7 @@ fn a_corrupt_object_is_refused_by_the_server_and_the_client() {
     let key = key_of(primary.system_id(), &bad);
     primary.stop("fast");
 
-    let mut object = archive.object(&key).unwrap();
-    let middle = object.len() / 2;
-    object[middle] ^= 0x01;
-    archive.overwrite(&key, object);
+    archive.corrupt(&key);
     let server = Server::start(&wh, &archive, &[]);
 
     // The server refuses it.

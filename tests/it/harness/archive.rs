@@ -139,6 +139,25 @@ impl TestArchive {
             .expect("overwrite object");
     }
 
+    /// Flips one bit of the object at `key` behind walhalla's back, the first from its middle
+    /// on that changes what the object holds: zstd leaves some bits unread, and a flip there
+    /// keeps the content, which walhalla then rightly delivers, verified.
+    pub fn corrupt(&self, key: &str) {
+        let original = self
+            .object(key)
+            .unwrap_or_else(|| panic!("no object {key}"));
+        let corrupted = (original.len() / 2..original.len())
+            .find_map(|i| {
+                let mut object = original.clone();
+                object[i] ^= 0x01;
+                walhalla::envelope::decode(&object)
+                    .is_err()
+                    .then_some(object)
+            })
+            .expect("a bit whose flip changes the content");
+        self.overwrite(key, corrupted);
+    }
+
     /// Deletes the object at `key` behind walhalla's back (a lost upload).
     pub fn remove(&self, key: &str) {
         self.runtime
