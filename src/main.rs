@@ -258,6 +258,11 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
         system_id: config.system_id,
         for_backup: None,
     };
+    if options.slot.is_none() {
+        tracing::warn!(
+            "streaming without a replication slot (-S): the server may recycle WAL before it is archived, leaving a hole in the archive; use -S SLOT (with --create-slot the first time)"
+        );
+    }
     let archive = hooks::open_archive(config, true, None).await?;
     let shared = Arc::new(Shared::new(archive.clone()));
     let stopped = stop_on_signal()?;

@@ -316,6 +316,7 @@ fn fatal_problems_stop_the_receiver() {
         &["-d", &conninfo, "-S", "nosuchslot"],
     ));
     assert!(log.contains("\"nosuchslot\" does not exist"), "{log}");
+    assert!(!log.contains("without a replication slot"), "{log}");
 
     let mismatch = [
         "-d",
@@ -630,4 +631,18 @@ fn the_demo_streams_a_throwaway_cluster_into_an_archive() {
         !std::path::Path::new(kept).exists(),
         "the demo did not clean up {kept}"
     );
+}
+
+#[test]
+fn a_receiver_without_a_slot_warns_at_start() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let receiver = Receiver::start(&wh, &archive, &["-d", &pg.conninfo()]);
+    wait_for("the warning", Duration::from_secs(30), || {
+        let log = receiver.log();
+        (log.contains("WARN") && log.contains("streaming without a replication slot (-S)"))
+            .then_some(())
+    });
 }
