@@ -155,6 +155,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A row of a simple query's result, every column as text.
 pub type Row = Vec<Option<String>>;
 
+/// How the server answered START_REPLICATION.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyStart {
+    /// It streams (CopyBoth mode).
+    Streaming,
+    /// The timeline asked for ends where streaming would start: the rows name the next
+    /// timeline and where it begins, as at the end of a stream.
+    TimelineEnded(Vec<Row>),
+}
+
 /// A row with every column's bytes as the server sent them (TIMELINE_HISTORY's content).
 pub type RawRow = Vec<Option<Vec<u8>>>;
 
@@ -212,6 +222,19 @@ enum Frame {
     CopyData(Bytes),
     CopyBothResponse,
     Other(Message),
+}
+
+/// What kind of message a frame is, for protocol errors.
+fn frame_kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::CopyData(_) => "CopyData",
+        Frame::CopyBothResponse => "CopyBothResponse",
+        Frame::Other(Message::ReadyForQuery(_)) => "ReadyForQuery without a result",
+        Frame::Other(Message::CopyOutResponse(_)) => "CopyOutResponse",
+        Frame::Other(Message::CopyInResponse(_)) => "CopyInResponse",
+        Frame::Other(Message::NoticeResponse(_)) => "NoticeResponse",
+        Frame::Other(_) => "another message",
+    }
 }
 
 impl Connection {
@@ -505,23 +528,34 @@ impl Connection {
         }
     }
 
-    /// Sends `sql` (START_REPLICATION) and waits for the server to enter CopyBoth mode.
-    pub async fn start_copy_both(&mut self, sql: &str) -> Result<()> {
+    /// Sends `sql` (START_REPLICATION) and waits for the server to enter CopyBoth mode. A
+    /// server asked for a past timeline exactly where that timeline ends has nothing to
+    /// stream: it answers at once with the result set naming the next timeline, which is
+    /// returned as [`CopyStart::TimelineEnded`] (walsender.c, `StartReplication`).
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<CopyStart> {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush().await?;
+        let mut rows = Vec::new();
         loop {
             match self.read_frame().await? {
-                Frame::CopyBothResponse => return Ok(()),
+                Frame::CopyBothResponse => return Ok(CopyStart::Streaming),
                 Frame::Other(Message::ErrorResponse(body)) => {
                     let error = ServerError::from_fields(body.fields())?;
                     // Drain to ReadyForQuery so the connection can be reused.
                     self.read_results().await?;
                     return Err(Error::Server(error));
                 }
-                Frame::Other(
-                    Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_),
-                ) => {}
-                _ => return Err(Error::Protocol("expected CopyBothResponse".into())),
+                Frame::Other(Message::DataRow(body)) => rows.push(text_row(raw_row(&body)?)),
+                Frame::Other(Message::RowDescription(_) | Message::CommandComplete(_)) => {}
+                Frame::Other(Message::ReadyForQuery(_)) if !rows.is_empty() => {
+                    return Ok(CopyStart::TimelineEnded(rows));
+                }
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "expected CopyBothResponse or the next timeline, got {}",
+                        frame_kind(&other)
+                    )));
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
-use super::stream::{Stream, StreamEnd};
+use super::stream::{Stream, StreamEnd, next_timeline};
 use super::upload::{UploadSettings, Uploader};
 use super::{BackupWal, ReceiveOptions};
 use crate::archive::{Archive, ClusterArchive};
@@ -22,7 +22,7 @@ use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope::Encoder;
 use crate::protocol::commands::{self, CommandError, Identity};
-use crate::protocol::connection::{Connection, Error as ConnError};
+use crate::protocol::connection::{Connection, CopyStart, Error as ConnError};
 use crate::spool::{self, SegmentWriter};
 use crate::wal::{
     HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
@@ -254,7 +254,9 @@ pub async fn run(
         let started = conn.start_copy_both(&command).await;
         let ended = match started {
             Err(e) => Err(from_conn(e)),
-            Ok(()) => {
+            // The archive holds the old timeline up to where it ends: go on with the next.
+            Ok(CopyStart::TimelineEnded(rows)) => next_timeline(&rows, timeline),
+            Ok(CopyStart::Streaming) => {
                 tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
                 shared.metrics.set_timeline(timeline.0);
                 shared.metrics.stream_started(start_lsn.0);

@@ -19,7 +19,7 @@ use super::session::{Context, SessionEnd, SessionError, from_conn};
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
 use crate::envelope::Encoder;
-use crate::protocol::connection::{Connection, CopyMessage};
+use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
 use crate::spool::SegmentWriter;
 use crate::wal::{Lsn, SegNo, TimelineId};
@@ -56,6 +56,38 @@ pub enum StreamEnd {
         /// Where it branched off.
         switch_point: Lsn,
     },
+}
+
+/// Where the server says the next timeline begins, from the result set that follows the end
+/// of a timeline (`next_tli`, `next_tli_startpos`).
+pub fn next_timeline(rows: &[Row], current: TimelineId) -> Result<StreamEnd, SessionError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| anyhow!("no next timeline after the end of timeline {}", current.0))?;
+    let next = row
+        .first()
+        .cloned()
+        .flatten()
+        .and_then(|t| t.parse::<u32>().ok());
+    let switch_point = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|l| l.parse::<Lsn>().ok());
+    let (Some(next), Some(switch_point)) = (next, switch_point) else {
+        return Err(anyhow!(
+            "unreadable next timeline after timeline {}: {row:?}",
+            current.0
+        )
+        .into());
+    };
+    if next <= current.0 {
+        return Err(anyhow!("the server switched from timeline {} to {next}", current.0).into());
+    }
+    Ok(StreamEnd::Timeline {
+        next: TimelineId(next),
+        switch_point,
+    })
 }
 
 impl<'a> Stream<'a> {
@@ -183,41 +215,9 @@ impl<'a> Stream<'a> {
     async fn end_of_timeline(&mut self) -> Result<StreamEnd, SessionError> {
         self.conn.send_copy_done().await.map_err(from_conn)?;
         let rows = self.conn.read_results().await.map_err(from_conn)?;
-        let row = rows.first().ok_or_else(|| {
-            anyhow!(
-                "no next timeline after the end of timeline {}",
-                self.timeline.0
-            )
-        })?;
-        let next = row
-            .first()
-            .cloned()
-            .flatten()
-            .and_then(|t| t.parse::<u32>().ok());
-        let switch_point = row
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|l| l.parse::<Lsn>().ok());
-        let (Some(next), Some(switch_point)) = (next, switch_point) else {
-            return Err(anyhow!(
-                "unreadable next timeline after timeline {}: {row:?}",
-                self.timeline.0
-            )
-            .into());
-        };
-        if next <= self.timeline.0 {
-            return Err(anyhow!(
-                "the server switched from timeline {} to {next}",
-                self.timeline.0
-            )
-            .into());
-        }
+        let end = next_timeline(&rows, self.timeline)?;
         self.sync().await?;
-        Ok(StreamEnd::Timeline {
-            next: TimelineId(next),
-            switch_point,
-        })
+        Ok(end)
     }
 
     fn writer(&self) -> &SegmentWriter {

@@ -30,10 +30,9 @@ fn fetched(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, name: &str) -> 
     std::fs::read(dest).unwrap()
 }
 
-#[test]
-fn follows_a_failover_to_the_promoted_standby() {
-    let wh = Walhalla::install();
-    let archive = TestArchive::new(Backend::Local);
+/// A primary with some rows, its standby, and a receiver on slot "walhalla" of whichever of
+/// the two accepts writes.
+fn pair_with_receiver(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, PgCluster, Receiver) {
     let mut primary = PgCluster::init("primary");
     primary.append_conf("wal_keep_size = '1GB'");
     primary.start();
@@ -45,7 +44,15 @@ fn follows_a_failover_to_the_promoted_standby() {
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let mut receiver = Receiver::on_slot(&wh, &archive, &hosts, &[]);
+    let receiver = Receiver::on_slot(wh, archive, &hosts, &[]);
+    (primary, standby, receiver)
+}
+
+#[test]
+fn follows_a_failover_to_the_promoted_standby() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive);
     wait_for("the receiver to stream", Duration::from_secs(60), || {
         let streaming = primary
             .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'");
@@ -308,4 +315,40 @@ fn a_second_primary_on_the_same_timeline_cannot_change_the_archive() {
     for (key, bytes) in before {
         assert!(archive.object(&key).unwrap() == bytes, "{key} changed");
     }
+}
+
+#[test]
+fn follows_a_promotion_whose_timeline_begins_at_a_segment_boundary() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive);
+    primary.write_rows(300);
+    // The old primary's last record switches segments, and it stops at once (no shutdown
+    // checkpoint after it): timeline 2 begins exactly at a segment boundary. Asked for
+    // timeline 1 from there, the server streams nothing and names timeline 2 at once.
+    let last = primary.switch_wal();
+    let system_id = primary.system_id();
+    wait_object(&archive, system_id, &last);
+    standby.wait_replayed(&primary);
+    primary.stop("immediate");
+    standby.promote();
+    let history = std::fs::read_to_string(standby.data.join("pg_wal/00000002.history")).unwrap();
+    let switch_point: walhalla::wal::Lsn = history
+        .split_whitespace()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("a switch point in {history:?}"));
+    assert_eq!(
+        switch_point.0 % (1 << 20),
+        0,
+        "not at a segment boundary: {history}"
+    );
+
+    standby.write_rows(500);
+    let after = standby.switch_wal();
+    assert!(after.starts_with("00000002"), "{after}");
+    wait_object(&archive, system_id, &after);
+    let log = receiver.log();
+    assert!(!log.contains("protocol violation"), "{log}");
+    assert!(receiver.stop().success());
 }
