@@ -378,6 +378,7 @@ pub struct Snapshot {
     /// What the last survey of the archive found (none yet: `null`).
     pub coverage: Option<Coverage>,
     /// Failures by kind.
+    #[serde(serialize_with = "as_object")]
     pub errors: Vec<(&'static str, u64)>,
     /// The fetch server's requests.
     pub fetch: FetchSnapshot,
@@ -389,6 +390,7 @@ pub struct FetchSnapshot {
     /// Requests for WAL files.
     pub requests: u64,
     /// Files served, by source.
+    #[serde(serialize_with = "as_object")]
     pub hits: Vec<(&'static str, u64)>,
     /// Requests for files nobody has.
     pub misses: u64,
@@ -396,6 +398,19 @@ pub struct FetchSnapshot {
     pub seconds_sum: f64,
     /// Cumulative counts of answers within each bound, in seconds.
     pub buckets: Vec<(f64, u64)>,
+}
+
+/// Labelled counts as a JSON object (`{"archive": 0, …}`) rather than a list of pairs.
+fn as_object<S: serde::Serializer>(
+    pairs: &[(&'static str, u64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (label, count) in pairs {
+        map.serialize_entry(label, count)?;
+    }
+    map.end()
 }
 
 impl Snapshot {
@@ -636,5 +651,15 @@ mod tests {
         m.received(5000, 2000);
         assert_eq!(m.snapshot().replication_lag_bytes, 0);
         assert!(m.snapshot().replication_lag_seconds < 1.0);
+    }
+
+    #[test]
+    fn labelled_counts_are_json_objects() {
+        let metrics = Metrics::default();
+        metrics.error(ErrorKind::Archive);
+        metrics.fetch_answered(Some(FetchSource::Spool), Duration::from_millis(3));
+        let json = serde_json::to_value(metrics.snapshot()).unwrap();
+        assert_eq!(json["errors"][ErrorKind::Archive.label()], 1, "{json}");
+        assert_eq!(json["fetch"]["hits"]["spool"], 1, "{json}");
     }
 }
