@@ -13,7 +13,7 @@ use crate::backup::catalog;
 use crate::backup::meta::BackupMeta;
 use crate::coverage::{self, TimelineWal, window::Window};
 use crate::progress::bytes;
-use crate::timeindex;
+use crate::timeindex::{self, SegmentIndex};
 use crate::wal::{
     HistoryEntry, LongPageHeader, Lsn, SegNo, SegmentSize, SystemId, TimelineId, WalFileName,
     version,
@@ -130,17 +130,50 @@ pub async fn survey(cluster: &ClusterArchive) -> anyhow::Result<Survey> {
 /// One cluster's listing.
 pub async fn cluster_listing(cluster: &ClusterArchive) -> anyhow::Result<ClusterListing> {
     let mut listing = listing_of(cluster.system_id(), survey(cluster).await?);
-    add_end_times(cluster, &mut listing).await?;
-    add_restore_points(cluster, &mut listing).await?;
+    add_index_facts(cluster, &mut listing).await?;
     Ok(listing)
 }
 
 /// How many segments before a window's end are searched for the newest commit.
 const COMMIT_SEARCH_SEGMENTS: u64 = 32;
 
-/// Fills in the time each window span ends at: the newest commit before its end that the
-/// time indexes of the last segments before it record (none for segments archived without
-/// an index, or without a commit in the last [`COMMIT_SEARCH_SEGMENTS`]).
+/// Time indexes read, per timeline and segment.
+type Indexes = BTreeMap<TimelineId, BTreeMap<SegNo, SegmentIndex>>;
+
+/// Where each window span ends: its timeline and the segment just past its end.
+fn span_ends(listing: &ClusterListing, size: SegmentSize) -> Vec<(TimelineId, SegNo)> {
+    listing
+        .windows
+        .iter()
+        .flat_map(|w| w.spans.iter().map(move |s| (w.timeline, &s.to_lsn)))
+        .filter_map(|(t, end)| Some((TimelineId(t), SegNo::containing(end.parse().ok()?, size))))
+        .collect()
+}
+
+/// Fills in the time each window span ends at: the newest commit (or abort) that the time
+/// indexes of the last [`COMMIT_SEARCH_SEGMENTS`] segments before its end record (none for
+/// segments archived without an index, or without a commit there).
+fn set_end_times(listing: &mut ClusterListing, size: SegmentSize, indexes: &Indexes) {
+    for window in &mut listing.windows {
+        let Some(of_timeline) = indexes.get(&TimelineId(window.timeline)) else {
+            continue;
+        };
+        for span in &mut window.spans {
+            let Ok(end) = span.to_lsn.parse::<Lsn>() else {
+                continue;
+            };
+            let to = SegNo::containing(end, size);
+            span.to_time = of_timeline
+                .range(SegNo(to.0.saturating_sub(COMMIT_SEARCH_SEGMENTS))..to)
+                .rev()
+                .find_map(|(_, index)| index.latest_xact.as_ref())
+                .and_then(|mark| timeindex::format_time(mark.time));
+        }
+    }
+}
+
+/// Fills in the windows' end times, reading only the indexes of the segments just before
+/// each end (the daemon's survey).
 pub async fn add_end_times(
     cluster: &ClusterArchive,
     listing: &mut ClusterListing,
@@ -148,62 +181,48 @@ pub async fn add_end_times(
     let Some(size) = listing.segment_size.and_then(SegmentSize::new) else {
         return Ok(());
     };
-    for window in &mut listing.windows {
-        let timeline = TimelineId(window.timeline);
-        for span in &mut window.spans {
-            let Ok(end) = span.to_lsn.parse::<Lsn>() else {
-                continue;
-            };
-            let to = SegNo::containing(end, size);
-            let from = SegNo(to.0.saturating_sub(COMMIT_SEARCH_SEGMENTS));
-            let indexes = cluster.segment_indexes(timeline, from, to, size).await?;
-            span.to_time = indexes
-                .values()
-                .rev()
-                .find_map(|index| index.latest_xact.as_ref())
-                .and_then(|mark| timeindex::format_time(mark.time));
-        }
+    let mut indexes = Indexes::new();
+    for (timeline, to) in span_ends(listing, size) {
+        let from = SegNo(to.0.saturating_sub(COMMIT_SEARCH_SEGMENTS));
+        let read = cluster.segment_indexes(timeline, from, to, size).await?;
+        indexes.entry(timeline).or_default().extend(read);
     }
+    set_end_times(listing, size, &indexes);
     Ok(())
 }
 
-/// Fills in each timeline's restore points and how many of its segments are indexed, from
-/// every time index the archive holds of it (a read of each).
-pub async fn add_restore_points(
+/// Fills in each timeline's restore points and how many of its segments are indexed, and the
+/// windows' end times, from every time index the archive holds (a read of each, once).
+pub async fn add_index_facts(
     cluster: &ClusterArchive,
     listing: &mut ClusterListing,
 ) -> anyhow::Result<()> {
     let Some(size) = listing.segment_size.and_then(SegmentSize::new) else {
         return Ok(());
     };
+    let segno = |text: &str| match text.parse::<WalFileName>().ok()? {
+        WalFileName::Segment(s) => s.segno(size),
+        _ => None,
+    };
+    let mut indexes = Indexes::new();
     for timeline in &mut listing.timelines {
-        let name = |run: Option<&coverage::SegmentRun>, last: bool| {
-            let text = if last { &run?.last } else { &run?.first };
-            match text.parse::<WalFileName>().ok()? {
-                WalFileName::Segment(s) => s.segno(size),
-                _ => None,
-            }
-        };
-        let (Some(first), Some(last)) = (
-            name(timeline.ranges.first(), false),
-            name(timeline.ranges.last(), true),
-        ) else {
+        let first = timeline.ranges.first().and_then(|r| segno(&r.first));
+        let last = timeline.ranges.last().and_then(|r| segno(&r.last));
+        let (Some(first), Some(last)) = (first, last) else {
             continue;
         };
-        let indexes = cluster
-            .segment_indexes(
-                TimelineId(timeline.timeline),
-                first,
-                SegNo(last.0 + 1),
-                size,
-            )
+        let id = TimelineId(timeline.timeline);
+        let read = cluster
+            .segment_indexes(id, first, SegNo(last.0 + 1), size)
             .await?;
-        timeline.indexed_segments = indexes.len() as u64;
-        timeline.restore_points = indexes
-            .into_values()
-            .flat_map(|index| index.restore_points)
+        timeline.indexed_segments = read.len() as u64;
+        timeline.restore_points = read
+            .values()
+            .flat_map(|index| index.restore_points.iter().cloned())
             .collect();
+        indexes.insert(id, read);
     }
+    set_end_times(listing, size, &indexes);
     Ok(())
 }
 

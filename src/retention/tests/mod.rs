@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::*;
-use crate::backup::meta::META_FORMAT;
+use crate::backup::meta::testing;
 use crate::restore::plan::{needed_segments, path};
 use crate::wal::{SegNo, WalFileName};
 
@@ -34,28 +34,17 @@ fn time(text: &str) -> jiff::Timestamp {
 /// its start time, one minute before.
 fn backup(timeline: u32, start: Lsn, stop: Lsn, stop_time: &str) -> BackupMeta {
     let started = time(stop_time) - jiff::SignedDuration::from_secs(60);
+    let id = started.strftime("%Y%m%dT%H%M%SZ").to_string();
     BackupMeta {
-        format: META_FORMAT,
-        id: started.strftime("%Y%m%dT%H%M%SZ").to_string(),
-        label: String::new(),
-        system_id: "7".into(),
-        server_version: "17.2".into(),
-        server_major: 17,
-        walhalla_version: "0".into(),
-        segment_size: 1 << 20,
-        start_lsn: start.to_string(),
-        start_timeline: timeline,
-        stop_lsn: stop.to_string(),
-        stop_timeline: timeline,
         start_time: started.to_string(),
-        stop_time: stop_time.into(),
-        from_standby: false,
-        archives: Vec::new(),
-        manifest_bytes: 0,
-        bytes: 0,
         stored_bytes: 1000,
-        wal_complete: true,
-        wal_missing: None,
+        ..testing::backup(
+            &id,
+            timeline,
+            &start.to_string(),
+            &stop.to_string(),
+            stop_time,
+        )
     }
 }
 
