@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod help;
+
 use crate::backup::take::WalSource;
 use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
@@ -37,7 +39,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALHALLA_ARCHIVE", value_name = "URL")]
     pub archive: Option<String>,
 
-    /// TOML config file with any of: archive, system_id, compression_level, timeout_seconds.
+    /// TOML config file holding any setting, under its key (`walhalla config` lists them)
+    /// [default: /etc/walhalla/walhalla.toml, if it exists].
     #[arg(long, global = true, env = "WALHALLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -47,16 +50,18 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALHALLA_SYSTEM_ID", value_name = "ID")]
     pub system_id: Option<SystemId>,
 
-    /// zstd compression level for new objects [default: 3].
+    /// zstd compression level for new objects.
     #[arg(long, global = true, env = "WALHALLA_COMPRESSION_LEVEL", value_name = "LEVEL",
+          default_value_t = crate::envelope::DEFAULT_LEVEL,
           value_parser = clap::value_parser!(i32).range(*COMPRESSION_LEVELS.start() as i64..=*COMPRESSION_LEVELS.end() as i64))]
-    pub compression_level: Option<i32>,
+    pub compression_level: i32,
 
     /// Deadline in seconds, retries included: of a whole push or fetch (a --server gets half
     /// of it when --archive is there to fall back to), of each archive operation of receive
-    /// and serve [default: 60].
-    #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// and serve.
+    #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS",
+          default_value_t = crate::config::DEFAULT_TIMEOUT.as_secs())]
+    pub timeout: u64,
 }
 
 impl GlobalArgs {
@@ -64,10 +69,9 @@ impl GlobalArgs {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             archive: self.archive.clone(),
-            config_file: self.config.clone(),
             system_id: self.system_id,
-            compression_level: self.compression_level,
-            timeout_seconds: self.timeout,
+            compression_level: Some(self.compression_level),
+            timeout_seconds: Some(self.timeout),
         }
     }
 }
@@ -132,6 +136,9 @@ pub enum Command {
     /// Serve the archive to restore_commands (GET /wal/NAME), with /metrics, /status and
     /// /healthz, for hosts that do not run `walhalla receive --listen`.
     Serve(ServeArgs),
+    /// Print every command's settings as they resolve here, each with its source (flag,
+    /// environment variable, config file or default), passwords masked; checks the config file.
+    Config(ConfigArgs),
     /// Print a running server's /status for a person.
     Status {
         #[command(flatten)]
@@ -151,6 +158,16 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
         prefetch: u16,
     },
+}
+
+/// Options of `walhalla config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Only this command's settings.
+    pub command: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Segments `walhalla fetch` keeps ahead by default, chosen by measurement
@@ -285,6 +302,11 @@ pub struct ConnArgs {
         default_value = ""
     )]
     pub conninfo: String,
+    /// File whose first line is the password, for a connection string without one (a
+    /// password belongs in a file readable by walhalla's user only, never in the config
+    /// file or on a command line; libpq's passfile= and PGPASSFILE work too).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// Options of `walhalla backup`.
@@ -357,7 +379,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// Options of `walhalla prune`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("rule").required(true).multiple(true))]
+#[command(group = clap::ArgGroup::new("rule").multiple(true))]
 pub struct PruneArgs {
     /// Retain the newest N complete backups (the newest is always retained).
     #[arg(long, value_name = "N", group = "rule", value_parser = clap::value_parser!(u64).range(1..))]
@@ -383,6 +405,16 @@ pub struct PruneArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl PruneArgs {
+    /// Whether a retention rule is given (by flag, variable or config file).
+    pub fn has_rule(&self) -> bool {
+        self.keep_backups.is_some()
+            || self.keep_within.is_some()
+            || self.keep_wal_within.is_some()
+            || self.before.is_some()
+    }
 }
 
 /// Options of `walhalla restore`.
@@ -558,6 +590,7 @@ impl Command {
             Command::Demo { .. } => "demo",
             Command::Serve(_) => "serve",
             Command::Status { .. } => "status",
+            Command::Config(_) => "config",
             Command::PrefetchWorker { .. } => "prefetch-worker",
         }
     }

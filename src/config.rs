@@ -1,19 +1,10 @@
-//! Settings shared by every command, resolved with the precedence flag > environment > config
-//! file > default. The command line and environment are read by `cli`; this module adds the
-//! TOML config file and the defaults.
-//!
-//! ```toml
-//! archive = "s3://bucket/prefix"      # or "/var/lib/walhalla" or "file:///var/lib/walhalla"
-//! system_id = "7312029512345678901"    # optional; normally read from pg_control
-//! compression_level = 3
-//! timeout_seconds = 60
-//! ```
+//! Settings shared by every command, resolved: [`crate::settings`] has already laid flags,
+//! environment and the config file over each other; this module checks the values and fills in
+//! the defaults that depend on nothing else.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 
 use crate::archive::Location;
 use crate::envelope;
@@ -31,8 +22,6 @@ pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 pub struct Overrides {
     /// `--archive` / `WALHALLA_ARCHIVE`.
     pub archive: Option<String>,
-    /// `--config` / `WALHALLA_CONFIG`.
-    pub config_file: Option<PathBuf>,
     /// `--system-id` / `WALHALLA_SYSTEM_ID`.
     pub system_id: Option<SystemId>,
     /// `--compression-level` / `WALHALLA_COMPRESSION_LEVEL`.
@@ -55,49 +44,20 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    archive: Option<String>,
-    system_id: Option<FileSystemId>,
-    compression_level: Option<i32>,
-    timeout_seconds: Option<u64>,
-}
-
-/// TOML integers stop at i64::MAX while system identifiers use all 64 bits: take either form.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum FileSystemId {
-    Number(u64),
-    Text(String),
-}
-
 impl Config {
-    /// Resolves the settings: `overrides` first, then the config file, then defaults.
+    /// Checks the settings given and fills in the defaults.
     pub fn resolve(overrides: Overrides) -> anyhow::Result<Config> {
-        let file = match &overrides.config_file {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        let archive = match overrides.archive.or(file.archive) {
+        let archive = match overrides.archive {
             Some(text) => Some(text.parse::<Location>().map_err(anyhow::Error::msg)?),
             None => None,
         };
-        let file_system_id = match file.system_id {
-            None => None,
-            Some(FileSystemId::Number(n)) => {
-                Some(n.to_string().parse().map_err(anyhow::Error::msg)?)
-            }
-            Some(FileSystemId::Text(s)) => Some(s.parse().map_err(anyhow::Error::msg)?),
-        };
         let compression_level = overrides
             .compression_level
-            .or(file.compression_level)
             .unwrap_or(envelope::DEFAULT_LEVEL);
         if !COMPRESSION_LEVELS.contains(&compression_level) {
             bail!("compression level {compression_level} is outside {COMPRESSION_LEVELS:?}");
         }
-        let timeout = match overrides.timeout_seconds.or(file.timeout_seconds) {
+        let timeout = match overrides.timeout_seconds {
             Some(0) => bail!("timeout must be at least 1 second"),
             Some(seconds) if seconds > MAX_TIMEOUT.as_secs() => {
                 bail!(
@@ -110,7 +70,7 @@ impl Config {
         };
         Ok(Config {
             archive,
-            system_id: overrides.system_id.or(file_system_id),
+            system_id: overrides.system_id,
             compression_level,
             timeout,
         })
@@ -126,79 +86,39 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn with_file(text: &str, overrides: Overrides) -> anyhow::Result<Config> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("walhalla.toml");
-        std::fs::write(&path, text).unwrap();
-        Config::resolve(Overrides {
-            config_file: Some(path),
-            ..overrides
-        })
-    }
-
     #[test]
-    fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let file = "archive = \"/from/file\"\ncompression_level = 7\nsystem_id = \"9300000000000000001\"\n";
-        let c = with_file(file, Overrides::default()).unwrap();
-        assert_eq!(c.archive, Some(Location::Local("/from/file".into())));
-        assert_eq!(c.compression_level, 7);
-        assert_eq!(c.system_id, Some(SystemId(9_300_000_000_000_000_001)));
+    fn fills_in_defaults_and_refuses_bad_values() {
+        let c = Config::resolve(Overrides::default()).unwrap();
+        assert_eq!(c.compression_level, envelope::DEFAULT_LEVEL);
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-
-        let flags = Overrides {
-            archive: Some("s3://b/p".into()),
-            compression_level: Some(2),
-            ..Default::default()
-        };
-        let c = with_file(file, flags).unwrap();
-        assert_eq!(
-            c.archive,
-            Some(Location::S3 {
-                bucket: "b".into(),
-                prefix: "p".into()
-            })
-        );
-        assert_eq!(c.compression_level, 2);
-    }
-
-    #[test]
-    fn refuses_bad_settings() {
         assert!(
-            Config::resolve(Overrides::default())
-                .unwrap()
-                .archive()
-                .is_err(),
+            c.archive().is_err(),
             "an archive is required where one is used"
         );
-        assert!(with_file("archive = \"/a\"\nunknown_key = 1\n", Overrides::default()).is_err());
-        assert!(
-            with_file(
-                "archive = \"/a\"\ncompression_level = 40\n",
-                Overrides::default()
-            )
-            .is_err()
-        );
-        assert!(
-            with_file(
-                "archive = \"/a\"\ntimeout_seconds = 0\n",
-                Overrides::default()
-            )
-            .is_err()
-        );
-        assert!(with_file("archive = \"/a\"\nsystem_id = 0\n", Overrides::default()).is_err());
-        assert!(with_file("archive = [", Overrides::default()).is_err());
-        let huge = format!("archive = \"/a\"\ntimeout_seconds = {}\n", i64::MAX);
-        assert!(with_file(&huge, Overrides::default()).is_err());
-        assert!(with_file("archive = \"relative/dir\"\n", Overrides::default()).is_err());
+        let bad = [
+            Overrides {
+                compression_level: Some(40),
+                ..Default::default()
+            },
+            Overrides {
+                timeout_seconds: Some(0),
+                ..Default::default()
+            },
+            Overrides {
+                timeout_seconds: Some(i64::MAX as u64),
+                ..Default::default()
+            },
+            Overrides {
+                archive: Some("relative/dir".into()),
+                ..Default::default()
+            },
+        ];
+        for overrides in bad {
+            assert!(Config::resolve(overrides.clone()).is_err(), "{overrides:?}");
+        }
     }
 }

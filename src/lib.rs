@@ -17,7 +17,8 @@
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
-//! - [`config`]: settings from flags, environment and the config file.
+//! - [`settings`]: where each setting comes from (flag, `WALHALLA_*` variable, config file,
+//!   default) and `walhalla config`; [`config`]: the shared settings checked.
 //! - [`coverage`]: what the archive covers, pure: WAL runs and gaps per timeline, the
 //!   restorable window along each timeline path.
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
@@ -65,6 +66,7 @@ pub mod receiver;
 pub mod restore;
 pub mod retention;
 pub mod server;
+pub mod settings;
 pub mod spool;
 pub mod survey;
 pub mod timeindex;

@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use anyhow::Context;
@@ -14,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use walhalla::cli::{
-    BackupArgs, Cli, ClientArgs, Command, ListenArgs, PruneArgs, ReceiveArgs, RestoreArgs,
-    VerifyArgs,
+    BackupArgs, Cli, ClientArgs, Command, ConfigArgs, ConnArgs, ListenArgs, PruneArgs, ReceiveArgs,
+    RestoreArgs, VerifyArgs,
 };
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
@@ -29,8 +28,8 @@ use walhalla::server::Server;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    let parsed = match walhalla::settings::parse(&args) {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             if !e.use_stderr() {
@@ -41,6 +40,11 @@ fn main() -> ExitCode {
             // makes the archiver restart, keeping the WAL.
             return ExitCode::from(EXIT_FETCH_FATAL);
         }
+    };
+    let cli = parsed.cli;
+    let settings = SettingsView {
+        file: parsed.file,
+        matches: parsed.matches,
     };
     init_tracing(match cli.command {
         Command::Receive(_) | Command::Serve(_) | Command::Backup(_) | Command::Restore(_) => {
@@ -78,7 +82,7 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.name();
-    let result = runtime.block_on(run_until_signal(cli));
+    let result = runtime.block_on(run_until_signal(cli, settings));
     // A blocking task stuck in the kernel (a hung mount) must not keep the process alive
     // past its deadline.
     runtime.shutdown_background();
@@ -91,21 +95,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<u8> {
+/// What `walhalla config` reports from: the config file and clap's matches.
+struct SettingsView {
+    file: Option<walhalla::settings::ConfigFile>,
+    matches: clap::ArgMatches,
+}
+
+async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
     if let Command::Demo { keep } = cli.command {
         // The demo makes its own archive: no --archive needed.
-        let level = cli
-            .global
-            .compression_level
-            .unwrap_or(walhalla::envelope::DEFAULT_LEVEL);
+        let level = cli.global.compression_level;
         walhalla::fsutil::restrict_umask(&[]);
         return walhalla::demo::run(level, keep).await.map(|()| 0);
+    }
+    if let Command::Config(args) = &cli.command {
+        return print_settings(&settings, args).map(|()| 0);
     }
     let config = Config::resolve(cli.global.overrides())?;
     let umask = walhalla::fsutil::restrict_umask(&private_roots(&cli.command, &config));
     tracing::debug!("umask {umask:04o}");
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
         Command::Backup(args) => backup(&config, args).await,
         Command::Restore(args) => restore(&config, args).await.map(|()| 0),
@@ -232,8 +242,7 @@ async fn status(config: &Config, client: &ClientArgs, json: bool) -> anyhow::Res
 async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     // A listener that may not start is a configuration error: before anything else.
     args.listen.options().check()?;
-    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
-        .context("connection string")?;
+    let conn = connection(&args.conn)?;
     let options = ReceiveOptions {
         conn,
         slot: args.slot,
@@ -284,10 +293,63 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     received
 }
 
+/// The replication connection's settings: the connection string with libpq's environment
+/// beneath, and the password from `--password-file` when the string has none.
+fn connection(args: &ConnArgs) -> anyhow::Result<ConnParams> {
+    let mut conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
+        .context("connection string")?;
+    if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the password file {}", path.display()))?;
+        if let Ok(meta) = std::fs::metadata(path)
+            && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o004 != 0
+        {
+            tracing::warn!(
+                "the password file {} is readable by every user: chmod 600 it",
+                path.display()
+            );
+        }
+        let password = text.lines().next().unwrap_or_default();
+        if password.is_empty() {
+            anyhow::bail!("the password file {} is empty", path.display());
+        }
+        conn.password.get_or_insert_with(|| password.to_owned());
+    }
+    Ok(conn)
+}
+
+/// `walhalla config`: the settings as they resolve, with their sources.
+fn print_settings(settings: &SettingsView, args: &ConfigArgs) -> anyhow::Result<()> {
+    let mut root = walhalla::settings::command();
+    root.build();
+    if let Some(name) = &args.command
+        && !root
+            .get_subcommands()
+            .any(|c| c.get_name() == name && !c.is_hide_set())
+    {
+        anyhow::bail!("{name:?} is not a command");
+    }
+    let config = settings
+        .matches
+        .subcommand_matches("config")
+        .context("the config command's options")?;
+    let report = walhalla::settings::Report::new(
+        &root,
+        settings.file.as_ref(),
+        config,
+        args.command.as_deref(),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", walhalla::settings::describe(&report));
+    }
+    Ok(())
+}
+
 /// `walhalla backup`: exit 0 when the backup is complete, 1 when its WAL did not arrive.
 async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<u8> {
-    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
-        .context("connection string")?;
+    let conn = connection(&args.conn)?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = walhalla::backup::take::BackupOptions {
         conn,
@@ -429,7 +491,7 @@ async fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<()> {
 
 /// Runs the command; on SIGTERM or SIGINT removes temporary files and dies of that signal,
 /// as PostgreSQL expects of a command it interrupts at shutdown.
-async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
+async fn run_until_signal(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
     if matches!(
         cli.command,
         Command::Receive(_)
@@ -437,14 +499,14 @@ async fn run_until_signal(cli: Cli) -> anyhow::Result<u8> {
             | Command::Serve(_)
             | Command::PrefetchWorker { .. }
     ) {
-        return run(cli).await;
+        return run(cli, settings).await;
     }
     let (mut term, mut int) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
     let signo = tokio::select! {
-        result = run(cli) => return result,
+        result = run(cli, settings) => return result,
         _ = term.recv() => libc::SIGTERM,
         _ = int.recv() => libc::SIGINT,
     };

@@ -120,21 +120,34 @@ impl Receiver {
         args: &[&str],
         dir: TestDir,
     ) -> Receiver {
-        let log = dir.path().join("receiver.log");
-        let file = std::fs::File::create(&log).expect("create the receiver log");
-        // As PostgreSQL's user, who owns the test archives and runs the hooks that read what
-        // the receiver archived (walhalla's files grant nothing to other users).
-        if let Some((uid, gid)) = super::pg_user_ids() {
-            command.uid(uid).gid(gid);
-        }
-        let child = command
+        command
             .arg("--archive")
             .arg(archive.url())
             .arg("receive")
             .arg("--spool")
             .arg(&spool)
             .args(args)
-            .envs(env)
+            .envs(env);
+        Self::launch(command, spool, dir)
+    }
+
+    /// `walhalla receive` without a single flag: every setting from the config file `config`
+    /// (named by `WALHALLA_CONFIG`), whose spool is `spool`.
+    pub fn from_config(wh: &Walhalla, config: &Path, spool: PathBuf) -> Receiver {
+        let mut command = Command::new(wh.path());
+        command.env("WALHALLA_CONFIG", config).arg("receive");
+        Self::launch(command, spool, TestDir::new("receiver"))
+    }
+
+    /// Starts `command` as PostgreSQL's user, who owns the test archives and runs the hooks
+    /// that read what the receiver archived (walhalla's files grant nothing to other users).
+    fn launch(mut command: Command, spool: PathBuf, dir: TestDir) -> Receiver {
+        let log = dir.path().join("receiver.log");
+        let file = std::fs::File::create(&log).expect("create the receiver log");
+        if let Some((uid, gid)) = super::pg_user_ids() {
+            command.uid(uid).gid(gid);
+        }
+        let child = command
             .env("WALHALLA_LOG", "walhalla=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))

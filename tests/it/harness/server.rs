@@ -25,17 +25,31 @@ impl Server {
 
     /// Like [`Server::start`] on a given port (to restart a server where clients expect it).
     pub fn start_on(wh: &Walhalla, archive: &TestArchive, port: u16, extra: &[&str]) -> Server {
-        let dir = TestDir::new("serve");
-        let log = dir.path().join("serve.log");
-        let file = std::fs::File::create(&log).expect("create the server log");
-        let child = Command::new(wh.path())
+        let mut command = Command::new(wh.path());
+        command
             .arg("--archive")
             .arg(archive.url())
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
-            .envs(archive.env())
+            .envs(archive.env());
+        Self::launch(command, port)
+    }
+
+    /// `walhalla serve` without a single flag: every setting from the config file `config`
+    /// (named by `WALHALLA_CONFIG`), which has it listen on 127.0.0.1:`port`.
+    pub fn from_config(wh: &Walhalla, config: &std::path::Path, port: u16) -> Server {
+        let mut command = Command::new(wh.path());
+        command.env("WALHALLA_CONFIG", config).arg("serve");
+        Self::launch(command, port)
+    }
+
+    fn launch(mut command: Command, port: u16) -> Server {
+        let dir = TestDir::new("serve");
+        let log = dir.path().join("serve.log");
+        let file = std::fs::File::create(&log).expect("create the server log");
+        let child = command
             .env("WALHALLA_LOG", "walhalla=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
