@@ -2,8 +2,9 @@
 # demo.sh - the README's first command: `walhalla demo` on a fresh machine. Installs the
 # PostgreSQL server binaries when they are missing (as root, from Debian's packages), builds
 # walhalla, and runs the demo: a throwaway PostgreSQL streamed by `walhalla receive` into a
-# local archive directory under load, then the archive and the receiver's position, then
-# everything is removed. Extra arguments go to `walhalla demo` (e.g. --keep).
+# local archive directory, a `walhalla backup`, rows deleted after a restore point and brought
+# back by `walhalla restore`; then what it showed and what to run next. Everything is removed
+# unless --keep (extra arguments go to `walhalla demo`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then

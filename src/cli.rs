@@ -120,10 +120,11 @@ pub enum Command {
     /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
     /// is archived, or until a fatal problem (exit 1); reconnects after any other failure.
     Receive(ReceiveArgs),
-    /// Show the main job: a throwaway PostgreSQL streamed by the receiver into a local
-    /// archive directory, under load; prints the archive and the receiver's position.
+    /// Show the main jobs on a throwaway PostgreSQL: its WAL streamed into a local archive,
+    /// a base backup, rows deleted after a restore point and brought back by a point-in-time
+    /// restore; then what it showed and what to run next.
     Demo {
-        /// Keep the temporary directory (cluster, spool, archive) instead of removing it.
+        /// Keep the temporary directory (servers, archive, spool, logs) instead of removing it.
         #[arg(long)]
         keep: bool,
     },

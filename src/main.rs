@@ -106,7 +106,10 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
         // The demo makes its own archive: no --archive needed.
         let level = cli.global.compression_level;
         walhalla::fsutil::restrict_umask(&[]);
-        return walhalla::demo::run(level, keep).await.map(|()| 0);
+        return tokio::task::spawn_blocking(move || walhalla::demo::run(level, keep))
+            .await
+            .context("the demo")?
+            .map(|()| 0);
     }
     if let Command::Config(args) = &cli.command {
         return print_settings(&settings, args).map(|()| 0);
