@@ -17,7 +17,8 @@
 //! - [`archive`]: object keys and the create-only, verified store on a directory or S3.
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
-//! - [`config`]: settings from flags, environment and the config file.
+//! - [`config`]: settings from flags, environment and the config file; [`logging`]: log
+//!   format and filter.
 //! - [`coverage`]: what the archive covers, pure: WAL runs and gaps per timeline, the
 //!   restorable window along each timeline path.
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
@@ -57,6 +58,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
 pub mod list;
+pub mod logging;
 pub mod metrics;
 pub mod progress;
 pub mod protocol;

@@ -5,6 +5,7 @@ mod catchup;
 mod fetch;
 mod foreign_names;
 mod harness;
+mod logs;
 mod permissions;
 mod promises;
 mod prune;
