@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::archive::{self, Archive};
 use crate::backoff::Backoff;
 use crate::daemon::{ServedCluster, Shared};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, ReceiverSettings};
 use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
 use crate::spool;
@@ -111,6 +111,13 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    shared.metrics.receiver_started(ReceiverSettings {
+        slot: options.slot.clone(),
+        mode: match options.mode {
+            Mode::Archived => "archived",
+            Mode::Synchronous => "synchronous",
+        },
+    });
     let mut context = None;
     // When the cluster is known already, a restarting receiver serves what the spool and the
     // archive hold, and archives what an earlier run left in the spool (WAL it may have

@@ -13,5 +13,6 @@ mod push;
 mod readahead;
 mod receive;
 mod serve;
+mod status;
 mod timelines;
 mod verify;
