@@ -160,10 +160,9 @@ fn unix_ms(at: SystemTime) -> u64 {
 }
 
 impl Metrics {
-    /// Whether a replication session is streaming now.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected
-            .store(u64::from(connected), Ordering::Relaxed);
+    /// Whether a replication session is streaming now; returns whether one was.
+    pub fn set_connected(&self, connected: bool) -> bool {
+        self.connected.swap(u64::from(connected), Ordering::Relaxed) == 1
     }
 
     /// The timeline being streamed.

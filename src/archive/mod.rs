@@ -197,7 +197,7 @@ impl Archive {
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &Path, attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &Path, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
@@ -213,8 +213,8 @@ impl Archive {
             _ => Direction::Read,
         };
         let health = &self.health;
+        // The mark of the latest attempt, to report its outcome with.
         let attempt_began = std::sync::Mutex::new(health.begin(direction));
-        let mut attempt = attempt;
         let outcome = retry(
             STORE_BACKOFF,
             Some(deadline),

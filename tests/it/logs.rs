@@ -1,10 +1,13 @@
 //! Logs: `--log-format json` writes one JSON object per line, the command's last error
 //! included; a log filter that does not parse (`WALHALLA_LOG`, `--log-level`) is a usage
-//! error, exit 255, rather than silence. The receiver's JSON log is checked in `status`.
+//! error, exit 255, rather than silence; a primary that stays down is one warning, not one
+//! per reconnection attempt. The receiver's JSON log is checked in `status`.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use crate::harness::{Backend, TestArchive, TestDir, Walhalla, describe};
+use crate::harness::{Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe};
+use crate::receive::wait_streaming;
 
 /// `walhalla --archive … ARGS` in `dir` with `env`, not as the PostgreSQL user (nothing here
 /// reads a data directory).
@@ -102,4 +105,26 @@ fn json_logs_are_one_object_a_line_to_the_last_error() {
         "{last}"
     );
     assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{stderr}");
+}
+
+#[test]
+fn a_primary_that_stays_down_is_one_warning_not_one_per_attempt() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    pg.stop("fast");
+    // Backoff from 1 s, doubling: several attempts in 12 s.
+    std::thread::sleep(Duration::from_secs(12));
+    pg.start();
+    wait_streaming(&pg);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let log = receiver.log();
+    let attempts: Vec<&str> = log.lines().filter(|l| l.contains("disconnected")).collect();
+    let warnings = attempts.iter().filter(|l| l.contains(" WARN ")).count();
+    assert!(attempts.len() >= 4, "{log}");
+    // The stream's end, then the first refused connection; the rest at debug level.
+    assert!(warnings <= 2, "{warnings} warnings:\n{log}");
 }
