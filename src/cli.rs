@@ -11,6 +11,7 @@ pub mod help;
 use crate::backup::take::WalSource;
 use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
+use crate::logging::LogFormat;
 use crate::restore::settings::TimelineChoice;
 use crate::server::ServerOptions;
 use crate::wal::{Lsn, SystemId};
@@ -62,6 +63,16 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS",
           default_value_t = crate::config::DEFAULT_TIMEOUT.as_secs())]
     pub timeout: u64,
+
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter: a level (off, error, warn, info, debug, trace) and TARGET=LEVEL directives,
+    /// comma-separated, e.g. `info,walhalla::archive=debug` [default: info for receive, serve,
+    /// backup and restore; warn for the others].
+    #[arg(long, global = true, env = "WALHALLA_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 impl GlobalArgs {

@@ -18,7 +18,8 @@
 //! - [`hooks`]: `push` (archive_command) and `fetch` (restore_command), with its readahead
 //!   worker; [`client`] reaches a fetch server.
 //! - [`settings`]: where each setting comes from (flag, `WALHALLA_*` variable, config file,
-//!   default) and `walhalla config`; [`config`]: the shared settings checked.
+//!   default) and `walhalla config`; [`config`]: the shared settings checked; [`logging`]:
+//!   log format and filter.
 //! - [`coverage`]: what the archive covers, pure: WAL runs and gaps per timeline, the
 //!   restorable window along each timeline path.
 //! - [`demo`]: `walhalla demo`, the main job on a throwaway PostgreSQL.
@@ -58,6 +59,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod hooks;
 pub mod list;
+pub mod logging;
 pub mod metrics;
 pub mod progress;
 pub mod protocol;

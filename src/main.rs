@@ -2,7 +2,6 @@
 //! outcome to the exit codes PostgreSQL expects of archive and restore commands.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +21,7 @@ use walhalla::daemon::{ServedCluster, Shared};
 use walhalla::hooks::{
     self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOptions, FetchOutcome,
 };
+use walhalla::logging;
 use walhalla::protocol::conninfo::ConnParams;
 use walhalla::receiver::{Mode, ReceiveOptions};
 use walhalla::server::Server;
@@ -46,13 +46,32 @@ fn main() -> ExitCode {
         file: parsed.file,
         matches: parsed.matches,
     };
-    init_tracing(match cli.command {
+    let default_filter = match cli.command {
         Command::Receive(_) | Command::Serve(_) | Command::Backup(_) | Command::Restore(_) => {
             "info"
         }
         Command::Demo { .. } => "walhalla=warn",
         _ => "warn",
-    });
+    };
+    let log_format = cli.global.log_format.unwrap_or_default();
+    let log_source = match settings.matches.value_source("log_level") {
+        Some(clap::parser::ValueSource::EnvVariable) => "WALHALLA_LOG",
+        Some(clap::parser::ValueSource::DefaultValue) => "the config file's log_level",
+        _ => "--log-level",
+    };
+    let given = cli
+        .global
+        .log_level
+        .as_deref()
+        .map(|text| (text, log_source));
+    match logging::choose_filter(given, default_filter) {
+        Ok(filter) => logging::init(filter, log_format),
+        Err(e) => {
+            // A usage error, like a mistyped flag: above 125 for PostgreSQL's sake.
+            logging::print_error(log_format, &format!("walhalla: error: {e}"));
+            return ExitCode::from(EXIT_FETCH_FATAL);
+        }
+    }
     let failure_code = match cli.command {
         Command::Fetch(_) => EXIT_FETCH_FATAL,
         _ => EXIT_PUSH_FAILED,
@@ -77,7 +96,8 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("walhalla: cannot start the async runtime: {e}");
+            let message = format!("walhalla: cannot start the async runtime: {e}");
+            logging::print_error(log_format, &message);
             return ExitCode::from(failure_code);
         }
     };
@@ -89,7 +109,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("walhalla {command}: error: {e:#}");
+            logging::print_error(log_format, &format!("walhalla {command}: error: {e:#}"));
             ExitCode::from(failure_code)
         }
     }
@@ -543,15 +563,4 @@ fn exit_with_on_panic(code: u8) {
         default(info);
         std::process::exit(i32::from(code));
     }));
-}
-
-/// Logs to stderr (PostgreSQL captures a hook's stderr in its own log); `WALHALLA_LOG` filters.
-fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHALLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

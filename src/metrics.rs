@@ -3,11 +3,13 @@
 //! JSON, so both always say the same thing.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::archive::HealthReport;
 
 /// Upper bounds, in seconds, of the fetch latency histogram's buckets.
 const FETCH_BUCKETS: [f64; 12] = [
@@ -95,8 +97,12 @@ pub struct Metrics {
     fetch_misses: AtomicU64,
     fetch_buckets: [AtomicU64; FETCH_BUCKETS.len()],
     fetch_seconds_micros: AtomicU64,
-    /// The archive's current failure: what, and whether it is permanent.
-    archive_failure: Mutex<Option<ArchiveFailure>>,
+    /// What the receiver was started with; unset where no receiver runs.
+    receiver: OnceLock<ReceiverSettings>,
+    /// The server the receiver last streamed from.
+    upstream_host: Mutex<Option<String>>,
+    /// The segment the receiver archived last, and when.
+    last_archived: Mutex<Option<(String, SystemTime)>>,
     /// Holes in the archive that the receiver could not fill.
     archive_gaps: Mutex<Vec<ArchiveGap>>,
     /// What the last survey of the archive found.
@@ -121,13 +127,13 @@ pub struct Coverage {
     pub window_end_lsn: Option<String>,
 }
 
-/// An archive failure the uploader keeps retrying.
-#[derive(Clone, Debug, Serialize)]
-pub struct ArchiveFailure {
-    /// The error.
-    pub message: String,
-    /// Whether an operator must act (permission denied, no such bucket) rather than wait.
-    pub permanent: bool,
+/// What a receiver was started with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReceiverSettings {
+    /// The replication slot, if any.
+    pub slot: Option<String>,
+    /// `archived` (flush = in the archive) or `synchronous` (flush = in the spool).
+    pub mode: &'static str,
 }
 
 /// Segments missing from the archive that the server no longer has: WAL lost to the archive.
@@ -154,10 +160,9 @@ fn unix_ms(at: SystemTime) -> u64 {
 }
 
 impl Metrics {
-    /// Whether a replication session is streaming now.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected
-            .store(u64::from(connected), Ordering::Relaxed);
+    /// Whether a replication session is streaming now; returns whether one was.
+    pub fn set_connected(&self, connected: bool) -> bool {
+        self.connected.swap(u64::from(connected), Ordering::Relaxed) == 1
     }
 
     /// The timeline being streamed.
@@ -203,10 +208,21 @@ impl Metrics {
         self.archived_lsn.store(lsn, Ordering::Relaxed);
     }
 
-    /// A segment of `bytes` original bytes was archived.
-    pub fn segment_archived(&self, bytes: u64) {
+    /// A receiver runs here, with `settings`.
+    pub fn receiver_started(&self, settings: ReceiverSettings) {
+        let _ = self.receiver.set(settings);
+    }
+
+    /// The receiver connected to `host`.
+    pub fn set_upstream(&self, host: String) {
+        *locked(&self.upstream_host) = Some(host);
+    }
+
+    /// Segment `name`, of `bytes` original bytes, was archived.
+    pub fn segment_archived(&self, name: String, bytes: u64) {
         self.archived_segments.fetch_add(1, Ordering::Relaxed);
         self.archived_bytes.fetch_add(bytes, Ordering::Relaxed);
+        *locked(&self.last_archived) = Some((name, SystemTime::now()));
     }
 
     /// Segments waiting for upload, and when the oldest of them was queued.
@@ -253,12 +269,6 @@ impl Metrics {
         }
         self.fetch_seconds_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// The archive fails with `failure` (message, permanent), or works again (`None`).
-    pub fn archive_failing(&self, failure: Option<(String, bool)>) {
-        *locked(&self.archive_failure) =
-            failure.map(|(message, permanent)| ArchiveFailure { message, permanent });
     }
 
     /// Records a hole in the archive that cannot be filled any more.
@@ -308,7 +318,13 @@ impl Metrics {
             spool_bytes: get(&self.spool_bytes),
             oldest_unarchived_age_seconds: age(get(&self.oldest_unarchived_ms)).unwrap_or(0.0),
             reconnects: get(&self.reconnects),
-            archive_failure: locked(&self.archive_failure).clone(),
+            receiver: self.receiver.get().cloned(),
+            upstream_host: locked(&self.upstream_host).clone(),
+            last_archived: locked(&self.last_archived)
+                .as_ref()
+                .map(|(name, at)| (name.clone(), unix_ms(*at) as f64 / 1000.0)),
+            archive_reads: HealthReport::default(),
+            archive_writes: HealthReport::default(),
             archive_gaps: locked(&self.archive_gaps).clone(),
             coverage: locked(&self.coverage).clone(),
             errors: ErrorKind::ALL
@@ -339,7 +355,7 @@ impl Metrics {
 }
 
 /// The measurements at one moment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     /// A replication session is streaming.
     pub connected: bool,
@@ -371,14 +387,21 @@ pub struct Snapshot {
     pub oldest_unarchived_age_seconds: f64,
     /// Reconnections after a session ended.
     pub reconnects: u64,
-    /// The archive's current failure, if uploads fail.
-    pub archive_failure: Option<ArchiveFailure>,
+    /// What the receiver was started with; `None` where no receiver runs.
+    pub receiver: Option<ReceiverSettings>,
+    /// The server the receiver last streamed from.
+    pub upstream_host: Option<String>,
+    /// The segment the receiver archived last, and when (Unix seconds).
+    pub last_archived: Option<(String, f64)>,
+    /// How the archive's reads have been going (filled in by the daemon's shared state).
+    pub archive_reads: HealthReport,
+    /// How the archive's writes have been going.
+    pub archive_writes: HealthReport,
     /// Holes in the archive the receiver could not fill (WAL the archive will never have).
     pub archive_gaps: Vec<ArchiveGap>,
     /// What the last survey of the archive found (none yet: `null`).
     pub coverage: Option<Coverage>,
     /// Failures by kind.
-    #[serde(serialize_with = "as_object")]
     pub errors: Vec<(&'static str, u64)>,
     /// The fetch server's requests.
     pub fetch: FetchSnapshot,
@@ -401,7 +424,7 @@ pub struct FetchSnapshot {
 }
 
 /// Labelled counts as a JSON object (`{"archive": 0, …}`) rather than a list of pairs.
-fn as_object<S: serde::Serializer>(
+pub(crate) fn as_object<S: serde::Serializer>(
     pairs: &[(&'static str, u64)],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -547,11 +570,8 @@ impl Snapshot {
             }
         }
         let failing = |permanent: bool| {
-            let on = self
-                .archive_failure
-                .as_ref()
-                .is_some_and(|f| f.permanent == permanent);
-            u64::from(on).to_string()
+            let writes = &self.archive_writes;
+            u64::from(writes.failing && writes.permanent == permanent).to_string()
         };
         metric(
             "archive_failing",
@@ -651,15 +671,5 @@ mod tests {
         m.received(5000, 2000);
         assert_eq!(m.snapshot().replication_lag_bytes, 0);
         assert!(m.snapshot().replication_lag_seconds < 1.0);
-    }
-
-    #[test]
-    fn labelled_counts_are_json_objects() {
-        let metrics = Metrics::default();
-        metrics.error(ErrorKind::Archive);
-        metrics.fetch_answered(Some(FetchSource::Spool), Duration::from_millis(3));
-        let json = serde_json::to_value(metrics.snapshot()).unwrap();
-        assert_eq!(json["errors"][ErrorKind::Archive.label()], 1, "{json}");
-        assert_eq!(json["fetch"]["hits"]["spool"], 1, "{json}");
     }
 }

@@ -6,6 +6,7 @@
 mod backups;
 mod delete;
 mod error;
+mod health;
 mod index;
 mod inventory;
 mod keys;
@@ -15,6 +16,7 @@ mod retry;
 mod timelines;
 
 pub use error::{ChoiceError, Error, Result};
+pub use health::{Direction, Health, HealthReport};
 pub use index::{PreparedIndex, prepare_index};
 pub use inventory::WalInventory;
 pub use keys::{
@@ -35,7 +37,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::backoff::{GaveUp, retry};
+use crate::backoff::{GaveUp, Transient, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
 use retry::STORE_BACKOFF;
@@ -68,6 +70,8 @@ pub struct Archive {
     location: Location,
     timeout: Duration,
     deadline: Option<Instant>,
+    /// How its operations have been going, shared by every clone.
+    health: Arc<Health>,
 }
 
 /// What an archive's cluster folders say about which cluster is meant when nothing names one.
@@ -136,7 +140,13 @@ impl Archive {
             location: location.clone(),
             timeout: options.timeout,
             deadline: options.deadline,
+            health: Arc::default(),
         })
+    }
+
+    /// How its reads and writes have been going.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Where the archive lives.
@@ -187,7 +197,7 @@ impl Archive {
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &Path, attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &Path, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
@@ -198,23 +208,66 @@ impl Archive {
         // What this operation was given, rounded: less than `--timeout` under a deadline.
         let allowed = (deadline.saturating_duration_since(started).as_millis() as u64 + 500) / 1000;
         let what = format!("{op} {key}");
-        retry(STORE_BACKOFF, Some(deadline), attempt, |error, pause| {
-            tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+        let direction = match op {
+            "store" | "delete" => Direction::Write,
+            _ => Direction::Read,
+        };
+        let health = &self.health;
+        // The mark of the latest attempt, to report its outcome with.
+        let attempt_began = std::sync::Mutex::new(health.begin(direction));
+        let outcome = retry(
+            STORE_BACKOFF,
+            Some(deadline),
+            || {
+                *attempt_began.lock().unwrap_or_else(|p| p.into_inner()) = health.begin(direction);
+                attempt()
+            },
+            |error, pause| {
+                // Logged once when failing starts (by `health`), each retry at debug level.
+                health.failed(direction, &format!("{what}: {error}"), false);
+                tracing::debug!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+            },
+        )
+        .await;
+        let began = *attempt_began.lock().unwrap_or_else(|p| p.into_inner());
+        match &outcome {
+            Ok(_) => health.succeeded(direction, began),
+            Err(GaveUp::Error(error)) if is_answer(op, error) => health.succeeded(direction, began),
+            Err(GaveUp::Error(error)) => health.failed(
+                direction,
+                &format!("{what}: {error}"),
+                !error.is_transient(),
+            ),
+            Err(GaveUp::Deadline(_)) => health.failed(
+                direction,
+                &format!("{what}: no answer within {allowed}s"),
+                false,
+            ),
+        }
+        outcome.map_err(|failure| match failure {
+            GaveUp::Error(error) => Error::Store {
+                op,
+                key: key.to_string(),
+                error,
+            },
+            GaveUp::Deadline(last) => Error::Timeout {
+                op,
+                key: key.to_string(),
+                seconds: allowed,
+                last,
+            },
         })
-        .await
-        .map_err(|failure| match failure {
-                GaveUp::Error(error) => Error::Store {
-                    op,
-                    key: key.to_string(),
-                    error,
-                },
-                GaveUp::Deadline(last) => Error::Timeout {
-                    op,
-                    key: key.to_string(),
-                    seconds: allowed,
-                    last,
-                },
-            })
+    }
+}
+
+/// Whether the store answered `op`, though not with success: the archive works. A missing
+/// object is an answer to a read or a delete; to a store it means a missing bucket.
+fn is_answer(op: &str, error: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match error {
+        E::AlreadyExists { .. } | E::Precondition { .. } | E::NotModified { .. } => true,
+        E::NotFound { .. } => op != "store",
+        _ => false,
     }
 }
 
@@ -359,6 +412,13 @@ impl ClusterArchive {
     /// The newest complete segment the archive holds on each timeline that has any, oldest
     /// timeline first. Names in `wal/` and its groups that walhalla did not write are ignored.
     pub async fn newest_segments_per_timeline(&self) -> Result<Vec<SegmentName>> {
+        let newest = self.newest_segments_with_info().await?;
+        Ok(newest.into_iter().map(|(segment, _)| segment).collect())
+    }
+
+    /// [`ClusterArchive::newest_segments_per_timeline`] with each segment's size and time
+    /// as stored.
+    pub async fn newest_segments_with_info(&self) -> Result<Vec<(SegmentName, ObjectInfo)>> {
         let mut groups = self.wal_groups().await?;
         let mut newest = Vec::new();
         let mut done_timeline: Option<TimelineId> = None;
@@ -366,9 +426,18 @@ impl ClusterArchive {
             if done_timeline == Some(group.timeline) {
                 continue;
             }
-            let found = self.segments_in(group).await?.into_iter().max();
-            if let Some(segment) = found {
-                newest.push(segment);
+            let dir = keys::group_prefix(&self.archive.root, self.system_id, group);
+            let listing = self.archive.list(&dir).await?;
+            let found = listing
+                .objects_with_info(&dir, |name| parse_group_object(group, name))
+                .into_iter()
+                .filter_map(|(object, info)| match object {
+                    ObjectName::File(WalFileName::Segment(s)) => Some((s, info)),
+                    _ => None,
+                })
+                .max_by_key(|(segment, _)| *segment);
+            if let Some(found) = found {
+                newest.push(found);
                 done_timeline = Some(group.timeline);
             }
         }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::archive::{self, Archive};
 use crate::backoff::Backoff;
 use crate::daemon::{ServedCluster, Shared};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, ReceiverSettings};
 use crate::protocol::connection::Error as ConnError;
 use crate::protocol::conninfo::ConnParams;
 use crate::spool;
@@ -111,6 +111,13 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    shared.metrics.receiver_started(ReceiverSettings {
+        slot: options.slot.clone(),
+        mode: match options.mode {
+            Mode::Archived => "archived",
+            Mode::Synchronous => "synchronous",
+        },
+    });
     let mut context = None;
     // When the cluster is known already, a restarting receiver serves what the spool and the
     // archive hold, and archives what an earlier run left in the spool (WAL it may have
@@ -130,11 +137,16 @@ pub async fn run(
         context = take_over_spool(&options, &archive, system_id, dir, &shared).await?;
     }
     let mut backoff = RECONNECT_BACKOFF;
+    // The error the last sessions failed with before streaming, logged once until it
+    // changes or a session streams.
+    let mut failing: Option<String> = None;
     loop {
         let started = Instant::now();
         let outcome =
             session::run(&options, &archive, &mut context, shutdown.clone(), &shared).await;
-        shared.metrics.set_connected(false);
+        if shared.metrics.set_connected(false) {
+            failing = None;
+        }
         if let Err(e) = &outcome {
             shared.metrics.error(error_kind(&e.error));
         }
@@ -155,11 +167,19 @@ pub async fn run(
             Err(e) if e.fatal => return Err(e.error),
             Err(e) => {
                 let pause = backoff.next_pause();
-                tracing::warn!(
-                    "disconnected: {:#}; reconnecting in {:.1}s",
-                    e.error,
-                    pause.as_secs_f64()
-                );
+                let error = format!("{:#}", e.error);
+                if failing.as_ref() == Some(&error) {
+                    tracing::debug!(
+                        "disconnected: {error}; reconnecting in {:.1}s",
+                        pause.as_secs_f64()
+                    );
+                } else {
+                    tracing::warn!(
+                        "disconnected: {error}; reconnecting in {:.1}s (again at debug level until this changes)",
+                        pause.as_secs_f64()
+                    );
+                    failing = Some(error);
+                }
                 pause
             }
         };

@@ -258,6 +258,7 @@ pub async fn run(
             Ok(CopyStart::TimelineEnded(rows)) => next_timeline(&rows, timeline),
             Ok(CopyStart::Streaming) => {
                 tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
+                shared.metrics.set_upstream(conn.host().to_string());
                 shared.metrics.set_timeline(timeline.0);
                 shared.metrics.stream_started(start_lsn.0);
                 shared.metrics.set_connected(true);

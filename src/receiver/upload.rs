@@ -5,10 +5,12 @@
 //! a flush position past WAL that is not in the archive, whatever order parallel uploads
 //! finish in.
 //!
-//! Failures are retried with backoff for as long as the receiver runs: a transient one with a
-//! warning, a permanent one (permission denied, no such bucket) with an error line and in
-//! `/status`, since an operator can fix it while the slot keeps the WAL. Only a contradiction
-//! (the archive holds other bytes under the name, or a corrupt object) stops the uploader.
+//! Each archived segment is logged at info level (name, bytes, compression ratio, time).
+//! Failures are retried with backoff for as long as the receiver runs, transient and permanent
+//! ones alike (permission denied, no such bucket: an operator can fix those while the slot
+//! keeps the WAL); the archive's [`health`](crate::archive::Health) logs when they start and
+//! end and shows them in `/status`. Only a contradiction (the archive holds other bytes under
+//! the name, or a corrupt object) stops the uploader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -290,7 +292,9 @@ impl Transient for UploadError {
 }
 
 /// Archives one job, retrying until it is stored; then removes its file from the spool.
-/// Returns an error only for a contradiction, which retrying cannot fix.
+/// Returns an error only for a contradiction, which retrying cannot fix. The archive's
+/// health logs when uploads start failing and when they work again; each retry is counted
+/// and logged at debug level.
 async fn upload_until_stored(
     archive: &ClusterArchive,
     settings: &UploadSettings,
@@ -301,23 +305,19 @@ async fn upload_until_stored(
         Job::Segment(segment) => segment.to_string(),
         Job::Tail(segment, end) => format!("{segment} up to {end}"),
     };
+    let started = Instant::now();
     let stored = retry(
         UPLOAD_BACKOFF,
         None,
         || async { upload(archive, settings, job).await.map_err(UploadError) },
         |UploadError(e), pause| {
             shared.metrics.error(ErrorKind::Archive);
-            shared.metrics.archive_failing(Some((e.to_string(), !e.is_transient())));
-            if e.is_transient() {
-                tracing::warn!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
-            } else {
-                tracing::error!(file = %what, retry_in_s = pause.as_secs(), "upload failed, and will until the archive is fixed (permanent error): {e}");
-            }
+            tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
         },
     )
     .await;
-    let index = match stored {
-        Ok(index) => index,
+    let stored = match stored {
+        Ok(stored) => stored,
         Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
             shared.metrics.error(ErrorKind::Archive);
             tracing::error!(file = %what, "cannot archive: {e}");
@@ -325,16 +325,16 @@ async fn upload_until_stored(
         }
         Err(GaveUp::Deadline(None)) => None,
     };
-    shared.metrics.archive_failing(None);
     let dir = settings.spool.clone();
     match job {
         Job::Segment(segment) => {
             blocking::run(move || spool::remove_complete(&dir, segment))
                 .await
                 .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
-            shared
-                .metrics
-                .segment_archived(u64::from(settings.segment_size.bytes()));
+            shared.metrics.segment_archived(
+                segment.to_string(),
+                u64::from(settings.segment_size.bytes()),
+            );
         }
         Job::Tail(segment, end) => {
             blocking::run(move || spool::remove_tail(&dir, segment, end))
@@ -342,20 +342,55 @@ async fn upload_until_stored(
                 .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
         }
     }
-    if let Some((segment, prepared)) = index {
-        archive.store_index(segment, prepared).await;
+    let Some(stored) = stored else {
+        tracing::debug!(file = %what, "archived before");
+        return Ok(());
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    let ratio = stored.original_bytes as f64 / stored.stored_bytes.max(1) as f64;
+    let ratio = (ratio * 10.0).round() / 10.0;
+    match stored.index {
+        // One line per segment at info level: at 25 segments a second (400 MB/s of WAL) that
+        // is 25 short lines a second, well under what journald or a log collector takes.
+        Some((segment, index)) => {
+            tracing::info!(
+                segment = %segment,
+                bytes = stored.original_bytes,
+                stored_bytes = stored.stored_bytes,
+                ratio,
+                ms,
+                "archived"
+            );
+            archive.store_index(segment, index).await;
+        }
+        None => tracing::debug!(
+            file = %what,
+            bytes = stored.original_bytes,
+            stored_bytes = stored.stored_bytes,
+            ms,
+            "archived a snapshot"
+        ),
     }
-    tracing::debug!(file = %what, "archived");
     Ok(())
 }
 
-/// Archives one job's file; for a complete segment, also returns its time index, made
-/// while the segment was stored, for the caller to store once the segment is archived.
+/// What one upload stored.
+struct Stored {
+    /// The file's bytes.
+    original_bytes: u64,
+    /// The archived object's bytes (compressed).
+    stored_bytes: u64,
+    /// For a complete segment: its time index, made while the segment was stored, for the
+    /// caller to store once the segment is archived.
+    index: Option<(SegmentName, Result<PreparedIndex, String>)>,
+}
+
+/// Archives one job's file; `None` when it is no longer in the spool (archived before).
 async fn upload(
     archive: &ClusterArchive,
     settings: &UploadSettings,
     job: Job,
-) -> archive::Result<Option<(SegmentName, Result<PreparedIndex, String>)>> {
+) -> archive::Result<Option<Stored>> {
     let (dir, size, level) = (
         settings.spool.clone(),
         settings.segment_size,
@@ -389,20 +424,26 @@ async fn upload(
     let Some((content, envelope)) = encoded else {
         return Ok(None);
     };
-    match job {
+    let (original_bytes, stored_bytes) = (content.len() as u64, envelope.len() as u64);
+    let index = match job {
         Job::Segment(segment) => {
             let name = WalFileName::Segment(segment);
             let (stored, index) = tokio::join!(
                 archive.put(&name, content.clone(), envelope),
                 prepare_index(segment, content)
             );
-            stored.map(|_| Some((segment, index)))
+            stored.map(|_| Some((segment, index)))?
         }
         Job::Tail(segment, end) => archive
             .put_partial_snapshot(segment, end, content, envelope)
             .await
-            .map(|_| None),
-    }
+            .map(|_| None)?,
+    };
+    Ok(Some(Stored {
+        original_bytes,
+        stored_bytes,
+        index,
+    }))
 }
 
 #[cfg(test)]

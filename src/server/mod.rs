@@ -10,6 +10,7 @@
 pub mod auth;
 mod routes;
 mod stall;
+mod status;
 mod tls;
 
 use std::net::SocketAddr;
@@ -23,11 +24,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::daemon::Shared;
+use crate::daemon::{ServerFacts, Shared};
 
 pub use routes::{
     CRC_HEADER, LENGTH_HEADER, NOTHING_ARCHIVED_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER,
 };
+pub use status::describe_status;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -110,6 +112,10 @@ impl Server {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("listen on {listen}"))?;
+        shared.server_started(ServerFacts {
+            listen: listener.local_addr().unwrap_or(listen),
+            tls: tls.is_some(),
+        });
         let router = routes::router(shared, token);
         Ok(Server {
             listener,
@@ -199,110 +205,4 @@ impl Server {
             });
         }
     }
-}
-
-/// A server's `/status` for a person, one fact a line.
-pub fn describe_status(status: &serde_json::Value) -> String {
-    let text = |key: &str| match &status[key] {
-        serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let metrics = &status["metrics"];
-    let number = |key: &str| metrics[key].as_f64().unwrap_or(0.0);
-    let mut out = String::new();
-    let mut line = |label: &str, value: String| {
-        out.push_str(&format!("{label:<28}{value}\n"));
-    };
-    line("cluster", text("system_id"));
-    line("archive", text("archive"));
-    line("spool", text("spool"));
-    line(
-        "streaming",
-        if metrics["connected"].as_bool() == Some(true) {
-            format!("yes, timeline {}", metrics["timeline"])
-        } else {
-            "no".to_string()
-        },
-    );
-    line("server WAL end", text("server_wal_end_lsn"));
-    line("received", text("received_lsn"));
-    line("flushed (reported)", text("flushed_lsn"));
-    line("archived", text("archived_lsn"));
-    line(
-        "replication lag",
-        format!(
-            "{} bytes, {:.1} s",
-            number("replication_lag_bytes"),
-            number("replication_lag_seconds")
-        ),
-    );
-    line(
-        "upload queue",
-        format!(
-            "{} segments, oldest waiting {:.1} s",
-            number("upload_queue_segments"),
-            number("oldest_unarchived_age_seconds")
-        ),
-    );
-    line("segments archived", number("archived_segments").to_string());
-    line("reconnects", number("reconnects").to_string());
-    let newest = status["archive_newest_segments"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    line("newest archived segments", newest);
-    if let Some(error) = status["archive_error"].as_str() {
-        line("archive error", error.to_string());
-    }
-    if let Some(failure) = metrics["archive_failure"].as_object() {
-        let kind = match failure["permanent"].as_bool() {
-            Some(true) => "uploads failing (permanent: fix the archive)",
-            _ => "uploads failing (retrying)",
-        };
-        line(kind, failure["message"].as_str().unwrap_or("").to_string());
-    }
-    for gap in metrics["archive_gaps"].as_array().into_iter().flatten() {
-        line(
-            "ARCHIVE GAP (WAL lost)",
-            format!(
-                "{}..{} ({} segments)",
-                gap["first"].as_str().unwrap_or("?"),
-                gap["last"].as_str().unwrap_or("?"),
-                gap["segments"]
-            ),
-        );
-    }
-    if let Some(coverage) = metrics["coverage"].as_object() {
-        let time = |key: &str| {
-            coverage[key]
-                .as_f64()
-                .and_then(|t| jiff::Timestamp::from_millisecond((t * 1000.0) as i64).ok())
-                .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-        };
-        let window = match (time("window_start"), coverage["window_end_lsn"].as_str()) {
-            (Some(start), Some(end)) => format!("from {start} to {end}"),
-            _ => "none: no backup can be restored".to_string(),
-        };
-        line("restorable window", window);
-        line(
-            "missing segments",
-            format!(
-                "{} (surveyed {})",
-                coverage["gap_segments"],
-                time("checked_at").unwrap_or_default()
-            ),
-        );
-    }
-    let fetch = &metrics["fetch"];
-    line(
-        "fetch requests",
-        format!("{} ({} missing)", fetch["requests"], fetch["misses"]),
-    );
-    out
 }

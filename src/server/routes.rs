@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -20,10 +20,10 @@ use crate::archive;
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
-use crate::metrics::{FetchSource, Snapshot};
+use crate::metrics::FetchSource;
 use crate::spool::complete_path as spooled_segment;
 use crate::wal::{
-    HeadCapture, LongPageHeader, Lsn, SystemId, WalFileName, validate_file, validate_segment_head,
+    HeadCapture, LongPageHeader, SystemId, WalFileName, validate_file, validate_segment_head,
 };
 
 /// Response header: the CRC-32 (IEEE) of the body, 8 hexadecimal digits.
@@ -374,55 +374,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.shared.metrics.snapshot().to_prometheus(),
+        state.shared.snapshot().to_prometheus(),
     )
         .into_response()
 }
 
-/// What `GET /status` answers.
-#[derive(Serialize)]
-struct Status {
-    version: &'static str,
-    system_id: Option<String>,
-    archive: Option<String>,
-    spool: Option<String>,
-    /// The positions in PostgreSQL's notation.
-    received_lsn: String,
-    flushed_lsn: String,
-    archived_lsn: String,
-    server_wal_end_lsn: String,
-    /// The newest segment the archive holds on each timeline, oldest timeline first.
-    archive_newest_segments: Vec<String>,
-    /// Why the archive could not be listed, if it could not.
-    archive_error: Option<String>,
-    /// Every measurement, as `/metrics` has them.
-    metrics: Snapshot,
-}
-
-/// `GET /status`: JSON.
+/// `GET /status`: JSON, see [`status`](super::status).
 async fn status(State(state): State<AppState>) -> Response {
-    let metrics = state.shared.metrics.snapshot();
-    let served = state.shared.served();
-    let (newest, archive_error) = match served {
-        Some(cluster) => match cluster.archive.newest_segments_per_timeline().await {
-            Ok(newest) => (newest.iter().map(ToString::to_string).collect(), None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        },
-        None => (Vec::new(), None),
-    };
-    let status = Status {
-        version: env!("CARGO_PKG_VERSION"),
-        system_id: served.map(|c| c.archive.system_id().to_string()),
-        archive: served.map(|c| c.archive.location().to_string()),
-        spool: served.and_then(|c| c.spool.as_ref().map(|p| p.display().to_string())),
-        received_lsn: Lsn(metrics.received_lsn).to_string(),
-        flushed_lsn: Lsn(metrics.flushed_lsn).to_string(),
-        archived_lsn: Lsn(metrics.archived_lsn).to_string(),
-        server_wal_end_lsn: Lsn(metrics.server_end_lsn).to_string(),
-        archive_newest_segments: newest,
-        archive_error,
-        metrics,
-    };
+    let status = super::status::report(&state.shared).await;
     match serde_json::to_string_pretty(&status) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -7,10 +7,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::server::wait_until_listening;
+use crate::harness::server::{status, wait_until_listening};
 use crate::harness::{
     Backend, PgCluster, Receiver, Server, TestArchive, TestDir, Walhalla, describe, free_port,
-    http, running_as_root, wait_for,
+    running_as_root, wait_for,
 };
 use crate::push::{archiving_primary, key_of};
 
@@ -68,13 +68,6 @@ fn add_foreign_names_locally(archive_root: &Path, id: u64) {
     }
 }
 
-/// `GET /status` as JSON, which must answer 200.
-fn status(port: u16) -> serde_json::Value {
-    let response = http::get(port, "/status", None).expect("/status answers");
-    assert_eq!(response.status, 200, "{}", response.text());
-    serde_json::from_slice(&response.body).expect("valid JSON")
-}
-
 /// Waits until `/status` on `port` lists `segment` as the archive's newest on timeline 1,
 /// without an archive error.
 fn wait_status_shows(port: u16, segment: &str) {
@@ -83,8 +76,12 @@ fn wait_status_shows(port: u16, segment: &str) {
         Duration::from_secs(60),
         || {
             let json = status(port);
-            assert_eq!(json["archive_error"], serde_json::Value::Null, "{json}");
-            (json["archive_newest_segments"][0] == segment).then_some(())
+            assert_eq!(
+                json["archive"]["listing_error"],
+                serde_json::Value::Null,
+                "{json}"
+            );
+            (json["archive"]["newest_segments"][0] == segment).then_some(())
         },
     );
 }

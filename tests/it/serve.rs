@@ -359,13 +359,13 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     };
     let json = status();
     assert_eq!(json["system_id"], primary.system_id().to_string());
-    assert_eq!(json["metrics"]["connected"], true);
+    assert_eq!(json["receiver"]["connected"], true);
     wait_for(
         &format!("/status to show {last} archived"),
         Duration::from_secs(60),
         || {
             let json = status();
-            let newest = json["archive_newest_segments"].as_array()?.clone();
+            let newest = json["archive"]["newest_segments"].as_array()?.clone();
             newest
                 .iter()
                 .any(|s| s.as_str().is_some_and(|s| s >= last.as_str()))

@@ -222,6 +222,13 @@ fn a_server_publishes_the_restorable_window_and_the_gaps_that_break_it() {
         &["status", "--server", &server.url()],
     );
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("missing segments            1"), "{text}");
-    assert!(text.contains("restorable window           from "), "{text}");
+    // `  LABEL   VALUE` in the archive's section.
+    let value = |label: &str| {
+        let line = text.lines().find(|l| l.trim_start().starts_with(label))?;
+        Some(line.trim_start()[label.len()..].trim_start().to_string())
+    };
+    let missing = value("missing segments");
+    assert!(missing.is_some_and(|v| v.starts_with("1 ")), "{text}");
+    let window = value("restorable window");
+    assert!(window.is_some_and(|v| v.starts_with("from ")), "{text}");
 }

@@ -112,6 +112,13 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// `GET /status` on `port` as JSON, which must answer 200.
+pub fn status(port: u16) -> serde_json::Value {
+    let response = http::get(port, "/status", None).expect("/status answers");
+    assert_eq!(response.status, 200, "{}", response.text());
+    serde_json::from_slice(&response.body).expect("valid JSON")
+}
+
 /// The metric `name` from the server on `port`.
 pub fn scrape(port: u16, name: &str) -> Option<f64> {
     metric(&http::get(port, "/metrics", None).ok()?.text(), name)

@@ -1,0 +1,140 @@
+//! Log setup: where lines go (stderr, which PostgreSQL captures for its hooks), in which
+//! format (`--log-format text|json`), and which of them (`--log-level`, `WALHALLA_LOG` or the
+//! config file's `log_level`,
+//! else the command's default). A filter that does not parse is refused rather than ignored:
+//! `tracing`'s own syntax would take a mistyped level such as `bogus` for the name of a module
+//! and log nothing at all.
+
+use std::io::IsTerminal;
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+/// The levels a filter directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`)
+    /// and the enclosing `spans`.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogFormat, String> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format: text or json")),
+        }
+    }
+}
+
+/// Parses a log filter: comma-separated directives, each a level (`info`) or `TARGET=LEVEL`
+/// (`walhalla::archive=debug`), levels being off, error, warn, info, debug and trace.
+/// `source` names where the filter came from, for the error.
+pub fn parse_filter(text: &str, source: &str) -> Result<EnvFilter, String> {
+    let invalid = |why: String| format!("invalid log filter {text:?} in {source}: {why}");
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    for directive in &directives {
+        // tracing reads a bare word as a target to log at every level: a mistyped level
+        // would silence everything.
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "{directive:?} is not a level ({}); give a module's level as TARGET=LEVEL",
+                LEVELS.join(", ")
+            )));
+        }
+    }
+    EnvFilter::builder()
+        .parse(directives.join(","))
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The filter to log with: `given` (the filter and where it was given: `--log-level`,
+/// `WALHALLA_LOG` or the config file) if any and not blank, else `default`.
+pub fn choose_filter(given: Option<(&str, &str)>, default: &str) -> Result<EnvFilter, String> {
+    match given {
+        Some((text, source)) if !text.trim().is_empty() => parse_filter(text, source),
+        _ => parse_filter(default, "the default"),
+    }
+}
+
+/// Installs the global subscriber: `filter`'s lines to stderr in `format` (text with colours
+/// only on a terminal).
+pub fn init(filter: EnvFilter, format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
+/// Prints the error that ends the command, in `format`, whatever the filter: the last word
+/// of a failed command is never filtered out, and in JSON it is a line like the others.
+pub fn print_error(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": jiff::Timestamp::now().to_string(),
+                "level": "ERROR",
+                "fields": { "message": message },
+                "target": "walhalla",
+            });
+            eprintln!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_targets_parse() {
+        for good in [
+            "warn",
+            "INFO",
+            "info,walhalla::archive=debug",
+            "walhalla=debug",
+            "off",
+            " warn , walhalla=trace ",
+        ] {
+            assert!(parse_filter(good, "test").is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn mistyped_filters_are_refused_with_the_reason() {
+        for bad in [
+            "bogus",
+            "info,walhala",
+            "walhalla=loud",
+            "walhalla=debug,verbose",
+        ] {
+            let error = parse_filter(bad, "WALHALLA_LOG").expect_err(bad);
+            assert!(error.contains("WALHALLA_LOG"), "{error}");
+            assert!(error.contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!("text".parse(), Ok(LogFormat::Text));
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
+}
