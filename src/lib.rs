@@ -40,6 +40,7 @@
 //! - [`retention`]: `walhalla prune`'s retention rule, pure: which backups and WAL go.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
+//! - [`osuser`]: the operating-system user: name, home, state directory.
 //! - [`fsutil`], [`blocking`], [`backoff`], [`progress`]: durable file writes; blocking work
 //!   off the reactor; jittered backoff; a progress line on a terminal.
 
@@ -58,6 +59,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod list;
 pub mod metrics;
+pub mod osuser;
 pub mod progress;
 pub mod protocol;
 pub mod prune;

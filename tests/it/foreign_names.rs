@@ -70,7 +70,7 @@ fn add_foreign_names_locally(archive_root: &Path, id: u64) {
 
 /// `GET /status` as JSON, which must answer 200.
 fn status(port: u16) -> serde_json::Value {
-    let response = http::get(port, "/status", None).expect("/status answers");
+    let response = http::get(port, "/status").expect("/status answers");
     assert_eq!(response.status, 200, "{}", response.text());
     serde_json::from_slice(&response.body).expect("valid JSON")
 }

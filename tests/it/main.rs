@@ -12,5 +12,6 @@ mod push;
 mod readahead;
 mod receive;
 mod serve;
+mod server_auth;
 mod timelines;
 mod verify;

@@ -211,10 +211,10 @@ fn a_corrupt_object_is_refused_by_the_server_and_the_client() {
     let server = Server::start(&wh, &archive, &[]);
 
     // The server refuses it.
-    let answer = http::get(server.port, &format!("/wal/{bad}"), None).unwrap();
+    let answer = http::get(server.port, &format!("/wal/{bad}")).unwrap();
     assert_eq!(answer.status, 500, "{}", answer.text());
     assert!(answer.text().contains(&key), "{}", answer.text());
-    let answer = http::get(server.port, &format!("/wal/{good}"), None).unwrap();
+    let answer = http::get(server.port, &format!("/wal/{good}")).unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.body,
@@ -289,7 +289,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     let last = primary.switch_wal();
     primary.write_rows(100);
 
-    let page = http::get(port, "/metrics", None).unwrap();
+    let page = http::get(port, "/metrics").unwrap();
     assert_eq!(page.status, 200);
     assert!(
         page.header("content-type")
@@ -352,7 +352,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     assert!(scrape(port, "walhalla_archived_segments_total").unwrap() >= 1.0);
 
     let status = || {
-        let status = http::get(port, "/status", None).unwrap();
+        let status = http::get(port, "/status").unwrap();
         assert_eq!(status.status, 200);
         let json: serde_json::Value = serde_json::from_slice(&status.body).expect("valid JSON");
         json
@@ -372,7 +372,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
                 .then_some(())
         },
     );
-    assert_eq!(http::get(port, "/healthz", None).unwrap().status, 200);
+    assert_eq!(http::get(port, "/healthz").unwrap().status, 200);
 
     // `walhalla status` prints it for a person.
     let run = std::process::Command::new(wh.path())
@@ -394,7 +394,8 @@ fn only_authenticated_clients_reach_a_server() {
     // Reachable from other hosts and no client authentication: refused before binding.
     let port = free_port();
     let everywhere = format!("0.0.0.0:{port}");
-    let run = refused_start(&wh, &archive, &["serve", "--listen", &everywhere]);
+    let open = ["serve", "--listen", &everywhere, "--no-auth"];
+    let run = refused_start(&wh, &archive, &open);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
@@ -408,6 +409,7 @@ fn only_authenticated_clients_reach_a_server() {
         "host=127.0.0.1 port=1",
         "--listen",
         &everywhere,
+        "--no-auth",
     ];
     let run = refused_start(&wh, &archive, &args);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
@@ -432,17 +434,19 @@ fn only_authenticated_clients_reach_a_server() {
         "/status".into(),
     ] {
         assert_eq!(
-            http::get(server.port, &path, None).unwrap().status,
+            http::get_with(server.port, &path, None).unwrap().status,
             401,
             "{path}"
         );
         assert_eq!(
-            http::get(server.port, &path, Some("nope")).unwrap().status,
+            http::get_with(server.port, &path, Some("nope"))
+                .unwrap()
+                .status,
             401,
             "{path}"
         );
         assert_eq!(
-            http::get(server.port, &path, Some("correct horse battery staple"))
+            http::get_with(server.port, &path, Some("correct horse battery staple"))
                 .unwrap()
                 .status,
             200,

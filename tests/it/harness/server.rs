@@ -1,7 +1,8 @@
 //! A `walhalla serve` run by a test: logging to a file, killed by pid on drop, its log printed
 //! when the test fails.
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -25,10 +26,34 @@ impl Server {
 
     /// Like [`Server::start`] on a given port (to restart a server where clients expect it).
     pub fn start_on(wh: &Walhalla, archive: &TestArchive, port: u16, extra: &[&str]) -> Server {
+        Self::spawn(Command::new(wh.path()), archive, port, extra)
+    }
+
+    /// Starts the binary itself as PostgreSQL's user with state directory `state`
+    /// (`XDG_STATE_HOME`) and no `WALHALLA_TOKEN_FILE`: a server as an operator starts it,
+    /// with its default token file.
+    #[allow(dead_code)]
+    pub fn start_in_state(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        state: &Path,
+        extra: &[&str],
+    ) -> Server {
+        let mut command = Command::new(wh.binary());
+        if let Some((uid, gid)) = super::pg_user_ids() {
+            command.uid(uid).gid(gid);
+        }
+        command
+            .env("XDG_STATE_HOME", state)
+            .env_remove("WALHALLA_TOKEN_FILE");
+        Self::spawn(command, archive, free_port(), extra)
+    }
+
+    fn spawn(mut command: Command, archive: &TestArchive, port: u16, extra: &[&str]) -> Server {
         let dir = TestDir::new("serve");
         let log = dir.path().join("serve.log");
         let file = std::fs::File::create(&log).expect("create the server log");
-        let child = Command::new(wh.path())
+        let child = command
             .arg("--archive")
             .arg(archive.url())
             .arg("serve")
@@ -72,10 +97,11 @@ pub fn wait_until_listening(port: u16) {
     );
 }
 
-/// Runs `walhalla --archive … ARGS` (a daemon command) expecting it to refuse to start;
-/// returns how it ended.
+/// Runs `walhalla --archive … ARGS` (a daemon command, without the tests' token file)
+/// expecting it to refuse to start; returns how it ended.
 pub fn refused_start(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> Output {
-    let mut child = Command::new(wh.path())
+    let mut child = Command::new(wh.binary())
+        .env_remove("WALHALLA_TOKEN_FILE")
         .arg("--archive")
         .arg(archive.url())
         .args(args)
@@ -100,7 +126,7 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
 
 /// The metric `name` from the server on `port`.
 pub fn scrape(port: u16, name: &str) -> Option<f64> {
-    metric(&http::get(port, "/metrics", None).ok()?.text(), name)
+    metric(&http::get(port, "/metrics").ok()?.text(), name)
 }
 
 impl Drop for Server {
