@@ -22,6 +22,8 @@ use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
 use super::tls::{self, TlsError};
 
 mod response;
+#[cfg(test)]
+mod tests;
 pub use response::Response;
 
 /// How long connecting and authenticating to one host may take unless `connect_timeout` says.
@@ -541,8 +543,11 @@ impl Connection {
                 Frame::CopyBothResponse => return Ok(CopyStart::Streaming),
                 Frame::Other(Message::ErrorResponse(body)) => {
                     let error = ServerError::from_fields(body.fields())?;
-                    // Drain to ReadyForQuery so the connection can be reused.
-                    self.read_results().await?;
+                    // Drain to ReadyForQuery so the connection can be reused. A server that
+                    // ends the session instead (FATAL) closes it: its message is the answer.
+                    if let Err(e) = self.read_results().await {
+                        tracing::debug!(host = %self.host, "after the server's error: {e}");
+                    }
                     return Err(Error::Server(error));
                 }
                 Frame::Other(Message::DataRow(body)) => rows.push(text_row(raw_row(&body)?)),
