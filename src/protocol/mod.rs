@@ -6,4 +6,5 @@ pub mod commands;
 pub mod connection;
 pub mod conninfo;
 pub mod replication;
+pub mod require_auth;
 pub mod tls;
