@@ -97,8 +97,10 @@ impl ServerClient {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout);
         if let Some(ca) = &settings.server_ca {
-            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            let certs = crate::pem::certificates(ca)?
+                .iter()
+                .map(|cert| reqwest::Certificate::from_der(cert))
+                .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("certificates in {}", ca.display()))?;
             builder = builder.tls_certs_only(certs);
         }

@@ -2,6 +2,7 @@
 //! (startup, TLS, authentication, simple queries, CopyBoth), and the sans-IO framing of the
 //! streaming replication messages.
 
+pub mod channel_binding;
 pub mod commands;
 pub mod connection;
 pub mod conninfo;

@@ -2,6 +2,7 @@
 
 mod backup;
 mod catchup;
+mod conn_security;
 mod fetch;
 mod foreign_names;
 mod harness;

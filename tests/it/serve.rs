@@ -499,37 +499,21 @@ fn only_authenticated_clients_reach_a_server() {
 
 #[test]
 fn tls_client_certificates_are_required_when_configured() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let dir = TestDir::new("pki");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "walhalla test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issuer: &Issuer<'_, KeyPair> = &ca;
+    let ca = crate::harness::TestCa::new();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
     let leaf = |name: &str, san: &str, purpose: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![san.to_string()]).unwrap();
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, issuer).unwrap();
+        let (cert, key) = ca.leaf(san, name, purpose);
         (
-            write(&format!("{name}.crt"), &cert.pem()),
-            write(&format!("{name}.key"), &key.serialize_pem()),
+            write(&format!("{name}.crt"), &cert),
+            write(&format!("{name}.key"), &key),
         )
     };
     let (server_cert, server_key) =

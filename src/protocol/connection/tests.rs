@@ -15,7 +15,7 @@ fn connection() -> (Connection, DuplexStream) {
             host: "127.0.0.1".into(),
             port: 5432,
         },
-        encrypted: false,
+        server_certificate: None,
         parameters: HashMap::new(),
     };
     (conn, server)

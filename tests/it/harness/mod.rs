@@ -5,6 +5,7 @@
 mod archive;
 pub mod http;
 mod pg;
+mod pki;
 mod proxy;
 mod receiver;
 mod s3;
@@ -12,6 +13,7 @@ pub mod server;
 
 pub use archive::{Backend, TestArchive};
 pub use pg::{PgCluster, pg_client_bin};
+pub use pki::TestCa;
 pub use proxy::TcpProxy;
 pub use receiver::Receiver;
 #[allow(unused_imports)]

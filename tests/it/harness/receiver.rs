@@ -125,7 +125,8 @@ impl Receiver {
         // As PostgreSQL's user, who owns the test archives and runs the hooks that read what
         // the receiver archived (walhalla's files grant nothing to other users).
         if let Some((uid, gid)) = super::pg_user_ids() {
-            command.uid(uid).gid(gid);
+            // Not root's home, which that user cannot read (libpq's ~/.postgresql lookups).
+            command.uid(uid).gid(gid).env("HOME", dir.path());
         }
         let child = command
             .arg("--archive")
