@@ -162,7 +162,7 @@ impl Walhalla {
 
     /// Runs walhalla as the PostgreSQL user in `cwd` with `archive`'s settings.
     pub fn run(&self, archive: &TestArchive, cwd: &Path, args: &[&str]) -> Output {
-        let mut cmd = as_pg_user(&self.bin);
+        let mut cmd = as_pg_user(&self.wrapper);
         cmd.current_dir(cwd)
             .arg("--archive")
             .arg(archive.url())
