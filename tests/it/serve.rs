@@ -11,7 +11,7 @@ use crate::harness::{
     Backend, PgCluster, Receiver, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla,
     as_pg_user, describe, free_port, http, wait_for,
 };
-use crate::push::{archiving_primary, key_of};
+use crate::push::{archiving_primary, key_of, primary_with_an_archived_segment};
 
 /// The segment after `name` on the same timeline (16 MiB segments).
 fn next_segment(name: &str, ahead: u32) -> String {
@@ -420,10 +420,7 @@ fn only_authenticated_clients_reach_a_server() {
     );
 
     // A token: requests without it, or with another, get 401.
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
     let token = dir.path().join("token");
     std::fs::write(&token, "correct horse battery staple\n").unwrap();
     std::fs::write(dir.path().join("wrong"), "nope\n").unwrap();
@@ -525,10 +522,7 @@ fn tls_client_certificates_are_required_when_configured() {
     );
     let ca_file = write("ca.crt", &ca.pem());
 
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
     let server = Server::start(
         &wh,
         &archive,
@@ -577,10 +571,7 @@ fn tls_client_certificates_are_required_when_configured() {
 fn a_receiver_that_cannot_reach_its_primary_still_serves_the_archive() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
 
     // Its primary is down (nothing listens on port 1): it never learns its cluster itself.
     let port = free_port();

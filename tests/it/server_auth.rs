@@ -7,16 +7,13 @@ use std::os::unix::fs::PermissionsExt;
 use crate::harness::{
     Backend, Server, TestArchive, TestDir, Walhalla, as_pg_user, describe, http, wait_for,
 };
-use crate::push::archiving_primary;
+use crate::push::primary_with_an_archived_segment;
 
 #[test]
 fn a_default_server_requires_its_token_which_local_clients_find() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
     let id = primary.system_id().to_string();
 
     // First start: the server creates its token file, private to its user.
