@@ -334,3 +334,36 @@ pub fn describe_status(status: &serde_json::Value) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(listen: &str, no_auth: bool, token: bool, client_ca: bool) -> Result<(), String> {
+        let options = ServerOptions {
+            listen: Some(listen.parse().unwrap()),
+            token_file: token.then(|| "token".into()),
+            no_auth,
+            tls_cert: client_ca.then(|| "cert.pem".into()),
+            tls_key: client_ca.then(|| "key.pem".into()),
+            tls_client_ca: client_ca.then(|| "ca.pem".into()),
+        };
+        options.check().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_address_authenticates_unless_no_auth_on_loopback() {
+        // The default token authenticates anywhere.
+        assert_eq!(check("0.0.0.0:7480", false, false, false), Ok(()));
+        assert_eq!(check("127.0.0.1:7480", true, false, false), Ok(()));
+        assert_eq!(check("[::1]:7480", true, false, false), Ok(()));
+        let open = check("0.0.0.0:7480", true, false, false).unwrap_err();
+        assert!(
+            open.contains("refusing to listen on 0.0.0.0:7480"),
+            "{open}"
+        );
+        assert_eq!(check("0.0.0.0:7480", true, false, true), Ok(()));
+        let both = check("127.0.0.1:7480", true, true, false).unwrap_err();
+        assert!(both.contains("--no-auth and --token-file"), "{both}");
+    }
+}
