@@ -43,7 +43,7 @@ for level in $LEVELS; do
 done
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$@" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 # s3_up: moto_server on a free loopback port with bucket walhalla-bench holding the corpus at level 3,
 # and `walhalla serve` in front of it; sets S3ENV (the AWS_* settings as an `env` prefix), S3 and SERVER.
@@ -56,9 +56,13 @@ s3_up() {
   S3=s3://walhalla-bench/corpus
   find "$CORPUS/wal" -type f -name '????????????????????????' | sort |
     xargs -P2 -I{} runuser -u postgres -- sh -c "cd $CORPUS/primary && $S3ENV $WH --archive $S3 push {}"
+  # serve runs as root and fetch as postgres, whose default token files differ: one explicit file.
+  TOKEN=$bin_dir/token
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$TOKEN"
+  chown postgres: "$TOKEN"; chmod 600 "$TOKEN"
   port=$(free_port); SERVER=http://127.0.0.1:$port
-  $S3ENV "$WH" --archive $S3 serve --listen "127.0.0.1:$port" > "$bin_dir/serve.log" 2>&1 & pids+=($!)
-  wait_http "$SERVER/healthz"
+  $S3ENV "$WH" --archive $S3 serve --listen "127.0.0.1:$port" --token-file "$TOKEN" > "$bin_dir/serve.log" 2>&1 & pids+=($!)
+  wait_http "$SERVER/healthz" -H "Authorization: Bearer $(cat "$TOKEN")"
 }
 
 recovery_variants() {
@@ -69,7 +73,7 @@ recovery_variants() {
   done
   s3_up
   recovery_extra+="walhalla s3|:|$S3ENV $WH --archive $S3 fetch %f \"%p\""$'\n'
-  recovery_extra+="walhalla s3 via serve|:|$S3ENV $WH --archive $S3 fetch --server $SERVER %f \"%p\""$'\n'
+  recovery_extra+="walhalla s3 via serve|:|$S3ENV $WH --archive $S3 fetch --server $SERVER --token-file $TOKEN %f \"%p\""$'\n'
 }
 
 for what in "$@"; do

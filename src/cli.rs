@@ -213,7 +213,8 @@ pub struct ClientArgs {
     /// http://127.0.0.1:7480; when it cannot answer, the archive is read directly.
     #[arg(long, env = "WALHALLA_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// File holding the bearer token to send to the server.
+    /// File holding the bearer token to send to the server [default, for a server on this
+    /// host: ~/.local/state/walhalla/token, when it exists].
     #[arg(long, env = "WALHALLA_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) the server's certificate must chain to.
@@ -253,13 +254,18 @@ impl ClientArgs {
 /// How the fetch server listens and whom it lets in.
 #[derive(Debug, Args)]
 pub struct ListenArgs {
-    /// Listen on this address (loopback unless told otherwise; another address needs
-    /// --token-file or --tls-client-ca).
+    /// Listen on this address (loopback unless told otherwise).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// File holding the bearer token every request must carry (Authorization: Bearer …).
+    /// File holding the bearer token every request must carry (Authorization: Bearer …)
+    /// [default: ~/.local/state/walhalla/token, created with a random token on first start,
+    /// where local clients of the same user find it; not used with --tls-client-ca].
     #[arg(long, env = "WALHALLA_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve without authenticating clients: every local user can then download every WAL
+    /// file, the whole database. Loopback only; logs a warning.
+    #[arg(long, conflicts_with = "token_file")]
+    pub no_auth: bool,
     /// Certificate chain (PEM) for TLS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -286,6 +292,7 @@ impl ListenArgs {
         ServerOptions {
             listen: self.listen,
             token_file: self.token_file.clone(),
+            no_auth: self.no_auth,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_client_ca: self.tls_client_ca.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use reqwest::{StatusCode, Url};
 
-use crate::server::auth::read_token;
+use crate::server::token;
 use crate::server::{NOTHING_ARCHIVED_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{SystemId, WalFileName};
 
@@ -16,7 +16,8 @@ use crate::wal::{SystemId, WalFileName};
 pub struct ClientSettings {
     /// The server's base URL, such as `http://127.0.0.1:7480`.
     pub server: Option<String>,
-    /// A file holding the bearer token to send.
+    /// A file holding the bearer token to send; by default, to a server on this host, the
+    /// user's own default token file when there is one ([`token::default_path`]).
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) the server's certificate must chain to, instead of the system's.
     pub server_ca: Option<PathBuf>,
@@ -24,6 +25,21 @@ pub struct ClientSettings {
     pub client_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub client_key: Option<PathBuf>,
+}
+
+/// The token in the user's default token file, if there is a readable one.
+fn default_token() -> Option<String> {
+    let path = token::default_path();
+    if !path.exists() {
+        return None;
+    }
+    match token::read(&path) {
+        Ok(token) => Some(token),
+        Err(e) => {
+            tracing::warn!("{e:#}: sending no bearer token");
+            None
+        }
+    }
 }
 
 /// A connection to one fetch server.
@@ -81,8 +97,10 @@ impl ServerClient {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout);
         if let Some(ca) = &settings.server_ca {
-            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            let certs = crate::pem::certificates(ca)?
+                .iter()
+                .map(|cert| reqwest::Certificate::from_der(cert))
+                .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("certificates in {}", ca.display()))?;
             builder = builder.tls_certs_only(certs);
         }
@@ -98,10 +116,6 @@ impl ServerClient {
             (None, None) => {}
             _ => bail!("a client certificate needs both --client-cert and --client-key"),
         }
-        let token = match &settings.token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
-        };
         let loopback = match base.host_str() {
             Some("localhost") => true,
             Some(host) => host
@@ -109,6 +123,12 @@ impl ServerClient {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback()),
             None => false,
+        };
+        let token = match &settings.token_file {
+            Some(path) => Some(token::read(path)?),
+            // The token a server of this user created; never sent to another host.
+            None if loopback => default_token(),
+            None => None,
         };
         if token.is_some() && base.scheme() == "http" && !loopback {
             tracing::warn!(

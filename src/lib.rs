@@ -42,6 +42,8 @@
 //! - [`retention`]: `walhalla prune`'s retention rule, pure: which backups and WAL go.
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
+//! - [`osuser`]: the operating-system user: name, home, state directory.
+//! - [`pem`]: certificates and keys from PEM files, for every TLS endpoint.
 //! - [`fsutil`], [`blocking`], [`backoff`], [`progress`]: durable file writes; blocking work
 //!   off the reactor; jittered backoff; a progress line on a terminal.
 
@@ -61,6 +63,8 @@ pub mod hooks;
 pub mod list;
 pub mod logging;
 pub mod metrics;
+pub mod osuser;
+pub mod pem;
 pub mod progress;
 pub mod protocol;
 pub mod prune;

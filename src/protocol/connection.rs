@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::{ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
 use thiserror::Error;
@@ -21,7 +19,10 @@ use tokio::net::{TcpStream, UnixStream};
 use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
 use super::tls::{self, TlsError};
 
+mod auth;
 mod response;
+#[cfg(test)]
+mod tests;
 pub use response::Response;
 
 /// How long connecting and authenticating to one host may take unless `connect_timeout` says.
@@ -102,6 +103,10 @@ pub enum Error {
     /// The server asked for an authentication method this client does not support.
     #[error("unsupported authentication method {0} (use trust, password, md5 or scram-sha-256)")]
     UnsupportedAuthentication(&'static str),
+    /// The server's authentication request is not one the settings accept (`require_auth`,
+    /// `channel_binding=require`); worded as libpq words it.
+    #[error("{0}")]
+    AuthenticationRefused(String),
     /// TLS could not be set up or the server's certificate was refused.
     #[error("TLS: {0}")]
     Tls(String),
@@ -123,6 +128,7 @@ impl Error {
             // Class 28: invalid authorization (bad password, no pg_hba.conf entry).
             Error::Server(e) => e.code.starts_with("28"),
             Error::NoPassword
+            | Error::AuthenticationRefused(_)
             | Error::UnsupportedAuthentication(_)
             | Error::Tls(_)
             | Error::TlsRefused(_) => true,
@@ -214,7 +220,8 @@ pub struct Connection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     host: HostAddr,
-    encrypted: bool,
+    /// The server's certificate (DER) when the connection uses TLS.
+    server_certificate: Option<Vec<u8>>,
     parameters: HashMap<String, String>,
 }
 
@@ -274,18 +281,18 @@ impl Connection {
     }
 
     async fn open(params: &ConnParams, host: &HostAddr) -> Result<Connection> {
-        let (io, encrypted): (Box<dyn Io>, bool) = match host {
+        let (io, server_certificate): (Box<dyn Io>, _) = match host {
             // libpq does not use TLS on unix sockets either.
             HostAddr::Unix { .. } => {
                 let path = host.socket_path().expect("a unix host has a socket path");
-                (Box::new(UnixStream::connect(path).await?), false)
+                (Box::new(UnixStream::connect(path).await?), None)
             }
             HostAddr::Tcp { host: name, port } => {
                 let tcp = TcpStream::connect((name.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 match Self::negotiate_tls(params, name, tcp).await? {
-                    Ok(tls) => (tls, true),
-                    Err(plain) => (Box::new(plain), false),
+                    Ok((tls, certificate)) => (tls, Some(certificate)),
+                    Err(plain) => (Box::new(plain), None),
                 }
             }
         };
@@ -294,26 +301,24 @@ impl Connection {
             read_buf: BytesMut::with_capacity(256 * 1024),
             write_buf: BytesMut::with_capacity(8 * 1024),
             host: host.clone(),
-            encrypted,
+            server_certificate,
             parameters: HashMap::new(),
         };
         conn.startup(params).await?;
         Ok(conn)
     }
 
-    /// Sends SSLRequest when `sslmode` asks for TLS; returns the TLS stream, or the plain one
-    /// when TLS is not to be used.
+    /// Sends SSLRequest when `sslmode` asks for TLS; returns the TLS stream and the server's
+    /// certificate, or the plain stream when TLS is not to be used.
     async fn negotiate_tls(
         params: &ConnParams,
         name: &str,
         mut tcp: TcpStream,
-    ) -> Result<Result<Box<dyn Io>, TcpStream>> {
+    ) -> Result<Result<(Box<dyn Io>, Vec<u8>), TcpStream>> {
         let mode = params.sslmode;
         if matches!(mode, SslMode::Disable | SslMode::Allow) {
             return Ok(Err(tcp));
         }
-        let config = tls::client_config(mode, params.sslrootcert.as_deref())?
-            .expect("TLS modes have a config");
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
         tcp.write_all(&request).await?;
@@ -321,13 +326,25 @@ impl Connection {
         let answer = tcp.read_u8().await?;
         match answer {
             b'S' => {
+                // Only now, as libpq: a server without TLS never needs the client's files.
+                let identity =
+                    tls::client_identity(params.sslcert.as_deref(), params.sslkey.as_deref())?;
+                let config = tls::client_config(mode, params.sslrootcert.as_deref(), identity)?
+                    .expect("TLS modes have a config");
                 let server_name = tls::server_name(name)
                     .ok_or_else(|| Error::Tls(format!("invalid server name {name:?}")))?;
                 let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(server_name, tcp)
                     .await
                     .map_err(tls_handshake_error)?;
-                Ok(Ok(Box::new(stream)))
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| cert.to_vec())
+                    .ok_or_else(|| Error::Tls("the server presented no certificate".into()))?;
+                Ok(Ok((Box::new(stream), certificate)))
             }
             b'N' if mode == SslMode::Prefer => Ok(Err(tcp)),
             b'N' => Err(Error::TlsRefused(mode)),
@@ -345,46 +362,7 @@ impl Connection {
         ];
         frontend::startup_message(startup.iter().copied(), &mut self.write_buf)?;
         self.flush().await?;
-        loop {
-            match self.read_message().await? {
-                Message::AuthenticationOk => break,
-                Message::AuthenticationCleartextPassword => {
-                    let password = self.password(params)?;
-                    frontend::password_message(password.as_bytes(), &mut self.write_buf)?;
-                    self.flush().await?;
-                }
-                Message::AuthenticationMd5Password(body) => {
-                    let password = self.password(params)?;
-                    let hash = md5_hash(params.user.as_bytes(), password.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
-                    self.flush().await?;
-                }
-                Message::AuthenticationSasl(body) => {
-                    self.scram(params, body.mechanisms().collect::<Vec<&str>>()?)
-                        .await?
-                }
-                Message::AuthenticationKerberosV5 => {
-                    return Err(Error::UnsupportedAuthentication("Kerberos"));
-                }
-                Message::AuthenticationScmCredential => {
-                    return Err(Error::UnsupportedAuthentication("SCM credentials"));
-                }
-                Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
-                    return Err(Error::UnsupportedAuthentication("GSSAPI"));
-                }
-                Message::AuthenticationSspi => {
-                    return Err(Error::UnsupportedAuthentication("SSPI"));
-                }
-                Message::ErrorResponse(body) => {
-                    return Err(Error::Server(ServerError::from_fields(body.fields())?));
-                }
-                _ => {
-                    return Err(Error::Protocol(
-                        "unexpected message during authentication".into(),
-                    ));
-                }
-            }
-        }
+        self.authenticate(params).await?;
         loop {
             match self.read_message().await? {
                 Message::ReadyForQuery(_) => return Ok(()),
@@ -399,39 +377,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    async fn scram(&mut self, params: &ConnParams, mechanisms: Vec<&str>) -> Result<()> {
-        if !mechanisms.contains(&SCRAM_SHA_256) {
-            return Err(Error::UnsupportedAuthentication(
-                "SASL without SCRAM-SHA-256",
-            ));
-        }
-        let password = self.password(params)?;
-        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)?;
-        self.flush().await?;
-        match self.read_message().await? {
-            Message::AuthenticationSaslContinue(body) => scram.update(body.data())?,
-            Message::ErrorResponse(body) => {
-                return Err(Error::Server(ServerError::from_fields(body.fields())?));
-            }
-            _ => return Err(Error::Protocol("expected SASL continue".into())),
-        }
-        frontend::sasl_response(scram.message(), &mut self.write_buf)?;
-        self.flush().await?;
-        match self.read_message().await? {
-            Message::AuthenticationSaslFinal(body) => scram.finish(body.data())?,
-            Message::ErrorResponse(body) => {
-                return Err(Error::Server(ServerError::from_fields(body.fields())?));
-            }
-            _ => return Err(Error::Protocol("expected SASL final".into())),
-        }
-        Ok(())
-    }
-
-    fn password(&self, params: &ConnParams) -> Result<String> {
-        params.password_for(&self.host).ok_or(Error::NoPassword)
     }
 
     async fn check_session_attrs(&mut self, attrs: TargetSessionAttrs) -> Result<()> {
@@ -474,7 +419,7 @@ impl Connection {
 
     /// Whether the connection is encrypted with TLS.
     pub fn is_encrypted(&self) -> bool {
-        self.encrypted
+        self.server_certificate.is_some()
     }
 
     /// Runs `sql` with the simple query protocol and returns its rows as text.
@@ -541,8 +486,11 @@ impl Connection {
                 Frame::CopyBothResponse => return Ok(CopyStart::Streaming),
                 Frame::Other(Message::ErrorResponse(body)) => {
                     let error = ServerError::from_fields(body.fields())?;
-                    // Drain to ReadyForQuery so the connection can be reused.
-                    self.read_results().await?;
+                    // Drain to ReadyForQuery so the connection can be reused. A server that
+                    // ends the session instead (FATAL) closes it: its message is the answer.
+                    if let Err(e) = self.read_results().await {
+                        tracing::debug!(host = %self.host, "after the server's error: {e}");
+                    }
                     return Err(Error::Server(error));
                 }
                 Frame::Other(Message::DataRow(body)) => rows.push(text_row(raw_row(&body)?)),

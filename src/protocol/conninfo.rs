@@ -6,13 +6,13 @@
 //! password file; the environment is passed in as a lookup function.
 //!
 //! Accepted keywords: `host`, `hostaddr`, `port`, `user`, `password`, `dbname`,
-//! `application_name`, `fallback_application_name`, `sslmode`, `sslrootcert`,
-//! `connect_timeout`, `target_session_attrs` and `passfile`. Accepted and ignored:
-//! `replication` (walhalla always asks for a physical replication connection), `options`,
-//! `keepalives*`, and for now `sslcert` and `sslkey` (no client certificates: a server that
-//! wants one refuses the connection). `sslcrl` is refused: revocation is not checked, and a
-//! revoked server certificate must not pass silently. Any other keyword is an error, as in
-//! libpq.
+//! `application_name`, `fallback_application_name`, `sslmode`, `sslrootcert`, `sslcert`,
+//! `sslkey`, `channel_binding`, `require_auth`, `connect_timeout`, `target_session_attrs` and
+//! `passfile`. Accepted and ignored: `replication` (walhalla always asks for a physical
+//! replication connection), `options` and `keepalives*`. `sslcrl` is refused: revocation is
+//! not checked, and a revoked server certificate must not pass silently. Any other keyword is
+//! an error, as in libpq. Without `user` or `PGUSER`, the user is the effective operating-system
+//! user's name (not `USER`), as in libpq.
 //!
 //! Where walhalla differs from libpq: an empty value counts as not set (so the environment
 //! or the default applies); `hostaddr` is used as the host list only when no `host` is given
@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::require_auth::RequireAuth;
+
 /// The port used when none is given.
 pub const DEFAULT_PORT: u16 = 5432;
 /// The unix-socket directory used when no host is given (Debian's libpq default).
@@ -39,9 +41,9 @@ const REPLICATION_DATABASE: &str = "replication";
 
 /// Every keyword accepted; those from `replication` on are ignored.
 const KEYWORDS: &str = "host hostaddr port user password dbname application_name \
-    fallback_application_name sslmode sslrootcert connect_timeout target_session_attrs passfile \
-    replication options keepalives keepalives_idle keepalives_interval keepalives_count sslcert \
-    sslkey";
+    fallback_application_name sslmode sslrootcert sslcert sslkey channel_binding require_auth \
+    connect_timeout target_session_attrs passfile \
+    replication options keepalives keepalives_idle keepalives_interval keepalives_count";
 
 /// Why connection settings could not be parsed. Messages never contain the password.
 #[derive(Debug, Error)]
@@ -77,9 +79,15 @@ pub enum ConninfoError {
     /// A host starting with `@` (Linux abstract socket namespace), which walhalla does not support.
     #[error("unix sockets in the abstract namespace are not supported: \"{0}\"")]
     AbstractSocket(String),
-    /// No user given and none found in the environment.
-    #[error("cannot determine user name: set user in the connection string, PGUSER or USER")]
+    /// No user given, and the effective operating-system user has no name.
+    #[error(
+        "cannot determine user name: the effective user has no entry in the password database; \
+         set user in the connection string or PGUSER"
+    )]
     NoUser,
+    /// A `require_auth` list libpq would refuse (mixed negation, a repeated method).
+    #[error("{0}")]
+    RequireAuth(String),
 }
 
 /// Defines a settings enum spelled in connection strings as libpq spells it, with `Display`
@@ -136,6 +144,20 @@ keyword_enum! {
         VerifyCa = "verify-ca",
         /// TLS, with the certificate verified and matching the host name.
         VerifyFull = "verify-full",
+    }
+}
+
+keyword_enum! {
+    /// Whether SCRAM binds the authentication to the TLS channel (`channel_binding`), proving
+    /// the server that authenticates the client is the one at the other end of the TLS
+    /// connection (SCRAM-SHA-256-PLUS, `tls-server-end-point`).
+    ChannelBinding, "channel_binding", {
+        /// Never.
+        Disable = "disable",
+        /// When the connection uses TLS and the server offers it (the default).
+        Prefer = "prefer",
+        /// Always: the connection fails unless the server authenticates with channel binding.
+        Require = "require",
     }
 }
 
@@ -237,6 +259,14 @@ pub struct ConnParams {
     pub sslmode: SslMode,
     /// Root certificates for `verify-ca` and `verify-full`.
     pub sslrootcert: Option<PathBuf>,
+    /// The client certificate (`sslcert`), else `~/.postgresql/postgresql.crt` if it exists.
+    pub sslcert: Option<PathBuf>,
+    /// Its private key (`sslkey`), else `~/.postgresql/postgresql.key`.
+    pub sslkey: Option<PathBuf>,
+    /// Whether SCRAM authentication is bound to the TLS channel.
+    pub channel_binding: ChannelBinding,
+    /// Which authentication requests the client answers; `None` answers every one it knows.
+    pub require_auth: Option<RequireAuth>,
     /// Deadline for connecting to one host; `None` waits indefinitely.
     pub connect_timeout: Option<Duration>,
     /// Which kind of server is acceptable.
@@ -255,6 +285,10 @@ impl fmt::Debug for ConnParams {
             .field("application_name", &self.application_name)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("channel_binding", &self.channel_binding)
+            .field("require_auth", &self.require_auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("target_session_attrs", &self.target_session_attrs)
             .field("passfile", &self.passfile)
@@ -288,8 +322,7 @@ impl ConnParams {
             .or_else(|| env_of("PGHOSTADDR").map(|h| (h, true)));
         let hosts = parse_hosts(host_spec, lookup("port", "PGPORT"))?;
         let user = lookup("user", "PGUSER")
-            .or_else(|| env_of("USER"))
-            .or_else(|| env_of("LOGNAME"))
+            .or_else(crate::osuser::name)
             .ok_or(ConninfoError::NoUser)?;
         let application_name = lookup("application_name", "PGAPPNAME")
             .or_else(|| given_of("fallback_application_name"))
@@ -312,6 +345,13 @@ impl ConnParams {
             application_name,
             sslmode: lookup("sslmode", "PGSSLMODE").map_or(Ok(SslMode::Prefer), |v| v.parse())?,
             sslrootcert: lookup("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from),
+            sslcert: lookup("sslcert", "PGSSLCERT").map(PathBuf::from),
+            sslkey: lookup("sslkey", "PGSSLKEY").map(PathBuf::from),
+            channel_binding: lookup("channel_binding", "PGCHANNELBINDING")
+                .map_or(Ok(ChannelBinding::Prefer), |v| v.parse())?,
+            require_auth: lookup("require_auth", "PGREQUIREAUTH")
+                .map(|v| RequireAuth::parse(&v))
+                .transpose()?,
             connect_timeout,
             target_session_attrs: lookup("target_session_attrs", "PGTARGETSESSIONATTRS")
                 .map_or(Ok(TargetSessionAttrs::Any), |v| v.parse())?,
@@ -629,9 +669,9 @@ mod tests {
         move |name| vars.get(name).cloned()
     }
 
-    /// Parses with only `USER=alice` in the environment.
+    /// Parses with only `PGUSER=alice` in the environment.
     fn parse(conninfo: &str) -> Result<ConnParams, ConninfoError> {
-        ConnParams::parse(conninfo, &env_with(&[("USER", "alice")]))
+        ConnParams::parse(conninfo, &env_with(&[("PGUSER", "alice")]))
     }
 
     fn hosts(conninfo: &str) -> Vec<HostAddr> {
@@ -667,8 +707,14 @@ mod tests {
         assert_eq!(parse("password= x").unwrap().password.unwrap(), "x");
         // Accepted and ignored.
         let ignored = "replication=true options='-c a=b' keepalives=1 keepalives_idle=5 \
-                       keepalives_interval=5 keepalives_count=3 sslcert=c sslkey=k";
+                       keepalives_interval=5 keepalives_count=3";
         assert_eq!(hosts(ignored), [unix(DEFAULT_SOCKET_DIR, 5432)]);
+        let tls = parse("sslcert=c.pem sslkey=k.pem channel_binding=require require_auth=!md5");
+        let tls = tls.unwrap();
+        assert_eq!(tls.sslcert, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.sslkey, Some(PathBuf::from("k.pem")));
+        assert_eq!(tls.channel_binding, ChannelBinding::Require);
+        assert_eq!(tls.require_auth.unwrap().to_string(), "!md5");
         assert!(
             parse("sslcrl=/etc/crl.pem").is_err(),
             "revocation lists are not checked: refuse"
@@ -748,8 +794,14 @@ mod tests {
                 format!("invalid connection URI: {message}")
             );
         }
-        let no_user = ConnParams::parse("", &env_with(&[("USER", "")]));
-        assert!(matches!(no_user, Err(ConninfoError::NoUser)));
+        assert_eq!(
+            error("channel_binding=yes"),
+            "invalid channel_binding value: \"yes\""
+        );
+        assert_eq!(
+            error("require_auth=md5,!password"),
+            "negative require_auth method \"!password\" cannot be mixed with non-negative methods"
+        );
     }
 
     #[test]
@@ -866,10 +918,28 @@ mod tests {
         assert_eq!((p.connect_timeout, p.passfile), (None, None));
         assert_eq!(p.sslmode, SslMode::Prefer);
         assert_eq!(p.target_session_attrs, TargetSessionAttrs::Any);
-        let env = env_with(&[("LOGNAME", "bob"), ("HOME", "/h/bob")]);
+        assert_eq!(p.channel_binding, ChannelBinding::Prefer);
+        assert_eq!((p.sslcert, p.sslkey, p.require_auth), (None, None, None));
+        let env = env_with(&[("HOME", "/h/bob")]);
         let p = ConnParams::parse("  ", &env).unwrap();
-        assert_eq!(p.user, "bob");
         assert_eq!(p.passfile, Some(PathBuf::from("/h/bob/.pgpass")));
+    }
+
+    #[test]
+    fn without_user_or_pguser_the_user_is_the_effective_os_users_name() {
+        // Neither USER nor LOGNAME counts, as in libpq: a hook started with USER unset (or
+        // set to another user) connects as the user it runs as.
+        let os_user = crate::osuser::name().expect("the test user has a name");
+        for env in [
+            vec![],
+            vec![("USER", "someone-else"), ("LOGNAME", "another")],
+        ] {
+            let p = ConnParams::parse("host=db", &env_with(&env)).unwrap();
+            assert_eq!(p.user, os_user);
+        }
+        let env = env_with(&[("PGUSER", "replicator"), ("USER", "x")]);
+        assert_eq!(ConnParams::parse("", &env).unwrap().user, "replicator");
+        assert_eq!(parse("user=given").unwrap().user, "given");
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! | verify-ca | always | must chain to the root certificate(s) |
 //! | verify-full | always | must chain to the root certificate(s) and match the host name |
 //!
-//! The root certificate file is `sslrootcert`, else `~/.postgresql/root.crt`.
+//! The root certificate file is `sslrootcert`, else `~/.postgresql/root.crt`. The client
+//! certificate is `sslcert`, else `~/.postgresql/postgresql.crt` when it exists, with its key
+//! `sslkey`, else `~/.postgresql/postgresql.key`, which must grant nothing to group or others
+//! (0640 owned by root); as in libpq (fe-secure-openssl.c, `initialize_SSL`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,13 +25,13 @@ use tokio_rustls::rustls::crypto::{
     CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs, verify_tls12_signature,
     verify_tls13_signature,
 };
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{
-    self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    self, CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme,
 };
 
 use super::conninfo::SslMode;
+use crate::pem;
 
 /// Why TLS could not be set up.
 #[derive(Debug, Error)]
@@ -49,18 +52,112 @@ pub enum TlsError {
         /// Why.
         reason: String,
     },
+    /// The client certificate or its key cannot be used.
+    #[error("{0}")]
+    ClientCert(String),
+    /// No channel binding data can be made from the server's certificate.
+    #[error("channel binding: {0}")]
+    ChannelBinding(String),
 }
 
-/// The client configuration for `mode`, or `None` when the connection must not use TLS.
+/// A client certificate chain and its private key.
+pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// `~/.postgresql/NAME`, where libpq looks for its TLS files by default.
+fn default_file(name: &str) -> Option<PathBuf> {
+    crate::osuser::home().map(|home| home.join(".postgresql").join(name))
+}
+
+/// The client certificate and key to present, as libpq finds them: `sslcert`, else
+/// `~/.postgresql/postgresql.crt`; a certificate file that does not exist means none (the
+/// server may not ask for one). With a certificate, the key (`sslkey`, else
+/// `~/.postgresql/postgresql.key`) must exist, be a plain file and grant nothing to group or
+/// others (root-owned: group read at most).
+pub fn client_identity(
+    sslcert: Option<&Path>,
+    sslkey: Option<&Path>,
+) -> Result<Option<Identity>, TlsError> {
+    let bad = |text: String| TlsError::ClientCert(text);
+    let Some(cert) = sslcert
+        .map(Path::to_path_buf)
+        .or_else(|| default_file("postgresql.crt"))
+    else {
+        return Ok(None);
+    };
+    match std::fs::metadata(&cert) {
+        Ok(_) => {}
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(bad(format!(
+                "could not open certificate file \"{}\": {e}",
+                cert.display()
+            )));
+        }
+    }
+    let chain = pem::certificates(&cert).map_err(|e| bad(e.to_string()))?;
+    let Some(key) = sslkey
+        .map(Path::to_path_buf)
+        .or_else(|| default_file("postgresql.key"))
+    else {
+        return Err(bad("certificate present, but no private key file".into()));
+    };
+    let meta = match std::fs::metadata(&key) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!(
+                "certificate present, but not private key file \"{}\"",
+                key.display()
+            )));
+        }
+        Err(e) => {
+            return Err(bad(format!(
+                "could not stat private key file \"{}\": {e}",
+                key.display()
+            )));
+        }
+    };
+    if !meta.is_file() {
+        return Err(bad(format!(
+            "private key file \"{}\" is not a regular file",
+            key.display()
+        )));
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        let loose = match meta.uid() {
+            0 => mode & 0o037 != 0,
+            _ => mode & 0o077 != 0,
+        };
+        if loose {
+            return Err(bad(format!(
+                "private key file \"{}\" has group or world access; file must have permissions \
+                 u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) \
+                 or less if owned by root",
+                key.display()
+            )));
+        }
+    }
+    let private = pem::private_key(&key).map_err(|e| bad(e.to_string()))?;
+    Ok(Some((chain, private)))
+}
+
+/// The client configuration for `mode`, presenting `identity` when the server asks for a
+/// certificate; `None` when the connection must not use TLS.
 pub fn client_config(
     mode: SslMode,
     root_cert: Option<&Path>,
+    identity: Option<Identity>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     if mode == SslMode::Disable {
         return Ok(None);
     }
-    let default_root =
-        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".postgresql/root.crt"));
+    let default_root = default_file("root.crt");
     let root_file = match root_cert {
         Some(path) => Some(path.to_path_buf()),
         None => default_root.clone().filter(|p| p.exists()),
@@ -87,10 +184,15 @@ pub fn client_config(
             algorithms: provider.signature_verification_algorithms,
         }),
     };
-    let config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            TlsError::ClientCert(format!("certificate does not match private key file: {e}"))
+        })?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Some(Arc::new(config)))
 }
 
@@ -107,15 +209,7 @@ fn webpki_verifier(
         path: file.to_path_buf(),
         reason,
     };
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in the file".into()));
-    }
+    let roots = pem::roots(file).map_err(|e| bad(e.to_string()))?;
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|e| bad(e.to_string()))

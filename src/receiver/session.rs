@@ -399,11 +399,7 @@ pub fn default_spool(system_id: SystemId) -> PathBuf {
 
 /// The directory default spools go in: `walhalla` in the user's state directory.
 pub fn spool_root() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    state.join("walhalla")
+    crate::osuser::state_dir()
 }
 
 /// Archives the history file of `timeline` as the server has it (before any segment of that

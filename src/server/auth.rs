@@ -1,25 +1,23 @@
-//! Bearer-token authentication of the fetch server's requests.
+//! Bearer-token authentication of the fetch server's requests, and the log of requests.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use anyhow::{Context, bail};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// Reads the token from its file: the first line, without surrounding whitespace.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read the token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(token.to_string())
+/// The client's address, which the server attaches to each request of a connection.
+fn peer(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
 }
 
-/// Lets a request through only with `Authorization: Bearer <token>`; otherwise 401.
+/// Lets a request through only with `Authorization: Bearer <token>`; otherwise 401, logged
+/// with the client's address (never with what it offered).
 pub async fn require_token(State(token): State<String>, request: Request, next: Next) -> Response {
     let offered = request
         .headers()
@@ -31,13 +29,44 @@ pub async fn require_token(State(token): State<String>, request: Request, next: 
         Some(offered) if constant_time_eq(offered.as_bytes(), token.as_bytes()) => {
             next.run(request).await
         }
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a valid bearer token is required\n",
-        )
-            .into_response(),
+        _ => {
+            let client = peer(&request).map(|p| p.to_string()).unwrap_or_default();
+            let why = match offered {
+                Some(_) => "a wrong bearer token",
+                None => "no bearer token",
+            };
+            tracing::warn!(%client, path = request.uri().path(), "refused a request with {why}");
+            unauthorized()
+        }
     }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a valid bearer token is required\n",
+    )
+        .into_response()
+}
+
+/// Logs each answered request: a WAL file at `info`, like each file the receiver archives (a
+/// catch-up asks for one per segment, which is the story an operator follows); the periodic
+/// `/metrics`, `/status` and `/healthz` at `debug`, where a scrape every few seconds would
+/// otherwise drown it.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let client = peer(&request).map(|p| p.to_string()).unwrap_or_default();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let millis = started.elapsed().as_millis() as u64;
+    if path.starts_with("/wal/") {
+        tracing::info!(%client, %method, %path, status, millis, "request");
+    } else {
+        tracing::debug!(%client, %method, %path, status, millis, "request");
+    }
+    response
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.
@@ -55,15 +84,5 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
-    }
-
-    #[test]
-    fn reads_the_first_line_and_refuses_an_empty_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "  s3cr3t \nignored\n").unwrap();
-        assert_eq!(read_token(&path).unwrap(), "s3cr3t");
-        std::fs::write(&path, "\n").unwrap();
-        assert!(read_token(&path).is_err());
     }
 }

@@ -3,15 +3,17 @@
 //! while a complete segment waits for upload, else from the archive), and exposes `/metrics`
 //! (Prometheus text), `/status` (JSON) and `/healthz`.
 //!
-//! Security: it listens on loopback unless told otherwise, and a listener reachable from other
-//! hosts must authenticate its clients, by bearer token (`--token-file`) or by TLS client
-//! certificates (`--tls-client-ca`); it refuses to start otherwise.
+//! Security: it listens on loopback unless told otherwise, and authenticates every request on
+//! every address: by bearer token (`--token-file`, else the user's default token file, created
+//! on first start: [`token`]) or by TLS client certificates (`--tls-client-ca`). `--no-auth`
+//! turns that off, with a warning, and only on loopback.
 
 pub mod auth;
 mod routes;
 mod stall;
 mod status;
 mod tls;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::blocking;
 use crate::daemon::{ServerFacts, Shared};
 
 pub use routes::{
@@ -45,8 +48,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 pub struct ServerOptions {
     /// The address to listen on.
     pub listen: Option<SocketAddr>,
-    /// A file holding the bearer token clients must send.
+    /// A file holding the bearer token clients must send; by default [`token::default_path`]
+    /// (unless client certificates authenticate).
     pub token_file: Option<PathBuf>,
+    /// Serve without authenticating clients (loopback only).
+    pub no_auth: bool,
     /// The server's certificate chain (PEM): turns TLS on.
     pub tls_cert: Option<PathBuf>,
     /// The server's private key (PEM).
@@ -58,7 +64,7 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     /// Checks the settings before anything starts; returns the address to listen on. A
-    /// listener other hosts can reach needs a bearer token or TLS client certificates.
+    /// listener other hosts can reach must authenticate its clients.
     pub fn check(&self) -> anyhow::Result<SocketAddr> {
         let listen = match self.listen {
             Some(addr) => addr,
@@ -70,11 +76,14 @@ impl ServerOptions {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("TLS needs both --tls-cert and --tls-key");
         }
-        if !listen.ip().is_loopback() && self.token_file.is_none() && self.tls_client_ca.is_none() {
+        if self.no_auth && self.token_file.is_some() {
+            bail!("--no-auth and --token-file contradict each other: give one");
+        }
+        if !listen.ip().is_loopback() && self.no_auth && self.tls_client_ca.is_none() {
             bail!(
                 "refusing to listen on {listen}, which other hosts can reach, without client \
-                 authentication: give --token-file (bearer token) or --tls-client-ca (TLS client \
-                 certificates), or listen on a loopback address"
+                 authentication: leave out --no-auth (bearer token), give --tls-client-ca (TLS \
+                 client certificates), or listen on a loopback address"
             );
         }
         Ok(listen)
@@ -89,13 +98,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Checks the security settings and binds the listener. A listener reachable from other
-    /// hosts without a token or client certificates is refused.
+    /// Checks the security settings, reads (or creates) the token file and binds the
+    /// listener. A listener reachable from other hosts without authentication is refused.
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
         let listen = options.check()?;
-        let token = match &options.token_file {
-            Some(path) => Some(auth::read_token(path)?),
-            None => None,
+        let token = match (&options.token_file, options.no_auth) {
+            (Some(path), _) => Some(token::read(path)?),
+            (None, true) => {
+                tracing::warn!(
+                    %listen,
+                    "--no-auth: every local user (any process that can connect to {listen}) may \
+                     download every WAL file, and so the whole database"
+                );
+                None
+            }
+            // Client certificates authenticate.
+            (None, false) if options.tls_client_ca.is_some() => None,
+            (None, false) => {
+                let path = token::default_path();
+                let token = blocking::run(move || token::read_or_create(&path)).await?;
+                Some(token)
+            }
         };
         let tls = match (&options.tls_cert, &options.tls_key) {
             (Some(cert), Some(key)) => {
@@ -155,7 +178,12 @@ impl Server {
                 },
                 _ = shutdown.changed() => return Ok(()),
             };
-            let (router, tls) = (self.router.clone(), self.tls.clone());
+            // Each request carries its client's address, for the logs.
+            let router = self
+                .router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = TowerToHyperService::new(router);
@@ -204,5 +232,38 @@ impl Server {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(listen: &str, no_auth: bool, token: bool, client_ca: bool) -> Result<(), String> {
+        let options = ServerOptions {
+            listen: Some(listen.parse().unwrap()),
+            token_file: token.then(|| "token".into()),
+            no_auth,
+            tls_cert: client_ca.then(|| "cert.pem".into()),
+            tls_key: client_ca.then(|| "key.pem".into()),
+            tls_client_ca: client_ca.then(|| "ca.pem".into()),
+        };
+        options.check().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_address_authenticates_unless_no_auth_on_loopback() {
+        // The default token authenticates anywhere.
+        assert_eq!(check("0.0.0.0:7480", false, false, false), Ok(()));
+        assert_eq!(check("127.0.0.1:7480", true, false, false), Ok(()));
+        assert_eq!(check("[::1]:7480", true, false, false), Ok(()));
+        let open = check("0.0.0.0:7480", true, false, false).unwrap_err();
+        assert!(
+            open.contains("refusing to listen on 0.0.0.0:7480"),
+            "{open}"
+        );
+        assert_eq!(check("0.0.0.0:7480", true, false, true), Ok(()));
+        let both = check("127.0.0.1:7480", true, true, false).unwrap_err();
+        assert!(both.contains("--no-auth and --token-file"), "{both}");
     }
 }

@@ -53,7 +53,8 @@ struct AppState {
     archive_seen: Arc<std::sync::Mutex<HashMap<SystemId, Instant>>>,
 }
 
-/// The routes, behind the bearer-token check when a token is configured.
+/// The routes, each answered request logged, behind the bearer-token check when a token is
+/// configured.
 pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
     let state = AppState {
         shared,
@@ -65,7 +66,8 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(auth::log_request));
     match token {
         Some(token) => router.layer(axum::middleware::from_fn_with_state(
             token,

@@ -78,11 +78,12 @@ fn the_config_file_alone_runs_receive_and_serve() {
     });
     let server = Server::from_config(&wh, &config, serve_port);
     let path = format!("/wal/{segment}");
-    let served = http::get(serve_port, &path, Some("a-token-only-the-test-knows")).expect("GET");
+    let served =
+        http::get_with(serve_port, &path, Some("a-token-only-the-test-knows")).expect("GET");
     assert_eq!(served.status, 200, "{}", server.log());
     let segment_size = pg.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'");
     assert_eq!(served.body.len().to_string(), segment_size);
-    let refused = http::get(serve_port, &path, Some("another token")).expect("GET");
+    let refused = http::get_with(serve_port, &path, Some("another token")).expect("GET");
     assert_eq!(refused.status, 401, "the file's token_file is in force");
     assert!(receiver.stop().success(), "{}", receiver.log());
 }
@@ -96,7 +97,7 @@ fn config_names_each_source_and_masks_the_password() {
         "walhalla.toml",
         "archive = \"/from/file\"\n[receive]\nslot = \"from_file\"\nspool_max_bytes = \"2GB\"\n",
     );
-    let output = std::process::Command::new(wh.path())
+    let output = std::process::Command::new(wh.binary())
         .args(["config", "receive", "--json", "--compression-level", "9"])
         .env("WALHALLA_CONFIG", &config)
         .env("WALHALLA_SLOT", "from_env")
@@ -145,7 +146,7 @@ fn config_names_each_source_and_masks_the_password() {
 
     // A mistake in the file is a usage error naming the key, for every command.
     let broken = private_file(&dir, "broken.toml", "[receive]\nslott = \"x\"\n");
-    let output = std::process::Command::new(wh.path())
+    let output = std::process::Command::new(wh.binary())
         .args(["list"])
         .env("WALHALLA_CONFIG", &broken)
         .output()

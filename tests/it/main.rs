@@ -3,6 +3,7 @@
 mod backup;
 mod catchup;
 mod config;
+mod conn_security;
 mod fetch;
 mod foreign_names;
 mod harness;
@@ -14,6 +15,7 @@ mod push;
 mod readahead;
 mod receive;
 mod serve;
+mod server_auth;
 mod status;
 mod timelines;
 mod verify;

@@ -157,7 +157,7 @@ fn a_hole_the_server_no_longer_has_is_reported_and_streaming_goes_on() {
     let receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--listen", &listen]);
     wait_until_listening(port);
     wait_for("the gap to be reported", Duration::from_secs(60), || {
-        let status = http::get(port, "/status", None).ok()?.text();
+        let status = http::get(port, "/status").ok()?.text();
         status.contains(&lost).then_some(status)
     });
     let log = receiver.log();
@@ -220,7 +220,7 @@ fn an_idle_primary_keeps_its_receiver_connected() {
             receiver.log()
         );
     }
-    let page = http::get(port, "/metrics", None).unwrap().text();
+    let page = http::get(port, "/metrics").unwrap().text();
     assert_eq!(
         metric(&page, "walhalla_reconnects_total"),
         Some(0.0),
@@ -495,7 +495,7 @@ fn a_permanent_archive_error_is_reported_as_one_until_it_is_fixed() {
         Duration::from_secs(60),
         || (failing("permanent") == Some(1.0)).then_some(()),
     );
-    let status = http::get(port, "/status", None).unwrap().text();
+    let status = http::get(port, "/status").unwrap().text();
     assert!(status.contains("\"permanent\": true"), "{status}");
     assert!(
         receiver

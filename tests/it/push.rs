@@ -25,6 +25,19 @@ pub fn archiving_primary(wh: &Walhalla, archive: &TestArchive, extra_conf: &str)
     pg
 }
 
+/// A primary archiving into `archive` (keeping 1 GB of WAL), and the name of a segment of
+/// rows it has archived.
+pub fn primary_with_an_archived_segment(
+    wh: &Walhalla,
+    archive: &TestArchive,
+) -> (PgCluster, String) {
+    let primary = archiving_primary(wh, archive, "wal_keep_size = '1GB'");
+    primary.write_rows(500);
+    let segment = primary.switch_wal();
+    primary.wait_archived(&segment);
+    (primary, segment)
+}
+
 /// A standby of `primary` that archives into `archive` too (with `extra_conf`), promoted once
 /// it replayed WAL past the primary's last complete segment, which is returned: the standby's
 /// last timeline-1 segment is incomplete at the promotion and archived as .partial.

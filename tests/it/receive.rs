@@ -294,7 +294,7 @@ fn primary_restarts_leave_no_gap() {
 }
 
 /// Waits for a receiver expected to stop on its own with a fatal error; returns its log.
-fn fails_at_once(mut receiver: Receiver) -> String {
+pub(crate) fn fails_at_once(mut receiver: Receiver) -> String {
     let status = receiver
         .wait(Duration::from_secs(60))
         .expect("a fatal problem must stop the receiver");

@@ -11,7 +11,7 @@ use crate::harness::{
     Backend, PgCluster, Receiver, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla,
     as_pg_user, describe, free_port, http, wait_for,
 };
-use crate::push::{archiving_primary, key_of};
+use crate::push::{archiving_primary, key_of, primary_with_an_archived_segment};
 
 /// The segment after `name` on the same timeline (16 MiB segments).
 fn next_segment(name: &str, ahead: u32) -> String {
@@ -211,10 +211,10 @@ fn a_corrupt_object_is_refused_by_the_server_and_the_client() {
     let server = Server::start(&wh, &archive, &[]);
 
     // The server refuses it.
-    let answer = http::get(server.port, &format!("/wal/{bad}"), None).unwrap();
+    let answer = http::get(server.port, &format!("/wal/{bad}")).unwrap();
     assert_eq!(answer.status, 500, "{}", answer.text());
     assert!(answer.text().contains(&key), "{}", answer.text());
-    let answer = http::get(server.port, &format!("/wal/{good}"), None).unwrap();
+    let answer = http::get(server.port, &format!("/wal/{good}")).unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.body,
@@ -289,7 +289,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     let last = primary.switch_wal();
     primary.write_rows(100);
 
-    let page = http::get(port, "/metrics", None).unwrap();
+    let page = http::get(port, "/metrics").unwrap();
     assert_eq!(page.status, 200);
     assert!(
         page.header("content-type")
@@ -352,7 +352,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
     assert!(scrape(port, "walhalla_archived_segments_total").unwrap() >= 1.0);
 
     let status = || {
-        let status = http::get(port, "/status", None).unwrap();
+        let status = http::get(port, "/status").unwrap();
         assert_eq!(status.status, 200);
         let json: serde_json::Value = serde_json::from_slice(&status.body).expect("valid JSON");
         json
@@ -372,7 +372,7 @@ fn metrics_match_pg_stat_replication_and_status_is_json() {
                 .then_some(())
         },
     );
-    assert_eq!(http::get(port, "/healthz", None).unwrap().status, 200);
+    assert_eq!(http::get(port, "/healthz").unwrap().status, 200);
 
     // `walhalla status` prints it for a person.
     let run = std::process::Command::new(wh.path())
@@ -394,7 +394,8 @@ fn only_authenticated_clients_reach_a_server() {
     // Reachable from other hosts and no client authentication: refused before binding.
     let port = free_port();
     let everywhere = format!("0.0.0.0:{port}");
-    let run = refused_start(&wh, &archive, &["serve", "--listen", &everywhere]);
+    let open = ["serve", "--listen", &everywhere, "--no-auth"];
+    let run = refused_start(&wh, &archive, &open);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
@@ -408,6 +409,7 @@ fn only_authenticated_clients_reach_a_server() {
         "host=127.0.0.1 port=1",
         "--listen",
         &everywhere,
+        "--no-auth",
     ];
     let run = refused_start(&wh, &archive, &args);
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
@@ -418,10 +420,7 @@ fn only_authenticated_clients_reach_a_server() {
     );
 
     // A token: requests without it, or with another, get 401.
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
     let token = dir.path().join("token");
     std::fs::write(&token, "correct horse battery staple\n").unwrap();
     std::fs::write(dir.path().join("wrong"), "nope\n").unwrap();
@@ -432,17 +431,19 @@ fn only_authenticated_clients_reach_a_server() {
         "/status".into(),
     ] {
         assert_eq!(
-            http::get(server.port, &path, None).unwrap().status,
+            http::get_with(server.port, &path, None).unwrap().status,
             401,
             "{path}"
         );
         assert_eq!(
-            http::get(server.port, &path, Some("nope")).unwrap().status,
+            http::get_with(server.port, &path, Some("nope"))
+                .unwrap()
+                .status,
             401,
             "{path}"
         );
         assert_eq!(
-            http::get(server.port, &path, Some("correct horse battery staple"))
+            http::get_with(server.port, &path, Some("correct horse battery staple"))
                 .unwrap()
                 .status,
             200,
@@ -495,37 +496,21 @@ fn only_authenticated_clients_reach_a_server() {
 
 #[test]
 fn tls_client_certificates_are_required_when_configured() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let dir = TestDir::new("pki");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "walhalla test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issuer: &Issuer<'_, KeyPair> = &ca;
+    let ca = crate::harness::TestCa::new();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
     let leaf = |name: &str, san: &str, purpose: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![san.to_string()]).unwrap();
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, issuer).unwrap();
+        let (cert, key) = ca.leaf(san, name, purpose);
         (
-            write(&format!("{name}.crt"), &cert.pem()),
-            write(&format!("{name}.key"), &key.serialize_pem()),
+            write(&format!("{name}.crt"), &cert),
+            write(&format!("{name}.key"), &key),
         )
     };
     let (server_cert, server_key) =
@@ -537,10 +522,7 @@ fn tls_client_certificates_are_required_when_configured() {
     );
     let ca_file = write("ca.crt", &ca.pem());
 
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
     let server = Server::start(
         &wh,
         &archive,
@@ -589,10 +571,7 @@ fn tls_client_certificates_are_required_when_configured() {
 fn a_receiver_that_cannot_reach_its_primary_still_serves_the_archive() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut primary = archiving_primary(&wh, &archive, "wal_keep_size = '1GB'");
-    primary.write_rows(500);
-    let segment = primary.switch_wal();
-    primary.wait_archived(&segment);
+    let (mut primary, segment) = primary_with_an_archived_segment(&wh, &archive);
 
     // Its primary is down (nothing listens on port 1): it never learns its cluster itself.
     let port = free_port();

@@ -30,8 +30,13 @@ impl HttpResponse {
     }
 }
 
+/// `GET path` from 127.0.0.1:`port` with the tests' bearer token ([`super::TEST_TOKEN`]).
+pub fn get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    get_with(port, path, Some(super::TEST_TOKEN))
+}
+
 /// `GET path` from 127.0.0.1:`port`, with a bearer token when given.
-pub fn get(port: u16, path: &str, token: Option<&str>) -> std::io::Result<HttpResponse> {
+pub fn get_with(port: u16, path: &str, token: Option<&str>) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));

@@ -5,6 +5,7 @@
 mod archive;
 pub mod http;
 mod pg;
+mod pki;
 mod proxy;
 mod receiver;
 mod s3;
@@ -12,6 +13,7 @@ pub mod server;
 
 pub use archive::{Backend, TestArchive};
 pub use pg::{PgCluster, pg_client_bin};
+pub use pki::TestCa;
 pub use proxy::TcpProxy;
 pub use receiver::Receiver;
 #[allow(unused_imports)]
@@ -102,10 +104,21 @@ fn chown_to_pg(path: &Path) {
     assert!(status.success(), "chown {} to {PG_USER}", path.display());
 }
 
+/// The bearer token every walhalla the tests start sends to the tests' fetch servers, and
+/// those servers require (through [`Walhalla::path`]'s `WALHALLA_TOKEN_FILE`).
+pub const TEST_TOKEN: &str = "walhalla-test-token";
+
 /// The walhalla binary, copied where the PostgreSQL user can run it (the checkout may sit
 /// under a directory only root can enter).
+///
+/// Test processes run as root and as `postgres` (PostgreSQL's hooks), whose default token
+/// files differ; so [`Walhalla::path`] is a wrapper that sets `WALHALLA_TOKEN_FILE` to a file
+/// holding [`TEST_TOKEN`] (owned by `postgres`, 0600) unless the test set it, and execs the
+/// binary: every server a test starts requires that token and every client sends it, as an
+/// operator's explicit token file. The default token file is tested with [`Walhalla::binary`].
 pub struct Walhalla {
     bin: PathBuf,
+    wrapper: PathBuf,
     _dir: TestDir,
 }
 
@@ -113,20 +126,43 @@ impl Walhalla {
     /// Copies the binary cargo built for these tests.
     pub fn install() -> Walhalla {
         let dir = TestDir::new("bin");
-        let bin = dir.path().join("walhalla");
+        let bin = dir.path().join("walhalla-bin");
         std::fs::copy(env!("CARGO_BIN_EXE_walhalla"), &bin).expect("copy the walhalla binary");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Walhalla { bin, _dir: dir }
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{TEST_TOKEN}\n")).expect("write the token file");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if running_as_root() {
+            chown_to_pg(&token);
+        }
+        let wrapper = dir.path().join("walhalla");
+        let script = format!(
+            "#!/bin/sh\n: \"${{WALHALLA_TOKEN_FILE={}}}\"\nexport WALHALLA_TOKEN_FILE\nexec {} \"$@\"\n",
+            token.display(),
+            bin.display()
+        );
+        std::fs::write(&wrapper, script).expect("write the wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Walhalla {
+            bin,
+            wrapper,
+            _dir: dir,
+        }
     }
 
-    /// The installed binary.
+    /// The installed walhalla, run with the tests' token file.
     pub fn path(&self) -> &Path {
+        &self.wrapper
+    }
+
+    /// The binary itself, which finds the token file on its own.
+    pub fn binary(&self) -> &Path {
         &self.bin
     }
 
     /// Runs walhalla as the PostgreSQL user in `cwd` with `archive`'s settings.
     pub fn run(&self, archive: &TestArchive, cwd: &Path, args: &[&str]) -> Output {
-        let mut cmd = as_pg_user(&self.bin);
+        let mut cmd = as_pg_user(&self.wrapper);
         cmd.current_dir(cwd)
             .arg("--archive")
             .arg(archive.url())

@@ -134,7 +134,8 @@ impl Receiver {
     /// `walhalla receive` without a single flag: every setting from the config file `config`
     /// (named by `WALHALLA_CONFIG`), whose spool is `spool`.
     pub fn from_config(wh: &Walhalla, config: &Path, spool: PathBuf) -> Receiver {
-        let mut command = Command::new(wh.path());
+        // The binary itself: the tests' wrapper would name a token file in the environment.
+        let mut command = Command::new(wh.binary());
         command.env("WALHALLA_CONFIG", config).arg("receive");
         Self::launch(command, spool, TestDir::new("receiver"))
     }
@@ -146,6 +147,11 @@ impl Receiver {
         let file = std::fs::File::create(&log).expect("create the receiver log");
         if let Some((uid, gid)) = super::pg_user_ids() {
             command.uid(uid).gid(gid);
+            // Not root's home, which that user cannot read (libpq's ~/.postgresql lookups),
+            // unless the test chose one.
+            if !command.get_envs().any(|(name, _)| name == "HOME") {
+                command.env("HOME", dir.path());
+            }
         }
         let child = command
             .env("WALHALLA_LOG", "walhalla=debug")

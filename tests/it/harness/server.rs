@@ -1,7 +1,8 @@
 //! A `walhalla serve` run by a test: logging to a file, killed by pid on drop, its log printed
 //! when the test fails.
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -25,7 +26,30 @@ impl Server {
 
     /// Like [`Server::start`] on a given port (to restart a server where clients expect it).
     pub fn start_on(wh: &Walhalla, archive: &TestArchive, port: u16, extra: &[&str]) -> Server {
-        let mut command = Command::new(wh.path());
+        Self::spawn(Command::new(wh.path()), archive, port, extra)
+    }
+
+    /// Starts the binary itself as PostgreSQL's user with state directory `state`
+    /// (`XDG_STATE_HOME`) and no `WALHALLA_TOKEN_FILE`: a server as an operator starts it,
+    /// with its default token file.
+    #[allow(dead_code)]
+    pub fn start_in_state(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        state: &Path,
+        extra: &[&str],
+    ) -> Server {
+        let mut command = Command::new(wh.binary());
+        if let Some((uid, gid)) = super::pg_user_ids() {
+            command.uid(uid).gid(gid);
+        }
+        command
+            .env("XDG_STATE_HOME", state)
+            .env_remove("WALHALLA_TOKEN_FILE");
+        Self::spawn(command, archive, free_port(), extra)
+    }
+
+    fn spawn(mut command: Command, archive: &TestArchive, port: u16, extra: &[&str]) -> Server {
         command
             .arg("--archive")
             .arg(archive.url())
@@ -40,7 +64,8 @@ impl Server {
     /// `walhalla serve` without a single flag: every setting from the config file `config`
     /// (named by `WALHALLA_CONFIG`), which has it listen on 127.0.0.1:`port`.
     pub fn from_config(wh: &Walhalla, config: &std::path::Path, port: u16) -> Server {
-        let mut command = Command::new(wh.path());
+        // The binary itself: the tests' wrapper would name a token file in the environment.
+        let mut command = Command::new(wh.binary());
         command.env("WALHALLA_CONFIG", config).arg("serve");
         Self::launch(command, port)
     }
@@ -86,10 +111,11 @@ pub fn wait_until_listening(port: u16) {
     );
 }
 
-/// Runs `walhalla --archive … ARGS` (a daemon command) expecting it to refuse to start;
-/// returns how it ended.
+/// Runs `walhalla --archive … ARGS` (a daemon command, without the tests' token file)
+/// expecting it to refuse to start; returns how it ended.
 pub fn refused_start(wh: &Walhalla, archive: &TestArchive, args: &[&str]) -> Output {
-    let mut child = Command::new(wh.path())
+    let mut child = Command::new(wh.binary())
+        .env_remove("WALHALLA_TOKEN_FILE")
         .arg("--archive")
         .arg(archive.url())
         .args(args)
@@ -114,14 +140,14 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
 
 /// `GET /status` on `port` as JSON, which must answer 200.
 pub fn status(port: u16) -> serde_json::Value {
-    let response = http::get(port, "/status", None).expect("/status answers");
+    let response = http::get(port, "/status").expect("/status answers");
     assert_eq!(response.status, 200, "{}", response.text());
     serde_json::from_slice(&response.body).expect("valid JSON")
 }
 
 /// The metric `name` from the server on `port`.
 pub fn scrape(port: u16, name: &str) -> Option<f64> {
-    metric(&http::get(port, "/metrics", None).ok()?.text(), name)
+    metric(&http::get(port, "/metrics").ok()?.text(), name)
 }
 
 impl Drop for Server {

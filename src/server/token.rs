@@ -1,0 +1,126 @@
+//! The fetch server's bearer token and the file it lives in. Unless told otherwise the server
+//! uses `token` in the user's state directory ([`default_path`]), creating it on first start;
+//! clients of the same user on the same host find it there on their own. The token itself is
+//! never logged.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tokio_rustls::rustls::crypto::aws_lc_rs;
+
+use crate::fsutil;
+
+/// The default token file's name in the state directory.
+const FILE_NAME: &str = "token";
+/// Random bytes in a new token (written as twice as many hexadecimal digits).
+const TOKEN_BYTES: usize = 32;
+
+/// The token file a server and its same-user clients use when none is given:
+/// `$XDG_STATE_HOME/walhalla/token`, else `~/.local/state/walhalla/token`.
+pub fn default_path() -> PathBuf {
+    crate::osuser::state_dir().join(FILE_NAME)
+}
+
+/// Reads the token from its file: the first line, without surrounding whitespace.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// The token in `path`, or a new random one written there first when the file does not
+/// exist: mode 0600, fsynced under a temporary name, then linked into place (so two servers
+/// starting at once agree on one token) and the directory fsynced.
+pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o007 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "other users can read the token file: chmod 600 it"
+                );
+            }
+            return read(path);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read the token file {}", path.display())),
+    }
+    create(path).with_context(|| format!("create the token file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the fetch server's token file");
+    read(path)
+}
+
+/// Writes a new token to `path` unless a file is there already.
+fn create(path: &Path) -> std::io::Result<()> {
+    let dir = fsutil::parent_dir(path);
+    fsutil::create_dir_all_durable(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".token-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    writeln!(temp.as_file_mut(), "{}", generate())?;
+    temp.as_file().sync_all()?;
+    match std::fs::hard_link(temp.path(), path) {
+        Ok(()) => {}
+        // Another server created it meanwhile: its token stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    drop(temp);
+    fsutil::fsync_dir(dir)
+}
+
+/// A new token: random bytes from the TLS library's generator, in hexadecimal.
+fn generate() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system's random generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_first_line_and_refuses_an_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cr3t \nignored\n").unwrap();
+        assert_eq!(read(&path).unwrap(), "s3cr3t");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_created_private_and_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/walhalla/token");
+        let token = read_or_create(&path).unwrap();
+        assert_eq!(token.len(), 2 * TOKEN_BYTES);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            read_or_create(&path).unwrap(),
+            token,
+            "the same token again"
+        );
+        // Only the token file is left, no temporary one.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["token"]);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(read_or_create(&other.path().join("t")).unwrap(), token);
+    }
+}
