@@ -2,6 +2,7 @@
 
 mod backup;
 mod catchup;
+mod check;
 mod fetch;
 mod foreign_names;
 mod harness;
