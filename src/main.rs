@@ -150,7 +150,9 @@ fn private_roots(command: &Command, config: &Config) -> Vec<PathBuf> {
         _ => None,
     };
     match command {
-        Command::Push { .. } | Command::Backup(_) => local_archive().into_iter().collect(),
+        Command::Push { .. } | Command::Backup(_) | Command::Check(_) => {
+            local_archive().into_iter().collect()
+        }
         Command::Restore(args) => vec![args.to.clone()],
         Command::Receive(args) => {
             let spool = args

@@ -177,7 +177,18 @@ pub async fn run(options: &CheckOptions) -> Report {
                 facts.system_id
             ),
         ));
-        checks.extend(server_checks(client, facts, options, location.as_ref()).await);
+        let reading = server_checks(client, facts, options, location.as_ref());
+        match tokio::time::timeout(options.timeout, reading).await {
+            Ok(found) => checks.extend(found),
+            Err(_) => checks.push(Check::fail(
+                "connection",
+                format!(
+                    "the server did not answer within {} s",
+                    options.timeout.as_secs()
+                ),
+                "see the server log; a longer --timeout",
+            )),
+        }
     }
     let archive = match &location {
         Some(location) => archive_checks(location, options, &mut checks, &connected).await,

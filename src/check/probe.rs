@@ -98,12 +98,13 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
     checks
 }
 
-/// A scratch name unlikely to meet another check's at the same moment.
+/// A scratch name unlikely to meet another check's at the same moment, always in the same
+/// group, so a local archive keeps at most one empty folder of them.
 fn scratch_name() -> WalFileName {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
     let size = SegmentSize::new(16 << 20).expect("16 MiB is a segment size");
-    let segno = SegNo((nanos ^ u64::from(std::process::id())) % (1 << 40));
+    let segno = SegNo((nanos ^ u64::from(std::process::id())) % size.segments_per_xlog_id());
     WalFileName::Segment(SegmentName::new(TimelineId(1), segno, size))
 }

@@ -25,9 +25,19 @@ pub async fn run(
     options: &CheckOptions,
     archive_command: &str,
 ) -> Check {
-    let switched = match switch(client).await {
-        Ok(name) => name,
-        Err(e) => {
+    let switched = match tokio::time::timeout(options.timeout, switch(client)).await {
+        Ok(Ok(name)) => name,
+        Err(_) => {
+            return Check::fail(
+                "round_trip",
+                format!(
+                    "pg_switch_wal() did not return within {} s",
+                    options.timeout.as_secs()
+                ),
+                "see the server log",
+            );
+        }
+        Ok(Err(e)) => {
             return Check::fail(
                 "round_trip",
                 format!("pg_switch_wal() failed: {e:#}"),
@@ -74,18 +84,12 @@ pub async fn run(
         "switched segment {segment} was not in {} after {waited} s",
         cluster.location()
     );
-    Check::fail(
-        "round_trip",
-        detail,
-        diagnose(
-            client,
-            &segment.to_string(),
-            cluster,
-            options,
-            archive_command,
-        )
-        .await,
-    )
+    let segment = segment.to_string();
+    let diagnosing = diagnose(client, &segment, cluster, options, archive_command);
+    let hint = tokio::time::timeout(options.timeout, diagnosing)
+        .await
+        .unwrap_or_else(|_| "the server did not say why in time: see its log".to_owned());
+    Check::fail("round_trip", detail, hint)
 }
 
 /// Makes sure the current segment holds WAL (a transaction id's commit record), so the switch

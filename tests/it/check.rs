@@ -47,8 +47,17 @@ fn said(report: &Value, name: &str) -> String {
 
 #[test]
 fn check_passes_on_an_archiving_primary() {
+    passes_on_an_archiving_primary(Backend::Local);
+}
+
+#[test]
+fn check_passes_on_a_primary_archiving_to_s3() {
+    passes_on_an_archiving_primary(Backend::S3);
+}
+
+fn passes_on_an_archiving_primary(backend: Backend) {
     let wh = Walhalla::install();
-    let archive = TestArchive::new(Backend::Local);
+    let archive = TestArchive::new(backend);
     let pg = archiving_primary(&wh, &archive, "");
     let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
     assert_eq!(code, 0, "{report:#}");
@@ -239,4 +248,36 @@ fn check_connects_over_tls_as_sslmode_says() {
     let (code, report) = check_as(&wh, &archive, &wrong, &["--wait", "2"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+}
+
+#[test]
+fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "");
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf("archive_mode = on");
+    standby.start();
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["server"]["role"], "standby");
+    assert_eq!(verdict(&report, "restore_command"), "fail", "{report:#}");
+    assert_eq!(verdict(&report, "archive_mode"), "skip", "{report:#}");
+    assert!(
+        said(&report, "round_trip").contains("standby"),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");
+
+    // restore_command takes a restart on PostgreSQL 13.
+    standby.stop("fast");
+    standby.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    standby.start();
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(verdict(&report, "restore_command"), "pass", "{report:#}");
 }
