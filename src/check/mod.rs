@@ -364,9 +364,24 @@ async fn round_trip(
             Check::skip("round_trip", "the archive cannot be read"),
         ];
     };
+    if options.slot.is_none() && !archives_at_all(facts) {
+        // Waiting out --wait would only confirm it.
+        let trip = Check::fail(
+            "round_trip",
+            "not attempted: nothing archives this server's WAL",
+            "fix archive_mode and archive_command (above), or stream with walhalla receive and check with -S SLOT",
+        );
+        return vec![privilege, trip];
+    }
     let cluster = archive.cluster(facts.system_id);
     let trip = round_trip::run(client, &cluster, options, &facts.archive_command).await;
     vec![privilege, trip]
+}
+
+/// Whether a primary runs any archive_command at all.
+fn archives_at_all(facts: &ServerFacts) -> bool {
+    matches!(facts.archive_mode.as_str(), "on" | "always")
+        && !facts.archive_command.trim().is_empty()
 }
 
 /// The report as a table for a person: one line per check, its hint below it.

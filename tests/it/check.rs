@@ -104,17 +104,22 @@ fn check_names_a_missing_archive_command() {
     let mut pg = PgCluster::init("primary");
     pg.append_conf("archive_mode = off");
     pg.start();
-    let (code, report) = check(&wh, &archive, &pg, &["--wait", "3"]);
+    let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["ok"], false);
     assert_eq!(verdict(&report, "archive_mode"), "fail", "{report:#}");
     assert!(said(&report, "archive_mode").contains("archive_mode = on"));
+    // Without waiting out --wait for what cannot arrive.
     assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
+    assert!(
+        said(&report, "round_trip").contains("nothing archives"),
+        "{report:#}"
+    );
 
     pg.stop("fast");
     pg.append_conf("archive_mode = on\narchive_command = ''");
     pg.start();
-    let (code, report) = check(&wh, &archive, &pg, &["--wait", "3"]);
+    let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(verdict(&report, "archive_mode"), "pass", "{report:#}");
     assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
