@@ -286,3 +286,23 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(verdict(&report, "restore_command"), "pass", "{report:#}");
 }
+
+#[test]
+fn check_names_an_archive_it_cannot_reach() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (missing, parent) = TestArchive::uncreated_local("not/there");
+    let pg = archiving_primary(&wh, &archive, "");
+    let (code, report) = check(&wh, &missing, &pg, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_reachable"), "fail", "{report:#}");
+    assert!(
+        said(&report, "archive_reachable").contains("no such directory"),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");
+    assert!(
+        !parent.join("not").exists(),
+        "check created the archive directory"
+    );
+}
