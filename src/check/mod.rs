@@ -168,22 +168,23 @@ pub async fn run(options: &CheckOptions) -> Report {
         (None, None) => (None, None),
     };
     if let Some((host, client, facts)) = &connected {
-        checks.push(Check::pass(
-            "connection",
-            format!(
-                "{host} {}: PostgreSQL {}, cluster {}",
-                if facts.ssl { "over TLS" } else { "without TLS" },
-                facts.version,
-                facts.system_id
-            ),
-        ));
         let reading = server_checks(client, facts, options, location.as_ref());
         match tokio::time::timeout(options.timeout, reading).await {
-            Ok(found) => checks.extend(found),
+            Ok(found) => {
+                let tls = if facts.ssl { "over TLS" } else { "without TLS" };
+                checks.push(Check::pass(
+                    "connection",
+                    format!(
+                        "{host} {tls}: PostgreSQL {}, cluster {}",
+                        facts.version, facts.system_id
+                    ),
+                ));
+                checks.extend(found);
+            }
             Err(_) => checks.push(Check::fail(
                 "connection",
                 format!(
-                    "the server did not answer within {} s",
+                    "{host} did not answer about its settings within {} s",
                     options.timeout.as_secs()
                 ),
                 "see the server log; a longer --timeout",
@@ -191,7 +192,12 @@ pub async fn run(options: &CheckOptions) -> Report {
         }
     }
     let archive = match &location {
-        Some(location) => archive_checks(location, options, &mut checks, &connected).await,
+        Some(location) => {
+            let system_id = connected.as_ref().map(|(_, _, facts)| facts.system_id);
+            let (found, archive) = archive_checks(location, options, system_id).await;
+            checks.extend(found);
+            archive
+        }
         None => {
             checks.push(Check::fail(
                 "archive_reachable",
@@ -284,9 +290,8 @@ async fn server_checks(
 async fn archive_checks(
     location: &Location,
     options: &CheckOptions,
-    checks: &mut Vec<Check>,
-    connected: &Option<Connected>,
-) -> Option<Archive> {
+    system_id: Option<SystemId>,
+) -> (Vec<Check>, Option<Archive>) {
     let archive_options = ArchiveOptions {
         timeout: options.timeout,
         deadline: None,
@@ -299,33 +304,28 @@ async fn archive_checks(
     let archive = match tokio::time::timeout(options.timeout, opening).await {
         Ok(Ok(archive)) => archive,
         Ok(Err(e)) => {
-            checks.push(Check::fail(
-                "archive_reachable",
-                e.to_string(),
-                "check the archive URL; a directory must exist (push creates it only when it archives)",
-            ));
-            return None;
+            let hint = "check the archive URL; a directory must exist (push creates it only when it archives)";
+            return (
+                vec![Check::fail("archive_reachable", e.to_string(), hint)],
+                None,
+            );
         }
         Err(_) => {
-            checks.push(Check::fail(
-                "archive_reachable",
-                format!(
-                    "opening {location} took more than {} s",
-                    options.timeout.as_secs()
-                ),
-                "check the mount or the endpoint",
-            ));
-            return None;
+            let detail = format!(
+                "opening {location} took more than {} s",
+                options.timeout.as_secs()
+            );
+            let hint = "check the mount or the endpoint";
+            return (vec![Check::fail("archive_reachable", detail, hint)], None);
         }
     };
-    let system_id = connected.as_ref().map(|(_, _, facts)| facts.system_id);
     let (reachable, listed) = probe::reachable(&archive, system_id).await;
-    checks.push(reachable);
     if !listed {
-        return None;
+        return (vec![reachable], None);
     }
+    let mut checks = vec![reachable];
     checks.extend(probe::create_only(&archive).await);
-    Some(archive)
+    (checks, Some(archive))
 }
 
 /// The checks `switch_privilege` and `round_trip`.
