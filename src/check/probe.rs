@@ -33,6 +33,10 @@ pub async fn reachable(archive: &Archive, system_id: Option<SystemId>) -> (Check
     (Check::pass("archive_reachable", detail), true)
 }
 
+/// The scratch object's content, then the different content the archive must refuse.
+const FIRST: &[u8] = b"walhalla check 1";
+const SECOND: &[u8] = b"walhalla check 2";
+
 /// The checks `archive_writable` and `archive_create_only`: stores a scratch object, then
 /// different bytes under the same key, which the archive must refuse; removes the object.
 ///
@@ -42,22 +46,22 @@ pub async fn reachable(archive: &Archive, system_id: Option<SystemId>) -> (Check
 pub async fn create_only(archive: &Archive) -> Vec<Check> {
     let scratch = archive.cluster(SystemId(0));
     let name = scratch_name();
-    let envelope = |content: &'static [u8]| -> Result<Vec<u8>, String> {
+    // zstd, even on a few bytes, stays off the reactor.
+    let encoded = crate::blocking::run(|| -> Result<_, String> {
         let mut encoder = Encoder::new(1, 1).map_err(|e| e.to_string())?;
-        encoder.encode(content).map_err(|e| e.to_string())
-    };
-    let (first, second) = match (envelope(b"walhalla check 1"), envelope(b"walhalla check 2")) {
-        (Ok(first), Ok(second)) => (first, second),
-        (Err(e), _) | (_, Err(e)) => {
+        let mut envelope = |content| encoder.encode(content).map_err(|e| e.to_string());
+        Ok((envelope(FIRST)?, envelope(SECOND)?))
+    })
+    .await;
+    let (first, second) = match encoded {
+        Ok(envelopes) => envelopes,
+        Err(e) => {
             let hint = "a bug in walhalla: report it";
             return vec![Check::fail("archive_writable", e, hint)];
         }
     };
     let key = scratch.key(&name);
-    if let Err(e) = scratch
-        .put(&name, Bytes::from_static(b"walhalla check 1"), first)
-        .await
-    {
+    if let Err(e) = scratch.put(&name, Bytes::from_static(FIRST), first).await {
         return vec![
             Check::fail(
                 "archive_writable",
@@ -68,10 +72,7 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
         ];
     }
     let writable = Check::pass("archive_writable", format!("stored scratch object {key}"));
-    let create_only = match scratch
-        .put(&name, Bytes::from_static(b"walhalla check 2"), second)
-        .await
-    {
+    let create_only = match scratch.put(&name, Bytes::from_static(SECOND), second).await {
         Err(Error::Conflict { .. }) => Check::pass(
             "archive_create_only",
             "different bytes under an existing key were refused",
