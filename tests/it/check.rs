@@ -180,6 +180,15 @@ fn check_goes_through_a_receivers_slot() {
     assert_eq!(verdict(&report, "slot"), "fail");
     assert!(said(&report, "slot").contains("nosuch"), "{report:#}");
 
+    // The receiver streams, but into another archive than the one checked.
+    let other = TestArchive::new(Backend::Local);
+    let (code, report) = check(&wh, &other, &pg, &["-S", "walhalla", "--wait", "3"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "slot_active"), "pass", "{report:#}");
+    let trip = said(&report, "round_trip");
+    assert!(trip.contains("streams from slot walhalla"), "{trip}");
+    assert!(trip.contains("--archive"), "{trip}");
+
     receiver.stop();
     let (code, report) = check(&wh, &archive, &pg, &["-S", "walhalla", "--wait", "2"]);
     assert_eq!(code, 1, "{report:#}");
