@@ -12,9 +12,14 @@ pub struct HookCommand {
     pub subcommand: Option<String>,
     /// The archive it names with `--archive URL`, `--archive=URL` or `WALHALLA_ARCHIVE=URL`.
     pub archive: Option<String>,
-    /// The config file it names (`--config`), whose archive is not compared.
+    /// The config file it names (`--config`).
     pub config_file: Option<String>,
+    /// Whether `archive` was read from that file.
+    pub archive_in_config_file: bool,
 }
+
+/// The largest config file read: a few settings.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Global options that take a value, so their value is not taken for the command.
 const VALUE_OPTIONS: [&str; 5] = [
@@ -63,6 +68,43 @@ impl HookCommand {
             }
         }
         parsed
+    }
+
+    /// When it names no archive but a config file that this host can read, takes the file's
+    /// `archive` (a file that cannot be read or parsed leaves it unknown).
+    pub async fn read_config_file(&mut self) {
+        let Some(file) = self
+            .config_file
+            .as_deref()
+            .filter(|_| self.archive.is_none())
+        else {
+            return;
+        };
+        let small = tokio::fs::metadata(file)
+            .await
+            .is_ok_and(|m| m.is_file() && m.len() <= MAX_CONFIG_BYTES);
+        if !small {
+            return;
+        }
+        let Ok(text) = tokio::fs::read_to_string(file).await else {
+            return;
+        };
+        #[derive(serde::Deserialize)]
+        struct ArchiveKey {
+            archive: Option<String>,
+        }
+        if let Ok(ArchiveKey { archive: Some(url) }) = toml::from_str(&text) {
+            self.archive = Some(url);
+            self.archive_in_config_file = true;
+        }
+    }
+
+    /// Where its archive was named, for messages: nothing, or ` (in its config file FILE)`.
+    pub fn source(&self) -> String {
+        match (&self.config_file, self.archive_in_config_file) {
+            (Some(file), true) => format!(" (in its config file {file})"),
+            _ => String::new(),
+        }
     }
 
     /// Whether the archive it names is another than `checked`; `None` when it names none or
@@ -118,6 +160,7 @@ mod tests {
                 subcommand: Some("push".into()),
                 archive: Some("/var/lib/wh".into()),
                 config_file: None,
+                archive_in_config_file: false,
             }
         );
         let fetch = HookCommand::parse(
@@ -139,6 +182,28 @@ mod tests {
             assert!(!parsed.runs_walhalla, "{command:?}");
             assert_eq!(parsed.subcommand, None);
         }
+    }
+
+    #[tokio::test]
+    async fn reads_the_archive_of_a_config_file_it_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("walhalla.toml");
+        std::fs::write(&file, "timeout_seconds = 5\narchive = \"/srv/other\"\n").unwrap();
+        let command = format!("walhalla --config {} push %p", file.display());
+        let mut hook = HookCommand::parse(&command);
+        hook.read_config_file().await;
+        assert_eq!(hook.archive.as_deref(), Some("/srv/other"));
+        assert!(hook.source().contains("walhalla.toml"), "{}", hook.source());
+
+        // An archive on the command line wins, as it does for walhalla itself.
+        let mut given = HookCommand::parse(&format!("{command} --archive /srv/wh"));
+        given.read_config_file().await;
+        assert_eq!(given.archive.as_deref(), Some("/srv/wh"));
+        assert_eq!(given.source(), "");
+
+        let mut unreadable = HookCommand::parse("walhalla --config /nonexistent.toml push %p");
+        unreadable.read_config_file().await;
+        assert_eq!(unreadable.archive, None);
     }
 
     #[test]

@@ -221,18 +221,15 @@ pub async fn run(options: &CheckOptions) -> Report {
     }
 }
 
-/// The archive archive_command (else restore_command) names with `--archive`, and which.
+/// The archive archive_command (else restore_command) names, and which.
 fn named_archive(facts: &ServerFacts) -> (Option<Location>, Option<&'static str>) {
     [
-        (&facts.archive_command, "archive_command"),
-        (&facts.restore_command, "restore_command"),
+        (&facts.archive_hook, "archive_command"),
+        (&facts.restore_hook, "restore_command"),
     ]
     .into_iter()
-    .find_map(|(command, source)| {
-        let location = commands::HookCommand::parse(command)
-            .archive?
-            .parse()
-            .ok()?;
+    .find_map(|(hook, source)| {
+        let location = hook.archive.as_deref()?.parse().ok()?;
         Some((Some(location), Some(source)))
     })
     .unwrap_or((None, None))
@@ -243,7 +240,10 @@ type Connected = (String, Client, ServerFacts);
 
 async fn connect(options: &CheckOptions) -> anyhow::Result<Connected> {
     let connection = sql::connect(&options.conn).await?;
-    let facts = ServerFacts::read(&connection.client).await?;
+    let mut facts = ServerFacts::read(&connection.client).await?;
+    for hook in [&mut facts.archive_hook, &mut facts.restore_hook] {
+        hook.read_config_file().await;
+    }
     Ok((connection.host.to_string(), connection.client, facts))
 }
 
@@ -374,7 +374,7 @@ async fn round_trip(
         return vec![privilege, trip];
     }
     let cluster = archive.cluster(facts.system_id);
-    let trip = round_trip::run(client, &cluster, options, &facts.archive_command).await;
+    let trip = round_trip::run(client, &cluster, options, &facts.archive_hook).await;
     vec![privilege, trip]
 }
 

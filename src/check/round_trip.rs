@@ -18,12 +18,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The check `round_trip`: `pg_switch_wal()`, then the switched segment in `cluster` within
 /// `options.wait`.
-/// `archive_command` is the server's, for naming the archive it stores into.
+/// `archive_hook` is what the server's archive_command runs, for naming the archive it
+/// stores into.
 pub async fn run(
     client: &Client,
     cluster: &ClusterArchive,
     options: &CheckOptions,
-    archive_command: &str,
+    archive_hook: &HookCommand,
 ) -> Check {
     let switched = match tokio::time::timeout(options.timeout, switch(client)).await {
         Ok(Ok(name)) => name,
@@ -85,7 +86,7 @@ pub async fn run(
         cluster.location()
     );
     let segment = segment.to_string();
-    let diagnosing = diagnose(client, &segment, cluster, options, archive_command);
+    let diagnosing = diagnose(client, &segment, cluster, options, archive_hook);
     let hint = tokio::time::timeout(options.timeout, diagnosing)
         .await
         .unwrap_or_else(|_| "the server did not say why in time: see its log".to_owned());
@@ -109,7 +110,7 @@ async fn diagnose(
     segment: &str,
     cluster: &ClusterArchive,
     options: &CheckOptions,
-    archive_command: &str,
+    named: &HookCommand,
 ) -> String {
     let checked = cluster.location();
     if let Some(slot) = &options.slot {
@@ -130,7 +131,6 @@ async fn diagnose(
         Ok(stats) => stats,
         Err(e) => return format!("could not read pg_stat_archiver: {e:#}"),
     };
-    let named = HookCommand::parse(archive_command);
     let elsewhere = match (named.names_another_archive(checked), &named.archive) {
         (Some(true), Some(url)) => format!(" (its --archive is {url}, not {checked})"),
         _ => String::new(),

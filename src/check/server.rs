@@ -4,6 +4,7 @@
 use anyhow::Context;
 use tokio_postgres::Client;
 
+use super::commands::HookCommand;
 use crate::wal::SystemId;
 
 /// The server's identity and archiving settings.
@@ -23,6 +24,10 @@ pub struct ServerFacts {
     pub archive_command: String,
     /// `restore_command`.
     pub restore_command: String,
+    /// What `archive_command` runs.
+    pub archive_hook: HookCommand,
+    /// What `restore_command` runs.
+    pub restore_hook: HookCommand,
     /// Whether the connected role may run `pg_switch_wal()`.
     pub may_switch_wal: bool,
     /// The connected role.
@@ -79,14 +84,17 @@ impl ServerFacts {
             .await
             .context("read the server's settings")?;
         let system_id: String = row.get(0);
+        let (archive_command, restore_command): (String, String) = (row.get(5), row.get(6));
         Ok(ServerFacts {
             system_id: system_id.parse().map_err(anyhow::Error::msg)?,
             version: row.get(1),
             in_recovery: row.get(2),
             wal_level: row.get(3),
             archive_mode: row.get(4),
-            archive_command: row.get(5),
-            restore_command: row.get(6),
+            archive_hook: HookCommand::parse(&archive_command),
+            restore_hook: HookCommand::parse(&restore_command),
+            archive_command,
+            restore_command,
             may_switch_wal: row.get(7),
             user: row.get(8),
             ssl: row.get(9),

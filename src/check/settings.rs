@@ -42,17 +42,18 @@ pub fn archiving(facts: &ServerFacts, checked: Option<&Location>) -> Vec<Check> 
             "set archive_mode = on and restart the server (or stream with walhalla receive and check with -S SLOT)",
         ),
     };
-    vec![mode_check, archive_command(&facts.archive_command, checked)]
+    vec![mode_check, archive_command(facts, checked)]
 }
 
 /// The check `archive_command`.
-fn archive_command(command: &str, checked: Option<&Location>) -> Check {
+fn archive_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
     const NAME: &str = "archive_command";
+    let command = facts.archive_command.as_str();
     let set_it = "set archive_command = 'walhalla --archive URL push %p' and reload";
     if command.trim().is_empty() {
         return Check::fail(NAME, "empty: nothing archives the WAL", set_it);
     }
-    let parsed = HookCommand::parse(command);
+    let parsed = &facts.archive_hook;
     if !parsed.runs_walhalla {
         return Check::pass(
             NAME,
@@ -75,7 +76,7 @@ fn archive_command(command: &str, checked: Option<&Location>) -> Check {
             set_it,
         );
     }
-    named_archive(NAME, command, &parsed, checked)
+    named_archive(NAME, command, parsed, checked)
 }
 
 /// The check `restore_command`, where set; on a standby, where it is not set too.
@@ -97,7 +98,7 @@ pub fn restore_command(facts: &ServerFacts, checked: Option<&Location>) -> Check
             )
         };
     }
-    let parsed = HookCommand::parse(command);
+    let parsed = &facts.restore_hook;
     if !parsed.runs_walhalla {
         return Check::pass(
             NAME,
@@ -114,7 +115,7 @@ pub fn restore_command(facts: &ServerFacts, checked: Option<&Location>) -> Check
     if !(command.contains("%f") && command.contains("%p")) {
         return Check::fail(NAME, format!("{command:?} lacks %f or %p"), set_it);
     }
-    named_archive(NAME, command, &parsed, checked)
+    named_archive(NAME, command, parsed, checked)
 }
 
 /// Passes a walhalla command unless the archive it names is not the one checked.
@@ -128,14 +129,17 @@ fn named_archive(
         (Some(url), Some(checked)) if parsed.names_another_archive(checked) == Some(true) => {
             Check::fail(
                 name,
-                format!("{command:?} names archive {url}, not the one checked ({checked})"),
+                format!(
+                    "{command:?} names archive {url}{}, not the one checked ({checked})",
+                    parsed.source()
+                ),
                 format!("point it at {checked}, or check the archive it names (--archive {url})"),
             )
         }
-        (Some(url), _) => Check::pass(name, format!("walhalla into {url}")),
+        (Some(url), _) => Check::pass(name, format!("walhalla into {url}{}", parsed.source())),
         (None, _) => {
             let from = match &parsed.config_file {
-                Some(file) => format!("its config file {file}"),
+                Some(file) => format!("its config file {file}, which cannot be read here"),
                 None => "the server's environment (WALHALLA_ARCHIVE)".to_owned(),
             };
             Check::pass(
@@ -234,10 +238,17 @@ mod tests {
             archive_mode: archive_mode.into(),
             archive_command: archive_command.into(),
             restore_command: String::new(),
+            archive_hook: HookCommand::parse(archive_command),
+            restore_hook: HookCommand::default(),
             may_switch_wal: true,
             user: "postgres".into(),
             ssl: false,
         }
+    }
+
+    fn set_restore(facts: &mut ServerFacts, command: &str) {
+        facts.restore_command = command.into();
+        facts.restore_hook = HookCommand::parse(command);
     }
 
     fn verdicts(checks: &[Check]) -> Vec<(&str, Verdict)> {
@@ -284,12 +295,12 @@ mod tests {
             restore_command(&standby, Some(&here)).verdict,
             Verdict::Fail
         );
-        standby.restore_command = "walhalla --archive /srv/wh fetch %f %p".into();
+        set_restore(&mut standby, "walhalla --archive /srv/wh fetch %f %p");
         assert_eq!(
             restore_command(&standby, Some(&here)).verdict,
             Verdict::Pass
         );
-        standby.restore_command = "walhalla --archive /srv/wh push %p".into();
+        set_restore(&mut standby, "walhalla --archive /srv/wh push %p");
         assert_eq!(
             restore_command(&standby, Some(&here)).verdict,
             Verdict::Fail

@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{Backend, PgCluster, Receiver, TestArchive, Walhalla, describe, wait_for};
+use crate::harness::{
+    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+};
 use crate::push::archiving_primary;
 
 /// Runs `walhalla --archive ARCHIVE check -d CONNINFO --json ARGS` on `pg`; its exit code
@@ -314,4 +316,27 @@ fn check_names_an_archive_it_cannot_reach() {
         !parent.join("not").exists(),
         "check created the archive directory"
     );
+}
+
+#[test]
+fn check_reads_the_archive_of_archive_commands_config_file() {
+    let wh = Walhalla::install();
+    let elsewhere = TestArchive::new(Backend::Local);
+    let checked = TestArchive::new(Backend::Local);
+    let dir = TestDir::new("config");
+    let config = dir.path().join("walhalla.toml");
+    std::fs::write(&config, format!("archive = \"{}\"\n", elsewhere.url())).unwrap();
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} --config {} push %p'",
+        wh.path().display(),
+        config.display()
+    ));
+    pg.start();
+    let (code, report) = check(&wh, &checked, &pg, &["--wait", "10"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
+    let said = said(&report, "archive_command");
+    assert!(said.contains(elsewhere.url()), "{said}");
+    assert!(said.contains("walhalla.toml"), "{said}");
 }
