@@ -126,6 +126,11 @@ pub enum Command {
     /// every timeline path it can follow), receiver snapshots of segments archived in full;
     /// history files always stay. Refuses while a backup may be in progress.
     Prune(PruneArgs),
+    /// Is this cluster really protected? Checks the server's archiving settings (or a
+    /// receiver's slot), the archive (reachable, writable, create-only), and a round trip:
+    /// pg_switch_wal() on the primary and the switched segment in the archive. Exit 0 when
+    /// every check passes, 1 otherwise.
+    Check(CheckArgs),
     /// Stream WAL from a server over a physical replication slot and archive every segment.
     ///
     /// Runs until SIGTERM/SIGINT (then archives what is complete and exits 0), until --endpos
@@ -359,6 +364,23 @@ pub struct BackupArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: Option<u64>,
     /// Print the backup's metadata as JSON instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `walhalla check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The physical slot `walhalla receive` streams from, when it (not archive_command)
+    /// archives the WAL: the slot must exist and be active, and the round trip goes through it.
+    #[arg(short = 'S', long, value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Seconds the switched segment may take to reach the archive.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub wait: u64,
+    /// Print JSON (shape in README).
     #[arg(long)]
     pub json: bool,
 }
@@ -605,6 +627,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Prune(_) => "prune",
             Command::Fetch { .. } => "fetch",
+            Command::Check(_) => "check",
             Command::Receive(_) => "receive",
             Command::Demo { .. } => "demo",
             Command::Serve(_) => "serve",

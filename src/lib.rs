@@ -26,6 +26,8 @@
 //! - [`cli`]: the command line.
 //! - [`list`]: `walhalla list`: backups, WAL runs and gaps, the restorable window.
 //! - [`prune`]: `walhalla prune`: the retention rule ([`retention`], pure) carried out.
+//! - [`check`]: `walhalla check`: the server's archiving settings, the archive and a WAL
+//!   round trip, each with a verdict; over SQL (tokio-postgres).
 //! - [`verify`]: `walhalla verify`: every object read back, histories, backups against their
 //!   manifests, continuity.
 //! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
@@ -51,6 +53,7 @@ pub mod archive;
 pub mod backoff;
 pub mod backup;
 pub mod blocking;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use walhalla::cli::{
-    BackupArgs, Cli, ClientArgs, Command, ConfigArgs, ConnArgs, ListenArgs, PruneArgs, ReceiveArgs,
-    RestoreArgs, VerifyArgs,
+    BackupArgs, CheckArgs, Cli, ClientArgs, Command, ConfigArgs, ConnArgs, ListenArgs, PruneArgs,
+    ReceiveArgs, RestoreArgs, VerifyArgs,
 };
 use walhalla::client::ServerClient;
 use walhalla::config::Config;
@@ -144,6 +144,7 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
         Command::Restore(args) => restore(&config, args).await.map(|()| 0),
         Command::List { json } => list(&config, json).await.map(|()| 0),
         Command::Verify(args) => verify(&config, args).await,
+        Command::Check(args) => check(&config, args).await,
         Command::Prune(args) => prune(&config, args).await.map(|()| 0),
         Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
         Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
@@ -182,7 +183,9 @@ fn private_roots(command: &Command, config: &Config) -> Vec<PathBuf> {
         _ => None,
     };
     match command {
-        Command::Push { .. } | Command::Backup(_) => local_archive().into_iter().collect(),
+        Command::Push { .. } | Command::Backup(_) | Command::Check(_) => {
+            local_archive().into_iter().collect()
+        }
         Command::Restore(args) => vec![args.to.clone()],
         Command::Receive(args) => {
             let spool = args
@@ -478,6 +481,30 @@ async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
         print!("{}", walhalla::verify::describe(&report));
     }
     Ok(if report.is_clean() { 0 } else { 1 })
+}
+
+/// `walhalla check`: exit 0 when every check passes, 1 otherwise.
+async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<u8> {
+    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
+        .context("connection string")?;
+    let options = walhalla::check::CheckOptions {
+        conn,
+        slot: args.slot,
+        wait: Duration::from_secs(args.wait),
+        archive: config.archive.clone(),
+        system_id: config.system_id,
+        timeout: config.timeout,
+    };
+    let report = walhalla::check::run(&options).await;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        walhalla::check::describe(&report)
+    };
+    // A closed stdout (`| head`) is an error, not a panic.
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+        .context("print the report")?;
+    Ok(if report.ok { 0 } else { 1 })
 }
 
 /// `walhalla prune`.

@@ -72,6 +72,13 @@ const HELP: &[CommandHelp] = &[
   walhalla --archive s3://bucket/prod prune --keep-within 14d",
     },
     CommandHelp {
+        name: "check",
+        exit_codes: "  0    every check passed (or was skipped, with why)
+  1    a check failed: each is named with a hint",
+        examples: "  walhalla --archive s3://bucket/prod check -d 'host=db1 user=postgres'
+  walhalla --archive s3://bucket/prod check -d 'host=db1 user=postgres' -S walhalla --json",
+    },
+    CommandHelp {
         name: "receive",
         exit_codes:
             "  0    stopped by SIGTERM or SIGINT after archiving what was complete, or --endpos

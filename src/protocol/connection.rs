@@ -249,13 +249,7 @@ impl Connection {
     /// `target_session_attrs`, trying them in order.
     pub async fn connect(params: &ConnParams) -> Result<Connection> {
         let mut errors = Vec::new();
-        let passes: &[TargetSessionAttrs] = match params.target_session_attrs {
-            TargetSessionAttrs::PreferStandby => {
-                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
-            }
-            ref attrs => std::slice::from_ref(attrs),
-        };
-        for attrs in passes {
+        for attrs in params.target_session_attrs.passes() {
             for host in &params.hosts {
                 match Self::connect_host(params, host, *attrs).await {
                     Ok(conn) => return Ok(conn),

@@ -179,6 +179,22 @@ keyword_enum! {
     }
 }
 
+impl TargetSessionAttrs {
+    /// The kinds of server to look for, one pass over the hosts each, in order:
+    /// `prefer-standby` looks for a standby first, then takes any server.
+    pub fn passes(self) -> &'static [TargetSessionAttrs] {
+        use TargetSessionAttrs::*;
+        match self {
+            PreferStandby => &[Standby, Any],
+            Any => &[Any],
+            ReadWrite => &[ReadWrite],
+            ReadOnly => &[ReadOnly],
+            Primary => &[Primary],
+            Standby => &[Standby],
+        }
+    }
+}
+
 /// One server to try.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostAddr {
@@ -367,12 +383,18 @@ impl ConnParams {
     /// `None` if there is none, or the file cannot be read, is not a plain file, or (on unix)
     /// is accessible to group or others, which libpq also refuses, with a warning.
     pub fn password_for(&self, host: &HostAddr) -> Option<String> {
+        self.password_for_database(host, REPLICATION_DATABASE)
+    }
+
+    /// The password for an ordinary SQL connection to `database` on `host`, looked up as
+    /// [`ConnParams::password_for`] does, with that database's name in the password file.
+    pub fn password_for_database(&self, host: &HostAddr, database: &str) -> Option<String> {
         if let Some(password) = &self.password {
             return Some(password.clone());
         }
         let contents = read_passfile(self.passfile.as_deref()?)?;
         let port = host.port().to_string();
-        let wanted = [host.host_name(), &port, REPLICATION_DATABASE, &self.user];
+        let wanted = [host.host_name(), &port, database, &self.user];
         contents
             .lines()
             .filter(|line| !line.starts_with('#'))
@@ -1023,6 +1045,9 @@ mod tests {
         let alice = with_passfile("user=alice dbname=mydb", &file);
         let password = |host: HostAddr| alice.password_for(&host).unwrap_or_default();
         assert_eq!(password(tcp("db1", 5432)), "first");
+        // An ordinary SQL connection (walhalla check) looks up its own database's line.
+        let sql = alice.password_for_database(&tcp("db1", 5432), "mydb");
+        assert_eq!(sql.as_deref(), Some("not-replication"));
         assert_eq!(password(tcp("db1", 5433)), "");
         assert_eq!(password(tcp("::1", 1)), r"colon:and\backslash");
         assert_eq!(password(tcp("localhost", 5432)), "local");

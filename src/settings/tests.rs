@@ -112,7 +112,10 @@ fn the_file_is_checked_like_flags() {
             "[receive]\nspool_max_bytes = \"lots\"\n",
             "[receive] spool_max_bytes",
         ),
-        ("[serve]\nslot = \"x\"\n", "belongs in [receive]"),
+        (
+            "[serve]\nslot = \"x\"\n",
+            "it belongs in [check], [receive]",
+        ),
         ("[recieve]\nslot = \"x\"\n", "not a command"),
         ("colour = \"blue\"\n", "colour is not a setting"),
         ("json = true\n", "json is not a setting"),

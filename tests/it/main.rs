@@ -2,6 +2,7 @@
 
 mod backup;
 mod catchup;
+mod check;
 mod config;
 mod conn_security;
 mod fetch;

@@ -407,6 +407,59 @@ impl PgCluster {
         );
     }
 
+    /// Turns TLS on (`ssl = on`, effective at the next start) with a server certificate for
+    /// 127.0.0.1 signed by a new CA; the directory holding the CA's files, and the CA
+    /// certificate (for `sslrootcert`).
+    pub fn enable_tls(&self) -> (TestDir, PathBuf) {
+        // A CA, and a server certificate it signs for 127.0.0.1 (rustls checks the IP address
+        // in subjectAltName; it ignores the CN, and refuses a CA certificate as the server's).
+        let pki = TestDir::new("pki");
+        let (ca, cert, key) = (
+            pki.path().join("ca.crt"),
+            self.data.join("server.crt"),
+            self.data.join("server.key"),
+        );
+        let ext = pki.path().join("san.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let p = |name: &str| pki.path().join(name).display().to_string();
+        let steps: [Vec<String>; 3] = [
+            format!("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=walhalla-test-ca -keyout {} -out {}", p("ca.key"), ca.display()),
+            format!("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {} -out {}", key.display(), p("server.csr")),
+            format!(
+                "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 2 -extfile {} -out {}",
+                p("server.csr"),
+                ca.display(),
+                p("ca.key"),
+                ext.display(),
+                cert.display()
+            ),
+        ]
+        .map(|step| step.split(' ').map(String::from).collect());
+        for args in steps {
+            let made = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("openssl is needed for this test: apt-get install openssl");
+            assert!(
+                made.status.success(),
+                "openssl {args:?}: {}",
+                describe(&made)
+            );
+        }
+        for file in [&cert, &key] {
+            let chown = std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(file)
+                .status()
+                .unwrap();
+            assert!(chown.success());
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        self.append_conf("ssl = on");
+        (pki, ca)
+    }
+
     /// Waits until the archiver has archived `segment` (or a later file).
     pub fn wait_archived(&self, segment: &str) {
         wait_for(

@@ -1,0 +1,342 @@
+//! `walhalla check` against real servers: a correctly archiving primary passes; a missing
+//! archive_command, one that stores into another archive, and a missing or idle slot are
+//! named; with a running receiver the round trip goes through its slot.
+
+use serde_json::Value;
+
+use crate::harness::{
+    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+};
+use crate::push::archiving_primary;
+
+/// Runs `walhalla --archive ARCHIVE check -d CONNINFO --json ARGS` on `pg`; its exit code
+/// and report.
+fn check(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, args: &[&str]) -> (i32, Value) {
+    check_as(wh, archive, &pg.conninfo(), args)
+}
+
+/// Like [`check`] with a connection string of its own.
+fn check_as(wh: &Walhalla, archive: &TestArchive, conninfo: &str, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["check", "-d", conninfo, "--json"];
+    all.extend_from_slice(args);
+    let output = wh.run(archive, std::path::Path::new("/tmp"), &all);
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("check printed no JSON ({e}): {}", describe(&output)));
+    (output.status.code().expect("an exit code"), report)
+}
+
+/// The check named `name` in `report`.
+fn named<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+}
+
+/// The verdict of check `name`.
+fn verdict<'a>(report: &'a Value, name: &str) -> &'a str {
+    named(report, name)["verdict"].as_str().expect("a verdict")
+}
+
+/// The detail and hint of check `name`, as one text.
+fn said(report: &Value, name: &str) -> String {
+    let check = named(report, name);
+    let text = |field: &str| check[field].as_str().unwrap_or_default().to_owned();
+    format!("{} / {}", text("detail"), text("hint"))
+}
+
+#[test]
+fn check_passes_on_an_archiving_primary() {
+    passes_on_an_archiving_primary(Backend::Local);
+}
+
+#[test]
+fn check_passes_on_a_primary_archiving_to_s3() {
+    passes_on_an_archiving_primary(Backend::S3);
+}
+
+fn passes_on_an_archiving_primary(backend: Backend) {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(backend);
+    let pg = archiving_primary(&wh, &archive, "");
+    let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["server"]["role"], "primary");
+    assert_eq!(report["server"]["system_id"], pg.system_id().to_string());
+    for name in [
+        "connection",
+        "wal_level",
+        "archive_mode",
+        "archive_command",
+        "archiver",
+        "archive_reachable",
+        "archive_writable",
+        "archive_create_only",
+        "switch_privilege",
+        "round_trip",
+    ] {
+        assert_eq!(verdict(&report, name), "pass", "{name}: {report:#}");
+    }
+    assert_eq!(verdict(&report, "restore_command"), "skip");
+    // The scratch object of the create-only probe is gone; the switched segment is there.
+    assert!(
+        archive.keys().iter().all(|k| !k.starts_with("0/")),
+        "{:?}",
+        archive.keys()
+    );
+    // The table for a person says the same.
+    let text = wh.run(
+        &archive,
+        std::path::Path::new("/tmp"),
+        &["check", "-d", &pg.conninfo()],
+    );
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(text.status.success(), "{}", describe(&text));
+    assert!(stdout.contains("round_trip"), "{stdout}");
+    assert!(stdout.contains("every check passed"), "{stdout}");
+}
+
+#[test]
+fn check_names_a_missing_archive_command() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf("archive_mode = off");
+    pg.start();
+    let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["ok"], false);
+    assert_eq!(verdict(&report, "archive_mode"), "fail", "{report:#}");
+    assert!(said(&report, "archive_mode").contains("archive_mode = on"));
+    // Without waiting out --wait for what cannot arrive.
+    assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
+    assert!(
+        said(&report, "round_trip").contains("nothing archives"),
+        "{report:#}"
+    );
+
+    pg.stop("fast");
+    pg.append_conf("archive_mode = on\narchive_command = ''");
+    pg.start();
+    let (code, report) = check(&wh, &archive, &pg, &["--wait", "60"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_mode"), "pass", "{report:#}");
+    assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
+    assert!(
+        said(&report, "archive_command").contains("empty"),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
+}
+
+#[test]
+fn check_names_an_archive_command_that_stores_elsewhere() {
+    let wh = Walhalla::install();
+    let elsewhere = TestArchive::new(Backend::Local);
+    let checked = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &elsewhere, "");
+    let (code, report) = check(&wh, &checked, &pg, &["--wait", "20"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
+    assert!(
+        said(&report, "archive_command").contains(elsewhere.url()),
+        "{report:#}"
+    );
+    // The archiver reports the segment archived, yet the checked archive lacks it.
+    assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
+    let trip = said(&report, "round_trip");
+    assert!(trip.contains("another archive"), "{trip}");
+    assert!(trip.contains(elsewhere.url()), "{trip}");
+}
+
+#[test]
+fn check_goes_through_a_receivers_slot() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_for(
+        "the receiver to stream from its slot",
+        std::time::Duration::from_secs(60),
+        || {
+            (pg.sql(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhalla' AND active",
+            ) == "1")
+                .then_some(())
+        },
+    );
+    let (code, report) = check(&wh, &archive, &pg, &["-S", "walhalla", "--wait", "60"]);
+    assert_eq!(code, 0, "{report:#}\n{}", receiver.log());
+    assert_eq!(verdict(&report, "slot"), "pass");
+    assert!(said(&report, "slot").contains("bytes"), "{report:#}");
+    assert_eq!(verdict(&report, "slot_active"), "pass");
+    assert_eq!(verdict(&report, "round_trip"), "pass");
+    assert_eq!(verdict(&report, "archive_command"), "skip");
+
+    let (code, report) = check(&wh, &archive, &pg, &["-S", "nosuch", "--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "slot"), "fail");
+    assert!(said(&report, "slot").contains("nosuch"), "{report:#}");
+
+    // The receiver streams, but into another archive than the one checked.
+    let other = TestArchive::new(Backend::Local);
+    let (code, report) = check(&wh, &other, &pg, &["-S", "walhalla", "--wait", "3"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "slot_active"), "pass", "{report:#}");
+    let trip = said(&report, "round_trip");
+    assert!(trip.contains("streams from slot walhalla"), "{trip}");
+    assert!(trip.contains("--archive"), "{trip}");
+
+    receiver.stop();
+    let (code, report) = check(&wh, &archive, &pg, &["-S", "walhalla", "--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "slot_active"), "fail", "{report:#}");
+    assert!(
+        said(&report, "round_trip").contains("nothing streams"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn check_names_a_missing_switch_privilege_and_its_grant() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = archiving_primary(&wh, &archive, "");
+    pg.sql("CREATE ROLE checker LOGIN");
+    let conninfo = format!("{} user=checker dbname=postgres", pg.conninfo());
+    let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "switch_privilege"), "fail", "{report:#}");
+    let grant = "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO \"checker\"";
+    assert!(
+        said(&report, "switch_privilege").contains(grant),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");
+
+    pg.sql(&grant.replace('"', ""));
+    let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(verdict(&report, "round_trip"), "pass", "{report:#}");
+}
+
+#[test]
+fn check_connects_over_tls_as_sslmode_says() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    let (_pki, ca) = pg.enable_tls();
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} --archive {} push %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    pg.start();
+    let conninfo = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        pg.conninfo(),
+        ca.display()
+    );
+    let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        said(&report, "connection").contains("over TLS"),
+        "{report:#}"
+    );
+    let plain = format!("{} sslmode=disable", pg.conninfo());
+    let (_, report) = check_as(&wh, &archive, &plain, &["--wait", "30"]);
+    assert!(
+        said(&report, "connection").contains("without TLS"),
+        "{report:#}"
+    );
+    // A certificate that does not chain to the root given is refused.
+    let other = PgCluster::init("other");
+    let (_other_pki, other_ca) = other.enable_tls();
+    let wrong = format!(
+        "{} sslmode=verify-ca sslrootcert={}",
+        pg.conninfo(),
+        other_ca.display()
+    );
+    let (code, report) = check_as(&wh, &archive, &wrong, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+}
+
+#[test]
+fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let primary = archiving_primary(&wh, &archive, "");
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf("archive_mode = on");
+    standby.start();
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["server"]["role"], "standby");
+    assert_eq!(verdict(&report, "restore_command"), "fail", "{report:#}");
+    assert_eq!(verdict(&report, "archive_mode"), "skip", "{report:#}");
+    assert!(
+        said(&report, "round_trip").contains("standby"),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");
+
+    // restore_command takes a restart on PostgreSQL 13.
+    standby.stop("fast");
+    standby.append_conf(&format!(
+        "restore_command = '{} --archive {} fetch %f %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    standby.start();
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(verdict(&report, "restore_command"), "pass", "{report:#}");
+}
+
+#[test]
+fn check_names_an_archive_it_cannot_reach() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (missing, parent) = TestArchive::uncreated_local("not/there");
+    let pg = archiving_primary(&wh, &archive, "");
+    let (code, report) = check(&wh, &missing, &pg, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_reachable"), "fail", "{report:#}");
+    assert!(
+        said(&report, "archive_reachable").contains("no such directory"),
+        "{report:#}"
+    );
+    assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");
+    assert!(
+        !parent.join("not").exists(),
+        "check created the archive directory"
+    );
+}
+
+#[test]
+fn check_reads_the_archive_of_archive_commands_config_file() {
+    let wh = Walhalla::install();
+    let elsewhere = TestArchive::new(Backend::Local);
+    let checked = TestArchive::new(Backend::Local);
+    let dir = TestDir::new("config");
+    let config = dir.path().join("walhalla.toml");
+    std::fs::write(&config, format!("archive = \"{}\"\n", elsewhere.url())).unwrap();
+    let mut pg = PgCluster::init("primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} --config {} push %p'",
+        wh.path().display(),
+        config.display()
+    ));
+    pg.start();
+    let (code, report) = check(&wh, &checked, &pg, &["--wait", "10"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
+    let said = said(&report, "archive_command");
+    assert!(said.contains(elsewhere.url()), "{said}");
+    assert!(said.contains("walhalla.toml"), "{said}");
+}
