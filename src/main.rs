@@ -481,9 +481,12 @@ fn exit_with_on_panic(code: u8) {
 }
 
 /// Logs to stderr (PostgreSQL captures a hook's stderr in its own log); `WALHALLA_LOG` filters.
+/// The AWS credential chain's warnings about each source it tried are left out by default:
+/// walhalla reports the outcome in one line.
 fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHALLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHALLA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_filter},aws_config=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

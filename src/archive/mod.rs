@@ -4,6 +4,7 @@
 //! verified content only.
 
 mod backups;
+mod credentials;
 mod delete;
 mod error;
 mod index;
@@ -11,7 +12,10 @@ mod inventory;
 mod keys;
 mod listing;
 mod location;
+pub mod probe;
+mod refusal;
 mod retry;
+mod store;
 mod timelines;
 
 pub use error::{ChoiceError, Error, Result};
@@ -24,6 +28,7 @@ pub use keys::{
 };
 pub use listing::ObjectInfo;
 pub use location::Location;
+pub use refusal::Refusal;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -38,6 +43,7 @@ use tokio::time::Instant;
 use crate::backoff::{GaveUp, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use refusal::Brief;
 use retry::STORE_BACKOFF;
 
 /// Settings for opening an archive.
@@ -66,6 +72,8 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: Location,
+    /// The location and endpoint: what names the store.
+    identity: String,
     timeout: Duration,
     deadline: Option<Instant>,
 }
@@ -88,51 +96,11 @@ impl Archive {
             location: location.clone(),
             reason,
         };
-        let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
-            Location::Local(dir) => {
-                if options.create {
-                    crate::fsutil::create_dir_all_durable(dir)
-                        .map_err(|e| open_error(e.to_string()))?;
-                } else if !dir.is_dir() {
-                    return Err(open_error("no such directory".into()));
-                }
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| open_error(e.to_string()))?
-                    .with_fsync(true);
-                (Arc::new(fs), Path::default())
-            }
-            Location::S3 { bucket, prefix } => {
-                // Client settings go through config keys: `with_client_options` would replace
-                // what `from_env` read (AWS_ALLOW_HTTP among them).
-                use object_store::ClientConfigKey as Key;
-                use object_store::aws::AmazonS3ConfigKey;
-                let seconds = |d: Duration| format!("{}s", d.as_secs().max(1));
-                let retry = object_store::RetryConfig {
-                    max_retries: 3,
-                    retry_timeout: (options.timeout / 2).min(Duration::from_secs(30)),
-                    ..Default::default()
-                };
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    // The per-request timeout outlasts the deadline, which then fires first
-                    // with the clearer message.
-                    .with_config(
-                        AmazonS3ConfigKey::Client(Key::Timeout),
-                        seconds(options.timeout + Duration::from_secs(5)),
-                    )
-                    .with_config(
-                        AmazonS3ConfigKey::Client(Key::ConnectTimeout),
-                        seconds(Duration::from_secs(5).min(options.timeout)),
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(|e| open_error(e.to_string()))?;
-                (Arc::new(s3), Path::from(prefix.as_str()))
-            }
-        };
+        let opened = store::open(location, options).map_err(open_error)?;
         Ok(Archive {
-            store,
-            root,
+            identity: format!("{location} {}", opened.endpoint),
+            store: opened.store,
+            root: opened.root,
             location: location.clone(),
             timeout: options.timeout,
             deadline: options.deadline,
@@ -197,24 +165,42 @@ impl Archive {
         let deadline = self.deadline.map_or(own, |overall| overall.min(own));
         // What this operation was given, rounded: less than `--timeout` under a deadline.
         let allowed = (deadline.saturating_duration_since(started).as_millis() as u64 + 500) / 1000;
-        let what = format!("{op} {key}");
-        retry(STORE_BACKOFF, Some(deadline), attempt, |error, pause| {
-            tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+        let mut failures = 0u32;
+        let mut last_failure = String::new();
+        let outcome = retry(STORE_BACKOFF, Some(deadline), attempt, |error, _pause| {
+            failures += 1;
+            last_failure = Brief(error).to_string();
         })
-        .await
-        .map_err(|failure| match failure {
-                GaveUp::Error(error) => Error::Store {
+        .await;
+        if failures > 0 && outcome.is_ok() {
+            // One line for the whole episode; a failure is reported by whoever handles it.
+            tracing::warn!(
+                attempts = failures + 1,
+                last_error = %last_failure,
+                "{op} {key} succeeded after transient errors"
+            );
+        }
+        outcome.map_err(|failure| match failure {
+            GaveUp::Error(error) => match Refusal::of(&error) {
+                Some(refusal) => Error::Refused {
+                    reason: refusal.describe(&self.location, &error),
+                    location: self.location.clone(),
+                    refusal,
+                },
+                None => Error::Store {
                     op,
                     key: key.to_string(),
                     error,
                 },
-                GaveUp::Deadline(last) => Error::Timeout {
-                    op,
-                    key: key.to_string(),
-                    seconds: allowed,
-                    last,
-                },
-            })
+            },
+            GaveUp::Deadline(last) => Error::Timeout {
+                op,
+                key: key.to_string(),
+                seconds: allowed,
+                attempts: failures + 1,
+                last,
+            },
+        })
     }
 }
 

@@ -12,5 +12,6 @@ mod push;
 mod readahead;
 mod receive;
 mod serve;
+mod store;
 mod timelines;
 mod verify;

@@ -7,7 +7,7 @@ pub mod http;
 mod pg;
 mod proxy;
 mod receiver;
-mod s3;
+pub mod s3;
 pub mod server;
 
 pub use archive::{Backend, TestArchive};

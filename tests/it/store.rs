@@ -1,0 +1,218 @@
+//! Object stores as operators meet them: a missing bucket or missing credentials fail at once
+//! with one line saying what to set; credentials come from an AWS profile like any AWS tool's.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::harness::{S3Server, TcpProxy, TestDir, Walhalla, describe};
+
+/// A cluster identifier for objects pushed without a data directory.
+const SYSTEM_ID: &str = "7000000000000000001";
+/// A valid timeline history file: a small object to push and fetch without PostgreSQL.
+const HISTORY: &str = "1\t0/3000000\tno recovery target specified\n";
+
+/// Runs walhalla in `cwd` with exactly the `AWS_*` variables in `env` (none inherited), as
+/// the current user: `runuser` would reset `HOME`.
+fn run(wh: &Walhalla, cwd: &Path, url: &str, args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(wh.path());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.current_dir(cwd)
+        .args([
+            "--archive",
+            url,
+            "--system-id",
+            SYSTEM_ID,
+            "--timeout",
+            "60",
+        ])
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run walhalla")
+}
+
+/// The variables that point at `s3` without giving credentials.
+fn endpoint_only(s3: &S3Server) -> Vec<(String, String)> {
+    S3Server::env_for(&s3.endpoint)
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("AWS_ACCESS_KEY") && !name.starts_with("AWS_SECRET"))
+        .collect()
+}
+
+/// Runs walhalla with `run` and checks that it exits `code` within `limit`, having said one
+/// line that holds every one of `words`; returns the line.
+fn fails_at_once(
+    code: i32,
+    limit: Duration,
+    words: &[&str],
+    run: impl FnOnce() -> Output,
+) -> String {
+    let started = Instant::now();
+    let ran = run();
+    let took = started.elapsed();
+    assert_eq!(ran.status.code(), Some(code), "{}", describe(&ran));
+    assert!(took < limit, "took {took:?}\n{}", describe(&ran));
+    let said = stderr(&ran);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(words.iter().all(|w| said.contains(w)), "{said}");
+    said
+}
+
+fn stderr(run: &Output) -> String {
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_bucket_fails_fetch_at_once_in_one_line() {
+    let wh = Walhalla::install();
+    let s3 = S3Server::start("present");
+    let work = TestDir::new("work");
+    let said = fails_at_once(
+        255,
+        Duration::from_secs(2),
+        &["no such bucket", "create bucket"],
+        || {
+            run(
+                &wh,
+                work.path(),
+                "s3://no-such-bucket/x",
+                &["fetch", "00000002.history", "RECOVERYHISTORY"],
+                &s3.env(),
+            )
+        },
+    );
+    assert!(!said.contains("<?xml"), "{said}");
+}
+
+#[test]
+fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
+    let wh = Walhalla::install();
+    let s3 = S3Server::start("profiled");
+    let work = TestDir::new("work");
+    let home = TestDir::new("home");
+    std::fs::create_dir(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [walhalla]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            crate::harness::s3::ACCESS_KEY,
+            crate::harness::s3::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let history = work.path().join("00000002.history");
+    std::fs::write(&history, HISTORY).unwrap();
+    let url = format!("s3://{}/profile", s3.bucket);
+    let mut env = endpoint_only(&s3);
+    env.push(("HOME".into(), home.path().display().to_string()));
+    env.push(("AWS_PROFILE".into(), "walhalla".into()));
+
+    let pushed = run(
+        &wh,
+        work.path(),
+        &url,
+        &["push", history.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
+    let back = work.path().join("back");
+    let fetched = run(
+        &wh,
+        work.path(),
+        &url,
+        &["fetch", "00000002.history", back.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), HISTORY);
+
+    // No variables, no profile, no role: one line saying what to set, at once.
+    let empty_home = TestDir::new("empty-home");
+    let mut env = endpoint_only(&s3);
+    env.push(("HOME".into(), empty_home.path().display().to_string()));
+    fails_at_once(
+        1,
+        Duration::from_secs(3),
+        &["no credentials found", "AWS_PROFILE"],
+        || {
+            run(
+                &wh,
+                work.path(),
+                &url,
+                &["push", history.to_str().unwrap()],
+                &env,
+            )
+        },
+    );
+}
+
+#[test]
+fn a_store_that_ignores_create_only_writes_is_refused() {
+    let wh = Walhalla::install();
+    let s3 = S3Server::start("overwriting");
+    let addr = s3
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto's address");
+    // A store in front of moto that drops If-None-Match, as some S3-compatible stores do.
+    let proxy = TcpProxy::rewriting(addr, Some((b"if-none-match", b"x-ignored-hdr")));
+    let work = TestDir::new("work");
+    let history = work.path().join("00000002.history");
+    std::fs::write(&history, HISTORY).unwrap();
+    let cache = TestDir::new("cache");
+    let mut env = S3Server::env_for(&proxy.endpoint());
+    env.push(("XDG_CACHE_HOME".into(), cache.path().display().to_string()));
+    let url = format!("s3://{}/unsafe", s3.bucket);
+    let push = |env: &[(String, String)]| {
+        run(
+            &wh,
+            work.path(),
+            &url,
+            &["push", history.to_str().unwrap()],
+            env,
+        )
+    };
+
+    let refused = push(&env);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    let said = stderr(&refused);
+    assert!(
+        said.contains("does not honour create-only writes"),
+        "{said}"
+    );
+    assert!(said.contains("now holds the second content"), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    let fetched = run(
+        &wh,
+        work.path(),
+        &url,
+        &["fetch", "00000002.history", "back"],
+        &S3Server::env_for(&s3.endpoint),
+    );
+    assert_eq!(fetched.status.code(), Some(255), "{}", describe(&fetched));
+    assert!(
+        stderr(&fetched).contains("holds nothing for cluster"),
+        "nothing was archived: {}",
+        describe(&fetched)
+    );
+
+    // The same bucket reached directly honours them: the probe passes once and is
+    // remembered, in the archive and in the cache directory.
+    let mut env = s3.env();
+    env.push(("XDG_CACHE_HOME".into(), cache.path().display().to_string()));
+    let stored = push(&env);
+    assert_eq!(stored.status.code(), Some(0), "{}", describe(&stored));
+    let remembered = std::fs::read_dir(cache.path().join("walhalla/verified-stores"))
+        .expect("the cache folder")
+        .count();
+    assert_eq!(remembered, 1);
+    let again = push(&env);
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+}
