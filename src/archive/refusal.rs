@@ -120,7 +120,11 @@ impl Refusal {
         };
         match self {
             Refusal::NoSuchBucket => {
-                format!("create bucket {bucket:?} or correct --archive (and the endpoint or region)")
+                let kind = match location {
+                    Location::Azure { .. } => "container",
+                    _ => "bucket",
+                };
+                format!("create {kind} {bucket:?} or correct --archive (and the endpoint or region)")
             }
             Refusal::AccessDenied => match location {
                 Location::S3 { .. } => "the credentials need s3:GetObject, s3:PutObject and s3:ListBucket on the bucket".into(),
@@ -167,14 +171,15 @@ impl fmt::Display for Brief<'_> {
             parts.extend(answer.status.map(|s| s.to_string()));
             parts.extend(answer.code);
             parts.extend(answer.message);
-            return write!(f, "{}", parts.join(": "));
+            return write!(f, "{}", one_line(&parts.join(": ")));
         }
-        write!(
-            f,
-            "{}",
-            text.split_whitespace().collect::<Vec<_>>().join(" ")
-        )
+        write!(f, "{}", one_line(&text))
     }
+}
+
+/// `text` with every run of white space, line breaks included, as one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -188,7 +193,7 @@ mod tests {
             source: format!(
                 "Error performing list request: Error performing GET http://127.0.0.1:9/b?list-type=2 in 7ms - \
                  Server returned non-2xx status code: {status}: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
-                 <Error><Code>{code}</Code><Message>It says why</Message><RequestId>X</RequestId></Error>"
+                 <Error><Code>{code}</Code><Message>It says why.\nRequestId:1</Message><RequestId>X</RequestId></Error>"
             )
             .into(),
         }
@@ -268,7 +273,9 @@ mod tests {
         let line = Refusal::of(&error).unwrap().describe(&location, &error);
         assert!(!line.contains('\n') && !line.contains("<?xml"), "{line}");
         assert!(
-            line.contains("NoSuchBucket") && line.contains("create bucket \"gone\""),
+            line.contains("NoSuchBucket")
+                && line.contains("create bucket \"gone\"")
+                && line.contains("why. RequestId"),
             "{line}"
         );
     }

@@ -1,11 +1,12 @@
 //! Object stores as operators meet them: a missing bucket or missing credentials fail at once
-//! with one line saying what to set; credentials come from an AWS profile like any AWS tool's.
+//! with one line saying what to set; credentials come from an AWS profile like any AWS tool's;
+//! a store that ignores create-only writes is refused; Azure Blob Storage works like S3.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::harness::{S3Server, TcpProxy, TestDir, Walhalla, describe};
+use crate::harness::{Azurite, PgCluster, S3Server, TcpProxy, TestDir, Walhalla, describe};
 
 /// A cluster identifier for objects pushed without a data directory.
 const SYSTEM_ID: &str = "7000000000000000001";
@@ -22,14 +23,7 @@ fn run(wh: &Walhalla, cwd: &Path, url: &str, args: &[&str], env: &[(String, Stri
         }
     }
     cmd.current_dir(cwd)
-        .args([
-            "--archive",
-            url,
-            "--system-id",
-            SYSTEM_ID,
-            "--timeout",
-            "60",
-        ])
+        .args(["--archive", url, "--timeout", "60"])
         .args(args)
         .envs(env.iter().cloned())
         .output()
@@ -81,7 +75,13 @@ fn a_missing_bucket_fails_fetch_at_once_in_one_line() {
                 &wh,
                 work.path(),
                 "s3://no-such-bucket/x",
-                &["fetch", "00000002.history", "RECOVERYHISTORY"],
+                &[
+                    "--system-id",
+                    SYSTEM_ID,
+                    "fetch",
+                    "00000002.history",
+                    "RECOVERYHISTORY",
+                ],
                 &s3.env(),
             )
         },
@@ -117,7 +117,7 @@ fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
         &wh,
         work.path(),
         &url,
-        &["push", history.to_str().unwrap()],
+        &["--system-id", SYSTEM_ID, "push", history.to_str().unwrap()],
         &env,
     );
     assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
@@ -126,7 +126,13 @@ fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
         &wh,
         work.path(),
         &url,
-        &["fetch", "00000002.history", back.to_str().unwrap()],
+        &[
+            "--system-id",
+            SYSTEM_ID,
+            "fetch",
+            "00000002.history",
+            back.to_str().unwrap(),
+        ],
         &env,
     );
     assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
@@ -145,7 +151,7 @@ fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
                 &wh,
                 work.path(),
                 &url,
-                &["push", history.to_str().unwrap()],
+                &["--system-id", SYSTEM_ID, "push", history.to_str().unwrap()],
                 &env,
             )
         },
@@ -175,7 +181,7 @@ fn a_store_that_ignores_create_only_writes_is_refused() {
             &wh,
             work.path(),
             &url,
-            &["push", history.to_str().unwrap()],
+            &["--system-id", SYSTEM_ID, "push", history.to_str().unwrap()],
             env,
         )
     };
@@ -193,7 +199,13 @@ fn a_store_that_ignores_create_only_writes_is_refused() {
         &wh,
         work.path(),
         &url,
-        &["fetch", "00000002.history", "back"],
+        &[
+            "--system-id",
+            SYSTEM_ID,
+            "fetch",
+            "00000002.history",
+            "back",
+        ],
         &S3Server::env_for(&s3.endpoint),
     );
     assert_eq!(fetched.status.code(), Some(255), "{}", describe(&fetched));
@@ -215,4 +227,56 @@ fn a_store_that_ignores_create_only_writes_is_refused() {
     assert_eq!(remembered, 1);
     let again = push(&env);
     assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+}
+
+#[test]
+fn push_and_fetch_round_trip_through_azure_blob_storage() {
+    let wh = Walhalla::install();
+    let azurite = Azurite::start("wal");
+    let mut pg = PgCluster::init("source");
+    pg.start();
+    pg.write_rows(200);
+    let name = pg.switch_wal();
+    let url = "az://wal/cluster-a";
+    let mut env = azurite.env();
+    let cache = TestDir::new("cache");
+    env.push(("XDG_CACHE_HOME".into(), cache.path().display().to_string()));
+    let segment = pg.data.join("pg_wal").join(&name);
+    let pushed = run(
+        &wh,
+        &pg.data,
+        url,
+        &["push", segment.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
+    let out = TestDir::new("out");
+    let back = out.path().join("RECOVERYXLOG");
+    let fetched = run(
+        &wh,
+        &pg.data,
+        url,
+        &["fetch", &name, back.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
+    assert!(
+        std::fs::read(&segment).unwrap() == std::fs::read(&back).unwrap(),
+        "{name} came back different"
+    );
+    // A container that does not exist: at once, in one line.
+    fails_at_once(
+        255,
+        Duration::from_secs(2),
+        &["no such bucket", "ContainerNotFound"],
+        || {
+            run(
+                &wh,
+                &pg.data,
+                "az://missing/x",
+                &["fetch", &name, back.to_str().unwrap()],
+                &env,
+            )
+        },
+    );
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL runs it. Everything lives in per-test temporary directories removed on drop.
 
 mod archive;
+mod azurite;
 pub mod http;
 mod pg;
 mod proxy;
@@ -11,6 +12,7 @@ pub mod s3;
 pub mod server;
 
 pub use archive::{Backend, TestArchive};
+pub use azurite::Azurite;
 pub use pg::{PgCluster, pg_client_bin};
 pub use proxy::TcpProxy;
 pub use receiver::Receiver;
