@@ -31,13 +31,16 @@ pub struct Cli {
 /// Options every command takes, before or after the command name.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Archive location: a directory (`/path` or `file:///path`) or `s3://bucket/prefix`
-    /// (credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    /// Archive location: a directory (`/path` or `file:///path`), `s3://bucket/prefix`
+    /// (region and endpoint from AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP; credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else AWS_PROFILE, web identity, ECS or
+    /// the instance role), `gs://bucket/prefix` (GOOGLE_*) or `az://container/prefix`
+    /// (AZURE_*).
     #[arg(long, global = true, env = "WALHALLA_ARCHIVE", value_name = "URL")]
     pub archive: Option<String>,
 
-    /// TOML config file with any of: archive, system_id, compression_level, timeout_seconds.
+    /// TOML config file with any of: archive, system_id, compression_level, timeout_seconds,
+    /// storage_class, sse, sse_kms_key_id.
     #[arg(long, global = true, env = "WALHALLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -57,6 +60,20 @@ pub struct GlobalArgs {
     /// and serve [default: 60].
     #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS")]
     pub timeout: Option<u64>,
+
+    /// Storage class of new objects (S3: STANDARD_IA, GLACIER_IR…; GCS: NEARLINE…; Azure:
+    /// the access tier, Cool…) [default: the bucket's].
+    #[arg(long, global = true, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// S3 server-side encryption of new objects: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    /// [default: the bucket's].
+    #[arg(long, global = true, value_name = "KIND")]
+    pub sse: Option<String>,
+
+    /// The KMS key (id or ARN) for --sse aws:kms [default: the account's].
+    #[arg(long, global = true, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
 }
 
 impl GlobalArgs {
@@ -68,6 +85,9 @@ impl GlobalArgs {
             system_id: self.system_id,
             compression_level: self.compression_level,
             timeout_seconds: self.timeout,
+            storage_class: self.storage_class.clone(),
+            sse: self.sse.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
         }
     }
 }

@@ -7,6 +7,9 @@
 //! system_id = "7312029512345678901"    # optional; normally read from pg_control
 //! compression_level = 3
 //! timeout_seconds = 60
+//! storage_class = "STANDARD_IA"       # optional; the bucket's default otherwise
+//! sse = "aws:kms"                      # optional, S3: "AES256" or "aws:kms"
+//! sse_kms_key_id = "arn:aws:kms:…"     # optional, with sse = "aws:kms"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::archive::Location;
+use crate::archive::{Encryption, Location, StoreOptions};
 use crate::envelope;
 use crate::wal::SystemId;
 
@@ -39,6 +42,12 @@ pub struct Overrides {
     pub compression_level: Option<i32>,
     /// `--timeout` / `WALHALLA_TIMEOUT`, in seconds.
     pub timeout_seconds: Option<u64>,
+    /// `--storage-class`.
+    pub storage_class: Option<String>,
+    /// `--sse`.
+    pub sse: Option<String>,
+    /// `--sse-kms-key-id`.
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// The resolved settings.
@@ -53,6 +62,8 @@ pub struct Config {
     /// Deadline, retries included: of a whole hook run, or of each archive operation of a
     /// daemon.
     pub timeout: Duration,
+    /// How new objects are stored (storage class, encryption).
+    pub store: StoreOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +73,9 @@ struct FileConfig {
     system_id: Option<FileSystemId>,
     compression_level: Option<i32>,
     timeout_seconds: Option<u64>,
+    storage_class: Option<String>,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
 }
 
 /// TOML integers stop at i64::MAX while system identifiers use all 64 bits: take either form.
@@ -108,11 +122,19 @@ impl Config {
             Some(seconds) => Duration::from_secs(seconds),
             None => DEFAULT_TIMEOUT,
         };
+        let encryption = encryption(
+            overrides.sse.or(file.sse),
+            overrides.sse_kms_key_id.or(file.sse_kms_key_id),
+        )?;
         Ok(Config {
             archive,
             system_id: overrides.system_id.or(file_system_id),
             compression_level,
             timeout,
+            store: StoreOptions {
+                storage_class: overrides.storage_class.or(file.storage_class),
+                encryption,
+            },
         })
     }
 }
@@ -124,6 +146,22 @@ impl Config {
             "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file",
         )
     }
+}
+
+/// The server-side encryption that `sse` and `kms_key_id` ask for.
+fn encryption(
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+) -> anyhow::Result<Option<Encryption>> {
+    Ok(match (sse.as_deref(), kms_key_id) {
+        (None, None) => None,
+        (Some("AES256"), None) => Some(Encryption::S3Managed),
+        (Some("aws:kms"), key_id) => Some(Encryption::Kms { key_id }),
+        (Some("AES256") | None, Some(_)) => bail!("an SSE-KMS key id needs sse = aws:kms"),
+        (Some(other), _) => {
+            bail!("unknown server-side encryption {other:?}: use AES256 or aws:kms")
+        }
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -200,5 +238,23 @@ mod tests {
         let huge = format!("archive = \"/a\"\ntimeout_seconds = {}\n", i64::MAX);
         assert!(with_file(&huge, Overrides::default()).is_err());
         assert!(with_file("archive = \"relative/dir\"\n", Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn server_side_encryption_settings() {
+        assert_eq!(encryption(None, None).unwrap(), None);
+        assert_eq!(
+            encryption(Some("AES256".into()), None).unwrap(),
+            Some(Encryption::S3Managed)
+        );
+        assert_eq!(
+            encryption(Some("aws:kms".into()), Some("key-1".into())).unwrap(),
+            Some(Encryption::Kms {
+                key_id: Some("key-1".into())
+            })
+        );
+        assert!(encryption(None, Some("key-1".into())).is_err());
+        assert!(encryption(Some("AES256".into()), Some("key-1".into())).is_err());
+        assert!(encryption(Some("aes256".into()), None).is_err());
     }
 }

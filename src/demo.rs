@@ -69,6 +69,7 @@ async fn demo(cluster: &Cluster, compression_level: i32) -> anyhow::Result<()> {
             timeout: Duration::from_secs(60),
             deadline: None,
             create: true,
+            store: Default::default(),
         },
     )?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

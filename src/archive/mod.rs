@@ -29,6 +29,7 @@ pub use keys::{
 pub use listing::ObjectInfo;
 pub use location::Location;
 pub use refusal::Refusal;
+pub use store::{Encryption, StoreOptions};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct ArchiveOptions {
     pub deadline: Option<Instant>,
     /// Create a missing local archive directory (for writers) instead of failing (for readers).
     pub create: bool,
+    /// How new objects are stored.
+    pub store: StoreOptions,
 }
 
 /// How a put ended.
@@ -74,6 +77,8 @@ pub struct Archive {
     location: Location,
     /// The location and endpoint: what names the store.
     identity: String,
+    /// The storage class of new objects, when not the bucket's default.
+    storage_class: Option<String>,
     timeout: Duration,
     deadline: Option<Instant>,
 }
@@ -99,6 +104,7 @@ impl Archive {
         let opened = store::open(location, options).map_err(open_error)?;
         Ok(Archive {
             identity: format!("{location} {}", opened.endpoint),
+            storage_class: options.store.storage_class.clone(),
             store: opened.store,
             root: opened.root,
             location: location.clone(),
@@ -254,8 +260,16 @@ impl ClusterArchive {
 
     async fn put_key(&self, key: Path, content: Bytes, envelope: Vec<u8>) -> Result<PutOutcome> {
         let payload = PutPayload::from(envelope);
+        let attributes: object_store::Attributes = (self.archive.storage_class.clone())
+            .map(|class| {
+                let value = object_store::AttributeValue::from(class);
+                (object_store::Attribute::StorageClass, value)
+            })
+            .into_iter()
+            .collect();
         let opts = || PutOptions {
             mode: PutMode::Create,
+            attributes: attributes.clone(),
             ..Default::default()
         };
         let put = self
@@ -527,6 +541,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             deadline: None,
             create: false,
+            store: StoreOptions::default(),
         };
         let archive = Archive::open(&Location::Local(root.to_path_buf()), &options).unwrap();
         assert_eq!(archive.clusters().await.unwrap(), vec![SystemId(7)]);

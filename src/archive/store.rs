@@ -19,6 +19,28 @@ use object_store::path::Path;
 use super::credentials::AwsChain;
 use super::{ArchiveOptions, Location};
 
+/// How new objects are stored: their storage class and, on S3, server-side encryption.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The storage class (S3: `STANDARD_IA`, `GLACIER_IR`…; GCS: `NEARLINE`…; Azure: the
+    /// access tier, `Cool`…); the bucket's default when `None`.
+    pub storage_class: Option<String>,
+    /// S3 server-side encryption; the bucket's default when `None`.
+    pub encryption: Option<Encryption>,
+}
+
+/// S3 server-side encryption of new objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// SSE-S3: keys managed by S3 (`AES256`).
+    S3Managed,
+    /// SSE-KMS, with this key, or the account's default KMS key.
+    Kms {
+        /// The KMS key id or ARN.
+        key_id: Option<String>,
+    },
+}
+
 /// An opened store.
 pub(super) struct Opened {
     /// The client.
@@ -51,6 +73,11 @@ pub(super) fn open(location: &Location, options: &ArchiveOptions) -> Result<Open
         Location::S3 { bucket, .. } => {
             let (s3, endpoint) = s3(bucket, options)?;
             (Arc::new(s3), endpoint)
+        }
+        _ if options.store.encryption.is_some() && !matches!(location, Location::S3 { .. }) => {
+            return Err(
+                "server-side encryption settings (--sse) apply to s3:// archives only".into(),
+            );
         }
         Location::Gcs { bucket, .. } => {
             let mut gcs = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
@@ -99,6 +126,21 @@ fn s3(
         return Err(format!(
             "the endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it, or use https://"
         ));
+    }
+    if let Some(encryption) = &options.store.encryption {
+        // object_store does not export the encryption keys' type: name them.
+        let key = |name: &str| {
+            name.parse::<AmazonS3ConfigKey>()
+                .expect("a known S3 setting")
+        };
+        let (kind, key_id) = match encryption {
+            Encryption::S3Managed => ("AES256", None),
+            Encryption::Kms { key_id } => ("aws:kms", key_id.as_ref()),
+        };
+        s3 = s3.with_config(key("aws_server_side_encryption"), kind);
+        if let Some(key_id) = key_id {
+            s3 = s3.with_config(key("aws_sse_kms_key_id"), key_id);
+        }
     }
     let keys_given = !setting(&s3, AmazonS3ConfigKey::AccessKeyId).is_empty();
     let unsigned = truthy(&setting(&s3, AmazonS3ConfigKey::SkipSignature));

@@ -36,6 +36,7 @@ pub async fn open_archive(
         timeout: config.timeout,
         deadline,
         create,
+        store: config.store.clone(),
     };
     let location = config.archive()?.clone();
     let opening = crate::blocking::run(move || Archive::open(&location, &options));

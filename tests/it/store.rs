@@ -280,3 +280,21 @@ fn push_and_fetch_round_trip_through_azure_blob_storage() {
         },
     );
 }
+
+#[test]
+fn new_objects_take_the_storage_class_and_encryption_asked_for() {
+    let wh = Walhalla::install();
+    let s3 = S3Server::start("classes");
+    let work = TestDir::new("work");
+    let history = work.path().join("00000002.history");
+    std::fs::write(&history, HISTORY).unwrap();
+    let url = format!("s3://{}/classes", s3.bucket);
+    let settings = ["--storage-class", "STANDARD_IA", "--sse", "AES256"];
+    let mut args = vec!["--system-id", SYSTEM_ID];
+    args.extend(settings);
+    args.extend(["push", history.to_str().unwrap()]);
+    let pushed = run(&wh, work.path(), &url, &args, &s3.env());
+    assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
+    let key = format!("classes/{SYSTEM_ID}/timelines/00000002.history.zst");
+    assert_eq!(s3.storage_of(&key), "STANDARD_IA AES256");
+}
