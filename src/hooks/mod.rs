@@ -22,7 +22,8 @@ use crate::archive::{Archive, ArchiveOptions};
 use crate::config::Config;
 
 /// Opens the configured archive; for a writer (`create`), first makes sure the store honours
-/// create-only writes (see [`crate::archive::probe`]). With a `deadline` (a hook's whole run), opening and every
+/// create-only writes (see [`crate::archive::probe`]; a daemon that cannot reach the store
+/// goes on without the check). With a `deadline` (a hook's whole run), opening and every
 /// later operation end by then; without one (a daemon, a worker doing many fetches), each
 /// operation has its own `--timeout`. Opening a local archive touches the file system, which
 /// can hang on a dead mount: it runs on the blocking pool, under the deadline or the timeout.
@@ -52,7 +53,15 @@ pub async fn open_archive(
         }
     };
     if create {
-        archive.ensure_create_only().await?;
+        match archive.ensure_create_only().await {
+            Ok(()) => {}
+            // A daemon may start while the store is down, and archives once it is back: the
+            // check is left to its next start.
+            Err(e) if deadline.is_none() && e.is_transient() => tracing::warn!(
+                "cannot check now that {location_text} honours create-only writes: {e}"
+            ),
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(archive)
 }

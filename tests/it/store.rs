@@ -6,7 +6,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Azurite, PgCluster, S3Server, TcpProxy, TestDir, Walhalla, describe};
+use crate::harness::{
+    Azurite, Backend, PgCluster, Receiver, S3Server, TcpProxy, TestArchive, TestDir, Walhalla,
+    describe, wait_for,
+};
+use crate::receive::{wait_archive_holds, wait_streaming};
 
 /// A cluster identifier for objects pushed without a data directory.
 const SYSTEM_ID: &str = "7000000000000000001";
@@ -297,4 +301,27 @@ fn new_objects_take_the_storage_class_and_encryption_asked_for() {
     assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
     let key = format!("classes/{SYSTEM_ID}/timelines/00000002.history.zst");
     assert_eq!(s3.storage_of(&key), "STANDARD_IA AES256");
+}
+
+#[test]
+fn a_receiver_started_while_the_store_is_down_archives_once_it_is_back() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    proxy.pause();
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let env = S3Server::env_for(&proxy.endpoint());
+    let mut receiver = Receiver::on_slot_via(&wh, &archive, env, &conninfo, &["--timeout", "3"]);
+    wait_for(
+        "the receiver to start without the check",
+        Duration::from_secs(30),
+        || receiver.log().contains("cannot check now").then_some(()),
+    );
+    proxy.resume();
+    wait_streaming(&pg);
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
 }
