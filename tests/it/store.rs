@@ -66,7 +66,7 @@ fn stderr(run: &Output) -> String {
 }
 
 #[test]
-fn a_missing_bucket_fails_fetch_at_once_in_one_line() {
+fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
     let wh = Walhalla::install();
     let s3 = S3Server::start("present");
     let work = TestDir::new("work");
@@ -91,6 +91,25 @@ fn a_missing_bucket_fails_fetch_at_once_in_one_line() {
         },
     );
     assert!(!said.contains("<?xml"), "{said}");
+    // A plain-HTTP endpoint without AWS_ALLOW_HTTP: said so, not a "builder error" retried.
+    let mut https_only = s3.env();
+    https_only.retain(|(name, _)| name != "AWS_ALLOW_HTTP");
+    let url = format!("s3://{}/x", s3.bucket);
+    fails_at_once(
+        255,
+        Duration::from_secs(2),
+        &["AWS_ALLOW_HTTP=true"],
+        || {
+            let args = [
+                "--system-id",
+                SYSTEM_ID,
+                "fetch",
+                "00000002.history",
+                "back",
+            ];
+            run(&wh, work.path(), &url, &args, &https_only)
+        },
+    );
 }
 
 #[test]
