@@ -61,6 +61,16 @@ fn fails_at_once(
     said
 }
 
+/// Fetches the timeline history file pushed to `url` into `back`, and checks it came back.
+fn fetch_history_back(wh: &Walhalla, cwd: &Path, url: &str, back: &Path, env: &[(String, String)]) {
+    let args = ["--system-id", SYSTEM_ID, "fetch", "00000002.history"];
+    let mut args = args.to_vec();
+    args.push(back.to_str().unwrap());
+    let fetched = run(wh, cwd, url, &args, env);
+    assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
+    assert_eq!(std::fs::read_to_string(back).unwrap(), HISTORY);
+}
+
 fn stderr(run: &Output) -> String {
     String::from_utf8_lossy(&run.stderr).into_owned()
 }
@@ -145,21 +155,37 @@ fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
     );
     assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
     let back = work.path().join("back");
-    let fetched = run(
-        &wh,
-        work.path(),
-        &url,
-        &[
-            "--system-id",
-            SYSTEM_ID,
-            "fetch",
-            "00000002.history",
-            back.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(fetched.status.code(), Some(0), "{}", describe(&fetched));
-    assert_eq!(std::fs::read_to_string(&back).unwrap(), HISTORY);
+    fetch_history_back(&wh, work.path(), &url, &back, &env);
+
+    // A profile whose credentials come from a program (credential_process, as aws-vault).
+    let program = home.path().join("credentials.sh");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\necho '{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"{}\"}}'\n",
+            crate::harness::s3::ACCESS_KEY,
+            crate::harness::s3::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        format!(
+            "[profile process]\ncredential_process = {}\n",
+            program.display()
+        ),
+    )
+    .unwrap();
+    let mut by_process = env.clone();
+    by_process.retain(|(name, _)| name != "AWS_PROFILE");
+    by_process.push(("AWS_PROFILE".into(), "process".into()));
+    std::fs::remove_file(&back).unwrap();
+    fetch_history_back(&wh, work.path(), &url, &back, &by_process);
 
     // No variables, no profile, no role: one line saying what to set, at once.
     let empty_home = TestDir::new("empty-home");
