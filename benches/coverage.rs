@@ -150,6 +150,7 @@ fn end_to_end(c: &mut Criterion) {
             timeout: Duration::from_secs(60),
             deadline: None,
             create: false,
+            store: Default::default(),
         },
     )
     .expect("open the archive");

@@ -34,9 +34,11 @@ pub struct Cli {
 /// Options every command takes, before or after the command name.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Archive location: a directory (`/path` or `file:///path`) or `s3://bucket/prefix`
-    /// (credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    /// Archive location: a directory (`/path` or `file:///path`), `s3://bucket/prefix`
+    /// (region and endpoint from AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP; credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else AWS_PROFILE, web identity, ECS or
+    /// the instance role), `gs://bucket/prefix` (GOOGLE_*) or `az://container/prefix`
+    /// (AZURE_*).
     #[arg(long, global = true, env = "WALHALLA_ARCHIVE", value_name = "URL")]
     pub archive: Option<String>,
 
@@ -73,6 +75,20 @@ pub struct GlobalArgs {
     /// backup and restore; warn for the others].
     #[arg(long, global = true, env = "WALHALLA_LOG", value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Storage class of new objects (S3: STANDARD_IA, GLACIER_IR…; GCS: NEARLINE…; Azure:
+    /// the access tier, Cool…) [default: the bucket's].
+    #[arg(long, global = true, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// S3 server-side encryption of new objects: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    /// [default: the bucket's].
+    #[arg(long, global = true, value_name = "KIND")]
+    pub sse: Option<String>,
+
+    /// The KMS key (id or ARN) for --sse aws:kms [default: the account's].
+    #[arg(long, global = true, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
 }
 
 impl GlobalArgs {
@@ -83,6 +99,9 @@ impl GlobalArgs {
             system_id: self.system_id,
             compression_level: Some(self.compression_level),
             timeout_seconds: Some(self.timeout),
+            storage_class: self.storage_class.clone(),
+            sse: self.sse.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
         }
     }
 }

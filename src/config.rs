@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::archive::Location;
+use crate::archive::{Encryption, Location, StoreOptions};
 use crate::envelope;
 use crate::wal::SystemId;
 
@@ -28,6 +28,12 @@ pub struct Overrides {
     pub compression_level: Option<i32>,
     /// `--timeout` / `WALHALLA_TIMEOUT`, in seconds.
     pub timeout_seconds: Option<u64>,
+    /// `--storage-class`.
+    pub storage_class: Option<String>,
+    /// `--sse`.
+    pub sse: Option<String>,
+    /// `--sse-kms-key-id`.
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// The resolved settings.
@@ -42,6 +48,8 @@ pub struct Config {
     /// Deadline, retries included: of a whole hook run, or of each archive operation of a
     /// daemon.
     pub timeout: Duration,
+    /// How new objects are stored (storage class, encryption).
+    pub store: StoreOptions,
 }
 
 impl Config {
@@ -68,11 +76,16 @@ impl Config {
             Some(seconds) => Duration::from_secs(seconds),
             None => DEFAULT_TIMEOUT,
         };
+        let encryption = encryption(overrides.sse, overrides.sse_kms_key_id)?;
         Ok(Config {
             archive,
             system_id: overrides.system_id,
             compression_level,
             timeout,
+            store: StoreOptions {
+                storage_class: overrides.storage_class,
+                encryption,
+            },
         })
     }
 }
@@ -84,6 +97,22 @@ impl Config {
             "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file",
         )
     }
+}
+
+/// The server-side encryption that `sse` and `kms_key_id` ask for.
+fn encryption(
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+) -> anyhow::Result<Option<Encryption>> {
+    Ok(match (sse.as_deref(), kms_key_id) {
+        (None, None) => None,
+        (Some("AES256"), None) => Some(Encryption::S3Managed),
+        (Some("aws:kms"), key_id) => Some(Encryption::Kms { key_id }),
+        (Some("AES256") | None, Some(_)) => bail!("an SSE-KMS key id needs sse = aws:kms"),
+        (Some(other), _) => {
+            bail!("unknown server-side encryption {other:?}: use AES256 or aws:kms")
+        }
+    })
 }
 
 #[cfg(test)]
@@ -120,5 +149,23 @@ mod tests {
         for overrides in bad {
             assert!(Config::resolve(overrides.clone()).is_err(), "{overrides:?}");
         }
+    }
+
+    #[test]
+    fn server_side_encryption_settings() {
+        assert_eq!(encryption(None, None).unwrap(), None);
+        assert_eq!(
+            encryption(Some("AES256".into()), None).unwrap(),
+            Some(Encryption::S3Managed)
+        );
+        assert_eq!(
+            encryption(Some("aws:kms".into()), Some("key-1".into())).unwrap(),
+            Some(Encryption::Kms {
+                key_id: Some("key-1".into())
+            })
+        );
+        assert!(encryption(None, Some("key-1".into())).is_err());
+        assert!(encryption(Some("AES256".into()), Some("key-1".into())).is_err());
+        assert!(encryption(Some("aes256".into()), None).is_err());
     }
 }

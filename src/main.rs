@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "walhalla=warn",
         _ => "warn",
     };
+    // The AWS credential chain's warnings about each source it tried stay out by default:
+    // walhalla reports the outcome in one line.
+    let default_filter = format!("{default_filter},aws_config=error");
     let log_format = cli.global.log_format.unwrap_or_default();
     let log_source = match settings.matches.value_source("log_level") {
         Some(clap::parser::ValueSource::EnvVariable) => "WALHALLA_LOG",
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
         .log_level
         .as_deref()
         .map(|text| (text, log_source));
-    match logging::choose_filter(given, default_filter) {
+    match logging::choose_filter(given, &default_filter) {
         Ok(filter) => logging::init(filter, log_format),
         Err(e) => {
             // A usage error, like a mistyped flag: above 125 for PostgreSQL's sake.
@@ -494,6 +497,7 @@ async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<u8> {
         archive: config.archive.clone(),
         system_id: config.system_id,
         timeout: config.timeout,
+        store: config.store.clone(),
     };
     let report = walhalla::check::run(&options).await;
     let text = if args.json {

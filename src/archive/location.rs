@@ -1,5 +1,7 @@
-//! Where an archive lives: a local directory (`/path`, `file:///path`) or an S3-compatible
-//! bucket (`s3://bucket/prefix`, configured through the usual `AWS_*` variables).
+//! Where an archive lives: a local directory (`/path`, `file:///path`), an S3-compatible
+//! bucket (`s3://bucket/prefix`, configured through the usual `AWS_*` variables), a Google
+//! Cloud Storage bucket (`gs://bucket/prefix`, `GOOGLE_*`) or an Azure Blob container
+//! (`az://container/prefix`, `AZURE_*`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,6 +19,63 @@ pub enum Location {
         /// The key prefix inside the bucket, without leading or trailing `/`; may be empty.
         prefix: String,
     },
+    /// A bucket and key prefix on Google Cloud Storage.
+    Gcs {
+        /// The bucket name.
+        bucket: String,
+        /// The key prefix, as for S3.
+        prefix: String,
+    },
+    /// A container and key prefix on Azure Blob Storage.
+    Azure {
+        /// The container name.
+        bucket: String,
+        /// The key prefix, as for S3.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// The bucket (or container) and prefix of an object store; `None` for a directory.
+    pub fn bucket(&self) -> Option<(&str, &str)> {
+        match self {
+            Location::Local(_) => None,
+            Location::S3 { bucket, prefix }
+            | Location::Gcs { bucket, prefix }
+            | Location::Azure { bucket, prefix } => Some((bucket, prefix)),
+        }
+    }
+}
+
+/// Makes a location from a bucket and a prefix.
+type MakeLocation = fn(String, String) -> Location;
+
+/// The object-store URL schemes, with the location each makes.
+const SCHEMES: [(&str, MakeLocation); 3] = [
+    ("s3", |bucket, prefix| Location::S3 { bucket, prefix }),
+    ("gs", |bucket, prefix| Location::Gcs { bucket, prefix }),
+    ("az", |bucket, prefix| Location::Azure { bucket, prefix }),
+];
+
+/// Parses the `bucket/prefix` after `scheme://`.
+fn parse_bucket(s: &str, scheme: &str, rest: &str) -> Result<(String, String), String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() || bucket.contains(['@', ':', '?', '#']) {
+        return Err(format!(
+            "invalid archive {s:?}: expected {scheme}://bucket/prefix"
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+        && !prefix.is_empty()
+    {
+        return Err(format!(
+            "invalid archive {s:?}: the prefix has an empty, . or .. part"
+        ));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
 }
 
 impl FromStr for Location {
@@ -26,27 +85,11 @@ impl FromStr for Location {
         if s.is_empty() {
             return Err("the archive location is empty".into());
         }
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() || bucket.contains(['@', ':', '?', '#']) {
-                return Err(format!(
-                    "invalid S3 archive {s:?}: expected s3://bucket/prefix"
-                ));
+        for (scheme, make) in SCHEMES {
+            if let Some(rest) = s.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) {
+                let (bucket, prefix) = parse_bucket(s, scheme, rest)?;
+                return Ok(make(bucket, prefix));
             }
-            let prefix = prefix.trim_matches('/');
-            if prefix
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..")
-                && !prefix.is_empty()
-            {
-                return Err(format!(
-                    "invalid S3 archive {s:?}: the prefix has an empty, . or .. part"
-                ));
-            }
-            return Ok(Location::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.to_string(),
-            });
         }
         if let Some(rest) = s.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -58,7 +101,7 @@ impl FromStr for Location {
         }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "unsupported archive scheme {scheme:?} in {s:?}: use a directory path, file:// or s3://"
+                "unsupported archive scheme {scheme:?} in {s:?}: use a directory path, file://, s3://, gs:// or az://"
             ));
         }
         if !s.starts_with('/') {
@@ -71,10 +114,15 @@ impl FromStr for Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Local(path) => write!(f, "{}", path.display()),
-            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
-            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        let (scheme, bucket, prefix) = match self {
+            Location::Local(path) => return write!(f, "{}", path.display()),
+            Location::S3 { bucket, prefix } => ("s3", bucket, prefix),
+            Location::Gcs { bucket, prefix } => ("gs", bucket, prefix),
+            Location::Azure { bucket, prefix } => ("az", bucket, prefix),
+        };
+        match prefix.as_str() {
+            "" => write!(f, "{scheme}://{bucket}"),
+            _ => write!(f, "{scheme}://{bucket}/{prefix}"),
         }
     }
 }
@@ -101,6 +149,17 @@ mod tests {
             })
         );
         assert_eq!(
+            "gs://bucket/p".parse(),
+            Ok(Location::Gcs {
+                bucket: "bucket".into(),
+                prefix: "p".into()
+            })
+        );
+        assert_eq!(
+            "az://container".parse::<Location>().map(|l| l.to_string()),
+            Ok("az://container".into())
+        );
+        assert_eq!(
             "s3://bucket".parse(),
             Ok(Location::S3 {
                 bucket: "bucket".into(),
@@ -118,7 +177,9 @@ mod tests {
             "s3://b/a//c",
             "s3://b/../x",
             "file://relative",
-            "gs://b/x",
+            "gs://",
+            "az://c/a//x",
+            "http://b/x",
             "s3://u:p@b/x",
             "relative/dir",
         ] {

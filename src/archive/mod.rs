@@ -4,6 +4,7 @@
 //! verified content only.
 
 mod backups;
+mod credentials;
 mod delete;
 mod error;
 mod health;
@@ -12,7 +13,10 @@ mod inventory;
 mod keys;
 mod listing;
 mod location;
+pub mod probe;
+mod refusal;
 mod retry;
+mod store;
 mod timelines;
 
 pub use error::{ChoiceError, Error, Result};
@@ -26,6 +30,8 @@ pub use keys::{
 };
 pub use listing::ObjectInfo;
 pub use location::Location;
+pub use refusal::Refusal;
+pub use store::{Encryption, StoreOptions};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,6 +46,7 @@ use tokio::time::Instant;
 use crate::backoff::{GaveUp, Transient, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use refusal::Brief;
 use retry::STORE_BACKOFF;
 
 /// Settings for opening an archive.
@@ -51,6 +58,8 @@ pub struct ArchiveOptions {
     pub deadline: Option<Instant>,
     /// Create a missing local archive directory (for writers) instead of failing (for readers).
     pub create: bool,
+    /// How new objects are stored.
+    pub store: StoreOptions,
 }
 
 /// How a put ended.
@@ -68,6 +77,10 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: Location,
+    /// The location and endpoint: what names the store.
+    identity: String,
+    /// The storage class of new objects, when not the bucket's default.
+    storage_class: Option<String>,
     timeout: Duration,
     deadline: Option<Instant>,
     /// How its operations have been going, shared by every clone.
@@ -92,51 +105,12 @@ impl Archive {
             location: location.clone(),
             reason,
         };
-        let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
-            Location::Local(dir) => {
-                if options.create {
-                    crate::fsutil::create_dir_all_durable(dir)
-                        .map_err(|e| open_error(e.to_string()))?;
-                } else if !dir.is_dir() {
-                    return Err(open_error("no such directory".into()));
-                }
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| open_error(e.to_string()))?
-                    .with_fsync(true);
-                (Arc::new(fs), Path::default())
-            }
-            Location::S3 { bucket, prefix } => {
-                // Client settings go through config keys: `with_client_options` would replace
-                // what `from_env` read (AWS_ALLOW_HTTP among them).
-                use object_store::ClientConfigKey as Key;
-                use object_store::aws::AmazonS3ConfigKey;
-                let seconds = |d: Duration| format!("{}s", d.as_secs().max(1));
-                let retry = object_store::RetryConfig {
-                    max_retries: 3,
-                    retry_timeout: (options.timeout / 2).min(Duration::from_secs(30)),
-                    ..Default::default()
-                };
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    // The per-request timeout outlasts the deadline, which then fires first
-                    // with the clearer message.
-                    .with_config(
-                        AmazonS3ConfigKey::Client(Key::Timeout),
-                        seconds(options.timeout + Duration::from_secs(5)),
-                    )
-                    .with_config(
-                        AmazonS3ConfigKey::Client(Key::ConnectTimeout),
-                        seconds(Duration::from_secs(5).min(options.timeout)),
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(|e| open_error(e.to_string()))?;
-                (Arc::new(s3), Path::from(prefix.as_str()))
-            }
-        };
+        let opened = store::open(location, options).map_err(open_error)?;
         Ok(Archive {
-            store,
-            root,
+            identity: format!("{location} {}", opened.endpoint),
+            storage_class: options.store.storage_class.clone(),
+            store: opened.store,
+            root: opened.root,
             location: location.clone(),
             timeout: options.timeout,
             deadline: options.deadline,
@@ -215,6 +189,7 @@ impl Archive {
         let health = &self.health;
         // The mark of the latest attempt, to report its outcome with.
         let attempt_began = std::sync::Mutex::new(health.begin(direction));
+        let mut failures = 0u32;
         let outcome = retry(
             STORE_BACKOFF,
             Some(deadline),
@@ -223,9 +198,10 @@ impl Archive {
                 attempt()
             },
             |error, pause| {
+                failures += 1;
                 // Logged once when failing starts (by `health`), each retry at debug level.
-                health.failed(direction, &format!("{what}: {error}"), false);
-                tracing::debug!(error = %error, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+                health.failed(direction, &format!("{what}: {}", Brief(error)), false);
+                tracing::debug!(error = %Brief(error), retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
             },
         )
         .await;
@@ -233,10 +209,13 @@ impl Archive {
         match &outcome {
             Ok(_) => health.succeeded(direction, began),
             Err(GaveUp::Error(error)) if is_answer(op, error) => health.succeeded(direction, began),
+            // Under a deadline (a hook's whole run) the command reports its failure itself,
+            // in one line; health is for daemons.
+            Err(GaveUp::Error(_)) if self.deadline.is_some() => {}
             Err(GaveUp::Error(error)) => health.failed(
                 direction,
-                &format!("{what}: {error}"),
-                !error.is_transient(),
+                &format!("{what}: {}", Brief(error)),
+                !error.is_transient() || Refusal::of(error).is_some(),
             ),
             Err(GaveUp::Deadline(_)) => health.failed(
                 direction,
@@ -245,15 +224,23 @@ impl Archive {
             ),
         }
         outcome.map_err(|failure| match failure {
-            GaveUp::Error(error) => Error::Store {
-                op,
-                key: key.to_string(),
-                error,
+            GaveUp::Error(error) => match Refusal::of(&error) {
+                Some(refusal) => Error::Refused {
+                    reason: refusal.describe(&self.location, &error),
+                    location: self.location.clone(),
+                    refusal,
+                },
+                None => Error::Store {
+                    op,
+                    key: key.to_string(),
+                    error,
+                },
             },
             GaveUp::Deadline(last) => Error::Timeout {
                 op,
                 key: key.to_string(),
                 seconds: allowed,
+                attempts: failures + 1,
                 last,
             },
         })
@@ -321,8 +308,16 @@ impl ClusterArchive {
 
     async fn put_key(&self, key: Path, content: Bytes, envelope: Vec<u8>) -> Result<PutOutcome> {
         let payload = PutPayload::from(envelope);
+        let attributes: object_store::Attributes = (self.archive.storage_class.clone())
+            .map(|class| {
+                let value = object_store::AttributeValue::from(class);
+                (object_store::Attribute::StorageClass, value)
+            })
+            .into_iter()
+            .collect();
         let opts = || PutOptions {
             mode: PutMode::Create,
+            attributes: attributes.clone(),
             ..Default::default()
         };
         let put = self
@@ -610,6 +605,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             deadline: None,
             create: false,
+            store: StoreOptions::default(),
         };
         let archive = Archive::open(&Location::Local(root.to_path_buf()), &options).unwrap();
         assert_eq!(archive.clusters().await.unwrap(), vec![SystemId(7)]);

@@ -14,6 +14,9 @@ impl Transient for object_store::Error {
     /// exists" as `Generic`, so the causes are read for those that waiting will not cure.
     fn is_transient(&self) -> bool {
         use std::io::ErrorKind;
+        if super::Refusal::of(self).is_some() {
+            return false;
+        }
         if !matches!(
             self,
             object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }

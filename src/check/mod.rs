@@ -44,6 +44,8 @@ pub struct CheckOptions {
     pub system_id: Option<SystemId>,
     /// Deadline of each archive operation, and of connecting and reading the settings.
     pub timeout: Duration,
+    /// How new objects are stored (the scratch object of the create-only check).
+    pub store: crate::archive::StoreOptions,
 }
 
 /// How a check ended.
@@ -296,6 +298,7 @@ async fn archive_checks(
         timeout: options.timeout,
         deadline: None,
         create: false,
+        store: options.store.clone(),
     };
     let opening = {
         let location = location.clone();

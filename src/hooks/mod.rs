@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use crate::archive::{Archive, ArchiveOptions};
 use crate::config::Config;
 
-/// Opens the configured archive. With a `deadline` (a hook's whole run), opening and every
+/// Opens the configured archive; for a writer (`create`), first makes sure the store honours
+/// create-only writes (see [`crate::archive::probe`]; a daemon that cannot reach the store
+/// goes on without the check). With a `deadline` (a hook's whole run), opening and every
 /// later operation end by then; without one (a daemon, a worker doing many fetches), each
 /// operation has its own `--timeout`. Opening a local archive touches the file system, which
 /// can hang on a dead mount: it runs on the blocking pool, under the deadline or the timeout.
@@ -35,18 +37,33 @@ pub async fn open_archive(
         timeout: config.timeout,
         deadline,
         create,
+        store: config.store.clone(),
     };
     let location = config.archive()?.clone();
     let opening = crate::blocking::run(move || Archive::open(&location, &options));
     let open_by = deadline.unwrap_or_else(|| Instant::now() + config.timeout);
-    match tokio::time::timeout_at(open_by, opening).await {
-        Ok(archive) => Ok(archive?),
-        Err(_) => Err(anyhow::anyhow!(
-            "no answer within {}s",
-            config.timeout.as_secs()
-        ))
-        .with_context(|| format!("open archive {location_text}")),
+    let archive = match tokio::time::timeout_at(open_by, opening).await {
+        Ok(archive) => archive?,
+        Err(_) => {
+            return Err(anyhow::anyhow!(
+                "no answer within {}s",
+                config.timeout.as_secs()
+            ))
+            .with_context(|| format!("open archive {location_text}"));
+        }
+    };
+    if create {
+        match archive.ensure_create_only().await {
+            Ok(()) => {}
+            // A daemon may start while the store is down, and archives once it is back: the
+            // check is left to its next start.
+            Err(e) if deadline.is_none() && e.is_transient() => tracing::warn!(
+                "cannot check now that {location_text} honours create-only writes: {e}"
+            ),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(archive)
 }
 
 /// The exit codes, as `walhalla --help` prints them.

@@ -18,5 +18,6 @@ mod receive;
 mod serve;
 mod server_auth;
 mod status;
+mod store;
 mod timelines;
 mod verify;

@@ -165,13 +165,15 @@ impl TestArchive {
             .expect("delete object");
     }
 
-    /// Every object key in the archive, sorted.
+    /// Every object key in the archive, sorted, but for what walhalla keeps about the store
+    /// itself (`.walhalla/`, see `walhalla::archive::probe`).
     pub fn keys(&self) -> Vec<String> {
         use futures_util::TryStreamExt;
         let mut keys: Vec<String> = self.runtime.block_on(async {
             self.store
                 .list(None)
                 .map_ok(|m| m.location.to_string())
+                .try_filter(|key| std::future::ready(!key.contains(".walhalla/")))
                 .try_collect()
                 .await
                 .expect("list")

@@ -3,15 +3,17 @@
 //! PostgreSQL runs it. Everything lives in per-test temporary directories removed on drop.
 
 mod archive;
+mod azurite;
 pub mod http;
 mod pg;
 mod pki;
 mod proxy;
 mod receiver;
-mod s3;
+pub mod s3;
 pub mod server;
 
 pub use archive::{Backend, TestArchive};
+pub use azurite::Azurite;
 pub use pg::{PgCluster, pg_client_bin};
 pub use pki::TestCa;
 pub use proxy::TcpProxy;

@@ -57,7 +57,7 @@ fn install() -> &'static Install {
 }
 
 /// Where `tests/prepare.sh` installs PostgreSQL versions (the same rule as there).
-fn cache_dir() -> PathBuf {
+pub(super) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WALHALLA_PG_CACHE") {
         return dir.into();
     }

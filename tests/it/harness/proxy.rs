@@ -1,5 +1,6 @@
 //! A TCP proxy on loopback that can cut every connection and refuse new ones for a while:
-//! an archive that becomes unreachable without losing what it holds.
+//! an archive that becomes unreachable without losing what it holds. It can also rewrite
+//! what clients send: a store that drops a request header.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -18,6 +19,18 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Forwards a free loopback port to `target`.
     pub fn start(target: SocketAddr) -> TcpProxy {
+        Self::rewriting(target, None)
+    }
+
+    /// Forwards a free loopback port to `target`, replacing `from` with `to` (of the same
+    /// length) in what clients send, within each read.
+    pub fn rewriting(
+        target: SocketAddr,
+        rewrite: Option<(&'static [u8], &'static [u8])>,
+    ) -> TcpProxy {
+        if let Some((from, to)) = rewrite {
+            assert_eq!(from.len(), to.len(), "a rewrite keeps lengths");
+        }
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener
             .set_nonblocking(true)
@@ -49,11 +62,20 @@ impl TcpProxy {
                 };
                 let _ = client.set_nonblocking(false);
                 let mut streams = open.lock().unwrap();
-                for (from, to) in [(&client, &server), (&server, &client)] {
+                for (from, to, rewrite) in [(&client, &server, rewrite), (&server, &client, None)] {
                     let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 64 * 1024];
                         while let Ok(n) = from.read(&mut buf) {
+                            if let Some((old, new)) = rewrite {
+                                let mut at = 0;
+                                while let Some(i) =
+                                    buf[at..n].windows(old.len()).position(|w| w == old)
+                                {
+                                    buf[at + i..at + i + old.len()].copy_from_slice(new);
+                                    at += i + old.len();
+                                }
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }

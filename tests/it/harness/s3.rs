@@ -60,8 +60,17 @@ impl S3Server {
         );
     }
 
-    /// Runs Python `statements` with boto3's client `s3` and the name `bucket`.
-    fn boto(&self, statements: &str) {
+    /// The storage class and server-side encryption S3 reports for `key`.
+    pub fn storage_of(&self, key: &str) -> String {
+        self.boto(&format!(
+            "r = s3.head_object(Bucket=bucket, Key={key:?})\n\
+             print(r.get('StorageClass', 'STANDARD'), r.get('ServerSideEncryption', 'none'))"
+        ))
+    }
+
+    /// Runs Python `statements` with boto3's client `s3` and the name `bucket`; returns what
+    /// they print.
+    fn boto(&self, statements: &str) -> String {
         let script = format!(
             "import boto3, sys\n\
              s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], \
@@ -85,6 +94,7 @@ impl S3Server {
             "{statements}: {}",
             describe(&output)
         );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     /// The variables that point an AWS client at this server.

@@ -1,0 +1,282 @@
+//! Reading a store's error answers: which ones no retry will cure (no such bucket, access
+//! denied, refused or missing credentials, a request the store rejects), what the operator
+//! should do about each, and a one-line account of any error instead of the raw XML body.
+
+use std::fmt;
+
+use super::Location;
+
+/// A store's answer that waiting will not change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bucket or container does not exist.
+    NoSuchBucket,
+    /// The credentials are valid but may not do this.
+    AccessDenied,
+    /// The store does not accept the credentials (unknown key, bad signature, expired token).
+    BadCredentials,
+    /// No credentials were found anywhere walhalla looks.
+    NoCredentials,
+    /// The store rejected the request for another reason (a wrong region, an invalid name).
+    Rejected,
+}
+
+/// Marks the error of a credential provider that found no credentials, so that it reads as
+/// [`Refusal::NoCredentials`] wherever it surfaces.
+#[derive(Debug, thiserror::Error)]
+#[error("no credentials found: {0}")]
+pub struct NoCredentials(pub String);
+
+/// An error answer's parts: the HTTP status and, when the body is an S3/GCS/Azure XML error
+/// document, its `Code` and `Message`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Answer {
+    status: Option<u16>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl Answer {
+    fn of(text: &str) -> Answer {
+        let status = text
+            .split_once("status code: ")
+            .and_then(|(_, rest)| rest.get(..3))
+            .and_then(|digits| digits.parse().ok());
+        Answer {
+            status,
+            code: element(text, "Code"),
+            message: element(text, "Message"),
+        }
+    }
+}
+
+/// The text of the first `<name>…</name>` in `text`.
+fn element(text: &str, name: &str) -> Option<String> {
+    let (_, rest) = text.split_once(&format!("<{name}>"))?;
+    let (inner, _) = rest.split_once(&format!("</{name}>"))?;
+    Some(inner.trim().to_string())
+}
+
+impl Refusal {
+    /// The refusal `error` carries, or `None` when it is a miss, a conflict, or something
+    /// retrying may cure (a network failure, a server error, throttling).
+    pub fn of(error: &object_store::Error) -> Option<Refusal> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if e.is::<NoCredentials>() {
+                return Some(Refusal::NoCredentials);
+            }
+            cause = e.source();
+        }
+        let answer = Answer::of(&error.to_string());
+        let by_code = match answer.code.as_deref() {
+            Some("NoSuchBucket" | "ContainerNotFound") => Some(Refusal::NoSuchBucket),
+            Some(
+                "AccessDenied"
+                | "AllAccessDisabled"
+                | "AccountIsDisabled"
+                | "AuthorizationFailure"
+                | "AuthorizationPermissionMismatch",
+            ) => Some(Refusal::AccessDenied),
+            Some(
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidToken"
+                | "TokenRefreshRequired"
+                | "AuthenticationFailed"
+                | "InvalidSecurity",
+            ) => Some(Refusal::BadCredentials),
+            _ => None,
+        };
+        if by_code.is_some() {
+            return by_code;
+        }
+        match error {
+            object_store::Error::PermissionDenied { .. } => Some(Refusal::AccessDenied),
+            object_store::Error::Unauthenticated { .. } => Some(Refusal::BadCredentials),
+            object_store::Error::Generic { .. } => match answer.status {
+                // Timeouts, conflicts between concurrent requests and throttling pass.
+                Some(400..=499) if !matches!(answer.status, Some(408 | 409 | 429)) => {
+                    Some(Refusal::Rejected)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// What the operator should do, for an archive at `location`.
+    fn hint(&self, location: &Location) -> String {
+        let (bucket, _) = location.bucket().unwrap_or(("", ""));
+        let credentials = match location {
+            Location::Gcs { .. } => "GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT)",
+            Location::Azure { .. } => {
+                "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY (or a SAS token, or AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/AZURE_TENANT_ID)"
+            }
+            _ => {
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, or run with a web identity, ECS or instance role"
+            }
+        };
+        match self {
+            Refusal::NoSuchBucket => {
+                let kind = match location {
+                    Location::Azure { .. } => "container",
+                    _ => "bucket",
+                };
+                format!("create {kind} {bucket:?} or correct --archive (and the endpoint or region)")
+            }
+            Refusal::AccessDenied => match location {
+                Location::S3 { .. } => "the credentials need s3:GetObject, s3:PutObject and s3:ListBucket on the bucket".into(),
+                _ => "the credentials need permission to read, write and list the bucket".into(),
+            },
+            Refusal::BadCredentials | Refusal::NoCredentials => format!("set {credentials}"),
+            Refusal::Rejected => "check --archive, the endpoint and the region".into(),
+        }
+    }
+
+    /// One line: what the store said, and what to do.
+    pub fn describe(&self, location: &Location, error: &object_store::Error) -> String {
+        let what = match self {
+            Refusal::NoSuchBucket => "no such bucket",
+            Refusal::AccessDenied => "access denied",
+            Refusal::BadCredentials => "the store refused the credentials",
+            Refusal::NoCredentials => "no credentials found",
+            Refusal::Rejected => "the store rejected the request",
+        };
+        let mut said = Brief(error).to_string();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if let Some(NoCredentials(why)) = e.downcast_ref() {
+                said = why.clone();
+            }
+            cause = e.source();
+        }
+        format!("{what} ({said}); {}", self.hint(location))
+    }
+}
+
+/// An error in one line: an XML error body becomes its status, code and message; line
+/// breaks go.
+pub struct Brief<'a>(pub &'a object_store::Error);
+
+impl fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.to_string();
+        let answer = Answer::of(&text);
+        if answer.code.is_some() || answer.message.is_some() {
+            let head = text.split(" - Server returned").next().unwrap_or(&text);
+            let head = head.split(": Error performing").next().unwrap_or(head);
+            let mut parts = vec![head.trim().to_string()];
+            parts.extend(answer.status.map(|s| s.to_string()));
+            parts.extend(answer.code);
+            parts.extend(answer.message);
+            return write!(f, "{}", one_line(&parts.join(": ")));
+        }
+        write!(f, "{}", one_line(&text))
+    }
+}
+
+/// `text` with every run of white space, line breaks included, as one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What object_store makes of an S3 error answer to a listing.
+    fn answer(status: &str, code: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: format!(
+                "Error performing list request: Error performing GET http://127.0.0.1:9/b?list-type=2 in 7ms - \
+                 Server returned non-2xx status code: {status}: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+                 <Error><Code>{code}</Code><Message>It says why.\nRequestId:1</Message><RequestId>X</RequestId></Error>"
+            )
+            .into(),
+        }
+    }
+
+    #[test]
+    fn permanent_answers_are_refusals() {
+        let cases = [
+            ("404 Not Found", "NoSuchBucket", Some(Refusal::NoSuchBucket)),
+            (
+                "404 Not Found",
+                "ContainerNotFound",
+                Some(Refusal::NoSuchBucket),
+            ),
+            ("403 Forbidden", "AccessDenied", Some(Refusal::AccessDenied)),
+            (
+                "403 Forbidden",
+                "InvalidAccessKeyId",
+                Some(Refusal::BadCredentials),
+            ),
+            (
+                "403 Forbidden",
+                "SignatureDoesNotMatch",
+                Some(Refusal::BadCredentials),
+            ),
+            (
+                "400 Bad Request",
+                "AuthorizationHeaderMalformed",
+                Some(Refusal::Rejected),
+            ),
+            ("500 Internal Server Error", "InternalError", None),
+            ("503 Service Unavailable", "SlowDown", None),
+            ("429 Too Many Requests", "TooManyRequests", None),
+            ("408 Request Timeout", "RequestTimeout", None),
+        ];
+        for (status, code, expected) in cases {
+            assert_eq!(
+                Refusal::of(&answer(status, code)),
+                expected,
+                "{status} {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_bucket_on_a_read_is_a_refusal_not_a_miss() {
+        let on_get = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "Server returned non-2xx status code: 404 Not Found: <Error><Code>NoSuchBucket</Code></Error>".into(),
+        };
+        assert_eq!(Refusal::of(&on_get), Some(Refusal::NoSuchBucket));
+        let missing_object = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "Server returned non-2xx status code: 404 Not Found: <Error><Code>NoSuchKey</Code></Error>".into(),
+        };
+        assert_eq!(Refusal::of(&missing_object), None);
+    }
+
+    #[test]
+    fn missing_credentials_are_found_under_any_wrapping() {
+        let error = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(NoCredentials("nothing in the environment".into())),
+        };
+        assert_eq!(Refusal::of(&error), Some(Refusal::NoCredentials));
+        let network = object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        assert_eq!(Refusal::of(&network), None);
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_with_what_to_do() {
+        let location: Location = "s3://gone/prefix".parse().unwrap();
+        let error = answer("404 Not Found", "NoSuchBucket");
+        let line = Refusal::of(&error).unwrap().describe(&location, &error);
+        assert!(!line.contains('\n') && !line.contains("<?xml"), "{line}");
+        assert!(
+            line.contains("NoSuchBucket")
+                && line.contains("create bucket \"gone\"")
+                && line.contains("why. RequestId"),
+            "{line}"
+        );
+    }
+}
