@@ -8,7 +8,10 @@
 //! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
 //! `receiver` (a backup that streams its own WAL). The archive's tools sit on top: `list` →
 //! `coverage` (pure) → `restore::plan`; `verify`, `prune`, `survey` → `list`; `prune` →
-//! `retention` (pure) → `restore::plan`. `cli` sees `restore::settings`' value types.
+//! `retention` (pure) → `restore::plan`; `check` → `archive`, `protocol`. `cli` sees
+//! `restore::settings`' value types; `settings` → `cli` (the definitions it gives variables
+//! and config-file keys); `protocol`, `server` → `pem`; `protocol`, `server`, `receiver` →
+//! `osuser`.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
