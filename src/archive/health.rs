@@ -44,6 +44,9 @@ struct State {
     /// Counts failures: an attempt that began before the latest failure proves nothing by
     /// succeeding (it may have been answered before the outage began).
     failures: u64,
+    /// Counts recoveries: an attempt that began before the latest recovery proves nothing by
+    /// failing (an operation that gave up at its deadline after the archive came back).
+    recoveries: u64,
     /// While failing: since when (for the record, and to say how long it lasted).
     failing_since: Option<(SystemTime, Instant)>,
     permanent: bool,
@@ -51,9 +54,13 @@ struct State {
     last_success: Option<SystemTime>,
 }
 
-/// The mark an attempt takes when it begins, to report its success with.
+/// The mark an attempt takes when it begins, to report its outcome with: the failures and
+/// recoveries counted by then.
 #[derive(Clone, Copy, Debug)]
-pub struct Attempt(u64);
+pub struct Attempt {
+    failures: u64,
+    recoveries: u64,
+}
 
 impl Health {
     fn state(&self, direction: Direction) -> std::sync::MutexGuard<'_, State> {
@@ -68,12 +75,24 @@ impl Health {
 
     /// An attempt begins.
     pub fn begin(&self, direction: Direction) -> Attempt {
-        Attempt(self.state(direction).failures)
+        let state = self.state(direction);
+        Attempt {
+            failures: state.failures,
+            recoveries: state.recoveries,
+        }
     }
 
-    /// An attempt failed with `error`; `permanent` when waiting will not cure it.
-    pub fn failed(&self, direction: Direction, error: &str, permanent: bool) {
+    /// The attempt marked `attempt` failed with `error`; `permanent` when waiting will not
+    /// cure it. Ignored when the archive recovered after the attempt began.
+    pub fn failed(&self, direction: Direction, attempt: Attempt, error: &str, permanent: bool) {
         let mut state = self.state(direction);
+        if attempt.recoveries != state.recoveries {
+            tracing::debug!(
+                "archive {} failure of an attempt older than the recovery: {error}",
+                direction.label()
+            );
+            return;
+        }
         let now = SystemTime::now();
         state.failures += 1;
         state.last_error = Some((error.to_string(), now));
@@ -104,7 +123,7 @@ impl Health {
     /// is an answer).
     pub fn succeeded(&self, direction: Direction, attempt: Attempt) {
         let mut state = self.state(direction);
-        if attempt.0 != state.failures {
+        if attempt.failures != state.failures {
             return;
         }
         state.last_success = Some(SystemTime::now());
@@ -118,6 +137,7 @@ impl Health {
                 down.as_secs_f64()
             );
             state.permanent = false;
+            state.recoveries += 1;
         }
     }
 
@@ -173,10 +193,10 @@ mod tests {
         assert!(!health.report(Direction::Write).failing);
 
         let early = health.begin(Direction::Write);
-        health.failed(Direction::Write, "connection refused", false);
+        health.failed(Direction::Write, early, "connection refused", false);
         let first = health.report(Direction::Write);
         assert!(first.failing && !first.permanent, "{first:?}");
-        health.failed(Direction::Write, "connection reset", false);
+        health.failed(Direction::Write, early, "connection reset", false);
         let second = health.report(Direction::Write);
         assert_eq!(second.failing_since, first.failing_since);
         assert_eq!(second.last_error.as_deref(), Some("connection reset"));
@@ -187,7 +207,7 @@ mod tests {
         // Reads are apart.
         assert!(!health.report(Direction::Read).failing);
 
-        health.failed(Direction::Write, "access denied", true);
+        health.failed(Direction::Write, early, "access denied", true);
         assert!(health.report(Direction::Write).permanent);
 
         let later = health.begin(Direction::Write);
@@ -197,5 +217,12 @@ mod tests {
         assert_eq!(after.failing_since, None);
         assert_eq!(after.last_error.as_deref(), Some("access denied"));
         assert!(after.last_success_at >= after.last_error_at, "{after:?}");
+
+        // An operation begun during the outage that gives up after the recovery is stale.
+        health.failed(Direction::Write, early, "no answer within 5s", false);
+        assert!(!health.report(Direction::Write).failing);
+        let fresh = health.begin(Direction::Write);
+        health.failed(Direction::Write, fresh, "connection refused", false);
+        assert!(health.report(Direction::Write).failing);
     }
 }

@@ -200,7 +200,8 @@ impl Archive {
             |error, pause| {
                 failures += 1;
                 // Logged once when failing starts (by `health`), each retry at debug level.
-                health.failed(direction, &format!("{what}: {}", Brief(error)), false);
+                let began = *attempt_began.lock().unwrap_or_else(|p| p.into_inner());
+                health.failed(direction, began, &format!("{what}: {}", Brief(error)), false);
                 tracing::debug!(error = %Brief(error), retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
             },
         )
@@ -214,11 +215,13 @@ impl Archive {
             Err(GaveUp::Error(_)) if self.deadline.is_some() => {}
             Err(GaveUp::Error(error)) => health.failed(
                 direction,
+                began,
                 &format!("{what}: {}", Brief(error)),
                 !error.is_transient() || Refusal::of(error).is_some(),
             ),
             Err(GaveUp::Deadline(_)) => health.failed(
                 direction,
+                began,
                 &format!("{what}: no answer within {allowed}s"),
                 false,
             ),
