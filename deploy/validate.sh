@@ -6,7 +6,8 @@
 #                         of the npm package @kubernetes-models/prometheus-operator
 #   walhalla.toml         `walhalla config` reading it (an unknown key or a bad value exits 255),
 #                         also the walhalla.toml a ConfigMap holds
-#   WALHALLA_* variables  each named in deploy/ is a setting `walhalla config` knows
+#   WALHALLA_* variables  each named in deploy/ (and docs/deploy-*.md, docs/migrating.md) is a
+#                         setting walhalla knows
 #   systemd units         systemd-analyze verify, and each ExecStart's walhalla arguments parsed
 #   Grafana dashboards    JSON, and every walhalla_* metric they query is one the server exports
 #   Compose files         the Compose specification's schema (check-jsonschema's vendored copy)
@@ -223,7 +224,9 @@ done
     walhalla_clean "$walhalla" "$cmd" --help || true   # `help --help` is a usage error
   done
 } >"$tmp/known" 2>&1
-mapfile -t configs < <(printf '%s\n' "${files[@]}" | grep -v '^deploy/validate.sh$')
+# deploy/ and the guides to it.
+mapfile -t configs < <(printf '%s\n' "${files[@]}" docs/deploy-*.md docs/migrating.md |
+  grep -v '^deploy/validate.sh$' | while read -r f; do [ -f "$f" ] && echo "$f"; done)
 grep -ohE '\bWALHALLA_[A-Z0-9_]+' "${configs[@]}" | sort -u >"$tmp/variables" || true
 while read -r var; do
   [ -n "$var" ] || continue
