@@ -12,6 +12,7 @@
 #   Grafana dashboards    JSON, and every walhalla_* metric they query is one the server exports
 #   Compose files         the Compose specification's schema (check-jsonschema's vendored copy)
 #   other YAML            parsed
+#   shell scripts         sh -n or bash -n, shellcheck (errors; all findings for this script)
 # Installs what a fresh Debian machine lacks (as root: apt-get; pip and npm packages at pinned
 # versions into a cache: /var/cache/walhalla/deploy-tools as root, else
 # ~/.cache/walhalla/deploy-tools). Builds walhalla (debug) unless WALHALLA_BIN names one.
@@ -72,6 +73,7 @@ if [ ! -f "$npm_root/.complete" ]; then
 fi
 
 command -v systemd-analyze >/dev/null || apt_install systemd
+command -v shellcheck >/dev/null || apt_install shellcheck
 
 if [ -n "${WALHALLA_BIN:-}" ]; then
   walhalla=$WALHALLA_BIN
@@ -115,20 +117,24 @@ done
 # classify.py sorts each YAML file's documents: Kubernetes kinds (built-in or custom), Compose,
 # or plain YAML; it writes custom resources as JSON and ConfigMaps' walhalla.toml beside.
 cat >"$tmp/classify.py" <<'EOF'
-import json, os, sys, yaml
+import json, os, re, sys, yaml
 out = sys.argv[1]
 for n, path in enumerate(sys.argv[2:]):
+    text = open(path).read()
+    # A template's {{NAME}} placeholders (filled in when installed) read as a plain value.
+    placeholder = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+    template = bool(placeholder.search(text))
     try:
-        docs = [d for d in yaml.safe_load_all(open(path)) if d is not None]
+        docs = [d for d in yaml.safe_load_all(placeholder.sub("TEMPLATE-VALUE", text)) if d is not None]
     except yaml.YAMLError as e:
-        print(f"invalid\t{path}\t{str(e).splitlines()[0]}")
+        print(f"invalid\t{path}\t{' '.join(str(e).split())}")
         continue
     if path.startswith("deploy/compose/"):
         print(f"compose\t{path}\t")
         continue
     kube = [d for d in docs if isinstance(d, dict) and "apiVersion" in d and "kind" in d]
     if not kube:
-        print(f"yaml\t{path}\t")
+        print(f"yaml\t{path}\t{' (a template: placeholders filled)' if template else ''}")
         continue
     if len(kube) != len(docs):
         print(f"invalid\t{path}\ta document without apiVersion and kind among Kubernetes ones")
@@ -171,7 +177,7 @@ if [ ${#yamls[@]} -gt 0 ]; then
   while IFS=$'\t' read -r kind path a b c d; do
     case $kind in
       invalid) fail "$path: YAML: $a" ;;
-      yaml) pass "$path: YAML parses" ;;
+      yaml) pass "$path: YAML parses$a" ;;
       kubernetes)
         rc=0; out=$(python3 "$py/bin/kubernetes-validate" --strict --quiet "$path" 2>&1) || rc=$?
         # Custom resources have no schema there: those of prometheus-operator are checked below.
@@ -241,7 +247,7 @@ for f in "${files[@]}"; do
   # systemd-analyze checks that ExecStart's program exists: the binary just built stands in
   # for /usr/local/bin/walhalla.
   sed "s#/usr/local/bin/walhalla#$walhalla#g" "$f" >"$unit"
-  if out=$(systemd-analyze verify --man=no "$unit" 2>&1) && ! grep -F "$(basename "$f")" <<<"$out"; then
+  if out=$(systemd-analyze verify --man=no "$unit" 2>&1) && ! grep -qF "$(basename "$f")" <<<"$out"; then
     pass "$f: systemd-analyze verify"
   else
     fail "$f: systemd-analyze verify"; echo "$out"
@@ -291,10 +297,21 @@ done
 for f in "${files[@]}"; do
   case $f in
     *Dockerfile* | *.yaml | *.yml | *.toml | *.service | *.timer | *.socket | *.path | *.json) ;;
-    deploy/validate.sh) if bash -n "$f"; then pass "$f: bash -n"; else fail "$f: bash -n"; fi ;;
+    deploy/validate.sh)
+      if shellcheck "$f"; then pass "$f: shellcheck"; else fail "$f: shellcheck"; fi ;;
     *.env) if grep -vE '^(#.*|[A-Za-z_][A-Za-z0-9_]*=.*|)$' "$f"; then fail "$f: not KEY=value lines"; else pass "$f: KEY=value lines"; fi ;;
-    deploy/patroni/* | deploy/compose/*) echo "skip $f: no validator for this kind of file" ;;
-    *) fail "$f: no validator for this file" ;;
+    *)
+      # A shell script: its syntax, and shellcheck's errors.
+      if head -n1 "$f" | grep -qE '^#!.*[/ ](ba|da|)sh\b'; then
+        shell="sh"; head -n1 "$f" | grep -q bash && shell="bash"
+        if "$shell" -n "$f" && shellcheck --severity=error "$f"; then
+          pass "$f: $shell -n, shellcheck"
+        else
+          fail "$f: $shell -n, shellcheck"
+        fi
+      else
+        fail "$f: no validator for this file"
+      fi ;;
   esac
 done
 
