@@ -266,7 +266,18 @@ done
 # --- Grafana dashboards: every metric queried is exported -----------------------------------
 for f in "${files[@]}"; do
   case $f in deploy/grafana/*.json) ;; *) continue ;; esac
-  if ! python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["panels"] and d["title"] and d["uid"]' "$f" 2>"$tmp/err"; then
+  if ! python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["title"] and d["uid"] and d["panels"], "a dashboard has a title, a uid and panels"
+ids = [p["id"] for p in d["panels"]]
+assert len(ids) == len(set(ids)), "panel ids are unique"
+for p in d["panels"]:
+    g = p["gridPos"]
+    assert 0 <= g["x"] and g["x"] + g["w"] <= 24, "panel %s fits the 24 columns" % p["id"]
+    for t in p.get("targets", []):
+        assert t.get("expr"), "panel %s: every query has an expression" % p["id"]
+' "$f" 2>"$tmp/err"; then
     fail "$f: not a dashboard: $(tail -n1 "$tmp/err")"; continue
   fi
   pass "$f: JSON dashboard"
