@@ -45,6 +45,12 @@ fn pair_with_receiver(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, PgClu
         primary.port, standby.port
     );
     let receiver = Receiver::on_slot(wh, archive, &hosts, &[]);
+    // Its slot must exist before the test writes: it starts where the slot was created.
+    wait_for("the receiver to stream", Duration::from_secs(60), || {
+        let streaming = primary
+            .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'");
+        (streaming == "1").then_some(())
+    });
     (primary, standby, receiver)
 }
 
@@ -53,11 +59,6 @@ fn follows_a_failover_to_the_promoted_standby() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive);
-    wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let streaming = primary
-            .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (streaming == "1").then_some(())
-    });
     // Taken once the receiver streams, so all the WAL it needs reaches the archive.
     let mut backup = PgCluster::from_backup(&primary, "restored", "none");
     primary.write_rows(1000);
