@@ -9,6 +9,7 @@ mod fetch;
 mod foreign_names;
 mod harness;
 mod logs;
+mod patroni;
 mod permissions;
 mod promises;
 mod prune;

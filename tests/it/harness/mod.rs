@@ -6,6 +6,7 @@ mod archive;
 mod azurite;
 pub mod http;
 mod pg;
+pub mod patroni;
 mod pki;
 mod proxy;
 mod receiver;
