@@ -21,4 +21,5 @@ mod server_auth;
 mod status;
 mod store;
 mod timelines;
+mod topology;
 mod verify;
