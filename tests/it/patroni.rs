@@ -88,7 +88,8 @@ fn write_and_archive(node: &PatroniNode, rows: u32) {
         &format!("{segment} archived by archive_command"),
         Duration::from_secs(120),
         || {
-            let last = node.try_sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")?;
+            let last =
+                node.try_sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")?;
             (last.len() >= 24 && last[..24] >= segment[..]).then_some(())
         },
     );
@@ -223,7 +224,12 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
     nodes[2].start();
     wait_streaming(&nodes, 0, &[1, 2]);
     for node in &nodes[1..] {
-        assert_eq!(built_from_archive(node), 1, "{} was not built from the archive", node.name);
+        assert_eq!(
+            built_from_archive(node),
+            1,
+            "{} was not built from the archive",
+            node.name
+        );
     }
     eprintln!("three nodes streaming after {:?}", started.elapsed());
 
@@ -252,7 +258,11 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
     let replica = if new_leader == 0 { 2 } else { 0 };
     wait_streaming(&nodes, new_leader, &[replica]);
     write_and_archive(&nodes[new_leader], 500);
-    eprintln!("failover to {} done after {:?}", nodes[new_leader].name, started.elapsed());
+    eprintln!(
+        "failover to {} done after {:?}",
+        nodes[new_leader].name,
+        started.elapsed()
+    );
 
     // The archive is contiguous across both switches, with each history file.
     let verify = walhalla(&wh, &config, &["verify"]);
@@ -260,14 +270,20 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
     let list = walhalla(&wh, &config, &["list", "--json"]);
     assert_eq!(list.status.code(), Some(0), "{}", describe(&list));
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let timelines = list["clusters"][0]["timelines"].as_array().expect("timelines");
+    let timelines = list["clusters"][0]["timelines"]
+        .as_array()
+        .expect("timelines");
     let numbers: Vec<u64> = timelines
         .iter()
         .map(|t| t["timeline"].as_u64().unwrap())
         .collect();
     assert_eq!(numbers, [1, 2, 3], "{list:#}");
     for timeline in timelines {
-        assert_eq!(timeline["gaps"].as_array().unwrap().len(), 0, "{timeline:#}");
+        assert_eq!(
+            timeline["gaps"].as_array().unwrap().len(),
+            0,
+            "{timeline:#}"
+        );
         if timeline["timeline"] != 1 {
             // Its parent comes from its history file.
             assert!(timeline["parent"].is_array(), "{timeline:#}");
@@ -285,9 +301,11 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
     let built = built_from_archive(&nodes[replica]);
     let reinit = nodes[new_leader].patronictl(&["reinit", SCOPE, &nodes[replica].name, "--force"]);
     assert!(reinit.status.success(), "{}", describe(&reinit));
-    wait_for("the reinitialised replica to be built", Duration::from_secs(180), || {
-        (built_from_archive(&nodes[replica]) > built).then_some(())
-    });
+    wait_for(
+        "the reinitialised replica to be built",
+        Duration::from_secs(180),
+        || (built_from_archive(&nodes[replica]) > built).then_some(()),
+    );
     // The dead host comes back and rejoins as a replica.
     nodes[1].start();
     wait_streaming(&nodes, new_leader, &[replica, 1]);
@@ -300,14 +318,22 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
     let expected = nodes[new_leader].sql(fingerprint);
     assert!(expected.starts_with("2100:"), "{expected}");
     for node in &nodes {
-        wait_for(&format!("{} to replay", node.name), Duration::from_secs(60), || {
-            let query = format!(
-                "SELECT pg_is_in_recovery() = false OR pg_last_wal_replay_lsn() >= '{lsn}'"
-            );
-            (node.try_sql(&query)? == "t").then_some(())
-        });
+        wait_for(
+            &format!("{} to replay", node.name),
+            Duration::from_secs(60),
+            || {
+                let query = format!(
+                    "SELECT pg_is_in_recovery() = false OR pg_last_wal_replay_lsn() >= '{lsn}'"
+                );
+                (node.try_sql(&query)? == "t").then_some(())
+            },
+        );
         assert_eq!(node.sql(fingerprint), expected, "{}", node.name);
     }
-    assert!(receiver.wait(Duration::ZERO).is_none(), "the receiver exited:\n{}", receiver.log());
+    assert!(
+        receiver.wait(Duration::ZERO).is_none(),
+        "the receiver exited:\n{}",
+        receiver.log()
+    );
     eprintln!("done after {:?}", started.elapsed());
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use crate::harness::patroni::replace_setting;
 use crate::harness::{
-    Backend, PgCluster, Receiver, TEST_TOKEN, TestArchive, TestDir, Walhalla, as_pg_user,
-    describe, free_port, wait_for,
+    Backend, PgCluster, Receiver, TEST_TOKEN, TestArchive, TestDir, Walhalla, as_pg_user, describe,
+    free_port, wait_for,
 };
 
 fn compose_file(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/compose")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -21,7 +23,11 @@ fn compose_file(name: &str) -> String {
 fn secret(dir: &TestDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, format!("{text}\n")).unwrap();
-    std::process::Command::new("chown").arg("postgres:").arg(&path).status().unwrap();
+    std::process::Command::new("chown")
+        .arg("postgres:")
+        .arg(&path)
+        .status()
+        .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
@@ -105,7 +111,9 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     let config = replace_setting(
         &config,
         "/run/secrets/walhalla-password",
-        &secret(&dir, "password", "unused-with-trust").display().to_string(),
+        &secret(&dir, "password", "unused-with-trust")
+            .display()
+            .to_string(),
     );
     // The replicas' ports are chosen when they are made: the receiver starts with the
     // primary's, and is restarted with all three before the failover.
@@ -122,10 +130,18 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
         );
         let path = dir.path().join(format!("walhalla-{}.toml", hosts.len()));
         std::fs::write(&path, text).unwrap();
-        std::process::Command::new("chown").arg("postgres:").arg(&path).status().unwrap();
+        std::process::Command::new("chown")
+            .arg("postgres:")
+            .arg(&path)
+            .status()
+            .unwrap();
         path
     };
-    let mut receiver = Receiver::from_config(&wh, &receiver_config(&[primary.port]), dir.path().join("spool"));
+    let mut receiver = Receiver::from_config(
+        &wh,
+        &receiver_config(&[primary.port]),
+        dir.path().join("spool"),
+    );
     wait_for("walhalla in the quorum", Duration::from_secs(60), || {
         (sync_states(&primary) == "walhalla:quorum").then_some(())
     });
@@ -139,7 +155,14 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     // A base backup in the archive, as `docker compose run --rm backup` takes.
     let backup = as_pg_user(wh.path())
         .current_dir("/")
-        .args(["--archive", archive.url(), "backup", "-d", &primary.conninfo(), "--fast"])
+        .args([
+            "--archive",
+            archive.url(),
+            "backup",
+            "-d",
+            &primary.conninfo(),
+            "--fast",
+        ])
         .output()
         .unwrap();
     assert_eq!(backup.status.code(), Some(0), "{}", describe(&backup));
@@ -201,14 +224,22 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     replica3.set_env(vec![("WALHALLA_TOKEN_FILE".into(), token.clone())]);
     replica3.start();
     let lsn = replica1.sql("SELECT pg_current_wal_lsn()");
-    wait_for("replica3 to replay the archive", Duration::from_secs(120), || {
-        (replica3.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? == "t")
-            .then_some(())
-    });
+    wait_for(
+        "replica3 to replay the archive",
+        Duration::from_secs(120),
+        || {
+            (replica3.try_sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? == "t")
+                .then_some(())
+        },
+    );
     let expected = replica1.table_fingerprint();
     assert!(expected.starts_with("2000:"), "{expected}");
     replica2.wait_replayed(&replica1);
     assert_eq!(replica2.table_fingerprint(), expected);
     assert_eq!(replica3.table_fingerprint(), expected);
-    assert!(receiver.wait(Duration::ZERO).is_none(), "the receiver exited:\n{}", receiver.log());
+    assert!(
+        receiver.wait(Duration::ZERO).is_none(),
+        "the receiver exited:\n{}",
+        receiver.log()
+    );
 }

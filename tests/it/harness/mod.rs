@@ -5,8 +5,8 @@
 mod archive;
 mod azurite;
 pub mod http;
-mod pg;
 pub mod patroni;
+mod pg;
 mod pki;
 mod proxy;
 mod receiver;

@@ -41,7 +41,13 @@ pub fn patroni_bin_dir(dir: &Path) -> Result<PathBuf, String> {
             .to_string()
     };
     let want = major(&server.join("postgres"));
-    for tool in ["pg_controldata", "pg_rewind", "pg_basebackup", "pg_isready", "psql"] {
+    for tool in [
+        "pg_controldata",
+        "pg_rewind",
+        "pg_basebackup",
+        "pg_isready",
+        "psql",
+    ] {
         let have = major(&client.join(tool));
         if have != want {
             return Err(format!(
@@ -136,7 +142,10 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("walhalla-test={peer_url}")])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", free_port())]);
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", free_port()),
+            ]);
         let daemon = Daemon::spawn(command, dir.path().join("etcd.log"), dir.path());
         let etcd = Etcd {
             daemon,
@@ -154,7 +163,10 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- last lines of the etcd log ---\n{}", super::tail(&self.daemon.log()));
+            eprintln!(
+                "--- last lines of the etcd log ---\n{}",
+                super::tail(&self.daemon.log())
+            );
         }
         self.daemon.kill9();
     }
@@ -289,7 +301,11 @@ impl PatroniNode {
     /// Runs `patronictl -c CONFIG ARGS` as the PostgreSQL user.
     pub fn patronictl(&self, args: &[&str]) -> Output {
         let mut command = super::as_pg_user(patroni_dir().join("bin/patronictl"));
-        command.arg("-c").arg(&self.config).args(args).env("HOME", self.dir.path());
+        command
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("HOME", self.dir.path());
         command.output().expect("run patronictl")
     }
 }
