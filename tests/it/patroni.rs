@@ -105,6 +105,17 @@ fn write_and_archive(node: &PatroniNode, rows: u32) {
     );
 }
 
+/// Gives `path` to the PostgreSQL user, readable by it alone.
+fn chown_to_pg(path: &Path) {
+    let chown = std::process::Command::new("chown")
+        .arg("postgres:")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// Runs walhalla as the PostgreSQL user with the nodes' settings file.
 fn walhalla(wh: &Walhalla, config: &Path, args: &[&str]) -> std::process::Output {
     as_pg_user(wh.path())
@@ -151,7 +162,7 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
             &template,
             &[
                 ("ARCHIVE", archive.url().to_string()),
-                ("PG_HOSTS", vec!["127.0.0.1"; 3].join(",")),
+                ("PG_HOSTS", ["127.0.0.1"; 3].join(",")),
                 ("PG_PORTS", port_list.join(",")),
                 (
                     "REPLICATION_PASSWORD_FILE",
@@ -161,15 +172,8 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
         ),
     )
     .unwrap();
-    for file in [&password_file, &config] {
-        std::process::Command::new("chown")
-            .arg("postgres:")
-            .arg(file)
-            .status()
-            .unwrap();
-        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-    }
+    chown_to_pg(&password_file);
+    chown_to_pg(&config);
 
     // deploy/patroni/patroni.yml, with quicker failure detection and 1 MiB segments.
     let template = std::fs::read_to_string(deploy_dir().join("patroni.yml")).unwrap();
@@ -335,5 +339,95 @@ fn patroni_switchover_and_failover_keep_the_archive_whole() {
         "the receiver exited:\n{}",
         receiver.log()
     );
+
+    // A point-in-time clone: a new cluster bootstrapped with walhalla_clone from this
+    // cluster's archive, at a time between two commits; it archives into an archive of its own.
+    std::thread::sleep(Duration::from_millis(1100));
+    let target_time = nodes[new_leader].sql("SELECT now()");
+    std::thread::sleep(Duration::from_millis(1100));
+    write_and_archive(&nodes[new_leader], 100);
+    let clone_archive = TestArchive::new(Backend::Local);
+    let clone_config = dir.path().join("clone-walhalla.toml");
+    let clone_port = free_port();
+    let walhalla_template = std::fs::read_to_string(deploy_dir().join("walhalla.toml")).unwrap();
+    std::fs::write(
+        &clone_config,
+        fill_template(
+            &walhalla_template,
+            &[
+                ("ARCHIVE", clone_archive.url().to_string()),
+                ("PG_HOSTS", "127.0.0.1".to_string()),
+                ("PG_PORTS", clone_port.to_string()),
+                (
+                    "REPLICATION_PASSWORD_FILE",
+                    password_file.display().to_string(),
+                ),
+            ],
+        ),
+    )
+    .unwrap();
+    chown_to_pg(&clone_config);
+    // The bootstrap method, uncommented, with this target.
+    let mut in_method = false;
+    let clone_template: String = template
+        .lines()
+        .map(|line| {
+            if line == "  # method: walhalla_clone" {
+                in_method = true;
+            }
+            let line = if in_method {
+                line.replacen("  # ", "  ", 1)
+            } else {
+                line.to_string()
+            };
+            if line.contains("keep_existing_recovery_conf") {
+                in_method = false;
+            }
+            if line.contains("target-time:") {
+                format!("    target-time: \"{target_time}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(
+        clone_template.contains("\n  method: walhalla_clone\n"),
+        "{clone_template}"
+    );
+    let clone_shared: Vec<(&str, String)> = shared
+        .iter()
+        .cloned()
+        .map(|(name, value)| match name {
+            "SCOPE" => (name, "walhalla-clone".to_string()),
+            "WALHALLA_CONFIG" => (name, clone_config.display().to_string()),
+            _ => (name, value),
+        })
+        .chain([("SOURCE_ARCHIVE", archive.url().to_string())])
+        .collect();
+    let mut clone = PatroniNode::new("clone1", clone_port, |own| {
+        let values: Vec<(&str, String)> = clone_shared
+            .iter()
+            .cloned()
+            .chain(own.iter().cloned())
+            .collect();
+        fill_template(&clone_template, &values)
+    });
+    clone.start();
+    wait_for("the clone to lead", Duration::from_secs(180), || {
+        clone.is_primary().then_some(())
+    });
+    let at_target = expected;
+    assert_eq!(clone.sql(fingerprint), at_target);
+    assert!(nodes[new_leader].sql(fingerprint).starts_with("2200:"));
+    // It archives into its own archive, on a timeline of its own.
+    clone.sql("SELECT pg_logical_emit_message(false, 'walhalla-test', 'switch')");
+    let segment = clone.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for("the clone's archive", Duration::from_secs(60), || {
+        clone_archive
+            .keys()
+            .iter()
+            .any(|k| k.contains(&segment))
+            .then_some(())
+    });
     eprintln!("done after {:?}", started.elapsed());
 }
