@@ -33,14 +33,26 @@ fn secret(dir: &TestDir, name: &str, text: &str) -> PathBuf {
 }
 
 /// A replica of `primary` on slot `name` as replica-entrypoint.sh configures it, with its
-/// restore_command through walhalla's fetch server.
-fn replica(wh: &Walhalla, primary: &PgCluster, name: &str, server: &str) -> PgCluster {
+/// restore_command through walhalla's fetch server, and walhalla's settings file (which names
+/// the archive, for when the server does not answer) in `WALHALLA_CONFIG`, as the compose
+/// file mounts it where walhalla looks by default.
+fn replica(
+    wh: &Walhalla,
+    primary: &PgCluster,
+    name: &str,
+    server: &str,
+    config: &Path,
+) -> PgCluster {
     let mut replica = PgCluster::standby_of(primary, name);
     replica.append_conf(&format!(
         "primary_slot_name = '{name}'\nrestore_command = '{} fetch --server {server} %f %p'\n\
          recovery_target_timeline = 'latest'",
         wh.path().display()
     ));
+    replica.set_env(vec![(
+        "WALHALLA_CONFIG".into(),
+        config.display().to_string(),
+    )]);
     replica.start();
     replica
 }
@@ -137,18 +149,15 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
             .unwrap();
         path
     };
-    let mut receiver = Receiver::from_config(
-        &wh,
-        &receiver_config(&[primary.port]),
-        dir.path().join("spool"),
-    );
+    let first_config = receiver_config(&[primary.port]);
+    let mut receiver = Receiver::from_config(&wh, &first_config, dir.path().join("spool"));
     wait_for("walhalla in the quorum", Duration::from_secs(60), || {
         (sync_states(&primary) == "walhalla:quorum").then_some(())
     });
     commit(&primary, 500);
 
-    let mut replica1 = replica(&wh, &primary, "replica1", &server);
-    let replica2 = replica(&wh, &primary, "replica2", &server);
+    let mut replica1 = replica(&wh, &primary, "replica1", &server, &first_config);
+    let replica2 = replica(&wh, &primary, "replica2", &server, &first_config);
     wait_for("both replicas streaming", Duration::from_secs(60), || {
         (sync_states(&primary) == "replica1:quorum,replica2:async,walhalla:quorum").then_some(())
     });
@@ -221,7 +230,10 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     let mut replica3 = PgCluster::adopt(dir3, data3);
     replica3.append_conf("archive_mode = off");
     // The compose file gives every PostgreSQL container the token in WALHALLA_TOKEN_FILE.
-    replica3.set_env(vec![("WALHALLA_TOKEN_FILE".into(), token.clone())]);
+    replica3.set_env(vec![
+        ("WALHALLA_TOKEN_FILE".into(), token.clone()),
+        ("WALHALLA_CONFIG".into(), first_config.display().to_string()),
+    ]);
     replica3.start();
     let lsn = replica1.sql("SELECT pg_current_wal_lsn()");
     wait_for(
