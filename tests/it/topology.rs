@@ -179,10 +179,32 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     // replica1 down: walhalla alone confirms the commits.
     replica1.stop("fast");
     commit(&primary, 500);
+    // And walhalla is what confirms them: without it too, a commit waits for the quorum,
+    // until it is cancelled (and then stays local only).
+    receiver.stop();
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| primary.sql_output("CREATE TABLE probe (x int)"));
+        wait_for(
+            "a commit waiting for the quorum",
+            Duration::from_secs(30),
+            || {
+                let count = primary
+                    .sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+                (count == "1").then_some(())
+            },
+        );
+        primary.sql(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        );
+        let (_, _, stderr) = waiting.join().unwrap();
+        assert!(
+            stderr.contains("canceling wait for synchronous replication"),
+            "{stderr}"
+        );
+    });
     replica1.start();
 
-    // The receiver, now with every host that may lead (as the compose file's conninfo).
-    receiver.stop();
+    // The receiver again, now with every host that may lead (the compose file's conninfo).
     let mut receiver = Receiver::from_config(
         &wh,
         &receiver_config(&[primary.port, replica1.port, replica2.port]),
