@@ -24,4 +24,6 @@ restore_command = 'walhalla fetch --server $WALHALLA_SERVER %f %p'
 recovery_target_timeline = 'latest'
 CONF
 fi
+# The image makes $PGDATA world-writable for its own entrypoint, which this one replaces.
+chmod 0700 "$PGDATA"
 exec postgres
