@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # prepare.sh - install what the test suite needs and a fresh machine lacks: PostgreSQL server
 # binaries for each major version asked for, the zstd command, moto_server (a real
-# S3-compatible server) and Azurite (Azure Blob Storage's emulator, from npm). Installs only what is missing and says what it did; needs root for
+# S3-compatible server), Azurite (Azure Blob Storage's emulator, from npm), and Patroni (PyPI)
+# with etcd (Debian's etcd-server) for tests/it/patroni.rs. Installs only what is missing and says what it did; needs root for
 # apt-get (Debian) and system-wide pip.
 #
 # Versions: WALHALLA_PG (comma-separated majors, "all" = 13 to 18; default all). Each one ends up
@@ -27,6 +28,8 @@ declare -A NPM_VERSION=(
 )
 PYPI_TOOLS_VERSION=18.6.3
 AZURITE_VERSION=3.37.0
+PATRONI_VERSION=4.1.5
+ETCD_VERSION=3.4.23
 SUPPORTED="13 14 15 16 17 18"
 
 say() { echo "prepare.sh: $*"; }
@@ -166,3 +169,34 @@ if ! python3 -c 'import azure.storage.blob' 2>/dev/null; then
   say "installing azure-storage-blob"
   pip_install 'azure-storage-blob>=12'
 fi
+
+# Patroni (PyPI, with its etcd v3 client and psycopg 3 whose wheel carries libpq) and etcd
+# (Debian's etcd-server), for tests/it/patroni.rs. Patroni runs as the postgres user, who may
+# not enter the directory of whatever python3 is first on PATH (pyenv's under /root), so it is
+# installed for Debian's /usr/bin/python3 into its own directory beside the PostgreSQL cache,
+# with bin/patroni and bin/patronictl that anyone can run.
+if ! command -v etcd >/dev/null; then
+  say "installing etcd (Debian's etcd-server)"
+  apt_install etcd-server
+fi
+etcd --version | grep -q "etcd Version: $ETCD_VERSION" ||
+  say "warning: etcd is not $ETCD_VERSION, the version tests/it/patroni.rs was written against"
+patroni=$(dirname "$cache")/patroni
+if [ "$(cat "$patroni/stamp" 2>/dev/null)" != "$PATRONI_VERSION" ] || [ ! -x "$patroni/bin/patroni" ]; then
+  is_root || die "Patroni is missing from $patroni; run this as root to install it"
+  [ -x /usr/bin/python3 ] || apt_install python3
+  /usr/bin/python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  say "installing patroni==$PATRONI_VERSION into $patroni"
+  rm -rf "$patroni"
+  mkdir -p "$patroni/bin"
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+    --root-user-action=ignore --target "$patroni/lib" "patroni[etcd3,psycopg3]==$PATRONI_VERSION"
+  for program in patroni patronictl; do
+    printf '#!/bin/sh\nPYTHONPATH=%s/lib exec /usr/bin/python3 %s/lib/bin/%s "$@"\n' \
+      "$patroni" "$patroni" "$program" >"$patroni/bin/$program"
+    chmod 755 "$patroni/bin/$program"
+  done
+  echo "$PATRONI_VERSION" >"$patroni/stamp"
+  chmod -R a+rX "$patroni"
+fi
+"$patroni/bin/patroni" --version >/dev/null || die "$patroni does not run; remove it and try again"

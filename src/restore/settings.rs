@@ -82,11 +82,16 @@ impl Recovery {
         // PostgreSQL replaces %f, %p and %r in restore_command, and from 16 on refuses any
         // other %: a literal one is written %%.
         let part = |text: &str| shell_quote(text).replace('%', "%%");
-        let mut command = format!("{} --archive {}", part(&self.walhalla), part(&self.archive));
+        // `--server` is fetch's own option: it goes after the subcommand.
+        let mut command = format!(
+            "{} --archive {} fetch",
+            part(&self.walhalla),
+            part(&self.archive)
+        );
         if let Some(server) = &self.server {
             command.push_str(&format!(" --server {}", part(server)));
         }
-        command.push_str(" fetch %f %p");
+        command.push_str(" %f %p");
         let mut settings = vec![("restore_command", command)];
         let chosen = match &self.target {
             Target::End => None,
@@ -202,7 +207,7 @@ mod tests {
             [
                 "",
                 "# Added by walhalla restore of backup 20260101T000000Z",
-                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' --server http://127.0.0.1:7480 fetch %f %p'",
+                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' fetch --server http://127.0.0.1:7480 %f %p'",
                 "recovery_target = ''",
                 "recovery_target_lsn = ''",
                 "recovery_target_time = ''",

@@ -5,6 +5,7 @@
 mod archive;
 mod azurite;
 pub mod http;
+pub mod patroni;
 mod pg;
 mod pki;
 mod proxy;
