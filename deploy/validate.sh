@@ -318,10 +318,29 @@ for expr in walk(json.load(open(sys.argv[1]))):
 print("\n".join(sorted(names)))' "$f")
 done
 
+# --- PostgreSQL settings files: PostgreSQL reads them (a scratch cluster of the newest
+# installed major; an unknown parameter or a bad value makes it refuse to start) ------------------
+pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1)
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+for f in "${files[@]}"; do
+  case $f in *.conf) ;; *) continue ;; esac
+  if [ -z "$pg_bin" ]; then fail "$f: no PostgreSQL server binaries to read it with"; continue; fi
+  scratch=$(mktemp -d)
+  [ "$(id -u)" = 0 ] && chown postgres: "$scratch"
+  as_postgres "$pg_bin/initdb" -D "$scratch/data" -A trust -U postgres >/dev/null 2>&1
+  cat "$f" >>"$scratch/data/postgresql.conf"
+  if out=$(as_postgres "$pg_bin/postgres" -D "$scratch/data" -C synchronous_standby_names 2>&1); then
+    pass "$f: read by PostgreSQL $("$pg_bin/postgres" --version | grep -oE '[0-9]+' | head -n1)"
+  else
+    fail "$f: PostgreSQL refuses it: $out"
+  fi
+  rm -rf "$scratch"
+done
+
 # --- what none of the above covers ------------------------------------------------------------
 for f in "${files[@]}"; do
   case $f in
-    *Dockerfile* | *.yaml | *.yml | *.toml | *.service | *.timer | *.socket | *.path | *.json) ;;
+    *Dockerfile* | *.yaml | *.yml | *.toml | *.service | *.timer | *.socket | *.path | *.json | *.conf) ;;
     deploy/validate.sh)
       if shellcheck "$f"; then pass "$f: shellcheck"; else fail "$f: shellcheck"; fi ;;
     *.env) if grep -vE '^(#.*|[A-Za-z_][A-Za-z0-9_]*=.*|)$' "$f"; then fail "$f: not KEY=value lines"; else pass "$f: KEY=value lines"; fi ;;

@@ -216,7 +216,7 @@ fn compose_topology_quorum_failover_and_a_replica_from_the_archive() {
     commit(&primary, 500);
     replica1.wait_replayed(&primary);
 
-    // Failover by hand (README.md): the primary dies, replica1 is promoted, repointed.
+    // Failover by hand (docs/deploy-compose.md): the primary dies, replica1 is promoted, repointed.
     primary.stop("immediate");
     replica1.promote();
     replica1.sql("SELECT pg_create_physical_replication_slot('replica2')");
