@@ -182,6 +182,10 @@ pub enum Command {
         /// Print the JSON as the server sent it.
         #[arg(long)]
         json: bool,
+        /// Only ask /healthz, which needs no token: exit 0 when the server answers, 1
+        /// otherwise (a container's health check).
+        #[arg(long, conflicts_with = "json")]
+        healthz: bool,
     },
     /// The background readahead of `walhalla fetch`; started by it, not by hand.
     #[command(hide = true)]

@@ -218,6 +218,17 @@ impl ServerClient {
     }
 
     /// The server's `/status`.
+    /// Asks `/healthz`, which needs no token: `Ok` when the server answers `ok`.
+    pub async fn healthz(&self) -> anyhow::Result<()> {
+        let url = self.base.join("healthz").expect("a relative path joins");
+        let response = self.send(self.http.get(url.clone()), &url).await?;
+        if response.status() != StatusCode::OK {
+            return Err(Self::error_status(response).await.into());
+        }
+        Ok(())
+    }
+
+    /// Asks `/status`: the server's state as JSON.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join("status").expect("a relative path joins");
         let response = self.send(self.http.get(url.clone()), &url).await?;

@@ -150,7 +150,11 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
         Command::Check(args) => check(&config, args).await,
         Command::Prune(args) => prune(&config, args).await.map(|()| 0),
         Command::Serve(args) => serve(&config, &args.listen).await.map(|()| 0),
-        Command::Status { client, json } => status(&config, &client, json).await.map(|()| 0),
+        Command::Status {
+            client,
+            json,
+            healthz,
+        } => status(&config, &client, json, healthz).await.map(|()| 0),
         Command::Push { path } => hooks::push(&config, &path).await.map(|_| 0),
         Command::Fetch(args) => {
             let options = FetchOptions {
@@ -253,11 +257,21 @@ async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
 }
 
 /// `walhalla status`: a server's /status, for a person.
-async fn status(config: &Config, client: &ClientArgs, json: bool) -> anyhow::Result<()> {
+async fn status(
+    config: &Config,
+    client: &ClientArgs,
+    json: bool,
+    healthz: bool,
+) -> anyhow::Result<()> {
     let mut settings = client.settings();
     let default_url = format!("http://{}", walhalla::server::DEFAULT_LISTEN);
     settings.server.get_or_insert(default_url);
     let client = ServerClient::new(&settings, config.timeout)?.expect("a server is set");
+    if healthz {
+        client.healthz().await?;
+        println!("ok");
+        return Ok(());
+    }
     let status = client.status().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

@@ -101,7 +101,8 @@ const HELP: &[CommandHelp] = &[
         exit_codes: "  0    printed
   1    the server did not answer or refused",
         examples: "  walhalla status
-  walhalla status --server https://10.0.0.5:7480 --server-ca ca.pem --json",
+  walhalla status --server https://10.0.0.5:7480 --server-ca ca.pem --json
+  walhalla status --healthz        # a container's health check: no token needed",
     },
     CommandHelp {
         name: "demo",

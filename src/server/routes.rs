@@ -54,27 +54,32 @@ struct AppState {
 }
 
 /// The routes, each answered request logged, behind the bearer-token check when a token is
-/// configured.
+/// configured; but `/healthz`, which says only that the server answers (for container and
+/// Kubernetes health checks, which hold no secret).
 pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
     let state = AppState {
         shared,
         files: Arc::new(Semaphore::new(CONCURRENT_FILES)),
         archive_seen: Arc::default(),
     };
-    let router = Router::new()
+    let log = || axum::middleware::from_fn(auth::log_request);
+    let guarded = Router::new()
         .route("/wal/{name}", get(wal))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
-        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
-        .layer(axum::middleware::from_fn(auth::log_request));
-    match token {
-        Some(token) => router.layer(axum::middleware::from_fn_with_state(
+        .layer(log());
+    let guarded = match token {
+        Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
             token,
             auth::require_token,
         )),
-        None => router,
-    }
+        None => guarded,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(log())
+        .merge(guarded)
 }
 
 fn plain(status: StatusCode, text: String) -> Response {

@@ -49,6 +49,7 @@ pub const INVOCATION_ONLY: &[&str] = &[
     "endpos",
     "since",
     "assume_interrupted",
+    "healthz",
 ];
 
 /// The config file read when neither `--config` nor `WALHALLA_CONFIG` names one, if it exists.

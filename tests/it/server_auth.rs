@@ -26,17 +26,27 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
     let token = token.trim();
     assert!(token.len() >= 32, "a long random token");
 
-    // Without the token: 401 on every path, logged with the client's address.
+    // Without the token: 401 on every path but /healthz, logged with the client's address.
     for path in [
         format!("/wal/{segment}"),
-        "/healthz".into(),
+        "/metrics".into(),
         "/status".into(),
     ] {
         let answer = http::get_with(server.port, &path, None).unwrap();
         assert_eq!(answer.status, 401, "{path}");
     }
-    let wrong = http::get_with(server.port, "/healthz", Some("guess")).unwrap();
+    let wrong = http::get_with(server.port, "/status", Some("guess")).unwrap();
     assert_eq!(wrong.status, 401);
+    // /healthz says only that the server answers, to health checks that hold no secret.
+    let health = http::get_with(server.port, "/healthz", None).unwrap();
+    assert_eq!((health.status, health.text()), (200, "ok\n".to_string()));
+    let check = std::process::Command::new(wh.binary())
+        .env_remove("WALHALLA_TOKEN_FILE")
+        .env("XDG_STATE_HOME", "/nonexistent")
+        .args(["status", "--healthz", "--server", &server.url()])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
     wait_for(
         "the refusals in the log",
         std::time::Duration::from_secs(10),
