@@ -190,13 +190,33 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that no other test of this run has been given, and that was free a
+/// moment ago.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up), so no outgoing connection
+/// takes one between this call and the bind of whoever asked; and each test process counts
+/// through its own block, chosen by its PostgreSQL major (`tests/run.sh` runs majors side by
+/// side as separate processes), so no parallel test is handed the same port. A port asked for
+/// with `bind(0)` instead is free only until the next connect anywhere on the machine: a
+/// PostgreSQL under Patroni once failed with "could not create any TCP/IP sockets" that way.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const BLOCK: u16 = 2500;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = std::env::var("WALHALLA_PG")
+        .ok()
+        .and_then(|major| major.parse::<u32>().ok())
+        .unwrap_or_else(std::process::id)
+        % 6;
+    let slot = u16::try_from(slot).expect("below 6");
+    let base = 16000 + slot * BLOCK;
+    for _ in 0..BLOCK {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{base}..{}", base + BLOCK)
 }
 
 /// The last 40 lines of `text`.
