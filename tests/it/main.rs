@@ -5,6 +5,7 @@ mod catchup;
 mod check;
 mod config;
 mod conn_security;
+mod faults;
 mod fetch;
 mod foreign_names;
 mod harness;

@@ -4,6 +4,7 @@
 
 mod archive;
 mod azurite;
+pub mod faults;
 pub mod http;
 pub mod patroni;
 mod pg;
