@@ -11,7 +11,7 @@ use crate::receive::{wait_archive_holds, wait_streaming};
 
 /// A primary with pgbench's tables that keeps all its WAL, a receiver streaming it into
 /// `archive`, and a base backup without WAL taken before the load (not started).
-fn primary_with_receiver(
+pub(crate) fn primary_with_receiver(
     wh: &Walhalla,
     archive: &TestArchive,
     extra: &[&str],
@@ -27,14 +27,14 @@ fn primary_with_receiver(
 }
 
 /// The segment the primary writes now.
-fn current_segment(pg: &PgCluster) -> String {
+pub(crate) fn current_segment(pg: &PgCluster) -> String {
     pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
 }
 
 /// Ends the load, waits until the archive holds everything the primary wrote, compares it
 /// from `first` on, and recovers `copy` through `fetch` alone: its data must equal the
 /// primary's. Returns what the comparison found.
-fn settle_and_compare(
+pub(crate) fn settle_and_compare(
     wh: &Walhalla,
     archive: &TestArchive,
     pg: &PgCluster,
