@@ -269,14 +269,14 @@ async fn status(
     let client = ServerClient::new(&settings, config.timeout)?.expect("a server is set");
     if healthz {
         client.healthz().await?;
-        println!("ok");
+        emit("ok\n")?;
         return Ok(());
     }
     let status = client.status().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        emit(&pretty_json(&status)?)?;
     } else {
-        print!("{}", walhalla::server::describe_status(&status));
+        emit(&walhalla::server::describe_status(&status))?;
     }
     Ok(())
 }
@@ -383,9 +383,9 @@ fn print_settings(settings: &SettingsView, args: &ConfigArgs) -> anyhow::Result<
         args.command.as_deref(),
     );
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&pretty_json(&report)?)?;
     } else {
-        print!("{}", walhalla::settings::describe(&report));
+        emit(&walhalla::settings::describe(&report))?;
     }
     Ok(())
 }
@@ -407,9 +407,9 @@ async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<u8> {
     let archive = hooks::open_archive(config, true, None).await?;
     let meta = walhalla::backup::take::run(&options, &archive).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&meta)?);
+        emit(&pretty_json(&meta)?)?;
     } else {
-        println!("{}", walhalla::backup::describe(&meta));
+        emit(&(walhalla::backup::describe(&meta) + "\n"))?;
     }
     Ok(if meta.is_complete() { 0 } else { 1 })
 }
@@ -464,9 +464,9 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
     let archive = hooks::open_archive(config, false, None).await?;
     let report = walhalla::restore::run(&options, &archive).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&pretty_json(&report)?)?;
     } else {
-        println!("{}", walhalla::restore::describe(&report));
+        emit(&(walhalla::restore::describe(&report) + "\n"))?;
     }
     Ok(())
 }
@@ -476,9 +476,9 @@ async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let archive = hooks::open_archive(config, false, None).await?;
     let listing = walhalla::list::listing(&archive, config.system_id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&listing)?);
+        emit(&pretty_json(&listing)?)?;
     } else {
-        print!("{}", walhalla::list::describe(&listing));
+        emit(&walhalla::list::describe(&listing))?;
     }
     Ok(())
 }
@@ -493,9 +493,9 @@ async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
     let archive = hooks::open_archive(config, false, None).await?;
     let report = walhalla::verify::run(&archive, config.system_id, options).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&pretty_json(&report)?)?;
     } else {
-        print!("{}", walhalla::verify::describe(&report));
+        emit(&walhalla::verify::describe(&report))?;
     }
     Ok(if report.is_clean() { 0 } else { 1 })
 }
@@ -515,13 +515,11 @@ async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<u8> {
     };
     let report = walhalla::check::run(&options).await;
     let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
+        pretty_json(&report)?
     } else {
         walhalla::check::describe(&report)
     };
-    // A closed stdout (`| head`) is an error, not a panic.
-    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
-        .context("print the report")?;
+    emit(&text)?;
     Ok(if report.ok { 0 } else { 1 })
 }
 
@@ -550,9 +548,9 @@ async fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<()> {
     let system_id = archive.chosen_cluster(config.system_id).await?;
     let report = walhalla::prune::run(&archive.cluster(system_id), options).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&pretty_json(&report)?)?;
     } else {
-        print!("{}", walhalla::prune::describe(&report));
+        emit(&walhalla::prune::describe(&report))?;
     }
     Ok(())
 }
@@ -608,4 +606,22 @@ fn exit_with_on_panic(code: u8) {
         default(info);
         std::process::exit(i32::from(code));
     }));
+}
+
+/// Writes a command's output to stdout. A reader that stopped early (`walhalla list | head`)
+/// has what it wanted: the closed pipe ends the output quietly instead of a panic or an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("write to standard output"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A report as pretty JSON, with its newline.
+fn pretty_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
 }

@@ -163,3 +163,30 @@ fn config_names_each_source_and_masks_the_password() {
         crate::harness::describe(&output)
     );
 }
+
+/// `walhalla config | head -1` and `walhalla list | head -1`: a reader that closes the pipe
+/// early ends the output quietly, with no panic and no error.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    for args in [&["config"][..], &["list"][..]] {
+        // A pipe whose reader is gone before the command writes: every write gets EPIPE.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = std::process::Command::new(wh.path())
+            .arg("--archive")
+            .arg(archive.url())
+            .args(args)
+            .envs(archive.env())
+            .stdout(writer)
+            .output()
+            .expect("run walhalla");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "{args:?}: {:?}\n{stderr}",
+            output.status
+        );
+    }
+}
