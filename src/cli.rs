@@ -7,12 +7,16 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod help;
+mod maintenance;
+mod restore;
+
+pub use maintenance::{PruneArgs, VerifyArgs};
+pub use restore::RestoreArgs;
 
 use crate::backup::take::WalSource;
 use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
 use crate::logging::LogFormat;
-use crate::restore::settings::TimelineChoice;
 use crate::server::ServerOptions;
 use crate::wal::{Lsn, SystemId};
 
@@ -406,151 +410,6 @@ pub struct CheckArgs {
     /// Print JSON (shape in README).
     #[arg(long)]
     pub json: bool,
-}
-
-/// Options of `walhalla verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// Re-read only objects stored (and backups stopped) since then: an RFC 3339 time or a
-    /// duration ago (`30m`, `12h`, `7d`, `2w`). History, continuity and the window are
-    /// always checked in full, from the listing.
-    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
-    pub since: Option<jiff::Timestamp>,
-    /// Objects read at once [default: CPUs + 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub parallelism: Option<u64>,
-    /// Print JSON (schema in docs/ARCHIVE-FORMAT.md).
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// An RFC 3339 time, or a duration before now (`90s`, `30m`, `12h`, `7d`, `2w`).
-fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
-    if let Ok(at) = text.parse::<jiff::Timestamp>() {
-        return Ok(at);
-    }
-    let ago = jiff::SignedDuration::try_from(parse_duration(text)?)
-        .map_err(|e| format!("{text:?}: {e}"))?;
-    jiff::Timestamp::now()
-        .checked_sub(ago)
-        .map_err(|e| format!("{text:?}: {e}"))
-}
-
-/// A duration: a number and a unit (`s`, `m`, `h`, `d`, `w`), as `retention` reads it.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::retention::parse_duration(text)
-}
-
-/// Options of `walhalla prune`.
-#[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("rule").multiple(true))]
-pub struct PruneArgs {
-    /// Retain the newest N complete backups (the newest is always retained).
-    #[arg(long, value_name = "N", group = "rule", value_parser = clap::value_parser!(u64).range(1..))]
-    pub keep_backups: Option<u64>,
-    /// Retain every complete backup that stopped within this long (`14d`, `12h`, `2w`);
-    /// with --keep-backups, the union of both.
-    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration)]
-    pub keep_within: Option<std::time::Duration>,
-    /// For an archive without backups: keep the WAL stored within this long.
-    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration,
-          conflicts_with_all = ["keep_backups", "keep_within", "before"])]
-    pub keep_wal_within: Option<std::time::Duration>,
-    /// For an archive without backups: delete the WAL before the segment holding this
-    /// position, on every timeline.
-    #[arg(long, value_name = "LSN", group = "rule", conflicts_with_all = ["keep_backups", "keep_within"])]
-    pub before: Option<Lsn>,
-    /// Say what would be deleted, with sizes; delete nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Take backup folders without metadata for interrupted backups, not ones in progress.
-    #[arg(long)]
-    pub assume_interrupted: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl PruneArgs {
-    /// Whether a retention rule is given (by flag, variable or config file).
-    pub fn has_rule(&self) -> bool {
-        self.keep_backups.is_some()
-            || self.keep_within.is_some()
-            || self.keep_wal_within.is_some()
-            || self.before.is_some()
-    }
-}
-
-/// Options of `walhalla restore`.
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// The new data directory (created, or empty).
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
-    /// The backup: `latest` chooses the newest complete one from which the target can be
-    /// reached; or a backup's id from `walhalla list`.
-    #[arg(long, value_name = "ID", default_value = "latest")]
-    pub backup: String,
-    /// Recover to this time: RFC 3339 (2026-12-02T14:05:00Z) or PostgreSQL's format
-    /// (2026-12-02 14:05:00+01), with a time zone.
-    #[arg(long, value_name = "TIME", group = "target_kind")]
-    pub target_time: Option<String>,
-    /// Recover to this WAL position.
-    #[arg(long, value_name = "LSN", group = "target_kind")]
-    pub target_lsn: Option<Lsn>,
-    /// Recover to this transaction id.
-    #[arg(long, value_name = "XID", group = "target_kind")]
-    pub target_xid: Option<String>,
-    /// Recover to this restore point (pg_create_restore_point).
-    #[arg(long, value_name = "NAME", group = "target_kind")]
-    pub target_name: Option<String>,
-    /// `immediate`: stop as soon as the backup is consistent.
-    #[arg(long, value_name = "immediate", value_parser = ["immediate"], group = "target_kind")]
-    pub target: Option<String>,
-    /// What the server does at the target: promote, pause or shutdown [default: PostgreSQL's,
-    /// pause].
-    #[arg(long, value_name = "ACTION", value_parser = ["promote", "pause", "shutdown"])]
-    pub target_action: Option<String>,
-    /// The timeline to recover along: latest, current (the backup's) or a number
-    /// [default: latest].
-    #[arg(long, value_name = "TIMELINE")]
-    pub target_timeline: Option<TimelineChoice>,
-    /// Stop just before the target instead of just after it.
-    #[arg(long)]
-    pub target_exclusive: bool,
-    /// Write standby.signal instead of recovery.signal: the server stays a standby.
-    #[arg(long)]
-    pub standby: bool,
-    /// Empty the data directory, and the tablespace directories named with --tablespace-map,
-    /// first if they hold anything (a tablespace's original location is never emptied).
-    #[arg(long)]
-    pub force: bool,
-    /// Put tablespace OID in DIR instead of where it was (repeatable).
-    #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_mapping)]
-    pub tablespace_map: Vec<(u32, PathBuf)>,
-    /// The fetch server the restore_command asks first.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// Pieces fetched at once [default: CPUs + 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub parallelism: Option<u64>,
-    /// Print what was done as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Parses `OID=DIR`.
-fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
-    let (oid, dir) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not OID=DIR"))?;
-    let oid = oid
-        .parse()
-        .map_err(|_| format!("{oid:?} is not a tablespace OID"))?;
-    if !dir.starts_with('/') {
-        return Err(format!("{dir:?} is not an absolute path"));
-    }
-    Ok((oid, PathBuf::from(dir)))
 }
 
 /// Options of `walhalla receive`.

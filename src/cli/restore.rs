@@ -1,0 +1,80 @@
+//! Options of `walhalla restore`: the backup, the recovery target and where the data goes.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::restore::settings::TimelineChoice;
+use crate::wal::Lsn;
+
+/// Options of `walhalla restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The new data directory (created, or empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The backup: `latest` chooses the newest complete one from which the target can be
+    /// reached; or a backup's id from `walhalla list`.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub backup: String,
+    /// Recover to this time: RFC 3339 (2026-12-02T14:05:00Z) or PostgreSQL's format
+    /// (2026-12-02 14:05:00+01), with a time zone.
+    #[arg(long, value_name = "TIME", group = "target_kind")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position.
+    #[arg(long, value_name = "LSN", group = "target_kind")]
+    pub target_lsn: Option<Lsn>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target_kind")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target_kind")]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long, value_name = "immediate", value_parser = ["immediate"], group = "target_kind")]
+    pub target: Option<String>,
+    /// What the server does at the target: promote, pause or shutdown [default: PostgreSQL's,
+    /// pause].
+    #[arg(long, value_name = "ACTION", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: Option<String>,
+    /// The timeline to recover along: latest, current (the backup's) or a number
+    /// [default: latest].
+    #[arg(long, value_name = "TIMELINE")]
+    pub target_timeline: Option<TimelineChoice>,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Write standby.signal instead of recovery.signal: the server stays a standby.
+    #[arg(long)]
+    pub standby: bool,
+    /// Empty the data directory, and the tablespace directories named with --tablespace-map,
+    /// first if they hold anything (a tablespace's original location is never emptied).
+    #[arg(long)]
+    pub force: bool,
+    /// Put tablespace OID in DIR instead of where it was (repeatable).
+    #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_mapping)]
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    /// The fetch server the restore_command asks first.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Pieces fetched at once [default: CPUs + 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallelism: Option<u64>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `OID=DIR`.
+fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
+    let (oid, dir) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not OID=DIR"))?;
+    let oid = oid
+        .parse()
+        .map_err(|_| format!("{oid:?} is not a tablespace OID"))?;
+    if !dir.starts_with('/') {
+        return Err(format!("{dir:?} is not an absolute path"));
+    }
+    Ok((oid, PathBuf::from(dir)))
+}
