@@ -115,14 +115,15 @@ for f in "${files[@]}"; do
 done
 
 # Metric names (walhalla_…) a dashboard or an alert queries: the server writes "walhalla_" + a
-# name given in src/metrics.rs; a histogram adds _bucket, _sum and _count.
+# name given in src/metrics/; a histogram adds _bucket, _sum and _count.
 check_metrics() { # label names…
   local label=$1 missing='' metric name base
   shift
+  if [ ! -d src/metrics ]; then fail "$label: src/metrics/ is gone: where are the metric names now?"; return; fi
   for metric in "$@"; do
     name=${metric#walhalla_}
     base=$(sed -E 's/_(bucket|sum|count)$//' <<<"$name")
-    grep -qF "\"$name\"" src/metrics.rs || grep -qF "\"$base\"" src/metrics.rs || missing+=" $metric"
+    grep -rqF -e "\"$name\"" -e "\"$base\"" src/metrics/ || missing+=" $metric"
   done
   if [ $# = 0 ]; then fail "$label: queries no walhalla metric"
   elif [ -z "$missing" ]; then pass "$label: every metric exists"
