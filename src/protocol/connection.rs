@@ -211,6 +211,27 @@ fn text_row(row: RawRow) -> Row {
         .collect()
 }
 
+/// Why a read found the end of the connection: between messages, or in the middle of one
+/// (which message, and how much of it had arrived).
+fn closed_while_reading(buffered: &[u8]) -> String {
+    match buffered {
+        [] => "the server closed the connection".into(),
+        [tag, length @ ..] if length.len() >= 4 => {
+            let declared = u32::from_be_bytes(length[..4].try_into().expect("4 bytes"));
+            format!(
+                "the server closed the connection in the middle of a message: {} bytes of a {:?} message of {} bytes had arrived",
+                buffered.len(),
+                char::from(*tag),
+                u64::from(declared) + 1
+            )
+        }
+        _ => format!(
+            "the server closed the connection in the middle of a message header ({} of 5 bytes)",
+            buffered.len()
+        ),
+    }
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -581,7 +602,7 @@ impl Connection {
             if self.io.read_buf(&mut self.read_buf).await? == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
+                    closed_while_reading(&self.read_buf),
                 )));
             }
         }
@@ -596,7 +617,9 @@ impl Connection {
             let total = header.len() as usize + 1;
             if total > MAX_MESSAGE_BYTES {
                 return Err(Error::Protocol(format!(
-                    "message of {total} bytes is too large"
+                    "the server announced a {:?} message of {total} bytes, more than the {} MiB a message may have",
+                    char::from(header.tag()),
+                    MAX_MESSAGE_BYTES >> 20
                 )));
             }
             if self.read_buf.len() < total {

@@ -13,6 +13,7 @@
 //! and commits wait only for the local fsync.
 
 mod flush;
+mod server;
 mod session;
 mod slot;
 mod start;
