@@ -211,24 +211,34 @@ fn text_row(row: RawRow) -> Row {
         .collect()
 }
 
-/// Why a read found the end of the connection: between messages, or in the middle of one
-/// (which message, and how much of it had arrived).
+/// Why a read found the end of the connection: between messages, or in the middle of one.
 fn closed_while_reading(buffered: &[u8]) -> String {
+    match incomplete(buffered) {
+        None => "the server closed the connection".into(),
+        Some(part) => format!(
+            "the server closed the connection in the middle of a message: {part} had arrived"
+        ),
+    }
+}
+
+/// What the buffer holds of a message that has not arrived whole: which message, and how
+/// much of it (`None` when it is empty).
+fn incomplete(buffered: &[u8]) -> Option<String> {
     match buffered {
-        [] => "the server closed the connection".into(),
+        [] => None,
         [tag, length @ ..] if length.len() >= 4 => {
             let declared = u32::from_be_bytes(length[..4].try_into().expect("4 bytes"));
-            format!(
-                "the server closed the connection in the middle of a message: {} bytes of a {:?} message of {} bytes had arrived",
+            Some(format!(
+                "{} bytes of a {:?} message of {} bytes",
                 buffered.len(),
                 char::from(*tag),
                 u64::from(declared) + 1
-            )
+            ))
         }
-        _ => format!(
-            "the server closed the connection in the middle of a message header ({} of 5 bytes)",
+        _ => Some(format!(
+            "{} of the 5 bytes of a message header",
             buffered.len()
-        ),
+        )),
     }
 }
 
@@ -538,6 +548,11 @@ impl Connection {
                 "unexpected message in CopyBoth mode".into(),
             )),
         }
+    }
+
+    /// What has arrived of a message still incomplete, for errors (`None`: nothing).
+    pub fn incomplete_message(&self) -> Option<String> {
+        incomplete(&self.read_buf)
     }
 
     /// Whether a complete message is already buffered, so reading it will not wait on the

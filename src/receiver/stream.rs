@@ -163,7 +163,8 @@ impl<'a> Stream<'a> {
                 _ = tokio::time::sleep_until(liveness.unwrap_or_else(Instant::now)), if liveness.is_some() => {
                     let timeout = timeout.expect("guarded");
                     if ping_sent {
-                        return Err(anyhow!("no message from the server for {}s (--receive-timeout)", timeout.as_secs()).into());
+                        let partial = self.conn.incomplete_message().map(|m| format!(": only {m} had arrived")).unwrap_or_default();
+                        return Err(anyhow!("no message from the server for {}s (--receive-timeout){partial}", timeout.as_secs()).into());
                     }
                     // Silent for half the timeout: ask for a reply before giving up.
                     tracing::debug!("no message from the server for {}s: asking for a reply", (timeout / 2).as_secs());

@@ -200,13 +200,23 @@ impl Walsender {
             break;
         }
         let mut hello = message(b'R', &0u32.to_be_bytes());
-        for (name, value) in [
+        let major: u32 = identity
+            .server_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let mut parameters = vec![
             ("server_version", identity.server_version.as_str()),
             ("integer_datetimes", "on"),
-            ("in_hot_standby", "off"),
             ("server_encoding", "UTF8"),
             ("client_encoding", "UTF8"),
-        ] {
+        ];
+        // Reported from PostgreSQL 14 on; before, clients ask SHOW transaction_read_only.
+        if major >= 14 {
+            parameters.push(("in_hot_standby", "off"));
+        }
+        for (name, value) in parameters {
             hello.extend(message(b'S', &[cstr(name), cstr(value)].concat()));
         }
         hello.extend(message(b'K', &[0u8; 8]));
