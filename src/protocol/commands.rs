@@ -15,6 +15,10 @@ pub enum CommandError {
     /// The server answered something walhalla cannot read.
     #[error("{0}")]
     Answer(String),
+    /// The server's answer is well-formed but names a setting no PostgreSQL server can have:
+    /// asking again cannot help.
+    #[error("{0}")]
+    Impossible(String),
 }
 
 /// What IDENTIFY_SYSTEM says.
@@ -34,19 +38,32 @@ pub async fn identify_system(conn: &mut Connection) -> Result<Identity, CommandE
     let row = rows
         .first()
         .ok_or_else(|| CommandError::Answer("IDENTIFY_SYSTEM returned no row".into()))?;
-    let field = |i: usize| {
-        row.get(i)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| CommandError::Answer(format!("IDENTIFY_SYSTEM column {i} is missing")))
+    let field = |i: usize, name: &str| {
+        row.get(i).cloned().flatten().ok_or_else(|| {
+            CommandError::Answer(format!("IDENTIFY_SYSTEM returned no {name} (column {i})"))
+        })
     };
-    let system_id: SystemId = field(0)?.parse().map_err(CommandError::Answer)?;
-    let timeline = field(1)?;
+    let wrong = |name: &str, why: String| {
+        CommandError::Answer(format!("IDENTIFY_SYSTEM returned an invalid {name}: {why}"))
+    };
+    let system_id: SystemId = field(0, "systemid")?
+        .parse()
+        .map_err(|why| wrong("systemid", why))?;
+    let timeline = field(1, "timeline")?;
     let timeline = timeline
         .parse()
+        .ok()
+        .filter(|&t| t != 0)
         .map(TimelineId)
-        .map_err(|_| CommandError::Answer(format!("IDENTIFY_SYSTEM timeline {timeline:?}")))?;
-    let lsn: Lsn = field(2)?.parse().map_err(CommandError::Answer)?;
+        .ok_or_else(|| {
+            wrong(
+                "timeline",
+                format!("{timeline:?} is not a positive 32-bit number"),
+            )
+        })?;
+    let lsn: Lsn = field(2, "xlogpos")?
+        .parse()
+        .map_err(|why| wrong("xlogpos", why))?;
     Ok(Identity {
         system_id,
         timeline,
@@ -57,7 +74,21 @@ pub async fn identify_system(conn: &mut Connection) -> Result<Identity, CommandE
 /// The server's WAL segment size (`SHOW wal_segment_size`).
 pub async fn segment_size(conn: &mut Connection) -> Result<SegmentSize, CommandError> {
     let text = conn.show("wal_segment_size").await?;
-    parse_segment_size(&text).map_err(CommandError::Answer)
+    parse_segment_size(&text).map_err(CommandError::Impossible)
+}
+
+/// The server's WAL page size in bytes (`SHOW wal_block_size`): a power of two from 1 kB to
+/// 64 kB.
+pub async fn block_size(conn: &mut Connection) -> Result<u32, CommandError> {
+    let text = conn.show("wal_block_size").await?;
+    text.parse::<u32>()
+        .ok()
+        .filter(|b| b.is_power_of_two() && (1024..=65536).contains(b))
+        .ok_or_else(|| {
+            CommandError::Impossible(format!(
+                "wal_block_size {text:?} is not a power of two from 1024 to 65536"
+            ))
+        })
 }
 
 /// Reads a size as `SHOW wal_segment_size` prints it (`16MB`, `1GB`, `1024kB`).

@@ -211,6 +211,37 @@ fn text_row(row: RawRow) -> Row {
         .collect()
 }
 
+/// Why a read found the end of the connection: between messages, or in the middle of one.
+fn closed_while_reading(buffered: &[u8]) -> String {
+    match incomplete(buffered) {
+        None => "the server closed the connection".into(),
+        Some(part) => format!(
+            "the server closed the connection in the middle of a message: {part} had arrived"
+        ),
+    }
+}
+
+/// What the buffer holds of a message that has not arrived whole: which message, and how
+/// much of it (`None` when it is empty).
+fn incomplete(buffered: &[u8]) -> Option<String> {
+    match buffered {
+        [] => None,
+        [tag, length @ ..] if length.len() >= 4 => {
+            let declared = u32::from_be_bytes(length[..4].try_into().expect("4 bytes"));
+            Some(format!(
+                "{} bytes of a {:?} message of {} bytes",
+                buffered.len(),
+                char::from(*tag),
+                u64::from(declared) + 1
+            ))
+        }
+        _ => Some(format!(
+            "{} of the 5 bytes of a message header",
+            buffered.len()
+        )),
+    }
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -519,6 +550,11 @@ impl Connection {
         }
     }
 
+    /// What has arrived of a message still incomplete, for errors (`None`: nothing).
+    pub fn incomplete_message(&self) -> Option<String> {
+        incomplete(&self.read_buf)
+    }
+
     /// Whether a complete message is already buffered, so reading it will not wait on the
     /// network: the end of a batch is when this turns false.
     pub fn has_buffered_message(&self) -> bool {
@@ -581,7 +617,7 @@ impl Connection {
             if self.io.read_buf(&mut self.read_buf).await? == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
+                    closed_while_reading(&self.read_buf),
                 )));
             }
         }
@@ -596,7 +632,9 @@ impl Connection {
             let total = header.len() as usize + 1;
             if total > MAX_MESSAGE_BYTES {
                 return Err(Error::Protocol(format!(
-                    "message of {total} bytes is too large"
+                    "the server announced a {:?} message of {total} bytes, more than the {} MiB a message may have",
+                    char::from(header.tag()),
+                    MAX_MESSAGE_BYTES >> 20
                 )));
             }
             if self.read_buf.len() < total {

@@ -1,8 +1,9 @@
 //! `walhalla receive`: a streaming replication client on a physical slot that archives every
 //! WAL byte. A supervisor runs sessions ([`session`]) and reconnects after failures with
 //! exponential backoff and jitter, forever, until shutdown, `--endpos`, or a fatal problem.
-//! A session checks the slot ([`slot`]), chooses where to start ([`start`]) and streams
-//! ([`stream`]). Received WAL goes to a local spool ([`spool`]); complete segments and the
+//! A session learns what the server is ([`server`]), checks the slot ([`slot`]), chooses
+//! where to start ([`start`]) and streams ([`stream`]), checking every page header of the WAL
+//! before storing it. Received WAL goes to a local spool ([`spool`]); complete segments and the
 //! ends of streams are archived by the uploader ([`upload`]); the flush position reported
 //! follows what is stored ([`flush`]).
 //!
@@ -13,6 +14,7 @@
 //! and commits wait only for the local fsync.
 
 mod flush;
+mod server;
 mod session;
 mod slot;
 mod start;

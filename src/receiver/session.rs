@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::server::identify;
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -21,12 +22,14 @@ use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
 use crate::envelope::Encoder;
-use crate::protocol::commands::{self, CommandError, Identity};
+use crate::protocol::commands::Identity;
 use crate::protocol::connection::{Connection, CopyStart, Error as ConnError};
+use crate::protocol::conninfo::HostAddr;
 use crate::spool::{self, SegmentWriter};
+use crate::wal::page_stream::PageChecker;
 use crate::wal::{
     HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
-    parse_history, version,
+    parse_history,
 };
 
 /// SQLSTATE of "replication slot does not exist".
@@ -67,15 +70,6 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
             fatal: false,
             error: error.into(),
         }
-    }
-}
-
-/// Classifies a failed IDENTIFY_SYSTEM or SHOW like any other connection error; an answer
-/// that makes no sense is an ordinary error too.
-fn from_command(error: CommandError) -> SessionError {
-    match error {
-        CommandError::Connection(e) => from_conn(e),
-        CommandError::Answer(message) => anyhow!(message).into(),
     }
 }
 
@@ -166,40 +160,17 @@ pub async fn run(
         .map_err(from_conn)?;
     tracing::info!(host = %conn.host(), tls = conn.is_encrypted(), "connected");
 
-    if conn
-        .parameter("integer_datetimes")
-        .is_some_and(|v| v != "on")
-    {
-        let host = conn.host().to_string();
-        return Err(SessionError::fatal(anyhow!(
-            "{host} does not use integer timestamps, which the protocol needs"
-        )));
-    }
-    if let Some(Err(why)) = conn.server_major_version().map(version::by_number) {
-        let server = conn.parameter("server_version").unwrap_or_default();
-        return Err(SessionError::fatal(anyhow!(
-            "{} runs PostgreSQL {server}, {why}",
-            conn.host()
-        )));
-    }
+    let facts = identify(
+        &mut conn,
+        options.system_id.or(context.as_ref().map(|c| c.system_id)),
+    )
+    .await?;
     let Identity {
         system_id,
         timeline,
         lsn: server_lsn,
-    } = commands::identify_system(&mut conn)
-        .await
-        .map_err(from_command)?;
-    if let Some(expected) = options.system_id.or(context.as_ref().map(|c| c.system_id)) {
-        if expected != system_id {
-            return Err(SessionError::fatal(anyhow!(
-                "server {} belongs to cluster {system_id}, but this receiver archives cluster {expected}",
-                conn.host()
-            )));
-        }
-    }
-    let segment_size = commands::segment_size(&mut conn)
-        .await
-        .map_err(from_command)?;
+    } = facts.identity;
+    let segment_size = facts.segment_size;
 
     if context.is_none() {
         *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
@@ -268,7 +239,8 @@ pub async fn run(
                 })
                 .await
                 .context("create the spool file")?;
-                let mut stream = Stream::new(&mut conn, writer, options, ctx, timeline);
+                let pages = PageChecker::new(facts.pages(timeline), start_lsn);
+                let mut stream = Stream::new(&mut conn, writer, pages, options, ctx, timeline);
                 let ended = stream.run(&mut shutdown).await;
                 let stored_through = stream.snapshot_end();
                 ctx.keep_tail(stored_through).await?;
@@ -412,7 +384,7 @@ pub async fn archive_history(
     let rows = conn
         .simple_query_raw(&format!("TIMELINE_HISTORY {}", timeline.0))
         .await
-        .map_err(from_conn)?;
+        .map_err(|e| history_missing(e, timeline, conn.host()))?;
     let name = WalFileName::History(timeline);
     let (file, content) = match rows
         .first()
@@ -446,4 +418,17 @@ pub async fn archive_history(
             false => e.into(),
         })?;
     Ok(entries)
+}
+
+/// A failed TIMELINE_HISTORY. A server without the file (SQLSTATE 58P01) may be a standby
+/// that has not received it yet, or a server restored without it: ask again later, since
+/// going on without the history would leave the archive unable to follow the switch.
+fn history_missing(error: ConnError, timeline: TimelineId, host: &HostAddr) -> SessionError {
+    if error.server_error().map(|e| e.code.as_str()) != Some(UNDEFINED_FILE) {
+        return from_conn(error);
+    }
+    SessionError::from(anyhow!(error).context(format!(
+        "{host} has no history file for timeline {timeline} ({}); retrying: the archive needs it before any WAL of that timeline",
+        WalFileName::History(timeline)
+    )))
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::flush::{FlushReport, Stored};
+use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
@@ -22,6 +23,7 @@ use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
 use crate::spool::SegmentWriter;
+use crate::wal::page_stream::PageChecker;
 use crate::wal::{Lsn, SegNo, TimelineId};
 
 /// How long a primary that is shutting down waits for the receiver to confirm the end of
@@ -32,6 +34,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Stream<'a> {
     conn: &'a mut Connection,
     writer: Option<SegmentWriter>,
+    /// Checks the page headers of what arrives before it is stored.
+    pages: PageChecker,
     options: &'a ReceiveOptions,
     ctx: &'a mut Context,
     timeline: TimelineId,
@@ -91,10 +95,12 @@ pub fn next_timeline(rows: &[Row], current: TimelineId) -> Result<StreamEnd, Ses
 }
 
 impl<'a> Stream<'a> {
-    /// A stream that has just entered CopyBoth mode, writing into `writer`.
+    /// A stream that has just entered CopyBoth mode, writing into `writer` what `pages`
+    /// accepts.
     pub fn new(
         conn: &'a mut Connection,
         writer: SegmentWriter,
+        pages: PageChecker,
         options: &'a ReceiveOptions,
         ctx: &'a mut Context,
         timeline: TimelineId,
@@ -102,6 +108,7 @@ impl<'a> Stream<'a> {
         Stream {
             conn,
             writer: Some(writer),
+            pages,
             options,
             ctx,
             timeline,
@@ -156,7 +163,8 @@ impl<'a> Stream<'a> {
                 _ = tokio::time::sleep_until(liveness.unwrap_or_else(Instant::now)), if liveness.is_some() => {
                     let timeout = timeout.expect("guarded");
                     if ping_sent {
-                        return Err(anyhow!("no message from the server for {}s (--receive-timeout)", timeout.as_secs()).into());
+                        let partial = self.conn.incomplete_message().map(|m| format!(": only {m} had arrived")).unwrap_or_default();
+                        return Err(anyhow!("no message from the server for {}s (--receive-timeout){partial}", timeout.as_secs()).into());
                     }
                     // Silent for half the timeout: ask for a reply before giving up.
                     tracing::debug!("no message from the server for {}s: asking for a reply", (timeout / 2).as_secs());
@@ -216,6 +224,18 @@ impl<'a> Stream<'a> {
         self.conn.send_copy_done().await.map_err(from_conn)?;
         let rows = self.conn.read_results().await.map_err(from_conn)?;
         let end = next_timeline(&rows, self.timeline)?;
+        if let StreamEnd::Timeline { next, switch_point } = &end {
+            // As pg_receivewal: a timeline cannot begin after the WAL its parent ended with,
+            // or the WAL in between would be missing from both.
+            if *switch_point > self.written() {
+                return Err(anyhow!(
+                    "the server ended timeline {} at {}, but says timeline {next} begins at {switch_point}, past that: refusing to switch",
+                    self.timeline,
+                    self.written()
+                )
+                .into());
+            }
+        }
         self.sync().await?;
         Ok(end)
     }
@@ -276,6 +296,9 @@ impl<'a> Stream<'a> {
                     )
                     .into());
                 }
+                self.pages
+                    .check(&data)
+                    .map_err(|e| refuse_page(e, &self.conn.host().to_string()))?;
                 let data = match self.options.endpos {
                     Some(end) if start.0 + data.len() as u64 > end.0 => {
                         data.slice(..(end.0.saturating_sub(start.0)) as usize)
@@ -314,13 +337,21 @@ impl<'a> Stream<'a> {
     /// not stored: the server then shuts down, and its slot keeps what is not archived.
     async fn confirm_caught_up(&mut self) -> Result<(), SessionError> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
-        self.start_snapshot().await?;
-        if let Some((end, task)) = self.snapshot.take() {
+        // A snapshot already in flight may cover less than was received (or an earlier
+        // segment): wait for it, then store one of everything.
+        for _ in 0..2 {
+            self.start_snapshot().await?;
+            let Some((end, task)) = self.snapshot.take() else {
+                break;
+            };
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(done) => {
                     self.snapshot_stored(end, done);
                 }
-                Err(_elapsed) => {}
+                Err(_elapsed) => break,
+            }
+            if self.snapshot_end >= self.written() {
+                break;
             }
         }
         let _ = self.ctx.uploader.wait_idle(Some(deadline)).await;

@@ -8,6 +8,7 @@ mod history;
 mod lsn;
 mod name;
 pub(crate) mod page;
+pub mod page_stream;
 mod records;
 mod validate;
 pub mod version;

@@ -10,6 +10,7 @@ mod fetch;
 mod foreign_names;
 mod harness;
 mod logs;
+mod misbehaving;
 mod patroni;
 mod permissions;
 mod promises;

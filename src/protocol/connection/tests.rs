@@ -141,3 +141,18 @@ async fn any_other_answer_is_a_protocol_violation_naming_it() {
     let text = started.unwrap_err().to_string();
     assert!(text.contains("ReadyForQuery without a result"), "{text}");
 }
+
+#[tokio::test]
+async fn a_connection_closed_inside_a_message_says_how_much_of_it_arrived() {
+    let (mut conn, mut server) = connection();
+    let mut truncated = message(b'd', &[b'w'; 1000]);
+    truncated.truncate(100);
+    server.write_all(&truncated).await.unwrap();
+    drop(server);
+    let text = conn.read_copy().await.unwrap_err().to_string();
+    assert!(text.contains("in the middle of a message"), "{text}");
+    assert!(
+        text.contains("100 bytes of a 'd' message of 1005 bytes"),
+        "{text}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The test harness: real PostgreSQL clusters ([`PgCluster`]), a real S3-compatible server
-//! ([`S3Server`]), archives on either ([`TestArchive`]), and the walhalla binary run as
+//! ([`S3Server`]), archives on either ([`TestArchive`]), a scripted misbehaving walsender
+//! playing real WAL ([`walsender`], [`real_wal`]), and the walhalla binary run as
 //! PostgreSQL runs it. Everything lives in per-test temporary directories removed on drop.
 
 mod archive;
@@ -10,9 +11,11 @@ pub mod patroni;
 mod pg;
 mod pki;
 mod proxy;
+pub mod real_wal;
 mod receiver;
 pub mod s3;
 pub mod server;
+pub mod walsender;
 
 pub use archive::{Backend, TestArchive};
 pub use azurite::Azurite;

@@ -1,0 +1,121 @@
+//! What a session learns about the server before streaming: that it can stream to walhalla
+//! at all (integer timestamps, a supported major version), which cluster and timeline it
+//! serves, and the segment and page sizes of its WAL, from which the streamed pages are
+//! checked ([`crate::wal::PageChecker`]). A server of another cluster, or with sizes no
+//! PostgreSQL has, is a fatal error: asking it again cannot help.
+
+use anyhow::anyhow;
+
+use super::session::{SessionError, from_conn};
+use crate::protocol::commands::{self, CommandError, Identity};
+use crate::protocol::connection::Connection;
+use crate::wal::page_stream::{Expected, PageError};
+use crate::wal::{SegmentSize, SystemId, TimelineId, version};
+
+/// The facts about one server a session streams from.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerFacts {
+    /// What IDENTIFY_SYSTEM said.
+    pub identity: Identity,
+    /// Its WAL segment size.
+    pub segment_size: SegmentSize,
+    /// Its WAL page size.
+    pub block_size: u32,
+    /// `XLOG_PAGE_MAGIC` of its major version.
+    pub page_magic: u16,
+}
+
+impl ServerFacts {
+    /// What the pages of a stream of `timeline` must say.
+    pub fn pages(&self, timeline: TimelineId) -> Expected {
+        Expected {
+            magic: self.page_magic,
+            system_id: self.identity.system_id,
+            segment_size: self.segment_size,
+            block_size: self.block_size,
+            timeline,
+        }
+    }
+}
+
+/// Asks the server what it is; `expected` is the cluster this receiver archives, when known.
+pub async fn identify(
+    conn: &mut Connection,
+    expected: Option<SystemId>,
+) -> Result<ServerFacts, SessionError> {
+    let host = conn.host().to_string();
+    if conn
+        .parameter("integer_datetimes")
+        .is_some_and(|v| v != "on")
+    {
+        return Err(SessionError::fatal(anyhow!(
+            "{host} does not use integer timestamps, which the protocol needs"
+        )));
+    }
+    let server = conn.parameter("server_version").unwrap_or_default();
+    let major = match conn.server_major_version().map(version::by_number) {
+        Some(Ok(major)) => major,
+        Some(Err(why)) => {
+            return Err(SessionError::fatal(anyhow!(
+                "{host} runs PostgreSQL {server}, {why}"
+            )));
+        }
+        None => {
+            return Err(SessionError::fatal(anyhow!(
+                "{host} reported no usable server_version ({server:?}): is it a PostgreSQL server?"
+            )));
+        }
+    };
+    let identity = commands::identify_system(conn)
+        .await
+        .map_err(|e| from_command(e, &host))?;
+    if let Some(expected) = expected {
+        if expected != identity.system_id {
+            return Err(SessionError::fatal(anyhow!(
+                "server {host} belongs to cluster {}, but this receiver archives cluster {expected}; \
+                 point --dbname at a server of cluster {expected}, or use another archive or --system-id for the other cluster",
+                identity.system_id
+            )));
+        }
+    }
+    let segment_size = commands::segment_size(conn)
+        .await
+        .map_err(|e| from_command(e, &host))?;
+    let block_size = commands::block_size(conn)
+        .await
+        .map_err(|e| from_command(e, &host))?;
+    Ok(ServerFacts {
+        identity,
+        segment_size,
+        block_size,
+        page_magic: major.page_magic,
+    })
+}
+
+/// A failed command like any other connection error; an answer that makes no sense is an
+/// ordinary error too, but one no PostgreSQL server gives is fatal.
+fn from_command(error: CommandError, host: &str) -> SessionError {
+    match error {
+        CommandError::Connection(e) => from_conn(e),
+        CommandError::Answer(message) => anyhow!("{host}: {message}").into(),
+        CommandError::Impossible(message) => SessionError::fatal(anyhow!(
+            "{host}: {message}; no PostgreSQL server has this setting: is --dbname a PostgreSQL server?"
+        )),
+    }
+}
+
+/// A streamed page that does not belong where it arrived. WAL from another cluster or
+/// another kind of server is fatal; a misplaced page may be a passing fault.
+pub fn refuse_page(error: PageError, host: &str) -> SessionError {
+    let foreign = error.is_foreign();
+    let error = anyhow!(
+        "{host} sent WAL that does not belong at its place in the stream: {error}; none of it was stored"
+    );
+    if foreign {
+        SessionError::fatal(error.context(
+            "refusing WAL of another cluster or server version: point --dbname at a server of the cluster this archive holds",
+        ))
+    } else {
+        error.into()
+    }
+}
