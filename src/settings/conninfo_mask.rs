@@ -93,7 +93,12 @@ fn mask_key_values(text: &str, mask: &str) -> String {
             }
         }
         let i_end = i.min(bytes.len());
-        if key == "password" {
+        if key == "password" && quoted {
+            // Quoted as given: a key may follow the closing quote without a space.
+            out.push('\'');
+            out.push_str(mask);
+            out.push('\'');
+        } else if key == "password" {
             out.push_str(mask);
         } else {
             out.push_str(&text[value_start..i_end]);
@@ -120,7 +125,10 @@ mod tests {
                 "host=db1 user=w password=s3cret",
                 "host=db1 user=w password=********",
             ),
-            ("password = 'a b\\' c' host=x", "password = ******** host=x"),
+            (
+                "password = 'a b\\' c' host=x",
+                "password = '********' host=x",
+            ),
             ("host=db1 user=w", "host=db1 user=w"),
             (
                 "postgres://w:s3cret@db1:5432/db",
@@ -161,6 +169,16 @@ mod tests {
             let parsed = ConnParams::parse(masked, &|_| None).expect("the masked text parses");
             assert_eq!(parsed.password.as_deref(), Some("********"), "{given:?}");
         }
+    }
+
+    #[test]
+    fn a_quoted_password_stays_quoted() {
+        // Found by the conninfo fuzzer: a key may follow a closing quote without a space,
+        // and the bare mask ran into it, so the masked text lost the host.
+        let masked = mask_conninfo("password='s3cret'host=db1");
+        assert_eq!(masked, "password='********'host=db1");
+        let parsed = ConnParams::parse(&masked, &|_| None).expect("the masked text parses");
+        assert_eq!(parsed.hosts[0].host_name(), "db1");
     }
 
     #[test]
