@@ -7,10 +7,16 @@ use walhalla::envelope::{Encoder, decode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(content) = decode(data) {
-        let again = Encoder::new(1, 1).expect("encoder").encode(&content).expect("encode");
+        let again = Encoder::new(1, 1)
+            .expect("encoder")
+            .encode(&content)
+            .expect("encode");
         assert_eq!(decode(&again).expect("re-decode"), content);
     }
     let threads = usize::from(data.first().copied().unwrap_or(0) % 3) + 1;
-    let envelope = Encoder::new(1, threads).expect("encoder").encode(data).expect("encode");
+    let envelope = Encoder::new(1, threads)
+        .expect("encoder")
+        .encode(data)
+        .expect("encode");
     assert_eq!(decode(&envelope).expect("decode what we encoded"), data);
 });

@@ -13,8 +13,12 @@ const NAMES: [&str; 4] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, content)) = data.split_first() else { return };
-    let name: WalFileName = NAMES[usize::from(selector) % NAMES.len()].parse().expect("valid name");
+    let Some((&selector, content)) = data.split_first() else {
+        return;
+    };
+    let name: WalFileName = NAMES[usize::from(selector) % NAMES.len()]
+        .parse()
+        .expect("valid name");
     let _ = validate_file(&name, content);
     if let Ok(header) = LongPageHeader::parse(content) {
         let _ = header.segment_size();

@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use walhalla::wal::{Lsn, WalFileName};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(name) = text.parse::<WalFileName>() {
         assert_eq!(name.to_string(), text);
     }

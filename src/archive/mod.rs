@@ -30,7 +30,7 @@ pub use keys::{
 };
 pub use listing::ObjectInfo;
 pub use location::Location;
-pub use refusal::Refusal;
+pub use refusal::{Brief, NoCredentials, Refusal};
 pub use store::{Encryption, StoreOptions};
 
 use std::collections::BTreeSet;
@@ -46,7 +46,6 @@ use tokio::time::Instant;
 use crate::backoff::{GaveUp, Transient, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
-use refusal::Brief;
 use retry::STORE_BACKOFF;
 
 /// Settings for opening an archive.

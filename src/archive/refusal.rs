@@ -148,7 +148,7 @@ impl Refusal {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = cause {
             if let Some(NoCredentials(why)) = e.downcast_ref() {
-                said = why.clone();
+                said = one_line(why);
             }
             cause = e.source();
         }
@@ -277,6 +277,24 @@ mod tests {
                 && line.contains("create bucket \"gone\"")
                 && line.contains("why. RequestId"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_credential_provider_reason_on_several_lines_is_one_line() {
+        // Found by a fuzzer: a provider's reason (it quotes files and answers) kept its line
+        // breaks, so the refusal spanned lines in the log.
+        let location: Location = "s3://b/prefix".parse().unwrap();
+        let error = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(NoCredentials(
+                "no profile\nin ~/.aws/credentials\r\n".into(),
+            )),
+        };
+        let line = Refusal::of(&error).unwrap().describe(&location, &error);
+        assert!(
+            line.starts_with("no credentials found (no profile in ~/.aws/credentials); set "),
+            "{line:?}"
         );
     }
 }

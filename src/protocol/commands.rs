@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use super::connection::{Connection, Error as ConnError};
+use super::connection::{Connection, Error as ConnError, Row};
 use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
 
 /// A command failed, or its answer made no sense.
@@ -38,6 +38,11 @@ pub async fn identify_system(conn: &mut Connection) -> Result<Identity, CommandE
     let row = rows
         .first()
         .ok_or_else(|| CommandError::Answer("IDENTIFY_SYSTEM returned no row".into()))?;
+    parse_identity(row)
+}
+
+/// Reads IDENTIFY_SYSTEM's row: `systemid`, `timeline`, `xlogpos` (then `dbname`, unused).
+pub fn parse_identity(row: &Row) -> Result<Identity, CommandError> {
     let field = |i: usize, name: &str| {
         row.get(i).cloned().flatten().ok_or_else(|| {
             CommandError::Answer(format!("IDENTIFY_SYSTEM returned no {name} (column {i})"))
@@ -92,7 +97,7 @@ pub async fn block_size(conn: &mut Connection) -> Result<u32, CommandError> {
 }
 
 /// Reads a size as `SHOW wal_segment_size` prints it (`16MB`, `1GB`, `1024kB`).
-fn parse_segment_size(text: &str) -> Result<SegmentSize, String> {
+pub fn parse_segment_size(text: &str) -> Result<SegmentSize, String> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit: u64 = match &text[digits.len()..] {
         "" | "B" => 1,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
+use super::frame::{Frame, FrameError, take_frame};
 use super::tls::{self, TlsError};
 
 mod auth;
@@ -27,8 +28,6 @@ pub use response::Response;
 
 /// How long connecting and authenticating to one host may take unless `connect_timeout` says.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest message accepted from the server; WAL arrives in messages of 128 kB at most.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// An error the server reported (ErrorResponse).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +57,8 @@ impl std::fmt::Display for ServerError {
 }
 
 impl ServerError {
-    fn from_fields(mut fields: ErrorFields<'_>) -> io::Result<ServerError> {
+    /// The fields of an ErrorResponse or NoticeResponse.
+    pub fn from_fields(mut fields: ErrorFields<'_>) -> io::Result<ServerError> {
         let mut error = ServerError {
             severity: String::new(),
             code: String::new(),
@@ -145,6 +145,15 @@ impl Error {
             Error::Server(e) => Some(e),
             Error::AllHostsFailed(errors) => errors.last().and_then(|(_, e)| e.server_error()),
             _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { .. } => Error::Protocol(e.to_string()),
+            FrameError::Malformed(io) => Error::Io(io),
         }
     }
 }
@@ -254,12 +263,6 @@ pub struct Connection {
     /// The server's certificate (DER) when the connection uses TLS.
     server_certificate: Option<Vec<u8>>,
     parameters: HashMap<String, String>,
-}
-
-enum Frame {
-    CopyData(Bytes),
-    CopyBothResponse,
-    Other(Message),
 }
 
 /// What kind of message a frame is, for protocol errors.
@@ -626,35 +629,11 @@ impl Connection {
     /// Takes one complete message off the read buffer, skipping notices and parameter reports.
     fn parse_frame(&mut self) -> Result<Option<Frame>> {
         loop {
-            let Some(header) = Header::parse(&self.read_buf)? else {
-                return Ok(None);
+            let message = match take_frame(&mut self.read_buf)? {
+                None => return Ok(None),
+                Some(Frame::Other(message)) => message,
+                Some(frame) => return Ok(Some(frame)),
             };
-            let total = header.len() as usize + 1;
-            if total > MAX_MESSAGE_BYTES {
-                return Err(Error::Protocol(format!(
-                    "the server announced a {:?} message of {total} bytes, more than the {} MiB a message may have",
-                    char::from(header.tag()),
-                    MAX_MESSAGE_BYTES >> 20
-                )));
-            }
-            if self.read_buf.len() < total {
-                self.read_buf.reserve(total - self.read_buf.len());
-                return Ok(None);
-            }
-            match header.tag() {
-                b'd' => {
-                    let mut frame = self.read_buf.split_to(total).freeze();
-                    frame.advance(5);
-                    return Ok(Some(Frame::CopyData(frame)));
-                }
-                b'W' => {
-                    self.read_buf.advance(total);
-                    return Ok(Some(Frame::CopyBothResponse));
-                }
-                _ => {}
-            }
-            let message =
-                Message::parse(&mut self.read_buf)?.expect("a complete message is buffered");
             match message {
                 Message::NoticeResponse(body) => {
                     let notice = ServerError::from_fields(body.fields())?;

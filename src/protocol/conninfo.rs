@@ -422,7 +422,7 @@ fn store(settings: &mut Settings, key: &str, value: String) -> Result<(), Connin
 }
 
 /// libpq's `isspace`: the ASCII white space characters, vertical tab included.
-fn is_space(c: char) -> bool {
+pub(crate) fn is_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
@@ -535,7 +535,7 @@ fn parse_uri(uri: &str) -> Result<Settings, ConninfoError> {
 }
 
 /// Decodes `%XX` escapes (`+` stays `+`); `%00` and results that are not UTF-8 are errors.
-fn percent_decode(s: &str) -> Result<String, ConninfoError> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, ConninfoError> {
     let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -649,7 +649,7 @@ fn read_passfile(path: &Path) -> Option<String> {
 
 /// Matches one password-file line against host, port, database and user; returns its
 /// password (the rest of the line, unescaped) on a match.
-fn match_passfile_line(line: &str, wanted: &[&str; 4]) -> Option<String> {
+pub fn match_passfile_line(line: &str, wanted: &[&str; 4]) -> Option<String> {
     let mut chars = line.chars();
     for want in wanted {
         let (mut field, mut escaped) = (String::new(), false);

@@ -6,6 +6,7 @@ pub mod channel_binding;
 pub mod commands;
 pub mod connection;
 pub mod conninfo;
+pub mod frame;
 pub mod replication;
 pub mod require_auth;
 pub mod tls;

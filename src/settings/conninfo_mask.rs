@@ -1,8 +1,12 @@
 //! Hides the password in a libpq connection string, in either of its forms.
 
+use crate::protocol::conninfo::{is_space, percent_decode};
+
 /// `conninfo` with the value of every `password` replaced by `********`: in `key=value` form
 /// (values bare or single-quoted, `\` escaping) and in a `postgres://user:password@host` URI
-/// (there and as a `password=` parameter). Text that parses as neither comes back unchanged.
+/// (there and as a `password=` parameter, its key percent-encoded or not). White space and
+/// keys are read as [`crate::protocol::conninfo`] reads them, so that whatever password the
+/// connection would use is the one hidden. Text that parses as neither comes back unchanged.
 pub fn mask_conninfo(conninfo: &str) -> String {
     const MASK: &str = "********";
     let uri = conninfo
@@ -29,7 +33,9 @@ pub fn mask_conninfo(conninfo: &str) -> String {
             let params: Vec<String> = query
                 .split('&')
                 .map(|p| match p.split_once('=') {
-                    Some(("password", _)) => format!("password={MASK}"),
+                    Some((key, _)) if percent_decode(key).is_ok_and(|k| k == "password") => {
+                        format!("{key}={MASK}")
+                    }
                     _ => p.to_owned(),
                 })
                 .collect();
@@ -40,6 +46,11 @@ pub fn mask_conninfo(conninfo: &str) -> String {
     format!("{scheme}{authority}{tail}")
 }
 
+/// Whether `byte` separates keys and values: libpq's white space, vertical tab included.
+fn space(byte: u8) -> bool {
+    is_space(char::from(byte))
+}
+
 /// Masks `password` values in `key = value` text, keeping everything else byte for byte.
 fn mask_key_values(text: &str, mask: &str) -> String {
     let bytes = text.as_bytes();
@@ -48,11 +59,11 @@ fn mask_key_values(text: &str, mask: &str) -> String {
     while i < bytes.len() {
         // A key, then spaces, `=`, spaces.
         let key_start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'=' {
+        while i < bytes.len() && !space(bytes[i]) && bytes[i] != b'=' {
             i += 1;
         }
         let key = &text[key_start..i];
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        while i < bytes.len() && space(bytes[i]) {
             i += 1;
         }
         if i >= bytes.len() || bytes[i] != b'=' {
@@ -60,7 +71,7 @@ fn mask_key_values(text: &str, mask: &str) -> String {
             continue;
         }
         i += 1;
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        while i < bytes.len() && space(bytes[i]) {
             i += 1;
         }
         out.push_str(&text[key_start..i]);
@@ -77,19 +88,24 @@ fn mask_key_values(text: &str, mask: &str) -> String {
                     i += 1;
                     break;
                 }
-                c if !quoted && c.is_ascii_whitespace() => break,
+                c if !quoted && space(c) => break,
                 _ => i += 1,
             }
         }
         let i_end = i.min(bytes.len());
-        if key == "password" {
+        if key == "password" && quoted {
+            // Quoted as given: a key may follow the closing quote without a space.
+            out.push('\'');
+            out.push_str(mask);
+            out.push('\'');
+        } else if key == "password" {
             out.push_str(mask);
         } else {
             out.push_str(&text[value_start..i_end]);
         }
         i = i_end;
         // Spaces between pairs.
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        while i < bytes.len() && space(bytes[i]) {
             out.push(bytes[i] as char);
             i += 1;
         }
@@ -100,6 +116,7 @@ fn mask_key_values(text: &str, mask: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::mask_conninfo;
+    use crate::protocol::conninfo::ConnParams;
 
     #[test]
     fn hides_passwords_in_both_forms() {
@@ -108,7 +125,10 @@ mod tests {
                 "host=db1 user=w password=s3cret",
                 "host=db1 user=w password=********",
             ),
-            ("password = 'a b\\' c' host=x", "password = ******** host=x"),
+            (
+                "password = 'a b\\' c' host=x",
+                "password = '********' host=x",
+            ),
             ("host=db1 user=w", "host=db1 user=w"),
             (
                 "postgres://w:s3cret@db1:5432/db",
@@ -124,6 +144,41 @@ mod tests {
         for (given, masked) in cases {
             assert_eq!(mask_conninfo(given), masked, "{given}");
         }
+    }
+
+    #[test]
+    fn hides_passwords_behind_a_vertical_tab_or_an_encoded_key() {
+        // Found by the conninfo fuzzer: the parser separates pairs with a vertical tab and
+        // percent-decodes URI parameter keys, the mask did neither and showed the password.
+        let cases = [
+            (
+                "host=db1\x0bpassword=s3cret",
+                "host=db1\x0bpassword=********",
+            ),
+            (
+                "password\x0b=\x0bs3cret\x0buser=w",
+                "password\x0b=\x0b********\x0buser=w",
+            ),
+            (
+                "postgres://w@db1/db?pass%77ord=s3cret",
+                "postgres://w@db1/db?pass%77ord=********",
+            ),
+        ];
+        for (given, masked) in cases {
+            assert_eq!(mask_conninfo(given), masked, "{given:?}");
+            let parsed = ConnParams::parse(masked, &|_| None).expect("the masked text parses");
+            assert_eq!(parsed.password.as_deref(), Some("********"), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_password_stays_quoted() {
+        // Found by the conninfo fuzzer: a key may follow a closing quote without a space,
+        // and the bare mask ran into it, so the masked text lost the host.
+        let masked = mask_conninfo("password='s3cret'host=db1");
+        assert_eq!(masked, "password='********'host=db1");
+        let parsed = ConnParams::parse(&masked, &|_| None).expect("the masked text parses");
+        assert_eq!(parsed.hosts[0].host_name(), "db1");
     }
 
     #[test]

@@ -40,7 +40,8 @@ impl ConfigFile {
         Self::parse(path, &text).map(Some)
     }
 
-    fn parse(path: &Path, text: &str) -> anyhow::Result<ConfigFile> {
+    /// Parses `text`, the file at `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<ConfigFile> {
         let context = || format!("config file {}", path.display());
         let table: toml::Table = text.parse().with_context(context)?;
         let mut file = ConfigFile {

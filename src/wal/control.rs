@@ -29,7 +29,8 @@ pub fn system_id_from_control_file(data_dir: &Path) -> std::io::Result<Option<Sy
     })
 }
 
-fn parse_control_file(bytes: &[u8]) -> Result<SystemId, String> {
+/// Reads the system identifier from `pg_control`'s bytes, checking its version.
+pub fn parse_control_file(bytes: &[u8]) -> Result<SystemId, String> {
     let (Some(id), Some(version)) = (bytes.get(0..8), bytes.get(8..12)) else {
         return Err(format!(
             "only {} bytes, too short for pg_control",

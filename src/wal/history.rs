@@ -17,6 +17,10 @@ pub struct HistoryEntry {
 
 /// Parses the history file of `timeline`.
 pub fn parse_history(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, String> {
+    // Timeline 1 is the first and 0 is not one: neither has ancestors, so neither a history.
+    if timeline.0 < 2 {
+        return Err(format!("timeline {} has no history file", timeline.0));
+    }
     let mut entries: Vec<HistoryEntry> = Vec::new();
     for (number, line) in content.split(|&b| b == b'\n').enumerate() {
         let line = line.trim_ascii_start();
@@ -101,6 +105,18 @@ mod tests {
             assert!(
                 parse_history(TimelineId(2), bad).is_err(),
                 "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_a_history_for_timeline_0_or_1() {
+        // Found by the timeline_history fuzzer: timeline 0 overflowed the error message's
+        // upper bound (`0 - 1`) and panicked.
+        for timeline in [0, 1] {
+            assert_eq!(
+                parse_history(TimelineId(timeline), b"1\t0/3000000\treason\n"),
+                Err(format!("timeline {timeline} has no history file"))
             );
         }
     }

@@ -13,7 +13,7 @@ mod records;
 mod validate;
 pub mod version;
 
-pub use control::{CONTROL_FILE_PATH, system_id_from_control_file};
+pub use control::{CONTROL_FILE_PATH, parse_control_file, system_id_from_control_file};
 pub use history::{HistoryEntry, parse_history};
 pub use lsn::Lsn;
 pub(crate) use name::upper_hex;
