@@ -387,3 +387,81 @@ fn the_receiver_killed_a_hundred_times_loses_nothing() {
         started.elapsed(),
     );
 }
+
+/// A receiver streaming from a standby is killed where it handles the standby's promotion
+/// (timeline 1 ends, timeline 2's history is archived); restarted, it archives timeline 2
+/// byte for byte, and a copy recovered through `fetch` alone reaches the promoted data.
+#[test]
+fn the_receiver_killed_at_a_timeline_switch_loses_nothing() {
+    let started = Instant::now();
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    crate::harness::faults::keep_all_wal(&primary);
+    primary.start();
+    primary.write_rows(500);
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    crate::harness::faults::keep_all_wal(&standby);
+    standby.start();
+    let conninfo = standby.conninfo();
+    let mut env = archive.env();
+    let armed = format!("{}=return", failpoint::TIMELINE_SWITCH);
+    env.push((failpoint::VARIABLE.to_string(), armed));
+    let mut receiver = Receiver::on_slot_via(&wh, &archive, env, &conninfo, &[]);
+    crate::receive::wait_streaming(&standby);
+    let mut copy = PgCluster::from_backup(&primary, "restored", "none");
+    primary.write_rows(1000);
+    primary.switch_wal();
+    standby.wait_replayed(&primary);
+    primary.stop("fast");
+    standby.promote();
+    let status = receiver
+        .wait(REACH_TIMEOUT)
+        .unwrap_or_else(|| panic!("not killed at the switch: {}", receiver.log()));
+    let log = receiver.log();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}: {log}");
+    assert!(log.contains(failpoint::TIMELINE_SWITCH), "{log}");
+    let first = current_segment(&standby);
+    assert!(first.starts_with("00000002"), "{first}");
+
+    let back = Instant::now();
+    let args = ["-d", &conninfo, "-S", "walhalla", "--status-interval", "1"];
+    let mut restarted = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    crate::harness::wait_for("the restart to stream", REACH_TIMEOUT, || {
+        streams(&restarted).then_some(())
+    });
+    let recovery = back.elapsed();
+    assert_said_what_it_found(&restarted.log());
+    standby.write_rows(1000);
+    let last = standby.switch_wal();
+    crate::receive::wait_archive_holds(&archive, &last);
+    let damage =
+        crate::harness::faults::compare_with_server(&wh, &archive, &standby, &first, &last);
+    copy.set_env(archive.env());
+    copy.recover_from_archive(&format!(
+        "{} --archive {} fetch %f %p",
+        wh.path().display(),
+        archive.url()
+    ));
+    assert_eq!(copy.table_fingerprint(), standby.table_fingerprint());
+    let missing = unindexed(&archive, &first);
+    assert!(
+        missing.is_empty(),
+        "archived without a time index: {missing:?}"
+    );
+    let log = restarted.log();
+    assert!(restarted.stop().success(), "{log}");
+    let outcome = Outcome {
+        kills_at_points: 1,
+        per_point: BTreeMap::from([(failpoint::TIMELINE_SWITCH, 1)]),
+        recoveries: vec![recovery],
+        damage,
+        ..Outcome::default()
+    };
+    record(
+        "receiver killed (SIGKILL) at a timeline switch",
+        "kills::the_receiver_killed_at_a_timeline_switch_loses_nothing",
+        &outcome,
+        started.elapsed(),
+    );
+}
