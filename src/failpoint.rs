@@ -70,9 +70,14 @@ mod active {
     /// Configures the fail points from `FAILPOINTS` (unset or empty: none). An unknown point
     /// or an action the `fail` crate cannot parse is an error.
     pub fn setup() -> Result<(), String> {
-        let Ok(text) = std::env::var(VARIABLE) else {
-            return Ok(());
-        };
+        match std::env::var(VARIABLE) {
+            Ok(text) => configure(&text),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Configures the fail points from `text`, in the syntax of `FAILPOINTS`.
+    pub(super) fn configure(text: &str) -> Result<(), String> {
         for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
             let Some((name, actions)) = entry.split_once('=') else {
                 return Err(format!("{VARIABLE}: {entry:?} is not POINT=ACTIONS"));
@@ -137,15 +142,11 @@ mod tests {
 
     #[test]
     fn a_configuration_names_known_points_only() {
-        // SAFETY: this test alone reads or writes the variable.
-        unsafe { std::env::set_var(VARIABLE, "no-such-point=return") };
-        let error = setup().unwrap_err();
+        let error = active::configure("no-such-point=return").unwrap_err();
         assert!(error.contains("no fail point is named"), "{error}");
-        unsafe { std::env::set_var(VARIABLE, "upload-start=bogus(") };
-        assert!(setup().is_err());
-        unsafe { std::env::set_var(VARIABLE, "tail-kept=off") };
-        setup().unwrap();
+        assert!(active::configure("upload-start=bogus(").is_err());
+        assert!(active::configure("upload-start").is_err());
+        active::configure("tail-kept=2*off").unwrap();
         hit(TAIL_KEPT);
-        unsafe { std::env::remove_var(VARIABLE) };
     }
 }

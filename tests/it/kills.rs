@@ -202,13 +202,15 @@ fn streams(receiver: &Receiver) -> bool {
     receiver.log().contains(": streaming host=")
 }
 
-/// A restart's log says what the spool held.
+/// A restart's log says what the spool held, and no upload met an object of other bytes
+/// (which the archive never overwrites: the uploader would stop).
 fn assert_said_what_it_found(log: &str) {
     assert!(
         log.contains("the spool holds WAL an earlier run left")
             || log.contains("the spool holds no WAL of an earlier run"),
         "the restart did not say what it found in the spool: {log}"
     );
+    assert!(!log.contains("cannot archive"), "{log}");
 }
 
 /// Archived segments (from `first` on) that have no time index.
