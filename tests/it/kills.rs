@@ -213,6 +213,19 @@ fn assert_said_what_it_found(log: &str) {
     assert!(!log.contains("cannot archive"), "{log}");
 }
 
+/// Stops `receiver` (its shutdown waits for its uploads, each of which stores the segment's
+/// time index before it ends), then fails unless every segment archived from `first` on has
+/// its time index.
+fn stop_and_check_indexes(receiver: &mut Receiver, archive: &TestArchive, first: &str) {
+    let log = receiver.log();
+    assert!(receiver.stop().success(), "{log}");
+    let missing = unindexed(archive, first);
+    assert!(
+        missing.is_empty(),
+        "archived without a time index: {missing:?}"
+    );
+}
+
 /// Archived segments (from `first` on) that have no time index.
 fn unindexed(archive: &TestArchive, first: &str) -> Vec<String> {
     let keys = archive.keys();
@@ -275,13 +288,7 @@ fn kill_under_load(backend: Backend, kills: &[Kill]) -> Outcome {
     assert_said_what_it_found(&victim.receiver().log());
     std::thread::sleep(Duration::from_secs(1));
     outcome.damage = settle_and_compare(&wh, &archive, &pg, load, &first, copy);
-    let missing = unindexed(&archive, &first);
-    assert!(
-        missing.is_empty(),
-        "archived without a time index: {missing:?}"
-    );
-    let log = victim.receiver().log();
-    assert!(victim.receiver().stop().success(), "{log}");
+    stop_and_check_indexes(victim.receiver(), &archive, &first);
     outcome
 }
 
@@ -446,13 +453,7 @@ fn the_receiver_killed_at_a_timeline_switch_loses_nothing() {
         archive.url()
     ));
     assert_eq!(copy.table_fingerprint(), standby.table_fingerprint());
-    let missing = unindexed(&archive, &first);
-    assert!(
-        missing.is_empty(),
-        "archived without a time index: {missing:?}"
-    );
-    let log = restarted.log();
-    assert!(restarted.stop().success(), "{log}");
+    stop_and_check_indexes(&mut restarted, &archive, &first);
     let outcome = Outcome {
         kills_at_points: 1,
         per_point: BTreeMap::from([(failpoint::TIMELINE_SWITCH, 1)]),
