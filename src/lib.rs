@@ -64,6 +64,7 @@ pub mod coverage;
 pub mod daemon;
 pub mod demo;
 pub mod envelope;
+pub mod failpoint;
 pub mod fsutil;
 pub mod hooks;
 pub mod list;

@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::failpoint;
 use crate::fsutil::fsync_dir;
 use crate::wal::{
     LONG_HEADER_BYTES, LongPageHeader, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId,
@@ -181,6 +182,7 @@ pub fn keep_tail(dir: &Path, size: SegmentSize) -> io::Result<Option<(SegmentNam
     let end = Lsn(start.0 + length);
     std::fs::rename(&path, tail_path(dir, segment, end))?;
     fsync_dir(dir)?;
+    failpoint::hit(failpoint::TAIL_KEPT);
     Ok(Some((segment, end)))
 }
 
@@ -309,6 +311,7 @@ impl SegmentWriter {
     /// Makes everything written durable.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.synced < self.written {
+            failpoint::hit(failpoint::SPOOL_BEFORE_FSYNC);
             self.file.sync_data()?;
             self.synced = self.written;
         }
@@ -326,8 +329,10 @@ impl SegmentWriter {
     pub fn finish(mut self) -> io::Result<SegmentName> {
         debug_assert_eq!(self.remaining(), 0);
         self.sync()?;
+        failpoint::hit(failpoint::SPOOL_BEFORE_RENAME);
         let from = self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment));
         std::fs::rename(from, complete_path(&self.dir, self.segment))?;
+        failpoint::hit(failpoint::SPOOL_AFTER_RENAME);
         fsync_dir(&self.dir)?;
         Ok(self.segment)
     }

@@ -23,14 +23,10 @@ full=" ${WALHALLA_PG_FULL:-15,$newest} "
 full=${full//,/ }
 jobs=${WALHALLA_PG_JOBS:-2}
 
-cargo test --lib --bins
+# With the fail points (src/failpoint.rs) the kill tests (tests/it/kills.rs) need.
+cargo test --lib --bins --features failpoints
 cargo test --doc
-it=$(cargo test --test it --no-run --message-format=json |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it" and m.get("executable"):
-        print(m["executable"])')
+it=$(tests/it-executable.sh)
 mapfile -t core < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' tests/core-scenarios)
 
 logs=$(mktemp -d)

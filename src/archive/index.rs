@@ -78,6 +78,7 @@ impl ClusterArchive {
                 return;
             }
         };
+        crate::failpoint::hit(crate::failpoint::TIME_INDEX_WRITE);
         let key = index_key(&self.archive.root, self.system_id, prepared.segment);
         match self.put_key(key, prepared.json, prepared.envelope).await {
             Ok(PutOutcome::Stored | PutOutcome::AlreadyArchived) => {}

@@ -322,12 +322,10 @@ impl ClusterArchive {
             attributes: attributes.clone(),
             ..Default::default()
         };
-        let put = self
-            .archive
-            .retrying("store", &key, || {
-                self.archive.store.put_opts(&key, payload.clone(), opts())
-            })
-            .await;
+        let put = self.archive.retrying("store", &key, || {
+            self.archive.store.put_opts(&key, payload.clone(), opts())
+        });
+        let put = crate::failpoint::during(crate::failpoint::UPLOAD_IN_FLIGHT, put).await;
         match put {
             Ok(_) => Ok(PutOutcome::Stored),
             Err(Error::Store {

@@ -113,6 +113,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    crate::failpoint::setup().map_err(anyhow::Error::msg)?;
     shared.metrics.receiver_started(ReceiverSettings {
         slot: options.slot.clone(),
         mode: match options.mode {
@@ -200,7 +201,7 @@ pub async fn run(
 }
 
 /// Starts archiving what an earlier run left in `dir`, if it left WAL: `None` otherwise (the
-/// first session then learns the segment size from the server).
+/// first session then learns the segment size from the server). Says what it found.
 async fn take_over_spool(
     options: &ReceiveOptions,
     archive: &Archive,
@@ -208,12 +209,36 @@ async fn take_over_spool(
     dir: PathBuf,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Option<session::Context>> {
-    let Ok(Some(size)) = crate::blocking::run(move || spool::segment_size(&dir)).await else {
-        return Ok(None);
+    let scanned = dir.clone();
+    let found = crate::blocking::run(move || {
+        Ok::<_, std::io::Error>((spool::segment_size(&scanned)?, spool::scan(&scanned)?))
+    })
+    .await;
+    let size = match found {
+        Ok((Some(size), found)) => {
+            tracing::info!(
+                spool = %dir.display(),
+                complete_segments = found.complete.len(),
+                kept_tails = found.tails.len(),
+                partial = %found.partial.map_or(String::new(), |s| s.to_string()),
+                "the spool holds WAL an earlier run left: archiving it (an object the archive \
+                 holds already must have the same bytes)"
+            );
+            size
+        }
+        Ok((None, _)) => {
+            tracing::info!(spool = %dir.display(), "the spool holds no WAL of an earlier run");
+            return Ok(None);
+        }
+        Err(e) => {
+            tracing::warn!(spool = %dir.display(), "cannot read the spool an earlier run left: {e}");
+            return Ok(None);
+        }
     };
     let ctx = session::new_context(options, archive, system_id, size, shared)
         .await
         .map_err(|e| e.error)?;
+    crate::failpoint::hit(crate::failpoint::SPOOL_RECOVERY);
     if let Err(e) = ctx.take_over_spool().await {
         tracing::warn!("taking over the spool: {:#}", e.error);
     }

@@ -253,6 +253,7 @@ pub async fn run(
             Ok(StreamEnd::Timeline { next, switch_point }) => {
                 archive_history(&mut conn, &ctx.cluster, next).await?;
                 tracing::info!(from = timeline.0, to = next.0, %switch_point, "timeline switch");
+                crate::failpoint::hit(crate::failpoint::TIMELINE_SWITCH);
                 timeline = next;
                 start = SegNo::containing(switch_point, segment_size);
             }

@@ -277,7 +277,10 @@ impl<'a> Stream<'a> {
         metrics.set_archived(stored.archived().0);
         metrics.set_spool_bytes(self.spool_bytes());
         self.conn.queue_copy_data(&message);
-        self.conn.flush().await.map_err(from_conn)
+        crate::failpoint::hit(crate::failpoint::STATUS_BEFORE_SEND);
+        self.conn.flush().await.map_err(from_conn)?;
+        crate::failpoint::hit(crate::failpoint::STATUS_AFTER_SEND);
+        Ok(())
     }
 
     async fn handle(&mut self, payload: Bytes) -> Result<(), SessionError> {
@@ -396,6 +399,7 @@ impl<'a> Stream<'a> {
             self.writer = Some(writer);
             self.snapshot_end = Lsn(0);
             tracing::debug!(segment = %done, "segment complete");
+            crate::failpoint::hit(crate::failpoint::SEGMENT_COMPLETED);
             // No waiting here: the spool limit, checked before each read, is the backpressure.
             self.ctx
                 .uploader

@@ -26,6 +26,7 @@ use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
 use crate::envelope::Encoder;
+use crate::failpoint;
 use crate::metrics::ErrorKind;
 use crate::spool;
 use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
@@ -325,6 +326,15 @@ async fn upload_until_stored(
         }
         Err(GaveUp::Deadline(None)) => None,
     };
+    failpoint::hit(failpoint::UPLOAD_STORED);
+    // Logged and indexed before the spool file goes: a crash in between then leaves the file,
+    // archived again (the same bytes) and indexed at the next start; after its removal
+    // nothing would make the index any more.
+    if let Some(stored) = stored {
+        report_and_index(archive, &what, started, stored).await;
+    } else {
+        tracing::debug!(file = %what, "archived before");
+    }
     let dir = settings.spool.clone();
     match job {
         Job::Segment(segment) => {
@@ -342,10 +352,12 @@ async fn upload_until_stored(
                 .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
         }
     }
-    let Some(stored) = stored else {
-        tracing::debug!(file = %what, "archived before");
-        return Ok(());
-    };
+    failpoint::hit(failpoint::UPLOAD_REMOVED);
+    Ok(())
+}
+
+/// Logs what one upload stored and stores a complete segment's time index.
+async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant, stored: Stored) {
     let ms = started.elapsed().as_millis() as u64;
     let ratio = stored.original_bytes as f64 / stored.stored_bytes.max(1) as f64;
     let ratio = (ratio * 10.0).round() / 10.0;
@@ -371,7 +383,6 @@ async fn upload_until_stored(
             "archived a snapshot"
         ),
     }
-    Ok(())
 }
 
 /// What one upload stored.
@@ -391,6 +402,7 @@ async fn upload(
     settings: &UploadSettings,
     job: Job,
 ) -> archive::Result<Option<Stored>> {
+    failpoint::hit(failpoint::UPLOAD_START);
     let (dir, size, level) = (
         settings.spool.clone(),
         settings.segment_size,

@@ -9,6 +9,8 @@ mod faults;
 mod fetch;
 mod foreign_names;
 mod harness;
+#[cfg(feature = "failpoints")]
+mod kills;
 mod logs;
 mod misbehaving;
 mod patroni;

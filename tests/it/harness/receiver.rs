@@ -73,6 +73,19 @@ impl Receiver {
         Self::start_with_spool(wh, archive, archive.env(), spool.to_path_buf(), args, dir)
     }
 
+    /// Like [`Receiver::restart`] with other variables (a fail point configuration, say).
+    #[cfg(feature = "failpoints")]
+    pub fn restart_via(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        env: Vec<(String, String)>,
+        spool: &Path,
+        args: &[&str],
+    ) -> Receiver {
+        let dir = TestDir::new("receiver");
+        Self::start_with_spool(wh, archive, env, spool.to_path_buf(), args, dir)
+    }
+
     /// Like [`Receiver::start`] with a given spool directory, in a process whose umask is
     /// `umask` (whatever the test process's is).
     pub fn start_with_umask(
