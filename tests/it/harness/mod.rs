@@ -6,6 +6,7 @@ mod archive;
 mod azurite;
 pub mod faults;
 pub mod http;
+mod http_faults;
 pub mod patroni;
 mod pg;
 mod pki;
@@ -13,9 +14,11 @@ mod proxy;
 mod receiver;
 pub mod s3;
 pub mod server;
+mod spool_fs;
 
 pub use archive::{Backend, TestArchive};
 pub use azurite::Azurite;
+pub use http_faults::FaultyS3;
 pub use pg::{PgCluster, pg_client_bin};
 pub use pki::TestCa;
 pub use proxy::TcpProxy;
@@ -23,6 +26,7 @@ pub use receiver::Receiver;
 #[allow(unused_imports)]
 pub use s3::S3Server;
 pub use server::Server;
+pub use spool_fs::SpoolFs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
