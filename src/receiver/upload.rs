@@ -13,7 +13,7 @@
 //! the name, or a corrupt object) stops the uploader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -325,22 +325,12 @@ async fn upload_until_stored(
         }
         Err(GaveUp::Deadline(None)) => None,
     };
-    let dir = settings.spool.clone();
-    match job {
-        Job::Segment(segment) => {
-            blocking::run(move || spool::remove_complete(&dir, segment))
-                .await
-                .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
-            shared.metrics.segment_archived(
-                segment.to_string(),
-                u64::from(settings.segment_size.bytes()),
-            );
-        }
-        Job::Tail(segment, end) => {
-            blocking::run(move || spool::remove_tail(&dir, segment, end))
-                .await
-                .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
-        }
+    remove_from_spool(&settings.spool, job, &what).await;
+    if let Job::Segment(segment) = job {
+        shared.metrics.segment_archived(
+            segment.to_string(),
+            u64::from(settings.segment_size.bytes()),
+        );
     }
     let Some(stored) = stored else {
         tracing::debug!(file = %what, "archived before");
@@ -372,6 +362,40 @@ async fn upload_until_stored(
         ),
     }
     Ok(())
+}
+
+/// Removes an archived job's file from the spool, retrying until that works: a spool turned
+/// read-only (a filesystem error) must not stop the receiver over WAL that is safe in the
+/// archive. The job stays outstanding meanwhile, its file taking room in the spool.
+async fn remove_from_spool(dir: &Path, job: Job, what: &str) {
+    let mut backoff = UPLOAD_BACKOFF;
+    let mut failing = false;
+    loop {
+        let dir = dir.to_path_buf();
+        let removed = blocking::run(move || match job {
+            Job::Segment(segment) => spool::remove_complete(&dir, segment),
+            Job::Tail(segment, end) => spool::remove_tail(&dir, segment, end),
+        })
+        .await;
+        let Err(e) = removed else {
+            if failing {
+                tracing::info!(file = %what, "removed from the spool at last");
+            }
+            return;
+        };
+        let pause = backoff.next_pause();
+        if failing {
+            tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "cannot remove from the spool: {e}");
+        } else {
+            tracing::warn!(
+                file = %what,
+                "archived, but cannot remove it from the spool: {e}; retrying (it takes room in \
+                 the spool until then)"
+            );
+            failing = true;
+        }
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// What one upload stored.

@@ -3,6 +3,7 @@
 //! filesystem error and repair with `e2fsck`. Needs root (mount, losetup); unmounted and
 //! detached on drop.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -91,6 +92,8 @@ impl SpoolFs {
         if !spool.exists() {
             std::fs::create_dir(&spool).expect("create the spool directory");
             super::chown_to_pg(&spool);
+            std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod the spool directory");
         }
     }
 
