@@ -16,7 +16,8 @@
 //! The functions here block: call them through [`crate::blocking::run`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::failpoint;
@@ -216,6 +217,16 @@ pub fn remove_tail(dir: &Path, segment: SegmentName, end: Lsn) -> io::Result<()>
     }
 }
 
+/// Whether `error` says the spool's filesystem is full (`ENOSPC`) or its user's quota is used
+/// up (`EDQUOT`): a condition that passes once files are archived or space is freed, for the
+/// stream to wait out rather than fail on.
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// The path of a complete segment in the spool.
 pub fn complete_path(dir: &Path, segment: SegmentName) -> PathBuf {
     dir.join(segment.to_string())
@@ -301,9 +312,18 @@ impl SegmentWriter {
     }
 
     /// Appends bytes; the caller never passes more than [`SegmentWriter::remaining`].
+    ///
+    /// Writes are positional, at the end of what was written: when one fails part way (a
+    /// full filesystem), what did reach the file is cut off again, and writing the same bytes
+    /// once there is room lands them where they belong, never a second copy after the first.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(bytes.len() as u64 <= self.remaining());
-        self.file.write_all(bytes)?;
+        if let Err(e) = self.file.write_all_at(bytes, self.written) {
+            // Best effort: cut off what did reach the file (the stream's own bytes, so a kept
+            // tail that still holds them is not wrong either).
+            let _ = self.file.set_len(self.written);
+            return Err(e);
+        }
         self.written += bytes.len() as u64;
         Ok(())
     }

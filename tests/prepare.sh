@@ -143,6 +143,11 @@ done
 
 command -v zstd >/dev/null || apt_install zstd
 command -v runuser >/dev/null || apt_install util-linux
+# The spool filesystem faults (tests/it/faults.rs): an ext4 image on a loop device, checked
+# with e2fsck (e2fsprogs is not in every minimal image).
+PATH=$PATH:/usr/sbin:/sbin
+command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null || apt_install e2fsprogs
+command -v losetup >/dev/null || apt_install mount
 if ! command -v moto_server >/dev/null; then
   is_root || die "moto_server is missing; install it with: python3 -m pip install 'moto[server]'"
   say "installing moto_server"

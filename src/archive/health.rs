@@ -6,12 +6,20 @@
 //!
 //! Changes are logged once: a warning (an error when an operator must act) when operations
 //! start failing or their failure becomes permanent, and a line when they work again, saying
-//! how long they did not; the retries in between log at debug level only.
+//! how long they did not; the retries in between log at debug level only. A store that
+//! flaps (a share of requests answered 503 SlowDown) would still log a pair of lines per
+//! flip, so a failure that begins within [`CALM_WINDOW`] of a recovery is logged only once it
+//! has lasted [`BRIEF_FAILURE`]; the brief ones in between are counted in the next line.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+/// After a recovery, how long new failures are taken for flapping: logged only once they last.
+pub const CALM_WINDOW: Duration = Duration::from_secs(60);
+/// How long a failure within [`CALM_WINDOW`] of a recovery must last to be logged.
+pub const BRIEF_FAILURE: Duration = Duration::from_secs(5);
 
 /// Which operations: reads (get, list) or writes (store, delete).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +58,12 @@ struct State {
     /// While failing: since when (for the record, and to say how long it lasted).
     failing_since: Option<(SystemTime, Instant)>,
     permanent: bool,
+    /// Whether the current failure was logged (a brief one after a recovery is not).
+    announced: bool,
+    /// When the latest recovery was.
+    recovered_at: Option<Instant>,
+    /// Failures not logged since the last line that was: brief ones after a recovery.
+    brief_failures: u64,
     last_error: Option<(String, SystemTime)>,
     last_success: Option<SystemTime>,
 }
@@ -93,30 +107,8 @@ impl Health {
             );
             return;
         }
-        let now = SystemTime::now();
-        state.failures += 1;
-        state.last_error = Some((error.to_string(), now));
-        let what = direction.label();
-        match state.failing_since {
-            None => {
-                state.failing_since = Some((now, Instant::now()));
-                state.permanent = permanent;
-                if permanent {
-                    tracing::error!(
-                        "archive {what} failing, until the archive is fixed (permanent error): {error}"
-                    );
-                } else {
-                    tracing::warn!("archive {what} failing, retrying: {error}");
-                }
-            }
-            Some(_) if permanent && !state.permanent => {
-                state.permanent = true;
-                tracing::error!(
-                    "archive {what} still failing, now until the archive is fixed (permanent error): {error}"
-                );
-            }
-            Some(_) => {}
-        }
+        let line = state.record_failure(error, permanent, Instant::now());
+        log(direction, line, error);
     }
 
     /// The attempt marked `attempt` succeeded, or the archive answered it (a missing object
@@ -126,19 +118,9 @@ impl Health {
         if attempt.failures != state.failures {
             return;
         }
-        state.last_success = Some(SystemTime::now());
-        if let Some((_, since)) = state.failing_since.take() {
-            let down = since.elapsed();
-            let error = state.last_error.as_ref().map_or("", |(e, _)| e.as_str());
-            tracing::info!(
-                down_s = round_tenths(down),
-                "archive {} work again after {:.1} s (last error: {error})",
-                direction.label(),
-                down.as_secs_f64()
-            );
-            state.permanent = false;
-            state.recoveries += 1;
-        }
+        let line = state.record_success(Instant::now());
+        let error = state.last_error.as_ref().map_or("", |(e, _)| e.as_str());
+        log(direction, line, error);
     }
 
     /// The record of `direction` now.
@@ -152,6 +134,124 @@ impl Health {
             last_error_at: state.last_error.as_ref().map(|(_, at)| unix_seconds(*at)),
             last_success_at: state.last_success.map(unix_seconds),
         }
+    }
+}
+
+/// What a change of health logs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Line {
+    /// Nothing: a retry, or the end of a failure that was not logged.
+    Quiet,
+    /// At debug level only: a failure began within [`CALM_WINDOW`] of a recovery.
+    Brief,
+    /// Failing, and retrying; `brief` failures since the last line were not logged.
+    Failing {
+        lasted: Option<Duration>,
+        brief: u64,
+    },
+    /// Failing until an operator fixes the archive.
+    Permanent { still: bool },
+    /// Working again after `down`.
+    Recovered { down: Duration, brief: u64 },
+}
+
+impl State {
+    /// Takes note of a failure at `now`; says what to log.
+    fn record_failure(&mut self, error: &str, permanent: bool, now: Instant) -> Line {
+        self.failures += 1;
+        self.last_error = Some((error.to_string(), SystemTime::now()));
+        let Some((_, since)) = self.failing_since else {
+            self.failing_since = Some((SystemTime::now(), now));
+            self.permanent = permanent;
+            let calm = self
+                .recovered_at
+                .is_some_and(|at| now.saturating_duration_since(at) < CALM_WINDOW);
+            self.announced = permanent || !calm;
+            return match (permanent, self.announced) {
+                (true, _) => Line::Permanent { still: false },
+                (false, true) => Line::Failing {
+                    lasted: None,
+                    brief: std::mem::take(&mut self.brief_failures),
+                },
+                (false, false) => Line::Brief,
+            };
+        };
+        if permanent && !self.permanent {
+            self.permanent = true;
+            let still = self.announced;
+            self.announced = true;
+            return Line::Permanent { still };
+        }
+        let lasted = now.saturating_duration_since(since);
+        if !self.announced && lasted >= BRIEF_FAILURE {
+            self.announced = true;
+            return Line::Failing {
+                lasted: Some(lasted),
+                brief: std::mem::take(&mut self.brief_failures),
+            };
+        }
+        Line::Quiet
+    }
+
+    /// Takes note of a success at `now`; says what to log.
+    fn record_success(&mut self, now: Instant) -> Line {
+        self.last_success = Some(SystemTime::now());
+        let Some((_, since)) = self.failing_since.take() else {
+            return Line::Quiet;
+        };
+        self.permanent = false;
+        self.recoveries += 1;
+        self.recovered_at = Some(now);
+        if !std::mem::take(&mut self.announced) {
+            self.brief_failures += 1;
+            return Line::Quiet;
+        }
+        Line::Recovered {
+            down: now.saturating_duration_since(since),
+            brief: std::mem::take(&mut self.brief_failures),
+        }
+    }
+}
+
+/// Logs `line` about `direction`, whose latest error is `error`.
+fn log(direction: Direction, line: Line, error: &str) {
+    let what = direction.label();
+    let brief = |n: u64| match n {
+        0 => String::new(),
+        n => format!(" ({n} brief failures since the last line, not logged)"),
+    };
+    match line {
+        Line::Quiet => {}
+        Line::Brief => tracing::debug!(
+            "archive {what} failing again soon after recovering, logged if it lasts {}s: {error}",
+            BRIEF_FAILURE.as_secs()
+        ),
+        Line::Failing {
+            lasted: None,
+            brief: n,
+        } => {
+            tracing::warn!("archive {what} failing, retrying{}: {error}", brief(n));
+        }
+        Line::Failing {
+            lasted: Some(lasted),
+            brief: n,
+        } => tracing::warn!(
+            "archive {what} failing again for {:.1} s, retrying{}: {error}",
+            lasted.as_secs_f64(),
+            brief(n)
+        ),
+        Line::Permanent { still: false } => tracing::error!(
+            "archive {what} failing, until the archive is fixed (permanent error): {error}"
+        ),
+        Line::Permanent { still: true } => tracing::error!(
+            "archive {what} still failing, now until the archive is fixed (permanent error): {error}"
+        ),
+        Line::Recovered { down, brief: n } => tracing::info!(
+            down_s = round_tenths(down),
+            "archive {what} work again after {:.1} s{} (last error: {error})",
+            down.as_secs_f64(),
+            brief(n)
+        ),
     }
 }
 
@@ -224,5 +324,67 @@ mod tests {
         let fresh = health.begin(Direction::Write);
         health.failed(Direction::Write, fresh, "connection refused", false);
         assert!(health.report(Direction::Write).failing);
+    }
+
+    #[test]
+    fn a_store_that_flaps_after_a_recovery_is_logged_once_a_failure_lasts() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_millis(s * 100);
+        // The first failure is logged at once, its retries are not.
+        assert_eq!(
+            state.record_failure("503 SlowDown", false, at(0)),
+            Line::Failing {
+                lasted: None,
+                brief: 0
+            }
+        );
+        assert_eq!(state.record_failure("503", false, at(5)), Line::Quiet);
+        assert!(matches!(
+            state.record_success(at(10)),
+            Line::Recovered { brief: 0, .. }
+        ));
+        // Flapping within the minute after that: every failure is brief, none is logged.
+        for flip in 0..20 {
+            let t = 20 + flip * 10;
+            assert_eq!(state.record_failure("500", false, at(t)), Line::Brief);
+            assert_eq!(state.record_failure("500", false, at(t + 3)), Line::Quiet);
+            assert_eq!(state.record_success(at(t + 5)), Line::Quiet);
+        }
+        // One that lasts 5 s is logged, with the count of brief ones before it.
+        assert_eq!(state.record_failure("500", false, at(300)), Line::Brief);
+        assert_eq!(state.record_failure("500", false, at(340)), Line::Quiet);
+        assert_eq!(
+            state.record_failure("500", false, at(350)),
+            Line::Failing {
+                lasted: Some(Duration::from_secs(5)),
+                brief: 20
+            }
+        );
+        assert_eq!(state.record_failure("500", false, at(360)), Line::Quiet);
+        assert_eq!(
+            state.record_success(at(400)),
+            Line::Recovered {
+                down: Duration::from_secs(10),
+                brief: 0
+            }
+        );
+        // A permanent error is logged at once, calm window or not.
+        assert_eq!(
+            state.record_failure("access denied", true, at(410)),
+            Line::Permanent { still: false }
+        );
+        assert!(matches!(
+            state.record_success(at(420)),
+            Line::Recovered { .. }
+        ));
+        // Past the window, a failure is news again.
+        assert_eq!(
+            state.record_failure("connection refused", false, at(420 + 600)),
+            Line::Failing {
+                lasted: None,
+                brief: 0
+            }
+        );
     }
 }

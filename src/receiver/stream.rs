@@ -22,13 +22,15 @@ use crate::blocking;
 use crate::envelope::Encoder;
 use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
-use crate::spool::SegmentWriter;
+use crate::spool::{self, SegmentWriter};
 use crate::wal::page_stream::PageChecker;
 use crate::wal::{Lsn, SegNo, TimelineId};
 
 /// How long a primary that is shutting down waits for the receiver to confirm the end of
 /// the stream before the receiver disconnects instead (it never confirms WAL not stored).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a write the full spool refused is tried again.
+const SPACE_RETRY: Duration = Duration::from_secs(1);
 
 /// The streaming part of a session.
 pub struct Stream<'a> {
@@ -47,6 +49,11 @@ pub struct Stream<'a> {
     server_end: Lsn,
     /// The flush positions reported on this connection.
     report: FlushReport,
+    /// WAL received but not yet written: the spool's filesystem was full. Nothing more is
+    /// read until it is written.
+    unwritten: Bytes,
+    /// While the spool is full: since when, and when to try writing again.
+    out_of_space: Option<(Instant, Instant)>,
 }
 
 /// How streaming one timeline ended.
@@ -116,6 +123,8 @@ impl<'a> Stream<'a> {
             snapshot_end: Lsn(0),
             server_end: Lsn(0),
             report: FlushReport::default(),
+            unwritten: Bytes::new(),
+            out_of_space: None,
         }
     }
 
@@ -141,7 +150,8 @@ impl<'a> Stream<'a> {
                     return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
                 }
             }
-            let spool_full = self.spool_bytes() >= self.options.spool_max_bytes;
+            let spool_full =
+                self.spool_bytes() >= self.options.spool_max_bytes || self.out_of_space.is_some();
             if spool_full {
                 // Nothing is read while the spool is full, so silence proves nothing.
                 last_message = Instant::now();
@@ -170,6 +180,10 @@ impl<'a> Stream<'a> {
                     tracing::debug!("no message from the server for {}s: asking for a reply", (timeout / 2).as_secs());
                     self.send_status(true).await?;
                     ping_sent = true;
+                }
+                _ = tokio::time::sleep_until(self.out_of_space.map_or_else(Instant::now, |(_, retry)| retry)), if self.out_of_space.is_some() => {
+                    let data = std::mem::take(&mut self.unwritten);
+                    self.write(data).await?;
                 }
                 _ = status.tick() => self.send_status(false).await?,
                 _ = async { partial.as_mut().expect("guarded").tick().await }, if partial.is_some() => {
@@ -369,16 +383,39 @@ impl<'a> Stream<'a> {
         .into())
     }
 
-    /// Writes WAL into the spool, completing segments as they fill.
+    /// Writes WAL into the spool, completing segments as they fill. When the spool's
+    /// filesystem is full, keeps what is not written for later and stops reading from the
+    /// server (see [`Stream::out_of_space`]).
     async fn write(&mut self, mut data: Bytes) -> Result<(), SessionError> {
         while !data.is_empty() {
             let take = (self.writer().remaining() as usize).min(data.len());
-            let chunk = data.split_to(take);
+            let chunk = data.slice(..take);
             let mut writer = self.writer.take().expect("current segment");
             let written = chunk.len() as u64;
-            let writer = blocking::run(move || writer.write(&chunk).map(|()| writer))
-                .await
-                .context("write to the spool")?;
+            let (writer, result) = blocking::run(move || {
+                let result = writer.write(&chunk);
+                (writer, result)
+            })
+            .await;
+            match result {
+                Ok(()) => data = data.slice(take..),
+                Err(e) if spool::is_out_of_space(&e) => {
+                    self.writer = Some(writer);
+                    self.out_of_space(&e, data);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.writer = Some(writer);
+                    return Err(anyhow!(e).context("write to the spool").into());
+                }
+            }
+            if let Some((since, _)) = self.out_of_space.take() {
+                tracing::info!(
+                    waited_s = since.elapsed().as_secs(),
+                    "the spool has room again after {:.1} s: reading from the server again",
+                    since.elapsed().as_secs_f64()
+                );
+            }
             self.ctx
                 .shared
                 .metrics
@@ -407,6 +444,25 @@ impl<'a> Stream<'a> {
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
         }
         Ok(())
+    }
+
+    /// The spool's filesystem is full: keeps `unwritten` to write again in [`SPACE_RETRY`]
+    /// and reads nothing from the server until then. Status updates go on, so the server
+    /// keeps the connection, and its slot keeps the WAL: backpressure, nothing lost.
+    fn out_of_space(&mut self, error: &std::io::Error, unwritten: Bytes) {
+        self.unwritten = unwritten;
+        let since = match self.out_of_space {
+            Some((since, _)) => since,
+            None => {
+                tracing::warn!(
+                    "spool full ({error}): not reading from the server until there is room, \
+                     trying every {}s; the slot keeps the WAL on the server",
+                    SPACE_RETRY.as_secs()
+                );
+                Instant::now()
+            }
+        };
+        self.out_of_space = Some((since, Instant::now() + SPACE_RETRY));
     }
 
     async fn sync(&mut self) -> Result<(), SessionError> {

@@ -13,7 +13,7 @@
 //! the name, or a corrupt object) stops the uploader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -335,22 +335,12 @@ async fn upload_until_stored(
     } else {
         tracing::debug!(file = %what, "archived before");
     }
-    let dir = settings.spool.clone();
-    match job {
-        Job::Segment(segment) => {
-            blocking::run(move || spool::remove_complete(&dir, segment))
-                .await
-                .map_err(|e| format!("remove {segment} from the spool: {e}"))?;
-            shared.metrics.segment_archived(
-                segment.to_string(),
-                u64::from(settings.segment_size.bytes()),
-            );
-        }
-        Job::Tail(segment, end) => {
-            blocking::run(move || spool::remove_tail(&dir, segment, end))
-                .await
-                .map_err(|e| format!("remove the kept tail of {segment} from the spool: {e}"))?;
-        }
+    remove_from_spool(&settings.spool, job, &what).await;
+    if let Job::Segment(segment) = job {
+        shared.metrics.segment_archived(
+            segment.to_string(),
+            u64::from(settings.segment_size.bytes()),
+        );
     }
     failpoint::hit(failpoint::UPLOAD_REMOVED);
     Ok(())
@@ -382,6 +372,53 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
             ms,
             "archived a snapshot"
         ),
+    }
+}
+
+/// Removes an archived job's file from the spool, retrying until that works: a spool turned
+/// read-only (a filesystem error) must not stop the receiver over WAL that is safe in the
+/// archive. The job stays outstanding meanwhile, its file taking room in the spool.
+async fn remove_from_spool(dir: &Path, job: Job, what: &str) {
+    let mut failing = false;
+    let removed = retry(
+        UPLOAD_BACKOFF,
+        None,
+        || {
+            let dir = dir.to_path_buf();
+            async move {
+                blocking::run(move || match job {
+                    Job::Segment(segment) => spool::remove_complete(&dir, segment),
+                    Job::Tail(segment, end) => spool::remove_tail(&dir, segment, end),
+                })
+                .await
+                .map_err(SpoolError)
+            }
+        },
+        |SpoolError(e), pause| {
+            if failing {
+                tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "cannot remove from the spool: {e}");
+            } else {
+                tracing::warn!(
+                    file = %what,
+                    "archived, but cannot remove it from the spool: {e}; retrying (it takes room \
+                     in the spool until then)"
+                );
+                failing = true;
+            }
+        },
+    )
+    .await;
+    if removed.is_ok() && failing {
+        tracing::info!(file = %what, "removed from the spool at last");
+    }
+}
+
+/// A spool file that could not be removed: always retried.
+struct SpoolError(std::io::Error);
+
+impl Transient for SpoolError {
+    fn is_transient(&self) -> bool {
+        true
     }
 }
 

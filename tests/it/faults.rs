@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::faults::{self, Damage, FaultRow, PgBench};
-use crate::harness::{Backend, PgCluster, Receiver, TestArchive, Walhalla};
+use crate::harness::{
+    Backend, FaultyS3, PgCluster, Receiver, S3Server, SpoolFs, TcpProxy, TestArchive, Walhalla,
+};
 use crate::receive::{wait_archive_holds, wait_streaming};
 
 /// A primary with pgbench's tables that keeps all its WAL, a receiver streaming it into
@@ -16,14 +18,62 @@ pub(crate) fn primary_with_receiver(
     archive: &TestArchive,
     extra: &[&str],
 ) -> (PgCluster, Receiver, PgCluster) {
+    primary_with(|pg| Receiver::on_slot(wh, archive, &pg.conninfo(), extra))
+}
+
+/// Like [`primary_with_receiver`], with whatever `start` starts for the primary: a receiver
+/// (with what it goes through) that streams on slot "walhalla".
+pub(crate) fn primary_with<T>(start: impl FnOnce(&PgCluster) -> T) -> (PgCluster, T, PgCluster) {
     let mut pg = PgCluster::init("primary");
     faults::keep_all_wal(&pg);
     pg.start();
-    let receiver = Receiver::on_slot(wh, archive, &pg.conninfo(), extra);
+    let receiver = start(&pg);
     wait_streaming(&pg);
     PgBench::init(&pg);
     let copy = PgCluster::from_backup(&pg, "restored", "none");
     (pg, receiver, copy)
+}
+
+/// How long, from `since` (the end of a fault), until the archive holds everything `pg` has
+/// written by now.
+pub(crate) fn caught_up(archive: &TestArchive, pg: &PgCluster, since: Instant) -> Duration {
+    let written = pg.switch_wal();
+    wait_archive_holds(archive, &written);
+    since.elapsed()
+}
+
+/// Ends the load, compares the archive and recovers the copy ([`settle_and_compare`]), then
+/// records `row` with what that found and fails unless nothing was lost or corrupted.
+pub(crate) fn settle_and_record(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    load: PgBench,
+    first: &str,
+    copy: PgCluster,
+    row: FaultRow,
+) {
+    let damage = settle_and_compare(wh, archive, pg, load, first, copy);
+    FaultRow { damage, ..row }.record_and_assert_whole();
+}
+
+/// Fails unless the receiver's log holds each of `says` (what happened, in its words: `why`
+/// otherwise), and unless it then stops cleanly.
+fn assert_logged(mut receiver: Receiver, says: &[&str], why: &str) {
+    let log = receiver.log();
+    for text in says {
+        assert!(log.contains(text), "{why} ({text:?} missing): {log}");
+    }
+    assert!(receiver.stop().success(), "{log}");
+}
+
+/// How many lines of `log` above debug level contain `text`.
+fn lines_with(log: &str, text: &str) -> usize {
+    log.lines()
+        .filter(|line| {
+            !line.contains(" DEBUG ") && !line.contains(" TRACE ") && line.contains(text)
+        })
+        .count()
 }
 
 /// The segment the primary writes now.
@@ -70,10 +120,7 @@ fn the_primary_killed_under_load_loses_nothing() {
         pg.stop("immediate");
         load.stop();
         pg.start();
-        let back = Instant::now();
-        let written = pg.switch_wal();
-        wait_archive_holds(&archive, &written);
-        recovery = recovery.max(back.elapsed());
+        recovery = recovery.max(caught_up(&archive, &pg, Instant::now()));
     }
     let load = PgBench::start(&pg, 2);
     std::thread::sleep(Duration::from_secs(1));
@@ -92,4 +139,230 @@ fn the_primary_killed_under_load_loses_nothing() {
         "no line says the primary went away: {log}"
     );
     assert!(receiver.stop().success(), "{log}");
+}
+
+#[test]
+fn the_s3_server_killed_mid_upload_and_restarted_loses_nothing() {
+    let wh = Walhalla::install();
+    let mut archive = TestArchive::on_s3(S3Server::start_recorded("walhalla-it"));
+    let (pg, receiver, copy) = primary_with_receiver(&wh, &archive, &[]);
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    let tries = 2;
+    let mut recovery = Duration::ZERO;
+    for _ in 0..tries {
+        // Under load a segment is being stored at any moment.
+        std::thread::sleep(Duration::from_secs(3));
+        let s3 = archive.s3_mut().expect("an S3 archive");
+        s3.kill9();
+        std::thread::sleep(Duration::from_secs(5));
+        let replayed = s3.restart();
+        assert!(replayed > 0, "moto recorded nothing");
+        recovery = recovery.max(caught_up(&archive, &pg, Instant::now()));
+    }
+    let row = FaultRow {
+        fault: "S3 server killed (SIGKILL) mid-upload, restarted with its objects",
+        test: "faults::the_s3_server_killed_mid_upload_and_restarted_loses_nothing",
+        tries,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &["archive writes failing", "archive writes work again"],
+        "no line says the store went away and came back",
+    );
+}
+
+#[test]
+fn an_s3_server_slower_than_the_timeout_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&proxy.endpoint());
+    let (pg, receiver, copy) = primary_with(|pg| {
+        Receiver::on_slot_via(&wh, &archive, env, &pg.conninfo(), &["--timeout", "3"])
+    });
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    // Every piece either way waits 4 s: no store operation ends within --timeout 3.
+    proxy.set_delay(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(20));
+    proxy.set_delay(Duration::ZERO);
+    let recovery = caught_up(&archive, &pg, Instant::now());
+    let row = FaultRow {
+        fault: "S3 slower than --timeout (4 s per read, 3 s timeout) for 20 s",
+        test: "faults::an_s3_server_slower_than_the_timeout_loses_nothing",
+        tries: 1,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &["archive writes failing", "archive writes work again"],
+        "no line says the store was too slow",
+    );
+}
+
+#[test]
+fn s3_answering_500_and_503_loses_nothing_and_logs_calmly() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let faulty = FaultyS3::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&faulty.endpoint());
+    let (pg, receiver, copy) =
+        primary_with(|pg| Receiver::on_slot_via(&wh, &archive, env, &pg.conninfo(), &[]));
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    // Two requests of every three: 500 InternalError and 503 SlowDown in turn.
+    faulty.fail(2, 3);
+    std::thread::sleep(Duration::from_secs(30));
+    faulty.fail(0, 1);
+    let recovery = caught_up(&archive, &pg, Instant::now());
+    let (requests, injected) = faulty.counts();
+    let row = FaultRow {
+        fault: "S3 answering 500 InternalError / 503 SlowDown to 2 requests of 3 for 30 s",
+        test: "faults::s3_answering_500_and_503_loses_nothing_and_logs_calmly",
+        tries: u32::try_from(injected).expect("a count"),
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert!(injected >= 10, "{injected} errors of {requests} requests");
+    let log = receiver.log();
+    assert!(
+        log.contains("SlowDown") && log.contains("InternalError"),
+        "no line names the errors: {log}"
+    );
+    // Calm: a line when it starts, maybe one per failure that lasts, not one per error.
+    let failing = lines_with(&log, "archive writes failing");
+    assert!(
+        failing <= 5 && lines_with(&log, "archive writes work again") <= 5,
+        "{failing} lines about {injected} errors: {log}"
+    );
+    assert_logged(
+        receiver,
+        &["archive writes failing, retrying"],
+        "no line says the store answered errors",
+    );
+}
+
+#[test]
+fn a_full_spool_holds_the_stream_back_and_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let fs = SpoolFs::tmpfs(16);
+    let (pg, receiver, copy) = primary_with(|pg| {
+        Receiver::on_slot_in(
+            &wh,
+            &archive,
+            archive.env(),
+            &fs.spool(),
+            &pg.conninfo(),
+            &[],
+        )
+    });
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    let tries = 2;
+    let mut recovery = Duration::ZERO;
+    for _ in 0..tries {
+        std::thread::sleep(Duration::from_secs(2));
+        fs.fill();
+        std::thread::sleep(Duration::from_secs(10));
+        fs.free();
+        recovery = recovery.max(caught_up(&archive, &pg, Instant::now()));
+    }
+    let row = FaultRow {
+        fault: "spool filesystem full (ENOSPC) for 10 s",
+        test: "faults::a_full_spool_holds_the_stream_back_and_loses_nothing",
+        tries,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &["spool full", "No space left on device"],
+        "no line says the spool is full",
+    );
+}
+
+#[test]
+fn a_spool_turned_read_only_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let fs = SpoolFs::ext4_on_loop(64);
+    let (pg, receiver, copy) = primary_with(|pg| {
+        Receiver::on_slot_in(
+            &wh,
+            &archive,
+            archive.env(),
+            &fs.spool(),
+            &pg.conninfo(),
+            &[],
+        )
+    });
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    std::thread::sleep(Duration::from_secs(3));
+    fs.break_read_only();
+    std::thread::sleep(Duration::from_secs(5));
+    // The operator's repair: unmount (the receiver must let go of the spool), e2fsck, mount.
+    fs.repair(Duration::from_secs(60));
+    let recovery = caught_up(&archive, &pg, Instant::now());
+    let row = FaultRow {
+        fault: "spool filesystem turned read-only (ext4 error), repaired with e2fsck",
+        test: "faults::a_spool_turned_read_only_loses_nothing",
+        tries: 1,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &["Read-only file system"],
+        "no line says the spool turned read-only",
+    );
+}
+
+#[test]
+fn the_network_to_the_primary_cut_past_the_timeouts_loses_nothing() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let (pg, (receiver, proxy), copy) = primary_with(|pg| {
+        pg.append_conf("wal_sender_timeout = '5s'");
+        pg.sql("SELECT pg_reload_conf()");
+        let proxy = TcpProxy::start(([127, 0, 0, 1], pg.port).into());
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres", proxy.addr().port());
+        let receiver = Receiver::on_slot(&wh, &archive, &conninfo, &["--receive-timeout", "6"]);
+        (receiver, proxy)
+    });
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    // Silence both ways, past wal_sender_timeout (5 s) and --receive-timeout (6 s).
+    proxy.blackhole();
+    std::thread::sleep(Duration::from_secs(15));
+    proxy.heal();
+    let back = Instant::now();
+    wait_streaming(&pg);
+    let recovery = caught_up(&archive, &pg, back);
+    let row = FaultRow {
+        fault: "network to the primary silent for 15 s (timeouts 5 s and 6 s)",
+        test: "faults::the_network_to_the_primary_cut_past_the_timeouts_loses_nothing",
+        tries: 1,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &["no message from the server", "reconnecting"],
+        "no line says the connection was given up and made again",
+    );
 }

@@ -27,13 +27,17 @@ pub struct TestArchive {
     _server: Option<S3Server>,
 }
 
+/// The runtime a test archive drives its store with.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 impl TestArchive {
     /// A new, empty archive.
     pub fn new(backend: Backend) -> TestArchive {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         match backend {
             Backend::Local => {
                 let dir = TestDir::new("archive");
@@ -44,43 +48,43 @@ impl TestArchive {
                     url: root.display().to_string(),
                     env: Vec::new(),
                     store: Arc::new(store),
-                    runtime,
+                    runtime: runtime(),
                     _dir: Some(dir),
                     _server: None,
                 }
             }
-            Backend::S3 => {
-                let server = S3Server::start("walhalla-it");
-                let prefix = "clusters/test";
-                let s3 = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(&server.bucket)
-                    .with_endpoint(&server.endpoint)
-                    .with_allow_http(true)
-                    .with_region(super::s3::REGION)
-                    .with_access_key_id(super::s3::ACCESS_KEY)
-                    .with_secret_access_key(super::s3::SECRET_KEY)
-                    .build()
-                    .expect("s3 store");
-                let store = object_store::prefix::PrefixStore::new(s3, prefix);
-                TestArchive {
-                    url: format!("s3://{}/{prefix}", server.bucket),
-                    env: server.env(),
-                    store: Arc::new(store),
-                    runtime,
-                    _dir: None,
-                    _server: Some(server),
-                }
-            }
+            Backend::S3 => Self::on_s3(S3Server::start("walhalla-it")),
+        }
+    }
+
+    /// A new, empty archive on `server`'s bucket.
+    pub fn on_s3(server: S3Server) -> TestArchive {
+        let runtime = runtime();
+        let prefix = "clusters/test";
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&server.bucket)
+            .with_endpoint(&server.endpoint)
+            .with_allow_http(true)
+            .with_region(super::s3::REGION)
+            .with_access_key_id(super::s3::ACCESS_KEY)
+            .with_secret_access_key(super::s3::SECRET_KEY)
+            .build()
+            .expect("s3 store");
+        let store = object_store::prefix::PrefixStore::new(s3, prefix);
+        TestArchive {
+            url: format!("s3://{}/{prefix}", server.bucket),
+            env: server.env(),
+            store: Arc::new(store),
+            runtime,
+            _dir: None,
+            _server: Some(server),
         }
     }
 
     /// An archive on a local directory that does not exist yet (walhalla is to create it):
     /// `relative` (`a/b`) inside a new test directory, which is returned too.
     pub fn uncreated_local(relative: &str) -> (TestArchive, std::path::PathBuf) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = runtime();
         let dir = TestDir::new("archive");
         let parent = dir.path().to_path_buf();
         let base =
@@ -105,6 +109,11 @@ impl TestArchive {
     /// The S3 server, for an S3 archive.
     pub fn s3(&self) -> Option<&S3Server> {
         self._server.as_ref()
+    }
+
+    /// The S3 server, for an S3 archive, to kill and restart it.
+    pub fn s3_mut(&mut self) -> Option<&mut S3Server> {
+        self._server.as_mut()
     }
 
     /// The S3 server's address, for an S3 archive.

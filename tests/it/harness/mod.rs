@@ -7,6 +7,7 @@ mod archive;
 mod azurite;
 pub mod faults;
 pub mod http;
+mod http_faults;
 pub mod patroni;
 mod pg;
 mod pki;
@@ -15,10 +16,12 @@ pub mod real_wal;
 mod receiver;
 pub mod s3;
 pub mod server;
+mod spool_fs;
 pub mod walsender;
 
 pub use archive::{Backend, TestArchive};
 pub use azurite::Azurite;
+pub use http_faults::FaultyS3;
 pub use pg::{PgCluster, pg_client_bin};
 pub use pki::TestCa;
 pub use proxy::TcpProxy;
@@ -26,6 +29,7 @@ pub use receiver::Receiver;
 #[allow(unused_imports)]
 pub use s3::S3Server;
 pub use server::Server;
+pub use spool_fs::SpoolFs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -43,17 +43,22 @@ impl Receiver {
         conninfo: &str,
         extra: &[&str],
     ) -> Receiver {
-        let mut args = vec![
-            "-d",
-            conninfo,
-            "-S",
-            "walhalla",
-            "--create-slot",
-            "--status-interval",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        Self::start_via(wh, archive, env, &args)
+        Self::start_via(wh, archive, env, &slot_args(conninfo, extra))
+    }
+
+    /// Like [`Receiver::on_slot_via`] with a given spool directory (on a filesystem of its
+    /// own).
+    pub fn on_slot_in(
+        wh: &Walhalla,
+        archive: &TestArchive,
+        env: Vec<(String, String)>,
+        spool: &Path,
+        conninfo: &str,
+        extra: &[&str],
+    ) -> Receiver {
+        let args = slot_args(conninfo, extra);
+        let dir = TestDir::new("receiver");
+        Self::start_with_spool(wh, archive, env, spool.to_path_buf(), &args, dir)
     }
 
     /// Like [`Receiver::start`] with other variables for reaching the archive (a proxy).
@@ -227,6 +232,22 @@ impl Receiver {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The arguments of a receiver on slot "walhalla" (created when missing) of `conninfo`,
+/// reporting every second, with `extra` arguments.
+fn slot_args<'a>(conninfo: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-d",
+        conninfo,
+        "-S",
+        "walhalla",
+        "--create-slot",
+        "--status-interval",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 impl Drop for Receiver {

@@ -1,10 +1,16 @@
 //! A real S3-compatible server on loopback: `moto_server` (PyPI `moto[server]`), one per test,
 //! with a bucket created by a signed request. Killed by pid on drop.
+//!
+//! moto keeps its state in memory; a recorded server ([`S3Server::start_recorded`]) also appends
+//! every request it takes to a file (moto's recorder, `MOTO_ENABLE_RECORDING`), so it can be
+//! killed with SIGKILL and restarted on the same port with the same objects: the new process
+//! replays the recording (`/moto-api/recorder/replay-recording`).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{describe, free_port, wait_for};
+use super::{TestDir, describe, free_port, wait_for};
 
 /// Credentials the tests use; moto accepts any signed request.
 pub const ACCESS_KEY: &str = "walhalla-test";
@@ -15,7 +21,10 @@ pub const REGION: &str = "us-east-1";
 
 /// A running moto server with one bucket.
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
+    /// The recording of every request, for a recorded server.
+    recording: Option<(PathBuf, TestDir)>,
     /// The server's endpoint, `http://127.0.0.1:PORT`.
     pub endpoint: String,
     /// The bucket created for the test.
@@ -25,25 +34,116 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server on a free loopback port and creates `bucket`.
     pub fn start(bucket: &str) -> S3Server {
+        Self::start_with(bucket, None)
+    }
+
+    /// Like [`S3Server::start`], recording every request so that [`S3Server::restart`] can
+    /// bring its objects back after [`S3Server::kill9`].
+    pub fn start_recorded(bucket: &str) -> S3Server {
+        let dir = TestDir::new("moto");
+        Self::start_with(bucket, Some((dir.path().join("recording.jsonl"), dir)))
+    }
+
+    fn start_with(bucket: &str, recording: Option<(PathBuf, TestDir)>) -> S3Server {
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut server = S3Server {
+            child: None,
+            port,
+            recording,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: bucket.to_string(),
+        };
+        server.spawn();
+        server.create_bucket();
+        server
+    }
+
+    /// Starts moto_server on the server's port and waits until it listens.
+    fn spawn(&mut self) {
+        let mut command = Command::new("moto_server");
+        if let Some((file, _)) = &self.recording {
+            command
+                .env("MOTO_ENABLE_RECORDING", "True")
+                .env("MOTO_RECORDER_FILEPATH", file);
+        }
+        let child = command
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start moto_server ({e}): install it with pip install 'moto[server]'")
             });
-        let server = S3Server {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            bucket: bucket.to_string(),
-        };
+        self.child = Some(child);
+        let port = self.port;
         wait_for("moto_server to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        server.create_bucket();
-        server
+    }
+
+    /// Kills the server with SIGKILL, in the middle of whatever it was doing.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a recorded server again on its port, with the objects it held: replays the
+    /// recording, then answers as before. Returns how many requests were replayed.
+    ///
+    /// The replay is the harness's, not moto's own endpoint, which stops recording while it
+    /// replays and so forgets what the receiver stores meanwhile. The new process records
+    /// into a fresh file, which the replayed requests and the receiver's new ones both go to,
+    /// in the order the server took them.
+    ///
+    /// moto writes each request as a JSON line when it takes it, before acting on it, from
+    /// several threads: a kill can leave the last one torn (a request never acted on nor
+    /// answered, which is left out), and a line's newline can land after another thread's
+    /// line (which reading it as a stream of JSON values copes with).
+    pub fn restart(&mut self) -> usize {
+        let (file, _) = self
+            .recording
+            .as_ref()
+            .expect("only a recorded server can be restarted with its objects");
+        let before = file.with_extension("before");
+        std::fs::rename(file, &before).expect("set the recording aside");
+        self.spawn();
+        let replay = Command::new("python3")
+            .args([
+                "-c",
+                "import base64, json, sys, urllib.parse, requests\n\
+                 text, endpoint = open(sys.argv[1]).read(), sys.argv[2]\n\
+                 decoder, at, count = json.JSONDecoder(), 0, 0\n\
+                 while True:\n\
+                 \x20   while at < len(text) and text[at].isspace(): at += 1\n\
+                 \x20   if at == len(text): break\n\
+                 \x20   try: r, at = decoder.raw_decode(text, at)\n\
+                 \x20   except ValueError: break\n\
+                 \x20   body = r.get('body', '{}')\n\
+                 \x20   if r.get('body_encoded'): body = base64.b64decode(body)\n\
+                 \x20   url = urllib.parse.urlsplit(r['url'])\n\
+                 \x20   url = endpoint + url.path + ('?' + url.query if url.query else '')\n\
+                 \x20   headers = r['headers']\n\
+                 \x20   headers.pop('Transfer-Encoding', None)\n\
+                 \x20   requests.request(r['method'], url, headers=headers, data=body)\n\
+                 \x20   count += 1\n\
+                 print(count)",
+            ])
+            .arg(&before)
+            .arg(&self.endpoint)
+            .output()
+            .expect("run python3");
+        assert!(
+            replay.status.success(),
+            "replay moto's recording: {}",
+            describe(&replay)
+        );
+        std::fs::remove_file(&before).expect("remove the old recording");
+        String::from_utf8_lossy(&replay.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
     }
 
     /// Creates the bucket (again).
@@ -119,7 +219,6 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 }
