@@ -6,6 +6,10 @@
 #                     default all. tests/prepare.sh installs them.
 #   WALHALLA_PG_FULL  the majors that run the whole integration suite; default 15 and the newest
 #                     of WALHALLA_PG. The others run the core scenarios (tests/core-scenarios).
+#   WALHALLA_PG_FAULTS the full major that also runs the fault-injection tests (faults::,
+#                     kills::; minutes of pgbench load each); default 15 when it is full, else the
+#                     first full one. The other full majors skip them (tests/faults/table.sh runs
+#                     them on any one major).
 #   WALHALLA_PG_JOBS  how many majors are tested at once; default 2.
 # Arguments (test name filters, libtest options) select integration tests on every major instead.
 # Unit and doc tests run once. Ends with one line per major: its pass and fail counts.
@@ -21,6 +25,12 @@ majors=${majors//,/ }
 newest=$(tr ' ' '\n' <<<"$majors" | sort -n | tail -n 1)
 full=" ${WALHALLA_PG_FULL:-15,$newest} "
 full=${full//,/ }
+faults=${WALHALLA_PG_FAULTS:-}
+if [ -z "$faults" ]; then
+  if [[ $full == *" 15 "* && " $majors " == *" 15 "* ]]; then faults=15; else
+    for major in $majors; do [[ $full == *" $major "* ]] && { faults=$major; break; }; done
+  fi
+fi
 jobs=${WALHALLA_PG_JOBS:-2}
 
 # With the fail points (src/failpoint.rs) the kill tests (tests/it/kills.rs) need.
@@ -37,8 +47,10 @@ run_major() {
   local major=$1 what args
   if [ $# -gt 1 ]; then
     what="selected tests"; args=("${@:2}")
-  elif [[ $full == *" $major "* ]]; then
+  elif [ "$major" = "$faults" ]; then
     what="whole suite"; args=()
+  elif [[ $full == *" $major "* ]]; then
+    what="whole suite but the fault injection"; args=(--skip faults:: --skip kills::)
   else
     what="core scenarios"; args=(--exact "${core[@]}")
   fi
