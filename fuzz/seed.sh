@@ -71,6 +71,7 @@ busy = open(segments[1], "rb").read()
 for name, seg in [("first", first), ("busy", busy)]:
     put("page_header", name, seg[:PAGE])
     put("wal_records", name, seg[:3 * PAGE])
+    put("wal_page_stream", name, b"\x07" + seg[:3 * PAGE])
     put("wal_file_content", name, b"\x00" + seg[:2 * PAGE])
 history = open(f"{work}/standby/pg_wal/00000002.history", "rb").read()
 put("timeline_history", "promotion", struct.pack("<I", 2) + history)
