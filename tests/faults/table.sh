@@ -6,6 +6,8 @@
 #   tests/faults/table.sh                 the fault tests of the default suite (faults::, kills::)
 #   tests/faults/table.sh --hundred       also the 100-kill run (#[ignore]d in the default suite)
 #   tests/faults/table.sh --from FILE     renders FILE (rows recorded earlier) without running
+#   --conditions TEXT                     how the rows were measured, if not by this script alone
+#                                         (e.g. "during tests/run.sh, beside the other tests")
 #
 #   WALHALLA_PG       the PostgreSQL major to run on (default 15)
 #   WALHALLA_KILLS, WALHALLA_KILL_SEED    passed to the 100-kill run
@@ -17,10 +19,12 @@ cd "$(dirname "$0")/../.."
 out=docs/faults.md
 rows=
 hundred=
+conditions="by tests/faults/table.sh alone, one test at a time"
 while [ $# -gt 0 ]; do
   case $1 in
     --hundred) hundred=1 ;;
     --from) rows=$2; shift ;;
+    --conditions) conditions=$2; shift ;;
     *) echo "table.sh: unknown argument $1 (see the comment at its top)" >&2; exit 2 ;;
   esac
   shift
@@ -39,7 +43,7 @@ if [ -z "$rows" ]; then
   fi
 fi
 
-python3 - "$rows" "$WALHALLA_PG" >"$out" <<'PY'
+python3 - "$rows" "$WALHALLA_PG" "$conditions" >"$out" <<'PY'
 import json, platform, sys, datetime, os
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 if not rows:
@@ -62,8 +66,8 @@ for r in rows:
     print(f"| {r['fault']} | `{r['test']}` | {r['tries']} | {r['segments']} | {r['bytes_lost']} "
           f"| {r['corrupt_objects']} | {r['recovery_s']:.1f} s |")
 print(f"""
-Measured {datetime.date.today().isoformat()} on {cores} cores ({platform.machine()}), WAL segments of
-1 MiB. Recovery: from the end of the fault until the archive held what the primary had written by
+Measured {datetime.date.today().isoformat()} on {cores} cores ({platform.machine()}), {sys.argv[3]}; WAL
+segments of 1 MiB. Recovery: from the end of the fault until the archive held what the primary had written by
 then (the longest over the tries).""")
 PY
 echo "table.sh: wrote $out ($(( $(grep -c "^| " "$out") - 1 )) rows)"
