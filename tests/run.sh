@@ -74,8 +74,15 @@ report() {
   fi
 }
 
+# Longest first, so that the short runs fill the other slot at the end: the major with the
+# fault tests, then the other whole suites, then the core scenarios.
+order=
+[[ " $majors " == *" $faults "* ]] && order=$faults
+for major in $majors; do [[ $full == *" $major "* && $major != "$faults" ]] && order+=" $major"; done
+for major in $majors; do [[ $full != *" $major "* ]] && order+=" $major"; done
+
 declare -A pids=()
-for major in $majors; do
+for major in $order; do
   while [ "${#pids[@]}" -ge "$jobs" ]; do
     wait -n -p done_pid && rc=0 || rc=$?
     for m in "${!pids[@]}"; do
