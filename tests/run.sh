@@ -33,9 +33,12 @@ if [ -z "$faults" ]; then
 fi
 jobs=${WALHALLA_PG_JOBS:-2}
 
-# With the fail points (src/failpoint.rs) the kill tests (tests/it/kills.rs) need.
-cargo test --lib --bins --features failpoints
-cargo test --doc
+# With the fail points (src/failpoint.rs) the kill tests (tests/it/kills.rs) need, everywhere:
+# every test binary in one build, which cargo compiles side by side, and no second build of the
+# library for the doc tests.
+cargo test --features failpoints --lib --bins --test it --no-run
+cargo test --features failpoints --lib --bins
+cargo test --features failpoints --doc
 it=$(tests/it-executable.sh)
 mapfile -t core < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' tests/core-scenarios)
 
