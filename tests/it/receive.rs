@@ -36,11 +36,19 @@ pub fn archived(archive: &TestArchive) -> (Vec<u64>, Vec<(u64, u64)>) {
     (segments, snapshots)
 }
 
-/// Everything before this position is in the archive (contiguous from its first segment).
+/// Everything before this position is in the archive (contiguous from its first segment, or
+/// from the start of the first segment snapshotted when none is complete yet: a receiver confirms
+/// what a snapshot holds when the server asks for a reply).
 pub fn archive_end(archive: &TestArchive) -> Lsn {
     let (segments, snapshots) = archived(archive);
     let Some(&first) = segments.first() else {
-        return Lsn(0);
+        let first = snapshots.iter().map(|&(segment, _)| segment).min();
+        let end = snapshots
+            .iter()
+            .filter(|&&(segment, _)| Some(segment) == first)
+            .map(|&(_, end)| end)
+            .max();
+        return Lsn(end.unwrap_or(0));
     };
     let mut next = first;
     while segments.binary_search(&next).is_ok() {
