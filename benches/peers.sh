@@ -2,16 +2,21 @@
 # peers.sh - walhalla beside cp and pgBackRest (and pg's own tools) in ONE run of the shared WAL
 # benchmark harness, so every figure compares tools measured on the same machine at the same time.
 #
-#   benches/peers.sh push|get|recovery [more...]
+#   benches/peers.sh push|get|recovery|stream|s3 [more...]
 #
 # recovery runs walhalla fetch from a local archive at each readahead depth in PREFETCH, then from
 # an S3 archive (moto_server on loopback) directly and through `walhalla serve` (fetch --server).
+# stream runs walhalla receive beside pg_receivewal ($BENCH/stream.sh) at each level in LEVELS, and
+# at level 3 with --synchronous. s3 runs walhalla fetch beside pgBackRest in $BENCH/s3_recovery.sh:
+# moto behind a TLS latency proxy at each RTT in RTTS (default "0 20 60"), with the default
+# readahead and with --prefetch 32 at the largest RTT.
 #
 # Env: BENCH     the shared harness (default ../shared/bench beside this checkout)
 #      CORPUS    corpus built by $BENCH/corpus.sh (default /tmp/walcorpus; LOAD=mixed for a realistic one)
 #      LEVELS    zstd levels to run walhalla at in push/get (default "1 3"); recovery uses level 3
 #      PREFETCH  recovery: --prefetch depths from the local archive (default "0 4 8 16"; 8 is the default)
 #      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
+#      RTTS      s3: round-trip times in ms (default "0 20 60")
 #      REPS      as in the harness (default 3)
 # Needs root (the harness runs PostgreSQL and the commands as user postgres), a built corpus, and
 # pgbackrest, hyperfine and GNU time installed (see $BENCH/README.md).
@@ -28,7 +33,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir"' EXIT
-install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$bin_dir/"
+install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" "$bin_dir/"
 chmod 755 "$bin_dir"
 WH=$bin_dir/walhalla
 # Like PostgreSQL, run the hooks in the data directory, where walhalla reads pg_control.
@@ -76,11 +81,39 @@ recovery_variants() {
   recovery_extra+="walhalla s3 via serve|:|$S3ENV $WH --archive $S3 fetch --server $SERVER --token-file $TOKEN %f \"%p\""$'\n'
 }
 
+# stream: the receiver as postgres, its archive in $DEST (which stream.sh measures), its spool
+# beside it in a directory of its own, removed after the run.
+stream_variants() {
+  local receive="sp=\$(mktemp -d) && $WH --archive \$DEST receive -d \"host=\$PGHOST port=\$PGPORT user=postgres\" -S \$SLOT --start-lsn \$START_LSN --endpos \$END_LSN --spool \$sp"
+  local level
+  for level in $LEVELS; do
+    stream_extra+="walhalla zstd-$level|$receive --compression-level $level; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
+  done
+  stream_extra+="walhalla zstd-3 --synchronous|$receive --compression-level 3 --synchronous; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
+}
+
+# s3: the variables stay unexpanded here; recovery.sh runs each restore_command in
+# s3_recovery.sh's environment, which has $S3_URL_<rtt>, $S3_BUCKET and the AWS_* keys.
+s3_variants() {
+  local rtt wh
+  local url="s3://\$S3_BUCKET/walhalla"
+  local fill="$bin_dir/fill_s3.sh $WH $url"
+  for rtt in ${RTTS:-0 20 60}; do
+    wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true $WH --archive $url"
+    s3_extra+="walhalla s3 rtt$rtt|$fill|$wh fetch %f \"%p\""$'\n'
+  done
+  # The question: does a deeper readahead help at the largest RTT?
+  s3_extra+="walhalla s3 rtt$rtt prefetch 32|$fill|$wh fetch --prefetch 32 %f \"%p\""$'\n'
+}
+
+stream_extra="" s3_extra=""
 for what in "$@"; do
   case $what in
     push) PUSH_EXTRA=${push_extra%$'\n'} "$BENCH/archive_push.sh" ;;
     get) GET_EXTRA=${get_extra%$'\n'} "$BENCH/archive_get.sh" ;;
     recovery) recovery_variants; RECOVERY_EXTRA=${recovery_extra%$'\n'} "$BENCH/recovery.sh" ;;
-    *) echo "usage: $0 push|get|recovery ..." >&2; exit 2 ;;
+    stream) stream_variants; STREAM_EXTRA=${stream_extra%$'\n'} "$BENCH/stream.sh" ;;
+    s3) s3_variants; RTTS=${RTTS:-"0 20 60"} S3_RECOVERY_EXTRA=${s3_extra%$'\n'} "$BENCH/s3_recovery.sh" ;;
+    *) echo "usage: $0 push|get|recovery|stream|s3 ..." >&2; exit 2 ;;
   esac
 done
