@@ -224,13 +224,22 @@ impl TempFile {
     }
 
     /// Flushes the data to disk, renames the file to its destination and fsyncs the directory.
-    pub fn persist(mut self) -> io::Result<()> {
+    pub fn persist(self) -> io::Result<()> {
+        let dest = self.dest.clone();
+        self.persist_data()?;
+        fsync_dir(parent_dir(&dest))
+    }
+
+    /// Flushes the data to disk and renames the file to its destination, leaving the rename
+    /// itself to the next commit of the file system: for a file whose name nobody relies on
+    /// after a crash (the readahead cache, which a new worker empties).
+    pub fn persist_data(mut self) -> io::Result<()> {
         let file = self.file.take().expect("present until persisted");
         file.sync_data()?;
         drop(file);
         std::fs::rename(&self.temp_path, &self.dest)?;
         forget_temp_file(&self.temp_path);
-        fsync_dir(parent_dir(&self.dest))
+        Ok(())
     }
 }
 

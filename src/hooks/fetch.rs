@@ -43,7 +43,13 @@ pub async fn fetch(
 ) -> anyhow::Result<FetchOutcome> {
     let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    let sources = Sources::new(config, &options.client, Some(deadline))?;
+    let mut sources = Sources::new(config, &options.client, Some(deadline))?;
+    if options.prefetch > 0 && !options.partial && options.client.server.is_none() {
+        // A live readahead worker with these settings started after a file of this cluster
+        // was restored from this archive: a miss is the archive's end, no listing needed.
+        let cache = Cache::beside(dest, config, &options.client);
+        sources = sources.vouch_with(move || cache.vouches());
+    }
     // Readahead serves PostgreSQL's recovery, which restores every segment as RECOVERYXLOG;
     // a fetch by hand to some other file starts no background worker.
     let for_recovery = dest.file_name().is_some_and(|n| n == RECOVERY_SEGMENT);

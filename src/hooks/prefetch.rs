@@ -35,7 +35,7 @@ use super::sources::{FetchOutcome, Sources, check_segment_file};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
-use crate::fsutil::{fsync_dir, parent_dir, try_lock_exclusive};
+use crate::fsutil::{parent_dir, try_lock_exclusive};
 use crate::wal::{
     Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName, parse_history,
 };
@@ -47,8 +47,17 @@ const LOCK: &str = "worker.lock";
 const SETTINGS: &str = "worker.settings";
 /// The worker's log (its warnings; the fetch that needs a file reports its own errors).
 const LOG: &str = "worker.log";
-/// Segments fetched at once by the worker.
-const PARALLEL: usize = 2;
+/// Requests in flight at once from an object store or a fetch server, at most: each waits a
+/// round trip, so as many as the window holds, up to this (objects are at most a little over
+/// a segment: this bounds the memory they take while they wait to be decoded).
+const MAX_REMOTE_REQUESTS: usize = 8;
+/// Requests in flight from a local archive: reading a file waits for no round trip.
+const LOCAL_REQUESTS: usize = 2;
+/// Segments decoded (decompressed, verified, written) at once.
+const DECODES: usize = 2;
+/// The worker's niceness: recovery's startup process, which waits for the segments, comes
+/// first for the CPU.
+const WORKER_NICENESS: libc::c_int = 10;
 /// How often the worker looks for a new request.
 const POLL: Duration = Duration::from_millis(25);
 /// The cache holds this many bytes of segments at most, whatever `--prefetch` says.
@@ -135,12 +144,10 @@ impl Cache {
                 return Ok(None);
             }
         }
+        // The rename is not made durable here: PostgreSQL moves the file on at once with a
+        // durable rename of its own (fsync of the file and of pg_wal), which commits this one.
         match check_segment_file(dest, segment, system_id) {
-            Ok(size) => {
-                fsync_dir(parent_dir(dest))
-                    .with_context(|| format!("fsync the directory of {}", dest.display()))?;
-                Ok(Some(size))
-            }
+            Ok(size) => Ok(Some(size)),
             Err(e) => {
                 tracing::warn!("prefetched {segment} discarded: {e:#}");
                 std::fs::remove_file(dest).with_context(|| format!("remove {}", dest.display()))?;
@@ -205,6 +212,19 @@ impl Cache {
     fn create_dir(&self) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         crate::fsutil::remove_access_for_others(&self.dir)
+    }
+
+    /// Whether a live worker with these settings holds the cache. Such a worker started after
+    /// a fetch under the same settings restored a file, so the archive holds this cluster.
+    pub fn vouches(&self) -> bool {
+        if !self.dir.is_dir() {
+            return false;
+        }
+        // Taking the lock means no worker runs; it is released at once.
+        if !matches!(self.try_lock(), Ok(None)) {
+            return false;
+        }
+        std::fs::read_to_string(self.dir.join(SETTINGS)).is_ok_and(|s| s == self.settings)
     }
 
     fn holds(&self, segment: SegmentName) -> bool {
@@ -298,6 +318,7 @@ fn spawn_worker(
         .stdout(std::process::Stdio::null())
         .stderr(log);
     close_inherited_descriptors(&mut command);
+    lower_priority(&mut command);
     command.spawn().context("start the prefetch worker")?;
     Ok(())
 }
@@ -325,6 +346,20 @@ fn close_inherited_descriptors(command: &mut std::process::Command) {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
+            Ok(())
+        });
+    }
+}
+
+/// Recovery's startup process, which waits for the segments, comes first for the CPU: the
+/// worker runs niced, every thread of it (set before exec, so all inherit it).
+fn lower_priority(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec and only makes a system call; a failure
+    // leaves the priority as it was, which is harmless.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, WORKER_NICENESS);
             Ok(())
         });
     }
@@ -438,7 +473,12 @@ pub async fn run_worker(
     let Some(_lock) = lock else {
         return Ok(());
     };
-    let sources = Arc::new(Sources::new(config, client, None)?);
+    let requests = match (&config.archive, &client.server) {
+        (Some(crate::archive::Location::Local(_)), None) => LOCAL_REQUESTS,
+        _ => MAX_REMOTE_REQUESTS,
+    }
+    .min(depth.max(1));
+    let sources = Arc::new(Sources::new(config, client, None)?.for_readahead(DECODES));
     let mut timelines = Timelines::default();
     let mut wanted: Option<(SegmentName, SegmentSize)> = None;
     let mut seen: Option<(String, SystemTime)> = None;
@@ -496,7 +536,7 @@ pub async fn run_worker(
             }
             misses.retain(|_, at| at.elapsed() < MISS_EXPIRY);
             for next in window {
-                if running.len() >= PARALLEL || misses.contains_key(&next) {
+                if running.len() >= requests || misses.contains_key(&next) {
                     // Past a missing segment the archive most likely ends.
                     break;
                 }
@@ -616,10 +656,12 @@ mod tests {
         place(&good);
         assert_eq!(cache.take(segment, &dest, None).unwrap(), None);
         assert!(!cache.holds(segment), "a left-over file stays");
+        std::fs::write(cache.dir.join(SETTINGS), &cache.settings).unwrap();
+        assert!(!cache.vouches(), "settings left behind vouch for nothing");
 
         // A live worker, with these settings.
         let _worker = cache.try_lock().unwrap().expect("free");
-        std::fs::write(cache.dir.join(SETTINGS), &cache.settings).unwrap();
+        assert!(cache.vouches());
         place(&good);
         assert_eq!(
             cache.take(segment, &dest, Some(SystemId(7))).unwrap(),
@@ -644,6 +686,7 @@ mod tests {
         })
         .unwrap();
         let elsewhere = Cache::beside(&dest, &other, &ClientSettings::default());
+        assert!(!elsewhere.vouches(), "a worker for another archive");
         place(&good);
         assert_eq!(elsewhere.take(segment, &dest, None).unwrap(), None);
         assert!(cache.holds(segment));

@@ -4,10 +4,12 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use reqwest::header::CONTENT_ENCODING;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::namespace::NamespaceError;
@@ -41,6 +43,16 @@ pub struct Sources {
     deadline: Option<Instant>,
     /// The archive, opened on first use.
     archive: tokio::sync::OnceCell<Archive>,
+    /// Decodes (decompress, verify, write) allowed at once, when bounded: the prefetch worker
+    /// keeps more requests in flight than it lets decode.
+    decodes: Option<Arc<Semaphore>>,
+    /// Asked on a miss: whether the archive is known to hold this cluster (a file of it was
+    /// restored under the same settings), so that the miss is the archive's end and needs no
+    /// listing to tell it from an archive that holds nothing for this cluster.
+    vouch: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Whether a restored file's new name is made durable (a directory fsync) before the
+    /// restore counts as done.
+    durable_names: bool,
 }
 
 impl Sources {
@@ -60,7 +72,38 @@ impl Sources {
             config: config.clone(),
             deadline,
             archive: tokio::sync::OnceCell::new(),
+            decodes: None,
+            vouch: None,
+            durable_names: true,
         })
+    }
+
+    /// The sources of the readahead worker, started after a fetch under the same settings
+    /// restored a file: at most `decodes` restores decode at once (more requests may be in
+    /// flight beside them); a miss is the archive's end, with no listing to tell an empty
+    /// archive (the worker never answers PostgreSQL); and a restored file's name is not made
+    /// durable, since nothing trusts the cache after a crash (a new worker empties it), while
+    /// its data is, so that PostgreSQL's own fsync of the segment finds nothing to write.
+    pub fn for_readahead(mut self, decodes: usize) -> Sources {
+        self.decodes = Some(Arc::new(Semaphore::new(decodes.max(1))));
+        self.vouch = Some(Arc::new(|| true));
+        self.durable_names = false;
+        self
+    }
+
+    /// On a miss, asks `vouch` (on the blocking pool) whether a file of this cluster was
+    /// already restored from the archive under the same settings; if so, the miss is taken as
+    /// the archive's end without listing the archive.
+    pub fn vouch_with(mut self, vouch: impl Fn() -> bool + Send + Sync + 'static) -> Sources {
+        self.vouch = Some(Arc::new(vouch));
+        self
+    }
+
+    /// Waits for a decode slot, when decodes are bounded.
+    async fn decode_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let decodes = self.decodes.clone()?;
+        // Never closed: the semaphore lives as long as `self`.
+        decodes.acquire_owned().await.ok()
     }
 
     /// The part of `--timeout` the server gets: half when an archive is there to fall back
@@ -207,9 +250,10 @@ impl Sources {
                 body.len()
             );
         }
-        let (name, dest) = (*name, dest.to_path_buf());
+        let (name, dest, durable) = (*name, dest.to_path_buf(), self.durable_names);
+        let _slot = self.decode_slot().await;
         let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, false, |out| {
+            write_checked(&name, system_id, &dest, false, durable, |out| {
                 if encoded {
                     let recorded = envelope::Header::parse(&body)?;
                     if (recorded.content_crc, recorded.content_len) != (crc, length) {
@@ -256,21 +300,39 @@ impl Sources {
                 (true, WalFileName::Segment(segment)) => {
                     match cluster.newest_partial_snapshot(*segment).await? {
                         Some((key, object)) => (object, key, true),
-                        None => return not_found(&cluster).await,
+                        None => return self.not_found(&cluster).await,
                     }
                 }
-                _ => return not_found(&cluster).await,
+                _ => return self.not_found(&cluster).await,
             },
         };
-        let (name, dest) = (*name, dest.to_path_buf());
+        let (name, dest, durable) = (*name, dest.to_path_buf(), self.durable_names);
+        let _slot = self.decode_slot().await;
         let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, padded, |out| {
+            write_checked(&name, system_id, &dest, padded, durable, |out| {
                 decode_verified(&object, out)
             })
         })
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
         Ok((FetchOutcome::Restored, size))
+    }
+
+    /// Quiet when the archive is simply at its end (PostgreSQL probes for history files that
+    /// do not exist); an error ([`archive::Error::NothingArchived`]) when it holds nothing at
+    /// all for this cluster, unless it is vouched for.
+    async fn not_found(
+        &self,
+        cluster: &ClusterArchive,
+    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
+        let vouched = match self.vouch.clone() {
+            Some(vouch) => blocking::run(move || vouch()).await,
+            None => false,
+        };
+        if !vouched {
+            cluster.ensure_not_empty().await?;
+        }
+        Ok((FetchOutcome::NotFound, None))
     }
 }
 
@@ -282,16 +344,6 @@ fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
         Err(e) => Err(anyhow::Error::new(e)
             .context("the archived object failed verification; nothing was written")),
     }
-}
-
-/// Quiet when the archive is simply at its end (PostgreSQL probes for history files that do
-/// not exist); an error ([`archive::Error::NothingArchived`]) when it holds nothing at all for
-/// this cluster.
-async fn not_found(
-    cluster: &ClusterArchive,
-) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-    cluster.ensure_not_empty().await?;
-    Ok((FetchOutcome::NotFound, None))
 }
 
 /// Whether `error` says that the archive holds nothing for this cluster (read directly, as
@@ -310,13 +362,15 @@ pub fn nothing_archived(error: &anyhow::Error) -> bool {
 }
 
 /// Writes what `produce` writes into a temporary file beside `dest`, checks it against its
-/// name and cluster, and renames it into place; for a segment, returns its size.
+/// name and cluster, fsyncs it and renames it into place (fsyncing the directory too when
+/// `durable_name`); for a segment, returns its size.
 /// `produce` returns the length it wrote and must fail on content it cannot vouch for.
 fn write_checked(
     name: &WalFileName,
     system_id: SystemId,
     dest: &Path,
     pad_to_segment: bool,
+    durable_name: bool,
     produce: impl FnOnce(&mut HeadCapture<crate::fsutil::EarlyWriteback<'_>>) -> anyhow::Result<u64>,
 ) -> anyhow::Result<Option<SegmentSize>> {
     let mut temp = TempFile::create(dest)
@@ -346,8 +400,12 @@ fn write_checked(
         segment_size = Some(size);
     }
     out.flush()?;
-    temp.persist()
-        .with_context(|| format!("write {} durably", dest.display()))?;
+    if durable_name {
+        temp.persist()
+    } else {
+        temp.persist_data()
+    }
+    .with_context(|| format!("write {} durably", dest.display()))?;
     Ok(segment_size)
 }
 
