@@ -379,8 +379,9 @@ impl io::Write for EarlyWriteback<'_> {
     }
 }
 
+/// Asks the kernel to start writing back `len` bytes of `file` from `offset`, without waiting.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; the call only schedules
     // writeback and its failure is harmless (the final fsync still writes everything).
@@ -395,7 +396,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for TempFile {
     fn drop(&mut self) {

@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::failpoint;
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{WRITEBACK_CHUNK_BYTES, fsync_dir, start_writeback};
 use crate::wal::{
     LONG_HEADER_BYTES, LongPageHeader, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId,
     WalFileName,
@@ -249,6 +249,8 @@ pub struct SegmentWriter {
     size: SegmentSize,
     written: u64,
     synced: u64,
+    /// Written back early up to here (a hint to the kernel, see [`SegmentWriter::write`]).
+    submitted: u64,
 }
 
 impl SegmentWriter {
@@ -283,6 +285,7 @@ impl SegmentWriter {
             size,
             written: 0,
             synced: 0,
+            submitted: 0,
         })
     }
 
@@ -325,6 +328,12 @@ impl SegmentWriter {
             return Err(e);
         }
         self.written += bytes.len() as u64;
+        // Writeback starts as the segment fills, so the fsync that completes it (which the
+        // stream waits for) finds little left to write.
+        if self.written - self.submitted >= WRITEBACK_CHUNK_BYTES {
+            start_writeback(&self.file, self.submitted, self.written - self.submitted);
+            self.submitted = self.written;
+        }
         Ok(())
     }
 

@@ -390,13 +390,9 @@ impl<'a> Stream<'a> {
         while !data.is_empty() {
             let take = (self.writer().remaining() as usize).min(data.len());
             let chunk = data.slice(..take);
-            let mut writer = self.writer.take().expect("current segment");
+            let writer = self.writer.take().expect("current segment");
             let written = chunk.len() as u64;
-            let (writer, result) = blocking::run(move || {
-                let result = writer.write(&chunk);
-                (writer, result)
-            })
-            .await;
+            let (writer, result) = write_off_reactor(writer, chunk).await;
             match result {
                 Ok(()) => data = data.slice(take..),
                 Err(e) if spool::is_out_of_space(&e) => {
@@ -534,4 +530,25 @@ impl<'a> Stream<'a> {
         super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
         Ok(SessionEnd::Shutdown)
     }
+}
+
+/// Writes `chunk` to the spool without stalling the reactor. A write to the page cache is
+/// short but may block (dirty-page throttling, a slow disk): on the daemon's multi-thread
+/// runtime the worker thread hands its other tasks over and writes in place, which costs no
+/// thread hand-off per message as the blocking pool does (one XLogData message is at most
+/// 128 KiB, so a busy primary sends thousands a second); elsewhere the blocking pool writes.
+async fn write_off_reactor(
+    mut writer: SegmentWriter,
+    chunk: Bytes,
+) -> (SegmentWriter, std::io::Result<()>) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        let result = tokio::task::block_in_place(|| writer.write(&chunk));
+        return (writer, result);
+    }
+    blocking::run(move || {
+        let result = writer.write(&chunk);
+        (writer, result)
+    })
+    .await
 }
