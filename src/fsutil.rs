@@ -158,12 +158,33 @@ pub fn fsync_path_within(root: &Path, relative: &Path) -> io::Result<()> {
 /// Nothing may truncate the file while the mapping lives (reading a truncated page raises
 /// SIGBUS); removing its name is fine.
 pub unsafe fn map_immutable_file(path: &Path) -> io::Result<bytes::Bytes> {
+    // SAFETY: passed on to the caller.
+    unsafe { map_file(path, true) }
+}
+
+/// Like [`map_immutable_file`], but pages are read in only when touched: a mapping that is
+/// seldom read takes no memory.
+///
+/// # Safety
+/// As for [`map_immutable_file`].
+pub unsafe fn map_immutable_file_lazily(path: &Path) -> io::Result<bytes::Bytes> {
+    // SAFETY: passed on to the caller.
+    unsafe { map_file(path, false) }
+}
+
+/// # Safety
+/// As for [`map_immutable_file`].
+unsafe fn map_file(path: &Path, populate: bool) -> io::Result<bytes::Bytes> {
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(bytes::Bytes::new());
     }
+    let mut options = memmap2::MmapOptions::new();
+    if populate {
+        options.populate();
+    }
     // SAFETY: read-only, and the caller guarantees the file keeps its length.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    let map = unsafe { options.map(&file)? };
     Ok(bytes::Bytes::from_owner(map))
 }
 

@@ -39,27 +39,32 @@ pub async fn prepare_index(
     segment: SegmentName,
     content: Bytes,
 ) -> std::result::Result<PreparedIndex, String> {
-    crate::blocking::run(move || {
-        let started = Instant::now();
-        let index = SegmentIndex::of_segment(segment, &content)?;
-        let scanned = started.elapsed();
-        let json = index.to_json()?;
-        let envelope = Encoder::new(INDEX_COMPRESSION_LEVEL, 1)
-            .and_then(|mut e| e.encode(&json))
-            .map_err(|e| format!("compress the index of {segment}: {e}"))?;
-        tracing::debug!(
-            %segment,
-            scan_ms = scanned.as_secs_f64() * 1000.0,
-            restore_points = index.restore_points.len(),
-            "indexed"
-        );
-        Ok(PreparedIndex {
-            segment,
-            json: Bytes::from(json),
-            envelope,
-        })
+    crate::blocking::run(move || index_now(segment, &content)).await
+}
+
+/// Scans complete segment `segment` and makes its index object, on this thread.
+pub fn index_now(
+    segment: SegmentName,
+    content: &[u8],
+) -> std::result::Result<PreparedIndex, String> {
+    let started = Instant::now();
+    let index = SegmentIndex::of_segment(segment, content)?;
+    let scanned = started.elapsed();
+    let json = index.to_json()?;
+    let envelope = Encoder::new(INDEX_COMPRESSION_LEVEL, 1)
+        .and_then(|mut e| e.encode(&json))
+        .map_err(|e| format!("compress the index of {segment}: {e}"))?;
+    tracing::debug!(
+        %segment,
+        scan_ms = scanned.as_secs_f64() * 1000.0,
+        restore_points = index.restore_points.len(),
+        "indexed"
+    );
+    Ok(PreparedIndex {
+        segment,
+        json: Bytes::from(json),
+        envelope,
     })
-    .await
 }
 
 impl ClusterArchive {

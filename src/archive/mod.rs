@@ -21,7 +21,7 @@ mod timelines;
 
 pub use error::{ChoiceError, Error, Result};
 pub use health::{Direction, Health, HealthReport};
-pub use index::{PreparedIndex, prepare_index};
+pub use index::{PreparedIndex, index_now, prepare_index};
 pub use inventory::WalInventory;
 pub use keys::{
     BackupId, BackupObject, OBJECT_SUFFIX, ObjectName, WalGroup, cluster_prefix, index_key,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::archive::{self, ClusterArchive, PreparedIndex, prepare_index};
+use crate::archive::{self, ClusterArchive, PreparedIndex};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
@@ -32,6 +32,9 @@ use crate::spool;
 use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
 
 const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+/// Segments compressed and indexed at once: each is mapped whole meanwhile, so this bounds
+/// the memory segments take (one core compresses faster than a primary writes WAL).
+const ENCODING_AT_ONCE: usize = 1;
 
 /// What the uploader reports back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -154,6 +157,7 @@ impl Uploader {
         let uploader_shared = shared.clone();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
+            let encoding = Arc::new(Semaphore::new(ENCODING_AT_ONCE));
             let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
             let mut open = true;
             loop {
@@ -162,9 +166,9 @@ impl Uploader {
                         let Some(job) = job else { open = false; continue };
                         let permit = permits.clone().acquire_owned().await.expect("never closed");
                         let (archive, settings, done_tx) = (archive.clone(), settings.clone(), done_tx.clone());
-                        let (in_flight, shared) = (in_flight.clone(), shared.clone());
+                        let (in_flight, shared, encoding) = (in_flight.clone(), shared.clone(), encoding.clone());
                         tokio::spawn(async move {
-                            let result = upload_until_stored(&archive, &settings, job, &shared).await;
+                            let result = upload_until_stored(&archive, &settings, &encoding, job, &shared).await;
                             drop(permit);
                             if result.is_ok() {
                                 let mut in_flight = lock(&in_flight);
@@ -299,6 +303,7 @@ impl Transient for UploadError {
 async fn upload_until_stored(
     archive: &ClusterArchive,
     settings: &UploadSettings,
+    encoding: &Semaphore,
     job: Job,
     shared: &Shared,
 ) -> Result<(), String> {
@@ -310,7 +315,11 @@ async fn upload_until_stored(
     let stored = retry(
         UPLOAD_BACKOFF,
         None,
-        || async { upload(archive, settings, job).await.map_err(UploadError) },
+        || async {
+            upload(archive, settings, encoding, job)
+                .await
+                .map_err(UploadError)
+        },
         |UploadError(e), pause| {
             shared.metrics.error(ErrorKind::Archive);
             tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
@@ -434,9 +443,15 @@ struct Stored {
 }
 
 /// Archives one job's file; `None` when it is no longer in the spool (archived before).
+///
+/// Memory: a segment is mapped whole while it is compressed and indexed, one at a time
+/// (`encoding`), and unmapped before the upload, which may wait long on a slow archive; the
+/// upload keeps a mapping of the file that is read only if the archive already holds the
+/// object (to compare), so while uploads wait the segments take no memory.
 async fn upload(
     archive: &ClusterArchive,
     settings: &UploadSettings,
+    encoding: &Semaphore,
     job: Job,
 ) -> archive::Result<Option<Stored>> {
     failpoint::hit(failpoint::UPLOAD_START);
@@ -445,54 +460,97 @@ async fn upload(
         settings.segment_size,
         settings.compression_level,
     );
-    let encoded = blocking::run(move || -> Result<Option<(Bytes, Vec<u8>)>, String> {
-        let content = match job {
-            // SAFETY: a complete spool segment is never written again; it is only removed,
-            // after its upload.
-            Job::Segment(segment) => unsafe {
-                crate::fsutil::map_immutable_file(&spool::complete_path(&dir, segment))
-            },
-            Job::Tail(segment, end) => spool::read_tail(&dir, segment, end, size).map(Bytes::from),
-        };
-        let content = match content {
-            Ok(bytes) => bytes,
-            // Files leave the spool only once archived: this one was queued again after that.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("read {job:?} from the spool: {e}")),
-        };
-        let envelope = Encoder::new(level, 1)
-            .and_then(|mut e| e.encode(&content))
-            .map_err(|e| e.to_string())?;
-        Ok(Some((content, envelope)))
-    })
-    .await;
+    let encoded = {
+        // Never closed: it lives as long as the uploader.
+        let _turn = encoding.acquire().await.ok();
+        blocking::run(move || -> Result<Option<Encoded>, String> {
+            let content = match job {
+                // SAFETY: a complete spool segment is never written again; it is only
+                // removed, after its upload.
+                Job::Segment(segment) => unsafe {
+                    crate::fsutil::map_immutable_file(&spool::complete_path(&dir, segment))
+                },
+                Job::Tail(segment, end) => {
+                    spool::read_tail(&dir, segment, end, size).map(Bytes::from)
+                }
+            };
+            let content = match content {
+                Ok(bytes) => bytes,
+                // Files leave the spool only once archived: this one was queued again after.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("read {job:?} from the spool: {e}")),
+            };
+            let envelope = Encoder::new(level, 1)
+                .and_then(|mut e| e.encode(&content))
+                .map_err(|e| e.to_string())?;
+            let index = match job {
+                Job::Segment(segment) => Some(archive::index_now(segment, &content)),
+                Job::Tail(..) => None,
+            };
+            let original_bytes = content.len() as u64;
+            // A tail is read into memory and small; a segment's mapping goes now.
+            let content = match job {
+                Job::Segment(_) => None,
+                Job::Tail(..) => Some(content),
+            };
+            Ok(Some(Encoded {
+                original_bytes,
+                envelope,
+                index,
+                content,
+            }))
+        })
+        .await
+    };
     let encoded = encoded.map_err(|reason| archive::Error::Open {
         location: archive.location().clone(),
         reason,
     })?;
-    let Some((content, envelope)) = encoded else {
+    let Some(encoded) = encoded else {
         return Ok(None);
     };
-    let (original_bytes, stored_bytes) = (content.len() as u64, envelope.len() as u64);
+    let stored_bytes = encoded.envelope.len() as u64;
     let index = match job {
         Job::Segment(segment) => {
+            let path = spool::complete_path(&settings.spool, segment);
+            // SAFETY: as above; not populated, so it takes memory only if it is read.
+            let content = match unsafe { crate::fsutil::map_immutable_file_lazily(&path) } {
+                Ok(content) => content,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(archive::Error::Open {
+                        location: archive.location().clone(),
+                        reason: format!("read {job:?} from the spool: {e}"),
+                    });
+                }
+            };
             let name = WalFileName::Segment(segment);
-            let (stored, index) = tokio::join!(
-                archive.put(&name, content.clone(), envelope),
-                prepare_index(segment, content)
-            );
-            stored.map(|_| Some((segment, index)))?
+            archive.put(&name, content, encoded.envelope).await?;
+            encoded.index.map(|index| (segment, index))
         }
-        Job::Tail(segment, end) => archive
-            .put_partial_snapshot(segment, end, content, envelope)
-            .await
-            .map(|_| None)?,
+        Job::Tail(segment, end) => {
+            let content = encoded.content.unwrap_or_default();
+            archive
+                .put_partial_snapshot(segment, end, content, encoded.envelope)
+                .await?;
+            None
+        }
     };
     Ok(Some(Stored {
-        original_bytes,
+        original_bytes: encoded.original_bytes,
         stored_bytes,
         index,
     }))
+}
+
+/// A job's file compressed and indexed, ready to upload.
+struct Encoded {
+    original_bytes: u64,
+    envelope: Vec<u8>,
+    /// A complete segment's time index.
+    index: Option<Result<PreparedIndex, String>>,
+    /// A tail's bytes, kept to compare with an object already archived.
+    content: Option<Bytes>,
 }
 
 #[cfg(test)]
