@@ -18,6 +18,8 @@
 #      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
 #      RTTS      s3: round-trip times in ms (default "0 20 60")
 #      REPS      as in the harness (default 3)
+#      BEFORE    another walhalla binary (say, a build of the previous commit): every walhalla
+#                variant also runs with it, labelled "before", in the same run
 # Needs root (the harness runs PostgreSQL and the commands as user postgres), a built corpus, and
 # pgbackrest, hyperfine and GNU time installed (see $BENCH/README.md).
 set -euo pipefail
@@ -34,17 +36,26 @@ bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir"' EXIT
 install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" "$bin_dir/"
+# Each variant runs with every binary here: the build, and BEFORE's labelled "before".
+tools=("walhalla|$bin_dir/walhalla")
+if [ -n "${BEFORE:-}" ]; then
+  install -m 755 "$BEFORE" "$bin_dir/walhalla-before"
+  tools+=("walhalla before|$bin_dir/walhalla-before")
+fi
 chmod 755 "$bin_dir"
 WH=$bin_dir/walhalla
 # Like PostgreSQL, run the hooks in the data directory, where walhalla reads pg_control.
 IN_DATA="cd $CORPUS/primary &&"
 
 push_extra="" get_extra="" recovery_extra=""
-for level in $LEVELS; do
-  archive=$CORPUS/archives/walhalla-zstd$level
-  fill="$bin_dir/fill_archive.sh $WH $level $archive"
-  push_extra+="walhalla zstd-$level|:|$IN_DATA $WH --archive \$DEST --compression-level $level push %p"$'\n'
-  get_extra+="walhalla zstd-$level|$fill|$IN_DATA $WH --archive $archive fetch %f %p"$'\n'
+for tool in "${tools[@]}"; do
+  label=${tool%%|*} wh=${tool#*|}
+  for level in $LEVELS; do
+    archive=$CORPUS/archives/walhalla-zstd$level
+    fill="$bin_dir/fill_archive.sh $WH $level $archive"
+    push_extra+="$label zstd-$level|:|$IN_DATA $wh --archive \$DEST --compression-level $level push %p"$'\n'
+    get_extra+="$label zstd-$level|$fill|$IN_DATA $wh --archive $archive fetch %f %p"$'\n'
+  done
 done
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -72,9 +83,11 @@ s3_up() {
 
 recovery_variants() {
   local archive=$CORPUS/archives/walhalla-zstd3 n
-  local fill="$bin_dir/fill_archive.sh $WH 3 $archive"
-  for n in $PREFETCH; do
-    recovery_extra+="walhalla prefetch $n|$fill|$WH --archive $archive fetch --prefetch $n %f \"%p\""$'\n'
+  local fill="$bin_dir/fill_archive.sh $WH 3 $archive" tool
+  for tool in "${tools[@]}"; do
+    for n in $PREFETCH; do
+      recovery_extra+="${tool%%|*} prefetch $n|$fill|${tool#*|} --archive $archive fetch --prefetch $n %f \"%p\""$'\n'
+    done
   done
   s3_up
   recovery_extra+="walhalla s3|:|$S3ENV $WH --archive $S3 fetch %f \"%p\""$'\n'
@@ -84,26 +97,31 @@ recovery_variants() {
 # stream: the receiver as postgres, its archive in $DEST (which stream.sh measures), its spool
 # beside it in a directory of its own, removed after the run.
 stream_variants() {
-  local receive="sp=\$(mktemp -d) && $WH --archive \$DEST receive -d \"host=\$PGHOST port=\$PGPORT user=postgres\" -S \$SLOT --start-lsn \$START_LSN --endpos \$END_LSN --spool \$sp"
-  local level
-  for level in $LEVELS; do
-    stream_extra+="walhalla zstd-$level|$receive --compression-level $level; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
+  local receive label level tool
+  for tool in "${tools[@]}"; do
+    label=${tool%%|*}
+    receive="sp=\$(mktemp -d) && ${tool#*|} --archive \$DEST receive -d \"host=\$PGHOST port=\$PGPORT user=postgres\" -S \$SLOT --start-lsn \$START_LSN --endpos \$END_LSN --spool \$sp"
+    for level in $LEVELS; do
+      stream_extra+="$label zstd-$level|$receive --compression-level $level; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
+    done
+    stream_extra+="$label zstd-3 --synchronous|$receive --compression-level 3 --synchronous; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
   done
-  stream_extra+="walhalla zstd-3 --synchronous|$receive --compression-level 3 --synchronous; rc=\$?; rm -rf \$sp; exit \$rc"$'\n'
 }
 
 # s3: the variables stay unexpanded here; recovery.sh runs each restore_command in
 # s3_recovery.sh's environment, which has $S3_URL_<rtt>, $S3_BUCKET and the AWS_* keys.
 s3_variants() {
-  local rtt wh
+  local rtt wh tool
   local url="s3://\$S3_BUCKET/walhalla"
   local fill="$bin_dir/fill_s3.sh $WH $url"
-  for rtt in ${RTTS:-0 20 60}; do
-    wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true $WH --archive $url"
-    s3_extra+="walhalla s3 rtt$rtt|$fill|$wh fetch %f \"%p\""$'\n'
+  for tool in "${tools[@]}"; do
+    for rtt in ${RTTS:-0 20 60}; do
+      wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
+      s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$wh fetch %f \"%p\""$'\n'
+    done
+    # The question: does a deeper readahead help at the largest RTT?
+    s3_extra+="${tool%%|*} s3 rtt$rtt prefetch 32|$fill|$wh fetch --prefetch 32 %f \"%p\""$'\n'
   done
-  # The question: does a deeper readahead help at the largest RTT?
-  s3_extra+="walhalla s3 rtt$rtt prefetch 32|$fill|$wh fetch --prefetch 32 %f \"%p\""$'\n'
 }
 
 stream_extra="" s3_extra=""
