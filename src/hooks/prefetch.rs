@@ -494,6 +494,9 @@ pub async fn run_worker(
     );
     let mut misses: HashMap<SegmentName, Instant> = HashMap::new();
     let mut missed = false;
+    // The last request found nothing: the archive ends about here, so one request at a time
+    // probes it until a segment is found again (no burst of misses every MISS_EXPIRY).
+    let mut at_end = false;
     let mut changed = true;
     loop {
         if !cache.dir.is_dir() {
@@ -535,8 +538,9 @@ pub async fn run_worker(
                 tracing::warn!("prefetch cache {}: {e}", cache.dir.display());
             }
             misses.retain(|_, at| at.elapsed() < MISS_EXPIRY);
+            let limit = if at_end { 1 } else { requests };
             for next in window {
-                if running.len() >= requests || misses.contains_key(&next) {
+                if running.len() >= limit || misses.contains_key(&next) {
                     // Past a missing segment the archive most likely ends.
                     break;
                 }
@@ -560,15 +564,18 @@ pub async fn run_worker(
                 match outcome {
                     Ok(FetchOutcome::Restored) => {
                         fetched.insert(segment);
+                        at_end = false;
                         tracing::debug!(%segment, "prefetched");
                     }
                     Ok(FetchOutcome::NotFound) => {
                         misses.insert(segment, Instant::now());
                         missed = true;
+                        at_end = true;
                     }
                     Err(e) => {
                         tracing::warn!(%segment, "prefetch failed: {e:#}");
                         misses.insert(segment, Instant::now());
+                        at_end = true;
                     }
                 }
             }
