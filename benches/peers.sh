@@ -4,8 +4,9 @@
 #
 #   benches/peers.sh push|get|recovery|stream|s3 [more...]
 #
-# recovery runs walhalla fetch from a local archive at each readahead depth in PREFETCH, then from
-# an S3 archive (moto_server on loopback) directly and through `walhalla serve` (fetch --server).
+# recovery runs walhalla fetch from a local archive at each readahead depth in PREFETCH, a floor
+# (mv of segments already synced on pg_wal's file system), then walhalla from an S3 archive
+# (moto_server on loopback) directly and through `walhalla serve` (fetch --server).
 # stream runs walhalla receive beside pg_receivewal ($BENCH/stream.sh) at each level in LEVELS, and
 # at level 3 with --synchronous. s3 runs walhalla fetch beside pgBackRest in $BENCH/s3_recovery.sh:
 # moto behind a TLS latency proxy at each RTT in RTTS (default "0 20 60"), with the default
@@ -34,7 +35,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 # PostgreSQL's user must be able to run the binary: the checkout may be under a root-only dir.
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir" /tmp/walbench-floor' EXIT
 install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" "$bin_dir/"
 # Each variant runs with every binary here: the build, and BEFORE's labelled "before".
 tools=("walhalla|$bin_dir/walhalla")
@@ -89,6 +90,10 @@ recovery_variants() {
       recovery_extra+="${tool%%|*} prefetch $n|$fill|${tool#*|} --archive $archive fetch --prefetch $n %f \"%p\""$'\n'
     done
   done
+  # The floor no restore_command can beat: each segment already on pg_wal's file system, synced,
+  # moved into place (what is left is replay, PostgreSQL's own fsyncs and the process per file).
+  local floor=/tmp/walbench-floor
+  recovery_extra+="floor: mv of synced files|rm -rf $floor && cp -r $CORPUS/wal $floor && chown -R postgres: $floor && sync|mv $floor/%f \"%p\""$'\n'
   s3_up
   recovery_extra+="walhalla s3|:|$S3ENV $WH --archive $S3 fetch %f \"%p\""$'\n'
   recovery_extra+="walhalla s3 via serve|:|$S3ENV $WH --archive $S3 fetch --server $SERVER --token-file $TOKEN %f \"%p\""$'\n'
