@@ -39,12 +39,19 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// speed (benches/README.md). The frames are ordinary zstd frames.
 const WAL_MIN_MATCH: u32 = 5;
 
-/// A zstd compressor at `level`, with WAL's minimum match at the fast levels.
+/// The parameter WAL sets at `level` beyond zstd's own: the minimum match at the fast levels.
+fn wal_parameter(level: i32) -> Option<zstd::stream::raw::CParameter> {
+    (1..=2)
+        .contains(&level)
+        .then_some(zstd::stream::raw::CParameter::MinMatch(WAL_MIN_MATCH))
+}
+
+/// A zstd compressor at `level`, with WAL's parameter.
 fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
     let mut compressor = zstd::bulk::Compressor::new(level).map_err(Error::Compress)?;
-    if (1..=2).contains(&level) {
+    if let Some(parameter) = wal_parameter(level) {
         compressor
-            .set_parameter(zstd::stream::raw::CParameter::MinMatch(WAL_MIN_MATCH))
+            .set_parameter(parameter)
             .map_err(Error::Compress)?;
     }
     Ok(compressor)
@@ -215,14 +222,56 @@ impl Encoder {
             empty_frame = self.compressors[0].compress(&[]).map_err(Error::Compress)?;
             out.extend_from_slice(&empty_frame);
         }
-        let header = Header {
-            content_crc: crc.finalize(),
-            content_len: content.len() as u64,
-            payload_len: (out.len() - HEADER_BYTES) as u64,
-        };
-        out[..HEADER_BYTES].copy_from_slice(&header.to_bytes());
-        Ok(out)
+        Ok(seal(out, crc.finalize(), content.len()))
     }
+}
+
+/// Writes the header into the first [`HEADER_BYTES`] of `out`, which hold the payload after.
+fn seal(mut out: Vec<u8>, content_crc: u32, content_len: usize) -> Vec<u8> {
+    let header = Header {
+        content_crc,
+        content_len: content_len as u64,
+        payload_len: (out.len() - HEADER_BYTES) as u64,
+    };
+    out[..HEADER_BYTES].copy_from_slice(&header.to_bytes());
+    out
+}
+
+/// Wraps `content` in an envelope of one zstd frame at `level`, reading it once from start to
+/// end in windows of `window` bytes, and calling `done_before(offset)` as soon as the bytes
+/// before `offset` will not be read again (zstd keeps its own copy of what it still matches
+/// against). With [`crate::fsutil::SequentialMap`] this compresses a mapped segment in a
+/// window of memory; [`Encoder::encode`], which reads the whole content at once, is for
+/// content already in memory.
+pub fn encode_sequentially(
+    level: i32,
+    content: &[u8],
+    window: usize,
+    done_before: &mut dyn FnMut(usize),
+) -> Result<Vec<u8>> {
+    if content.len() as u64 > MAX_CONTENT_BYTES {
+        return Err(Error::TooLarge(content.len() as u64));
+    }
+    let mut frame =
+        zstd::stream::write::Encoder::new(vec![0; HEADER_BYTES], level).map_err(Error::Compress)?;
+    if let Some(parameter) = wal_parameter(level) {
+        frame.set_parameter(parameter).map_err(Error::Compress)?;
+    }
+    // The same parameters as a one-shot compression of the whole content would choose.
+    frame
+        .set_pledged_src_size(Some(content.len() as u64))
+        .map_err(Error::Compress)?;
+    frame.include_contentsize(true).map_err(Error::Compress)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut end = 0;
+    for chunk in content.chunks(window.max(1)) {
+        crc.update(chunk);
+        frame.write_all(chunk).map_err(Error::Compress)?;
+        end += chunk.len();
+        done_before(end);
+    }
+    let out = frame.finish().map_err(Error::Compress)?;
+    Ok(seal(out, crc.finalize(), content.len()))
 }
 
 /// Decodes `envelope` into `out`, verifying lengths and checksum, and returns its header.
@@ -349,6 +398,37 @@ mod tests {
             );
             assert_eq!(zstd::decode_all(&ours[HEADER_BYTES..]).unwrap(), content);
         }
+    }
+
+    #[test]
+    fn sequential_encoding_reads_each_window_once_and_round_trips() {
+        let content = sample();
+        let window = 1 << 20;
+        let mut ends = Vec::new();
+        let envelope =
+            encode_sequentially(DEFAULT_LEVEL, &content, window, &mut |end| ends.push(end))
+                .unwrap();
+        let expected: Vec<usize> = (1..=content.len().div_ceil(window))
+            .map(|i| (i * window).min(content.len()))
+            .collect();
+        assert_eq!(
+            ends, expected,
+            "each window is reported done once it is read"
+        );
+        assert_eq!(frames(&envelope), 1);
+        assert_eq!(decode(&envelope).unwrap(), content);
+        // The same compression as the one-shot encoder's: WAL's minimum match too.
+        let repeats = five_byte_repeats();
+        let one_shot = Encoder::new(1, 1).unwrap().encode(&repeats).unwrap();
+        let sequential = encode_sequentially(1, &repeats, window, &mut |_| {}).unwrap();
+        assert!(
+            sequential.len() <= one_shot.len() * 101 / 100,
+            "{} bytes sequentially, {} at once",
+            sequential.len(),
+            one_shot.len()
+        );
+        let empty = encode_sequentially(DEFAULT_LEVEL, &[], window, &mut |_| {}).unwrap();
+        assert_eq!(decode(&empty).unwrap(), Vec::<u8>::new());
     }
 
     #[test]

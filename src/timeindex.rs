@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::wal::{
     Crossing, LongPageHeader, Lsn, PgTimestamp, RecordError, ScanEnd, SegmentName, SegmentRecords,
-    scan_segment,
+    scan_segment_sequentially,
 };
 
 /// The newest index format; readers refuse newer ones.
@@ -199,13 +199,24 @@ impl SegmentIndex {
 
     /// Scans the bytes of complete segment `segment` and indexes them.
     pub fn of_segment(segment: SegmentName, bytes: &[u8]) -> Result<SegmentIndex, String> {
+        Self::of_segment_sequentially(segment, bytes, &mut |_| {})
+    }
+
+    /// [`Self::of_segment`], telling `done_before` how far the scan has passed
+    /// ([`crate::wal::scan_segment_sequentially`]).
+    pub fn of_segment_sequentially(
+        segment: SegmentName,
+        bytes: &[u8],
+        done_before: &mut dyn FnMut(usize),
+    ) -> Result<SegmentIndex, String> {
         let size = LongPageHeader::parse(bytes)
             .and_then(|header| header.segment_size())
             .map_err(|e| RecordError::from(e).to_string())?;
         let start = segment
             .start_lsn(size)
             .ok_or_else(|| format!("{segment} is not a segment name for {size} segments"))?;
-        let found = scan_segment(bytes, start).map_err(|e| e.to_string())?;
+        let found =
+            scan_segment_sequentially(bytes, start, done_before).map_err(|e| e.to_string())?;
         Ok(SegmentIndex::from_records(segment, &found))
     }
 

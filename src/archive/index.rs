@@ -39,16 +39,18 @@ pub async fn prepare_index(
     segment: SegmentName,
     content: Bytes,
 ) -> std::result::Result<PreparedIndex, String> {
-    crate::blocking::run(move || index_now(segment, &content)).await
+    crate::blocking::run(move || index_now(segment, &content, &mut |_| {})).await
 }
 
-/// Scans complete segment `segment` and makes its index object, on this thread.
+/// Scans complete segment `segment` and makes its index object, on this thread; the scan
+/// tells `done_before` how far it has passed ([`SegmentIndex::of_segment_sequentially`]).
 pub fn index_now(
     segment: SegmentName,
     content: &[u8],
+    done_before: &mut dyn FnMut(usize),
 ) -> std::result::Result<PreparedIndex, String> {
     let started = Instant::now();
-    let index = SegmentIndex::of_segment(segment, content)?;
+    let index = SegmentIndex::of_segment_sequentially(segment, content, done_before)?;
     let scanned = started.elapsed();
     let json = index.to_json()?;
     let envelope = Encoder::new(INDEX_COMPRESSION_LEVEL, 1)

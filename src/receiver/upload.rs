@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -25,8 +24,9 @@ use crate::archive::{self, ClusterArchive, PreparedIndex};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
-use crate::envelope::Encoder;
+use crate::envelope;
 use crate::failpoint;
+use crate::fsutil::SequentialMap;
 use crate::metrics::ErrorKind;
 use crate::spool;
 use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
@@ -444,10 +444,11 @@ struct Stored {
 
 /// Archives one job's file; `None` when it is no longer in the spool (archived before).
 ///
-/// Memory: a segment is mapped whole while it is compressed and indexed, one at a time
-/// (`encoding`), and unmapped before the upload, which may wait long on a slow archive; the
-/// upload keeps a mapping of the file that is read only if the archive already holds the
-/// object (to compare), so while uploads wait the segments take no memory.
+/// Memory: one file at a time (`encoding`) is compressed and, for a segment, then indexed,
+/// each a pass over its mapping that hands the pages behind it back ([`SequentialMap`]), so a
+/// segment costs a window of memory, not 16 MiB; the upload, which may wait long on a slow
+/// archive, keeps a mapping of the file that is read only if the archive already holds the
+/// object (to compare), so while uploads wait the files take no memory.
 async fn upload(
     archive: &ClusterArchive,
     settings: &UploadSettings,
@@ -455,81 +456,45 @@ async fn upload(
     job: Job,
 ) -> archive::Result<Option<Stored>> {
     failpoint::hit(failpoint::UPLOAD_START);
-    let (dir, size, level) = (
-        settings.spool.clone(),
-        settings.segment_size,
-        settings.compression_level,
-    );
+    let failed = |e: std::io::Error| archive::Error::Open {
+        location: archive.location().clone(),
+        reason: format!("read {job:?} from the spool: {e}"),
+    };
+    let (path, len) = match job {
+        Job::Segment(segment) => (spool::complete_path(&settings.spool, segment), None),
+        Job::Tail(segment, end) => match spool::tail_len(segment, end, settings.segment_size) {
+            Ok(len) => (spool::tail_path(&settings.spool, segment, end), Some(len)),
+            Err(e) => return Err(failed(e)),
+        },
+    };
     let encoded = {
         // Never closed: it lives as long as the uploader.
         let _turn = encoding.acquire().await.ok();
-        blocking::run(move || -> Result<Option<Encoded>, String> {
-            let content = match job {
-                // SAFETY: a complete spool segment is never written again; it is only
-                // removed, after its upload.
-                Job::Segment(segment) => unsafe {
-                    crate::fsutil::map_immutable_file(&spool::complete_path(&dir, segment))
-                },
-                Job::Tail(segment, end) => {
-                    spool::read_tail(&dir, segment, end, size).map(Bytes::from)
-                }
-            };
-            let content = match content {
-                Ok(bytes) => bytes,
-                // Files leave the spool only once archived: this one was queued again after.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("read {job:?} from the spool: {e}")),
-            };
-            let envelope = Encoder::new(level, 1)
-                .and_then(|mut e| e.encode(&content))
-                .map_err(|e| e.to_string())?;
-            let index = match job {
-                Job::Segment(segment) => Some(archive::index_now(segment, &content)),
-                Job::Tail(..) => None,
-            };
-            let original_bytes = content.len() as u64;
-            // A tail is read into memory and small; a segment's mapping goes now.
-            let content = match job {
-                Job::Segment(_) => None,
-                Job::Tail(..) => Some(content),
-            };
-            Ok(Some(Encoded {
-                original_bytes,
-                envelope,
-                index,
-                content,
-            }))
-        })
-        .await
+        let (path, level) = (path.clone(), settings.compression_level);
+        blocking::run(move || encode(&path, len, level, job)).await
     };
-    let encoded = encoded.map_err(|reason| archive::Error::Open {
-        location: archive.location().clone(),
-        reason,
-    })?;
-    let Some(encoded) = encoded else {
-        return Ok(None);
+    // Files leave the spool only once archived: one missing was queued again after.
+    let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let encoded = match encoded {
+        Ok(encoded) => encoded,
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(failed(e)),
     };
     let stored_bytes = encoded.envelope.len() as u64;
+    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
+    // after its upload. Not populated: it takes memory only if it is read.
+    let content = match unsafe { crate::fsutil::map_immutable_file_lazily(&path) } {
+        Ok(content) => content.slice(..encoded.original_bytes as usize),
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
     let index = match job {
         Job::Segment(segment) => {
-            let path = spool::complete_path(&settings.spool, segment);
-            // SAFETY: as above; not populated, so it takes memory only if it is read.
-            let content = match unsafe { crate::fsutil::map_immutable_file_lazily(&path) } {
-                Ok(content) => content,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(archive::Error::Open {
-                        location: archive.location().clone(),
-                        reason: format!("read {job:?} from the spool: {e}"),
-                    });
-                }
-            };
             let name = WalFileName::Segment(segment);
             archive.put(&name, content, encoded.envelope).await?;
             encoded.index.map(|index| (segment, index))
         }
         Job::Tail(segment, end) => {
-            let content = encoded.content.unwrap_or_default();
             archive
                 .put_partial_snapshot(segment, end, content, encoded.envelope)
                 .await?;
@@ -543,14 +508,47 @@ async fn upload(
     }))
 }
 
+/// Compresses the first `len` bytes of the job's file at `path` (all of it when `None`) and,
+/// for a complete segment, indexes it: two passes over a [`SequentialMap`].
+fn encode(path: &Path, len: Option<usize>, level: i32, job: Job) -> std::io::Result<Encoded> {
+    // SAFETY: as in `upload`.
+    let map = unsafe { SequentialMap::open(path)? };
+    let len = len.unwrap_or(map.bytes().len());
+    let content = map.bytes().get(..len).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{} holds {} bytes, {len} expected",
+            path.display(),
+            map.bytes().len()
+        ))
+    })?;
+    let envelope =
+        envelope::encode_sequentially(level, content, SequentialMap::WINDOW, &mut |end| {
+            map.done_before(end)
+        })
+        .map_err(std::io::Error::other)?;
+    let index = match job {
+        Job::Segment(segment) => {
+            map.rewind();
+            Some(archive::index_now(segment, content, &mut |pos| {
+                map.done_before(pos)
+            }))
+        }
+        Job::Tail(..) => None,
+    };
+    Ok(Encoded {
+        original_bytes: len as u64,
+        envelope,
+        index,
+    })
+}
+
 /// A job's file compressed and indexed, ready to upload.
 struct Encoded {
+    /// How many bytes of the file are the job's.
     original_bytes: u64,
     envelope: Vec<u8>,
     /// A complete segment's time index.
     index: Option<Result<PreparedIndex, String>>,
-    /// A tail's bytes, kept to compare with an object already archived.
-    content: Option<Bytes>,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub use name::{SegmentName, WalFileName};
 pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
 pub use records::{
     Crossing, InvalidWal, PgTimestamp, RecordError, RestorePoint, ScanEnd, SegmentRecords, XactEnd,
-    XactKind, scan_segment,
+    XactKind, scan_segment, scan_segment_sequentially,
 };
 pub use validate::{FileFacts, ValidationError, validate_file, validate_segment_head};
 

@@ -304,6 +304,16 @@ impl SegmentRecords {
 /// segment (the scan then ends with [`ScanEnd::Truncated`] or earlier); it may not be longer.
 /// Never panics; memory use is bounded by the length of `bytes`.
 pub fn scan_segment(bytes: &[u8], segment_start: Lsn) -> Result<SegmentRecords, RecordError> {
+    scan_segment_sequentially(bytes, segment_start, &mut |_| {})
+}
+
+/// [`scan_segment`], calling `done_before(offset)` as the walk passes `offset`: no byte before
+/// it is read again, so a caller reading a mapped file can hand those pages back.
+pub fn scan_segment_sequentially(
+    bytes: &[u8],
+    segment_start: Lsn,
+    done_before: &mut dyn FnMut(usize),
+) -> Result<SegmentRecords, RecordError> {
     let first = LongPageHeader::parse(bytes)?;
     let size = first.segment_size()?;
     let page_size = first.block_size_bytes;
@@ -329,5 +339,5 @@ pub fn scan_segment(bytes: &[u8], segment_start: Lsn) -> Result<SegmentRecords, 
         });
     }
     let major = version::by_page_magic(first.magic).map_or(0, |m| m.number);
-    Ok(scan::Scanner::new(bytes, first, size, major).run())
+    Ok(scan::Scanner::new(bytes, first, size, major).run(done_before))
 }

@@ -66,8 +66,10 @@ impl<'a> Scanner<'a> {
         Lsn(self.start.0.saturating_add(offset as u64))
     }
 
-    /// Reads every record, stopping where [`ScanEnd`] says.
-    pub fn run(mut self) -> SegmentRecords {
+    /// Reads every record, stopping where [`ScanEnd`] says. The walk only goes forward:
+    /// before each record it calls `done_before` with the record's offset, before which
+    /// nothing is read again.
+    pub fn run(mut self, done_before: &mut dyn FnMut(usize)) -> SegmentRecords {
         let mut out = SegmentRecords {
             records: 0,
             transactions: Vec::new(),
@@ -86,6 +88,7 @@ impl<'a> Scanner<'a> {
         let mut prev = None;
         let mut buf = Vec::new();
         loop {
+            done_before(pos);
             let read = match self.read_record(pos, prev, &mut buf) {
                 Ok(found) => found,
                 Err(end) => {
