@@ -228,6 +228,12 @@ impl SequentialMap {
     pub fn rewind(&self) {
         self.released.set(0);
     }
+
+    /// The mapping as a shared buffer, for a reader that seldom touches it (pages handed back
+    /// stay out until read again).
+    pub fn into_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self.map)
+    }
 }
 
 /// # Safety

@@ -333,11 +333,10 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// The bytes received so far (for a snapshot upload).
-    pub fn read_back(&self) -> io::Result<Vec<u8>> {
-        let mut bytes = std::fs::read(self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment)))?;
-        bytes.truncate(self.written as usize);
-        Ok(bytes)
+    /// The file being written. What was written to it is never written again nor cut off
+    /// (a failed write cuts back only its own bytes); the file is only renamed or removed.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment))
     }
 
     /// Completes the segment: fsync, rename to its final name, fsync the directory.
@@ -345,8 +344,7 @@ impl SegmentWriter {
         debug_assert_eq!(self.remaining(), 0);
         self.sync()?;
         failpoint::hit(failpoint::SPOOL_BEFORE_RENAME);
-        let from = self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment));
-        std::fs::rename(from, complete_path(&self.dir, self.segment))?;
+        std::fs::rename(self.path(), complete_path(&self.dir, self.segment))?;
         failpoint::hit(failpoint::SPOOL_AFTER_RENAME);
         fsync_dir(&self.dir)?;
         Ok(self.segment)
@@ -374,7 +372,7 @@ mod tests {
         let done = w.finish().unwrap();
         let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
         w.write(b"abc").unwrap();
-        assert_eq!(w.read_back().unwrap(), b"abc");
+        assert_eq!(std::fs::read(w.path()).unwrap(), b"abc");
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.complete, vec![done]);
         assert_eq!(contents.partial, Some(w.segment()));

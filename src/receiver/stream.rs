@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use super::flush::{FlushReport, Stored};
 use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
+use super::upload;
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
-use crate::envelope::Encoder;
+use crate::fsutil::SequentialMap;
 use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
 use crate::spool::{self, SegmentWriter};
@@ -477,25 +478,21 @@ impl<'a> Stream<'a> {
         if self.snapshot.is_some() || end <= self.snapshot_end || end == self.writer().start_lsn() {
             return Ok(());
         }
-        let content = Bytes::from({
-            let writer = self.writer.take().expect("current segment");
-            let (writer, content) = blocking::run(move || {
-                let content = writer.read_back();
-                (writer, content)
-            })
-            .await;
-            self.writer = Some(writer);
-            content.context("read the spool for a snapshot")?
-        });
-        let segment = self.writer().segment();
+        let (segment, path) = (self.writer().segment(), self.writer().path());
+        let len = (end.0 - self.writer().start_lsn().0) as usize;
+        // SAFETY: what was written to the segment being received is never written again nor
+        // cut off (SegmentWriter::path); the file is only renamed or removed, which leaves the
+        // mapping whole.
+        let map = blocking::run(move || unsafe { SequentialMap::open(&path) })
+            .await
+            .context("open the spool for a snapshot")?;
         let (cluster, level) = (self.ctx.cluster.clone(), self.options.compression_level);
         let task = tokio::spawn(async move {
-            let encoded = content.clone();
-            let envelope =
-                blocking::run(move || Encoder::new(level, 1).and_then(|mut e| e.encode(&encoded)))
-                    .await?;
+            let encoded = blocking::run(move || upload::encode_map(map, Some(len), level, None))
+                .await
+                .context("compress a snapshot")?;
             cluster
-                .put_partial_snapshot(segment, end, content, envelope)
+                .put_partial_snapshot(segment, end, encoded.content, encoded.envelope)
                 .await?;
             tracing::debug!(%segment, %end, "stored a snapshot of the current segment");
             Ok(())

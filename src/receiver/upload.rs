@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -470,54 +471,62 @@ async fn upload(
     let encoded = {
         // Never closed: it lives as long as the uploader.
         let _turn = encoding.acquire().await.ok();
-        let (path, level) = (path.clone(), settings.compression_level);
-        blocking::run(move || encode(&path, len, level, job)).await
+        let level = settings.compression_level;
+        let index = match job {
+            Job::Segment(segment) => Some(segment),
+            Job::Tail(..) => None,
+        };
+        blocking::run(move || {
+            // SAFETY: a complete segment or a kept tail is never written again; it is only
+            // removed, after its upload.
+            let map = unsafe { SequentialMap::open(&path)? };
+            encode_map(map, len, level, index)
+        })
+        .await
     };
-    // Files leave the spool only once archived: one missing was queued again after.
-    let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let encoded = match encoded {
         Ok(encoded) => encoded,
-        Err(e) if missing(&e) => return Ok(None),
+        // Files leave the spool only once archived: this one was queued again after.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(failed(e)),
     };
-    let stored_bytes = encoded.envelope.len() as u64;
-    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
-    // after its upload. Not populated: it takes memory only if it is read.
-    let content = match unsafe { crate::fsutil::map_immutable_file_lazily(&path) } {
-        Ok(content) => content.slice(..encoded.original_bytes as usize),
-        Err(e) if missing(&e) => return Ok(None),
-        Err(e) => return Err(failed(e)),
-    };
-    let index = match job {
+    let (original_bytes, stored_bytes) =
+        (encoded.content.len() as u64, encoded.envelope.len() as u64);
+    match job {
         Job::Segment(segment) => {
             let name = WalFileName::Segment(segment);
-            archive.put(&name, content, encoded.envelope).await?;
-            encoded.index.map(|index| (segment, index))
+            archive
+                .put(&name, encoded.content, encoded.envelope)
+                .await?;
         }
         Job::Tail(segment, end) => {
             archive
-                .put_partial_snapshot(segment, end, content, encoded.envelope)
+                .put_partial_snapshot(segment, end, encoded.content, encoded.envelope)
                 .await?;
-            None
         }
-    };
+    }
+    let index = encoded.index;
     Ok(Some(Stored {
-        original_bytes: encoded.original_bytes,
+        original_bytes,
         stored_bytes,
         index,
     }))
 }
 
-/// Compresses the first `len` bytes of the job's file at `path` (all of it when `None`) and,
-/// for a complete segment, indexes it: two passes over a [`SequentialMap`].
-fn encode(path: &Path, len: Option<usize>, level: i32, job: Job) -> std::io::Result<Encoded> {
-    // SAFETY: as in `upload`.
-    let map = unsafe { SequentialMap::open(path)? };
+/// Compresses the first `len` bytes of a spool file (all of it when `None`) and, given its
+/// segment, indexes it: two passes over `map`, which hand back the pages behind them. The
+/// content that comes back keeps the mapping, for the upload to compare with an object found
+/// already archived.
+pub(super) fn encode_map(
+    map: SequentialMap,
+    len: Option<usize>,
+    level: i32,
+    index: Option<SegmentName>,
+) -> std::io::Result<Encoded> {
     let len = len.unwrap_or(map.bytes().len());
     let content = map.bytes().get(..len).ok_or_else(|| {
         std::io::Error::other(format!(
-            "{} holds {} bytes, {len} expected",
-            path.display(),
+            "the spool file holds {} bytes, {len} expected",
             map.bytes().len()
         ))
     })?;
@@ -526,29 +535,27 @@ fn encode(path: &Path, len: Option<usize>, level: i32, job: Job) -> std::io::Res
             map.done_before(end)
         })
         .map_err(std::io::Error::other)?;
-    let index = match job {
-        Job::Segment(segment) => {
-            map.rewind();
-            Some(archive::index_now(segment, content, &mut |pos| {
-                map.done_before(pos)
-            }))
-        }
-        Job::Tail(..) => None,
-    };
+    let index = index.map(|segment| {
+        map.rewind();
+        let index = archive::index_now(segment, content, &mut |pos| map.done_before(pos));
+        (segment, index)
+    });
+    // A scan that stopped early (at a switch, say) left its last window behind.
+    map.done_before(usize::MAX);
     Ok(Encoded {
-        original_bytes: len as u64,
+        content: map.into_bytes().slice(..len),
         envelope,
         index,
     })
 }
 
-/// A job's file compressed and indexed, ready to upload.
-struct Encoded {
-    /// How many bytes of the file are the job's.
-    original_bytes: u64,
-    envelope: Vec<u8>,
+/// A spool file compressed (and indexed), ready to upload.
+pub(super) struct Encoded {
+    /// The file's bytes that were compressed: a mapping whose pages were handed back.
+    pub(super) content: Bytes,
+    pub(super) envelope: Vec<u8>,
     /// A complete segment's time index.
-    index: Option<Result<PreparedIndex, String>>,
+    index: Option<(SegmentName, Result<PreparedIndex, String>)>,
 }
 
 #[cfg(test)]
