@@ -158,18 +158,13 @@ pub fn fsync_path_within(root: &Path, relative: &Path) -> io::Result<()> {
 /// Nothing may truncate the file while the mapping lives (reading a truncated page raises
 /// SIGBUS); removing its name is fine.
 pub unsafe fn map_immutable_file(path: &Path) -> io::Result<bytes::Bytes> {
-    // SAFETY: passed on to the caller.
-    unsafe { map_file(path, true) }
-}
-
-/// Like [`map_immutable_file`], but pages are read in only when touched: a mapping that is
-/// seldom read takes no memory.
-///
-/// # Safety
-/// As for [`map_immutable_file`].
-pub unsafe fn map_immutable_file_lazily(path: &Path) -> io::Result<bytes::Bytes> {
-    // SAFETY: passed on to the caller.
-    unsafe { map_file(path, false) }
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    // SAFETY: read-only, and the caller guarantees the file keeps its length.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    Ok(bytes::Bytes::from_owner(map))
 }
 
 /// A read-only mapping of a file that is never written again, read from start to end by one
@@ -234,22 +229,6 @@ impl SequentialMap {
     pub fn into_bytes(self) -> bytes::Bytes {
         bytes::Bytes::from_owner(self.map)
     }
-}
-
-/// # Safety
-/// As for [`map_immutable_file`].
-unsafe fn map_file(path: &Path, populate: bool) -> io::Result<bytes::Bytes> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(bytes::Bytes::new());
-    }
-    let mut options = memmap2::MmapOptions::new();
-    if populate {
-        options.populate();
-    }
-    // SAFETY: read-only, and the caller guarantees the file keeps its length.
-    let map = unsafe { options.map(&file)? };
-    Ok(bytes::Bytes::from_owner(map))
 }
 
 /// A file being written under a temporary name next to its destination. Dropped without
@@ -434,7 +413,7 @@ pub const WRITEBACK_CHUNK_BYTES: u64 = 2 << 20;
 pub struct EarlyWriteback<'a> {
     file: &'a mut File,
     written: u64,
-    submitted: u64,
+    writeback: WritebackCursor,
 }
 
 impl<'a> EarlyWriteback<'a> {
@@ -443,7 +422,24 @@ impl<'a> EarlyWriteback<'a> {
         EarlyWriteback {
             file,
             written: 0,
-            submitted: 0,
+            writeback: WritebackCursor::default(),
+        }
+    }
+}
+
+/// How far writeback of a file written sequentially from its start was started: the one
+/// place that starts it a [`WRITEBACK_CHUNK_BYTES`] chunk at a time.
+#[derive(Debug, Default)]
+pub struct WritebackCursor {
+    submitted: u64,
+}
+
+impl WritebackCursor {
+    /// The file now holds `written` bytes: starts writeback of them once a chunk has gathered.
+    pub fn wrote(&mut self, file: &File, written: u64) {
+        if written - self.submitted >= WRITEBACK_CHUNK_BYTES {
+            start_writeback(file, self.submitted, written - self.submitted);
+            self.submitted = written;
         }
     }
 }
@@ -452,10 +448,7 @@ impl io::Write for EarlyWriteback<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.submitted >= WRITEBACK_CHUNK_BYTES {
-            start_writeback(self.file, self.submitted, self.written - self.submitted);
-            self.submitted = self.written;
-        }
+        self.writeback.wrote(self.file, self.written);
         Ok(n)
     }
 
@@ -466,7 +459,7 @@ impl io::Write for EarlyWriteback<'_> {
 
 /// Asks the kernel to start writing back `len` bytes of `file` from `offset`, without waiting.
 #[cfg(target_os = "linux")]
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
+fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; the call only schedules
     // writeback and its failure is harmless (the final fsync still writes everything).
@@ -481,7 +474,7 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for TempFile {
     fn drop(&mut self) {

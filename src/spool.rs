@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::failpoint;
-use crate::fsutil::{WRITEBACK_CHUNK_BYTES, fsync_dir, start_writeback};
+use crate::fsutil::{WritebackCursor, fsync_dir};
 use crate::wal::{
     LONG_HEADER_BYTES, LongPageHeader, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId,
     WalFileName,
@@ -235,8 +235,8 @@ pub struct SegmentWriter {
     size: SegmentSize,
     written: u64,
     synced: u64,
-    /// Written back early up to here (a hint to the kernel, see [`SegmentWriter::write`]).
-    submitted: u64,
+    /// Writeback started as the segment fills (a hint to the kernel, see [`SegmentWriter::write`]).
+    writeback: WritebackCursor,
 }
 
 impl SegmentWriter {
@@ -271,7 +271,7 @@ impl SegmentWriter {
             size,
             written: 0,
             synced: 0,
-            submitted: 0,
+            writeback: WritebackCursor::default(),
         })
     }
 
@@ -316,10 +316,7 @@ impl SegmentWriter {
         self.written += bytes.len() as u64;
         // Writeback starts as the segment fills, so the fsync that completes it (which the
         // stream waits for) finds little left to write.
-        if self.written - self.submitted >= WRITEBACK_CHUNK_BYTES {
-            start_writeback(&self.file, self.submitted, self.written - self.submitted);
-            self.submitted = self.written;
-        }
+        self.writeback.wrote(&self.file, self.written);
         Ok(())
     }
 
