@@ -24,6 +24,8 @@ use std::io::{Read, Write};
 
 use thiserror::Error;
 
+mod in_place;
+
 /// Length of the header that precedes the zstd payload.
 pub const HEADER_BYTES: usize = 44;
 /// Largest content an envelope may hold: a WAL segment of the largest size PostgreSQL allows.
@@ -39,11 +41,14 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// speed (benches/README.md). The frames are ordinary zstd frames.
 const WAL_MIN_MATCH: u32 = 5;
 
-/// The parameter WAL sets at `level` beyond zstd's own: the minimum match at the fast levels.
+/// The minimum match WAL sets at `level` beyond zstd's own choice: at the fast levels.
+fn wal_min_match(level: i32) -> Option<u32> {
+    (1..=2).contains(&level).then_some(WAL_MIN_MATCH)
+}
+
+/// The parameter WAL sets at `level` beyond zstd's own.
 fn wal_parameter(level: i32) -> Option<zstd::stream::raw::CParameter> {
-    (1..=2)
-        .contains(&level)
-        .then_some(zstd::stream::raw::CParameter::MinMatch(WAL_MIN_MATCH))
+    wal_min_match(level).map(zstd::stream::raw::CParameter::MinMatch)
 }
 
 /// A zstd compressor at `level`, with WAL's parameter.
@@ -238,11 +243,12 @@ fn seal(mut out: Vec<u8>, content_crc: u32, content_len: usize) -> Vec<u8> {
 }
 
 /// Wraps `content` in an envelope of one zstd frame at `level`, reading it once from start to
-/// end in windows of `window` bytes, and calling `done_before(offset)` as soon as the bytes
-/// before `offset` will not be read again (zstd keeps its own copy of what it still matches
-/// against). With [`crate::fsutil::SequentialMap`] this compresses a mapped segment in a
-/// window of memory; [`Encoder::encode`], which reads the whole content at once, is for
-/// content already in memory.
+/// end in windows of `window` bytes, and calling `done_before(offset)` as the bytes before
+/// `offset` fall behind what zstd still reads: a window behind its position, which covers the
+/// match window of the fast levels (a slower level may reach further back, and reads those
+/// bytes again). With [`crate::fsutil::SequentialMap`] this compresses a mapped segment in a
+/// few windows of memory; [`Encoder::encode`], which reads the whole content at once, is for
+/// content already in memory. zstd reads the content in place (see `in_place`).
 pub fn encode_sequentially(
     level: i32,
     content: &[u8],
@@ -252,25 +258,22 @@ pub fn encode_sequentially(
     if content.len() as u64 > MAX_CONTENT_BYTES {
         return Err(Error::TooLarge(content.len() as u64));
     }
-    let mut frame =
-        zstd::stream::write::Encoder::new(vec![0; HEADER_BYTES], level).map_err(Error::Compress)?;
-    if let Some(parameter) = wal_parameter(level) {
-        frame.set_parameter(parameter).map_err(Error::Compress)?;
-    }
-    // The same parameters as a one-shot compression of the whole content would choose.
-    frame
-        .set_pledged_src_size(Some(content.len() as u64))
-        .map_err(Error::Compress)?;
-    frame.include_contentsize(true).map_err(Error::Compress)?;
+    let mut out = vec![0; HEADER_BYTES];
     let mut crc = crc32fast::Hasher::new();
-    let mut end = 0;
-    for chunk in content.chunks(window.max(1)) {
-        crc.update(chunk);
-        frame.write_all(chunk).map_err(Error::Compress)?;
-        end += chunk.len();
-        done_before(end);
-    }
-    let out = frame.finish().map_err(Error::Compress)?;
+    let mut checked = 0;
+    let mut consumed = |pos: usize| {
+        // The checksum reads each window once, while zstd still has it at hand.
+        crc.update(&content[checked..pos]);
+        checked = pos;
+        if pos == content.len() {
+            done_before(pos);
+        } else {
+            done_before(pos.saturating_sub(window));
+        }
+    };
+    in_place::FrameCompressor::new(level, wal_min_match(level))
+        .and_then(|mut frame| frame.compress(content, window, &mut out, &mut consumed))
+        .map_err(Error::Compress)?;
     Ok(seal(out, crc.finalize(), content.len()))
 }
 
@@ -408,27 +411,36 @@ mod tests {
         let envelope =
             encode_sequentially(DEFAULT_LEVEL, &content, window, &mut |end| ends.push(end))
                 .unwrap();
-        let expected: Vec<usize> = (1..=content.len().div_ceil(window))
-            .map(|i| (i * window).min(content.len()))
-            .collect();
-        assert_eq!(
-            ends, expected,
-            "each window is reported done once it is read"
+        assert!(ends.is_sorted(), "reported ends only grow: {ends:?}");
+        assert_eq!(ends.last(), Some(&content.len()), "all is done at the end");
+        assert!(
+            ends.len() > content.len() / window,
+            "reported as it goes: {ends:?}"
         );
         assert_eq!(frames(&envelope), 1);
         assert_eq!(decode(&envelope).unwrap(), content);
-        // The same compression as the one-shot encoder's: WAL's minimum match too.
-        let repeats = five_byte_repeats();
-        let one_shot = Encoder::new(1, 1).unwrap().encode(&repeats).unwrap();
-        let sequential = encode_sequentially(1, &repeats, window, &mut |_| {}).unwrap();
-        assert!(
-            sequential.len() <= one_shot.len() * 101 / 100,
-            "{} bytes sequentially, {} at once",
-            sequential.len(),
-            one_shot.len()
-        );
         let empty = encode_sequentially(DEFAULT_LEVEL, &[], window, &mut |_| {}).unwrap();
         assert_eq!(decode(&empty).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn sequential_encoding_compresses_as_one_shot_does() {
+        // zstd reads the windows in place, as a one-shot compression of the whole content
+        // does, rather than through a buffer of its own (whose wrapped half it matches as an
+        // external dictionary): at the fast levels the frame is the one-shot frame, WAL's
+        // minimum match too.
+        let mut content = five_byte_repeats();
+        content.extend(sample());
+        for level in [1, 2] {
+            let one_shot = compressor(level).unwrap().compress(&content).unwrap();
+            let sequential = encode_sequentially(level, &content, 1 << 20, &mut |_| {}).unwrap();
+            assert!(
+                sequential[HEADER_BYTES..] == one_shot[..],
+                "level {level}: {} bytes sequentially, {} at once",
+                sequential.len() - HEADER_BYTES,
+                one_shot.len()
+            );
+        }
     }
 
     #[test]
