@@ -1,12 +1,13 @@
 //! Envelope encode and decode throughput on real 16 MiB WAL segments, per zstd level and
-//! thread count, with the compression ratio printed beside each case.
+//! thread count, with the compression ratio printed beside each case; and the receiver's
+//! sequential encoding (one frame, offered a window at a time, read in place).
 //!
 //! Segments: see [`common`].
 
 mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use walhalla::envelope::{Encoder, decode};
+use walhalla::envelope::{Encoder, decode, encode_sequentially};
 
 const LEVELS: [i32; 3] = [1, 3, 6];
 const THREADS: [usize; 2] = [1, 2];
@@ -33,6 +34,14 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| encoder.encode(&segment).expect("encode"))
                 });
             }
+        }
+        for level in [1, 3] {
+            let id = format!("sequential/level={level}/corpus={corpus}/size={size}");
+            group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    encode_sequentially(level, &segment, 1 << 20, &mut |_| {}).expect("encode")
+                })
+            });
         }
         group.finish();
 

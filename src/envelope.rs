@@ -244,11 +244,11 @@ fn seal(mut out: Vec<u8>, content_crc: u32, content_len: usize) -> Vec<u8> {
 
 /// Wraps `content` in an envelope of one zstd frame at `level`, reading it once from start to
 /// end in windows of `window` bytes, and calling `done_before(offset)` as the bytes before
-/// `offset` fall behind what zstd still reads: a window behind its position, which covers the
-/// match window of the fast levels (a slower level may reach further back, and reads those
-/// bytes again). With [`crate::fsutil::SequentialMap`] this compresses a mapped segment in a
-/// few windows of memory; [`Encoder::encode`], which reads the whole content at once, is for
-/// content already in memory. zstd reads the content in place (see `in_place`).
+/// `offset` fall behind zstd's match window, never to be read again. With
+/// [`crate::fsutil::SequentialMap`] this compresses a mapped segment in a few windows of memory
+/// (a match window and an offered window: 1.5 MiB at the default level); [`Encoder::encode`],
+/// which reads the whole content at once, is for content already in memory. zstd reads the
+/// content in place (see `in_place`).
 pub fn encode_sequentially(
     level: i32,
     content: &[u8],
@@ -261,18 +261,16 @@ pub fn encode_sequentially(
     let mut out = vec![0; HEADER_BYTES];
     let mut crc = crc32fast::Hasher::new();
     let mut checked = 0;
-    let mut consumed = |pos: usize| {
-        // The checksum reads each window once, while zstd still has it at hand.
-        crc.update(&content[checked..pos]);
-        checked = pos;
-        if pos == content.len() {
-            done_before(pos);
-        } else {
-            done_before(pos.saturating_sub(window));
+    let mut passed = |offset: usize| {
+        // The checksum reads the bytes zstd is done with, before they are handed back.
+        if offset > checked {
+            crc.update(&content[checked..offset]);
+            checked = offset;
         }
+        done_before(offset);
     };
     in_place::FrameCompressor::new(level, wal_min_match(level))
-        .and_then(|mut frame| frame.compress(content, window, &mut out, &mut consumed))
+        .and_then(|mut frame| frame.compress(content, window, &mut out, &mut passed))
         .map_err(Error::Compress)?;
     Ok(seal(out, crc.finalize(), content.len()))
 }

@@ -485,6 +485,17 @@ impl Drop for TempFile {
     }
 }
 
+/// This process's resident kB of the mapping that starts at `start` (from /proc/self/smaps).
+#[cfg(test)]
+pub(crate) fn resident_kb(start: *const u8) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let header = format!("{:x}-", start as usize);
+    let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&header));
+    lines.next().expect("the mapping is listed");
+    let rss = lines.find(|line| line.starts_with("Rss:")).unwrap();
+    rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -505,16 +516,6 @@ mod tests {
 
     use super::*;
     use std::io::Write;
-
-    /// This process's resident kB of the mapping that starts at `start` (from /proc/self/smaps).
-    fn resident_kb(start: *const u8) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let header = format!("{:x}-", start as usize);
-        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&header));
-        lines.next().expect("the mapping is listed");
-        let rss = lines.find(|line| line.starts_with("Rss:")).unwrap();
-        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
 
     #[test]
     fn a_sequential_map_hands_back_the_windows_a_pass_has_left() {

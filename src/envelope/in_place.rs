@@ -70,6 +70,7 @@ fn check(code: usize) -> io::Result<usize> {
 /// Compresses frames from buffers read in place; one per frame, or reused for many.
 pub(super) struct FrameCompressor {
     cctx: Context,
+    level: i32,
 }
 
 impl FrameCompressor {
@@ -84,19 +85,28 @@ impl FrameCompressor {
         cctx.set(sys::ZSTD_cParameter::ZSTD_c_contentSizeFlag, 1)?;
         cctx.set(STABLE_IN_BUFFER, 1)?;
         cctx.set(STABLE_OUT_BUFFER, 1)?;
-        Ok(FrameCompressor { cctx })
+        Ok(FrameCompressor { cctx, level })
+    }
+
+    /// How far back zstd matches in a frame of `len` bytes at this compressor's level: its
+    /// window, which zstd sizes by level and by the length pledged.
+    fn match_window(&self, len: usize) -> usize {
+        // SAFETY: plain FFI on integers.
+        let params = unsafe { sys::ZSTD_getCParams(self.level, len as u64, 0) };
+        1usize.checked_shl(params.windowLog).unwrap_or(usize::MAX)
     }
 
     /// Appends one zstd frame holding `content` to `out`. zstd is offered `window` more bytes
-    /// at a time and reads them where they are; after each offer `consumed` learns how far it
-    /// has compressed (zstd still matches against the bytes just before).
+    /// at a time and reads them where they are; after each offer `done_before(offset)` learns
+    /// that zstd will not read the bytes before `offset` again: those behind its match window.
     pub(super) fn compress(
         &mut self,
         content: &[u8],
         window: usize,
         out: &mut Vec<u8>,
-        consumed: &mut dyn FnMut(usize),
+        done_before: &mut dyn FnMut(usize),
     ) -> io::Result<()> {
+        let reach = self.match_window(content.len());
         let cctx = self.cctx.0.as_ptr();
         // SAFETY: a live context; a reset keeps the parameters and forgets any frame left
         // unfinished by an error.
@@ -137,7 +147,7 @@ impl FrameCompressor {
                     sys::ZSTD_EndDirective::ZSTD_e_continue,
                 )
             })?;
-            consumed(input.pos);
+            done_before(input.pos.saturating_sub(reach));
         }
         // SAFETY: as above; with room for the bound the frame ends in this one call.
         let left = check(unsafe {
@@ -153,7 +163,7 @@ impl FrameCompressor {
                 "zstd left {left} bytes of the frame unwritten with room for {bound}"
             )));
         }
-        consumed(content.len());
+        done_before(content.len());
         let written = out.len() + output.pos;
         // SAFETY: zstd initialised the first `output.pos` bytes of the spare capacity.
         unsafe { out.set_len(written) };
@@ -178,6 +188,7 @@ mod tests {
         compressor
             .compress(&content, 1 << 20, &mut out, &mut |_| {})
             .unwrap();
+        assert_eq!(compressor.match_window(content.len()), 512 << 10);
         assert_eq!(zstd::decode_all(&out[..]).unwrap(), content);
         // SAFETY: a live context.
         let held = unsafe { sys::ZSTD_sizeof_CCtx(compressor.cctx.0.as_ptr()) };

@@ -587,4 +587,39 @@ mod tests {
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(3).start_lsn(size)));
         assert_eq!(o.bytes(size), 2 * (1 << 20) + 100);
     }
+
+    #[test]
+    fn encoding_a_spool_file_leaves_none_of_it_resident_whatever_the_match_window() {
+        // Random bytes repeated 1.5 MiB apart: zstd matches each repeat against the copy
+        // before it, further back than one window, which it may read only while the pass has
+        // not handed that copy back (pages handed back and read again would stay resident).
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let period: Vec<u8> = (0..3 << 19)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let content: Vec<u8> = period.iter().cycle().take(6 << 20).copied().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        std::fs::write(&path, &content).unwrap();
+        for level in [3, 9] {
+            // SAFETY: nothing else touches the file.
+            let map = unsafe { SequentialMap::open(&path).unwrap() };
+            let encoded = encode_map(map, None, level, None).unwrap();
+            assert!(
+                encoded.envelope.len() < content.len() / 2,
+                "level {level}: the repeats were found"
+            );
+            assert_eq!(
+                crate::fsutil::resident_kb(encoded.content.as_ptr()),
+                0,
+                "level {level}: the mapping is handed back whole"
+            );
+            assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
+        }
+    }
 }
