@@ -24,6 +24,8 @@ use zstd_sys as sys;
 const STABLE_IN_BUFFER: sys::ZSTD_cParameter = sys::ZSTD_cParameter::ZSTD_c_experimentalParam9;
 /// `ZSTD_c_stableOutBuffer`.
 const STABLE_OUT_BUFFER: sys::ZSTD_cParameter = sys::ZSTD_cParameter::ZSTD_c_experimentalParam10;
+/// `ZSTD_BLOCKSIZE_MAX`: zstd compresses in blocks of at most this many bytes.
+const MAX_BLOCK_BYTES: usize = 128 << 10;
 
 /// A zstd compression context, freed on drop.
 struct Context(NonNull<sys::ZSTD_CCtx>);
@@ -67,7 +69,9 @@ fn check(code: usize) -> io::Result<usize> {
     )))
 }
 
-/// Compresses frames from buffers read in place; one per frame, or reused for many.
+/// Compresses one frame from a buffer read in place. It is used up by that frame: zstd keeps
+/// state across a failed call that a reset does not clear (a count of input it pretended to
+/// consume), and a context reused after an error could read outside the next frame's input.
 pub(super) struct FrameCompressor {
     cctx: Context,
     level: i32,
@@ -75,7 +79,7 @@ pub(super) struct FrameCompressor {
 
 impl FrameCompressor {
     /// A compressor at `level`, with a minimum match of `min_match` bytes when given, that
-    /// records the content size in each frame.
+    /// records the content size in the frame.
     pub(super) fn new(level: i32, min_match: Option<u32>) -> io::Result<FrameCompressor> {
         let mut cctx = Context::new()?;
         cctx.set(sys::ZSTD_cParameter::ZSTD_c_compressionLevel, level)?;
@@ -88,31 +92,31 @@ impl FrameCompressor {
         Ok(FrameCompressor { cctx, level })
     }
 
-    /// How far back zstd matches in a frame of `len` bytes at this compressor's level: its
-    /// window, which zstd sizes by level and by the length pledged.
-    fn match_window(&self, len: usize) -> usize {
+    /// How far behind the input zstd has taken it may still read, in a frame of `len` bytes
+    /// at this compressor's level: its match window (sized by level and pledged length),
+    /// counted from the start of the block zstd compresses next, which may lie up to a block
+    /// behind what it reports taken.
+    fn reach(&self, len: usize) -> usize {
         // SAFETY: plain FFI on integers.
         let params = unsafe { sys::ZSTD_getCParams(self.level, len as u64, 0) };
-        1usize.checked_shl(params.windowLog).unwrap_or(usize::MAX)
+        1usize
+            .checked_shl(params.windowLog)
+            .map_or(usize::MAX, |window| window.saturating_add(MAX_BLOCK_BYTES))
     }
 
     /// Appends one zstd frame holding `content` to `out`. zstd is offered `window` more bytes
     /// at a time and reads them where they are; after each offer `done_before(offset)` learns
     /// that zstd will not read the bytes before `offset` again: those behind its match window.
+    /// The last offer ends the frame, so its last block is marked last, as in a one-shot frame.
     pub(super) fn compress(
-        &mut self,
+        self,
         content: &[u8],
         window: usize,
         out: &mut Vec<u8>,
         done_before: &mut dyn FnMut(usize),
     ) -> io::Result<()> {
-        let reach = self.match_window(content.len());
+        let reach = self.reach(content.len());
         let cctx = self.cctx.0.as_ptr();
-        // SAFETY: a live context; a reset keeps the parameters and forgets any frame left
-        // unfinished by an error.
-        check(unsafe {
-            sys::ZSTD_CCtx_reset(cctx, sys::ZSTD_ResetDirective::ZSTD_reset_session_only)
-        })?;
         // SAFETY: a live context.
         check(unsafe { sys::ZSTD_CCtx_setPledgedSrcSize(cctx, content.len() as u64) })?;
 
@@ -136,8 +140,8 @@ impl FrameCompressor {
             pos: 0,
         };
         let window = window.max(1);
-        while input.size < content.len() {
-            input.size = (input.size + window).min(content.len());
+        while content.len() - input.size > window {
+            input.size += window;
             // SAFETY: `input` and `output` describe live buffers as the contract requires.
             check(unsafe {
                 sys::ZSTD_compressStream2(
@@ -149,6 +153,7 @@ impl FrameCompressor {
             })?;
             done_before(input.pos.saturating_sub(reach));
         }
+        input.size = content.len();
         // SAFETY: as above; with room for the bound the frame ends in this one call.
         let left = check(unsafe {
             sys::ZSTD_compressStream2(
@@ -183,15 +188,22 @@ mod tests {
         let content: Vec<u8> = (0..8u32 << 20)
             .map(|i| ((i % 251) ^ (i >> 13)) as u8)
             .collect();
-        let mut compressor = FrameCompressor::new(1, Some(5)).unwrap();
+        let compressor = FrameCompressor::new(1, Some(5)).unwrap();
+        assert_eq!(compressor.reach(content.len()), (512 + 128) << 10);
+        let cctx = compressor.cctx.0;
+        let mut held = Vec::new();
         let mut out = Vec::new();
         compressor
-            .compress(&content, 1 << 20, &mut out, &mut |_| {})
+            .compress(&content, 1 << 20, &mut out, &mut |_| {
+                // SAFETY: the context lives while it compresses.
+                held.push(unsafe { sys::ZSTD_sizeof_CCtx(cctx.as_ptr()) })
+            })
             .unwrap();
-        assert_eq!(compressor.match_window(content.len()), 512 << 10);
         assert_eq!(zstd::decode_all(&out[..]).unwrap(), content);
-        // SAFETY: a live context.
-        let held = unsafe { sys::ZSTD_sizeof_CCtx(compressor.cctx.0.as_ptr()) };
-        assert!(held < 1 << 20, "the context holds {held} bytes");
+        let most = held.iter().max().copied().unwrap_or(0);
+        assert!(
+            (1..1 << 20).contains(&most),
+            "the context holds {most} bytes"
+        );
     }
 }
