@@ -169,7 +169,7 @@ pub unsafe fn map_immutable_file(path: &Path) -> io::Result<bytes::Bytes> {
 
 /// A read-only mapping of a file that is never written again, read from start to end by one
 /// or more sequential passes: the pages a pass has left behind are handed back, so reading a
-/// 16 MiB segment costs a window of memory, not the segment.
+/// 16 MiB segment costs a few windows of memory, not the segment.
 pub struct SequentialMap {
     map: memmap2::Mmap,
     /// Everything before this offset is handed back (a multiple of [`Self::WINDOW`]).

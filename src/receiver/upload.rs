@@ -447,7 +447,7 @@ struct Stored {
 ///
 /// Memory: one file at a time (`encoding`) is compressed and, for a segment, then indexed,
 /// each a pass over its mapping that hands the pages behind it back ([`SequentialMap`]), so a
-/// segment costs a window of memory, not 16 MiB; the upload, which may wait long on a slow
+/// segment costs a few windows of memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
 /// archive, keeps a mapping of the file that is read only if the archive already holds the
 /// object (to compare), so while uploads wait the files take no memory.
 async fn upload(
