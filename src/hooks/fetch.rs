@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use tokio::time::Instant;
 
+use super::in_standby_mode;
 use super::prefetch::{self, Cache};
 use super::sources::{FetchOutcome, Sources, nothing_archived};
 use crate::blocking;
@@ -16,10 +17,6 @@ use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// The name PostgreSQL gives `%p` when it restores a segment (xlogrecovery.c).
 const RECOVERY_SEGMENT: &str = "RECOVERYXLOG";
-
-/// The file whose presence in the data directory puts PostgreSQL in standby mode (it wins
-/// over `recovery.signal`, in PostgreSQL as here).
-const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// Options of `walhalla fetch`.
 #[derive(Clone, Debug, Default)]
@@ -120,10 +117,4 @@ async fn record(
     if tokio::time::timeout_at(deadline, requesting).await.is_err() {
         tracing::warn!("{cache}: readahead not recorded within --timeout");
     }
-}
-
-/// Whether PostgreSQL runs this fetch in standby mode: `standby.signal` in the data
-/// directory, which is the current directory of a restore_command.
-fn in_standby_mode() -> bool {
-    Path::new(STANDBY_SIGNAL).exists()
 }

@@ -66,6 +66,16 @@ pub async fn open_archive(
     Ok(archive)
 }
 
+/// The file whose presence in the data directory puts PostgreSQL in standby mode (it wins
+/// over `recovery.signal`, in PostgreSQL as here).
+const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// Whether PostgreSQL recovers in standby mode: `standby.signal` in the data directory, which
+/// is the current directory of a restore_command and of the readahead worker it starts.
+fn in_standby_mode() -> bool {
+    std::path::Path::new(STANDBY_SIGNAL).exists()
+}
+
 /// The exit codes, as `walhalla --help` prints them.
 pub const EXIT_CODES: &str = "\
 Exit codes (the contract with PostgreSQL):

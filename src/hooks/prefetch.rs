@@ -31,6 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::in_standby_mode;
 use super::sources::{FetchOutcome, Sources, check_segment_file};
 use crate::blocking;
 use crate::client::ClientSettings;
@@ -497,6 +498,10 @@ pub async fn run_worker(
     // The last request found nothing: the archive ends about here, so one request at a time
     // probes it until a segment is found again (no burst of misses every MISS_EXPIRY).
     let mut at_end = false;
+    // The segment last found not archived, and the last one asked for that was fetched again
+    // because the archive ends right after it (see below).
+    let mut not_archived: Option<SegmentName> = None;
+    let mut fetched_again: Option<SegmentName> = None;
     let mut changed = true;
     loop {
         if !cache.dir.is_dir() {
@@ -538,6 +543,22 @@ pub async fn run_worker(
                 tracing::warn!("prefetch cache {}: {e}", cache.dir.display());
             }
             misses.retain(|_, at| at.elapsed() < MISS_EXPIRY);
+            // Archive recovery that finds the archive's end reads its last record again
+            // (FinishWalRecovery in xlogrecovery.c), asking for the last segment once more:
+            // have it ready. Not in standby mode, which waits at the end for more WAL.
+            let ends_after = window
+                .first()
+                .is_some_and(|&first| not_archived == Some(first));
+            if ends_after
+                && fetched_again != Some(segment)
+                && !running.contains(&segment)
+                && !cache.holds(segment)
+                && !in_standby_mode()
+            {
+                fetched_again = Some(segment);
+                running.insert(segment);
+                tasks.spawn(fetch_into(sources.clone(), &cache, segment));
+            }
             let limit = if at_end { 1 } else { requests };
             for next in window {
                 if running.len() >= limit || misses.contains_key(&next) {
@@ -548,12 +569,7 @@ pub async fn run_worker(
                     continue;
                 }
                 running.insert(next);
-                let (sources, path) = (sources.clone(), cache.path(next));
-                tasks.spawn(async move {
-                    let name = WalFileName::Segment(next);
-                    let outcome = sources.restore(&name, &path, false).await;
-                    (next, outcome.map(|(outcome, _)| outcome))
-                });
+                tasks.spawn(fetch_into(sources.clone(), &cache, next));
             }
         }
         tokio::select! {
@@ -568,6 +584,7 @@ pub async fn run_worker(
                         tracing::debug!(%segment, "prefetched");
                     }
                     Ok(FetchOutcome::NotFound) => {
+                        not_archived = Some(segment);
                         misses.insert(segment, Instant::now());
                         missed = true;
                         at_end = true;
@@ -591,6 +608,20 @@ pub async fn run_worker(
     crate::fsutil::remove_live_temp_files();
     empty(&cache).await;
     Ok(())
+}
+
+/// A task that fetches `segment` into the cache.
+fn fetch_into(
+    sources: Arc<Sources>,
+    cache: &Cache,
+    segment: SegmentName,
+) -> impl Future<Output = (SegmentName, anyhow::Result<FetchOutcome>)> + use<> {
+    let path = cache.path(segment);
+    async move {
+        let name = WalFileName::Segment(segment);
+        let outcome = sources.restore(&name, &path, false).await;
+        (segment, outcome.map(|(outcome, _)| outcome))
+    }
 }
 
 /// Removes every cached segment, the request and the settings, leaving the lock and the log.

@@ -1,6 +1,7 @@
 //! `walhalla fetch` readahead: the background worker keeps the next segments beside `%p`, a
 //! later fetch only moves one into place, the end of the archive costs no request storm, the
-//! worker follows a timeline switch, and it empties the cache and exits when fetches stop.
+//! last segment is ready again when archive recovery ends there, the worker follows a
+//! timeline switch, and it empties the cache and exits when fetches stop.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,6 +130,75 @@ fn prefetched_segments_are_moved_into_place_and_the_end_costs_no_storm() {
         (cached(&cache).is_empty() && !cache.join("wanted").exists()).then_some(())
     });
     drop(server);
+}
+
+#[test]
+fn recovery_ending_at_the_archive_finds_its_last_segment_ready_again() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, names) = archived_segments(&wh, &archive, 3);
+    let not_archived = segment_after(&names[2], 1, 1);
+    let system_id = primary.system_id().to_string();
+    let standby = TestDir::new("standby");
+    std::fs::write(standby.path().join("standby.signal"), "").unwrap();
+    let from_archive = [
+        "--prefetch",
+        "2",
+        "--archive",
+        archive.url(),
+        "--system-id",
+        &system_id,
+    ];
+    // Archive recovery, then standby mode (standby.signal in the data directory).
+    for (data, standby_mode) in [
+        (&primary.data, false),
+        (&standby.path().to_path_buf(), true),
+    ] {
+        let out = TestDir::new("out");
+        let dest = out.path().join("RECOVERYXLOG");
+        let cache = out.path().join("walhalla-prefetch");
+        let run = fetch(&wh, data, &from_archive, &names[0], &dest);
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+        wait_for(
+            "the next two segments in the cache",
+            Duration::from_secs(60),
+            || (cached(&cache) == names[1..3]).then_some(()),
+        );
+        for name in &names[1..3] {
+            let run = fetch(&wh, data, &from_archive, name, &dest);
+            assert_eq!(run.status.code(), Some(0), "{name}: {}", describe(&run));
+        }
+        assert!(cached(&cache).is_empty(), "taken from the cache");
+        // Told that the archive ends, archive recovery reads its last record again, asking
+        // for the last segment once more: the worker has it ready.
+        let run = fetch(&wh, data, &from_archive, &not_archived, &dest);
+        assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+        if standby_mode {
+            // A standby waits at the end for more WAL: nothing is fetched twice.
+            std::thread::sleep(Duration::from_secs(3));
+            assert!(
+                cached(&cache).is_empty(),
+                "standby mode: {:?}",
+                cached(&cache)
+            );
+            continue;
+        }
+        wait_for(
+            "the last segment in the cache again",
+            Duration::from_secs(60),
+            || (cached(&cache) == names[2..3]).then_some(()),
+        );
+        let run = fetch(&wh, data, &from_archive, &names[2], &dest);
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+        assert!(
+            cached(&cache).is_empty(),
+            "the last segment taken from the cache"
+        );
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(primary.data.join("pg_wal").join(&names[2])).unwrap(),
+        );
+    }
 }
 
 #[test]
