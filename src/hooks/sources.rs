@@ -294,7 +294,19 @@ impl Sources {
             .await
             .with_context(|| format!("fetch {name}"))?;
         let cluster = archive.cluster(system_id);
-        let (object, key, padded) = match cluster.get(name).await? {
+        // PostgreSQL probes for history files that mostly do not exist: the check that tells
+        // such a miss from an archive holding nothing for this cluster runs beside the read,
+        // not a round trip after it.
+        let early_check = async {
+            match name {
+                WalFileName::History(_) if !self.vouched().await => {
+                    Some(cluster.ensure_not_empty().await)
+                }
+                _ => None,
+            }
+        };
+        let (found, early_check) = tokio::join!(cluster.get(name), early_check);
+        let (object, key, padded) = match found? {
             Some(object) => (object, cluster.key(name).to_string(), false),
             None => match (partial, name) {
                 (true, WalFileName::Segment(segment)) => {
@@ -303,7 +315,10 @@ impl Sources {
                         None => return self.not_found(&cluster).await,
                     }
                 }
-                _ => return self.not_found(&cluster).await,
+                _ => match early_check {
+                    Some(checked) => return Ok(checked.map(|()| (FetchOutcome::NotFound, None))?),
+                    None => return self.not_found(&cluster).await,
+                },
             },
         };
         let (name, dest, durable) = (*name, dest.to_path_buf(), self.durable_names);
@@ -325,14 +340,18 @@ impl Sources {
         &self,
         cluster: &ClusterArchive,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let vouched = match self.vouch.clone() {
-            Some(vouch) => blocking::run(move || vouch()).await,
-            None => false,
-        };
-        if !vouched {
+        if !self.vouched().await {
             cluster.ensure_not_empty().await?;
         }
         Ok((FetchOutcome::NotFound, None))
+    }
+
+    /// Whether the archive is vouched for (see [`Sources::vouch_with`]): a miss is its end.
+    async fn vouched(&self) -> bool {
+        match self.vouch.clone() {
+            Some(vouch) => blocking::run(move || vouch()).await,
+            None => false,
+        }
     }
 }
 
