@@ -21,6 +21,9 @@
 #      REPS      as in the harness (default 3)
 #      BEFORE    another walhalla binary (say, a build of the previous commit): every walhalla
 #                variant also runs with it, labelled "before", in the same run
+#      CALLS     s3: 1 logs every walhalla fetch (benches/fetch_calls.sh) and, after the run,
+#                prints per variant the calls that found their file in the prefetch cache and
+#                those that waited for the store, with the time each group took
 # Needs root (the harness runs PostgreSQL and the commands as user postgres), a built corpus, and
 # pgbackrest, hyperfine and GNU time installed (see $BENCH/README.md).
 set -euo pipefail
@@ -36,7 +39,8 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir" /tmp/walbench-floor' EXIT
-install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" "$bin_dir/"
+install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" \
+  "$root/benches/fetch_calls.sh" "$bin_dir/"
 # Each variant runs with every binary here: the build, and BEFORE's labelled "before".
 tools=("walhalla|$bin_dir/walhalla")
 if [ -n "${BEFORE:-}" ]; then
@@ -121,11 +125,33 @@ s3_variants() {
   local fill="$bin_dir/fill_s3.sh $WH $url"
   for tool in "${tools[@]}"; do
     for rtt in ${RTTS:-0 20 60}; do
-      wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
+      wh="$(calls_log "${tool%%|*} s3 rtt$rtt")env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
       s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$wh fetch %f \"%p\""$'\n'
     done
     # The issue's question: does a deeper readahead help at the largest RTT?
+    wh="$(calls_log "${tool%%|*} s3 rtt$rtt prefetch 32")${wh#*fetch_calls.sh * }"
     s3_extra+="${tool%%|*} s3 rtt$rtt prefetch 32|$fill|$wh fetch --prefetch 32 %f \"%p\""$'\n'
+  done
+}
+
+# With CALLS=1, the prefix that logs each fetch of variant LABEL to a file of its own.
+calls_log() {
+  [ "${CALLS:-0}" = 1 ] || return 0
+  local log; log="$bin_dir/calls-$(echo "$1" | tr ' ' '_').log"
+  touch "$log"; chown postgres: "$log"
+  echo "$bin_dir/fetch_calls.sh $log "
+}
+
+# After a CALLS=1 run: each variant's hits and misses, summed over its rounds.
+calls_report() {
+  local log
+  for log in "$bin_dir"/calls-*.log; do
+    [ -s "$log" ] || continue
+    awk -v name="$(basename "$log" .log | sed 's/^calls-//; s/_/ /g')" '
+      { n[$4]++; t[$4] += $2 - $1 }
+      END { printf "%-36s", name
+            for (k in n) printf "  %s: %d calls, %.0f ms", k, n[k], t[k] * 1000
+            print "" }' "$log"
   done
 }
 
@@ -136,7 +162,8 @@ for what in "$@"; do
     get) GET_EXTRA=${get_extra%$'\n'} "$BENCH/archive_get.sh" ;;
     recovery) recovery_variants; RECOVERY_EXTRA=${recovery_extra%$'\n'} "$BENCH/recovery.sh" ;;
     stream) stream_variants; STREAM_EXTRA=${stream_extra%$'\n'} "$BENCH/stream.sh" ;;
-    s3) s3_variants; RTTS=${RTTS:-"0 20 60"} S3_RECOVERY_EXTRA=${s3_extra%$'\n'} "$BENCH/s3_recovery.sh" ;;
+    s3) s3_variants; RTTS=${RTTS:-"0 20 60"} S3_RECOVERY_EXTRA=${s3_extra%$'\n'} "$BENCH/s3_recovery.sh"
+        calls_report ;;
     *) echo "usage: $0 push|get|recovery|stream|s3 ..." >&2; exit 2 ;;
   esac
 done
