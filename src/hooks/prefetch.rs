@@ -584,6 +584,7 @@ pub async fn run_worker(
                         tracing::debug!(%segment, "prefetched");
                     }
                     Ok(FetchOutcome::NotFound) => {
+                        tracing::debug!(%segment, "not archived");
                         not_archived = Some(segment);
                         misses.insert(segment, Instant::now());
                         missed = true;

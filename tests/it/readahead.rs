@@ -27,13 +27,35 @@ fn fetch(
     name: &str,
     dest: &Path,
 ) -> std::process::Output {
-    as_pg_user(wh.path())
+    fetch_command(wh, data, extra, name, dest)
+        .output()
+        .expect("run walhalla fetch")
+}
+
+/// The `walhalla fetch` [`fetch`] runs, to add to.
+fn fetch_command(
+    wh: &Walhalla,
+    data: &Path,
+    extra: &[&str],
+    name: &str,
+    dest: &Path,
+) -> std::process::Command {
+    let mut command = as_pg_user(wh.path());
+    command
         .current_dir(data)
         .arg("fetch")
         .args(extra)
-        .args([name, dest.to_str().unwrap()])
-        .output()
-        .expect("run walhalla fetch")
+        .args([name, dest.to_str().unwrap()]);
+    command
+}
+
+/// How many times the readahead worker logged `segment` as not archived (it logs at debug
+/// level when the fetch that started it ran with `WALHALLA_LOG=walhalla=debug`).
+fn worker_misses(cache: &Path, segment: &str) -> usize {
+    let log = std::fs::read_to_string(cache.join("worker.log")).unwrap_or_default();
+    log.lines()
+        .filter(|line| line.contains("not archived") && line.contains(segment))
+        .count()
 }
 
 fn cached(cache: &Path) -> Vec<String> {
@@ -157,7 +179,11 @@ fn recovery_ending_at_the_archive_finds_its_last_segment_ready_again() {
         let out = TestDir::new("out");
         let dest = out.path().join("RECOVERYXLOG");
         let cache = out.path().join("walhalla-prefetch");
-        let run = fetch(&wh, data, &from_archive, &names[0], &dest);
+        // The worker this starts inherits the log level: it logs each miss.
+        let run = fetch_command(&wh, data, &from_archive, &names[0], &dest)
+            .env("WALHALLA_LOG", "walhalla=debug")
+            .output()
+            .expect("run walhalla fetch");
         assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
         wait_for(
             "the next two segments in the cache",
@@ -174,8 +200,15 @@ fn recovery_ending_at_the_archive_finds_its_last_segment_ready_again() {
         let run = fetch(&wh, data, &from_archive, &not_archived, &dest);
         assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
         if standby_mode {
-            // A standby waits at the end for more WAL: nothing is fetched twice.
-            std::thread::sleep(Duration::from_secs(3));
+            // A standby waits at the end for more WAL: nothing is fetched twice. At the end
+            // the worker has one request in flight at a time, so its second probe of the
+            // segment after the last one (once the first miss expires) comes after anything
+            // the first miss could have started.
+            wait_for(
+                "the worker to find the archive's end twice",
+                Duration::from_secs(60),
+                || (worker_misses(&cache, &not_archived) >= 2).then_some(()),
+            );
             assert!(
                 cached(&cache).is_empty(),
                 "standby mode: {:?}",
