@@ -2,7 +2,7 @@
 //! what is archived, synchronous standby, restarts of the primary, authentication, TLS, and
 //! the fatal cases.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use walhalla::wal::{Lsn, SegNo, SegmentSize, WalFileName};
 
@@ -95,11 +95,34 @@ pub fn segno_of(segment: &str) -> u64 {
 
 pub fn wait_archive_holds(archive: &TestArchive, segment: &str) {
     let target = segno_of(segment);
-    wait_for(
-        &format!("{segment} in the archive"),
-        Duration::from_secs(120),
-        || (archive_end(archive) >= Lsn((target + 1) * SEGMENT)).then_some(()),
-    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while archive_end(archive) < Lsn((target + 1) * SEGMENT) {
+        if Instant::now() >= deadline {
+            let (segments, _) = archived(archive);
+            panic!(
+                "timed out after 120s waiting for {segment} in the archive, which holds {}",
+                describe_runs(&segments)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Segment numbers as runs of consecutive ones ("0x3-0x1f, 0x21-0x40"), so that a hole shows.
+fn describe_runs(segments: &[u64]) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &segno in segments {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == segno => *end = segno,
+            _ => runs.push((segno, segno)),
+        }
+    }
+    let runs: Vec<String> = runs.iter().map(|(a, b)| format!("{a:#x}-{b:#x}")).collect();
+    if runs.is_empty() {
+        "no segment".to_string()
+    } else {
+        runs.join(", ")
+    }
 }
 
 /// A receiver on slot "walhalla" (created) of `pg`, with `extra` arguments, once streaming.

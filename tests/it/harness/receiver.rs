@@ -253,9 +253,18 @@ fn slot_args<'a>(conninfo: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 impl Drop for Receiver {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let log = self.log();
+            // What went wrong may lie further back than the last lines: its warnings,
+            // errors and failed attempts (debug) first.
+            let troubles: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("failed"))
+                .collect();
             eprintln!(
-                "--- last lines of the receiver log ---\n{}",
-                super::tail(&self.log())
+                "--- the receiver's warnings, errors and failures ---\n{}\n\
+                 --- last lines of the receiver log ---\n{}",
+                super::tail(&troubles.join("\n")),
+                super::tail(&log)
             );
         }
         self.kill9();
