@@ -422,11 +422,18 @@ impl<'a> Stream<'a> {
                 continue;
             }
             let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
-            let (dir, timeline, size) =
-                (self.ctx.spool.clone(), self.timeline, self.ctx.segment_size);
+            let (dir, timeline, size, durable) = (
+                self.ctx.spool.clone(),
+                self.timeline,
+                self.ctx.segment_size,
+                self.ctx.durable_spool,
+            );
             let (done, writer) = blocking::run(move || -> std::io::Result<_> {
                 let done = writer.finish()?;
-                Ok((done, SegmentWriter::create(&dir, timeline, next, size)?))
+                Ok((
+                    done,
+                    SegmentWriter::create(&dir, timeline, next, size, durable)?,
+                ))
             })
             .await
             .context("complete a segment in the spool")?;
