@@ -108,10 +108,10 @@ fn settle_unsynced(dir: &Path, boot: Option<&str>, durable: bool) -> io::Result<
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    // What an earlier run left unsynced is whole in this boot's page cache, and may be torn
-    // after a restart of the host (or when the boot cannot be told).
+    let durable = durable || boot.is_none();
     match (&written_in, boot) {
         (Some(earlier), Some(now)) if earlier == now => {
+            // The page cache still holds what was written: nothing is torn.
             if !durable {
                 return Ok(false);
             }
@@ -121,38 +121,25 @@ fn settle_unsynced(dir: &Path, boot: Option<&str>, durable: bool) -> io::Result<
             let discarded = discard_segments(dir)?;
             if discarded > 0 {
                 tracing::warn!(
-                    "spool {}: {discarded} segment file(s) written without fsync before the \
-                     host restarted (boot {earlier}) discarded, not archived: they may be torn; \
-                     streaming fetches them again from the slot",
+                    "spool {}: {discarded} segment file(s) written without fsync before the                      host restarted (boot {earlier}) discarded, not archived: they may be torn;                      streaming fetches them again from the slot",
                     dir.display()
                 );
             }
         }
+        (None, _) if durable => return Ok(true),
         (None, _) => {}
     }
-    // This run leaves its segments to the page cache only when it may, when it can tell a
-    // restart of the host, and when no fsynced segment waits in the spool (one a synchronous
-    // run left): a restart would discard that one with the rest.
-    let unsynced = boot.is_some() && !durable && (written_in.is_some() || !holds_segments(dir)?);
-    match boot {
-        Some(now) if unsynced => {
-            let temp = dir.join(format!("{UNSYNCED}.tmp"));
-            std::fs::write(&temp, format!("{now}\n"))?;
-            File::open(&temp)?.sync_all()?;
-            std::fs::rename(&temp, &marker)?;
-        }
-        _ if written_in.is_some() => std::fs::remove_file(&marker)?,
-        _ => return Ok(true),
+    if durable {
+        std::fs::remove_file(&marker)?;
+    } else {
+        let temp = dir.join(format!("{UNSYNCED}.tmp"));
+        std::fs::write(&temp, format!("{}\n", boot.unwrap_or_default()))?;
+        File::open(&temp)?.sync_all()?;
+        std::fs::rename(&temp, &marker)?;
     }
     // Durable before any segment is written unsynced, or after all are synced.
     fsync_dir(dir)?;
-    Ok(!unsynced)
-}
-
-/// Whether the spool holds a complete segment or a `.partial`.
-fn holds_segments(dir: &Path) -> io::Result<bool> {
-    let contents = scan(dir)?;
-    Ok(!contents.complete.is_empty() || contents.partial.is_some())
+    Ok(durable)
 }
 
 /// Fsyncs the complete segments and the `.partial` (kept tails were fsynced when kept).
@@ -167,24 +154,7 @@ fn sync_segments(dir: &Path) -> io::Result<()> {
         .map(|&s| complete_path(dir, s))
         .chain(partial)
     {
-        match File::open(path) {
-            Ok(file) => file.sync_all()?,
-            // Archived and removed meanwhile.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    fsync_dir(dir)
-}
-
-/// Makes what the spool holds durable and the spool an fsynced one again (see the module
-/// documentation): for a receiver that stops with segments left, so that a restart of the
-/// host keeps them for the next start to archive.
-pub fn make_durable(dir: &Path) -> io::Result<()> {
-    sync_segments(dir)?;
-    match std::fs::remove_file(dir.join(UNSYNCED)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+        File::open(path)?.sync_all()?;
     }
     fsync_dir(dir)
 }
@@ -540,7 +510,6 @@ mod tests {
         let tail = keep_tail(dir, size).unwrap().expect("a tail");
         let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(5), size, false).unwrap();
         w.write(b"received").unwrap();
-        w.sync().unwrap();
         assert_eq!(w.synced_lsn(), w.start_lsn(), "nothing fsynced");
         (complete, tail)
     }
@@ -586,36 +555,6 @@ mod tests {
         assert!(!dir.path().join(UNSYNCED).exists());
         assert!(settle_unsynced(dir.path(), Some("boot-b"), true).unwrap());
         kept(dir.path());
-    }
-
-    #[test]
-    fn fsynced_segments_a_synchronous_run_left_are_never_discarded() {
-        let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9), true).unwrap();
-        let size = SegmentSize::new(MIB).unwrap();
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size, true).unwrap();
-        w.write(&vec![1u8; MIB as usize]).unwrap();
-        let complete = w.finish().unwrap();
-        // A default run while it waits: fsyncs too, and leaves no mark a restart would act on.
-        assert!(settle_unsynced(dir.path(), Some("boot-a"), false).unwrap());
-        assert!(!dir.path().join(UNSYNCED).exists());
-        assert!(settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
-        assert_eq!(scan(dir.path()).unwrap().complete, vec![complete]);
-        // Once it is archived, the next default run leaves its segments unsynced.
-        remove_complete(dir.path(), complete).unwrap();
-        assert!(!settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
-    }
-
-    #[test]
-    fn a_receiver_stopping_with_segments_left_makes_them_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (complete, tail) = unsynced_spool(dir.path(), "boot-a");
-        make_durable(dir.path()).unwrap();
-        assert!(!dir.path().join(UNSYNCED).exists());
-        assert!(settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
-        let contents = scan(dir.path()).unwrap();
-        assert_eq!(contents.complete, vec![complete]);
-        assert_eq!(contents.tails, vec![tail]);
     }
 
     #[test]
