@@ -1,8 +1,8 @@
 //! The spool: a local directory where received WAL lands before it is archived.
 //!
 //! - `SEGMENT.partial`: the segment being received, written sequentially from its start.
-//! - `SEGMENT`: a complete segment, renamed (fsynced first where the mode asks, see below),
-//!   waiting for its upload; it is deleted once the archive holds it.
+//! - `SEGMENT`: a complete segment, fsynced and renamed durably, waiting for its upload; it is
+//!   deleted once the archive holds it.
 //! - `SEGMENT.partial.END`: a kept tail, the bytes of a segment from its start to `END` (16 hex
 //!   digits) that a stream had received when it ended; it is archived as a receiver snapshot
 //!   and then deleted. A stream that ends for any reason (lost connection, crash, shutdown,
@@ -10,17 +10,6 @@
 //!   confirmed in `--synchronous` mode reaches the archive and is never truncated first.
 //! - `walhalla.spool`: the system identifier of the cluster the spool belongs to, so a spool is
 //!   never shared by two clusters.
-//! - `walhalla.spool.unsynced`: present while segments may have been written without fsync
-//!   (see below): the boot they were written in.
-//!
-//! How durable the segments are depends on the mode ([`open`]). In `--synchronous` mode the
-//! flush position a receiver reports is what the spool holds, so each segment is fsynced as it
-//! completes (and earlier on request). In the default mode the flush position is what the
-//! archive holds: the slot keeps everything past it on the server, and the spool only has to
-//! survive the receiver's process, not the host. Its segments are then left to the page
-//! cache, which a process kill does not lose and which an upload usually deletes before the
-//! kernel writes it out. A spool found written that way in an earlier boot may hold torn
-//! files: its segments are discarded (never archived) and streamed again from the server.
 //!
 //! Streaming restarts at the start of a segment (the slot keeps that segment on the server),
 //! so a kept tail is never appended to; it only serves a last-resort recovery.
@@ -39,10 +28,6 @@ use crate::wal::{
 };
 
 const MARKER: &str = "walhalla.spool";
-/// See the module documentation.
-const UNSYNCED: &str = "walhalla.spool.unsynced";
-/// Linux's identifier of the current boot.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PARTIAL_SUFFIX: &str = ".partial";
 
 /// What a spool directory holds.
@@ -58,10 +43,7 @@ pub struct SpoolContents {
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
 /// cluster, checks that the directory is writable, and warns when other users can enter it.
-/// Then settles what an earlier run wrote without fsync (see the module documentation) and
-/// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
-/// the boot cannot be told (no `/proc`).
-pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> {
+pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
     // not be, and it is the user's to change.
@@ -94,86 +76,7 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     // Writable? (The marker may predate a permissions change.)
     let probe = dir.join(".walhalla-write-probe");
     std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)?;
-    let boot = std::fs::read_to_string(BOOT_ID).ok();
-    settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
-}
-
-/// Settles the segments an earlier run left without fsync, in boot `boot` (`None`: unknown),
-/// and records whether this run leaves its own so; returns whether this run fsyncs.
-fn settle_unsynced(dir: &Path, boot: Option<&str>, durable: bool) -> io::Result<bool> {
-    let marker = dir.join(UNSYNCED);
-    let written_in = match std::fs::read_to_string(&marker) {
-        Ok(text) => Some(text.trim().to_string()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let durable = durable || boot.is_none();
-    match (&written_in, boot) {
-        (Some(earlier), Some(now)) if earlier == now => {
-            // The page cache still holds what was written: nothing is torn.
-            if !durable {
-                return Ok(false);
-            }
-            sync_segments(dir)?;
-        }
-        (Some(earlier), _) => {
-            let discarded = discard_segments(dir)?;
-            if discarded > 0 {
-                tracing::warn!(
-                    "spool {}: {discarded} segment file(s) written without fsync before the                      host restarted (boot {earlier}) discarded, not archived: they may be torn;                      streaming fetches them again from the slot",
-                    dir.display()
-                );
-            }
-        }
-        (None, _) if durable => return Ok(true),
-        (None, _) => {}
-    }
-    if durable {
-        std::fs::remove_file(&marker)?;
-    } else {
-        let temp = dir.join(format!("{UNSYNCED}.tmp"));
-        std::fs::write(&temp, format!("{}\n", boot.unwrap_or_default()))?;
-        File::open(&temp)?.sync_all()?;
-        std::fs::rename(&temp, &marker)?;
-    }
-    // Durable before any segment is written unsynced, or after all are synced.
-    fsync_dir(dir)?;
-    Ok(durable)
-}
-
-/// Fsyncs the complete segments and the `.partial` (kept tails were fsynced when kept).
-fn sync_segments(dir: &Path) -> io::Result<()> {
-    let contents = scan(dir)?;
-    let partial = contents
-        .partial
-        .map(|s| dir.join(format!("{s}{PARTIAL_SUFFIX}")));
-    for path in contents
-        .complete
-        .iter()
-        .map(|&s| complete_path(dir, s))
-        .chain(partial)
-    {
-        File::open(path)?.sync_all()?;
-    }
-    fsync_dir(dir)
-}
-
-/// Removes the complete segments and the `.partial` files; returns how many. Kept tails stay:
-/// each was fsynced before it got its name.
-fn discard_segments(dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if let Some(Ok(WalFileName::Segment(_) | WalFileName::Partial(_))) =
-            name.to_str().map(str::parse::<WalFileName>)
-        {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    std::fs::remove_file(&probe)
 }
 
 /// The cluster a spool belongs to, if it was opened before.
@@ -332,21 +235,17 @@ pub struct SegmentWriter {
     size: SegmentSize,
     written: u64,
     synced: u64,
-    /// Whether the segment is fsynced (see the module documentation).
-    durable: bool,
     /// Writeback started as the segment fills (a hint to the kernel, see [`SegmentWriter::write`]).
     writeback: WritebackCursor,
 }
 
 impl SegmentWriter {
-    /// Starts receiving segment `segno` of `timeline`, discarding any older `.partial` file;
-    /// `durable` as [`open`] said.
+    /// Starts receiving segment `segno` of `timeline`, discarding any older `.partial` file.
     pub fn create(
         dir: &Path,
         timeline: TimelineId,
         segno: SegNo,
         size: SegmentSize,
-        durable: bool,
     ) -> io::Result<SegmentWriter> {
         let segment = SegmentName::new(timeline, segno, size);
         for entry in std::fs::read_dir(dir)? {
@@ -363,9 +262,7 @@ impl SegmentWriter {
             .create(true)
             .truncate(true)
             .open(path)?;
-        if durable {
-            fsync_dir(dir)?;
-        }
+        fsync_dir(dir)?;
         Ok(SegmentWriter {
             file,
             dir: dir.to_path_buf(),
@@ -374,7 +271,6 @@ impl SegmentWriter {
             size,
             written: 0,
             synced: 0,
-            durable,
             writeback: WritebackCursor::default(),
         })
     }
@@ -420,20 +316,16 @@ impl SegmentWriter {
         self.written += bytes.len() as u64;
         // Writeback starts as the segment fills, so the fsync that completes it (which the
         // stream waits for) finds little left to write.
-        if self.durable {
-            self.writeback.wrote(&self.file, self.written);
-        }
+        self.writeback.wrote(&self.file, self.written);
         Ok(())
     }
 
-    /// Makes everything written durable (nothing to do for a segment that is not fsynced).
+    /// Makes everything written durable.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.synced < self.written {
             failpoint::hit(failpoint::SPOOL_BEFORE_FSYNC);
-            if self.durable {
-                self.file.sync_data()?;
-                self.synced = self.written;
-            }
+            self.file.sync_data()?;
+            self.synced = self.written;
         }
         Ok(())
     }
@@ -444,17 +336,14 @@ impl SegmentWriter {
         self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment))
     }
 
-    /// Completes the segment: fsync, rename to its final name, fsync the directory (for a
-    /// durable segment; else the rename alone).
+    /// Completes the segment: fsync, rename to its final name, fsync the directory.
     pub fn finish(mut self) -> io::Result<SegmentName> {
         debug_assert_eq!(self.remaining(), 0);
         self.sync()?;
         failpoint::hit(failpoint::SPOOL_BEFORE_RENAME);
         std::fs::rename(self.path(), complete_path(&self.dir, self.segment))?;
         failpoint::hit(failpoint::SPOOL_AFTER_RENAME);
-        if self.durable {
-            fsync_dir(&self.dir)?;
-        }
+        fsync_dir(&self.dir)?;
         Ok(self.segment)
     }
 }
@@ -468,128 +357,46 @@ mod tests {
     #[test]
     fn segments_complete_durably_and_scan_back() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9), true).unwrap();
+        open(dir.path(), SystemId(9)).unwrap();
         assert!(
-            open(dir.path(), SystemId(10), true).is_err(),
+            open(dir.path(), SystemId(10)).is_err(),
             "another cluster's spool must be refused"
         );
         let size = SegmentSize::new(MIB).unwrap();
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size, true).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size).unwrap();
         w.write(&vec![1u8; MIB as usize]).unwrap();
         assert_eq!(w.end_lsn(), Lsn(4 * u64::from(MIB)));
         let done = w.finish().unwrap();
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size, true).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
         w.write(b"abc").unwrap();
         assert_eq!(std::fs::read(w.path()).unwrap(), b"abc");
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.complete, vec![done]);
         assert_eq!(contents.partial, Some(w.segment()));
         // A new timeline's segment replaces the old .partial.
-        let w2 = SegmentWriter::create(dir.path(), TimelineId(2), SegNo(4), size, true).unwrap();
+        let w2 = SegmentWriter::create(dir.path(), TimelineId(2), SegNo(4), size).unwrap();
         assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
         assert!(scan(dir.path()).unwrap().complete.is_empty());
     }
 
-    /// A spool written by a default-mode run in boot `boot`: one complete segment, a kept
-    /// tail and a `.partial`, none of them fsynced but the tail.
-    fn unsynced_spool(dir: &Path, boot: &str) -> (SegmentName, (SegmentName, Lsn)) {
-        open(dir, SystemId(9), true).unwrap();
-        assert!(!settle_unsynced(dir, Some(boot), false).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(dir.join(UNSYNCED)).unwrap(),
-            format!("{boot}\n")
-        );
-        let size = SegmentSize::new(MIB).unwrap();
-        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(3), size, false).unwrap();
-        w.write(&vec![1u8; MIB as usize]).unwrap();
-        let complete = w.finish().unwrap();
-        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(4), size, false).unwrap();
-        w.write(b"kept").unwrap();
-        drop(w);
-        let tail = keep_tail(dir, size).unwrap().expect("a tail");
-        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(5), size, false).unwrap();
-        w.write(b"received").unwrap();
-        assert_eq!(w.synced_lsn(), w.start_lsn(), "nothing fsynced");
-        (complete, tail)
-    }
-
-    #[test]
-    fn segments_written_without_fsync_before_the_host_restarted_are_discarded() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, tail) = unsynced_spool(dir.path(), "boot-a");
-        // Another boot: the page cache that held them is gone, they may be torn.
-        assert!(!settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
-        let contents = scan(dir.path()).unwrap();
-        assert!(contents.complete.is_empty(), "{contents:?}");
-        assert_eq!(contents.partial, None);
-        assert_eq!(contents.tails, vec![tail], "a kept tail was fsynced");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join(UNSYNCED)).unwrap(),
-            "boot-b\n"
-        );
-        // A synchronous run after a restart discards them too, and fsyncs from then on.
-        let dir = tempfile::tempdir().unwrap();
-        unsynced_spool(dir.path(), "boot-a");
-        assert!(settle_unsynced(dir.path(), Some("boot-b"), true).unwrap());
-        assert!(scan(dir.path()).unwrap().complete.is_empty());
-        assert!(!dir.path().join(UNSYNCED).exists());
-    }
-
-    #[test]
-    fn segments_written_without_fsync_in_this_boot_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (complete, tail) = unsynced_spool(dir.path(), "boot-a");
-        let kept = |dir: &Path| {
-            let contents = scan(dir).unwrap();
-            assert_eq!(contents.complete, vec![complete]);
-            assert_eq!(contents.tails, vec![tail]);
-            assert!(contents.partial.is_some());
-        };
-        // The receiver's process ended, the host did not restart: the page cache holds them.
-        assert!(!settle_unsynced(dir.path(), Some("boot-a"), false).unwrap());
-        kept(dir.path());
-        // A synchronous run keeps them, fsynced, and the spool is durable again.
-        assert!(settle_unsynced(dir.path(), Some("boot-a"), true).unwrap());
-        kept(dir.path());
-        assert!(!dir.path().join(UNSYNCED).exists());
-        assert!(settle_unsynced(dir.path(), Some("boot-b"), true).unwrap());
-        kept(dir.path());
-    }
-
-    #[test]
-    fn without_a_boot_identifier_the_spool_is_fsynced() {
-        let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9), true).unwrap();
-        assert!(settle_unsynced(dir.path(), None, false).unwrap());
-        assert!(!dir.path().join(UNSYNCED).exists());
-        #[cfg(target_os = "linux")]
-        {
-            assert!(
-                !open(dir.path(), SystemId(9), false).unwrap(),
-                "Linux tells the boot"
-            );
-            assert!(dir.path().join(UNSYNCED).exists());
-        }
-    }
-
     #[test]
     fn a_kept_tail_holds_what_was_received_and_survives_the_next_stream() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9), true).unwrap();
+        open(dir.path(), SystemId(9)).unwrap();
         let size = SegmentSize::new(MIB).unwrap();
         assert_eq!(
             keep_tail(dir.path(), size).unwrap(),
             None,
             "nothing to keep"
         );
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size, true).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
         w.write(b"confirmed bytes").unwrap();
         drop(w);
         let (segment, end) = keep_tail(dir.path(), size).unwrap().expect("a tail");
         assert_eq!(end, Lsn(7 * u64::from(MIB) + 15));
         // The next stream of the same segment truncates nothing that was kept.
-        let w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size, true).unwrap();
+        let w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.tails, vec![(segment, end)]);
         assert_eq!(contents.partial, Some(w.segment()));

@@ -422,18 +422,11 @@ impl<'a> Stream<'a> {
                 continue;
             }
             let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
-            let (dir, timeline, size, durable) = (
-                self.ctx.spool.clone(),
-                self.timeline,
-                self.ctx.segment_size,
-                self.ctx.durable_spool,
-            );
+            let (dir, timeline, size) =
+                (self.ctx.spool.clone(), self.timeline, self.ctx.segment_size);
             let (done, writer) = blocking::run(move || -> std::io::Result<_> {
                 let done = writer.finish()?;
-                Ok((
-                    done,
-                    SegmentWriter::create(&dir, timeline, next, size, durable)?,
-                ))
+                Ok((done, SegmentWriter::create(&dir, timeline, next, size)?))
             })
             .await
             .context("complete a segment in the spool")?;
