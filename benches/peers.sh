@@ -125,12 +125,11 @@ s3_variants() {
   local fill="$bin_dir/fill_s3.sh $WH $url"
   for tool in "${tools[@]}"; do
     for rtt in ${RTTS:-0 20 60}; do
-      wh="$(calls_log "${tool%%|*} s3 rtt$rtt")env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
-      s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$wh fetch %f \"%p\""$'\n'
+      wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
+      s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$(calls_log "${tool%%|*} s3 rtt$rtt")$wh fetch %f \"%p\""$'\n'
     done
     # The issue's question: does a deeper readahead help at the largest RTT?
-    wh="$(calls_log "${tool%%|*} s3 rtt$rtt prefetch 32")${wh#*fetch_calls.sh * }"
-    s3_extra+="${tool%%|*} s3 rtt$rtt prefetch 32|$fill|$wh fetch --prefetch 32 %f \"%p\""$'\n'
+    s3_extra+="${tool%%|*} s3 rtt$rtt prefetch 32|$fill|$(calls_log "${tool%%|*} s3 rtt$rtt prefetch 32")$wh fetch --prefetch 32 %f \"%p\""$'\n'
   done
 }
 

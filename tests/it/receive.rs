@@ -2,12 +2,13 @@
 //! what is archived, synchronous standby, restarts of the primary, authentication, TLS, and
 //! the fatal cases.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use walhalla::wal::{Lsn, SegNo, SegmentSize, WalFileName};
 
 use crate::harness::{
     Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+    wait_for_explained,
 };
 use crate::push::key_of;
 
@@ -95,17 +96,12 @@ pub fn segno_of(segment: &str) -> u64 {
 
 pub fn wait_archive_holds(archive: &TestArchive, segment: &str) {
     let target = segno_of(segment);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while archive_end(archive) < Lsn((target + 1) * SEGMENT) {
-        if Instant::now() >= deadline {
-            let (segments, _) = archived(archive);
-            panic!(
-                "timed out after 120s waiting for {segment} in the archive, which holds {}",
-                describe_runs(&segments)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_explained(
+        &format!("{segment} in the archive"),
+        Duration::from_secs(120),
+        || (archive_end(archive) >= Lsn((target + 1) * SEGMENT)).then_some(()),
+        || format!(", which holds {}", describe_runs(&archived(archive).0)),
+    );
 }
 
 /// Segment numbers as runs of consecutive ones ("0x3-0x1f, 0x21-0x40"), so that a hole shows.

@@ -184,16 +184,28 @@ impl Walhalla {
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, failing with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, check, String::new)
+}
+
+/// Like [`wait_for`], adding what `explain` says at the timeout (the state that was waited on).
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
