@@ -235,6 +235,8 @@ pub struct SegmentWriter {
     size: SegmentSize,
     written: u64,
     synced: u64,
+    /// CRC-32 of the bytes written, for the uploader to check what it reads back.
+    crc: crc32fast::Hasher,
     /// Writeback started as the segment fills (a hint to the kernel, see [`SegmentWriter::write`]).
     writeback: WritebackCursor,
 }
@@ -271,6 +273,7 @@ impl SegmentWriter {
             size,
             written: 0,
             synced: 0,
+            crc: crc32fast::Hasher::new(),
             writeback: WritebackCursor::default(),
         })
     }
@@ -314,10 +317,17 @@ impl SegmentWriter {
             return Err(e);
         }
         self.written += bytes.len() as u64;
+        self.crc.update(bytes);
         // Writeback starts as the segment fills, so the fsync that completes it (which the
         // stream waits for) finds little left to write.
         self.writeback.wrote(&self.file, self.written);
         Ok(())
+    }
+
+    /// The CRC-32 of everything written (the envelope's checksum, see
+    /// [`crate::envelope`]): what reading the file back must give.
+    pub fn content_crc(&self) -> u32 {
+        self.crc.clone().finalize()
     }
 
     /// Makes everything written durable.

@@ -347,6 +347,7 @@ pub async fn new_context(
         segment_size,
         compression_level: options.compression_level,
         parallelism: options.upload_parallelism,
+        system_id,
     };
     let uploader = Uploader::start(cluster.clone(), settings, shared.clone());
     shared.publish(ServedCluster {

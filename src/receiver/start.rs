@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, anyhow};
 
 use super::ReceiveOptions;
+use super::readback::Expect;
 use super::session::{Context, SessionError, archive_history};
 use crate::blocking;
 use crate::metrics::ArchiveGap;
@@ -234,7 +235,7 @@ impl Context {
             .context("scan the spool")?;
         for &segment in &spooled.complete {
             self.uploader
-                .enqueue(segment)
+                .enqueue(segment, Expect::Pages)
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
         }
         for &(segment, end) in &spooled.tails {
@@ -249,12 +250,14 @@ impl Context {
     /// `walhalla_archive_gap_segments`.
     pub(super) fn report_gap(&self, timeline: TimelineId, first: SegNo, last: SegNo) {
         let size = self.segment_size;
+        // Refused segments among them can no longer be streamed again.
+        self.uploader
+            .forget_refused(timeline, first, SegNo(last.0 + 1));
+        let segments = last.0 + 1 - first.0;
         let (first, last) = (
             SegmentName::new(timeline, first, size),
             SegmentName::new(timeline, last, size),
         );
-        let segments =
-            last.segno(size).map_or(0, |l| l.0) + 1 - first.segno(size).map_or(0, |f| f.0);
         tracing::error!(
             %first, %last, segments,
             "the archive lacks WAL the server no longer has: these segments are lost to the archive; a recovery through them needs another source (take a new base backup)"

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::flush::{FlushReport, Stored};
+use super::readback::{self, Expect};
 use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
-use super::upload;
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
 use crate::fsutil::SequentialMap;
@@ -44,6 +44,8 @@ pub struct Stream<'a> {
     timeline: TimelineId,
     /// A snapshot upload of the current segment in flight, and the position it covers.
     snapshot: Option<(Lsn, JoinHandle<anyhow::Result<()>>)>,
+    /// Where this stream began: it receives nothing before.
+    begun: Lsn,
     /// The end of the newest snapshot of the current segment stored (0: none).
     snapshot_end: Lsn,
     /// The end of WAL on the server, as last reported.
@@ -115,6 +117,7 @@ impl<'a> Stream<'a> {
     ) -> Stream<'a> {
         Stream {
             conn,
+            begun: writer.start_lsn(),
             writer: Some(writer),
             pages,
             options,
@@ -142,6 +145,7 @@ impl<'a> Stream<'a> {
         let mut status = tokio::time::interval(self.options.status_interval);
         let mut partial = self.options.partial_interval.map(tokio::time::interval);
         let mut progress = self.ctx.uploader.progress();
+        let refusals = progress.borrow().refused;
         let timeout = self.options.receive_timeout;
         let mut last_message = Instant::now();
         let mut ping_sent = false;
@@ -194,6 +198,13 @@ impl<'a> Stream<'a> {
                     changed.map_err(|_| SessionError::fatal(anyhow!("the uploader stopped")))?;
                     if let Some(fatal) = progress.borrow().fatal.clone() {
                         return Err(SessionError::fatal(anyhow!(fatal)));
+                    }
+                    // A segment refused while this stream ran lies behind it; one refused
+                    // before counts only if this stream began past it.
+                    let behind = if progress.borrow().refused > refusals { self.written() } else { self.begun };
+                    if let Some(segment) = self.ctx.uploader.refused_before(behind) {
+                        // The slot keeps it: the next session's start finds the hole.
+                        return Err(anyhow!("{segment} did not read back from the spool as it was received: streaming again from it").into());
                     }
                     if self.options.mode == Mode::Archived {
                         self.send_status(false).await?;
@@ -424,6 +435,7 @@ impl<'a> Stream<'a> {
             let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
             let (dir, timeline, size) =
                 (self.ctx.spool.clone(), self.timeline, self.ctx.segment_size);
+            let received = writer.content_crc();
             let (done, writer) = blocking::run(move || -> std::io::Result<_> {
                 let done = writer.finish()?;
                 Ok((done, SegmentWriter::create(&dir, timeline, next, size)?))
@@ -437,7 +449,7 @@ impl<'a> Stream<'a> {
             // No waiting here: the spool limit, checked before each read, is the backpressure.
             self.ctx
                 .uploader
-                .enqueue(done)
+                .enqueue(done, Expect::Crc(received))
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
         }
         Ok(())
@@ -480,6 +492,7 @@ impl<'a> Stream<'a> {
         }
         let (segment, path) = (self.writer().segment(), self.writer().path());
         let len = (end.0 - self.writer().start_lsn().0) as usize;
+        let received = self.writer().content_crc();
         // SAFETY: what was written to the segment being received is never written again nor
         // cut off (SegmentWriter::path); the file is only renamed or removed, which leaves the
         // mapping whole.
@@ -488,9 +501,12 @@ impl<'a> Stream<'a> {
             .context("open the spool for a snapshot")?;
         let (cluster, level) = (self.ctx.cluster.clone(), self.options.compression_level);
         let task = tokio::spawn(async move {
-            let encoded = blocking::run(move || upload::encode_map(map, Some(len), level, None))
-                .await
-                .context("compress a snapshot")?;
+            let encoded = blocking::run(move || {
+                let encoded = readback::encode_map(map, Some(len), level, None)?;
+                readback::check_crc(&encoded, received).map(|()| encoded)
+            })
+            .await
+            .context("compress a snapshot")?;
             cluster
                 .put_partial_snapshot(segment, end, encoded.content, encoded.envelope)
                 .await?;

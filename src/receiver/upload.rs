@@ -11,26 +11,31 @@
 //! keeps the WAL); the archive's [`health`](crate::archive::Health) logs when they start and
 //! end and shows them in `/status`. Only a contradiction (the archive holds other bytes under
 //! the name, or a corrupt object) stops the uploader.
+//!
+//! Nothing is archived before it is checked against what was received: a segment written in
+//! this run must read back with the CRC-32 the stream computed as it wrote it, a file an
+//! earlier run left must pass the page-header checks ([`read_back`]). A file that fails
+//! (its filesystem lost writes) is removed and refused: it stays outstanding, so the flush
+//! position never passes it and the slot keeps it on the server, and the stream ends its
+//! session so that the next one streams it again ([`Uploader::refused_before`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::readback::{Expect, SpoolFile, read_back};
 use crate::archive::{self, ClusterArchive, PreparedIndex};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
-use crate::envelope;
 use crate::failpoint;
-use crate::fsutil::SequentialMap;
 use crate::metrics::ErrorKind;
 use crate::spool;
-use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
 
 const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 /// Segments compressed and indexed at once: each is mapped whole meanwhile, so this bounds
@@ -44,13 +49,15 @@ pub struct Progress {
     pub finished: u64,
     /// Set when the uploader stopped for good.
     pub fatal: Option<String>,
+    /// Spool files refused so far because they did not read back as received.
+    pub refused: u64,
 }
 
 /// One piece of work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Job {
-    /// A complete spool segment.
-    Segment(SegmentName),
+    /// A complete spool segment, and how to check it.
+    Segment(SegmentName, Expect),
     /// A kept tail: the segment's bytes up to `end`, archived as a receiver snapshot.
     Tail(SegmentName, Lsn),
 }
@@ -72,19 +79,22 @@ pub struct Uploader {
 struct Outstanding {
     segments: BTreeMap<SegmentName, SystemTime>,
     tails: BTreeSet<(SegmentName, Lsn)>,
+    /// Segments refused (they did not read back as received) and not yet handed over again.
+    refused: BTreeSet<SegmentName>,
 }
 
 impl Outstanding {
     fn contains(&self, job: Job) -> bool {
         match job {
-            Job::Segment(s) => self.segments.contains_key(&s),
+            Job::Segment(s, _) => self.segments.contains_key(&s),
             Job::Tail(s, end) => self.tails.contains(&(s, end)),
         }
     }
 
     fn insert(&mut self, job: Job) {
         match job {
-            Job::Segment(s) => {
+            Job::Segment(s, _) => {
+                self.refused.remove(&s);
                 self.segments.insert(s, SystemTime::now());
             }
             Job::Tail(s, end) => {
@@ -95,7 +105,7 @@ impl Outstanding {
 
     fn remove(&mut self, job: Job) {
         match job {
-            Job::Segment(s) => {
+            Job::Segment(s, _) => {
                 self.segments.remove(&s);
             }
             Job::Tail(s, end) => {
@@ -104,10 +114,23 @@ impl Outstanding {
         }
     }
 
-    /// The start of the oldest outstanding segment, by position (timelines do not matter:
-    /// positions run on across a switch).
+    /// Takes note of a job whose file was refused: a segment stays outstanding until it is
+    /// handed over again.
+    fn refuse(&mut self, job: Job) {
+        self.remove(job);
+        if let Job::Segment(s, _) = job {
+            self.refused.insert(s);
+        }
+    }
+
+    /// The start of the oldest outstanding segment, refused ones included, by position
+    /// (timelines do not matter: positions run on across a switch).
     fn oldest_segment_start(&self, size: SegmentSize) -> Option<Lsn> {
-        self.segments.keys().filter_map(|s| s.start_lsn(size)).min()
+        self.segments
+            .keys()
+            .chain(&self.refused)
+            .filter_map(|s| s.start_lsn(size))
+            .min()
     }
 
     /// Bytes of WAL these files hold in the spool.
@@ -140,6 +163,16 @@ pub struct UploadSettings {
     pub compression_level: i32,
     /// Uploads in flight at most.
     pub parallelism: usize,
+    /// The cluster the spool's WAL belongs to (checked in files an earlier run left).
+    pub system_id: SystemId,
+}
+
+/// How one job ended, short of a contradiction.
+enum Done {
+    /// Archived (or found archived before), and removed from the spool.
+    Stored,
+    /// Its file did not read back as received: removed, not archived.
+    Refused,
 }
 
 impl Uploader {
@@ -159,7 +192,7 @@ impl Uploader {
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
             let encoding = Arc::new(Semaphore::new(ENCODING_AT_ONCE));
-            let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+            let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Done, String>>();
             let mut open = true;
             loop {
                 tokio::select! {
@@ -171,9 +204,12 @@ impl Uploader {
                         tokio::spawn(async move {
                             let result = upload_until_stored(&archive, &settings, &encoding, job, &shared).await;
                             drop(permit);
-                            if result.is_ok() {
+                            if let Ok(done) = &result {
                                 let mut in_flight = lock(&in_flight);
-                                in_flight.remove(job);
+                                match done {
+                                    Done::Stored => in_flight.remove(job),
+                                    Done::Refused => in_flight.refuse(job),
+                                }
                                 in_flight.publish(&shared);
                             }
                             let _ = done_tx.send(result);
@@ -181,7 +217,8 @@ impl Uploader {
                     }
                     Some(result) = done_rx.recv() => {
                         match result {
-                            Ok(()) => progress_tx.send_modify(|p| p.finished += 1),
+                            Ok(Done::Stored) => progress_tx.send_modify(|p| p.finished += 1),
+                            Ok(Done::Refused) => progress_tx.send_modify(|p| p.refused += 1),
                             Err(fatal) => {
                                 progress_tx.send_modify(|p| p.fatal = Some(fatal));
                                 return;
@@ -201,9 +238,10 @@ impl Uploader {
         }
     }
 
-    /// Queues a complete spool segment, unless it is queued already. Never waits.
-    pub fn enqueue(&self, segment: SegmentName) -> Result<(), String> {
-        self.submit(Job::Segment(segment))
+    /// Queues a complete spool segment, unless it is queued already, with how to check that
+    /// its file holds what was received. Never waits.
+    pub fn enqueue(&self, segment: SegmentName, expect: Expect) -> Result<(), String> {
+        self.submit(Job::Segment(segment, expect))
     }
 
     /// Queues a kept tail (see [`spool::keep_tail`]), unless it is queued already.
@@ -231,6 +269,27 @@ impl Uploader {
         lock(&self.outstanding).oldest_segment_start(self.size)
     }
 
+    /// A segment refused since it was last handed over that starts before `position`: a
+    /// stream that began at `position` will not receive it again, so its session must end
+    /// (see the module's documentation).
+    pub fn refused_before(&self, position: Lsn) -> Option<SegmentName> {
+        let size = self.size;
+        lock(&self.outstanding)
+            .refused
+            .iter()
+            .find(|s| s.start_lsn(size).is_some_and(|start| start < position))
+            .copied()
+    }
+
+    /// Gives up refused segments of `timeline` from `first` to before `until`: the server no
+    /// longer has them, and they are reported lost instead.
+    pub fn forget_refused(&self, timeline: TimelineId, first: SegNo, until: SegNo) {
+        let size = self.size;
+        lock(&self.outstanding).refused.retain(|s| {
+            s.timeline != timeline || s.segno(size).is_none_or(|n| n < first || n >= until)
+        });
+    }
+
     /// Bytes of WAL in the spool waiting for upload.
     pub fn pending_bytes(&self) -> u64 {
         lock(&self.outstanding).bytes(self.size)
@@ -249,7 +308,7 @@ impl Uploader {
 
     /// Waits until everything handed over is archived (`Ok(true)`), or `deadline` passes
     /// (`Ok(false)`: the rest stays in the spool for the next start). An error when the
-    /// uploader stopped for good.
+    /// uploader stopped for good, or refused a segment that was not streamed again since.
     pub async fn wait_idle(&self, deadline: Option<Instant>) -> Result<bool, String> {
         let mut progress = self.progress();
         loop {
@@ -257,7 +316,13 @@ impl Uploader {
                 return Err(fatal);
             }
             if self.pending() == 0 {
-                return Ok(true);
+                return match lock(&self.outstanding).refused.first() {
+                    None => Ok(true),
+                    Some(segment) => Err(format!(
+                        "{segment} did not read back from the spool as it was received, so it \
+                         was not archived: the slot keeps it, and the next run streams it again"
+                    )),
+                };
             }
             let changed = progress.changed();
             match deadline {
@@ -297,7 +362,8 @@ impl Transient for UploadError {
     }
 }
 
-/// Archives one job, retrying until it is stored; then removes its file from the spool.
+/// Archives one job, retrying until it is stored; then removes its file from the spool. A
+/// file that does not read back as received is removed unarchived ([`Done::Refused`]).
 /// Returns an error only for a contradiction, which retrying cannot fix. The archive's
 /// health logs when uploads start failing and when they work again; each retry is counted
 /// and logged at debug level.
@@ -307,9 +373,9 @@ async fn upload_until_stored(
     encoding: &Semaphore,
     job: Job,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<Done, String> {
     let what = match job {
-        Job::Segment(segment) => segment.to_string(),
+        Job::Segment(segment, _) => segment.to_string(),
         Job::Tail(segment, end) => format!("{segment} up to {end}"),
     };
     let started = Instant::now();
@@ -327,14 +393,28 @@ async fn upload_until_stored(
         },
     )
     .await;
-    let stored = match stored {
-        Ok(stored) => stored,
+    let uploaded = match stored {
+        Ok(uploaded) => uploaded,
         Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
             shared.metrics.error(ErrorKind::Archive);
             tracing::error!(file = %what, "cannot archive: {e}");
             return Err(format!("archive {what}: {e}"));
         }
-        Err(GaveUp::Deadline(None)) => None,
+        Err(GaveUp::Deadline(None)) => Uploaded::Gone,
+    };
+    let stored = match uploaded {
+        Uploaded::Corrupt(why) => {
+            shared.metrics.error(ErrorKind::Spool);
+            tracing::error!(
+                file = %what,
+                "the spool did not give back what was received ({why}): not archived; removing \
+                 it to receive it again from the server (its filesystem may be failing)"
+            );
+            remove_from_spool(&settings.spool, job, &what).await;
+            return Ok(Done::Refused);
+        }
+        Uploaded::Stored(stored) => Some(stored),
+        Uploaded::Gone => None,
     };
     failpoint::hit(failpoint::UPLOAD_STORED);
     // Logged and indexed before the spool file goes: a crash in between then leaves the file,
@@ -346,14 +426,14 @@ async fn upload_until_stored(
         tracing::debug!(file = %what, "archived before");
     }
     remove_from_spool(&settings.spool, job, &what).await;
-    if let Job::Segment(segment) = job {
+    if let Job::Segment(segment, _) = job {
         shared.metrics.segment_archived(
             segment.to_string(),
             u64::from(settings.segment_size.bytes()),
         );
     }
     failpoint::hit(failpoint::UPLOAD_REMOVED);
-    Ok(())
+    Ok(Done::Stored)
 }
 
 /// Logs what one upload stored and stores a complete segment's time index.
@@ -397,7 +477,7 @@ async fn remove_from_spool(dir: &Path, job: Job, what: &str) {
             let dir = dir.to_path_buf();
             async move {
                 blocking::run(move || match job {
-                    Job::Segment(segment) => spool::remove_complete(&dir, segment),
+                    Job::Segment(segment, _) => spool::remove_complete(&dir, segment),
                     Job::Tail(segment, end) => spool::remove_tail(&dir, segment, end),
                 })
                 .await
@@ -432,6 +512,16 @@ impl Transient for SpoolError {
     }
 }
 
+/// How one upload attempt ended.
+enum Uploaded {
+    /// Stored now.
+    Stored(Stored),
+    /// No longer in the spool: archived before.
+    Gone,
+    /// The file does not hold what was received (why): never archived.
+    Corrupt(String),
+}
+
 /// What one upload stored.
 struct Stored {
     /// The file's bytes.
@@ -443,11 +533,12 @@ struct Stored {
     index: Option<(SegmentName, Result<PreparedIndex, String>)>,
 }
 
-/// Archives one job's file; `None` when it is no longer in the spool (archived before).
+/// Archives one job's file, once [`read_back`] found it holds what was received.
 ///
 /// Memory: one file at a time (`encoding`) is compressed and, for a segment, then indexed,
-/// each a pass over its mapping that hands the pages behind it back ([`SequentialMap`]), so a
-/// segment costs a few windows of memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
+/// each a pass over its mapping that hands the pages behind it back
+/// ([`SequentialMap`](crate::fsutil::SequentialMap)), so a segment costs a few windows of
+/// memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
 /// archive, keeps a mapping of the file that is read only if the archive already holds the
 /// object (to compare), so while uploads wait the files take no memory.
 async fn upload(
@@ -455,45 +546,51 @@ async fn upload(
     settings: &UploadSettings,
     encoding: &Semaphore,
     job: Job,
-) -> archive::Result<Option<Stored>> {
+) -> archive::Result<Uploaded> {
     failpoint::hit(failpoint::UPLOAD_START);
     let failed = |e: std::io::Error| archive::Error::Open {
         location: archive.location().clone(),
         reason: format!("read {job:?} from the spool: {e}"),
     };
-    let (path, len) = match job {
-        Job::Segment(segment) => (spool::complete_path(&settings.spool, segment), None),
-        Job::Tail(segment, end) => match spool::tail_len(segment, end, settings.segment_size) {
-            Ok(len) => (spool::tail_path(&settings.spool, segment, end), Some(len)),
+    let size = settings.segment_size;
+    let file = match job {
+        Job::Segment(segment, expect) => SpoolFile {
+            path: spool::complete_path(&settings.spool, segment),
+            segment,
+            len: size.bytes() as usize,
+            complete: true,
+            expect,
+        },
+        Job::Tail(segment, end) => match spool::tail_len(segment, end, size) {
+            Ok(len) => SpoolFile {
+                path: spool::tail_path(&settings.spool, segment, end),
+                segment,
+                len,
+                complete: false,
+                expect: Expect::Pages,
+            },
             Err(e) => return Err(failed(e)),
         },
     };
     let encoded = {
         // Never closed: it lives as long as the uploader.
         let _turn = encoding.acquire().await.ok();
-        let level = settings.compression_level;
-        let index = match job {
-            Job::Segment(segment) => Some(segment),
-            Job::Tail(..) => None,
-        };
-        blocking::run(move || {
-            // SAFETY: a complete segment or a kept tail is never written again; it is only
-            // removed, after its upload.
-            let map = unsafe { SequentialMap::open(&path)? };
-            encode_map(map, len, level, index)
-        })
-        .await
+        let (level, system_id) = (settings.compression_level, settings.system_id);
+        blocking::run(move || read_back(&file, level, size, system_id)).await
     };
     let encoded = match encoded {
         Ok(encoded) => encoded,
         // Files leave the spool only once archived: this one was queued again after.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Uploaded::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Ok(Uploaded::Corrupt(e.to_string()));
+        }
         Err(e) => return Err(failed(e)),
     };
     let (original_bytes, stored_bytes) =
         (encoded.content.len() as u64, encoded.envelope.len() as u64);
     match job {
-        Job::Segment(segment) => {
+        Job::Segment(segment, _) => {
             let name = WalFileName::Segment(segment);
             archive
                 .put(&name, encoded.content, encoded.envelope)
@@ -506,56 +603,11 @@ async fn upload(
         }
     }
     let index = encoded.index;
-    Ok(Some(Stored {
+    Ok(Uploaded::Stored(Stored {
         original_bytes,
         stored_bytes,
         index,
     }))
-}
-
-/// Compresses the first `len` bytes of a spool file (all of it when `None`) and, given its
-/// segment, indexes it: two passes over `map`, which hand back the pages behind them. The
-/// content that comes back keeps the mapping, for the upload to compare with an object found
-/// already archived.
-pub(super) fn encode_map(
-    map: SequentialMap,
-    len: Option<usize>,
-    level: i32,
-    index: Option<SegmentName>,
-) -> std::io::Result<Encoded> {
-    let len = len.unwrap_or(map.bytes().len());
-    let content = map.bytes().get(..len).ok_or_else(|| {
-        std::io::Error::other(format!(
-            "the spool file holds {} bytes, {len} expected",
-            map.bytes().len()
-        ))
-    })?;
-    let envelope =
-        envelope::encode_sequentially(level, content, SequentialMap::WINDOW, &mut |end| {
-            map.done_before(end)
-        })
-        .map_err(std::io::Error::other)?;
-    let index = index.map(|segment| {
-        map.rewind();
-        let index = archive::index_now(segment, content, &mut |pos| map.done_before(pos));
-        (segment, index)
-    });
-    // A scan that stopped early (at a switch, say) left its last window behind.
-    map.done_before(usize::MAX);
-    Ok(Encoded {
-        content: map.into_bytes().slice(..len),
-        envelope,
-        index,
-    })
-}
-
-/// A spool file compressed (and indexed), ready to upload.
-pub(super) struct Encoded {
-    /// The file's bytes that were compressed: a mapping whose pages were handed back.
-    pub(super) content: Bytes,
-    pub(super) envelope: Vec<u8>,
-    /// A complete segment's time index.
-    index: Option<(SegmentName, Result<PreparedIndex, String>)>,
 }
 
 #[cfg(test)]
@@ -574,52 +626,38 @@ mod tests {
             "nothing handed over yet"
         );
         for n in [5, 6, 7] {
-            o.insert(Job::Segment(name(1, n)));
+            o.insert(Job::Segment(name(1, n), Expect::Pages));
         }
         o.insert(Job::Tail(name(1, 4), Lsn(4 * (1 << 20) + 100)));
         // 6 finishes before 5: 5 still bounds the archived position.
-        o.remove(Job::Segment(name(1, 6)));
+        o.remove(Job::Segment(name(1, 6), Expect::Pages));
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
-        o.remove(Job::Segment(name(1, 5)));
+        o.remove(Job::Segment(name(1, 5), Expect::Pages));
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(7).start_lsn(size)));
         // A later timeline's segment is compared by position.
-        o.insert(Job::Segment(name(2, 3)));
+        o.insert(Job::Segment(name(2, 3), Expect::Pages));
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(3).start_lsn(size)));
         assert_eq!(o.bytes(size), 2 * (1 << 20) + 100);
     }
 
     #[test]
-    fn encoding_a_spool_file_leaves_none_of_it_resident_whatever_the_match_window() {
-        // Random bytes repeated 1.5 MiB apart: zstd matches each repeat against the copy
-        // before it, further back than one window, which it may read only while the pass has
-        // not handed that copy back (pages handed back and read again would stay resident).
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let period: Vec<u8> = (0..3 << 19)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let content: Vec<u8> = period.iter().cycle().take(6 << 20).copied().collect();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool");
-        std::fs::write(&path, &content).unwrap();
-        for level in [3, 9] {
-            // SAFETY: nothing else touches the file.
-            let map = unsafe { SequentialMap::open(&path).unwrap() };
-            let encoded = encode_map(map, None, level, None).unwrap();
-            assert!(
-                encoded.envelope.len() < content.len() / 2,
-                "level {level}: the repeats were found"
-            );
-            assert_eq!(
-                crate::fsutil::resident_kb(encoded.content.as_ptr()),
-                0,
-                "level {level}: the mapping is handed back whole"
-            );
-            assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
+    fn a_refused_segment_bounds_what_is_archived_until_it_is_handed_over_again() {
+        let size = SegmentSize::new(1 << 20).unwrap();
+        let name = |n: u64| SegmentName::new(TimelineId(1), SegNo(n), size);
+        let mut o = Outstanding::default();
+        for n in [5, 6] {
+            o.insert(Job::Segment(name(n), Expect::Crc(n as u32)));
         }
+        o.refuse(Job::Segment(name(5), Expect::Crc(5)));
+        o.remove(Job::Segment(name(6), Expect::Crc(6)));
+        // Its file is gone from the spool, but nothing from 5 on counts as archived.
+        assert_eq!(o.segments.len(), 0);
+        assert_eq!(o.bytes(size), 0);
+        assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
+        // Streamed again and handed over: an ordinary outstanding segment once more.
+        o.insert(Job::Segment(name(5), Expect::Crc(5)));
+        assert!(o.refused.is_empty());
+        o.remove(Job::Segment(name(5), Expect::Crc(5)));
+        assert_eq!(o.oldest_segment_start(size), None);
     }
 }

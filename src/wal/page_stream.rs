@@ -6,11 +6,15 @@
 //! the page's own position (`xlp_pageaddr`). The first page of each segment carries the long
 //! header too: the cluster's system identifier, the segment size and the page size. A page
 //! whose header says anything else is not the WAL of this cluster at this position. Pages
-//! after a WAL switch are zeros up to the segment's end, headers included: those pass.
+//! after a WAL switch are zeros up to the segment's end, headers included: those pass, but
+//! a page with a header after such a page in the same segment does not (what a write lost
+//! in the middle of a file looks like).
+//!
+//! [`check_stored`] applies the same checks to WAL read back from storage.
 
 use thiserror::Error;
 
-use super::{Lsn, SegmentSize, SystemId, TimelineId};
+use super::{LongPageHeader, Lsn, PageHeaderError, SegmentName, SegmentSize, SystemId, TimelineId};
 
 /// Bytes of the page header fields checked on every page (magic, info, timeline, address).
 const SHORT_CHECKED_BYTES: usize = 16;
@@ -103,6 +107,15 @@ pub enum PageError {
         /// The server's page size.
         expected_block: u32,
     },
+    /// A page with a header after a page of zeros in the same segment: WAL goes on after a
+    /// switch only at the next segment's start.
+    #[error("the page at {at} follows a page of zeros at {zeros} in the same segment")]
+    AfterZeros {
+        /// The page's position.
+        at: Lsn,
+        /// The first page of zeros before it.
+        zeros: Lsn,
+    },
 }
 
 impl PageError {
@@ -124,6 +137,8 @@ pub struct PageChecker {
     position: Lsn,
     /// The start of the current page's header, while it is incomplete.
     header: Vec<u8>,
+    /// The first page of zeros in the current segment, once one was seen.
+    zeros: Option<Lsn>,
 }
 
 impl PageChecker {
@@ -134,6 +149,7 @@ impl PageChecker {
             expected,
             position: start,
             header: Vec::with_capacity(LONG_CHECKED_BYTES),
+            zeros: None,
         }
     }
 
@@ -145,7 +161,8 @@ impl PageChecker {
     /// Checks the next bytes of the stream. After an error the checker stays where it was:
     /// nothing of `data` counts as checked.
     pub fn check(&mut self, data: &[u8]) -> Result<(), PageError> {
-        let (mut position, mut header) = (self.position, self.header.clone());
+        let (mut position, mut header, mut zeros) =
+            (self.position, self.header.clone(), self.zeros);
         let mut rest = data;
         while !rest.is_empty() {
             let block = u64::from(self.expected.block_size);
@@ -156,7 +173,13 @@ impl PageChecker {
                 let take = (wanted - in_page as usize).min(rest.len());
                 header.extend_from_slice(&rest[..take]);
                 if header.len() == wanted {
-                    self.check_header(page, &header)?;
+                    if self.is_segment_start(page) {
+                        zeros = None;
+                    }
+                    let zeroed = self.check_header(page, &header, zeros)?;
+                    if zeroed && zeros.is_none() {
+                        zeros = Some(page);
+                    }
                     header.clear();
                 }
             }
@@ -164,7 +187,7 @@ impl PageChecker {
             position = Lsn(position.0 + take);
             rest = &rest[take as usize..];
         }
-        (self.position, self.header) = (position, header);
+        (self.position, self.header, self.zeros) = (position, header, zeros);
         Ok(())
     }
 
@@ -181,7 +204,9 @@ impl PageChecker {
         page.0 % u64::from(self.expected.segment_size.bytes()) == 0
     }
 
-    fn check_header(&self, at: Lsn, h: &[u8]) -> Result<(), PageError> {
+    /// Checks the header of the page at `at`; says whether it is zeros (after a switch).
+    /// `zeros` is the first page of zeros seen earlier in the segment.
+    fn check_header(&self, at: Lsn, h: &[u8], zeros: Option<Lsn>) -> Result<bool, PageError> {
         let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().expect("8 bytes"));
@@ -190,7 +215,10 @@ impl PageChecker {
         if !segment_start && h.iter().all(|&b| b == 0) {
             // The rest of a segment after a WAL switch is zeros (PostgreSQL 11 and later),
             // and the server sends it as it is; WAL always goes on with a segment start.
-            return Ok(());
+            return Ok(true);
+        }
+        if let Some(zeros) = zeros {
+            return Err(PageError::AfterZeros { at, zeros });
         }
         let magic = u16_at(0);
         if magic != expected.magic {
@@ -220,7 +248,7 @@ impl PageChecker {
                 streamed: expected.timeline,
             });
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The long header's cluster and sizes.
@@ -247,6 +275,66 @@ impl PageChecker {
         }
         Ok(())
     }
+}
+
+/// Why WAL read back from storage is not what was stored.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StoredError {
+    /// The first page is not the start of the segment.
+    #[error(transparent)]
+    Head(#[from] PageHeaderError),
+    /// A later page does not follow.
+    #[error(transparent)]
+    Page(#[from] PageError),
+    /// More bytes than a segment holds.
+    #[error("{found} bytes, more than a segment of {size} holds")]
+    TooLong {
+        /// The bytes read.
+        found: u64,
+        /// The segment size.
+        size: SegmentSize,
+    },
+}
+
+/// Checks the page headers of WAL read back from storage: `content` is segment `segment`
+/// of cluster `system_id` from its start, all of it when `complete`, else what was received
+/// of it. Its first page must be the segment's start, and every page after it must follow
+/// as [`PageChecker`] says, with the first page's magic and page size. This finds a file
+/// that lost writes (zeros, or cut short), not a wrong byte inside a record: that takes the
+/// CRC of what was written.
+pub fn check_stored(
+    segment: SegmentName,
+    content: &[u8],
+    size: SegmentSize,
+    system_id: SystemId,
+    complete: bool,
+) -> Result<(), StoredError> {
+    let found = content.len() as u64;
+    if found > u64::from(size.bytes()) {
+        return Err(StoredError::TooLong { found, size });
+    }
+    let head = LongPageHeader::parse(content)?;
+    let length = if complete {
+        found
+    } else {
+        u64::from(size.bytes())
+    };
+    head.check_segment(segment, length)?;
+    let start = segment
+        .start_lsn(size)
+        .ok_or(PageHeaderError::NameOutOfRange {
+            name: segment,
+            size,
+        })?;
+    let expected = Expected {
+        magic: head.magic,
+        system_id,
+        segment_size: size,
+        block_size: head.block_size_bytes,
+        timeline: segment.timeline,
+    };
+    PageChecker::new(expected, start).check(content)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,6 +396,74 @@ mod tests {
             .check(&vec![0; BLOCK])
             .unwrap_err();
         assert!(matches!(e, PageError::Magic { found: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_page_with_a_header_after_zeros_is_refused_until_the_next_segment() {
+        let mut wal = pages(42);
+        wal[BLOCK..2 * BLOCK].fill(0);
+        let e = PageChecker::new(expected(), start())
+            .check(&wal)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            PageError::AfterZeros {
+                at: Lsn(start().0 + 2 * BLOCK as u64),
+                zeros: Lsn(start().0 + BLOCK as u64)
+            }
+        );
+        // Zeros to a segment's end, then the next segment: WAL after a switch.
+        let mut checker = PageChecker::new(expected(), start());
+        let mut segment = pages(42);
+        segment.resize(MIB as usize, 0);
+        checker.check(&segment).unwrap();
+        let mut next = vec![0u8; BLOCK];
+        next[..40].copy_from_slice(&header_bytes(1, 6 * u64::from(MIB), 42, MIB));
+        checker.check(&next).unwrap();
+    }
+
+    #[test]
+    fn stored_wal_must_be_the_segment_it_is_named_for_with_every_page_in_place() {
+        let size = SegmentSize::new(MIB).unwrap();
+        let name = SegmentName::new(TimelineId(2), crate::wal::SegNo(5), size);
+        let mut segment = pages(42);
+        segment.resize(MIB as usize, 0);
+        check_stored(name, &segment, size, SystemId(42), true).unwrap();
+        // What was received of it, a kept tail: any length, even a partial header.
+        for cut in [40, 8200, 3 * BLOCK] {
+            check_stored(name, &segment[..cut], size, SystemId(42), false).unwrap();
+        }
+        // Lost writes: empty, cut short, zeros, a hole.
+        let e = check_stored(name, &[], size, SystemId(42), true).unwrap_err();
+        assert!(
+            matches!(e, StoredError::Head(PageHeaderError::TooShort(0))),
+            "{e}"
+        );
+        let e = check_stored(name, &segment[..3 * BLOCK], size, SystemId(42), true).unwrap_err();
+        assert!(
+            matches!(e, StoredError::Head(PageHeaderError::WrongLength { .. })),
+            "{e}"
+        );
+        let e = check_stored(name, &vec![0; MIB as usize], size, SystemId(42), true).unwrap_err();
+        assert!(
+            matches!(e, StoredError::Head(PageHeaderError::BadMagic(0, _))),
+            "{e}"
+        );
+        let mut hole = segment.clone();
+        hole[BLOCK..2 * BLOCK].fill(0);
+        let e = check_stored(name, &hole, size, SystemId(42), true).unwrap_err();
+        assert!(
+            matches!(e, StoredError::Page(PageError::AfterZeros { .. })),
+            "{e}"
+        );
+        // Another segment's bytes, or another cluster's.
+        let other = SegmentName::new(TimelineId(2), crate::wal::SegNo(6), size);
+        assert!(check_stored(other, &segment, size, SystemId(42), true).is_err());
+        let e = check_stored(name, &segment, size, SystemId(7), true).unwrap_err();
+        assert!(
+            matches!(e, StoredError::Page(PageError::SystemId { .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::harness::faults::{self, Damage, FaultRow, PgBench};
 use crate::harness::{
     Backend, FaultyS3, PgCluster, Receiver, S3Server, SpoolFs, TcpProxy, TestArchive, Walhalla,
+    wait_for,
 };
 use crate::receive::{wait_archive_holds, wait_streaming};
 
@@ -32,6 +33,19 @@ pub(crate) fn primary_with<T>(start: impl FnOnce(&PgCluster) -> T) -> (PgCluster
     PgBench::init(&pg);
     let copy = PgCluster::from_backup(&pg, "restored", "none");
     (pg, receiver, copy)
+}
+
+/// A receiver for `pg` that reaches the S3 `archive` through a proxy the test controls, with
+/// `--timeout 3`.
+fn receiver_behind_a_proxy(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+) -> (Receiver, TcpProxy) {
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&proxy.endpoint());
+    let receiver = Receiver::on_slot_via(wh, archive, env, &pg.conninfo(), &["--timeout", "3"]);
+    (receiver, proxy)
 }
 
 /// How long, from `since` (the end of a fault), until the archive holds everything `pg` has
@@ -179,11 +193,8 @@ fn the_s3_server_killed_mid_upload_and_restarted_loses_nothing() {
 fn an_s3_server_slower_than_the_timeout_loses_nothing() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::S3);
-    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
-    let env = S3Server::env_for(&proxy.endpoint());
-    let (pg, receiver, copy) = primary_with(|pg| {
-        Receiver::on_slot_via(&wh, &archive, env, &pg.conninfo(), &["--timeout", "3"])
-    });
+    let (pg, (receiver, proxy), copy) =
+        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg));
     let first = current_segment(&pg);
     let load = PgBench::start(&pg, 2);
     std::thread::sleep(Duration::from_secs(2));
@@ -327,6 +338,59 @@ fn a_spool_turned_read_only_loses_nothing() {
         receiver,
         &["Read-only file system"],
         "no line says the spool turned read-only",
+    );
+}
+
+#[test]
+fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let (pg, (receiver, proxy), copy) =
+        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg));
+    let first = current_segment(&pg);
+    let load = PgBench::start(&pg, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    // The store away: segments wait in the spool, and each retry reads its file again.
+    proxy.pause();
+    let spool = receiver.spool.clone();
+    let waiting = wait_for(
+        "three complete segments waiting in the spool",
+        Duration::from_secs(60),
+        || {
+            let mut complete: Vec<_> = std::fs::read_dir(&spool)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                .collect();
+            complete.sort();
+            (complete.len() >= 3).then(|| complete.pop().expect("three"))
+        },
+    );
+    // A lost write in the middle of the file: its second page reads back as zeros.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(spool.join(&waiting))
+        .expect("open a spool segment");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 8192], 8192).expect("damage it");
+    drop(file);
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.resume();
+    let recovery = caught_up(&archive, &pg, Instant::now());
+    let row = FaultRow {
+        fault: "a spool segment read back with a page of zeros (a lost write)",
+        test: "faults::a_spool_segment_read_back_damaged_is_received_again_never_archived",
+        tries: 1,
+        damage: Damage::default(),
+        recovery,
+    };
+    settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    assert_logged(
+        receiver,
+        &[
+            "did not give back what was received",
+            "did not read back from the spool as it was received: streaming again",
+        ],
+        "no line says the damaged segment was refused and streamed again",
     );
 }
 

@@ -1,0 +1,177 @@
+//! Reading a spool file back for the archive: checked against what was received, compressed
+//! and, for a complete segment, indexed ([`read_back`]). Blocking: run it off the reactor.
+//!
+//! A spool file may not give back what the stream wrote into it: its filesystem lost writes
+//! (an error that turned it read-only, a crash of the host under unsynced pages), or a
+//! stale page was read. Such a file is [`corrupt`], and never archived.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::archive::{self, PreparedIndex};
+use crate::envelope;
+use crate::fsutil::SequentialMap;
+use crate::wal::page_stream::check_stored;
+use crate::wal::{SegmentName, SegmentSize, SystemId};
+
+/// How the uploader knows a spool file holds what was received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Expect {
+    /// The CRC-32 of the bytes the stream wrote
+    /// ([`content_crc`](crate::spool::SegmentWriter::content_crc)): segments of this run.
+    Crc(u32),
+    /// What the page headers say ([`check_stored`]): files an earlier run left, and kept tails
+    /// (fsynced before they get their name).
+    Pages,
+}
+
+/// A spool file to read back.
+pub(super) struct SpoolFile {
+    /// Where it is.
+    pub(super) path: PathBuf,
+    /// The segment it holds.
+    pub(super) segment: SegmentName,
+    /// The bytes received of it, from the segment's start.
+    pub(super) len: usize,
+    /// Whether that is the whole segment (it is then indexed too).
+    pub(super) complete: bool,
+    /// How to know it holds what was received.
+    pub(super) expect: Expect,
+}
+
+/// Reads `file` back: fails with [`corrupt`] when it does not hold what was received,
+/// else compresses it at `level` and indexes a complete segment. `size` and `system_id` are
+/// the cluster's, for the page checks.
+pub(super) fn read_back(
+    file: &SpoolFile,
+    level: i32,
+    size: SegmentSize,
+    system_id: SystemId,
+) -> std::io::Result<Encoded> {
+    let (len, segment) = (file.len, file.segment);
+    let found = std::fs::metadata(&file.path)?.len();
+    if found < len as u64 {
+        return Err(corrupt(format!(
+            "it holds {found} bytes, {len} were received"
+        )));
+    }
+    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
+    // after its upload.
+    let map = unsafe { SequentialMap::open(&file.path)? };
+    let encoded = encode_map(map, Some(len), level, file.complete.then_some(segment))?;
+    match file.expect {
+        Expect::Crc(received) => check_crc(&encoded, received)?,
+        Expect::Pages => check_stored(segment, &encoded.content, size, system_id, file.complete)
+            .map_err(|e| corrupt(e.to_string()))?,
+    }
+    Ok(encoded)
+}
+
+/// Fails with [`corrupt`] unless `encoded` holds bytes with the CRC-32 `received`.
+pub(super) fn check_crc(encoded: &Encoded, received: u32) -> std::io::Result<()> {
+    if encoded.crc == received {
+        return Ok(());
+    }
+    Err(corrupt(format!(
+        "its CRC-32 is {:08x}, {received:08x} was received",
+        encoded.crc
+    )))
+}
+
+/// A spool file that does not hold what was received: `InvalidData`, which nothing else
+/// reading the spool returns.
+pub(super) fn corrupt(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// Compresses the first `len` bytes of a spool file (all of it when `None`) and, given its
+/// segment, indexes it: two passes over `map`, which hand back the pages behind them. The
+/// content that comes back keeps the mapping, for the upload to compare with an object found
+/// already archived. A file shorter than `len` is [`corrupt`].
+pub(super) fn encode_map(
+    map: SequentialMap,
+    len: Option<usize>,
+    level: i32,
+    index: Option<SegmentName>,
+) -> std::io::Result<Encoded> {
+    let len = len.unwrap_or(map.bytes().len());
+    let content = map.bytes().get(..len).ok_or_else(|| {
+        corrupt(format!(
+            "it holds {} bytes, {len} were received",
+            map.bytes().len()
+        ))
+    })?;
+    let envelope =
+        envelope::encode_sequentially(level, content, SequentialMap::WINDOW, &mut |end| {
+            map.done_before(end)
+        })
+        .map_err(std::io::Error::other)?;
+    let crc = envelope::Header::parse(&envelope)
+        .map_err(std::io::Error::other)?
+        .content_crc;
+    let index = index.map(|segment| {
+        map.rewind();
+        let index = archive::index_now(segment, content, &mut |pos| map.done_before(pos));
+        (segment, index)
+    });
+    // A scan that stopped early (at a switch, say) left its last window behind.
+    map.done_before(usize::MAX);
+    Ok(Encoded {
+        content: map.into_bytes().slice(..len),
+        envelope,
+        crc,
+        index,
+    })
+}
+
+/// A spool file compressed (and indexed), ready to upload.
+pub(super) struct Encoded {
+    /// The file's bytes that were compressed: a mapping whose pages were handed back.
+    pub(super) content: Bytes,
+    pub(super) envelope: Vec<u8>,
+    /// The CRC-32 of the content, as the envelope records it.
+    pub(super) crc: u32,
+    /// A complete segment's time index.
+    pub(super) index: Option<(SegmentName, Result<PreparedIndex, String>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_a_spool_file_leaves_none_of_it_resident_whatever_the_match_window() {
+        // Random bytes repeated 1.5 MiB apart: zstd matches each repeat against the copy
+        // before it, further back than one window, which it may read only while the pass has
+        // not handed that copy back (pages handed back and read again would stay resident).
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let period: Vec<u8> = (0..3 << 19)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let content: Vec<u8> = period.iter().cycle().take(6 << 20).copied().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        std::fs::write(&path, &content).unwrap();
+        for level in [3, 9] {
+            // SAFETY: nothing else touches the file.
+            let map = unsafe { SequentialMap::open(&path).unwrap() };
+            let encoded = encode_map(map, None, level, None).unwrap();
+            assert!(
+                encoded.envelope.len() < content.len() / 2,
+                "level {level}: the repeats were found"
+            );
+            assert_eq!(
+                crate::fsutil::resident_kb(encoded.content.as_ptr()),
+                0,
+                "level {level}: the mapping is handed back whole"
+            );
+            assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
+        }
+    }
+}
