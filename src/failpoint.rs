@@ -8,11 +8,14 @@
 //! "kill the process here": `spool-before-rename=2*off->return` lets the point pass twice and
 //! kills the receiver at its third hit. The kill logs one line naming the point first.
 
-/// Spool: a segment's bytes are written, the fsync that makes them durable not yet done.
+/// Spool: a segment's bytes are written, the fsync that makes them durable not yet done (in
+/// the default mode, which does not fsync the spool, the point where it would be).
 pub const SPOOL_BEFORE_FSYNC: &str = "spool-before-fsync";
-/// Spool: a complete segment is fsynced, not yet renamed from `.partial` to its name.
+/// Spool: a complete segment is fsynced (where the mode fsyncs), not yet renamed from
+/// `.partial` to its name.
 pub const SPOOL_BEFORE_RENAME: &str = "spool-before-rename";
-/// Spool: a complete segment is renamed to its name, the directory not yet fsynced.
+/// Spool: a complete segment is renamed to its name, the directory not yet fsynced (where
+/// the mode fsyncs).
 pub const SPOOL_AFTER_RENAME: &str = "spool-after-rename";
 /// Stream: a segment is complete in the spool, not yet handed to the uploader.
 pub const SEGMENT_COMPLETED: &str = "segment-completed";

@@ -1,8 +1,8 @@
 //! The spool: a local directory where received WAL lands before it is archived.
 //!
 //! - `SEGMENT.partial`: the segment being received, written sequentially from its start.
-//! - `SEGMENT`: a complete segment, fsynced and renamed durably, waiting for its upload; it is
-//!   deleted once the archive holds it.
+//! - `SEGMENT`: a complete segment, renamed (fsynced first where the mode asks, see below),
+//!   waiting for its upload; it is deleted once the archive holds it.
 //! - `SEGMENT.partial.END`: a kept tail, the bytes of a segment from its start to `END` (16 hex
 //!   digits) that a stream had received when it ended; it is archived as a receiver snapshot
 //!   and then deleted. A stream that ends for any reason (lost connection, crash, shutdown,
@@ -10,6 +10,21 @@
 //!   confirmed in `--synchronous` mode reaches the archive and is never truncated first.
 //! - `walhalla.spool`: the system identifier of the cluster the spool belongs to, so a spool is
 //!   never shared by two clusters.
+//! - `walhalla.spool.unsynced`: present while segments may have been written without fsync
+//!   (see below): the boot they were written in.
+//!
+//! How durable the segments are depends on the mode ([`open`]). In `--synchronous` mode the
+//! flush position a receiver reports is what the spool holds, so each segment is fsynced as it
+//! completes (and earlier on request). In the default mode the flush position is what the
+//! archive holds: the slot keeps everything past it on the server, and the spool only has to
+//! survive the receiver's process, not the host. Its segments are then left to the page
+//! cache, which a process kill does not lose and which an upload usually deletes before the
+//! kernel writes it out. A spool found written that way in an earlier boot may hold torn
+//! files: its segments are discarded (never archived) and streamed again from the server.
+//! A filesystem that fails under a live receiver (an error that turns it read-only) can lose
+//! unsynced writes too: in either mode the uploader archives a file only once it reads back as
+//! received (the stream's CRC-32 of each segment, see `receiver::readback`), and otherwise
+//! has it streamed again.
 //!
 //! Streaming restarts at the start of a segment (the slot keeps that segment on the server),
 //! so a kept tail is never appended to; it only serves a last-resort recovery.
@@ -28,6 +43,10 @@ use crate::wal::{
 };
 
 const MARKER: &str = "walhalla.spool";
+/// See the module documentation.
+const UNSYNCED: &str = "walhalla.spool.unsynced";
+/// Linux's identifier of the current boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PARTIAL_SUFFIX: &str = ".partial";
 
 /// What a spool directory holds.
@@ -43,7 +62,10 @@ pub struct SpoolContents {
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
 /// cluster, checks that the directory is writable, and warns when other users can enter it.
-pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
+/// Then settles what an earlier run wrote without fsync (see the module documentation) and
+/// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
+/// the boot cannot be told (no `/proc`).
+pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
     // not be, and it is the user's to change.
@@ -76,7 +98,116 @@ pub fn open(dir: &Path, system_id: SystemId) -> io::Result<()> {
     // Writable? (The marker may predate a permissions change.)
     let probe = dir.join(".walhalla-write-probe");
     std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
+    std::fs::remove_file(&probe)?;
+    let boot = std::fs::read_to_string(BOOT_ID).ok();
+    settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
+}
+
+/// Settles the segments an earlier run left without fsync, in boot `boot` (`None`: unknown),
+/// and records whether this run leaves its own so; returns whether this run fsyncs.
+fn settle_unsynced(dir: &Path, boot: Option<&str>, durable: bool) -> io::Result<bool> {
+    let marker = dir.join(UNSYNCED);
+    let written_in = match std::fs::read_to_string(&marker) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    // What an earlier run left unsynced is whole in this boot's page cache, and may be torn
+    // after a restart of the host (or when the boot cannot be told).
+    match (&written_in, boot) {
+        (Some(earlier), Some(now)) if earlier == now => {
+            if !durable {
+                return Ok(false);
+            }
+            sync_segments(dir)?;
+        }
+        (Some(earlier), _) => {
+            let discarded = discard_segments(dir)?;
+            if discarded > 0 {
+                tracing::warn!(
+                    "spool {}: {discarded} segment file(s) written without fsync before the \
+                     host restarted (boot {earlier}) discarded, not archived: they may be torn; \
+                     streaming fetches them again from the slot",
+                    dir.display()
+                );
+            }
+        }
+        (None, _) => {}
+    }
+    // This run leaves its segments to the page cache only when it may, when it can tell a
+    // restart of the host, and when no fsynced segment waits in the spool (one a synchronous
+    // run left): a restart would discard that one with the rest.
+    let unsynced = boot.is_some() && !durable && (written_in.is_some() || !holds_segments(dir)?);
+    match boot {
+        Some(now) if unsynced => {
+            let temp = dir.join(format!("{UNSYNCED}.tmp"));
+            std::fs::write(&temp, format!("{now}\n"))?;
+            File::open(&temp)?.sync_all()?;
+            std::fs::rename(&temp, &marker)?;
+        }
+        _ if written_in.is_some() => std::fs::remove_file(&marker)?,
+        _ => return Ok(true),
+    }
+    // Durable before any segment is written unsynced, or after all are synced.
+    fsync_dir(dir)?;
+    Ok(!unsynced)
+}
+
+/// Whether the spool holds a complete segment or a `.partial`.
+fn holds_segments(dir: &Path) -> io::Result<bool> {
+    let contents = scan(dir)?;
+    Ok(!contents.complete.is_empty() || contents.partial.is_some())
+}
+
+/// Fsyncs the complete segments and the `.partial` (kept tails were fsynced when kept).
+fn sync_segments(dir: &Path) -> io::Result<()> {
+    let contents = scan(dir)?;
+    let partial = contents
+        .partial
+        .map(|s| dir.join(format!("{s}{PARTIAL_SUFFIX}")));
+    for path in contents
+        .complete
+        .iter()
+        .map(|&s| complete_path(dir, s))
+        .chain(partial)
+    {
+        match File::open(path) {
+            Ok(file) => file.sync_all()?,
+            // Archived and removed meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fsync_dir(dir)
+}
+
+/// Makes what the spool holds durable and the spool an fsynced one again (see the module
+/// documentation): for a receiver that stops with segments left, so that a restart of the
+/// host keeps them for the next start to archive.
+pub fn make_durable(dir: &Path) -> io::Result<()> {
+    sync_segments(dir)?;
+    match std::fs::remove_file(dir.join(UNSYNCED)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fsync_dir(dir)
+}
+
+/// Removes the complete segments and the `.partial` files; returns how many. Kept tails stay:
+/// each was fsynced before it got its name.
+fn discard_segments(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(Ok(WalFileName::Segment(_) | WalFileName::Partial(_))) =
+            name.to_str().map(str::parse::<WalFileName>)
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The cluster a spool belongs to, if it was opened before.
@@ -237,17 +368,21 @@ pub struct SegmentWriter {
     synced: u64,
     /// CRC-32 of the bytes written, for the uploader to check what it reads back.
     crc: crc32fast::Hasher,
+    /// Whether the segment is fsynced (see the module documentation).
+    durable: bool,
     /// Writeback started as the segment fills (a hint to the kernel, see [`SegmentWriter::write`]).
     writeback: WritebackCursor,
 }
 
 impl SegmentWriter {
-    /// Starts receiving segment `segno` of `timeline`, discarding any older `.partial` file.
+    /// Starts receiving segment `segno` of `timeline`, discarding any older `.partial` file;
+    /// `durable` as [`open`] said.
     pub fn create(
         dir: &Path,
         timeline: TimelineId,
         segno: SegNo,
         size: SegmentSize,
+        durable: bool,
     ) -> io::Result<SegmentWriter> {
         let segment = SegmentName::new(timeline, segno, size);
         for entry in std::fs::read_dir(dir)? {
@@ -264,7 +399,9 @@ impl SegmentWriter {
             .create(true)
             .truncate(true)
             .open(path)?;
-        fsync_dir(dir)?;
+        if durable {
+            fsync_dir(dir)?;
+        }
         Ok(SegmentWriter {
             file,
             dir: dir.to_path_buf(),
@@ -274,6 +411,7 @@ impl SegmentWriter {
             written: 0,
             synced: 0,
             crc: crc32fast::Hasher::new(),
+            durable,
             writeback: WritebackCursor::default(),
         })
     }
@@ -320,7 +458,9 @@ impl SegmentWriter {
         self.crc.update(bytes);
         // Writeback starts as the segment fills, so the fsync that completes it (which the
         // stream waits for) finds little left to write.
-        self.writeback.wrote(&self.file, self.written);
+        if self.durable {
+            self.writeback.wrote(&self.file, self.written);
+        }
         Ok(())
     }
 
@@ -330,12 +470,14 @@ impl SegmentWriter {
         self.crc.clone().finalize()
     }
 
-    /// Makes everything written durable.
+    /// Makes everything written durable (nothing to do for a segment that is not fsynced).
     pub fn sync(&mut self) -> io::Result<()> {
         if self.synced < self.written {
             failpoint::hit(failpoint::SPOOL_BEFORE_FSYNC);
-            self.file.sync_data()?;
-            self.synced = self.written;
+            if self.durable {
+                self.file.sync_data()?;
+                self.synced = self.written;
+            }
         }
         Ok(())
     }
@@ -346,14 +488,17 @@ impl SegmentWriter {
         self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.segment))
     }
 
-    /// Completes the segment: fsync, rename to its final name, fsync the directory.
+    /// Completes the segment: fsync, rename to its final name, fsync the directory (for a
+    /// durable segment; else the rename alone).
     pub fn finish(mut self) -> io::Result<SegmentName> {
         debug_assert_eq!(self.remaining(), 0);
         self.sync()?;
         failpoint::hit(failpoint::SPOOL_BEFORE_RENAME);
         std::fs::rename(self.path(), complete_path(&self.dir, self.segment))?;
         failpoint::hit(failpoint::SPOOL_AFTER_RENAME);
-        fsync_dir(&self.dir)?;
+        if self.durable {
+            fsync_dir(&self.dir)?;
+        }
         Ok(self.segment)
     }
 }
@@ -367,46 +512,159 @@ mod tests {
     #[test]
     fn segments_complete_durably_and_scan_back() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9)).unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
         assert!(
-            open(dir.path(), SystemId(10)).is_err(),
+            open(dir.path(), SystemId(10), true).is_err(),
             "another cluster's spool must be refused"
         );
         let size = SegmentSize::new(MIB).unwrap();
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size, true).unwrap();
         w.write(&vec![1u8; MIB as usize]).unwrap();
         assert_eq!(w.end_lsn(), Lsn(4 * u64::from(MIB)));
         let done = w.finish().unwrap();
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(4), size, true).unwrap();
         w.write(b"abc").unwrap();
         assert_eq!(std::fs::read(w.path()).unwrap(), b"abc");
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.complete, vec![done]);
         assert_eq!(contents.partial, Some(w.segment()));
         // A new timeline's segment replaces the old .partial.
-        let w2 = SegmentWriter::create(dir.path(), TimelineId(2), SegNo(4), size).unwrap();
+        let w2 = SegmentWriter::create(dir.path(), TimelineId(2), SegNo(4), size, true).unwrap();
         assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
         assert!(scan(dir.path()).unwrap().complete.is_empty());
     }
 
+    /// A spool written by a default-mode run in boot `boot`: one complete segment, a kept
+    /// tail and a `.partial`, none of them fsynced but the tail.
+    fn unsynced_spool(dir: &Path, boot: &str) -> (SegmentName, (SegmentName, Lsn)) {
+        open(dir, SystemId(9), true).unwrap();
+        assert!(!settle_unsynced(dir, Some(boot), false).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(UNSYNCED)).unwrap(),
+            format!("{boot}\n")
+        );
+        let size = SegmentSize::new(MIB).unwrap();
+        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(3), size, false).unwrap();
+        w.write(&vec![1u8; MIB as usize]).unwrap();
+        let complete = w.finish().unwrap();
+        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(4), size, false).unwrap();
+        w.write(b"kept").unwrap();
+        drop(w);
+        let tail = keep_tail(dir, size).unwrap().expect("a tail");
+        let mut w = SegmentWriter::create(dir, TimelineId(1), SegNo(5), size, false).unwrap();
+        w.write(b"received").unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.synced_lsn(), w.start_lsn(), "nothing fsynced");
+        (complete, tail)
+    }
+
+    #[test]
+    fn segments_written_without_fsync_before_the_host_restarted_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, tail) = unsynced_spool(dir.path(), "boot-a");
+        // Another boot: the page cache that held them is gone, they may be torn.
+        assert!(!settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
+        let contents = scan(dir.path()).unwrap();
+        assert!(contents.complete.is_empty(), "{contents:?}");
+        assert_eq!(contents.partial, None);
+        assert_eq!(contents.tails, vec![tail], "a kept tail was fsynced");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(UNSYNCED)).unwrap(),
+            "boot-b\n"
+        );
+        // A synchronous run after a restart discards them too, and fsyncs from then on.
+        let dir = tempfile::tempdir().unwrap();
+        unsynced_spool(dir.path(), "boot-a");
+        assert!(settle_unsynced(dir.path(), Some("boot-b"), true).unwrap());
+        assert!(scan(dir.path()).unwrap().complete.is_empty());
+        assert!(!dir.path().join(UNSYNCED).exists());
+    }
+
+    #[test]
+    fn segments_written_without_fsync_in_this_boot_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (complete, tail) = unsynced_spool(dir.path(), "boot-a");
+        let kept = |dir: &Path| {
+            let contents = scan(dir).unwrap();
+            assert_eq!(contents.complete, vec![complete]);
+            assert_eq!(contents.tails, vec![tail]);
+            assert!(contents.partial.is_some());
+        };
+        // The receiver's process ended, the host did not restart: the page cache holds them.
+        assert!(!settle_unsynced(dir.path(), Some("boot-a"), false).unwrap());
+        kept(dir.path());
+        // A synchronous run keeps them, fsynced, and the spool is durable again.
+        assert!(settle_unsynced(dir.path(), Some("boot-a"), true).unwrap());
+        kept(dir.path());
+        assert!(!dir.path().join(UNSYNCED).exists());
+        assert!(settle_unsynced(dir.path(), Some("boot-b"), true).unwrap());
+        kept(dir.path());
+    }
+
+    #[test]
+    fn fsynced_segments_a_synchronous_run_left_are_never_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
+        let size = SegmentSize::new(MIB).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size, true).unwrap();
+        w.write(&vec![1u8; MIB as usize]).unwrap();
+        let complete = w.finish().unwrap();
+        // A default run while it waits: fsyncs too, and leaves no mark a restart would act on.
+        assert!(settle_unsynced(dir.path(), Some("boot-a"), false).unwrap());
+        assert!(!dir.path().join(UNSYNCED).exists());
+        assert!(settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
+        assert_eq!(scan(dir.path()).unwrap().complete, vec![complete]);
+        // Once it is archived, the next default run leaves its segments unsynced.
+        remove_complete(dir.path(), complete).unwrap();
+        assert!(!settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
+    }
+
+    #[test]
+    fn a_receiver_stopping_with_segments_left_makes_them_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (complete, tail) = unsynced_spool(dir.path(), "boot-a");
+        make_durable(dir.path()).unwrap();
+        assert!(!dir.path().join(UNSYNCED).exists());
+        assert!(settle_unsynced(dir.path(), Some("boot-b"), false).unwrap());
+        let contents = scan(dir.path()).unwrap();
+        assert_eq!(contents.complete, vec![complete]);
+        assert_eq!(contents.tails, vec![tail]);
+    }
+
+    #[test]
+    fn without_a_boot_identifier_the_spool_is_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
+        assert!(settle_unsynced(dir.path(), None, false).unwrap());
+        assert!(!dir.path().join(UNSYNCED).exists());
+        #[cfg(target_os = "linux")]
+        {
+            assert!(
+                !open(dir.path(), SystemId(9), false).unwrap(),
+                "Linux tells the boot"
+            );
+            assert!(dir.path().join(UNSYNCED).exists());
+        }
+    }
+
     #[test]
     fn a_kept_tail_holds_what_was_received_and_survives_the_next_stream() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path(), SystemId(9)).unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
         let size = SegmentSize::new(MIB).unwrap();
         assert_eq!(
             keep_tail(dir.path(), size).unwrap(),
             None,
             "nothing to keep"
         );
-        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size, true).unwrap();
         w.write(b"confirmed bytes").unwrap();
         drop(w);
         let (segment, end) = keep_tail(dir.path(), size).unwrap().expect("a tail");
         assert_eq!(end, Lsn(7 * u64::from(MIB) + 15));
         // The next stream of the same segment truncates nothing that was kept.
-        let w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size).unwrap();
+        let w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(7), size, true).unwrap();
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.tails, vec![(segment, end)]);
         assert_eq!(contents.partial, Some(w.segment()));

@@ -7,7 +7,7 @@
 //! receiver creates a temporary slot (which keeps WAL from the server's latest checkpoint,
 //! so from before any start the backup can have), then `BASE_BACKUP` runs, and once it has
 //! said where it starts the receiver streams from that segment. Segments go to the archive
-//! as the receiver's always do (spool, fsync, create-only upload). The backup then waits
+//! as the receiver's always do (spool, create-only upload). The backup then waits
 //! for them like for WAL archived by anyone else.
 
 use std::path::PathBuf;

@@ -134,6 +134,12 @@ pub async fn run(
             .spool
             .clone()
             .unwrap_or_else(|| session::default_spool(system_id));
+        // Before anything is served from it: what an earlier run left unsynced before a
+        // restart of the host is discarded first (the session opens it again, to no effect).
+        let (opening, synchronous) = (dir.clone(), options.mode == Mode::Synchronous);
+        crate::blocking::run(move || spool::open(&opening, system_id, synchronous))
+            .await
+            .map_err(|e| anyhow::anyhow!("spool {}: {e}", dir.display()))?;
         shared.publish(ServedCluster {
             archive: archive.cluster(system_id),
             spool: Some(dir.clone()),

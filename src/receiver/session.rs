@@ -17,7 +17,7 @@ use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
 use super::upload::{UploadSettings, Uploader};
-use super::{BackupWal, ReceiveOptions};
+use super::{BackupWal, Mode, ReceiveOptions};
 use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
@@ -104,6 +104,8 @@ pub struct Context {
     pub(super) system_id: SystemId,
     pub(super) segment_size: SegmentSize,
     pub(super) spool: PathBuf,
+    /// Whether spool segments are fsynced (see [`spool::open`]).
+    pub(super) durable_spool: bool,
     pub(super) cluster: ClusterArchive,
     pub(super) uploader: Uploader,
     pub(super) shared: Arc<Shared>,
@@ -233,9 +235,9 @@ pub async fn run(
                 shared.metrics.set_timeline(timeline.0);
                 shared.metrics.stream_started(start_lsn.0);
                 shared.metrics.set_connected(true);
-                let dir = ctx.spool.clone();
+                let (dir, durable) = (ctx.spool.clone(), ctx.durable_spool);
                 let writer = blocking::run(move || {
-                    SegmentWriter::create(&dir, timeline, start, segment_size)
+                    SegmentWriter::create(&dir, timeline, start, segment_size, durable)
                 })
                 .await
                 .context("create the spool file")?;
@@ -338,7 +340,10 @@ pub async fn new_context(
         .clone()
         .unwrap_or_else(|| default_spool(system_id));
     let dir = spool.clone();
-    blocking::run(move || spool::open(&dir, system_id))
+    // The synchronous mode reports the spool's fsynced position as flushed; the default mode
+    // reports what the archive holds, and the slot keeps the rest.
+    let synchronous = options.mode == Mode::Synchronous;
+    let durable_spool = blocking::run(move || spool::open(&dir, system_id, synchronous))
         .await
         .map_err(|e| SessionError::fatal(anyhow!("spool {}: {e}", spool.display())))?;
     let cluster = archive.cluster(system_id);
@@ -359,6 +364,7 @@ pub async fn new_context(
         system_id,
         segment_size,
         spool,
+        durable_spool,
         cluster,
         uploader,
         shared: shared.clone(),

@@ -433,12 +433,19 @@ impl<'a> Stream<'a> {
                 continue;
             }
             let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
-            let (dir, timeline, size) =
-                (self.ctx.spool.clone(), self.timeline, self.ctx.segment_size);
+            let (dir, timeline, size, durable) = (
+                self.ctx.spool.clone(),
+                self.timeline,
+                self.ctx.segment_size,
+                self.ctx.durable_spool,
+            );
             let received = writer.content_crc();
             let (done, writer) = blocking::run(move || -> std::io::Result<_> {
                 let done = writer.finish()?;
-                Ok((done, SegmentWriter::create(&dir, timeline, next, size)?))
+                Ok((
+                    done,
+                    SegmentWriter::create(&dir, timeline, next, size, durable)?,
+                ))
             })
             .await
             .context("complete a segment in the spool")?;
@@ -527,8 +534,8 @@ impl<'a> Stream<'a> {
         Ok(SessionEnd::EndPos)
     }
 
-    /// On SIGTERM/SIGINT: make the spool durable, keep what was received of the current
-    /// segment, archive what can be within `--shutdown-timeout`, report once more.
+    /// On SIGTERM/SIGINT: keep what was received of the current segment (fsynced), archive
+    /// what can be within `--shutdown-timeout`, make what is left durable, report once more.
     async fn shut_down(&mut self) -> Result<SessionEnd, SessionError> {
         self.sync().await?;
         self.ctx.keep_tail(self.snapshot_end).await?;
@@ -539,6 +546,13 @@ impl<'a> Stream<'a> {
             .drain(Some(deadline))
             .await
             .map_err(SessionError::fatal)?;
+        if left > 0 && !self.ctx.durable_spool {
+            // A restart of the host (a planned reboot) must not discard it.
+            let dir = self.ctx.spool.clone();
+            blocking::run(move || crate::spool::make_durable(&dir))
+                .await
+                .context("fsync what is left in the spool")?;
+        }
         self.send_status(false).await?;
         super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
         Ok(SessionEnd::Shutdown)
