@@ -527,6 +527,23 @@ impl ClusterArchive {
         Ok(())
     }
 
+    /// Whether the archive holds an object named `name` (its content is not read).
+    pub async fn holds(&self, name: &WalFileName) -> Result<bool> {
+        let (store, key) = (&self.archive.store, self.key(name));
+        let found = self
+            .archive
+            .retrying("read", &key, || async { store.head(&key).await })
+            .await;
+        match found {
+            Ok(_) => Ok(true),
+            Err(Error::Store {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The stored envelope of `name`, not yet verified, or `None` when the archive lacks it.
     pub async fn get(&self, name: &WalFileName) -> Result<Option<Bytes>> {
         self.get_key(&self.key(name)).await

@@ -199,6 +199,7 @@ pub async fn run(
                 if let Some(ctx) = &context {
                     tracing::info!("shutting down: archiving what the spool holds");
                     let left = ctx.drain(Some(Instant::now() + options.shutdown_timeout)).await?;
+                    ctx.keep_durable(left).await?;
                     report_left_in_spool(left, options.shutdown_timeout, &ctx.spool);
                 }
                 return Ok(());

@@ -125,6 +125,19 @@ impl Context {
         }
     }
 
+    /// After a shutdown's drain left `left` files in the spool: in the default mode, which
+    /// does not fsync the spool, fsyncs them, so that a restart of the host (a planned
+    /// reboot) does not discard them.
+    pub async fn keep_durable(&self, left: usize) -> anyhow::Result<()> {
+        if left > 0 && !self.durable_spool {
+            let dir = self.spool.clone();
+            blocking::run(move || spool::make_durable(&dir))
+                .await
+                .context("fsync what is left in the spool")?;
+        }
+        Ok(())
+    }
+
     /// Keeps the spool's `.partial` as a tail to archive (see [`spool::keep_tail`]), unless
     /// the archive already holds it up to `stored_through`.
     pub async fn keep_tail(&self, stored_through: Lsn) -> Result<(), SessionError> {

@@ -174,6 +174,7 @@ pub async fn start_point(
             "the archive has a hole: streaming again from its start"
         );
     }
+    ctx.give_up_refused_behind(&plan);
     Ok(plan)
 }
 
@@ -244,6 +245,24 @@ impl Context {
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
         }
         Ok(spooled)
+    }
+
+    /// Reports as lost the segments the uploader refused that a stream started at `plan` will
+    /// not receive again (on an older timeline, or before the plan's start: outside what the
+    /// start looks at, or already lost). Otherwise each session would end over them again,
+    /// and the flush position would never pass them.
+    fn give_up_refused_behind(&self, plan: &StartPlan) {
+        let size = self.segment_size;
+        for refused in self.uploader.refused_segments() {
+            let Some(segno) = refused.segno(size) else {
+                continue;
+            };
+            let behind = refused.timeline < plan.timeline
+                || (refused.timeline == plan.timeline && segno < plan.segment);
+            if behind {
+                self.report_gap(refused.timeline, segno, segno);
+            }
+        }
     }
 
     /// Reports missing segments the server no longer keeps: an error line, `/status` and

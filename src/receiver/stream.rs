@@ -546,13 +546,7 @@ impl<'a> Stream<'a> {
             .drain(Some(deadline))
             .await
             .map_err(SessionError::fatal)?;
-        if left > 0 && !self.ctx.durable_spool {
-            // A restart of the host (a planned reboot) must not discard it.
-            let dir = self.ctx.spool.clone();
-            blocking::run(move || crate::spool::make_durable(&dir))
-                .await
-                .context("fsync what is left in the spool")?;
-        }
+        self.ctx.keep_durable(left).await?;
         self.send_status(false).await?;
         super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
         Ok(SessionEnd::Shutdown)

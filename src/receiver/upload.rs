@@ -77,7 +77,8 @@ pub struct Uploader {
 /// The work an uploader is responsible for, with when each segment was handed over.
 #[derive(Default)]
 struct Outstanding {
-    segments: BTreeMap<SegmentName, SystemTime>,
+    /// When each was handed over, and how to check it (the best expectation handed over).
+    segments: BTreeMap<SegmentName, (SystemTime, Expect)>,
     tails: BTreeSet<(SegmentName, Lsn)>,
     /// Segments refused (they did not read back as received) and not yet handed over again.
     refused: BTreeSet<SegmentName>,
@@ -91,11 +92,33 @@ impl Outstanding {
         }
     }
 
+    /// Takes `job` over; says whether it is new work to queue. A job already outstanding
+    /// is not queued again, but a segment the stream wrote again is then checked by what was
+    /// received this time (a job reads its file at each attempt). A refused segment is taken
+    /// over again only from the stream, which received it again.
+    fn hand_over(&mut self, job: Job) -> bool {
+        if self.contains(job) {
+            if let Job::Segment(segment, Expect::Crc(crc)) = job {
+                if let Some((_, expect)) = self.segments.get_mut(&segment) {
+                    *expect = Expect::Crc(crc);
+                }
+            }
+            return false;
+        }
+        if let Job::Segment(segment, Expect::Pages) = job {
+            if self.refused.contains(&segment) {
+                return false;
+            }
+        }
+        self.insert(job);
+        true
+    }
+
     fn insert(&mut self, job: Job) {
         match job {
-            Job::Segment(s, _) => {
+            Job::Segment(s, expect) => {
                 self.refused.remove(&s);
-                self.segments.insert(s, SystemTime::now());
+                self.segments.insert(s, (SystemTime::now(), expect));
             }
             Job::Tail(s, end) => {
                 self.tails.insert((s, end));
@@ -148,7 +171,7 @@ impl Outstanding {
 
     /// Publishes the queue's depth and age.
     fn publish(&self, shared: &Shared) {
-        let oldest = self.segments.values().min().copied();
+        let oldest = self.segments.values().map(|(since, _)| *since).min();
         shared.metrics.set_upload_queue(self.segments.len(), oldest);
     }
 }
@@ -202,7 +225,7 @@ impl Uploader {
                         let (archive, settings, done_tx) = (archive.clone(), settings.clone(), done_tx.clone());
                         let (in_flight, shared, encoding) = (in_flight.clone(), shared.clone(), encoding.clone());
                         tokio::spawn(async move {
-                            let result = upload_until_stored(&archive, &settings, &encoding, job, &shared).await;
+                            let result = upload_until_stored(&archive, &settings, &encoding, job, &shared, &in_flight).await;
                             drop(permit);
                             if let Ok(done) = &result {
                                 let mut in_flight = lock(&in_flight);
@@ -252,10 +275,9 @@ impl Uploader {
     fn submit(&self, job: Job) -> Result<(), String> {
         {
             let mut outstanding = lock(&self.outstanding);
-            if outstanding.contains(job) {
+            if !outstanding.hand_over(job) {
                 return Ok(());
             }
-            outstanding.insert(job);
             outstanding.publish(&self.shared);
         }
         self.queue
@@ -279,6 +301,11 @@ impl Uploader {
             .iter()
             .find(|s| s.start_lsn(size).is_some_and(|start| start < position))
             .copied()
+    }
+
+    /// The segments refused since they were last handed over, oldest first.
+    pub fn refused_segments(&self) -> Vec<SegmentName> {
+        lock(&self.outstanding).refused.iter().copied().collect()
     }
 
     /// Gives up refused segments of `timeline` from `first` to before `until`: the server no
@@ -373,6 +400,7 @@ async fn upload_until_stored(
     encoding: &Semaphore,
     job: Job,
     shared: &Shared,
+    outstanding: &Mutex<Outstanding>,
 ) -> Result<Done, String> {
     let what = match job {
         Job::Segment(segment, _) => segment.to_string(),
@@ -383,7 +411,7 @@ async fn upload_until_stored(
         UPLOAD_BACKOFF,
         None,
         || async {
-            upload(archive, settings, encoding, job)
+            upload(archive, settings, encoding, job, outstanding)
                 .await
                 .map_err(UploadError)
         },
@@ -410,7 +438,7 @@ async fn upload_until_stored(
                 "the spool did not give back what was received ({why}): not archived; removing \
                  it to receive it again from the server (its filesystem may be failing)"
             );
-            remove_from_spool(&settings.spool, job, &what).await;
+            remove_from_spool(&settings.spool, job, &what, "refused").await;
             return Ok(Done::Refused);
         }
         Uploaded::Stored(stored) => Some(stored),
@@ -425,7 +453,7 @@ async fn upload_until_stored(
     } else {
         tracing::debug!(file = %what, "archived before");
     }
-    remove_from_spool(&settings.spool, job, &what).await;
+    remove_from_spool(&settings.spool, job, &what, "archived").await;
     if let Job::Segment(segment, _) = job {
         shared.metrics.segment_archived(
             segment.to_string(),
@@ -465,10 +493,11 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
     }
 }
 
-/// Removes an archived job's file from the spool, retrying until that works: a spool turned
-/// read-only (a filesystem error) must not stop the receiver over WAL that is safe in the
-/// archive. The job stays outstanding meanwhile, its file taking room in the spool.
-async fn remove_from_spool(dir: &Path, job: Job, what: &str) {
+/// Removes a job's file, archived or refused (`done` says which), from the spool, retrying
+/// until that works: a spool turned read-only (a filesystem error) must not stop the receiver
+/// over WAL that is safe in the archive. The job stays outstanding meanwhile, its file taking
+/// room in the spool.
+async fn remove_from_spool(dir: &Path, job: Job, what: &str, done: &str) {
     let mut failing = false;
     let removed = retry(
         UPLOAD_BACKOFF,
@@ -490,7 +519,7 @@ async fn remove_from_spool(dir: &Path, job: Job, what: &str) {
             } else {
                 tracing::warn!(
                     file = %what,
-                    "archived, but cannot remove it from the spool: {e}; retrying (it takes room \
+                    "{done}, but cannot remove it from the spool: {e}; retrying (it takes room \
                      in the spool until then)"
                 );
                 failing = true;
@@ -546,6 +575,7 @@ async fn upload(
     settings: &UploadSettings,
     encoding: &Semaphore,
     job: Job,
+    outstanding: &Mutex<Outstanding>,
 ) -> archive::Result<Uploaded> {
     failpoint::hit(failpoint::UPLOAD_START);
     let failed = |e: std::io::Error| archive::Error::Open {
@@ -554,12 +584,15 @@ async fn upload(
     };
     let size = settings.segment_size;
     let file = match job {
-        Job::Segment(segment, expect) => SpoolFile {
+        Job::Segment(segment, handed) => SpoolFile {
             path: spool::complete_path(&settings.spool, segment),
             segment,
             len: size.bytes() as usize,
             complete: true,
-            expect,
+            expect: lock(outstanding)
+                .segments
+                .get(&segment)
+                .map_or(handed, |(_, expect)| *expect),
         },
         Job::Tail(segment, end) => match spool::tail_len(segment, end, size) {
             Ok(len) => SpoolFile {
@@ -580,9 +613,27 @@ async fn upload(
     };
     let encoded = match encoded {
         Ok(encoded) => encoded,
-        // Files leave the spool only once archived: this one was queued again after.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Uploaded::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Queued again after its upload, or refused meanwhile: only the archive can say.
+            return match job {
+                Job::Segment(segment, _)
+                    if !archive.holds(&WalFileName::Segment(segment)).await? =>
+                {
+                    Ok(Uploaded::Corrupt(
+                        "it left the spool, and the archive lacks it".into(),
+                    ))
+                }
+                _ => Ok(Uploaded::Gone),
+            };
+        }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            if let Job::Segment(segment, _) = job {
+                if archive.holds(&WalFileName::Segment(segment)).await? {
+                    // Archived before (and checked then): only this copy is damaged.
+                    tracing::warn!(%segment, "the spool's copy is damaged ({e}), but the archive holds the segment already: removing the copy");
+                    return Ok(Uploaded::Gone);
+                }
+            }
             return Ok(Uploaded::Corrupt(e.to_string()));
         }
         Err(e) => return Err(failed(e)),
@@ -654,9 +705,14 @@ mod tests {
         assert_eq!(o.segments.len(), 0);
         assert_eq!(o.bytes(size), 0);
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
-        // Streamed again and handed over: an ordinary outstanding segment once more.
-        o.insert(Job::Segment(name(5), Expect::Crc(5)));
+        // What an earlier run left is not taken for it: only the stream, receiving it again.
+        assert!(!o.hand_over(Job::Segment(name(5), Expect::Pages)));
+        assert!(o.refused.contains(&name(5)));
+        assert!(o.hand_over(Job::Segment(name(5), Expect::Crc(5))));
         assert!(o.refused.is_empty());
+        // Written again while its job waits: checked by the newer CRC.
+        assert!(!o.hand_over(Job::Segment(name(5), Expect::Crc(55))));
+        assert_eq!(o.segments[&name(5)].1, Expect::Crc(55));
         o.remove(Job::Segment(name(5), Expect::Crc(5)));
         assert_eq!(o.oldest_segment_start(size), None);
     }

@@ -22,6 +22,7 @@ use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
 use crate::metrics::FetchSource;
 use crate::spool::complete_path as spooled_segment;
+use crate::wal::page_stream::check_stored;
 use crate::wal::{
     HeadCapture, LongPageHeader, SystemId, WalFileName, validate_file, validate_segment_head,
 };
@@ -287,9 +288,14 @@ async fn find(
         let path = spooled_segment(spool, *segment);
         let name = *name;
         let read = blocking::run(move || match std::fs::read(&path) {
-            Ok(content) => verify(&name, &content, system_id)
-                .map(|()| Some(original(content)))
-                .with_context(|| format!("spool file {}", path.display())),
+            Ok(content) => match verify_spooled(&name, &content, system_id) {
+                Ok(()) => Ok(Some(original(content))),
+                Err(e) => {
+                    // The uploader refuses it too; the archive may hold a good copy.
+                    tracing::warn!("not serving spool file {}: {e:#}", path.display());
+                    Ok(None)
+                }
+            },
             // Not complete in the spool, or already uploaded and removed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
@@ -358,6 +364,24 @@ fn verify(
     validate_file(name, content)
         .and_then(|facts| facts.check_cluster(system_id))
         .map_err(|e| anyhow!("{name}: {e}"))
+}
+
+/// [`verify`] for a complete segment waiting in the spool, and every page header after the
+/// first ([`check_stored`]): a spool that lost writes (it is not fsynced in the default mode)
+/// shows them as zeros or as a file cut short.
+fn verify_spooled(
+    name: &WalFileName,
+    content: &[u8],
+    system_id: crate::wal::SystemId,
+) -> anyhow::Result<()> {
+    verify(name, content, system_id)?;
+    if let WalFileName::Segment(segment) = *name {
+        let size = crate::wal::SegmentSize::new(content.len() as u32)
+            .ok_or_else(|| anyhow!("{name}: {} bytes is no segment size", content.len()))?;
+        check_stored(segment, content, size, system_id, true)
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The body in pieces; the permit is held until the last piece is handed over.

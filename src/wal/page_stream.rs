@@ -300,8 +300,9 @@ pub enum StoredError {
 /// of cluster `system_id` from its start, all of it when `complete`, else what was received
 /// of it. Its first page must be the segment's start, and every page after it must follow
 /// as [`PageChecker`] says, with the first page's magic and page size. This finds a file
-/// that lost writes (zeros, or cut short), not a wrong byte inside a record: that takes the
-/// CRC of what was written.
+/// that is empty or cut short, zeros over its first page, or a page of zeros with WAL after
+/// it; not zeros to the segment's end (they look like the rest of a segment after a switch),
+/// nor zeros or a wrong byte inside a page: that takes the CRC of what was written.
 pub fn check_stored(
     segment: SegmentName,
     content: &[u8],
