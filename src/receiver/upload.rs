@@ -80,8 +80,9 @@ struct Outstanding {
     /// When each was handed over, and how to check it (the best expectation handed over).
     segments: BTreeMap<SegmentName, (SystemTime, Expect)>,
     tails: BTreeSet<(SegmentName, Lsn)>,
-    /// Segments refused (they did not read back as received) and not yet handed over again.
-    refused: BTreeSet<SegmentName>,
+    /// Segments refused (they did not read back as received) and not yet handed over again,
+    /// with how they were to be checked.
+    refused: BTreeMap<SegmentName, Expect>,
 }
 
 impl Outstanding {
@@ -94,8 +95,9 @@ impl Outstanding {
 
     /// Takes `job` over; says whether it is new work to queue. A job already outstanding
     /// is not queued again, but a segment the stream wrote again is then checked by what was
-    /// received this time (a job reads its file at each attempt). A refused segment is taken
-    /// over again only from the stream, which received it again.
+    /// received this time (a job reads its file at each attempt). A refused segment handed
+    /// over again (the stream received it again, or its file is back in the spool, as after
+    /// a filesystem was repaired and mounted again) is checked again like any other.
     fn hand_over(&mut self, job: Job) -> bool {
         if self.contains(job) {
             if let Job::Segment(segment, Expect::Crc(crc)) = job {
@@ -105,11 +107,6 @@ impl Outstanding {
             }
             return false;
         }
-        if let Job::Segment(segment, Expect::Pages) = job {
-            if self.refused.contains(&segment) {
-                return false;
-            }
-        }
         self.insert(job);
         true
     }
@@ -117,7 +114,11 @@ impl Outstanding {
     fn insert(&mut self, job: Job) {
         match job {
             Job::Segment(s, expect) => {
-                self.refused.remove(&s);
+                // A refused segment found in the spool again keeps the CRC it was received with.
+                let expect = match (expect, self.refused.remove(&s)) {
+                    (Expect::Pages, Some(known @ Expect::Crc(_))) => known,
+                    _ => expect,
+                };
                 self.segments.insert(s, (SystemTime::now(), expect));
             }
             Job::Tail(s, end) => {
@@ -140,10 +141,11 @@ impl Outstanding {
     /// Takes note of a job whose file was refused: a segment stays outstanding until it is
     /// handed over again.
     fn refuse(&mut self, job: Job) {
-        self.remove(job);
-        if let Job::Segment(s, _) = job {
-            self.refused.insert(s);
+        if let Job::Segment(s, handed) = job {
+            let expect = self.segments.get(&s).map_or(handed, |(_, expect)| *expect);
+            self.refused.insert(s, expect);
         }
+        self.remove(job);
     }
 
     /// The start of the oldest outstanding segment, refused ones included, by position
@@ -151,7 +153,7 @@ impl Outstanding {
     fn oldest_segment_start(&self, size: SegmentSize) -> Option<Lsn> {
         self.segments
             .keys()
-            .chain(&self.refused)
+            .chain(self.refused.keys())
             .filter_map(|s| s.start_lsn(size))
             .min()
     }
@@ -298,21 +300,21 @@ impl Uploader {
         let size = self.size;
         lock(&self.outstanding)
             .refused
-            .iter()
+            .keys()
             .find(|s| s.start_lsn(size).is_some_and(|start| start < position))
             .copied()
     }
 
     /// The segments refused since they were last handed over, oldest first.
     pub fn refused_segments(&self) -> Vec<SegmentName> {
-        lock(&self.outstanding).refused.iter().copied().collect()
+        lock(&self.outstanding).refused.keys().copied().collect()
     }
 
     /// Gives up refused segments of `timeline` from `first` to before `until`: the server no
     /// longer has them, and they are reported lost instead.
     pub fn forget_refused(&self, timeline: TimelineId, first: SegNo, until: SegNo) {
         let size = self.size;
-        lock(&self.outstanding).refused.retain(|s| {
+        lock(&self.outstanding).refused.retain(|s, _| {
             s.timeline != timeline || s.segno(size).is_none_or(|n| n < first || n >= until)
         });
     }
@@ -343,7 +345,7 @@ impl Uploader {
                 return Err(fatal);
             }
             if self.pending() == 0 {
-                return match lock(&self.outstanding).refused.first() {
+                return match lock(&self.outstanding).refused.keys().next() {
                     None => Ok(true),
                     Some(segment) => Err(format!(
                         "{segment} did not read back from the spool as it was received, so it \
@@ -705,9 +707,16 @@ mod tests {
         assert_eq!(o.segments.len(), 0);
         assert_eq!(o.bytes(size), 0);
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
-        // What an earlier run left is not taken for it: only the stream, receiving it again.
-        assert!(!o.hand_over(Job::Segment(name(5), Expect::Pages)));
-        assert!(o.refused.contains(&name(5)));
+        // Found in the spool again (its filesystem mounted again), or received again: checked
+        // again, and outstanding like any other.
+        assert!(o.hand_over(Job::Segment(name(5), Expect::Pages)));
+        assert!(o.refused.is_empty());
+        assert_eq!(
+            o.segments[&name(5)].1,
+            Expect::Crc(5),
+            "checked by what was received"
+        );
+        o.refuse(Job::Segment(name(5), Expect::Pages));
         assert!(o.hand_over(Job::Segment(name(5), Expect::Crc(5))));
         assert!(o.refused.is_empty());
         // Written again while its job waits: checked by the newer CRC.
