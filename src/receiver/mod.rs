@@ -14,6 +14,7 @@
 //! and commits wait only for the local fsync.
 
 mod flush;
+mod outstanding;
 mod readback;
 mod server;
 mod session;

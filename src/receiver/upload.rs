@@ -19,14 +19,14 @@
 //! position never passes it and the slot keeps it on the server, and the stream ends its
 //! session so that the next one streams it again ([`Uploader::refused_before`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::outstanding::{Job, Outstanding};
 use super::readback::{Expect, SpoolFile, read_back};
 use crate::archive::{self, ClusterArchive, PreparedIndex};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
@@ -53,15 +53,6 @@ pub struct Progress {
     pub refused: u64,
 }
 
-/// One piece of work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Job {
-    /// A complete spool segment, and how to check it.
-    Segment(SegmentName, Expect),
-    /// A kept tail: the segment's bytes up to `end`, archived as a receiver snapshot.
-    Tail(SegmentName, Lsn),
-}
-
 /// Handle to a running uploader.
 pub struct Uploader {
     /// Unbounded on purpose: it holds only names of spool files, and the spool limit
@@ -72,110 +63,6 @@ pub struct Uploader {
     outstanding: Arc<Mutex<Outstanding>>,
     size: SegmentSize,
     shared: Arc<Shared>,
-}
-
-/// The work an uploader is responsible for, with when each segment was handed over.
-#[derive(Default)]
-struct Outstanding {
-    /// When each was handed over, and how to check it (the best expectation handed over).
-    segments: BTreeMap<SegmentName, (SystemTime, Expect)>,
-    tails: BTreeSet<(SegmentName, Lsn)>,
-    /// Segments refused (they did not read back as received) and not yet handed over again,
-    /// with how they were to be checked.
-    refused: BTreeMap<SegmentName, Expect>,
-}
-
-impl Outstanding {
-    fn contains(&self, job: Job) -> bool {
-        match job {
-            Job::Segment(s, _) => self.segments.contains_key(&s),
-            Job::Tail(s, end) => self.tails.contains(&(s, end)),
-        }
-    }
-
-    /// Takes `job` over; says whether it is new work to queue. A job already outstanding
-    /// is not queued again, but a segment the stream wrote again is then checked by what was
-    /// received this time (a job reads its file at each attempt). A refused segment handed
-    /// over again (the stream received it again, or its file is back in the spool, as after
-    /// a filesystem was repaired and mounted again) is checked again like any other.
-    fn hand_over(&mut self, job: Job) -> bool {
-        if self.contains(job) {
-            if let Job::Segment(segment, Expect::Crc(crc)) = job {
-                if let Some((_, expect)) = self.segments.get_mut(&segment) {
-                    *expect = Expect::Crc(crc);
-                }
-            }
-            return false;
-        }
-        self.insert(job);
-        true
-    }
-
-    fn insert(&mut self, job: Job) {
-        match job {
-            Job::Segment(s, expect) => {
-                // A refused segment found in the spool again keeps the CRC it was received with.
-                let expect = match (expect, self.refused.remove(&s)) {
-                    (Expect::Pages, Some(known @ Expect::Crc(_))) => known,
-                    _ => expect,
-                };
-                self.segments.insert(s, (SystemTime::now(), expect));
-            }
-            Job::Tail(s, end) => {
-                self.tails.insert((s, end));
-            }
-        }
-    }
-
-    fn remove(&mut self, job: Job) {
-        match job {
-            Job::Segment(s, _) => {
-                self.segments.remove(&s);
-            }
-            Job::Tail(s, end) => {
-                self.tails.remove(&(s, end));
-            }
-        }
-    }
-
-    /// Takes note of a job whose file was refused: a segment stays outstanding until it is
-    /// handed over again.
-    fn refuse(&mut self, job: Job) {
-        if let Job::Segment(s, handed) = job {
-            let expect = self.segments.get(&s).map_or(handed, |(_, expect)| *expect);
-            self.refused.insert(s, expect);
-        }
-        self.remove(job);
-    }
-
-    /// The start of the oldest outstanding segment, refused ones included, by position
-    /// (timelines do not matter: positions run on across a switch).
-    fn oldest_segment_start(&self, size: SegmentSize) -> Option<Lsn> {
-        self.segments
-            .keys()
-            .chain(self.refused.keys())
-            .filter_map(|s| s.start_lsn(size))
-            .min()
-    }
-
-    /// Bytes of WAL these files hold in the spool.
-    fn bytes(&self, size: SegmentSize) -> u64 {
-        let tails: u64 = self
-            .tails
-            .iter()
-            .map(|(s, end)| {
-                end.0
-                    .saturating_sub(s.start_lsn(size).map_or(end.0, |l| l.0))
-            })
-            .sum();
-        self.segments.len() as u64 * u64::from(size.bytes()) + tails
-    }
-
-    /// Publishes the queue's depth and age.
-    fn publish(&self, shared: &Shared) {
-        let oldest = self.segments.values().map(|(since, _)| *since).min();
-        shared.metrics.set_upload_queue(self.segments.len(), oldest);
-    }
 }
 
 /// Settings of an uploader.
@@ -297,26 +184,18 @@ impl Uploader {
     /// stream that began at `position` will not receive it again, so its session must end
     /// (see the module's documentation).
     pub fn refused_before(&self, position: Lsn) -> Option<SegmentName> {
-        let size = self.size;
-        lock(&self.outstanding)
-            .refused
-            .keys()
-            .find(|s| s.start_lsn(size).is_some_and(|start| start < position))
-            .copied()
+        lock(&self.outstanding).refused_before(position, self.size)
     }
 
     /// The segments refused since they were last handed over, oldest first.
     pub fn refused_segments(&self) -> Vec<SegmentName> {
-        lock(&self.outstanding).refused.keys().copied().collect()
+        lock(&self.outstanding).refused().collect()
     }
 
     /// Gives up refused segments of `timeline` from `first` to before `until`: the server no
     /// longer has them, and they are reported lost instead.
     pub fn forget_refused(&self, timeline: TimelineId, first: SegNo, until: SegNo) {
-        let size = self.size;
-        lock(&self.outstanding).refused.retain(|s, _| {
-            s.timeline != timeline || s.segno(size).is_none_or(|n| n < first || n >= until)
-        });
+        lock(&self.outstanding).forget_refused(timeline, (first, until), self.size);
     }
 
     /// Bytes of WAL in the spool waiting for upload.
@@ -326,8 +205,7 @@ impl Uploader {
 
     /// How many segments and kept tails are queued or being uploaded.
     pub fn pending(&self) -> usize {
-        let outstanding = lock(&self.outstanding);
-        outstanding.segments.len() + outstanding.tails.len()
+        lock(&self.outstanding).pending()
     }
 
     /// Watches the uploader's progress.
@@ -345,7 +223,7 @@ impl Uploader {
                 return Err(fatal);
             }
             if self.pending() == 0 {
-                return match lock(&self.outstanding).refused.keys().next() {
+                return match lock(&self.outstanding).refused().next() {
                     None => Ok(true),
                     Some(segment) => Err(format!(
                         "{segment} did not read back from the spool as it was received, so it \
@@ -591,10 +469,7 @@ async fn upload(
             segment,
             len: size.bytes() as usize,
             complete: true,
-            expect: lock(outstanding)
-                .segments
-                .get(&segment)
-                .map_or(handed, |(_, expect)| *expect),
+            expect: lock(outstanding).expectation(segment, handed),
         },
         Job::Tail(segment, end) => match spool::tail_len(segment, end, size) {
             Ok(len) => SpoolFile {
@@ -661,68 +536,4 @@ async fn upload(
         stored_bytes,
         index,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wal::{SegNo, TimelineId};
-
-    #[test]
-    fn the_oldest_outstanding_segment_bounds_what_is_archived() {
-        let size = SegmentSize::new(1 << 20).unwrap();
-        let name = |t: u32, n: u64| SegmentName::new(TimelineId(t), SegNo(n), size);
-        let mut o = Outstanding::default();
-        assert_eq!(
-            o.oldest_segment_start(size),
-            None,
-            "nothing handed over yet"
-        );
-        for n in [5, 6, 7] {
-            o.insert(Job::Segment(name(1, n), Expect::Pages));
-        }
-        o.insert(Job::Tail(name(1, 4), Lsn(4 * (1 << 20) + 100)));
-        // 6 finishes before 5: 5 still bounds the archived position.
-        o.remove(Job::Segment(name(1, 6), Expect::Pages));
-        assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
-        o.remove(Job::Segment(name(1, 5), Expect::Pages));
-        assert_eq!(o.oldest_segment_start(size), Some(SegNo(7).start_lsn(size)));
-        // A later timeline's segment is compared by position.
-        o.insert(Job::Segment(name(2, 3), Expect::Pages));
-        assert_eq!(o.oldest_segment_start(size), Some(SegNo(3).start_lsn(size)));
-        assert_eq!(o.bytes(size), 2 * (1 << 20) + 100);
-    }
-
-    #[test]
-    fn a_refused_segment_bounds_what_is_archived_until_it_is_handed_over_again() {
-        let size = SegmentSize::new(1 << 20).unwrap();
-        let name = |n: u64| SegmentName::new(TimelineId(1), SegNo(n), size);
-        let mut o = Outstanding::default();
-        for n in [5, 6] {
-            o.insert(Job::Segment(name(n), Expect::Crc(n as u32)));
-        }
-        o.refuse(Job::Segment(name(5), Expect::Crc(5)));
-        o.remove(Job::Segment(name(6), Expect::Crc(6)));
-        // Its file is gone from the spool, but nothing from 5 on counts as archived.
-        assert_eq!(o.segments.len(), 0);
-        assert_eq!(o.bytes(size), 0);
-        assert_eq!(o.oldest_segment_start(size), Some(SegNo(5).start_lsn(size)));
-        // Found in the spool again (its filesystem mounted again), or received again: checked
-        // again, and outstanding like any other.
-        assert!(o.hand_over(Job::Segment(name(5), Expect::Pages)));
-        assert!(o.refused.is_empty());
-        assert_eq!(
-            o.segments[&name(5)].1,
-            Expect::Crc(5),
-            "checked by what was received"
-        );
-        o.refuse(Job::Segment(name(5), Expect::Pages));
-        assert!(o.hand_over(Job::Segment(name(5), Expect::Crc(5))));
-        assert!(o.refused.is_empty());
-        // Written again while its job waits: checked by the newer CRC.
-        assert!(!o.hand_over(Job::Segment(name(5), Expect::Crc(55))));
-        assert_eq!(o.segments[&name(5)].1, Expect::Crc(55));
-        o.remove(Job::Segment(name(5), Expect::Crc(5)));
-        assert_eq!(o.oldest_segment_start(size), None);
-    }
 }
