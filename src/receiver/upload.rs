@@ -38,9 +38,12 @@ use crate::spool;
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
 
 const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-/// Segments compressed and indexed at once: each is mapped whole meanwhile, so this bounds
-/// the memory segments take (one core compresses faster than a primary writes WAL).
-const ENCODING_AT_ONCE: usize = 1;
+/// Segments compressed and indexed at once, each on a blocking thread. Each pass holds a few
+/// windows of its file (see [`upload`]), so this bounds the memory segments take. One at a
+/// time was slower than the stream on two cores: compressing and indexing a segment takes
+/// longer than receiving it (the pgbench corpus was received in 4.0 s one at a time, in 3.2 s
+/// two at a time, for 4 MiB more peak RSS; benches/README.md).
+const ENCODING_AT_ONCE: usize = 2;
 
 /// What the uploader reports back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -444,8 +447,8 @@ struct Stored {
 
 /// Archives one job's file, once [`read_back`] found it holds what was received.
 ///
-/// Memory: one file at a time (`encoding`) is compressed and, for a segment, then indexed,
-/// each a pass over its mapping that hands the pages behind it back
+/// Memory: at most [`ENCODING_AT_ONCE`] files (`encoding`) are compressed and, for a segment,
+/// then indexed, each a pass over its mapping that hands the pages behind it back
 /// ([`SequentialMap`](crate::fsutil::SequentialMap)), so a segment costs a few windows of
 /// memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
 /// archive, keeps a mapping of the file that is read only if the archive already holds the
