@@ -87,7 +87,7 @@ impl Outstanding {
     /// handed over again.
     pub(super) fn refuse(&mut self, job: Job) {
         if let Job::Segment(s, handed) = job {
-            let expect = self.segments.get(&s).map_or(handed, |(_, expect)| *expect);
+            let expect = self.expectation(s, handed);
             self.refused.insert(s, expect);
         }
         self.remove(job);
@@ -130,13 +130,13 @@ impl Outstanding {
     }
 
     /// The refused segments not handed over again since, oldest first.
-    pub(super) fn refused(&self) -> impl Iterator<Item = SegmentName> + '_ {
+    pub(super) fn refused_segments(&self) -> impl Iterator<Item = SegmentName> + '_ {
         self.refused.keys().copied()
     }
 
     /// A refused segment that starts before `position`.
     pub(super) fn refused_before(&self, position: Lsn, size: SegmentSize) -> Option<SegmentName> {
-        self.refused()
+        self.refused_segments()
             .find(|s| s.start_lsn(size).is_some_and(|start| start < position))
     }
 
@@ -144,7 +144,8 @@ impl Outstanding {
     pub(super) fn forget_refused(
         &mut self,
         timeline: TimelineId,
-        (first, until): (SegNo, SegNo),
+        first: SegNo,
+        until: SegNo,
         size: SegmentSize,
     ) {
         self.refused.retain(|s, _| {

@@ -192,13 +192,13 @@ impl Uploader {
 
     /// The segments refused since they were last handed over, oldest first.
     pub fn refused_segments(&self) -> Vec<SegmentName> {
-        lock(&self.outstanding).refused().collect()
+        lock(&self.outstanding).refused_segments().collect()
     }
 
     /// Gives up refused segments of `timeline` from `first` to before `until`: the server no
     /// longer has them, and they are reported lost instead.
     pub fn forget_refused(&self, timeline: TimelineId, first: SegNo, until: SegNo) {
-        lock(&self.outstanding).forget_refused(timeline, (first, until), self.size);
+        lock(&self.outstanding).forget_refused(timeline, first, until, self.size);
     }
 
     /// Bytes of WAL in the spool waiting for upload.
@@ -226,7 +226,7 @@ impl Uploader {
                 return Err(fatal);
             }
             if self.pending() == 0 {
-                return match lock(&self.outstanding).refused().next() {
+                return match lock(&self.outstanding).refused_segments().next() {
                     None => Ok(true),
                     Some(segment) => Err(format!(
                         "{segment} did not read back from the spool as it was received, so it \
