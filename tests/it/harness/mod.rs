@@ -95,6 +95,11 @@ impl TestDir {
         self.dir.path()
     }
 
+    /// Keeps the directory (not removed on drop), for a failed test's evidence; returns it.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
     /// A subdirectory, created and owned by the PostgreSQL user.
     pub fn subdir(&self, name: &str) -> PathBuf {
         let p = self.path().join(name);

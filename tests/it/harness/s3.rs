@@ -3,10 +3,11 @@
 //!
 //! moto keeps its state in memory; a recorded server ([`S3Server::start_recorded`]) also appends
 //! every request it takes to a file (moto's recorder, `MOTO_ENABLE_RECORDING`), so it can be
-//! killed with SIGKILL and restarted on the same port with the same objects: the new process
-//! replays the recording (`/moto-api/recorder/replay-recording`).
+//! killed with SIGKILL and restarted on the same port with the same objects: the harness
+//! replays the recording into the new process (`moto_replay.py`). When a test fails, the
+//! recordings and moto's log are kept and their folder is printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -58,18 +59,28 @@ impl S3Server {
         server
     }
 
-    /// Starts moto_server on the server's port and waits until it listens.
+    /// Starts moto_server on the server's port and waits until it listens. A recorded
+    /// server's output (a line per request it answered, with the status) goes to `moto.log`
+    /// beside its recording.
     fn spawn(&mut self) {
         let mut command = Command::new("moto_server");
-        if let Some((file, _)) = &self.recording {
-            command
-                .env("MOTO_ENABLE_RECORDING", "True")
-                .env("MOTO_RECORDER_FILEPATH", file);
-        }
+        let (stdout, stderr) = match &self.recording {
+            Some((file, dir)) => {
+                command
+                    .env("MOTO_ENABLE_RECORDING", "True")
+                    .env("MOTO_RECORDER_FILEPATH", file);
+                let log = moto_log(dir.path());
+                (
+                    Stdio::from(log.try_clone().expect("dup moto.log")),
+                    Stdio::from(log),
+                )
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = command
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start moto_server ({e}): install it with pip install 'moto[server]'")
@@ -92,54 +103,45 @@ impl S3Server {
     /// Starts a recorded server again on its port, with the objects it held: replays the
     /// recording, then answers as before. Returns how many requests were replayed.
     ///
-    /// The replay is the harness's, not moto's own endpoint, which stops recording while it
-    /// replays and so forgets what the receiver stores meanwhile. The new process records
-    /// into a fresh file, which the replayed requests and the receiver's new ones both go to,
-    /// in the order the server took them.
+    /// The replay is the harness's ([`REPLAY`]), not moto's own endpoint, which stops
+    /// recording while it replays and so forgets what the receiver stores meanwhile. The new
+    /// process records into a fresh file, which the replayed requests and the receiver's new
+    /// ones both go to. The recording replayed is kept beside it (`recording.before`) until
+    /// the next restart, and both stay, with moto's log, when the test fails.
     ///
-    /// moto writes each request as a JSON line when it takes it, before acting on it, from
-    /// several threads: a kill can leave the last one torn (a request never acted on nor
-    /// answered, which is left out), and a line's newline can land after another thread's
-    /// line (which reading it as a stream of JSON values copes with).
+    /// Fails, keeping the recordings, when the replay cannot decode an entry other than the
+    /// last (a kill can tear the last one: a request never acted on nor answered) or when a
+    /// PUT it replays fails and no other entry stores its key.
     pub fn restart(&mut self) -> usize {
-        let (file, _) = self
+        let (file, dir) = self
             .recording
             .as_ref()
             .expect("only a recorded server can be restarted with its objects");
         let before = file.with_extension("before");
         std::fs::rename(file, &before).expect("set the recording aside");
+        let dir = dir.path().to_path_buf();
         self.spawn();
         let replay = Command::new("python3")
-            .args([
-                "-c",
-                "import base64, json, sys, urllib.parse, requests\n\
-                 text, endpoint = open(sys.argv[1]).read(), sys.argv[2]\n\
-                 decoder, at, count = json.JSONDecoder(), 0, 0\n\
-                 while True:\n\
-                 \x20   while at < len(text) and text[at].isspace(): at += 1\n\
-                 \x20   if at == len(text): break\n\
-                 \x20   try: r, at = decoder.raw_decode(text, at)\n\
-                 \x20   except ValueError: break\n\
-                 \x20   body = r.get('body', '{}')\n\
-                 \x20   if r.get('body_encoded'): body = base64.b64decode(body)\n\
-                 \x20   url = urllib.parse.urlsplit(r['url'])\n\
-                 \x20   url = endpoint + url.path + ('?' + url.query if url.query else '')\n\
-                 \x20   headers = r['headers']\n\
-                 \x20   headers.pop('Transfer-Encoding', None)\n\
-                 \x20   requests.request(r['method'], url, headers=headers, data=body)\n\
-                 \x20   count += 1\n\
-                 print(count)",
-            ])
+            .args(["-c", REPLAY])
             .arg(&before)
             .arg(&self.endpoint)
             .output()
             .expect("run python3");
         assert!(
             replay.status.success(),
-            "replay moto's recording: {}",
+            "replay moto's recording {} (moto's recordings and log are in {}): {}",
+            before.display(),
+            dir.display(),
             describe(&replay)
         );
-        std::fs::remove_file(&before).expect("remove the old recording");
+        let report = String::from_utf8_lossy(&replay.stderr);
+        if !report.trim().is_empty() {
+            eprintln!(
+                "--- replaying {}: ---\n{}",
+                before.display(),
+                report.trim_end()
+            );
+        }
         String::from_utf8_lossy(&replay.stdout)
             .trim()
             .parse()
@@ -218,7 +220,28 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    /// Kills the server; when the test failed, keeps a recorded server's recordings and log.
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            if let Some((_, dir)) = self.recording.take() {
+                eprintln!(
+                    "--- moto's recordings and log, kept: {} ---",
+                    dir.keep().display()
+                );
+            }
+        }
     }
+}
+
+/// The harness's replay of a moto recording (see [`S3Server::restart`]).
+const REPLAY: &str = include_str!("moto_replay.py");
+
+/// moto's log in `dir`, appended to by each server started there.
+fn moto_log(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("moto.log"))
+        .expect("open moto.log")
 }
