@@ -3,8 +3,8 @@
 //!
 //! moto keeps its state in memory; a recorded server ([`S3Server::start_recorded`]) also appends
 //! every request it takes to a file (moto's recorder, `MOTO_ENABLE_RECORDING`), so it can be
-//! killed with SIGKILL and restarted on the same port with the same objects: the harness
-//! replays the recording into the new process (`moto_replay.py`). When a test fails, the
+//! killed with SIGKILL and restarted on the same port with the same objects: the new process
+//! (`moto_serve.py`) replays the recording before it listens. When a test fails, the
 //! recordings and moto's log are kept and their folder is printed.
 
 use std::path::{Path, PathBuf};
@@ -24,8 +24,8 @@ pub const REGION: &str = "us-east-1";
 pub struct S3Server {
     child: Option<Child>,
     port: u16,
-    /// The recording of every request, for a recorded server.
-    recording: Option<(PathBuf, TestDir)>,
+    /// Where a recorded server records every request.
+    recording: Option<Recording>,
     /// The server's endpoint, `http://127.0.0.1:PORT`.
     pub endpoint: String,
     /// The bucket created for the test.
@@ -42,10 +42,10 @@ impl S3Server {
     /// bring its objects back after [`S3Server::kill9`].
     pub fn start_recorded(bucket: &str) -> S3Server {
         let dir = TestDir::new("moto");
-        Self::start_with(bucket, Some((dir.path().join("recording.jsonl"), dir)))
+        Self::start_with(bucket, Some(Recording { dir }))
     }
 
-    fn start_with(bucket: &str, recording: Option<(PathBuf, TestDir)>) -> S3Server {
+    fn start_with(bucket: &str, recording: Option<Recording>) -> S3Server {
         let port = free_port();
         let mut server = S3Server {
             child: None,
@@ -54,22 +54,39 @@ impl S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             bucket: bucket.to_string(),
         };
-        server.spawn();
+        server.spawn(None);
         server.create_bucket();
         server
     }
 
-    /// Starts moto_server on the server's port and waits until it listens. A recorded
+    /// Starts moto on the server's port and waits until it listens: `moto_server`, or
+    /// [`SERVE_AFTER_REPLAY`] with the recording `replay` to replay first. A recorded
     /// server's output (a line per request it answered, with the status) goes to `moto.log`
     /// beside its recording.
-    fn spawn(&mut self) {
-        let mut command = Command::new("moto_server");
+    fn spawn(&mut self, replay: Option<&Path>) {
+        let port = self.port.to_string();
+        let mut command = match replay {
+            None => {
+                let mut command = Command::new("moto_server");
+                command.args(["-H", "127.0.0.1", "-p", &port]);
+                command
+            }
+            Some(recording) => {
+                let report = self.recording.as_ref().map(Recording::report);
+                let mut command = Command::new("python3");
+                command
+                    .args(["-c", SERVE_AFTER_REPLAY, "127.0.0.1", &port])
+                    .arg(recording)
+                    .arg(report.expect("only a recorded server replays"));
+                command
+            }
+        };
         let (stdout, stderr) = match &self.recording {
-            Some((file, dir)) => {
+            Some(recording) => {
                 command
                     .env("MOTO_ENABLE_RECORDING", "True")
-                    .env("MOTO_RECORDER_FILEPATH", file);
-                let log = moto_log(dir.path());
+                    .env("MOTO_RECORDER_FILEPATH", recording.file());
+                let log = recording.log();
                 (
                     Stdio::from(log.try_clone().expect("dup moto.log")),
                     Stdio::from(log),
@@ -78,18 +95,35 @@ impl S3Server {
             None => (Stdio::null(), Stdio::null()),
         };
         let child = command
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start moto_server ({e}): install it with pip install 'moto[server]'")
+                panic!("cannot start moto ({e}): install it with pip install 'moto[server]'")
             });
         self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Waits until the server listens; fails if it exits first (its replay failed).
+    fn wait_listening(&mut self) {
         let port = self.port;
-        wait_for("moto_server to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let child = self.child.as_mut().expect("a server was started");
+        // Long enough to replay a recording of a few hundred MB first.
+        let exited = wait_for("moto to listen", Duration::from_secs(120), || {
+            if let Some(status) = child.try_wait().expect("wait for moto") {
+                return Some(Some(status));
+            }
+            let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            listening.then_some(None)
         });
+        if let Some(status) = exited {
+            let report = self.recording.as_ref().map(Recording::read_report);
+            panic!(
+                "moto exited ({status}) before listening: {}",
+                report.unwrap_or_default()
+            );
+        }
     }
 
     /// Kills the server with SIGKILL, in the middle of whatever it was doing.
@@ -100,52 +134,41 @@ impl S3Server {
         }
     }
 
-    /// Starts a recorded server again on its port, with the objects it held: replays the
-    /// recording, then answers as before. Returns how many requests were replayed.
+    /// Starts a recorded server again on its port, with the objects it held: the new process
+    /// replays the recording ([`SERVE_AFTER_REPLAY`]) before it listens, then answers as
+    /// before. Returns how many requests were replayed; prints what the replay reports (every
+    /// request answered other than 2xx).
     ///
-    /// The replay is the harness's ([`REPLAY`]), not moto's own endpoint, which stops
-    /// recording while it replays and so forgets what the receiver stores meanwhile. The new
-    /// process records into a fresh file, which the replayed requests and the receiver's new
-    /// ones both go to. The recording replayed is kept beside it (`recording.before`) until
-    /// the next restart, and both stay, with moto's log, when the test fails.
+    /// The replay is the harness's, not moto's own endpoint, which stops recording while it
+    /// replays and so forgets what the receiver stores meanwhile. The new process records into
+    /// a fresh file, the replayed requests first, then the receiver's new ones. The recording
+    /// replayed stays beside it (`recording.before`) until the next restart, and both stay,
+    /// with moto's log, when the test fails.
     ///
     /// Fails, keeping the recordings, when the replay cannot decode an entry other than the
     /// last (a kill can tear the last one: a request never acted on nor answered) or when a
     /// PUT it replays fails and no other entry stores its key.
     pub fn restart(&mut self) -> usize {
-        let (file, dir) = self
+        let recording = self
             .recording
             .as_ref()
             .expect("only a recorded server can be restarted with its objects");
-        let before = file.with_extension("before");
-        std::fs::rename(file, &before).expect("set the recording aside");
-        let dir = dir.path().to_path_buf();
-        self.spawn();
-        let replay = Command::new("python3")
-            .args(["-c", REPLAY])
-            .arg(&before)
-            .arg(&self.endpoint)
-            .output()
-            .expect("run python3");
-        assert!(
-            replay.status.success(),
-            "replay moto's recording {} (moto's recordings and log are in {}): {}",
-            before.display(),
-            dir.display(),
-            describe(&replay)
-        );
-        let report = String::from_utf8_lossy(&replay.stderr);
-        if !report.trim().is_empty() {
-            eprintln!(
-                "--- replaying {}: ---\n{}",
-                before.display(),
-                report.trim_end()
-            );
+        let before = recording.before();
+        std::fs::rename(recording.file(), &before).expect("set the recording aside");
+        self.spawn(Some(&before));
+        let report = self
+            .recording
+            .as_ref()
+            .map(Recording::read_report)
+            .unwrap_or_default();
+        let (noted, last) = report.trim_end().rsplit_once('\n').unwrap_or(("", &report));
+        if !noted.is_empty() {
+            eprintln!("--- replaying {}: ---\n{noted}", before.display());
         }
-        String::from_utf8_lossy(&replay.stdout)
-            .trim()
-            .parse()
-            .expect("a count")
+        last.trim()
+            .strip_prefix("replayed ")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("no count in the replay's report: {report}"))
     }
 
     /// Creates the bucket (again).
@@ -224,7 +247,7 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            if let Some((_, dir)) = self.recording.take() {
+            if let Some(Recording { dir }) = self.recording.take() {
                 eprintln!(
                     "--- moto's recordings and log, kept: {} ---",
                     dir.keep().display()
@@ -234,14 +257,42 @@ impl Drop for S3Server {
     }
 }
 
-/// The harness's replay of a moto recording (see [`S3Server::restart`]).
-const REPLAY: &str = include_str!("moto_replay.py");
+/// A moto server that replays a recording before it listens (see [`S3Server::restart`]).
+const SERVE_AFTER_REPLAY: &str = include_str!("moto_serve.py");
 
-/// moto's log in `dir`, appended to by each server started there.
-fn moto_log(dir: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("moto.log"))
-        .expect("open moto.log")
+/// Where a recorded server keeps its recordings, its log and the report of its last replay.
+struct Recording {
+    dir: TestDir,
+}
+
+impl Recording {
+    /// The recording the running server writes.
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("recording.jsonl")
+    }
+
+    /// The recording the running server was started from, set aside.
+    fn before(&self) -> PathBuf {
+        self.dir.path().join("recording.before")
+    }
+
+    /// The report of the last replay.
+    fn report(&self) -> PathBuf {
+        self.dir.path().join("replay.txt")
+    }
+
+    /// The report of the last replay, or why there is none.
+    fn read_report(&self) -> String {
+        std::fs::read_to_string(self.report())
+            .unwrap_or_else(|e| format!("no report {}: {e}", self.report().display()))
+    }
+
+    /// moto's log, appended to by each server started here.
+    fn log(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("moto.log"))
+            .expect("open moto.log")
+    }
 }
