@@ -25,7 +25,7 @@ use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
 use crate::spool::{self, SegmentWriter};
 use crate::wal::page_stream::PageChecker;
-use crate::wal::{Lsn, SegNo, TimelineId};
+use crate::wal::{Lsn, SegNo, SegmentName, TimelineId};
 
 /// How long a primary that is shutting down waits for the receiver to confirm the end of
 /// the stream before the receiver disconnects instead (it never confirms WAL not stored).
@@ -203,8 +203,7 @@ impl<'a> Stream<'a> {
                     // before counts only if this stream began past it.
                     let behind = if progress.borrow().refused > refusals { self.written() } else { self.begun };
                     if let Some(segment) = self.ctx.uploader.refused_before(behind) {
-                        // The slot keeps it: the next session's start finds the hole.
-                        return Err(anyhow!("{segment} did not read back from the spool as it was received: streaming again from it").into());
+                        return Err(stream_again(segment));
                     }
                     if self.options.mode == Mode::Archived {
                         self.send_status(false).await?;
@@ -524,11 +523,18 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    /// At `--endpos`: archive everything up to it, then end the session.
+    /// At `--endpos`: archive everything up to it, then end the session. A segment refused
+    /// meanwhile is streamed again first ([`stream_again`]), and the next session ends here.
     async fn finish_at_endpos(&mut self, end: Lsn) -> Result<SessionEnd, SessionError> {
         self.sync().await?;
         self.ctx.keep_tail(self.snapshot_end).await?;
-        self.ctx.drain(None).await.map_err(SessionError::fatal)?;
+        if let Err(e) = self.ctx.drain(None).await {
+            let fatal = self.ctx.uploader.progress().borrow().fatal.is_some();
+            return Err(match self.ctx.uploader.refused_segments().first() {
+                Some(&segment) if !fatal => stream_again(segment),
+                _ => SessionError::fatal(e),
+            });
+        }
         self.send_status(false).await?;
         tracing::info!(%end, "reached the end position; everything up to it is archived");
         Ok(SessionEnd::EndPos)
@@ -551,6 +557,16 @@ impl<'a> Stream<'a> {
         super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
         Ok(SessionEnd::Shutdown)
     }
+}
+
+/// Ends a session because `segment`'s spool file did not read back as it was received (the
+/// uploader refused it): not fatal, so the supervisor reconnects, and the next session's start
+/// streams the segment again from the slot, which keeps it.
+fn stream_again(segment: SegmentName) -> SessionError {
+    anyhow!(
+        "{segment} did not read back from the spool as it was received: streaming again from it"
+    )
+    .into()
 }
 
 /// Writes `chunk` to the spool without stalling the reactor. A write to the page cache is

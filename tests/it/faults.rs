@@ -36,15 +36,17 @@ pub(crate) fn primary_with<T>(start: impl FnOnce(&PgCluster) -> T) -> (PgCluster
 }
 
 /// A receiver for `pg` that reaches the S3 `archive` through a proxy the test controls, with
-/// `--timeout 3`.
+/// `--timeout 3` and `extra`.
 fn receiver_behind_a_proxy(
     wh: &Walhalla,
     archive: &TestArchive,
     pg: &PgCluster,
+    extra: &[&str],
 ) -> (Receiver, TcpProxy) {
     let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
     let env = S3Server::env_for(&proxy.endpoint());
-    let receiver = Receiver::on_slot_via(wh, archive, env, &pg.conninfo(), &["--timeout", "3"]);
+    let args: Vec<&str> = ["--timeout", "3"].iter().chain(extra).copied().collect();
+    let receiver = Receiver::on_slot_via(wh, archive, env, &pg.conninfo(), &args);
     (receiver, proxy)
 }
 
@@ -194,7 +196,7 @@ fn an_s3_server_slower_than_the_timeout_loses_nothing() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::S3);
     let (pg, (receiver, proxy), copy) =
-        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg));
+        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg, &[]));
     let first = current_segment(&pg);
     let load = PgBench::start(&pg, 2);
     std::thread::sleep(Duration::from_secs(2));
@@ -346,34 +348,13 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::S3);
     let (pg, (receiver, proxy), copy) =
-        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg));
+        primary_with(|pg| receiver_behind_a_proxy(&wh, &archive, pg, &[]));
     let first = current_segment(&pg);
     let load = PgBench::start(&pg, 2);
     std::thread::sleep(Duration::from_secs(2));
     // The store away: segments wait in the spool, and each retry reads its file again.
     proxy.pause();
-    let spool = receiver.spool.clone();
-    let waiting = wait_for(
-        "three complete segments waiting in the spool",
-        Duration::from_secs(60),
-        || {
-            let mut complete: Vec<_> = std::fs::read_dir(&spool)
-                .ok()?
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-                .collect();
-            complete.sort();
-            (complete.len() >= 3).then(|| complete.pop().expect("three"))
-        },
-    );
-    // A lost write in the middle of the file: its second page reads back as zeros.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(spool.join(&waiting))
-        .expect("open a spool segment");
-    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 8192], 8192).expect("damage it");
-    drop(file);
-    std::thread::sleep(Duration::from_secs(3));
+    damage_a_waiting_segment(&receiver.spool);
     proxy.resume();
     let recovery = caught_up(&archive, &pg, Instant::now());
     let row = FaultRow {
@@ -392,6 +373,72 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
         ],
         "no line says the damaged segment was refused and streamed again",
     );
+}
+
+/// Once three complete segments wait in `spool` (the store away), damages the newest as a lost
+/// write would (its second page reads back as zeros), and gives the uploader's next attempt
+/// (`--timeout 3`) time to read it back. Returns its name.
+fn damage_a_waiting_segment(spool: &std::path::Path) -> String {
+    let waiting = wait_for(
+        "three complete segments waiting in the spool",
+        Duration::from_secs(60),
+        || {
+            let mut complete: Vec<_> = std::fs::read_dir(spool)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                .collect();
+            complete.sort();
+            (complete.len() >= 3).then(|| complete.pop().expect("three"))
+        },
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(spool.join(&waiting))
+        .expect("open a spool segment");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 8192], 8192).expect("damage it");
+    drop(file);
+    std::thread::sleep(Duration::from_secs(3));
+    waiting
+}
+
+#[test]
+fn at_endpos_a_segment_read_back_damaged_is_received_again_and_the_run_ends() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let mut pg = PgCluster::init("primary");
+    faults::keep_all_wal(&pg);
+    pg.start();
+    pg.sql("CREATE TABLE t (n int)");
+    let first = current_segment(&pg);
+    // The end position: four segments ahead, in the middle of a page.
+    let size = pg.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'");
+    let end = pg.sql(&format!("SELECT pg_current_wal_lsn() + 4 * {size} + 100"));
+    let last = pg.sql(&format!("SELECT pg_walfile_name('{end}'::pg_lsn - {size})"));
+    let (mut receiver, proxy) = receiver_behind_a_proxy(&wh, &archive, &pg, &["--endpos", &end]);
+    wait_streaming(&pg);
+    // The store away while the receiver reaches the end position.
+    proxy.pause();
+    while pg.sql(&format!("SELECT pg_current_wal_lsn() > '{end}'")) != "t" {
+        pg.sql("INSERT INTO t SELECT generate_series(1, 10000)");
+        pg.switch_wal();
+    }
+    let damaged = damage_a_waiting_segment(&receiver.spool);
+    proxy.resume();
+    let status = receiver
+        .wait(Duration::from_secs(120))
+        .expect("--endpos must end the receiver");
+    let log = receiver.log();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(
+        log.contains(&format!(
+            "{damaged} did not read back from the spool as it was received: streaming again"
+        )),
+        "no line says the damaged segment was streamed again: {log}"
+    );
+    let damage = faults::compare_with_server(&wh, &archive, &pg, &first, &last);
+    assert_eq!(damage.bytes_lost + damage.corrupt_objects, 0, "{damage:?}");
+    assert!(damage.segments >= 4, "{damage:?}");
 }
 
 #[test]
