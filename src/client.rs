@@ -53,8 +53,9 @@ pub struct ServerClient {
 /// Why a request to the server did not give an answer to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The server could not be reached or did not answer in time.
-    #[error("server {url} unreachable: {source}")]
+    /// The server could not be reached or did not answer in time. (The transport error,
+    /// stripped of the URL it repeats, is the source: `{:#}` prints it after this.)
+    #[error("server {url} unreachable")]
     Unreachable {
         /// The URL asked.
         url: String,
@@ -160,7 +161,7 @@ impl ServerClient {
             .await
             .map_err(|source| ServerError::Unreachable {
                 url: url.to_string(),
-                source,
+                source: source.without_url(),
             })
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::in_standby_mode;
 use super::prefetch::{self, Cache};
-use super::sources::{FetchOutcome, Sources, nothing_archived};
+use super::sources::{FetchOutcome, Sources, nothing_archived, unreachable};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -82,10 +82,12 @@ pub async fn fetch(
     let (outcome, size) = match sources.restore(&name, dest, options.partial).await {
         Ok(answer) => answer,
         // A new standby probes an archive nothing was pushed to yet (its primary archives
-        // elsewhere, or not yet): "not found" lets it stream; a refusal would stop it. In
-        // archive recovery, the refusal stands: "not found" would end recovery early.
-        Err(e) if nothing_archived(&e) && in_standby_mode() => {
-            tracing::warn!("{e:#} (standby mode: {name} taken as not archived)");
+        // elsewhere, or not yet), and a streaming standby probes for history files whenever
+        // its stream breaks, maybe while the fetch server restarts too: "not found" lets it
+        // stream and ask again; a refusal would shut it down. In archive recovery, the
+        // refusal stands: "not found" would end recovery early.
+        Err(e) if (nothing_archived(&e) || unreachable(&e)) && in_standby_mode() => {
+            tracing::warn!("{e:#} (standby mode: {name} taken as not available)");
             (FetchOutcome::NotFound, None)
         }
         Err(e) => return Err(e),

@@ -85,17 +85,19 @@ Exit codes (the contract with PostgreSQL):
   fetch  0    the file was written complete and verified
   fetch  1    the archive (or the --server) does not have the file; recovery moves on. In
               standby mode (standby.signal) also an archive that holds nothing yet for this
-              cluster, with a warning: the standby streams and asks again
-  fetch  255  the file cannot be delivered: corrupt object, archive unreachable or (outside
-              standby mode) empty for this cluster, a --server that refuses or does not
-              answer with no archive to fall back to, --timeout passed (one deadline for the
-              whole call); recovery stops instead of ending early
+              cluster, or an archive or --server that cannot be reached in time, with a
+              warning: the standby streams and asks again
+  fetch  255  the file cannot be delivered: corrupt object, missing bucket or directory, a
+              --server that refuses; outside standby mode also an archive unreachable or
+              empty for this cluster, a --server that does not answer with no archive to
+              fall back to, --timeout passed (one deadline for the whole call); recovery
+              stops instead of ending early
   any    255  usage error (a mistyped restore_command must not read as \"not found\")";
 
 /// push: the file was not archived; PostgreSQL keeps it and retries.
 pub const EXIT_PUSH_FAILED: u8 = 1;
 /// fetch: the archive does not hold the file (or, in standby mode, holds nothing yet for the
-/// cluster).
+/// cluster, or cannot be reached in time).
 pub const EXIT_FETCH_NOT_FOUND: u8 = 1;
 /// fetch: the file could not be delivered; above 125 so PostgreSQL aborts recovery instead of
 /// taking the failure for the end of the archive (`wait_result_is_any_signal` in xlogarchive.c).

@@ -147,11 +147,12 @@ impl Sources {
             )
             .await
             .unwrap_or_else(|_| {
-                Err(anyhow!(
+                Err(NoAnswer(format!(
                     "server {} gave no answer for {name} within {}s",
                     server.url(),
                     share.as_secs_f32()
                 ))
+                .into())
             });
             match answer {
                 Ok(answer) => return Ok(answer),
@@ -164,10 +165,11 @@ impl Sources {
         tokio::time::timeout_at(deadline, self.read_archive(name, dest, partial, declared))
             .await
             .unwrap_or_else(|_| {
-                Err(anyhow!(
+                Err(NoAnswer(format!(
                     "{name}: the archive gave no answer within --timeout ({}s)",
                     timeout.as_secs()
                 ))
+                .into())
             })
     }
 
@@ -377,6 +379,26 @@ pub fn nothing_archived(error: &anyhow::Error) -> bool {
             cause.downcast_ref(),
             Some(ServerError::NothingArchived { .. })
         ) || matches!(cause.downcast_ref(), Some(NamespaceError::NoCluster(_)))
+    })
+}
+
+/// A source that gave no answer by the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NoAnswer(String);
+
+/// Whether `error` says that a source could not be reached in time: the fetch server
+/// unreachable, the archive's store failing in a way that passes (a refused connection, a
+/// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
+/// corrupt object, which need someone to act. In standby mode such a miss is taken for
+/// "not available": the standby streams meanwhile and asks again.
+pub fn unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<NoAnswer>()
+            || matches!(cause.downcast_ref(), Some(ServerError::Unreachable { .. }))
+            || cause
+                .downcast_ref::<archive::Error>()
+                .is_some_and(archive::Error::is_transient)
     })
 }
 

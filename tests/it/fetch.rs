@@ -322,6 +322,68 @@ fn a_new_standby_streams_while_the_archive_holds_nothing_for_its_cluster() {
 }
 
 #[test]
+fn a_streaming_standby_outlives_an_unreachable_fetch_server_and_archive() {
+    let wh = Walhalla::install();
+    let mut primary = PgCluster::init("primary");
+    primary.start();
+    primary.write_rows(100);
+    // Nothing listens on port 9 of loopback: connections are refused.
+    let down = "http://127.0.0.1:9";
+    let mut standby = PgCluster::standby_of(&primary, "standby");
+    standby.append_conf(&format!(
+        "restore_command = '{} --timeout 3 fetch --server {down} %f %p'",
+        wh.path().display()
+    ));
+
+    // The probe a standby makes when its stream breaks: "not available", one warning line,
+    // whether the server or the store behind an archive is down.
+    let archive_down = {
+        let mut cmd = as_pg_user(wh.path());
+        cmd.current_dir(&standby.data)
+            .args(["--archive", "s3://bucket/x", "--timeout", "3", "fetch"])
+            .args(["00000002.history", "pg_wal/RECOVERYHISTORY"])
+            .envs(S3Server::env_for(down));
+        cmd.output().expect("run walhalla fetch")
+    };
+    for (what, run) in [
+        (
+            "server",
+            probe_history(&wh, &standby.data, ["--server", down]),
+        ),
+        ("archive", archive_down),
+    ] {
+        assert_eq!(run.status.code(), Some(1), "{what}: {}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("WARN") && stderr.contains("standby mode"),
+            "{what}: {stderr}"
+        );
+    }
+
+    // The primary restarts while the fetch server is down: the standby asks its
+    // restore_command, is told "not available", and streams again.
+    standby.start();
+    primary.wait_streaming_standbys(1);
+    primary.stop("fast");
+    primary.start();
+    primary.wait_streaming_standbys(1);
+    primary.write_rows(100);
+    standby.wait_replayed(&primary);
+    let log = standby.log();
+    assert!(
+        log.contains("unreachable"),
+        "the standby never ran its restore_command:\n{}",
+        standby.log_tail()
+    );
+    // (The WAL receiver's own FATAL lines, while the primary is down, are expected.)
+    assert!(
+        !log.contains("could not restore file") && !log.contains("startup process failure"),
+        "{}",
+        standby.log_tail()
+    );
+}
+
+#[test]
 fn an_archive_that_holds_nothing_still_stops_archive_recovery() {
     let wh = Walhalla::install();
     let (primary, archive, server) = primary_and_empty_archive(&wh);
