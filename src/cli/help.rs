@@ -46,7 +46,7 @@ const HELP: &[CommandHelp] = &[
     CommandHelp {
         name: "restore",
         exit_codes: "  0    restored: start the server to recover
-  1    refused or failed (nothing is left half-restored)",
+  1    refused or failed (what was written is removed)",
         examples: "  walhalla --archive s3://bucket/prod restore --to /var/lib/postgresql/17/main \\
       --target-time '2026-12-02 14:05:00+00' --target-action promote",
     },

@@ -7,6 +7,7 @@
 //! the backup's pieces, each verified against the server's manifest ([`extract`]); on any
 //! failure the partial restore is removed, so nothing half-restored is left to start.
 
+mod destination;
 pub mod extract;
 mod indexed;
 pub mod pieces;
@@ -27,6 +28,7 @@ use crate::backup::meta::BackupMeta;
 use crate::progress::Progress;
 use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope, fsutil};
+use destination::Destination;
 use plan::{Leg, Target};
 use settings::{Recovery, TimelineChoice};
 
@@ -143,20 +145,21 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     let tablespaces = tablespace_destinations(backup, &options.tablespace_map)?;
     // Every destination is checked before any is touched. --force empties only what the
     // command line names: a tablespace's default location is the source server's own.
-    let mut destinations = vec![(options.dest.clone(), options.force)];
+    let mut destinations = vec![Destination::data_directory(
+        options.dest.clone(),
+        options.force,
+    )];
     for (oid, dir) in &tablespaces {
-        destinations.push((
+        let mapped = options.tablespace_map.contains_key(oid);
+        destinations.push(Destination::tablespace(
+            *oid,
             dir.clone(),
-            options.force && options.tablespace_map.contains_key(oid),
+            mapped,
+            options.force,
         ));
     }
     let checked = destinations.clone();
-    blocking::run(move || {
-        checked
-            .iter()
-            .try_for_each(|(dir, force)| check_destination(dir, *force))
-    })
-    .await?;
+    blocking::run(move || checked.iter().try_for_each(Destination::check)).await?;
 
     let settings = options.recovery.settings();
     let signal = if options.standby {
@@ -166,12 +169,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     };
     let restored = async {
         let prepared = destinations.clone();
-        blocking::run(move || {
-            prepared
-                .iter()
-                .try_for_each(|(dir, force)| prepare_destination(dir, *force))
-        })
-        .await?;
+        blocking::run(move || prepared.iter().try_for_each(Destination::prepare)).await?;
         let (files, bytes) =
             write_files(&cluster, backup, &manifest, options, &tablespaces).await?;
         let (dest, meta, settings, map) = (
@@ -193,8 +191,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     let (files, bytes) = match restored.await {
         Ok(done) => done,
         Err(e) => {
-            let written: Vec<PathBuf> = destinations.into_iter().map(|(dir, _)| dir).collect();
-            blocking::run(move || remove_partial(&written)).await;
+            blocking::run(move || destination::remove_partial(&destinations)).await;
             return Err(e.context(format!(
                 "restore of backup {} failed; the partial restore was removed",
                 backup.id
@@ -392,49 +389,6 @@ fn tablespace_destinations(
     Ok(destinations)
 }
 
-/// Refuses a destination that holds anything, unless `force` allows emptying it.
-fn check_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
-    let holds_something = match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    if holds_something && !force {
-        bail!(
-            "{} is not empty; restore into an empty directory, or add --force to empty it first",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// Makes `dir` an empty directory only its owner can enter (emptied when `force`).
-fn prepare_destination(dir: &Path, force: bool) -> anyhow::Result<()> {
-    if dir.exists() {
-        if force {
-            empty_directory(dir).with_context(|| format!("empty {}", dir.display()))?;
-        }
-    } else {
-        fsutil::create_dir_all_durable(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))
-}
-
-/// Removes everything in `dir`, not following symbolic links.
-fn empty_directory(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() && !path.is_symlink() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
 /// Writes every archive of the backup, verified against the manifest; checks that every file
 /// the manifest lists was written. Returns the files and bytes written.
 async fn write_files(
@@ -495,13 +449,6 @@ async fn write_files(
         );
     }
     Ok((written.len(), bytes))
-}
-
-/// Removes what a failed restore wrote (the destinations were empty or new, or emptied).
-fn remove_partial(dirs: &[PathBuf]) {
-    for dir in dirs {
-        let _ = empty_directory(dir);
-    }
 }
 
 /// A `tablespace_map` file: `OID PATH` lines, the path's bytes as they are with `\\`, LF

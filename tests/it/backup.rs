@@ -556,4 +556,11 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         assert!(stderr.contains(refusal), "{args:?}: {stderr}");
         assert!(!to.exists(), "{args:?}: the restore wrote something");
     }
+
+    // A --to mistyped as the data directory of the running primary: refused, --force or not.
+    let (code, _, stderr) = restore(&wh, &archive, &pg.data, &["--force"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("running PostgreSQL server"), "{stderr}");
+    assert!(pg.data.join("postmaster.pid").exists());
+    insert_batch(&pg, "E");
 }

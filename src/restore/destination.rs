@@ -1,0 +1,206 @@
+//! The directories a restore writes: checked before a byte is written ([`Destination::check`]),
+//! made empty and private ([`Destination::prepare`]), and emptied again when the restore fails
+//! ([`remove_partial`]). Blocking: run these off the reactor.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::fsutil;
+
+/// A directory a restore writes into.
+#[derive(Clone, Debug)]
+pub(super) struct Destination {
+    /// Where.
+    pub(super) dir: PathBuf,
+    /// What it is.
+    role: Role,
+    /// Whether `--force` was given.
+    force: bool,
+}
+
+/// What a destination is, which decides what `--force` may do to it.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    /// The new data directory (`--to`).
+    DataDirectory,
+    /// A tablespace's directory named with `--tablespace-map`.
+    MappedTablespace,
+    /// A tablespace's location on the backed-up server, which may be that server's own: never
+    /// emptied.
+    OriginalTablespace(u32),
+}
+
+impl Destination {
+    /// The data directory, `--to`.
+    pub(super) fn data_directory(dir: PathBuf, force: bool) -> Destination {
+        Destination {
+            dir,
+            role: Role::DataDirectory,
+            force,
+        }
+    }
+
+    /// Tablespace `oid`'s directory, `mapped` there with `--tablespace-map` or else at its
+    /// original location.
+    pub(super) fn tablespace(oid: u32, dir: PathBuf, mapped: bool, force: bool) -> Destination {
+        let role = if mapped {
+            Role::MappedTablespace
+        } else {
+            Role::OriginalTablespace(oid)
+        };
+        Destination { dir, role, force }
+    }
+
+    /// Whether `--force` may empty it.
+    fn may_empty(&self) -> bool {
+        self.force && !matches!(self.role, Role::OriginalTablespace(_))
+    }
+
+    /// Refuses the data directory of a running server, whatever `--force` says, and a
+    /// directory that holds anything unless it may be emptied.
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        let dir = self.dir.display();
+        if let Role::DataDirectory = self.role {
+            if let Some(pid) = running_postmaster(&self.dir)? {
+                bail!(
+                    "{dir} is the data directory of a running PostgreSQL server (postmaster.pid \
+                     names process {pid}, which is alive); stop it first, or restore elsewhere"
+                );
+            }
+        }
+        let holds_something = match std::fs::read_dir(&self.dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).with_context(|| format!("read {dir}")),
+        };
+        if !holds_something || self.may_empty() {
+            return Ok(());
+        }
+        match self.role {
+            Role::OriginalTablespace(oid) => bail!(
+                "{dir}, tablespace {oid}'s location on the backed-up server, is not empty (it \
+                 may be that server's own, so --force never empties it); give the tablespace \
+                 an empty directory with --tablespace-map {oid}=DIR"
+            ),
+            Role::DataDirectory | Role::MappedTablespace => bail!(
+                "{dir} is not empty; restore into an empty directory, or add --force to empty \
+                 it first"
+            ),
+        }
+    }
+
+    /// Makes the directory an empty one only its owner can enter (emptied when it may be).
+    pub(super) fn prepare(&self) -> anyhow::Result<()> {
+        let dir = &self.dir;
+        if dir.exists() {
+            if self.may_empty() {
+                empty_directory(dir).with_context(|| format!("empty {}", dir.display()))?;
+            }
+        } else {
+            fsutil::create_dir_all_durable(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))
+    }
+}
+
+/// The process a data directory's `postmaster.pid` names, when it is alive: PostgreSQL's own
+/// test of a lock file (`CreateLockFile` in miscinit.c), a signal 0 to the pid it holds. A
+/// stale file whose pid was reused by another process reads as alive, as it does for
+/// PostgreSQL, which then refuses to start too.
+fn running_postmaster(data: &Path) -> anyhow::Result<Option<i32>> {
+    let path = data.join("postmaster.pid");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    // A standalone backend writes its pid negated.
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse::<i32>().ok())
+        .map(i32::abs)
+        .filter(|&pid| pid > 0)
+    else {
+        return Ok(None);
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    Ok(alive.then_some(pid))
+}
+
+/// Removes everything in `dir`, not following symbolic links.
+fn empty_directory(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a failed restore wrote (the destinations were empty or new, or emptied).
+pub(super) fn remove_partial(destinations: &[Destination]) {
+    for destination in destinations {
+        let _ = empty_directory(&destination.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_directory_of_a_running_server_is_refused_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        // This process stands for the postmaster.
+        let pid_file = data.join("postmaster.pid");
+        std::fs::write(
+            &pid_file,
+            format!("{}\n{}\n", std::process::id(), data.display()),
+        )
+        .unwrap();
+        let error = Destination::data_directory(data.clone(), true)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("running PostgreSQL server"), "{error}");
+
+        // A pid no process has (above the kernel's pid_max): stale, so --force may empty it.
+        std::fs::write(&pid_file, "2147483647\n").unwrap();
+        Destination::data_directory(data.clone(), true)
+            .check()
+            .unwrap();
+        let error = Destination::data_directory(data, false)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("add --force"), "{error}");
+    }
+
+    #[test]
+    fn a_tablespace_original_location_is_never_emptied_and_the_hint_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("PG_15_202209061"), "").unwrap();
+        let original = Destination::tablespace(16384, dir.path().to_path_buf(), false, true);
+        let error = original.check().unwrap_err().to_string();
+        assert!(
+            error.contains("--tablespace-map 16384=DIR") && !error.contains("add --force"),
+            "{error}"
+        );
+        Destination::tablespace(16384, dir.path().to_path_buf(), true, true)
+            .check()
+            .unwrap();
+    }
+}
