@@ -9,7 +9,7 @@
 //! `receiver` (a backup that streams its own WAL). The archive's tools sit on top: `list` →
 //! `coverage` (pure) → `restore::plan`; `verify`, `prune`, `survey` → `list`; `prune` →
 //! `retention` (pure) → `restore::plan`; `check` → `archive`, `protocol`. `cli` sees
-//! `restore::settings`' value types; `settings` → `cli` (the definitions it gives variables
+//! `restore::settings`' value types and `restore::plan`'s time format; `settings` → `cli` (the definitions it gives variables
 //! and config-file keys); `protocol`, `server` → `pem`; `protocol`, `server`, `receiver` →
 //! `osuser`.
 //!

@@ -426,9 +426,6 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
     } else if let Some(lsn) = args.target_lsn {
         Target::Lsn(lsn)
     } else if let Some(xid) = args.target_xid {
-        if xid.parse::<u64>().is_err() {
-            anyhow::bail!("--target-xid {xid:?} is not a transaction id (a number)");
-        }
         Target::Xid(xid)
     } else if let Some(name) = args.target_name {
         Target::Name(name)

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::restore::plan::parse_time;
 use crate::restore::settings::TimelineChoice;
 use crate::wal::Lsn;
 
@@ -19,16 +20,16 @@ pub struct RestoreArgs {
     pub backup: String,
     /// Recover to this time: RFC 3339 (2026-12-02T14:05:00Z) or PostgreSQL's format
     /// (2026-12-02 14:05:00+01), with a time zone.
-    #[arg(long, value_name = "TIME", group = "target_kind")]
+    #[arg(long, value_name = "TIME", group = "target_kind", value_parser = checked_time)]
     pub target_time: Option<String>,
     /// Recover to this WAL position.
     #[arg(long, value_name = "LSN", group = "target_kind")]
     pub target_lsn: Option<Lsn>,
     /// Recover to this transaction id.
-    #[arg(long, value_name = "XID", group = "target_kind")]
+    #[arg(long, value_name = "XID", group = "target_kind", value_parser = checked_xid)]
     pub target_xid: Option<String>,
     /// Recover to this restore point (pg_create_restore_point).
-    #[arg(long, value_name = "NAME", group = "target_kind")]
+    #[arg(long, value_name = "NAME", group = "target_kind", value_parser = checked_restore_point)]
     pub target_name: Option<String>,
     /// `immediate`: stop as soon as the backup is consistent.
     #[arg(long, value_name = "immediate", value_parser = ["immediate"], group = "target_kind")]
@@ -65,6 +66,31 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// A time `restore` can read (see [`parse_time`]), kept as given for messages.
+fn checked_time(text: &str) -> Result<String, String> {
+    parse_time(text).map(|_| text.to_string())
+}
+
+/// A transaction id: a number (PostgreSQL's `recovery_target_xid` also takes a 64-bit one).
+fn checked_xid(text: &str) -> Result<String, String> {
+    match text.parse::<u64>() {
+        Ok(_) => Ok(text.to_string()),
+        Err(_) => Err(format!("{text:?} is not a transaction id (a number)")),
+    }
+}
+
+/// A name `pg_create_restore_point` can have given: not empty (PostgreSQL reads an empty
+/// `recovery_target_name` as no target at all), at most 63 bytes (MAXFNAMELEN - 1).
+fn checked_restore_point(text: &str) -> Result<String, String> {
+    match text.len() {
+        0 => Err("a restore point's name cannot be empty".into()),
+        1..=63 => Ok(text.to_string()),
+        n => Err(format!(
+            "{n} bytes is longer than a restore point's name can be (63)"
+        )),
+    }
+}
+
 /// Parses `OID=DIR`.
 fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
     let (oid, dir) = text
@@ -77,4 +103,38 @@ fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
         return Err(format!("{dir:?} is not an absolute path"));
     }
     Ok((oid, PathBuf::from(dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    #[test]
+    fn a_target_that_cannot_be_is_a_usage_error() {
+        for bad in [
+            ["--target-xid", "abc"],
+            ["--target-name", ""],
+            ["--target-name", &"x".repeat(64)],
+            ["--target-time", "yesterday"],
+            // No time zone: PostgreSQL would read it in the server's, walhalla cannot.
+            ["--target-time", "2026-12-04 13:18:14"],
+        ] {
+            let args = ["walhalla", "restore", "--to", "/tmp/x"]
+                .into_iter()
+                .chain(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            ["--target-xid", "746"],
+            ["--target-name", "before_b"],
+            ["--target-time", "2026-12-04 13:18:14+01"],
+        ] {
+            let args = ["walhalla", "restore", "--to", "/tmp/x"]
+                .into_iter()
+                .chain(good);
+            assert!(Cli::try_parse_from(args).is_ok(), "{good:?} refused");
+        }
+    }
 }

@@ -68,9 +68,9 @@ pub struct Recovery {
     pub server: Option<String>,
     /// Where recovery stops.
     pub target: Target,
-    /// What happens there; `None` leaves PostgreSQL's default (pause).
+    /// What happens there; `None`: PostgreSQL's default (pause).
     pub action: Option<TargetAction>,
-    /// Along which timeline.
+    /// Along which timeline; `None`: PostgreSQL's default (latest).
     pub timeline: Option<TimelineChoice>,
     /// Stop just before the target instead of just after it.
     pub exclusive: bool,
@@ -113,25 +113,22 @@ impl Recovery {
             }
         }
         settings.extend(chosen);
-        if self.exclusive {
-            settings.push(("recovery_target_inclusive", "off".into()));
-        }
-        if let Some(action) = self.action {
-            let action = match action {
-                TargetAction::Promote => "promote",
-                TargetAction::Pause => "pause",
-                TargetAction::Shutdown => "shutdown",
-            };
-            settings.push(("recovery_target_action", action.into()));
-        }
-        if let Some(timeline) = self.timeline {
-            let value = match timeline {
-                TimelineChoice::Latest => "latest".into(),
-                TimelineChoice::Current => "current".into(),
-                TimelineChoice::Id(n) => n.to_string(),
-            };
-            settings.push(("recovery_target_timeline", value));
-        }
+        // Written even at PostgreSQL's defaults: a backup of a server restored this way
+        // carries the earlier restore's values in its own postgresql.auto.conf.
+        let inclusive = if self.exclusive { "off" } else { "on" };
+        settings.push(("recovery_target_inclusive", inclusive.into()));
+        let action = match self.action.unwrap_or(TargetAction::Pause) {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        };
+        settings.push(("recovery_target_action", action.into()));
+        let timeline = match self.timeline.unwrap_or(TimelineChoice::Latest) {
+            TimelineChoice::Latest => "latest".into(),
+            TimelineChoice::Current => "current".into(),
+            TimelineChoice::Id(n) => n.to_string(),
+        };
+        settings.push(("recovery_target_timeline", timeline));
         settings
     }
 }
@@ -218,6 +215,26 @@ mod tests {
                 "recovery_target_timeline = 'latest'",
             ]
         );
+        // Without the options, PostgreSQL's defaults are written all the same, so that none
+        // of a backup's own (an earlier restore's) stays in force.
+        let defaults = Recovery {
+            target: Target::End,
+            action: None,
+            timeline: None,
+            exclusive: false,
+            ..recovery
+        };
+        let settings = defaults.settings();
+        for (name, value) in [
+            ("recovery_target_inclusive", "on"),
+            ("recovery_target_action", "pause"),
+            ("recovery_target_timeline", "latest"),
+        ] {
+            assert!(
+                settings.contains(&(name, value.to_string())),
+                "{name}: {settings:?}"
+            );
+        }
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(conf_quote("a\nb"), r"a\nb");
     }
