@@ -92,7 +92,11 @@ pub fn timelines(
                 .map(|e| (e.timeline, e.switch_point));
             let empty = BTreeSet::new();
             let segments = held.get(&timeline).unwrap_or(&empty);
-            let begins = parent.map(|(_, at)| SegNo::containing(at, size));
+            // From its switch point when the archive follows it there from its parent;
+            // an archive that began on this timeline begins at its first segment.
+            let begins = parent
+                .filter(|(from, _)| held.contains_key(from))
+                .map(|(_, at)| SegNo::containing(at, size));
             let mut wal = TimelineWal {
                 timeline: timeline.0,
                 parent: parent.map(|(t, at)| (t.0, at.to_string())),
@@ -271,5 +275,30 @@ mod tests {
             (two.snapshots, two.history_file, two.stored_bytes),
             (1, true, 20)
         );
+    }
+
+    #[test]
+    fn an_archive_that_began_on_a_later_timeline_has_no_gap_before_its_first_segment() {
+        // A receiver started on timeline 3, long after the switch from timeline 2 (in segment
+        // 5), whose WAL the archive never had.
+        let size = SegmentSize::new(SIZE).unwrap();
+        let mut inv = inventory(&["000000030000000000000009", "00000003000000000000000A"]);
+        inv.histories.push((TimelineId(3), ObjectInfo::default()));
+        let histories = BTreeMap::from([(
+            TimelineId(3),
+            vec![
+                HistoryEntry {
+                    timeline: TimelineId(1),
+                    switch_point: Lsn(0x0200_0000),
+                },
+                HistoryEntry {
+                    timeline: TimelineId(2),
+                    switch_point: Lsn(0x0500_0100),
+                },
+            ],
+        )]);
+        let wal = timelines(&inv, &histories, size);
+        assert_eq!(wal.len(), 1);
+        assert!(wal[0].gaps.is_empty(), "{:?}", wal[0].gaps);
     }
 }

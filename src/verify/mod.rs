@@ -153,8 +153,10 @@ async fn verify_cluster(
     })
 }
 
-/// Every timeline after the first needs a history file, and each history must extend its
-/// parent's: the same ancestors at the same switch points, one more at the end.
+/// Every timeline after the first with WAL needs a history file, and each history must extend
+/// its parent's, when the archive has that one: the same ancestors at the same switch points,
+/// one more at the end. (A parent's history file the archive never had is not needed: the
+/// child's names every ancestor, and a parent with WAL here is reported for lacking one.)
 fn history_chain(
     histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>,
     timelines: &[TimelineWal],
@@ -180,19 +182,16 @@ fn history_chain(
             continue;
         }
         let name = WalFileName::History(*timeline).to_string();
-        match histories.get(&last.timeline) {
-            None => findings.push(Finding {
-                object: name,
-                problem: format!("its parent timeline {} has no history file", last.timeline),
-            }),
-            Some(parent) if parent.as_slice() != ancestors => findings.push(Finding {
-                object: name,
-                problem: format!(
-                    "does not extend {}: the ancestors differ",
-                    WalFileName::History(last.timeline)
-                ),
-            }),
-            Some(_) => {}
+        if let Some(parent) = histories.get(&last.timeline) {
+            if parent.as_slice() != ancestors {
+                findings.push(Finding {
+                    object: name,
+                    problem: format!(
+                        "does not extend {}: the ancestors differ",
+                        WalFileName::History(last.timeline)
+                    ),
+                });
+            }
         }
     }
     findings
@@ -254,4 +253,38 @@ pub fn describe(report: &Report) -> String {
         out.push_str("the archive holds no cluster\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Lsn;
+
+    fn entry(timeline: u32, switch_point: u64) -> HistoryEntry {
+        HistoryEntry {
+            timeline: TimelineId(timeline),
+            switch_point: Lsn(switch_point),
+        }
+    }
+
+    #[test]
+    fn a_history_needs_its_parents_only_to_agree_with_them() {
+        // An archive begun on timeline 3: timeline 2's history was never here, and is not
+        // needed (3's names every ancestor).
+        let three = vec![entry(1, 0x0200_0000), entry(2, 0x0500_0100)];
+        let histories = BTreeMap::from([(TimelineId(3), three.clone())]);
+        assert!(history_chain(&histories, &[]).is_empty());
+
+        // With timeline 2's here, the two must agree.
+        let mut histories = histories;
+        histories.insert(TimelineId(2), vec![entry(1, 0x0300_0000)]);
+        let findings = history_chain(&histories, &[]);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].problem.contains("does not extend"),
+            "{findings:?}"
+        );
+        histories.insert(TimelineId(2), vec![entry(1, 0x0200_0000)]);
+        assert!(history_chain(&histories, &[]).is_empty());
+    }
 }
