@@ -1,6 +1,6 @@
 //! `restore`'s use of the archive's time indexes ([`super::targets`]): reading them along
 //! the WAL a restore would replay, choosing the backup for a restore point, and checking
-//! that the archived WAL reaches a time, before a byte is written.
+//! that the archived WAL reaches a time or a position, before a byte is written.
 //!
 //! When a fetch server is given (`--server`), the restored server may replay WAL the archive
 //! does not hold yet: what the indexes do not find is then a warning, not a refusal.
@@ -13,7 +13,7 @@ use super::plan::{self, Choice, Leg, Target};
 use super::targets::{self, Step, TimeReach};
 use crate::archive::ClusterArchive;
 use crate::backup::meta::BackupMeta;
-use crate::wal::{PgTimestamp, SegNo, SegmentSize, TimelineId};
+use crate::wal::{PgTimestamp, SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// The segments of `ranges` with their indexes, in order.
 pub async fn steps(
@@ -120,4 +120,47 @@ pub async fn check_time(
         }
     }
     Ok(())
+}
+
+/// Checks that the archived WAL holds a record at or past LSN target `target`, which recovery
+/// must read to stop there, when the target's segment is the newest archived one of its
+/// timeline (the last of `ranges`): its index says where the WAL ends ([`SegmentIndex::valid_end`](crate::timeindex::SegmentIndex)).
+/// A target at or past that, such as a position in the unused rest of a segment after
+/// `pg_switch_wal()`, is refused (with `server`, warned about). Without an index, nothing
+/// is checked.
+pub async fn check_lsn(
+    cluster: &ClusterArchive,
+    target: &Target,
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    newest: &BTreeMap<TimelineId, SegNo>,
+    size: SegmentSize,
+    server: bool,
+) -> anyhow::Result<()> {
+    // Ranges end before their last number.
+    let (Target::Lsn(lsn), Some(&(timeline, _, to))) = (target, ranges.last()) else {
+        return Ok(());
+    };
+    let last = SegNo(to.0.saturating_sub(1));
+    if newest.get(&timeline) != Some(&last) {
+        return Ok(());
+    }
+    let indexes = cluster.segment_indexes(timeline, last, to, size).await?;
+    let Some(end) = indexes.get(&last).map(|index| index.valid_end) else {
+        return Ok(());
+    };
+    if end > *lsn {
+        return Ok(());
+    }
+    let problem = format!(
+        "the archived WAL ends at {end} (in segment {}, the newest of timeline {}), so no record \
+         starts at or past {target}: PostgreSQL would replay to the end and fail with \
+         \"recovery ended before configured recovery target was reached\"",
+        SegmentName::new(timeline, last, size),
+        timeline.0
+    );
+    if server {
+        tracing::warn!("{problem}; going on, since the fetch server may hold newer WAL");
+        return Ok(());
+    }
+    bail!("{problem}; nothing was written")
 }

@@ -139,6 +139,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     let server = options.recovery.server.is_some();
     let exclusive = options.recovery.exclusive;
     indexed::check_time(&cluster, backup, target, exclusive, &ranges, server).await?;
+    indexed::check_lsn(&cluster, target, &ranges, &newest, size, server).await?;
     let wal_span = span(&ranges, size);
 
     let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;

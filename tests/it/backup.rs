@@ -538,11 +538,24 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         "{report}"
     );
 
-    // A name no segment holds, and a time past the last commit: refused, nothing written.
+    // A name no segment holds, a time past the last commit, and a position in the unused
+    // rest of the last segment after its switch: refused, nothing written.
+    let size: u64 = pg
+        .sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+        .parse()
+        .unwrap();
+    let part = |range: std::ops::Range<usize>| u64::from_str_radix(&last[range], 16).unwrap();
+    let segno = part(8..16) * (1 << 32) / size + part(16..24);
+    let unused = (segno + 1) * size - 1;
+    let unused = format!("{:X}/{:X}", unused >> 32, unused & 0xFFFF_FFFF);
     for (args, refusal) in [
         (
             ["--target-name", "never_made"],
             "holds no restore point \"never_made\"",
+        ),
+        (
+            ["--target-lsn", unused.as_str()],
+            "so no record starts at or past",
         ),
         (
             ["--target-time", "2999-01-01 00:00:00+00"],
