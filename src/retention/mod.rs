@@ -54,7 +54,8 @@
 //! A backup folder without usable metadata is a backup that was interrupted, or one still
 //! running (the metadata is written last). The rule refuses ([`PruneError::InProgress`]) when
 //! such a folder is newer than every complete backup or started less than
-//! [`IN_PROGRESS_WINDOW`] before `now`, unless [`Policy::assume_interrupted`] says otherwise.
+//! [`IN_PROGRESS_WINDOW`] before `now`, unless [`Policy::assume_interrupted`] says otherwise,
+//! in which case every such folder is deleted.
 //! The WAL a backup newer than every complete backup needs is kept anyway (the newest complete
 //! backup is always retained, and that WAL comes after its start); what the refusal protects is
 //! the folder itself, and a backup racing the listing.
@@ -311,7 +312,7 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
                 plan.kept = timelines
                     .needed_by(&metas, &mut plan.notes)
                     .map_err(invalid)?;
-                plan.delete_backups = doomed(&backups, inventory, &plan.retained);
+                plan.delete_backups = doomed(&backups, inventory, &plan.retained, policy);
             }
         }
         Rule::WalWithin(_) | Rule::WalBefore(_) if !complete.is_empty() => {
@@ -431,9 +432,16 @@ fn retain(
     Ok(retained)
 }
 
-/// The backup folders to delete: complete ones not retained, and incomplete or interrupted
-/// ones older than the oldest retained backup.
-fn doomed(backups: &[Backup], inventory: &Inventory, retained: &[Retained]) -> Vec<DeletedBackup> {
+/// The backup folders to delete: complete ones not retained, incomplete ones older than the
+/// oldest retained backup, and interrupted ones older than that, or all of them when the
+/// policy takes every folder without metadata for an interrupted backup (else the next prune
+/// would refuse on the same folders again).
+fn doomed(
+    backups: &[Backup],
+    inventory: &Inventory,
+    retained: &[Retained],
+    policy: &Policy,
+) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
     };
@@ -461,7 +469,7 @@ fn doomed(backups: &[Backup], inventory: &Inventory, retained: &[Retained]) -> V
         inventory
             .unusable
             .iter()
-            .filter(|id| order(id) < oldest)
+            .filter(|id| policy.assume_interrupted || order(id) < oldest)
             .map(|id| DeletedBackup {
                 id: id.clone(),
                 stored_bytes: None,
