@@ -1,9 +1,15 @@
 //! The backups an archive holds, read from their metadata: for `restore` and `list`.
+//!
+//! A backup whose WAL had not reached the archive when it ended is marked incomplete in its
+//! metadata, which is never rewritten (archived objects are create-only). Once that WAL has
+//! arrived (archiving repaired, say), the backup is usable: [`read`] checks again and counts
+//! it complete.
 
 use bytes::Bytes;
 
 use super::meta::BackupMeta;
 use crate::archive::{BackupId, BackupObject, ClusterArchive};
+use crate::wal::TimelineId;
 use crate::{blocking, envelope};
 
 /// One backup folder: its metadata, or why it has none usable (an interrupted backup has no
@@ -22,11 +28,36 @@ pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
     for id in cluster.backup_ids().await? {
         let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
             None => Err("no backup.json: the backup was interrupted".to_string()),
-            Some(object) => decode_meta(cluster, &id, object).await,
+            Some(object) => match decode_meta(cluster, &id, object).await {
+                Ok(meta) if !meta.is_complete() => Ok(complete_since(cluster, meta).await?),
+                decoded => decoded,
+            },
         };
         entries.push(Entry { id, meta });
     }
     Ok(entries)
+}
+
+/// `meta`, of a backup marked incomplete, counted complete when the archive now holds every
+/// segment from its start to its stop; else with the first still missing.
+async fn complete_since(
+    cluster: &ClusterArchive,
+    mut meta: BackupMeta,
+) -> anyhow::Result<BackupMeta> {
+    let (Ok(start), Ok(stop), Ok(size)) = (meta.start(), meta.stop(), meta.segment_size()) else {
+        return Ok(meta);
+    };
+    let timelines = [
+        TimelineId(meta.start_timeline),
+        TimelineId(meta.stop_timeline),
+    ];
+    let missing = super::wal::first_missing(cluster, timelines, start, stop, size).await?;
+    if missing.is_none() {
+        tracing::debug!(backup = %meta.id, "its WAL reached the archive after the backup ended");
+    }
+    meta.wal_complete = missing.is_none();
+    meta.wal_missing = missing.map(|s| s.to_string());
+    Ok(meta)
 }
 
 async fn decode_meta(

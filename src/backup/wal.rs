@@ -40,23 +40,11 @@ pub async fn wait_for_wal(
     deadline: Instant,
     stream: Option<&WalStream>,
 ) -> anyhow::Result<Option<SegmentName>> {
-    let first = SegNo::containing(start, size);
-    let last = SegNo::containing(Lsn(stop.0.saturating_sub(1).max(start.0)), size);
     let mut logged = Instant::now();
     loop {
-        let mut held = std::collections::BTreeSet::new();
-        for timeline in timelines {
-            held.extend(
-                cluster
-                    .segments_between(timeline, first, SegNo(last.0 + 1), size)
-                    .await?,
-            );
-        }
-        let missing = (first.0..=last.0).map(SegNo).find(|n| !held.contains(n));
-        let Some(missing) = missing else {
+        let Some(name) = first_missing(cluster, timelines, start, stop, size).await? else {
             return Ok(None);
         };
-        let name = SegmentName::new(timelines[1], missing, size);
         if stream.is_some_and(WalStream::has_stopped) {
             return Ok(Some(name));
         }
@@ -70,6 +58,29 @@ pub async fn wait_for_wal(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The first segment from the one holding `start` to the one holding the byte before `stop`
+/// that the archive holds on neither of `timelines`, named on the second.
+pub async fn first_missing(
+    cluster: &ClusterArchive,
+    timelines: [TimelineId; 2],
+    start: Lsn,
+    stop: Lsn,
+    size: SegmentSize,
+) -> anyhow::Result<Option<SegmentName>> {
+    let first = SegNo::containing(start, size);
+    let last = SegNo::containing(Lsn(stop.0.saturating_sub(1).max(start.0)), size);
+    let mut held = std::collections::BTreeSet::new();
+    for timeline in timelines {
+        held.extend(
+            cluster
+                .segments_between(timeline, first, SegNo(last.0 + 1), size)
+                .await?,
+        );
+    }
+    let missing = (first.0..=last.0).map(SegNo).find(|n| !held.contains(n));
+    Ok(missing.map(|n| SegmentName::new(timelines[1], n, size)))
 }
 
 /// A receiver streaming one backup's WAL.

@@ -384,7 +384,7 @@ fn a_restore_point_on_timeline_2_is_reached_along_the_latest_timeline() {
 }
 
 #[test]
-fn a_backup_whose_wal_never_arrives_is_kept_incomplete_and_never_restored() {
+fn a_backup_is_incomplete_and_never_restored_until_its_wal_reaches_the_archive() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     // Nothing archives this primary's WAL.
@@ -409,6 +409,32 @@ fn a_backup_whose_wal_never_arrives_is_kept_incomplete_and_never_restored() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no complete backup"), "{stderr}");
     assert!(!to.exists());
+
+    // Archiving repaired: the WAL arrives late, and the backup is usable from then on.
+    let last = pg.switch_wal();
+    let wal = pg.data.join("pg_wal");
+    // Up to the one just completed (the later ones are recycled files, not WAL yet).
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|n| *n <= last)
+        .collect();
+    segments.sort();
+    for segment in segments {
+        let path = wal.join(&segment);
+        let pushed = wh.run(&archive, &pg.data, &["push", path.to_str().unwrap()]);
+        assert!(pushed.status.success(), "{}", describe(&pushed));
+    }
+    let listing = wh.run(&archive, Path::new("/"), &["list"]);
+    assert!(
+        !String::from_utf8_lossy(&listing.stdout).contains("incomplete"),
+        "{}",
+        describe(&listing)
+    );
+    let (code, report, stderr) = restore(&wh, &archive, &to, &["--target", "immediate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report.expect("a report")["backup"], meta["id"]);
 }
 
 #[test]
