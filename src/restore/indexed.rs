@@ -2,8 +2,10 @@
 //! the WAL a restore would replay, choosing the backup for a restore point, and checking
 //! that the archived WAL reaches a time or a position, before a byte is written.
 //!
-//! When a fetch server is given (`--server`), the restored server may replay WAL the archive
-//! does not hold yet: what the indexes do not find is then a warning, not a refusal.
+//! When the restored server may replay WAL the archive does not hold yet (a fetch server is
+//! given, or it restores as a standby, which waits for more WAL instead of ending), what the
+//! indexes do not find is a warning, not a refusal: each check takes `more_wal`, the reason
+//! why, if it may.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +39,7 @@ pub async fn choose_for_name<'a>(
     name: &str,
     path: &[Leg],
     newest: &BTreeMap<TimelineId, SegNo>,
-    server: bool,
+    more_wal: Option<&str>,
 ) -> anyhow::Result<Result<Choice<'a>, String>> {
     let target = Target::Name(name.into());
     let Some(&oldest) = plan::usable(backups, path).first() else {
@@ -57,9 +59,10 @@ pub async fn choose_for_name<'a>(
                 }
                 Ok(chosen.choice)
             }
-            Err(refusal) if server => {
+            Err(refusal) if more_wal.is_some() => {
                 tracing::warn!(
-                    "{refusal}; the fetch server may hold WAL the archive lacks, so choosing as without an index"
+                    "{refusal}; {}, so choosing as without an index",
+                    more_wal.unwrap_or_default()
                 );
                 plan::choose(backups, &target, path)
             }
@@ -70,7 +73,7 @@ pub async fn choose_for_name<'a>(
 
 /// Checks by the indexes of `ranges` (from `backup` to the end of the archive) that recovery
 /// to time `at` stops before the end of the archived WAL: refuses when every segment is
-/// indexed and none has a commit or abort past it (unless `server`), warns when one is not
+/// indexed and none has a commit or abort past it (unless `more_wal`), warns when one is not
 /// indexed.
 pub async fn check_time(
     cluster: &ClusterArchive,
@@ -78,7 +81,7 @@ pub async fn check_time(
     target: &Target,
     exclusive: bool,
     ranges: &[(TimelineId, SegNo, SegNo)],
-    server: bool,
+    more_wal: Option<&str>,
 ) -> anyhow::Result<()> {
     let Target::Time { at, .. } = target else {
         return Ok(());
@@ -112,8 +115,8 @@ pub async fn check_time(
                  and fail with \"recovery ended before configured recovery target was reached\"",
                 backup.id
             );
-            if server {
-                tracing::warn!("{problem}; going on, since the fetch server may hold newer WAL");
+            if let Some(why) = more_wal {
+                tracing::warn!("{problem}; going on, since {why}");
             } else {
                 bail!("{problem}; nothing was written");
             }
@@ -126,7 +129,7 @@ pub async fn check_time(
 /// must read to stop there, when the target's segment is the newest archived one of its
 /// timeline (the last of `ranges`): its index says where the WAL ends ([`SegmentIndex::valid_end`](crate::timeindex::SegmentIndex)).
 /// A target at or past that, such as a position in the unused rest of a segment after
-/// `pg_switch_wal()`, is refused (with `server`, warned about). Without an index, nothing
+/// `pg_switch_wal()`, is refused (with `more_wal`, warned about). Without an index, nothing
 /// is checked.
 pub async fn check_lsn(
     cluster: &ClusterArchive,
@@ -134,7 +137,7 @@ pub async fn check_lsn(
     ranges: &[(TimelineId, SegNo, SegNo)],
     newest: &BTreeMap<TimelineId, SegNo>,
     size: SegmentSize,
-    server: bool,
+    more_wal: Option<&str>,
 ) -> anyhow::Result<()> {
     // Ranges end before their last number.
     let (Target::Lsn(lsn), Some(&(timeline, _, to))) = (target, ranges.last()) else {
@@ -158,8 +161,8 @@ pub async fn check_lsn(
         SegmentName::new(timeline, last, size),
         timeline.0
     );
-    if server {
-        tracing::warn!("{problem}; going on, since the fetch server may hold newer WAL");
+    if let Some(why) = more_wal {
+        tracing::warn!("{problem}; going on, since {why}");
         return Ok(());
     }
     bail!("{problem}; nothing was written")

@@ -136,10 +136,10 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             backup.id
         );
     }
-    let server = options.recovery.server.is_some();
+    let more_wal = more_wal(options);
     let exclusive = options.recovery.exclusive;
-    indexed::check_time(&cluster, backup, target, exclusive, &ranges, server).await?;
-    indexed::check_lsn(&cluster, target, &ranges, &newest, size, server).await?;
+    indexed::check_time(&cluster, backup, target, exclusive, &ranges, more_wal).await?;
+    indexed::check_lsn(&cluster, target, &ranges, &newest, size, more_wal).await?;
     let wal_span = span(&ranges, size);
 
     let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;
@@ -220,6 +220,18 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     })
 }
 
+/// Why the restored server may replay WAL the archive does not hold yet, if it may (see
+/// [`indexed`]).
+fn more_wal(options: &RestoreOptions) -> Option<&'static str> {
+    if options.recovery.server.is_some() {
+        Some("the fetch server may hold newer WAL")
+    } else if options.standby {
+        Some("a standby waits for WAL not archived yet rather than ending at the archive's end")
+    } else {
+        None
+    }
+}
+
 /// Chooses the backup and the timeline path.
 async fn choose<'a>(
     cluster: &ClusterArchive,
@@ -282,8 +294,8 @@ async fn choose_on<'a>(
 ) -> anyhow::Result<Result<plan::Choice<'a>, String>> {
     match &options.recovery.target {
         Target::Name(name) => {
-            let server = options.recovery.server.is_some();
-            indexed::choose_for_name(cluster, backups, name, path, newest, server).await
+            let more_wal = more_wal(options);
+            indexed::choose_for_name(cluster, backups, name, path, newest, more_wal).await
         }
         target => Ok(plan::choose(backups, target, path)),
     }

@@ -596,6 +596,22 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         assert!(!to.exists(), "{args:?}: the restore wrote something");
     }
 
+    // As a standby, which waits for WAL not archived yet instead of ending recovery, the same
+    // targets are taken, with a warning.
+    for args in [
+        ["--target-name", "never_made"],
+        ["--target-time", "2999-01-01 00:00:00+00"],
+        ["--target-lsn", unused.as_str()],
+    ] {
+        let dir = TestDir::new("standby");
+        let to = dir.path().join("data");
+        let standby: Vec<&str> = args.iter().copied().chain(["--standby"]).collect();
+        let (code, _, stderr) = restore(&wh, &archive, &to, &standby);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.contains("a standby waits"), "{args:?}: {stderr}");
+        assert!(to.join("standby.signal").exists(), "{args:?}");
+    }
+
     // A --to mistyped as the data directory of the running primary: refused, --force or not.
     let (code, _, stderr) = restore(&wh, &archive, &pg.data, &["--force"]);
     assert_eq!(code, Some(1), "{stderr}");
