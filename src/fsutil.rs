@@ -48,6 +48,23 @@ pub fn private_umask(current: u32, root_modes: &[u32]) -> u32 {
         }
 }
 
+/// The mode a file created now gets: `0666` less the process umask (0600, or 0640 beside a
+/// group-readable tree, once [`restrict_umask`] has run).
+fn fresh_file_mode() -> u32 {
+    0o666 & !current_umask()
+}
+
+/// The process umask, from `/proc/self/status` (setting it to learn it would race with threads
+/// creating files); [`PRIVATE_MASK`] when that cannot be read.
+fn current_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .and_then(|mask| u32::from_str_radix(mask.trim(), 8).ok())
+        .unwrap_or(PRIVATE_MASK)
+}
+
 /// The permission bits of `path`, or of its nearest existing ancestor when it does not
 /// exist yet (where walhalla would create it). `None` when nothing on the way can be read.
 pub fn nearest_existing_mode(path: &Path) -> Option<u32> {
@@ -248,6 +265,7 @@ impl TempFile {
             io::Error::new(io::ErrorKind::InvalidInput, "destination has no file name")
         })?;
         let temp_path = dest.with_file_name(format!(".{}.walhalla-tmp", name.to_string_lossy()));
+        use std::os::unix::fs::PermissionsExt;
         let file = loop {
             let file = OpenOptions::new()
                 .write(true)
@@ -265,6 +283,8 @@ impl TempFile {
             }
         };
         file.set_len(0)?;
+        // A file taken over keeps the mode it was created with, under another umask perhaps.
+        file.set_permissions(std::fs::Permissions::from_mode(fresh_file_mode()))?;
         LIVE_TEMP_FILES
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -581,6 +601,23 @@ mod tests {
         t.persist().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_taken_over_temporary_file_gets_the_mode_of_a_fresh_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let fresh = dir.path().join("fresh");
+        TempFile::create(&fresh).unwrap().persist().unwrap();
+        // Left by a run under a looser umask; no umask gives a fresh file execute bits.
+        let stale = dir.path().join(".RECOVERYXLOG.walhalla-tmp");
+        std::fs::write(&stale, b"torn").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        TempFile::create(&dest).unwrap().persist().unwrap();
+        assert_eq!(mode(&dest), mode(&fresh), "{:04o}", mode(&dest));
+        assert_eq!(mode(&fresh), fresh_file_mode());
     }
 
     #[test]
