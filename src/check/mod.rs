@@ -277,15 +277,27 @@ async fn server_checks(
         None => {
             checks.extend(settings::archiving(facts, location));
             if !facts.in_recovery || facts.archive_mode == "always" {
-                checks.push(match ArchiverStats::read(client).await {
-                    Ok(stats) => settings::archiver(&stats),
-                    Err(e) => Check::fail("archiver", format!("{e:#}"), "see the server log"),
-                });
+                checks.push(archiver(client, facts).await);
             }
         }
     }
     checks.push(settings::restore_command(facts, location));
     checks
+}
+
+/// The check `archiver` where archive_command would run (a primary, or archive_mode =
+/// always): pg_stat_archiver, unless nothing archives and its figures are of earlier runs.
+async fn archiver(client: &Client, facts: &ServerFacts) -> Check {
+    if !archives_at_all(facts) {
+        return Check::skip(
+            "archiver",
+            "nothing archives (above): pg_stat_archiver can only tell of earlier runs",
+        );
+    }
+    match ArchiverStats::read(client).await {
+        Ok(stats) => settings::archiver(&stats),
+        Err(e) => Check::fail("archiver", format!("{e:#}"), "see the server log"),
+    }
 }
 
 /// The archive's checks; the archive when it can be listed.
@@ -381,10 +393,15 @@ async fn round_trip(
     vec![privilege, trip]
 }
 
-/// Whether a primary runs any archive_command at all.
+/// Whether the server runs archive_command at all: archive_mode has it archive (`on` on a
+/// primary, `always`) and the command is set.
 fn archives_at_all(facts: &ServerFacts) -> bool {
-    matches!(facts.archive_mode.as_str(), "on" | "always")
-        && !facts.archive_command.trim().is_empty()
+    let mode_archives = match facts.archive_mode.as_str() {
+        "always" => true,
+        "on" => !facts.in_recovery,
+        _ => false,
+    };
+    mode_archives && !facts.archive_command.trim().is_empty()
 }
 
 /// The report as a table for a person: one line per check, its hint below it.

@@ -45,6 +45,10 @@ pub fn archiving(facts: &ServerFacts, checked: Option<&Location>) -> Vec<Check> 
     vec![mode_check, archive_command(facts, checked)]
 }
 
+/// What PostgreSQL 15 and older show for archive_command while archive_mode is off
+/// (`show_archive_command`): not the command, which it does not run.
+const DISABLED: &str = "(disabled)";
+
 /// The check `archive_command`.
 fn archive_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
     const NAME: &str = "archive_command";
@@ -52,6 +56,13 @@ fn archive_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
     let set_it = "set archive_command = 'walhalla --archive URL push %p' and reload";
     if command.trim().is_empty() {
         return Check::fail(NAME, "empty: nothing archives the WAL", set_it);
+    }
+    if command == DISABLED {
+        return Check::fail(
+            NAME,
+            "(disabled): archive_mode is off, so PostgreSQL runs no archive_command and does not show it",
+            "set archive_mode = on and restart the server, then check again",
+        );
     }
     let parsed = &facts.archive_hook;
     if !parsed.runs_walhalla {
@@ -271,6 +282,14 @@ mod tests {
         assert_eq!(off[0].verdict, Verdict::Fail);
         assert_eq!(off[1].verdict, Verdict::Fail);
         assert!(off[1].detail.contains("empty"), "{:?}", off[1]);
+        // What PostgreSQL 15 and older show while archive_mode is off is no command.
+        let disabled = archiving(&facts("off", "(disabled)", false), Some(&here));
+        assert_eq!(disabled[1].verdict, Verdict::Fail);
+        assert!(
+            disabled[1].detail.contains("archive_mode is off"),
+            "{:?}",
+            disabled[1]
+        );
         let elsewhere = archiving(
             &facts("on", "walhalla --archive /srv/other push %p", false),
             Some(&here),

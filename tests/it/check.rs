@@ -111,6 +111,10 @@ fn check_names_a_missing_archive_command() {
     assert_eq!(report["ok"], false);
     assert_eq!(verdict(&report, "archive_mode"), "fail", "{report:#}");
     assert!(said(&report, "archive_mode").contains("archive_mode = on"));
+    // PostgreSQL 15 and older show "(disabled)", which is no command; and what the archiver's
+    // statistics say, nothing archiving, tells of nothing now.
+    assert_eq!(verdict(&report, "archive_command"), "fail", "{report:#}");
+    assert_eq!(verdict(&report, "archiver"), "skip", "{report:#}");
     // Without waiting out --wait for what cannot arrive.
     assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
     assert!(
