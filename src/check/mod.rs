@@ -379,18 +379,38 @@ async fn round_trip(
             Check::skip("round_trip", "the archive cannot be read"),
         ];
     };
-    if options.slot.is_none() && !archives_at_all(facts) {
+    if let Some((why, hint)) = nothing_archives(client, facts, options).await {
         // Waiting out --wait would only confirm it.
-        let trip = Check::fail(
-            "round_trip",
-            "not attempted: nothing archives this server's WAL",
-            "fix archive_mode and archive_command (above), or stream with walhalla receive and check with -S SLOT",
-        );
+        let trip = Check::fail("round_trip", format!("not attempted: {why}"), hint);
         return vec![privilege, trip];
     }
     let cluster = archive.cluster(facts.system_id);
     let trip = round_trip::run(client, &cluster, options, &facts.archive_hook).await;
     vec![privilege, trip]
+}
+
+/// Why no switched segment can reach the archive, when none can (what was found, and what to
+/// do): nothing runs archive_command, or the slot of `-S` cannot carry WAL to a receiver.
+async fn nothing_archives(
+    client: &Client,
+    facts: &ServerFacts,
+    options: &CheckOptions,
+) -> Option<(String, String)> {
+    let Some(slot) = &options.slot else {
+        return (!archives_at_all(facts)).then(|| {
+            (
+                "nothing archives this server's WAL".to_owned(),
+                "fix archive_mode and archive_command (above), or stream with walhalla receive and check with -S SLOT".to_owned(),
+            )
+        });
+    };
+    // A slot that cannot be read fails the check `slot`; the segment may arrive all the same.
+    let reading = SlotFacts::read(client, slot);
+    let found = tokio::time::timeout(options.timeout, reading)
+        .await
+        .ok()?
+        .ok()?;
+    settings::usable_slot(slot, found.as_ref()).err()
 }
 
 /// Whether the server runs archive_command at all: archive_mode has it archive (`on` on a

@@ -184,28 +184,36 @@ pub fn archiver(stats: &ArchiverStats) -> Check {
     )
 }
 
+/// Slot `name` as found (`facts`), when walhalla receive can stream from it; else what is
+/// wrong with it and what to do.
+pub fn usable_slot<'a>(
+    name: &str,
+    facts: Option<&'a SlotFacts>,
+) -> Result<&'a SlotFacts, (String, String)> {
+    match facts {
+        None => Err((
+            format!("there is no replication slot {name:?}"),
+            format!("start walhalla receive -S {name} --create-slot once"),
+        )),
+        Some(facts) if facts.slot_type != "physical" => Err((
+            format!("{name:?} is a {} slot", facts.slot_type),
+            "walhalla receive streams from a physical slot: give one".to_owned(),
+        )),
+        Some(facts) => Ok(facts),
+    }
+}
+
 /// The checks `slot` and `slot_active` for `-S name`, with the lag when a client streams.
 pub fn slot(name: &str, facts: Option<&SlotFacts>) -> Vec<Check> {
-    let Some(facts) = facts else {
-        return vec![
-            Check::fail(
-                "slot",
-                format!("there is no replication slot {name:?}"),
-                format!("start walhalla receive -S {name} --create-slot once"),
-            ),
-            Check::skip("slot_active", "no slot"),
-        ];
+    let facts = match usable_slot(name, facts) {
+        Ok(facts) => facts,
+        Err((detail, hint)) => {
+            return vec![
+                Check::fail("slot", detail, hint),
+                Check::skip("slot_active", "no physical slot of that name"),
+            ];
+        }
     };
-    if facts.slot_type != "physical" {
-        return vec![
-            Check::fail(
-                "slot",
-                format!("{name:?} is a {} slot", facts.slot_type),
-                "walhalla receive streams from a physical slot: give one",
-            ),
-            Check::skip("slot_active", "not a physical slot"),
-        ];
-    }
     let lag = format!(
         "lag {} bytes, {}",
         facts

@@ -2,6 +2,8 @@
 //! archive_command, one that stores into another archive, and a missing or idle slot are
 //! named; with a running receiver the round trip goes through its slot.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 use crate::harness::{
@@ -181,10 +183,20 @@ fn check_goes_through_a_receivers_slot() {
     assert_eq!(verdict(&report, "round_trip"), "pass");
     assert_eq!(verdict(&report, "archive_command"), "skip");
 
-    let (code, report) = check(&wh, &archive, &pg, &["-S", "nosuch", "--wait", "2"]);
+    // A slot that does not exist carries nothing: no switch, no waiting out --wait.
+    let current_segment = || pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let before = current_segment();
+    let started = Instant::now();
+    let (code, report) = check(&wh, &archive, &pg, &["-S", "nosuch", "--wait", "60"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(verdict(&report, "slot"), "fail");
     assert!(said(&report, "slot").contains("nosuch"), "{report:#}");
+    assert_eq!(verdict(&report, "round_trip"), "fail", "{report:#}");
+    let trip = said(&report, "round_trip");
+    assert!(trip.contains("not attempted"), "{trip}");
+    assert!(trip.contains("--create-slot"), "{trip}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{report:#}");
+    assert_eq!(current_segment(), before, "check switched WAL");
 
     // The receiver streams, but into another archive than the one checked.
     let other = TestArchive::new(Backend::Local);
