@@ -200,10 +200,17 @@ pub async fn run(options: &CheckOptions) -> Report {
             checks.extend(found);
             archive
         }
+        None if connected.is_none() => {
+            checks.push(Check::skip(
+                "archive_reachable",
+                "no archive configured, and archive_command, which may name one, is unknown: the server could not be reached",
+            ));
+            None
+        }
         None => {
             checks.push(Check::fail(
                 "archive_reachable",
-                "no archive to check, and archive_command names none",
+                "no archive configured, and neither archive_command nor restore_command names one",
                 "pass --archive URL (or WALHALLA_ARCHIVE)",
             ));
             None

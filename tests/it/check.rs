@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, as_pg_user, describe, free_port,
+    wait_for,
 };
 use crate::push::archiving_primary;
 
@@ -331,6 +332,28 @@ fn check_names_an_archive_it_cannot_reach() {
     assert!(
         !parent.join("not").exists(),
         "check created the archive directory"
+    );
+}
+
+#[test]
+fn check_that_cannot_reach_the_server_does_not_blame_archive_command() {
+    let wh = Walhalla::install();
+    let nobody = format!("host=127.0.0.1 port={} user=postgres", free_port());
+    let output = as_pg_user(wh.path())
+        .current_dir("/tmp")
+        .env_remove("WALHALLA_ARCHIVE")
+        .env_remove("WALHALLA_CONFIG")
+        .args(["check", "-d", &nobody, "--json"])
+        .output()
+        .expect("run walhalla check");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("check printed no JSON ({e}): {}", describe(&output)));
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+    assert_eq!(verdict(&report, "archive_reachable"), "skip", "{report:#}");
+    assert!(
+        said(&report, "archive_reachable").contains("could not be reached"),
+        "{report:#}"
     );
 }
 
