@@ -1,10 +1,12 @@
 //! Reading `archive_command` and `restore_command` as a person would: whether they run
-//! walhalla, which command, with PostgreSQL's placeholders, and into which archive. Pure.
+//! walhalla, which command, with PostgreSQL's placeholders, into which archive, from which
+//! fetch server. Pure.
 
 use crate::archive::Location;
+use crate::client::ClientSettings;
 
 /// What a shell command line says about the walhalla it runs.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct HookCommand {
     /// Whether a word of it is a program named `walhalla`.
     pub runs_walhalla: bool,
@@ -16,18 +18,26 @@ pub struct HookCommand {
     pub config_file: Option<String>,
     /// Whether `archive` was read from that file.
     pub archive_in_config_file: bool,
+    /// The fetch server it asks (`--server URL`, `--server=URL` or `WALHALLA_SERVER=URL`), with
+    /// the TLS files it names for it (`--server-ca`, `--client-cert`, `--client-key`).
+    pub fetch_server: ClientSettings,
 }
 
 /// The largest config file read: a few settings.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Global options that take a value, so their value is not taken for the command.
-const VALUE_OPTIONS: [&str; 5] = [
+/// Options that take a value, so their value is not taken for the command.
+const VALUE_OPTIONS: [&str; 10] = [
     "--archive",
     "--config",
     "--system-id",
     "--compression-level",
     "--timeout",
+    "--server",
+    "--server-ca",
+    "--client-cert",
+    "--client-key",
+    "--token-file",
 ];
 
 impl HookCommand {
@@ -38,6 +48,9 @@ impl HookCommand {
         for word in &words {
             if let Some(url) = word.strip_prefix("WALHALLA_ARCHIVE=") {
                 parsed.archive = Some(url.to_owned());
+            }
+            if let Some(url) = word.strip_prefix("WALHALLA_SERVER=") {
+                parsed.fetch_server.server = Some(url.to_owned());
             }
         }
         let Some(start) = words
@@ -58,9 +71,14 @@ impl HookCommand {
             };
             if VALUE_OPTIONS.contains(&option) {
                 let value = inline.map(str::to_owned).or_else(|| rest.next().cloned());
+                let server = &mut parsed.fetch_server;
                 match option {
                     "--archive" => parsed.archive = value,
                     "--config" => parsed.config_file = value,
+                    "--server" => server.server = value,
+                    "--server-ca" => server.server_ca = value.map(Into::into),
+                    "--client-cert" => server.client_cert = value.map(Into::into),
+                    "--client-key" => server.client_key = value.map(Into::into),
                     _ => {}
                 }
             } else if !word.starts_with('-') && parsed.subcommand.is_none() {
@@ -153,16 +171,12 @@ mod tests {
     #[test]
     fn reads_walhalla_commands() {
         let push = HookCommand::parse("/usr/local/bin/walhalla --archive /var/lib/wh push %p");
-        assert_eq!(
-            push,
-            HookCommand {
-                runs_walhalla: true,
-                subcommand: Some("push".into()),
-                archive: Some("/var/lib/wh".into()),
-                config_file: None,
-                archive_in_config_file: false,
-            }
-        );
+        assert!(push.runs_walhalla);
+        assert_eq!(push.subcommand.as_deref(), Some("push"));
+        assert_eq!(push.archive.as_deref(), Some("/var/lib/wh"));
+        assert_eq!(push.config_file, None);
+        assert!(!push.archive_in_config_file);
+        assert_eq!(push.fetch_server.server, None);
         let fetch = HookCommand::parse(
             "walhalla --timeout 30 fetch --archive='s3://b/p q' %f \"%p\" --prefetch 4",
         );
@@ -173,6 +187,25 @@ mod tests {
         assert_eq!(env.archive.as_deref(), Some("s3://b/x"));
         assert_eq!(env.config_file.as_deref(), Some("/etc/w.toml"));
         assert_eq!(env.subcommand.as_deref(), Some("push"));
+    }
+
+    #[test]
+    fn reads_the_fetch_server() {
+        let fetch = HookCommand::parse(
+            "walhalla fetch --server https://wh:7480 --server-ca /etc/wh/ca.pem --client-cert c.pem --client-key=k.pem %f %p",
+        );
+        assert_eq!(fetch.subcommand.as_deref(), Some("fetch"));
+        assert_eq!(fetch.archive, None);
+        let server = &fetch.fetch_server;
+        assert_eq!(server.server.as_deref(), Some("https://wh:7480"));
+        assert_eq!(server.server_ca, Some("/etc/wh/ca.pem".into()));
+        assert_eq!(server.client_cert, Some("c.pem".into()));
+        assert_eq!(server.client_key, Some("k.pem".into()));
+        let env = HookCommand::parse("WALHALLA_SERVER=http://127.0.0.1:7480 walhalla fetch %f %p");
+        assert_eq!(
+            env.fetch_server.server.as_deref(),
+            Some("http://127.0.0.1:7480")
+        );
     }
 
     #[test]

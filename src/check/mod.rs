@@ -8,7 +8,7 @@
 //! - [`server`]: what the server says about itself.
 //! - [`settings`]: verdicts on its settings, pure; [`commands`] reads archive_command and
 //!   restore_command.
-//! - [`probe`]: the archive reachable, writable, create-only.
+//! - [`probe`]: the archive reachable, writable, create-only; the fetch server answering.
 //! - [`round_trip`]: the switched segment's journey.
 
 mod commands;
@@ -182,6 +182,8 @@ pub async fn run(options: &CheckOptions) -> Report {
                     ),
                 ));
                 checks.extend(found);
+                // Not under the deadline of the SQL answers: the fetch server has its own.
+                checks.extend(probe::fetch_server(&facts.restore_hook, options.timeout).await);
             }
             Err(_) => checks.push(Check::fail(
                 "connection",

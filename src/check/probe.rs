@@ -1,9 +1,13 @@
 //! Whether the archive can be reached, written, and refuses to overwrite: the create-only
-//! rule every WAL object relies on.
+//! rule every WAL object relies on; and whether the fetch server restore_command asks answers.
+
+use std::time::Duration;
 
 use super::Check;
+use super::commands::HookCommand;
 use crate::archive::Archive;
 use crate::archive::probe::{ConditionalWrites, conditional_writes};
+use crate::client::ServerClient;
 use crate::wal::SystemId;
 
 /// The check `archive_reachable` for `archive`, saying whether it holds WAL of `system_id`
@@ -60,4 +64,32 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
             Check::skip("archive_create_only", "the archive cannot be written"),
         ],
     }
+}
+
+/// The check `fetch_server`, where restore_command runs walhalla with a fetch server: whether
+/// that server, reached as restore_command reaches it, answers `/healthz` (which needs no
+/// token) within `timeout`.
+pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Option<Check> {
+    const NAME: &str = "fetch_server";
+    if !restore_hook.runs_walhalla {
+        return None;
+    }
+    let client = match ServerClient::new(&restore_hook.fetch_server, timeout) {
+        Ok(client) => client?,
+        Err(e) => {
+            return Some(Check::fail(
+                NAME,
+                format!("{e:#}"),
+                "fix --server and its TLS files in restore_command (the files are read on this host)",
+            ));
+        }
+    };
+    Some(match client.healthz().await {
+        Ok(()) => Check::pass(NAME, format!("{} answers /healthz", client.url())),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{e:#}"),
+            "start walhalla serve (or receive --listen) there, or fix --server in restore_command: until it answers, fetch reads the archive directly, if it has one",
+        ),
+    })
 }

@@ -126,6 +126,12 @@ pub fn restore_command(facts: &ServerFacts, checked: Option<&Location>) -> Check
     if !(command.contains("%f") && command.contains("%p")) {
         return Check::fail(NAME, format!("{command:?} lacks %f or %p"), set_it);
     }
+    if let (Some(server), None) = (&parsed.fetch_server.server, &parsed.archive) {
+        return Check::pass(
+            NAME,
+            format!("walhalla fetch from the fetch server {server} (see fetch_server)"),
+        );
+    }
     named_archive(NAME, command, parsed, checked)
 }
 
@@ -326,6 +332,13 @@ mod tests {
         assert_eq!(
             restore_command(&standby, Some(&here)).verdict,
             Verdict::Pass
+        );
+        set_restore(&mut standby, "walhalla fetch --server http://wh:7480 %f %p");
+        let served = restore_command(&standby, Some(&here));
+        assert_eq!(served.verdict, Verdict::Pass);
+        assert!(
+            served.detail.contains("fetch server http://wh:7480"),
+            "{served:?}"
         );
         set_restore(&mut standby, "walhalla --archive /srv/wh push %p");
         assert_eq!(

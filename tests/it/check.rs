@@ -1,14 +1,15 @@
 //! `walhalla check` against real servers: a correctly archiving primary passes; a missing
 //! archive_command, one that stores into another archive, and a missing or idle slot are
-//! named; with a running receiver the round trip goes through its slot.
+//! named; with a running receiver the round trip goes through its slot; a standby's fetch
+//! server is asked whether it answers.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{
-    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, as_pg_user, describe, free_port,
-    wait_for,
+    Backend, PgCluster, Receiver, Server, TestArchive, TestDir, Walhalla, as_pg_user, describe,
+    free_port, wait_for,
 };
 use crate::push::archiving_primary;
 
@@ -313,6 +314,30 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(verdict(&report, "restore_command"), "pass", "{report:#}");
+
+    // WAL from a fetch server, which is asked whether it answers.
+    let port = free_port();
+    standby.stop("fast");
+    standby.append_conf(&format!(
+        "restore_command = '{} fetch --server http://127.0.0.1:{port} %f %p'",
+        wh.path().display()
+    ));
+    standby.start();
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(verdict(&report, "restore_command"), "pass", "{report:#}");
+    let restore = said(&report, "restore_command");
+    assert!(restore.contains("fetch server"), "{restore}");
+    assert!(!restore.contains("WALHALLA_ARCHIVE"), "{restore}");
+    assert_eq!(verdict(&report, "fetch_server"), "fail", "{report:#}");
+    assert!(
+        said(&report, "fetch_server").contains("unreachable"),
+        "{report:#}"
+    );
+    let server = Server::start_on(&wh, &archive, port, &[]);
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 0, "{report:#}\n{}", server.log());
+    assert_eq!(verdict(&report, "fetch_server"), "pass", "{report:#}");
 }
 
 #[test]
