@@ -320,9 +320,11 @@ impl TempFile {
     pub fn persist_data(mut self) -> io::Result<()> {
         let file = self.file.take().expect("present until persisted");
         file.sync_data()?;
-        drop(file);
+        // Renamed while still locked: a writer waiting for the lock then finds the name gone
+        // (or another file under it) and starts afresh, instead of emptying this one.
         std::fs::rename(&self.temp_path, &self.dest)?;
         forget_temp_file(&self.temp_path);
+        drop(file);
         Ok(())
     }
 }
@@ -601,6 +603,27 @@ mod tests {
         t.persist().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_writer_waiting_for_the_lock_never_empties_the_file_before_it_gets_its_name() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        for round in 0..200 {
+            let mut first = TempFile::create(&dest).unwrap();
+            first.file().write_all(b"first").unwrap();
+            let second = std::thread::spawn({
+                let dest = dest.clone();
+                move || TempFile::create(&dest).unwrap()
+            });
+            // Let the second writer block on the lock.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            first.persist_data().unwrap();
+            let second = second.join().unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), b"first", "round {round}");
+            drop(second);
+        }
     }
 
     #[test]
