@@ -373,6 +373,13 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
         for p in &t.partial_files {
             let _ = writeln!(out, "      {p}");
         }
+        if t.snapshots > 0 {
+            let _ = writeln!(
+                out,
+                "      {} receiver snapshot(s) (SEGMENT.partial.END)",
+                t.snapshots
+            );
+        }
         for point in &t.restore_points {
             let time = timeindex::format_time(point.time).unwrap_or_default();
             let _ = writeln!(

@@ -191,6 +191,12 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
         newest_end >= written.0,
         "the archive ends at {newest_end:X}, WAL was written up to {written}"
     );
+    let listing = wh.run(&archive, std::path::Path::new("/"), &["list"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.contains("receiver snapshot(s)"),
+        "list shows none: {text}"
+    );
 
     // The primary is lost too: a restore with fetch --partial reaches the last archived byte.
     pg.stop("immediate");
