@@ -96,6 +96,28 @@ impl ClusterArchive {
         }
     }
 
+    /// The key of `segment`'s time index, for messages.
+    pub fn index_key(&self, segment: SegmentName) -> String {
+        index_key(&self.archive.root, self.system_id, segment).to_string()
+    }
+
+    /// `segment`'s time index read and verified: `Ok(None)` when there is none, `Err` with
+    /// what is wrong when it cannot be read, is corrupt or does not describe the segment.
+    pub async fn read_index(
+        &self,
+        segment: SegmentName,
+    ) -> std::result::Result<Option<SegmentIndex>, String> {
+        let key = index_key(&self.archive.root, self.system_id, segment);
+        let Some(envelope) = self.get_key(&key).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        crate::blocking::run(move || {
+            let json = envelope::decode(&envelope).map_err(|e| e.to_string())?;
+            SegmentIndex::parse(segment, &json).map(Some)
+        })
+        .await
+    }
+
     /// Every segment of the cluster with a time index (listed, not read).
     pub async fn indexed_segments(&self) -> Result<BTreeSet<SegmentName>> {
         let root = index_prefix(&self.archive.root, self.system_id);

@@ -1,6 +1,8 @@
 //! Reading back every WAL-area object and history file: the envelope and its CRC-32, and
-//! each segment's first page against its name and the cluster. A segment archived without a
-//! time index (by an older walhalla) is read whole instead, and its index is made and stored.
+//! each segment's first page against its name and the cluster; and each segment's time
+//! index, which must decode and describe its segment. A segment archived without a time
+//! index (by an older walhalla, or whose index was deleted) is read whole instead, and its
+//! index is made and stored.
 
 use std::collections::BTreeSet;
 
@@ -48,11 +50,25 @@ pub async fn check(
                 ObjectName::File(WalFileName::Segment(s)) => !indexed.contains(&s),
                 _ => false,
             };
-            (name, check_one(cluster, name, system_id, index).await)
+            let index_problem = match name {
+                ObjectName::File(WalFileName::Segment(s)) if !index => {
+                    check_index(cluster, s).await.map(|problem| Finding {
+                        object: cluster.index_key(s),
+                        problem,
+                    })
+                }
+                _ => None,
+            };
+            (
+                name,
+                check_one(cluster, name, system_id, index).await,
+                index_problem,
+            )
         })
         .buffer_unordered(parallel.max(1));
     let mut findings = Vec::new();
-    while let Some((name, result)) = results.next().await {
+    while let Some((name, result, index_problem)) = results.next().await {
+        findings.extend(index_problem);
         tally.objects += 1;
         match result {
             Ok((bytes, indexed)) => {
@@ -66,6 +82,16 @@ pub async fn check(
         }
     }
     (tally, findings)
+}
+
+/// What is wrong with `segment`'s time index, if anything. An index is derived data, so the
+/// remedy is to delete it: the next verify makes it again from the segment.
+async fn check_index(cluster: &ClusterArchive, segment: SegmentName) -> Option<String> {
+    let problem = cluster.read_index(segment).await.err()?;
+    Some(format!(
+        "the time index is unusable ({problem}): restore and list go on without it; delete it, \
+         and the next verify makes it again"
+    ))
 }
 
 /// Reads and checks one object; its stored size and whether a time index was made for it

@@ -146,12 +146,18 @@ fn verify_archive(backend: Backend) {
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains(&format!("GAP {lost} .. {lost}")), "{text}");
 
-    // A flipped byte and a truncated object: each named by its key.
+    // A flipped byte, a truncated object and a garbled time index: each named by its key.
     let flipped_key = segment_key(&archive, &segments[2]);
     archive.corrupt(&flipped_key);
     let truncated_key = segment_key(&archive, &segments[3]);
     let bytes = archive.object(&truncated_key).unwrap();
     archive.overwrite(&truncated_key, bytes[..bytes.len() - 10].to_vec());
+    let index_key = archive
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(&format!("{}.json.zst", segments[0])))
+        .expect("the segment's time index");
+    archive.overwrite(&index_key, b"not an index".to_vec());
     let (code, report) = json_of(&wh, &archive, &["verify", "--json"]);
     assert_eq!(code, Some(1), "{report}");
     let named: Vec<&str> = report["clusters"][0]["findings"]
@@ -160,7 +166,7 @@ fn verify_archive(backend: Backend) {
         .iter()
         .map(|f| f["object"].as_str().unwrap())
         .collect();
-    for key in [&flipped_key, &truncated_key] {
+    for key in [&flipped_key, &truncated_key, &index_key] {
         // walhalla names the key with the archive's prefix, which the test's store is under.
         assert!(
             named.iter().any(|n| n.ends_with(key.as_str())),
