@@ -80,9 +80,10 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     match std::fs::read_to_string(&marker) {
         Ok(text) if text.trim() == system_id.to_string() => {}
         Ok(text) => {
+            // The callers name the spool.
             return Err(io::Error::other(format!(
-                "spool {} belongs to cluster {}, not {system_id}",
-                dir.display(),
+                "it belongs to cluster {}, not {system_id}: a spool holds one cluster's WAL; \
+                 give this cluster a --spool of its own",
                 text.trim()
             )));
         }
@@ -513,9 +514,13 @@ mod tests {
     fn segments_complete_durably_and_scan_back() {
         let dir = tempfile::tempdir().unwrap();
         open(dir.path(), SystemId(9), true).unwrap();
+        let refused = open(dir.path(), SystemId(10), true)
+            .expect_err("another cluster's spool must be refused")
+            .to_string();
+        // The caller names the spool; the hint names the way out.
         assert!(
-            open(dir.path(), SystemId(10), true).is_err(),
-            "another cluster's spool must be refused"
+            refused.starts_with("it belongs to cluster 9, not 10") && refused.contains("--spool"),
+            "{refused}"
         );
         let size = SegmentSize::new(MIB).unwrap();
         let mut w = SegmentWriter::create(dir.path(), TimelineId(1), SegNo(3), size, true).unwrap();

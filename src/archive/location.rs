@@ -104,6 +104,15 @@ impl FromStr for Location {
                 "unsupported archive scheme {scheme:?} in {s:?}: use a directory path, file://, s3://, gs:// or az://"
             ));
         }
+        if let Some((scheme, _)) = s.split_once(':').filter(|(scheme, _)| {
+            !scheme.is_empty()
+                && !scheme.contains('/')
+                && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
+        }) {
+            return Err(format!(
+                "invalid archive {s:?}: {scheme}: is not followed by //; use a directory path, file:///dir, s3://, gs:// or az://bucket/prefix"
+            ));
+        }
         if !s.starts_with('/') {
             // The hooks run in the data directory: a relative archive would land inside it.
             return Err(format!("archive directory {s:?} must be an absolute path"));
@@ -185,5 +194,8 @@ mod tests {
         ] {
             assert!(bad.parse::<Location>().is_err(), "{bad:?} accepted");
         }
+        // A URL with a slash missing is named as one, not as a relative directory.
+        let error = "s3:/bucket".parse::<Location>().unwrap_err();
+        assert!(error.contains("s3: is not followed by //"), "{error}");
     }
 }

@@ -72,9 +72,11 @@ pub async fn identify(
     if let Some(expected) = expected {
         if expected != identity.system_id {
             return Err(SessionError::fatal(anyhow!(
-                "server {host} belongs to cluster {}, but this receiver archives cluster {expected}; \
-                 point --dbname at a server of cluster {expected}, or use another archive or --system-id for the other cluster",
-                identity.system_id
+                "server {host} belongs to cluster {other}, but this receiver archives cluster {expected} \
+                 (from --system-id, or from the --spool an earlier run left); point --dbname at a server \
+                 of cluster {expected}, or give cluster {other} a --spool of its own (and --system-id {other} \
+                 if set)",
+                other = identity.system_id
             )));
         }
     }

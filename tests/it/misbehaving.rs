@@ -348,7 +348,7 @@ fn another_system_id_than_the_archives_is_fatal() {
     let mut s = start(identity, script, &["--system-id", &expected]);
     let log = s.exits_with_1();
     let needle = format!(
-        "belongs to cluster {}, but this receiver archives cluster {expected}; point --dbname at a server of cluster {expected}",
+        "belongs to cluster {}, but this receiver archives cluster {expected} (from --system-id, or from the --spool an earlier run left); point --dbname at a server of cluster {expected}",
         real_wal::other_cluster().system_id
     );
     assert_clear(&log, &needle);
