@@ -459,6 +459,19 @@ mod tests {
     }
 
     #[test]
+    fn a_server_without_a_receiver_exports_no_receiver_metrics() {
+        let page = Metrics::default().snapshot().to_prometheus();
+        for receivers in [
+            "walhalla_connected",
+            "walhalla_timeline",
+            "walhalla_received_lsn",
+        ] {
+            assert!(!page.contains(receivers), "{receivers}: {page}");
+        }
+        assert!(page.contains("walhalla_fetch_requests_total 0"), "{page}");
+    }
+
+    #[test]
     fn lag_is_what_the_server_has_beyond_what_was_received() {
         let m = Metrics::default();
         m.stream_started(1000);

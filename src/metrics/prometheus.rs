@@ -88,7 +88,10 @@ impl Snapshot {
                 self.archived_segments.to_string(),
             ),
         ];
-        for (name, help, value) in gauges {
+        // The receiver's measurements, where one runs: zeros from `walhalla serve` alone would
+        // read as a receiver that is down (an alert on walhalla_connected == 0, say).
+        let receiving = self.receiver.is_some();
+        for (name, help, value) in gauges.into_iter().filter(|_| receiving) {
             let kind = if name.ends_with("_total") {
                 "counter"
             } else {
@@ -96,17 +99,25 @@ impl Snapshot {
             };
             metric(name, kind, help, &one(value));
         }
-        metric(
-            "archive_gap_segments",
-            "gauge",
-            "Segments missing from the archive that the server no longer has",
-            &one(self
-                .archive_gaps
-                .iter()
-                .map(|g| g.segments)
-                .sum::<u64>()
-                .to_string()),
-        );
+        if receiving {
+            metric(
+                "archive_gap_segments",
+                "gauge",
+                "Segments missing from the archive that the server no longer has",
+                &one(self
+                    .archive_gaps
+                    .iter()
+                    .map(|g| g.segments)
+                    .sum::<u64>()
+                    .to_string()),
+            );
+            metric(
+                "reconnects_total",
+                "counter",
+                "Reconnections after a session ended",
+                &one(self.reconnects.to_string()),
+            );
+        }
         if let Some(coverage) = &self.coverage {
             metric(
                 "archive_gaps",
@@ -149,12 +160,6 @@ impl Snapshot {
                 ("{kind=\"transient\"}".to_string(), failing(false)),
                 ("{kind=\"permanent\"}".to_string(), failing(true)),
             ],
-        );
-        metric(
-            "reconnects_total",
-            "counter",
-            "Reconnections after a session ended",
-            &one(self.reconnects.to_string()),
         );
         let labelled = |label: &str, pairs: &[(&str, u64)]| {
             pairs
