@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::archive::{Encryption, Location, StoreOptions};
 use crate::envelope;
@@ -35,6 +35,14 @@ pub struct Overrides {
     /// `--sse-kms-key-id`.
     pub sse_kms_key_id: Option<String>,
 }
+
+/// A setting that cannot be right, found after the command line was parsed (an archive URL,
+/// a connection string, a timeout, no archive at all): walhalla exits 255 for it, as for the
+/// command line parser's own usage errors, so that a mistyped restore_command never reads as
+/// "not found".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// The resolved settings.
 #[derive(Clone, Debug)]
@@ -93,9 +101,13 @@ impl Config {
 impl Config {
     /// The archive, which every command but `fetch --server` needs.
     pub fn archive(&self) -> anyhow::Result<&Location> {
-        self.archive.as_ref().context(
-            "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file",
-        )
+        self.archive.as_ref().ok_or_else(|| {
+            UsageError(
+                "no archive configured: pass --archive URL, set WALHALLA_ARCHIVE, or set archive in the --config file"
+                    .into(),
+            )
+            .into()
+        })
     }
 }
 

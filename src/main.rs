@@ -16,7 +16,7 @@ use walhalla::cli::{
     ReceiveArgs, RestoreArgs, VerifyArgs,
 };
 use walhalla::client::ServerClient;
-use walhalla::config::Config;
+use walhalla::config::{Config, UsageError};
 use walhalla::daemon::{ServedCluster, Shared};
 use walhalla::hooks::{
     self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOptions, FetchOutcome,
@@ -113,6 +113,10 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             logging::print_error(log_format, &format!("walhalla {command}: error: {e:#}"));
+            if e.chain().any(|cause| cause.is::<UsageError>()) {
+                // As for the parser's usage errors, above.
+                return ExitCode::from(EXIT_FETCH_FATAL);
+            }
             ExitCode::from(failure_code)
         }
     }
@@ -137,7 +141,8 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
     if let Command::Config(args) = &cli.command {
         return print_settings(&settings, args).map(|()| 0);
     }
-    let config = Config::resolve(cli.global.overrides())?;
+    let config =
+        Config::resolve(cli.global.overrides()).map_err(|e| UsageError(format!("{e:#}")))?;
     let umask = walhalla::fsutil::restrict_umask(&private_roots(&cli.command, &config));
     tracing::debug!("umask {umask:04o}");
     match cli.command {
@@ -340,7 +345,7 @@ async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
 /// beneath, and the password from `--password-file` when the string has none.
 fn connection(args: &ConnArgs) -> anyhow::Result<ConnParams> {
     let mut conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
-        .context("connection string")?;
+        .map_err(|e| UsageError(format!("connection string: {e}")))?;
     if let Some(path) = &args.password_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read the password file {}", path.display()))?;
@@ -500,7 +505,7 @@ async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
 /// `walhalla check`: exit 0 when every check passes, 1 otherwise.
 async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<u8> {
     let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
-        .context("connection string")?;
+        .map_err(|e| UsageError(format!("connection string: {e}")))?;
     let options = walhalla::check::CheckOptions {
         conn,
         slot: args.slot,

@@ -162,6 +162,36 @@ fn config_names_each_source_and_masks_the_password() {
         "{}",
         crate::harness::describe(&output)
     );
+
+    // So is a setting that cannot be right, found once the command line is parsed.
+    let empty = private_file(&dir, "empty.toml", "");
+    for (args, says) in [
+        (
+            &["--archive", "ftp://x/y", "list"][..],
+            "unsupported archive",
+        ),
+        (&["--archive", "relative/dir", "list"], "absolute path"),
+        (
+            &["--archive", "/nonexistent", "--timeout", "0", "list"],
+            "timeout",
+        ),
+        (
+            &["--archive", "/nonexistent", "check", "-d", "port=notaport"],
+            "connection string",
+        ),
+    ] {
+        let output = std::process::Command::new(wh.binary())
+            .args(args)
+            .env("WALHALLA_CONFIG", &empty)
+            .output()
+            .expect("run walhalla");
+        let described = crate::harness::describe(&output);
+        assert_eq!(output.status.code(), Some(255), "{args:?}: {described}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(says),
+            "{args:?}: {described}"
+        );
+    }
 }
 
 /// `walhalla config | head -1` and `walhalla list | head -1`: a reader that closes the pipe
