@@ -59,8 +59,7 @@ pub struct PruneArgs {
     /// Say what would be deleted, with sizes; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Take backup folders without metadata for interrupted backups, not ones in progress,
-    /// and delete them.
+    /// Take backup folders without metadata for interrupted backups, not ones in progress.
     #[arg(long)]
     pub assume_interrupted: bool,
     /// Print JSON.

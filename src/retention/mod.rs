@@ -54,8 +54,7 @@
 //! A backup folder without usable metadata is a backup that was interrupted, or one still
 //! running (the metadata is written last). The rule refuses ([`PruneError::InProgress`]) when
 //! such a folder is newer than every complete backup or started less than
-//! [`IN_PROGRESS_WINDOW`] before `now`, unless [`Policy::assume_interrupted`] says otherwise,
-//! in which case every such folder is deleted.
+//! [`IN_PROGRESS_WINDOW`] before `now`, unless [`Policy::assume_interrupted`] says otherwise.
 //! The WAL a backup newer than every complete backup needs is kept anyway (the newest complete
 //! backup is always retained, and that WAL comes after its start); what the refusal protects is
 //! the folder itself, and a backup racing the listing.
@@ -312,7 +311,7 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
                 plan.kept = timelines
                     .needed_by(&metas, &mut plan.notes)
                     .map_err(invalid)?;
-                plan.delete_backups = doomed(&backups, inventory, &plan.retained, policy);
+                plan.delete_backups = doomed(&backups, inventory, &plan.retained);
             }
         }
         Rule::WalWithin(_) | Rule::WalBefore(_) if !complete.is_empty() => {
@@ -432,16 +431,9 @@ fn retain(
     Ok(retained)
 }
 
-/// The backup folders to delete: complete ones not retained, incomplete ones older than the
-/// oldest retained backup, and interrupted ones older than that, or all of them when the
-/// policy takes every folder without metadata for an interrupted backup (else the next prune
-/// would refuse on the same folders again).
-fn doomed(
-    backups: &[Backup],
-    inventory: &Inventory,
-    retained: &[Retained],
-    policy: &Policy,
-) -> Vec<DeletedBackup> {
+/// The backup folders to delete: complete ones not retained, and incomplete or interrupted
+/// ones older than the oldest retained backup.
+fn doomed(backups: &[Backup], inventory: &Inventory, retained: &[Retained]) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
     };
@@ -469,7 +461,7 @@ fn doomed(
         inventory
             .unusable
             .iter()
-            .filter(|id| policy.assume_interrupted || order(id) < oldest)
+            .filter(|id| order(id) < oldest)
             .map(|id| DeletedBackup {
                 id: id.clone(),
                 stored_bytes: None,
