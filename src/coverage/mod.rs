@@ -92,10 +92,14 @@ pub fn timelines(
                 .map(|e| (e.timeline, e.switch_point));
             let empty = BTreeSet::new();
             let segments = held.get(&timeline).unwrap_or(&empty);
-            // From its switch point when the archive follows it there from its parent;
-            // an archive that began on this timeline begins at its first segment.
+            // From its switch point when the archive follows it there from an ancestor (its
+            // parent may have no segment of its own); an archive that began on this timeline
+            // begins at its first segment.
+            let followed = histories
+                .get(&timeline)
+                .is_some_and(|h| h.iter().any(|e| held.contains_key(&e.timeline)));
             let begins = parent
-                .filter(|(from, _)| held.contains_key(from))
+                .filter(|_| followed)
                 .map(|(_, at)| SegNo::containing(at, size));
             let mut wal = TimelineWal {
                 timeline: timeline.0,
@@ -300,5 +304,21 @@ mod tests {
         let wal = timelines(&inv, &histories, size);
         assert_eq!(wal.len(), 1);
         assert!(wal[0].gaps.is_empty(), "{:?}", wal[0].gaps);
+
+        // With timeline 1's WAL here, the archive followed the switches (timeline 2 has no
+        // segment of its own): 3's segments from the switch on are missing.
+        let mut inv = inventory(&[
+            "000000010000000000000001",
+            "000000030000000000000009",
+            "00000003000000000000000A",
+        ]);
+        inv.histories.push((TimelineId(3), ObjectInfo::default()));
+        let wal = timelines(&inv, &histories, size);
+        let three = wal.iter().find(|t| t.timeline == 3).unwrap();
+        assert_eq!(
+            three.gaps,
+            runs((5..9).map(SegNo), TimelineId(3), size),
+            "{three:?}"
+        );
     }
 }

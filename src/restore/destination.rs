@@ -57,17 +57,17 @@ impl Destination {
         self.force && !matches!(self.role, Role::OriginalTablespace(_))
     }
 
-    /// Refuses the data directory of a running server, whatever `--force` says, and a
-    /// directory that holds anything unless it may be emptied.
+    /// Refuses a directory that is, or directly holds, the data directory of a running server,
+    /// whatever `--force` says (a `--to` or `--tablespace-map` mistyped as a live cluster's
+    /// directory or its parent), and a directory that holds anything unless it may be emptied.
     pub(super) fn check(&self) -> anyhow::Result<()> {
         let dir = self.dir.display();
-        if let Role::DataDirectory = self.role {
-            if let Some(pid) = running_postmaster(&self.dir)? {
-                bail!(
-                    "{dir} is the data directory of a running PostgreSQL server (postmaster.pid \
-                     names process {pid}, which is alive); stop it first, or restore elsewhere"
-                );
-            }
+        if let Some((data, pid)) = running_server_in(&self.dir)? {
+            bail!(
+                "{} is the data directory of a running PostgreSQL server (postmaster.pid names \
+                 process {pid}, which is alive); stop it first, or restore elsewhere",
+                data.display()
+            );
         }
         let holds_something = match std::fs::read_dir(&self.dir) {
             Ok(mut entries) => entries.next().is_some(),
@@ -105,6 +105,30 @@ impl Destination {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", dir.display()))
     }
+}
+
+/// A running server's data directory that is `dir` or directly in it, with its postmaster's
+/// pid ([`running_postmaster`]).
+fn running_server_in(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
+    if let Some(pid) = running_postmaster(dir)? {
+        return Ok(Some((dir.to_path_buf(), pid)));
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("read {}", dir.display()))?
+            .path();
+        if path.is_dir() && !path.is_symlink() {
+            if let Some(pid) = running_postmaster(&path)? {
+                return Ok(Some((path, pid)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The process a data directory's `postmaster.pid` names, when it is alive: PostgreSQL's own
@@ -172,6 +196,17 @@ mod tests {
         )
         .unwrap();
         let error = Destination::data_directory(data.clone(), true)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("running PostgreSQL server"), "{error}");
+        // Nor its parent, nor as a tablespace's directory.
+        let error = Destination::data_directory(dir.path().to_path_buf(), true)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("running PostgreSQL server"), "{error}");
+        let error = Destination::tablespace(16384, data.clone(), true, true)
             .check()
             .unwrap_err()
             .to_string();
