@@ -504,8 +504,7 @@ async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<u8> {
 
 /// `walhalla check`: exit 0 when every check passes, 1 otherwise.
 async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<u8> {
-    let conn = ConnParams::parse(&args.conn.conninfo, &|name| std::env::var(name).ok())
-        .map_err(|e| UsageError(format!("connection string: {e}")))?;
+    let conn = connection(&args.conn)?;
     let options = walhalla::check::CheckOptions {
         conn,
         slot: args.slot,

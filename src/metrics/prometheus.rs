@@ -90,16 +90,15 @@ impl Snapshot {
         ];
         // The receiver's measurements, where one runs: zeros from `walhalla serve` alone would
         // read as a receiver that is down (an alert on walhalla_connected == 0, say).
-        let receiving = self.receiver.is_some();
-        for (name, help, value) in gauges.into_iter().filter(|_| receiving) {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            metric(name, kind, help, &one(value));
-        }
-        if receiving {
+        if self.receiver.is_some() {
+            for (name, help, value) in gauges {
+                let kind = if name.ends_with("_total") {
+                    "counter"
+                } else {
+                    "gauge"
+                };
+                metric(name, kind, help, &one(value));
+            }
             metric(
                 "archive_gap_segments",
                 "gauge",

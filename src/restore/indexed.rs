@@ -59,14 +59,13 @@ pub async fn choose_for_name<'a>(
                 }
                 Ok(chosen.choice)
             }
-            Err(refusal) if more_wal.is_some() => {
-                tracing::warn!(
-                    "{refusal}; {}, so choosing as without an index",
-                    more_wal.unwrap_or_default()
-                );
-                plan::choose(backups, &target, path)
-            }
-            Err(refusal) => Err(format!("{refusal}; nothing was written")),
+            Err(refusal) => match more_wal {
+                Some(why) => {
+                    tracing::warn!("{refusal}; {why}, so choosing as without an index");
+                    plan::choose(backups, &target, path)
+                }
+                None => Err(format!("{refusal}; nothing was written")),
+            },
         },
     )
 }
@@ -115,11 +114,7 @@ pub async fn check_time(
                  and fail with \"recovery ended before configured recovery target was reached\"",
                 backup.id
             );
-            if let Some(why) = more_wal {
-                tracing::warn!("{problem}; going on, since {why}");
-            } else {
-                bail!("{problem}; nothing was written");
-            }
+            return refuse_unless(more_wal, problem);
         }
     }
     Ok(())
@@ -161,9 +156,17 @@ pub async fn check_lsn(
         SegmentName::new(timeline, last, size),
         timeline.0
     );
-    if let Some(why) = more_wal {
-        tracing::warn!("{problem}; going on, since {why}");
-        return Ok(());
+    refuse_unless(more_wal, problem)
+}
+
+/// Refuses the restore for `problem`, or only warns when the restored server may replay more
+/// WAL than the archive holds (`more_wal`, why).
+fn refuse_unless(more_wal: Option<&str>, problem: String) -> anyhow::Result<()> {
+    match more_wal {
+        Some(why) => {
+            tracing::warn!("{problem}; going on, since {why}");
+            Ok(())
+        }
+        None => bail!("{problem}; nothing was written"),
     }
-    bail!("{problem}; nothing was written")
 }
