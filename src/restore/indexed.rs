@@ -51,7 +51,7 @@ pub async fn choose_for_name<'a>(
     Ok(
         match targets::choose_for_name(backups, name, path, &steps, size) {
             Ok(chosen) => {
-                if let Some(unchecked) = chosen.unchecked {
+                if let Some(unchecked) = chosen.warning {
                     tracing::warn!(
                         "{unchecked}; choosing backup {} as without an index",
                         chosen.choice.backup.id
@@ -68,6 +68,69 @@ pub async fn choose_for_name<'a>(
             },
         },
     )
+}
+
+/// Chooses the backup for time `target` on `path`: by the backups' stop times, then checked
+/// against the indexes ([`targets::choose_for_time`]) of the WAL from the start of the
+/// backup before that one. When that one must be passed over, the WAL from the oldest
+/// usable backup's start is read, and the newest backup consistent before the first commit
+/// or abort past the target is chosen. `Err(String)` is a refusal, as [`plan::choose`]'s.
+pub async fn choose_for_time<'a>(
+    cluster: &ClusterArchive,
+    backups: &'a [BackupMeta],
+    (target, exclusive): (&Target, bool),
+    path: &[Leg],
+    newest: &BTreeMap<TimelineId, SegNo>,
+) -> anyhow::Result<Result<Choice<'a>, String>> {
+    let by_clock = match plan::choose(backups, target, path) {
+        Ok(choice) => choice.backup,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let (Target::Time { at, .. }, Ok(size), Ok(by_clock_stop)) =
+        (target, by_clock.segment_size(), by_clock.stop())
+    else {
+        return Ok(plan::choose(backups, target, path));
+    };
+    let Some(at) = PgTimestamp::from_unix_micros(at.as_microsecond()) else {
+        return Ok(plan::choose(backups, target, path));
+    };
+    let usable = plan::usable(backups, path);
+    let at_by_clock = usable.iter().position(|b| std::ptr::eq(*b, by_clock));
+    let previous = at_by_clock
+        .and_then(|i| i.checked_sub(1))
+        .map_or(by_clock, |i| usable[i]);
+    let mut first_stop = None;
+    for from in [previous, usable[0]] {
+        let from = earlier_start(from, by_clock);
+        let ranges = plan::needed_segments(from, path, Some(by_clock_stop), newest, size)
+            .map_err(|e| anyhow!(e))?;
+        let steps = steps(cluster, &ranges, size).await?;
+        let start = from.start().map_err(|e| anyhow!(e))?;
+        first_stop = targets::first_known_stop(&steps, at, exclusive, start, size);
+        if first_stop
+            .as_ref()
+            .is_none_or(|(mark, _)| by_clock_stop <= mark.lsn)
+            || std::ptr::eq(from, usable[0])
+        {
+            break;
+        }
+    }
+    Ok(
+        targets::choose_for_time(backups, target, path, first_stop.as_ref()).map(|chosen| {
+            if let Some(passed_over) = chosen.warning {
+                tracing::warn!("{passed_over}");
+            }
+            chosen.choice
+        }),
+    )
+}
+
+/// Whichever of `a` and `b` starts first.
+fn earlier_start<'a>(a: &'a BackupMeta, b: &'a BackupMeta) -> &'a BackupMeta {
+    match (a.start(), b.start()) {
+        (Ok(x), Ok(y)) if y < x => b,
+        _ => a,
+    }
 }
 
 /// Checks by the indexes of `ranges` (from `backup` to the end of the archive) that recovery

@@ -283,8 +283,8 @@ async fn choose<'a>(
     Ok((choice.backup, choice.reason, path))
 }
 
-/// Chooses the backup on `path`: for a restore point by the archive's time indexes, for the
-/// other targets by the backups alone. `Err(String)` is a refusal.
+/// Chooses the backup on `path`: for a restore point or a time with the archive's time
+/// indexes, for the other targets by the backups alone. `Err(String)` is a refusal.
 async fn choose_on<'a>(
     cluster: &ClusterArchive,
     backups: &'a [BackupMeta],
@@ -296,6 +296,10 @@ async fn choose_on<'a>(
         Target::Name(name) => {
             let more_wal = more_wal(options);
             indexed::choose_for_name(cluster, backups, name, path, newest, more_wal).await
+        }
+        target @ Target::Time { .. } => {
+            let target = (target, options.recovery.exclusive);
+            indexed::choose_for_time(cluster, backups, target, path, newest).await
         }
         target => Ok(plan::choose(backups, target, path)),
     }

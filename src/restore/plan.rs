@@ -117,11 +117,22 @@ pub fn usable<'a>(backups: &'a [BackupMeta], path: &[Leg]) -> Vec<&'a BackupMeta
 }
 
 /// Chooses the newest complete backup on `path` from which `target` can be reached: for a
-/// time, one consistent before it; for a position, one consistent at or before it.
+/// time, one consistent before it (by its stop time); for a position, one consistent at or
+/// before it.
 pub fn choose<'a>(
     backups: &'a [BackupMeta],
     target: &Target,
     path: &[Leg],
+) -> Result<Choice<'a>, String> {
+    choose_where(backups, target, path, |_| true)
+}
+
+/// [`choose`] among the backups `also` accepts; a refusal is [`choose`]'s when none does.
+pub fn choose_where<'a>(
+    backups: &'a [BackupMeta],
+    target: &Target,
+    path: &[Leg],
+    also: impl Fn(&BackupMeta) -> bool,
 ) -> Result<Choice<'a>, String> {
     let usable = usable(backups, path);
     let Some(&oldest) = usable.first() else {
@@ -138,7 +149,7 @@ pub fn choose<'a>(
         Target::Lsn(lsn) => b.stop().is_ok_and(|stop| stop <= *lsn),
         _ => true,
     };
-    let chosen = usable.iter().rev().find(|b| fits(b)).copied();
+    let chosen = usable.iter().rev().find(|b| fits(b) && also(b)).copied();
     let Some(backup) = chosen else {
         return Err(format!(
             "no backup is consistent before {target}: the oldest complete backup, {}, is consistent at {} ({})",

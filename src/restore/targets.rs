@@ -18,13 +18,15 @@
 //! - a time T: the first commit or abort whose time is after T (at or after T with
 //!   `--target-exclusive`). When no archived commit or abort is, recovery replays to the end
 //!   of the archive and fails with "recovery ended before configured recovery target was
-//!   reached".
+//!   reached". A backup is chosen for T by its stop time, the clock of the host that took
+//!   it; where the indexes show such a commit before that backup is consistent, the host's
+//!   clock was behind the server's, and an older backup is chosen.
 
 use std::collections::BTreeMap;
 
 use super::plan::{self, Choice, Leg, Target};
 use crate::backup::meta::BackupMeta;
-use crate::timeindex::{CrossingRecord, RestorePointMark, SegmentIndex, format_time};
+use crate::timeindex::{CrossingRecord, RestorePointMark, SegmentIndex, XactMark, format_time};
 use crate::wal::{Lsn, PgTimestamp, SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// A segment recovery replays, with its index when the archive holds a usable one.
@@ -104,14 +106,15 @@ fn first_restore_point<'a>(
     Found::Nowhere
 }
 
-/// The backup chosen for a restore point, and, when the indexes could not tell whether it
-/// reaches it, why not (for a warning).
+/// A backup chosen with the indexes, and what the log should warn of: for a restore point,
+/// why the indexes could not tell whether it reaches it; for a time, the newer backup the
+/// indexes passed over.
 #[derive(Debug)]
-pub struct NameChoice<'a> {
+pub struct IndexedChoice<'a> {
     /// The backup and why.
     pub choice: Choice<'a>,
-    /// Set when the choice is not checked against the indexes.
-    pub unchecked: Option<String>,
+    /// A warning for the log.
+    pub warning: Option<String>,
 }
 
 /// Chooses the newest complete backup on `path` from which recovery reaches restore point
@@ -125,14 +128,14 @@ pub fn choose_for_name<'a>(
     path: &[Leg],
     steps: &[Step],
     size: SegmentSize,
-) -> Result<NameChoice<'a>, String> {
+) -> Result<IndexedChoice<'a>, String> {
     let usable = plan::usable(backups, path);
     let Some(&oldest) = usable.first() else {
         // The same refusal as without indexes.
         let choice = plan::choose(backups, &Target::Name(name.into()), path)?;
-        return Ok(NameChoice {
+        return Ok(IndexedChoice {
             choice,
-            unchecked: None,
+            warning: None,
         });
     };
     for &backup in usable.iter().rev() {
@@ -149,9 +152,9 @@ pub fn choose_for_name<'a>(
                     backup.stop_lsn,
                     backup.stop_time
                 );
-                return Ok(NameChoice {
+                return Ok(IndexedChoice {
                     choice: Choice { backup, reason },
-                    unchecked: None,
+                    warning: None,
                 });
             }
             // Recovery would stop there before the backup is consistent.
@@ -167,9 +170,9 @@ pub fn choose_for_name<'a>(
                     uncovered(segment),
                     backup.id
                 );
-                return Ok(NameChoice {
+                return Ok(IndexedChoice {
                     choice: Choice { backup, reason },
-                    unchecked: Some(unchecked),
+                    warning: Some(unchecked),
                 });
             }
         }
@@ -232,7 +235,7 @@ pub fn time_reach(
     from: Lsn,
     size: SegmentSize,
 ) -> TimeReach {
-    let stops = |t: PgTimestamp| if exclusive { t >= at } else { t > at };
+    let stops = stops_at(at, exclusive);
     let mut newest: Option<(PgTimestamp, SegmentName)> = None;
     let mut unindexed = None;
     for step in from_lsn(steps, from, size) {
@@ -264,6 +267,88 @@ pub fn time_reach(
     }
 }
 
+/// Whether a commit or abort at a time stops recovery to time `at`, as PostgreSQL's
+/// `recovery_target_time` does: after it, or at or after it when `exclusive`.
+fn stops_at(at: PgTimestamp, exclusive: bool) -> impl Fn(PgTimestamp) -> bool {
+    move |t| if exclusive { t >= at } else { t > at }
+}
+
+/// The first commit or abort at or after `from` that the indexes of `steps` show stopping
+/// recovery to time `at` ([`stops_at`]), with its segment. Recovery replaying from `from`
+/// stops there or sooner: an unindexed segment, or a record that is neither its segment's
+/// earliest nor latest, may stop it first.
+pub fn first_known_stop(
+    steps: &[Step],
+    at: PgTimestamp,
+    exclusive: bool,
+    from: Lsn,
+    size: SegmentSize,
+) -> Option<(XactMark, SegmentName)> {
+    let stops = stops_at(at, exclusive);
+    from_lsn(steps, from, size).iter().find_map(|step| {
+        let index = step.index.as_ref()?;
+        [&index.earliest_xact, &index.latest_xact]
+            .into_iter()
+            .flatten()
+            .filter(|mark| mark.lsn >= from && stops(mark.time))
+            .min_by_key(|mark| mark.lsn)
+            .map(|mark| (mark.clone(), step.segment))
+    })
+}
+
+/// Chooses the backup for time `target` as [`plan::choose`] does, by the backups' stop
+/// times, but never one consistent after `stop`, a commit or abort recovery to the target
+/// stops at or before ([`first_known_stop`] from the start of the WAL the candidates need).
+/// A backup's stop time is the clock of the host that took it; a commit's time is the
+/// server's. Recovery from a backup consistent after such a commit stops before the backup
+/// is consistent and fails, or, when the backup starts after the commit, already holds the
+/// transaction the target leaves out.
+pub fn choose_for_time<'a>(
+    backups: &'a [BackupMeta],
+    target: &Target,
+    path: &[Leg],
+    stop: Option<&(XactMark, SegmentName)>,
+) -> Result<IndexedChoice<'a>, String> {
+    let by_clock = plan::choose(backups, target, path)?;
+    let consistent_by = |b: &BackupMeta, lsn: Lsn| b.stop().is_ok_and(|s| s <= lsn);
+    let Some((mark, segment)) = stop.filter(|(m, _)| !consistent_by(by_clock.backup, m.lsn)) else {
+        return Ok(IndexedChoice {
+            choice: by_clock,
+            warning: None,
+        });
+    };
+    let evidence = format!(
+        "recovery to {target} stops at or before the commit or abort at {} ({}, in segment {segment}, by the archive's time index)",
+        mark.lsn,
+        time_text(mark.time)
+    );
+    let passed = by_clock.backup;
+    match plan::choose_where(backups, target, path, |b| consistent_by(b, mark.lsn)) {
+        Ok(choice) => {
+            let passed_over = format!(
+                "{evidence}, before backup {} is consistent at {}, although that backup stopped at {} by the clock \
+                 of the host that took it: are the two hosts' clocks apart? Choosing backup {} instead",
+                passed.id, passed.stop_lsn, passed.stop_time, choice.backup.id
+            );
+            Ok(IndexedChoice {
+                choice,
+                warning: Some(passed_over),
+            })
+        }
+        Err(_) => {
+            let oldest = plan::usable(backups, path)
+                .first()
+                .copied()
+                .unwrap_or(passed);
+            Err(format!(
+                "no backup is consistent before {target}: {evidence}, and the oldest complete backup, {}, is consistent \
+                 at {} ({} by the clock of the host that took it)",
+                oldest.id, oldest.stop_lsn, oldest.stop_time
+            ))
+        }
+    }
+}
+
 /// Why the indexes cannot tell about `segment`, for messages.
 pub fn uncovered(segment: SegmentName) -> String {
     format!(
@@ -281,11 +366,11 @@ pub fn time_text(time: PgTimestamp) -> String {
 mod tests {
     use super::*;
     use crate::backup::meta::testing::backup;
-    use crate::timeindex::{INDEX_FORMAT, IndexEnd, XactMark};
+    use crate::timeindex::{INDEX_FORMAT, IndexEnd};
 
     const MIB: u32 = 1 << 20;
     /// 2026-01-01T00:00:00Z in PostgreSQL's microseconds.
-    const BASE: i64 = 820_454_400_000_000;
+    const BASE: i64 = 820_540_800_000_000;
 
     fn size() -> SegmentSize {
         SegmentSize::new(MIB).unwrap()
@@ -360,7 +445,7 @@ mod tests {
         let backups = backups();
         let path = plan::path(TimelineId(1), &[]);
         choose_for_name(&backups, name, &path, &steps(points, unindexed), size())
-            .map(|c| (c.choice.backup.id.clone(), c.unchecked.is_some()))
+            .map(|c| (c.choice.backup.id.clone(), c.warning.is_some()))
     }
 
     #[test]
@@ -416,12 +501,7 @@ mod tests {
         };
         let chosen = choose_for_name(&backups, "x", &path, &crossing, size()).unwrap();
         assert_eq!(chosen.choice.backup.id, "c");
-        assert!(
-            chosen
-                .unchecked
-                .unwrap()
-                .contains("00000001000000000000000A")
-        );
+        assert!(chosen.warning.unwrap().contains("00000001000000000000000A"));
         // Any other record there changes nothing.
         crossing[8].index.as_mut().unwrap().end = IndexEnd::Continues {
             at: Lsn(0xAFFFC0),
@@ -430,7 +510,7 @@ mod tests {
         };
         let chosen = choose_for_name(&backups, "x", &path, &crossing, size()).unwrap();
         assert_eq!(
-            (chosen.choice.backup.id.as_str(), chosen.unchecked),
+            (chosen.choice.backup.id.as_str(), chosen.warning),
             ("a", None)
         );
         // An index that did not read its whole segment counts as none.
@@ -487,6 +567,79 @@ mod tests {
             TimeReach::Unknown {
                 segment: SegmentName::new(TimelineId(1), SegNo(10), size())
             }
+        );
+    }
+
+    #[test]
+    fn a_time_passes_over_a_backup_the_indexes_show_consistent_after_it() {
+        let all = steps(&[], &[]);
+        let path = plan::path(TimelineId(1), &[]);
+        let mut backups = backups();
+        // c stopped at 00:00:09 by the server's clock; the host that took it was 3 s behind.
+        backups[2].stop_time = "2026-01-01T00:00:06Z".into();
+        let at = "2026-01-01T00:00:06.5Z";
+        let target = Target::Time {
+            at: at.parse().unwrap(),
+            text: at.into(),
+        };
+        let from = backups[1].start().unwrap();
+        let stop = first_known_stop(&all, second(6.5), false, from, size());
+        let (mark, segment) = stop.clone().unwrap();
+        assert_eq!((mark.lsn, mark.time), (Lsn(0x700200), second(7.0)));
+        assert_eq!(segment.to_string(), "000000010000000000000007");
+        let chosen = choose_for_time(&backups, &target, &path, stop.as_ref()).unwrap();
+        assert_eq!(chosen.choice.backup.id, "b");
+        let why = chosen.warning.unwrap();
+        assert!(
+            why.contains("before backup c is consistent at 0/900100") && why.contains("clocks"),
+            "{why}"
+        );
+        // Without the index (or with nothing found past the target): the stop times decide.
+        let chosen = choose_for_time(&backups, &target, &path, None).unwrap();
+        assert_eq!(
+            (chosen.choice.backup.id.as_str(), chosen.warning),
+            ("c", None)
+        );
+        // A commit after the target, found after c's stop, leaves c chosen.
+        let late = first_known_stop(&all, second(9.5), false, from, size());
+        let chosen = choose_for_time(&backups, &target, &path, late.as_ref()).unwrap();
+        assert_eq!(chosen.choice.backup.id, "c");
+        // Exclusive stops at a commit at exactly the target; marks before `from` are not
+        // replayed.
+        let exact = first_known_stop(&all, second(6.0), true, from, size()).unwrap();
+        assert_eq!(exact.0.lsn, Lsn(0x600200));
+        let none = first_known_stop(&all, second(3.0), false, Lsn(0xC00300), size());
+        assert_eq!(none, None);
+        // An unindexed segment holds nothing known.
+        let gap = steps(&[], &[7, 8]);
+        let found = first_known_stop(&gap, second(6.5), false, from, size()).unwrap();
+        assert_eq!(found.0.lsn, Lsn(0x900200));
+    }
+
+    #[test]
+    fn a_time_no_backup_is_consistent_before_by_the_indexes_is_refused() {
+        let all = steps(&[], &[]);
+        let path = plan::path(TimelineId(1), &[]);
+        // One backup, from segment 2 to 3, stopped at 00:00:01 by a clock behind the server's.
+        let backups = [backup(
+            "a",
+            1,
+            "0/200028",
+            "0/300100",
+            "2026-01-01T00:00:01Z",
+        )];
+        let at = "2026-01-01T00:00:01.7Z";
+        let target = Target::Time {
+            at: at.parse().unwrap(),
+            text: at.into(),
+        };
+        let stop = first_known_stop(&all, second(1.7), false, Lsn(0x200028), size());
+        let refused = choose_for_time(&backups, &target, &path, stop.as_ref()).unwrap_err();
+        assert!(
+            refused.contains("no backup is consistent before time")
+                && refused.contains("commit or abort at 0/200200")
+                && refused.contains("the oldest complete backup, a, is consistent at 0/300100"),
+            "{refused}"
         );
     }
 }

@@ -203,6 +203,65 @@ fn a_time_target_chooses_the_newest_backup_before_it() {
     assert!(!to.exists(), "the restore wrote something");
 }
 
+/// Replaces backup `id`'s `stop_time` in the archive, as a host with another clock would
+/// have written it.
+fn rewrite_stop_time(archive: &TestArchive, id: &str, stop_time: &serde_json::Value) {
+    let suffix = format!("backups/{id}/backup.json.zst");
+    let key = archive
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(&suffix))
+        .expect("the backup's metadata");
+    let json = walhalla::envelope::decode(&archive.object(&key).unwrap()).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    meta["stop_time"] = stop_time.clone();
+    let json = serde_json::to_vec_pretty(&meta).unwrap();
+    let envelope = walhalla::envelope::Encoder::new(3, 1)
+        .unwrap()
+        .encode(&json)
+        .unwrap();
+    archive.overwrite(&key, envelope);
+}
+
+#[test]
+fn a_time_target_passes_over_a_backup_whose_host_clock_was_behind() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    insert_batch(&pg, "A");
+    let older = take_backup(&wh, &archive, &pg);
+    insert_batch(&pg, "B");
+    let time = pg.sql("SELECT now()");
+    // Backup ids are per second; C commits after the target.
+    std::thread::sleep(Duration::from_millis(1100));
+    insert_batch(&pg, "C");
+    let newer = take_backup(&wh, &archive, &pg);
+    insert_batch(&pg, "D");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    // The newer backup's host clock was behind the server's: by it, the backup stopped
+    // before the target, though C, after the target, committed before it started.
+    rewrite_stop_time(&archive, newer["id"].as_str().unwrap(), &older["stop_time"]);
+
+    let dir = TestDir::new("restored");
+    let data = dir.path().join("data");
+    let args = ["--target-time", &time, "--target-action", "promote"];
+    let (code, report, stderr) = restore(&wh, &archive, &data, &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report.expect("a JSON report");
+    assert_eq!(report["backup"], older["id"], "{report}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "before backup {} is consistent",
+            newer["id"].as_str().unwrap()
+        )) && stderr.contains("clocks apart"),
+        "{stderr}"
+    );
+    let pg = start_restored(&archive, dir, data);
+    let batches = pg.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches");
+    assert_eq!(batches, "A,B");
+}
+
 #[test]
 fn corrupt_backup_objects_and_missing_wal_are_refused() {
     let wh = Walhalla::install();
