@@ -93,7 +93,8 @@ fn pure(c: &mut Criterion) {
     });
     let retention_inventory = retention::Inventory {
         backups: backups.clone(),
-        unusable: Vec::<BackupId>::new(),
+        interrupted: Vec::<BackupId>::new(),
+        unreadable: Vec::new(),
         timelines: BTreeMap::new(),
         objects: inventory
             .objects

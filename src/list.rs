@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::archive::{Archive, BackupId, ClusterArchive, ObjectName, WalInventory};
-use crate::backup::catalog;
+use crate::backup::catalog::{self, NoMeta};
 use crate::backup::meta::BackupMeta;
 use crate::coverage::{self, TimelineWal, window::Window};
 use crate::progress::bytes;
@@ -88,7 +88,7 @@ pub struct Survey {
     /// The backups with readable metadata, oldest first.
     pub backups: Vec<BackupMeta>,
     /// Backup folders without usable metadata (interrupted, in progress, corrupt), and why.
-    pub unusable: Vec<(BackupId, String)>,
+    pub unusable: Vec<(BackupId, NoMeta)>,
     /// Every WAL object and history file.
     pub inventory: WalInventory,
     /// The parsed history files.
@@ -242,7 +242,7 @@ pub fn listing_of(system_id: SystemId, survey: Survey) -> ClusterListing {
             .into_iter()
             .map(|(id, reason)| Unusable {
                 id: id.to_string(),
-                reason,
+                reason: reason.to_string(),
             })
             .collect(),
         timelines,

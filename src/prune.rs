@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::archive::ClusterArchive;
+use crate::backup::catalog::NoMeta;
 use crate::list::survey;
 use crate::progress::bytes;
 use crate::retention::{self, Doomed, Kept, Policy, StoredObject, Why};
@@ -79,7 +80,16 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
     }
     let inventory = retention::Inventory {
         backups: survey.backups,
-        unusable: survey.unusable.into_iter().map(|(id, _)| id).collect(),
+        interrupted: (survey.unusable.iter())
+            .filter(|(_, why)| *why == NoMeta::Absent)
+            .map(|(id, _)| id.clone())
+            .collect(),
+        unreadable: (survey.unusable.into_iter())
+            .filter_map(|(id, why)| match why {
+                NoMeta::Unreadable(why) => Some((id, why)),
+                NoMeta::Absent => None,
+            })
+            .collect(),
         timelines: survey.histories,
         objects: survey
             .inventory

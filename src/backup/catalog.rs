@@ -12,14 +12,33 @@ use crate::archive::{BackupId, BackupObject, ClusterArchive};
 use crate::wal::TimelineId;
 use crate::{blocking, envelope};
 
-/// One backup folder: its metadata, or why it has none usable (an interrupted backup has no
-/// metadata; a corrupt one says so).
+/// One backup folder: its metadata, or why it has none usable.
 #[derive(Debug)]
 pub struct Entry {
     /// The folder's name.
     pub id: BackupId,
     /// The metadata.
-    pub meta: Result<BackupMeta, String>,
+    pub meta: Result<BackupMeta, NoMeta>,
+}
+
+/// Why a backup folder has no usable metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoMeta {
+    /// No `backup.json`: the backup was interrupted, or still runs (it is written last).
+    Absent,
+    /// A `backup.json` this walhalla cannot read: corrupt, or written by a newer walhalla.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for NoMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoMeta::Absent => {
+                f.write_str("no backup.json: the backup was interrupted, or is still running")
+            }
+            NoMeta::Unreadable(why) => f.write_str(why),
+        }
+    }
 }
 
 /// Every backup folder of the cluster, oldest first, with its metadata.
@@ -27,10 +46,11 @@ pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for id in cluster.backup_ids().await? {
         let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
-            None => Err("no backup.json: the backup was interrupted".to_string()),
+            None => Err(NoMeta::Absent),
             Some(object) => match decode_meta(cluster, &id, object).await {
                 Ok(meta) if !meta.is_complete() => Ok(complete_since(cluster, meta).await?),
-                decoded => decoded,
+                Ok(meta) => Ok(meta),
+                Err(why) => Err(NoMeta::Unreadable(why)),
             },
         };
         entries.push(Entry { id, meta });

@@ -59,7 +59,8 @@ pub struct PruneArgs {
     /// Say what would be deleted, with sizes; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Take backup folders without metadata for interrupted backups, not ones in progress.
+    /// Take backup folders without metadata for interrupted backups, not ones in progress,
+    /// and delete them.
     #[arg(long)]
     pub assume_interrupted: bool,
     /// Print JSON.

@@ -51,13 +51,18 @@
 //!
 //! # Backups in progress
 //!
-//! A backup folder without usable metadata is a backup that was interrupted, or one still
-//! running (the metadata is written last). The rule refuses ([`PruneError::InProgress`]) when
-//! such a folder is newer than every complete backup or started less than
-//! [`IN_PROGRESS_WINDOW`] before `now`, unless [`Policy::assume_interrupted`] says otherwise.
-//! The WAL a backup newer than every complete backup needs is kept anyway (the newest complete
-//! backup is always retained, and that WAL comes after its start); what the refusal protects is
-//! the folder itself, and a backup racing the listing.
+//! A backup folder without metadata is a backup that was interrupted, or one still running
+//! (the metadata is written last). The rule refuses ([`PruneError::InProgress`]) when such a
+//! folder is newer than every complete backup or started less than [`IN_PROGRESS_WINDOW`]
+//! before `now`, and deletes it once it is older than the oldest retained backup. With
+//! [`Policy::assume_interrupted`] (the operator knows no backup runs), every such folder is
+//! deleted: else the next prune would refuse on the same folder again. The WAL a backup newer
+//! than every complete backup needs is kept anyway (the newest complete backup is always
+//! retained, and that WAL comes after its start); what the refusal protects is the folder
+//! itself, and a backup racing the listing.
+//!
+//! A folder whose metadata exists but cannot be read (corrupt, or written by a newer
+//! walhalla) is a backup that finished: the rule refuses rather than guess what it needs.
 
 mod duration;
 mod keep;
@@ -93,8 +98,10 @@ pub struct StoredObject {
 pub struct Inventory {
     /// Every backup with readable metadata, complete or not, in any order.
     pub backups: Vec<BackupMeta>,
-    /// Backup folders without usable metadata: interrupted, corrupt, or still in progress.
-    pub unusable: Vec<BackupId>,
+    /// Backup folders without metadata: interrupted, or still in progress.
+    pub interrupted: Vec<BackupId>,
+    /// Backup folders whose metadata cannot be read, and why.
+    pub unreadable: Vec<(BackupId, String)>,
     /// The history of every timeline that has a history file (timeline 1 has none).
     pub timelines: BTreeMap<TimelineId, Vec<HistoryEntry>>,
     /// Every object of the `wal/` area (history files may be listed too: they are kept).
@@ -129,7 +136,7 @@ pub struct Policy {
     /// The time the durations count back from.
     pub now: jiff::Timestamp,
     /// Take every backup folder without metadata for an interrupted backup, never for one in
-    /// progress (the operator knows no backup runs).
+    /// progress (the operator knows no backup runs), and delete it.
     pub assume_interrupted: bool,
 }
 
@@ -251,11 +258,19 @@ struct Backup<'a> {
 ///
 /// Refuses with [`PruneError::InProgress`] while a backup may be running, and with
 /// [`PruneError::Invalid`] when the policy retains nothing by name (`--keep-backups 0`, or
-/// neither count nor age), when a complete backup's metadata does not make sense (it would be
-/// unsafe to guess what it needs), when a WAL-only rule meets complete backups, or when a
-/// retained backup lies on no timeline path the history files describe.
+/// neither count nor age), when a backup's metadata cannot be read or a complete backup's does
+/// not make sense (it would be unsafe to guess what it needs), when a WAL-only rule meets
+/// complete backups, or when a retained backup lies on no timeline path the history files
+/// describe.
 pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> {
     let size = inventory.segment_size;
+    if let Some((id, why)) = inventory.unreadable.first() {
+        return Err(invalid(format!(
+            "the metadata of backup {id} cannot be read ({why}); prune does not guess what a backup needs. \
+             If a newer walhalla wrote it, prune with that one; if it is corrupt (walhalla verify says so), \
+             delete the backup's folder by hand"
+        )));
+    }
     let mut backups = Vec::new();
     for meta in &inventory.backups {
         let id = meta.backup_id().map_err(invalid)?;
@@ -311,7 +326,7 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
                 plan.kept = timelines
                     .needed_by(&metas, &mut plan.notes)
                     .map_err(invalid)?;
-                plan.delete_backups = doomed(&backups, inventory, &plan.retained);
+                plan.delete_backups = doomed(&backups, inventory, &plan.retained, policy);
             }
         }
         Rule::WalWithin(_) | Rule::WalBefore(_) if !complete.is_empty() => {
@@ -374,7 +389,7 @@ fn check_not_in_progress(
     }
     let newest_complete = backups.iter().rev().find(|b| b.meta.is_complete());
     let recent = back_from(policy.now, IN_PROGRESS_WINDOW);
-    for id in &inventory.unusable {
+    for id in &inventory.interrupted {
         let why = if newest_complete.is_none_or(|b| order(id) > order(&b.id)) {
             "is newer than every complete backup"
         } else if started(id).is_none_or(|t| t >= recent) {
@@ -431,9 +446,15 @@ fn retain(
     Ok(retained)
 }
 
-/// The backup folders to delete: complete ones not retained, and incomplete or interrupted
-/// ones older than the oldest retained backup.
-fn doomed(backups: &[Backup], inventory: &Inventory, retained: &[Retained]) -> Vec<DeletedBackup> {
+/// The backup folders to delete: complete ones not retained, incomplete ones older than the
+/// oldest retained backup, and interrupted ones older than that, or all of them when the
+/// policy assumes no backup runs.
+fn doomed(
+    backups: &[Backup],
+    inventory: &Inventory,
+    retained: &[Retained],
+    policy: &Policy,
+) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
     };
@@ -459,9 +480,9 @@ fn doomed(backups: &[Backup], inventory: &Inventory, retained: &[Retained]) -> V
         .collect();
     doomed.extend(
         inventory
-            .unusable
+            .interrupted
             .iter()
-            .filter(|id| order(id) < oldest)
+            .filter(|id| policy.assume_interrupted || order(id) < oldest)
             .map(|id| DeletedBackup {
                 id: id.clone(),
                 stored_bytes: None,

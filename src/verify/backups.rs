@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::{Finding, Tally};
 use crate::archive::{BackupObject, ClusterArchive};
+use crate::backup::catalog::NoMeta;
 use crate::backup::manifest;
 use crate::backup::meta::BackupMeta;
 use crate::list::Survey;
@@ -15,7 +16,9 @@ use crate::restore::{extract, pieces};
 use crate::{blocking, envelope};
 
 /// Checks every backup of the cluster that stopped at or after `since` (all without it);
-/// incomplete backups (whose WAL never arrived) are skipped: restore never uses them.
+/// incomplete backups (whose WAL never arrived) and folders without metadata (a backup
+/// interrupted or still running) are skipped: restore never uses them. Metadata that cannot
+/// be read is a finding.
 pub async fn check(
     cluster: &ClusterArchive,
     survey: &Survey,
@@ -23,14 +26,17 @@ pub async fn check(
     parallel: usize,
 ) -> (Tally, Vec<Finding>) {
     let mut tally = Tally::default();
-    let mut findings: Vec<Finding> = survey
-        .unusable
-        .iter()
-        .map(|(id, problem)| Finding {
-            object: cluster.backup_object_key(id, &BackupObject::Meta),
-            problem: problem.clone(),
-        })
-        .collect();
+    let mut findings = Vec::new();
+    for (id, problem) in &survey.unusable {
+        match problem {
+            // A backup interrupted, or still running: nothing restorable to check.
+            NoMeta::Absent => tally.skipped += 1,
+            NoMeta::Unreadable(_) => findings.push(Finding {
+                object: cluster.backup_object_key(id, &BackupObject::Meta),
+                problem: problem.to_string(),
+            }),
+        }
+    }
     for meta in &survey.backups {
         let recent = since.is_none_or(|s| meta.stop_timestamp().is_ok_and(|t| t >= s));
         if !meta.is_complete() || !recent {

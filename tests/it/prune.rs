@@ -145,3 +145,86 @@ fn a_retained_backup_on_timeline_1_still_reaches_timeline_2() {
     assert_eq!(batches, "A,B,C,D", "{restored}");
     assert_eq!(restored["backup"], kept["id"]);
 }
+
+/// Stores `object` in backup folder `id` beside `like`'s, as a backup of another run would.
+fn put_in_folder(archive: &TestArchive, like: &serde_json::Value, id: &str, object: &str) {
+    let meta = format!("backups/{}/backup.json.zst", like["id"].as_str().unwrap());
+    let key = archive
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(&meta))
+        .expect("the backup's metadata");
+    let folder = key.strip_suffix(&meta).unwrap();
+    archive.overwrite(
+        &format!("{folder}backups/{id}/{object}"),
+        b"not an envelope".to_vec(),
+    );
+}
+
+#[test]
+fn folders_without_usable_metadata_in_prune_and_verify() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    let older = take_backup(&wh, &archive, &pg);
+    insert_batch(&pg, "A");
+    let newer = take_backup(&wh, &archive, &pg);
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    let refused = |args: &[&str], expected: &str| {
+        let mut all = vec!["prune", "--keep-backups", "1"];
+        all.extend_from_slice(args);
+        let run = wh.run(&archive, Path::new("/"), &all);
+        assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+
+    // A backup killed after its first piece, newer than every complete one.
+    let killed = "29990101T000000Z";
+    put_in_folder(&archive, &newer, killed, "base/00000000.zst");
+    refused(&[], "newer than every complete backup");
+    // Nothing restorable is damaged (and a backup may still be running): verify passes.
+    let verify = wh.run(&archive, Path::new("/"), &["verify", "--json"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
+    let verified: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(
+        verified["clusters"][0]["backups"]["skipped"], 1,
+        "{verified}"
+    );
+    let report = prune(
+        &wh,
+        &archive,
+        &["--keep-backups", "1", "--assume-interrupted"],
+    );
+    let deleted: Vec<&str> = report["deleted_backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, [older["id"].as_str().unwrap(), killed], "{report}");
+    assert_eq!(backup_folders(&archive), [newer["id"].as_str().unwrap()]);
+    // The next prune, without the flag, has nothing to refuse on.
+    prune(&wh, &archive, &["--keep-backups", "1"]);
+
+    // An old backup whose metadata this walhalla cannot read: it finished, and what it needs
+    // is unknown. It was deleted as interrupted before; now nothing is.
+    let unreadable = "20200101T000000Z";
+    put_in_folder(&archive, &newer, unreadable, "backup.json.zst");
+    let keys = archive.keys();
+    for flag in [&[][..], &["--assume-interrupted"]] {
+        refused(
+            flag,
+            &format!("the metadata of backup {unreadable} cannot be read"),
+        );
+    }
+    assert_eq!(archive.keys(), keys);
+    let verify = wh.run(&archive, Path::new("/"), &["verify"]);
+    assert_eq!(verify.status.code(), Some(1), "{}", describe(&verify));
+    let said = describe(&verify);
+    assert!(
+        said.contains(&format!("backups/{unreadable}/backup.json.zst")),
+        "{said}"
+    );
+}

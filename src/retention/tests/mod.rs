@@ -101,7 +101,8 @@ fn keep(n: usize) -> Policy {
 fn inventory(backups: Vec<BackupMeta>, objects: Vec<StoredObject>) -> Inventory {
     Inventory {
         backups,
-        unusable: Vec::new(),
+        interrupted: Vec::new(),
+        unreadable: Vec::new(),
         timelines: BTreeMap::new(),
         objects,
         segment_size: size(),
@@ -117,10 +118,11 @@ fn pruned(inventory: &Inventory, plan: &Plan) -> Inventory {
             .filter(|b| !gone_backups.contains(b.id.as_str()))
             .cloned()
             .collect(),
-        unusable: (inventory.unusable.iter())
+        interrupted: (inventory.interrupted.iter())
             .filter(|id| !gone_backups.contains(id.as_str()))
             .cloned()
             .collect(),
+        unreadable: inventory.unreadable.clone(),
         timelines: inventory.timelines.clone(),
         objects: (inventory.objects.iter())
             .filter(|o| !gone.contains(&o.name))
@@ -342,7 +344,7 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
     let b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-02T10:00:00Z");
     let mut inventory = inventory(vec![b1.clone(), b2.clone()], segments(1, 1, 6).collect());
     let folder = |id: &str| BackupId::parse(id).unwrap();
-    inventory.unusable = vec![folder("20260302T120000Z")];
+    inventory.interrupted = vec![folder("20260302T120000Z")];
     let refused = plan(&inventory, &keep(1)).unwrap_err();
     assert!(
         refused
@@ -353,11 +355,19 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
     let mut go_on = keep(1);
     go_on.assume_interrupted = true;
     let plan = plan(&inventory, &go_on).unwrap();
-    // Newer than the oldest retained backup: left alone.
-    assert_eq!(ids(&plan), (vec![b2.id.clone()], vec![b1.id.clone()]));
+    // Taken for interrupted: deleted though newer than the oldest retained backup, so that
+    // the next prune does not refuse on it again.
+    assert_eq!(
+        ids(&plan),
+        (
+            vec![b2.id.clone()],
+            vec![b1.id.clone(), "20260302T120000Z".into()]
+        )
+    );
+    assert_eq!(plan.delete_backups[1].why, Doomed::Interrupted);
 
     // Older than a complete backup but from the last day: maybe a long backup still running.
-    inventory.unusable = vec![folder("20260310T010000Z")];
+    inventory.interrupted = vec![folder("20260310T010000Z")];
     inventory.backups[1].id = "20260310T020000Z".into();
     assert!(matches!(
         super::plan(&inventory, &keep(1)),
@@ -365,7 +375,7 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
     ));
 
     // An old interrupted one, older than what is retained, goes.
-    inventory.unusable = vec![folder("20260301T000000Z")];
+    inventory.interrupted = vec![folder("20260301T000000Z")];
     let plan = super::plan(&inventory, &keep(1)).unwrap();
     assert_eq!(
         plan.delete_backups
@@ -374,6 +384,26 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
             .collect::<Vec<_>>(),
         [Doomed::Interrupted, Doomed::NotRetained]
     );
+}
+
+#[test]
+fn unreadable_metadata_stops_a_prune() {
+    let b1 = backup(1, at(2, 0x28), at(2, 0x100), "2026-03-01T10:00:00Z");
+    let b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-02T10:00:00Z");
+    let mut inventory = inventory(vec![b1, b2], segments(1, 1, 6).collect());
+    // An old backup, written by a newer walhalla: it finished, and its needs are unknown.
+    let old = BackupId::parse("20260201T000000Z").unwrap();
+    inventory.unreadable = vec![(old, "backup.json: format 9 is newer than 1".into())];
+    let mut policy = keep(1);
+    for assume_interrupted in [false, true] {
+        policy.assume_interrupted = assume_interrupted;
+        let refused = plan(&inventory, &policy).unwrap_err().to_string();
+        assert!(
+            refused.contains("the metadata of backup 20260201T000000Z cannot be read")
+                && refused.contains("format 9"),
+            "{refused}"
+        );
+    }
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn generate(rng: &mut Rng) -> (Inventory, Policy) {
         }
         backups.push(b);
     }
-    let unusable = (0..rng.range(0, 2))
+    let interrupted = (0..rng.range(0, 2))
         .map(|_| {
             let utc = stamp(rng.range(0, 40 * 86_400) as i64).strftime("%Y%m%dT%H%M%SZ");
             BackupId::new(&utc.to_string(), 1).unwrap()
@@ -183,7 +183,8 @@ fn generate(rng: &mut Rng) -> (Inventory, Policy) {
     };
     let inventory = Inventory {
         backups,
-        unusable,
+        interrupted,
+        unreadable: Vec::new(),
         timelines: inventory_timelines,
         objects,
         segment_size: size(),

@@ -138,7 +138,8 @@ impl TestArchive {
         })
     }
 
-    /// Replaces the object at `key` behind walhalla's back.
+    /// Replaces (or adds) the object at `key` behind walhalla's back; on a local archive, the
+    /// folders it made belong to the user walhalla runs as.
     pub fn overwrite(&self, key: &str, bytes: Vec<u8>) {
         self.runtime
             .block_on(
@@ -146,6 +147,9 @@ impl TestArchive {
                     .put(&ObjectPath::from(key), PutPayload::from(bytes)),
             )
             .expect("overwrite object");
+        if self._dir.is_some() {
+            super::give_tree_to_pg(std::path::Path::new(&self.url));
+        }
     }
 
     /// Flips one bit of the object at `key` behind walhalla's back, the first from its middle

@@ -120,6 +120,21 @@ fn chown_to_pg(path: &Path) {
     assert!(status.success(), "chown {} to {PG_USER}", path.display());
 }
 
+/// Gives `path` and everything under it to the PostgreSQL user, when the tests run as root:
+/// for what a test writes where walhalla, run as that user, writes too.
+pub fn give_tree_to_pg(path: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{PG_USER}:"))
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown -R {} to {PG_USER}", path.display());
+}
+
 /// The bearer token every walhalla the tests start sends to the tests' fetch servers, and
 /// those servers require (through [`Walhalla::path`]'s `WALHALLA_TOKEN_FILE`).
 pub const TEST_TOKEN: &str = "walhalla-test-token";
