@@ -171,6 +171,7 @@ fn doomed(why: Doomed) -> &'static str {
         Doomed::NotRetained => "outside the retention",
         Doomed::Incomplete => "incomplete, older than every retained backup",
         Doomed::Interrupted => "interrupted, older than every retained backup",
+        Doomed::AssumedInterrupted => "interrupted, as --assume-interrupted says",
     }
 }
 

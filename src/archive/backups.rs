@@ -1,6 +1,8 @@
 //! Base backups' objects in a cluster's part of the archive: pieces of the tar streams, the
 //! manifest and the metadata, stored create-only like WAL.
 
+use std::collections::{BTreeSet, HashSet};
+
 use bytes::Bytes;
 
 use super::keys::{BackupId, BackupObject, backup_object_key, backups_prefix};
@@ -32,6 +34,40 @@ impl ClusterArchive {
     /// The key of `object` of backup `id`, for messages.
     pub fn backup_object_key(&self, id: &BackupId, object: &BackupObject) -> String {
         backup_object_key(&self.archive.root, self.system_id, id, object).to_string()
+    }
+
+    /// Those of `expected` (objects of backup `id`) the archive does not hold, found by
+    /// listing the backup's folder and each of its streams' folders. A backup checks this
+    /// before its metadata makes it restorable: a prune told that no backup runs
+    /// (`--assume-interrupted`) may have deleted a running one's folder.
+    pub async fn absent_backup_objects(
+        &self,
+        id: &BackupId,
+        expected: &[BackupObject],
+    ) -> Result<Vec<BackupObject>> {
+        let folder = backups_prefix(&self.archive.root, self.system_id).join(id.as_str());
+        let listing = self.archive.list(&folder).await?;
+        let mut held: HashSet<String> = listing
+            .objects_as(&folder, |name| Some(name.to_string()))
+            .into_iter()
+            .collect();
+        let streams: BTreeSet<&str> = expected
+            .iter()
+            .filter_map(|object| match object {
+                BackupObject::Piece { archive, .. } => Some(archive.as_str()),
+                _ => None,
+            })
+            .collect();
+        for stream in streams {
+            let dir = folder.clone().join(stream);
+            let listing = self.archive.list(&dir).await?;
+            held.extend(listing.objects_as(&dir, |name| Some(format!("{stream}/{name}"))));
+        }
+        Ok(expected
+            .iter()
+            .filter(|object| !held.contains(&object.to_string()))
+            .cloned()
+            .collect())
     }
 
     /// The backups whose folders the archive holds, oldest first; folders walhalla does not

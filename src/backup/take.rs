@@ -202,6 +202,26 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         wal_complete: missing.is_none(),
         wal_missing: missing.map(|s| s.to_string()),
     };
+    let expected: Vec<BackupObject> = meta
+        .archives
+        .iter()
+        .flat_map(|a| {
+            (0..a.pieces).map(|index| BackupObject::Piece {
+                archive: a.name.clone(),
+                index,
+            })
+        })
+        .chain([BackupObject::Manifest])
+        .collect();
+    let absent = cluster.absent_backup_objects(&id, &expected).await?;
+    if let Some(first) = absent.first() {
+        bail!(
+            "{} of backup {id}'s objects are no longer in the archive (the first: {}), so no metadata was written \
+             and the backup is not restorable: was its folder pruned with --assume-interrupted while it ran?",
+            absent.len(),
+            cluster.backup_object_key(&id, first)
+        );
+    }
     let json = serde_json::to_vec_pretty(&meta).context("encode backup.json")?;
     let level = options.compression_level;
     let content = Bytes::from(json);

@@ -171,8 +171,11 @@ pub enum Doomed {
     NotRetained,
     /// An incomplete backup older than the oldest retained one.
     Incomplete,
-    /// A folder without usable metadata older than the oldest retained backup.
+    /// A folder without metadata older than the oldest retained backup.
     Interrupted,
+    /// A folder without metadata newer than that, taken for an interrupted backup on the
+    /// operator's word ([`Policy::assume_interrupted`]).
+    AssumedInterrupted,
 }
 
 /// A backup folder to delete, whole.
@@ -478,17 +481,20 @@ fn doomed(
             })
         })
         .collect();
-    doomed.extend(
-        inventory
-            .interrupted
-            .iter()
-            .filter(|id| policy.assume_interrupted || order(id) < oldest)
-            .map(|id| DeletedBackup {
-                id: id.clone(),
-                stored_bytes: None,
-                why: Doomed::Interrupted,
-            }),
-    );
+    doomed.extend(inventory.interrupted.iter().filter_map(|id| {
+        let why = if order(id) < oldest {
+            Doomed::Interrupted
+        } else if policy.assume_interrupted {
+            Doomed::AssumedInterrupted
+        } else {
+            return None;
+        };
+        Some(DeletedBackup {
+            id: id.clone(),
+            stored_bytes: None,
+            why,
+        })
+    }));
     doomed.sort_by(|a, b| order(&a.id).cmp(&order(&b.id)));
     doomed
 }

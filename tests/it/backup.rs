@@ -470,6 +470,21 @@ fn a_backup_is_incomplete_and_never_restored_until_its_wal_reaches_the_archive()
     assert!(!to.exists());
 
     // Archiving repaired: the WAL arrives late, and the backup is usable from then on.
+    push_by_hand(&wh, &archive, &pg);
+    let listing = wh.run(&archive, Path::new("/"), &["list"]);
+    assert!(
+        !String::from_utf8_lossy(&listing.stdout).contains("incomplete"),
+        "{}",
+        describe(&listing)
+    );
+    let (code, report, stderr) = restore(&wh, &archive, &to, &["--target", "immediate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report.expect("a report")["backup"], meta["id"]);
+}
+
+/// Switches `pg`'s WAL and pushes every complete segment in its `pg_wal` into `archive`, as
+/// an archive_command repaired late would.
+fn push_by_hand(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster) {
     let last = pg.switch_wal();
     let wal = pg.data.join("pg_wal");
     // Up to the one just completed (the later ones are recycled files, not WAL yet).
@@ -482,18 +497,74 @@ fn a_backup_is_incomplete_and_never_restored_until_its_wal_reaches_the_archive()
     segments.sort();
     for segment in segments {
         let path = wal.join(&segment);
-        let pushed = wh.run(&archive, &pg.data, &["push", path.to_str().unwrap()]);
+        let pushed = wh.run(archive, &pg.data, &["push", path.to_str().unwrap()]);
         assert!(pushed.status.success(), "{}", describe(&pushed));
     }
-    let listing = wh.run(&archive, Path::new("/"), &["list"]);
-    assert!(
-        !String::from_utf8_lossy(&listing.stdout).contains("incomplete"),
-        "{}",
-        describe(&listing)
-    );
-    let (code, report, stderr) = restore(&wh, &archive, &to, &["--target", "immediate"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(report.expect("a report")["backup"], meta["id"]);
+}
+
+#[test]
+fn a_backup_pruned_while_it_waits_for_its_wal_writes_no_metadata() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    // Nothing archives this primary's WAL: the first backup streams its own.
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    pg.write_rows(100);
+    let first = run_backup(&wh, &archive, &pg, "60", &["--wal", "stream"]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    std::thread::scope(|scope| {
+        // The second waits for WAL that nothing archives yet.
+        let second = scope.spawn(|| run_backup(&wh, &archive, &pg, "60", &[]));
+        let manifests = |archive: &TestArchive| {
+            let keys = archive.keys();
+            let found: Vec<String> = keys
+                .into_iter()
+                .filter(|k| k.ends_with("/backup_manifest.zst"))
+                .collect();
+            (found.len() == 2).then_some(found)
+        };
+        wait_for(
+            "the second backup's manifest",
+            Duration::from_secs(60),
+            || manifests(&archive),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // An operator sure that no backup runs.
+        let pruned = wh.run(
+            &archive,
+            Path::new("/"),
+            &[
+                "prune",
+                "--keep-backups",
+                "1",
+                "--assume-interrupted",
+                "--json",
+            ],
+        );
+        assert_eq!(pruned.status.code(), Some(0), "{}", describe(&pruned));
+        let report: serde_json::Value = serde_json::from_slice(&pruned.stdout).unwrap();
+        assert_eq!(
+            report["deleted_backups"][0]["why"], "interrupted, as --assume-interrupted says",
+            "{report}"
+        );
+        push_by_hand(&wh, &archive, &pg);
+        let second = second.join().expect("the backup's thread");
+        assert_eq!(second.status.code(), Some(1), "{}", describe(&second));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("no longer in the archive") && stderr.contains("--assume-interrupted"),
+            "{stderr}"
+        );
+    });
+    // Nothing of the second looks restorable.
+    let metas: Vec<String> = archive
+        .keys()
+        .into_iter()
+        .filter(|k| k.ends_with("/backup.json.zst"))
+        .collect();
+    assert_eq!(metas.len(), 1, "{metas:?}");
+    assert!(metas[0].contains(first["id"].as_str().unwrap()));
 }
 
 #[test]

@@ -364,7 +364,7 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
             vec![b1.id.clone(), "20260302T120000Z".into()]
         )
     );
-    assert_eq!(plan.delete_backups[1].why, Doomed::Interrupted);
+    assert_eq!(plan.delete_backups[1].why, Doomed::AssumedInterrupted);
 
     // Older than a complete backup but from the last day: maybe a long backup still running.
     inventory.interrupted = vec![folder("20260310T010000Z")];
