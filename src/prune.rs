@@ -104,7 +104,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         segment_size,
     };
     let plan = retention::plan(&inventory, &options.policy)?;
-    let report = PruneReport {
+    let mut report = PruneReport {
         system_id: cluster.system_id().to_string(),
         dry_run: options.dry_run,
         retained: plan
@@ -145,6 +145,20 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         return Ok(report);
     }
     for backup in &plan.delete_backups {
+        let without_meta = matches!(backup.why, Doomed::Interrupted | Doomed::AssumedInterrupted);
+        if without_meta && cluster.has_backup_meta(&backup.id).await? {
+            // A backup that was running after all has finished since the listing.
+            let note = format!(
+                "backup {} wrote its metadata while prune ran: it was running, and is kept",
+                backup.id
+            );
+            tracing::warn!("{note}");
+            report
+                .deleted_backups
+                .retain(|b| b.id != backup.id.as_str());
+            report.notes.push(note);
+            continue;
+        }
         let objects = cluster.delete_backup(&backup.id).await?;
         tracing::info!(backup = %backup.id, objects, "deleted backup");
     }

@@ -31,6 +31,12 @@ impl ClusterArchive {
         self.get_key(&key).await
     }
 
+    /// Whether backup `id` has metadata (whether or not it can be read).
+    pub async fn has_backup_meta(&self, id: &BackupId) -> Result<bool> {
+        let key = backup_object_key(&self.archive.root, self.system_id, id, &BackupObject::Meta);
+        self.exists(&key).await
+    }
+
     /// The key of `object` of backup `id`, for messages.
     pub fn backup_object_key(&self, id: &BackupId, object: &BackupObject) -> String {
         backup_object_key(&self.archive.root, self.system_id, id, object).to_string()

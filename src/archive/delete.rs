@@ -31,7 +31,9 @@ impl ClusterArchive {
 
     /// Deletes backup `id`: its metadata first (a delete cut short then leaves what looks
     /// like an interrupted backup, never one that seems restorable), then every other object
-    /// in its folder. Returns how many objects went.
+    /// in its folder, then its metadata again: a backup still running (a prune told none
+    /// runs) may have written it meanwhile, over pieces now gone. Returns how many objects
+    /// went.
     pub async fn delete_backup(&self, id: &BackupId) -> Result<u64> {
         let meta =
             keys::backup_object_key(&self.archive.root, self.system_id, id, &BackupObject::Meta);
@@ -49,6 +51,7 @@ impl ClusterArchive {
                 deleted += 1;
             }
         }
+        self.delete_key(&meta).await?;
         if let Location::Local(root) = &self.archive.location {
             // A directory left behind would list as a backup without metadata.
             let path = root.join(folder.as_ref());

@@ -529,10 +529,15 @@ impl ClusterArchive {
 
     /// Whether the archive holds an object named `name` (its content is not read).
     pub async fn holds(&self, name: &WalFileName) -> Result<bool> {
-        let (store, key) = (&self.archive.store, self.key(name));
+        self.exists(&self.key(name)).await
+    }
+
+    /// Whether an object is stored at `key` (its content is not read).
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        let store = &self.archive.store;
         let found = self
             .archive
-            .retrying("read", &key, || async { store.head(&key).await })
+            .retrying("read", key, || async { store.head(key).await })
             .await;
         match found {
             Ok(_) => Ok(true),

@@ -341,8 +341,9 @@ pub fn choose_for_time<'a>(
                 .copied()
                 .unwrap_or(passed);
             Err(format!(
-                "no backup is consistent before {target}: {evidence}, and the oldest complete backup, {}, is consistent \
-                 at {} ({} by the clock of the host that took it)",
+                "no backup is consistent before {target}: {evidence}, and every complete backup is consistent after \
+                 that or stopped after the target by the clock of the host that took it (the oldest, {}, is \
+                 consistent at {}, {})",
                 oldest.id, oldest.stop_lsn, oldest.stop_time
             ))
         }
@@ -638,7 +639,7 @@ mod tests {
         assert!(
             refused.contains("no backup is consistent before time")
                 && refused.contains("commit or abort at 0/200200")
-                && refused.contains("the oldest complete backup, a, is consistent at 0/300100"),
+                && refused.contains("(the oldest, a, is consistent at 0/300100"),
             "{refused}"
         );
     }

@@ -329,7 +329,7 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
                 plan.kept = timelines
                     .needed_by(&metas, &mut plan.notes)
                     .map_err(invalid)?;
-                plan.delete_backups = doomed(&backups, inventory, &plan.retained, policy);
+                plan.delete_backups = doomed(&backups, &plan.retained);
             }
         }
         Rule::WalWithin(_) | Rule::WalBefore(_) if !complete.is_empty() => {
@@ -344,6 +344,11 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
         }
         Rule::WalBefore(lsn) => plan.kept = timelines.before(lsn),
     }
+    let oldest_retained = plan.retained.first().map(|r| &r.id);
+    plan.delete_backups
+        .extend(doomed_folders(inventory, oldest_retained, policy));
+    plan.delete_backups
+        .sort_by(|a, b| order(&a.id).cmp(&order(&b.id)));
     plan.delete_objects = keep::doomed_objects(&inventory.objects, &plan.kept, size);
     Ok(plan)
 }
@@ -449,19 +454,13 @@ fn retain(
     Ok(retained)
 }
 
-/// The backup folders to delete: complete ones not retained, incomplete ones older than the
-/// oldest retained backup, and interrupted ones older than that, or all of them when the
-/// policy assumes no backup runs.
-fn doomed(
-    backups: &[Backup],
-    inventory: &Inventory,
-    retained: &[Retained],
-    policy: &Policy,
-) -> Vec<DeletedBackup> {
+/// The backups with metadata to delete: complete ones not retained, and incomplete ones older
+/// than the oldest retained backup.
+fn doomed(backups: &[Backup], retained: &[Retained]) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
     };
-    let mut doomed: Vec<DeletedBackup> = backups
+    backups
         .iter()
         .filter_map(|b| {
             let why = if b.meta.is_complete() {
@@ -480,21 +479,33 @@ fn doomed(
                 why,
             })
         })
-        .collect();
-    doomed.extend(inventory.interrupted.iter().filter_map(|id| {
-        let why = if order(id) < oldest {
-            Doomed::Interrupted
-        } else if policy.assume_interrupted {
-            Doomed::AssumedInterrupted
-        } else {
-            return None;
-        };
-        Some(DeletedBackup {
-            id: id.clone(),
-            stored_bytes: None,
-            why,
+        .collect()
+}
+
+/// The folders without metadata to delete: those older than the oldest retained backup, and,
+/// when the policy assumes that no backup runs, every one, whatever the rule (else the next
+/// prune would refuse on the same folder again).
+fn doomed_folders(
+    inventory: &Inventory,
+    oldest_retained: Option<&BackupId>,
+    policy: &Policy,
+) -> Vec<DeletedBackup> {
+    inventory
+        .interrupted
+        .iter()
+        .filter_map(|id| {
+            let why = if oldest_retained.is_some_and(|oldest| order(id) < order(oldest)) {
+                Doomed::Interrupted
+            } else if policy.assume_interrupted {
+                Doomed::AssumedInterrupted
+            } else {
+                return None;
+            };
+            Some(DeletedBackup {
+                id: id.clone(),
+                stored_bytes: None,
+                why,
+            })
         })
-    }));
-    doomed.sort_by(|a, b| order(&a.id).cmp(&order(&b.id)));
-    doomed
+        .collect()
 }

@@ -387,6 +387,40 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
 }
 
 #[test]
+fn assumed_interrupted_folders_go_whatever_the_rule() {
+    // No complete backup, or an archive pruned by WAL age: nothing is retained by name, and
+    // the folder would stop every prune again.
+    let killed = BackupId::parse("20260310T110000Z").unwrap();
+    let mut inventory = inventory(Vec::new(), segments(1, 1, 6).collect());
+    inventory.interrupted = vec![killed.clone()];
+    for rule in [
+        Rule::Backups {
+            keep: Some(1),
+            within: None,
+        },
+        Rule::WalWithin(Duration::from_secs(3600)),
+        Rule::WalBefore(at(3, 0)),
+    ] {
+        let mut assumed = policy(rule);
+        assert!(
+            matches!(
+                plan(&inventory, &assumed),
+                Err(PruneError::InProgress { .. })
+            ),
+            "{rule:?}"
+        );
+        assumed.assume_interrupted = true;
+        let plan = plan(&inventory, &assumed).unwrap();
+        assert_eq!(
+            (plan.delete_backups.len(), plan.delete_backups[0].id.clone()),
+            (1, killed.clone()),
+            "{rule:?}"
+        );
+        assert_eq!(plan.delete_backups[0].why, Doomed::AssumedInterrupted);
+    }
+}
+
+#[test]
 fn unreadable_metadata_stops_a_prune() {
     let b1 = backup(1, at(2, 0x28), at(2, 0x100), "2026-03-01T10:00:00Z");
     let b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-02T10:00:00Z");

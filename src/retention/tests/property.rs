@@ -312,7 +312,15 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
             newest_restorable(inventory, &kept)
         );
     } else {
-        assert!(plan.delete_backups.is_empty());
+        // Nothing retained by name: only folders without metadata go, and only on the
+        // operator's word.
+        assert!(
+            plan.delete_backups
+                .iter()
+                .all(|b| policy.assume_interrupted && b.why == Doomed::AssumedInterrupted),
+            "{:?}",
+            plan.delete_backups
+        );
     }
     if let Rule::WalBefore(lsn) = policy.rule {
         for (name, _) in &plan.delete_objects {
