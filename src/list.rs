@@ -61,12 +61,33 @@ pub struct Unusable {
     pub reason: String,
 }
 
+/// The clusters `list` and `verify` read: `system_id` (an error, naming the clusters the
+/// archive holds, when it holds no such cluster), or every one.
+pub async fn clusters(
+    archive: &Archive,
+    system_id: Option<SystemId>,
+) -> anyhow::Result<Vec<SystemId>> {
+    let held = archive.clusters().await?;
+    match system_id {
+        None => Ok(held),
+        Some(id) if held.contains(&id) => Ok(vec![id]),
+        Some(id) => {
+            let names: Vec<String> = held.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "the archive holds no cluster {id}; it holds {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+    }
+}
+
 /// Reads what the archive holds of `system_id`, or of every cluster in it.
 pub async fn listing(archive: &Archive, system_id: Option<SystemId>) -> anyhow::Result<Listing> {
-    let ids = match system_id {
-        Some(id) => vec![id],
-        None => archive.clusters().await?,
-    };
+    let ids = clusters(archive, system_id).await?;
     let mut clusters = Vec::new();
     for id in ids {
         clusters.push(

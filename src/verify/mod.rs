@@ -89,10 +89,7 @@ pub async fn run(
     system_id: Option<SystemId>,
     options: VerifyOptions,
 ) -> anyhow::Result<Report> {
-    let ids = match system_id {
-        Some(id) => vec![id],
-        None => archive.clusters().await?,
-    };
+    let ids = crate::list::clusters(archive, system_id).await?;
     let mut clusters = Vec::new();
     for id in ids {
         let report = verify_cluster(&archive.cluster(id), options)

@@ -77,6 +77,19 @@ fn verify_archive(backend: Backend) {
     assert_eq!(report["clusters"][0]["backups"]["objects"], 1, "{report}");
     let (code, listing) = json_of(&wh, &archive, &["list", "--json"]);
     assert_eq!(code, Some(0));
+    // A cluster the archive does not hold is an error, naming the one it holds.
+    for command in ["list", "verify"] {
+        let run = wh.run(&archive, Path::new("/"), &[command, "--system-id", "1"]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the archive holds no cluster 1; it holds {}",
+                pg.system_id()
+            )),
+            "{command}: {stderr}"
+        );
+    }
     let cluster = &listing["clusters"][0];
     assert_eq!(
         cluster["timelines"][0]["gaps"],
