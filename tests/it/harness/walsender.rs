@@ -86,8 +86,16 @@ pub struct FakeWalsender {
 impl FakeWalsender {
     /// Listens on a free port; each connection gets the startup of `identity`, then `script`.
     pub fn start(identity: Identity, probe: Probe, script: Script) -> FakeWalsender {
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the fake walsender");
+        // A port free a moment ago can be taken by the time it is bound (seen once in CI):
+        // bind until one is had.
+        let (listener, port) = (0..20)
+            .find_map(|_| {
+                let port = free_port();
+                TcpListener::bind(("127.0.0.1", port))
+                    .ok()
+                    .map(|l| (l, port))
+            })
+            .expect("bind the fake walsender to a free port");
         listener.set_nonblocking(true).expect("nonblocking");
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
