@@ -83,17 +83,20 @@ pub async fn choose_for_time<'a>(
     newest: &BTreeMap<TimelineId, SegNo>,
 ) -> anyhow::Result<Result<Choice<'a>, String>> {
     let by_clock = match plan::choose(backups, target, path) {
-        Ok(choice) => choice.backup,
+        Ok(choice) => choice,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let (Target::Time { at, .. }, Ok(size), Ok(by_clock_stop)) =
-        (target, by_clock.segment_size(), by_clock.stop())
-    else {
-        return Ok(plan::choose(backups, target, path));
+    let (Target::Time { at, .. }, Ok(size), Ok(by_clock_stop)) = (
+        target,
+        by_clock.backup.segment_size(),
+        by_clock.backup.stop(),
+    ) else {
+        return Ok(Ok(by_clock));
     };
     let Some(at) = PgTimestamp::from_unix_micros(at.as_microsecond()) else {
-        return Ok(plan::choose(backups, target, path));
+        return Ok(Ok(by_clock));
     };
+    let by_clock = by_clock.backup;
     let usable = plan::usable(backups, path);
     let at_by_clock = usable.iter().position(|b| std::ptr::eq(*b, by_clock));
     let previous = at_by_clock
