@@ -59,11 +59,29 @@ pub(super) fn read_back(
     // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
     // after its upload.
     let map = unsafe { SequentialMap::open(&file.path)? };
+    if file.expect == Expect::Pages {
+        // A pass of its own, before the compression's, handing its pages back as it goes.
+        let content = map.bytes().get(..len).ok_or_else(|| {
+            corrupt(format!(
+                "it holds {} bytes, {len} were received",
+                map.bytes().len()
+            ))
+        })?;
+        check_stored(
+            segment,
+            content,
+            size,
+            system_id,
+            file.complete,
+            &mut |end| map.done_before(end),
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+        map.done_before(usize::MAX);
+        map.rewind();
+    }
     let encoded = encode_map(map, Some(len), level, file.complete.then_some(segment))?;
-    match file.expect {
-        Expect::Crc(received) => check_crc(&encoded, received)?,
-        Expect::Pages => check_stored(segment, &encoded.content, size, system_id, file.complete)
-            .map_err(|e| corrupt(e.to_string()))?,
+    if let Expect::Crc(received) = file.expect {
+        check_crc(&encoded, received)?;
     }
     Ok(encoded)
 }
@@ -173,5 +191,47 @@ mod tests {
             );
             assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
         }
+    }
+    #[test]
+    fn a_kept_tail_is_checked_and_compressed_with_none_of_it_left_resident() {
+        use crate::wal::page::tests::header_bytes;
+        use crate::wal::{SegNo, TimelineId};
+        const SEGMENT_BYTES: usize = 4 << 20;
+        const BLOCK: usize = 8192;
+        let size = SegmentSize::new(SEGMENT_BYTES as u32).unwrap();
+        let segment = SegmentName::new(TimelineId(1), SegNo(3), size);
+        let start = 3 * SEGMENT_BYTES as u64;
+        // Every page with its header, the rest of each page not quite zeros.
+        let mut wal = vec![0u8; SEGMENT_BYTES];
+        for (n, page) in wal.chunks_mut(BLOCK).enumerate() {
+            let mut header = header_bytes(1, start + (n * BLOCK) as u64, 42, SEGMENT_BYTES as u32);
+            if n > 0 {
+                header[2] = 0; // a short header
+            }
+            page[..header.len()].copy_from_slice(&header);
+            page[BLOCK - 1] = n as u8;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = SpoolFile {
+            path: dir.path().join("tail"),
+            segment,
+            len: SEGMENT_BYTES - 5000,
+            complete: false,
+            expect: Expect::Pages,
+        };
+        std::fs::write(&file.path, &wal).unwrap();
+        let encoded = read_back(&file, 1, size, SystemId(42)).unwrap();
+        // The page check is a pass of its own that hands its pages back: run over the
+        // compressed content instead, it left every page it touched resident.
+        assert_eq!(crate::fsutil::resident_kb(encoded.content.as_ptr()), 0);
+        assert_eq!(
+            envelope::decode(&encoded.envelope).unwrap(),
+            &wal[..file.len]
+        );
+        // And the check still refuses a page out of place.
+        wal[5 * BLOCK + 8..5 * BLOCK + 16].copy_from_slice(&0u64.to_le_bytes());
+        std::fs::write(&file.path, &wal).unwrap();
+        let e = read_back(&file, 1, size, SystemId(42)).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 }

@@ -378,7 +378,7 @@ fn verify_spooled(
     if let WalFileName::Segment(segment) = *name {
         let size = crate::wal::SegmentSize::new(content.len() as u32)
             .ok_or_else(|| anyhow!("{name}: {} bytes is no segment size", content.len()))?;
-        check_stored(segment, content, size, system_id, true)
+        check_stored(segment, content, size, system_id, true, &mut |_| {})
             .map_err(|e| anyhow!("{name}: {e}"))?;
     }
     Ok(())

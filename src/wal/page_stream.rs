@@ -303,12 +303,17 @@ pub enum StoredError {
 /// that is empty or cut short, zeros over its first page, or a page of zeros with WAL after
 /// it; not zeros to the segment's end (they look like the rest of a segment after a switch),
 /// nor zeros or a wrong byte inside a page: that takes the CRC of what was written.
+///
+/// The pages are checked in order, [`CHECK_CHUNK_BYTES`] at a time; after each chunk,
+/// `done_before` is told the offset the check has passed, so a caller reading a mapping can
+/// hand back what lies behind it.
 pub fn check_stored(
     segment: SegmentName,
     content: &[u8],
     size: SegmentSize,
     system_id: SystemId,
     complete: bool,
+    done_before: &mut dyn FnMut(usize),
 ) -> Result<(), StoredError> {
     let found = content.len() as u64;
     if found > u64::from(size.bytes()) {
@@ -334,9 +339,18 @@ pub fn check_stored(
         block_size: head.block_size_bytes,
         timeline: segment.timeline,
     };
-    PageChecker::new(expected, start).check(content)?;
+    let mut checker = PageChecker::new(expected, start);
+    let mut passed = 0;
+    for chunk in content.chunks(CHECK_CHUNK_BYTES) {
+        checker.check(chunk)?;
+        passed += chunk.len();
+        done_before(passed);
+    }
     Ok(())
 }
+
+/// How much of a stored file [`check_stored`] checks between two calls of its `done_before`.
+pub const CHECK_CHUNK_BYTES: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -429,38 +443,62 @@ mod tests {
         let name = SegmentName::new(TimelineId(2), crate::wal::SegNo(5), size);
         let mut segment = pages(42);
         segment.resize(MIB as usize, 0);
-        check_stored(name, &segment, size, SystemId(42), true).unwrap();
+        check_stored(name, &segment, size, SystemId(42), true, &mut |_| {}).unwrap();
         // What was received of it, a kept tail: any length, even a partial header.
         for cut in [40, 8200, 3 * BLOCK] {
-            check_stored(name, &segment[..cut], size, SystemId(42), false).unwrap();
+            check_stored(
+                name,
+                &segment[..cut],
+                size,
+                SystemId(42),
+                false,
+                &mut |_| {},
+            )
+            .unwrap();
         }
         // Lost writes: empty, cut short, zeros, a hole.
-        let e = check_stored(name, &[], size, SystemId(42), true).unwrap_err();
+        let e = check_stored(name, &[], size, SystemId(42), true, &mut |_| {}).unwrap_err();
         assert!(
             matches!(e, StoredError::Head(PageHeaderError::TooShort(0))),
             "{e}"
         );
-        let e = check_stored(name, &segment[..3 * BLOCK], size, SystemId(42), true).unwrap_err();
+        let e = check_stored(
+            name,
+            &segment[..3 * BLOCK],
+            size,
+            SystemId(42),
+            true,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(e, StoredError::Head(PageHeaderError::WrongLength { .. })),
             "{e}"
         );
-        let e = check_stored(name, &vec![0; MIB as usize], size, SystemId(42), true).unwrap_err();
+        let e = check_stored(
+            name,
+            &vec![0; MIB as usize],
+            size,
+            SystemId(42),
+            true,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(e, StoredError::Head(PageHeaderError::BadMagic(0, _))),
             "{e}"
         );
         let mut hole = segment.clone();
         hole[BLOCK..2 * BLOCK].fill(0);
-        let e = check_stored(name, &hole, size, SystemId(42), true).unwrap_err();
+        let e = check_stored(name, &hole, size, SystemId(42), true, &mut |_| {}).unwrap_err();
         assert!(
             matches!(e, StoredError::Page(PageError::AfterZeros { .. })),
             "{e}"
         );
         // Another segment's bytes, or another cluster's.
         let other = SegmentName::new(TimelineId(2), crate::wal::SegNo(6), size);
-        assert!(check_stored(other, &segment, size, SystemId(42), true).is_err());
-        let e = check_stored(name, &segment, size, SystemId(7), true).unwrap_err();
+        assert!(check_stored(other, &segment, size, SystemId(42), true, &mut |_| {}).is_err());
+        let e = check_stored(name, &segment, size, SystemId(7), true, &mut |_| {}).unwrap_err();
         assert!(
             matches!(e, StoredError::Page(PageError::SystemId { .. })),
             "{e}"
