@@ -141,14 +141,7 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     )
     .await;
     progress.finish().await;
-    let received = received.map_err(|e| {
-        if options.server_compression && format!("{e:#}").contains("does not support compression")
-        {
-            e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
-        } else {
-            e
-        }
-    })?;
+    let received = received.map_err(|e| explain_failure(e, &id, options.server_compression))?;
     let stopped = jiff::Timestamp::now();
 
     let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
@@ -231,6 +224,27 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         .put_backup_object(&id, &BackupObject::Meta, content, envelope)
         .await?;
     Ok(meta)
+}
+
+/// Adds the likely cause to a failure while the backup streamed, where one is known.
+fn explain_failure(e: anyhow::Error, id: &BackupId, server_compression: bool) -> anyhow::Error {
+    let conflict = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::archive::Error>(),
+            Some(crate::archive::Error::Conflict { .. })
+        )
+    });
+    if conflict {
+        // The id was free when listed: only a backup started since can have stored under it.
+        e.context(format!(
+            "another backup of this cluster, started in the same second, took the id {id}: \
+             this one stopped without changing that backup's objects; run it again"
+        ))
+    } else if server_compression && format!("{e:#}").contains("does not support compression") {
+        e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
+    } else {
+        e
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist.
@@ -587,5 +601,31 @@ impl Uploads {
             self.record(done)?;
         }
         Ok(self.stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_under_the_backups_id_names_the_backup_that_took_it() {
+        let id = BackupId::new("20261204T200000Z", 1).unwrap();
+        let conflict = crate::archive::Error::Conflict {
+            key: format!("1/backups/{id}/base/00000000.zst"),
+            stored_len: 10,
+            stored_crc: 1,
+            offered_len: 11,
+            offered_crc: 2,
+        };
+        let e = anyhow::Error::new(conflict).context("store base/00000000.zst");
+        let text = format!("{:#}", explain_failure(e, &id, false));
+        assert!(
+            text.starts_with("another backup of this cluster, started in the same second, took the id 20261204T200000Z"),
+            "{text}"
+        );
+        assert!(text.contains("store base/00000000.zst"), "{text}");
+        let other = explain_failure(anyhow!("connection reset"), &id, false);
+        assert_eq!(format!("{other:#}"), "connection reset");
     }
 }
