@@ -61,15 +61,9 @@ pub(super) fn read_back(
     let map = unsafe { SequentialMap::open(&file.path)? };
     if file.expect == Expect::Pages {
         // A pass of its own, before the compression's, handing its pages back as it goes.
-        let content = map.bytes().get(..len).ok_or_else(|| {
-            corrupt(format!(
-                "it holds {} bytes, {len} were received",
-                map.bytes().len()
-            ))
-        })?;
         check_stored(
             segment,
-            content,
+            received_part(&map, len)?,
             size,
             system_id,
             file.complete,
@@ -114,12 +108,7 @@ pub(super) fn encode_map(
     index: Option<SegmentName>,
 ) -> std::io::Result<Encoded> {
     let len = len.unwrap_or(map.bytes().len());
-    let content = map.bytes().get(..len).ok_or_else(|| {
-        corrupt(format!(
-            "it holds {} bytes, {len} were received",
-            map.bytes().len()
-        ))
-    })?;
+    let content = received_part(&map, len)?;
     let envelope =
         envelope::encode_sequentially(level, content, SequentialMap::WINDOW, &mut |end| {
             map.done_before(end)
@@ -140,6 +129,16 @@ pub(super) fn encode_map(
         envelope,
         crc,
         index,
+    })
+}
+
+/// The first `len` bytes of `map`, those received; [`corrupt`] when the file is shorter.
+fn received_part(map: &SequentialMap, len: usize) -> std::io::Result<&[u8]> {
+    map.bytes().get(..len).ok_or_else(|| {
+        corrupt(format!(
+            "it holds {} bytes, {len} were received",
+            map.bytes().len()
+        ))
     })
 }
 
@@ -192,6 +191,7 @@ mod tests {
             assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
         }
     }
+
     #[test]
     fn a_kept_tail_is_checked_and_compressed_with_none_of_it_left_resident() {
         use crate::wal::page::tests::header_bytes;
