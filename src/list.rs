@@ -460,7 +460,12 @@ fn describe_backups(cluster: &ClusterListing, out: &mut String) {
         "BACKUP", "STOPPED (UTC)", "START LSN", "STOP LSN", "TLI", "SIZE MiB", "STORED MiB",
     );
     for b in &cluster.backups {
-        let state = if b.is_complete() {
+        let lost = (cluster.windows.iter())
+            .flat_map(|w| &w.unrestorable)
+            .find(|u| u.backup == b.id);
+        let state = if let Some(lost) = lost {
+            format!("cannot be restored ({} is missing)", lost.missing)
+        } else if b.is_complete() {
             "complete".to_string()
         } else {
             format!(

@@ -121,7 +121,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
             .iter()
             .map(|b| Named {
                 id: b.id.to_string(),
-                why: doomed(b.why).to_string(),
+                why: doomed(b.why),
                 bytes: b.stored_bytes,
             })
             .collect(),
@@ -180,12 +180,15 @@ fn why(why: &Why) -> String {
     }
 }
 
-fn doomed(why: Doomed) -> &'static str {
+fn doomed(why: Doomed) -> String {
     match why {
-        Doomed::NotRetained => "outside the retention",
-        Doomed::Incomplete => "incomplete, older than every retained backup",
-        Doomed::Interrupted => "interrupted, older than every retained backup",
-        Doomed::AssumedInterrupted => "interrupted, as --assume-interrupted says",
+        Doomed::NotRetained => "outside the retention".into(),
+        Doomed::Incomplete => "incomplete, older than every retained backup".into(),
+        Doomed::Unrestorable(missing) => {
+            format!("cannot be restored ({missing} is missing), older than every retained backup")
+        }
+        Doomed::Interrupted => "interrupted, older than every retained backup".into(),
+        Doomed::AssumedInterrupted => "interrupted, as --assume-interrupted says".into(),
     }
 }
 

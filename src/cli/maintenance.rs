@@ -48,12 +48,13 @@ pub struct PruneArgs {
     /// with --keep-backups, the union of both.
     #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration)]
     pub keep_within: Option<std::time::Duration>,
-    /// For an archive without backups: keep the WAL stored within this long.
+    /// For an archive without backups: keep the WAL stored within this long, and at least
+    /// each timeline's newest segment.
     #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration,
           conflicts_with_all = ["keep_backups", "keep_within", "before"])]
     pub keep_wal_within: Option<std::time::Duration>,
     /// For an archive without backups: delete the WAL before the segment holding this
-    /// position, on every timeline.
+    /// position, on every timeline, keeping at least each timeline's newest segment.
     #[arg(long, value_name = "LSN", group = "rule", conflicts_with_all = ["keep_backups", "keep_within"])]
     pub before: Option<Lsn>,
     /// Say what would be deleted, with sizes; delete nothing.

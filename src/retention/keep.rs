@@ -91,6 +91,26 @@ impl Timelines {
             .last()
     }
 
+    /// The first segment `backup` needs to become consistent (from its start through its stop,
+    /// along the path to its stop timeline) that the archive lacks: a backup missing one
+    /// cannot be restored at all. `None` too when that path is unknown (a history file is
+    /// missing): nothing is known to be missing.
+    pub(super) fn missing_before_consistency(&self, backup: &BackupMeta) -> Option<SegmentName> {
+        let path = self
+            .paths
+            .get(&TimelineId(backup.stop_timeline))?
+            .as_ref()?;
+        // Without the newest segments, the ranges end with the one holding the stop.
+        let ranges = needed_segments(backup, path, None, &BTreeMap::new(), self.size).ok()?;
+        ranges.iter().find_map(|&(timeline, from, to)| {
+            let held = self.full.get(&timeline);
+            (from.0..to.0)
+                .map(SegNo)
+                .find(|n| !held.is_some_and(|held| held.contains_key(n)))
+                .map(|n| SegmentName::new(timeline, n, self.size))
+        })
+    }
+
     /// Every timeline kept whole, for `reason`.
     pub(super) fn keep_all(&self, reason: &'static str) -> BTreeMap<TimelineId, Kept> {
         self.paths
@@ -175,11 +195,27 @@ impl Timelines {
             .collect()
     }
 
-    /// On every timeline, from the segment holding `lsn`.
-    pub(super) fn before(&self, lsn: Lsn) -> BTreeMap<TimelineId, Kept> {
+    /// On every timeline, from the segment holding `lsn`, and at least the newest complete
+    /// segment: a position past the end of the archive (mistyped, or another cluster's) never
+    /// empties a timeline. Says in `notes` where it keeps more than asked.
+    pub(super) fn before(&self, lsn: Lsn, notes: &mut Vec<String>) -> BTreeMap<TimelineId, Kept> {
+        let wanted = SegNo::containing(lsn, self.size);
         self.paths
             .keys()
-            .map(|&timeline| (timeline, Kept::From(self.segment_of(timeline, lsn))))
+            .map(|&timeline| {
+                let newest = self.full.get(&timeline).and_then(|held| held.keys().next_back());
+                let from = match newest {
+                    Some(&newest) if newest < wanted => {
+                        let newest = SegmentName::new(timeline, newest, self.size);
+                        notes.push(format!(
+                            "{lsn} lies past timeline {timeline}'s newest segment, {newest}, which is kept"
+                        ));
+                        newest
+                    }
+                    _ => SegmentName::new(timeline, wanted, self.size),
+                };
+                (timeline, Kept::From(from))
+            })
             .collect()
     }
 }

@@ -18,7 +18,10 @@
 //! Every other complete backup is deleted. An incomplete backup (`wal_complete` false) is never
 //! retained (restore never chooses it); it is deleted when older than the oldest retained
 //! backup, and kept otherwise (`list` still shows it). So is a backup folder without usable
-//! metadata, once it is known not to be a backup in progress (below).
+//! metadata, once it is known not to be a backup in progress (below), and a complete backup
+//! that cannot be restored because a segment between its start and its stop has gone from the
+//! archive since: it is not counted among the complete backups above, so a lost segment never
+//! makes prune keep a backup that cannot be restored in place of older ones that can.
 //!
 //! # Which WAL is kept
 //!
@@ -47,7 +50,7 @@
 //! [`Rule::WalWithin`] keeps, per timeline, everything from the oldest segment modified within
 //! the duration (a segment of unknown time counts as recent), and at least the newest complete
 //! segment. [`Rule::WalBefore`] deletes, on every timeline, what lies before the segment
-//! holding the position. Both refuse an archive holding a complete backup: its WAL would go.
+//! holding the position, and also keeps at least the newest complete segment. Both refuse an archive holding a complete backup: its WAL would go.
 //!
 //! # Backups in progress
 //!
@@ -171,6 +174,9 @@ pub enum Doomed {
     NotRetained,
     /// An incomplete backup older than the oldest retained one.
     Incomplete,
+    /// A complete backup older than the oldest retained one that cannot be restored: this
+    /// segment, between its start and its stop, is not in the archive.
+    Unrestorable(SegmentName),
     /// A folder without metadata older than the oldest retained backup.
     Interrupted,
     /// A folder without metadata newer than that, taken for an interrupted backup on the
@@ -301,9 +307,24 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
     }
     backups.sort_by(|a, b| order(&a.id).cmp(&order(&b.id)));
     check_not_in_progress(inventory, &backups, policy)?;
-    let complete: Vec<&Backup> = backups.iter().filter(|b| b.meta.is_complete()).collect();
     let timelines = keep::Timelines::new(inventory, size);
     let mut plan = Plan::default();
+    // A complete backup whose own WAL has gone from the archive since cannot be restored:
+    // retaining it in place of one that can would leave nothing to restore from.
+    let mut unrestorable = BTreeMap::new();
+    for b in backups.iter().filter(|b| b.meta.is_complete()) {
+        if let Some(missing) = timelines.missing_before_consistency(b.meta) {
+            plan.notes.push(format!(
+                "backup {} cannot be restored: {missing}, between its start and its stop, is not in the archive; it is not counted among the retained backups",
+                b.id
+            ));
+            unrestorable.insert(b.id.clone(), missing);
+        }
+    }
+    let complete: Vec<&Backup> = backups
+        .iter()
+        .filter(|b| b.meta.is_complete() && !unrestorable.contains_key(&b.id))
+        .collect();
     match policy.rule {
         Rule::Backups { keep, within } => {
             if keep.is_none() && within.is_none() {
@@ -329,20 +350,20 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
                 plan.kept = timelines
                     .needed_by(&metas, &mut plan.notes)
                     .map_err(invalid)?;
-                plan.delete_backups = doomed(&backups, &plan.retained);
+                plan.delete_backups = doomed(&backups, &plan.retained, &unrestorable);
             }
         }
-        Rule::WalWithin(_) | Rule::WalBefore(_) if !complete.is_empty() => {
+        Rule::WalWithin(_) | Rule::WalBefore(_) if backups.iter().any(|b| b.meta.is_complete()) => {
             return Err(invalid(format!(
                 "the archive holds {} complete backup(s), whose WAL --keep-wal-within and --before would not spare: retain backups with --keep-backups or --keep-within",
-                complete.len()
+                backups.iter().filter(|b| b.meta.is_complete()).count()
             )));
         }
         Rule::WalWithin(within) => {
             let since = back_from(policy.now, within);
             plan.kept = timelines.modified_since(since);
         }
-        Rule::WalBefore(lsn) => plan.kept = timelines.before(lsn),
+        Rule::WalBefore(lsn) => plan.kept = timelines.before(lsn, &mut plan.notes),
     }
     let oldest_retained = plan.retained.first().map(|r| &r.id);
     plan.delete_backups
@@ -454,21 +475,31 @@ fn retain(
     Ok(retained)
 }
 
-/// The backups with metadata to delete: complete ones not retained, and incomplete ones older
-/// than the oldest retained backup.
-fn doomed(backups: &[Backup], retained: &[Retained]) -> Vec<DeletedBackup> {
+/// The backups with metadata to delete: complete ones not retained, and incomplete or
+/// `unrestorable` ones older than the oldest retained backup.
+fn doomed(
+    backups: &[Backup],
+    retained: &[Retained],
+    unrestorable: &BTreeMap<BackupId, SegmentName>,
+) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
     };
     backups
         .iter()
         .filter_map(|b| {
-            let why = if b.meta.is_complete() {
+            let older = order(&b.id) < oldest;
+            let why = if let Some(&missing) = unrestorable.get(&b.id) {
+                if !older {
+                    return None;
+                }
+                Doomed::Unrestorable(missing)
+            } else if b.meta.is_complete() {
                 if retained.iter().any(|r| r.id == b.id) {
                     return None;
                 }
                 Doomed::NotRetained
-            } else if order(&b.id) < oldest {
+            } else if older {
                 Doomed::Incomplete
             } else {
                 return None;

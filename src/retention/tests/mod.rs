@@ -457,6 +457,44 @@ fn incomplete_backups_go_when_older_than_what_is_retained() {
 }
 
 #[test]
+fn a_backup_whose_wal_has_gone_is_not_retained_in_place_of_one_that_restores() {
+    let b1 = backup(1, at(2, 0x28), at(2, 0x100), "2026-03-01T10:00:00Z");
+    let b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-02T10:00:00Z");
+    let b3 = backup(1, at(8, 0x28), at(9, 0x100), "2026-03-03T10:00:00Z");
+    // The newest backup's stop segment, 9, has gone from the archive since it was taken.
+    let mut objects: Vec<StoredObject> = segments(1, 1, 8).chain(segments(1, 10, 12)).collect();
+    objects.extend([&b1, &b2, &b3].map(backup_file));
+    let first = inventory(vec![b1.clone(), b2.clone(), b3.clone()], objects);
+
+    let plan = plan(&first, &keep(1)).unwrap();
+    // b2 is now the newest backup that restores; b3 stays (newer than it), b1 goes.
+    assert_eq!(ids(&plan), (vec![b2.id.clone()], vec![b1.id.clone()]));
+    assert_eq!(plan.retained[0].why, vec![Why::Newest, Why::AmongNewest]);
+    assert_eq!(plan.kept[&TimelineId(1)], Kept::From(segment(1, 5)));
+    assert!(
+        plan.notes.iter().any(|n| n.starts_with(&format!(
+            "backup {} cannot be restored: 000000010000000000000009",
+            b3.id
+        ))),
+        "{:?}",
+        plan.notes
+    );
+
+    // Once older than a backup that restores, it goes like an incomplete one.
+    let b4 = backup(1, at(11, 0x28), at(11, 0x100), "2026-03-04T10:00:00Z");
+    let mut objects: Vec<StoredObject> = segments(1, 1, 8).chain(segments(1, 10, 12)).collect();
+    objects.extend([&b1, &b2, &b3, &b4].map(backup_file));
+    let second = inventory(vec![b1, b2, b3.clone(), b4.clone()], objects);
+    let plan = super::plan(&second, &keep(1)).unwrap();
+    assert_eq!(plan.retained[0].id.as_str(), b4.id);
+    let deleted = plan.delete_backups.iter().find(|d| d.id.as_str() == b3.id);
+    assert_eq!(
+        deleted.map(|d| d.why),
+        Some(Doomed::Unrestorable(segment(1, 9)))
+    );
+}
+
+#[test]
 fn wal_rules_are_for_archives_without_backups() {
     let mut objects: Vec<StoredObject> = segments(1, 1, 6).chain(segments(2, 4, 8)).collect();
     for (n, o) in objects.iter_mut().enumerate() {
@@ -492,6 +530,18 @@ fn wal_rules_are_for_archives_without_backups() {
             .into_iter()
             .chain([format!("{}.zst", segment(2, 4))])
             .collect::<Vec<_>>()
+    );
+
+    // A position past the end of the archive keeps each timeline's newest segment, and says so.
+    let plan = super::plan(&inventory, &policy(Rule::WalBefore(at(0xFF00, 0)))).unwrap();
+    assert_eq!(plan.kept[&TimelineId(1)], Kept::From(segment(1, 6)));
+    assert_eq!(plan.kept[&TimelineId(2)], Kept::From(segment(2, 8)));
+    assert_eq!(plan.delete_objects.len(), 5 + 4);
+    assert_eq!(plan.notes.len(), 2, "{:?}", plan.notes);
+    assert!(
+        plan.notes[0].contains("lies past timeline 1's newest segment"),
+        "{:?}",
+        plan.notes
     );
 
     let mut with_backup = inventory.clone();

@@ -8,7 +8,8 @@
 //! before, is held after; (2) no history file goes; (3) no retained backup goes, and every
 //! complete one not retained does; (4) the newest complete backup is retained; (5) pruning the
 //! result again with the same policy and time deletes nothing; (6) if a complete backup could
-//! restore the newest timeline, a retained one can.
+//! restore the newest timeline, a retained one can; (7) a complete backup missing a segment
+//! before its consistency point is never retained, and counts as incomplete in (3)-(6).
 
 use super::*;
 
@@ -226,6 +227,35 @@ fn follows(backup: &BackupMeta, legs: &[(u32, Option<Lsn>)], stop: Lsn) -> Optio
     (first <= stop_leg && legs[stop_leg].1.is_none_or(|end| stop <= end)).then_some(first)
 }
 
+/// Whether `held` has every segment restoring `backup` reads until it is consistent: along
+/// the path to its stop timeline, from its start through the segment holding its last byte
+/// (true when that path is unknown: nothing is known to be missing).
+fn reaches_consistency(
+    backup: &BackupMeta,
+    inventory: &Inventory,
+    held: &BTreeSet<SegmentName>,
+) -> bool {
+    let (start, stop) = (backup.start().unwrap(), backup.stop().unwrap());
+    let history = match inventory.timelines.get(&TimelineId(backup.stop_timeline)) {
+        Some(history) => history.clone(),
+        None if backup.stop_timeline == 1 => Vec::new(),
+        None => return true,
+    };
+    let legs: Vec<(u32, Option<Lsn>)> = (history.iter())
+        .map(|h| (h.timeline.0, Some(h.switch_point)))
+        .chain([(backup.stop_timeline, None)])
+        .collect();
+    let Some(first) = follows(backup, &legs, stop) else {
+        return true;
+    };
+    (start.0 / MIB..=(stop.0 - 1) / MIB).all(|n| {
+        let leg = (first..legs.len())
+            .rfind(|&i| i == first || legs[i - 1].1.is_some_and(|end| end.0 / MIB <= n))
+            .unwrap_or(first);
+        held.contains(&segment(legs[leg].0, n))
+    })
+}
+
 /// Whether some backup of `backups` can restore the newest timeline.
 fn newest_restorable(inventory: &Inventory, backups: &[&BackupMeta]) -> bool {
     let newest = (inventory.timelines.keys().copied())
@@ -254,11 +284,22 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
         .filter_map(|s| s.segno(size()))
         .max()
         .map_or(0, |n| n.0);
+    // Complete backups that can still be restored; the others count as incomplete.
     let mut complete: Vec<&BackupMeta> = inventory
         .backups
         .iter()
-        .filter(|b| b.is_complete())
+        .filter(|b| b.is_complete() && reaches_consistency(b, inventory, &before_held))
         .collect();
+    // (7) A complete backup missing WAL before its consistency point is never retained.
+    for b in inventory.backups.iter().filter(|b| b.is_complete()) {
+        if !complete.iter().any(|c| c.id == b.id) {
+            assert!(
+                plan.retained.iter().all(|r| r.id.as_str() != b.id),
+                "{} cannot be restored, yet is retained",
+                b.id
+            );
+        }
+    }
     let key = |b: &BackupMeta| {
         let id = BackupId::parse(&b.id).unwrap();
         (
