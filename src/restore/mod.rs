@@ -258,6 +258,31 @@ async fn choose<'a>(
             newest_timeline,
         )
         .await?;
+        // The target must lie after the named backup's consistency point, by the test that
+        // chooses a backup: PostgreSQL cannot tell when it does not. Recovery to a time or an
+        // xid from a backup that already holds later commits would stop after them and
+        // promote the wrong state; to an LSN or a restore point, it would fail.
+        // Among the backups consistent up to its own consistency point (it sorts last), the
+        // test must choose it: a commit the time index places between the target and its
+        // start makes it pass over it.
+        let stop = backup.stop().map_err(|e| anyhow!("backup {id}: {e}"))?;
+        let up_to: Vec<BackupMeta> = (backups.iter())
+            .filter(|b| b.stop().is_ok_and(|s| s <= stop))
+            .cloned()
+            .collect();
+        match choose_on(cluster, &up_to, options, &path, newest).await? {
+            // (A backup consistent at the same position is as good.)
+            Ok(choice) if choice.backup.stop_lsn == backup.stop_lsn => {}
+            Ok(choice) => bail!(
+                "backup {id} cannot be restored to this target: it is consistent at {} ({}), \
+                 not before the target; backup {} is {}",
+                backup.stop_lsn,
+                backup.stop_time,
+                choice.backup.id,
+                choice.reason
+            ),
+            Err(refusal) => bail!("backup {id} cannot be restored to this target: {refusal}"),
+        }
         return Ok((backup, "named with --backup".into(), path));
     }
     let timeline = options.recovery.timeline.unwrap_or(TimelineChoice::Latest);

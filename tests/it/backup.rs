@@ -257,6 +257,23 @@ fn a_time_target_passes_over_a_backup_whose_host_clock_was_behind() {
         )) && stderr.contains("clocks apart"),
         "{stderr}"
     );
+    // Named with --backup, the newer backup is refused for the same reason, and for an LSN
+    // before its consistency point: recovery from it would hold C, or fail.
+    let newer_id = newer["id"].as_str().unwrap();
+    let older_stop = older["stop_lsn"].as_str().unwrap();
+    for target in [["--target-time", &time], ["--target-lsn", older_stop]] {
+        let named = dir.path().join("named");
+        let args = [&["--backup", newer_id][..], &target].concat();
+        let (code, _, stderr) = restore(&wh, &archive, &named, &args);
+        assert_eq!(code, Some(1), "{target:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "backup {newer_id} cannot be restored to this target"
+            )),
+            "{target:?}: {stderr}"
+        );
+        assert!(!named.exists(), "{target:?}: a refused restore wrote");
+    }
     let pg = start_restored(&archive, dir, data);
     let batches = pg.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches");
     assert_eq!(batches, "A,B");
