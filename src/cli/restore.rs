@@ -71,9 +71,16 @@ fn checked_time(text: &str) -> Result<String, String> {
     parse_time(text).map(|_| text.to_string())
 }
 
-/// A transaction id: a number (PostgreSQL's `recovery_target_xid` also takes a 64-bit one).
+/// A transaction id: a number (PostgreSQL's `recovery_target_xid` also takes a 64-bit one,
+/// and compares its low 32 bits with each commit's). 0 (invalid), 1 (bootstrap) and 2
+/// (frozen) are never a transaction's: no commit matches them, and recovery would replay to
+/// the end and fail.
 fn checked_xid(text: &str) -> Result<String, String> {
+    const FIRST_NORMAL_XID: u64 = 3;
     match text.parse::<u64>() {
+        Ok(xid) if xid & u64::from(u32::MAX) < FIRST_NORMAL_XID => Err(format!(
+            "{text} is not a transaction's id: transaction ids start at {FIRST_NORMAL_XID}"
+        )),
         Ok(_) => Ok(text.to_string()),
         Err(_) => Err(format!("{text:?} is not a transaction id (a number)")),
     }
@@ -115,6 +122,9 @@ mod tests {
     fn a_target_that_cannot_be_is_a_usage_error() {
         for bad in [
             ["--target-xid", "abc"],
+            ["--target-xid", "0"],
+            ["--target-xid", "2"],
+            ["--target-xid", "4294967298"], // epoch 1, xid 2
             ["--target-name", ""],
             ["--target-name", &"x".repeat(64)],
             ["--target-time", "yesterday"],
@@ -128,6 +138,7 @@ mod tests {
         }
         for good in [
             ["--target-xid", "746"],
+            ["--target-xid", "3"],
             ["--target-name", "before_b"],
             ["--target-time", "2026-12-04 13:18:14+01"],
         ] {
