@@ -111,6 +111,13 @@ pub enum IndexEnd {
     },
 }
 
+/// The shortest record that can be a restore point: the record header (24 bytes), a short
+/// data header (2) and `xl_restore_point` (its time, 8, and a name of `MAXFNAMELEN`, 64).
+const MIN_RESTORE_POINT_RECORD: u32 = 24 + 2 + 8 + 64;
+/// The shortest commit or abort record: the record header, a short data header and the
+/// transaction's end time (`MinSizeOfXactCommit`, `MinSizeOfXactAbort`).
+const MIN_XACT_END_RECORD: u32 = 24 + 2 + 8;
+
 /// What the record continuing into the next segment is ([`Crossing`], as stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -261,12 +268,25 @@ impl SegmentIndex {
         )
     }
 
-    /// What the record that continues into the next segment is, if one does: neither
-    /// segment's index lists it.
-    pub fn crossing(&self) -> Option<CrossingRecord> {
+    /// Whether the record that continues into the next segment, which neither segment's index
+    /// lists, may be a restore point: its header says so, or is cut at the segment's end and
+    /// the record is long enough for one.
+    pub fn crossing_may_be_restore_point(&self) -> bool {
+        self.crossing_may_be(CrossingRecord::RestorePoint, MIN_RESTORE_POINT_RECORD)
+    }
+
+    /// Whether the record that continues into the next segment may be a commit or abort, as
+    /// [`Self::crossing_may_be_restore_point`] says for a restore point.
+    pub fn crossing_may_end_a_transaction(&self) -> bool {
+        self.crossing_may_be(CrossingRecord::XactEnd, MIN_XACT_END_RECORD)
+    }
+
+    fn crossing_may_be(&self, kind: CrossingRecord, min_length: u32) -> bool {
         match self.end {
-            IndexEnd::Continues { record, .. } => Some(record),
-            _ => None,
+            IndexEnd::Continues { record, length, .. } => {
+                record == kind || (record == CrossingRecord::Unknown && length >= min_length)
+            }
+            _ => false,
         }
     }
 }

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use super::plan::{self, Choice, Leg, Target};
 use crate::backup::meta::BackupMeta;
-use crate::timeindex::{CrossingRecord, RestorePointMark, SegmentIndex, XactMark, format_time};
+use crate::timeindex::{RestorePointMark, SegmentIndex, XactMark, format_time};
 use crate::wal::{Lsn, PgTimestamp, SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// A segment recovery replays, with its index when the archive holds a usable one.
@@ -96,10 +96,7 @@ fn first_restore_point<'a>(
         {
             return Found::At(point, step.segment);
         }
-        if matches!(
-            index.crossing(),
-            Some(CrossingRecord::RestorePoint | CrossingRecord::Unknown)
-        ) {
+        if index.crossing_may_be_restore_point() {
             return Found::Unknown(step.segment);
         }
     }
@@ -254,10 +251,7 @@ pub fn time_reach(
                 newest = Some((latest.time, step.segment));
             }
         }
-        if matches!(
-            index.crossing(),
-            Some(CrossingRecord::XactEnd | CrossingRecord::Unknown)
-        ) {
+        if index.crossing_may_end_a_transaction() {
             unindexed = unindexed.or(Some(step.segment));
         }
     }
@@ -367,7 +361,7 @@ pub fn time_text(time: PgTimestamp) -> String {
 mod tests {
     use super::*;
     use crate::backup::meta::testing::backup;
-    use crate::timeindex::{INDEX_FORMAT, IndexEnd};
+    use crate::timeindex::{CrossingRecord, INDEX_FORMAT, IndexEnd};
 
     const MIB: u32 = 1 << 20;
     /// 2026-01-01T00:00:00Z in PostgreSQL's microseconds.
@@ -514,6 +508,21 @@ mod tests {
             (chosen.choice.backup.id.as_str(), chosen.warning),
             ("a", None)
         );
+        // A record whose header is cut at the segment's end may be a restore point only
+        // when it is long enough for one (98 bytes).
+        for (length, unknown) in [(64, false), (97, false), (98, true), (200, true)] {
+            crossing[8].index.as_mut().unwrap().end = IndexEnd::Continues {
+                at: Lsn(0xAFFFF0),
+                length,
+                record: CrossingRecord::Unknown,
+            };
+            let chosen = choose_for_name(&backups, "x", &path, &crossing, size()).unwrap();
+            assert_eq!(
+                chosen.choice.backup.id.as_str(),
+                if unknown { "c" } else { "a" },
+                "{length}"
+            );
+        }
         // An index that did not read its whole segment counts as none.
         let mut cut = indexed(4, &[]);
         cut.end = IndexEnd::Truncated { at: Lsn(0x400100) };
@@ -569,6 +578,20 @@ mod tests {
                 segment: SegmentName::new(TimelineId(1), SegNo(10), size())
             }
         );
+        // So is one whose header is cut, unless it is too short for a commit (34 bytes).
+        for (length, unknown) in [(33, false), (34, true)] {
+            crossing[8].index.as_mut().unwrap().end = IndexEnd::Continues {
+                at: Lsn(0xAFFFF8),
+                length,
+                record: CrossingRecord::Unknown,
+            };
+            let reached = reach(&crossing, 60.0, false);
+            assert_eq!(
+                matches!(reached, TimeReach::Unknown { .. }),
+                unknown,
+                "{length}: {reached:?}"
+            );
+        }
     }
 
     #[test]
