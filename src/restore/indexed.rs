@@ -136,16 +136,15 @@ fn earlier_start<'a>(a: &'a BackupMeta, b: &'a BackupMeta) -> &'a BackupMeta {
     }
 }
 
-/// Checks by the indexes of `ranges` (from `backup` to the end of the archive) that recovery
+/// Checks by the indexes of `steps` (from `backup` to the end of the archive) that recovery
 /// to time `at` stops before the end of the archived WAL: refuses when every segment is
 /// indexed and none has a commit or abort past it (unless `more_wal`), warns when one is not
 /// indexed.
-pub async fn check_time(
-    cluster: &ClusterArchive,
+pub fn check_time(
     backup: &BackupMeta,
     target: &Target,
     exclusive: bool,
-    ranges: &[(TimelineId, SegNo, SegNo)],
+    steps: &[Step],
     more_wal: Option<&str>,
 ) -> anyhow::Result<()> {
     let Target::Time { at, .. } = target else {
@@ -158,8 +157,7 @@ pub async fn check_time(
     ) else {
         return Ok(());
     };
-    let steps = steps(cluster, ranges, size).await?;
-    match targets::time_reach(&steps, at, exclusive, start, size) {
+    match targets::time_reach(steps, at, exclusive, start, size) {
         TimeReach::Stops { segment, by } => tracing::info!(
             "by the archive's time index, recovery to {target} stops in segment {segment}, at or before the commit or abort at {by}"
         ),

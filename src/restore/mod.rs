@@ -121,8 +121,20 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .saturating_sub(1))),
         _ => None,
     };
-    let ranges =
+    let mut ranges =
         plan::needed_segments(backup, &path, until, &newest, size).map_err(|e| anyhow!(e))?;
+    let exclusive = options.recovery.exclusive;
+    // For a time or a restore point, the indexes of the WAL to the end say where recovery
+    // stops: it needs nothing after that.
+    let steps = match target {
+        Target::Time { .. } | Target::Name(_) => indexed::steps(&cluster, &ranges, size).await?,
+        _ => Vec::new(),
+    };
+    let start = backup.start().map_err(|e| anyhow!(e))?;
+    if let Some(stop) = targets::stop_position(&steps, target, exclusive, start, size) {
+        ranges = plan::needed_segments(backup, &path, Some(stop), &newest, size)
+            .map_err(|e| anyhow!(e))?;
+    }
     let mut held = BTreeMap::new();
     for &(timeline, from, to) in &ranges {
         let segments = cluster.segments_between(timeline, from, to, size).await?;
@@ -137,8 +149,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         );
     }
     let more_wal = more_wal(options);
-    let exclusive = options.recovery.exclusive;
-    indexed::check_time(&cluster, backup, target, exclusive, &ranges, more_wal).await?;
+    indexed::check_time(backup, target, exclusive, &steps, more_wal)?;
     indexed::check_lsn(&cluster, target, &ranges, &newest, size, more_wal).await?;
     let wal_span = span(&ranges, size);
 

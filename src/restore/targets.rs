@@ -66,6 +66,34 @@ fn from_lsn(steps: &[Step], from: Lsn, size: SegmentSize) -> &[Step] {
     &steps[skip..]
 }
 
+/// Where recovery from a backup starting at `from` to a time or a restore point stops, by the
+/// indexes of `steps`: at or before the commit or abort at the position returned (time), or
+/// at the restore point's record's end. Recovery reads no WAL past the record it stops at, so
+/// a hole after it does not matter. `None` when the indexes cannot tell, and for other
+/// targets.
+pub fn stop_position(
+    steps: &[Step],
+    target: &Target,
+    exclusive: bool,
+    from: Lsn,
+    size: SegmentSize,
+) -> Option<Lsn> {
+    match target {
+        Target::Time { at, .. } => {
+            let at = PgTimestamp::from_unix_micros(at.as_microsecond())?;
+            match time_reach(steps, at, exclusive, from, size) {
+                TimeReach::Stops { by, .. } => Some(by),
+                _ => None,
+            }
+        }
+        Target::Name(name) => match first_restore_point(steps, name, from, size) {
+            Found::At(point, _) => Some(point.lsn),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// What the indexes say about the first restore point of a name after a position.
 #[derive(Debug, PartialEq, Eq)]
 enum Found<'a> {

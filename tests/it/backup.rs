@@ -280,6 +280,50 @@ fn a_time_target_passes_over_a_backup_whose_host_clock_was_behind() {
 }
 
 #[test]
+fn a_hole_after_where_recovery_stops_does_not_stop_a_restore_to_a_time_or_restore_point() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    take_backup(&wh, &archive, &pg);
+    insert_batch(&pg, "A");
+    let time = pg.sql("SELECT now()");
+    std::thread::sleep(Duration::from_millis(50));
+    insert_batch(&pg, "B");
+    pg.sql("SELECT pg_create_restore_point('after_b')");
+    insert_batch(&pg, "C");
+    pg.switch_wal();
+    insert_batch(&pg, "D");
+    let hole = pg.switch_wal();
+    insert_batch(&pg, "E");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    archive.remove(&crate::push::key_of(pg.system_id(), &hole));
+
+    // To the end, recovery needs the lost segment.
+    let dir = TestDir::new("hole");
+    let (code, _, stderr) = restore(&wh, &archive, &dir.path().join("end"), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("WAL segment {hole} is not in the archive")),
+        "{stderr}"
+    );
+    // To a time or a restore point before it, the indexes show it stops first.
+    for (target, expected) in [
+        (["--target-time", time.as_str()], "A"),
+        (["--target-name", "after_b"], "A,B"),
+    ] {
+        let dir = TestDir::new("before-hole");
+        let data = dir.path().join("data");
+        let args = [&target[..], &["--target-action", "promote"]].concat();
+        let (code, _, stderr) = restore(&wh, &archive, &data, &args);
+        assert_eq!(code, Some(0), "{target:?}: {stderr}");
+        let pg = start_restored(&archive, dir, data);
+        let batches = pg.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches");
+        assert_eq!(batches, expected, "{target:?}");
+    }
+}
+
+#[test]
 fn corrupt_backup_objects_and_missing_wal_are_refused() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
