@@ -457,6 +457,7 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
                 .map_err(|e: String| anyhow::anyhow!(e))?,
             timeline: args.target_timeline,
             exclusive: args.target_exclusive,
+            archive_off: args.archive_mode == "off",
         },
         standby: args.standby,
         force: args.force,

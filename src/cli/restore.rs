@@ -45,6 +45,11 @@ pub struct RestoreArgs {
     /// Stop just before the target instead of just after it.
     #[arg(long)]
     pub target_exclusive: bool,
+    /// `off` writes archive_mode = off: the restored server archives nothing, even once
+    /// promoted, so a copy never adds its timeline to the archive it came from [default:
+    /// preserve, the backup's own setting].
+    #[arg(long, value_name = "MODE", value_parser = ["preserve", "off"], default_value = "preserve")]
+    pub archive_mode: String,
     /// Write standby.signal instead of recovery.signal: the server stays a standby.
     #[arg(long)]
     pub standby: bool,

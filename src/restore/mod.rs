@@ -588,6 +588,13 @@ pub fn describe(report: &RestoreReport) -> String {
     for (name, value) in &report.settings {
         out.push_str(&format!("  {name} = '{}'\n", value.replace('\'', "''")));
     }
+    if !report.settings.contains_key("archive_mode") && report.signal == "recovery.signal" {
+        out.push_str(
+            "archiving is as the backup's configuration says: once promoted, the server archives its new \
+             timeline where that sends it, which may be this archive (restore with --archive-mode off for a \
+             copy that must not)\n",
+        );
+    }
     out.push_str(&format!("start the server with: {}", report.start));
     out
 }

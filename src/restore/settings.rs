@@ -74,6 +74,8 @@ pub struct Recovery {
     pub timeline: Option<TimelineChoice>,
     /// Stop just before the target instead of just after it.
     pub exclusive: bool,
+    /// Turn archiving off (`archive_mode = off`), for a copy that must archive nothing.
+    pub archive_off: bool,
 }
 
 impl Recovery {
@@ -129,6 +131,9 @@ impl Recovery {
             TimelineChoice::Id(n) => n.to_string(),
         };
         settings.push(("recovery_target_timeline", timeline));
+        if self.archive_off {
+            settings.push(("archive_mode", "off".into()));
+        }
         settings
     }
 }
@@ -196,6 +201,7 @@ mod tests {
             action: Some(TargetAction::Promote),
             timeline: Some(TimelineChoice::Latest),
             exclusive: true,
+            archive_off: true,
         };
         let block = conf_block("20260101T000000Z", &recovery.settings());
         let lines: Vec<&str> = block.lines().collect();
@@ -213,6 +219,7 @@ mod tests {
                 "recovery_target_inclusive = 'off'",
                 "recovery_target_action = 'promote'",
                 "recovery_target_timeline = 'latest'",
+                "archive_mode = 'off'",
             ]
         );
         // Without the options, PostgreSQL's defaults are written all the same, so that none
@@ -222,9 +229,11 @@ mod tests {
             action: None,
             timeline: None,
             exclusive: false,
+            archive_off: false,
             ..recovery
         };
         let settings = defaults.settings();
+        assert!(settings.iter().all(|(name, _)| *name != "archive_mode"));
         for (name, value) in [
             ("recovery_target_inclusive", "on"),
             ("recovery_target_action", "pause"),

@@ -308,18 +308,25 @@ fn a_hole_after_where_recovery_stops_does_not_stop_a_restore_to_a_time_or_restor
         "{stderr}"
     );
     // To a time or a restore point before it, the indexes show it stops first.
+    // Promoted copies: --archive-mode off keeps their timelines out of the archive.
     for (target, expected) in [
         (["--target-time", time.as_str()], "A"),
         (["--target-name", "after_b"], "A,B"),
     ] {
         let dir = TestDir::new("before-hole");
         let data = dir.path().join("data");
-        let args = [&target[..], &["--target-action", "promote"]].concat();
-        let (code, _, stderr) = restore(&wh, &archive, &data, &args);
+        let args = [
+            &target[..],
+            &["--target-action", "promote", "--archive-mode", "off"],
+        ]
+        .concat();
+        let (code, report, stderr) = restore(&wh, &archive, &data, &args);
         assert_eq!(code, Some(0), "{target:?}: {stderr}");
+        assert_eq!(report.unwrap()["settings"]["archive_mode"], "off");
         let pg = start_restored(&archive, dir, data);
         let batches = pg.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches");
         assert_eq!(batches, expected, "{target:?}");
+        assert_eq!(pg.sql("SHOW archive_mode"), "off");
     }
 }
 
