@@ -74,6 +74,16 @@ impl Destination {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e).with_context(|| format!("read {dir}")),
         };
+        if holds_something && self.may_empty() {
+            if let Some((data, pid)) = running_server_linking(&self.dir)? {
+                bail!(
+                    "{dir} holds a tablespace of the running PostgreSQL server in {} (its \
+                     pg_tblspc links there; postmaster.pid names process {pid}, which is alive), \
+                     so --force does not empty it; restore elsewhere",
+                    data.display()
+                );
+            }
+        }
         if !holds_something || self.may_empty() {
             return Ok(());
         }
@@ -125,6 +135,51 @@ fn running_server_in(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
         if path.is_dir() && !path.is_symlink() {
             if let Some(pid) = running_postmaster(&path)? {
                 return Ok(Some((path, pid)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A running server one of whose tablespaces lies in `dir` (or is `dir`, or holds it): its
+/// data directory and postmaster's pid. Servers are found by their processes' working
+/// directory, which is the data directory (PostgreSQL changes to it at start); only those of
+/// the users whose processes this one may inspect, on Linux.
+fn running_server_linking(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Ok(None);
+    };
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Ok(None);
+    };
+    let mut seen = std::collections::HashSet::new();
+    for process in processes.flatten() {
+        let name = process.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        // Processes of other users (and ones gone meanwhile) cannot be read: skipped.
+        let Ok(data) = std::fs::read_link(process.path().join("cwd")) else {
+            continue;
+        };
+        if !seen.insert(data.clone()) {
+            continue;
+        }
+        let Ok(links) = std::fs::read_dir(data.join("pg_tblspc")) else {
+            continue;
+        };
+        let Some(pid) = running_postmaster(&data).ok().flatten() else {
+            continue;
+        };
+        for link in links.flatten() {
+            let Ok(target) = link.path().canonicalize() else {
+                continue;
+            };
+            if target.starts_with(&dir) || dir.starts_with(&target) {
+                return Ok(Some((data, pid)));
             }
         }
     }
@@ -222,6 +277,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("add --force"), "{error}");
+    }
+
+    #[test]
+    fn a_running_servers_tablespace_is_not_emptied_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, space) = (dir.path().join("data"), dir.path().join("space"));
+        std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
+        std::fs::create_dir_all(space.join("PG_15_202209061/5")).unwrap();
+        std::os::unix::fs::symlink(&space, data.join("pg_tblspc/16384")).unwrap();
+        // A process working in the data directory stands for the postmaster.
+        let mut server = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&data)
+            .spawn()
+            .unwrap();
+        std::fs::write(data.join("postmaster.pid"), format!("{}\n", server.id())).unwrap();
+        let error = Destination::tablespace(16384, space.clone(), true, true).check();
+        let as_data = Destination::data_directory(space.join("PG_15_202209061"), true).check();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let error = error.unwrap_err().to_string();
+        assert!(
+            error.contains("tablespace of the running PostgreSQL server"),
+            "{error}"
+        );
+        assert!(as_data.is_err(), "a folder inside it is refused too");
+        // Once that server is down, --force may empty it.
+        Destination::tablespace(16384, space, true, true)
+            .check()
+            .unwrap();
     }
 
     #[test]
