@@ -51,9 +51,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALHALLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// The cluster's system identifier (as pg_controldata prints it); by default read from
-    /// global/pg_control in the current directory, which is the data directory when
-    /// PostgreSQL runs the command.
+    /// The cluster's system identifier (as pg_controldata prints it). By default push and
+    /// fetch read it from global/pg_control in the current directory (the data directory
+    /// when PostgreSQL runs them), receive and backup ask the server, list and verify show
+    /// every cluster, and prune and restore take the archive's only cluster.
     #[arg(long, global = true, env = "WALHALLA_SYSTEM_ID", value_name = "ID")]
     pub system_id: Option<SystemId>,
 
