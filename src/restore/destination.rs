@@ -17,6 +17,8 @@ pub(super) struct Destination {
     role: Role,
     /// Whether `--force` was given.
     force: bool,
+    /// Whether it existed before the restore (else a failed restore removes it).
+    existed: bool,
 }
 
 /// What a destination is, which decides what `--force` may do to it.
@@ -35,6 +37,7 @@ impl Destination {
     /// The data directory, `--to`.
     pub(super) fn data_directory(dir: PathBuf, force: bool) -> Destination {
         Destination {
+            existed: dir.exists(),
             dir,
             role: Role::DataDirectory,
             force,
@@ -49,7 +52,12 @@ impl Destination {
         } else {
             Role::OriginalTablespace(oid)
         };
-        Destination { dir, role, force }
+        Destination {
+            existed: dir.exists(),
+            dir,
+            role,
+            force,
+        }
     }
 
     /// Whether `--force` may empty it.
@@ -226,10 +234,14 @@ fn empty_directory(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes what a failed restore wrote (the destinations were empty or new, or emptied).
+/// Removes what a failed restore wrote (the destinations were empty or new, or emptied), and
+/// the directories it created.
 pub(super) fn remove_partial(destinations: &[Destination]) {
     for destination in destinations {
         let _ = empty_directory(&destination.dir);
+        if !destination.existed {
+            let _ = std::fs::remove_dir(&destination.dir);
+        }
     }
 }
 

@@ -80,11 +80,12 @@ pub struct Extracted {
 
 /// Why an archive could not be unpacked. The destination then holds part of it: restore again
 /// into an empty directory. A file that failed its checks has been removed, so no file there
-/// looks complete without being so.
+/// looks complete without being so. An underlying error is the source, not part of the
+/// message: shown with its chain (`{:#}`), it appears once.
 #[derive(Debug, Error)]
 pub enum ExtractError {
     /// The archive could not be read: the reader failed or the tar structure is damaged.
-    #[error("{path}: reading the archive: {source}")]
+    #[error("{path}: reading the archive")]
     Archive {
         /// The entry being read, or the destination when between entries.
         path: String,
@@ -166,7 +167,7 @@ pub enum ExtractError {
         path: PathBuf,
     },
     /// The filesystem refused.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}", path.display())]
     Io {
         /// What was acted on.
         path: PathBuf,

@@ -17,7 +17,7 @@ pub fn check(
     manifest: &Manifest,
 ) -> Result<Extracted, ExtractError> {
     let whole = |source| ExtractError::Archive {
-        path: manifest_prefix.to_string(),
+        path: format!("{manifest_prefix}(the tar stream)"),
         source,
     };
     let mut archive = open_tar(reader);
