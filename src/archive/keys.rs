@@ -327,6 +327,9 @@ pub enum BackupObject {
     Meta,
     /// `backup_manifest.zst`: the server's manifest, verbatim.
     Manifest,
+    /// `reserved.zst`: written first, create-only, with content of this backup's own, so
+    /// that two backups started in the same second never take the same identifier.
+    Reservation,
     /// `<ARCHIVE>/<NNNNNNNN>.zst`: piece `index` of tar stream `archive` (`base` or an OID).
     Piece {
         /// `base` or the tablespace's OID.
@@ -341,6 +344,7 @@ impl fmt::Display for BackupObject {
         match self {
             BackupObject::Meta => write!(f, "backup.json{OBJECT_SUFFIX}"),
             BackupObject::Manifest => write!(f, "backup_manifest{OBJECT_SUFFIX}"),
+            BackupObject::Reservation => write!(f, "reserved{OBJECT_SUFFIX}"),
             BackupObject::Piece { archive, index } => {
                 write!(f, "{archive}/{index:08}{OBJECT_SUFFIX}")
             }

@@ -93,7 +93,7 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     let segment_size = commands::segment_size(&mut conn).await?;
     let cluster = archive.cluster(identity.system_id);
     let started = jiff::Timestamp::now();
-    let id = free_id(&cluster, started).await?;
+    let id = free_id(&cluster, started, options.compression_level).await?;
     let label_text = options
         .label
         .clone()
@@ -141,7 +141,14 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     )
     .await;
     progress.finish().await;
-    let received = received.map_err(|e| explain_failure(e, &id, options.server_compression))?;
+    let received = received.map_err(|e| {
+        if options.server_compression && format!("{e:#}").contains("does not support compression")
+        {
+            e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
+        } else {
+            e
+        }
+    })?;
     let stopped = jiff::Timestamp::now();
 
     let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
@@ -226,35 +233,60 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     Ok(meta)
 }
 
-/// Adds the likely cause to a failure while the backup streamed, where one is known.
-fn explain_failure(e: anyhow::Error, id: &BackupId, server_compression: bool) -> anyhow::Error {
-    let conflict = e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<crate::archive::Error>(),
-            Some(crate::archive::Error::Conflict { .. })
-        )
-    });
-    if conflict {
-        // The id was free when listed: only a backup started since can have stored under it.
-        e.context(format!(
-            "another backup of this cluster, started in the same second, took the id {id}: \
-             this one stopped without changing that backup's objects; run it again"
-        ))
-    } else if server_compression && format!("{e:#}").contains("does not support compression") {
-        e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
-    } else {
-        e
-    }
+/// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist, reserved
+/// by storing [`BackupObject::Reservation`] create-only: a backup started meanwhile that
+/// took the same identifier stored its own first, and the next one is tried.
+async fn free_id(
+    cluster: &ClusterArchive,
+    at: jiff::Timestamp,
+    level: i32,
+) -> anyhow::Result<BackupId> {
+    let taken = cluster.backup_ids().await?;
+    // Content no other backup has: this host, this process, this moment.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let token = format!(
+        "{} {} {}\n",
+        host.trim(),
+        std::process::id(),
+        jiff::Timestamp::now()
+    );
+    reserve(cluster, at, &taken, token, level).await
 }
 
-/// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist.
-async fn free_id(cluster: &ClusterArchive, at: jiff::Timestamp) -> anyhow::Result<BackupId> {
+/// The first identifier of second `at` not in `taken` whose reservation, holding `token`,
+/// this call stores.
+async fn reserve(
+    cluster: &ClusterArchive,
+    at: jiff::Timestamp,
+    taken: &[BackupId],
+    token: String,
+    level: i32,
+) -> anyhow::Result<BackupId> {
     let second = at.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let taken = cluster.backup_ids().await?;
-    (1..1000)
-        .filter_map(|n| BackupId::new(&second, n))
-        .find(|id| !taken.contains(id))
-        .ok_or_else(|| anyhow!("too many backups started at {second}"))
+    let token = Bytes::from(token);
+    let body = token.clone();
+    let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+    for id in (1..1000).filter_map(|n| BackupId::new(&second, n)) {
+        if taken.contains(&id) {
+            continue;
+        }
+        let stored = cluster
+            .put_backup_object(
+                &id,
+                &BackupObject::Reservation,
+                token.clone(),
+                envelope.clone(),
+            )
+            .await;
+        match stored {
+            Ok(_) => return Ok(id),
+            Err(crate::archive::Error::Conflict { .. }) => {
+                tracing::debug!(backup = %id, "taken by a backup started meanwhile");
+            }
+            Err(e) => return Err(e).context("reserve the backup's identifier"),
+        }
+    }
+    bail!("too many backups started at {second}")
 }
 
 /// RFC 3339 in UTC with seconds.
@@ -608,24 +640,27 @@ impl Uploads {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_conflict_under_the_backups_id_names_the_backup_that_took_it() {
-        let id = BackupId::new("20261204T200000Z", 1).unwrap();
-        let conflict = crate::archive::Error::Conflict {
-            key: format!("1/backups/{id}/base/00000000.zst"),
-            stored_len: 10,
-            stored_crc: 1,
-            offered_len: 11,
-            offered_crc: 2,
+    #[tokio::test]
+    async fn two_backups_started_in_one_second_reserve_two_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::archive::ArchiveOptions {
+            timeout: Duration::from_secs(10),
+            deadline: None,
+            create: false,
+            store: Default::default(),
         };
-        let e = anyhow::Error::new(conflict).context("store base/00000000.zst");
-        let text = format!("{:#}", explain_failure(e, &id, false));
-        assert!(
-            text.starts_with("another backup of this cluster, started in the same second, took the id 20261204T200000Z"),
-            "{text}"
-        );
-        assert!(text.contains("store base/00000000.zst"), "{text}");
-        let other = explain_failure(anyhow!("connection reset"), &id, false);
-        assert_eq!(format!("{other:#}"), "connection reset");
+        let location = crate::archive::Location::Local(dir.path().to_path_buf());
+        let archive = Archive::open(&location, &options).unwrap();
+        let cluster = archive.cluster(SystemId(7));
+        let at: jiff::Timestamp = "2026-12-04T20:00:00Z".parse().unwrap();
+        // Both listed the backups before either reserved: the second finds the first's
+        // reservation and takes the next identifier.
+        let first = reserve(&cluster, at, &[], "one".into(), 1).await.unwrap();
+        let second = reserve(&cluster, at, &[], "two".into(), 1).await.unwrap();
+        assert_eq!(first.as_str(), "20261204T200000Z");
+        assert_eq!(second.as_str(), "20261204T200000Z-2");
+        // A later listing sees both.
+        let third = free_id(&cluster, at, 1).await.unwrap();
+        assert_eq!(third.as_str(), "20261204T200000Z-3");
     }
 }
