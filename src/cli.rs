@@ -366,7 +366,7 @@ pub struct ConnArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// The backup's label (in backup_label and `walhalla list`) [default: walhalla ID].
+    /// The backup's label (in backup_label, and in `walhalla list --json`) [default: walhalla ID].
     #[arg(long)]
     pub label: Option<String>,
     /// Start with an immediate checkpoint instead of a spread one (PostgreSQL's

@@ -65,7 +65,7 @@ impl Demo {
             &walhalla,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
-        if as_root() {
+        if crate::osuser::is_root() {
             run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(root))?;
         }
         Ok(Demo {
@@ -342,14 +342,9 @@ pub fn pg_bin() -> anyhow::Result<PathBuf> {
     }
 }
 
-fn as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `program`, run as user postgres when the demo runs as root (PostgreSQL refuses root).
 fn as_pg_user(program: &Path) -> Command {
-    if as_root() {
+    if crate::osuser::is_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
         cmd

@@ -464,6 +464,12 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         tablespace_map: args.tablespace_map.into_iter().collect(),
         parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
     };
+    if walhalla::osuser::is_root() {
+        tracing::warn!(
+            "restoring as root: the files will be root's, and PostgreSQL does not run as root; \
+             run walhalla restore as the user PostgreSQL runs as, or give that user the directories before starting it"
+        );
+    }
     let archive = hooks::open_archive(config, false, None).await?;
     let report = walhalla::restore::run(&options, &archive).await?;
     if args.json {

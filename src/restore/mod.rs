@@ -144,8 +144,9 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     }
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
         bail!(
-            "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written",
-            backup.id
+            "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}",
+            backup.id,
+            timeline_hint(&path, options.recovery.timeline)
         );
     }
     let more_wal = more_wal(options);
@@ -315,8 +316,21 @@ async fn choose<'a>(
     let path = timeline_path(cluster, Some(timeline), TimelineId(1), newest_timeline).await?;
     let choice = choose_on(cluster, backups, options, &path, newest)
         .await?
-        .map_err(|e| anyhow!(e))?;
+        .map_err(|e| anyhow!("{e}{}", timeline_hint(&path, options.recovery.timeline)))?;
     Ok((choice.backup, choice.reason, path))
+}
+
+/// For a refusal along the default path when it crosses timelines: which path that was, and
+/// how to follow another (a target may lie on a timeline the newest one forked from).
+fn timeline_hint(path: &[Leg], chosen: Option<TimelineChoice>) -> String {
+    if chosen.is_some() || path.len() < 2 {
+        return String::new();
+    }
+    let timelines: Vec<String> = path.iter().map(|leg| leg.timeline.0.to_string()).collect();
+    format!(
+        " (along the path to the newest timeline, {}; --target-timeline N follows timeline N's)",
+        timelines.join(" → ")
+    )
 }
 
 /// Chooses the backup on `path`: for a restore point or a time with the archive's time
@@ -602,6 +616,23 @@ pub fn describe(report: &RestoreReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_along_the_default_path_names_it_when_it_crosses_timelines() {
+        let forked = plan::path(
+            TimelineId(2),
+            &[crate::wal::HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: Lsn(0x300_0000),
+            }],
+        );
+        assert_eq!(
+            timeline_hint(&forked, None),
+            " (along the path to the newest timeline, 1 → 2; --target-timeline N follows timeline N's)"
+        );
+        assert_eq!(timeline_hint(&forked, Some(TimelineChoice::Id(2))), "");
+        assert_eq!(timeline_hint(&plan::path(TimelineId(1), &[]), None), "");
+    }
 
     #[test]
     fn tablespace_map_escapes_as_postgresql_reads_it() {
