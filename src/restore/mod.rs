@@ -570,10 +570,14 @@ fn finish_directory(
 }
 
 /// Writes `content` to `path` under a temporary name, fsyncs, renames it into place and
-/// fsyncs the directory.
+/// fsyncs the directory. Mode 0600, as PostgreSQL makes files in a data directory of mode
+/// 0700, which a restore's is ([`Destination::prepare`]).
 fn write_durable(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let mut file = fsutil::TempFile::create(path)?;
+    file.file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.file().write_all(content)?;
     file.persist()
 }

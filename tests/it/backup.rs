@@ -390,9 +390,20 @@ fn restored_files_pass_pg_verifybackup() {
     pg.write_rows(2000);
     take_backup(&wh, &archive, &pg);
     let dir = TestDir::new("verified");
+    // Under a parent that lets its group in, the data directory is still private, and so is
+    // every file in it, walhalla's own included.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let to = dir.path().join("data");
     let (code, _, stderr) = restore(&wh, &archive, &to, &[]);
     assert_eq!(code, Some(0), "{stderr}");
+    for file in ["backup_manifest", "recovery.signal", "global/pg_control"] {
+        let mode = std::fs::metadata(to.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
     let verify =
         crate::harness::as_pg_user(crate::harness::pg_client_bin().join("pg_verifybackup"))
             .args([
