@@ -36,6 +36,19 @@ pub fn archiving(facts: &ServerFacts, checked: Option<&Location>) -> Vec<Check> 
                 ),
             ];
         }
+        (_, true) => {
+            return vec![
+                Check::fail(
+                    "archive_mode",
+                    format!("{mode} on a standby: promoted, it would archive nothing"),
+                    "set archive_mode = on (a standby does not archive until it is promoted) and restart the server",
+                ),
+                Check::skip(
+                    "archive_command",
+                    "not run on a standby; PostgreSQL hides it while archive_mode is off",
+                ),
+            ];
+        }
         _ => Check::fail(
             "archive_mode",
             format!("{mode}: the server archives nothing"),
@@ -45,7 +58,7 @@ pub fn archiving(facts: &ServerFacts, checked: Option<&Location>) -> Vec<Check> 
     vec![mode_check, archive_command(facts, checked)]
 }
 
-/// What PostgreSQL 15 and older show for archive_command while archive_mode is off
+/// What PostgreSQL shows for archive_command while archive_mode is off
 /// (`show_archive_command`): not the command, which it does not run.
 const DISABLED: &str = "(disabled)";
 
@@ -318,6 +331,13 @@ mod tests {
         assert_eq!(no_file[1].verdict, Verdict::Fail);
         let standby = archiving(&facts("on", "", true), Some(&here));
         assert_eq!(standby[0].verdict, Verdict::Skip);
+        // A standby with archive_mode off fails once, for what it would do promoted.
+        let off = archiving(&facts("off", "(disabled)", true), Some(&here));
+        assert_eq!(
+            off.iter().map(|c| c.verdict).collect::<Vec<_>>(),
+            [Verdict::Fail, Verdict::Skip]
+        );
+        assert!(off[0].detail.contains("promoted"), "{:?}", off[0]);
     }
 
     #[test]

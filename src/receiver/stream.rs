@@ -233,7 +233,18 @@ impl<'a> Stream<'a> {
             }
             Ok(Ok(())) => false,
             Ok(Err(e)) => {
-                tracing::warn!("snapshot of the current segment not stored: {e:#}");
+                // A store that fails is logged once, when it starts and when it works again,
+                // by the archive's health; each snapshot it refuses only at debug level.
+                let store_failing = e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<crate::archive::Error>()
+                        .is_some_and(|e| !e.is_contradiction())
+                });
+                if store_failing {
+                    tracing::debug!("snapshot of the current segment not stored: {e:#}");
+                } else {
+                    tracing::warn!("snapshot of the current segment not stored: {e:#}");
+                }
                 false
             }
             Err(e) => {
