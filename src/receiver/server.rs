@@ -121,3 +121,56 @@ pub fn refuse_page(error: PageError, host: &str) -> SessionError {
         error.into()
     }
 }
+
+/// Warns when the server's `synchronous_standby_names` names this receiver, which runs
+/// without `--synchronous`: it reports as flushed only what the archive holds, so every
+/// commit would wait for its segment to fill or for the next snapshot. Asking is best effort:
+/// a server that does not answer `SHOW` gets no warning.
+pub async fn warn_if_named_synchronous(conn: &mut Connection, application_name: &str) {
+    let Ok(names) = conn.show("synchronous_standby_names").await else {
+        return;
+    };
+    if names_standby(&names, application_name) {
+        tracing::warn!(
+            "{} names this receiver ({application_name:?}) in synchronous_standby_names ({names:?}), \
+             but it runs without --synchronous: it reports WAL flushed only once archived, so each \
+             commit waits for its segment to fill or for the next snapshot (--partial-interval); \
+             add --synchronous, or leave it out of synchronous_standby_names",
+            conn.host()
+        );
+    }
+}
+
+/// Whether `synchronous_standby_names` (`FIRST n (…)`, `ANY n (…)`, `n (…)` or a bare list)
+/// names `application_name`, as syncrep.c compares them: case-insensitively, `*` naming any.
+fn names_standby(setting: &str, application_name: &str) -> bool {
+    let list = match (setting.find('('), setting.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &setting[open + 1..close],
+        _ => setting,
+    };
+    list.split(',')
+        .map(|name| name.trim().trim_matches('"'))
+        .any(|name| name == "*" || name.eq_ignore_ascii_case(application_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_standby;
+
+    #[test]
+    fn synchronous_standby_names_as_syncrep_reads_them() {
+        for (setting, named) in [
+            ("", false),
+            ("walhalla", true),
+            ("r1, WALHALLA", true),
+            ("FIRST 1 (walhalla, r1)", true),
+            ("ANY 2 (r1, \"walhalla\")", true),
+            ("2 (r1,walhalla)", true),
+            ("*", true),
+            ("FIRST 1 (r1, r2)", false),
+            ("walhalla_2", false),
+        ] {
+            assert_eq!(names_standby(setting, "walhalla"), named, "{setting:?}");
+        }
+    }
+}

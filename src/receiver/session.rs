@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::server::identify;
+use super::server::{identify, warn_if_named_synchronous};
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -189,6 +189,9 @@ pub async fn run(
 
     if context.is_none() {
         *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
+        if options.mode != Mode::Synchronous && options.for_backup.is_none() {
+            warn_if_named_synchronous(&mut conn, &options.conn.application_name).await;
+        }
     }
     let ctx = context.as_mut().expect("just set");
     if ctx.segment_size != segment_size {

@@ -274,6 +274,13 @@ fn synchronous_standby() {
             .contains("canceling wait for synchronous replication"),
         "{waiting:?}"
     );
+    // A receiver named there but run without --synchronous is warned at its start.
+    let mut plain = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_for("the warning", Duration::from_secs(30), || {
+        let log = plain.log();
+        (log.contains("WARN") && log.contains("but it runs without --synchronous")).then_some(())
+    });
+    assert!(plain.stop().success());
 }
 
 #[test]
