@@ -33,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(index) = SegmentIndex::parse(segment, data) {
         let json = index.to_json().unwrap();
         assert_eq!(SegmentIndex::parse(segment, &json).as_ref(), Ok(&index));
-        let _ = (index.covers_segment(), index.crossing());
+        let _ = (
+            index.covers_segment(),
+            index.crossing_may_be_restore_point(),
+            index.crossing_may_end_a_transaction(),
+        );
     }
 });
