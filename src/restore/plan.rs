@@ -189,13 +189,13 @@ pub fn needed_segments(
         |target: Lsn| SegNo(last_byte(Lsn(target.0.saturating_add(1)).max(stop)).0 + 1);
     let mut from = SegNo::containing(start, size);
     let mut ranges = Vec::new();
-    for leg in &path[first_leg..] {
+    let legs = &path[first_leg..];
+    for (n, leg) in legs.iter().enumerate() {
         // Segments up to the one where the next timeline begins come from this timeline; that
         // one and later from the next (it holds this timeline's WAL up to the switch).
+        // Recovery reads the segment holding the switch from the newer timeline, which also
+        // covers a stop in it; the old timeline may have it only as .partial.
         let to = match (leg.end, until) {
-            (Some(end), Some(target)) if target < end => through_target(target),
-            // Recovery reads the segment holding the switch from the newer timeline, which
-            // also covers a stop in it; the old timeline may have it only as .partial.
             (Some(end), _) => SegNo::containing(end, size),
             (None, Some(target)) => through_target(target),
             (None, None) => {
@@ -203,14 +203,21 @@ pub fn needed_segments(
                 newest.max(SegNo(last_byte(stop).0 + 1))
             }
         };
+        let target_before_switch = leg.end.zip(until).filter(|(end, target)| target < end);
+        let to = match target_before_switch {
+            Some((_, target)) => to.min(through_target(target)),
+            None => to,
+        };
         if to > from {
             ranges.push((leg.timeline, from, to));
             from = to;
         }
-        if leg
-            .end
-            .is_some_and(|end| until.is_some_and(|target| target < end))
-        {
+        if let Some((_, target)) = target_before_switch {
+            // A target in the segment holding the switch: that segment, from the next one.
+            let past = through_target(target);
+            if let (Some(next), true) = (legs.get(n + 1), past > from) {
+                ranges.push((next.timeline, from, past));
+            }
             break;
         }
     }
@@ -350,6 +357,24 @@ pub(crate) mod tests {
         let ranges =
             needed_segments(chosen.backup, &to_2, Some(lsn("0/400010")), &newest, size).unwrap();
         assert_eq!(ranges, vec![(TimelineId(1), SegNo(2), SegNo(5))]);
+        // A target in the segment holding a switch reads that segment from the new timeline,
+        // as recovery does (the old one may hold it only as .partial).
+        let mid = path(
+            TimelineId(2),
+            &[HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: lsn("0/680000"),
+            }],
+        );
+        let ranges =
+            needed_segments(chosen.backup, &mid, Some(lsn("0/650000")), &newest, size).unwrap();
+        assert_eq!(
+            ranges,
+            vec![
+                (TimelineId(1), SegNo(2), SegNo(6)),
+                (TimelineId(2), SegNo(6), SegNo(7))
+            ]
+        );
 
         let held = BTreeMap::from([
             (TimelineId(1), (2..6).map(SegNo).collect()),

@@ -269,13 +269,16 @@ pub fn time_reach(
             continue;
         };
         if let Some(latest) = &index.latest_xact {
-            if stops(latest.time) {
+            if latest.lsn < from {
+                // Before the backup's start, so never replayed: what the segment holds after
+                // the start is not known from its marks.
+                unindexed = unindexed.or(Some(step.segment));
+            } else if stops(latest.time) {
                 return TimeReach::Stops {
                     segment: step.segment,
                     by: latest.lsn,
                 };
-            }
-            if newest.is_none_or(|(t, _)| t < latest.time) {
+            } else if newest.is_none_or(|(t, _)| t < latest.time) {
                 newest = Some((latest.time, step.segment));
             }
         }
@@ -574,6 +577,13 @@ mod tests {
             by: Lsn(n * u64::from(MIB) + 0x200),
         };
         assert_eq!(reach(&all, 6.5, false), stops(7));
+        // A commit before the backup's start is never replayed: it stops nothing.
+        let after_the_mark = Lsn(0x500300);
+        assert_eq!(
+            time_reach(&all, second(4.5), false, after_the_mark, size()),
+            stops(6)
+        );
+        assert_eq!(reach(&all, 4.5, false), stops(5));
         // Inclusive stops after a commit at exactly the target, exclusive at it.
         assert_eq!(reach(&all, 6.0, false), stops(7));
         assert_eq!(reach(&all, 6.0, true), stops(6));
