@@ -94,143 +94,158 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
     let cluster = archive.cluster(identity.system_id);
     let started = jiff::Timestamp::now();
     let id = free_id(&cluster, started, options.compression_level).await?;
-    let label_text = options
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("walhalla {id}"));
-    tracing::info!(backup = %id, host = %conn.host(), "starting a base backup");
-    let stream = match options.wal {
-        WalSource::Wait => None,
-        WalSource::Stream => Some(
-            WalStream::start(
-                &options.conn,
-                archive,
-                identity.system_id,
-                options.compression_level,
-                &id.to_string(),
-            )
-            .await?,
-        ),
-    };
+    // Once reserved, the folder is this backup's: a failure removes it, so that no folder
+    // of a backup that ended looks like one in progress (prune would wait for it).
+    let taken: anyhow::Result<BackupMeta> = async {
+        let label_text = options
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("walhalla {id}"));
+        tracing::info!(backup = %id, host = %conn.host(), "starting a base backup");
+        let stream = match options.wal {
+            WalSource::Wait => None,
+            WalSource::Stream => Some(
+                WalStream::start(
+                    &options.conn,
+                    archive,
+                    identity.system_id,
+                    options.compression_level,
+                    &id.to_string(),
+                )
+                .await?,
+            ),
+        };
 
-    let request = BackupRequest {
-        label: label_text.clone(),
-        fast: options.fast,
-        // The server's size estimate costs a scan of the data directory: only for a person,
-        // and not when compressed streams could not be compared with it.
-        progress: Progress::wanted() && !options.server_compression,
-        server_zstd: options
+        let request = BackupRequest {
+            label: label_text.clone(),
+            fast: options.fast,
+            // The server's size estimate costs a scan of the data directory: only for a person,
+            // and not when compressed streams could not be compared with it.
+            progress: Progress::wanted() && !options.server_compression,
+            server_zstd: options
+                .server_compression
+                .then_some(options.compression_level),
+        };
+        conn.send_query(&protocol::command(major, &request))
+            .await
+            .context("send BASE_BACKUP")?;
+        let uploads = Uploads::new(cluster.clone(), id.clone(), options);
+        let progress = Progress::start("backup");
+        let compression = options
             .server_compression
-            .then_some(options.compression_level),
-    };
-    conn.send_query(&protocol::command(major, &request))
-        .await
-        .context("send BASE_BACKUP")?;
-    let uploads = Uploads::new(cluster.clone(), id.clone(), options);
-    let progress = Progress::start("backup");
-    let compression = options
-        .server_compression
-        .then_some(StreamCompression::Zstd);
-    let received = receive(
-        &mut conn,
-        (major, compression),
-        identity.system_id,
-        uploads,
-        &progress,
-        stream.as_ref(),
-    )
-    .await;
-    progress.finish().await;
-    let received = received.map_err(|e| {
-        if options.server_compression && format!("{e:#}").contains("does not support compression")
-        {
-            e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
-        } else {
-            e
-        }
-    })?;
-    let stopped = jiff::Timestamp::now();
+            .then_some(StreamCompression::Zstd);
+        let received = receive(
+            &mut conn,
+            (major, compression),
+            identity.system_id,
+            uploads,
+            &progress,
+            stream.as_ref(),
+        )
+        .await;
+        progress.finish().await;
+        let received = received.map_err(|e| {
+            if options.server_compression && format!("{e:#}").contains("does not support compression")
+            {
+                e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
+            } else {
+                e
+            }
+        })?;
+        let stopped = jiff::Timestamp::now();
 
-    let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
-    let (stop_lsn, stop_timeline) = position(received.sets.get(2), "stop")?;
-    let label = received
-        .label
-        .ok_or_else(|| anyhow!("the backup's main archive held no backup_label"))?;
-    if label.start_lsn != start_lsn {
-        bail!(
-            "backup_label starts at {}, the server said {start_lsn}",
-            label.start_lsn
-        );
-    }
-    tracing::info!(backup = %id, start = %start_lsn, stop = %stop_lsn, "backup streamed; waiting for its WAL in the archive");
-
-    let missing = wait_for_wal(
-        &cluster,
-        [start_timeline, stop_timeline],
-        start_lsn,
-        stop_lsn,
-        segment_size,
-        Instant::now() + options.wal_timeout,
-        stream.as_ref(),
-    )
-    .await?;
-    if let Some(stream) = stream {
-        if let Err(e) = stream.stop().await {
-            tracing::error!("{e:#}");
+        let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
+        let (stop_lsn, stop_timeline) = position(received.sets.get(2), "stop")?;
+        let label = received
+            .label
+            .ok_or_else(|| anyhow!("the backup's main archive held no backup_label"))?;
+        if label.start_lsn != start_lsn {
+            bail!(
+                "backup_label starts at {}, the server said {start_lsn}",
+                label.start_lsn
+            );
         }
-    }
-    let meta = BackupMeta {
-        format: format_for(&received.archives),
-        id: id.to_string(),
-        label: label_text,
-        system_id: identity.system_id.to_string(),
-        server_version,
-        server_major: major,
-        walhalla_version: env!("CARGO_PKG_VERSION").to_string(),
-        segment_size: segment_size.bytes(),
-        start_lsn: start_lsn.to_string(),
-        start_timeline: start_timeline.0,
-        stop_lsn: stop_lsn.to_string(),
-        stop_timeline: stop_timeline.0,
-        start_time: utc(started),
-        stop_time: utc(stopped),
-        from_standby: label.from_standby,
-        manifest_bytes: received.manifest_bytes,
-        bytes: received.archives.iter().map(|a| a.bytes).sum::<u64>() + received.manifest_bytes,
-        stored_bytes: received.stored_bytes,
-        archives: received.archives,
-        wal_complete: missing.is_none(),
-        wal_missing: missing.map(|s| s.to_string()),
-    };
-    let expected: Vec<BackupObject> = meta
-        .archives
-        .iter()
-        .flat_map(|a| {
-            (0..a.pieces).map(|index| BackupObject::Piece {
-                archive: a.name.clone(),
-                index,
-            })
-        })
-        .chain([BackupObject::Manifest])
-        .collect();
-    let absent = cluster.absent_backup_objects(&id, &expected).await?;
-    if let Some(first) = absent.first() {
-        bail!(
-            "{} of backup {id}'s objects are no longer in the archive (the first: {}), so no metadata was written \
-             and the backup is not restorable: was its folder pruned with --assume-interrupted while it ran?",
-            absent.len(),
-            cluster.backup_object_key(&id, first)
-        );
-    }
-    let json = serde_json::to_vec_pretty(&meta).context("encode backup.json")?;
-    let level = options.compression_level;
-    let content = Bytes::from(json);
-    let body = content.clone();
-    let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
-    cluster
-        .put_backup_object(&id, &BackupObject::Meta, content, envelope)
+        tracing::info!(backup = %id, start = %start_lsn, stop = %stop_lsn, "backup streamed; waiting for its WAL in the archive");
+
+        let missing = wait_for_wal(
+            &cluster,
+            [start_timeline, stop_timeline],
+            start_lsn,
+            stop_lsn,
+            segment_size,
+            Instant::now() + options.wal_timeout,
+            stream.as_ref(),
+        )
         .await?;
-    Ok(meta)
+        if let Some(stream) = stream {
+            if let Err(e) = stream.stop().await {
+                tracing::error!("{e:#}");
+            }
+        }
+        let meta = BackupMeta {
+            format: format_for(&received.archives),
+            id: id.to_string(),
+            label: label_text,
+            system_id: identity.system_id.to_string(),
+            server_version,
+            server_major: major,
+            walhalla_version: env!("CARGO_PKG_VERSION").to_string(),
+            segment_size: segment_size.bytes(),
+            start_lsn: start_lsn.to_string(),
+            start_timeline: start_timeline.0,
+            stop_lsn: stop_lsn.to_string(),
+            stop_timeline: stop_timeline.0,
+            start_time: utc(started),
+            stop_time: utc(stopped),
+            from_standby: label.from_standby,
+            manifest_bytes: received.manifest_bytes,
+            bytes: received.archives.iter().map(|a| a.bytes).sum::<u64>() + received.manifest_bytes,
+            stored_bytes: received.stored_bytes,
+            archives: received.archives,
+            wal_complete: missing.is_none(),
+            wal_missing: missing.map(|s| s.to_string()),
+        };
+        let expected: Vec<BackupObject> = meta
+            .archives
+            .iter()
+            .flat_map(|a| {
+                (0..a.pieces).map(|index| BackupObject::Piece {
+                    archive: a.name.clone(),
+                    index,
+                })
+            })
+            .chain([BackupObject::Manifest])
+            .collect();
+        let absent = cluster.absent_backup_objects(&id, &expected).await?;
+        if let Some(first) = absent.first() {
+            bail!(
+                "{} of backup {id}'s objects are no longer in the archive (the first: {}), so no metadata was written \
+                 and the backup is not restorable: was its folder pruned with --assume-interrupted while it ran?",
+                absent.len(),
+                cluster.backup_object_key(&id, first)
+            );
+        }
+        let json = serde_json::to_vec_pretty(&meta).context("encode backup.json")?;
+        let level = options.compression_level;
+        let content = Bytes::from(json);
+        let body = content.clone();
+        let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+        cluster
+            .put_backup_object(&id, &BackupObject::Meta, content, envelope)
+            .await?;
+        Ok(meta)
+    }
+    .await;
+    if taken.is_err() {
+        match cluster.delete_backup(&id).await {
+            Ok(_) => tracing::info!(backup = %id, "removed the failed backup's objects"),
+            Err(e) => tracing::warn!(
+                backup = %id,
+                "the failed backup's folder stays ({e:#}); prune --assume-interrupted removes it"
+            ),
+        }
+    }
+    taken
 }
 
 /// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist, reserved

@@ -673,6 +673,21 @@ fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
 }
 
 #[test]
+fn a_backup_that_fails_leaves_no_folder_behind() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    // The server refuses a label longer than MAXPGPATH, after the id is reserved.
+    let label = "x".repeat(2000);
+    let run = run_backup(&wh, &archive, &pg, "60", &["--label", &label]);
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    let left: Vec<String> = (archive.keys().into_iter())
+        .filter(|key| key.contains("/backups/"))
+        .collect();
+    assert!(left.is_empty(), "a failed backup left {left:?}");
+}
+
+#[test]
 fn a_backup_the_server_compressed_restores() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
