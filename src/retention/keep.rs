@@ -204,17 +204,18 @@ impl Timelines {
             .keys()
             .map(|&timeline| {
                 let newest = self.full.get(&timeline).and_then(|held| held.keys().next_back());
-                let from = match newest {
+                let keep = match newest {
+                    None => Kept::All("it holds no complete segment"),
                     Some(&newest) if newest < wanted => {
                         let newest = SegmentName::new(timeline, newest, self.size);
                         notes.push(format!(
                             "{lsn} lies past timeline {timeline}'s newest segment, {newest}, which is kept"
                         ));
-                        newest
+                        Kept::From(newest)
                     }
-                    _ => SegmentName::new(timeline, wanted, self.size),
+                    Some(_) => Kept::From(SegmentName::new(timeline, wanted, self.size)),
                 };
-                (timeline, Kept::From(from))
+                (timeline, keep)
             })
             .collect()
     }
