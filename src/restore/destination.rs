@@ -83,11 +83,11 @@ impl Destination {
             Err(e) => return Err(e).with_context(|| format!("read {dir}")),
         };
         if holds_something && self.may_empty() {
-            if let Some((data, pid)) = running_server_linking(&self.dir)? {
+            if let Some((data, pid)) = running_server_using(&self.dir)? {
                 bail!(
-                    "{dir} holds a tablespace of the running PostgreSQL server in {} (its \
-                     pg_tblspc links there; postmaster.pid names process {pid}, which is alive), \
-                     so --force does not empty it; restore elsewhere",
+                    "{dir} holds, or lies in, files of the running PostgreSQL server in {} (its \
+                     data directory, WAL or a tablespace; postmaster.pid names process {pid}, \
+                     which is alive), so --force does not empty it; restore elsewhere",
                     data.display()
                 );
             }
@@ -149,11 +149,12 @@ fn running_server_in(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
     Ok(None)
 }
 
-/// A running server one of whose tablespaces lies in `dir` (or is `dir`, or holds it): its
-/// data directory and postmaster's pid. Servers are found by their processes' working
+/// A running server whose data directory, WAL directory (`pg_wal` linked elsewhere) or one of
+/// whose tablespaces lies in `dir` (or is `dir`, or holds it): its data directory and
+/// postmaster's pid. Servers are found by their processes' working
 /// directory, which is the data directory (PostgreSQL changes to it at start); only those of
 /// the users whose processes this one may inspect, on Linux.
-fn running_server_linking(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
+fn running_server_using(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
     let Ok(dir) = dir.canonicalize() else {
         return Ok(None);
     };
@@ -176,17 +177,20 @@ fn running_server_linking(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> 
         if !seen.insert(data.clone()) {
             continue;
         }
-        let Ok(links) = std::fs::read_dir(data.join("pg_tblspc")) else {
-            continue;
-        };
         let Some(pid) = running_postmaster(&data).ok().flatten() else {
             continue;
         };
-        for link in links.flatten() {
-            let Ok(target) = link.path().canonicalize() else {
-                continue;
-            };
-            if target.starts_with(&dir) || dir.starts_with(&target) {
+        let tablespaces = std::fs::read_dir(data.join("pg_tblspc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|link| link.path());
+        let used = std::iter::once(data.clone())
+            .chain(std::iter::once(data.join("pg_wal")))
+            .chain(tablespaces)
+            .filter_map(|path| path.canonicalize().ok());
+        for path in used {
+            if path.starts_with(&dir) || dir.starts_with(&path) {
                 return Ok(Some((data, pid)));
             }
         }
@@ -294,7 +298,7 @@ mod tests {
     #[test]
     fn a_running_servers_tablespace_is_not_emptied_even_with_force() {
         let dir = tempfile::tempdir().unwrap();
-        let (data, space) = (dir.path().join("data"), dir.path().join("space"));
+        let (data, space) = (dir.path().join("srv/data"), dir.path().join("space"));
         std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
         std::fs::create_dir_all(space.join("PG_15_202209061/5")).unwrap();
         std::os::unix::fs::symlink(&space, data.join("pg_tblspc/16384")).unwrap();
@@ -307,14 +311,17 @@ mod tests {
         std::fs::write(data.join("postmaster.pid"), format!("{}\n", server.id())).unwrap();
         let error = Destination::tablespace(16384, space.clone(), true, true).check();
         let as_data = Destination::data_directory(space.join("PG_15_202209061"), true).check();
+        // Nor a directory further up from the data directory than its parent.
+        let above = Destination::data_directory(dir.path().to_path_buf(), true).check();
         server.kill().unwrap();
         server.wait().unwrap();
         let error = error.unwrap_err().to_string();
         assert!(
-            error.contains("tablespace of the running PostgreSQL server"),
+            error.contains("files of the running PostgreSQL server"),
             "{error}"
         );
         assert!(as_data.is_err(), "a folder inside it is refused too");
+        assert!(above.is_err(), "and a grandparent of the data directory");
         // Once that server is down, --force may empty it.
         Destination::tablespace(16384, space, true, true)
             .check()
