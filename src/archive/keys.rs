@@ -9,6 +9,7 @@
 //! <prefix>/<system-id>/wal/<TTTTTTTTXXXXXXXX>/<segment>.partial.<END>.zst  receiver's snapshot
 //! <prefix>/<system-id>/backups/<ID>/backup.json.zst                   base backup: metadata
 //! <prefix>/<system-id>/backups/<ID>/backup_manifest.zst               the server's manifest
+//! <prefix>/<system-id>/backups/<ID>/reserved.zst                      the backup's claim to its ID
 //! <prefix>/<system-id>/backups/<ID>/<ARCHIVE>/<NNNNNNNN>.zst          piece N of a tar stream
 //! <prefix>/<system-id>/index/<TTTTTTTTXXXXXXXX>/<segment>.json.zst    a segment's time index
 //! ```

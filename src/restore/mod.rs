@@ -271,9 +271,9 @@ async fn choose<'a>(
         )
         .await?;
         // The target must lie after the named backup's consistency point, by the test that
-        // chooses a backup: PostgreSQL cannot tell when it does not. Recovery to a time or an
-        // xid from a backup that already holds later commits would stop after them and
-        // promote the wrong state; to an LSN or a restore point, it would fail.
+        // chooses a backup: PostgreSQL cannot tell when it does not. Recovery to a time from a
+        // backup that already holds later commits would stop after them and promote the wrong
+        // state; to an LSN or a restore point, it would fail. (Where an xid lies is not known.)
         // Among the backups consistent up to its own consistency point (it sorts last), the
         // test must choose it: a commit the time index places between the target and its
         // start makes it pass over it.
@@ -606,7 +606,7 @@ pub fn describe(report: &RestoreReport) -> String {
     for (name, value) in &report.settings {
         out.push_str(&format!("  {name} = '{}'\n", value.replace('\'', "''")));
     }
-    if !report.settings.contains_key("archive_mode") && report.signal == "recovery.signal" {
+    if !report.settings.contains_key("archive_mode") {
         out.push_str(
             "archiving is as the backup's configuration says: once promoted, the server archives its new \
              timeline where that sends it, which may be this archive (restore with --archive-mode off for a \
