@@ -539,9 +539,25 @@ fn wal_rules_are_for_archives_without_backups() {
     assert_eq!(plan.delete_objects.len(), 5 + 4);
     assert_eq!(plan.notes.len(), 2, "{:?}", plan.notes);
     assert!(
-        plan.notes[0].contains("lies past timeline 1's newest segment"),
+        plan.notes[0].contains("lies past timeline 1's newest segment")
+            && plan.notes[1].contains("lies past timeline 2's newest segment"),
         "{:?}",
         plan.notes
+    );
+    // A timeline with no complete segment (a .partial only) is kept whole.
+    let mut partial_only = inventory.clone();
+    (partial_only.objects).push(file(WalFileName::Partial(segment(3, 9))));
+    (partial_only.timelines).insert(TimelineId(3), history(&[(1, at(4, 0)), (2, at(9, 0x80))]));
+    let plan = super::plan(&partial_only, &policy(Rule::WalBefore(at(0xFF00, 0)))).unwrap();
+    assert!(
+        matches!(plan.kept[&TimelineId(3)], Kept::All(_)),
+        "{:?}",
+        plan.kept
+    );
+    assert!(
+        plan.delete_objects
+            .iter()
+            .all(|(name, _)| name.segment().is_none_or(|s| s.timeline != TimelineId(3)))
     );
 
     let mut with_backup = inventory.clone();
