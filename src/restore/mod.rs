@@ -107,8 +107,8 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .collect(),
         Err(_) => BTreeMap::new(),
     };
-    let (backup, reason, path) =
-        choose(&cluster, &backups, options, newest_timeline, &newest).await?;
+    let (choice, path) = choose(&cluster, &backups, options, newest_timeline, &newest).await?;
+    let (backup, reason) = (choice.backup, choice.reason);
     tracing::info!(backup = %backup.id, "restoring: {reason}");
     let size = backup.segment_size().map_err(|e| anyhow!(e))?;
     let until = match target {
@@ -124,14 +124,16 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     let mut ranges =
         plan::needed_segments(backup, &path, until, &newest, size).map_err(|e| anyhow!(e))?;
     let exclusive = options.recovery.exclusive;
-    // For a time or a restore point, the indexes of the WAL to the end say where recovery
-    // stops: it needs nothing after that.
+    // Where recovery stops, when the indexes tell: a restore point's the choice found, a
+    // time's the indexes of the WAL to the end say. It needs nothing after that.
     let steps = match target {
-        Target::Time { .. } | Target::Name(_) => indexed::steps(&cluster, &ranges, size).await?,
+        Target::Time { .. } => indexed::steps(&cluster, &ranges, size).await?,
         _ => Vec::new(),
     };
     let start = backup.start().map_err(|e| anyhow!(e))?;
-    if let Some(stop) = targets::stop_position(&steps, target, exclusive, start, size) {
+    let stop =
+        (choice.stop).or_else(|| targets::stop_position(&steps, target, exclusive, start, size));
+    if let Some(stop) = stop {
         ranges = plan::needed_segments(backup, &path, Some(stop), &newest, size)
             .map_err(|e| anyhow!(e))?;
     }
@@ -251,7 +253,7 @@ async fn choose<'a>(
     options: &RestoreOptions,
     newest_timeline: Option<TimelineId>,
     newest: &BTreeMap<TimelineId, SegNo>,
-) -> anyhow::Result<(&'a BackupMeta, String, Vec<Leg>)> {
+) -> anyhow::Result<(plan::Choice<'a>, Vec<Leg>)> {
     if let Some(id) = options.backup.as_deref().filter(|id| *id != "latest") {
         let backup = backups
             .iter()
@@ -282,9 +284,12 @@ async fn choose<'a>(
             .filter(|b| b.stop().is_ok_and(|s| s <= stop))
             .cloned()
             .collect();
-        match choose_on(cluster, &up_to, options, &path, newest).await? {
-            // (A backup consistent at the same position is as good.)
-            Ok(choice) if choice.backup.stop_lsn == backup.stop_lsn => {}
+        let stop = match choose_on(cluster, &up_to, options, &path, newest).await? {
+            // (A backup consistent at the same position is as good; where its recovery stops
+            // is then not this one's.)
+            Ok(choice) if choice.backup.stop_lsn == backup.stop_lsn => {
+                choice.stop.filter(|_| choice.backup.id == backup.id)
+            }
             Ok(choice) => bail!(
                 "backup {id} cannot be restored to this target: it is consistent at {} ({}), \
                  not before the target; backup {} is {}",
@@ -294,8 +299,16 @@ async fn choose<'a>(
                 choice.reason
             ),
             Err(refusal) => bail!("backup {id} cannot be restored to this target: {refusal}"),
-        }
-        return Ok((backup, "named with --backup".into(), path));
+        };
+        let reason = "named with --backup".to_string();
+        return Ok((
+            plan::Choice {
+                backup,
+                reason,
+                stop,
+            },
+            path,
+        ));
     }
     let timeline = options.recovery.timeline.unwrap_or(TimelineChoice::Latest);
     if timeline == TimelineChoice::Current {
@@ -307,7 +320,7 @@ async fn choose<'a>(
         for tl in timelines.into_iter().rev() {
             let path = plan::path(TimelineId(tl), &[]);
             match choose_on(cluster, backups, options, &path, newest).await? {
-                Ok(choice) => return Ok((choice.backup, choice.reason, path)),
+                Ok(choice) => return Ok((choice, path)),
                 Err(e) => last_error = e,
             }
         }
@@ -317,7 +330,7 @@ async fn choose<'a>(
     let choice = choose_on(cluster, backups, options, &path, newest)
         .await?
         .map_err(|e| anyhow!("{e}{}", timeline_hint(&path, options.recovery.timeline)))?;
-    Ok((choice.backup, choice.reason, path))
+    Ok((choice, path))
 }
 
 /// For a refusal along the default path when it crosses timelines: which path that was, and

@@ -88,6 +88,9 @@ pub struct Choice<'a> {
     pub backup: &'a BackupMeta,
     /// Why this one, for the log and `--json`.
     pub reason: String,
+    /// Where recovery to the target stops, when choosing found it (a restore point's record
+    /// end, by the time index): restore then needs no WAL past it.
+    pub stop: Option<Lsn>,
 }
 
 /// Where on `path` a backup sits: the indexes of the legs its start and its stop are on, and
@@ -166,7 +169,11 @@ pub fn choose_where<'a>(
             backup.stop_lsn, backup.stop_time
         ),
     };
-    Ok(Choice { backup, reason })
+    Ok(Choice {
+        backup,
+        reason,
+        stop: None,
+    })
 }
 
 /// The segments a restore from `backup` needs, per timeline, as half-open ranges: from the

@@ -66,11 +66,11 @@ fn from_lsn(steps: &[Step], from: Lsn, size: SegmentSize) -> &[Step] {
     &steps[skip..]
 }
 
-/// Where recovery from a backup starting at `from` to a time or a restore point stops, by the
-/// indexes of `steps`: at or before the commit or abort at the position returned (time), or
-/// at the restore point's record's end. Recovery reads no WAL past the record it stops at, so
-/// a hole after it does not matter. `None` when the indexes cannot tell, and for other
-/// targets.
+/// Where recovery from a backup starting at `from` to a time stops, by the indexes of
+/// `steps`: at or before the commit or abort at the position returned. Recovery reads no WAL
+/// past the record it stops at, so a hole after it does not matter. `None` when the indexes
+/// cannot tell, and for other targets (a restore point's is found while choosing:
+/// [`plan::Choice::stop`]).
 pub fn stop_position(
     steps: &[Step],
     target: &Target,
@@ -78,18 +78,12 @@ pub fn stop_position(
     from: Lsn,
     size: SegmentSize,
 ) -> Option<Lsn> {
-    match target {
-        Target::Time { at, .. } => {
-            let at = PgTimestamp::from_unix_micros(at.as_microsecond())?;
-            match time_reach(steps, at, exclusive, from, size) {
-                TimeReach::Stops { by, .. } => Some(by),
-                _ => None,
-            }
-        }
-        Target::Name(name) => match first_restore_point(steps, name, from, size) {
-            Found::At(point, _) => Some(point.lsn),
-            _ => None,
-        },
+    let Target::Time { at, .. } = target else {
+        return None;
+    };
+    let at = PgTimestamp::from_unix_micros(at.as_microsecond())?;
+    match time_reach(steps, at, exclusive, from, size) {
+        TimeReach::Stops { by, .. } => Some(by),
         _ => None,
     }
 }
@@ -178,7 +172,11 @@ pub fn choose_for_name<'a>(
                     backup.stop_time
                 );
                 return Ok(IndexedChoice {
-                    choice: Choice { backup, reason },
+                    choice: Choice {
+                        backup,
+                        reason,
+                        stop: Some(point.lsn),
+                    },
                     warning: None,
                 });
             }
@@ -196,7 +194,11 @@ pub fn choose_for_name<'a>(
                     backup.id
                 );
                 return Ok(IndexedChoice {
-                    choice: Choice { backup, reason },
+                    choice: Choice {
+                        backup,
+                        reason,
+                        stop: None,
+                    },
                     warning: Some(unchecked),
                 });
             }
