@@ -11,7 +11,7 @@ mod maintenance;
 mod restore;
 
 pub use maintenance::{PruneArgs, VerifyArgs};
-pub use restore::RestoreArgs;
+pub use restore::{ArchiveMode, RestoreArgs};
 
 use crate::backup::take::WalSource;
 use crate::client::ClientSettings;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use walhalla::cli::{
-    BackupArgs, CheckArgs, Cli, ClientArgs, Command, ConfigArgs, ConnArgs, ListenArgs, PruneArgs,
-    ReceiveArgs, RestoreArgs, VerifyArgs,
+    ArchiveMode, BackupArgs, CheckArgs, Cli, ClientArgs, Command, ConfigArgs, ConnArgs, ListenArgs,
+    PruneArgs, ReceiveArgs, RestoreArgs, VerifyArgs,
 };
 use walhalla::client::ServerClient;
 use walhalla::config::{Config, UsageError};
@@ -457,7 +457,7 @@ async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
                 .map_err(|e: String| anyhow::anyhow!(e))?,
             timeline: args.target_timeline,
             exclusive: args.target_exclusive,
-            archive_off: args.archive_mode == "off",
+            archive_off: args.archive_mode == ArchiveMode::Off,
         },
         standby: args.standby,
         force: args.force,

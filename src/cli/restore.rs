@@ -45,11 +45,10 @@ pub struct RestoreArgs {
     /// Stop just before the target instead of just after it.
     #[arg(long)]
     pub target_exclusive: bool,
-    /// `off` writes archive_mode = off: the restored server archives nothing, even once
-    /// promoted, so a copy never adds its timeline to the archive it came from [default:
-    /// preserve, the backup's own setting].
-    #[arg(long, value_name = "MODE", value_parser = ["preserve", "off"], default_value = "preserve")]
-    pub archive_mode: String,
+    /// Whether the restored server archives: `off` keeps a copy from ever adding its timeline
+    /// to the archive it came from, even once promoted.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ArchiveMode::Preserve)]
+    pub archive_mode: ArchiveMode,
     /// Write standby.signal instead of recovery.signal: the server stays a standby.
     #[arg(long)]
     pub standby: bool,
@@ -115,6 +114,15 @@ fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
         return Err(format!("{dir:?} is not an absolute path"));
     }
     Ok((oid, PathBuf::from(dir)))
+}
+
+/// What a restored server does about archiving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveMode {
+    /// Archive as the backup's own settings say.
+    Preserve,
+    /// Write archive_mode = off: archive nothing.
+    Off,
 }
 
 #[cfg(test)]
