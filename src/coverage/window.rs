@@ -93,15 +93,15 @@ fn along(
         ) else {
             continue; // not on this path
         };
+        if let Some(missing) = plan::missing_before_consistency(backup, path, held, size) {
+            unrestorable.push(Unrestorable {
+                backup: backup.id.clone(),
+                missing: missing.to_string(),
+            });
+            continue;
+        }
         let missing = plan::first_missing(&ranges, held, size);
         let end = match missing.and_then(|m| m.start_lsn(size)) {
-            Some(at) if at <= last_byte_segment_start(stop, size) => {
-                unrestorable.push(Unrestorable {
-                    backup: backup.id.clone(),
-                    missing: missing.map(|m| m.to_string()).unwrap_or_default(),
-                });
-                continue;
-            }
             Some(at) => at,
             None => ranges
                 .last()
@@ -127,11 +127,6 @@ fn along(
         spans,
         unrestorable,
     }
-}
-
-/// The start of the segment holding the byte before `stop`: a backup needs it whole.
-fn last_byte_segment_start(stop: Lsn, size: SegmentSize) -> Lsn {
-    SegNo::containing(Lsn(stop.0.saturating_sub(1)), size).start_lsn(size)
 }
 
 #[cfg(test)]

@@ -231,6 +231,21 @@ pub fn needed_segments(
     Ok(ranges)
 }
 
+/// The first segment `backup` needs to become consistent that `held` (what the archive holds
+/// per timeline) lacks: from its start along `path` through the segment holding its last byte,
+/// that one from the next timeline when it holds the switch to it. A backup missing one cannot
+/// be restored along `path` at all. `None` too when the backup is not on `path`.
+pub fn missing_before_consistency(
+    backup: &BackupMeta,
+    path: &[Leg],
+    held: &BTreeMap<TimelineId, std::collections::BTreeSet<SegNo>>,
+    size: SegmentSize,
+) -> Option<SegmentName> {
+    let last_byte = Lsn(backup.stop().ok()?.0.saturating_sub(1));
+    let ranges = needed_segments(backup, path, Some(last_byte), &BTreeMap::new(), size).ok()?;
+    first_missing(&ranges, held, size)
+}
+
 /// The first segment of `ranges` that `held` (what the archive holds per timeline) lacks.
 pub fn first_missing(
     ranges: &[(TimelineId, SegNo, SegNo)],

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Inventory, Kept, StoredObject};
 use crate::archive::ObjectName;
 use crate::backup::meta::BackupMeta;
-use crate::restore::plan::{Leg, needed_segments, on_path, path};
+use crate::restore::plan::{Leg, missing_before_consistency, needed_segments, on_path, path};
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// The archive's timelines: the path to each (`None` when its history is unknown) and the
@@ -15,6 +15,8 @@ pub(super) struct Timelines {
     paths: BTreeMap<TimelineId, Option<Vec<Leg>>>,
     /// Per timeline, its complete segments and when each was stored, if known.
     full: BTreeMap<TimelineId, BTreeMap<SegNo, Option<jiff::Timestamp>>>,
+    /// Per timeline, its complete segments (`full`'s keys).
+    held: BTreeMap<TimelineId, BTreeSet<SegNo>>,
     /// The timeline `restore` follows by default: the newest of the history files' and the
     /// complete segments'.
     latest: TimelineId,
@@ -60,10 +62,14 @@ impl Timelines {
         let latest = (inventory.timelines.keys().chain(full.keys()).max())
             .copied()
             .unwrap_or(TimelineId(1));
+        let held = (full.iter())
+            .map(|(&timeline, segments)| (timeline, segments.keys().copied().collect()))
+            .collect();
         Timelines {
             size,
             paths,
             full,
+            held,
             latest,
         }
     }
@@ -91,24 +97,24 @@ impl Timelines {
             .last()
     }
 
-    /// The first segment `backup` needs to become consistent (from its start through its stop,
-    /// along the path to its stop timeline) that the archive lacks: a backup missing one
-    /// cannot be restored at all. `None` too when that path is unknown (a history file is
-    /// missing): nothing is known to be missing.
+    /// The first segment `backup` needs to become consistent that the archive lacks along
+    /// every known path it is on (the first path's, by timeline), or `None` when one path has
+    /// them all: a backup missing one on every path cannot be restored at all. A backup that
+    /// stopped in the segment where a promotion began needs that segment from the new timeline
+    /// when the old one kept only a `.partial`. `None` too when no path to it is known (a
+    /// history file is missing): nothing is known to be missing.
     pub(super) fn missing_before_consistency(&self, backup: &BackupMeta) -> Option<SegmentName> {
-        let path = self
-            .paths
-            .get(&TimelineId(backup.stop_timeline))?
-            .as_ref()?;
-        // Without the newest segments, the ranges end with the one holding the stop.
-        let ranges = needed_segments(backup, path, None, &BTreeMap::new(), self.size).ok()?;
-        ranges.iter().find_map(|&(timeline, from, to)| {
-            let held = self.full.get(&timeline);
-            (from.0..to.0)
-                .map(SegNo)
-                .find(|n| !held.is_some_and(|held| held.contains_key(n)))
-                .map(|n| SegmentName::new(timeline, n, self.size))
-        })
+        let mut first = None;
+        for path in self.paths.values().flatten() {
+            if on_path(backup, path).is_none() {
+                continue;
+            }
+            match missing_before_consistency(backup, path, &self.held, self.size) {
+                None => return None,
+                Some(missing) => first = first.or(Some(missing)),
+            }
+        }
+        first
     }
 
     /// Every timeline kept whole, for `reason`.

@@ -163,6 +163,16 @@ fn restorable(inventory: &Inventory, backup: &BackupMeta, timeline: u32) -> bool
     })
 }
 
+/// That `plan` notes `backup` cannot be restored for want of `missing`.
+fn assert_noted_unrestorable(plan: &Plan, backup: &BackupMeta, missing: &str) {
+    let note = format!("backup {} cannot be restored: {missing}", backup.id);
+    assert!(
+        plan.notes.iter().any(|n| n.starts_with(&note)),
+        "{:?}",
+        plan.notes
+    );
+}
+
 fn ids(plan: &Plan) -> (Vec<String>, Vec<String>) {
     let retained = plan.retained.iter().map(|r| r.id.to_string()).collect();
     let deleted = plan
@@ -471,14 +481,7 @@ fn a_backup_whose_wal_has_gone_is_not_retained_in_place_of_one_that_restores() {
     assert_eq!(ids(&plan), (vec![b2.id.clone()], vec![b1.id.clone()]));
     assert_eq!(plan.retained[0].why, vec![Why::Newest, Why::AmongNewest]);
     assert_eq!(plan.kept[&TimelineId(1)], Kept::From(segment(1, 5)));
-    assert!(
-        plan.notes.iter().any(|n| n.starts_with(&format!(
-            "backup {} cannot be restored: 000000010000000000000009",
-            b3.id
-        ))),
-        "{:?}",
-        plan.notes
-    );
+    assert_noted_unrestorable(&plan, &b3, "000000010000000000000009");
 
     // Once older than a backup that restores, it goes like an incomplete one.
     let b4 = backup(1, at(11, 0x28), at(11, 0x100), "2026-03-04T10:00:00Z");
@@ -492,6 +495,30 @@ fn a_backup_whose_wal_has_gone_is_not_retained_in_place_of_one_that_restores() {
         deleted.map(|d| d.why),
         Some(Doomed::Unrestorable(segment(1, 9)))
     );
+}
+
+#[test]
+fn a_backup_that_stopped_where_a_promotion_began_restores_along_the_new_timeline() {
+    // b2 stopped in segment 6 of timeline 1, where timeline 2 began: the old primary's last
+    // segment is only a .partial, and recovery reads segment 6 from timeline 2 anyway.
+    let (mut inventory, b1, _) = promotion();
+    let b2 = backup(1, at(5, 0x28), at(6, 0x100), "2026-03-06T10:00:00Z");
+    inventory.objects.push(backup_file(&b2));
+    inventory.backups = vec![b1.clone(), b2.clone()];
+    assert!(restorable(&inventory, &b2, 2));
+    let plan = plan(&inventory, &keep(1)).unwrap();
+    assert_eq!(ids(&plan), (vec![b2.id.clone()], vec![b1.id]));
+    assert!(
+        !plan.notes.iter().any(|n| n.contains("cannot be restored")),
+        "{:?}",
+        plan.notes
+    );
+    // Without timeline 2's segment 6 it cannot be restored along either timeline.
+    inventory
+        .objects
+        .retain(|o| o.name != ObjectName::File(WalFileName::Segment(segment(2, 6))));
+    let plan = super::plan(&inventory, &keep(1)).unwrap();
+    assert_noted_unrestorable(&plan, &b2, "000000010000000000000006");
 }
 
 #[test]

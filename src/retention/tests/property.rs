@@ -227,33 +227,39 @@ fn follows(backup: &BackupMeta, legs: &[(u32, Option<Lsn>)], stop: Lsn) -> Optio
     (first <= stop_leg && legs[stop_leg].1.is_none_or(|end| stop <= end)).then_some(first)
 }
 
-/// Whether `held` has every segment restoring `backup` reads until it is consistent: along
-/// the path to its stop timeline, from its start through the segment holding its last byte
-/// (true when that path is unknown: nothing is known to be missing).
+/// Whether `held` has every segment restoring `backup` reads until it is consistent, from its
+/// start through the segment holding its last byte, along some known path it can follow (true
+/// when it can follow none: nothing is known to be missing).
 fn reaches_consistency(
     backup: &BackupMeta,
     inventory: &Inventory,
     held: &BTreeSet<SegmentName>,
 ) -> bool {
     let (start, stop) = (backup.start().unwrap(), backup.stop().unwrap());
-    let history = match inventory.timelines.get(&TimelineId(backup.stop_timeline)) {
-        Some(history) => history.clone(),
-        None if backup.stop_timeline == 1 => Vec::new(),
-        None => return true,
-    };
-    let legs: Vec<(u32, Option<Lsn>)> = (history.iter())
-        .map(|h| (h.timeline.0, Some(h.switch_point)))
-        .chain([(backup.stop_timeline, None)])
-        .collect();
-    let Some(first) = follows(backup, &legs, stop) else {
-        return true;
-    };
-    (start.0 / MIB..=(stop.0 - 1) / MIB).all(|n| {
-        let leg = (first..legs.len())
-            .rfind(|&i| i == first || legs[i - 1].1.is_some_and(|end| end.0 / MIB <= n))
-            .unwrap_or(first);
-        held.contains(&segment(legs[leg].0, n))
-    })
+    let known = std::iter::once((1, Vec::new())).chain(
+        (inventory.timelines.iter()).map(|(timeline, history)| (timeline.0, history.clone())),
+    );
+    let mut on_any = false;
+    for (timeline, history) in known {
+        let legs: Vec<(u32, Option<Lsn>)> = (history.iter())
+            .map(|h| (h.timeline.0, Some(h.switch_point)))
+            .chain([(timeline, None)])
+            .collect();
+        let Some(first) = follows(backup, &legs, stop) else {
+            continue;
+        };
+        on_any = true;
+        let reached = (start.0 / MIB..=(stop.0 - 1) / MIB).all(|n| {
+            let leg = (first..legs.len())
+                .rfind(|&i| i == first || legs[i - 1].1.is_some_and(|end| end.0 / MIB <= n))
+                .unwrap_or(first);
+            held.contains(&segment(legs[leg].0, n))
+        });
+        if reached {
+            return true;
+        }
+    }
+    !on_any
 }
 
 /// Whether some backup of `backups` can restore the newest timeline.
