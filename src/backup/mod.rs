@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod meta;
 pub mod protocol;
 pub mod take;
+mod upload;
 pub mod wal;
 
 use meta::BackupMeta;

@@ -1,39 +1,29 @@
 //! `walhalla backup`: a base backup streamed from the server straight into the archive.
 //!
-//! The tar streams arrive over one replication connection (`BASE_BACKUP`), are cut into
-//! pieces of [`PIECE_BYTES`], and each piece is compressed into an envelope and stored,
-//! create-only, by a bounded set of tasks: memory stays at a few pieces whatever the
-//! database's size, and a slow store slows the reading down instead of filling memory. The
-//! server's manifest is stored verbatim. The metadata goes last, once the WAL from the
+//! The tar streams arrive over one replication connection (`BASE_BACKUP`) and go to the
+//! archive in pieces, a bounded number at once (`upload`). The server's manifest is stored
+//! verbatim. The metadata goes last, once the WAL from the
 //! backup's start to its stop is in the archive (or the wait for it gave up, which marks the
 //! backup incomplete: restore never chooses it).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::label::{BackupLabel, LabelFinder};
 use super::meta::{ArchiveMeta, BackupMeta, StreamCompression, format_for};
 use super::protocol::{self, BackupRequest, CopyPayload, TYPED_MESSAGES_SINCE};
+use super::upload::{PieceWriter, Uploads, envelope};
 use super::wal::{WalStream, wait_for_wal};
 use crate::archive::{Archive, BackupId, BackupObject, ClusterArchive};
-use crate::blocking;
-use crate::envelope::Encoder;
 use crate::progress::Progress;
 use crate::protocol::commands;
 use crate::protocol::connection::{Connection, Response, Row};
 use crate::protocol::conninfo::ConnParams;
-use crate::wal::{Lsn, SystemId, TimelineId, version};
+use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId, version};
 
-/// Bytes of a tar stream per stored piece: large enough to compress well, small enough that
-/// a few in flight stay well within the memory budget.
-pub const PIECE_BYTES: usize = 4 << 20;
 /// The largest manifest accepted (the server's is about 150 bytes per file).
 const MAX_MANIFEST_BYTES: usize = 1 << 30;
 
@@ -89,15 +79,55 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
             conn.host()
         );
     }
-    let identity = commands::identify_system(&mut conn).await?;
+    let system_id = commands::identify_system(&mut conn).await?.system_id;
     let segment_size = commands::segment_size(&mut conn).await?;
-    let cluster = archive.cluster(identity.system_id);
+    let cluster = archive.cluster(system_id);
     let started = jiff::Timestamp::now();
     let id = free_id(&cluster, started, options.compression_level).await?;
+    let backup = Backup {
+        options,
+        archive,
+        cluster: &cluster,
+        id: &id,
+        system_id,
+        server_version,
+        major,
+        segment_size,
+        started,
+    };
     // Once reserved, the folder is this backup's: a failure removes it, so that no folder
     // of a backup that ended looks like one in progress (prune would wait for it).
-    let taken: anyhow::Result<BackupMeta> = async {
-        let label_text = options
+    let taken = backup.take(&mut conn).await;
+    if taken.is_err() {
+        match cluster.delete_backup(&id).await {
+            Ok(_) => tracing::info!(backup = %id, "removed the failed backup's objects"),
+            Err(e) => tracing::warn!(
+                backup = %id,
+                "the failed backup's folder stays ({e:#}); prune --assume-interrupted removes it"
+            ),
+        }
+    }
+    taken
+}
+
+/// One backup under way: what it was asked, where it goes, and what the server said of itself.
+struct Backup<'a> {
+    options: &'a BackupOptions,
+    archive: &'a Archive,
+    cluster: &'a ClusterArchive,
+    id: &'a BackupId,
+    system_id: SystemId,
+    server_version: String,
+    major: u32,
+    segment_size: SegmentSize,
+    started: jiff::Timestamp,
+}
+
+impl Backup<'_> {
+    /// Streams the backup into the archive, waits for its WAL, and stores its metadata last.
+    async fn take(&self, conn: &mut Connection) -> anyhow::Result<BackupMeta> {
+        let (options, id) = (self.options, self.id);
+        let label = options
             .label
             .clone()
             .unwrap_or_else(|| format!("walhalla {id}"));
@@ -107,72 +137,36 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
             WalSource::Stream => Some(
                 WalStream::start(
                     &options.conn,
-                    archive,
-                    identity.system_id,
+                    self.archive,
+                    self.system_id,
                     options.compression_level,
                     &id.to_string(),
                 )
                 .await?,
             ),
         };
-
-        let request = BackupRequest {
-            label: label_text.clone(),
-            fast: options.fast,
-            // The server's size estimate costs a scan of the data directory: only for a person,
-            // and not when compressed streams could not be compared with it.
-            progress: Progress::wanted() && !options.server_compression,
-            server_zstd: options
-                .server_compression
-                .then_some(options.compression_level),
-        };
-        conn.send_query(&protocol::command(major, &request))
-            .await
-            .context("send BASE_BACKUP")?;
-        let uploads = Uploads::new(cluster.clone(), id.clone(), options);
-        let progress = Progress::start("backup");
-        let compression = options
-            .server_compression
-            .then_some(StreamCompression::Zstd);
-        let received = receive(
-            &mut conn,
-            (major, compression),
-            identity.system_id,
-            uploads,
-            &progress,
-            stream.as_ref(),
-        )
-        .await;
-        progress.finish().await;
-        let received = received.map_err(|e| {
-            if options.server_compression && format!("{e:#}").contains("does not support compression")
-            {
-                e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
-            } else {
-                e
-            }
-        })?;
+        let received = self.stream(conn, &label, stream.as_ref()).await?;
         let stopped = jiff::Timestamp::now();
 
         let (start_lsn, start_timeline) = position(received.sets.first(), "start")?;
         let (stop_lsn, stop_timeline) = position(received.sets.get(2), "stop")?;
-        let label = received
+        let found = received
             .label
             .ok_or_else(|| anyhow!("the backup's main archive held no backup_label"))?;
-        if label.start_lsn != start_lsn {
+        if found.start_lsn != start_lsn {
             bail!(
                 "backup_label starts at {}, the server said {start_lsn}",
-                label.start_lsn
+                found.start_lsn
             );
         }
         tracing::info!(backup = %id, start = %start_lsn, stop = %stop_lsn, "backup streamed; waiting for its WAL in the archive");
 
         let missing = wait_for_wal(
-            &cluster,
+            self.cluster,
             [start_timeline, stop_timeline],
             start_lsn,
             stop_lsn,
-            segment_size,
+            self.segment_size,
             Instant::now() + options.wal_timeout,
             stream.as_ref(),
         )
@@ -185,19 +179,19 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
         let meta = BackupMeta {
             format: format_for(&received.archives),
             id: id.to_string(),
-            label: label_text,
-            system_id: identity.system_id.to_string(),
-            server_version,
-            server_major: major,
+            label,
+            system_id: self.system_id.to_string(),
+            server_version: self.server_version.clone(),
+            server_major: self.major,
             walhalla_version: env!("CARGO_PKG_VERSION").to_string(),
-            segment_size: segment_size.bytes(),
+            segment_size: self.segment_size.bytes(),
             start_lsn: start_lsn.to_string(),
             start_timeline: start_timeline.0,
             stop_lsn: stop_lsn.to_string(),
             stop_timeline: stop_timeline.0,
-            start_time: utc(started),
+            start_time: utc(self.started),
             stop_time: utc(stopped),
-            from_standby: label.from_standby,
+            from_standby: found.from_standby,
             manifest_bytes: received.manifest_bytes,
             bytes: received.archives.iter().map(|a| a.bytes).sum::<u64>() + received.manifest_bytes,
             stored_bytes: received.stored_bytes,
@@ -205,6 +199,60 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
             wal_complete: missing.is_none(),
             wal_missing: missing.map(|s| s.to_string()),
         };
+        self.store_meta(&meta).await?;
+        Ok(meta)
+    }
+
+    /// Asks for the backup and stores what the server sends, showing progress to a person.
+    async fn stream(
+        &self,
+        conn: &mut Connection,
+        label: &str,
+        stream: Option<&WalStream>,
+    ) -> anyhow::Result<Received> {
+        let options = self.options;
+        let request = BackupRequest {
+            label: label.to_string(),
+            fast: options.fast,
+            // The server's size estimate costs a scan of the data directory: only for a
+            // person, and not when compressed streams could not be compared with it.
+            progress: Progress::wanted() && !options.server_compression,
+            server_zstd: options
+                .server_compression
+                .then_some(options.compression_level),
+        };
+        conn.send_query(&protocol::command(self.major, &request))
+            .await
+            .context("send BASE_BACKUP")?;
+        let uploads = Uploads::new(self.cluster.clone(), self.id.clone(), options);
+        let progress = Progress::start("backup");
+        let compression = options
+            .server_compression
+            .then_some(StreamCompression::Zstd);
+        let received = receive(
+            conn,
+            (self.major, compression),
+            self.system_id,
+            uploads,
+            &progress,
+            stream,
+        )
+        .await;
+        progress.finish().await;
+        received.map_err(|e| {
+            if options.server_compression && format!("{e:#}").contains("does not support compression")
+            {
+                e.context("the server cannot compress with zstd: leave out --server-compression (walhalla then compresses on this host)")
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Stores `meta`, the object that makes the backup one restore may choose, once every
+    /// piece and the manifest it lists are still in the archive.
+    async fn store_meta(&self, meta: &BackupMeta) -> anyhow::Result<()> {
+        let (cluster, id) = (self.cluster, self.id);
         let expected: Vec<BackupObject> = meta
             .archives
             .iter()
@@ -216,36 +264,22 @@ pub async fn run(options: &BackupOptions, archive: &Archive) -> anyhow::Result<B
             })
             .chain([BackupObject::Manifest])
             .collect();
-        let absent = cluster.absent_backup_objects(&id, &expected).await?;
+        let absent = cluster.absent_backup_objects(id, &expected).await?;
         if let Some(first) = absent.first() {
             bail!(
                 "{} of backup {id}'s objects are no longer in the archive (the first: {}), so no metadata was written \
                  and the backup is not restorable: was its folder pruned with --assume-interrupted while it ran?",
                 absent.len(),
-                cluster.backup_object_key(&id, first)
+                cluster.backup_object_key(id, first)
             );
         }
-        let json = serde_json::to_vec_pretty(&meta).context("encode backup.json")?;
-        let level = options.compression_level;
-        let content = Bytes::from(json);
-        let body = content.clone();
-        let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+        let content = Bytes::from(serde_json::to_vec_pretty(meta).context("encode backup.json")?);
+        let envelope = envelope(&content, self.options.compression_level).await?;
         cluster
-            .put_backup_object(&id, &BackupObject::Meta, content, envelope)
+            .put_backup_object(id, &BackupObject::Meta, content, envelope)
             .await?;
-        Ok(meta)
+        Ok(())
     }
-    .await;
-    if taken.is_err() {
-        match cluster.delete_backup(&id).await {
-            Ok(_) => tracing::info!(backup = %id, "removed the failed backup's objects"),
-            Err(e) => tracing::warn!(
-                backup = %id,
-                "the failed backup's folder stays ({e:#}); prune --assume-interrupted removes it"
-            ),
-        }
-    }
-    taken
 }
 
 /// `YYYYMMDDTHHMMSSZ` of `at`, with `-N` if earlier backups of this second exist, reserved
@@ -279,8 +313,7 @@ async fn reserve(
 ) -> anyhow::Result<BackupId> {
     let second = at.strftime("%Y%m%dT%H%M%SZ").to_string();
     let token = Bytes::from(token);
-    let body = token.clone();
-    let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
+    let envelope = envelope(&token, level).await?;
     for id in (1..1000).filter_map(|n| BackupId::new(&second, n)) {
         if taken.contains(&id) {
             continue;
@@ -512,143 +545,6 @@ fn position(set: Option<&Vec<Row>>, what: &str) -> anyhow::Result<(Lsn, Timeline
         .map(TimelineId)
         .ok_or_else(|| anyhow!("BASE_BACKUP {what} timeline {:?}", field(1)))?;
     Ok((lsn, timeline))
-}
-
-/// Cuts one tar stream into pieces and hands them to the uploads.
-struct PieceWriter {
-    name: String,
-    location: Option<String>,
-    buf: BytesMut,
-    pieces: u32,
-    bytes: u64,
-    compression: Option<StreamCompression>,
-}
-
-impl PieceWriter {
-    fn new(
-        name: String,
-        location: Option<String>,
-        compression: Option<StreamCompression>,
-    ) -> PieceWriter {
-        PieceWriter {
-            name,
-            location,
-            compression,
-            buf: BytesMut::new(),
-            pieces: 0,
-            bytes: 0,
-        }
-    }
-
-    async fn write(&mut self, data: &[u8], uploads: &mut Uploads) -> anyhow::Result<()> {
-        self.buf.extend_from_slice(data);
-        self.bytes += data.len() as u64;
-        while self.buf.len() >= PIECE_BYTES {
-            let piece = self.buf.split_to(PIECE_BYTES).freeze();
-            self.submit(piece, uploads).await?;
-        }
-        Ok(())
-    }
-
-    async fn submit(&mut self, piece: Bytes, uploads: &mut Uploads) -> anyhow::Result<()> {
-        let object = BackupObject::Piece {
-            archive: self.name.clone(),
-            index: self.pieces,
-        };
-        self.pieces += 1;
-        // The server compressed it already: a light pass only wraps it in its envelope.
-        let level = match self.compression {
-            Some(_) => 1,
-            None => uploads.level,
-        };
-        uploads.submit(object, piece, level).await
-    }
-
-    async fn finish(mut self, uploads: &mut Uploads) -> anyhow::Result<ArchiveMeta> {
-        if !self.buf.is_empty() || self.pieces == 0 {
-            let rest = std::mem::take(&mut self.buf).freeze();
-            self.submit(rest, uploads).await?;
-        }
-        Ok(ArchiveMeta {
-            name: self.name,
-            location: self.location,
-            pieces: self.pieces,
-            bytes: self.bytes,
-            compression: self.compression,
-            stored_bytes: 0,
-        })
-    }
-}
-
-/// Compresses and stores objects with at most `parallelism` in flight.
-struct Uploads {
-    cluster: ClusterArchive,
-    id: BackupId,
-    level: i32,
-    slots: Arc<Semaphore>,
-    tasks: JoinSet<anyhow::Result<(String, u64)>>,
-    /// Stored bytes per archive (`manifest`, `base`, OIDs).
-    stored: HashMap<String, u64>,
-}
-
-impl Uploads {
-    fn new(cluster: ClusterArchive, id: BackupId, options: &BackupOptions) -> Self {
-        Uploads {
-            cluster,
-            id,
-            level: options.compression_level,
-            slots: Arc::new(Semaphore::new(options.parallelism.max(1))),
-            tasks: JoinSet::new(),
-            stored: HashMap::new(),
-        }
-    }
-
-    /// Starts storing `object`, waiting first for a free slot (the backpressure).
-    async fn submit(
-        &mut self,
-        object: BackupObject,
-        content: Bytes,
-        level: i32,
-    ) -> anyhow::Result<()> {
-        let slot = self.slots.clone().acquire_owned().await?;
-        while let Some(done) = self.tasks.try_join_next() {
-            self.record(done)?;
-        }
-        let (cluster, id) = (self.cluster.clone(), self.id.clone());
-        self.tasks.spawn(async move {
-            let body = content.clone();
-            let envelope = blocking::run(move || Encoder::new(level, 1)?.encode(&body)).await?;
-            let stored = envelope.len() as u64;
-            cluster
-                .put_backup_object(&id, &object, content, envelope)
-                .await
-                .with_context(|| format!("store {}", cluster.backup_object_key(&id, &object)))?;
-            drop(slot);
-            let archive = match object {
-                BackupObject::Piece { archive, .. } => archive,
-                _ => "manifest".to_string(),
-            };
-            Ok((archive, stored))
-        });
-        Ok(())
-    }
-
-    fn record(
-        &mut self,
-        done: Result<anyhow::Result<(String, u64)>, tokio::task::JoinError>,
-    ) -> anyhow::Result<()> {
-        let (archive, stored) = done.context("an upload task failed")??;
-        *self.stored.entry(archive).or_default() += stored;
-        Ok(())
-    }
-
-    /// Waits for every upload; the stored bytes per archive.
-    async fn finish(mut self) -> anyhow::Result<HashMap<String, u64>> {
-        while let Some(done) = self.tasks.join_next().await {
-            self.record(done)?;
-        }
-        Ok(self.stored)
-    }
 }
 
 #[cfg(test)]
