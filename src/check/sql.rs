@@ -23,6 +23,8 @@ use crate::protocol::tls;
 
 /// How long connecting to one host may take unless `connect_timeout` says.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The database connected to when none is named and the user's name is not one.
+const FALLBACK_DATABASE: &str = "postgres";
 
 /// A connected client and the host it reached.
 pub struct SqlConnection {
@@ -52,16 +54,45 @@ pub async fn connect(params: &ConnParams) -> anyhow::Result<SqlConnection> {
     anyhow::bail!("{}", failures.join("; "))
 }
 
+/// Connects to `host`: to the database `params` names, else to libpq's default, the user's
+/// name; when that one does not exist, to `postgres`. A role made for replication alone rarely
+/// has a database of its name, and the connection string `receive` takes needs none.
 async fn connect_host(
     params: &ConnParams,
     host: &HostAddr,
     attrs: TargetSessionAttrs,
 ) -> anyhow::Result<Client> {
-    let database = params.dbname.clone().unwrap_or_else(|| params.user.clone());
+    let database = params.dbname.as_deref().unwrap_or(&params.user);
+    match connect_to(params, host, attrs, database).await {
+        Err(e)
+            if params.dbname.is_none() && database != FALLBACK_DATABASE && no_such_database(&e) =>
+        {
+            tracing::debug!(
+                "{host}: no database {database:?}; connecting to {FALLBACK_DATABASE:?}"
+            );
+            connect_to(params, host, attrs, FALLBACK_DATABASE).await
+        }
+        connected => connected,
+    }
+}
+
+/// Whether connecting failed because the database does not exist (SQLSTATE 3D000).
+fn no_such_database(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|code| *code == tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+}
+
+async fn connect_to(
+    params: &ConnParams,
+    host: &HostAddr,
+    attrs: TargetSessionAttrs,
+    database: &str,
+) -> anyhow::Result<Client> {
     let mut config = tokio_postgres::Config::new();
     config
         .user(&params.user)
-        .dbname(&database)
+        .dbname(database)
         .application_name(&params.application_name)
         .port(host.port())
         .connect_timeout(params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
@@ -70,7 +101,7 @@ async fn connect_host(
             crate::protocol::conninfo::ChannelBinding::Prefer => PgChannelBinding::Prefer,
             crate::protocol::conninfo::ChannelBinding::Require => PgChannelBinding::Require,
         });
-    if let Some(password) = params.password_for_database(host, &database) {
+    if let Some(password) = params.password_for_database(host, database) {
         config.password(password);
     }
     let tls_config = match host {

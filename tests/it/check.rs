@@ -225,7 +225,9 @@ fn check_names_a_missing_switch_privilege_and_its_grant() {
     let archive = TestArchive::new(Backend::Local);
     let pg = archiving_primary(&wh, &archive, "");
     pg.sql("CREATE ROLE checker LOGIN");
-    let conninfo = format!("{} user=checker dbname=postgres", pg.conninfo());
+    // No database is named and none is named checker, as with a replication role's
+    // connection string: check connects to postgres.
+    let conninfo = format!("{} user=checker", pg.conninfo());
     let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(verdict(&report, "switch_privilege"), "fail", "{report:#}");
