@@ -13,14 +13,25 @@ use tracing_subscriber::EnvFilter;
 /// The levels a filter directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
+/// The log filter `command` uses when none is given: `info` for the long-running and the
+/// operator-run commands, `warn` for the others (`push` and `fetch` log only what needs
+/// attention); the demo shows its own output only.
+pub fn default_filter(command: &str) -> &'static str {
+    match command {
+        "receive" | "serve" | "backup" | "restore" => "info",
+        "demo" => "walhalla=warn",
+        _ => "warn",
+    }
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// One human-readable line per event.
     #[default]
     Text,
-    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`)
-    /// and the enclosing `spans`.
+    /// One JSON object per line: `timestamp`, `level`, `target` and `fields` (with
+    /// `message`).
     Json,
 }
 

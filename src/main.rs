@@ -46,13 +46,7 @@ fn main() -> ExitCode {
         file: parsed.file,
         matches: parsed.matches,
     };
-    let default_filter = match cli.command {
-        Command::Receive(_) | Command::Serve(_) | Command::Backup(_) | Command::Restore(_) => {
-            "info"
-        }
-        Command::Demo { .. } => "walhalla=warn",
-        _ => "warn",
-    };
+    let default_filter = logging::default_filter(cli.command.name());
     // The AWS credential chain's warnings about each source it tried stay out by default:
     // walhalla reports the outcome in one line.
     let default_filter = format!("{default_filter},aws_config=error");

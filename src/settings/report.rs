@@ -131,11 +131,14 @@ fn resolve(
     if let Some((values, key)) = file.and_then(|f| f.value(command, id)) {
         return (values.to_vec(), Source::File { key });
     }
-    let defaults: Vec<String> = arg
-        .get_default_values()
-        .iter()
-        .map(|v| os_str_text(v))
-        .collect();
+    // The logging settings' defaults are chosen where logging starts, not by clap.
+    let defaults: Vec<String> = match id {
+        "log_format" => vec!["text".to_owned()],
+        "log_level" => vec![crate::logging::default_filter(command).to_owned()],
+        _ => (arg.get_default_values().iter())
+            .map(|v| os_str_text(v))
+            .collect(),
+    };
     if defaults.is_empty() {
         (Vec::new(), Source::Unset)
     } else {
