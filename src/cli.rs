@@ -246,8 +246,8 @@ pub struct ClientArgs {
     /// http://127.0.0.1:7480; when it cannot answer, the archive is read directly.
     #[arg(long, env = "WALHALLA_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// File holding the bearer token to send to the server [default, for a server on this
-    /// host: ~/.local/state/walhalla/token, when it exists].
+    /// File holding the bearer token to send to the server [default, for a server at localhost
+    /// or a loopback address: ~/.local/state/walhalla/token, when it exists].
     #[arg(long, env = "WALHALLA_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) the server's certificate must chain to.

@@ -16,7 +16,7 @@ use crate::wal::{SystemId, WalFileName};
 pub struct ClientSettings {
     /// The server's base URL, such as `http://127.0.0.1:7480`.
     pub server: Option<String>,
-    /// A file holding the bearer token to send; by default, to a server on this host, the
+    /// A file holding the bearer token to send; by default, to a server at a loopback address, the
     /// user's own default token file when there is one ([`token::default_path`]).
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) the server's certificate must chain to, instead of the system's.

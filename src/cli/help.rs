@@ -27,14 +27,15 @@ const HELP: &[CommandHelp] = &[
         name: "fetch",
         exit_codes: "  0    the file was written, complete and verified
   1    the archive (or the --server) does not have the file; recovery moves on (in standby
-       mode also an archive that holds nothing yet for this cluster, with a warning)
-  255  the file cannot be delivered (corrupt, archive unreachable, --timeout passed, a
-       --server that refuses with no archive to fall back to): recovery stops instead of
-       ending early",
+       mode, with a warning, also an archive that holds nothing yet for this cluster, and
+       an archive or --server that cannot be reached or passed --timeout)
+  255  the file cannot be delivered (corrupt, a missing bucket or directory, a --server
+       that refuses with no archive to fall back to; outside standby mode also an archive
+       unreachable or --timeout passed): recovery stops instead of ending early",
         examples:
             "  # postgresql.conf of a standby or a server being restored
   restore_command = 'walhalla --archive s3://bucket/prod fetch %f %p'
-  restore_command = 'walhalla --archive s3://bucket/prod fetch --server http://10.0.0.5:7480 %f %p'",
+  restore_command = 'walhalla --archive s3://bucket/prod fetch --server http://10.0.0.5:7480 --token-file /etc/walhalla/token %f %p'",
     },
     CommandHelp {
         name: "backup",
