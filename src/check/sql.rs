@@ -55,8 +55,9 @@ pub async fn connect(params: &ConnParams) -> anyhow::Result<SqlConnection> {
 }
 
 /// Connects to `host`: to the database `params` names, else to libpq's default, the user's
-/// name; when that one does not exist, to `postgres`. A role made for replication alone rarely
-/// has a database of its name, and the connection string `receive` takes needs none.
+/// name; when that one does not exist or pg_hba.conf lets the user into `postgres` only, to
+/// `postgres`. A role made for replication alone rarely has a database of its name, and the
+/// connection string `receive` takes needs none.
 async fn connect_host(
     params: &ConnParams,
     host: &HostAddr,
@@ -65,22 +66,33 @@ async fn connect_host(
     let database = params.dbname.as_deref().unwrap_or(&params.user);
     match connect_to(params, host, attrs, database).await {
         Err(e)
-            if params.dbname.is_none() && database != FALLBACK_DATABASE && no_such_database(&e) =>
+            if params.dbname.is_none() && database != FALLBACK_DATABASE && refused_database(&e) =>
         {
             tracing::debug!(
-                "{host}: no database {database:?}; connecting to {FALLBACK_DATABASE:?}"
+                "{host}: database {database:?} refused ({e:#}); connecting to {FALLBACK_DATABASE:?}"
             );
-            connect_to(params, host, attrs, FALLBACK_DATABASE).await
+            connect_to(params, host, attrs, FALLBACK_DATABASE)
+                .await
+                .map_err(|fallback| {
+                    anyhow::anyhow!(
+                        "database {database:?} (no dbname given): {e:#}; database {FALLBACK_DATABASE:?}: {fallback:#}"
+                    )
+                })
         }
         connected => connected,
     }
 }
 
-/// Whether connecting failed because the database does not exist (SQLSTATE 3D000).
-fn no_such_database(e: &anyhow::Error) -> bool {
+/// Whether connecting failed because of the database: it does not exist (SQLSTATE 3D000), or
+/// no pg_hba.conf line lets the user into it (28000; a wrong password is 28P01).
+fn refused_database(e: &anyhow::Error) -> bool {
+    use tokio_postgres::error::SqlState;
     e.downcast_ref::<tokio_postgres::Error>()
         .and_then(tokio_postgres::Error::code)
-        .is_some_and(|code| *code == tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+        .is_some_and(|code| {
+            *code == SqlState::INVALID_CATALOG_NAME
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        })
 }
 
 async fn connect_to(

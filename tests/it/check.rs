@@ -242,6 +242,19 @@ fn check_names_a_missing_switch_privilege_and_its_grant() {
     let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(verdict(&report, "round_trip"), "pass", "{report:#}");
+
+    // A database named like the role, which pg_hba.conf keeps the role out of: postgres too.
+    pg.sql("CREATE DATABASE checker");
+    let hba = pg.data.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host checker checker 127.0.0.1/32 reject\n{original}"),
+    )
+    .unwrap();
+    pg.sql("SELECT pg_reload_conf()");
+    let (code, report) = check_as(&wh, &archive, &conninfo, &["--wait", "30"]);
+    assert_eq!(code, 0, "{report:#}");
 }
 
 #[test]
