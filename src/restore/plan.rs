@@ -220,10 +220,18 @@ pub fn needed_segments(
             from = to;
         }
         if let Some((_, target)) = target_before_switch {
-            // A target in the segment holding the switch: that segment, from the next one.
+            // A target in the segment holding the switch: that segment, from the newest
+            // timeline begun by then (more than one may begin in it), as recovery reads it.
             let past = through_target(target);
-            if let (Some(next), true) = (legs.get(n + 1), past > from) {
-                ranges.push((next.timeline, from, past));
+            let begun = (n + 1..legs.len())
+                .take_while(|&j| {
+                    legs[j - 1]
+                        .end
+                        .is_some_and(|e| SegNo::containing(e, size) <= from)
+                })
+                .last();
+            if let (Some(j), true) = (begun, past > from) {
+                ranges.push((legs[j].timeline, from, past));
             }
             break;
         }
@@ -264,6 +272,7 @@ pub fn first_missing(
 pub(crate) mod tests {
     use super::*;
     use crate::backup::meta::testing::backup;
+    use std::collections::BTreeSet;
 
     const MIB: u32 = 1 << 20;
 
@@ -325,6 +334,54 @@ pub(crate) mod tests {
         );
         // Along timeline 1 alone it is not restorable.
         assert!(choose(&backups, &Target::End, &path(TimelineId(1), &[])).is_err());
+    }
+
+    #[test]
+    fn a_segment_where_two_timelines_began_is_read_from_the_newer() {
+        // Timeline 2 began at 0/600100 and timeline 3 at 0/600200, both in segment 6; the
+        // backup stopped in segment 6 on timeline 1, before either switch.
+        let b = backup("b", 1, "0/500028", "0/600080", "2026-01-01T10:00:00Z");
+        let history = [
+            HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: lsn("0/600100"),
+            },
+            HistoryEntry {
+                timeline: TimelineId(2),
+                switch_point: lsn("0/600200"),
+            },
+        ];
+        let to_3 = path(TimelineId(3), &history);
+        let size = SegmentSize::new(MIB).unwrap();
+        let consistent = vec![
+            (TimelineId(1), SegNo(5), SegNo(6)),
+            (TimelineId(3), SegNo(6), SegNo(7)),
+        ];
+        // Recovery reads segment 6 from timeline 3 (the newest begun by it), to the target and
+        // to consistency alike; timeline 2 holds it only as .partial.
+        assert_eq!(
+            needed_segments(&b, &to_3, Some(lsn("0/600090")), &BTreeMap::new(), size).unwrap(),
+            consistent
+        );
+        let held = BTreeMap::from([
+            (TimelineId(1), BTreeSet::from([SegNo(5)])),
+            (TimelineId(3), BTreeSet::from([SegNo(6)])),
+        ]);
+        assert_eq!(missing_before_consistency(&b, &to_3, &held, size), None);
+        let without = BTreeMap::from([(TimelineId(1), BTreeSet::from([SegNo(5)]))]);
+        assert_eq!(
+            missing_before_consistency(&b, &to_3, &without, size).map(|s| s.to_string()),
+            Some("000000030000000000000006".into())
+        );
+        // Without a target, the same segment from the same timeline, then on to the newest.
+        let newest = BTreeMap::from([(TimelineId(3), SegNo(7))]);
+        assert_eq!(
+            needed_segments(&b, &to_3, None, &newest, size).unwrap(),
+            vec![
+                (TimelineId(1), SegNo(5), SegNo(6)),
+                (TimelineId(3), SegNo(6), SegNo(8))
+            ]
+        );
     }
 
     #[test]
