@@ -15,12 +15,13 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// The log filter `command` uses when none is given: `info` for the long-running and the
 /// operator-run commands, `warn` for the others (`push` and `fetch` log only what needs
-/// attention); the demo shows its own output only.
+/// attention); the demo shows its own output only. The AWS credential chain's warnings about
+/// each source it tried stay out: walhalla reports the outcome in one line.
 pub fn default_filter(command: &str) -> &'static str {
     match command {
-        "receive" | "serve" | "backup" | "restore" => "info",
-        "demo" => "walhalla=warn",
-        _ => "warn",
+        "receive" | "serve" | "backup" | "restore" => "info,aws_config=error",
+        "demo" => "walhalla=warn,aws_config=error",
+        _ => "warn,aws_config=error",
     }
 }
 
@@ -89,7 +90,11 @@ pub fn init(filter: EnvFilter, format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -47,9 +47,6 @@ fn main() -> ExitCode {
         matches: parsed.matches,
     };
     let default_filter = logging::default_filter(cli.command.name());
-    // The AWS credential chain's warnings about each source it tried stay out by default:
-    // walhalla reports the outcome in one line.
-    let default_filter = format!("{default_filter},aws_config=error");
     let log_format = cli.global.log_format.unwrap_or_default();
     let log_source = match settings.matches.value_source("log_level") {
         Some(clap::parser::ValueSource::EnvVariable) => "WALHALLA_LOG",
@@ -61,7 +58,7 @@ fn main() -> ExitCode {
         .log_level
         .as_deref()
         .map(|text| (text, log_source));
-    match logging::choose_filter(given, &default_filter) {
+    match logging::choose_filter(given, default_filter) {
         Ok(filter) => logging::init(filter, log_format),
         Err(e) => {
             // A usage error, like a mistyped flag: above 125 for PostgreSQL's sake.

@@ -2,9 +2,9 @@
 //!
 //! The tar streams arrive over one replication connection (`BASE_BACKUP`) and go to the
 //! archive in pieces, a bounded number at once (`upload`). The server's manifest is stored
-//! verbatim. The metadata goes last, once the WAL from the
-//! backup's start to its stop is in the archive (or the wait for it gave up, which marks the
-//! backup incomplete: restore never chooses it).
+//! verbatim. The metadata goes last, once the WAL from the backup's start to its stop is in
+//! the archive (or the wait for it gave up, which marks the backup incomplete: restore never
+//! chooses it).
 
 use std::time::Duration;
 

@@ -328,7 +328,7 @@ async fn archive_checks(
     let archive = match tokio::time::timeout(options.timeout, opening).await {
         Ok(Ok(archive)) => archive,
         Ok(Err(e)) => {
-            let hint = "check the archive URL; a directory must exist: push creates it when it archives its first segment (run check again after one), or create it owned by the user PostgreSQL runs as";
+            let hint = "check the archive URL; a directory must exist: push, receive and backup create it when they first run (run check again after a WAL switch), or create it owned by the user PostgreSQL runs as";
             return (
                 vec![Check::fail("archive_reachable", e.to_string(), hint)],
                 None,

@@ -35,7 +35,7 @@ const HELP: &[CommandHelp] = &[
         examples:
             "  # postgresql.conf of a standby or a server being restored
   restore_command = 'walhalla --archive s3://bucket/prod fetch %f %p'
-  restore_command = 'walhalla --archive s3://bucket/prod fetch --server http://10.0.0.5:7480 --token-file /etc/walhalla/token %f %p'",
+  restore_command = 'walhalla --archive s3://bucket/prod fetch --server https://10.0.0.5:7480 --server-ca /etc/walhalla/ca.pem --token-file /etc/walhalla/token %f %p'",
     },
     CommandHelp {
         name: "backup",

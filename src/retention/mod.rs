@@ -20,8 +20,9 @@
 //! backup, and kept otherwise (`list` still shows it). So is a backup folder without usable
 //! metadata, once it is known not to be a backup in progress (below), and a complete backup
 //! that cannot be restored because a segment between its start and its stop has gone from the
-//! archive since: it is not counted among the complete backups above, so a lost segment never
-//! makes prune keep a backup that cannot be restored in place of older ones that can.
+//! archive since, along every timeline path it can follow: it is not counted among the complete
+//! backups above, so a lost segment never makes prune keep a backup that cannot be restored in
+//! place of older ones that can.
 //!
 //! # Which WAL is kept
 //!
@@ -175,7 +176,8 @@ pub enum Doomed {
     /// An incomplete backup older than the oldest retained one.
     Incomplete,
     /// A complete backup older than the oldest retained one that cannot be restored: this
-    /// segment, between its start and its stop, is not in the archive.
+    /// segment, between its start and its stop, is not in the archive (the first one missing
+    /// along the first path it can follow; every other path misses one too).
     Unrestorable(SegmentName),
     /// A folder without metadata older than the oldest retained backup.
     Interrupted,
