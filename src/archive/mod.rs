@@ -414,6 +414,34 @@ impl ClusterArchive {
     /// [`ClusterArchive::newest_segments_per_timeline`] with each segment's size and time
     /// as stored.
     pub async fn newest_segments_with_info(&self) -> Result<Vec<(SegmentName, ObjectInfo)>> {
+        self.newest_per_timeline(|object| match object {
+            ObjectName::File(WalFileName::Segment(s)) => Some(s),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The newest segment of which the archive holds a receiver snapshot, on the newest
+    /// timeline it has any on: WAL was archived up to inside it, complete or not.
+    pub async fn newest_snapshot(&self) -> Result<Option<SegmentName>> {
+        let snapshots = self
+            .newest_per_timeline(|object| match object {
+                ObjectName::Snapshot { segment, .. } => Some(segment),
+                _ => None,
+            })
+            .await?;
+        Ok(snapshots
+            .into_iter()
+            .map(|(segment, _)| segment)
+            .next_back())
+    }
+
+    /// On each timeline that has any, the newest segment `pick` finds among its objects, with
+    /// that object's size and time as stored; oldest timeline first.
+    async fn newest_per_timeline(
+        &self,
+        pick: impl Fn(ObjectName) -> Option<SegmentName>,
+    ) -> Result<Vec<(SegmentName, ObjectInfo)>> {
         let mut groups = self.wal_groups().await?;
         let mut newest = Vec::new();
         let mut done_timeline: Option<TimelineId> = None;
@@ -426,10 +454,7 @@ impl ClusterArchive {
             let found = listing
                 .objects_with_info(&dir, |name| parse_group_object(group, name))
                 .into_iter()
-                .filter_map(|(object, info)| match object {
-                    ObjectName::File(WalFileName::Segment(s)) => Some((s, info)),
-                    _ => None,
-                })
+                .filter_map(|(object, info)| Some((pick(object)?, info)))
                 .max_by_key(|(segment, _)| *segment);
             if let Some(found) = found {
                 newest.push(found);

@@ -101,6 +101,20 @@ pub fn timelines(
             let begins = parent
                 .filter(|_| followed)
                 .map(|(_, at)| SegNo::containing(at, size));
+            // A receiver's snapshot older than every complete segment: the archive began with
+            // it, and its segment never arrived whole, so from there on it is a hole.
+            let first_snapshot = (inventory.objects.iter())
+                .filter_map(|(name, _)| match name {
+                    ObjectName::Snapshot { segment, .. } if segment.timeline == timeline => {
+                        segment.segno(size)
+                    }
+                    _ => None,
+                })
+                .min();
+            let begins = match (begins, first_snapshot) {
+                (Some(b), Some(s)) => Some(b.min(s)),
+                (b, s) => b.or(s),
+            };
             let mut wal = TimelineWal {
                 timeline: timeline.0,
                 parent: parent.map(|(t, at)| (t.0, at.to_string())),
@@ -279,6 +293,33 @@ mod tests {
             (two.snapshots, two.history_file, two.stored_bytes),
             (1, true, 20)
         );
+    }
+
+    #[test]
+    fn a_snapshot_older_than_every_complete_segment_begins_a_gap() {
+        // A receiver archived a snapshot of 0x14, then its slot was invalidated and it went on
+        // at 0x24: 0x14 never arrived whole, nor anything up to 0x23.
+        let size = SegmentSize::new(SIZE).unwrap();
+        let inv = inventory(&[
+            "000000010000000000000014.partial.000000001447EA40",
+            "000000010000000000000024",
+            "000000010000000000000025",
+        ]);
+        let wal = &timelines(&inv, &BTreeMap::new(), size)[0];
+        assert_eq!(
+            wal.gaps,
+            vec![SegmentRun {
+                first: "000000010000000000000014".into(),
+                last: "000000010000000000000023".into(),
+                segments: 16,
+            }]
+        );
+        // A snapshot of the segment being received, after the complete ones, is no gap.
+        let inv = inventory(&[
+            "000000010000000000000024",
+            "000000010000000000000025.partial.0000000025000100",
+        ]);
+        assert_eq!(timelines(&inv, &BTreeMap::new(), size)[0].gaps, vec![]);
     }
 
     #[test]
