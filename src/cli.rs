@@ -403,7 +403,7 @@ pub struct CheckArgs {
     pub conn: ConnArgs,
     /// The physical slot `walhalla receive` streams from, when it (not archive_command)
     /// archives the WAL: the slot must exist and be active, and the round trip goes through it.
-    #[arg(short = 'S', long, value_name = "NAME")]
+    #[arg(short = 'S', long, value_name = "NAME", value_parser = parse_slot_name)]
     pub slot: Option<String>,
     /// Seconds the switched segment may take to reach the archive.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -421,7 +421,7 @@ pub struct ReceiveArgs {
 
     /// The physical replication slot to stream from (strongly recommended: without it the
     /// primary may recycle WAL the archive does not have yet).
-    #[arg(short = 'S', long, value_name = "NAME")]
+    #[arg(short = 'S', long, value_name = "NAME", value_parser = parse_slot_name)]
     pub slot: Option<String>,
 
     /// Create the slot if it does not exist, reserving WAL at once.
@@ -451,7 +451,8 @@ pub struct ReceiveArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub partial_interval: u64,
 
-    /// Seconds between status updates to the server, at the most.
+    /// Seconds between status updates to the server, at the most (and at most a third of the
+    /// server's wal_sender_timeout).
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub status_interval: u64,
 
@@ -478,6 +479,22 @@ pub struct ReceiveArgs {
     /// The fetch server: without --listen, none runs.
     #[command(flatten)]
     pub listen: ListenArgs,
+}
+
+/// A replication slot's name as PostgreSQL accepts it: lower-case letters, digits and
+/// underscores, at most 63 bytes (a name it refuses can never become valid: say so now).
+fn parse_slot_name(text: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a replication slot name: 1 to 63 lower-case letters, digits and underscores"
+        ))
+    }
 }
 
 /// Parses a byte count with an optional kB/MB/GB (or KiB/MiB/GiB) suffix, powers of 1024.
@@ -538,6 +555,10 @@ mod tests {
     #[test]
     fn byte_counts() {
         assert_eq!(parse_bytes("1GB"), Ok(1 << 30));
+        assert_eq!(parse_slot_name("walhalla_1"), Ok("walhalla_1".into()));
+        for bad in ["BadName", "a-b", "", &"x".repeat(64)] {
+            assert!(parse_slot_name(bad).is_err(), "{bad:?} accepted");
+        }
         assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
         for bad in ["", "GB", "1XB", "-1MB", "99999999999999TB"] {

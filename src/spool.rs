@@ -66,6 +66,12 @@ pub struct SpoolContents {
 /// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
 /// the boot cannot be told (no `/proc`).
 pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "exists and is not a directory",
+        ));
+    }
     std::fs::create_dir_all(dir)?;
     // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
     // not be, and it is the user's to change.

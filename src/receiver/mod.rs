@@ -15,6 +15,8 @@
 
 mod flush;
 mod outstanding;
+mod pace;
+mod probe;
 mod readback;
 mod server;
 mod session;
@@ -201,7 +203,7 @@ pub async fn run(
                     tracing::info!("shutting down: archiving what the spool holds");
                     let left = ctx.drain(Some(Instant::now() + options.shutdown_timeout)).await?;
                     ctx.keep_durable(left).await?;
-                    report_left_in_spool(left, options.shutdown_timeout, &ctx.spool);
+                    report_left_in_spool(left, options.shutdown_timeout, &ctx.spool, options.mode);
                 }
                 return Ok(());
             }
@@ -254,13 +256,20 @@ async fn take_over_spool(
     Ok(Some(ctx))
 }
 
-/// Says what a shutdown left in the spool for the next start, if anything.
-fn report_left_in_spool(left: usize, waited: Duration, spool: &Path) {
+/// Says what a shutdown left in the spool for the next start, if anything. In synchronous mode
+/// the server may have recycled that WAL: the spool then holds its only copy.
+fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode) {
     if left > 0 {
+        let keeper = match mode {
+            Mode::Synchronous => {
+                "this WAL was confirmed as flushed, so the spool may hold its only copy: keep the spool"
+            }
+            Mode::Archived => "the slot keeps this WAL on the server",
+        };
         tracing::warn!(
             files = left,
             spool = %spool.display(),
-            "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start (the slot keeps this WAL on the server)",
+            "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start ({keeper})",
             waited.as_secs()
         );
     }

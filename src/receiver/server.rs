@@ -4,6 +4,8 @@
 //! checked ([`crate::wal::PageChecker`]). A server of another cluster, or with sizes no
 //! PostgreSQL has, is a fatal error: asking it again cannot help.
 
+use std::time::Duration;
+
 use anyhow::anyhow;
 
 use super::session::{SessionError, from_conn};
@@ -141,6 +143,30 @@ pub async fn warn_if_named_synchronous(conn: &mut Connection, application_name: 
     }
 }
 
+/// The server's `wal_sender_timeout`, when it has one: it ends a connection that has sent no
+/// reply for that long, and asks for one (which walhalla cannot tell from a primary's request
+/// at shutdown) after half of it.
+pub async fn sender_timeout(conn: &mut Connection) -> Option<Duration> {
+    parse_duration_ms(&conn.show("wal_sender_timeout").await.ok()?).filter(|t| !t.is_zero())
+}
+
+/// A time setting as SHOW prints it (`60s`, `1min`, `500ms`, `0`); a bare number is in
+/// milliseconds, the unit of `wal_sender_timeout`.
+fn parse_duration_ms(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let value: u64 = digits.parse().ok()?;
+    let ms = match &text[digits.len()..] {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(value.checked_mul(ms)?))
+}
+
 /// Whether `synchronous_standby_names` (`FIRST n (…)`, `ANY n (…)`, `n (…)` or a bare list)
 /// names `application_name`, as syncrep.c compares them: case-insensitively, `*` naming any.
 fn names_standby(setting: &str, application_name: &str) -> bool {
@@ -156,6 +182,17 @@ fn names_standby(setting: &str, application_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::names_standby;
+
+    #[test]
+    fn wal_sender_timeout_as_show_prints_it() {
+        use super::parse_duration_ms;
+        use std::time::Duration;
+        assert_eq!(parse_duration_ms("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration_ms("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration_ms("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration_ms("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
 
     #[test]
     fn synchronous_standby_names_as_syncrep_reads_them() {

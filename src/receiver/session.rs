@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::server::{identify, warn_if_named_synchronous};
+use super::pace::Pace;
+use super::probe::{UNDEFINED_FILE, first_kept};
+use super::server::{identify, sender_timeout, warn_if_named_synchronous};
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -34,10 +36,12 @@ use crate::wal::{
 
 /// SQLSTATE of "replication slot does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
-/// SQLSTATE of "requested WAL segment … has already been removed".
-const UNDEFINED_FILE: &str = "58P01";
 /// SQLSTATE of "permission denied" (a role without the REPLICATION attribute).
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATE of an invalid name (a slot name the server refuses).
+const INVALID_NAME: &str = "42602";
+/// SQLSTATE of "can no longer access replication slot" (an invalidated slot, PostgreSQL 18).
+const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 
 /// How a session failed: whether reconnecting can help.
 #[derive(Debug)]
@@ -80,7 +84,13 @@ pub fn from_conn(error: ConnError) -> SessionError {
     let fatal = error.is_fatal()
         || matches!(
             code,
-            Some(UNDEFINED_OBJECT | UNDEFINED_FILE | INSUFFICIENT_PRIVILEGE)
+            Some(
+                UNDEFINED_OBJECT
+                    | UNDEFINED_FILE
+                    | INSUFFICIENT_PRIVILEGE
+                    | INVALID_NAME
+                    | OBJECT_NOT_IN_PREREQUISITE_STATE
+            )
         );
     SessionError {
         fatal,
@@ -111,6 +121,8 @@ pub struct Context {
     pub(super) shared: Arc<Shared>,
     /// Segments found missing from the archive and gone from the server: not asked for again.
     pub(super) lost: BTreeSet<SegNo>,
+    /// Whether a session of this run found the slot: created again later, it was dropped.
+    pub(super) slot_seen: bool,
 }
 
 impl Context {
@@ -186,6 +198,7 @@ pub async fn run(
         lsn: server_lsn,
     } = facts.identity;
     let segment_size = facts.segment_size;
+    let (server_timeline, server_segment) = (timeline, SegNo::containing(server_lsn, segment_size));
 
     if context.is_none() {
         *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
@@ -194,6 +207,16 @@ pub async fn run(
         }
     }
     let ctx = context.as_mut().expect("just set");
+    // A spool removed or replaced while the receiver runs is not recreated behind the
+    // operator's back: in synchronous mode it held WAL already confirmed to the server.
+    if !ctx.spool.is_dir() {
+        return Err(SessionError::fatal(anyhow!(
+            "the spool {} is gone or no longer a directory (removed while the receiver ran?); \
+             in synchronous mode WAL confirmed to the server may be lost with it. A restart \
+             creates it again and reports what the archive lacks",
+            ctx.spool.display()
+        )));
+    }
     if ctx.segment_size != segment_size {
         return Err(SessionError::fatal(anyhow!(
             "the server's segment size changed to {segment_size}"
@@ -213,7 +236,18 @@ pub async fn run(
         plan
     } else {
         let slot_restart = match &options.slot {
-            Some(slot) => ensure_slot(&mut conn, slot, options.create_slot).await?,
+            Some(slot) => {
+                let found = ensure_slot(&mut conn, slot, options.create_slot).await?;
+                if found.created && ctx.slot_seen {
+                    tracing::warn!(
+                        slot,
+                        host = %conn.host(),
+                        "the replication slot was gone (dropped, or this is another server) and is created again: WAL the server removed meanwhile and the archive lacks is reported as lost"
+                    );
+                }
+                ctx.slot_seen = true;
+                found.restart
+            }
             None => None,
         };
         start_point(
@@ -227,6 +261,7 @@ pub async fn run(
         .await?
     };
     let (mut timeline, mut start) = (plan.timeline, plan.segment);
+    let pace = Pace::new(options.status_interval, sender_timeout(&mut conn).await);
     // Stream one timeline after the other: when the server ends one, continue on the next.
     loop {
         let start_lsn = start.start_lsn(segment_size);
@@ -258,7 +293,8 @@ pub async fn run(
                 .await
                 .context("create the spool file")?;
                 let pages = PageChecker::new(facts.pages(timeline), start_lsn);
-                let mut stream = Stream::new(&mut conn, writer, pages, options, ctx, timeline);
+                let mut stream =
+                    Stream::new(&mut conn, writer, pages, options, ctx, timeline, pace);
                 let ended = stream.run(&mut shutdown).await;
                 let stored_through = stream.snapshot_end();
                 ctx.keep_tail(stored_through).await?;
@@ -281,18 +317,44 @@ pub async fn run(
                     && !plan.guaranteed
                     && (plan.segment < plan.resume || options.slot.is_some()) =>
             {
-                // Missing from the archive and gone from the server: lost to the archive.
-                // Say so, remember it, and go on from what the server still has.
-                ctx.lost
-                    .extend((plan.segment.0..plan.missing_until.0).map(SegNo));
-                ctx.report_gap(plan.timeline, plan.segment, SegNo(plan.missing_until.0 - 1));
-                return Err(e
-                    .error
-                    .context(format!(
-                        "{host} no longer has {}, which the archive lacks",
-                        SegmentName::new(plan.timeline, plan.segment, segment_size)
-                    ))
-                    .into());
+                // Missing from the archive and gone from the server: lost to the archive, up
+                // to the first segment the server still has (or the next one the archive
+                // holds). Say so once, remember it, and go on from what the server has.
+                let missing = SegmentName::new(plan.timeline, plan.segment, segment_size);
+                drop(conn);
+                let kept = if plan.timeline == server_timeline && server_segment > plan.segment {
+                    first_kept(
+                        options,
+                        plan.timeline,
+                        plan.segment,
+                        server_segment,
+                        segment_size,
+                    )
+                    .await
+                } else {
+                    None
+                };
+                let lost_until = match kept {
+                    Some(kept) if plan.segment >= plan.resume => kept,
+                    Some(kept) => kept.min(plan.missing_until),
+                    None => plan.missing_until,
+                };
+                ctx.lost.extend((plan.segment.0..lost_until.0).map(SegNo));
+                ctx.report_gap(plan.timeline, plan.segment, SegNo(lost_until.0 - 1));
+                return Ok(SessionEnd::ServerEnded(format!(
+                    "{host} no longer has {missing}, which the archive lacks ({:#}); streaming on from {}",
+                    e.error,
+                    SegmentName::new(plan.timeline, lost_until, segment_size)
+                )));
+            }
+            Err(e) if e.sqlstate() == Some(OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                let slot = options.slot.as_deref().unwrap_or_default();
+                return Err(SessionError::fatal(e.error.context(format!(
+                    "{command} on {host}: the slot can no longer be used (invalidated: it kept more \
+                     WAL than max_slot_wal_keep_size allows). Drop it (SELECT \
+                     pg_drop_replication_slot('{slot}')) and start again with --create-slot: what \
+                     the archive lacks is then reported as lost"
+                ))));
             }
             Err(SessionError { fatal, error }) => {
                 return Err(SessionError {
@@ -385,6 +447,7 @@ pub async fn new_context(
         uploader,
         shared: shared.clone(),
         lost: BTreeSet::new(),
+        slot_seen: false,
     })
 }
 

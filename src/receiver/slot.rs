@@ -7,12 +7,21 @@ use super::session::{SessionError, from_conn};
 use crate::protocol::connection::Connection;
 use crate::wal::Lsn;
 
-/// Makes sure the slot exists (creating it when asked) and returns its restart position.
+/// What [`ensure_slot`] found.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotFound {
+    /// Where the slot keeps WAL from, when the server says (PostgreSQL 15 and later).
+    pub restart: Option<Lsn>,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+/// Makes sure the slot exists (creating it when asked) and says where it keeps WAL from.
 pub async fn ensure_slot(
     conn: &mut Connection,
     slot: &str,
     create: bool,
-) -> Result<Option<Lsn>, SessionError> {
+) -> Result<SlotFound, SessionError> {
     if conn.server_major_version().unwrap_or(0) >= 15 {
         let rows = conn
             .simple_query(&format!("READ_REPLICATION_SLOT \"{slot}\""))
@@ -28,7 +37,17 @@ pub async fn ensure_slot(
                     .cloned()
                     .flatten()
                     .and_then(|l| l.parse::<Lsn>().ok());
-                return Ok(restart);
+                if restart.is_none() {
+                    tracing::warn!(
+                        slot,
+                        host = %conn.host(),
+                        "the replication slot keeps no WAL (invalidated by max_slot_wal_keep_size, or never used): WAL the server has removed since and the archive lacks is reported as lost"
+                    );
+                }
+                return Ok(SlotFound {
+                    restart,
+                    created: false,
+                });
             }
             Some(other) => {
                 return Err(SessionError::fatal(anyhow!(
@@ -45,30 +64,37 @@ pub async fn ensure_slot(
         }
     } else if !create {
         // Before PostgreSQL 15 a missing slot shows when streaming starts (SQLSTATE 42704).
-        return Ok(None);
+        return Ok(SlotFound {
+            restart: None,
+            created: false,
+        });
     }
-    match conn
+    let created = match conn
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
         ))
         .await
     {
-        Ok(_) => tracing::info!(slot, host = %conn.host(), "created replication slot"),
-        Err(e) if e.server_error().is_some_and(|s| s.code == "42710") => {} // created meanwhile
+        Ok(_) => {
+            tracing::info!(slot, host = %conn.host(), "created replication slot");
+            true
+        }
+        Err(e) if e.server_error().is_some_and(|s| s.code == "42710") => false, // created meanwhile
         Err(e) => return Err(from_conn(e)),
-    }
+    };
     // A physical slot's creation reports no position (0/0): read the one it reserved.
+    let mut restart = None;
     if conn.server_major_version().unwrap_or(0) >= 15 {
         let rows = conn
             .simple_query(&format!("READ_REPLICATION_SLOT \"{slot}\""))
             .await
             .map_err(from_conn)?;
-        return Ok(rows
+        restart = rows
             .first()
             .and_then(|r| r.get(1).cloned().flatten())
-            .and_then(|l| l.parse().ok()));
+            .and_then(|l| l.parse().ok());
     }
-    Ok(None)
+    Ok(SlotFound { restart, created })
 }
 
 /// Creates a temporary physical slot that keeps WAL from the server's current redo position

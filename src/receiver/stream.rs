@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::flush::{FlushReport, Stored};
+use super::pace::Pace;
 use super::readback::{self, Expect};
 use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
@@ -27,14 +28,12 @@ use crate::spool::{self, SegmentWriter};
 use crate::wal::page_stream::PageChecker;
 use crate::wal::{Lsn, SegNo, SegmentName, TimelineId};
 
-/// How long a primary that is shutting down waits for the receiver to confirm the end of
-/// the stream before the receiver disconnects instead (it never confirms WAL not stored).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a write the full spool refused is tried again.
 const SPACE_RETRY: Duration = Duration::from_secs(1);
 
 /// The streaming part of a session.
 pub struct Stream<'a> {
+    pace: Pace,
     conn: &'a mut Connection,
     writer: Option<SegmentWriter>,
     /// Checks the page headers of what arrives before it is stored.
@@ -114,8 +113,10 @@ impl<'a> Stream<'a> {
         options: &'a ReceiveOptions,
         ctx: &'a mut Context,
         timeline: TimelineId,
+        pace: Pace,
     ) -> Stream<'a> {
         Stream {
+            pace,
             conn,
             begun: writer.start_lsn(),
             writer: Some(writer),
@@ -142,7 +143,7 @@ impl<'a> Stream<'a> {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<StreamEnd, SessionError> {
-        let mut status = tokio::time::interval(self.options.status_interval);
+        let mut status = tokio::time::interval(self.pace.status_interval);
         let mut partial = self.options.partial_interval.map(tokio::time::interval);
         let mut progress = self.ctx.uploader.progress();
         let refusals = progress.borrow().refused;
@@ -375,7 +376,7 @@ impl<'a> Stream<'a> {
     /// When the archive cannot do that in time, disconnect rather than confirm WAL that is
     /// not stored: the server then shuts down, and its slot keeps what is not archived.
     async fn confirm_caught_up(&mut self) -> Result<(), SessionError> {
-        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        let deadline = Instant::now() + self.pace.confirm_timeout;
         // A snapshot already in flight may cover less than was received (or an earlier
         // segment): wait for it, then store one of everything.
         for _ in 0..2 {
@@ -398,9 +399,9 @@ impl<'a> Stream<'a> {
             return Ok(());
         }
         Err(anyhow!(
-            "the server asked to confirm the end of the stream at {}, but the archive did not store it within {}s; disconnecting so the server can shut down (its slot keeps the WAL not archived)",
+            "the server asked to confirm the end of the stream at {}, but the archive did not store it within {:.1}s; disconnecting so the server can shut down (its slot keeps the WAL not archived)",
             self.written(),
-            CONFIRM_TIMEOUT.as_secs()
+            self.pace.confirm_timeout.as_secs_f64()
         )
         .into())
     }
@@ -565,7 +566,12 @@ impl<'a> Stream<'a> {
             .map_err(SessionError::fatal)?;
         self.ctx.keep_durable(left).await?;
         self.send_status(false).await?;
-        super::report_left_in_spool(left, self.options.shutdown_timeout, &self.ctx.spool);
+        super::report_left_in_spool(
+            left,
+            self.options.shutdown_timeout,
+            &self.ctx.spool,
+            self.options.mode,
+        );
         Ok(SessionEnd::Shutdown)
     }
 }

@@ -562,3 +562,74 @@ fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
         receiver.log()
     );
 }
+
+#[test]
+fn an_invalidated_slot_reports_what_the_archive_lost_once_and_streams_on() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = recycling_primary();
+    let major = pg.sql("SHOW server_version_num").parse::<u32>().unwrap() / 10_000;
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    let archived_last = write_segments(&pg, 2);
+    wait_archive_holds(&archive, &archived_last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+
+    // While the receiver is down, the slot keeps more than max_slot_wal_keep_size allows:
+    // PostgreSQL invalidates it and removes the WAL it kept.
+    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '2MB'");
+    pg.sql("SELECT pg_reload_conf()");
+    let status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhalla'";
+    wait_for(
+        "the slot to be invalidated",
+        Duration::from_secs(120),
+        || {
+            write_segments(&pg, 3);
+            pg.sql("CHECKPOINT");
+            (pg.sql(status) == "lost").then_some(())
+        },
+    );
+    let gone = name(segno_of(&archived_last) + 1);
+    pg.churn_until_recycled(&gone);
+
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    if major >= 18 {
+        // PostgreSQL 18 refuses to stream from an invalidated slot: the receiver stops and
+        // says what to do, instead of retrying forever.
+        let exit = receiver.wait(Duration::from_secs(60));
+        assert_eq!(exit.and_then(|e| e.code()), Some(1), "{}", receiver.log());
+        assert!(
+            receiver
+                .log()
+                .contains("pg_drop_replication_slot('walhalla')"),
+            "{}",
+            receiver.log()
+        );
+        return;
+    }
+    // Earlier majors stream from it: the run the server no longer has is reported once,
+    // whole, and archiving goes on from the first segment it has.
+    wait_streaming(&pg);
+    let newest = segno_of(&write_segments(&pg, 2));
+    wait_for(
+        "new WAL archived past the gap",
+        Duration::from_secs(60),
+        || archived(&archive).0.contains(&newest).then_some(()),
+    );
+    let log = receiver.log();
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lost to the archive"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{log}");
+    let segments: u64 = reports[0]
+        .split("segments=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        reports[0].contains(&format!("first={gone}")) && segments > 1,
+        "{log}"
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
