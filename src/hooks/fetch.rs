@@ -79,7 +79,21 @@ pub async fn fetch(
             }
         }
     }
-    let (outcome, size) = match sources.restore(&name, dest, options.partial).await {
+    let mut restored = sources.restore(&name, dest, options.partial).await;
+    if let (Err(e), Some((_, cache))) = (&restored, &prefetching) {
+        if out_of_space(e) {
+            // The readahead cache shares pg_wal's filesystem: the segment asked for comes first.
+            let releasing = cache.clone();
+            match blocking::run(move || releasing.release()).await {
+                Ok(()) => {
+                    tracing::warn!("{e:#}: emptied the readahead cache {cache} and trying again");
+                    restored = sources.restore(&name, dest, options.partial).await;
+                }
+                Err(why) => tracing::warn!("{cache}: not emptied: {why}"),
+            }
+        }
+    }
+    let (outcome, size) = match restored {
         Ok(answer) => answer,
         // A new standby probes an archive nothing was pushed to yet (its primary archives
         // elsewhere, or not yet), and a streaming standby probes for history files whenever
@@ -118,5 +132,27 @@ async fn record(
     );
     if tokio::time::timeout_at(deadline, requesting).await.is_err() {
         tracing::warn!("{cache}: readahead not recorded within --timeout");
+    }
+}
+
+/// Whether `e` comes of a full filesystem (ENOSPC, or EDQUOT for a quota).
+fn out_of_space(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out_of_space;
+
+    #[test]
+    fn a_full_filesystem_is_told_through_the_error_context() {
+        let full = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("write pg_wal/RECOVERYXLOG");
+        assert!(out_of_space(&full));
+        let denied = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EACCES))
+            .context("write pg_wal/RECOVERYXLOG");
+        assert!(!out_of_space(&denied));
     }
 }

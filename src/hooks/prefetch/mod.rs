@@ -209,6 +209,11 @@ impl Cache {
         self.path(segment).exists()
     }
 
+    /// Removes every segment the cache holds, for the room a fetch needs.
+    pub fn release(&self) -> io::Result<()> {
+        self.prune(&HashSet::new())
+    }
+
     /// Removes the complete segments not in `keep`.
     fn prune(&self, keep: &HashSet<SegmentName>) -> io::Result<()> {
         for entry in std::fs::read_dir(&self.dir)? {

@@ -21,6 +21,9 @@ use crate::hooks::in_standby_mode;
 use crate::hooks::sources::{FetchOutcome, Sources};
 use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName, parse_history};
 
+/// Segments' worth of space readahead leaves free on pg_wal's filesystem, beyond the segments
+/// it is fetching: for the segment recovery asks for next, and PostgreSQL's own files.
+const SPARE_SEGMENTS: usize = 4;
 /// Requests in flight at once from an object store or a fetch server, at most: each waits a
 /// round trip, so as many as the window holds, up to this (objects are at most a little over
 /// a segment: this bounds the memory they take while they wait to be decoded).
@@ -236,6 +239,10 @@ pub async fn run_worker(
                 tasks.spawn(fetch_into(sources.clone(), &cache, segment));
             }
             let limit = if at_end { 1 } else { requests };
+            // Readahead never takes the room the segment recovery asks for next needs: pg_wal's
+            // filesystem keeps free space for a few segments beyond what is in flight.
+            let room = free_bytes(&cache.dir) / u64::from(size.bytes());
+            let limit = limit.min((room as usize).saturating_sub(SPARE_SEGMENTS));
             for next in window {
                 if running.len() >= limit || misses.contains_key(&next) {
                     // Past a missing segment the archive most likely ends.
@@ -285,6 +292,12 @@ pub async fn run_worker(
     crate::fsutil::remove_live_temp_files();
     empty(&cache).await;
     Ok(())
+}
+
+/// The bytes free for this user on the filesystem holding `dir`; as good as unbounded when
+/// that cannot be told.
+fn free_bytes(dir: &Path) -> u64 {
+    rustix::fs::statvfs(dir).map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// A task that fetches `segment` into the cache.
