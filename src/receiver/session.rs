@@ -123,6 +123,8 @@ pub struct Context {
     pub(super) lost: BTreeSet<SegNo>,
     /// Whether a session of this run found the slot: created again later, it was dropped.
     pub(super) slot_seen: bool,
+    /// Whether this run warned that the slot keeps no WAL.
+    pub(super) slot_warned: bool,
 }
 
 impl Context {
@@ -245,6 +247,15 @@ pub async fn run(
                         "the replication slot was gone (dropped, or this is another server) and is created again: WAL the server removed meanwhile and the archive lacks is reported as lost"
                     );
                 }
+                let reads_position = conn.server_major_version().unwrap_or(0) >= 15;
+                if found.restart.is_none() && reads_position && !ctx.slot_warned {
+                    tracing::warn!(
+                        slot,
+                        host = %conn.host(),
+                        "the replication slot keeps no WAL (invalidated by max_slot_wal_keep_size, or never used): WAL the server has removed since and the archive lacks is reported as lost"
+                    );
+                    ctx.slot_warned = true;
+                }
                 ctx.slot_seen = true;
                 found.restart
             }
@@ -347,6 +358,19 @@ pub async fn run(
                     SegmentName::new(plan.timeline, lost_until, segment_size)
                 )));
             }
+            Err(e) if e.sqlstate() == Some(UNDEFINED_FILE) && options.slot.is_some() => {
+                // The slot should have kept it. PostgreSQL 16 and 17 let a client stream from
+                // an invalidated slot, whose restart position then moves again although it
+                // keeps nothing (pg_replication_slots.wal_status stays 'lost').
+                let slot = options.slot.as_deref().unwrap_or_default();
+                return Err(SessionError::fatal(e.error.context(format!(
+                    "{command} on {host}: the slot did not keep this WAL, so it is no longer \
+                     keeping any (invalidated by max_slot_wal_keep_size: wal_status 'lost' in \
+                     pg_replication_slots). Drop it (SELECT pg_drop_replication_slot('{slot}')) \
+                     and start again with --create-slot: what the archive lacks is then reported \
+                     as lost"
+                ))));
+            }
             Err(e) if e.sqlstate() == Some(OBJECT_NOT_IN_PREREQUISITE_STATE) => {
                 let slot = options.slot.as_deref().unwrap_or_default();
                 return Err(SessionError::fatal(e.error.context(format!(
@@ -448,6 +472,7 @@ pub async fn new_context(
         shared: shared.clone(),
         lost: BTreeSet::new(),
         slot_seen: false,
+        slot_warned: false,
     })
 }
 

@@ -37,13 +37,6 @@ pub async fn ensure_slot(
                     .cloned()
                     .flatten()
                     .and_then(|l| l.parse::<Lsn>().ok());
-                if restart.is_none() {
-                    tracing::warn!(
-                        slot,
-                        host = %conn.host(),
-                        "the replication slot keeps no WAL (invalidated by max_slot_wal_keep_size, or never used): WAL the server has removed since and the archive lacks is reported as lost"
-                    );
-                }
                 return Ok(SlotFound {
                     restart,
                     created: false,

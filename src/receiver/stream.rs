@@ -28,6 +28,8 @@ use crate::spool::{self, SegmentWriter};
 use crate::wal::page_stream::PageChecker;
 use crate::wal::{Lsn, SegNo, SegmentName, TimelineId};
 
+/// How long after a warning that the spool is full the next ones are logged at debug level.
+const FULL_AGAIN_QUIET: Duration = Duration::from_secs(300);
 /// How often a write the full spool refused is tried again.
 const SPACE_RETRY: Duration = Duration::from_secs(1);
 
@@ -56,6 +58,9 @@ pub struct Stream<'a> {
     unwritten: Bytes,
     /// While the spool is full: since when, and when to try writing again.
     out_of_space: Option<(Instant, Instant)>,
+    /// When a full spool was last warned about: a spool that fills again within
+    /// [`FULL_AGAIN_QUIET`] (catching up through a small spool) is logged at debug level.
+    full_warned: Option<Instant>,
 }
 
 /// How streaming one timeline ended.
@@ -130,6 +135,7 @@ impl<'a> Stream<'a> {
             report: FlushReport::default(),
             unwritten: Bytes::new(),
             out_of_space: None,
+            full_warned: None,
         }
     }
 
@@ -429,11 +435,14 @@ impl<'a> Stream<'a> {
                 }
             }
             if let Some((since, _)) = self.out_of_space.take() {
-                tracing::info!(
-                    waited_s = since.elapsed().as_secs(),
+                let message = format!(
                     "the spool has room again after {:.1} s: reading from the server again",
                     since.elapsed().as_secs_f64()
                 );
+                match self.full_warned {
+                    Some(warned) if warned == since => tracing::info!("{message}"),
+                    _ => tracing::debug!("{message}"),
+                }
             }
             self.ctx
                 .shared
@@ -481,12 +490,25 @@ impl<'a> Stream<'a> {
         let since = match self.out_of_space {
             Some((since, _)) => since,
             None => {
-                tracing::warn!(
+                let now = Instant::now();
+                let message = format!(
                     "spool full ({error}): not reading from the server until there is room, \
                      trying every {}s; the slot keeps the WAL on the server",
                     SPACE_RETRY.as_secs()
                 );
-                Instant::now()
+                match self.full_warned {
+                    Some(warned) if now.duration_since(warned) < FULL_AGAIN_QUIET => {
+                        tracing::debug!("{message}")
+                    }
+                    _ => {
+                        tracing::warn!(
+                            "{message} (filling again within {}s is logged at debug level)",
+                            FULL_AGAIN_QUIET.as_secs()
+                        );
+                        self.full_warned = Some(now);
+                    }
+                }
+                now
             }
         };
         self.out_of_space = Some((since, Instant::now() + SPACE_RETRY));
