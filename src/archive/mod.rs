@@ -414,21 +414,30 @@ impl ClusterArchive {
     /// [`ClusterArchive::newest_segments_per_timeline`] with each segment's size and time
     /// as stored.
     pub async fn newest_segments_with_info(&self) -> Result<Vec<(SegmentName, ObjectInfo)>> {
-        self.newest_per_timeline(|object| match object {
-            ObjectName::File(WalFileName::Segment(s)) => Some(s),
-            _ => None,
-        })
+        self.newest_in_groups(
+            |_| true,
+            |object| match object {
+                ObjectName::File(WalFileName::Segment(s)) => Some(s),
+                _ => None,
+            },
+        )
         .await
     }
 
     /// The newest segment of which the archive holds a receiver snapshot, on the newest
-    /// timeline it has any on: WAL was archived up to inside it, complete or not.
-    pub async fn newest_snapshot(&self) -> Result<Option<SegmentName>> {
+    /// timeline it has any on: WAL was archived up to inside it, complete or not. Only the
+    /// groups from `from`'s on are listed: a snapshot in an older one changes nothing for a
+    /// caller whose newest complete segment is `from`.
+    pub async fn newest_snapshot(&self, from: Option<SegmentName>) -> Result<Option<SegmentName>> {
+        let from = from.map(WalGroup::of);
         let snapshots = self
-            .newest_per_timeline(|object| match object {
-                ObjectName::Snapshot { segment, .. } => Some(segment),
-                _ => None,
-            })
+            .newest_in_groups(
+                |group| from.is_none_or(|from| group >= from),
+                |object| match object {
+                    ObjectName::Snapshot { segment, .. } => Some(segment),
+                    _ => None,
+                },
+            )
             .await?;
         Ok(snapshots
             .into_iter()
@@ -436,13 +445,16 @@ impl ClusterArchive {
             .next_back())
     }
 
-    /// On each timeline that has any, the newest segment `pick` finds among its objects, with
-    /// that object's size and time as stored; oldest timeline first.
-    async fn newest_per_timeline(
+    /// On each timeline that has any, the newest segment `pick` finds among the objects of the
+    /// groups `listed` accepts, with that object's size and time as stored; oldest timeline
+    /// first.
+    async fn newest_in_groups(
         &self,
+        listed: impl Fn(WalGroup) -> bool,
         pick: impl Fn(ObjectName) -> Option<SegmentName>,
     ) -> Result<Vec<(SegmentName, ObjectInfo)>> {
         let mut groups = self.wal_groups().await?;
+        groups.retain(|&group| listed(group));
         let mut newest = Vec::new();
         let mut done_timeline: Option<TimelineId> = None;
         while let Some(group) = groups.pop() {

@@ -1,79 +1,123 @@
 //! Where the WAL a server still has begins, found by asking it: PostgreSQL removes old
-//! segments oldest first, so the segments it lacks are all before the ones it has, and a few
-//! START_REPLICATION requests (without a slot, each on a connection of its own, dropped at
-//! the first answer) find the first one it has by halving the range. Without it, a receiver
-//! whose slot was invalidated, or that knows no slot position (PostgreSQL 13 and 14), would
-//! learn of a run of lost segments one reconnection at a time.
+//! segments oldest first (each checkpoint removes a prefix), so the segments it lacks come
+//! before the ones it has, and a few START_REPLICATION requests (without a slot, each on a
+//! connection of its own to the same host, dropped at the first answer) find the first one it
+//! has by halving the range. Without it, a receiver whose slot was invalidated, or that knows
+//! no slot position (PostgreSQL 13 and 14), would learn of a run of lost segments one
+//! reconnection at a time.
 
 use std::time::Duration;
 
 use super::ReceiveOptions;
-use crate::protocol::connection::{Connection, CopyMessage, CopyStart};
-use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId};
+use crate::protocol::commands;
+use crate::protocol::connection::{Connection, CopyMessage, CopyStart, Error as ConnError};
+use crate::protocol::conninfo::{ConnParams, HostAddr};
+use crate::wal::{SegNo, SegmentName, SegmentSize, SystemId, TimelineId};
 
 /// SQLSTATE of "requested WAL segment … has already been removed".
 pub const UNDEFINED_FILE: &str = "58P01";
 /// How long one answer may take.
 const ANSWER: Duration = Duration::from_secs(10);
+/// Tries to connect for one probe: the walsender of the connection just dropped may not have
+/// exited yet (max_wal_senders, a role's connection limit).
+const CONNECT_TRIES: u32 = 5;
 
-/// The first segment of `timeline` in `(removed, present]` the server still has, given that
-/// it lacks `removed` and has `present`; `None` when a request got no clear answer.
-pub async fn first_kept(
-    options: &ReceiveOptions,
-    timeline: TimelineId,
-    removed: SegNo,
-    present: SegNo,
-    size: SegmentSize,
-) -> Option<SegNo> {
-    let (mut lacks, mut has) = (removed, present);
+/// The server a session streamed from, as the probes must find it again.
+pub struct Upstream<'a> {
+    /// The settings, whose host list the probes narrow to `host`.
+    pub options: &'a ReceiveOptions,
+    /// The host that answered the session.
+    pub host: &'a HostAddr,
+    /// Its cluster.
+    pub system_id: SystemId,
+    /// The timeline probed.
+    pub timeline: TimelineId,
+    /// The segment size.
+    pub size: SegmentSize,
+}
+
+/// The first segment after `removed` (which the server lacks) that the server still has, up
+/// to the one it is writing; `None` when a request got no clear answer, or the host is no
+/// longer the same server on the same timeline.
+pub async fn first_kept(upstream: &Upstream<'_>, removed: SegNo) -> Option<SegNo> {
+    let params = ConnParams {
+        hosts: vec![upstream.host.clone()],
+        ..upstream.options.conn.clone()
+    };
+    let (mut lacks, mut has) = (removed, upstream.current(&params).await?);
     while has.0 > lacks.0 + 1 {
         let mid = SegNo(lacks.0 + (has.0 - lacks.0) / 2);
-        match server_has(options, timeline, mid, size).await {
+        match upstream.has(&params, mid).await {
             Some(true) => has = mid,
             Some(false) => lacks = mid,
             None => return None,
         }
     }
-    Some(has)
+    (has > removed).then_some(has)
 }
 
-/// Whether the server can stream `segment` of `timeline`: `None` when it did not say.
-async fn server_has(
-    options: &ReceiveOptions,
-    timeline: TimelineId,
-    segment: SegNo,
-    size: SegmentSize,
-) -> Option<bool> {
-    let asked = async {
-        let mut conn = Connection::connect(&options.conn).await.ok()?;
-        let command = format!(
-            "START_REPLICATION PHYSICAL {} TIMELINE {}",
-            segment.start_lsn(size),
-            timeline.0
-        );
-        let removed = |e: &crate::protocol::connection::Error| {
-            e.server_error().is_some_and(|s| s.code == UNDEFINED_FILE)
-        };
-        match conn.start_copy_both(&command).await {
-            Ok(CopyStart::Streaming) => {}
-            Err(e) if removed(&e) => return Some(false),
-            _ => return None,
-        }
-        // The first WAL data says it has the segment; a keepalive may come before it.
-        for _ in 0..4 {
-            match conn.read_copy().await {
-                Ok(CopyMessage::Data(payload)) if payload.first() == Some(&b'w') => {
-                    return Some(true);
+impl Upstream<'_> {
+    /// A connection to the same server, on the same timeline.
+    async fn connect(&self, params: &ConnParams) -> Option<(Connection, SegNo)> {
+        for attempt in 1..=CONNECT_TRIES {
+            match Connection::connect(params).await {
+                Ok(mut conn) => {
+                    let identity = commands::identify_system(&mut conn).await.ok()?;
+                    let same =
+                        identity.system_id == self.system_id && identity.timeline == self.timeline;
+                    return same.then(|| (conn, SegNo::containing(identity.lsn, self.size)));
                 }
-                Ok(CopyMessage::Data(_)) => continue,
-                Err(e) if removed(&e) => return Some(false),
-                _ => return None,
+                Err(e) if attempt < CONNECT_TRIES => {
+                    tracing::debug!("probe: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(_) => return None,
             }
         }
         None
-    };
-    let answer = tokio::time::timeout(ANSWER, asked).await.ok().flatten();
-    let name = SegmentName::new(timeline, segment, size);
-    tracing::debug!(segment = %name, ?answer, "asked the server whether it still has a segment");
-    answer
+    }
+
+    /// The segment the server is writing now.
+    async fn current(&self, params: &ConnParams) -> Option<SegNo> {
+        tokio::time::timeout(ANSWER, self.connect(params))
+            .await
+            .ok()
+            .flatten()
+            .map(|(_, current)| current)
+    }
+
+    /// Whether the server can stream `segment`: `None` when it did not say.
+    async fn has(&self, params: &ConnParams, segment: SegNo) -> Option<bool> {
+        let asked = async {
+            let (mut conn, _) = self.connect(params).await?;
+            let command = format!(
+                "START_REPLICATION PHYSICAL {} TIMELINE {}",
+                segment.start_lsn(self.size),
+                self.timeline.0
+            );
+            let removed =
+                |e: &ConnError| e.server_error().is_some_and(|s| s.code == UNDEFINED_FILE);
+            match conn.start_copy_both(&command).await {
+                Ok(CopyStart::Streaming) => {}
+                Err(e) if removed(&e) => return Some(false),
+                _ => return None,
+            }
+            // The first WAL data says it has the segment; a keepalive may come before it.
+            for _ in 0..4 {
+                match conn.read_copy().await {
+                    Ok(CopyMessage::Data(payload)) if payload.first() == Some(&b'w') => {
+                        return Some(true);
+                    }
+                    Ok(CopyMessage::Data(_)) => continue,
+                    Err(e) if removed(&e) => return Some(false),
+                    _ => return None,
+                }
+            }
+            None
+        };
+        let answer = tokio::time::timeout(ANSWER, asked).await.ok().flatten();
+        let name = SegmentName::new(self.timeline, segment, self.size);
+        tracing::debug!(segment = %name, ?answer, "asked the server whether it still has a segment");
+        answer
+    }
 }

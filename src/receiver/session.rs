@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::pace::Pace;
-use super::probe::{UNDEFINED_FILE, first_kept};
+use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::start::{StartPlan, start_point};
@@ -128,6 +128,29 @@ pub struct Context {
 }
 
 impl Context {
+    /// A spool that disappeared while the receiver runs (unmounted for a repair, or removed)
+    /// is not created again behind the operator's back: it may come back with WAL to archive,
+    /// and in synchronous mode it held WAL already confirmed to the server. Until it is back,
+    /// each session ends before connecting, with this error.
+    fn check_spool(&self) -> Result<(), SessionError> {
+        match std::fs::metadata(&self.spool) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(anyhow!(
+                "the spool {} is no longer a directory",
+                self.spool.display()
+            )
+            .into()),
+            Err(e) => Err(anyhow!(e)
+                .context(format!(
+                    "the spool {} cannot be used (unmounted, or removed while the receiver ran?): \
+                     waiting for it to come back; a restart of the receiver creates it anew and \
+                     reports what the archive lacks",
+                    self.spool.display()
+                ))
+                .into()),
+        }
+    }
+
     /// Waits until everything handed to the uploader is archived, or `deadline` passes;
     /// says how many files stay in the spool then. An error when the uploader stopped for
     /// good.
@@ -184,6 +207,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: &Arc<Shared>,
 ) -> Result<SessionEnd, SessionError> {
+    if let Some(ctx) = context.as_ref() {
+        ctx.check_spool()?;
+    }
     let mut conn = Connection::connect(&options.conn)
         .await
         .map_err(from_conn)?;
@@ -200,7 +226,6 @@ pub async fn run(
         lsn: server_lsn,
     } = facts.identity;
     let segment_size = facts.segment_size;
-    let (server_timeline, server_segment) = (timeline, SegNo::containing(server_lsn, segment_size));
 
     if context.is_none() {
         *context = Some(new_context(options, archive, system_id, segment_size, shared).await?);
@@ -209,16 +234,6 @@ pub async fn run(
         }
     }
     let ctx = context.as_mut().expect("just set");
-    // A spool removed or replaced while the receiver runs is not recreated behind the
-    // operator's back: in synchronous mode it held WAL already confirmed to the server.
-    if !ctx.spool.is_dir() {
-        return Err(SessionError::fatal(anyhow!(
-            "the spool {} is gone or no longer a directory (removed while the receiver ran?); \
-             in synchronous mode WAL confirmed to the server may be lost with it. A restart \
-             creates it again and reports what the archive lacks",
-            ctx.spool.display()
-        )));
-    }
     if ctx.segment_size != segment_size {
         return Err(SessionError::fatal(anyhow!(
             "the server's segment size changed to {segment_size}"
@@ -287,6 +302,8 @@ pub async fn run(
             ),
         };
         let started = conn.start_copy_both(&command).await;
+        // Whether this stream received anything: an error after that is not about its start.
+        let mut received = false;
         let ended = match started {
             Err(e) => Err(from_conn(e)),
             // The archive holds the old timeline up to where it ends: go on with the next.
@@ -307,6 +324,7 @@ pub async fn run(
                 let mut stream =
                     Stream::new(&mut conn, writer, pages, options, ctx, timeline, pace);
                 let ended = stream.run(&mut shutdown).await;
+                received = stream.written() > start_lsn;
                 let stored_through = stream.snapshot_end();
                 ctx.keep_tail(stored_through).await?;
                 ended
@@ -324,7 +342,8 @@ pub async fn run(
             }
             Err(e)
                 if e.sqlstate() == Some(UNDEFINED_FILE)
-                    && start == plan.segment
+                    && (start, timeline) == (plan.segment, plan.timeline)
+                    && !received
                     && !plan.guaranteed
                     && (plan.segment < plan.resume || options.slot.is_some()) =>
             {
@@ -332,18 +351,17 @@ pub async fn run(
                 // to the first segment the server still has (or the next one the archive
                 // holds). Say so once, remember it, and go on from what the server has.
                 let missing = SegmentName::new(plan.timeline, plan.segment, segment_size);
+                let upstream = Upstream {
+                    options,
+                    host: &conn.host().clone(),
+                    system_id,
+                    timeline: plan.timeline,
+                    size: segment_size,
+                };
                 drop(conn);
-                let kept = if plan.timeline == server_timeline && server_segment > plan.segment {
-                    first_kept(
-                        options,
-                        plan.timeline,
-                        plan.segment,
-                        server_segment,
-                        segment_size,
-                    )
-                    .await
-                } else {
-                    None
+                let kept = tokio::select! {
+                    kept = first_kept(&upstream, plan.segment) => kept,
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(SessionEnd::Shutdown),
                 };
                 let lost_until = match kept {
                     Some(kept) if plan.segment >= plan.resume => kept,
@@ -352,13 +370,22 @@ pub async fn run(
                 };
                 ctx.lost.extend((plan.segment.0..lost_until.0).map(SegNo));
                 ctx.report_gap(plan.timeline, plan.segment, SegNo(lost_until.0 - 1));
-                return Ok(SessionEnd::ServerEnded(format!(
+                let end = format!(
                     "{host} no longer has {missing}, which the archive lacks ({:#}); streaming on from {}",
                     e.error,
                     SegmentName::new(plan.timeline, lost_until, segment_size)
-                )));
+                );
+                return match kept {
+                    Some(_) => Ok(SessionEnd::ServerEnded(end)),
+                    // Not told where the server's WAL begins: the next try after a pause.
+                    None => Err(anyhow!(end).into()),
+                };
             }
-            Err(e) if e.sqlstate() == Some(UNDEFINED_FILE) && options.slot.is_some() => {
+            Err(e)
+                if e.sqlstate() == Some(UNDEFINED_FILE)
+                    && options.slot.is_some()
+                    && options.for_backup.is_none() =>
+            {
                 // The slot should have kept it. PostgreSQL 16 and 17 let a client stream from
                 // an invalidated slot, whose restart position then moves again although it
                 // keeps nothing (pg_replication_slots.wal_status stays 'lost').
@@ -371,7 +398,11 @@ pub async fn run(
                      as lost"
                 ))));
             }
-            Err(e) if e.sqlstate() == Some(OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+            Err(e)
+                if e.sqlstate() == Some(OBJECT_NOT_IN_PREREQUISITE_STATE)
+                    && options.slot.is_some()
+                    && options.for_backup.is_none() =>
+            {
                 let slot = options.slot.as_deref().unwrap_or_default();
                 return Err(SessionError::fatal(e.error.context(format!(
                     "{command} on {host}: the slot can no longer be used (invalidated: it kept more \

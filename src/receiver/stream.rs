@@ -289,7 +289,7 @@ impl<'a> Stream<'a> {
             .expect("a stream always has a current segment")
     }
 
-    fn written(&self) -> Lsn {
+    pub fn written(&self) -> Lsn {
         self.writer().end_lsn()
     }
 

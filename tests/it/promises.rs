@@ -644,7 +644,9 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_streams_on() {
     let exit = receiver.wait(Duration::from_secs(60));
     assert_eq!(exit.and_then(|e| e.code()), Some(1), "{}", receiver.log());
     assert!(
-        receiver.log().contains("pg_drop_replication_slot('walhalla')"),
+        receiver
+            .log()
+            .contains("pg_drop_replication_slot('walhalla')"),
         "{}",
         receiver.log()
     );
