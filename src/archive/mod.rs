@@ -414,47 +414,53 @@ impl ClusterArchive {
     /// [`ClusterArchive::newest_segments_per_timeline`] with each segment's size and time
     /// as stored.
     pub async fn newest_segments_with_info(&self) -> Result<Vec<(SegmentName, ObjectInfo)>> {
-        self.newest_in_groups(
-            |_| true,
-            |object| match object {
-                ObjectName::File(WalFileName::Segment(s)) => Some(s),
-                _ => None,
-            },
-        )
+        self.newest_in_groups(self.wal_groups().await?, |object| match object {
+            ObjectName::File(WalFileName::Segment(s)) => Some(s),
+            _ => None,
+        })
         .await
     }
 
-    /// The newest segment of which the archive holds a receiver snapshot, on the newest
-    /// timeline it has any on: WAL was archived up to inside it, complete or not. Only the
-    /// groups from `from`'s on are listed: a snapshot in an older one changes nothing for a
-    /// caller whose newest complete segment is `from`.
-    pub async fn newest_snapshot(&self, from: Option<SegmentName>) -> Result<Option<SegmentName>> {
-        let from = from.map(WalGroup::of);
-        let snapshots = self
-            .newest_in_groups(
-                |group| from.is_none_or(|from| group >= from),
-                |object| match object {
-                    ObjectName::Snapshot { segment, .. } => Some(segment),
-                    _ => None,
-                },
-            )
-            .await?;
-        Ok(snapshots
+    /// Where the archive ends, for a stream to start after it: the newest complete segment (as
+    /// [`ClusterArchive::newest_segment`]) and the newest segment of which it holds a receiver
+    /// snapshot (WAL archived up to inside it), each on the newest timeline that has one. The
+    /// groups are listed once; snapshots are looked for only from the newest complete
+    /// segment's group on, as an older one changes nothing.
+    pub async fn newest_segment_and_snapshot(
+        &self,
+    ) -> Result<(Option<SegmentName>, Option<SegmentName>)> {
+        let groups = self.wal_groups().await?;
+        let segment = self
+            .newest_in_groups(groups.clone(), |object| match object {
+                ObjectName::File(WalFileName::Segment(s)) => Some(s),
+                _ => None,
+            })
+            .await?
+            .pop()
+            .map(|(segment, _)| segment);
+        let from = segment.map(WalGroup::of);
+        let later = groups
             .into_iter()
-            .map(|(segment, _)| segment)
-            .next_back())
+            .filter(|&group| from.is_none_or(|from| group >= from))
+            .collect();
+        let snapshot = self
+            .newest_in_groups(later, |object| match object {
+                ObjectName::Snapshot { segment, .. } => Some(segment),
+                _ => None,
+            })
+            .await?
+            .pop()
+            .map(|(segment, _)| segment);
+        Ok((segment, snapshot))
     }
 
-    /// On each timeline that has any, the newest segment `pick` finds among the objects of the
-    /// groups `listed` accepts, with that object's size and time as stored; oldest timeline
-    /// first.
+    /// On each timeline that has any, the newest segment `pick` finds among the objects of
+    /// `groups` (sorted), with that object's size and time as stored; oldest timeline first.
     async fn newest_in_groups(
         &self,
-        listed: impl Fn(WalGroup) -> bool,
+        mut groups: Vec<WalGroup>,
         pick: impl Fn(ObjectName) -> Option<SegmentName>,
     ) -> Result<Vec<(SegmentName, ObjectInfo)>> {
-        let mut groups = self.wal_groups().await?;
-        groups.retain(|&group| listed(group));
         let mut newest = Vec::new();
         let mut done_timeline: Option<TimelineId> = None;
         while let Some(group) = groups.pop() {

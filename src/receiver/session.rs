@@ -381,34 +381,22 @@ pub async fn run(
                     None => Err(anyhow!(end).into()),
                 };
             }
+            // The slot should have kept this WAL (PostgreSQL 16 and 17 let a client stream
+            // from an invalidated slot, whose restart position then moves again although it
+            // keeps nothing), or the server refuses the invalidated slot (18).
             Err(e)
-                if e.sqlstate() == Some(UNDEFINED_FILE)
-                    && options.slot.is_some()
-                    && options.for_backup.is_none() =>
-            {
-                // The slot should have kept it. PostgreSQL 16 and 17 let a client stream from
-                // an invalidated slot, whose restart position then moves again although it
-                // keeps nothing (pg_replication_slots.wal_status stays 'lost').
-                let slot = options.slot.as_deref().unwrap_or_default();
-                return Err(SessionError::fatal(e.error.context(format!(
-                    "{command} on {host}: the slot did not keep this WAL, so it is no longer \
-                     keeping any (invalidated by max_slot_wal_keep_size: wal_status 'lost' in \
-                     pg_replication_slots). Drop it (SELECT pg_drop_replication_slot('{slot}')) \
-                     and start again with --create-slot: what the archive lacks is then reported \
-                     as lost"
-                ))));
-            }
-            Err(e)
-                if e.sqlstate() == Some(OBJECT_NOT_IN_PREREQUISITE_STATE)
-                    && options.slot.is_some()
+                if matches!(
+                    e.sqlstate(),
+                    Some(UNDEFINED_FILE | OBJECT_NOT_IN_PREREQUISITE_STATE)
+                ) && options.slot.is_some()
                     && options.for_backup.is_none() =>
             {
                 let slot = options.slot.as_deref().unwrap_or_default();
                 return Err(SessionError::fatal(e.error.context(format!(
-                    "{command} on {host}: the slot can no longer be used (invalidated: it kept more \
-                     WAL than max_slot_wal_keep_size allows). Drop it (SELECT \
-                     pg_drop_replication_slot('{slot}')) and start again with --create-slot: what \
-                     the archive lacks is then reported as lost"
+                    "{command} on {host}: the slot no longer keeps WAL (invalidated by \
+                     max_slot_wal_keep_size: wal_status 'lost' in pg_replication_slots). Drop it \
+                     (SELECT pg_drop_replication_slot('{slot}')) and start again with \
+                     --create-slot: what the archive lacks is then reported as lost"
                 ))));
             }
             Err(SessionError { fatal, error }) => {

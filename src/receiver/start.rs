@@ -109,12 +109,12 @@ pub async fn start_point(
     // A snapshot in the archive counts like a tail in the spool: that segment was archived
     // up to inside it. Without it, an archive holding only a snapshot would look empty, and
     // the stream would start where the server is, past WAL it no longer has, unreported.
-    let newest = ctx.cluster.newest_segment().await?;
+    let (newest, snapshot) = ctx.cluster.newest_segment_and_snapshot().await?;
     let held = [
         spooled.complete.last().and_then(|s| next_after(*s)),
         spooled.tails.last().and_then(|(s, _)| at(*s)),
         newest.and_then(next_after),
-        ctx.cluster.newest_snapshot(newest).await?.and_then(at),
+        snapshot.and_then(at),
     ]
     .into_iter()
     .flatten()
