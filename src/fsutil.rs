@@ -10,6 +10,15 @@ use std::sync::Mutex;
 /// Temporary files not yet persisted or removed, so a signal handler can remove them.
 static LIVE_TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Whether `error` says a filesystem is full (`ENOSPC`) or its user's quota is used up
+/// (`EDQUOT`).
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Removes every temporary file still being written; for a process about to die of a signal.
 pub fn remove_live_temp_files() {
     let mut live = LIVE_TEMP_FILES

@@ -344,12 +344,7 @@ pub fn remove_tail(dir: &Path, segment: SegmentName, end: Lsn) -> io::Result<()>
 /// Whether `error` says the spool's filesystem is full (`ENOSPC`) or its user's quota is used
 /// up (`EDQUOT`): a condition that passes once files are archived or space is freed, for the
 /// stream to wait out rather than fail on.
-pub fn is_out_of_space(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
+pub use crate::fsutil::is_out_of_space;
 
 /// The path of a complete segment in the spool.
 pub fn complete_path(dir: &Path, segment: SegmentName) -> PathBuf {

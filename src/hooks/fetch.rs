@@ -139,7 +139,7 @@ async fn record(
 fn out_of_space(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .any(|io| matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+        .any(crate::fsutil::is_out_of_space)
 }
 
 #[cfg(test)]
