@@ -1,0 +1,155 @@
+//! Writing the stream into the spool: segments completed there are handed to the uploader,
+//! and a full filesystem stops reading from the server until there is room (backpressure:
+//! the slot keeps the WAL), with status updates going on meanwhile.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::Stream;
+use crate::blocking;
+use crate::receiver::readback::Expect;
+use crate::receiver::session::SessionError;
+use crate::spool::{self, SegmentWriter};
+use crate::wal::{Lsn, SegNo};
+
+/// How long after a warning that the spool is full the next ones are logged at debug level.
+const FULL_AGAIN_QUIET: Duration = Duration::from_secs(300);
+/// How often a write the full spool refused is tried again.
+const SPACE_RETRY: Duration = Duration::from_secs(1);
+
+impl Stream<'_> {
+    /// Writes WAL into the spool, completing segments as they fill. When the spool's
+    /// filesystem is full, keeps what is not written for later and stops reading from the
+    /// server (see [`Stream::out_of_space`]).
+    pub(super) async fn write(&mut self, mut data: Bytes) -> Result<(), SessionError> {
+        while !data.is_empty() {
+            let take = (self.writer().remaining() as usize).min(data.len());
+            let chunk = data.slice(..take);
+            let writer = self.writer.take().expect("current segment");
+            let written = chunk.len() as u64;
+            let (writer, result) = write_off_reactor(writer, chunk).await;
+            match result {
+                Ok(()) => data = data.slice(take..),
+                Err(e) if spool::is_out_of_space(&e) => {
+                    self.writer = Some(writer);
+                    self.out_of_space(&e, data);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.writer = Some(writer);
+                    return Err(anyhow!(e).context("write to the spool").into());
+                }
+            }
+            if let Some((since, _)) = self.out_of_space.take() {
+                let message = format!(
+                    "the spool has room again after {:.1} s: reading from the server again",
+                    since.elapsed().as_secs_f64()
+                );
+                match self.full_warned {
+                    Some(warned) if warned == since => tracing::info!("{message}"),
+                    _ => tracing::debug!("{message}"),
+                }
+            }
+            self.ctx
+                .shared
+                .metrics
+                .received(writer.end_lsn().0, written);
+            if writer.remaining() > 0 {
+                self.writer = Some(writer);
+                continue;
+            }
+            let next = SegNo(writer.end_lsn().0 / u64::from(self.ctx.segment_size.bytes()));
+            let (dir, timeline, size, durable) = (
+                self.ctx.spool.clone(),
+                self.timeline,
+                self.ctx.segment_size,
+                self.ctx.durable_spool,
+            );
+            let received = writer.content_crc();
+            let (done, writer) = blocking::run(move || -> std::io::Result<_> {
+                let done = writer.finish()?;
+                Ok((
+                    done,
+                    SegmentWriter::create(&dir, timeline, next, size, durable)?,
+                ))
+            })
+            .await
+            .context("complete a segment in the spool")?;
+            self.writer = Some(writer);
+            self.snapshot_end = Lsn(0);
+            tracing::debug!(segment = %done, "segment complete");
+            crate::failpoint::hit(crate::failpoint::SEGMENT_COMPLETED);
+            // No waiting here: the spool limit, checked before each read, is the backpressure.
+            self.ctx
+                .uploader
+                .enqueue(done, Expect::Crc(received))
+                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The spool's filesystem is full: keeps `unwritten` to write again in [`SPACE_RETRY`]
+    /// and reads nothing from the server until then. Status updates go on, so the server
+    /// keeps the connection, and its slot keeps the WAL: backpressure, nothing lost.
+    fn out_of_space(&mut self, error: &std::io::Error, unwritten: Bytes) {
+        self.unwritten = unwritten;
+        let since = match self.out_of_space {
+            Some((since, _)) => since,
+            None => {
+                let now = Instant::now();
+                let message = format!(
+                    "spool full ({error}): not reading from the server until there is room, \
+                     trying every {}s; the slot keeps the WAL on the server",
+                    SPACE_RETRY.as_secs()
+                );
+                match self.full_warned {
+                    Some(warned) if now.duration_since(warned) < FULL_AGAIN_QUIET => {
+                        tracing::debug!("{message}")
+                    }
+                    _ => {
+                        tracing::warn!(
+                            "{message} (filling again within {}s is logged at debug level)",
+                            FULL_AGAIN_QUIET.as_secs()
+                        );
+                        self.full_warned = Some(now);
+                    }
+                }
+                now
+            }
+        };
+        self.out_of_space = Some((since, Instant::now() + SPACE_RETRY));
+    }
+
+    pub(super) async fn sync(&mut self) -> Result<(), SessionError> {
+        let mut writer = self.writer.take().expect("current segment");
+        let writer = blocking::run(move || writer.sync().map(|()| writer))
+            .await
+            .context("fsync the spool")?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+}
+
+/// Writes `chunk` to the spool without stalling the reactor. A write to the page cache is
+/// short but may block (dirty-page throttling, a slow disk): on the daemon's multi-thread
+/// runtime the worker thread hands its other tasks over and writes in place, which costs no
+/// thread hand-off per message as the blocking pool does (one XLogData message is at most
+/// 128 KiB, so a busy primary sends thousands a second); elsewhere the blocking pool writes.
+async fn write_off_reactor(
+    mut writer: SegmentWriter,
+    chunk: Bytes,
+) -> (SegmentWriter, std::io::Result<()>) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        let result = tokio::task::block_in_place(|| writer.write(&chunk));
+        return (writer, result);
+    }
+    blocking::run(move || {
+        let result = writer.write(&chunk);
+        (writer, result)
+    })
+    .await
+}
