@@ -595,6 +595,50 @@ fn an_archive_outage_loses_nothing() {
 }
 
 #[test]
+fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
+    use std::os::unix::fs::DirBuilderExt;
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    pg.write_rows(300);
+    let before = pg.switch_wal();
+    wait_archive_holds(&archive, &before);
+
+    // The spool's directory disappears (an unmounted filesystem, a mistaken rm) while WAL
+    // keeps coming: the receiver says why it waits, once, and keeps running.
+    std::fs::remove_dir_all(&receiver.spool).unwrap();
+    pg.write_rows(300);
+    let last = pg.switch_wal();
+    const WAITING: &str = "waiting for it to come back";
+    wait_for(
+        "the receiver to say it waits for its spool",
+        Duration::from_secs(60),
+        || receiver.log().contains(WAITING).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(receiver.wait(Duration::ZERO), None, "{}", receiver.log());
+    let log = receiver.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(WAITING))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+
+    // Back (mounted again): what the slot kept is streamed again and archived, no hole.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&receiver.spool)
+        .unwrap();
+    crate::harness::give_tree_to_pg(&receiver.spool);
+    wait_archive_holds(&archive, &last);
+    assert_contiguous(&archive);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
+#[test]
 fn the_demo_streams_backs_up_and_restores_and_keeps_its_logs_when_asked() {
     let wh = Walhalla::install();
     let run = std::process::Command::new(wh.path())

@@ -44,6 +44,9 @@ pub struct Stream<'a> {
     snapshot: Option<(Lsn, JoinHandle<anyhow::Result<()>>)>,
     /// Where this stream began: it receives nothing before.
     begun: Lsn,
+    /// The end of what is written to the spool. Kept apart from the writer, which a failed
+    /// completion of a segment consumes: the session still asks how far the stream came.
+    written: Lsn,
     /// The end of the newest snapshot of the current segment stored (0: none).
     snapshot_end: Lsn,
     /// The end of WAL on the server, as last reported.
@@ -122,6 +125,7 @@ impl<'a> Stream<'a> {
             pace,
             conn,
             begun: writer.start_lsn(),
+            written: writer.start_lsn(),
             writer: Some(writer),
             pages,
             options,
@@ -287,8 +291,9 @@ impl<'a> Stream<'a> {
             .expect("a stream always has a current segment")
     }
 
+    /// The end of what this stream wrote to the spool.
     pub fn written(&self) -> Lsn {
-        self.writer().end_lsn()
+        self.written
     }
 
     /// Bytes in the spool: files waiting for upload, and the current segment.

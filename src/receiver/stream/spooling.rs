@@ -53,6 +53,7 @@ impl Stream<'_> {
                     _ => tracing::debug!("{message}"),
                 }
             }
+            self.written = writer.end_lsn();
             self.ctx
                 .shared
                 .metrics
