@@ -235,6 +235,52 @@ fn an_idle_primary_keeps_its_receiver_connected() {
     );
 }
 
+#[test]
+fn an_archive_outage_on_an_idle_primary_with_a_short_sender_timeout_keeps_the_stream() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::S3);
+    let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
+    let env = S3Server::env_for(&proxy.endpoint());
+    let mut pg = PgCluster::init("primary");
+    // The server asks for a reply after 1.5 s of silence; the receiver's own status
+    // interval (10 s) is longer.
+    pg.append_conf("wal_sender_timeout = '3s'");
+    pg.start();
+    let conninfo = pg.conninfo();
+    // The default status interval (no --status-interval).
+    let args = ["-d", conninfo.as_str(), "-S", "walhalla", "--create-slot"];
+    let mut receiver = Receiver::start_via(&wh, &archive, env, &args);
+    wait_streaming(&pg);
+    let before = write_segments(&pg, 1);
+    wait_archive_holds(&archive, &before);
+    let pid = walsender_pid(&pg);
+    assert!(!pid.is_empty());
+    // WAL the archive cannot store, so the flush position stays behind what was received,
+    // then nothing more from an idle primary.
+    proxy.pause();
+    let last = write_segments(&pg, 1);
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            walsender_pid(&pg),
+            pid,
+            "the stream ended after {:?} of an archive outage:\n{}",
+            outage.elapsed(),
+            receiver.log()
+        );
+    }
+    let log = receiver.log();
+    assert!(!log.contains("asked to confirm"), "{log}");
+    // PostgreSQL's "terminating walsender process due to replication timeout".
+    let server_log = pg.log();
+    assert!(!server_log.contains("replication timeout"), "{server_log}");
+    proxy.resume();
+    wait_archive_holds(&archive, &last);
+    assert_eq!(walsender_pid(&pg), pid, "{}", receiver.log());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
 /// A primary whose only synchronous standby is a receiver named `walhalla`.
 fn synchronous_primary() -> PgCluster {
     let mut pg = PgCluster::init("primary");
