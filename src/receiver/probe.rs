@@ -6,6 +6,7 @@
 //! no slot position (PostgreSQL 13 and 14), would learn of a run of lost segments one
 //! reconnection at a time.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::ReceiveOptions;
@@ -44,13 +45,25 @@ pub async fn first_kept(upstream: &Upstream<'_>, removed: SegNo) -> Option<SegNo
         hosts: vec![upstream.host.clone()],
         ..upstream.options.conn.clone()
     };
-    let (mut lacks, mut has) = (removed, upstream.current(&params).await?);
+    let current = upstream.current(&params).await?;
+    first_held(removed, current, |segment| upstream.has(&params, segment)).await
+}
+
+/// The first segment after `lacks` for which `holds` answers yes, given that the segments a
+/// server holds follow those it lacks and that it holds `has`: the range between is halved,
+/// so a run of `n` segments costs about log2(n) questions. `None` when a question got no
+/// answer, or `has` does not come after `lacks`.
+async fn first_held<F, Fut>(mut lacks: SegNo, mut has: SegNo, mut holds: F) -> Option<SegNo>
+where
+    F: FnMut(SegNo) -> Fut,
+    Fut: Future<Output = Option<bool>>,
+{
+    let removed = lacks;
     while has.0 > lacks.0 + 1 {
         let mid = SegNo(lacks.0 + (has.0 - lacks.0) / 2);
-        match upstream.has(&params, mid).await {
-            Some(true) => has = mid,
-            Some(false) => lacks = mid,
-            None => return None,
+        match holds(mid).await? {
+            true => has = mid,
+            false => lacks = mid,
         }
     }
     (has > removed).then_some(has)
@@ -119,5 +132,52 @@ impl Upstream<'_> {
         let name = SegmentName::new(self.timeline, segment, self.size);
         tracing::debug!(segment = %name, ?answer, "asked the server whether it still has a segment");
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// `first_held` against a server that lacks every segment before `first`, counting the
+    /// questions asked.
+    fn against(removed: u64, first: u64, current: u64) -> (Option<SegNo>, u32) {
+        let asked = Cell::new(0);
+        let found = first_held(SegNo(removed), SegNo(current), |s| {
+            asked.set(asked.get() + 1);
+            assert!(s.0 > removed && s.0 < current, "asked about {s:?}");
+            std::future::ready(Some(s.0 >= first))
+        });
+        // Every answer is ready: the search never waits.
+        let found = found.now_or_never().expect("ready");
+        (found, asked.get())
+    }
+
+    #[test]
+    fn finds_the_first_segment_the_server_holds_in_log2_questions() {
+        for (removed, current) in [(5, 6), (5, 7), (5, 20), (0, 1000), (100, 100 + 4096)] {
+            for first in (removed + 1..=current.min(removed + 300)).chain([current]) {
+                let (found, asked) = against(removed, first, current);
+                assert_eq!(found, Some(SegNo(first)), "{removed} {first} {current}");
+                let bound = (current - removed).next_power_of_two().ilog2();
+                assert!(asked <= bound, "{asked} questions for {removed}..{current}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_answer_or_no_later_segment_finds_nothing() {
+        // The server's current segment is the one it lacks, or older: nothing to find.
+        assert_eq!(against(7, 7, 7), (None, 0));
+        assert_eq!(against(7, 3, 3), (None, 0));
+        // A question without an answer ends the search.
+        let found = first_held(SegNo(1), SegNo(64), |s| {
+            std::future::ready((s.0 != 32).then_some(true))
+        });
+        assert_eq!(found.now_or_never(), Some(None));
     }
 }
