@@ -347,10 +347,7 @@ pub async fn run(
                     && !plan.guaranteed
                     && (plan.segment < plan.resume || options.slot.is_some()) =>
             {
-                // Missing from the archive and gone from the server: lost to the archive, up
-                // to the first segment the server still has (or the next one the archive
-                // holds). Say so once, remember it, and go on from what the server has.
-                let missing = SegmentName::new(plan.timeline, plan.segment, segment_size);
+                // Missing from the archive and gone from the server.
                 let upstream = Upstream {
                     options,
                     host: &conn.host().clone(),
@@ -359,27 +356,7 @@ pub async fn run(
                     size: segment_size,
                 };
                 drop(conn);
-                let kept = tokio::select! {
-                    kept = first_kept(&upstream, plan.segment) => kept,
-                    _ = shutdown.wait_for(|stop| *stop) => return Ok(SessionEnd::Shutdown),
-                };
-                let lost_until = match kept {
-                    Some(kept) if plan.segment >= plan.resume => kept,
-                    Some(kept) => kept.min(plan.missing_until),
-                    None => plan.missing_until,
-                };
-                ctx.lost.extend((plan.segment.0..lost_until.0).map(SegNo));
-                ctx.report_gap(plan.timeline, plan.segment, SegNo(lost_until.0 - 1));
-                let end = format!(
-                    "{host} no longer has {missing}, which the archive lacks ({:#}); streaming on from {}",
-                    e.error,
-                    SegmentName::new(plan.timeline, lost_until, segment_size)
-                );
-                return match kept {
-                    Some(_) => Ok(SessionEnd::ServerEnded(end)),
-                    // Not told where the server's WAL begins: the next try after a pause.
-                    None => Err(anyhow!(end).into()),
-                };
+                return report_lost_run(&upstream, ctx, &plan, &e.error, &mut shutdown).await;
             }
             // The slot should have kept this WAL (PostgreSQL 16 and 17 let a client stream
             // from an invalidated slot, whose restart position then moves again although it
@@ -406,6 +383,42 @@ pub async fn run(
                 });
             }
         }
+    }
+}
+
+/// The segment `plan` starts at, which the archive lacks, is gone from the server (`error`):
+/// lost to the archive, up to the first segment the server still has (or the next one the
+/// archive holds). Says so once, remembers it, and ends the session so that the next one
+/// goes on at once from what the server has; when the server did not say where its WAL
+/// begins, the session fails, and the next try comes after a pause.
+async fn report_lost_run(
+    upstream: &Upstream<'_>,
+    ctx: &mut Context,
+    plan: &StartPlan,
+    error: &anyhow::Error,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    let kept = tokio::select! {
+        kept = first_kept(upstream, plan.segment) => kept,
+        _ = shutdown.wait_for(|stop| *stop) => return Ok(SessionEnd::Shutdown),
+    };
+    let lost_until = match kept {
+        Some(kept) if plan.segment >= plan.resume => kept,
+        Some(kept) => kept.min(plan.missing_until),
+        None => plan.missing_until,
+    };
+    ctx.lost.extend((plan.segment.0..lost_until.0).map(SegNo));
+    ctx.report_gap(plan.timeline, plan.segment, SegNo(lost_until.0 - 1));
+    let name = |segment| SegmentName::new(plan.timeline, segment, upstream.size);
+    let end = format!(
+        "{} no longer has {}, which the archive lacks ({error:#}); streaming on from {}",
+        upstream.host,
+        name(plan.segment),
+        name(lost_until)
+    );
+    match kept {
+        Some(_) => Ok(SessionEnd::ServerEnded(end)),
+        None => Err(anyhow!(end).into()),
     }
 }
 
