@@ -241,7 +241,8 @@ pub async fn run_worker(
             let limit = if at_end { 1 } else { requests };
             // Readahead never takes the room the segment recovery asks for next needs: pg_wal's
             // filesystem keeps free space for a few segments beyond what is in flight.
-            let room = free_bytes(&cache.dir) / u64::from(size.bytes());
+            let dir = cache.dir.clone();
+            let room = blocking::run(move || free_bytes(&dir)).await / u64::from(size.bytes());
             let limit = limit.min((room as usize).saturating_sub(SPARE_SEGMENTS));
             for next in window {
                 if running.len() >= limit || misses.contains_key(&next) {
