@@ -110,6 +110,23 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
 }
 
+/// Whether `dir` is still the spool [`open`] made for `system_id`: a directory holding its
+/// marker. `false` when the marker is missing (a directory made anew) or names another
+/// cluster; an error when `dir` is gone or not a directory.
+pub fn still_open(dir: &Path, system_id: SystemId) -> io::Result<bool> {
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "exists and is not a directory",
+        ));
+    }
+    match std::fs::read_to_string(dir.join(MARKER)) {
+        Ok(text) => Ok(text.trim() == system_id.to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Settles the segments an earlier run left without fsync, in boot `boot` (`None`: unknown),
 /// and records whether this run leaves its own so; returns whether this run fsyncs.
 fn settle_unsynced(dir: &Path, boot: Option<&str>, durable: bool) -> io::Result<bool> {

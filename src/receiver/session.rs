@@ -131,21 +131,32 @@ impl Context {
     /// A spool that disappeared while the receiver runs (unmounted for a repair, or removed)
     /// is not created again behind the operator's back: it may come back with WAL to archive,
     /// and in synchronous mode it held WAL already confirmed to the server. Until it is back,
-    /// each session ends before connecting, with this error.
-    fn check_spool(&self) -> Result<(), SessionError> {
-        match std::fs::metadata(&self.spool) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(anyhow!(
-                "the spool {} is no longer a directory",
-                self.spool.display()
-            )
-            .into()),
+    /// each session ends before connecting, with this error. A directory back without the
+    /// spool's marker (made anew) or with another cluster's is opened again as at start
+    /// ([`spool::open`]): marked, its fsync policy recorded, another cluster's refused.
+    async fn check_spool(&mut self, synchronous: bool) -> Result<(), SessionError> {
+        let (dir, system_id) = (self.spool.clone(), self.system_id);
+        let found = blocking::run(move || spool::still_open(&dir, system_id)).await;
+        let shown = self.spool.display();
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let dir = self.spool.clone();
+                self.durable_spool =
+                    blocking::run(move || spool::open(&dir, system_id, synchronous))
+                        .await
+                        .map_err(|e| anyhow!("spool {shown}: {e}"))?;
+                tracing::info!(spool = %shown, "the spool is back, opened again");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                Err(anyhow!("the spool {shown} is no longer a directory").into())
+            }
             Err(e) => Err(anyhow!(e)
                 .context(format!(
-                    "the spool {} cannot be used (unmounted, or removed while the receiver ran?): \
-                     waiting for it to come back; a restart of the receiver creates it anew and \
-                     reports what the archive lacks",
-                    self.spool.display()
+                    "the spool {shown} cannot be used (unmounted, or removed while the receiver \
+                     ran?): waiting for it to come back; a restart of the receiver creates it \
+                     anew and reports what the archive lacks"
                 ))
                 .into()),
         }
@@ -207,8 +218,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     shared: &Arc<Shared>,
 ) -> Result<SessionEnd, SessionError> {
-    if let Some(ctx) = context.as_ref() {
-        ctx.check_spool()?;
+    if let Some(ctx) = context.as_mut() {
+        ctx.check_spool(options.mode == Mode::Synchronous).await?;
     }
     let mut conn = Connection::connect(&options.conn)
         .await

@@ -609,7 +609,8 @@ fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
 
     // The spool's directory disappears (an unmounted filesystem, a mistaken rm) while WAL
     // keeps coming: the receiver says why it waits, once, and keeps running.
-    std::fs::remove_dir_all(&receiver.spool).unwrap();
+    let away = receiver.spool.with_extension("away");
+    std::fs::rename(&receiver.spool, &away).unwrap();
     pg.write_rows(300);
     let last = pg.switch_wal();
     const WAITING: &str = "waiting for it to come back";
@@ -627,14 +628,22 @@ fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
         .count();
     assert_eq!(warnings, 1, "{log}");
 
-    // Back (mounted again): what the slot kept is streamed again and archived, no hole.
+    // Back as an empty directory (a new filesystem mounted there): it is made a spool again,
+    // and what the slot kept is streamed again and archived, no hole.
+    let fresh = receiver.spool.with_extension("fresh");
     std::fs::DirBuilder::new()
         .mode(0o700)
-        .create(&receiver.spool)
+        .create(&fresh)
         .unwrap();
-    crate::harness::give_tree_to_pg(&receiver.spool);
+    crate::harness::give_tree_to_pg(&fresh);
+    std::fs::rename(&fresh, &receiver.spool).unwrap();
     wait_archive_holds(&archive, &last);
     assert_contiguous(&archive);
+    assert!(
+        receiver.spool.join("walhalla.spool").exists(),
+        "the spool was not marked again:\n{}",
+        receiver.log()
+    );
     assert!(receiver.stop().success(), "{}", receiver.log());
 }
 
