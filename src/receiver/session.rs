@@ -337,7 +337,13 @@ pub async fn run(
                 let ended = stream.run(&mut shutdown).await;
                 received = stream.written() > start_lsn;
                 let stored_through = stream.snapshot_end();
-                ctx.keep_tail(stored_through).await?;
+                match (ctx.keep_tail(stored_through).await, &ended) {
+                    (Ok(()), _) => {}
+                    (Err(e), Ok(_)) => return Err(e),
+                    // The stream's own failure (and whether it is fatal) is what counts; this
+                    // one most likely has the same cause.
+                    (Err(e), Err(_)) => tracing::warn!("{:#}", e.error),
+                }
                 ended
             }
         };

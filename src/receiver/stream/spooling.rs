@@ -29,7 +29,7 @@ impl Stream<'_> {
             let take = (self.writer().remaining() as usize).min(data.len());
             let chunk = data.slice(..take);
             let writer = self.writer.take().expect("current segment");
-            let written = chunk.len() as u64;
+            let bytes = chunk.len() as u64;
             let (writer, result) = write_off_reactor(writer, chunk).await;
             match result {
                 Ok(()) => data = data.slice(take..),
@@ -54,10 +54,7 @@ impl Stream<'_> {
                 }
             }
             self.written = writer.end_lsn();
-            self.ctx
-                .shared
-                .metrics
-                .received(writer.end_lsn().0, written);
+            self.ctx.shared.metrics.received(writer.end_lsn().0, bytes);
             if writer.remaining() > 0 {
                 self.writer = Some(writer);
                 continue;
@@ -70,24 +67,25 @@ impl Stream<'_> {
                 self.ctx.durable_spool,
             );
             let received = writer.content_crc();
-            let (done, writer) = blocking::run(move || -> std::io::Result<_> {
+            let (done, next) = blocking::run(move || -> std::io::Result<_> {
                 let done = writer.finish()?;
                 Ok((
                     done,
-                    SegmentWriter::create(&dir, timeline, next, size, durable)?,
+                    SegmentWriter::create(&dir, timeline, next, size, durable),
                 ))
             })
             .await
             .context("complete a segment in the spool")?;
-            self.writer = Some(writer);
             self.snapshot_end = Lsn(0);
             tracing::debug!(segment = %done, "segment complete");
             crate::failpoint::hit(crate::failpoint::SEGMENT_COMPLETED);
             // No waiting here: the spool limit, checked before each read, is the backpressure.
+            // Handed over even when the next segment cannot be started.
             self.ctx
                 .uploader
                 .enqueue(done, Expect::Crc(received))
                 .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+            self.writer = Some(next.context("start the next segment in the spool")?);
         }
         Ok(())
     }
