@@ -242,9 +242,9 @@ fn an_archive_outage_on_an_idle_primary_with_a_short_sender_timeout_keeps_the_st
     let proxy = TcpProxy::start(archive.s3_addr().expect("an S3 archive"));
     let env = S3Server::env_for(&proxy.endpoint());
     let mut pg = PgCluster::init("primary");
-    // The server asks for a reply after 1.5 s of silence; the receiver's own status
-    // interval (10 s) is longer.
-    pg.append_conf("wal_sender_timeout = '3s'");
+    // The server asks for a reply after 6 s of silence; the receiver's own status interval
+    // (10 s) is longer, its pace (a third of the timeout, 4 s) shorter.
+    pg.append_conf("wal_sender_timeout = '12s'");
     pg.start();
     let conninfo = pg.conninfo();
     // The default status interval (no --status-interval).
@@ -260,7 +260,7 @@ fn an_archive_outage_on_an_idle_primary_with_a_short_sender_timeout_keeps_the_st
     proxy.pause();
     let last = write_segments(&pg, 1);
     let outage = Instant::now();
-    while outage.elapsed() < Duration::from_secs(15) {
+    while outage.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(
             walsender_pid(&pg),
