@@ -122,12 +122,16 @@ impl Stream<'_> {
         self.out_of_space = Some((since, Instant::now() + SPACE_RETRY));
     }
 
+    /// Fsyncs the current segment; the stream keeps its writer whatever the outcome.
     pub(super) async fn sync(&mut self) -> Result<(), SessionError> {
         let mut writer = self.writer.take().expect("current segment");
-        let writer = blocking::run(move || writer.sync().map(|()| writer))
-            .await
-            .context("fsync the spool")?;
+        let (writer, synced) = blocking::run(move || {
+            let synced = writer.sync();
+            (writer, synced)
+        })
+        .await;
         self.writer = Some(writer);
+        synced.context("fsync the spool")?;
         Ok(())
     }
 }
