@@ -67,10 +67,7 @@ pub struct SpoolContents {
 /// the boot cannot be told (no `/proc`).
 pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> {
     if dir.exists() && !dir.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "exists and is not a directory",
-        ));
+        return Err(not_a_directory());
     }
     std::fs::create_dir_all(dir)?;
     // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
@@ -82,25 +79,22 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
             dir.display()
         );
     }
-    let marker = dir.join(MARKER);
-    match std::fs::read_to_string(&marker) {
-        Ok(text) if text.trim() == system_id.to_string() => {}
-        Ok(text) => {
+    match marked_for(dir)? {
+        Some(owner) if owner == system_id.to_string() => {}
+        Some(owner) => {
             // The callers name the spool.
             return Err(io::Error::other(format!(
-                "it belongs to cluster {}, not {system_id}: a spool holds one cluster's WAL; \
-                 give this cluster a --spool of its own",
-                text.trim()
+                "it belongs to cluster {owner}, not {system_id}: a spool holds one cluster's \
+                 WAL; give this cluster a --spool of its own"
             )));
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        None => {
             let temp = dir.join(format!("{MARKER}.tmp"));
             std::fs::write(&temp, format!("{system_id}\n"))?;
             File::open(&temp)?.sync_all()?;
-            std::fs::rename(&temp, &marker)?;
+            std::fs::rename(&temp, dir.join(MARKER))?;
             fsync_dir(dir)?;
         }
-        Err(e) => return Err(e),
     }
     // Writable? (The marker may predate a permissions change.)
     let probe = dir.join(".walhalla-write-probe");
@@ -115,16 +109,25 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
 /// cluster; an error when `dir` is gone or not a directory.
 pub fn still_open(dir: &Path, system_id: SystemId) -> io::Result<bool> {
     if !std::fs::metadata(dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "exists and is not a directory",
-        ));
+        return Err(not_a_directory());
     }
+    Ok(marked_for(dir)?.is_some_and(|owner| owner == system_id.to_string()))
+}
+
+/// The cluster the spool `dir` is marked for, as its marker says (`None`: no marker).
+fn marked_for(dir: &Path) -> io::Result<Option<String>> {
     match std::fs::read_to_string(dir.join(MARKER)) {
-        Ok(text) => Ok(text.trim() == system_id.to_string()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+fn not_a_directory() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotADirectory,
+        "exists and is not a directory",
+    )
 }
 
 /// Settles the segments an earlier run left without fsync, in boot `boot` (`None`: unknown),
