@@ -377,19 +377,27 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
             t.timeline,
             bytes(t.stored_bytes)
         );
-        for r in &t.ranges {
-            let _ = writeln!(
-                out,
-                "      {} .. {}  {} segments",
-                r.first, r.last, r.segments
-            );
-        }
-        for g in &t.gaps {
-            let _ = writeln!(
-                out,
-                "      GAP {} .. {}  {} missing",
-                g.first, g.last, g.segments
-            );
+        // Runs and the gaps between them in WAL order (names of one timeline sort as they
+        // number).
+        let mut runs: Vec<(&str, String)> = t
+            .ranges
+            .iter()
+            .map(|r| {
+                (
+                    r.first.as_str(),
+                    format!("{} .. {}  {} segments", r.first, r.last, r.segments),
+                )
+            })
+            .chain(t.gaps.iter().map(|g| {
+                (
+                    g.first.as_str(),
+                    format!("GAP {} .. {}  {} missing", g.first, g.last, g.segments),
+                )
+            }))
+            .collect();
+        runs.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, line) in runs {
+            let _ = writeln!(out, "      {line}");
         }
         for p in &t.partial_files {
             let _ = writeln!(out, "      {p}");

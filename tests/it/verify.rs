@@ -157,7 +157,17 @@ fn verify_archive(backend: Backend) {
     );
     let human = wh.run(&archive, Path::new("/"), &["list"]);
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains(&format!("GAP {lost} .. {lost}")), "{text}");
+    let gap_at = text.find(&format!("GAP {lost} .. {lost}"));
+    assert!(gap_at.is_some(), "{text}");
+    // In WAL order: after the run before it, before the run after it.
+    let run_at = |i: usize| {
+        let first = cluster["timelines"][0]["ranges"][i]["first"].as_str();
+        let first = first.unwrap_or_else(|| panic!("two runs around the gap: {cluster}"));
+        text.find(&format!("      {first} .. "))
+    };
+    let (run_before, run_after) = (run_at(0), run_at(1));
+    assert!(run_before.is_some() && run_before < gap_at, "{text}");
+    assert!(gap_at < run_after, "{text}");
 
     // A flipped byte, a truncated object and a garbled time index: each named by its key.
     let flipped_key = segment_key(&archive, &segments[2]);
