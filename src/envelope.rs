@@ -245,7 +245,7 @@ fn seal(mut out: Vec<u8>, content_crc: u32, content_len: usize) -> Vec<u8> {
 /// Wraps `content` in an envelope of one zstd frame at `level`, reading it once from start to
 /// end in windows of `window` bytes, and calling `done_before(offset)` as the bytes before
 /// `offset` fall behind zstd's match window, never to be read again. With
-/// [`crate::fsutil::SequentialMap`], which hands back whole 1 MiB windows, this compresses a
+/// [`crate::mapped::SequentialMap`], which hands back whole 1 MiB windows, this compresses a
 /// mapped segment in a few windows of memory (2 MiB at the default level, 3 at level 3);
 /// [`Encoder::encode`],
 /// which reads the whole content at once, is for content already in memory. zstd reads the

@@ -176,87 +176,6 @@ pub fn fsync_path_within(root: &Path, relative: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Maps a whole file into memory, read-only: a 16 MiB segment is read without copying it into
-/// a fresh heap buffer (whose page faults cost more than the copy, and which the allocator may
-/// keep after it is freed).
-///
-/// # Safety
-/// Nothing may truncate the file while the mapping lives (reading a truncated page raises
-/// SIGBUS); removing its name is fine.
-pub unsafe fn map_immutable_file(path: &Path) -> io::Result<bytes::Bytes> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(bytes::Bytes::new());
-    }
-    // SAFETY: read-only, and the caller guarantees the file keeps its length.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    Ok(bytes::Bytes::from_owner(map))
-}
-
-/// A read-only mapping of a file that is never written again, read from start to end by one
-/// or more sequential passes: the pages a pass has left behind are handed back, so reading a
-/// 16 MiB segment costs a few windows of memory, not the segment.
-pub struct SequentialMap {
-    map: memmap2::Mmap,
-    /// Everything before this offset is handed back (a multiple of [`Self::WINDOW`]).
-    released: std::cell::Cell<usize>,
-}
-
-impl SequentialMap {
-    /// Pages are handed back a whole window at a time.
-    pub const WINDOW: usize = 1 << 20;
-
-    /// Maps the file at `path`; its pages are read in when touched.
-    ///
-    /// # Safety
-    /// As for [`map_immutable_file`].
-    pub unsafe fn open(path: &Path) -> io::Result<SequentialMap> {
-        let file = File::open(path)?;
-        // SAFETY: read-only, and the caller guarantees the file keeps its length.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
-        Ok(SequentialMap {
-            map,
-            released: std::cell::Cell::new(0),
-        })
-    }
-
-    /// The file's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-
-    /// Hands back the whole windows before `offset`: a pass is done with them. Touching them
-    /// again is still correct (they are read back from the page cache), only slower.
-    pub fn done_before(&self, offset: usize) {
-        let end = (offset.min(self.map.len()) / Self::WINDOW) * Self::WINDOW;
-        let start = self.released.get();
-        if end <= start {
-            return;
-        }
-        // SAFETY: a shared mapping of a file nobody writes: dropping its pages from this
-        // process changes no byte anyone reads, they come back from the file on the next touch.
-        let dropped = unsafe {
-            self.map
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
-        // Failing to hand memory back costs memory, never data: nothing to report.
-        if dropped.is_ok() {
-            self.released.set(end);
-        }
-    }
-
-    /// Starts another pass from the beginning.
-    pub fn rewind(&self) {
-        self.released.set(0);
-    }
-
-    /// The mapping as a shared buffer, for a reader that seldom touches it (pages handed back
-    /// stay out until read again).
-    pub fn into_bytes(self) -> bytes::Bytes {
-        bytes::Bytes::from_owner(self.map)
-    }
-}
-
 /// A file being written under a temporary name next to its destination. Dropped without
 /// [`TempFile::persist`], the temporary file is removed.
 pub struct TempFile {
@@ -516,17 +435,6 @@ impl Drop for TempFile {
     }
 }
 
-/// This process's resident kB of the mapping that starts at `start` (from /proc/self/smaps).
-#[cfg(test)]
-pub(crate) fn resident_kb(start: *const u8) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let header = format!("{:x}-", start as usize);
-    let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&header));
-    lines.next().expect("the mapping is listed");
-    let rss = lines.find(|line| line.starts_with("Rss:")).unwrap();
-    rss.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -547,36 +455,6 @@ mod tests {
 
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn a_sequential_map_hands_back_the_windows_a_pass_has_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
-        let content: Vec<u8> = (0..3 * SequentialMap::WINDOW as u32)
-            .map(|i| (i % 253) as u8)
-            .collect();
-        std::fs::write(&path, &content).unwrap();
-        // SAFETY: nothing else touches the file.
-        let map = unsafe { SequentialMap::open(&path).unwrap() };
-        let start = map.bytes().as_ptr();
-        assert_eq!(map.bytes(), &content[..]);
-        assert_eq!(resident_kb(start), 3 * 1024, "every page read");
-        // Half way into the third window: the first two go.
-        map.done_before(2 * SequentialMap::WINDOW + 4096);
-        assert_eq!(resident_kb(start), 1024);
-        map.done_before(SequentialMap::WINDOW);
-        assert_eq!(resident_kb(start), 1024, "nothing comes back by itself");
-        // A second pass reads the same bytes and hands them back again.
-        map.rewind();
-        assert_eq!(map.bytes(), &content[..]);
-        assert_eq!(resident_kb(start), 3 * 1024);
-        map.done_before(usize::MAX);
-        assert_eq!(
-            resident_kb(start),
-            0,
-            "the end of the file ends the last window"
-        );
-    }
 
     #[test]
     fn creates_directories_durably() {

@@ -49,8 +49,9 @@
 //!   hold what it shares with the receiver.
 //! - [`osuser`]: the operating-system user: name, home, state directory.
 //! - [`pem`]: certificates and keys from PEM files, for every TLS endpoint.
-//! - [`fsutil`], [`blocking`], [`backoff`], [`progress`]: durable file writes; blocking work
-//!   off the reactor; jittered backoff; a progress line on a terminal.
+//! - [`fsutil`], [`mapped`], [`blocking`], [`backoff`], [`progress`]: durable file writes;
+//!   files read through a mapping, and a mapped page that cannot be read; blocking work off
+//!   the reactor; jittered backoff; a progress line on a terminal.
 
 pub mod archive;
 pub mod backoff;
@@ -69,6 +70,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod list;
 pub mod logging;
+pub mod mapped;
 pub mod metrics;
 pub mod osuser;
 pub mod pem;

@@ -28,7 +28,7 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         // SAFETY: PostgreSQL neither changes nor truncates a file while its archive_command
         // runs. Were it truncated anyway, the process would die of SIGBUS: the archiver then
         // exits FATAL and the postmaster restarts it, keeping the WAL.
-        blocking::run(move || unsafe { crate::fsutil::map_immutable_file(&owned) })
+        blocking::run(move || unsafe { crate::mapped::map_immutable_file(&owned) })
             .await
             .with_context(|| format!("read {}", path.display()))?
     };

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::archive::{self, PreparedIndex};
 use crate::envelope;
-use crate::fsutil::SequentialMap;
+use crate::mapped::SequentialMap;
 use crate::wal::page_stream::check_stored;
 use crate::wal::{SegmentName, SegmentSize, SystemId};
 
@@ -184,7 +184,7 @@ mod tests {
                 "level {level}: the repeats were found"
             );
             assert_eq!(
-                crate::fsutil::resident_kb(encoded.content.as_ptr()),
+                crate::mapped::resident_kb(encoded.content.as_ptr()),
                 0,
                 "level {level}: the mapping is handed back whole"
             );
@@ -223,7 +223,7 @@ mod tests {
         let encoded = read_back(&file, 1, size, SystemId(42)).unwrap();
         // The page check is a pass of its own that hands its pages back: run over the
         // compressed content instead, it left every page it touched resident.
-        assert_eq!(crate::fsutil::resident_kb(encoded.content.as_ptr()), 0);
+        assert_eq!(crate::mapped::resident_kb(encoded.content.as_ptr()), 0);
         assert_eq!(
             envelope::decode(&encoded.envelope).unwrap(),
             &wal[..file.len]

@@ -449,7 +449,7 @@ struct Stored {
 ///
 /// Memory: at most [`ENCODING_AT_ONCE`] files (`encoding`) are compressed and, for a segment,
 /// then indexed, each a pass over its mapping that hands the pages behind it back
-/// ([`SequentialMap`](crate::fsutil::SequentialMap)), so a segment costs a few windows of
+/// ([`SequentialMap`](crate::mapped::SequentialMap)), so a segment costs a few windows of
 /// memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
 /// archive, keeps a mapping of the file that is read only if the archive already holds the
 /// object (to compare), so while uploads wait the files take no memory.

@@ -67,6 +67,9 @@ fn main() -> ExitCode {
         _ => EXIT_PUSH_FAILED,
     };
     exit_with_on_panic(failure_code);
+    if let Err(e) = walhalla::mapped::exit_on_unreadable_map(cli.command.name(), failure_code) {
+        tracing::warn!("cannot handle SIGBUS: {e}");
+    }
 
     let mut builder = match cli.command {
         // The daemon: network I/O and uploads on two workers, blocking work on a bounded pool.

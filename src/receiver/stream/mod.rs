@@ -23,7 +23,7 @@ use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
-use crate::fsutil::SequentialMap;
+use crate::mapped::SequentialMap;
 use crate::protocol::connection::{Connection, CopyMessage, Row};
 use crate::protocol::replication::{ServerMessage, parse_server_message, status_update};
 use crate::spool::SegmentWriter;
