@@ -64,6 +64,7 @@ fn synthesized() -> (WalInventory, Vec<BackupMeta>) {
                 stored_bytes: 0,
                 wal_complete: true,
                 wal_missing: None,
+                missing_objects: Vec::new(),
             }
         })
         .collect();

@@ -309,7 +309,8 @@ pub struct ListenArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Seconds between surveys of the archive, which publish its gaps and restorable window
-    /// in /metrics and /status (one listing of the cluster each); 0 turns them off.
+    /// in /metrics and /status (each lists the cluster's WAL and every backup's folders); 0
+    /// turns them off.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub survey_interval: u64,
 }

@@ -471,7 +471,9 @@ fn describe_backups(cluster: &ClusterListing, out: &mut String) {
         let lost = (cluster.windows.iter())
             .flat_map(|w| &w.unrestorable)
             .find(|u| u.backup == b.id);
-        let state = if let Some(lost) = lost {
+        let state = if let Some(missing) = b.missing_objects.first() {
+            format!("cannot be restored ({missing} is missing)")
+        } else if let Some(lost) = lost {
             format!("cannot be restored ({} is missing)", lost.missing)
         } else if b.is_complete() {
             "complete".to_string()

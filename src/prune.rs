@@ -121,7 +121,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
             .iter()
             .map(|b| Named {
                 id: b.id.to_string(),
-                why: doomed(b.why),
+                why: doomed(&b.why),
                 bytes: b.stored_bytes,
             })
             .collect(),
@@ -180,7 +180,7 @@ fn why(why: &Why) -> String {
     }
 }
 
-fn doomed(why: Doomed) -> String {
+fn doomed(why: &Doomed) -> String {
     match why {
         Doomed::NotRetained => "outside the retention".into(),
         Doomed::Incomplete => "incomplete, older than every retained backup".into(),

@@ -4,6 +4,10 @@
 //! metadata, which is never rewritten (archived objects are create-only). Once that WAL has
 //! arrived (archiving repaired, say), the backup is usable: [`read`] checks again and counts
 //! it complete.
+//!
+//! A backup is stored whole, but an object can go from the archive later (deleted by hand, a
+//! bucket lifecycle rule): [`read`] lists each backup's folders and names the objects restore
+//! would read that are gone, so `list`, `prune` and `restore` do not count on that backup.
 
 use bytes::Bytes;
 
@@ -48,14 +52,45 @@ pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
         let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
             None => Err(NoMeta::Absent),
             Some(object) => match decode_meta(cluster, &id, object).await {
-                Ok(meta) if !meta.is_complete() => Ok(complete_since(cluster, meta).await?),
-                Ok(meta) => Ok(meta),
+                Ok(meta) => {
+                    let meta = if meta.is_complete() {
+                        meta
+                    } else {
+                        complete_since(cluster, meta).await?
+                    };
+                    if meta.is_complete() {
+                        Ok(with_missing_objects(cluster, &id, meta).await?)
+                    } else {
+                        Ok(meta)
+                    }
+                }
                 Err(why) => Err(NoMeta::Unreadable(why)),
             },
         };
         entries.push(Entry { id, meta });
     }
     Ok(entries)
+}
+
+/// `meta`, with the keys of the objects a restore of it reads that the archive lacks: a
+/// listing of the backup's folder and one of each tar stream's.
+async fn with_missing_objects(
+    cluster: &ClusterArchive,
+    id: &BackupId,
+    mut meta: BackupMeta,
+) -> anyhow::Result<BackupMeta> {
+    let absent = cluster.absent_backup_objects(id, &meta.objects()).await?;
+    meta.missing_objects = (absent.iter())
+        .map(|object| cluster.backup_object_key(id, object))
+        .collect();
+    if let Some(first) = meta.missing_objects.first() {
+        tracing::debug!(
+            backup = %id,
+            "{} of its objects are not in the archive (the first: {first})",
+            meta.missing_objects.len()
+        );
+    }
+    Ok(meta)
 }
 
 /// `meta`, of a backup marked incomplete, counted complete when the archive now holds every

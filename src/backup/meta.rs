@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::BackupId;
+use crate::archive::{BackupId, BackupObject};
 use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
 
 /// The newest format of `backup.json`; readers refuse newer ones. Format 2 added
@@ -57,6 +57,11 @@ pub struct BackupMeta {
     /// When not, the first segment that was missing at the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_missing: Option<String>,
+    /// The keys of the objects restore reads (pieces, manifest) that the archive no longer
+    /// held when its catalogue was read ([`crate::backup::catalog::read`]); such a backup
+    /// cannot be restored. Never in `backup.json`: a backup is stored only whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_objects: Vec<String>,
 }
 
 /// One tar stream of a backup.
@@ -116,9 +121,29 @@ impl BackupMeta {
         BackupId::parse(&self.id).ok_or_else(|| format!("backup.json names backup {:?}", self.id))
     }
 
-    /// Whether restore may choose it: its WAL was all archived.
+    /// Whether its WAL was all archived (else it was stored, marked incomplete).
     pub fn is_complete(&self) -> bool {
         self.wal_complete
+    }
+
+    /// Whether restore may choose it: complete, and every object it reads is still in the
+    /// archive.
+    pub fn is_restorable(&self) -> bool {
+        self.is_complete() && self.missing_objects.is_empty()
+    }
+
+    /// The objects a restore of it reads: every piece of every tar stream, and the manifest.
+    pub fn objects(&self) -> Vec<BackupObject> {
+        self.archives
+            .iter()
+            .flat_map(|a| {
+                (0..a.pieces).map(|index| BackupObject::Piece {
+                    archive: a.name.clone(),
+                    index,
+                })
+            })
+            .chain([BackupObject::Manifest])
+            .collect()
     }
 
     /// The start position.
@@ -185,6 +210,7 @@ pub mod testing {
             stored_bytes: 0,
             wal_complete: true,
             wal_missing: None,
+            missing_objects: Vec::new(),
         }
     }
 }

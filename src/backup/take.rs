@@ -198,6 +198,7 @@ impl Backup<'_> {
             archives: received.archives,
             wal_complete: missing.is_none(),
             wal_missing: missing.map(|s| s.to_string()),
+            missing_objects: Vec::new(),
         };
         self.store_meta(&meta).await?;
         Ok(meta)
@@ -253,18 +254,7 @@ impl Backup<'_> {
     /// piece and the manifest it lists are still in the archive.
     async fn store_meta(&self, meta: &BackupMeta) -> anyhow::Result<()> {
         let (cluster, id) = (self.cluster, self.id);
-        let expected: Vec<BackupObject> = meta
-            .archives
-            .iter()
-            .flat_map(|a| {
-                (0..a.pieces).map(|index| BackupObject::Piece {
-                    archive: a.name.clone(),
-                    index,
-                })
-            })
-            .chain([BackupObject::Manifest])
-            .collect();
-        let absent = cluster.absent_backup_objects(id, &expected).await?;
+        let absent = cluster.absent_backup_objects(id, &meta.objects()).await?;
         if let Some(first) = absent.first() {
             bail!(
                 "{} of backup {id}'s objects are no longer in the archive (the first: {}), so no metadata was written \

@@ -42,12 +42,14 @@ pub struct Span {
     pub broken_by: Option<String>,
 }
 
-/// A complete backup on the path whose WAL is not all there.
+/// A complete backup on the path that cannot be restored: one of its objects or some of its WAL
+/// is not there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Unrestorable {
     /// The backup.
     pub backup: String,
-    /// The first segment missing between its start and its stop.
+    /// The first of its own objects the archive lacks, else the first segment missing
+    /// between its start and its stop.
     pub missing: String,
 }
 
@@ -93,6 +95,13 @@ fn along(
         ) else {
             continue; // not on this path
         };
+        if let Some(missing) = backup.missing_objects.first() {
+            unrestorable.push(Unrestorable {
+                backup: backup.id.clone(),
+                missing: missing.clone(),
+            });
+            continue;
+        }
         if let Some(missing) = plan::missing_before_consistency(backup, path, held, size) {
             unrestorable.push(Unrestorable {
                 backup: backup.id.clone(),
@@ -148,6 +157,25 @@ mod tests {
                 .extend(range.clone().map(SegNo));
         }
         held
+    }
+
+    #[test]
+    fn a_backup_missing_one_of_its_own_objects_starts_no_span() {
+        let size = SegmentSize::new(MIB).unwrap();
+        let mut b2 = backup("b2", 1, "0/600028", "0/600100");
+        b2.missing_objects = vec!["7/backups/b2/backup_manifest.zst".into()];
+        let backups = [backup("b1", 1, "0/200028", "0/200100"), b2];
+        let held = held(&[(1, 2..10)]);
+        let window = &windows([TimelineId(1)], &backups, &BTreeMap::new(), &held, size)[0];
+        assert_eq!(window.spans.len(), 1, "{window:?}");
+        assert_eq!(window.spans[0].from_backup, "b1");
+        assert_eq!(
+            window.unrestorable,
+            [Unrestorable {
+                backup: "b2".into(),
+                missing: "7/backups/b2/backup_manifest.zst".into(),
+            }]
+        );
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             cluster.system_id()
         );
     }
+    for b in backups.iter().filter(|b| !b.missing_objects.is_empty()) {
+        tracing::warn!(
+            "backup {} cannot be restored: {} of its objects are not in the archive (the first: {}); restore does not choose it",
+            b.id,
+            b.missing_objects.len(),
+            b.missing_objects[0]
+        );
+    }
 
     let target = &options.recovery.target;
     // Listed once: the newest timeline for the path, the end of the WAL to check.
@@ -264,6 +272,12 @@ async fn choose<'a>(
             bail!(
                 "backup {id} is incomplete: WAL segment {} never reached the archive",
                 backup.wal_missing.as_deref().unwrap_or("?")
+            );
+        }
+        if let Some(first) = backup.missing_objects.first() {
+            bail!(
+                "backup {id} cannot be restored: {} of its objects are not in the archive (the first: {first}); choose another backup (walhalla list)",
+                backup.missing_objects.len()
             );
         }
         let path = timeline_path(

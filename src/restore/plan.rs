@@ -107,12 +107,12 @@ pub(crate) fn on_path(backup: &BackupMeta, path: &[Leg]) -> Option<(usize, usize
     (first <= last && path[last].end.is_none_or(|end| stop <= end)).then_some((first, last, stop))
 }
 
-/// The complete backups on `path`, oldest first: by the leg their stop is on, then by their
-/// stop.
+/// The restorable backups on `path`, oldest first: by the leg their stop is on, then by
+/// their stop.
 pub fn usable<'a>(backups: &'a [BackupMeta], path: &[Leg]) -> Vec<&'a BackupMeta> {
     let mut usable: Vec<(&BackupMeta, (usize, Lsn))> = backups
         .iter()
-        .filter(|b| b.is_complete())
+        .filter(|b| b.is_restorable())
         .filter_map(|b| on_path(b, path).map(|(_, last, stop)| (b, (last, stop))))
         .collect();
     usable.sort_by_key(|(_, at)| *at);

@@ -169,16 +169,17 @@ pub struct Retained {
 }
 
 /// Why a backup is deleted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Doomed {
     /// A complete backup the policy does not retain.
     NotRetained,
     /// An incomplete backup older than the oldest retained one.
     Incomplete,
-    /// A complete backup older than the oldest retained one that cannot be restored: this
-    /// segment, between its start and its stop, is not in the archive (the first one missing
-    /// along the first path it can follow; every other path misses one too).
-    Unrestorable(SegmentName),
+    /// A complete backup older than the oldest retained one that cannot be restored: this is
+    /// not in the archive. One of its own objects (a piece, its manifest), else a segment
+    /// between its start and its stop (the first one missing along the first path it can
+    /// follow; every other path misses one too).
+    Unrestorable(String),
     /// A folder without metadata older than the oldest retained backup.
     Interrupted,
     /// A folder without metadata newer than that, taken for an interrupted backup on the
@@ -311,17 +312,22 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
     check_not_in_progress(inventory, &backups, policy)?;
     let timelines = keep::Timelines::new(inventory, size);
     let mut plan = Plan::default();
-    // A complete backup whose own WAL has gone from the archive since cannot be restored:
-    // retaining it in place of one that can would leave nothing to restore from.
+    // A complete backup whose own objects or WAL have gone from the archive since cannot be
+    // restored: retaining it in place of one that can would leave nothing to restore from.
     let mut unrestorable = BTreeMap::new();
     for b in backups.iter().filter(|b| b.meta.is_complete()) {
-        if let Some(missing) = timelines.missing_before_consistency(b.meta) {
-            plan.notes.push(format!(
-                "backup {} cannot be restored: {missing}, between its start and its stop, is not in the archive; it is not counted among the retained backups",
-                b.id
-            ));
-            unrestorable.insert(b.id.clone(), missing);
-        }
+        let (missing, what) = if let Some(object) = b.meta.missing_objects.first() {
+            (object.clone(), "one of its own objects")
+        } else if let Some(segment) = timelines.missing_before_consistency(b.meta) {
+            (segment.to_string(), "between its start and its stop")
+        } else {
+            continue;
+        };
+        plan.notes.push(format!(
+            "backup {} cannot be restored: {missing}, {what}, is not in the archive; it is not counted among the retained backups",
+            b.id
+        ));
+        unrestorable.insert(b.id.clone(), missing);
     }
     let complete: Vec<&Backup> = backups
         .iter()
@@ -482,7 +488,7 @@ fn retain(
 fn doomed(
     backups: &[Backup],
     retained: &[Retained],
-    unrestorable: &BTreeMap<BackupId, SegmentName>,
+    unrestorable: &BTreeMap<BackupId, String>,
 ) -> Vec<DeletedBackup> {
     let Some(oldest) = retained.first().map(|r| order(&r.id)) else {
         return Vec::new();
@@ -491,11 +497,11 @@ fn doomed(
         .iter()
         .filter_map(|b| {
             let older = order(&b.id) < oldest;
-            let why = if let Some(&missing) = unrestorable.get(&b.id) {
+            let why = if let Some(missing) = unrestorable.get(&b.id) {
                 if !older {
                     return None;
                 }
-                Doomed::Unrestorable(missing)
+                Doomed::Unrestorable(missing.clone())
             } else if b.meta.is_complete() {
                 if retained.iter().any(|r| r.id == b.id) {
                     return None;

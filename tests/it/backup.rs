@@ -363,6 +363,58 @@ fn corrupt_backup_objects_and_missing_wal_are_refused() {
         !to.exists(),
         "a failed restore left the directory it created"
     );
+    archive.overwrite(&piece, original.clone());
+
+    // A piece deleted after the backup was stored: `list` says that the backup cannot be
+    // restored and starts no window from it, `prune` does not count it among the backups it
+    // retains, and `restore` refuses it by name before writing anything.
+    archive.remove(&piece);
+    let run = wh.run(&archive, Path::new("/"), &["list", "--json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&run.stdout).expect("list --json");
+    let cluster = &listing["clusters"][0];
+    assert_eq!(
+        cluster["backups"][0]["missing_objects"],
+        serde_json::json!([piece]),
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster["windows"][0]["spans"],
+        serde_json::json!([]),
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster["windows"][0]["unrestorable"][0]["missing"], piece,
+        "{cluster}"
+    );
+    let run = wh.run(&archive, Path::new("/"), &["list"]);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        text.contains(&format!("cannot be restored ({piece} is missing)")),
+        "{text}"
+    );
+    let run = wh.run(
+        &archive,
+        Path::new("/"),
+        &["prune", "--keep-backups", "1", "--dry-run"],
+    );
+    let out = String::from_utf8_lossy(&run.stdout) + String::from_utf8_lossy(&run.stderr);
+    assert!(
+        out.contains(&format!(
+            "backup {id} cannot be restored: {piece}, one of its own objects, is not in the archive"
+        )),
+        "{out}"
+    );
+    let dir = TestDir::new("missing-piece");
+    let to = dir.path().join("data");
+    let (code, _, stderr) = restore(&wh, &archive, &to, &["--backup", &id]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "backup {id} cannot be restored: 1 of its objects are not in the archive (the first: {piece})"
+        )),
+        "{stderr}"
+    );
+    assert!(!to.exists(), "the restore wrote something: {stderr}");
     archive.overwrite(&piece, original);
 
     // A WAL segment between the backup and the end of the archive.

@@ -390,7 +390,7 @@ fn folders_without_metadata_stop_a_prune_while_a_backup_may_run() {
     assert_eq!(
         plan.delete_backups
             .iter()
-            .map(|b| b.why)
+            .map(|b| b.why.clone())
             .collect::<Vec<_>>(),
         [Doomed::Interrupted, Doomed::NotRetained]
     );
@@ -492,9 +492,27 @@ fn a_backup_whose_wal_has_gone_is_not_retained_in_place_of_one_that_restores() {
     assert_eq!(plan.retained[0].id.as_str(), b4.id);
     let deleted = plan.delete_backups.iter().find(|d| d.id.as_str() == b3.id);
     assert_eq!(
-        deleted.map(|d| d.why),
-        Some(Doomed::Unrestorable(segment(1, 9)))
+        deleted.map(|d| d.why.clone()),
+        Some(Doomed::Unrestorable(segment(1, 9).to_string()))
     );
+}
+
+#[test]
+fn a_backup_missing_one_of_its_own_objects_is_not_retained_in_place_of_one_that_restores() {
+    let b1 = backup(1, at(2, 0x28), at(2, 0x100), "2026-03-01T10:00:00Z");
+    let mut b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-02T10:00:00Z");
+    // A piece of the newest backup has gone from the archive; its WAL is all there.
+    let piece = format!("7/backups/{}/base/00000001.zst", b2.id);
+    b2.missing_objects = vec![piece.clone()];
+    let mut objects: Vec<StoredObject> = segments(1, 1, 8).collect();
+    objects.extend([&b1, &b2].map(backup_file));
+    let inventory = inventory(vec![b1.clone(), b2.clone()], objects);
+    let plan = plan(&inventory, &keep(1)).unwrap();
+    // b1 is the newest backup that restores, so it is retained with the WAL after it; b2 is
+    // newer than it, so it stays too.
+    assert_eq!(ids(&plan), (vec![b1.id.clone()], vec![]));
+    assert_eq!(plan.kept[&TimelineId(1)], Kept::From(segment(1, 2)));
+    assert_noted_unrestorable(&plan, &b2, &format!("{piece}, one of its own objects"));
 }
 
 #[test]
