@@ -96,15 +96,15 @@ static UNREADABLE_MAP: OnceLock<(Box<[u8]>, u8)> = OnceLock::new();
 /// Makes a mapped file that cannot be read end the process with `exit_code` after printing
 /// `command`'s error line, instead of dying of SIGBUS: so `fetch` exits as a failed
 /// restore_command must (above 125, never read as "not found"), and an operator reads what
-/// happened. Nothing read from the file is stored: every store is written under a temporary
-/// name and renamed into place only when whole. Set once, before anything is mapped; a second
-/// call changes nothing. Other bus errors (a hardware memory error, a misaligned access) keep
-/// their default action.
+/// happened. Nothing incomplete is stored under a final name: every store is written under a
+/// temporary name (or as a multipart upload) and put in place only when whole. Set once,
+/// before anything is mapped; a second call changes nothing. Other bus errors (a hardware
+/// memory error, a misaligned access, a SIGBUS sent by `kill`) keep their default action.
 pub fn exit_on_unreadable_map(command: &str, exit_code: u8) -> io::Result<()> {
     let line = format!(
         "walhalla {command}: error: a file mapped into memory could not be read (SIGBUS): an I/O \
-         error on its disk, or another process cut it short while it was read; nothing read \
-         from it was stored\n"
+         error on its disk, or another process cut it short while it was read; stopped there \
+         (nothing incomplete is stored under its final name)\n"
     );
     if UNREADABLE_MAP
         .set((line.into_bytes().into_boxed_slice(), exit_code))
@@ -137,10 +137,14 @@ extern "C" fn on_bus_error(signo: c_int, info: *mut libc::siginfo_t, _context: *
                 libc::_exit(c_int::from(*exit_code));
             }
         }
-        // Returning re-runs the faulting access, which now takes the default action.
-        // SAFETY: signal is async-signal-safe.
+        // The default action: returning re-runs a faulting access, which now takes it; a
+        // signal that no access raised (sent by `kill`, si_code <= 0) is raised again.
+        // SAFETY: signal and raise are async-signal-safe.
         _ => unsafe {
             libc::signal(signo, libc::SIG_DFL);
+            if code <= 0 {
+                libc::raise(signo);
+            }
         },
     }
 }

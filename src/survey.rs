@@ -45,7 +45,7 @@ pub async fn coverage_of(cluster: &ClusterArchive) -> anyhow::Result<Coverage> {
     let checked_at = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
     let mut listing = listing_of(cluster.system_id(), survey(cluster).await?);
     add_end_times(cluster, &mut listing).await?;
-    let has_backups = listing.backups.iter().any(|b| b.is_complete());
+    let has_backups = listing.backups.iter().any(|b| b.is_restorable());
     let gap_segments = coverage::breaking_gaps(&listing.timelines, &listing.windows, has_backups)
         .iter()
         .map(|(gap, _)| gap.segments)

@@ -45,7 +45,9 @@ impl ClusterArchive {
     /// Those of `expected` (objects of backup `id`) the archive does not hold, found by
     /// listing the backup's folder and each of its streams' folders. A backup checks this
     /// before its metadata makes it restorable: a prune told that no backup runs
-    /// (`--assume-interrupted`) may have deleted a running one's folder.
+    /// (`--assume-interrupted`) may have deleted a running one's folder. Reading the catalogue
+    /// checks it too, and prune acts on it, so the first one the listings lack is asked for by
+    /// name as well: a listing that left out an object the archive holds condemns nothing.
     pub async fn absent_backup_objects(
         &self,
         id: &BackupId,
@@ -69,11 +71,15 @@ impl ClusterArchive {
             let listing = self.archive.list(&dir).await?;
             held.extend(listing.objects_as(&dir, |name| Some(format!("{stream}/{name}"))));
         }
-        Ok(expected
-            .iter()
-            .filter(|object| !held.contains(&object.to_string()))
-            .cloned()
-            .collect())
+        let mut absent = Vec::new();
+        for object in expected.iter().filter(|o| !held.contains(&o.to_string())) {
+            let key = backup_object_key(&self.archive.root, self.system_id, id, object);
+            if absent.is_empty() && self.exists(&key).await? {
+                continue;
+            }
+            absent.push(object.clone());
+        }
+        Ok(absent)
     }
 
     /// The backups whose folders the archive holds, oldest first; folders walhalla does not

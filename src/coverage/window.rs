@@ -42,14 +42,12 @@ pub struct Span {
     pub broken_by: Option<String>,
 }
 
-/// A complete backup on the path that cannot be restored: one of its objects or some of its WAL
-/// is not there.
+/// A complete backup on the path whose WAL is not all there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Unrestorable {
     /// The backup.
     pub backup: String,
-    /// The first of its own objects the archive lacks, else the first segment missing
-    /// between its start and its stop.
+    /// The first segment missing between its start and its stop.
     pub missing: String,
 }
 
@@ -95,12 +93,8 @@ fn along(
         ) else {
             continue; // not on this path
         };
-        if let Some(missing) = backup.missing_objects.first() {
-            unrestorable.push(Unrestorable {
-                backup: backup.id.clone(),
-                missing: missing.clone(),
-            });
-            continue;
+        if !backup.missing_objects.is_empty() {
+            continue; // it cannot be restored: the backup says why (`missing_objects`)
         }
         if let Some(missing) = plan::missing_before_consistency(backup, path, held, size) {
             unrestorable.push(Unrestorable {
@@ -169,13 +163,8 @@ mod tests {
         let window = &windows([TimelineId(1)], &backups, &BTreeMap::new(), &held, size)[0];
         assert_eq!(window.spans.len(), 1, "{window:?}");
         assert_eq!(window.spans[0].from_backup, "b1");
-        assert_eq!(
-            window.unrestorable,
-            [Unrestorable {
-                backup: "b2".into(),
-                missing: "7/backups/b2/backup_manifest.zst".into(),
-            }]
-        );
+        // Its WAL is all there: the backup itself says why it cannot be restored.
+        assert!(window.unrestorable.is_empty(), "{window:?}");
     }
 
     #[test]

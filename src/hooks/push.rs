@@ -26,8 +26,9 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     let content = {
         let owned = path.to_path_buf();
         // SAFETY: PostgreSQL neither changes nor truncates a file while its archive_command
-        // runs. Were it truncated anyway, the process would die of SIGBUS: the archiver then
-        // exits FATAL and the postmaster restarts it, keeping the WAL.
+        // runs. Were it truncated anyway (or its disk failed), reading it would raise SIGBUS,
+        // which `mapped::exit_on_unreadable_map` turns into exit 1: the archiver keeps the WAL
+        // and tries again.
         blocking::run(move || unsafe { crate::mapped::map_immutable_file(&owned) })
             .await
             .with_context(|| format!("read {}", path.display()))?

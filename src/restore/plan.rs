@@ -141,10 +141,11 @@ pub fn choose_where<'a>(
     let Some(&oldest) = usable.first() else {
         let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
         return Err(format!(
-            "no complete backup lies on timeline path {} ({} backups in the archive, {} complete)",
+            "no restorable backup lies on timeline path {} ({} backups in the archive, {} complete, {} restorable)",
             timelines.join(" → "),
             backups.len(),
-            backups.iter().filter(|b| b.is_complete()).count()
+            backups.iter().filter(|b| b.is_complete()).count(),
+            backups.iter().filter(|b| b.is_restorable()).count()
         ));
     };
     let fits = |b: &BackupMeta| match target {

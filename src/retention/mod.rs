@@ -345,9 +345,9 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Result<Plan, PruneError> 
             }
             if complete.is_empty() {
                 plan.notes.push(
-                    "the archive holds no complete backup: no WAL is deleted (for WAL alone, use --keep-wal-within or --before)".into(),
+                    "the archive holds no complete backup that can be restored: no WAL is deleted (for WAL alone, use --keep-wal-within or --before)".into(),
                 );
-                plan.kept = timelines.keep_all("no complete backup to retain by");
+                plan.kept = timelines.keep_all("no restorable backup to retain by");
             } else {
                 plan.retained = retain(&complete, keep, within, policy.now, &timelines)?;
                 let metas: Vec<&BackupMeta> = complete

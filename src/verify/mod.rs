@@ -130,7 +130,7 @@ async fn verify_cluster(
         problem: format!("unreadable: {}", h.reason),
     }));
     findings.extend(history_chain(&histories, &listing.timelines));
-    let has_backups = listing.backups.iter().any(|b| b.is_complete());
+    let has_backups = listing.backups.iter().any(|b| b.is_restorable());
     findings.extend(continuity(
         &listing.timelines,
         &listing.windows,

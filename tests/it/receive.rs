@@ -596,7 +596,11 @@ fn an_archive_outage_loses_nothing() {
             .filter(|l| l.contains(level) && l.contains(message))
             .count()
     };
-    assert_eq!(count(" WARN ", "archive writes failing"), 1, "{log}");
+    assert_eq!(
+        count(" WARN ", "archive writes failing, retrying"),
+        1,
+        "{log}"
+    );
     assert_eq!(
         count(" INFO ", "archive writes work again after"),
         1,

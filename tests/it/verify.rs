@@ -9,7 +9,7 @@ use crate::harness::server::scrape;
 use crate::harness::{Backend, Server, TestArchive, Walhalla, describe, wait_for};
 use crate::push::archiving_primary;
 
-fn json_of(
+pub(crate) fn json_of(
     wh: &Walhalla,
     archive: &TestArchive,
     args: &[&str],
