@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::keys::{WalGroup, index_group_prefix, index_key, index_prefix, parse_index_object};
 use super::{ClusterArchive, Error, PutOutcome, Result};
 use crate::envelope::{self, Encoder};
-use crate::timeindex::SegmentIndex;
+use crate::timeindex::{IndexEnd, SegmentIndex};
 use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// zstd level of index objects: they are small, and compress well at any level.
@@ -32,6 +32,24 @@ pub struct PreparedIndex {
     json: Bytes,
     /// Its envelope.
     envelope: Vec<u8>,
+    /// Why the scan stopped.
+    end: IndexEnd,
+}
+
+impl PreparedIndex {
+    /// Where the scan of a complete segment found that valid WAL ends before the segment does,
+    /// and why: a record that fails its checks (its CRC-32C, say), or no record where one must
+    /// start. PostgreSQL writes a segment whole before the next, so in a complete segment
+    /// either means its bytes are not what PostgreSQL wrote. `None` when the WAL runs to the
+    /// segment's end or to a switch.
+    pub fn damage(&self) -> Option<String> {
+        match &self.end {
+            IndexEnd::Invalid { at, problem } => Some(format!("invalid WAL at {at}: {problem}")),
+            IndexEnd::EndOfWal { at } => Some(format!("no record at {at}, inside the segment")),
+            IndexEnd::Truncated { at } => Some(format!("it ends at {at}, inside the segment")),
+            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
+        }
+    }
 }
 
 /// Scans complete segment `segment` and makes its index object, on the blocking pool.
@@ -66,6 +84,7 @@ pub fn index_now(
         segment,
         json: Bytes::from(json),
         envelope,
+        end: index.end,
     })
 }
 

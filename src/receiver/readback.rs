@@ -21,8 +21,9 @@ pub enum Expect {
     /// The CRC-32 of the bytes the stream wrote
     /// ([`content_crc`](crate::spool::SegmentWriter::content_crc)): segments of this run.
     Crc(u32),
-    /// What the page headers say ([`check_stored`]): files an earlier run left, and kept tails
-    /// (fsynced before they get their name).
+    /// What the page headers say ([`check_stored`]), and for a complete segment its records
+    /// read to its end: files an earlier run left, and kept tails (fsynced before they get
+    /// their name).
     Pages,
 }
 
@@ -74,8 +75,19 @@ pub(super) fn read_back(
         map.rewind();
     }
     let encoded = encode_map(map, Some(len), level, file.complete.then_some(segment))?;
-    if let Expect::Crc(received) = file.expect {
-        check_crc(&encoded, received)?;
+    match file.expect {
+        Expect::Crc(received) => check_crc(&encoded, received)?,
+        // Page headers say nothing of the bytes between them: a complete segment an earlier
+        // run left must also read as WAL to its end, every record with its CRC-32C, as the
+        // scan for its time index reads it (a filesystem repaired after an error can leave a
+        // block of other bytes inside a page).
+        Expect::Pages => {
+            if let Some((_, Ok(index))) = &encoded.index
+                && let Some(damage) = index.damage()
+            {
+                return Err(corrupt(damage));
+            }
+        }
     }
     Ok(encoded)
 }
@@ -190,6 +202,49 @@ mod tests {
             );
             assert_eq!(envelope::decode(&encoded.envelope).unwrap(), content);
         }
+    }
+
+    #[test]
+    fn a_segment_an_earlier_run_left_damaged_inside_a_page_is_corrupt() {
+        use crate::wal::{LongPageHeader, SegNo, TimelineId};
+        let good = zstd::decode_all(
+            &include_bytes!("../wal/testdata/pg15-1MiB-000000010000000000000007.zst")[..],
+        )
+        .unwrap();
+        let head = LongPageHeader::parse(&good).unwrap();
+        let size = head.segment_size().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = SpoolFile {
+            path: dir.path().join("000000010000000000000007"),
+            segment: SegmentName::new(TimelineId(1), SegNo(7), size),
+            len: good.len(),
+            complete: true,
+            expect: Expect::Pages,
+        };
+        std::fs::write(&file.path, &good).unwrap();
+        let encoded = read_back(&file, 1, size, head.system_id).unwrap();
+        assert_eq!(envelope::decode(&encoded.envelope).unwrap(), good);
+        // One byte inside a commit record, far from any page header: the page check passes
+        // it, the record's CRC-32C does not.
+        let mut bad = good.clone();
+        bad[0x35140 + 30] ^= 0x10;
+        std::fs::write(&file.path, &bad).unwrap();
+        let e = read_back(&file, 1, size, head.system_id).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("invalid WAL at 0/735140"), "{e}");
+        // The 4 kB after a page's first half zeroed, as a filesystem that lost a block leaves
+        // it: no record where one must be, or one that fails its CRC.
+        let mut bad = good.clone();
+        bad[0x40000 + 4096..0x40000 + 8192].fill(0);
+        std::fs::write(&file.path, &bad).unwrap();
+        let e = read_back(&file, 1, size, head.system_id).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        // A segment this run wrote is checked against the CRC-32 it was received with instead.
+        let file = SpoolFile {
+            expect: Expect::Crc(crc32fast::hash(&bad)),
+            ..file
+        };
+        assert!(read_back(&file, 1, size, head.system_id).is_ok());
     }
 
     #[test]

@@ -609,6 +609,59 @@ fn an_archive_outage_loses_nothing() {
 }
 
 #[test]
+fn a_spool_copy_of_an_archived_segment_damaged_inside_its_pages_is_dropped_not_a_contradiction() {
+    // A filesystem repaired after an error (e2fsck) can bring back a segment the receiver had
+    // archived and removed, with other bytes inside its pages: the page headers are right, the
+    // records are not. The archive's copy was checked against what was received when it was
+    // stored; the spool's is dropped, and the receiver goes on. (Before, the two differed and
+    // the uploader stopped on the contradiction.)
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
+    wait_streaming(&pg);
+    // After a switch, the next segment starts with a record of its own, not the rest of one.
+    pg.switch_wal();
+    pg.write_rows(300);
+    let damaged = pg.switch_wal();
+    wait_archive_holds(&archive, &damaged);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+
+    let stored = archive
+        .object(&key_of(pg.system_id(), &damaged))
+        .expect("the segment is archived");
+    let mut content = zstd::decode_all(&stored[..]).expect("an archived object is zstd");
+    for byte in &mut content[48..112] {
+        *byte ^= 0xff; // inside the first records, after the page header
+    }
+    let copy = receiver.spool.join(&damaged);
+    std::fs::write(&copy, &content).unwrap();
+    crate::harness::give_tree_to_pg(&copy);
+
+    let args = ["-d", &conninfo, "-S", "walhalla", "--status-interval", "1"];
+    let mut restarted = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    pg.write_rows(300);
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    assert_contiguous(&archive);
+    assert!(!copy.exists(), "the damaged copy stayed in the spool");
+    assert_eq!(
+        archive.object(&key_of(pg.system_id(), &damaged)),
+        Some(stored),
+        "the archived segment changed"
+    );
+    let log = restarted.log();
+    assert!(
+        log.contains("the spool's copy is damaged") && log.contains("invalid WAL at"),
+        "{log}"
+    );
+    assert!(!log.contains("different content"), "{log}");
+    assert!(restarted.stop().success(), "{log}");
+}
+
+#[test]
 fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
     use std::os::unix::fs::DirBuilderExt;
     let wh = Walhalla::install();
