@@ -83,7 +83,8 @@ fn along(
         .collect();
     let mut spans: Vec<Span> = Vec::new();
     let mut unrestorable = Vec::new();
-    let mut complete: Vec<&BackupMeta> = backups.iter().filter(|b| b.is_complete()).collect();
+    // A backup missing one of its own objects starts no span; the backup says why.
+    let mut complete: Vec<&BackupMeta> = backups.iter().filter(|b| b.is_restorable()).collect();
     complete.sort_by_key(|b| b.stop().unwrap_or(Lsn(u64::MAX)));
     let mut reached = Lsn(0);
     for backup in complete {
@@ -93,9 +94,6 @@ fn along(
         ) else {
             continue; // not on this path
         };
-        if !backup.missing_objects.is_empty() {
-            continue; // it cannot be restored: the backup says why (`missing_objects`)
-        }
         if let Some(missing) = plan::missing_before_consistency(backup, path, held, size) {
             unrestorable.push(Unrestorable {
                 backup: backup.id.clone(),
