@@ -143,6 +143,22 @@ impl From<Crossing> for CrossingRecord {
     }
 }
 
+impl IndexEnd {
+    /// Where the scan of a complete segment found that valid WAL ends before the segment does,
+    /// and why: a record that fails its checks (its CRC-32C, say), or no record where one must
+    /// start. PostgreSQL writes a segment whole before the next, so in a complete segment
+    /// either means its bytes are not what PostgreSQL wrote. `None` when the WAL runs to the
+    /// segment's end or to a switch.
+    pub fn damage(&self) -> Option<String> {
+        match self {
+            IndexEnd::Invalid { at, problem } => Some(format!("invalid WAL at {at}: {problem}")),
+            IndexEnd::EndOfWal { at } => Some(format!("no record at {at}, inside the segment")),
+            IndexEnd::Truncated { at } => Some(format!("it ends at {at}, inside the segment")),
+            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
+        }
+    }
+}
+
 impl From<&ScanEnd> for IndexEnd {
     fn from(end: &ScanEnd) -> Self {
         match end {
@@ -359,14 +375,7 @@ mod segment_text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::{SegNo, SegmentSize, TimelineId};
-
-    const SEGMENT_7: &[u8] = include_bytes!("wal/testdata/pg15-1MiB-000000010000000000000007.zst");
-    const SEGMENT_8: &[u8] = include_bytes!("wal/testdata/pg15-1MiB-000000010000000000000008.zst");
-
-    fn name(n: u64) -> SegmentName {
-        SegmentName::new(TimelineId(1), SegNo(n), SegmentSize::new(1 << 20).unwrap())
-    }
+    use crate::wal::sample::{name, segment_7, segment_8};
 
     fn time(text: &str) -> PgTimestamp {
         parse_time(text).unwrap()
@@ -374,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_segment_is_indexed_as_pg_waldump_reads_it() {
-        let bytes = zstd::decode_all(SEGMENT_7).unwrap();
+        let bytes = segment_7();
         let index = SegmentIndex::of_segment(name(7), &bytes).unwrap();
         assert_eq!(index.records, 209);
         assert_eq!((index.commits, index.aborts), (7, 2));
@@ -421,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_switched_segment_and_damaged_ones() {
-        let mut bytes = zstd::decode_all(SEGMENT_8).unwrap();
+        let mut bytes = segment_8();
         let index = SegmentIndex::of_segment(name(8), &bytes).unwrap();
         assert_eq!(index.end, IndexEnd::Switch);
         assert_eq!(index.restore_points[0].name, "after_b");
@@ -441,7 +450,7 @@ mod tests {
 
     #[test]
     fn stored_indexes_are_read_strictly() {
-        let bytes = zstd::decode_all(SEGMENT_8).unwrap();
+        let bytes = segment_8();
         let index = SegmentIndex::of_segment(name(8), &bytes).unwrap();
         let mut value: serde_json::Value =
             serde_json::from_slice(&index.to_json().unwrap()).unwrap();

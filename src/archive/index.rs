@@ -37,18 +37,9 @@ pub struct PreparedIndex {
 }
 
 impl PreparedIndex {
-    /// Where the scan of a complete segment found that valid WAL ends before the segment does,
-    /// and why: a record that fails its checks (its CRC-32C, say), or no record where one must
-    /// start. PostgreSQL writes a segment whole before the next, so in a complete segment
-    /// either means its bytes are not what PostgreSQL wrote. `None` when the WAL runs to the
-    /// segment's end or to a switch.
+    /// Where valid WAL ends early in the segment, and why ([`IndexEnd::damage`]).
     pub fn damage(&self) -> Option<String> {
-        match &self.end {
-            IndexEnd::Invalid { at, problem } => Some(format!("invalid WAL at {at}: {problem}")),
-            IndexEnd::EndOfWal { at } => Some(format!("no record at {at}, inside the segment")),
-            IndexEnd::Truncated { at } => Some(format!("it ends at {at}, inside the segment")),
-            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
-        }
+        self.end.damage()
     }
 }
 

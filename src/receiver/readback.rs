@@ -206,17 +206,14 @@ mod tests {
 
     #[test]
     fn a_segment_an_earlier_run_left_damaged_inside_a_page_is_corrupt() {
-        use crate::wal::{LongPageHeader, SegNo, TimelineId};
-        let good = zstd::decode_all(
-            &include_bytes!("../wal/testdata/pg15-1MiB-000000010000000000000007.zst")[..],
-        )
-        .unwrap();
+        use crate::wal::{LongPageHeader, sample};
+        let good = sample::segment_7();
         let head = LongPageHeader::parse(&good).unwrap();
         let size = head.segment_size().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = SpoolFile {
             path: dir.path().join("000000010000000000000007"),
-            segment: SegmentName::new(TimelineId(1), SegNo(7), size),
+            segment: sample::name(7),
             len: good.len(),
             complete: true,
             expect: Expect::Pages,

@@ -22,6 +22,7 @@ use crate::daemon::{ServedCluster, Shared};
 use crate::envelope;
 use crate::metrics::FetchSource;
 use crate::spool::complete_path as spooled_segment;
+use crate::timeindex::SegmentIndex;
 use crate::wal::page_stream::check_stored;
 use crate::wal::{
     HeadCapture, LongPageHeader, SystemId, WalFileName, validate_file, validate_segment_head,
@@ -366,9 +367,11 @@ fn verify(
         .map_err(|e| anyhow!("{name}: {e}"))
 }
 
-/// [`verify`] for a complete segment waiting in the spool, and every page header after the
-/// first ([`check_stored`]): a spool that lost writes (it is not fsynced in the default mode)
-/// shows them as zeros or as a file cut short.
+/// [`verify`] for a complete segment waiting in the spool; then every page header after the
+/// first ([`check_stored`]), and every record to the segment's end or its switch, each with
+/// its CRC-32C ([`crate::timeindex::IndexEnd::damage`]). A spool that lost writes (it is not
+/// fsynced in the default mode) shows them as zeros or as a file cut short; a filesystem
+/// repaired after an error can leave other bytes inside a page, which only the records show.
 fn verify_spooled(
     name: &WalFileName,
     content: &[u8],
@@ -380,6 +383,11 @@ fn verify_spooled(
             .ok_or_else(|| anyhow!("{name}: {} bytes is no segment size", content.len()))?;
         check_stored(segment, content, size, system_id, true, &mut |_| {})
             .map_err(|e| anyhow!("{name}: {e}"))?;
+        let index =
+            SegmentIndex::of_segment(segment, content).map_err(|e| anyhow!("{name}: {e}"))?;
+        if let Some(damage) = index.end.damage() {
+            return Err(anyhow!("{name}: {damage}"));
+        }
     }
     Ok(())
 }
@@ -416,5 +424,32 @@ async fn status(State(state): State<AppState>) -> Response {
     match serde_json::to_string_pretty(&status) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{LongPageHeader, sample};
+
+    #[test]
+    fn a_spool_segment_damaged_inside_a_page_is_not_served() {
+        let good = sample::segment_7();
+        let head = LongPageHeader::parse(&good).unwrap();
+        let name = WalFileName::Segment(sample::name(7));
+        verify_spooled(&name, &good, head.system_id).unwrap();
+        // One byte inside a commit record, far from any page header: every page header
+        // still passes, the record's CRC-32C does not.
+        let mut bad = good.clone();
+        bad[0x35140 + 30] ^= 0x10;
+        let e = verify_spooled(&name, &bad, head.system_id).unwrap_err();
+        assert!(e.to_string().contains("invalid WAL at 0/735140"), "{e:#}");
+        // A block of zeros inside a page, as a filesystem that lost a block leaves it.
+        let mut bad = good.clone();
+        bad[0x40000 + 4096..0x40000 + 8192].fill(0);
+        assert!(verify_spooled(&name, &bad, head.system_id).is_err());
+        // Another cluster's segment is refused by its first page, as before.
+        let other = crate::wal::SystemId(head.system_id.0 ^ 1);
+        assert!(verify_spooled(&name, &good, other).is_err());
     }
 }

@@ -10,6 +10,8 @@ mod name;
 pub(crate) mod page;
 pub mod page_stream;
 mod records;
+#[cfg(test)]
+pub(crate) mod sample;
 mod validate;
 pub mod version;
 

@@ -31,15 +31,7 @@
 use super::scan::max_align;
 use super::*;
 use crate::wal::LONG_HEADER_BYTES;
-
-const SEGMENT_7: &[u8] = include_bytes!("../testdata/pg15-1MiB-000000010000000000000007.zst");
-const SEGMENT_8: &[u8] = include_bytes!("../testdata/pg15-1MiB-000000010000000000000008.zst");
-const START_7: Lsn = Lsn(0x70_0000);
-const START_8: Lsn = Lsn(0x80_0000);
-
-fn unpack(compressed: &[u8]) -> Vec<u8> {
-    zstd::decode_all(compressed).expect("test segment decompresses")
-}
+use crate::wal::sample::{START_7, START_8, segment_7, segment_8};
 
 fn time(text: &str) -> PgTimestamp {
     let at: jiff::Timestamp = text.parse().expect("test time");
@@ -95,7 +87,7 @@ fn segment_8_transactions() -> Vec<XactEnd> {
 
 #[test]
 fn segment_with_a_record_continuing_into_the_next_matches_pg_waldump() {
-    let found = scan_segment(&unpack(SEGMENT_7), START_7).unwrap();
+    let found = scan_segment(&segment_7(), START_7).unwrap();
     assert_eq!(found.transactions, segment_7_transactions());
     assert_eq!(
         found.restore_points,
@@ -139,7 +131,7 @@ fn segment_with_a_record_continuing_into_the_next_matches_pg_waldump() {
 
 #[test]
 fn segment_starting_with_a_continuation_and_ending_in_a_switch_matches_pg_waldump() {
-    let found = scan_segment(&unpack(SEGMENT_8), START_8).unwrap();
+    let found = scan_segment(&segment_8(), START_8).unwrap();
     assert_eq!(found.transactions, segment_8_transactions());
     let names: Vec<_> = found
         .restore_points
@@ -162,7 +154,7 @@ fn segment_starting_with_a_continuation_and_ending_in_a_switch_matches_pg_waldum
 
 #[test]
 fn a_flipped_byte_ends_the_valid_wal_at_its_record() {
-    let good = unpack(SEGMENT_7);
+    let good = segment_7();
     // In commit 729's xact_time (one page), then in the 20 kB message's second page.
     for (record, flip) in [(0x735140usize, 0x735140 + 30), (0x735DE8, 0x737000)] {
         let mut bad = good.clone();
@@ -187,7 +179,7 @@ fn a_flipped_byte_ends_the_valid_wal_at_its_record() {
 
 #[test]
 fn damaged_page_headers_end_the_valid_wal() {
-    let good = unpack(SEGMENT_7);
+    let good = segment_7();
     let page = |lsn: usize| lsn - START_7.0 as usize;
     // The 20 kB message at 0/735DE8 continues on the page at 0/736000: its remaining length.
     let mut bad = good.clone();
@@ -216,7 +208,7 @@ fn damaged_page_headers_end_the_valid_wal() {
 
 #[test]
 fn a_zeroed_tail_is_the_end_of_wal() {
-    let mut partial = unpack(SEGMENT_8);
+    let mut partial = segment_8();
     partial[0x9480..].fill(0);
     let found = scan_segment(&partial, START_8).unwrap();
     assert_eq!(found.end, ScanEnd::EndOfWal { at: Lsn(0x809480) });
@@ -227,7 +219,7 @@ fn a_zeroed_tail_is_the_end_of_wal() {
 
 #[test]
 fn truncated_input_yields_what_it_holds() {
-    let whole = unpack(SEGMENT_7);
+    let whole = segment_7();
     let all = segment_7_transactions();
     for len in (LONG_HEADER_BYTES..whole.len()).step_by(24_989) {
         let found = scan_segment(&whole[..len], START_7).unwrap();
@@ -245,7 +237,7 @@ fn truncated_input_yields_what_it_holds() {
 
 #[test]
 fn what_is_not_a_segment_is_refused_or_ends_at_once() {
-    let whole = unpack(SEGMENT_7);
+    let whole = segment_7();
     assert!(matches!(
         scan_segment(&whole[..10], START_7),
         Err(RecordError::Header(PageHeaderError::TooShort(10)))
