@@ -10,6 +10,7 @@
 //! would read that are gone, so `list`, `prune` and `restore` do not count on that backup.
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::meta::BackupMeta;
 use crate::archive::{BackupId, BackupObject, ClusterArchive};
@@ -45,31 +46,43 @@ impl std::fmt::Display for NoMeta {
     }
 }
 
-/// Every backup folder of the cluster, oldest first, with its metadata.
+/// Backup folders read at once: each is a metadata read and, for a complete backup, a listing
+/// of its folder and of each tar stream's, a round trip apiece on S3.
+const READ_PARALLELISM: usize = 8;
+
+/// Every backup folder of the cluster, oldest first, with its metadata. Folders are read
+/// [`READ_PARALLELISM`] at a time; the first error fails the whole read, so that nobody acts
+/// (prune least of all) on part of the catalogue.
 pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
-    let mut entries = Vec::new();
-    for id in cluster.backup_ids().await? {
-        let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
-            None => Err(NoMeta::Absent),
-            Some(object) => match decode_meta(cluster, &id, object).await {
-                Ok(meta) => {
-                    let meta = if meta.is_complete() {
-                        meta
-                    } else {
-                        complete_since(cluster, meta).await?
-                    };
-                    if meta.is_complete() {
-                        Ok(with_missing_objects(cluster, &id, meta).await?)
-                    } else {
-                        Ok(meta)
-                    }
+    let ids = cluster.backup_ids().await?;
+    futures_util::stream::iter(ids)
+        .map(|id| read_entry(cluster, id))
+        .buffered(READ_PARALLELISM)
+        .try_collect()
+        .await
+}
+
+/// One backup folder's entry.
+async fn read_entry(cluster: &ClusterArchive, id: BackupId) -> anyhow::Result<Entry> {
+    let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
+        None => Err(NoMeta::Absent),
+        Some(object) => match decode_meta(cluster, &id, object).await {
+            Ok(meta) => {
+                let meta = if meta.is_complete() {
+                    meta
+                } else {
+                    complete_since(cluster, meta).await?
+                };
+                if meta.is_complete() {
+                    Ok(with_missing_objects(cluster, &id, meta).await?)
+                } else {
+                    Ok(meta)
                 }
-                Err(why) => Err(NoMeta::Unreadable(why)),
-            },
-        };
-        entries.push(Entry { id, meta });
-    }
-    Ok(entries)
+            }
+            Err(why) => Err(NoMeta::Unreadable(why)),
+        },
+    };
+    Ok(Entry { id, meta })
 }
 
 /// `meta`, with the keys of the objects a restore of it reads that the archive lacks: a
