@@ -101,16 +101,28 @@ pub fn init(filter: EnvFilter, format: LogFormat) {
 /// Prints the error that ends the command, in `format`, whatever the filter: the last word
 /// of a failed command is never filtered out, and in JSON it is a line like the others.
 pub fn print_error(format: LogFormat, message: &str) {
+    eprintln!(
+        "{}",
+        error_line(format, message, Some(jiff::Timestamp::now()))
+    );
+}
+
+/// The line, without its newline, that [`print_error`] prints for `message` at time `at`. A
+/// line made ahead of its time (for a signal handler, which cannot read the clock and format
+/// it safely) has no time: `None` leaves the JSON's `timestamp` out.
+pub fn error_line(format: LogFormat, message: &str, at: Option<jiff::Timestamp>) -> String {
     match format {
-        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Text => message.to_owned(),
         LogFormat::Json => {
-            let line = serde_json::json!({
-                "timestamp": jiff::Timestamp::now().to_string(),
+            let mut line = serde_json::json!({
                 "level": "ERROR",
                 "fields": { "message": message },
                 "target": "walhalla",
             });
-            eprintln!("{line}");
+            if let Some(at) = at {
+                line["timestamp"] = at.to_string().into();
+            }
+            line.to_string()
         }
     }
 }
@@ -118,6 +130,24 @@ pub fn print_error(format: LogFormat, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_line_is_the_message_or_one_line_of_json() {
+        assert_eq!(
+            error_line(LogFormat::Text, "walhalla x: error: \"y\"", None),
+            "walhalla x: error: \"y\""
+        );
+        let at: jiff::Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        let line = error_line(LogFormat::Json, "a \"quoted\"\nsecond line", Some(at));
+        assert!(!line.contains('\n'), "{line}");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["fields"]["message"], "a \"quoted\"\nsecond line");
+        assert_eq!(json["level"], "ERROR");
+        assert_eq!(json["timestamp"], "2026-12-05T10:00:00Z");
+        let ahead = error_line(LogFormat::Json, "m", None);
+        let json: serde_json::Value = serde_json::from_str(&ahead).unwrap();
+        assert!(json.get("timestamp").is_none(), "{ahead}");
+    }
 
     #[test]
     fn levels_and_targets_parse() {

@@ -94,18 +94,25 @@ impl SequentialMap {
 static UNREADABLE_MAP: OnceLock<(Box<[u8]>, u8)> = OnceLock::new();
 
 /// Makes a mapped file that cannot be read end the process with `exit_code` after printing
-/// `command`'s error line, instead of dying of SIGBUS: so `fetch` exits as a failed
-/// restore_command must (above 125, never read as "not found"), and an operator reads what
-/// happened. Nothing incomplete is stored under a final name: every store is written under a
-/// temporary name (or as a multipart upload) and put in place only when whole. Set once,
-/// before anything is mapped; a second call changes nothing. Other bus errors (a hardware
-/// memory error, a misaligned access, a SIGBUS sent by `kill`) keep their default action.
-pub fn exit_on_unreadable_map(command: &str, exit_code: u8) -> io::Result<()> {
-    let line = format!(
+/// `command`'s error message, made into a line by `line` (in the log format; it is made now,
+/// so it cannot carry the time of the fault), instead of dying of SIGBUS: so `fetch` exits as
+/// a failed restore_command must (above 125, never read as "not found"), and an operator reads
+/// what happened. Nothing incomplete is stored under a final name: every store is written
+/// under a temporary name (or as a multipart upload) and put in place only when whole. Set
+/// once, before anything is mapped; a second call changes nothing. Other bus errors (a
+/// hardware memory error, a misaligned access, a SIGBUS sent by `kill`) keep their default
+/// action.
+pub fn exit_on_unreadable_map(
+    command: &str,
+    exit_code: u8,
+    line: impl FnOnce(&str) -> String,
+) -> io::Result<()> {
+    let message = format!(
         "walhalla {command}: error: a file mapped into memory could not be read (SIGBUS): an I/O \
          error on its disk, or another process cut it short while it was read; stopped there \
-         (nothing incomplete is stored under its final name)\n"
+         (nothing incomplete is stored under its final name)"
     );
+    let line = line(&message) + "\n";
     if UNREADABLE_MAP
         .set((line.into_bytes().into_boxed_slice(), exit_code))
         .is_err()
@@ -199,7 +206,10 @@ mod tests {
         const CHILD: &str = "WALHALLA_TEST_UNREADABLE_MAP";
         if let Some(dir) = std::env::var_os(CHILD) {
             // The child: a page past the end of a file cut short under its mapping.
-            exit_on_unreadable_map("push", 42).unwrap();
+            let json = |message: &str| {
+                crate::logging::error_line(crate::logging::LogFormat::Json, message, None)
+            };
+            exit_on_unreadable_map("push", 42, json).unwrap();
             let path = Path::new(&dir).join("segment");
             std::fs::write(&path, vec![7u8; 2 * 4096]).unwrap();
             // SAFETY: not safe, on purpose: the file is cut short while mapped.
@@ -231,11 +241,16 @@ mod tests {
             "{:?}: {stderr}",
             child.status
         );
+        // One line of JSON, as the other log lines under `--log-format json`.
+        let line = stderr.lines().last().unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(line).expect(&stderr);
+        assert_eq!(json["level"], "ERROR", "{line}");
+        let message = json["fields"]["message"].as_str().unwrap_or_default();
         assert!(
-            stderr.contains(
+            message.starts_with(
                 "walhalla push: error: a file mapped into memory could not be read (SIGBUS)"
             ),
-            "{stderr}"
+            "{line}"
         );
     }
 }

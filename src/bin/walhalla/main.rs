@@ -16,7 +16,7 @@ use walhalla::config::{Config, UsageError};
 use walhalla::hooks::{
     self, EXIT_FETCH_FATAL, EXIT_FETCH_NOT_FOUND, EXIT_PUSH_FAILED, FetchOptions, FetchOutcome,
 };
-use walhalla::logging;
+use walhalla::logging::{self, LogFormat};
 
 use output::{emit, pretty_json};
 use services::{receive, serve, status};
@@ -66,8 +66,11 @@ fn main() -> ExitCode {
         Command::Fetch(_) => EXIT_FETCH_FATAL,
         _ => EXIT_PUSH_FAILED,
     };
-    exit_with_on_panic(failure_code);
-    if let Err(e) = walhalla::mapped::exit_on_unreadable_map(cli.command.name(), failure_code) {
+    exit_with_on_panic(cli.command.name(), failure_code, log_format);
+    let unreadable_line = |message: &str| logging::error_line(log_format, message, None);
+    if let Err(e) =
+        walhalla::mapped::exit_on_unreadable_map(cli.command.name(), failure_code, unreadable_line)
+    {
         tracing::warn!("cannot handle SIGBUS: {e}");
     }
 
@@ -276,10 +279,14 @@ fn limit_allocator_caching() {
 }
 
 /// A panic must not exit with Rust's 101, which restore_command would read as "not found".
-fn exit_with_on_panic(code: u8) {
+/// Under JSON logging its message is a JSON line like the others.
+fn exit_with_on_panic(command: &'static str, code: u8, format: LogFormat) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default(info);
+        match format {
+            LogFormat::Text => default(info),
+            LogFormat::Json => logging::print_error(format, &format!("walhalla {command}: {info}")),
+        }
         std::process::exit(i32::from(code));
     }));
 }
