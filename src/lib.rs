@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! Dependencies point inward: `hooks`, `receiver`, `server` → `archive` → `envelope` → `wal`;
-//! `archive`, `restore` → `timeindex` → `wal`;
+//! `archive`, `restore`, `server` → `timeindex` → `wal`;
 //! `receiver`, `backup` → `protocol` → `wal`; `receiver`, `server` → `spool`; `hooks` →
 //! `client` → `server`'s header names; `restore` → `backup` → `archive`; `backup` →
 //! `receiver` (a backup that streams its own WAL). The archive's tools sit on top: `list` →
