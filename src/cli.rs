@@ -438,7 +438,8 @@ pub struct ReceiveArgs {
     #[arg(long, value_name = "LSN")]
     pub endpos: Option<Lsn>,
 
-    /// Local directory for WAL not yet archived [default: ~/.local/state/walhalla/spool-SYSTEMID].
+    /// Local directory for WAL not yet archived, one per receiver (held while it runs)
+    /// [default: ~/.local/state/walhalla/spool-SYSTEMID].
     #[arg(long, env = "WALHALLA_SPOOL", value_name = "DIR")]
     pub spool: Option<PathBuf>,
 

@@ -10,7 +10,7 @@
 //! `coverage` (pure) → `restore::plan`; `verify`, `prune`, `survey` → `list`; `prune` →
 //! `retention` (pure) → `restore::plan`; `check` → `archive`, `protocol`. `cli` sees
 //! `restore::settings`' value types and `restore::plan`'s time format; `settings` → `cli` (the definitions it gives variables
-//! and config-file keys); `protocol`, `server` → `pem`; `protocol`, `server`, `receiver` →
+//! and config-file keys); `protocol`, `server` → `pem`; `protocol`, `server`, `receiver`, `spool` →
 //! `osuser`.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.

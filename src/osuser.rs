@@ -8,8 +8,13 @@ use std::path::PathBuf;
 
 /// Whether walhalla runs as root (effective user id 0).
 pub fn is_root() -> bool {
+    euid() == 0
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
 
 /// The effective user's password-database entry: name and home directory.
@@ -21,8 +26,7 @@ struct Passwd {
 /// Looks up the effective user (`getpwuid_r(geteuid())`), as libpq's `pg_get_user_name` and
 /// `pqGetHomeDirectory` do; `None` when the user has no entry (a container's bare uid).
 fn effective_user() -> Option<Passwd> {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = euid();
     let mut buffer = vec![0u8; 1024];
     loop {
         // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
@@ -94,8 +98,7 @@ mod tests {
 
     #[test]
     fn the_name_is_the_effective_users_not_the_environments() {
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
+        let uid = euid();
         let expected = std::process::Command::new("id")
             .arg("-un")
             .output()

@@ -662,6 +662,49 @@ fn a_spool_copy_of_an_archived_segment_damaged_inside_its_pages_is_dropped_not_a
 }
 
 #[test]
+fn a_second_receiver_is_refused_the_spool_of_a_running_one() {
+    // Two receivers of one cluster share the default spool unless told otherwise. Before the
+    // lock, the second took the first one's segment in progress for an earlier run's and
+    // archived it as a snapshot; the first then found its file gone and reported WAL lost.
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let mut first = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
+    wait_streaming(&pg);
+    pg.write_rows(300);
+    let before = pg.switch_wal();
+    wait_archive_holds(&archive, &before);
+    pg.write_rows(100); // a segment in progress in the first one's spool
+
+    let args = ["-d", &conninfo, "-S", "second", "--create-slot"];
+    let mut second = Receiver::restart(&wh, &archive, &first.spool, &args);
+    let status = second
+        .wait(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the second receiver runs on: {}", second.log()));
+    let log = second.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    // It names the first one's process.
+    let holder = first.pid().expect("the first receiver runs");
+    assert!(
+        log.contains(&format!("another walhalla receive uses it (pid {holder})")),
+        "{log}"
+    );
+
+    // The first goes on as if nothing happened.
+    pg.write_rows(300);
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    assert_contiguous(&archive);
+    assert!(first.stop().success(), "{}", first.log());
+    let log = first.log();
+    for sign in ["did not give back", "lost", "disconnected"] {
+        assert!(!log.contains(sign), "{sign:?} in {log}");
+    }
+}
+
+#[test]
 fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
     use std::os::unix::fs::DirBuilderExt;
     let wh = Walhalla::install();

@@ -220,6 +220,11 @@ impl Receiver {
         }
     }
 
+    /// Its process id while it runs (the wrapper execs walhalla, so it is walhalla's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its peak resident memory (VmHWM) in kB, while it runs.
     pub fn peak_rss_kb(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -26,6 +26,13 @@
 //! received (the stream's CRC-32 of each segment, see `receiver::readback`), and otherwise
 //! has it streamed again.
 //!
+//! A receiver holds its spool for as long as it runs ([`open`]): a second receiver given the
+//! same spool (two receivers of one cluster share the default one) is refused, instead of
+//! taking the first one's files for an earlier run's and archiving, keeping or removing them
+//! under its feet. The hold is an abstract Unix socket named for the user and the spool's
+//! path, not a lock file: an open file in the spool would keep its filesystem from being
+//! unmounted for a repair while the receiver waits for it.
+//!
 //! Streaming restarts at the start of a segment (the slot keeps that segment on the server),
 //! so a kept tail is never appended to; it only serves a last-resort recovery.
 //! The functions here block: call them through [`crate::blocking::run`].
@@ -34,6 +41,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+mod hold;
 
 use crate::failpoint;
 use crate::fsutil::{WritebackCursor, fsync_dir};
@@ -60,7 +69,8 @@ pub struct SpoolContents {
     pub tails: Vec<(SegmentName, Lsn)>,
 }
 
-/// Opens (creating) the spool at `dir` for cluster `system_id`: refuses a spool of another
+/// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process
+/// (a spool another process holds is refused; see [`hold`]), refuses a spool of another
 /// cluster, checks that the directory is writable, and warns when other users can enter it.
 /// Then settles what an earlier run wrote without fsync (see the module documentation) and
 /// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
@@ -70,6 +80,7 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
         return Err(not_a_directory());
     }
     std::fs::create_dir_all(dir)?;
+    hold::hold(dir)?;
     // Created now, it is private (see fsutil::restrict_umask); an older version's spool may
     // not be, and it is the user's to change.
     if let Some(mode) = crate::fsutil::access_for_others(dir)? {
