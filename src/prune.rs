@@ -177,6 +177,9 @@ fn why(why: &Why) -> String {
         Why::AmongNewest => "among the newest --keep-backups".into(),
         Why::Within => "stopped within --keep-within".into(),
         Why::NewestTimeline(t) => format!("the newest that can restore timeline {t}"),
+        Why::ConsistentLast => {
+            "consistent last, the one restore chooses (it overlapped a newer backup)".into()
+        }
     }
 }
 

@@ -155,6 +155,10 @@ pub enum Why {
     Within,
     /// The newest complete backup from which the newest timeline, this one, can be restored.
     NewestTimeline(TimelineId),
+    /// Consistent last, so the one restore chooses, though another started later: two
+    /// backups overlapped (started in the same second, or a long one ended after a later
+    /// short one). Both are retained.
+    ConsistentLast,
 }
 
 /// A retained backup.
@@ -386,6 +390,14 @@ fn invalid(message: String) -> PruneError {
     PruneError::Invalid(message)
 }
 
+/// How new a complete backup is as restore counts it when it chooses the newest on a timeline
+/// path ([`crate::restore::plan::usable`]): by the timeline it is consistent on (a later
+/// timeline comes from a later promotion), then by where it is consistent; ties by start.
+fn newness<'a>(b: &'a Backup<'a>) -> (u32, Lsn, (&'a str, u32)) {
+    let stop = b.meta.stop().unwrap_or(Lsn(0));
+    (b.meta.stop_timeline, stop, order(&b.id))
+}
+
 /// A backup identifier's order: its start time, then its number within that second (from
 /// text, `-10` would sort before `-2`).
 fn order(id: &BackupId) -> (&str, u32) {
@@ -452,6 +464,7 @@ fn retain(
 ) -> Result<Vec<Retained>, PruneError> {
     let since = within.map(|d| back_from(now, d));
     let reaching_newest = timelines.newest_reaching_latest(complete.iter().map(|b| b.meta));
+    let consistent_last = (0..complete.len()).max_by_key(|&i| newness(complete[i]));
     let count = complete.len();
     let mut retained = Vec::new();
     for (index, backup) in complete.iter().enumerate() {
@@ -470,6 +483,9 @@ fn retain(
         }
         if reaching_newest == Some(index) && rank != 1 {
             why.push(Why::NewestTimeline(timelines.latest()));
+        }
+        if consistent_last == Some(index) && rank != 1 {
+            why.push(Why::ConsistentLast);
         }
         if !why.is_empty() {
             let start = meta.start().map_err(invalid)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::backup::meta::testing;
-use crate::restore::plan::{needed_segments, path};
+use crate::restore::plan::{Target, needed_segments, path};
 use crate::wal::{SegNo, WalFileName};
 
 const MIB: u64 = 1 << 20;
@@ -224,6 +224,35 @@ fn keep_one_of_three_backups() {
     // Pruning again deletes nothing more.
     let again = super::plan(&after, &keep(1)).unwrap();
     assert!(again.delete_objects.is_empty() && again.delete_backups.is_empty());
+}
+
+#[test]
+fn the_newest_backup_is_the_one_restore_would_choose_when_backups_overlap() {
+    // Two backups started in the same second: the second (`-2`) was consistent first. By
+    // their identifiers it is the newer; restore chooses the other, consistent later. Before,
+    // prune retained the first only and deleted the one restore chooses.
+    let later = backup(1, at(2, 0x28), at(5, 0x100), "2026-03-01T10:00:00Z");
+    let earlier = BackupMeta {
+        id: format!("{}-2", later.id),
+        ..backup(1, at(3, 0x28), at(4, 0x100), "2026-03-01T09:59:58Z")
+    };
+    let mut objects: Vec<StoredObject> = segments(1, 1, 8).collect();
+    objects.extend([&later, &earlier].map(backup_file));
+    let inventory = inventory(vec![later.clone(), earlier.clone()], objects);
+    let backups = [later.clone(), earlier.clone()];
+    let chosen = crate::restore::plan::choose(&backups, &Target::End, &path(TimelineId(1), &[]));
+    assert_eq!(chosen.unwrap().backup.id, later.id);
+
+    // Both are retained: the newest by its start, and the one restore would choose.
+    let plan = plan(&inventory, &keep(1)).unwrap();
+    assert_eq!(
+        ids(&plan),
+        (vec![later.id.clone(), earlier.id.clone()], vec![])
+    );
+    assert_eq!(plan.retained[0].why, vec![Why::ConsistentLast]);
+    assert_eq!(plan.retained[1].why, vec![Why::Newest, Why::AmongNewest]);
+    let after = pruned(&inventory, &plan);
+    assert!(restorable(&after, &later, 1) && restorable(&after, &earlier, 1));
 }
 
 /// Timeline 2 forked from timeline 1 at segment 6; backup 1 is on timeline 1 before it.

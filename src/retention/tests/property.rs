@@ -6,10 +6,11 @@
 //!
 //! Checked: (1) every segment a retained backup reads along any path it can follow, and held
 //! before, is held after; (2) no history file goes; (3) no retained backup goes, and every
-//! complete one not retained does; (4) the newest complete backup is retained; (5) pruning the
-//! result again with the same policy and time deletes nothing; (6) if a complete backup could
-//! restore the newest timeline, a retained one can; (7) a complete backup missing a segment
-//! before its consistency point is never retained, and counts as incomplete in (3)-(6).
+//! complete one not retained does; (4) the newest complete backup is retained, and so is the
+//! one consistent last; (5) pruning the result again with the same policy and time deletes
+//! nothing; (6) if a complete backup could restore the newest timeline, a retained one can;
+//! (7) a complete backup missing a segment before its consistency point is never retained,
+//! and counts as incomplete in (3)-(6).
 
 use super::*;
 
@@ -346,9 +347,15 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
             let deleted = plan.delete_backups.iter().any(|d| d.id.as_str() == b.id);
             assert!(deleted != retained.contains(b.id.as_str()), "{}", b.id);
         }
-        // (4) The newest complete backup is retained.
+        // (4) The newest complete backup is retained, and so is the one consistent last
+        // (restore's choice), when backups overlapped.
         if let Some(newest) = complete.last() {
             assert!(retained.contains(newest.id.as_str()), "{}", newest.id);
+        }
+        let consistent_last =
+            (complete.iter()).max_by_key(|b| (b.stop_timeline, b.stop().unwrap()));
+        if let Some(last) = consistent_last {
+            assert!(retained.contains(last.id.as_str()), "{}", last.id);
         }
         // (6) So is one that restores the newest timeline, if any did.
         let kept: Vec<&BackupMeta> = (complete.iter().copied())
