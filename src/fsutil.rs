@@ -246,11 +246,12 @@ impl TempFile {
     /// itself to the next commit of the file system: for a file whose name nobody relies on
     /// after a crash (the readahead cache, which a new worker empties).
     pub fn persist_data(mut self) -> io::Result<()> {
-        let file = self.file.take().expect("present until persisted");
-        file.sync_data()?;
+        // On an error the temporary file is still held, and dropping it removes it.
+        self.file().sync_data()?;
         // Renamed while still locked: a writer waiting for the lock then finds the name gone
         // (or another file under it) and starts afresh, instead of emptying this one.
         std::fs::rename(&self.temp_path, &self.dest)?;
+        let file = self.file.take();
         forget_temp_file(&self.temp_path);
         drop(file);
         Ok(())
@@ -437,6 +438,24 @@ impl Drop for TempFile {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_temporary_file_that_cannot_take_its_name_is_removed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        // The destination is a directory: the rename fails.
+        let dest = dir.path().join("RECOVERYXLOG");
+        std::fs::create_dir(&dest).unwrap();
+        let mut temp = super::TempFile::create(&dest).unwrap();
+        temp.file().write_all(b"segment").unwrap();
+        let error = temp.persist().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::IsADirectory, "{error}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["RECOVERYXLOG"], "the temporary file stayed");
+    }
+
     #[test]
     fn a_sync_queue_syncs_every_file_before_finishing() {
         let dir = std::env::temp_dir().join(format!("walhalla-syncq-{}", std::process::id()));
