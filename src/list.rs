@@ -347,7 +347,10 @@ pub fn describe(listing: &Listing) -> String {
         describe_cluster(cluster, &mut out);
     }
     if listing.clusters.is_empty() {
-        out.push_str("the archive holds no cluster\n");
+        out.push_str(
+            "the archive holds no cluster (a wrong location or prefix, an unmounted directory, \
+             or nothing archived yet?)\n",
+        );
     }
     out
 }

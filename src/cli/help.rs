@@ -61,7 +61,8 @@ const HELP: &[CommandHelp] = &[
     CommandHelp {
         name: "verify",
         exit_codes: "  0    the archive is clean
-  1    something is wrong (each problem is named), or the archive could not be read",
+  1    something is wrong (each problem is named), the archive holds no cluster, or it
+       could not be read",
         examples: "  walhalla --archive s3://bucket/prod verify
   walhalla --archive s3://bucket/prod verify --since 24h --json",
     },

@@ -25,8 +25,10 @@ fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
     if let Ok(at) = text.parse::<jiff::Timestamp>() {
         return Ok(at);
     }
-    let ago = jiff::SignedDuration::try_from(parse_duration(text)?)
-        .map_err(|e| format!("{text:?}: {e}"))?;
+    let ago = parse_duration(text).map_err(|e| {
+        format!("{e}; or an RFC 3339 time with its offset, such as 2026-12-05T09:00:00Z")
+    })?;
+    let ago = jiff::SignedDuration::try_from(ago).map_err(|e| format!("{text:?}: {e}"))?;
     jiff::Timestamp::now()
         .checked_sub(ago)
         .map_err(|e| format!("{text:?}: {e}"))

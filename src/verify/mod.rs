@@ -77,9 +77,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether nothing is wrong.
+    /// Whether nothing is wrong. An archive that holds no cluster is not: its location is
+    /// wrong, its directory not mounted, or nothing was archived yet, and a verify run by a
+    /// scheduler must not call that clean.
     pub fn is_clean(&self) -> bool {
-        self.clusters.iter().all(|c| c.findings.is_empty())
+        !self.clusters.is_empty() && self.clusters.iter().all(|c| c.findings.is_empty())
     }
 }
 
@@ -247,7 +249,10 @@ pub fn describe(report: &Report) -> String {
         }
     }
     if report.clusters.is_empty() {
-        out.push_str("the archive holds no cluster\n");
+        out.push_str(
+            "the archive holds no cluster: nothing to verify (a wrong location or prefix, an \
+             unmounted directory, or nothing archived yet?)\n",
+        );
     }
     out
 }

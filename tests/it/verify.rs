@@ -32,6 +32,16 @@ fn segment_key(archive: &TestArchive, segment: &str) -> String {
 fn verify_archive(backend: Backend) {
     let wh = Walhalla::install();
     let archive = TestArchive::new(backend);
+    // Nothing archived yet (or a wrong location): nothing to call clean.
+    let run = wh.run(&archive, Path::new("/"), &["verify"]);
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("holds no cluster: nothing to verify"),
+        "{}",
+        describe(&run)
+    );
+    let run = wh.run(&archive, Path::new("/"), &["list"]);
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     // No autovacuum: the last commit is the test's own.
     let pg = archiving_primary(&wh, &archive, "autovacuum = off");
     pg.write_rows(100);
