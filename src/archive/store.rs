@@ -56,7 +56,9 @@ pub(super) struct Opened {
 pub(super) fn open(location: &Location, options: &ArchiveOptions) -> Result<Opened, String> {
     let (store, endpoint): (Arc<dyn ObjectStore>, String) = match location {
         Location::Local(dir) => {
-            if options.create {
+            if dir.exists() && !dir.is_dir() {
+                return Err("it exists and is not a directory".into());
+            } else if options.create {
                 crate::fsutil::create_dir_all_durable(dir).map_err(|e| e.to_string())?;
             } else if !dir.is_dir() {
                 return Err("no such directory".into());

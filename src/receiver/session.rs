@@ -224,7 +224,9 @@ pub async fn run(
     let mut conn = Connection::connect(&options.conn)
         .await
         .map_err(from_conn)?;
-    tracing::info!(host = %conn.host(), tls = conn.is_encrypted(), "connected");
+    // At debug: the "streaming" line says it at info once the session streams, and a session
+    // that fails before then (a slot another receiver holds) would repeat it at every retry.
+    tracing::debug!(host = %conn.host(), tls = conn.is_encrypted(), "connected");
 
     let facts = identify(
         &mut conn,
@@ -320,7 +322,7 @@ pub async fn run(
             // The archive holds the old timeline up to where it ends: go on with the next.
             Ok(CopyStart::TimelineEnded(rows)) => next_timeline(&rows, timeline),
             Ok(CopyStart::Streaming) => {
-                tracing::info!(host = %conn.host(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
+                tracing::info!(host = %conn.host(), tls = conn.is_encrypted(), %start_lsn, timeline = timeline.0, slot = options.slot.as_deref().unwrap_or(""), "streaming");
                 shared.metrics.set_upstream(conn.host().to_string());
                 shared.metrics.set_timeline(timeline.0);
                 shared.metrics.stream_started(start_lsn.0);
