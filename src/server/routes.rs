@@ -292,7 +292,8 @@ async fn find(
             Ok(content) => match verify_spooled(&name, &content, system_id) {
                 Ok(()) => Ok(Some(original(content))),
                 Err(e) => {
-                    // The uploader refuses it too; the archive may hold a good copy.
+                    // Not what PostgreSQL wrote (the uploader archives only what reads back as
+                    // received): the archive may hold a good copy.
                     tracing::warn!("not serving spool file {}: {e:#}", path.display());
                     Ok(None)
                 }

@@ -7,6 +7,9 @@ use crate::wal::{LongPageHeader, Lsn, SegmentSize};
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 const XLP_LONG_HEADER: u16 = 0x0002;
+/// The page starts anew where a record was never finished: after a crash or a promotion, the
+/// continuation PostgreSQL did not have was overwritten by an `OVERWRITE_CONTRECORD` record.
+const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 /// Every `xlp_info` flag (`XLP_ALL_FLAGS`, with `XLP_FIRST_IS_OVERWRITE_CONTRECORD` 0x8).
 const XLP_ALL_FLAGS: u16 = 0x000F;
 /// `SizeOfXLogShortPHD`.
@@ -18,6 +21,16 @@ struct Page {
     header_len: usize,
     info: u16,
     rem_len: u32,
+}
+
+/// What reading at a position found.
+enum Step {
+    /// A record, read whole and checked.
+    Record(Read),
+    /// A record whose continuation was overwritten (`XLP_FIRST_IS_OVERWRITE_CONTRECORD` on the
+    /// page where it should continue): it is not part of the WAL, which goes on at the start of
+    /// that page (at this offset), after the same previous record, as xlogreader.c restarts.
+    Overwritten(usize),
 }
 
 /// A record read whole and checked.
@@ -90,7 +103,11 @@ impl<'a> Scanner<'a> {
         loop {
             done_before(pos);
             let read = match self.read_record(pos, prev, &mut buf) {
-                Ok(found) => found,
+                Ok(Step::Record(found)) => found,
+                Ok(Step::Overwritten(page)) => {
+                    pos = page;
+                    continue;
+                }
                 Err(end) => {
                     out.end = end;
                     return out;
@@ -227,7 +244,7 @@ impl<'a> Scanner<'a> {
         mut pos: usize,
         prev: Option<Lsn>,
         buf: &mut Vec<u8>,
-    ) -> Result<Read, ScanEnd> {
+    ) -> Result<Step, ScanEnd> {
         if pos >= self.segment_len {
             return Err(ScanEnd::SegmentEnd);
         }
@@ -286,6 +303,9 @@ impl<'a> Scanner<'a> {
                 at: self.lsn(page_start),
                 problem,
             };
+            if page.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
+                return Ok(Step::Overwritten(page_start));
+            }
             if page.info & XLP_FIRST_IS_CONTRECORD == 0 {
                 return Err(page_problem(InvalidWal::MissingContinuation));
             }
@@ -311,11 +331,11 @@ impl<'a> Scanner<'a> {
             }
         };
         decode::check_crc(buf, &header).map_err(invalid)?;
-        Ok(Read {
+        Ok(Step::Record(Read {
             start: pos,
             header,
             end,
-        })
+        }))
     }
 
     /// The record header at `pos`, wholly on one page.

@@ -298,6 +298,47 @@ fn timestamps_convert_to_unix_time() {
 }
 
 #[test]
+fn a_record_whose_continuation_was_overwritten_is_skipped_as_postgresql_does() {
+    // After a crash (or a promotion) in the middle of writing a record that spans pages,
+    // PostgreSQL writes on from the page where the record should have continued: that page
+    // says XLP_FIRST_IS_OVERWRITE_CONTRECORD, and its first record, XLOG_OVERWRITE_CONTRECORD,
+    // links back to the record before the unfinished one. Here: the 20 kB message at
+    // 0/735DE8 left unfinished, and a record (a copy of the restore point before it) at the
+    // start of the next page, 0/736000.
+    let mut bytes = segment_7();
+    let page = 0x736000 - START_7.0 as usize;
+    bytes[page + 2..page + 4].copy_from_slice(&0x0008u16.to_le_bytes()); // xlp_info
+    bytes[page + 16..page + 20].copy_from_slice(&0u32.to_le_bytes()); // xlp_rem_len
+    let template = 0x735D80 - START_7.0 as usize;
+    let (record, len) = (page + 24, 0x68);
+    bytes.copy_within(template..template + len, record);
+    bytes[record + 8..record + 16].copy_from_slice(&0x735D80u64.to_le_bytes()); // xl_prev
+    let tot_len = u32::from_le_bytes(bytes[record..record + 4].try_into().unwrap()) as usize;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bytes[record + 24..record + tot_len]),
+        &bytes[record..record + 20],
+    );
+    bytes[record + 20..record + 24].copy_from_slice(&crc.to_le_bytes());
+    bytes[record + len..page + 8192].fill(0); // nothing written after it yet
+
+    let found = scan_segment(&bytes, START_7).unwrap();
+    assert_eq!(found.end, ScanEnd::EndOfWal { at: Lsn(0x736080) });
+    assert_eq!(found.valid_end, Lsn(0x736080));
+    let points: Vec<Lsn> = found.restore_points.iter().map(|p| p.lsn).collect();
+    assert_eq!(points, [Lsn(0x735D80), Lsn(0x736018)]);
+    // Without the flag, the same page is a continuation that is missing.
+    bytes[page + 2..page + 4].copy_from_slice(&0u16.to_le_bytes());
+    let found = scan_segment(&bytes, START_7).unwrap();
+    assert!(matches!(
+        found.end,
+        ScanEnd::Invalid {
+            at: Lsn(0x736000),
+            problem: InvalidWal::MissingContinuation
+        }
+    ));
+}
+
+#[test]
 fn the_last_segment_of_the_lsn_space_does_not_overflow() {
     let start = Lsn(u64::MAX - (1 << 20) + 1);
     let mut bytes = crate::wal::page::tests::header_bytes(1, start.0, 42, 1 << 20);
