@@ -29,9 +29,9 @@
 //! A receiver holds its spool for as long as it runs ([`open`]): a second receiver given the
 //! same spool (two receivers of one cluster share the default one) is refused, instead of
 //! taking the first one's files for an earlier run's and archiving, keeping or removing them
-//! under its feet. The hold is an abstract Unix socket named for the user and the spool's
-//! path, not a lock file: an open file in the spool would keep its filesystem from being
-//! unmounted for a repair while the receiver waits for it.
+//! under its feet. The hold is an abstract Unix socket named for the spool (`hold.rs`), not a
+//! lock file: an open file in the spool would keep its filesystem from being unmounted for a
+//! repair while the receiver waits for it.
 //!
 //! Streaming restarts at the start of a segment (the slot keeps that segment on the server),
 //! so a kept tail is never appended to; it only serves a last-resort recovery.
@@ -70,7 +70,7 @@ pub struct SpoolContents {
 }
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process
-/// (a spool another process holds is refused; see [`hold`]), refuses a spool of another
+/// (a spool another process holds is refused; see the module documentation), refuses a spool of another
 /// cluster, checks that the directory is writable, and warns when other users can enter it.
 /// Then settles what an earlier run wrote without fsync (see the module documentation) and
 /// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
