@@ -176,10 +176,7 @@ fn why(why: &Why) -> String {
         Why::Newest => "the newest complete backup".into(),
         Why::AmongNewest => "among the newest --keep-backups".into(),
         Why::Within => "stopped within --keep-within".into(),
-        Why::NewestTimeline(t) => format!("the newest that can restore timeline {t}"),
-        Why::ConsistentLast => {
-            "consistent last, the one restore chooses (it overlapped a newer backup)".into()
-        }
+        Why::NewestTimeline(t) => format!("the one restore chooses for timeline {t}"),
     }
 }
 

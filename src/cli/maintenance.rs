@@ -43,7 +43,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("rule").multiple(true))]
 pub struct PruneArgs {
-    /// Retain the newest N complete backups (the newest is always retained).
+    /// Retain the newest N complete backups (the newest is always retained, and so is the
+    /// one restore chooses by default).
     #[arg(long, value_name = "N", group = "rule", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_backups: Option<u64>,
     /// Retain every complete backup that stopped within this long (`14d`, `12h`, `2w`);

@@ -84,7 +84,9 @@ impl Timelines {
         SegmentName::new(timeline, SegNo::containing(lsn, self.size), self.size)
     }
 
-    /// The index of the last of `backups` from which the latest timeline can be restored.
+    /// The index of the backup of `backups` (complete, oldest first) that `restore` chooses
+    /// for the latest timeline by default: of those on its path, the one consistent last
+    /// along it ([`crate::restore::plan::usable`]'s order, ties to the later one).
     pub(super) fn newest_reaching_latest<'a>(
         &self,
         backups: impl Iterator<Item = &'a BackupMeta>,
@@ -92,9 +94,9 @@ impl Timelines {
         let path = self.paths.get(&self.latest)?.as_ref()?;
         backups
             .enumerate()
-            .filter(|(_, b)| on_path(b, path).is_some())
+            .filter_map(|(index, b)| on_path(b, path).map(|(_, last, stop)| (index, (last, stop))))
+            .max_by_key(|(_, along)| *along)
             .map(|(index, _)| index)
-            .last()
     }
 
     /// The first segment `backup` needs to become consistent that the archive lacks along

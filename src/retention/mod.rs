@@ -11,9 +11,12 @@
 //! - it is among the `keep` newest complete backups (by identifier, that is start time);
 //! - it stopped (`stop_time`) within `within` before [`Policy::now`];
 //! - it is the newest complete backup: always, whatever the policy;
-//! - it is the newest complete backup from which the newest timeline (the one `restore`
-//!   follows by default) can be reached: a promotion or a point-in-time restore to a point
-//!   before the newest backup leaves the live timeline restorable only from an older backup.
+//! - it is the backup `restore` chooses for the newest timeline (the one it follows by
+//!   default): of the complete backups on that timeline's path, the one consistent last along
+//!   it. A promotion or a point-in-time restore to a point before the newest backup leaves the
+//!   live timeline restorable only from an older backup, and two backups that overlapped
+//!   (started in the same second, or a long one that ended after a later short one) make the
+//!   newest by start another than the one consistent last.
 //!
 //! Every other complete backup is deleted. An incomplete backup (`wal_complete` false) is never
 //! retained (restore never chooses it); it is deleted when older than the oldest retained
@@ -153,12 +156,11 @@ pub enum Why {
     AmongNewest,
     /// Stopped within the `within` duration.
     Within,
-    /// The newest complete backup from which the newest timeline, this one, can be restored.
+    /// The backup `restore` chooses for the newest timeline, this one, by default: of those
+    /// on its path, the one consistent last along it. It differs from the newest (by start)
+    /// after a promotion, or when two backups overlapped (started in the same second, or a
+    /// long one ended after a later short one).
     NewestTimeline(TimelineId),
-    /// Consistent last, so the one restore chooses, though another started later: two
-    /// backups overlapped (started in the same second, or a long one ended after a later
-    /// short one). Both are retained.
-    ConsistentLast,
 }
 
 /// A retained backup.
@@ -390,14 +392,6 @@ fn invalid(message: String) -> PruneError {
     PruneError::Invalid(message)
 }
 
-/// How new a complete backup is as restore counts it when it chooses the newest on a timeline
-/// path ([`crate::restore::plan::usable`]): by the timeline it is consistent on (a later
-/// timeline comes from a later promotion), then by where it is consistent; ties by start.
-fn newness<'a>(b: &'a Backup<'a>) -> (u32, Lsn, (&'a str, u32)) {
-    let stop = b.meta.stop().unwrap_or(Lsn(0));
-    (b.meta.stop_timeline, stop, order(&b.id))
-}
-
 /// A backup identifier's order: its start time, then its number within that second (from
 /// text, `-10` would sort before `-2`).
 fn order(id: &BackupId) -> (&str, u32) {
@@ -464,7 +458,6 @@ fn retain(
 ) -> Result<Vec<Retained>, PruneError> {
     let since = within.map(|d| back_from(now, d));
     let reaching_newest = timelines.newest_reaching_latest(complete.iter().map(|b| b.meta));
-    let consistent_last = (0..complete.len()).max_by_key(|&i| newness(complete[i]));
     let count = complete.len();
     let mut retained = Vec::new();
     for (index, backup) in complete.iter().enumerate() {
@@ -483,9 +476,6 @@ fn retain(
         }
         if reaching_newest == Some(index) && rank != 1 {
             why.push(Why::NewestTimeline(timelines.latest()));
-        }
-        if consistent_last == Some(index) && rank != 1 {
-            why.push(Why::ConsistentLast);
         }
         if !why.is_empty() {
             let start = meta.start().map_err(invalid)?;

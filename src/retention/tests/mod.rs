@@ -249,7 +249,10 @@ fn the_newest_backup_is_the_one_restore_would_choose_when_backups_overlap() {
         ids(&plan),
         (vec![later.id.clone(), earlier.id.clone()], vec![])
     );
-    assert_eq!(plan.retained[0].why, vec![Why::ConsistentLast]);
+    assert_eq!(
+        plan.retained[0].why,
+        vec![Why::NewestTimeline(TimelineId(1))]
+    );
     assert_eq!(plan.retained[1].why, vec![Why::Newest, Why::AmongNewest]);
     let after = pruned(&inventory, &plan);
     assert!(restorable(&after, &later, 1) && restorable(&after, &earlier, 1));

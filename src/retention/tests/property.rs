@@ -7,7 +7,7 @@
 //! Checked: (1) every segment a retained backup reads along any path it can follow, and held
 //! before, is held after; (2) no history file goes; (3) no retained backup goes, and every
 //! complete one not retained does; (4) the newest complete backup is retained, and so is the
-//! one consistent last; (5) pruning the result again with the same policy and time deletes
+//! one restore chooses for the newest timeline; (5) pruning the result again with the same policy and time deletes
 //! nothing; (6) if a complete backup could restore the newest timeline, a retained one can;
 //! (7) a complete backup missing a segment before its consistency point is never retained,
 //! and counts as incomplete in (3)-(6).
@@ -263,8 +263,9 @@ fn reaches_consistency(
     !on_any
 }
 
-/// Whether some backup of `backups` can restore the newest timeline.
-fn newest_restorable(inventory: &Inventory, backups: &[&BackupMeta]) -> bool {
+/// The path to the newest timeline, as (timeline, end) legs; `None` when its history is
+/// missing.
+fn newest_legs(inventory: &Inventory) -> Option<Vec<(u32, Option<Lsn>)>> {
     let newest = (inventory.timelines.keys().copied())
         .chain(held(inventory).iter().map(|s| s.timeline))
         .max()
@@ -272,12 +273,21 @@ fn newest_restorable(inventory: &Inventory, backups: &[&BackupMeta]) -> bool {
     let history = match inventory.timelines.get(&newest) {
         Some(history) => history.clone(),
         None if newest.0 == 1 => Vec::new(),
-        None => return false,
+        None => return None,
     };
-    let legs: Vec<(u32, Option<Lsn>)> = (history.iter())
-        .map(|h| (h.timeline.0, Some(h.switch_point)))
-        .chain([(newest.0, None)])
-        .collect();
+    Some(
+        (history.iter())
+            .map(|h| (h.timeline.0, Some(h.switch_point)))
+            .chain([(newest.0, None)])
+            .collect(),
+    )
+}
+
+/// Whether some backup of `backups` can restore the newest timeline.
+fn newest_restorable(inventory: &Inventory, backups: &[&BackupMeta]) -> bool {
+    let Some(legs) = newest_legs(inventory) else {
+        return false;
+    };
     (backups.iter()).any(|b| follows(b, &legs, b.stop().unwrap()).is_some())
 }
 
@@ -347,15 +357,28 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
             let deleted = plan.delete_backups.iter().any(|d| d.id.as_str() == b.id);
             assert!(deleted != retained.contains(b.id.as_str()), "{}", b.id);
         }
-        // (4) The newest complete backup is retained, and so is the one consistent last
-        // (restore's choice), when backups overlapped.
+        // (4) The newest complete backup is retained, and so is the one restore chooses for
+        // the newest timeline: consistent last along its path.
         if let Some(newest) = complete.last() {
             assert!(retained.contains(newest.id.as_str()), "{}", newest.id);
         }
-        let consistent_last =
-            (complete.iter()).max_by_key(|b| (b.stop_timeline, b.stop().unwrap()));
-        if let Some(last) = consistent_last {
-            assert!(retained.contains(last.id.as_str()), "{}", last.id);
+        if let Some(legs) = newest_legs(inventory) {
+            let along = |b: &BackupMeta| {
+                let stop = b.stop().unwrap();
+                follows(b, &legs, stop)?;
+                let leg = legs.iter().position(|leg| leg.0 == b.stop_timeline)?;
+                Some((leg, stop))
+            };
+            let chosen = (complete.iter())
+                .filter_map(|b| Some((along(b)?, b)))
+                .max_by_key(|(at, _)| *at);
+            if let Some((_, chosen)) = chosen {
+                assert!(
+                    retained.contains(chosen.id.as_str()),
+                    "restore's {}",
+                    chosen.id
+                );
+            }
         }
         // (6) So is one that restores the newest timeline, if any did.
         let kept: Vec<&BackupMeta> = (complete.iter().copied())
