@@ -429,9 +429,12 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if let Some(file) = self.file.take() {
+            // Removed while still locked: a writer waiting for the lock then finds the name
+            // gone and starts afresh, instead of taking over a file about to be removed.
             let _ = std::fs::remove_file(&self.temp_path);
             forget_temp_file(&self.temp_path);
+            drop(file);
         }
     }
 }
