@@ -285,7 +285,14 @@ fn exit_with_on_panic(command: &'static str, code: u8, format: LogFormat) {
     std::panic::set_hook(Box::new(move |info| {
         match format {
             LogFormat::Text => default(info),
-            LogFormat::Json => logging::print_error(format, &format!("walhalla {command}: {info}")),
+            LogFormat::Json => {
+                let thread = std::thread::current();
+                let thread = thread.name().unwrap_or("<unnamed>");
+                logging::print_error(
+                    format,
+                    &format!("walhalla {command}: thread '{thread}' {info}"),
+                )
+            }
         }
         std::process::exit(i32::from(code));
     }));
