@@ -68,8 +68,9 @@ pub(super) fn hold(dir: &Path) -> io::Result<()> {
 
 /// The abstract socket name that holds the spool `dir`: a hash of the identity of the
 /// directory it is in (device and inode) and of its own name. The same spool reached by
-/// another path (a symbolic link, a bind mount) has the same name, and a spool removed and
-/// made again, or unmounted and mounted again, keeps it.
+/// another path (a symbolic link, a bind mount of a directory above it) has the same name,
+/// and a spool removed and made again, or unmounted and mounted again, keeps it. A bind mount
+/// of the spool directory itself puts it in another parent: that is not seen.
 fn hold_name(dir: &Path) -> io::Result<String> {
     use sha2::Digest;
     use std::os::unix::ffi::OsStrExt;

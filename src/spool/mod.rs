@@ -69,9 +69,10 @@ pub struct SpoolContents {
     pub tails: Vec<(SegmentName, Lsn)>,
 }
 
-/// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process
-/// (a spool another process holds is refused; see the module documentation), refuses a spool of another
-/// cluster, checks that the directory is writable, and warns when other users can enter it.
+/// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process (a
+/// spool another process holds is refused; see the module documentation), refuses a spool of
+/// another cluster, checks that the directory is writable, and warns when other users can
+/// enter it.
 /// Then settles what an earlier run wrote without fsync (see the module documentation) and
 /// says whether this run's segments are to be fsynced: when `durable` is asked for, and when
 /// the boot cannot be told (no `/proc`).

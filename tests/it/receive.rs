@@ -664,7 +664,7 @@ fn a_spool_copy_of_an_archived_segment_damaged_inside_its_pages_is_dropped_not_a
 #[test]
 fn a_second_receiver_is_refused_the_spool_of_a_running_one() {
     // Two receivers of one cluster share the default spool unless told otherwise. Before the
-    // lock, the second took the first one's segment in progress for an earlier run's and
+    // hold, the second took the first one's segment in progress for an earlier run's and
     // archived it as a snapshot; the first then found its file gone and reported WAL lost.
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
