@@ -56,8 +56,8 @@ pub(super) struct Opened {
 pub(super) fn open(location: &Location, options: &ArchiveOptions) -> Result<Opened, String> {
     let (store, endpoint): (Arc<dyn ObjectStore>, String) = match location {
         Location::Local(dir) => {
-            if dir.exists() && !dir.is_dir() {
-                return Err("it exists and is not a directory".into());
+            if let Some(problem) = not_a_directory(dir) {
+                return Err(problem);
             } else if options.create {
                 crate::fsutil::create_dir_all_durable(dir).map_err(|e| e.to_string())?;
             } else if !dir.is_dir() {
@@ -163,6 +163,26 @@ fn truthy(value: &str) -> bool {
 }
 
 /// One attempt per request: retries are walhalla's.
+/// Why a local archive's path can neither be used nor made a directory, if it cannot: it is
+/// something else, or a symbolic link to nothing (which creating it would fail on with "File
+/// exists").
+fn not_a_directory(dir: &std::path::Path) -> Option<String> {
+    let link = std::fs::symlink_metadata(dir).ok()?;
+    if dir.is_dir() {
+        None
+    } else if dir.exists() {
+        Some("it exists and is not a directory".into())
+    } else if link.file_type().is_symlink() {
+        let target =
+            std::fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string());
+        Some(format!(
+            "it is a symbolic link to {target}, which does not exist"
+        ))
+    } else {
+        None
+    }
+}
+
 fn one_attempt() -> object_store::RetryConfig {
     object_store::RetryConfig {
         max_retries: 0,
@@ -183,4 +203,37 @@ fn client_settings(timeout: Duration) -> [(Key, String); 2] {
             seconds(Duration::from_secs(5).min(timeout)),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_a_directory;
+
+    #[test]
+    fn a_local_archive_path_that_cannot_be_a_directory_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("to-a-dir")).unwrap();
+        std::os::unix::fs::symlink(root.join("file"), root.join("to-a-file")).unwrap();
+        assert_eq!(not_a_directory(root), None);
+        assert_eq!(not_a_directory(&root.join("to-a-dir")), None);
+        assert_eq!(not_a_directory(&root.join("missing")), None);
+        for name in ["file", "to-a-file"] {
+            assert_eq!(
+                not_a_directory(&root.join(name)).as_deref(),
+                Some("it exists and is not a directory"),
+                "{name}"
+            );
+        }
+        let dangling = not_a_directory(&root.join("dangling")).unwrap();
+        assert_eq!(
+            dangling,
+            format!(
+                "it is a symbolic link to {}, which does not exist",
+                root.join("nowhere").display()
+            )
+        );
+    }
 }
