@@ -439,12 +439,13 @@ pub struct ReceiveArgs {
     pub endpos: Option<Lsn>,
 
     /// Local directory for WAL not yet archived, one per receiver (held while it runs)
-    /// [default: ~/.local/state/walhalla/spool-SYSTEMID].
+    /// [default: $XDG_STATE_HOME/walhalla/spool-SYSTEMID, else
+    /// ~/.local/state/walhalla/spool-SYSTEMID].
     #[arg(long, env = "WALHALLA_SPOOL", value_name = "DIR")]
     pub spool: Option<PathBuf>,
 
     /// Stop reading from the server while the spool holds this much (the slot then keeps
-    /// the WAL on the primary); accepts kB, MB, GB suffixes.
+    /// the WAL on the primary); accepts kB, MB, GB suffixes (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1GB", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,
 
