@@ -154,11 +154,18 @@ pub struct Walhalla {
 }
 
 impl Walhalla {
-    /// Copies the binary cargo built for these tests.
+    /// Links (or, across filesystems, copies) the binary cargo built for these tests.
+    ///
+    /// A link costs no space: a debug binary is hundreds of megabytes, and each of the tests
+    /// running at once installs one: copies of it once filled a CI machine's disk.
     pub fn install() -> Walhalla {
         let dir = TestDir::new("bin");
         let bin = dir.path().join("walhalla-bin");
-        std::fs::copy(env!("CARGO_BIN_EXE_walhalla"), &bin).expect("copy the walhalla binary");
+        let built = env!("CARGO_BIN_EXE_walhalla");
+        if std::fs::hard_link(built, &bin).is_err() {
+            std::fs::copy(built, &bin).expect("copy the walhalla binary");
+        }
+        // On a link this is the built file's mode too, which the PostgreSQL user needs anyway.
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let token = dir.path().join("token");
         std::fs::write(&token, format!("{TEST_TOKEN}\n")).expect("write the token file");
