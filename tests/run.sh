@@ -10,7 +10,9 @@
 #                     kills::; minutes of pgbench load each); default 15 when it is full, else the
 #                     first full one. The other full majors skip them (tests/faults/table.sh runs
 #                     them on any one major).
-#   WALHALLA_PG_JOBS  how many majors are tested at once; default 2.
+#   WALHALLA_PG_JOBS  how many majors are tested at once; default 2, or 1 when /tmp has less than
+#                     6 GB free once the tests are built (two at once take about 3 GB at their
+#                     peak: the fault tests keep all the WAL they make).
 # Arguments (test name filters, libtest options) select integration tests on every major instead.
 # Unit and doc tests run once. Ends with one line per major: its pass and fail counts.
 set -euo pipefail
@@ -40,6 +42,13 @@ cargo test --features failpoints --lib --bins --test it --no-run
 cargo test --features failpoints --lib --bins
 cargo test --features failpoints --doc
 it=$(tests/it-executable.sh)
+if [ -z "${WALHALLA_PG_JOBS:-}" ] && [ "$jobs" -gt 1 ]; then
+  free_mb=$(df -Pm /tmp | awk 'NR == 2 {print $4}')
+  if [ "$free_mb" -lt 6144 ]; then
+    echo "only $free_mb MB free in /tmp: one PostgreSQL major at a time" >&2
+    jobs=1
+  fi
+fi
 mapfile -t core < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' tests/core-scenarios)
 
 logs=$(mktemp -d)
