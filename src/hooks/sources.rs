@@ -388,14 +388,22 @@ pub fn nothing_archived(error: &anyhow::Error) -> bool {
 struct NoAnswer(String);
 
 /// Whether `error` says that a source could not be reached in time: the fetch server
-/// unreachable, the archive's store failing in a way that passes (a refused connection, a
+/// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
+/// started), the archive's store failing in a way that passes (a refused connection, a
 /// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
 /// corrupt object, which need someone to act. In standby mode such a miss is taken for
 /// "not available": the standby streams meanwhile and asks again.
 pub fn unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<NoAnswer>()
-            || matches!(cause.downcast_ref(), Some(ServerError::Unreachable { .. }))
+            || matches!(
+                cause.downcast_ref(),
+                Some(ServerError::Unreachable { .. })
+                    | Some(ServerError::Status {
+                        status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                        ..
+                    })
+            )
             || cause
                 .downcast_ref::<archive::Error>()
                 .is_some_and(archive::Error::is_transient)

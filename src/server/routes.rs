@@ -209,8 +209,22 @@ async fn wal(
         }
         Err(e) => {
             metrics.fetch_failed();
-            tracing::error!(%name, "cannot serve: {e:#}");
-            let mut response = plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"));
+            // An archive that cannot be reached for now (down, refusing, timing out) is a 503,
+            // which a client in standby mode takes for "not available" and asks again; a file
+            // that cannot be served intact, or a refusal, is a 500.
+            let passing = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<archive::Error>()
+                    .is_some_and(archive::Error::is_transient)
+            });
+            let status = if passing {
+                tracing::warn!(%name, "cannot serve for now: {e:#}");
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                tracing::error!(%name, "cannot serve: {e:#}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut response = plain(status, format!("{e:#}\n"));
             let nothing = e.chain().any(|cause| {
                 matches!(
                     cause.downcast_ref(),

@@ -345,12 +345,27 @@ fn a_streaming_standby_outlives_an_unreachable_fetch_server_and_archive() {
             .envs(S3Server::env_for(down));
         cmd.output().expect("run walhalla fetch")
     };
+    // A fetch server that runs while the store behind its archive is down: it answers 503,
+    // not 500, and the probe is "not available" too.
+    let mut s3_archive = TestArchive::new(Backend::S3);
+    let system_id = primary.system_id().to_string();
+    let server = Server::start(
+        &wh,
+        &s3_archive,
+        &["--timeout", "2", "--system-id", &system_id],
+    );
+    s3_archive.s3_mut().expect("an S3 archive").kill9();
+    let server_url = server.url();
     for (what, run) in [
         (
             "server",
             probe_history(&wh, &standby.data, ["--server", down]),
         ),
         ("archive", archive_down),
+        (
+            "server's archive",
+            probe_history(&wh, &standby.data, ["--server", &server_url]),
+        ),
     ] {
         assert_eq!(run.status.code(), Some(1), "{what}: {}", describe(&run));
         let stderr = String::from_utf8_lossy(&run.stderr);
@@ -359,6 +374,33 @@ fn a_streaming_standby_outlives_an_unreachable_fetch_server_and_archive() {
             "{what}: {stderr}"
         );
     }
+    let run = probe_history(&wh, &standby.data, ["--server", &server_url]);
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("503"),
+        "{}",
+        describe(&run)
+    );
+    // Outside standby mode the same answer still stops recovery (255), as an unreachable
+    // archive does: ending it early would be worse.
+    let recovering = TestDir::new("recovering");
+    let run = as_pg_user(wh.path())
+        .current_dir(recovering.path())
+        .args(["--system-id", &system_id, "fetch"])
+        .args([
+            "--server",
+            &server_url,
+            "00000002.history",
+            "RECOVERYHISTORY",
+        ])
+        .output()
+        .expect("run walhalla fetch");
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("503"),
+        "{}",
+        describe(&run)
+    );
+    drop(server);
 
     // The primary restarts while the fetch server is down: the standby asks its
     // restore_command, is told "not available", and streams again.
