@@ -229,6 +229,17 @@ impl ServerClient {
         Ok(())
     }
 
+    /// Whether the server accepts this client's token (or its lack of one): asks `/metrics`,
+    /// which the token guards as it guards `/wal`.
+    pub async fn authorized(&self) -> Result<(), ServerError> {
+        let url = self.base.join("metrics").expect("a relative path joins");
+        let response = self.send(self.http.get(url.clone()), &url).await?;
+        if response.status() != StatusCode::OK {
+            return Err(Self::error_status(response).await);
+        }
+        Ok(())
+    }
+
     /// Asks `/status`: the server's state as JSON.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join("status").expect("a relative path joins");

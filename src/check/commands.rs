@@ -52,6 +52,9 @@ impl HookCommand {
             if let Some(url) = word.strip_prefix("WALHALLA_SERVER=") {
                 parsed.fetch_server.server = Some(url.to_owned());
             }
+            if let Some(file) = word.strip_prefix("WALHALLA_TOKEN_FILE=") {
+                parsed.fetch_server.token_file = Some(file.into());
+            }
         }
         let Some(start) = words
             .iter()
@@ -79,6 +82,7 @@ impl HookCommand {
                     "--server-ca" => server.server_ca = value.map(Into::into),
                     "--client-cert" => server.client_cert = value.map(Into::into),
                     "--client-key" => server.client_key = value.map(Into::into),
+                    "--token-file" => server.token_file = value.map(Into::into),
                     _ => {}
                 }
             } else if !word.starts_with('-') && parsed.subcommand.is_none() {
@@ -192,7 +196,7 @@ mod tests {
     #[test]
     fn reads_the_fetch_server() {
         let fetch = HookCommand::parse(
-            "walhalla fetch --server https://wh:7480 --server-ca /etc/wh/ca.pem --client-cert c.pem --client-key=k.pem %f %p",
+            "walhalla fetch --server https://wh:7480 --server-ca /etc/wh/ca.pem --client-cert c.pem --client-key=k.pem --token-file t %f %p",
         );
         assert_eq!(fetch.subcommand.as_deref(), Some("fetch"));
         assert_eq!(fetch.archive, None);
@@ -201,11 +205,15 @@ mod tests {
         assert_eq!(server.server_ca, Some("/etc/wh/ca.pem".into()));
         assert_eq!(server.client_cert, Some("c.pem".into()));
         assert_eq!(server.client_key, Some("k.pem".into()));
-        let env = HookCommand::parse("WALHALLA_SERVER=http://127.0.0.1:7480 walhalla fetch %f %p");
+        assert_eq!(server.token_file, Some("t".into()));
+        let env = HookCommand::parse(
+            "WALHALLA_SERVER=http://127.0.0.1:7480 WALHALLA_TOKEN_FILE=/t walhalla fetch %f %p",
+        );
         assert_eq!(
             env.fetch_server.server.as_deref(),
             Some("http://127.0.0.1:7480")
         );
+        assert_eq!(env.fetch_server.token_file, Some("/t".into()));
     }
 
     #[test]

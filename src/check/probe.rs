@@ -68,13 +68,31 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
 
 /// The check `fetch_server`, where restore_command runs walhalla with a fetch server: whether
 /// that server, reached as restore_command reaches it, answers `/healthz` (which needs no
-/// token) within `timeout`.
+/// token) within `timeout`, and, when restore_command names its token file and this host can
+/// read it, accepts that token.
 pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Option<Check> {
     const NAME: &str = "fetch_server";
     if !restore_hook.runs_walhalla {
         return None;
     }
-    let client = match ServerClient::new(&restore_hook.fetch_server, timeout) {
+    let mut settings = restore_hook.fetch_server.clone();
+    // Without a token file named, fetch sends its user's default token, which need not be
+    // the one of the user running check: only a named file's token is tried.
+    let token_file = settings
+        .token_file
+        .take()
+        .filter(|_| settings.server.is_some());
+    let token_unread = match &token_file {
+        Some(file) => match crate::server::token::read(file) {
+            Ok(_) => {
+                settings.token_file = Some(file.clone());
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        },
+        None => None,
+    };
+    let client = match ServerClient::new(&settings, timeout) {
         Ok(client) => client?,
         Err(e) => {
             return Some(Check::fail(
@@ -84,12 +102,32 @@ pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Opti
             ));
         }
     };
-    Some(match client.healthz().await {
-        Ok(()) => Check::pass(NAME, format!("{} answers /healthz", client.url())),
-        Err(e) => Check::fail(
+    if let Err(e) = client.healthz().await {
+        return Some(Check::fail(
             NAME,
             format!("{e:#}"),
             "start walhalla serve (or receive --listen) there, or fix --server in restore_command: until it answers, fetch reads the archive directly, if it has one",
+        ));
+    }
+    let answers = format!("{} answers /healthz", client.url());
+    let Some(file) = token_file else {
+        return Some(Check::pass(NAME, answers));
+    };
+    let file = file.display();
+    if let Some(e) = token_unread {
+        return Some(Check::pass(
+            NAME,
+            format!("{answers}; its token was not tried: {e}"),
+        ));
+    }
+    Some(match client.authorized().await {
+        Ok(()) => Check::pass(NAME, format!("{answers} and accepts the token in {file}")),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{e:#}"),
+            format!(
+                "{file}, the token file restore_command names, must hold the server's token (its --token-file, by default `token` in its user's state directory)"
+            ),
         ),
     })
 }

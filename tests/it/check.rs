@@ -1,15 +1,16 @@
 //! `walhalla check` against real servers: a correctly archiving primary passes; a missing
 //! archive_command, one that stores into another archive, and a missing or idle slot are
 //! named; with a running receiver the round trip goes through its slot; a standby's fetch
-//! server is asked whether it answers.
+//! server is asked whether it answers and accepts the token restore_command names.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{
-    Backend, PgCluster, Receiver, Server, TestArchive, TestDir, Walhalla, as_pg_user, describe,
-    free_port, wait_for,
+    Backend, PgCluster, Receiver, Server, TEST_TOKEN, TestArchive, TestDir, Walhalla, as_pg_user,
+    describe, free_port, pg_user_ids, wait_for,
 };
 use crate::push::archiving_primary;
 
@@ -353,6 +354,44 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
     assert_eq!(code, 0, "{report:#}\n{}", server.log());
     assert_eq!(verdict(&report, "fetch_server"), "pass", "{report:#}");
+    drop(server);
+
+    // A token file named in restore_command is tried: a server that refuses it would have the
+    // standby's fetch exit 255, and PostgreSQL shut the standby down at its next probe.
+    let tokens = TestDir::new("tokens");
+    let token_file = |name: &str, token: &str| {
+        let path = tokens.path().join(name);
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = pg_user_ids() {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+        path
+    };
+    let ours = token_file("ours", TEST_TOKEN);
+    let theirs = token_file("theirs", "another-token");
+    standby.stop("fast");
+    standby.append_conf(&format!(
+        "restore_command = '{} fetch --server http://127.0.0.1:{port} --token-file {} %f %p'",
+        wh.path().display(),
+        ours.display()
+    ));
+    // No server runs while the standby starts: its probes are "not available" meanwhile.
+    standby.start();
+    let theirs_arg = theirs.display().to_string();
+    let server = Server::start_on(&wh, &archive, port, &["--token-file", &theirs_arg]);
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 1, "{report:#}\n{}", server.log());
+    assert_eq!(verdict(&report, "fetch_server"), "fail", "{report:#}");
+    assert!(said(&report, "fetch_server").contains("401"), "{report:#}");
+    drop(server);
+    let server = Server::start_on(&wh, &archive, port, &[]);
+    let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
+    assert_eq!(code, 0, "{report:#}\n{}", server.log());
+    assert!(
+        said(&report, "fetch_server").contains("accepts the token"),
+        "{report:#}"
+    );
 }
 
 #[test]
