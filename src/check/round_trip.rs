@@ -121,7 +121,7 @@ async fn diagnose(
                 facts.flush_lsn.as_deref().unwrap_or("nothing yet"),
             ),
             Ok(Some(_)) => format!(
-                "nothing streams from slot {slot}: start walhalla --archive {checked} receive -S {slot}"
+                "nothing streams from slot {slot}: start walhalla --archive {checked} receive -S {slot} (if one runs, its log says why it does not stream)"
             ),
             Ok(None) => format!("there is no slot {slot}"),
             Err(e) => format!("could not read slot {slot}: {e:#}"),

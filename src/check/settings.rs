@@ -255,7 +255,9 @@ pub fn slot(name: &str, facts: Option<&SlotFacts>) -> Vec<Check> {
         Check::fail(
             "slot_active",
             format!("nothing streams from slot {name:?}: the WAL it keeps piles up on the server"),
-            format!("start walhalla --archive URL receive -S {name}"),
+            format!(
+                "start walhalla --archive URL receive -S {name}; if one runs, its log says why it does not stream (a primary it cannot reach, or a server on an older timeline than the archive holds)"
+            ),
         )
     };
     vec![exists, active]

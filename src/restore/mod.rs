@@ -468,8 +468,9 @@ pub fn describe(report: &RestoreReport) -> String {
     if !report.settings.contains_key("archive_mode") {
         out.push_str(
             "archiving is as the backup's configuration says: once promoted, the server archives its new \
-             timeline where that sends it, which may be this archive (restore with --archive-mode off for a \
-             copy that must not)\n",
+             timeline where that sends it, which may be this archive; there the new timeline becomes the \
+             newest, and a receiver of the original cluster, at its next connection, waits for a server on it \
+             instead of streaming (restore with --archive-mode off for a copy that must not)\n",
         );
     }
     out.push_str(&format!("start the server with: {}", report.start));
