@@ -109,15 +109,7 @@ impl Refusal {
     /// What the operator should do, for an archive at `location`.
     fn hint(&self, location: &Location) -> String {
         let (bucket, _) = location.bucket().unwrap_or(("", ""));
-        let credentials = match location {
-            Location::Gcs { .. } => "GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT)",
-            Location::Azure { .. } => {
-                "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY (or a SAS token, or AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/AZURE_TENANT_ID)"
-            }
-            _ => {
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, or run with a web identity, ECS or instance role"
-            }
-        };
+        let credentials = credentials(location);
         match self {
             Refusal::NoSuchBucket => {
                 let kind = match location {
@@ -152,7 +144,29 @@ impl Refusal {
             }
             cause = e.source();
         }
-        format!("{what} ({said}); {}", self.hint(location))
+        let mut hint = self.hint(location);
+        // A denial without a code (the answer to a HEAD request has no body) may as well be
+        // the store refusing wrong credentials.
+        if *self == Refusal::AccessDenied && Answer::of(&error.to_string()).code.is_none() {
+            hint = format!(
+                "the answer gave no reason (a HEAD request's never does), so the credentials may be wrong too: check {}; or {hint}",
+                credentials(location)
+            );
+        }
+        format!("{what} ({said}); {hint}")
+    }
+}
+
+/// Where the credentials for an archive at `location` come from.
+fn credentials(location: &Location) -> &'static str {
+    match location {
+        Location::Gcs { .. } => "GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT)",
+        Location::Azure { .. } => {
+            "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY (or a SAS token, or AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/AZURE_TENANT_ID)"
+        }
+        _ => {
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, or run with a web identity, ECS or instance role"
+        }
     }
 }
 
@@ -278,6 +292,25 @@ mod tests {
                 && line.contains("why. RequestId"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_denial_without_a_reason_names_the_credentials_too() {
+        let location: Location = "s3://b/prefix".parse().unwrap();
+        let head = object_store::Error::PermissionDenied {
+            path: "x".into(),
+            source: "Server returned non-2xx status code: 403 Forbidden: ".into(),
+        };
+        let line = Refusal::of(&head).unwrap().describe(&location, &head);
+        assert!(
+            line.starts_with("access denied (")
+                && line.contains("credentials may be wrong too: check AWS_ACCESS_KEY_ID")
+                && line.contains("or the credentials need s3:GetObject"),
+            "{line}"
+        );
+        let coded = answer("403 Forbidden", "AccessDenied");
+        let line = Refusal::of(&coded).unwrap().describe(&location, &coded);
+        assert!(!line.contains("may be wrong"), "{line}");
     }
 
     #[test]
