@@ -49,7 +49,7 @@ pub async fn conditional_writes(archive: &Archive) -> Result<ConditionalWrites> 
         let key = key.clone();
         async move {
             archive
-                .retrying("probe", &key, || {
+                .retrying("store", &key, || {
                     archive
                         .store
                         .put_opts(&key, PutPayload::from_static(content), create())
@@ -69,7 +69,7 @@ pub async fn conditional_writes(archive: &Archive) -> Result<ConditionalWrites> 
         Ok(_) => {
             let store = &archive.store;
             let now = archive
-                .retrying("probe", &key, || async {
+                .retrying("read", &key, || async {
                     store.get(&key).await?.bytes().await
                 })
                 .await;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::Check;
 use super::commands::HookCommand;
-use crate::archive::Archive;
 use crate::archive::probe::{ConditionalWrites, conditional_writes};
+use crate::archive::{Archive, Location};
 use crate::client::ServerClient;
 use crate::wal::SystemId;
 
@@ -59,7 +59,15 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
             Check::fail(
                 "archive_writable",
                 format!("cannot store a scratch object: {e}"),
-                "give this host write access (s3:PutObject and s3:DeleteObject, or the directory's owner)",
+                match archive.location() {
+                    Location::Local(_) => {
+                        "let the user PostgreSQL runs as write into the directory (its owner, or its group with write permission)"
+                    }
+                    Location::S3 { .. } => {
+                        "give this host write access: s3:PutObject and s3:DeleteObject on the bucket"
+                    }
+                    _ => "give this host write access to the bucket (create and delete objects)",
+                },
             ),
             Check::skip("archive_create_only", "the archive cannot be written"),
         ],
