@@ -208,12 +208,13 @@ pub fn describe(report: &PruneReport) -> String {
     } else {
         "deleted"
     };
+    let counted = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let _ = writeln!(
         out,
-        "cluster {}: {verb} {} backups and {} WAL objects, {}",
+        "cluster {}: {verb} {} and {}, {}",
         report.system_id,
-        report.deleted_backups.len(),
-        report.deleted_objects.len(),
+        counted(report.deleted_backups.len(), "backup"),
+        counted(report.deleted_objects.len(), "WAL object"),
         bytes(report.freed_bytes)
     );
     for b in &report.retained {

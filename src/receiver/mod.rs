@@ -256,8 +256,8 @@ async fn take_over_spool(
     Ok(Some(ctx))
 }
 
-/// Says what a shutdown left in the spool for the next start, if anything. In synchronous mode
-/// the server may have recycled that WAL: the spool then holds its only copy.
+/// Says what a shutdown left in the spool for the next start, or that it left nothing. In
+/// synchronous mode the server may have recycled that WAL: the spool then holds its only copy.
 fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode) {
     if left > 0 {
         let keeper = match mode {
@@ -272,6 +272,8 @@ fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode)
             "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start ({keeper})",
             waited.as_secs()
         );
+    } else {
+        tracing::info!(spool = %spool.display(), "stopped: everything received is archived");
     }
 }
 

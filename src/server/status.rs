@@ -317,7 +317,16 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
             survey["window_start"].as_f64(),
             survey["window_end_lsn"].as_str(),
         ) {
-            (Some(_), Some(end)) => format!("from {} to {end}", time(&survey["window_start"])),
+            (Some(_), Some(end)) => {
+                let from = time(&survey["window_start"]);
+                match survey["window_end"].as_f64() {
+                    Some(_) => format!(
+                        "from {from} to {end}, last commit {}",
+                        time(&survey["window_end"])
+                    ),
+                    None => format!("from {from} to {end}"),
+                }
+            }
             _ => "none: no backup can be restored".to_string(),
         };
         line("  restorable window", window);
@@ -428,6 +437,33 @@ mod tests {
         let json = serde_json::to_value(report(&shared).await).unwrap();
         assert_eq!(json["errors"]["archive"], 1, "{json}");
         assert_eq!(json["server"]["fetch"]["hits"]["spool"], 1, "{json}");
+    }
+
+    #[test]
+    fn the_restorable_window_names_its_last_commit_when_known() {
+        let window = |end: serde_json::Value| {
+            let archive = serde_json::json!({
+                "survey": {
+                    "window_start": 1.8e9, "window_end_lsn": "0/1D000000", "window_end": end,
+                    "gap_segments": 0, "checked_at": 1.8e9,
+                },
+            });
+            let mut said = String::new();
+            describe_archive(&archive, &mut |label: &str, value: String| {
+                if label.trim() == "restorable window" {
+                    said = value;
+                }
+            });
+            said
+        };
+        let known = window(serde_json::json!(1.8e9 + 60.0));
+        assert!(known.starts_with("from 2027-"), "{known}");
+        assert!(
+            known.contains(" to 0/1D000000, last commit 2027-"),
+            "{known}"
+        );
+        let unknown = window(serde_json::Value::Null);
+        assert!(unknown.ends_with(" to 0/1D000000"), "{unknown}");
     }
 
     #[test]

@@ -702,6 +702,12 @@ fn a_second_receiver_is_refused_the_spool_of_a_running_one() {
     for sign in ["did not give back", "lost", "disconnected"] {
         assert!(!log.contains(sign), "{sign:?} in {log}");
     }
+    // A shutdown that archived everything says so last.
+    let last_line = log.lines().last().unwrap_or_default();
+    assert!(
+        last_line.contains("stopped: everything received is archived"),
+        "{log}"
+    );
 }
 
 #[test]
