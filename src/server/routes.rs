@@ -95,8 +95,10 @@ fn plain(status: StatusCode, text: String) -> Response {
 
 /// `GET /wal/{name}`: the verified original bytes, 404 (naming the cluster) when nobody has
 /// the file, 400 for a name that is not a WAL file name, 500 when the file exists but cannot
-/// be served intact, 503 when neither the request nor the receiver names a cluster yet. The
-/// cluster is the one the request names (`X-Walhalla-System-Id`), else the receiver's.
+/// be served intact, the store refuses, or the archive holds nothing for the cluster, 503 when
+/// the archive cannot be reached for now or neither the request nor the receiver names a
+/// cluster yet ([`failure_status`]). The cluster is the one the request names
+/// (`X-Walhalla-System-Id`), else the receiver's.
 ///
 /// With `?partial=1`, a segment nobody has in full is answered with the newest receiver
 /// snapshot of it, zero-padded to the segment size (for a last-resort recovery, as
@@ -209,21 +211,12 @@ async fn wal(
         }
         Err(e) => {
             metrics.fetch_failed();
-            // An archive that cannot be reached for now (down, refusing, timing out) is a 503,
-            // which a client in standby mode takes for "not available" and asks again; a file
-            // that cannot be served intact, or a refusal, is a 500.
-            let passing = e.chain().any(|cause| {
-                cause
-                    .downcast_ref::<archive::Error>()
-                    .is_some_and(archive::Error::is_transient)
-            });
-            let status = if passing {
+            let status = failure_status(&e);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(%name, "cannot serve for now: {e:#}");
-                StatusCode::SERVICE_UNAVAILABLE
             } else {
                 tracing::error!(%name, "cannot serve: {e:#}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
+            }
             let mut response = plain(status, format!("{e:#}\n"));
             let nothing = e.chain().any(|cause| {
                 matches!(
@@ -239,6 +232,23 @@ async fn wal(
             }
             response
         }
+    }
+}
+
+/// The answer to a WAL file the server could not serve: 503 for an archive that cannot be
+/// reached for now (connections refused, a timeout, a store error that passes), which a client
+/// in standby mode takes for "not available" and asks again; 500 for a file that cannot be
+/// served intact, a refusal of the store, or anything else.
+fn failure_status(error: &anyhow::Error) -> StatusCode {
+    let passing = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<archive::Error>()
+            .is_some_and(archive::Error::is_transient)
+    });
+    if passing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     }
 }
 
@@ -446,6 +456,58 @@ async fn status(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
     use crate::wal::{LongPageHeader, sample};
+
+    #[test]
+    fn only_an_archive_out_of_reach_for_now_is_a_503() {
+        let store = |error: object_store::Error| archive::Error::Store {
+            op: "read",
+            key: "k".into(),
+            error,
+        };
+        let location: archive::Location = "s3://b/p".parse().unwrap();
+        let passing = [
+            store(object_store::Error::Generic {
+                store: "S3",
+                source: "connection refused".into(),
+            }),
+            archive::Error::Timeout {
+                op: "read",
+                key: "k".into(),
+                seconds: 3,
+                attempts: 2,
+                last: None,
+            },
+        ];
+        let lasting = [
+            archive::Error::NothingArchived {
+                location: location.clone(),
+                system_id: crate::wal::SystemId(7),
+            },
+            archive::Error::Refused {
+                location,
+                refusal: archive::Refusal::AccessDenied,
+                reason: "access denied".into(),
+            },
+        ];
+        for error in passing {
+            let error = anyhow::Error::new(error).context("read 000000010000000000000003");
+            assert_eq!(
+                failure_status(&error),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{error:#}"
+            );
+        }
+        for error in lasting {
+            let error = anyhow::Error::new(error).context("read 000000010000000000000003");
+            assert_eq!(
+                failure_status(&error),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{error:#}"
+            );
+        }
+        let corrupt = anyhow!("the object failed verification");
+        assert_eq!(failure_status(&corrupt), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn a_spool_segment_damaged_inside_a_page_is_not_served() {
