@@ -19,7 +19,8 @@ pub struct HookCommand {
     /// Whether `archive` was read from that file.
     pub archive_in_config_file: bool,
     /// The fetch server it asks (`--server URL`, `--server=URL` or `WALHALLA_SERVER=URL`), with
-    /// the TLS files it names for it (`--server-ca`, `--client-cert`, `--client-key`).
+    /// the TLS files it names for it (`--server-ca`, `--client-cert`, `--client-key`) and its
+    /// token file (`--token-file`, `WALHALLA_TOKEN_FILE=`).
     pub fetch_server: ClientSettings,
 }
 

@@ -7,7 +7,7 @@ use super::Check;
 use super::commands::HookCommand;
 use crate::archive::probe::{ConditionalWrites, conditional_writes};
 use crate::archive::{Archive, Location};
-use crate::client::ServerClient;
+use crate::client::{ServerClient, ServerError};
 use crate::wal::SystemId;
 
 /// The check `archive_reachable` for `archive`, saying whether it holds WAL of `system_id`
@@ -76,8 +76,8 @@ pub async fn create_only(archive: &Archive) -> Vec<Check> {
 
 /// The check `fetch_server`, where restore_command runs walhalla with a fetch server: whether
 /// that server, reached as restore_command reaches it, answers `/healthz` (which needs no
-/// token) within `timeout`, and, when restore_command names its token file and this host can
-/// read it, accepts that token.
+/// token) within `timeout`, and accepts the token of the file restore_command names
+/// ([`token_tried`]).
 pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Option<Check> {
     const NAME: &str = "fetch_server";
     if !restore_hook.runs_walhalla {
@@ -85,21 +85,18 @@ pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Opti
     }
     let mut settings = restore_hook.fetch_server.clone();
     // Without a token file named, fetch sends its user's default token, which need not be
-    // the one of the user running check: only a named file's token is tried.
-    let token_file = settings
-        .token_file
-        .take()
-        .filter(|_| settings.server.is_some());
-    let token_unread = match &token_file {
-        Some(file) => match crate::server::token::read(file) {
-            Ok(_) => {
-                settings.token_file = Some(file.clone());
-                None
-            }
-            Err(e) => Some(format!("{e:#}")),
-        },
-        None => None,
-    };
+    // the one of the user running check: only a named file's token is tried, when it can be.
+    let token = settings.token_file.take().map(|file| {
+        let readable = if file.is_relative() {
+            Err("a relative path, which restore_command reads in the data directory".to_string())
+        } else {
+            crate::server::token::read(&file).map_err(|e| format!("{e:#}"))
+        };
+        if readable.is_ok() {
+            settings.token_file = Some(file.clone());
+        }
+        (file, readable.map(drop))
+    });
     let client = match ServerClient::new(&settings, timeout) {
         Ok(client) => client?,
         Err(e) => {
@@ -118,24 +115,46 @@ pub async fn fetch_server(restore_hook: &HookCommand, timeout: Duration) -> Opti
         ));
     }
     let answers = format!("{} answers /healthz", client.url());
-    let Some(file) = token_file else {
-        return Some(Check::pass(NAME, answers));
-    };
-    let file = file.display();
-    if let Some(e) = token_unread {
-        return Some(Check::pass(
+    Some(match token {
+        None => Check::pass(NAME, answers),
+        Some((file, Err(why))) => Check::pass(
             NAME,
-            format!("{answers}; its token was not tried: {e}"),
-        ));
-    }
-    Some(match client.authorized().await {
-        Ok(()) => Check::pass(NAME, format!("{answers} and accepts the token in {file}")),
-        Err(e) => Check::fail(
-            NAME,
-            format!("{e:#}"),
             format!(
-                "{file}, the token file restore_command names, must hold the server's token (its --token-file, by default `token` in its user's state directory)"
+                "{answers}; the token in {} was not tried: {why}",
+                file.display()
             ),
         ),
+        Some((file, Ok(()))) => token_tried(NAME, &client, &file, answers).await,
     })
+}
+
+/// Whether the server accepts requests with the token in `file` (read already): it guards
+/// `/metrics` as it guards `/wal`. Only a 401 or 403 fails: another answer (a proxy that keeps
+/// `/metrics` to itself, a server gone since `/healthz`) says nothing of the token.
+async fn token_tried(
+    name: &'static str,
+    client: &ServerClient,
+    file: &std::path::Path,
+    answers: String,
+) -> Check {
+    let file = file.display();
+    match client.authorized().await {
+        Ok(()) => Check::pass(
+            name,
+            format!("{answers} and accepts requests with the token in {file}"),
+        ),
+        Err(e @ ServerError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403) => {
+            Check::fail(
+                name,
+                format!("{e:#}"),
+                format!(
+                    "{file}, the token file restore_command names, must hold the server's token (its --token-file, by default `token` in its user's state directory)"
+                ),
+            )
+        }
+        Err(e) => Check::pass(
+            name,
+            format!("{answers}; the token was not verified: {e:#}"),
+        ),
+    }
 }

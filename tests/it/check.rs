@@ -389,7 +389,7 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
     assert_eq!(code, 0, "{report:#}\n{}", server.log());
     assert!(
-        said(&report, "fetch_server").contains("accepts the token"),
+        said(&report, "fetch_server").contains("accepts requests with the token"),
         "{report:#}"
     );
 }
