@@ -145,11 +145,11 @@ impl Refusal {
             cause = e.source();
         }
         let mut hint = self.hint(location);
-        // A denial without a code (the answer to a HEAD request has no body) may as well be
+        // A denial without an error code (the answer to a HEAD request has no body) may as well be
         // the store refusing wrong credentials.
         if *self == Refusal::AccessDenied && Answer::of(&error.to_string()).code.is_none() {
             hint = format!(
-                "the answer gave no reason (a HEAD request's never does), so the credentials may be wrong too: check {}; or {hint}",
+                "the answer gave no error code (a HEAD request's never does), so the credentials may be wrong too: check {}; or {hint}",
                 credentials(location)
             );
         }

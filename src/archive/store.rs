@@ -162,7 +162,6 @@ fn truthy(value: &str) -> bool {
     )
 }
 
-/// One attempt per request: retries are walhalla's.
 /// Why a local archive's path can neither be used nor made a directory, if it cannot: it is
 /// something else, or a symbolic link to nothing (which creating it would fail on with "File
 /// exists").
@@ -183,6 +182,7 @@ fn not_a_directory(dir: &std::path::Path) -> Option<String> {
     }
 }
 
+/// One attempt per request: retries are walhalla's.
 fn one_attempt() -> object_store::RetryConfig {
     object_store::RetryConfig {
         max_retries: 0,

@@ -156,8 +156,9 @@ pub struct Walhalla {
 impl Walhalla {
     /// Links (or, across filesystems, copies) the binary cargo built for these tests.
     ///
-    /// A link costs no space: a debug binary is hundreds of megabytes, and each of the tests
-    /// running at once installs one: copies of it once filled a CI machine's disk.
+    /// A link costs no space: a debug binary is a hundred megabytes or more, and each of the
+    /// tests running at once installs one (copies of it once filled a CI machine's disk). It
+    /// needs `/tmp` on the target directory's filesystem; elsewhere (a tmpfs) each test copies.
     pub fn install() -> Walhalla {
         let dir = TestDir::new("bin");
         let bin = dir.path().join("walhalla-bin");
