@@ -489,21 +489,11 @@ mod tests {
                 reason: "access denied".into(),
             },
         ];
-        for error in passing {
+        let passing = passing.map(|e| (e, StatusCode::SERVICE_UNAVAILABLE));
+        let lasting = lasting.map(|e| (e, StatusCode::INTERNAL_SERVER_ERROR));
+        for (error, status) in passing.into_iter().chain(lasting) {
             let error = anyhow::Error::new(error).context("read 000000010000000000000003");
-            assert_eq!(
-                failure_status(&error),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{error:#}"
-            );
-        }
-        for error in lasting {
-            let error = anyhow::Error::new(error).context("read 000000010000000000000003");
-            assert_eq!(
-                failure_status(&error),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "{error:#}"
-            );
+            assert_eq!(failure_status(&error), status, "{error:#}");
         }
         let corrupt = anyhow!("the object failed verification");
         assert_eq!(failure_status(&corrupt), StatusCode::INTERNAL_SERVER_ERROR);
