@@ -472,6 +472,27 @@ mod tests {
     }
 
     #[test]
+    fn failing_reads_and_writes_are_gauges_of_their_own() {
+        let mut s = Metrics::default().snapshot();
+        s.archive_reads.failing = true;
+        let page = s.to_prometheus();
+        for line in [
+            "walhalla_archive_reads_failing{kind=\"transient\"} 1\n",
+            "walhalla_archive_reads_failing{kind=\"permanent\"} 0\n",
+            "walhalla_archive_failing{kind=\"transient\"} 0\n",
+        ] {
+            assert!(page.contains(line), "{line}: {page}");
+        }
+        s.archive_writes = s.archive_reads.clone();
+        s.archive_writes.permanent = true;
+        let page = s.to_prometheus();
+        assert!(
+            page.contains("walhalla_archive_failing{kind=\"permanent\"} 1\n"),
+            "{page}"
+        );
+    }
+
+    #[test]
     fn lag_is_what_the_server_has_beyond_what_was_received() {
         let m = Metrics::default();
         m.stream_started(1000);

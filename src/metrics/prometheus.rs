@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Snapshot;
+use crate::archive::HealthReport;
 
 impl Snapshot {
     /// The Prometheus text exposition format (version 0.0.4).
@@ -147,18 +148,23 @@ impl Snapshot {
                 }
             }
         }
-        let failing = |permanent: bool| {
-            let writes = &self.archive_writes;
-            u64::from(writes.failing && writes.permanent == permanent).to_string()
+        let failing = |health: &HealthReport| {
+            [("transient", false), ("permanent", true)].map(|(kind, permanent)| {
+                let on = health.failing && health.permanent == permanent;
+                (format!("{{kind=\"{kind}\"}}"), u64::from(on).to_string())
+            })
         };
         metric(
             "archive_failing",
             "gauge",
             "1 while uploads fail, by kind: transient (retried) or permanent (an operator must act)",
-            &[
-                ("{kind=\"transient\"}".to_string(), failing(false)),
-                ("{kind=\"permanent\"}".to_string(), failing(true)),
-            ],
+            &failing(&self.archive_writes),
+        );
+        metric(
+            "archive_reads_failing",
+            "gauge",
+            "1 while reads of the archive fail (fetches, listings), by kind: transient or permanent",
+            &failing(&self.archive_reads),
         );
         let labelled = |label: &str, pairs: &[(&str, u64)]| {
             pairs

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::harness::server::scrape;
 use crate::harness::{
     Backend, PgCluster, S3Server, Server, TcpProxy, TestArchive, TestDir, Walhalla, as_pg_user,
     describe, wait_for,
@@ -379,6 +380,14 @@ fn a_streaming_standby_outlives_an_unreachable_fetch_server_and_archive() {
         String::from_utf8_lossy(&run.stderr).contains("503"),
         "{}",
         describe(&run)
+    );
+    // The server's metrics say its reads fail.
+    let reads_failing = "walhalla_archive_reads_failing{kind=\"transient\"}";
+    assert_eq!(
+        scrape(server.port, reads_failing),
+        Some(1.0),
+        "{}",
+        server.log()
     );
     // Outside standby mode the same answer still stops recovery (255), as an unreachable
     // archive does: ending it early would be worse.
