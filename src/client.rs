@@ -218,21 +218,20 @@ impl ServerClient {
         }
     }
 
-    /// The server's `/status`.
     /// Asks `/healthz`, which needs no token: `Ok` when the server answers `ok`.
     pub async fn healthz(&self) -> anyhow::Result<()> {
-        let url = self.base.join("healthz").expect("a relative path joins");
-        let response = self.send(self.http.get(url.clone()), &url).await?;
-        if response.status() != StatusCode::OK {
-            return Err(Self::error_status(response).await.into());
-        }
-        Ok(())
+        Ok(self.answers_ok("healthz").await?)
     }
 
     /// Whether the server accepts this client's token (or its lack of one): asks `/metrics`,
     /// which the token guards as it guards `/wal`.
     pub async fn authorized(&self) -> Result<(), ServerError> {
-        let url = self.base.join("metrics").expect("a relative path joins");
+        self.answers_ok("metrics").await
+    }
+
+    /// `Ok` when `GET path` answers 200 (the body unread), else the answer as an error.
+    async fn answers_ok(&self, path: &str) -> Result<(), ServerError> {
+        let url = self.base.join(path).expect("a relative path joins");
         let response = self.send(self.http.get(url.clone()), &url).await?;
         if response.status() != StatusCode::OK {
             return Err(Self::error_status(response).await);
