@@ -376,8 +376,10 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
         wh.path().display(),
         ours.display()
     ));
-    // No server runs while the standby starts: its probes are "not available" meanwhile.
+    // No server runs while the standby starts: its probes are "not available" meanwhile. It
+    // probes no more once it streams; a refused token before then would shut it down.
     standby.start();
+    primary.wait_streaming_standbys(1);
     let theirs_arg = theirs.display().to_string();
     let server = Server::start_on(&wh, &archive, port, &["--token-file", &theirs_arg]);
     let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
