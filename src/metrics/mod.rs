@@ -104,6 +104,8 @@ pub struct Metrics {
     upstream_host: Mutex<Option<String>>,
     /// The segment the receiver archived last, and when.
     last_archived: Mutex<Option<(String, SystemTime)>>,
+    /// Why the receiver's last session ended or failed to start, and when.
+    last_disconnect: Mutex<Option<(String, SystemTime)>>,
     /// Holes in the archive that the receiver could not fill.
     archive_gaps: Mutex<Vec<ArchiveGap>>,
     /// What the last survey of the archive found.
@@ -238,6 +240,11 @@ impl Metrics {
         self.spool_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// The receiver's session ended, or failed to start, for `why`.
+    pub fn disconnected(&self, why: String) {
+        *locked(&self.last_disconnect) = Some((why, SystemTime::now()));
+    }
+
     /// The receiver reconnected.
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +331,9 @@ impl Metrics {
             last_archived: locked(&self.last_archived)
                 .as_ref()
                 .map(|(name, at)| (name.clone(), unix_ms(*at) as f64 / 1000.0)),
+            last_disconnect: locked(&self.last_disconnect)
+                .as_ref()
+                .map(|(why, at)| (why.clone(), unix_ms(*at) as f64 / 1000.0)),
             archive_reads: HealthReport::default(),
             archive_writes: HealthReport::default(),
             archive_gaps: locked(&self.archive_gaps).clone(),
@@ -394,6 +404,8 @@ pub struct Snapshot {
     pub upstream_host: Option<String>,
     /// The segment the receiver archived last, and when (Unix seconds).
     pub last_archived: Option<(String, f64)>,
+    /// Why the receiver's last session ended or failed to start, and when (Unix seconds).
+    pub last_disconnect: Option<(String, f64)>,
     /// How the archive's reads have been going (filled in by the daemon's shared state).
     pub archive_reads: HealthReport,
     /// How the archive's writes have been going.

@@ -175,12 +175,14 @@ pub async fn run(
             Err(e) if options.for_backup.is_some() => return Err(e.error),
             Ok(SessionEnd::ServerEnded(why)) => {
                 tracing::warn!("disconnected: {why}; reconnecting");
+                shared.metrics.disconnected(why);
                 FIRST_BACKOFF
             }
             Err(e) if e.fatal => return Err(e.error),
             Err(e) => {
                 let pause = backoff.next_pause();
                 let error = format!("{:#}", e.error);
+                shared.metrics.disconnected(error.clone());
                 if failing.as_ref() == Some(&error) {
                     tracing::debug!(
                         "disconnected: {error}; reconnecting in {:.1}s",

@@ -62,6 +62,9 @@ struct ReceiverStatus {
     last_archived_segment: Option<String>,
     last_archived_at: Option<f64>,
     reconnects: u64,
+    /// Why the last session ended or failed to start, and when: kept while streaming again.
+    last_disconnect_reason: Option<String>,
+    last_disconnect_at: Option<f64>,
     gaps: Vec<ArchiveGap>,
 }
 
@@ -144,6 +147,11 @@ pub(super) async fn report(shared: &Shared) -> Status {
         last_archived_segment: snapshot.last_archived.as_ref().map(|(s, _)| s.clone()),
         last_archived_at: snapshot.last_archived.as_ref().map(|(_, at)| *at),
         reconnects: snapshot.reconnects,
+        last_disconnect_reason: snapshot
+            .last_disconnect
+            .as_ref()
+            .map(|(why, _)| why.clone()),
+        last_disconnect_at: snapshot.last_disconnect.as_ref().map(|(_, at)| *at),
         gaps: snapshot.archive_gaps.clone(),
     });
     let Snapshot { errors, fetch, .. } = snapshot;
@@ -232,6 +240,15 @@ fn describe_receiver(receiver: &serde_json::Value, line: &mut impl FnMut(&str, S
         "  upstream",
         format!("{}, {slot}, {streaming}", text(&receiver["upstream_host"])),
     );
+    if let (false, Some(why)) = (
+        receiver["connected"] == true,
+        receiver["last_disconnect_reason"].as_str(),
+    ) {
+        line(
+            "  why not connected",
+            format!("{why}, {}", time(&receiver["last_disconnect_at"])),
+        );
+    }
     line(
         "  mode",
         format!("{} (flush = in the {})", text(&receiver["mode"]), {
@@ -421,6 +438,23 @@ mod tests {
         let text = describe_status(&json);
         assert!(text.contains("slot walhalla"), "{text}");
         assert!(!text.contains("listening on"), "{text}");
+        assert!(!text.contains("why not connected"), "{text}");
+
+        let why = "db1 is on timeline 1 but the archive already holds timeline 2";
+        shared.metrics.disconnected(why.into());
+        let json = serde_json::to_value(report(&shared).await).unwrap();
+        assert_eq!(json["receiver"]["last_disconnect_reason"], why, "{json}");
+        let text = describe_status(&json);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("  why not connected") && l.contains(why)),
+            "{text}"
+        );
+        // Streaming again: the reason stays in the JSON, and the text no longer shows it.
+        shared.metrics.set_connected(true);
+        let json = serde_json::to_value(report(&shared).await).unwrap();
+        assert_eq!(json["receiver"]["last_disconnect_reason"], why, "{json}");
+        assert!(!describe_status(&json).contains("why not connected"));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! `/status` and `walhalla status` tell the truth: an archive outage shows within seconds and
-//! its end too, the receiver's upstream, slot and newest archived segment are there, and a
-//! part that does not run has no section. The receiver logs in JSON meanwhile: every line
-//! parses, each archived segment has its line at info level, and the outage is two lines.
+//! its end too, the receiver's upstream, slot and newest archived segment are there, a
+//! receiver that lost its server says why, and a part that does not run has no section. The
+//! receiver logs in JSON meanwhile: every line parses, each archived segment has its line at
+//! info level, and the outage is two lines.
 
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,24 @@ fn status_shows_an_archive_outage_within_seconds_and_its_end() {
     );
     assert_eq!(writes["failing_since"], serde_json::Value::Null, "{up}");
     assert!(status_text(&wh, port).contains("ok, last success"));
+
+    // The server goes away: status says the receiver is not connected, and why.
+    pg.stop("fast");
+    let text = wait_for(
+        "status to say why the receiver is not connected",
+        Duration::from_secs(30),
+        || {
+            let text = status_text(&wh, port);
+            text.contains("why not connected").then_some(text)
+        },
+    );
+    assert!(text.contains("not connected"), "{text}");
+    let json = status(port);
+    assert_eq!(json["receiver"]["connected"], false, "{json}");
+    assert!(
+        json["receiver"]["last_disconnect_at"].as_f64().is_some(),
+        "{json}"
+    );
     assert!(receiver.stop().success(), "{}", receiver.log());
 
     // The log: JSON throughout, a line per archived segment at info level, and the outage
