@@ -187,8 +187,31 @@ impl fmt::Display for Brief<'_> {
             parts.extend(answer.message);
             return write!(f, "{}", one_line(&parts.join(": ")));
         }
-        write!(f, "{}", one_line(&text))
+        write!(f, "{}", one_line(&without_staging_suffix(&text)))
     }
+}
+
+/// `text` without the `#N` that object_store's local store appends to the file it writes
+/// before renaming it: an error about that file is about the object named without it.
+fn without_staging_suffix(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('#') {
+        let after = &rest[at + 1..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let ends_name = after[digits..].starts_with(':') || after[digits..].is_empty();
+        out.push_str(&rest[..at]);
+        if digits == 0 || !ends_name {
+            out.push('#');
+        }
+        rest = if digits > 0 && ends_name {
+            &after[digits..]
+        } else {
+            after
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `text` with every run of white space, line breaks included, as one space.
@@ -311,6 +334,22 @@ mod tests {
         let coded = answer("403 Forbidden", "AccessDenied");
         let line = Refusal::of(&coded).unwrap().describe(&location, &coded);
         assert!(!line.contains("may be wrong"), "{line}");
+    }
+
+    #[test]
+    fn a_local_error_names_the_object_not_the_staging_file() {
+        let error = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: "Unable to open file /a/wal/0001.zst#1: Permission denied (os error 13)".into(),
+        };
+        assert_eq!(
+            Brief(&error).to_string(),
+            "Generic LocalFileSystem error: Unable to open file /a/wal/0001.zst: Permission denied (os error 13)"
+        );
+        for kept in ["a #1 b", "x#12y: z", "#", "n#"] {
+            assert_eq!(without_staging_suffix(kept), kept);
+        }
+        assert_eq!(without_staging_suffix("f#3"), "f");
     }
 
     #[test]
