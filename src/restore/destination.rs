@@ -125,6 +125,39 @@ impl Destination {
     }
 }
 
+/// Refuses a destination that is, holds or lies in the local archive at `archive`, whatever
+/// `--force` says: emptying it would delete the archive, and a failed restore removes what it
+/// wrote there.
+pub(super) fn refuse_the_archive(destination: &Destination, archive: &Path) -> anyhow::Result<()> {
+    let (Some(dir), Some(archive)) = (resolved(&destination.dir), resolved(archive)) else {
+        return Ok(());
+    };
+    if dir.starts_with(&archive) || archive.starts_with(&dir) {
+        bail!(
+            "{} is, holds or lies in the archive at {}; restore elsewhere (--force never \
+             empties an archive)",
+            destination.dir.display(),
+            archive.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` with its nearest existing ancestor's symbolic links resolved, and the rest as given:
+/// where the path is or would be created. `None` when no ancestor can be resolved.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return Some(rest.iter().rev().fold(real, |at, part| at.join(part)));
+        }
+        rest.push(existing.file_name()?);
+        existing = existing.parent()?;
+    }
+}
+
 /// A running server's data directory that is `dir` or directly in it, with its postmaster's
 /// pid ([`running_postmaster`]).
 fn running_server_in(dir: &Path) -> anyhow::Result<Option<(PathBuf, i32)>> {
@@ -252,6 +285,36 @@ pub(super) fn remove_partial(destinations: &[Destination]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_archive_is_never_a_destination_even_with_force() {
+        let root = tempfile::tempdir().unwrap();
+        let archive = root.path().join("archive");
+        std::fs::create_dir_all(archive.join("7000/wal")).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&archive, &link).unwrap();
+        for dir in [
+            archive.clone(),
+            root.path().to_path_buf(),
+            archive.join("7000"),
+            archive.join("new/data"),
+            link.join("7000"),
+            root.path().join("archive/../archive"),
+        ] {
+            let destination = Destination::data_directory(dir.clone(), true);
+            let error = refuse_the_archive(&destination, &archive)
+                .expect_err(&format!("{} accepted", dir.display()))
+                .to_string();
+            assert!(
+                error.contains("is, holds or lies in the archive"),
+                "{error}"
+            );
+        }
+        for dir in [root.path().join("data"), root.path().join("archive2")] {
+            let destination = Destination::tablespace(16384, dir, true, true);
+            refuse_the_archive(&destination, &archive).unwrap();
+        }
+    }
 
     #[test]
     fn the_data_directory_of_a_running_server_is_refused_even_with_force() {

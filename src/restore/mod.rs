@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 
-use crate::archive::{Archive, BackupObject, ClusterArchive};
+use crate::archive::{Archive, BackupObject, ClusterArchive, Location};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::BackupMeta;
@@ -183,7 +183,19 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         ));
     }
     let checked = destinations.clone();
-    blocking::run(move || checked.iter().try_for_each(Destination::check)).await?;
+    let local_archive = match archive.location() {
+        Location::Local(dir) => Some(dir.clone()),
+        _ => None,
+    };
+    blocking::run(move || {
+        checked.iter().try_for_each(|destination| {
+            if let Some(archive) = &local_archive {
+                destination::refuse_the_archive(destination, archive)?;
+            }
+            destination.check()
+        })
+    })
+    .await?;
 
     let settings = options.recovery.settings();
     let signal = if options.standby {

@@ -898,5 +898,19 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("running PostgreSQL server"), "{stderr}");
     assert!(pg.data.join("postmaster.pid").exists());
+
+    // A --to mistyped as the archive itself, or a directory above it: refused, --force or
+    // not, and the archive keeps every object.
+    let local = std::path::PathBuf::from(archive.url());
+    let keys = archive.keys();
+    for to in [local.clone(), local.parent().unwrap().to_path_buf()] {
+        let (code, _, stderr) = restore(&wh, &archive, &to, &["--force"]);
+        assert_eq!(code, Some(1), "{}: {stderr}", to.display());
+        assert!(
+            stderr.contains("is, holds or lies in the archive"),
+            "{stderr}"
+        );
+        assert_eq!(archive.keys(), keys, "{}", to.display());
+    }
     insert_batch(&pg, "E");
 }
