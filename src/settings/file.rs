@@ -43,7 +43,10 @@ impl ConfigFile {
     /// Parses `text`, the file at `path` (named in errors).
     pub fn parse(path: &Path, text: &str) -> anyhow::Result<ConfigFile> {
         let context = || format!("config file {}", path.display());
-        let table: toml::Table = text.parse().with_context(context)?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!(without_source(&e, text)))
+            .with_context(context)?;
         let mut file = ConfigFile {
             path: path.to_owned(),
             top: BTreeMap::new(),
@@ -176,6 +179,21 @@ impl ConfigFile {
 
 /// The flag texts of a TOML value: a string as it is, numbers and booleans as written, an
 /// array as one text per element.
+/// A syntax error's message and place, without the source line the parser quotes: the line
+/// may hold a secret (a password in a connection string, refused after parsing).
+fn without_source(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn texts(value: &toml::Value) -> anyhow::Result<Vec<String>> {
     Ok(match value {
         toml::Value::String(s) => vec![s.clone()],

@@ -125,6 +125,11 @@ fn the_file_is_checked_like_flags() {
             "password",
         ),
         ("archive = [", "config file"),
+        // A syntax error on a secret's line: the parser's quotation of the line is left out.
+        (
+            "[backup]\nconninfo = \"host=db password=hunter2 user=rep\n",
+            "line 2, column",
+        ),
     ];
     for (toml, wanted) in cases {
         let error = with_file(toml, &["list"]).err().map(|e| e.to_string());
