@@ -11,7 +11,7 @@ mod maintenance;
 mod restore;
 
 pub use maintenance::{PruneArgs, VerifyArgs};
-pub use restore::{ArchiveMode, RestoreArgs};
+pub use restore::{ArchiveMode, RestoreArgs, tablespace_map};
 
 use crate::backup::take::WalSource;
 use crate::client::ClientSettings;

@@ -1,5 +1,6 @@
 //! Options of `walhalla restore`: the backup, the recovery target and where the data goes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -116,6 +117,28 @@ fn parse_tablespace_mapping(text: &str) -> Result<(u32, PathBuf), String> {
     Ok((oid, PathBuf::from(dir)))
 }
 
+/// The `--tablespace-map` pairs by OID: each tablespace mapped once, each directory given to
+/// one tablespace.
+pub fn tablespace_map(pairs: Vec<(u32, PathBuf)>) -> Result<BTreeMap<u32, PathBuf>, String> {
+    let mut map = BTreeMap::new();
+    for (oid, dir) in pairs {
+        if let Some((other, _)) = map.iter().find(|(_, mapped)| **mapped == dir) {
+            return Err(format!(
+                "--tablespace-map gives {} to tablespaces {other} and {oid}: each needs its own directory",
+                dir.display()
+            ));
+        }
+        if let Some(first) = map.insert(oid, dir) {
+            return Err(format!(
+                "--tablespace-map maps tablespace {oid} twice (to {} and {})",
+                first.display(),
+                map[&oid].display()
+            ));
+        }
+    }
+    Ok(map)
+}
+
 /// What a restored server does about archiving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArchiveMode {
@@ -130,6 +153,19 @@ mod tests {
     use clap::Parser;
 
     use crate::cli::Cli;
+
+    #[test]
+    fn a_tablespace_is_mapped_once_to_a_directory_of_its_own() {
+        use std::path::PathBuf;
+        let map = |pairs: &[(u32, &str)]| {
+            super::tablespace_map(pairs.iter().map(|(o, d)| (*o, PathBuf::from(d))).collect())
+        };
+        assert_eq!(map(&[(1, "/a"), (2, "/b")]).unwrap().len(), 2);
+        let twice = map(&[(16385, "/a"), (16385, "/b")]).unwrap_err();
+        assert!(twice.contains("maps tablespace 16385 twice"), "{twice}");
+        let shared = map(&[(1, "/a"), (2, "/a")]).unwrap_err();
+        assert!(shared.contains("to tablespaces 1 and 2"), "{shared}");
+    }
 
     #[test]
     fn a_target_that_cannot_be_is_a_usage_error() {

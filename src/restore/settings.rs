@@ -79,6 +79,35 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Refuses options PostgreSQL would ignore for this target: `recovery_target_action`
+    /// without a target (recovery runs to the end of the WAL and, without standby.signal,
+    /// promotes), and `recovery_target_inclusive` for a restore point or `immediate`
+    /// (`recoveryStopsBefore`/`After` in xlogrecovery.c read it for a time, an xid or an LSN
+    /// only).
+    pub fn check(&self) -> Result<(), String> {
+        if self.action.is_some() && self.target == Target::End {
+            return Err(
+                "--target-action needs a recovery target (--target-time, --target-lsn, \
+                 --target-xid, --target-name or --target immediate): without one PostgreSQL \
+                 ignores it and recovers to the end of the WAL"
+                    .into(),
+            );
+        }
+        let inclusive_applies = matches!(
+            self.target,
+            Target::Time { .. } | Target::Lsn(_) | Target::Xid(_)
+        );
+        if self.exclusive && !inclusive_applies {
+            return Err(
+                "--target-exclusive applies to --target-time, --target-lsn and \
+                 --target-xid only: PostgreSQL stops at a restore point or at consistency \
+                 (immediate) either way"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The settings, as name and unquoted value, in the order they are written.
     pub fn settings(&self) -> Vec<(&'static str, String)> {
         // PostgreSQL replaces %f, %p and %r in restore_command, and from 16 on refuses any
@@ -190,6 +219,54 @@ pub fn start_hint(dest: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_postgresql_would_ignore_are_refused() {
+        let recovery = |target: Target, action: Option<TargetAction>, exclusive: bool| Recovery {
+            walhalla: "walhalla".into(),
+            archive: "/a".into(),
+            server: None,
+            target,
+            action,
+            timeline: None,
+            exclusive,
+            archive_off: false,
+        };
+        let lsn = || Target::Lsn("0/3000000".parse().unwrap());
+        let shutdown = Some(TargetAction::Shutdown);
+        for (target, action, exclusive, refused) in [
+            (
+                Target::End,
+                shutdown,
+                false,
+                Some("--target-action needs a recovery target"),
+            ),
+            (Target::End, None, true, Some("--target-exclusive applies")),
+            (
+                Target::Immediate,
+                None,
+                true,
+                Some("--target-exclusive applies"),
+            ),
+            (
+                Target::Name("p".into()),
+                None,
+                true,
+                Some("--target-exclusive applies"),
+            ),
+            (Target::End, None, false, None),
+            (Target::Immediate, shutdown, false, None),
+            (lsn(), shutdown, true, None),
+            (Target::Xid("700".into()), None, true, None),
+        ] {
+            let what = format!("{target:?} {action:?} {exclusive}");
+            match (recovery(target, action, exclusive).check(), refused) {
+                (Ok(()), None) => {}
+                (Err(error), Some(wanted)) => assert!(error.contains(wanted), "{what}: {error}"),
+                (outcome, _) => panic!("{what}: {outcome:?}"),
+            }
+        }
+    }
 
     #[test]
     fn settings_quote_what_needs_quoting() {

@@ -912,5 +912,17 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         );
         assert_eq!(archive.keys(), keys, "{}", to.display());
     }
+
+    // Options PostgreSQL would ignore are usage errors, before anything is written.
+    for args in [
+        &["--target-action", "shutdown"][..],
+        &["--target-name", "after_a", "--target-exclusive"],
+    ] {
+        let dir = TestDir::new("ignored");
+        let to = dir.path().join("data");
+        let (code, _, stderr) = restore(&wh, &archive, &to, args);
+        assert_eq!(code, Some(255), "{args:?}: {stderr}");
+        assert!(!to.exists(), "{args:?}: the restore wrote something");
+    }
     insert_batch(&pg, "E");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use walhalla::cli::{ArchiveMode, BackupArgs, CheckArgs, PruneArgs, RestoreArgs, VerifyArgs};
-use walhalla::config::Config;
+use walhalla::config::{Config, UsageError};
 use walhalla::hooks;
 
 use crate::output::{emit, pretty_json};
@@ -77,9 +77,10 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         },
         standby: args.standby,
         force: args.force,
-        tablespace_map: args.tablespace_map.into_iter().collect(),
+        tablespace_map: walhalla::cli::tablespace_map(args.tablespace_map).map_err(UsageError)?,
         parallelism: args.parallelism.map_or(cpus + 1, |n| n as usize),
     };
+    options.recovery.check().map_err(UsageError)?;
     if walhalla::osuser::is_root() {
         tracing::warn!(
             "restoring as root: the files will be root's, and PostgreSQL does not run as root; \
