@@ -52,7 +52,8 @@ const READ_PARALLELISM: usize = 8;
 
 /// Every backup folder of the cluster, oldest first, with its metadata. Folders are read
 /// [`READ_PARALLELISM`] at a time; the first error fails the whole read, so that nobody acts
-/// (prune least of all) on part of the catalogue.
+/// (prune least of all) on part of the catalogue, except a `backup.json` that cannot be read
+/// for good (a file of another user's): that backup is [`NoMeta::Unreadable`].
 pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
     let ids = cluster.backup_ids().await?;
     futures_util::stream::iter(ids)
@@ -64,7 +65,17 @@ pub async fn read(cluster: &ClusterArchive) -> anyhow::Result<Vec<Entry>> {
 
 /// One backup folder's entry.
 async fn read_entry(cluster: &ClusterArchive, id: BackupId) -> anyhow::Result<Entry> {
-    let meta = match cluster.get_backup_object(&id, &BackupObject::Meta).await? {
+    let object = match cluster.get_backup_object(&id, &BackupObject::Meta).await {
+        Ok(object) => object,
+        // A file this user may not read (another user wrote it, with a mode of its own): no
+        // retry cures it, and the other backups stay usable (prune still refuses to guess).
+        Err(e @ crate::archive::Error::Store { .. }) if !e.is_transient() => {
+            let meta = Err(NoMeta::Unreadable(e.to_string()));
+            return Ok(Entry { id, meta });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = match object {
         None => Err(NoMeta::Absent),
         Some(object) => match decode_meta(cluster, &id, object).await {
             Ok(meta) => {

@@ -201,6 +201,26 @@ fn a_time_target_chooses_the_newest_backup_before_it() {
         "{stderr}"
     );
     assert!(!to.exists(), "the restore wrote something");
+
+    // The newest backup's metadata becomes unreadable to PostgreSQL's user (root wrote it):
+    // list shows it unusable, and a restore takes the backup before it.
+    if crate::harness::running_as_root() {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let newest = backups[2]["id"].as_str().unwrap();
+        let suffix = format!("backups/{newest}/backup.json.zst");
+        let key = archive.keys().into_iter().find(|k| k.ends_with(&suffix));
+        let file = Path::new(archive.url()).join(key.expect("the backup's metadata"));
+        chown(&file, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let listing = wh.run(&archive, Path::new("/"), &["list", "--json"]);
+        assert_eq!(listing.status.code(), Some(0), "{}", describe(&listing));
+        let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+        let unusable = &listing["clusters"][0]["unusable"];
+        assert!(unusable.to_string().contains(newest), "{listing:#}");
+        let (batches, report) = restored_batches(&wh, &archive, &[]);
+        assert_eq!(report["backup"], backups[1]["id"], "{report}");
+        assert_eq!(batches, "A,B,C");
+    }
 }
 
 /// Replaces backup `id`'s `stop_time` in the archive, as a host with another clock would
