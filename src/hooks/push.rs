@@ -1,6 +1,7 @@
 //! `walhalla push <path>`, the archive_command: validate the file against its name, compress
 //! it into an envelope and store it create-only under the cluster's namespace; for a complete
-//! segment, then its time index ([`crate::timeindex`]).
+//! segment, whose WAL must run to its end or to a switch, then its time index
+//! ([`crate::timeindex`]).
 
 use std::path::Path;
 
@@ -40,15 +41,16 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         super::resolve_system_id(config.system_id, Path::new("."), facts.system_id, &archive)
             .await
             .with_context(|| format!("refusing to archive {name}"))?;
-    let envelope = {
+    let envelope = async {
         let (content, level) = (content.clone(), config.compression_level);
         blocking::run(move || Encoder::new(level, compression_threads())?.encode(&content))
             .await
-            .with_context(|| format!("compress {name}"))?
+            .with_context(|| format!("compress {name}"))
     };
-    let cluster = archive.cluster(system_id);
-    // A complete segment's time index is made while the segment is stored, and stored
-    // after it; it never fails the push.
+    // A complete segment's records are read while it is compressed: its time index, stored
+    // after it, and whether its WAL runs to its end or to a switch. One that ends early (a
+    // copy cut short, its tail zeros) would end a recovery there, silently: it is refused.
+    // An index that cannot be made never fails the push.
     let index = async {
         match name {
             WalFileName::Segment(segment) => {
@@ -57,8 +59,20 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
             _ => None,
         }
     };
-    let (outcome, index) = tokio::join!(cluster.put(&name, content.clone(), envelope), index);
-    let outcome = outcome?;
+    let (envelope, index) = tokio::join!(envelope, index);
+    let envelope = envelope?;
+    if let Some((_, Ok(prepared))) = &index
+        && let Some(damage) = prepared.damage()
+    {
+        anyhow::bail!(
+            "refusing to archive {}: its WAL ends before the segment does ({damage}), and \
+             PostgreSQL writes a complete segment whole: a copy cut short or a damaged file \
+             (recovery would stop there)",
+            path.display()
+        );
+    }
+    let cluster = archive.cluster(system_id);
+    let outcome = cluster.put(&name, content.clone(), envelope).await?;
     if let Some((segment, prepared)) = index {
         cluster.store_index(segment, prepared).await;
     }

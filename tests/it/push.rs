@@ -173,10 +173,12 @@ fn duplicate_and_conflicting_pushes(backend: Backend) {
     );
     assert_eq!(archive.object(&key).unwrap(), stored);
 
-    // Same name, one byte different past the page header: a split brain's version.
+    // Same name, one byte different in the zeros past the switch, so that its records still
+    // check: a split brain's version.
     let other = TestDir::new("other");
     let mut bytes = std::fs::read(pg.data.join(&path)).unwrap();
-    bytes[100_000] ^= 0xFF;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
     let forged = other.path().join(name);
     std::fs::write(&forged, bytes).unwrap();
     let conflict = wh.run(&archive, &pg.data, &["push", forged.to_str().unwrap()]);
@@ -255,6 +257,19 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
     );
     std::fs::write(&truncated, vec![7u8; content.len()]).unwrap();
     push_fails(&wh, &archive, &pg.data, &truncated, "page magic");
+
+    // Whole, but zeros from the third page on, as a copy without fsync can be after a crash:
+    // its records end early without a switch.
+    let mut zeroed = content.clone();
+    zeroed[2 * 8192..].fill(0);
+    std::fs::write(&truncated, &zeroed).unwrap();
+    push_fails(
+        &wh,
+        &archive,
+        &pg.data,
+        &truncated,
+        "its WAL ends before the segment does",
+    );
 
     // Names PostgreSQL would never archive.
     let odd = work.path().join("not-a-wal-file");
