@@ -26,7 +26,16 @@ struct Passwd {
 /// Looks up the effective user (`getpwuid_r(geteuid())`), as libpq's `pg_get_user_name` and
 /// `pqGetHomeDirectory` do; `None` when the user has no entry (a container's bare uid).
 fn effective_user() -> Option<Passwd> {
-    let uid = euid();
+    user(euid())
+}
+
+/// The name of the user `uid`, when the password database has one.
+pub fn name_of(uid: u32) -> Option<String> {
+    user(uid).map(|user| user.name)
+}
+
+/// User `uid`'s password-database entry.
+fn user(uid: u32) -> Option<Passwd> {
     let mut buffer = vec![0u8; 1024];
     loop {
         // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.

@@ -53,6 +53,7 @@ pub async fn open_archive(
         }
     };
     if create {
+        warn_if_root_in_another_users_archive(archive.location());
         match archive.ensure_create_only().await {
             Ok(()) => {}
             // A daemon may start while the store is down, and archives once it is back: the
@@ -64,6 +65,29 @@ pub async fn open_archive(
         }
     }
     Ok(archive)
+}
+
+/// Warns when root is about to write into a local archive another user owns: what it stores
+/// there is root's and private, so that user (PostgreSQL's, whose archive_command,
+/// restore_command and walhalla commands use the archive) cannot read it, and archiving and
+/// restores fail on it.
+fn warn_if_root_in_another_users_archive(location: &crate::archive::Location) {
+    use std::os::unix::fs::MetadataExt;
+    let crate::archive::Location::Local(dir) = location else {
+        return;
+    };
+    let Ok(owner) = std::fs::metadata(dir).map(|m| m.uid()) else {
+        return;
+    };
+    if crate::osuser::is_root() && owner != 0 {
+        let user = crate::osuser::name_of(owner).unwrap_or_else(|| format!("uid {owner}"));
+        tracing::warn!(
+            "writing as root into {}, which belongs to {user}: what root stores there, {user} \
+             cannot read (archive_command, restore_command and walhalla run as {user} then fail \
+             on it); run walhalla as {user} (e.g. runuser -u {user} -- walhalla …)",
+            dir.display()
+        );
+    }
 }
 
 /// The file whose presence in the data directory puts PostgreSQL in standby mode (it wins

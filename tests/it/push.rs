@@ -332,6 +332,24 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
         std::fs::read(&back).unwrap(),
         std::fs::read(&history).unwrap()
     );
+
+    // Root pushing into the archive directory of PostgreSQL's user: stored, with a warning
+    // that this user cannot read what root stores.
+    if crate::harness::running_as_root() {
+        let segment = pg.data.join("pg_wal").join(&segments[1]);
+        let run = std::process::Command::new(wh.path())
+            .args(["--archive", archive.url(), "push"])
+            .arg(&segment)
+            .current_dir(&pg.data)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("writing as root into") && stderr.contains("run walhalla as postgres"),
+            "{stderr}"
+        );
+    }
 }
 
 /// `content` with every WAL page's magic replaced by `magic`.
