@@ -132,6 +132,13 @@ impl Backup<'_> {
             .clone()
             .unwrap_or_else(|| format!("walhalla {id}"));
         tracing::info!(backup = %id, host = %conn.host(), "starting a base backup");
+        if !options.fast {
+            tracing::info!(
+                "the server begins once its checkpoint is done, spread over \
+                 checkpoint_completion_target: this can take minutes (--fast asks for an \
+                 immediate one)"
+            );
+        }
         let stream = match options.wal {
             WalSource::Wait => None,
             WalSource::Stream => Some(
