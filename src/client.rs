@@ -90,6 +90,13 @@ impl ServerClient {
             return Ok(None);
         };
         let base = Url::parse(server).with_context(|| format!("server URL {server:?}"))?;
+        if !base.username().is_empty() || base.password().is_some() {
+            // Not quoted: the URL holds the secret.
+            bail!(
+                "the server URL carries a user or password, which would show in every message \
+                 naming it: the fetch server authenticates with a bearer token (--token-file)"
+            );
+        }
         if !matches!(base.scheme(), "http" | "https") {
             bail!("server URL {server:?}: only http:// and https:// are supported");
         }

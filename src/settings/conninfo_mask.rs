@@ -2,7 +2,7 @@
 
 use crate::protocol::conninfo::{is_space, percent_decode};
 
-/// `conninfo` with the value of every `password` replaced by `********`: in `key=value` form
+/// `conninfo` with the value of every `password` (and `sslpassword`) replaced by `********`: in `key=value` form
 /// (values bare or single-quoted, `\` escaping) and in a `postgres://user:password@host` URI
 /// (there and as a `password=` parameter, its key percent-encoded or not). White space and
 /// keys are read as [`crate::protocol::conninfo`] reads them, so that whatever password the
@@ -33,7 +33,7 @@ pub fn mask_conninfo(conninfo: &str) -> String {
             let params: Vec<String> = query
                 .split('&')
                 .map(|p| match p.split_once('=') {
-                    Some((key, _)) if percent_decode(key).is_ok_and(|k| k == "password") => {
+                    Some((key, _)) if percent_decode(key).is_ok_and(|k| is_secret(&k)) => {
                         format!("{key}={MASK}")
                     }
                     _ => p.to_owned(),
@@ -44,6 +44,12 @@ pub fn mask_conninfo(conninfo: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}{authority}{tail}")
+}
+
+/// Whether a connection-string key's value is a secret: the password, and the passphrase of
+/// the client key (`sslpassword`, which libpq takes and this walhalla refuses at use).
+fn is_secret(key: &str) -> bool {
+    matches!(key, "password" | "sslpassword")
 }
 
 /// Whether `byte` separates keys and values: libpq's white space, vertical tab included.
@@ -93,12 +99,12 @@ fn mask_key_values(text: &str, mask: &str) -> String {
             }
         }
         let i_end = i.min(bytes.len());
-        if key == "password" && quoted {
+        if is_secret(key) && quoted {
             // Quoted as given: a key may follow the closing quote without a space.
             out.push('\'');
             out.push_str(mask);
             out.push('\'');
-        } else if key == "password" {
+        } else if is_secret(key) {
             out.push_str(mask);
         } else {
             out.push_str(&text[value_start..i_end]);
@@ -130,6 +136,14 @@ mod tests {
                 "password = '********' host=x",
             ),
             ("host=db1 user=w", "host=db1 user=w"),
+            (
+                "host=db1 sslpassword=p4ss sslkey=k",
+                "host=db1 sslpassword=******** sslkey=k",
+            ),
+            (
+                "postgres://w@db1/d?sslpassword=p4ss",
+                "postgres://w@db1/d?sslpassword=********",
+            ),
             (
                 "postgres://w:s3cret@db1:5432/db",
                 "postgres://w:********@db1:5432/db",

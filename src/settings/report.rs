@@ -81,10 +81,10 @@ impl Report {
                     .map(|arg| {
                         let id = arg.get_id().as_str();
                         let (values, source) = resolve(command.get_name(), arg, file, config);
-                        let values = if id == "conninfo" {
-                            values.iter().map(|v| mask_conninfo(v)).collect()
-                        } else {
-                            values
+                        let values = match id {
+                            "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
+                            "server" => values.iter().map(|v| mask_url(v)).collect(),
+                            _ => values,
                         };
                         Setting {
                             key: id.to_owned(),
@@ -192,4 +192,16 @@ pub fn describe(report: &Report) -> String {
 /// A value as a TOML string, so the output can be pasted into the file.
 fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
+}
+
+/// `url` with a password in it replaced by `********` (fetch refuses such a URL, and says so
+/// without quoting it).
+fn mask_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("********"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
