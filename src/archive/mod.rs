@@ -11,6 +11,7 @@ mod health;
 mod index;
 mod inventory;
 mod keys;
+mod last_resort;
 mod listing;
 mod location;
 pub mod probe;
@@ -29,6 +30,7 @@ pub use keys::{
     object_key, parse_cluster_folder, parse_group_object, parse_index_object,
     parse_timeline_object, partial_snapshot_key,
 };
+pub use last_resort::{PartialCopy, decode_served};
 pub use listing::ObjectInfo;
 pub use location::Location;
 pub use refusal::{Brief, NoCredentials, Refusal};
@@ -521,12 +523,16 @@ mod tests {
             Ok(WalFileName::Segment(s)) => s,
             other => panic!("{other:?}"),
         };
-        let (key, _) = cluster
-            .newest_partial_snapshot(segment("000000010000000000000004"))
+        let copy = cluster
+            .last_resort_copy(segment("000000010000000000000004"))
             .await
             .unwrap()
             .expect("the snapshot");
-        assert!(key.ends_with("000000010000000000000004.partial.0000000004000100.zst"));
+        assert!(
+            copy.key
+                .ends_with("000000010000000000000004.partial.0000000004000100.zst")
+        );
+        assert_eq!(copy.cut_at, None);
         assert!(cluster.ensure_not_empty().await.is_ok());
         assert!(matches!(
             archive.cluster(SystemId(8)).ensure_not_empty().await,

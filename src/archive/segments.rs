@@ -1,12 +1,9 @@
 //! WAL segments and snapshots in a cluster's part of the archive, found by listing: the newest
-//! segment (per timeline, or with its snapshot), those in a range, the objects of a group, and
-//! the newest snapshot of a segment.
+//! segment (per timeline, or with its snapshot), those in a range, the objects of a group.
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
-
-use super::keys::{self, ObjectName, WalGroup, parse_group_object, partial_snapshot_key};
+use super::keys::{self, ObjectName, WalGroup, parse_group_object};
 use super::{ClusterArchive, ObjectInfo, Result};
 use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
@@ -153,30 +150,5 @@ impl ClusterArchive {
         let dir = keys::group_prefix(&self.archive.root, self.system_id, group);
         let listing = self.archive.list(&dir).await?;
         Ok(listing.objects_as(&dir, |name| parse_group_object(group, name)))
-    }
-
-    /// The newest snapshot a receiver stored of `segment` (the one reaching furthest): its
-    /// key and envelope, not yet verified.
-    pub async fn newest_partial_snapshot(
-        &self,
-        segment: SegmentName,
-    ) -> Result<Option<(String, Bytes)>> {
-        let newest = self
-            .group_objects(WalGroup::of(segment))
-            .await?
-            .into_iter()
-            .filter_map(|object| match object {
-                ObjectName::Snapshot { segment: s, end } if s == segment => Some(end),
-                _ => None,
-            })
-            .max();
-        let Some(end) = newest else {
-            return Ok(None);
-        };
-        let key = partial_snapshot_key(&self.archive.root, self.system_id, segment, end);
-        Ok(self
-            .get_key(&key)
-            .await?
-            .map(|object| (key.to_string(), object)))
     }
 }

@@ -308,12 +308,12 @@ impl Sources {
             }
         };
         let (found, early_check) = tokio::join!(cluster.get(name), early_check);
-        let (object, key, padded) = match found? {
-            Some(object) => (object, cluster.key(name).to_string(), false),
+        let (key, object, padded) = match found? {
+            Some(object) => (cluster.key(name).to_string(), Found::Whole(object), false),
             None => match (partial, name) {
                 (true, WalFileName::Segment(segment)) => {
-                    match cluster.newest_partial_snapshot(*segment).await? {
-                        Some((key, object)) => (object, key, true),
+                    match cluster.last_resort_copy(*segment).await? {
+                        Some(copy) => (copy.key.clone(), Found::LastResort(copy), true),
                         None => return self.not_found(&cluster).await,
                     }
                 }
@@ -326,9 +326,25 @@ impl Sources {
         let (name, dest, durable) = (*name, dest.to_path_buf(), self.durable_names);
         let _slot = self.decode_slot().await;
         let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, padded, durable, |out| {
-                decode_verified(&object, out)
-            })
+            write_checked(
+                &name,
+                system_id,
+                &dest,
+                padded,
+                durable,
+                |out| match object {
+                    Found::Whole(object) => decode_verified(&object, out),
+                    Found::LastResort(copy) => {
+                        let content = archive::decode_served(&copy).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the archived object failed verification; nothing was written: {e}"
+                            )
+                        })?;
+                        out.write_all(&content)?;
+                        Ok(content.len() as u64)
+                    }
+                },
+            )
         })
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
@@ -355,6 +371,13 @@ impl Sources {
             None => false,
         }
     }
+}
+
+/// What the archive gave for a file: its object, or for the last-resort recovery a copy of a
+/// segment it lacks in full ([`archive::PartialCopy`]).
+enum Found {
+    Whole(bytes::Bytes),
+    LastResort(archive::PartialCopy),
 }
 
 /// Decodes an archived object into `out`, verifying it; returns the content's length.

@@ -268,13 +268,14 @@ async fn snapshot(
     let WalFileName::Segment(segment) = *name else {
         return Ok(None);
     };
-    let Some((key, object)) = cluster.archive.newest_partial_snapshot(segment).await? else {
+    let Some(copy) = cluster.archive.last_resort_copy(segment).await? else {
         return Ok(None);
     };
+    let key = copy.key.clone();
     let system_id = cluster.archive.system_id();
     let name = *name;
     let padded = blocking::run(move || -> anyhow::Result<Vec<u8>> {
-        let mut content = envelope::decode(&object)?;
+        let mut content = crate::archive::decode_served(&copy).map_err(anyhow::Error::msg)?;
         let size = LongPageHeader::parse(&content)?.segment_size()?.bytes() as usize;
         if content.len() > size {
             anyhow::bail!("the snapshot is longer than a segment");

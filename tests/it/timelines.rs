@@ -200,16 +200,100 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
 
     // The primary is lost too: a restore with fetch --partial reaches the last archived byte.
     pg.stop("immediate");
-    restored.recover_from_archive(&format!(
-        "{} --archive {} fetch --partial %f %p",
-        wh.path().display(),
-        archive.url()
-    ));
+    recover_last_resort(&mut restored, &wh, &archive);
     assert_eq!(
         restored.sql("SELECT count(*) FROM t"),
         "100",
         "rows written before the last snapshot are lost"
     );
+}
+
+/// helper-49's failover: the receiver followed a promotion and, streaming the new timeline's
+/// first segment from its start, stored a snapshot of it that ended before the switch point;
+/// then every host was lost. The parent timeline's snapshot reaches the switch point. A
+/// last-resort restore must not stop at the short snapshot (PostgreSQL asks for the newest
+/// timeline's file first): it gets the parent's copy, cut at the switch point.
+#[test]
+fn a_last_resort_restore_passes_a_snapshot_ending_before_its_timeline_begins() {
+    use walhalla::wal::{Lsn, SystemId, WalFileName};
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver =
+        Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--partial-interval", "1"]);
+    crate::receive::wait_streaming(&pg);
+    let mut restored = PgCluster::from_backup(&pg, "restored", "none");
+    pg.write_rows(100);
+    let written: Lsn = pg.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    let system_id = pg.system_id();
+    let (key, end) = wait_for(
+        "a snapshot holding every row",
+        Duration::from_secs(60),
+        || {
+            archive
+                .keys()
+                .into_iter()
+                .filter_map(|k| {
+                    let (_, end) = k.strip_suffix(".zst")?.rsplit_once(".partial.")?;
+                    let end = u64::from_str_radix(end, 16).ok()?;
+                    Some((k, end))
+                })
+                .filter(|(_, end)| *end >= written.0)
+                .max_by_key(|(_, end)| *end)
+        },
+    );
+    receiver.kill9();
+    pg.stop("immediate");
+
+    // Timeline 2 begins at the end of that snapshot; its snapshot of the same segment holds
+    // the first page only (the parent's WAL, as streamed from the segment's start).
+    let content = walhalla::envelope::decode(&archive.object(&key).unwrap()).unwrap();
+    let name = key.rsplit('/').next().unwrap().split('.').next().unwrap();
+    let WalFileName::Segment(segment) = name.parse().unwrap() else {
+        panic!("{name}")
+    };
+    let tl2 = walhalla::wal::SegmentName {
+        timeline: walhalla::wal::TimelineId(2),
+        ..segment
+    };
+    let first_page = 8192;
+    let start = end - content.len() as u64;
+    let encode = |bytes: &[u8]| {
+        walhalla::envelope::Encoder::new(3, 1)
+            .unwrap()
+            .encode(bytes)
+            .unwrap()
+    };
+    let short = walhalla::archive::partial_snapshot_key(
+        &Default::default(),
+        SystemId(system_id),
+        tl2,
+        Lsn(start + first_page),
+    );
+    archive.overwrite(short.as_ref(), encode(&content[..first_page as usize]));
+    let history = format!("1\t{}\tno recovery target specified\n", Lsn(end));
+    archive.overwrite(
+        &crate::push::key_of(system_id, "00000002.history"),
+        encode(history.as_bytes()),
+    );
+
+    recover_last_resort(&mut restored, &wh, &archive);
+    assert_eq!(
+        restored.sql("SELECT count(*) FROM t"),
+        "100",
+        "recovery stopped at the short snapshot of timeline 2"
+    );
+}
+
+/// Archive recovery of `restored` to the last byte archived (`fetch --partial`), as after
+/// losing the primary and the receiver's host.
+fn recover_last_resort(restored: &mut PgCluster, wh: &Walhalla, archive: &TestArchive) {
+    restored.recover_from_archive(&format!(
+        "{} --archive {} fetch --partial %f %p",
+        wh.path().display(),
+        archive.url()
+    ));
 }
 
 #[test]
