@@ -274,6 +274,12 @@ fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode)
             "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start ({keeper})",
             waited.as_secs()
         );
+    } else if !spool.is_dir() {
+        tracing::warn!(
+            spool = %spool.display(),
+            "stopped; the spool is gone (removed or unmounted while the receiver ran): what it \
+             held that the archive lacks went with it (walhalla list shows where the archive ends)"
+        );
     } else {
         tracing::info!(spool = %spool.display(), "stopped: everything received is archived");
     }

@@ -505,15 +505,35 @@ impl SegmentWriter {
     }
 
     /// Makes everything written durable (nothing to do for a segment that is not fsynced).
+    /// What is fsynced counts only while the file is still the spool's: one removed or moved
+    /// away (the spool deleted or renamed while the receiver runs) is an error, and nothing
+    /// more is counted durable.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.synced < self.written {
             failpoint::hit(failpoint::SPOOL_BEFORE_FSYNC);
             if self.durable {
                 self.file.sync_data()?;
+                self.check_still_in_the_spool()?;
                 self.synced = self.written;
             }
         }
         Ok(())
+    }
+
+    /// Whether the file written is still the one at its name in the spool.
+    fn check_still_in_the_spool(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.path();
+        let open = self.file.metadata()?;
+        let named = std::fs::metadata(&path).ok();
+        if named.is_some_and(|named| (named.dev(), named.ino()) == (open.dev(), open.ino())) {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "{} was removed or replaced while being written (the spool deleted, moved or \
+             unmounted?): what it held is not counted as stored",
+            path.display()
+        )))
     }
 
     /// The file being written. What was written to it is never written again nor cut off
@@ -571,6 +591,28 @@ mod tests {
         assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
         assert!(scan(dir.path()).unwrap().complete.is_empty());
+    }
+
+    #[test]
+    fn a_file_removed_or_moved_while_written_is_not_counted_durable() {
+        let size = SegmentSize::new(MIB).unwrap();
+        for how in ["remove", "move"] {
+            let root = tempfile::tempdir().unwrap();
+            let spool = root.path().join("spool");
+            std::fs::create_dir(&spool).unwrap();
+            let mut w = SegmentWriter::create(&spool, TimelineId(1), SegNo(3), size, true).unwrap();
+            w.write(b"abc").unwrap();
+            w.sync().unwrap();
+            let synced = w.synced_lsn();
+            match how {
+                "remove" => std::fs::remove_dir_all(&spool).unwrap(),
+                _ => std::fs::rename(&spool, root.path().join("moved")).unwrap(),
+            }
+            w.write(b"def").unwrap();
+            let error = w.sync().expect_err(how).to_string();
+            assert!(error.contains("was removed or replaced"), "{how}: {error}");
+            assert_eq!(w.synced_lsn(), synced, "{how}");
+        }
     }
 
     /// A spool written by a default-mode run in boot `boot`: one complete segment, a kept

@@ -251,29 +251,44 @@ fn synchronous_standby() {
         pg.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walhalla'"),
         "sync"
     );
+    // A commit that must wait for the synchronous standby: it does (statement_timeout does
+    // not cover that wait, so the waiting backend is seen in pg_stat_activity, then
+    // cancelled).
+    let commit_waits = |value: u32| {
+        let waiting = std::thread::scope(|scope| {
+            let insert = scope.spawn(|| pg.sql_output(&format!("INSERT INTO t VALUES ({value})")));
+            let pid = wait_for(
+                "a commit waiting for the synchronous standby",
+                Duration::from_secs(30),
+                || {
+                    let pid = pg.sql("SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+                    (pid != "0").then_some(pid)
+                },
+            );
+            pg.sql(&format!("SELECT pg_cancel_backend({pid})"));
+            insert.join().unwrap()
+        });
+        assert!(
+            waiting
+                .2
+                .contains("canceling wait for synchronous replication"),
+            "{waiting:?}"
+        );
+    };
+    // The spool removed under the running receiver (helper-49): what it writes next is not
+    // stored, so it is not confirmed.
+    std::fs::remove_dir_all(&receiver.spool).unwrap();
+    commit_waits(3);
     let status = receiver.stop();
     assert!(status.success(), "{status:?}");
-    // Without it, a commit waits for it. (statement_timeout does not cover that wait, so the
-    // waiting backend is seen in pg_stat_activity, then cancelled.)
-    let waiting = std::thread::scope(|scope| {
-        let insert = scope.spawn(|| pg.sql_output("INSERT INTO t VALUES (3)"));
-        let pid = wait_for(
-            "a commit waiting for the synchronous standby",
-            Duration::from_secs(30),
-            || {
-                let pid = pg.sql("SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
-                (pid != "0").then_some(pid)
-            },
-        );
-        pg.sql(&format!("SELECT pg_cancel_backend({pid})"));
-        insert.join().unwrap()
-    });
+    let log = receiver.log();
     assert!(
-        waiting
-            .2
-            .contains("canceling wait for synchronous replication"),
-        "{waiting:?}"
+        log.contains("was removed or replaced while being written")
+            && log.contains("the spool is gone"),
+        "{log}"
     );
+    // Without it, a commit waits for it.
+    commit_waits(4);
     // A receiver named there but run without --synchronous is warned at its start.
     let mut plain = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
     wait_for("the warning", Duration::from_secs(30), || {
