@@ -46,6 +46,10 @@ pub use session::spool_root;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(60));
+/// In `--synchronous` mode commits may wait for the receiver while it is disconnected: it
+/// retries at most this far apart, as PostgreSQL's walreceiver does by default
+/// (`wal_retrieve_retry_interval`).
+const SYNCHRONOUS_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(5));
 /// A session that streamed this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
@@ -149,7 +153,7 @@ pub async fn run(
         });
         context = take_over_spool(&options, &archive, system_id, dir, &shared).await?;
     }
-    let mut backoff = RECONNECT_BACKOFF;
+    let mut backoff = reconnect_backoff(options.mode);
     // The error the last sessions failed with before streaming, logged once until it
     // changes or a session streams.
     let mut failing: Option<String> = None;
@@ -285,6 +289,14 @@ fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode)
     }
 }
 
+/// How far apart reconnections go in `mode`.
+fn reconnect_backoff(mode: Mode) -> Backoff {
+    match mode {
+        Mode::Synchronous => SYNCHRONOUS_BACKOFF,
+        Mode::Archived => RECONNECT_BACKOFF,
+    }
+}
+
 /// What kind of failure ended a session, for the error counters.
 fn error_kind(error: &anyhow::Error) -> ErrorKind {
     for cause in error.chain() {
@@ -303,4 +315,25 @@ fn error_kind(error: &anyhow::Error) -> ErrorKind {
         }
     }
     ErrorKind::Protocol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_synchronous_receiver_retries_at_most_five_seconds_apart() {
+        for (mode, most) in [(Mode::Synchronous, 5), (Mode::Archived, 60)] {
+            let mut backoff = reconnect_backoff(mode);
+            let longest = (0..20).map(|_| backoff.next_pause()).max().unwrap();
+            assert!(
+                longest <= Duration::from_secs(most),
+                "{mode:?}: {longest:?}"
+            );
+            assert!(
+                longest > Duration::from_secs(most) / 4,
+                "{mode:?}: {longest:?}"
+            );
+        }
+    }
 }
