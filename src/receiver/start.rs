@@ -222,7 +222,11 @@ fn past_fork(
     tracing::warn!(
         timeline = timeline.0,
         %switch_point,
-        "the archive holds WAL of timeline {} past where the server's history left it: restarting at the fork on timeline {}",
+        "the archive holds WAL of timeline {} past where the server's history left it \
+         ({switch_point} to {}: commits there are not on the server, and stay restorable with \
+         walhalla restore --target-timeline {}): restarting at the fork on timeline {}",
+        timeline.0,
+        next.start_lsn(size),
         timeline.0,
         successor.0
     );

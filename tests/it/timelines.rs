@@ -96,6 +96,38 @@ fn follows_a_failover_to_the_promoted_standby() {
     assert_eq!(backup.table_fingerprint(), standby.table_fingerprint());
 }
 
+/// A failover to a standby that had not received everything the receiver archived: the new
+/// timeline forks before the archive's end on the old one. The receiver restarts at the fork
+/// and says where the WAL only the archive holds lies, and how to restore it.
+#[test]
+fn a_failover_to_a_standby_behind_the_archive_restarts_at_the_fork() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, mut standby, mut receiver) = pair_with_receiver(&wh, &archive);
+    let system_id = primary.system_id();
+    standby.wait_replayed(&primary);
+    standby.stop("fast");
+    primary.write_rows(300);
+    let orphan = primary.switch_wal();
+    wait_object(&archive, system_id, &orphan);
+    primary.stop("immediate");
+
+    standby.start();
+    standby.promote();
+    standby.write_rows(300);
+    let after = standby.switch_wal();
+    assert!(after.starts_with("00000002"), "{after}");
+    wait_object(&archive, system_id, &after);
+    let log = receiver.log();
+    assert!(
+        log.contains("the archive holds WAL of timeline 1 past where the server's history left it")
+            && log.contains("walhalla restore --target-timeline 1")
+            && log.contains("restarting at the fork on timeline 2"),
+        "{log}"
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
 #[test]
 fn follows_the_promotion_of_the_standby_it_streams_from() {
     let wh = Walhalla::install();
