@@ -19,26 +19,35 @@ fn peer(request: &Request) -> Option<SocketAddr> {
 /// Lets a request through only with `Authorization: Bearer <token>`; otherwise 401, logged
 /// with the client's address (never with what it offered).
 pub async fn require_token(State(token): State<String>, request: Request, next: Next) -> Response {
-    let offered = request
+    let header = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match offered {
-        Some(offered) if constant_time_eq(offered.as_bytes(), token.as_bytes()) => {
+        .map(|v| v.to_str().ok().and_then(bearer_token));
+    match header {
+        Some(Some(offered)) if constant_time_eq(offered.as_bytes(), token.as_bytes()) => {
             next.run(request).await
         }
         _ => {
             let client = peer(&request).map(|p| p.to_string()).unwrap_or_default();
-            let why = match offered {
-                Some(_) => "a wrong bearer token",
-                None => "no bearer token",
+            let why = match header {
+                Some(Some(_)) => "a wrong bearer token",
+                Some(None) => "an Authorization header that is not a bearer token",
+                None => "no Authorization header",
             };
             tracing::warn!(%client, path = request.uri().path(), "refused a request with {why}");
             unauthorized()
         }
     }
+}
+
+/// The token of an `Authorization` value `Bearer <token>`, the scheme in any case (RFC 9110
+/// 11.1: schemes are case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn unauthorized() -> Response {
@@ -77,6 +86,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -52,7 +52,7 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
         std::time::Duration::from_secs(10),
         || {
             let log = server.log();
-            (log.contains("refused a request with no bearer token")
+            (log.contains("refused a request with no Authorization header")
                 && log.contains("refused a request with a wrong bearer token"))
             .then_some(())
         },
