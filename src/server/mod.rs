@@ -103,7 +103,7 @@ impl Server {
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
         let listen = options.check()?;
         let token = match (&options.token_file, options.no_auth) {
-            (Some(path), _) => Some(token::read(path)?),
+            (Some(path), _) => Some(token::read_served(path)?),
             (None, true) => {
                 tracing::warn!(
                     %listen,

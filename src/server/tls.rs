@@ -16,6 +16,7 @@ use crate::pem;
 /// when given.
 pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
     let chain = pem::certificates(cert)?;
+    warn_if_others_can_read(key);
     let key = pem::private_key(key)?;
     let provider = Arc::new(aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -36,4 +37,12 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Re
         .context("the TLS certificate and key do not fit together")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Warns when other users can read the server's private key: anyone who can may pose as it.
+fn warn_if_others_can_read(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(key).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+        tracing::warn!(path = %key.display(), "other users can read the TLS key: chmod 600 it");
+    }
 }

@@ -39,21 +39,39 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
 /// starting at once agree on one token) and the directory fsynced.
 pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
     match std::fs::metadata(path) {
-        Ok(meta) => {
-            if meta.permissions().mode() & 0o007 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    "other users can read the token file: chmod 600 it"
-                );
-            }
-            return read(path);
-        }
+        Ok(_) => return read_served(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("read the token file {}", path.display())),
     }
     create(path).with_context(|| format!("create the token file {}", path.display()))?;
     tracing::info!(path = %path.display(), "created the fetch server's token file");
     read(path)
+}
+
+/// A token shorter than this (in characters) is warned about: a new one has 64.
+const SHORT_TOKEN: usize = 16;
+
+/// Reads the token the server checks requests against, warning when other users can read its
+/// file or when it is short enough to guess.
+pub fn read_served(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("read the token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o007 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "other users can read the token file: chmod 600 it"
+        );
+    }
+    let token = read(path)?;
+    if token.chars().count() < SHORT_TOKEN {
+        tracing::warn!(
+            path = %path.display(),
+            "the token is {} characters long: a short token can be guessed (remove the file \
+             to have the server make a random one, or write at least {SHORT_TOKEN})",
+            token.chars().count()
+        );
+    }
+    Ok(token)
 }
 
 /// Writes a new token to `path` unless a file is there already.

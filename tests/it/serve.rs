@@ -454,6 +454,13 @@ fn only_authenticated_clients_reach_a_server() {
         !server.log().contains("correct horse"),
         "the token was logged"
     );
+    // The file is root's and readable by PostgreSQL's user (its fetch below reads it), so by
+    // every user: the server says so.
+    assert!(
+        server.log().contains("other users can read the token file"),
+        "{}",
+        server.log()
+    );
 
     // walhalla fetch sends the token from WALHALLA_TOKEN_FILE; without it the fetch fails
     // loudly (no archive to fall back to) instead of reading as "not found".
