@@ -142,7 +142,7 @@ pub fn explain(root: Command) -> Command {
     })
     .mut_subcommand("serve", |sub| {
         sub.mut_arg("listen", |a| {
-            a.help("Listen on this address (another than loopback needs --token-file or --tls-client-ca) [default: 127.0.0.1:7480]")
+            a.help("Listen on this address (another than loopback needs authentication: the bearer token, by default, or --tls-client-ca; never --no-auth) [default: 127.0.0.1:7480]")
         })
     })
 }
