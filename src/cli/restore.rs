@@ -63,6 +63,13 @@ pub struct RestoreArgs {
     /// The fetch server the restore_command asks first.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// The token file the restore_command's fetch sends to --server (PostgreSQL's user must
+    /// be able to read it).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) --server's certificate must chain to, for the restore_command.
+    #[arg(long, value_name = "FILE")]
+    pub server_ca: Option<PathBuf>,
     /// Pieces fetched at once [default: CPUs + 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallelism: Option<u64>,

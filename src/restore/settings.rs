@@ -66,6 +66,9 @@ pub struct Recovery {
     pub archive: String,
     /// A fetch server for `fetch --server`.
     pub server: Option<String>,
+    /// What fetch needs to reach it, as flags after `--server` (`--token-file`, `--server-ca`,
+    /// each with an absolute path).
+    pub server_flags: Vec<(&'static str, String)>,
     /// Where recovery stops.
     pub target: Target,
     /// What happens there; `None`: PostgreSQL's default (pause).
@@ -121,6 +124,9 @@ impl Recovery {
         );
         if let Some(server) = &self.server {
             command.push_str(&format!(" --server {}", part(server)));
+            for (flag, value) in &self.server_flags {
+                command.push_str(&format!(" {flag} {}", part(value)));
+            }
         }
         command.push_str(" %f %p");
         let mut settings = vec![("restore_command", command)];
@@ -226,6 +232,7 @@ mod tests {
             walhalla: "walhalla".into(),
             archive: "/a".into(),
             server: None,
+            server_flags: Vec::new(),
             target,
             action,
             timeline: None,
@@ -274,6 +281,7 @@ mod tests {
             walhalla: "/usr/local/bin/walhalla".into(),
             archive: "/srv/it's 100%".into(),
             server: Some("http://127.0.0.1:7480".into()),
+            server_flags: vec![("--token-file", "/etc/walhalla/token file".into())],
             target: Target::Name(r"before 'b' \ c".into()),
             action: Some(TargetAction::Promote),
             timeline: Some(TimelineChoice::Latest),
@@ -287,7 +295,7 @@ mod tests {
             [
                 "",
                 "# Added by walhalla restore of backup 20260101T000000Z",
-                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' fetch --server http://127.0.0.1:7480 %f %p'",
+                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' fetch --server http://127.0.0.1:7480 --token-file ''/etc/walhalla/token file'' %f %p'",
                 "recovery_target = ''",
                 "recovery_target_lsn = ''",
                 "recovery_target_time = ''",

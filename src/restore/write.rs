@@ -150,6 +150,7 @@ pub(super) fn finish_directory(
     if !tablespaces.is_empty() {
         write_durable(&dest.join("tablespace_map"), &tablespace_map(tablespaces))
             .context("write tablespace_map")?;
+        link_tablespaces(dest, tablespaces)?;
     }
     let auto = dest.join("postgresql.auto.conf");
     // Never through a symbolic link the backup carried: it could point out of the directory.
@@ -168,6 +169,24 @@ pub(super) fn finish_directory(
     write_durable(&dest.join(signal), b"").with_context(|| format!("write {signal}"))?;
     fsutil::fsync_dir(dest).context("fsync the data directory")?;
     Ok(())
+}
+
+/// Links `pg_tblspc/OID` to each tablespace's directory, as pg_basebackup's plain format
+/// does, so that pg_verifybackup finds the tablespaces' files before the first start. At that
+/// start PostgreSQL makes these links again from `tablespace_map` (replacing these).
+fn link_tablespaces(dest: &Path, tablespaces: &BTreeMap<u32, PathBuf>) -> anyhow::Result<()> {
+    let links = dest.join("pg_tblspc");
+    fsutil::create_dir_all_durable(&links).context("create pg_tblspc")?;
+    for (oid, dir) in tablespaces {
+        let link = links.join(oid.to_string());
+        match std::fs::symlink_metadata(&link) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::remove_file(&link)?,
+            _ => {}
+        }
+        std::os::unix::fs::symlink(dir, &link)
+            .with_context(|| format!("link {} to {}", link.display(), dir.display()))?;
+    }
+    fsutil::fsync_dir(&links).context("fsync pg_tblspc")
 }
 
 /// Writes `content` to `path` under a temporary name, fsyncs, renames it into place and

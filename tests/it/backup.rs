@@ -478,18 +478,22 @@ fn restored_files_pass_pg_verifybackup() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
     }
-    let verify =
-        crate::harness::as_pg_user(crate::harness::pg_client_bin().join("pg_verifybackup"))
-            .args([
-                "--no-parse-wal",
-                "--ignore",
-                "postgresql.auto.conf",
-                "--ignore",
-                "recovery.signal",
-            ])
-            .arg(&to)
-            .output()
-            .expect("run pg_verifybackup");
+    pg_verifybackup(&to, &[]);
+}
+
+/// Runs pg_verifybackup on restored directory `dir`, ignoring what restore adds (and
+/// `ignored`), and asserts that it passes.
+fn pg_verifybackup(dir: &Path, ignored: &[&str]) {
+    let mut verify =
+        crate::harness::as_pg_user(crate::harness::pg_client_bin().join("pg_verifybackup"));
+    verify.arg("--no-parse-wal");
+    for file in ["postgresql.auto.conf", "recovery.signal"]
+        .iter()
+        .chain(ignored)
+    {
+        verify.args(["--ignore", file]);
+    }
+    let verify = verify.arg(dir).output().expect("run pg_verifybackup");
     assert!(
         verify.status.success(),
         "pg_verifybackup: {}",
@@ -560,6 +564,9 @@ fn tablespaces_are_restored_where_the_map_says() {
         report.unwrap()["tablespaces"][&oid],
         new_location.to_str().unwrap()
     );
+    // Before the first start, the tablespace's files are found through pg_tblspc; only the
+    // map, rewritten for the new location, differs from the manifest.
+    pg_verifybackup(&data, &["tablespace_map"]);
     let restored = start_restored(&archive, dir, data);
     assert_eq!(
         restored.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches"),
@@ -932,6 +939,29 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         );
         assert_eq!(archive.keys(), keys, "{}", to.display());
     }
+
+    // With a fetch server, restore_command asks it first, with the token file and CA given
+    // (made absolute: restore_command runs in the data directory; this restore runs in /).
+    let dir = TestDir::new("served");
+    let to = dir.path().join("data");
+    let server = [
+        "--server",
+        "https://127.0.0.1:9",
+        "--token-file",
+        "etc/token",
+        "--server-ca",
+        "/etc/ca.pem",
+    ];
+    let (code, report, stderr) = restore(&wh, &archive, &to, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report.unwrap();
+    let command = report["settings"]["restore_command"].as_str().unwrap();
+    assert!(
+        command.contains(
+            "fetch --server https://127.0.0.1:9 --token-file /etc/token --server-ca /etc/ca.pem %f %p"
+        ),
+        "{report:#}"
+    );
 
     // Options PostgreSQL would ignore are usage errors, before anything is written.
     for args in [

@@ -64,6 +64,13 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         recovery: Recovery {
             walhalla: walhalla.display().to_string(),
             archive: config.archive()?.to_string(),
+            server_flags: server_flags(
+                args.server.as_deref(),
+                [
+                    ("--token-file", args.token_file),
+                    ("--server-ca", args.server_ca),
+                ],
+            )?,
             server: args.server,
             target,
             action: args
@@ -95,6 +102,26 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         emit(&(walhalla::restore::describe(&report) + "\n"))?;
     }
     Ok(())
+}
+
+/// The flags restore_command's `fetch --server` gets, with absolute paths (it runs in the
+/// data directory); none without a server.
+fn server_flags<const N: usize>(
+    server: Option<&str>,
+    files: [(&'static str, Option<std::path::PathBuf>); N],
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    if server.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut flags = Vec::new();
+    for (flag, file) in files {
+        if let Some(file) = file {
+            let file =
+                std::path::absolute(&file).with_context(|| format!("{flag} {}", file.display()))?;
+            flags.push((flag, file.display().to_string()));
+        }
+    }
+    Ok(flags)
 }
 
 /// `walhalla list`.
