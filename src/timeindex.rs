@@ -144,6 +144,17 @@ impl From<Crossing> for CrossingRecord {
 }
 
 impl IndexEnd {
+    /// Where valid WAL ends, when the scan ended before the segment did (not at a switch, and
+    /// not with a record continuing into the next segment).
+    pub fn valid_end(&self) -> Option<Lsn> {
+        match self {
+            IndexEnd::EndOfWal { at }
+            | IndexEnd::Truncated { at }
+            | IndexEnd::Invalid { at, .. } => Some(*at),
+            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
+        }
+    }
+
     /// Where the scan of a complete segment found that valid WAL ends before the segment does,
     /// and why: a record that fails its checks (its CRC-32C, say), or no record where one must
     /// start. PostgreSQL writes a segment whole before the next, so in a complete segment

@@ -16,7 +16,7 @@ use super::keys::{WalGroup, index_group_prefix, index_key, index_prefix, parse_i
 use super::{ClusterArchive, Error, PutOutcome, Result};
 use crate::envelope::{self, Encoder};
 use crate::timeindex::{IndexEnd, SegmentIndex};
-use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
 
 /// zstd level of index objects: they are small, and compress well at any level.
 const INDEX_COMPRESSION_LEVEL: i32 = 3;
@@ -40,6 +40,11 @@ impl PreparedIndex {
     /// Where valid WAL ends early in the segment, and why ([`IndexEnd::damage`]).
     pub fn damage(&self) -> Option<String> {
         self.end.damage()
+    }
+
+    /// Where valid WAL ends, when it ends before the segment does.
+    pub fn valid_end(&self) -> Option<Lsn> {
+        self.end.valid_end()
     }
 }
 

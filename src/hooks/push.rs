@@ -11,7 +11,9 @@ use crate::archive::{PutOutcome, prepare_index};
 use crate::blocking;
 use crate::config::Config;
 use crate::envelope::Encoder;
-use crate::wal::{WalFileName, validate_file};
+use crate::wal::{
+    LongPageHeader, Lsn, SegmentName, TimelineId, WalFileName, parse_history, validate_file,
+};
 
 /// Compression worker threads at most.
 const MAX_COMPRESSION_THREADS: usize = 4;
@@ -61,17 +63,27 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     };
     let (envelope, index) = tokio::join!(envelope, index);
     let envelope = envelope?;
-    if let Some((_, Ok(prepared))) = &index
-        && let Some(damage) = prepared.damage()
-    {
-        anyhow::bail!(
-            "refusing to archive {}: its WAL ends before the segment does ({damage}), and \
-             PostgreSQL writes a complete segment whole: a copy cut short or a damaged file \
-             (recovery would stop there)",
-            path.display()
-        );
-    }
     let cluster = archive.cluster(system_id);
+    if let Some((segment, Ok(prepared))) = &index
+        && let (Some(damage), Some(valid_end)) = (prepared.damage(), prepared.valid_end())
+    {
+        let wal_dir = crate::fsutil::parent_dir(path);
+        match fork_in(&cluster, wal_dir, *segment, &content, valid_end).await {
+            Some((timeline, switch)) => tracing::info!(
+                %name,
+                "its WAL ends at {valid_end}, past {switch} where timeline {} begins: the \
+                 old timeline's last segment, as a standby with archive_mode = always archives it",
+                timeline.0
+            ),
+            None => anyhow::bail!(
+                "refusing to archive {}: its WAL ends before the segment does ({damage}), and \
+                 PostgreSQL writes a complete segment whole unless a newer timeline begins in \
+                 it (no history file here or in the archive says so): a copy cut short or a \
+                 damaged file (recovery would stop there)",
+                path.display()
+            ),
+        }
+    }
     let outcome = cluster.put(&name, content.clone(), envelope).await?;
     if let Some((segment, prepared)) = index {
         cluster.store_index(segment, prepared).await;
@@ -83,6 +95,50 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         }
     }
     Ok(outcome)
+}
+
+/// The newer timeline that begins inside `segment`, at or before `valid_end` where its valid
+/// WAL ends, and where: a standby with `archive_mode = always` archives its old timeline's last
+/// segment under the segment's own name when its upstream switches timeline (walreceiver.c),
+/// with WAL up to the switch point only. Its history file is looked for beside the segment
+/// (PostgreSQL may archive the segment first) and in the archive.
+async fn fork_in(
+    cluster: &crate::archive::ClusterArchive,
+    wal_dir: &Path,
+    segment: SegmentName,
+    content: &[u8],
+    valid_end: Lsn,
+) -> Option<(TimelineId, Lsn)> {
+    let start = LongPageHeader::parse(content).ok()?.page_address;
+    let mut histories: Vec<(TimelineId, Vec<u8>)> = std::fs::read_dir(wal_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.parse().ok()?;
+            match name {
+                WalFileName::History(timeline) => {
+                    Some((timeline, std::fs::read(entry.path()).ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    for timeline in cluster.history_timelines().await.unwrap_or_default() {
+        if let Ok(Some(content)) = cluster.get_verified(&WalFileName::History(timeline)).await {
+            histories.push((timeline, content.to_vec()));
+        }
+    }
+    histories
+        .into_iter()
+        .filter(|(timeline, _)| *timeline > segment.timeline)
+        .filter_map(|(timeline, content)| {
+            let entries = parse_history(timeline, &content).ok()?;
+            let parent = entries.iter().find(|e| e.timeline == segment.timeline)?;
+            let switch = parent.switch_point;
+            (switch > start && switch <= valid_end).then_some((timeline, switch))
+        })
+        .min_by_key(|(timeline, _)| *timeline)
 }
 
 fn compression_threads() -> usize {

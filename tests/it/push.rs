@@ -352,6 +352,56 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
     }
 }
 
+/// A cascading standby with `archive_mode = always` whose upstream is promoted archives its
+/// old timeline's last segment under the segment's own name (walreceiver.c), with WAL up to
+/// the switch point only. push takes it, the new timeline's history telling why it ends early;
+/// archiving does not stall on it.
+#[test]
+fn a_standby_archiving_always_archives_the_segment_its_upstream_switched_timeline_in() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut primary = PgCluster::init("primary");
+    primary.append_conf("wal_keep_size = '1GB'");
+    primary.start();
+    primary.write_rows(300);
+    let mut standby1 = PgCluster::standby_of(&primary, "standby1");
+    standby1.append_conf("wal_keep_size = '1GB'");
+    standby1.start();
+    standby1.wait_replayed(&primary);
+    let mut standby2 = PgCluster::standby_of(&standby1, "standby2");
+    standby2.append_conf(&format!(
+        "recovery_target_timeline = 'latest'\narchive_mode = always\n\
+         archive_command = '{} --archive {} push %p'",
+        wh.path().display(),
+        archive.url()
+    ));
+    standby2.set_env(archive.env());
+    standby2.start();
+    primary.write_rows(300);
+    let switched_in = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    standby1.wait_replayed(&primary);
+    standby2.wait_replayed(&primary);
+
+    primary.stop("fast");
+    standby1.promote();
+    standby1.write_rows(300);
+    let after = standby1.switch_wal();
+    assert!(after.starts_with("00000002"), "{after}");
+    standby2.wait_archived(&after);
+    assert_eq!(
+        standby2.sql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        standby2.log()
+    );
+    let id = standby2.system_id();
+    assert!(
+        archive.object(&key_of(id, &switched_in)).is_some(),
+        "{switched_in} is not in the archive: {:?}",
+        archive.keys()
+    );
+}
+
 /// `content` with every WAL page's magic replaced by `magic`.
 fn with_page_magic(content: &[u8], magic: u16) -> Vec<u8> {
     let mut patched = content.to_vec();
