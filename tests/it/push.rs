@@ -360,18 +360,9 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
 fn a_standby_archiving_always_archives_the_segment_its_upstream_switched_timeline_in() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut primary = PgCluster::init("primary");
-    primary.append_conf("wal_keep_size = '1GB'");
-    primary.start();
-    primary.write_rows(300);
-    let mut standby1 = PgCluster::standby_of(&primary, "standby1");
-    standby1.append_conf("wal_keep_size = '1GB'");
-    standby1.start();
-    standby1.wait_replayed(&primary);
-    let mut standby2 = PgCluster::standby_of(&standby1, "standby2");
+    let (mut primary, standby1, mut standby2) = PgCluster::cascade();
     standby2.append_conf(&format!(
-        "recovery_target_timeline = 'latest'\narchive_mode = always\n\
-         archive_command = '{} --archive {} push %p'",
+        "archive_mode = always\narchive_command = '{} --archive {} push %p'",
         wh.path().display(),
         archive.url()
     ));

@@ -333,16 +333,7 @@ fn follows_two_promotions_to_timeline_3() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     // primary -> standby1 -> standby2 (cascading); the receiver streams from standby2.
-    let mut primary = PgCluster::init("primary");
-    primary.append_conf("wal_keep_size = '1GB'");
-    primary.start();
-    primary.write_rows(300);
-    let mut standby1 = PgCluster::standby_of(&primary, "standby1");
-    standby1.append_conf("wal_keep_size = '1GB'");
-    standby1.start();
-    standby1.wait_replayed(&primary);
-    let mut standby2 = PgCluster::standby_of(&standby1, "standby2");
-    standby2.append_conf("wal_keep_size = '1GB'\nrecovery_target_timeline = 'latest'");
+    let (mut primary, mut standby1, mut standby2) = PgCluster::cascade();
     standby2.start();
     let conninfo = standby2.conninfo();
     let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);

@@ -167,6 +167,23 @@ impl PgCluster {
         standby
     }
 
+    /// A cascade: a primary with rows, keeping 1 GB of WAL; a standby of it, started and caught
+    /// up; and a standby of that standby, following the latest timeline, not started yet (for
+    /// its own settings).
+    pub fn cascade() -> (PgCluster, PgCluster, PgCluster) {
+        let mut primary = PgCluster::init("primary");
+        primary.append_conf("wal_keep_size = '1GB'");
+        primary.start();
+        primary.write_rows(300);
+        let mut standby1 = PgCluster::standby_of(&primary, "standby1");
+        standby1.append_conf("wal_keep_size = '1GB'");
+        standby1.start();
+        standby1.wait_replayed(&primary);
+        let standby2 = PgCluster::standby_of(&standby1, "standby2");
+        standby2.append_conf("wal_keep_size = '1GB'\nrecovery_target_timeline = 'latest'");
+        (primary, standby1, standby2)
+    }
+
     /// An instance made from a fresh `pg_basebackup -X wal_method` of `primary`, with its own
     /// port and socket and archiving off, not started yet.
     pub fn from_backup(primary: &PgCluster, label: &str, wal_method: &str) -> PgCluster {
