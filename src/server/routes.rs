@@ -101,8 +101,10 @@ fn plain(status: StatusCode, text: String) -> Response {
 /// (`X-Walhalla-System-Id`), else the receiver's.
 ///
 /// With `?partial=1`, a segment nobody has in full is answered with the newest receiver
-/// snapshot of it, zero-padded to the segment size (for a last-resort recovery, as
-/// `fetch --partial` reads the archive); the server logs which snapshot it served.
+/// snapshot of it, or the parent timeline's copy cut at the switch point when that snapshot
+/// ends before its timeline begins ([`crate::archive::LastResortCopy`]), zero-padded to the
+/// segment size (for a last-resort recovery, as `fetch --partial` reads the archive); the
+/// server logs which object it served.
 ///
 /// A client that accepts `zstd` (`Accept-Encoding`) gets an archived object as it is stored,
 /// `Content-Encoding: zstd` (the envelope is a zstd stream), after the server verified it:
@@ -259,8 +261,8 @@ struct WalQuery {
     partial: Option<u8>,
 }
 
-/// The newest snapshot of a segment the archive lacks in full, zero-padded to the segment
-/// size and verified like a segment.
+/// The last-resort copy of a segment the archive lacks in full (its newest snapshot, or the
+/// parent timeline's copy), zero-padded to the segment size and verified like a segment.
 async fn snapshot(
     cluster: &ServedCluster,
     name: &WalFileName,
@@ -275,7 +277,7 @@ async fn snapshot(
     let system_id = cluster.archive.system_id();
     let name = *name;
     let padded = blocking::run(move || -> anyhow::Result<Vec<u8>> {
-        let mut content = crate::archive::decode_served(&copy).map_err(anyhow::Error::msg)?;
+        let mut content = copy.content;
         let size = LongPageHeader::parse(&content)?.segment_size()?.bytes() as usize;
         if content.len() > size {
             anyhow::bail!("the snapshot is longer than a segment");
