@@ -83,20 +83,32 @@ pub enum ServerError {
     },
 }
 
+/// `url` with the user and password before its host replaced by `********`, when it has any
+/// (read from the text, so that a URL that does not parse is masked too); `None` without.
+pub fn masked_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (_, host) = rest[..authority_end].rsplit_once('@')?;
+    Some(format!(
+        "{scheme}://********@{host}{}",
+        &rest[authority_end..]
+    ))
+}
+
 impl ServerClient {
     /// A client for `settings.server`; `None` when no server is configured.
     pub fn new(settings: &ClientSettings, timeout: Duration) -> anyhow::Result<Option<Self>> {
         let Some(server) = &settings.server else {
             return Ok(None);
         };
-        let base = Url::parse(server).with_context(|| format!("server URL {server:?}"))?;
-        if !base.username().is_empty() || base.password().is_some() {
+        if masked_userinfo(server).is_some() {
             // Not quoted: the URL holds the secret.
             bail!(
                 "the server URL carries a user or password, which would show in every message \
                  naming it: the fetch server authenticates with a bearer token (--token-file)"
             );
         }
+        let base = Url::parse(server).with_context(|| format!("server URL {server:?}"))?;
         if !matches!(base.scheme(), "http" | "https") {
             bail!("server URL {server:?}: only http:// and https:// are supported");
         }
@@ -258,5 +270,38 @@ impl ServerClient {
             .await
             .map_err(|e| anyhow!("read /status: {e}"))?;
         serde_json::from_slice(&body).map_err(|e| anyhow!("/status is not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_or_password_in_a_server_url_is_masked_even_unparsed() {
+        for (url, masked) in [
+            (
+                "http://u:pw@127.0.0.1:7480",
+                Some("http://********@127.0.0.1:7480"),
+            ),
+            (
+                "https://pw@h:99999/x?y",
+                Some("https://********@h:99999/x?y"),
+            ),
+            ("http://h:7480/wal?a=b@c", None),
+            ("http://127.0.0.1:7480", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(masked_userinfo(url).as_deref(), masked, "{url}");
+        }
+        let settings = ClientSettings {
+            server: Some("http://u:s3cret@127.0.0.1:bad".into()),
+            ..Default::default()
+        };
+        let error = ServerClient::new(&settings, Duration::from_secs(1))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

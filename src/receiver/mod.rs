@@ -279,10 +279,16 @@ fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode)
             waited.as_secs()
         );
     } else if !spool.is_dir() {
+        let kept = match mode {
+            Mode::Synchronous => {
+                "what it held that the archive lacks went with it, and was confirmed to the \
+                 server (walhalla list shows where the archive ends)"
+            }
+            Mode::Archived => "the slot keeps on the server what the archive lacks",
+        };
         tracing::warn!(
             spool = %spool.display(),
-            "stopped; the spool is gone (removed or unmounted while the receiver ran): what it \
-             held that the archive lacks went with it (walhalla list shows where the archive ends)"
+            "stopped; the spool is gone (removed or unmounted while the receiver ran): {kept}"
         );
     } else {
         tracing::info!(spool = %spool.display(), "stopped: everything received is archived");

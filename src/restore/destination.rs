@@ -147,7 +147,21 @@ pub(super) fn refuse_the_archive(destination: &Destination, archive: &Path) -> a
 /// where the path is or would be created. `None` when no ancestor can be resolved.
 fn resolved(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
-    let mut existing = absolute.as_path();
+    if let Ok(real) = absolute.canonicalize() {
+        return Some(real);
+    }
+    // Not there yet: `..` and `.` are taken as written, then the existing part resolved.
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
     let mut rest = Vec::new();
     loop {
         if let Ok(real) = existing.canonicalize() {
@@ -298,6 +312,7 @@ mod tests {
             root.path().to_path_buf(),
             archive.join("7000"),
             archive.join("new/data"),
+            root.path().join("missing/../archive/new"),
             link.join("7000"),
             root.path().join("archive/../archive"),
         ] {

@@ -83,7 +83,10 @@ impl Report {
                         let (values, source) = resolve(command.get_name(), arg, file, config);
                         let values = match id {
                             "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
-                            "server" => values.iter().map(|v| mask_url(v)).collect(),
+                            "server" => values
+                                .iter()
+                                .map(|v| crate::client::masked_userinfo(v).unwrap_or(v.clone()))
+                                .collect(),
                             _ => values,
                         };
                         Setting {
@@ -192,16 +195,4 @@ pub fn describe(report: &Report) -> String {
 /// A value as a TOML string, so the output can be pasted into the file.
 fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
-}
-
-/// `url` with a password in it replaced by `********` (fetch refuses such a URL, and says so
-/// without quoting it).
-fn mask_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("********"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
