@@ -299,8 +299,7 @@ mod tests {
             ..Default::default()
         };
         let error = ServerClient::new(&settings, Duration::from_secs(1))
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(!error.contains("s3cret"), "{error}");
     }
