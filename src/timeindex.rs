@@ -101,6 +101,15 @@ pub enum IndexEnd {
         #[serde(with = "lsn_text")]
         at: Lsn,
     },
+    /// A record PostgreSQL wrote (its CRC checks) that this walhalla cannot read: the index
+    /// ends there, without saying the WAL is damaged.
+    Uninterpreted {
+        /// Where it starts.
+        #[serde(with = "lsn_text")]
+        at: Lsn,
+        /// What could not be read.
+        problem: String,
+    },
     /// A page or record PostgreSQL would refuse.
     Invalid {
         /// Where it starts.
@@ -151,7 +160,10 @@ impl IndexEnd {
             IndexEnd::EndOfWal { at }
             | IndexEnd::Truncated { at }
             | IndexEnd::Invalid { at, .. } => Some(*at),
-            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
+            IndexEnd::SegmentEnd
+            | IndexEnd::Switch
+            | IndexEnd::Continues { .. }
+            | IndexEnd::Uninterpreted { .. } => None,
         }
     }
 
@@ -165,7 +177,10 @@ impl IndexEnd {
             IndexEnd::Invalid { at, problem } => Some(format!("invalid WAL at {at}: {problem}")),
             IndexEnd::EndOfWal { at } => Some(format!("no record at {at}, inside the segment")),
             IndexEnd::Truncated { at } => Some(format!("it ends at {at}, inside the segment")),
-            IndexEnd::SegmentEnd | IndexEnd::Switch | IndexEnd::Continues { .. } => None,
+            IndexEnd::SegmentEnd
+            | IndexEnd::Switch
+            | IndexEnd::Continues { .. }
+            | IndexEnd::Uninterpreted { .. } => None,
         }
     }
 }
@@ -186,6 +201,10 @@ impl From<&ScanEnd> for IndexEnd {
                 record: CrossingRecord::from(*record),
             },
             ScanEnd::Truncated { at } => IndexEnd::Truncated { at: *at },
+            ScanEnd::Uninterpreted { at, problem } => IndexEnd::Uninterpreted {
+                at: *at,
+                problem: problem.to_string(),
+            },
             ScanEnd::Invalid { at, problem } => IndexEnd::Invalid {
                 at: *at,
                 problem: problem.to_string(),

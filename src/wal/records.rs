@@ -137,6 +137,15 @@ pub enum ScanEnd {
         /// The position of the first missing byte.
         at: Lsn,
     },
+    /// A record whose CRC checks, so PostgreSQL wrote it, but whose content this scanner
+    /// cannot read (a layout it does not know): the scan stops here, and what follows is not
+    /// known, but nothing says the WAL is damaged.
+    Uninterpreted {
+        /// Where the record starts.
+        at: Lsn,
+        /// What could not be read.
+        problem: InvalidWal,
+    },
     /// A page header or record that PostgreSQL's reader would refuse: valid WAL ends here.
     Invalid {
         /// Where the refused record (or page) starts.

@@ -116,7 +116,7 @@ impl<'a> Scanner<'a> {
             let meaning = match decode::interpret(&buf, &read.header, self.major) {
                 Ok(meaning) => meaning,
                 Err(problem) => {
-                    out.end = ScanEnd::Invalid {
+                    out.end = ScanEnd::Uninterpreted {
                         at: self.lsn(read.start),
                         problem,
                     };

@@ -339,6 +339,37 @@ fn a_record_whose_continuation_was_overwritten_is_skipped_as_postgresql_does() {
 }
 
 #[test]
+fn a_record_whose_crc_checks_but_whose_content_cannot_be_read_is_not_damage() {
+    // The restore point at 0/735D80 with an unknown block id where its data header starts,
+    // and its CRC made right again: PostgreSQL's own bytes, as far as the CRC tells, in a
+    // layout this scanner does not read.
+    let mut bytes = segment_7();
+    let record = 0x735D80 - START_7.0 as usize;
+    bytes[record + 24] = 0x80;
+    let tot_len = u32::from_le_bytes(bytes[record..record + 4].try_into().unwrap()) as usize;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bytes[record + 24..record + tot_len]),
+        &bytes[record..record + 20],
+    );
+    bytes[record + 20..record + 24].copy_from_slice(&crc.to_le_bytes());
+    let found = scan_segment(&bytes, START_7).unwrap();
+    assert!(
+        matches!(
+            found.end,
+            ScanEnd::Uninterpreted {
+                at: Lsn(0x735D80),
+                ..
+            }
+        ),
+        "{:?}",
+        found.end
+    );
+    let index = crate::timeindex::IndexEnd::from(&found.end);
+    assert_eq!(index.damage(), None);
+    assert_eq!(index.valid_end(), None);
+}
+
+#[test]
 fn the_last_segment_of_the_lsn_space_does_not_overflow() {
     let start = Lsn(u64::MAX - (1 << 20) + 1);
     let mut bytes = crate::wal::page::tests::header_bytes(1, start.0, 42, 1 << 20);
