@@ -526,7 +526,12 @@ impl SegmentWriter {
         let path = self.path();
         let open = self.file.metadata()?;
         let named = std::fs::metadata(&path).ok();
-        if named.is_some_and(|named| (named.dev(), named.ino()) == (open.dev(), open.ino())) {
+        // The same inode; or, where a filesystem reports other numbers for the path than for
+        // the open file (overlayfs on older kernels), a file still linked, of the same length.
+        if named.is_some_and(|named| {
+            (named.dev(), named.ino()) == (open.dev(), open.ino())
+                || (open.nlink() > 0 && named.len() == open.len())
+        }) {
             return Ok(());
         }
         Err(io::Error::other(format!(
