@@ -344,7 +344,9 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
                     None => format!("from {from} to {end}"),
                 }
             }
-            _ => "none: no backup can be restored".to_string(),
+            _ => "none at the last survey: no backup could be restored then (walhalla list \
+                  reads the archive now)"
+                .to_string(),
         };
         line("  restorable window", window);
         line(
