@@ -366,12 +366,14 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
             );
             archive.store_index(segment, index).await;
         }
-        None => tracing::debug!(
+        // A kept tail: the end of a stream (a lost server, a timeline's end, a shutdown), so
+        // rare, and what a last-resort recovery reaches: at info level.
+        None => tracing::info!(
             file = %what,
             bytes = stored.original_bytes,
             stored_bytes = stored.stored_bytes,
             ms,
-            "archived a snapshot"
+            "archived a snapshot of the end of the stream"
         ),
     }
 }
