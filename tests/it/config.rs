@@ -220,3 +220,36 @@ fn a_closed_stdout_ends_the_output_quietly() {
         );
     }
 }
+
+/// A password in `-d` is seen by every user of the host (`ps`): said, without the password;
+/// the same string from the environment is not warned about.
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let wh = Walhalla::install();
+    let dir = TestDir::new("password-flag");
+    let conninfo = "host=127.0.0.1 port=1 user=x password=hunter2";
+    let flag = std::process::Command::new(wh.binary())
+        .args([
+            "--archive",
+            dir.path().to_str().unwrap(),
+            "backup",
+            "-d",
+            conninfo,
+        ])
+        .output()
+        .expect("run walhalla backup");
+    let stderr = String::from_utf8_lossy(&flag.stderr);
+    assert_eq!(flag.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the connection string on the command line holds a password")
+            && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+    let env = std::process::Command::new(wh.binary())
+        .args(["--archive", dir.path().to_str().unwrap(), "backup"])
+        .env("WALHALLA_CONNINFO", conninfo)
+        .output()
+        .expect("run walhalla backup");
+    let stderr = String::from_utf8_lossy(&env.stderr);
+    assert!(!stderr.contains("on the command line"), "{stderr}");
+}

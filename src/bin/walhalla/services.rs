@@ -149,9 +149,25 @@ pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
 
 /// The replication connection's settings: the connection string with libpq's environment
 /// beneath, and the password from `--password-file` when the string has none.
+/// Warns when the connection string holds a password and came from the command line, where
+/// every user sees it (`ps`, /proc/PID/cmdline).
+fn warn_of_a_password_on_the_command_line(conninfo: &str) {
+    let in_text = ConnParams::parse(conninfo, &|_| None).is_ok_and(|c| c.password.is_some());
+    let on_command_line =
+        std::env::args().any(|arg| arg == conninfo || arg.ends_with(&format!("={conninfo}")));
+    if in_text && on_command_line {
+        tracing::warn!(
+            "the connection string on the command line holds a password, which every user of \
+             this host can read (ps): use ~/.pgpass, PGPASSFILE, --password-file or \
+             PGPASSWORD instead"
+        );
+    }
+}
+
 pub fn connection(args: &ConnArgs) -> anyhow::Result<ConnParams> {
     let mut conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
         .map_err(|e| UsageError(format!("connection string: {e}")))?;
+    warn_of_a_password_on_the_command_line(&args.conninfo);
     if let Some(path) = &args.password_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read the password file {}", path.display()))?;
