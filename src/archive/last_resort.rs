@@ -61,7 +61,7 @@ impl ClusterArchive {
     }
 
     /// The end of the newest snapshot of `segment`, by listing.
-    async fn newest_snapshot_end(&self, segment: SegmentName) -> Result<Option<Lsn>> {
+    pub async fn newest_snapshot_end(&self, segment: SegmentName) -> Result<Option<Lsn>> {
         Ok(self
             .group_objects(WalGroup::of(segment))
             .await?

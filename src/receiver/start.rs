@@ -133,6 +133,14 @@ pub async fn start_point(
             resume: segment,
         });
     };
+    if timeline < server_timeline {
+        let ends = HeldEnds {
+            newest,
+            snapshot,
+            spooled: &spooled,
+        };
+        warn_of_wal_past_the_fork(ctx, &history, timeline, ends, size).await;
+    }
     let (timeline, resume) = if timeline == server_timeline {
         (timeline, next)
     } else if timeline > server_timeline {
@@ -183,6 +191,65 @@ pub async fn start_point(
     Ok(plan)
 }
 
+/// What the archive and the spool hold at their newest: a complete segment, a snapshot, the
+/// spool's segments and tails.
+struct HeldEnds<'a> {
+    newest: Option<SegmentName>,
+    snapshot: Option<SegmentName>,
+    spooled: &'a spool::SpoolContents,
+}
+
+/// When the archive (or the spool) holds WAL of `timeline` past the point where the server's
+/// history leaves it (a failover to a node that had not received everything the receiver
+/// confirmed), says so with the range and how to restore it: the server's timeline goes on
+/// without it.
+async fn warn_of_wal_past_the_fork(
+    ctx: &Context,
+    history: &[HistoryEntry],
+    timeline: TimelineId,
+    held: HeldEnds<'_>,
+    size: SegmentSize,
+) {
+    let Some(switch_point) = history
+        .iter()
+        .find(|e| e.timeline == timeline)
+        .map(|e| e.switch_point)
+    else {
+        return;
+    };
+    let on = |s: &SegmentName| s.timeline == timeline;
+    let after = |s: &SegmentName| s.segno(size).map(|n| SegNo(n.0 + 1).start_lsn(size));
+    let mut ends: Vec<Lsn> = [held.newest, held.spooled.complete.last().copied()]
+        .iter()
+        .flatten()
+        .filter(|s| on(s))
+        .filter_map(after)
+        .collect();
+    ends.extend(
+        (held.spooled.tails.iter())
+            .filter(|(s, _)| on(s))
+            .map(|(_, end)| *end),
+    );
+    if let Some(snapshot) = held.snapshot.filter(on)
+        && let Ok(Some(end)) = ctx.cluster.newest_snapshot_end(snapshot).await
+    {
+        ends.push(end);
+    }
+    let Some(end) = ends.into_iter().max().filter(|end| *end > switch_point) else {
+        return;
+    };
+    tracing::warn!(
+        timeline = timeline.0,
+        %switch_point,
+        "the archive holds WAL of timeline {} past where the server's history left it \
+         ({switch_point} to {end}): commits there are not on the server's timeline, and stay \
+         restorable with walhalla restore --target-timeline {} (with fetch --partial in \
+         restore_command for what only a snapshot holds)",
+        timeline.0,
+        timeline.0
+    );
+}
+
 /// Where `timeline` begins: where its parent's history ends (0 for the first timeline).
 fn timeline_begin(history: &[HistoryEntry], timeline: TimelineId) -> Lsn {
     history
@@ -219,14 +286,9 @@ fn past_fork(
     let successor = history
         .get(position + 1)
         .map_or(server_timeline, |e| e.timeline);
-    tracing::warn!(
-        timeline = timeline.0,
-        %switch_point,
-        "the archive holds WAL of timeline {} past where the server's history left it \
-         ({switch_point} to {}: commits there are not on the server, and stay restorable with \
-         walhalla restore --target-timeline {}): restarting at the fork on timeline {}",
-        timeline.0,
-        next.start_lsn(size),
+    tracing::info!(
+        "the archive holds complete segments of timeline {} past the fork: restarting at the \
+         fork on timeline {}",
         timeline.0,
         successor.0
     );

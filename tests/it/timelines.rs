@@ -32,7 +32,11 @@ fn fetched(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, name: &str) -> 
 
 /// A primary with some rows, its standby, and a receiver on slot "walhalla" of whichever of
 /// the two accepts writes.
-fn pair_with_receiver(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, PgCluster, Receiver) {
+fn pair_with_receiver(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    extra: &[&str],
+) -> (PgCluster, PgCluster, Receiver) {
     let mut primary = PgCluster::init("primary");
     primary.append_conf("wal_keep_size = '1GB'");
     primary.start();
@@ -44,7 +48,7 @@ fn pair_with_receiver(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, PgClu
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let receiver = Receiver::on_slot(wh, archive, &hosts, &[]);
+    let receiver = Receiver::on_slot(wh, archive, &hosts, extra);
     // Its slot must exist before the test writes: it starts where the slot was created.
     wait_for("the receiver to stream", Duration::from_secs(60), || {
         let streaming = primary
@@ -58,7 +62,7 @@ fn pair_with_receiver(wh: &Walhalla, archive: &TestArchive) -> (PgCluster, PgClu
 fn follows_a_failover_to_the_promoted_standby() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive);
+    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive, &[]);
     // Taken once the receiver streams, so all the WAL it needs reaches the archive.
     let mut backup = PgCluster::from_backup(&primary, "restored", "none");
     primary.write_rows(1000);
@@ -103,7 +107,7 @@ fn follows_a_failover_to_the_promoted_standby() {
 fn a_failover_to_a_standby_behind_the_archive_restarts_at_the_fork() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (mut primary, mut standby, mut receiver) = pair_with_receiver(&wh, &archive);
+    let (mut primary, mut standby, mut receiver) = pair_with_receiver(&wh, &archive, &[]);
     let system_id = primary.system_id();
     standby.wait_replayed(&primary);
     standby.stop("fast");
@@ -123,6 +127,53 @@ fn a_failover_to_a_standby_behind_the_archive_restarts_at_the_fork() {
         log.contains("the archive holds WAL of timeline 1 past where the server's history left it")
             && log.contains("walhalla restore --target-timeline 1")
             && log.contains("restarting at the fork on timeline 2"),
+        "{log}"
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
+/// The same, the primary's last WAL held only by a snapshot of the segment the timeline
+/// forks in (helper-53: no warning, and a restore along the new timeline lacked confirmed
+/// commits without a word).
+#[test]
+fn a_failover_to_a_standby_behind_a_snapshot_is_warned_about() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, mut standby, mut receiver) =
+        pair_with_receiver(&wh, &archive, &["--partial-interval", "1"]);
+    let id = primary.system_id();
+    let system_id = id.to_string();
+    standby.wait_replayed(&primary);
+    standby.stop("fast");
+    primary.write_rows(300);
+    let written: walhalla::wal::Lsn = primary.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    wait_for(
+        "a snapshot holding the rows",
+        Duration::from_secs(60),
+        || {
+            archive
+                .keys()
+                .iter()
+                .filter(|k| k.starts_with(&system_id))
+                .filter_map(|k| k.strip_suffix(".zst")?.rsplit_once(".partial."))
+                .any(|(_, end)| u64::from_str_radix(end, 16).is_ok_and(|e| e >= written.0))
+                .then_some(())
+        },
+    );
+    primary.stop("immediate");
+
+    standby.start();
+    standby.promote();
+    let history = std::fs::read_to_string(standby.data.join("pg_wal/00000002.history")).unwrap();
+    let switch_point = history.split('\t').nth(1).unwrap().to_string();
+    standby.write_rows(300);
+    let after = standby.switch_wal();
+    wait_object(&archive, id, &after);
+    let log = receiver.log();
+    assert!(
+        log.contains(&format!(
+            "the archive holds WAL of timeline 1 past where the server's history left it ({switch_point} to "
+        )) && log.contains("walhalla restore --target-timeline 1"),
         "{log}"
     );
     assert!(receiver.stop().success(), "{}", receiver.log());
@@ -435,7 +486,7 @@ fn a_second_primary_on_the_same_timeline_cannot_change_the_archive() {
 fn follows_a_promotion_whose_timeline_begins_at_a_segment_boundary() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive);
+    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive, &[]);
     primary.write_rows(300);
     // The old primary's last record switches segments, and it stops at once (no shutdown
     // checkpoint after it): timeline 2 begins exactly at a segment boundary. Asked for
