@@ -230,7 +230,10 @@ impl Uploader {
                     None => Ok(true),
                     Some(segment) => Err(format!(
                         "{segment} did not read back from the spool as it was received, so it \
-                         was not archived: the slot keeps it, and the next run streams it again"
+                         was not archived; the next run streams it again from the server, whose \
+                         slot keeps it in the default mode but, in --synchronous mode (where it \
+                         was confirmed), only until a checkpoint recycles it: start the receiver \
+                         again soon"
                     )),
                 };
             }
