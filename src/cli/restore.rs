@@ -51,8 +51,13 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ArchiveMode::Preserve)]
     pub archive_mode: ArchiveMode,
     /// Write standby.signal instead of recovery.signal: the server stays a standby.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "partial")]
     pub standby: bool,
+    /// The last recovery after losing the primary and the receiver's host: restore_command
+    /// runs `fetch --partial`, so recovery replays the receiver's snapshots past the last
+    /// complete segment, to the last byte archived.
+    #[arg(long)]
+    pub partial: bool,
     /// Empty the data directory, and the tablespace directories named with --tablespace-map,
     /// first if they hold anything (a tablespace's original location is never emptied).
     #[arg(long)]

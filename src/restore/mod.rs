@@ -73,6 +73,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// The WAL segments the recovery needs, all checked present: the first and the last.
     pub wal: (String, String),
+    /// A receiver's snapshot past the last complete segment, which this recovery does not
+    /// replay (without `--partial`): the segment and where the snapshot ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_beyond: Option<(String, String)>,
     /// The settings added to postgresql.auto.conf.
     pub settings: BTreeMap<String, String>,
     /// The signal file written.
@@ -164,6 +168,10 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     indexed::check_time(backup, target, exclusive, &steps, more_wal)?;
     indexed::check_lsn(&cluster, target, &ranges, &newest, size, more_wal).await?;
     let wal_span = span(&ranges, size);
+    let snapshot_beyond = match (target, options.recovery.partial) {
+        (Target::End, false) => snapshot_beyond(&cluster, &ranges, size).await?,
+        _ => None,
+    };
 
     let (manifest, manifest_bytes) = read_manifest(&cluster, backup).await?;
     let tablespaces = tablespace_destinations(backup, &options.tablespace_map)?;
@@ -246,6 +254,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         files,
         bytes,
         wal: wal_span,
+        snapshot_beyond,
         settings: settings
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -255,11 +264,36 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     })
 }
 
+/// The archive's newest snapshot when it lies past the last segment of `ranges` (what a
+/// recovery to the end replays) on the same timeline: its segment and its end.
+async fn snapshot_beyond(
+    cluster: &ClusterArchive,
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    size: crate::wal::SegmentSize,
+) -> anyhow::Result<Option<(String, String)>> {
+    let Some(&(timeline, _, to)) = ranges.last() else {
+        return Ok(None);
+    };
+    let (_, snapshot) = cluster.newest_segment_and_snapshot().await?;
+    let Some(snapshot) = snapshot.filter(|s| s.timeline == timeline) else {
+        return Ok(None);
+    };
+    if snapshot.segno(size).is_none_or(|n| n < to) {
+        return Ok(None);
+    }
+    Ok(cluster
+        .newest_snapshot_end(snapshot)
+        .await?
+        .map(|end| (snapshot.to_string(), end.to_string())))
+}
+
 /// Why the restored server may replay WAL the archive does not hold yet, if it may (see
 /// [`indexed`]).
 fn more_wal(options: &RestoreOptions) -> Option<&'static str> {
     if options.recovery.server.is_some() {
         Some("the fetch server may hold newer WAL")
+    } else if options.recovery.partial {
+        Some("fetch --partial serves the receiver's snapshots past the complete segments")
     } else if options.standby {
         Some("a standby waits for WAL not archived yet rather than ending at the archive's end")
     } else {
@@ -470,6 +504,13 @@ pub fn describe(report: &RestoreReport) -> String {
         "recovery to {} will replay WAL {} to {} (checked present in the archive)\n",
         report.target, report.wal.0, report.wal.1
     ));
+    if let Some((segment, end)) = &report.snapshot_beyond {
+        out.push_str(&format!(
+            "the archive also holds a receiver's snapshot of {segment} up to {end}, past the last \
+             complete segment: this recovery stops before it; after losing the primary and the \
+             receiver's host, restore with --partial to replay it too\n"
+        ));
+    }
     out.push_str(&format!(
         "wrote {} and added to postgresql.auto.conf:\n",
         report.signal

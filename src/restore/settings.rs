@@ -79,6 +79,9 @@ pub struct Recovery {
     pub exclusive: bool,
     /// Turn archiving off (`archive_mode = off`), for a copy that must archive nothing.
     pub archive_off: bool,
+    /// `fetch --partial`: a segment the archive lacks in full is served from its newest
+    /// snapshot, for the last recovery after losing the primary and the receiver's host.
+    pub partial: bool,
 }
 
 impl Recovery {
@@ -122,6 +125,9 @@ impl Recovery {
             part(&self.walhalla),
             part(&self.archive)
         );
+        if self.partial {
+            command.push_str(" --partial");
+        }
         if let Some(server) = &self.server {
             command.push_str(&format!(" --server {}", part(server)));
             for (flag, value) in &self.server_flags {
@@ -238,6 +244,7 @@ mod tests {
             timeline: None,
             exclusive,
             archive_off: false,
+            partial: false,
         };
         let lsn = || Target::Lsn("0/3000000".parse().unwrap());
         let shutdown = Some(TargetAction::Shutdown);
@@ -287,6 +294,7 @@ mod tests {
             timeline: Some(TimelineChoice::Latest),
             exclusive: true,
             archive_off: true,
+            partial: false,
         };
         let block = conf_block("20260101T000000Z", &recovery.settings());
         let lines: Vec<&str> = block.lines().collect();

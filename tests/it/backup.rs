@@ -43,7 +43,7 @@ pub fn take_backup(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster) -> serd
 
 /// Runs `walhalla restore --to DIR ARGS --json`; the exit code, the report (on success) and
 /// stderr.
-fn restore(
+pub fn restore(
     wh: &Walhalla,
     archive: &TestArchive,
     to: &Path,
@@ -63,7 +63,7 @@ fn restore(
 /// A restored data directory brought up: its own port, archiving off (it must not write into
 /// the archive the other restores read), the archive's settings in its environment (for the
 /// restore_command), started, and waited for until recovery ended.
-fn start_restored(archive: &TestArchive, dir: TestDir, data: PathBuf) -> PgCluster {
+pub fn start_restored(archive: &TestArchive, dir: TestDir, data: PathBuf) -> PgCluster {
     let mut pg = PgCluster::adopt(dir, data);
     pg.append_conf("archive_mode = off");
     pg.set_env(archive.env());

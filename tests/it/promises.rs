@@ -330,6 +330,8 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
         },
     );
     pg.sql("CREATE TABLE confirmed (id int primary key)");
+    let backup = crate::backup::take_backup(&wh, &archive, &pg);
+    assert_eq!(backup["wal_complete"], true, "{backup}");
     // The backup's WAL comes from the archive alone.
     let mut restored = PgCluster::from_backup(&pg, "restored", "none");
     let mut through_server = PgCluster::from_backup(&pg, "through-server", "none");
@@ -361,6 +363,31 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     ));
     assert_eq!(
         restored.sql("SELECT count(*) FROM confirmed"),
+        CONFIRMED_ROWS
+    );
+    // walhalla restore says that a snapshot lies past the last complete segment, and with
+    // --partial writes the restore_command that replays it.
+    let plain = TestDir::new("plain");
+    let (code, report, stderr) =
+        crate::backup::restore(&wh, &archive, &plain.path().join("data"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report.unwrap();
+    assert!(report["snapshot_beyond"].is_array(), "{report:#}");
+    let last = TestDir::new("last-resort");
+    let data = last.path().join("data");
+    let (code, report, stderr) = crate::backup::restore(&wh, &archive, &data, &["--partial"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report.unwrap();
+    assert!(
+        report["settings"]["restore_command"]
+            .as_str()
+            .unwrap()
+            .contains(" fetch --partial %f %p"),
+        "{report:#}"
+    );
+    let last_resort = crate::backup::start_restored(&archive, last, data);
+    assert_eq!(
+        last_resort.sql("SELECT count(*) FROM confirmed"),
         CONFIRMED_ROWS
     );
     // The same last-resort recovery through the receiver's fetch server, with no archive.

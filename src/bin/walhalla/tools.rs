@@ -81,6 +81,7 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
             timeline: args.target_timeline,
             exclusive: args.target_exclusive,
             archive_off: args.archive_mode == ArchiveMode::Off,
+            partial: args.partial,
         },
         standby: args.standby,
         force: args.force,
