@@ -160,15 +160,26 @@ pub(super) enum Meaning {
     Other,
 }
 
+/// Why a record whose length and CRC are valid could not be interpreted.
+#[derive(Debug)]
+pub(super) enum Unread {
+    /// Its block headers are what `DecodeXLogRecord` refuses: PostgreSQL's recovery ends
+    /// there too.
+    Structure(InvalidWal),
+    /// Its main data is not what this scanner knows of a commit, abort or restore point:
+    /// PostgreSQL reads it, this scanner does not.
+    Content(InvalidWal),
+}
+
 /// Decodes a record whose length and CRC are valid: walks the block headers as
 /// `DecodeXLogRecord` does (refusing what it refuses) and interprets the main data.
-pub(super) fn interpret(record: &[u8], header: &Header, major: u32) -> Result<Meaning, InvalidWal> {
-    let main = main_data(record, major)?;
+pub(super) fn interpret(record: &[u8], header: &Header, major: u32) -> Result<Meaning, Unread> {
+    let main = main_data(record, major).map_err(Unread::Structure)?;
     let op = header.info & XLR_RMGR_INFO_MASK;
     match header.rmid {
         RM_XLOG_ID if op == XLOG_SWITCH => Ok(Meaning::Switch),
-        RM_XLOG_ID if op == XLOG_RESTORE_POINT => restore_point(main),
-        RM_XACT_ID => xact(main, header, major),
+        RM_XLOG_ID if op == XLOG_RESTORE_POINT => restore_point(main).map_err(Unread::Content),
+        RM_XACT_ID => xact(main, header, major).map_err(Unread::Content),
         _ => Ok(Meaning::Other),
     }
 }

@@ -83,6 +83,28 @@ impl<'a> Scanner<'a> {
     /// before each record it calls `done_before` with the record's offset, before which
     /// nothing is read again.
     pub fn run(mut self, done_before: &mut dyn FnMut(usize)) -> SegmentRecords {
+        let mut unread = None;
+        let mut out = self.walk(done_before, &mut unread);
+        // A record this scanner could not interpret ends the index's knowledge, not the WAL:
+        // the walk went on checking what follows, and only a segment whose WAL is whole
+        // otherwise ends this way.
+        if let Some((at, problem)) = unread
+            && matches!(
+                out.end,
+                ScanEnd::SegmentEnd | ScanEnd::Switch | ScanEnd::Continues { .. }
+            )
+        {
+            out.end = ScanEnd::Uninterpreted { at, problem };
+        }
+        out
+    }
+
+    /// [`Self::run`]'s walk; the first record it could not interpret goes to `unread`.
+    fn walk(
+        &mut self,
+        done_before: &mut dyn FnMut(usize),
+        unread: &mut Option<(Lsn, InvalidWal)>,
+    ) -> SegmentRecords {
         let mut out = SegmentRecords {
             records: 0,
             transactions: Vec::new(),
@@ -115,12 +137,16 @@ impl<'a> Scanner<'a> {
             };
             let meaning = match decode::interpret(&buf, &read.header, self.major) {
                 Ok(meaning) => meaning,
-                Err(problem) => {
-                    out.end = ScanEnd::Uninterpreted {
+                Err(decode::Unread::Structure(problem)) => {
+                    out.end = ScanEnd::Invalid {
                         at: self.lsn(read.start),
                         problem,
                     };
                     return out;
+                }
+                Err(decode::Unread::Content(problem)) => {
+                    unread.get_or_insert((self.lsn(read.start), problem));
+                    Meaning::Other
                 }
             };
             pos = max_align(read.end);

@@ -338,20 +338,36 @@ fn a_record_whose_continuation_was_overwritten_is_skipped_as_postgresql_does() {
     ));
 }
 
-#[test]
-fn a_record_whose_crc_checks_but_whose_content_cannot_be_read_is_not_damage() {
-    // The restore point at 0/735D80 with an unknown block id where its data header starts,
-    // and its CRC made right again: PostgreSQL's own bytes, as far as the CRC tells, in a
-    // layout this scanner does not read.
-    let mut bytes = segment_7();
-    let record = 0x735D80 - START_7.0 as usize;
-    bytes[record + 24] = 0x80;
+/// `bytes` with the record at `record` changed by `change`, and its CRC made right again.
+fn with_record_changed(
+    mut bytes: Vec<u8>,
+    record: usize,
+    change: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    change(&mut bytes[record..]);
     let tot_len = u32::from_le_bytes(bytes[record..record + 4].try_into().unwrap()) as usize;
     let crc = crc32c::crc32c_append(
         crc32c::crc32c(&bytes[record + 24..record + tot_len]),
         &bytes[record..record + 20],
     );
     bytes[record + 20..record + 24].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_record_whose_crc_checks_but_whose_content_cannot_be_read_is_not_damage() {
+    // The restore point at 0/735D80 relabelled a COMMIT PREPARED whose xinfo announces 1000
+    // subtransactions its 72 bytes of main data cannot hold, and its CRC made right: block
+    // headers PostgreSQL reads, main data this scanner cannot.
+    let record = 0x735D80 - START_7.0 as usize;
+    let bytes = with_record_changed(segment_7(), record, |r| {
+        r[16] = 0x30 | 0x80; // xl_info: XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_HAS_INFO
+        r[17] = 1; // xl_rmid: RM_XACT_ID
+        // Main data after the 24-byte header and the 2-byte short data header: xact_time,
+        // then xinfo (XACT_XINFO_HAS_SUBXACTS) and nsubxacts.
+        r[34..38].copy_from_slice(&2u32.to_le_bytes());
+        r[38..42].copy_from_slice(&1000i32.to_le_bytes());
+    });
     let found = scan_segment(&bytes, START_7).unwrap();
     assert!(
         matches!(
@@ -364,9 +380,42 @@ fn a_record_whose_crc_checks_but_whose_content_cannot_be_read_is_not_damage() {
         "{:?}",
         found.end
     );
+    // The walk went on: every record after it was checked, as without the change.
+    assert_eq!(found.records, 209);
+    assert_eq!(
+        found.valid_end,
+        scan_segment(&segment_7(), START_7).unwrap().valid_end
+    );
     let index = crate::timeindex::IndexEnd::from(&found.end);
     assert_eq!(index.damage(), None);
     assert_eq!(index.valid_end(), None);
+
+    // Block headers DecodeXLogRecord refuses (an unknown block id) end the WAL for
+    // PostgreSQL too: invalid.
+    let refused = with_record_changed(segment_7(), record, |r| r[24] = 0x80);
+    let found = scan_segment(&refused, START_7).unwrap();
+    assert!(
+        matches!(
+            found.end,
+            ScanEnd::Invalid {
+                at: Lsn(0x735D80),
+                ..
+            }
+        ),
+        "{:?}",
+        found.end
+    );
+
+    // A damaged record after an uninterpreted one is still damage.
+    let mut damaged = bytes.clone();
+    let later = 0x7F0000 - START_7.0 as usize;
+    damaged[later..later + 8192].fill(0x55);
+    let found = scan_segment(&damaged, START_7).unwrap();
+    assert!(
+        matches!(found.end, ScanEnd::Invalid { .. }),
+        "{:?}",
+        found.end
+    );
 }
 
 #[test]
