@@ -108,9 +108,19 @@ impl ServerClient {
                  naming it: the fetch server authenticates with a bearer token (--token-file)"
             );
         }
-        let base = Url::parse(server).with_context(|| format!("server URL {server:?}"))?;
+        // Quoted with anything before an `@` hidden: a URL that does not parse, or has no
+        // scheme, may still carry a password there.
+        let shown = server
+            .rsplit_once('@')
+            .map_or_else(|| server.clone(), |(_, host)| format!("********@{host}"));
+        let base = Url::parse(server).with_context(|| format!("server URL {shown:?}"))?;
+        if !base.username().is_empty() || base.password().is_some() {
+            bail!(
+                "server URL {shown:?} carries a user or password: the fetch server authenticates with a bearer token (--token-file)"
+            );
+        }
         if !matches!(base.scheme(), "http" | "https") {
-            bail!("server URL {server:?}: only http:// and https:// are supported");
+            bail!("server URL {shown:?}: only http:// and https:// are supported");
         }
         let mut builder = reqwest::Client::builder()
             .no_proxy()
@@ -294,13 +304,19 @@ mod tests {
         ] {
             assert_eq!(masked_userinfo(url).as_deref(), masked, "{url}");
         }
-        let settings = ClientSettings {
-            server: Some("http://u:s3cret@127.0.0.1:bad".into()),
-            ..Default::default()
-        };
-        let error = ServerClient::new(&settings, Duration::from_secs(1))
-            .expect_err("refused")
-            .to_string();
-        assert!(!error.contains("s3cret"), "{error}");
+        for url in [
+            "http://u:s3cret@127.0.0.1:bad",
+            "http://u:pa/s3cret@127.0.0.1:7480",
+            "u:s3cret@127.0.0.1:7480",
+        ] {
+            let settings = ClientSettings {
+                server: Some(url.into()),
+                ..Default::default()
+            };
+            let error = ServerClient::new(&settings, Duration::from_secs(1))
+                .expect_err("refused")
+                .to_string();
+            assert!(!error.contains("s3cret"), "{url}: {error}");
+        }
     }
 }

@@ -97,8 +97,8 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
     Ok(outcome)
 }
 
-/// The newer timeline that begins inside `segment`, at or before `valid_end` where its valid
-/// WAL ends, and where: a standby with `archive_mode = always` archives its old timeline's last
+/// The newer timeline that begins inside `segment` where its valid WAL ends (`valid_end`),
+/// and where: a standby with `archive_mode = always` archives its old timeline's last
 /// segment under the segment's own name when its upstream switches timeline (walreceiver.c),
 /// with WAL up to the switch point only. Its history file is looked for beside the segment
 /// (PostgreSQL may archive the segment first) and in the archive.
@@ -136,10 +136,17 @@ async fn fork_in(
             let entries = parse_history(timeline, &content).ok()?;
             let parent = entries.iter().find(|e| e.timeline == segment.timeline)?;
             let switch = parent.switch_point;
-            (switch > start && switch <= valid_end).then_some((timeline, switch))
+            // Valid WAL ends at the switch point (at most past the page header of a page
+            // that begins there), not merely somewhere after it.
+            let ends_there = switch <= valid_end && valid_end.0 - switch.0 <= LONG_PAGE_HEADER;
+            (switch > start && ends_there).then_some((timeline, switch))
         })
         .min_by_key(|(timeline, _)| *timeline)
 }
+
+/// The longest page header (`SizeOfXLogLongPHD`): where valid WAL that ends at a page boundary
+/// may be reported to end.
+const LONG_PAGE_HEADER: u64 = 40;
 
 fn compression_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

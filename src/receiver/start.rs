@@ -242,9 +242,10 @@ async fn warn_of_wal_past_the_fork(
         timeline = timeline.0,
         %switch_point,
         "the archive holds WAL of timeline {} past where the server's history left it \
-         ({switch_point} to {end}): commits there are not on the server's timeline, and stay \
-         restorable with walhalla restore --target-timeline {} (with fetch --partial in \
-         restore_command for what only a snapshot holds)",
+         ({switch_point} to {end}, in the archive or the spool): any commit there is not on the \
+         server's timeline (a few bytes may be only the rest of a record the server never \
+         completed), and stays restorable with walhalla restore --target-timeline {} \
+         (--partial for what only a snapshot holds)",
         timeline.0,
         timeline.0
     );

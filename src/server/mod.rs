@@ -103,7 +103,10 @@ impl Server {
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
         let listen = options.check()?;
         let token = match (&options.token_file, options.no_auth) {
-            (Some(path), _) => Some(token::read_served(path)?),
+            (Some(path), _) => Some(token::read_served(
+                path,
+                "write a random one, e.g. openssl rand -hex 32",
+            )?),
             (None, true) => {
                 tracing::warn!(
                     %listen,

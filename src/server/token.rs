@@ -39,7 +39,9 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
 /// starting at once agree on one token) and the directory fsynced.
 pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
     match std::fs::metadata(path) {
-        Ok(_) => return read_served(path),
+        Ok(_) => {
+            return read_served(path, "remove the file to have the server make a random one");
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("read the token file {}", path.display())),
     }
@@ -52,11 +54,11 @@ pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
 const SHORT_TOKEN: usize = 16;
 
 /// Reads the token the server checks requests against, warning when other users can read its
-/// file or when it is short enough to guess.
-pub fn read_served(path: &Path) -> anyhow::Result<String> {
+/// file or when it is short enough to guess (`remedy` says what to do then).
+pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
-    if meta.permissions().mode() & 0o007 != 0 {
+    if meta.permissions().mode() & 0o004 != 0 {
         tracing::warn!(
             path = %path.display(),
             "other users can read the token file: chmod 600 it"
@@ -66,8 +68,8 @@ pub fn read_served(path: &Path) -> anyhow::Result<String> {
     if token.chars().count() < SHORT_TOKEN {
         tracing::warn!(
             path = %path.display(),
-            "the token is {} characters long: a short token can be guessed (remove the file \
-             to have the server make a random one, or write at least {SHORT_TOKEN})",
+            "the token is {} characters long: a short token can be guessed ({remedy}, or \
+             write at least {SHORT_TOKEN})",
             token.chars().count()
         );
     }

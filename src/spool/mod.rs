@@ -526,11 +526,11 @@ impl SegmentWriter {
         let path = self.path();
         let open = self.file.metadata()?;
         let named = std::fs::metadata(&path).ok();
-        // The same inode; or, where a filesystem reports other numbers for the path than for
+        // The same inode; or, where a filesystem reports another device for the path than for
         // the open file (overlayfs on older kernels), a file still linked, of the same length.
         if named.is_some_and(|named| {
             (named.dev(), named.ino()) == (open.dev(), open.ino())
-                || (open.nlink() > 0 && named.len() == open.len())
+                || (named.dev() != open.dev() && open.nlink() > 0 && named.len() == open.len())
         }) {
             return Ok(());
         }

@@ -147,14 +147,14 @@ pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     received
 }
 
-/// The replication connection's settings: the connection string with libpq's environment
-/// beneath, and the password from `--password-file` when the string has none.
 /// Warns when the connection string holds a password and came from the command line, where
 /// every user sees it (`ps`, /proc/PID/cmdline).
 fn warn_of_a_password_on_the_command_line(conninfo: &str) {
     let in_text = ConnParams::parse(conninfo, &|_| None).is_ok_and(|c| c.password.is_some());
+    // As bytes: an argument need not be UTF-8 (a spool path), and must not make this panic.
+    // `-d X`, `-dX`, `--dbname=X` all end with the string.
     let on_command_line =
-        std::env::args().any(|arg| arg == conninfo || arg.ends_with(&format!("={conninfo}")));
+        std::env::args_os().any(|arg| arg.as_encoded_bytes().ends_with(conninfo.as_bytes()));
     if in_text && on_command_line {
         tracing::warn!(
             "the connection string on the command line holds a password, which every user of \
@@ -164,6 +164,8 @@ fn warn_of_a_password_on_the_command_line(conninfo: &str) {
     }
 }
 
+/// The replication connection's settings: the connection string with libpq's environment
+/// beneath, and the password from `--password-file` when the string has none.
 pub fn connection(args: &ConnArgs) -> anyhow::Result<ConnParams> {
     let mut conn = ConnParams::parse(&args.conninfo, &|name| std::env::var(name).ok())
         .map_err(|e| UsageError(format!("connection string: {e}")))?;
