@@ -110,20 +110,24 @@ async fn fork_in(
     valid_end: Lsn,
 ) -> Option<(TimelineId, Lsn)> {
     let start = LongPageHeader::parse(content).ok()?.page_address;
-    let mut histories: Vec<(TimelineId, Vec<u8>)> = std::fs::read_dir(wal_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.parse().ok()?;
-            match name {
-                WalFileName::History(timeline) => {
-                    Some((timeline, std::fs::read(entry.path()).ok()?))
+    let dir = wal_dir.to_path_buf();
+    let mut histories: Vec<(TimelineId, Vec<u8>)> = blocking::run(move || {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str()?.parse().ok()?;
+                match name {
+                    WalFileName::History(timeline) => {
+                        Some((timeline, std::fs::read(entry.path()).ok()?))
+                    }
+                    _ => None,
                 }
-                _ => None,
-            }
-        })
-        .collect();
+            })
+            .collect()
+    })
+    .await;
     for timeline in cluster.history_timelines().await.unwrap_or_default() {
         if let Ok(Some(content)) = cluster.get_verified(&WalFileName::History(timeline)).await {
             histories.push((timeline, content.to_vec()));
