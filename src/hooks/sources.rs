@@ -369,7 +369,7 @@ impl Sources {
 }
 
 /// What the archive gave for a file: its object, or for the last-resort recovery a copy of a
-/// segment it lacks in full ([`archive::PartialCopy`]).
+/// segment it lacks in full ([`archive::LastResortCopy`]).
 enum Found {
     Whole(bytes::Bytes),
     LastResort(archive::LastResortCopy),

@@ -32,6 +32,21 @@ fn fetched(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, name: &str) -> 
 
 /// A primary with some rows, its standby, and a receiver on slot "walhalla" of whichever of
 /// the two accepts writes.
+/// The key and end of cluster `system_id`'s snapshot reaching furthest, if any.
+fn newest_snapshot(archive: &TestArchive, system_id: u64) -> Option<(String, u64)> {
+    let cluster = format!("{system_id}/");
+    archive
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&cluster))
+        .filter_map(|k| {
+            let (_, end) = k.strip_suffix(".zst")?.rsplit_once(".partial.")?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some((k, end))
+        })
+        .max_by_key(|(_, end)| *end)
+}
+
 fn pair_with_receiver(
     wh: &Walhalla,
     archive: &TestArchive,
@@ -142,7 +157,6 @@ fn a_failover_to_a_standby_behind_a_snapshot_is_warned_about() {
     let (mut primary, mut standby, mut receiver) =
         pair_with_receiver(&wh, &archive, &["--partial-interval", "1"]);
     let id = primary.system_id();
-    let system_id = id.to_string();
     standby.wait_replayed(&primary);
     standby.stop("fast");
     primary.write_rows(300);
@@ -150,15 +164,7 @@ fn a_failover_to_a_standby_behind_a_snapshot_is_warned_about() {
     wait_for(
         "a snapshot holding the rows",
         Duration::from_secs(60),
-        || {
-            archive
-                .keys()
-                .iter()
-                .filter(|k| k.starts_with(&system_id))
-                .filter_map(|k| k.strip_suffix(".zst")?.rsplit_once(".partial."))
-                .any(|(_, end)| u64::from_str_radix(end, 16).is_ok_and(|e| e >= written.0))
-                .then_some(())
-        },
+        || newest_snapshot(&archive, id).filter(|(_, end)| *end >= written.0),
     );
     primary.stop("immediate");
 
@@ -269,18 +275,8 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
     // The host is lost: the receiver dies and its spool with it.
     receiver.kill9();
     std::fs::remove_dir_all(&receiver.spool).unwrap();
-    let system_id = pg.system_id().to_string();
-    let newest_end = archive
-        .keys()
-        .iter()
-        .filter(|k| k.starts_with(&system_id))
-        .filter_map(|k| {
-            k.strip_suffix(".zst")?
-                .rsplit_once(".partial.")
-                .map(|(_, end)| u64::from_str_radix(end, 16).unwrap())
-        })
-        .max()
-        .expect("a partial snapshot in the archive");
+    let (_, newest_end) =
+        newest_snapshot(&archive, pg.system_id()).expect("a partial snapshot in the archive");
     assert!(
         newest_end >= written.0,
         "the archive ends at {newest_end:X}, WAL was written up to {written}"
@@ -324,18 +320,7 @@ fn a_last_resort_restore_passes_a_snapshot_ending_before_its_timeline_begins() {
     let (key, end) = wait_for(
         "a snapshot holding every row",
         Duration::from_secs(60),
-        || {
-            archive
-                .keys()
-                .into_iter()
-                .filter_map(|k| {
-                    let (_, end) = k.strip_suffix(".zst")?.rsplit_once(".partial.")?;
-                    let end = u64::from_str_radix(end, 16).ok()?;
-                    Some((k, end))
-                })
-                .filter(|(_, end)| *end >= written.0)
-                .max_by_key(|(_, end)| *end)
-        },
+        || newest_snapshot(&archive, system_id).filter(|(_, end)| *end >= written.0),
     );
     receiver.kill9();
     pg.stop("immediate");
