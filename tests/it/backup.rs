@@ -963,10 +963,13 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         "{report:#}"
     );
 
-    // Options PostgreSQL would ignore are usage errors, before anything is written.
+    // Options PostgreSQL would ignore are usage errors, before anything is written; so are
+    // a token file or CA with no fetch server to send them to.
     for args in [
         &["--target-action", "shutdown"][..],
         &["--target-name", "after_a", "--target-exclusive"],
+        &["--token-file", "/etc/token"],
+        &["--server-ca", "/etc/ca.pem"],
     ] {
         let dir = TestDir::new("ignored");
         let to = dir.path().join("data");
