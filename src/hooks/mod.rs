@@ -40,7 +40,12 @@ pub async fn open_archive(
         store: config.store.clone(),
     };
     let location = config.archive()?.clone();
-    let opening = crate::blocking::run(move || Archive::open(&location, &options));
+    let opening = crate::blocking::run(move || {
+        if create {
+            warn_of_unsafe_local_archive(&location);
+        }
+        Archive::open(&location, &options)
+    });
     let open_by = deadline.unwrap_or_else(|| Instant::now() + config.timeout);
     let archive = match tokio::time::timeout_at(open_by, opening).await {
         Ok(archive) => archive?,
@@ -53,7 +58,6 @@ pub async fn open_archive(
         }
     };
     if create {
-        warn_if_root_in_another_users_archive(archive.location());
         match archive.ensure_create_only().await {
             Ok(()) => {}
             // A daemon may start while the store is down, and archives once it is back: the
@@ -67,24 +71,39 @@ pub async fn open_archive(
     Ok(archive)
 }
 
-/// Warns when root is about to write into a local archive another user owns: what it stores
-/// there is root's and private, so that user (PostgreSQL's, whose archive_command,
-/// restore_command and walhalla commands use the archive) cannot read it, and archiving and
-/// restores fail on it.
-fn warn_if_root_in_another_users_archive(location: &crate::archive::Location) {
+/// Warns a writer of what makes a local archive unsafe to write into:
+/// - root writing into another user's archive: what it stores there is root's and private,
+///   so that user (PostgreSQL's, whose archive_command, restore_command and walhalla commands
+///   use the archive) cannot read it, and archiving and restores fail on it;
+/// - an archive directory every user may write into: any of them can remove, rename or plant
+///   objects (with the sticky bit, plant them under a cluster's name not yet used).
+///
+/// Checked from the archive's root only (its own subdirectories are walhalla's, created
+/// private).
+fn warn_of_unsafe_local_archive(location: &crate::archive::Location) {
     use std::os::unix::fs::MetadataExt;
     let crate::archive::Location::Local(dir) = location else {
         return;
     };
-    let Ok(owner) = std::fs::metadata(dir).map(|m| m.uid()) else {
+    let Ok(metadata) = std::fs::metadata(dir) else {
         return;
     };
+    let owner = metadata.uid();
     if crate::osuser::is_root() && owner != 0 {
         let user = crate::osuser::name_of(owner).unwrap_or_else(|| format!("uid {owner}"));
         tracing::warn!(
             "writing as root into {}, which belongs to {user}: what root stores there, {user} \
              cannot read (archive_command, restore_command and walhalla run as {user} then fail \
              on it); run walhalla as {user} (e.g. runuser -u {user} -- walhalla …)",
+            dir.display()
+        );
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        tracing::warn!(
+            "archive directory {} may be written by every user on this host (mode {mode:04o}): \
+             any of them can remove, replace or plant WAL there; chmod o-w {}",
+            dir.display(),
             dir.display()
         );
     }

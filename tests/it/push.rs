@@ -333,6 +333,21 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
         std::fs::read(&history).unwrap()
     );
 
+    // An archive directory every user may write into: stored, with a warning saying so.
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::path::Path::new(archive.url());
+    let mode = std::fs::metadata(root).unwrap().permissions().mode();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let segment = pg.data.join("pg_wal").join(&segments[0]);
+    let run = wh.run(&archive, &pg.data, &["push", segment.to_str().unwrap()]);
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("may be written by every user on this host (mode 1777)"),
+        "{stderr}"
+    );
+
     // Root pushing into the archive directory of PostgreSQL's user: stored, with a warning
     // that this user cannot read what root stores.
     if crate::harness::running_as_root() {
