@@ -65,8 +65,8 @@ pub struct GlobalArgs {
     pub compression_level: i32,
 
     /// Deadline in seconds, retries included: of a whole push or fetch (a --server gets half
-    /// of it when --archive is there to fall back to), of each archive operation of receive
-    /// and serve.
+    /// of it when --archive is there to fall back to), of each archive operation of the other
+    /// commands, of each of check's steps (its round trip waits --wait).
     #[arg(long, global = true, env = "WALHALLA_TIMEOUT", value_name = "SECONDS",
           default_value_t = crate::config::DEFAULT_TIMEOUT.as_secs())]
     pub timeout: u64,
