@@ -1,13 +1,17 @@
 //! `walhalla prune`: applies the retention rule ([`crate::retention`]) to one cluster's part
 //! of the archive: lists it once, plans, and deletes what the plan names (backups first,
 //! each starting with its metadata, then WAL objects oldest first), or with `--dry-run`
-//! only says what would go.
+//! only says what would go. In a local archive it also removes the files interrupted
+//! uploads left ([`crate::archive::leftovers`]).
 
 use std::fmt::Write as _;
+
+use anyhow::Context;
 
 use serde::Serialize;
 
 use crate::archive::ClusterArchive;
+use crate::archive::leftovers::{self, Leftover};
 use crate::backup::catalog::NoMeta;
 use crate::list::survey;
 use crate::progress::bytes;
@@ -35,6 +39,8 @@ pub struct PruneReport {
     pub deleted_backups: Vec<Named>,
     /// The WAL-area objects deleted.
     pub deleted_objects: Vec<Sized>,
+    /// Files interrupted uploads left in a local archive, removed.
+    pub deleted_leftovers: Vec<Leftover>,
     /// Bytes freed, as far as known.
     pub freed_bytes: u64,
     /// Per timeline, what is kept: `from SEGMENT`, `all (why)` or `nothing`.
@@ -104,6 +110,10 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         segment_size,
     };
     let plan = retention::plan(&inventory, &options.policy)?;
+    let deleted_leftovers = cluster
+        .staging_leftovers(leftovers::SETTLED)
+        .await
+        .context("looking for files interrupted uploads left")?;
     let mut report = PruneReport {
         system_id: cluster.system_id().to_string(),
         dry_run: options.dry_run,
@@ -133,7 +143,8 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
                 bytes: *bytes,
             })
             .collect(),
-        freed_bytes: plan.bytes_freed(),
+        freed_bytes: plan.bytes_freed() + deleted_leftovers.iter().map(|l| l.bytes).sum::<u64>(),
+        deleted_leftovers,
         kept: plan
             .kept
             .iter()
@@ -168,6 +179,9 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
     if !plan.delete_objects.is_empty() {
         tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
     }
+    leftovers::remove(report.deleted_leftovers.clone())
+        .await
+        .context("removing files interrupted uploads left")?;
     Ok(report)
 }
 
@@ -225,6 +239,13 @@ pub fn describe(report: &PruneReport) -> String {
             .bytes
             .map_or(String::new(), |n| format!(", {} MiB", n >> 20));
         let _ = writeln!(out, "  {verb} backup {}: {}{size}", b.id, b.why);
+    }
+    if !report.deleted_leftovers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {verb} {} left by interrupted uploads",
+            counted(report.deleted_leftovers.len(), "file")
+        );
     }
     for (timeline, kept) in &report.kept {
         let _ = writeln!(out, "  timeline {timeline}: keeps {kept}");

@@ -12,6 +12,7 @@ mod index;
 mod inventory;
 mod keys;
 mod last_resort;
+pub mod leftovers;
 mod listing;
 mod location;
 pub mod probe;

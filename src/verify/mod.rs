@@ -6,6 +6,7 @@
 //!
 //! `--since` re-reads only objects stored since then (and backups that stopped since then);
 //! the listing-based checks (history chain, continuity) always cover the whole archive.
+//! Files interrupted uploads left in a local archive are listed apart: not damage, but space.
 
 mod backups;
 mod objects;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::archive::leftovers::{self, Leftover};
 use crate::archive::{Archive, ClusterArchive};
 use crate::coverage::{self, TimelineWal, window::Window};
 use crate::list::{listing_of, survey};
@@ -65,6 +67,9 @@ pub struct ClusterReport {
     pub backups: Tally,
     /// Everything wrong; empty when the cluster's part of the archive is clean.
     pub findings: Vec<Finding>,
+    /// Files interrupted uploads left in a local archive (not archived objects; prune
+    /// removes them): worth cleaning, not damage, so they leave the cluster clean.
+    pub leftovers: Vec<Leftover>,
 }
 
 /// What `walhalla verify` reports.
@@ -144,11 +149,16 @@ async fn verify_cluster(
             problem: "no backup and no readable segment tells the segment size: continuity was not checked".into(),
         });
     }
+    let leftovers = cluster
+        .staging_leftovers(leftovers::SETTLED)
+        .await
+        .context("looking for files interrupted uploads left")?;
     Ok(ClusterReport {
         system_id: cluster.system_id().to_string(),
         wal,
         backups,
         findings,
+        leftovers,
     })
 }
 
@@ -246,6 +256,17 @@ pub fn describe(report: &Report) -> String {
         ));
         for f in &c.findings {
             out.push_str(&format!("  {}: {}\n", f.object, f.problem));
+        }
+        if !c.leftovers.is_empty() {
+            let bytes = c.leftovers.iter().map(|l| l.bytes).sum();
+            out.push_str(&format!(
+                "  {} files left by interrupted uploads ({}; not archived objects, walhalla prune removes them):\n",
+                c.leftovers.len(),
+                crate::progress::bytes(bytes)
+            ));
+            for leftover in &c.leftovers {
+                out.push_str(&format!("    {}\n", leftover.path.display()));
+            }
         }
     }
     if report.clusters.is_empty() {

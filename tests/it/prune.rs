@@ -72,9 +72,33 @@ fn keep_one_of_three(backend: Backend) {
         .to_string()
     };
 
+    // In a local archive, the staging files of uploads killed before they linked their
+    // object (object_store's `NAME#N`): verify lists the settled one, prune removes it.
+    let staged = matches!(backend, Backend::Local).then(|| leave_staging_files(&archive));
+    if let Some((settled, young)) = &staged {
+        let (code, report) = crate::verify::json_of(&wh, &archive, &["verify", "--json"]);
+        assert_eq!(code, Some(0), "leftovers are not damage: {report}");
+        let leftovers = &report["clusters"][0]["leftovers"];
+        assert_eq!(leftovers.as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(
+            leftovers[0]["path"],
+            settled.display().to_string(),
+            "{report}"
+        );
+        assert!(young.exists() && settled.exists());
+    }
+
     let keys_before = archive.keys();
     let dry = prune(&wh, &archive, &["--keep-backups", "1", "--dry-run"]);
     assert_eq!(archive.keys(), keys_before, "--dry-run deletes nothing");
+    if let Some((settled, _)) = &staged {
+        assert!(settled.exists(), "--dry-run deletes nothing");
+        assert_eq!(
+            dry["deleted_leftovers"][0]["path"],
+            settled.display().to_string(),
+            "{dry}"
+        );
+    }
     assert_eq!(dry["deleted_backups"].as_array().unwrap().len(), 2, "{dry}");
     assert!(
         dry["deleted_objects"]
@@ -92,6 +116,14 @@ fn keep_one_of_three(backend: Backend) {
         backup_folders(&archive),
         [backups[2]["id"].as_str().unwrap()]
     );
+    if let Some((settled, young)) = &staged {
+        assert!(
+            !settled.exists(),
+            "prune removes a settled staging file: {report}"
+        );
+        assert!(young.exists(), "prune leaves one an upload may be writing");
+        std::fs::remove_file(young).unwrap();
+    }
     let after = segments(&archive, "00000001");
     for segment in &before {
         assert_eq!(
@@ -109,6 +141,30 @@ fn keep_one_of_three(backend: Backend) {
     assert_eq!(report["backup"], backups[2]["id"]);
     let verify = wh.run(&archive, Path::new("/"), &["verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
+}
+
+/// Two staging files beside the first archived segment's object, as an upload killed
+/// between writing and linking leaves: one not written for two hours, one just written.
+fn leave_staging_files(archive: &TestArchive) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = archive
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("/wal/") && k.ends_with(".zst"))
+        .expect("an archived segment");
+    let object = Path::new(archive.url()).join(&key);
+    let settled = std::path::PathBuf::from(format!("{}#1", object.display()));
+    let young = std::path::PathBuf::from(format!("{}#2", object.display()));
+    for file in [&settled, &young] {
+        std::fs::write(file, b"half an upload").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&settled)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    (settled, young)
 }
 
 #[test]
