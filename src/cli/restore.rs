@@ -19,8 +19,9 @@ pub struct RestoreArgs {
     /// reached; or a backup's id from `walhalla list`.
     #[arg(long, value_name = "ID", default_value = "latest")]
     pub backup: String,
-    /// Recover to this time: RFC 3339 (2026-12-02T14:05:00Z) or PostgreSQL's format
-    /// (2026-12-02 14:05:00+01), with a time zone.
+    /// Recover to this time, with a time zone: an offset or Z (2026-12-02T14:05:00Z,
+    /// 2026-12-02 14:05:00+01), UTC, or a zone's name (2026-12-02 14:05:00 Europe/Berlin);
+    /// read as PostgreSQL reads it, written in UTC.
     #[arg(long, value_name = "TIME", group = "target_kind", value_parser = checked_time)]
     pub target_time: Option<String>,
     /// Recover to this WAL position.

@@ -13,6 +13,7 @@ mod indexed;
 pub mod pieces;
 pub mod plan;
 pub mod settings;
+mod target_time;
 pub mod targets;
 mod write;
 

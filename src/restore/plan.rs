@@ -42,18 +42,7 @@ impl fmt::Display for Target {
     }
 }
 
-/// Reads a time target: RFC 3339 or PostgreSQL's output format, with a time zone (an offset,
-/// `Z`, or ` UTC`); without one, PostgreSQL would read it in the server's time zone, which
-/// walhalla cannot know.
-pub fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
-    let normalized = text
-        .strip_suffix(" UTC")
-        .or_else(|| text.strip_suffix(" GMT"))
-        .map_or_else(|| text.to_string(), |t| format!("{t}Z"));
-    normalized.parse().map_err(|e| {
-        format!("{text:?} is not a time with a time zone, such as 2026-12-02T14:05:00Z or 2026-12-02 14:05:00+01 ({e})")
-    })
-}
+pub use super::target_time::parse_time;
 
 /// One timeline on the path recovery follows, with the position where it ends (where the
 /// next timeline on the path branches off); the last one has none.
@@ -383,29 +372,6 @@ pub(crate) mod tests {
                 (TimelineId(3), SegNo(6), SegNo(8))
             ]
         );
-    }
-
-    #[test]
-    fn time_targets_need_a_zone() {
-        let utc = |t: &str| parse_time(t).map(|t| t.to_string());
-        assert_eq!(
-            utc("2026-12-02T14:05:00Z"),
-            Ok("2026-12-02T14:05:00Z".into())
-        );
-        assert_eq!(
-            utc("2026-12-02 14:05:00+01"),
-            Ok("2026-12-02T13:05:00Z".into())
-        );
-        assert_eq!(
-            utc("2026-12-02 14:05:00 UTC"),
-            Ok("2026-12-02T14:05:00Z".into())
-        );
-        assert!(
-            parse_time("2026-12-02 14:05:00")
-                .unwrap_err()
-                .contains("time zone")
-        );
-        assert!(parse_time("yesterday").is_err());
     }
 
     #[test]
