@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use reqwest::{StatusCode, Url};
 
+use crate::config::UsageError;
 use crate::server::token;
 use crate::server::{NOTHING_ARCHIVED_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{SystemId, WalFileName};
@@ -101,26 +102,35 @@ impl ServerClient {
         let Some(server) = &settings.server else {
             return Ok(None);
         };
+        // A URL walhalla cannot use is a usage error (exit 255), whichever command reads it.
+        let usage = |message: String| anyhow::Error::new(UsageError(message));
         if masked_userinfo(server).is_some() {
             // Not quoted: the URL holds the secret.
-            bail!(
+            return Err(usage(
                 "the server URL carries a user or password, which would show in every message \
                  naming it: the fetch server authenticates with a bearer token (--token-file)"
-            );
+                    .into(),
+            ));
         }
         // Quoted with anything before an `@` hidden: a URL that does not parse, or has no
         // scheme, may still carry a password there.
         let shown = server
             .rsplit_once('@')
             .map_or_else(|| server.clone(), |(_, host)| format!("********@{host}"));
-        let base = Url::parse(server).with_context(|| format!("server URL {shown:?}"))?;
+        let base = Url::parse(server).map_err(|e| {
+            usage(format!(
+                "server URL {shown:?}: {e} (a URL such as http://127.0.0.1:7480)"
+            ))
+        })?;
         if !base.username().is_empty() || base.password().is_some() {
-            bail!(
+            return Err(usage(format!(
                 "server URL {shown:?} carries a user or password: the fetch server authenticates with a bearer token (--token-file)"
-            );
+            )));
         }
         if !matches!(base.scheme(), "http" | "https") {
-            bail!("server URL {shown:?}: only http:// and https:// are supported");
+            return Err(usage(format!(
+                "server URL {shown:?}: only http:// and https:// are supported"
+            )));
         }
         let mut builder = reqwest::Client::builder()
             .no_proxy()

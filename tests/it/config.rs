@@ -179,6 +179,14 @@ fn config_names_each_source_and_masks_the_password() {
             &["--archive", "/nonexistent", "check", "-d", "port=notaport"],
             "connection string",
         ),
+        (
+            &["status", "--server", "127.0.0.1:7480"],
+            "a URL such as http://",
+        ),
+        (
+            &["status", "--server", "ftp://127.0.0.1:7480"],
+            "only http:// and https://",
+        ),
     ] {
         let output = std::process::Command::new(wh.binary())
             .args(args)
