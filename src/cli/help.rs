@@ -56,7 +56,7 @@ const HELP: &[CommandHelp] = &[
         exit_codes: "  0    listed
   1    the archive could not be read",
         examples: "  walhalla --archive s3://bucket/prod list
-  walhalla --archive s3://bucket/prod list --json | jq '.clusters[0].window'",
+  walhalla --archive s3://bucket/prod list --json | jq '.clusters[0].windows'",
     },
     CommandHelp {
         name: "verify",
