@@ -39,7 +39,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::retention::parse_duration(text)
 }
 
-/// Options of `walhalla prune`.
+/// Options of `walhalla prune`. Which of the rules applies when they come from several
+/// sources: `crate::settings`' prune rule.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("rule").multiple(true))]
 pub struct PruneArgs {
@@ -53,12 +54,11 @@ pub struct PruneArgs {
     pub keep_within: Option<std::time::Duration>,
     /// For an archive without backups: keep the WAL stored within this long, and at least
     /// each timeline's newest segment.
-    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration,
-          conflicts_with_all = ["keep_backups", "keep_within", "before"])]
+    #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration)]
     pub keep_wal_within: Option<std::time::Duration>,
     /// For an archive without backups: delete the WAL before the segment holding this
     /// position, on every timeline, keeping at least each timeline's newest segment.
-    #[arg(long, value_name = "LSN", group = "rule", conflicts_with_all = ["keep_backups", "keep_within"])]
+    #[arg(long, value_name = "LSN", group = "rule")]
     pub before: Option<Lsn>,
     /// Say what would be deleted, with sizes; delete nothing.
     #[arg(long)]

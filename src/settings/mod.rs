@@ -8,6 +8,7 @@
 
 mod conninfo_mask;
 mod file;
+mod prune_rule;
 mod report;
 
 use std::ffi::{OsStr, OsString};
@@ -126,6 +127,8 @@ pub struct Parsed {
     pub file: Option<ConfigFile>,
     /// clap's view of the same, which says where each given value came from.
     pub matches: ArgMatches,
+    /// What the operator should hear once logging is set up: settings set aside.
+    pub notes: Vec<String>,
 }
 
 /// Parses `args` (program name first) with the environment and the config file beneath.
@@ -143,16 +146,27 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, clap::Error> {
         cmd = file.apply(cmd);
     }
     let matches = cmd.try_get_matches_from_mut(args)?;
-    let cli = Cli::from_arg_matches(&matches)?;
-    if let Command::Prune(prune) = &cli.command
-        && !prune.has_rule()
-    {
-        return Err(cmd.error(
-            ErrorKind::MissingRequiredArgument,
-            "prune needs a retention rule: --keep-backups, --keep-within, --keep-wal-within or --before (or the same keys in the config file)",
-        ));
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let mut notes = Vec::new();
+    if let Command::Prune(prune) = &mut cli.command {
+        // prune's own usage line under its errors, not walhalla's.
+        let mut prune_cmd = cmd.find_subcommand_mut("prune").cloned().unwrap_or(cmd);
+        let prune_matches = matches.subcommand_matches("prune").unwrap_or(&matches);
+        notes = prune_rule::resolve(prune, prune_matches)
+            .map_err(|e| prune_cmd.error(ErrorKind::ArgumentConflict, e))?;
+        if !prune.has_rule() {
+            return Err(prune_cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                "prune needs a retention rule: --keep-backups, --keep-within, --keep-wal-within or --before (or the same keys in the config file)",
+            ));
+        }
     }
-    Ok(Parsed { cli, file, matches })
+    Ok(Parsed {
+        cli,
+        file,
+        matches,
+        notes,
+    })
 }
 
 /// The config file to read and whether it must exist: `--config` (before or after the command

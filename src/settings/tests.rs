@@ -169,6 +169,58 @@ fn prune_without_a_rule_is_a_usage_error_and_the_file_can_give_one() {
         panic!("not prune")
     };
     assert_eq!(prune.keep_backups, Some(7));
+    assert!(
+        error.to_string().contains("Usage: walhalla prune"),
+        "prune's own usage: {error}"
+    );
+}
+
+#[test]
+fn a_prune_rule_from_a_more_binding_source_sets_the_others_aside() {
+    let prune_of = |parsed: &Parsed| match &parsed.cli.command {
+        Command::Prune(prune) => (prune.keep_backups, prune.keep_within, prune.before),
+        other => panic!("not prune: {other:?}"),
+    };
+    // The file's backup rules give way to a flag's --before, with a note for each.
+    let toml = "[prune]\nkeep_backups = 7\nkeep_within = \"14d\"\n";
+    let parsed = with_file(toml, &["prune", "--before", "0/B000000"]).unwrap();
+    assert_eq!(
+        prune_of(&parsed),
+        (None, None, Some("0/B000000".parse().unwrap()))
+    );
+    assert_eq!(parsed.notes.len(), 2, "{:?}", parsed.notes);
+    assert!(
+        parsed.notes[0].contains("the config file's keep_backups is set aside: --before"),
+        "{:?}",
+        parsed.notes
+    );
+    // Rules of one kind combine across sources, as any settings do.
+    let parsed = with_file(toml, &["prune", "--keep-backups", "2"]).unwrap();
+    let (keep, within, _) = prune_of(&parsed);
+    assert_eq!((keep, within.is_some()), (Some(2), true));
+    assert!(parsed.notes.is_empty());
+    // Two kinds from the same source are a mistake, named with it.
+    let error = with_file("", &["prune", "--before", "0/1", "--keep-backups", "2"])
+        .err()
+        .expect("two kinds on the command line");
+    assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    assert!(
+        error
+            .to_string()
+            .contains("--before and --keep-backups cannot be used together")
+    );
+    let error = with_file(
+        "[prune]\nbefore = \"0/1\"\nkeep_wal_within = \"1d\"\n",
+        &["prune"],
+    )
+    .err()
+    .expect("two kinds in the file");
+    assert!(
+        error
+            .to_string()
+            .contains("the config file's keep_wal_within and the config file's before"),
+        "{error}"
+    );
 }
 
 #[test]

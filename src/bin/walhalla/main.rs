@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = parsed.cli;
+    let notes = parsed.notes;
     let settings = SettingsView {
         file: parsed.file,
         matches: parsed.matches,
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
             logging::print_error(log_format, &format!("walhalla: error: {e}"));
             return ExitCode::from(EXIT_FETCH_FATAL);
         }
+    }
+    for note in notes {
+        tracing::warn!("{note}");
     }
     let failure_code = match cli.command {
         Command::Fetch(_) => EXIT_FETCH_FATAL,
