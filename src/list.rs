@@ -71,17 +71,7 @@ pub async fn clusters(
     match system_id {
         None => Ok(held),
         Some(id) if held.contains(&id) => Ok(vec![id]),
-        Some(id) => {
-            let names: Vec<String> = held.iter().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "the archive holds no cluster {id}; it holds {}",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            )
-        }
+        Some(id) => Err(crate::archive::ChoiceError::NotHeld { named: id, held }.into()),
     }
 }
 

@@ -140,9 +140,28 @@ pub enum ChoiceError {
     #[error("the archive {0} holds no cluster")]
     NoCluster(String),
     /// The archive holds several and none was named.
-    #[error("the archive holds {} clusters ({}); name one with --system-id", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    #[error("the archive holds {} clusters ({}); name one with --system-id (walhalla list shows each one's PostgreSQL major and newest WAL; a major upgrade by pg_upgrade starts a new cluster)", .0.len(), ids_text(.0))]
     Several(Vec<SystemId>),
+    /// The cluster named is not in the archive (those it holds follow).
+    #[error("the archive holds no cluster {named}; it holds {}", ids_text(.held))]
+    NotHeld {
+        /// The cluster named.
+        named: SystemId,
+        /// Those the archive holds.
+        held: Vec<SystemId>,
+    },
     /// Listing the archive failed.
     #[error(transparent)]
     Archive(#[from] Error),
+}
+
+/// Cluster ids for a message: comma-separated, or `none`.
+fn ids_text(ids: &[SystemId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

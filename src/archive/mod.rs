@@ -149,14 +149,19 @@ impl Archive {
         })
     }
 
-    /// The cluster a command works on (restore, prune): the one named, or the only one the
-    /// archive holds.
+    /// The cluster a command works on (restore, prune): the one named, when the archive
+    /// holds it, or the only one the archive holds.
     pub async fn chosen_cluster(
         &self,
         named: Option<SystemId>,
     ) -> std::result::Result<SystemId, ChoiceError> {
         if let Some(id) = named {
-            return Ok(id);
+            let held = self.clusters().await?;
+            return if held.contains(&id) {
+                Ok(id)
+            } else {
+                Err(ChoiceError::NotHeld { named: id, held })
+            };
         }
         match self.only_cluster().await? {
             OnlyCluster::Only(id) => Ok(id),

@@ -87,17 +87,25 @@ fn verify_archive(backend: Backend) {
     assert_eq!(report["clusters"][0]["backups"]["objects"], 1, "{report}");
     let (code, listing) = json_of(&wh, &archive, &["list", "--json"]);
     assert_eq!(code, Some(0));
-    // A cluster the archive does not hold is an error, naming the one it holds.
-    for command in ["list", "verify"] {
-        let run = wh.run(&archive, Path::new("/"), &[command, "--system-id", "1"]);
+    // A cluster the archive does not hold is an error, naming the one it holds, in every
+    // command that reads one cluster.
+    for command in [
+        &["list"][..],
+        &["verify"],
+        &["prune", "--keep-backups", "1", "--dry-run"],
+        &["restore", "--to", "/nonexistent/restored"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--system-id", "1"]);
+        let run = wh.run(&archive, Path::new("/"), &args);
         let stderr = String::from_utf8_lossy(&run.stderr);
-        assert_eq!(run.status.code(), Some(1), "{command}: {stderr}");
+        assert_eq!(run.status.code(), Some(1), "{command:?}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "the archive holds no cluster 1; it holds {}",
                 pg.system_id()
             )),
-            "{command}: {stderr}"
+            "{command:?}: {stderr}"
         );
     }
     let cluster = &listing["clusters"][0];
