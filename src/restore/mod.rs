@@ -82,6 +82,8 @@ pub struct RestoreReport {
     pub settings: BTreeMap<String, String>,
     /// The signal file written.
     pub signal: String,
+    /// The PostgreSQL major the backup was taken from, whose binaries the server needs.
+    pub postgres_major: u32,
     /// How to start the server.
     pub start: String,
 }
@@ -261,6 +263,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         signal: signal.into(),
+        postgres_major: backup.server_major,
         start: settings::start_hint(&options.dest),
     })
 }
@@ -527,7 +530,10 @@ pub fn describe(report: &RestoreReport) -> String {
              instead of streaming (restore with --archive-mode off for a copy that must not)\n",
         );
     }
-    out.push_str(&format!("start the server with: {}", report.start));
+    out.push_str(&format!(
+        "start the server with PostgreSQL {}'s pg_ctl: {}",
+        report.postgres_major, report.start
+    ));
     out
 }
 

@@ -955,6 +955,9 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
     let (code, report, stderr) = restore(&wh, &archive, &to, &server);
     assert_eq!(code, Some(0), "{stderr}");
     let report = report.unwrap();
+    // The major whose binaries must start it.
+    let major = pg.sql("SELECT current_setting('server_version_num')::int / 10000");
+    assert_eq!(report["postgres_major"].to_string(), major, "{report:#}");
     let command = report["settings"]["restore_command"].as_str().unwrap();
     assert!(
         command.contains(
