@@ -334,14 +334,16 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
             survey["window_start"].as_f64(),
             survey["window_end_lsn"].as_str(),
         ) {
+            // Of the last survey, which a prune or a backup since has not changed yet.
             (Some(_), Some(end)) => {
                 let from = time(&survey["window_start"]);
+                let surveyed = time(&survey["checked_at"]);
                 match survey["window_end"].as_f64() {
                     Some(_) => format!(
-                        "from {from} to {end}, last commit {}",
+                        "from {from} to {end}, last commit {}; surveyed {surveyed}",
                         time(&survey["window_end"])
                     ),
-                    None => format!("from {from} to {end}"),
+                    None => format!("from {from} to {end}; surveyed {surveyed}"),
                 }
             }
             _ => "none at the last survey: no backup could be restored then (walhalla list \
@@ -498,8 +500,12 @@ mod tests {
             known.contains(" to 0/1D000000, last commit 2027-"),
             "{known}"
         );
+        assert!(
+            known.contains("; surveyed 2027-01-15 08:00:00 UTC"),
+            "{known}"
+        );
         let unknown = window(serde_json::Value::Null);
-        assert!(unknown.ends_with(" to 0/1D000000"), "{unknown}");
+        assert!(unknown.contains(" to 0/1D000000; surveyed "), "{unknown}");
     }
 
     #[test]
