@@ -235,9 +235,7 @@ pub fn describe(report: &PruneReport) -> String {
         let _ = writeln!(out, "  keeps backup {}: {}", b.id, b.why);
     }
     for b in &report.deleted_backups {
-        let size = b
-            .bytes
-            .map_or(String::new(), |n| format!(", {} MiB", n >> 20));
+        let size = b.bytes.map_or(String::new(), |n| format!(", {}", bytes(n)));
         let _ = writeln!(out, "  {verb} backup {}: {}{size}", b.id, b.why);
     }
     if !report.deleted_leftovers.is_empty() {
@@ -252,12 +250,7 @@ pub fn describe(report: &PruneReport) -> String {
     }
     if report.dry_run {
         for object in &report.deleted_objects {
-            let _ = writeln!(
-                out,
-                "  {verb} {} ({} kB)",
-                object.name,
-                object.bytes.div_ceil(1024)
-            );
+            let _ = writeln!(out, "  {verb} {} ({})", object.name, bytes(object.bytes));
         }
     }
     for note in &report.notes {
