@@ -161,6 +161,21 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .extend(segments);
     }
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
+        // Past the newest segment of its timeline: not a hole, the target lies beyond the
+        // archive's end.
+        if let Some(newest) = newest
+            .get(&missing.timeline)
+            .filter(|&&newest| missing.segno(size).is_some_and(|n| n > newest))
+        {
+            bail!(
+                "{target} lies past the archive's end: the newest segment of timeline {} is {}, \
+                 and recovery from backup {} would need {missing}; nothing was written{}",
+                missing.timeline.0,
+                crate::wal::SegmentName::new(missing.timeline, *newest, size),
+                backup.id,
+                timeline_hint(&path, options.recovery.timeline)
+            );
+        }
         bail!(
             "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}",
             backup.id,

@@ -892,6 +892,10 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
             "so no record starts at or past",
         ),
         (
+            ["--target-lsn", "FF/0"],
+            "position FF/0 lies past the archive's end: the newest segment of timeline 1 is",
+        ),
+        (
             ["--target-time", "2999-01-01 00:00:00+00"],
             "does not reach time 2999-01-01 00:00:00+00",
         ),
