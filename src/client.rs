@@ -282,6 +282,13 @@ impl ServerClient {
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join("status").expect("a relative path joins");
         let response = self.send(self.http.get(url.clone()), &url).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let refused = Self::error_status(response).await;
+            return Err(anyhow::Error::new(refused).context(
+                "the server wants its bearer token: give its file with --token-file (a server \
+                 keeps it in its user's ~/.local/state/walhalla/token unless told otherwise)",
+            ));
+        }
         if response.status() != StatusCode::OK {
             return Err(Self::error_status(response).await.into());
         }

@@ -47,6 +47,19 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    // status without the token: refused, saying where a server keeps it.
+    let status = std::process::Command::new(wh.binary())
+        .env_remove("WALHALLA_TOKEN_FILE")
+        .env("XDG_STATE_HOME", "/nonexistent")
+        .args(["status", "--server", &server.url()])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("give its file with --token-file"),
+        "{}",
+        describe(&status)
+    );
     wait_for(
         "the refusals in the log",
         std::time::Duration::from_secs(10),
