@@ -27,7 +27,7 @@ use crate::archive::{Archive, BackupObject, ClusterArchive, Location};
 use crate::backup::catalog;
 use crate::backup::manifest::{self, Manifest};
 use crate::backup::meta::BackupMeta;
-use crate::wal::{Lsn, SegNo, SystemId, TimelineId, WalFileName, parse_history};
+use crate::wal::{Lsn, SegNo, SegmentName, SystemId, TimelineId, WalFileName, parse_history};
 use crate::{blocking, envelope};
 use destination::Destination;
 use plan::{Leg, Target};
@@ -160,31 +160,42 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             .or_insert_with(std::collections::BTreeSet::new)
             .extend(segments);
     }
-    if let Some(missing) = plan::first_missing(&ranges, &held, size) {
-        // Past the newest segment of its timeline: not a hole, the target lies beyond the
-        // archive's end.
-        if let Some(newest) = newest
-            .get(&missing.timeline)
-            .filter(|&&newest| missing.segno(size).is_some_and(|n| n > newest))
-        {
-            bail!(
-                "{target} lies past the archive's end: the newest segment of timeline {} is {}, \
-                 and recovery from backup {} would need {missing}; nothing was written{}",
-                missing.timeline.0,
-                crate::wal::SegmentName::new(missing.timeline, *newest, size),
-                backup.id,
+    let more_wal = more_wal(options);
+    // The last timeline's WAL ends before the target: not a hole, the target lies past the
+    // archive's end. Refused, unless the restored server may get more WAL than the archive
+    // holds (a standby, a fetch server, the receiver's snapshots): then it replays what the
+    // archive holds, and the rest is its source's.
+    let past_end = plan::past_the_end(&ranges, &newest);
+    if let Some(last) = past_end {
+        let problem = format!(
+            "{target} lies past the archive's end: recovery from backup {} would need WAL after \
+             {}, the newest segment of timeline {}",
+            backup.id,
+            SegmentName::new(last.0, last.1, size),
+            last.0.0
+        );
+        match more_wal {
+            None => bail!(
+                "{problem}; nothing was written{}",
                 timeline_hint(&path, options.recovery.timeline)
-            );
+            ),
+            Some(why) => {
+                tracing::warn!("{problem}; going on, since {why}");
+                plan::clip_to(&mut ranges, last);
+            }
         }
+    }
+    if let Some(missing) = plan::first_missing(&ranges, &held, size) {
         bail!(
             "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}",
             backup.id,
             timeline_hint(&path, options.recovery.timeline)
         );
     }
-    let more_wal = more_wal(options);
     indexed::check_time(backup, target, exclusive, &steps, more_wal)?;
-    indexed::check_lsn(&cluster, target, &ranges, &newest, size, more_wal).await?;
+    if past_end.is_none() {
+        indexed::check_lsn(&cluster, target, &ranges, &newest, size, more_wal).await?;
+    }
     let wal_span = span(&ranges, size);
     let snapshot_beyond = match (target, options.recovery.partial) {
         (Target::End, false) => snapshot_beyond(&cluster, &ranges, size).await?,

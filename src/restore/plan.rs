@@ -244,6 +244,29 @@ pub fn missing_before_consistency(
     first_missing(&ranges, held, size)
 }
 
+/// The last timeline's newest segment, when the last range of `ranges` runs past it: the
+/// target lies past the archive's end (a hole on that timeline is a missing segment before
+/// it). `None` when the timeline has no segment at all.
+pub fn past_the_end(
+    ranges: &[(TimelineId, SegNo, SegNo)],
+    newest: &BTreeMap<TimelineId, SegNo>,
+) -> Option<(TimelineId, SegNo)> {
+    let &(timeline, _, to) = ranges.last()?;
+    let &last = newest.get(&timeline)?;
+    (to.0 > last.0 + 1).then_some((timeline, last))
+}
+
+/// `ranges` cut after segment `last.1` of timeline `last.0`, the last one's (see
+/// [`past_the_end`]).
+pub fn clip_to(ranges: &mut Vec<(TimelineId, SegNo, SegNo)>, last: (TimelineId, SegNo)) {
+    if let Some(range) = ranges.last_mut().filter(|r| r.0 == last.0) {
+        range.2 = SegNo(last.1.0 + 1);
+        if range.1 >= range.2 {
+            ranges.pop();
+        }
+    }
+}
+
 /// The first segment of `ranges` that `held` (what the archive holds per timeline) lacks.
 pub fn first_missing(
     ranges: &[(TimelineId, SegNo, SegNo)],
@@ -372,6 +395,28 @@ pub(crate) mod tests {
                 (TimelineId(3), SegNo(6), SegNo(8))
             ]
         );
+    }
+
+    #[test]
+    fn past_the_end_is_the_last_timeline_running_out_not_a_hole_before() {
+        let (one, two) = (TimelineId(1), TimelineId(2));
+        let newest = BTreeMap::from([(one, SegNo(4)), (two, SegNo(9))]);
+        // Timeline 1 up to its fork in segment 7 (three segments it lacks: holes), then 2.
+        let mut ranges = vec![(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(20))];
+        assert_eq!(past_the_end(&ranges, &newest), Some((two, SegNo(9))));
+        clip_to(&mut ranges, (two, SegNo(9)));
+        assert_eq!(
+            ranges,
+            [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(10))]
+        );
+        assert_eq!(past_the_end(&ranges, &newest), None);
+        // Timeline 1's own shortfall before the fork is not "past the end".
+        assert_eq!(past_the_end(&ranges[..1], &newest), Some((one, SegNo(4))));
+        let ranges = [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(9))];
+        assert_eq!(past_the_end(&ranges, &newest), None);
+        // No segment at all on the last timeline: nothing to call its end.
+        let ranges = [(TimelineId(3), SegNo(1), SegNo(5))];
+        assert_eq!(past_the_end(&ranges, &newest), None);
     }
 
     #[test]

@@ -893,7 +893,7 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         ),
         (
             ["--target-lsn", "FF/0"],
-            "position FF/0 lies past the archive's end: the newest segment of timeline 1 is",
+            "position FF/0 lies past the archive's end: recovery from backup",
         ),
         (
             ["--target-time", "2999-01-01 00:00:00+00"],
@@ -914,6 +914,7 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         ["--target-name", "never_made"],
         ["--target-time", "2999-01-01 00:00:00+00"],
         ["--target-lsn", unused.as_str()],
+        ["--target-lsn", "FF/0"],
     ] {
         let dir = TestDir::new("standby");
         let to = dir.path().join("data");

@@ -371,8 +371,11 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     let (code, report, stderr) =
         crate::backup::restore(&wh, &archive, &plain.path().join("data"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    let report = report.unwrap();
-    assert!(report["snapshot_beyond"].is_array(), "{report:#}");
+    let plain_report = report.unwrap();
+    assert!(
+        plain_report["snapshot_beyond"].is_array(),
+        "{plain_report:#}"
+    );
     let last = TestDir::new("last-resort");
     let data = last.path().join("data");
     let (code, report, stderr) = crate::backup::restore(&wh, &archive, &data, &["--partial"]);
@@ -390,6 +393,39 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
         last_resort.sql("SELECT count(*) FROM confirmed"),
         CONFIRMED_ROWS
     );
+    // To a position in the snapshot's segment, past the last complete one: taken, with a
+    // warning, since fetch --partial serves the snapshot; recovery reaches it.
+    let segment = plain_report["snapshot_beyond"][0].as_str().unwrap();
+    let size =
+        walhalla::wal::SegmentSize::new(backup["segment_size"].as_u64().unwrap() as u32).unwrap();
+    let start = match segment.parse::<walhalla::wal::WalFileName>().unwrap() {
+        walhalla::wal::WalFileName::Segment(name) => name.start_lsn(size).unwrap(),
+        other => panic!("{other} is not a segment"),
+    };
+    let target = TestDir::new("to-a-position");
+    let data = target.path().join("data");
+    let at = start.to_string();
+    let (code, _, stderr) = crate::backup::restore(
+        &wh,
+        &archive,
+        &data,
+        &[
+            "--partial",
+            "--target-lsn",
+            &at,
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("lies past the archive's end"), "{stderr}");
+    // Started, recovery reached the target and promoted (an unreached target is FATAL).
+    let to_position = crate::backup::start_restored(&archive, target, data);
+    let replayed: u64 = to_position
+        .sql("SELECT count(*) FROM confirmed")
+        .parse()
+        .unwrap();
+    assert!(replayed <= CONFIRMED_ROWS.parse::<u64>().unwrap());
     // The same last-resort recovery through the receiver's fetch server, with no archive.
     through_server.recover_from_archive(&format!(
         "{} fetch --partial --prefetch 0 --server http://127.0.0.1:{port} %f %p",
