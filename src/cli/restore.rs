@@ -20,8 +20,8 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ID", default_value = "latest")]
     pub backup: String,
     /// Recover to this time, with a time zone: an offset or Z (2026-12-02T14:05:00Z,
-    /// 2026-12-02 14:05:00+01), UTC, or a zone's name (2026-12-02 14:05:00 Europe/Berlin);
-    /// read as PostgreSQL reads it, written in UTC.
+    /// 2026-12-02 14:05:00+01), UTC, or a zone's full name (2026-12-02 14:05:00
+    /// Europe/Berlin); read as PostgreSQL reads it, written in UTC.
     #[arg(long, value_name = "TIME", group = "target_kind", value_parser = checked_time)]
     pub target_time: Option<String>,
     /// Recover to this WAL position.
