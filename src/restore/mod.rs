@@ -234,7 +234,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     })
     .await?;
 
-    let settings = options.recovery.settings();
+    let settings = options.recovery.settings(cluster.system_id());
     let signal = if options.standby {
         "standby.signal"
     } else {

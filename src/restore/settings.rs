@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::plan::Target;
+use crate::wal::SystemId;
 
 /// What happens when the target is reached (`recovery_target_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,14 +115,17 @@ impl Recovery {
         Ok(())
     }
 
-    /// The settings, as name and unquoted value, in the order they are written.
-    pub fn settings(&self) -> Vec<(&'static str, String)> {
+    /// The settings for restoring cluster `system_id`, as name and unquoted value, in the
+    /// order they are written.
+    pub fn settings(&self, system_id: SystemId) -> Vec<(&'static str, String)> {
         // PostgreSQL replaces %f, %p and %r in restore_command, and from 16 on refuses any
         // other %: a literal one is written %%.
         let part = |text: &str| shell_quote(text).replace('%', "%%");
         // `--server` is fetch's own option: it goes after the subcommand.
+        // The cluster named, not left to fetch: a config file's system_id (another cluster's,
+        // say the one a major upgrade made) would otherwise win over pg_control.
         let mut command = format!(
-            "{} --archive {} fetch",
+            "{} --archive {} --system-id {system_id} fetch",
             part(&self.walhalla),
             part(&self.archive)
         );
@@ -296,14 +300,14 @@ mod tests {
             archive_off: true,
             partial: false,
         };
-        let block = conf_block("20260101T000000Z", &recovery.settings());
+        let block = conf_block("20260101T000000Z", &recovery.settings(SystemId(7)));
         let lines: Vec<&str> = block.lines().collect();
         assert_eq!(
             lines,
             [
                 "",
                 "# Added by walhalla restore of backup 20260101T000000Z",
-                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' fetch --server http://127.0.0.1:7480 --token-file ''/etc/walhalla/token file'' %f %p'",
+                r"restore_command = '/usr/local/bin/walhalla --archive ''/srv/it''\\''''s 100%%'' --system-id 7 fetch --server http://127.0.0.1:7480 --token-file ''/etc/walhalla/token file'' %f %p'",
                 "recovery_target = ''",
                 "recovery_target_lsn = ''",
                 "recovery_target_time = ''",
@@ -325,7 +329,7 @@ mod tests {
             archive_off: false,
             ..recovery
         };
-        let settings = defaults.settings();
+        let settings = defaults.settings(SystemId(7));
         assert!(settings.iter().all(|(name, _)| *name != "archive_mode"));
         for (name, value) in [
             ("recovery_target_inclusive", "on"),
