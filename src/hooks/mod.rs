@@ -21,6 +21,10 @@ use tokio::time::Instant;
 use crate::archive::{Archive, ArchiveOptions};
 use crate::config::Config;
 
+/// How long a daemon waits at start for the create-only check before leaving it to its next
+/// start.
+const DAEMON_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens the configured archive; for a writer (`create`), first makes sure the store honours
 /// create-only writes (see [`crate::archive::probe`]; a daemon that cannot reach the store
 /// goes on without the check). With a `deadline` (a hook's whole run), opening and every
@@ -58,10 +62,28 @@ pub async fn open_archive(
         }
     };
     if create {
-        match archive.ensure_create_only().await {
+        // A daemon may start while the store is down, and archives once it is back: the check
+        // is left to its next start, after a short wait (a synchronous receiver's commits wait
+        // for it to stream).
+        let checking = archive.ensure_create_only();
+        let checked = match deadline {
+            Some(_) => checking.await,
+            None => {
+                match tokio::time::timeout(DAEMON_PROBE_WAIT.min(config.timeout), checking).await {
+                    Ok(checked) => checked,
+                    Err(_) => {
+                        tracing::warn!(
+                            "cannot check now that {location_text} honours create-only writes: no \
+                         answer within {} s",
+                            DAEMON_PROBE_WAIT.min(config.timeout).as_secs()
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+        match checked {
             Ok(()) => {}
-            // A daemon may start while the store is down, and archives once it is back: the
-            // check is left to its next start.
             Err(e) if deadline.is_none() && e.is_transient() => tracing::warn!(
                 "cannot check now that {location_text} honours create-only writes: {e}"
             ),

@@ -448,6 +448,75 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
     drop(receiver);
 }
 
+/// A synchronous receiver started while the archive is down streams from its slot after a
+/// short wait, instead of waiting for the archive: commits wait for its fsync, not for the
+/// archive. What it received reaches the archive once the archive is back.
+#[test]
+fn a_synchronous_receiver_started_while_the_archive_is_down_confirms_commits() {
+    let wh = Walhalla::install();
+    let mut archive = TestArchive::on_s3(S3Server::start_recorded("walhalla-it"));
+    let pg = synchronous_primary();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--synchronous"]);
+    wait_streaming(&pg);
+    pg.sql("CREATE TABLE confirmed (id int primary key)");
+    let closed = pg.switch_wal();
+    wait_archive_holds(&archive, &closed);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+
+    archive.s3_mut().expect("an S3 archive").kill9();
+    let spool = receiver.spool.clone();
+    let args = [
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+        "--synchronous",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let restarted = Receiver::restart(&wh, &archive, &spool, &args);
+    // The archive's own wait (--timeout, 60 s) would keep it from streaming for minutes.
+    wait_for(
+        "the receiver to stream with the archive down",
+        Duration::from_secs(45),
+        || {
+            (pg.sql(
+                "SELECT coalesce(max(sync_state || '/' || state), '') FROM pg_stat_replication \
+                 WHERE application_name = 'walhalla'",
+            ) == "sync/streaming")
+                .then_some(())
+        },
+    );
+    assert!(
+        restarted
+            .log()
+            .contains("streaming from the slot's restart position"),
+        "{}",
+        restarted.log()
+    );
+    // A commit is confirmed: its position flushed by the receiver.
+    pg.sql("INSERT INTO confirmed VALUES (1)");
+    let committed = pg.sql("SELECT pg_current_wal_lsn()");
+    wait_for(
+        "the commit to be confirmed",
+        Duration::from_secs(10),
+        || {
+            (pg.sql(&format!(
+                "SELECT flush_lsn >= '{committed}' FROM pg_stat_replication \
+             WHERE application_name = 'walhalla'"
+            )) == "t")
+                .then_some(())
+        },
+    );
+    // Back, the archive gets what was received meanwhile.
+    archive.s3_mut().expect("an S3 archive").restart();
+    let after = pg.switch_wal();
+    wait_archive_holds(&archive, &after);
+    drop(restarted);
+}
+
 #[test]
 fn the_reported_flush_position_never_goes_back() {
     let wh = Walhalla::install();
