@@ -41,6 +41,9 @@ pub async fn fetch(
     let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
     let mut sources = Sources::new(config, &options.client, Some(deadline))?;
+    if !in_standby_mode() {
+        sources = sources.ending_recovery_on_a_miss();
+    }
     if options.prefetch > 0 && !options.partial && options.client.server.is_none() {
         // A live readahead worker with these settings started after a file of this cluster
         // was restored from this archive: a miss is the archive's end, no listing needed.
@@ -108,6 +111,21 @@ pub async fn fetch(
     };
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
+    }
+    // In archive recovery, "not found" ends recovery: refused when the archive goes on past
+    // the segment (a standby only waits, and streams).
+    if let (FetchOutcome::NotFound, WalFileName::Segment(segment)) = (&outcome, name) {
+        if !in_standby_mode() {
+            if let Some(later) = sources.later_segment(segment).await? {
+                anyhow::bail!(
+                    "{segment} is not in the archive, but {later}, later on its timeline, is: a \
+                     hole (deleted, or never archived), and recovery ending here would lose the \
+                     WAL after it. Put {segment} back into the archive (a replica's or the old \
+                     primary's pg_wal may have it), or end recovery before it with a recovery \
+                     target"
+                );
+            }
+        }
     }
     Ok(outcome)
 }
