@@ -123,6 +123,15 @@ fn s3(
     }
     let setting = |s3: &AmazonS3Builder, key| s3.get_config_value(&key).unwrap_or_default();
     let endpoint = setting(&s3, AmazonS3ConfigKey::Endpoint);
+    // object_store panics on an endpoint it cannot make requests to (no scheme, say).
+    let usable = reqwest::Url::parse(&endpoint)
+        .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+    if !endpoint.is_empty() && !usable {
+        return Err(format!(
+            "the endpoint {endpoint:?} (AWS_ENDPOINT_URL) is not a URL such as \
+             https://s3.example.com or http://127.0.0.1:9000"
+        ));
+    }
     let allow_http = setting(&s3, AmazonS3ConfigKey::Client(Key::AllowHttp));
     if endpoint.starts_with("http://") && !truthy(&allow_http) {
         return Err(format!(

@@ -120,6 +120,28 @@ fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
             run(&wh, work.path(), &url, &args, &https_only)
         },
     );
+    // An endpoint without a scheme: said so (object_store would panic on it).
+    let mut no_scheme = s3.env();
+    for (name, value) in &mut no_scheme {
+        if name == "AWS_ENDPOINT_URL" {
+            *value = value.trim_start_matches("http://").to_owned();
+        }
+    }
+    fails_at_once(
+        255,
+        Duration::from_secs(2),
+        &["AWS_ENDPOINT_URL", "is not a URL such as"],
+        || {
+            let args = [
+                "--system-id",
+                SYSTEM_ID,
+                "fetch",
+                "00000002.history",
+                "back",
+            ];
+            run(&wh, work.path(), &url, &args, &no_scheme)
+        },
+    );
 }
 
 #[test]
