@@ -265,6 +265,11 @@ impl ServerClient {
         }
     }
 
+    /// Whether requests carry a bearer token.
+    fn sends_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// Asks `/healthz`, which needs no token: `Ok` when the server answers `ok`.
     pub async fn healthz(&self) -> anyhow::Result<()> {
         Ok(self.answers_ok("healthz").await?)
@@ -292,10 +297,15 @@ impl ServerClient {
         let response = self.send(self.http.get(url.clone()), &url).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let refused = Self::error_status(response).await;
-            return Err(anyhow::Error::new(refused).context(
+            let hint = if self.sends_token() {
+                "the server refused the token sent: is --token-file the server's own (rotated \
+                 since?)"
+            } else {
                 "the server wants its bearer token: give its file with --token-file (a server \
-                 keeps it in its user's ~/.local/state/walhalla/token unless told otherwise)",
-            ));
+                 keeps it in its user's $XDG_STATE_HOME/walhalla/token, by default \
+                 ~/.local/state/walhalla/token, unless told otherwise)"
+            };
+            return Err(anyhow::Error::new(refused).context(hint));
         }
         if response.status() != StatusCode::OK {
             return Err(Self::error_status(response).await.into());

@@ -179,7 +179,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
     if !plan.delete_objects.is_empty() {
         tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
     }
-    leftovers::remove(report.deleted_leftovers.clone())
+    leftovers::remove(report.deleted_leftovers.clone(), leftovers::SETTLED)
         .await
         .context("removing files interrupted uploads left")?;
     Ok(report)

@@ -43,10 +43,16 @@ impl ClusterArchive {
     }
 }
 
-/// Removes `leftovers` (a file already gone is not an error). Runs on the blocking pool.
-pub async fn remove(leftovers: Vec<Leftover>) -> std::io::Result<()> {
+/// Removes `leftovers` that are still settled (a file already gone, or written since, is
+/// left alone). Runs on the blocking pool.
+pub async fn remove(leftovers: Vec<Leftover>, settled: Duration) -> std::io::Result<()> {
     crate::blocking::run(move || {
         for leftover in &leftovers {
+            let still = std::fs::symlink_metadata(&leftover.path)
+                .is_ok_and(|m| m.is_file() && idle(&m, SystemTime::now()) >= settled);
+            if !still {
+                continue;
+            }
             match std::fs::remove_file(&leftover.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -80,20 +86,29 @@ fn collect(
             ));
         }
     };
+    // An upload may link its staging file away at any moment: what vanished is skipped.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     for entry in entries {
-        let entry = entry?;
-        let kind = entry.file_type()?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let path = entry.path();
         if kind.is_dir() {
             collect(&path, now, settled, found)?;
         } else if kind.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
-            let metadata = entry.metadata()?;
-            let idle = metadata
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            if idle >= settled {
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if idle(&metadata, now) >= settled {
                 found.push(Leftover {
                     path,
                     bytes: metadata.len(),
@@ -104,10 +119,21 @@ fn collect(
     Ok(())
 }
 
+/// How long since the file was last written. walhalla stores objects whole (object_store's
+/// `put`), which writes the staging file and links it at once, so a staging file that has not
+/// changed for [`SETTLED`] belongs to no upload in progress.
+fn idle(metadata: &std::fs::Metadata, now: SystemTime) -> Duration {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|m| now.duration_since(m).ok())
+        .unwrap_or_default()
+}
+
 /// Whether `name` is a staging file's: a name, `#`, and digits (object_store's own rule for
 /// the files its listings leave out).
 fn is_staging_name(name: &str) -> bool {
-    name.rsplit_once('#').is_some_and(|(stem, suffix)| {
+    name.split_once('#').is_some_and(|(stem, suffix)| {
         !stem.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
     })
 }
@@ -126,6 +152,7 @@ mod tests {
             "a.zst#1x",
             "#3",
             "a#b#c",
+            "a#b#3",
         ] {
             assert!(!is_staging_name(name), "{name}");
         }

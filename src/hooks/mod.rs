@@ -122,9 +122,16 @@ fn warn_of_unsafe_local_archive(location: &crate::archive::Location) {
     }
     let mode = metadata.mode() & 0o7777;
     if mode & 0o002 != 0 {
+        // With the sticky bit, others cannot touch what is there, only add folders: a
+        // cluster's not archived yet, holding what they like.
+        let risk = if mode & 0o1000 != 0 {
+            "any of them can plant WAL there under a cluster not archived yet"
+        } else {
+            "any of them can remove, replace or plant WAL there"
+        };
         tracing::warn!(
             "archive directory {} may be written by every user on this host (mode {mode:04o}): \
-             any of them can remove, replace or plant WAL there; chmod o-w {}",
+             {risk}; chmod o-w {}",
             dir.display(),
             dir.display()
         );

@@ -350,15 +350,19 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
                   reads the archive now)"
                 .to_string(),
         };
+        // The window's line says when the survey was, unless there is no window.
+        let dated = window.contains("; surveyed ");
         line("  restorable window", window);
-        line(
-            "  missing segments",
+        let missing = if dated {
+            survey["gap_segments"].to_string()
+        } else {
             format!(
                 "{} (surveyed {})",
                 survey["gap_segments"],
                 time(&survey["checked_at"])
-            ),
-        );
+            )
+        };
+        line("  missing segments", missing);
     }
 }
 

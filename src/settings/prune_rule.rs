@@ -52,17 +52,32 @@ pub fn resolve(args: &mut PruneArgs, matches: &ArgMatches) -> Result<Vec<String>
         .collect();
     if KINDS.iter().filter(|k| kind_rank(k) == top).count() > 1 {
         let names: Vec<String> = winners.iter().map(|id| named(id)).collect();
+        let backups = KINDS[2].iter().any(|id| winners.contains(id));
+        let why = if backups {
+            "--keep-wal-within and --before are for an archive without backups, \
+             --keep-backups and --keep-within for one with"
+        } else {
+            "--keep-wal-within and --before are two ways of saying which WAL goes: give one"
+        };
         return Err(format!(
-            "{} cannot be used together: --keep-wal-within and --before are for an archive \
-             without backups, --keep-backups and --keep-within for one with",
+            "{} cannot be used together: {why}",
             names.join(" and ")
         ));
     }
-    let winner = named(winners[0]);
+    let winner = winners
+        .iter()
+        .map(|id| named(id))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let verb = if winners.len() == 1 {
+        "replaces"
+    } else {
+        "replace"
+    };
     let mut set_aside = Vec::new();
     for kind in KINDS.iter().filter(|k| kind_rank(k) < top) {
         for id in kind.iter().filter(|id| given(id) > 0) {
-            set_aside.push(format!("{} is set aside: {winner} replaces it", named(id)));
+            set_aside.push(format!("{} is set aside: {winner} {verb} it", named(id)));
             match *id {
                 "keep_wal_within" => args.keep_wal_within = None,
                 "before" => args.before = None,
