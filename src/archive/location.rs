@@ -60,9 +60,23 @@ const SCHEMES: [(&str, MakeLocation); 3] = [
 /// Parses the `bucket/prefix` after `scheme://`.
 fn parse_bucket(s: &str, scheme: &str, rest: &str) -> Result<(String, String), String> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() || bucket.contains(['@', ':', '?', '#']) {
+    if bucket.contains('@') {
+        // Not quoted: what comes before the `@` may be a secret.
+        return Err(format!(
+            "invalid archive {scheme}://…@…: credentials never go in the archive URL (set \
+             them in the environment, such as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or use a profile or role); expected {scheme}://bucket/prefix"
+        ));
+    }
+    if bucket.is_empty() || bucket.contains([':', '?', '#']) {
         return Err(format!(
             "invalid archive {s:?}: expected {scheme}://bucket/prefix"
+        ));
+    }
+    if prefix.contains(['?', '#']) {
+        return Err(format!(
+            "invalid archive {s:?}: a prefix holds no ? or # (settings such as the region \
+             come from the environment); expected {scheme}://bucket/prefix"
         ));
     }
     let prefix = prefix.trim_matches('/');
@@ -190,10 +204,18 @@ mod tests {
             "az://c/a//x",
             "http://b/x",
             "s3://u:p@b/x",
+            "s3://b/q?region=eu-west-1",
+            "s3://b/q#frag",
             "relative/dir",
         ] {
             assert!(bad.parse::<Location>().is_err(), "{bad:?} accepted");
         }
+        // Credentials in the URL are refused without being repeated.
+        let error = "s3://AKID:Secret99@b/x".parse::<Location>().unwrap_err();
+        assert!(
+            !error.contains("Secret99") && error.contains("credentials never go"),
+            "{error}"
+        );
         // A URL with a slash missing is named as one, not as a relative directory.
         let error = "s3:/bucket".parse::<Location>().unwrap_err();
         assert!(error.contains("s3: is not followed by //"), "{error}");

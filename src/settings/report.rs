@@ -83,7 +83,7 @@ impl Report {
                         let (values, source) = resolve(command.get_name(), arg, file, config);
                         let values = match id {
                             "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
-                            "server" => values
+                            "server" | "archive" => values
                                 .iter()
                                 .map(|v| crate::client::masked_userinfo(v).unwrap_or(v.clone()))
                                 .collect(),
