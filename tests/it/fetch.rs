@@ -285,6 +285,15 @@ fn probe_history(wh: &Walhalla, data: &Path, source: [&str; 2]) -> Output {
 fn a_new_standby_streams_while_the_archive_holds_nothing_for_its_cluster() {
     let wh = Walhalla::install();
     let (primary, archive, server) = primary_and_empty_archive(&wh);
+    // Serving a cluster the archive does not hold yet is said at start.
+    let started = server.log();
+    assert!(
+        started.contains(&format!(
+            "the archive holds no cluster {}; it holds none: every request fails until it is archived there",
+            primary.system_id()
+        )),
+        "{started}"
+    );
     let mut standby = PgCluster::standby_of(&primary, "standby");
     standby.append_conf(&format!(
         "restore_command = '{} --archive {} fetch %f %p'",

@@ -54,6 +54,17 @@ pub async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
     let system_id =
         hooks::resolve_system_id(config.system_id, std::path::Path::new("."), None, &archive)
             .await?;
+    // A cluster named that the archive does not hold (yet): served all the same, since its
+    // archiving may start later, but said, as every request would fail until then.
+    if let Ok(held) = archive.clusters().await
+        && !held.contains(&system_id)
+    {
+        let named = walhalla::archive::ChoiceError::NotHeld {
+            named: system_id,
+            held,
+        };
+        tracing::warn!("{named}: every request fails until it is archived there");
+    }
     let cluster = ServedCluster {
         archive: archive.cluster(system_id),
         spool: None,
