@@ -155,19 +155,36 @@ impl Sources {
             let server_until = deadline
                 .checked_sub(timeout - share)
                 .unwrap_or_else(Instant::now);
-            let answer = tokio::time::timeout_at(
-                server_until,
-                self.ask_server(server, name, dest, declared, partial),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(NoAnswer(format!(
+            // With no archive to fall back to, in a recovery that a failure stops, a server
+            // that cannot be reached (restarting, say) is asked again until its deadline.
+            let patient = self.miss_ends_recovery && self.config.archive.is_none();
+            let backoff = crate::backoff::Backoff::new(SERVER_RETRY_FIRST, SERVER_RETRY_MAX);
+            let asking = crate::backoff::retry(
+                backoff,
+                Some(server_until),
+                || async {
+                    self.ask_server(server, name, dest, declared, partial)
+                        .await
+                        .map_err(|error| Asked { error, patient })
+                },
+                |asked, pause| {
+                    tracing::warn!(
+                        "{:#}; asking again in {:.1} s",
+                        asked.error,
+                        pause.as_secs_f32()
+                    )
+                },
+            );
+            let answer = match asking.await {
+                Ok(answer) => Ok(answer),
+                Err(crate::backoff::GaveUp::Error(asked)) => Err(asked.error),
+                Err(crate::backoff::GaveUp::Deadline(_)) => Err(NoAnswer(format!(
                     "server {} gave no answer for {name} within {}s",
                     server.url(),
                     share.as_secs_f32()
                 ))
-                .into())
-            });
+                .into()),
+            };
             match answer {
                 Ok(answer) => return Ok(answer),
                 Err(e) if self.config.archive.is_some() => {
@@ -456,6 +473,23 @@ struct NoAnswer(String);
 /// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
 /// corrupt object, which need someone to act. In standby mode such a miss is taken for
 /// "not available": the standby streams meanwhile and asks again.
+/// The first pause before asking an unreachable server again, and the longest.
+const SERVER_RETRY_FIRST: Duration = Duration::from_millis(500);
+const SERVER_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A failed request to the server, to be asked again when `patient` and the server could not
+/// be reached (see [`unreachable`]).
+struct Asked {
+    error: anyhow::Error,
+    patient: bool,
+}
+
+impl crate::backoff::Transient for Asked {
+    fn is_transient(&self) -> bool {
+        self.patient && unreachable(&self.error)
+    }
+}
+
 pub fn unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<NoAnswer>()

@@ -533,6 +533,30 @@ fn a_hole_stops_archive_recovery_instead_of_ending_it() {
         assert_eq!(run.status.code(), Some(1), "{source:?}: {}", describe(&run));
     }
 
+    // A fetch server that restarts while archive recovery asks it (no archive to fall back
+    // to): asked again until it answers, not a failure that stops recovery.
+    let port = server.port;
+    drop(server);
+    let asking = as_pg_user(wh.path())
+        .current_dir(&copy.data)
+        .args(["fetch", "--server", &format!("http://127.0.0.1:{port}")])
+        .args([segments[0].as_str(), "pg_wal/RECOVERYXLOG"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run walhalla fetch");
+    std::thread::sleep(Duration::from_secs(2));
+    let system_id = pg.system_id().to_string();
+    let _server = Server::start_on(&wh, &archive, port, &["--system-id", &system_id]);
+    let run = asking.wait_with_output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("asking again in"),
+        "{}",
+        describe(&run)
+    );
+    std::fs::remove_file(copy.data.join("pg_wal/RECOVERYXLOG")).unwrap();
+
     copy.append_conf(&format!(
         "restore_command = '{} --archive {} fetch %f %p'",
         wh.path().display(),
