@@ -187,6 +187,18 @@ impl fmt::Display for Brief<'_> {
             parts.extend(answer.message);
             return write!(f, "{}", one_line(&parts.join(": ")));
         }
+        // object_store's message may stop at "error sending request": the root cause (a
+        // refused connection, a certificate not trusted) says what to fix.
+        let mut root: &dyn std::error::Error = self.0;
+        while let Some(source) = root.source() {
+            root = source;
+        }
+        let cause = root.to_string();
+        let text = if std::ptr::addr_eq(root, self.0) || text.contains(&cause) {
+            text
+        } else {
+            format!("{text}: {cause}")
+        };
         write!(f, "{}", one_line(&without_staging_suffix(&text)))
     }
 }
@@ -334,6 +346,34 @@ mod tests {
         let coded = answer("403 Forbidden", "AccessDenied");
         let line = Refusal::of(&coded).unwrap().describe(&location, &coded);
         assert!(!line.contains("may be wrong"), "{line}");
+    }
+
+    #[test]
+    fn a_transport_error_ends_with_its_root_cause() {
+        #[derive(Debug)]
+        struct Sending(std::io::Error);
+        impl std::fmt::Display for Sending {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "HTTP error: error sending request")
+            }
+        }
+        impl std::error::Error for Sending {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let error = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Sending(refused)),
+        };
+        assert_eq!(
+            Brief(&error).to_string(),
+            "Generic S3 error: HTTP error: error sending request: invalid peer certificate: UnknownIssuer"
+        );
     }
 
     #[test]
