@@ -131,32 +131,6 @@ impl ClusterArchive {
         Ok(held)
     }
 
-    /// A complete segment of `segment`'s timeline after it, looked for in its group and the
-    /// next (two listings at most): the archive goes on past `segment`, so its absence is a
-    /// hole, not the archive's end.
-    pub async fn later_segment(&self, segment: SegmentName) -> Result<Option<SegmentName>> {
-        let group = WalGroup::of(segment);
-        let later = |segments: Vec<SegmentName>| {
-            segments
-                .into_iter()
-                .filter(|s| {
-                    s.timeline == segment.timeline && (s.log, s.seg) > (segment.log, segment.seg)
-                })
-                .min_by_key(|s| (s.log, s.seg))
-        };
-        if let Some(found) = later(self.segments_in(group).await?) {
-            return Ok(Some(found));
-        }
-        let Some(log) = segment.log.checked_add(1) else {
-            return Ok(None);
-        };
-        let next = WalGroup {
-            timeline: segment.timeline,
-            log,
-        };
-        Ok(later(self.segments_in(next).await?))
-    }
-
     /// The complete segments stored in `group`.
     async fn segments_in(&self, group: WalGroup) -> Result<Vec<SegmentName>> {
         Ok(self

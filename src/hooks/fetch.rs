@@ -112,21 +112,6 @@ pub async fn fetch(
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
     }
-    // In archive recovery, "not found" ends recovery: refused when the archive goes on past
-    // the segment (a standby only waits, and streams).
-    if let (FetchOutcome::NotFound, WalFileName::Segment(segment)) = (&outcome, name) {
-        if !in_standby_mode() {
-            if let Some(later) = sources.later_segment(segment).await? {
-                anyhow::bail!(
-                    "{segment} is not in the archive, but {later}, later on its timeline, is: a \
-                     hole (deleted, or never archived), and recovery ending here would lose the \
-                     WAL after it. Put {segment} back into the archive (a replica's or the old \
-                     primary's pg_wal may have it), or end recovery before it with a recovery \
-                     target"
-                );
-            }
-        }
-    }
     Ok(outcome)
 }
 

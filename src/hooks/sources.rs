@@ -53,11 +53,9 @@ pub struct Sources {
     /// Whether a restored file's new name is made durable (a directory fsync) before the
     /// restore counts as done.
     durable_names: bool,
-    /// Whether a miss ends recovery (archive recovery, not a standby): the server is then
-    /// asked whether the archive goes on past a missing segment.
+    /// Whether a failure ends recovery (archive recovery, not a standby): a server that
+    /// cannot be reached, with no archive to fall back to, is then asked again.
     miss_ends_recovery: bool,
-    /// A later segment the server said the archive holds, on the last miss.
-    later_from_server: std::sync::Mutex<Option<SegmentName>>,
 }
 
 impl Sources {
@@ -81,12 +79,11 @@ impl Sources {
             vouch: None,
             durable_names: true,
             miss_ends_recovery: false,
-            later_from_server: std::sync::Mutex::new(None),
         })
     }
 
-    /// For a restore whose "not found" ends recovery: a miss is checked for a hole (see
-    /// [`Sources::later_segment`]).
+    /// For a restore whose failure stops recovery (archive recovery, where a standby would
+    /// stream instead): an unreachable server is asked again until the deadline.
     pub fn ending_recovery_on_a_miss(mut self) -> Sources {
         self.miss_ends_recovery = true;
         self
@@ -212,8 +209,7 @@ impl Sources {
         declared: Option<SystemId>,
         partial: bool,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let later = self.miss_ends_recovery && matches!(name, WalFileName::Segment(_));
-        let mut response = match server.wal(name, declared, partial, later).await {
+        let mut response = match server.wal(name, declared, partial).await {
             Ok(response) => response,
             Err(ServerError::NothingArchived { system_id, .. })
                 if declared.is_some_and(|ours| ours != system_id) =>
@@ -252,16 +248,6 @@ impl Sources {
             );
         }
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let later = header(crate::server::LATER_HEADER)
-                .and_then(|v| v.parse::<WalFileName>().ok())
-                .and_then(|name| match name {
-                    WalFileName::Segment(segment) => Some(segment),
-                    _ => None,
-                });
-            *self
-                .later_from_server
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = later;
             return Ok((FetchOutcome::NotFound, None));
         }
         let crc = header(CRC_HEADER)
@@ -386,26 +372,6 @@ impl Sources {
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
         Ok((FetchOutcome::Restored, size))
-    }
-
-    /// A later segment of `segment`'s timeline the archive holds (see
-    /// [`ClusterArchive::later_segment`]), as the server said on the miss or the archive
-    /// says; `None` without an archive to ask.
-    pub async fn later_segment(&self, segment: SegmentName) -> anyhow::Result<Option<SegmentName>> {
-        let told = *self
-            .later_from_server
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if told.is_some() || self.config.archive.is_none() {
-            return Ok(told);
-        }
-        let archive = self
-            .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
-            .await?;
-        let declared = self.declared_system_id()?;
-        let system_id = super::resolve_system_id(declared, Path::new("."), None, archive).await?;
-        Ok(archive.cluster(system_id).later_segment(segment).await?)
     }
 
     /// Quiet when the archive is simply at its end (PostgreSQL probes for history files that

@@ -478,69 +478,24 @@ fn an_archive_that_holds_nothing_still_stops_archive_recovery() {
     assert!(copy.log().contains("FATAL"), "{}", copy.log_tail());
     assert!(!copy.log().contains("selected new timeline ID"));
 }
-
-/// A segment gone from the archive (deleted by hand, say) while later ones are there: in
-/// archive recovery its miss is refused, directly and through a fetch server, and PostgreSQL
-/// stops instead of ending recovery at the hole and promoting without the WAL after it. The
-/// archive's real end stays a plain miss.
+/// A fetch server that restarts while archive recovery asks it, with no archive to fall back
+/// to: asked again until it answers, not a failure that stops recovery. (A standby moves on
+/// at once, and streams.)
 #[test]
-fn a_hole_stops_archive_recovery_instead_of_ending_it() {
+fn a_restarting_fetch_server_is_asked_again_in_archive_recovery() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let pg = crate::push::archiving_primary(&wh, &archive, "");
-    let mut copy = PgCluster::from_backup(&pg, "recovering", "none");
+    let copy = PgCluster::from_backup(&pg, "recovering", "none");
     std::fs::write(copy.data.join("recovery.signal"), "").unwrap();
-    let mut segments = Vec::new();
-    for _ in 0..3 {
-        pg.write_rows(100);
-        segments.push(pg.switch_wal());
-    }
-    pg.wait_archived(segments.last().unwrap());
-    archive.remove(&key_of(pg.system_id(), &segments[1]));
-    let server = Server::start(&wh, &archive, &["--system-id", &pg.system_id().to_string()]);
-
-    let fetch = |source: [&str; 2], name: &str| {
-        as_pg_user(wh.path())
-            .current_dir(&copy.data)
-            .arg("fetch")
-            .args(source)
-            .args([name, "pg_wal/RECOVERYXLOG"])
-            .output()
-            .expect("run walhalla fetch")
-    };
-    let past_the_end = {
-        let last = &segments[2];
-        let next = u32::from_str_radix(&last[16..], 16).unwrap() + 1;
-        format!("{}{next:08X}", &last[..16])
-    };
-    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
-        let run = fetch(source, &segments[1]);
-        assert_eq!(
-            run.status.code(),
-            Some(255),
-            "{source:?}: {}",
-            describe(&run)
-        );
-        assert!(
-            String::from_utf8_lossy(&run.stderr).contains(&format!(
-                "but {}, later on its timeline, is: a hole",
-                segments[2]
-            )),
-            "{source:?}: {}",
-            describe(&run)
-        );
-        let run = fetch(source, &past_the_end);
-        assert_eq!(run.status.code(), Some(1), "{source:?}: {}", describe(&run));
-    }
-
-    // A fetch server that restarts while archive recovery asks it (no archive to fall back
-    // to): asked again until it answers, not a failure that stops recovery.
-    let port = server.port;
-    drop(server);
+    pg.write_rows(100);
+    let segment = pg.switch_wal();
+    pg.wait_archived(&segment);
+    let port = crate::harness::free_port();
     let asking = as_pg_user(wh.path())
         .current_dir(&copy.data)
         .args(["fetch", "--server", &format!("http://127.0.0.1:{port}")])
-        .args([segments[0].as_str(), "pg_wal/RECOVERYXLOG"])
+        .args([segment.as_str(), "pg_wal/RECOVERYXLOG"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -555,17 +510,5 @@ fn a_hole_stops_archive_recovery_instead_of_ending_it() {
         "{}",
         describe(&run)
     );
-    std::fs::remove_file(copy.data.join("pg_wal/RECOVERYXLOG")).unwrap();
-
-    copy.append_conf(&format!(
-        "restore_command = '{} --archive {} fetch %f %p'",
-        wh.path().display(),
-        archive.url()
-    ));
-    copy.start_without_waiting();
-    wait_for("recovery to stop", Duration::from_secs(90), || {
-        copy.log().contains("exit code 255").then_some(())
-    });
-    assert!(copy.log().contains("FATAL"), "{}", copy.log_tail());
-    assert!(!copy.log().contains("selected new timeline ID"));
+    assert!(copy.data.join("pg_wal/RECOVERYXLOG").exists());
 }
