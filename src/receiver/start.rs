@@ -94,12 +94,6 @@ pub fn plan(
 /// streams it to its end, then switches), unless the archive holds WAL past the point where
 /// the server's history forked: then streaming restarts at the fork on the timeline that
 /// followed, and what was archived of the old timeline stays.
-///
-/// The archive may be down while the server is up: waiting for it would stop streaming, and a
-/// synchronous receiver's commits with it. So when the archive cannot be read within
-/// [`ARCHIVE_WAIT_AT_START`] (or fails with an error retrying may cure), streaming starts at
-/// the slot's restart position instead ([`from_the_slot`]), where it can, and the holes are
-/// checked at the next start.
 pub async fn start_point(
     options: &ReceiveOptions,
     ctx: &Context,
@@ -108,104 +102,8 @@ pub async fn start_point(
     slot_restart: Option<Lsn>,
     fallback: Lsn,
 ) -> Result<StartPlan, SessionError> {
-    let spooled = ctx.take_over_spool().await?;
-    let Some(plan) = from_the_slot(ctx, &spooled, server_timeline, slot_restart) else {
-        return from_the_archive(
-            options,
-            ctx,
-            conn,
-            server_timeline,
-            slot_restart,
-            fallback,
-            &spooled,
-        )
-        .await;
-    };
-    let planned = tokio::time::timeout(
-        ARCHIVE_WAIT_AT_START,
-        from_the_archive(
-            options,
-            ctx,
-            conn,
-            server_timeline,
-            slot_restart,
-            fallback,
-            &spooled,
-        ),
-    )
-    .await;
-    let why = match planned {
-        Ok(Ok(plan)) => return Ok(plan),
-        Ok(Err(e)) if !archive_unreachable(&e) => return Err(e),
-        Ok(Err(e)) => format!("{:#}", e.error),
-        Err(_) => format!("no answer within {} s", ARCHIVE_WAIT_AT_START.as_secs()),
-    };
-    tracing::warn!(
-        "the archive cannot be read ({why}): streaming from the slot's restart position, \
-         {}; what the archive lacks before it is checked at the next start",
-        SegmentName::new(plan.timeline, plan.segment, ctx.segment_size)
-    );
-    ctx.give_up_refused_behind(&plan);
-    Ok(plan)
-}
-
-/// How long a stream's start waits for the archive before starting from the slot.
-const ARCHIVE_WAIT_AT_START: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Where to start without the archive: at the slot's restart position, which the server keeps
-/// and which is never past what the receiver reported stored, so nothing the archive lacks is
-/// skipped (what it holds already is stored again harmlessly). Only on the server's timeline,
-/// when it is timeline 1 or the spool holds WAL of it (a session that streamed it archived its
-/// history file first): a timeline switch needs the archive's view, and its history archived.
-fn from_the_slot(
-    ctx: &Context,
-    spooled: &spool::SpoolContents,
-    server_timeline: TimelineId,
-    slot_restart: Option<Lsn>,
-) -> Option<StartPlan> {
-    let restart = slot_restart?;
-    let spool_timeline = [
-        spooled.complete.last().map(|s| s.timeline),
-        spooled.tails.last().map(|(s, _)| s.timeline),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    let known = match spool_timeline {
-        Some(timeline) => timeline == server_timeline,
-        None => server_timeline.0 == 1,
-    };
-    let segment = SegNo::containing(restart, ctx.segment_size);
-    known.then_some(StartPlan {
-        timeline: server_timeline,
-        segment,
-        missing_until: SegNo(segment.0 + 1),
-        guaranteed: true,
-        resume: segment,
-    })
-}
-
-/// Whether `error` is the archive failing in a way retrying may cure (unreachable, timing
-/// out, server errors).
-fn archive_unreachable(error: &SessionError) -> bool {
-    !error.fatal
-        && error.error.chain().any(|e| {
-            e.downcast_ref::<crate::archive::Error>()
-                .is_some_and(|e| e.is_transient())
-        })
-}
-
-/// [`start_point`] from what the archive (and `spooled`) hold.
-async fn from_the_archive(
-    options: &ReceiveOptions,
-    ctx: &Context,
-    conn: &mut Connection,
-    server_timeline: TimelineId,
-    slot_restart: Option<Lsn>,
-    fallback: Lsn,
-    spooled: &spool::SpoolContents,
-) -> Result<StartPlan, SessionError> {
     let size = ctx.segment_size;
+    let spooled = ctx.take_over_spool().await?;
     let next_after = |s: SegmentName| s.segno(size).map(|n| (s.timeline, SegNo(n.0 + 1)));
     let at = |s: SegmentName| s.segno(size).map(|n| (s.timeline, n));
     // A snapshot in the archive counts like a tail in the spool: that segment was archived
@@ -239,7 +137,7 @@ async fn from_the_archive(
         let ends = HeldEnds {
             newest,
             snapshot,
-            spooled,
+            spooled: &spooled,
         };
         warn_of_wal_past_the_fork(ctx, &history, timeline, ends, size).await;
     }
