@@ -30,7 +30,8 @@ const UTC_NAMES: [&str; 5] = ["UTC", "GMT", "UCT", "Zulu", "Z"];
 /// Reads a time target (see the module's documentation), rounded to microseconds as
 /// PostgreSQL rounds its input.
 pub fn parse_time(text: &str) -> Result<Timestamp, String> {
-    let (local, zone) = split(text.trim()).ok_or_else(|| unreadable(text))?;
+    let (local, zone) = split(text.trim_matches(|c: char| c.is_ascii_whitespace()))
+        .ok_or_else(|| unreadable(text))?;
     let local = civil(local).ok_or_else(|| unreadable(text))?;
     let Some(zone) = zone else {
         return Err(format!(
@@ -81,8 +82,8 @@ fn split(text: &str) -> Option<(&str, Option<&str>)> {
     }
     let rest = &text[10..];
     let time = rest.strip_prefix(['T', 't']).or_else(|| {
-        rest.starts_with(char::is_whitespace)
-            .then(|| rest.trim_start())
+        rest.starts_with(|c: char| c.is_ascii_whitespace())
+            .then(|| rest.trim_start_matches(|c: char| c.is_ascii_whitespace()))
     })?;
     let time_bytes = time.as_bytes();
     if !(time_bytes.len() >= 5
@@ -97,14 +98,16 @@ fn split(text: &str) -> Option<(&str, Option<&str>)> {
         .find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.'))
         .unwrap_or(time.len());
     let local_len = text.len() - time.len() + time_len;
-    let zone = text[local_len..].trim_start();
+    let zone = text[local_len..].trim_start_matches(|c: char| c.is_ascii_whitespace());
     Some((&text[..local_len], (!zone.is_empty()).then_some(zone)))
 }
 
 /// `local` as a civil date and time, second 60 as the next minute's second 0.
 fn civil(local: &str) -> Option<DateTime> {
     let (date, time) = local.split_at(10);
-    let time = time.trim_start_matches(['T', 't']).trim_start();
+    let time = time
+        .trim_start_matches(['T', 't'])
+        .trim_start_matches(|c: char| c.is_ascii_whitespace());
     let mut fields = time.splitn(3, ':');
     let (hour, minute) = (fields.next()?, fields.next()?);
     let (second, fraction) = match fields.next() {
@@ -142,7 +145,7 @@ fn civil(local: &str) -> Option<DateTime> {
 
 /// The zone `zone` names: an offset, a UTC name, or a zone's name from the system's database.
 fn time_zone(text: &str, zone: &str) -> Result<TimeZone, String> {
-    if zone.contains(char::is_whitespace) {
+    if zone.contains(|c: char| c.is_whitespace()) {
         // Two zones, or words after one.
         return Err(unreadable(text));
     }
@@ -293,6 +296,7 @@ mod tests {
             "0000-12-02 14:05:00Z",
             "2026-12-02 14:05:00,5Z",
             "2026-12-02 14:05:00.Z",
+            "2026-12-02\u{3000}14:05:00Z",
             "yesterday",
         ] {
             let message = refused(text);

@@ -330,6 +330,8 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
         line("  listing failed", error.to_string());
     }
     if let Some(survey) = archive["survey"].as_object() {
+        // The window's line says when the survey was; without a window, the next line does.
+        let dated = survey["window_start"].is_f64() && survey["window_end_lsn"].is_string();
         let window = match (
             survey["window_start"].as_f64(),
             survey["window_end_lsn"].as_str(),
@@ -350,8 +352,6 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
                   reads the archive now)"
                 .to_string(),
         };
-        // The window's line says when the survey was, unless there is no window.
-        let dated = window.contains("; surveyed ");
         line("  restorable window", window);
         let missing = if dated {
             survey["gap_segments"].to_string()
