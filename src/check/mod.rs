@@ -209,6 +209,19 @@ pub async fn run(options: &CheckOptions) -> Report {
             ));
             None
         }
+        // A standby fed by a fetch server alone (as the README shows one): the server is what
+        // it reads, and the fetch_server check covers it.
+        None if connected.as_ref().is_some_and(|(_, _, facts)| {
+            facts.in_recovery && facts.restore_hook.fetch_server.server.is_some()
+        }) =>
+        {
+            checks.push(Check::skip(
+                "archive_reachable",
+                "no archive configured: this standby's restore_command reads a fetch server \
+                 (see fetch_server); pass --archive URL to check the archive behind it too",
+            ));
+            None
+        }
         None => {
             checks.push(Check::fail(
                 "archive_reachable",

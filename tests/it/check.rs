@@ -334,8 +334,9 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     // WAL from a fetch server, which is asked whether it answers.
     let port = free_port();
     standby.stop("fast");
+    // (No archive_command either, which would name the archive.)
     standby.append_conf(&format!(
-        "restore_command = '{} fetch --server http://127.0.0.1:{port} %f %p'",
+        "restore_command = '{} fetch --server http://127.0.0.1:{port} %f %p'\narchive_command = ''",
         wh.path().display()
     ));
     standby.start();
@@ -354,6 +355,15 @@ fn check_on_a_standby_checks_restore_command_instead_of_a_round_trip() {
     let (code, report) = check(&wh, &archive, &standby, &["--wait", "2"]);
     assert_eq!(code, 0, "{report:#}\n{}", server.log());
     assert_eq!(verdict(&report, "fetch_server"), "pass", "{report:#}");
+    // Without --archive too, as the README's standby is set up: nothing to fail.
+    let output = as_pg_user(wh.path())
+        .current_dir("/tmp")
+        .args(["check", "-d", &standby.conninfo(), "--json", "--wait", "2"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(verdict(&report, "archive_reachable"), "skip", "{report:#}");
     drop(server);
 
     // A token file named in restore_command is tried: a server that refuses it would have the
