@@ -258,3 +258,47 @@ pub fn describe(report: &PruneReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_in_the_units_of_the_total() {
+        let report = PruneReport {
+            system_id: "7".into(),
+            dry_run: true,
+            retained: Vec::new(),
+            deleted_backups: vec![Named {
+                id: "20261205T174012Z".into(),
+                why: "outside the retention".into(),
+                bytes: Some(3 << 20),
+            }],
+            deleted_objects: vec![Sized {
+                name: "000000010000000000000014".into(),
+                bytes: 562,
+            }],
+            deleted_leftovers: vec![Leftover {
+                path: "/a/wal/x.zst#1".into(),
+                bytes: 10,
+            }],
+            freed_bytes: (3 << 20) + 572,
+            kept: Vec::new(),
+            notes: Vec::new(),
+        };
+        let text = describe(&report);
+        assert!(
+            text.contains("would delete 000000010000000000000014 (562 B)"),
+            "{text}"
+        );
+        assert!(text.contains("outside the retention, 3.0 MiB"), "{text}");
+        assert!(
+            text.contains("would delete 1 file left by interrupted uploads"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("cluster 7: would delete 1 backup and 1 WAL object, 3.0 MiB"),
+            "{text}"
+        );
+    }
+}
