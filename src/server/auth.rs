@@ -16,17 +16,89 @@ fn peer(request: &Request) -> Option<SocketAddr> {
         .map(|info| info.0)
 }
 
+/// The token requests must carry, and the file it was read from: when a request offers
+/// another one and the file has changed since (a rotation), the file is read again, so a new
+/// token works without a restart and the old one stops working.
+#[derive(Debug)]
+pub struct ServedToken {
+    /// The token and the modification time of its file when read.
+    current: std::sync::Mutex<(String, Option<std::time::SystemTime>)>,
+    /// Its file, when there is one to follow.
+    file: Option<std::path::PathBuf>,
+}
+
+impl ServedToken {
+    /// `token`, as read from `file` (followed for changes) or given.
+    pub fn new(token: String, file: Option<std::path::PathBuf>) -> ServedToken {
+        let modified = file.as_deref().and_then(modified);
+        ServedToken {
+            current: std::sync::Mutex::new((token, modified)),
+            file,
+        }
+    }
+
+    /// Whether `offered` is the token, reading the file again first (off the reactor) when it
+    /// changed since.
+    async fn accepts(&self, offered: &str) -> bool {
+        let read_at = {
+            let current = self.lock();
+            if constant_time_eq(offered.as_bytes(), current.0.as_bytes()) {
+                return true;
+            }
+            current.1
+        };
+        let Some(file) = self.file.clone() else {
+            return false;
+        };
+        // A stat per refused request; the file is read only when it changed.
+        let reread = crate::blocking::run(move || {
+            let now = modified(&file);
+            (now.is_some() && now != read_at).then(|| (super::token::read(&file), now, file))
+        })
+        .await;
+        let Some((read, now, file)) = reread else {
+            return false;
+        };
+        let mut current = self.lock();
+        match read {
+            Ok(token) => {
+                tracing::info!(path = %file.display(), "the token file changed: its token is the one accepted now");
+                *current = (token, now);
+                constant_time_eq(offered.as_bytes(), current.0.as_bytes())
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}: keeping the token read before");
+                current.1 = now;
+                false
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (String, Option<std::time::SystemTime>)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The modification time of `path`, if it can be read.
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// Lets a request through only with `Authorization: Bearer <token>`; otherwise 401, logged
 /// with the client's address (never with what it offered).
-pub async fn require_token(State(token): State<String>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(token): State<std::sync::Arc<ServedToken>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().ok().and_then(bearer_token));
     match header {
-        Some(Some(offered)) if constant_time_eq(offered.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
+        Some(Some(offered)) if token.accepts(offered).await => next.run(request).await,
         _ => {
             let client = peer(&request).map(|p| p.to_string()).unwrap_or_default();
             let why = match header {

@@ -103,10 +103,10 @@ impl Server {
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
         let listen = options.check()?;
         let token = match (&options.token_file, options.no_auth) {
-            (Some(path), _) => Some(token::read_served(
-                path,
-                "write a random one, e.g. openssl rand -hex 32",
-            )?),
+            (Some(path), _) => Some(auth::ServedToken::new(
+                token::read_served(path, "write a random one, e.g. openssl rand -hex 32")?,
+                Some(path.clone()),
+            )),
             (None, true) => {
                 tracing::warn!(
                     %listen,
@@ -119,8 +119,9 @@ impl Server {
             (None, false) if options.tls_client_ca.is_some() => None,
             (None, false) => {
                 let path = token::default_path();
-                let token = blocking::run(move || token::read_or_create(&path)).await?;
-                Some(token)
+                let reading = path.clone();
+                let token = blocking::run(move || token::read_or_create(&reading)).await?;
+                Some(auth::ServedToken::new(token, Some(path)))
             }
         };
         let tls = match (&options.tls_cert, &options.tls_key) {

@@ -105,6 +105,31 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
     let answer = http::get_with(again.port, "/healthz", Some(token)).unwrap();
     assert_eq!(answer.status, 200);
+
+    // A hangup is said and ignored; a rotated token file is followed without a restart.
+    // SAFETY: kill() on the pid of a server this test started and has not reaped.
+    unsafe { libc::kill(again.pid() as i32, libc::SIGHUP) };
+    wait_for(
+        "the hangup said",
+        std::time::Duration::from_secs(10),
+        || again.log().contains("SIGHUP ignored").then_some(()),
+    );
+    let rotated = "rotated-0123456789abcdef0123456789abcdef";
+    std::fs::write(&token_file, format!("{rotated}\n")).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&token_file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let answer = http::get_with(again.port, "/status", Some(rotated)).unwrap();
+    assert_eq!(answer.status, 200, "{}", again.log());
+    let answer = http::get_with(again.port, "/status", Some(token)).unwrap();
+    assert_eq!(
+        answer.status, 401,
+        "the old token is refused after the rotation"
+    );
     drop(again);
 
     // --no-auth serves anyone, and says so.

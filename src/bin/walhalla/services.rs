@@ -25,6 +25,17 @@ fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
+    // A hangup (a closed terminal, a reload by habit) does not stop a daemon: said, and
+    // otherwise ignored; the token file is followed for changes without it.
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP ignored: the fetch server's token file is read again when it changes; \
+                 SIGTERM stops"
+            );
+        }
+    });
     tokio::spawn(async move {
         for second in [false, true] {
             tokio::select! {

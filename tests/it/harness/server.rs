@@ -18,6 +18,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server's process id (it runs until dropped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Starts `walhalla --archive … serve --listen 127.0.0.1:PORT EXTRA` and waits until it
     /// answers.
     pub fn start(wh: &Walhalla, archive: &TestArchive, extra: &[&str]) -> Server {
