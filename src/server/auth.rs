@@ -16,74 +16,56 @@ fn peer(request: &Request) -> Option<SocketAddr> {
         .map(|info| info.0)
 }
 
-/// The token requests must carry, and the file it was read from: when a request offers
-/// another one and the file has changed since (a rotation), the file is read again, so a new
-/// token works without a restart and the old one stops working.
+/// The tokens a request may carry (every line of the server's token file), and that file:
+/// SIGHUP reads it again ([`ServedToken::reload`]), so a token is rotated without a restart
+/// and one removed from the file is refused from then on.
 #[derive(Debug)]
 pub struct ServedToken {
-    /// The token and the modification time of its file when read.
-    current: std::sync::Mutex<(String, Option<std::time::SystemTime>)>,
-    /// Its file, when there is one to follow.
-    file: Option<std::path::PathBuf>,
+    tokens: std::sync::Mutex<Vec<String>>,
+    /// The file, with what to say when a token in it is short.
+    file: Option<(std::path::PathBuf, &'static str)>,
 }
 
 impl ServedToken {
-    /// `token`, as read from `file` (followed for changes) or given.
-    pub fn new(token: String, file: Option<std::path::PathBuf>) -> ServedToken {
-        let modified = file.as_deref().and_then(modified);
+    /// `tokens`, as read from `file` (`remedy`: what to do about a short token there).
+    pub fn new(tokens: Vec<String>, file: Option<(std::path::PathBuf, &'static str)>) -> Self {
         ServedToken {
-            current: std::sync::Mutex::new((token, modified)),
+            tokens: std::sync::Mutex::new(tokens),
             file,
         }
     }
 
-    /// Whether `offered` is the token, reading the file again first (off the reactor) when it
-    /// changed since.
-    async fn accepts(&self, offered: &str) -> bool {
-        let read_at = {
-            let current = self.lock();
-            if constant_time_eq(offered.as_bytes(), current.0.as_bytes()) {
-                return true;
-            }
-            current.1
+    /// Reads the token file again (off the reactor); on an error the tokens read before stay,
+    /// with a warning.
+    pub async fn reload(&self) {
+        let Some((file, remedy)) = self.file.clone() else {
+            tracing::info!("SIGHUP: the fetch server has no token file to read again");
+            return;
         };
-        let Some(file) = self.file.clone() else {
-            return false;
-        };
-        // A stat per refused request; the file is read only when it changed.
-        let reread = crate::blocking::run(move || {
-            let now = modified(&file);
-            (now.is_some() && now != read_at).then(|| (super::token::read(&file), now, file))
-        })
-        .await;
-        let Some((read, now, file)) = reread else {
-            return false;
-        };
-        let mut current = self.lock();
-        match read {
-            Ok(token) => {
-                tracing::info!(path = %file.display(), "the token file changed: its token is the one accepted now");
-                *current = (token, now);
-                constant_time_eq(offered.as_bytes(), current.0.as_bytes())
+        let shown = file.display().to_string();
+        match crate::blocking::run(move || super::token::read_served(&file, remedy)).await {
+            Ok(tokens) => {
+                let count = tokens.len();
+                *self
+                    .tokens
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+                tracing::info!(path = %shown, count, "SIGHUP: read the token file again; its tokens are the ones accepted now");
             }
-            Err(e) => {
-                tracing::warn!("{e:#}: keeping the token read before");
-                current.1 = now;
-                false
-            }
+            Err(e) => tracing::warn!("SIGHUP: {e:#}; the tokens read before stay"),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (String, Option<std::time::SystemTime>)> {
-        self.current
+    /// Whether `offered` is one of the tokens (each compared in constant time).
+    fn accepts(&self, offered: &str) -> bool {
+        let tokens = self
+            .tokens
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens.iter().fold(false, |found, token| {
+            constant_time_eq(offered.as_bytes(), token.as_bytes()) | found
+        })
     }
-}
-
-/// The modification time of `path`, if it can be read.
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Lets a request through only with `Authorization: Bearer <token>`; otherwise 401, logged
@@ -98,7 +80,7 @@ pub async fn require_token(
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().ok().and_then(bearer_token));
     match header {
-        Some(Some(offered)) if token.accepts(offered).await => next.run(request).await,
+        Some(Some(offered)) if token.accepts(offered) => next.run(request).await,
         _ => {
             let client = peer(&request).map(|p| p.to_string()).unwrap_or_default();
             let why = match header {
@@ -171,6 +153,34 @@ mod tests {
         ] {
             assert_eq!(bearer_token(value), token, "{value:?}");
         }
+    }
+
+    #[test]
+    fn every_token_of_the_file_is_accepted_and_a_reload_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(
+            &file,
+            "new-token-0123456789abcdef\n\nold-token-0123456789abcdef\n",
+        )
+        .unwrap();
+        let read = crate::server::token::read_served(&file, "r").unwrap();
+        let tokens = ServedToken::new(read, Some((file.clone(), "r")));
+        assert!(tokens.accepts("new-token-0123456789abcdef"));
+        assert!(tokens.accepts("old-token-0123456789abcdef"));
+        assert!(!tokens.accepts("new-token"));
+        std::fs::write(&file, "new-token-0123456789abcdef\n").unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        runtime.block_on(tokens.reload());
+        assert!(tokens.accepts("new-token-0123456789abcdef"));
+        assert!(!tokens.accepts("old-token-0123456789abcdef"));
+        // An empty file keeps the tokens read before.
+        std::fs::write(&file, "\n").unwrap();
+        runtime.block_on(tokens.reload());
+        assert!(tokens.accepts("new-token-0123456789abcdef"));
     }
 
     #[test]

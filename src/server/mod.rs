@@ -95,6 +95,7 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: axum::Router,
+    token: Option<Arc<auth::ServedToken>>,
 }
 
 impl Server {
@@ -102,10 +103,12 @@ impl Server {
     /// listener. A listener reachable from other hosts without authentication is refused.
     pub async fn bind(options: &ServerOptions, shared: Arc<Shared>) -> anyhow::Result<Server> {
         let listen = options.check()?;
+        const GIVEN: &str = "write a random one, e.g. openssl rand -hex 32";
+        const DEFAULT: &str = "remove the file to have the server make a random one";
         let token = match (&options.token_file, options.no_auth) {
             (Some(path), _) => Some(auth::ServedToken::new(
-                token::read_served(path, "write a random one, e.g. openssl rand -hex 32")?,
-                Some(path.clone()),
+                token::read_served(path, GIVEN)?,
+                Some((path.clone(), GIVEN)),
             )),
             (None, true) => {
                 tracing::warn!(
@@ -120,8 +123,8 @@ impl Server {
             (None, false) => {
                 let path = token::default_path();
                 let reading = path.clone();
-                let token = blocking::run(move || token::read_or_create(&reading)).await?;
-                Some(auth::ServedToken::new(token, Some(path)))
+                let tokens = blocking::run(move || token::read_or_create(&reading)).await?;
+                Some(auth::ServedToken::new(tokens, Some((path, DEFAULT))))
             }
         };
         let tls = match (&options.tls_cert, &options.tls_key) {
@@ -143,12 +146,19 @@ impl Server {
             listen: listener.local_addr().unwrap_or(listen),
             tls: tls.is_some(),
         });
-        let router = routes::router(shared, token);
+        let token = token.map(Arc::new);
+        let router = routes::router(shared, token.clone());
         Ok(Server {
             listener,
             tls,
             router,
+            token,
         })
+    }
+
+    /// The tokens it accepts, when it requires one: SIGHUP reads their file again.
+    pub fn token(&self) -> Option<Arc<auth::ServedToken>> {
+        self.token.clone()
     }
 
     /// The address the server listens on.

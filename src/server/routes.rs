@@ -58,7 +58,7 @@ struct AppState {
 /// The routes, each answered request logged, behind the bearer-token check when a token is
 /// configured; but `/healthz`, which says only that the server answers (for container and
 /// Kubernetes health checks, which hold no secret).
-pub fn router(shared: Arc<Shared>, token: Option<auth::ServedToken>) -> Router {
+pub fn router(shared: Arc<Shared>, token: Option<Arc<auth::ServedToken>>) -> Router {
     let state = AppState {
         shared,
         files: Arc::new(Semaphore::new(CONCURRENT_FILES)),
@@ -73,7 +73,7 @@ pub fn router(shared: Arc<Shared>, token: Option<auth::ServedToken>) -> Router {
         .layer(log());
     let guarded = match token {
         Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
-            Arc::new(token),
+            token,
             auth::require_token,
         )),
         None => guarded,

@@ -37,7 +37,7 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
 /// The token in `path`, or a new random one written there first when the file does not
 /// exist: mode 0600, fsynced under a temporary name, then linked into place (so two servers
 /// starting at once agree on one token) and the directory fsynced.
-pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
+pub fn read_or_create(path: &Path) -> anyhow::Result<Vec<String>> {
     match std::fs::metadata(path) {
         Ok(_) => {
             return read_served(path, "remove the file to have the server make a random one");
@@ -47,15 +47,17 @@ pub fn read_or_create(path: &Path) -> anyhow::Result<String> {
     }
     create(path).with_context(|| format!("create the token file {}", path.display()))?;
     tracing::info!(path = %path.display(), "created the fetch server's token file");
-    read(path)
+    Ok(vec![read(path)?])
 }
 
 /// A token shorter than this (in characters) is warned about: a new one has 64.
 const SHORT_TOKEN: usize = 16;
 
-/// Reads the token the server checks requests against, warning when other users can read its
-/// file or when it is short enough to guess (`remedy` says what to do then).
-pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<String> {
+/// Reads the tokens the server accepts: every non-empty line of its file (clients send the
+/// first line of theirs), so that a token can be rotated without refusing anyone: the new one
+/// added, the clients given it, the old one removed. Warns when other users can read the file
+/// or when a token is short enough to guess (`remedy` says what to do then).
+pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
     if meta.permissions().mode() & 0o004 != 0 {
@@ -64,16 +66,28 @@ pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<String> {
             "other users can read the token file: chmod 600 it"
         );
     }
-    let token = read(path)?;
-    if token.chars().count() < SHORT_TOKEN {
-        tracing::warn!(
-            path = %path.display(),
-            "the token is {} characters long: a short token can be guessed ({remedy}, or \
-             write at least {SHORT_TOKEN})",
-            token.chars().count()
-        );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the token file {}", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        bail!("the token file {} is empty", path.display());
     }
-    Ok(token)
+    for token in &tokens {
+        if token.chars().count() < SHORT_TOKEN {
+            tracing::warn!(
+                path = %path.display(),
+                "a token is {} characters long: a short token can be guessed ({remedy}, or \
+                 write at least {SHORT_TOKEN})",
+                token.chars().count()
+            );
+        }
+    }
+    Ok(tokens)
 }
 
 /// Writes a new token to `path` unless a file is there already.
@@ -124,14 +138,17 @@ mod tests {
     fn a_missing_file_is_created_private_and_then_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/walhalla/token");
-        let token = read_or_create(&path).unwrap();
+        let tokens = read_or_create(&path).unwrap();
+        let [token] = tokens.as_slice() else {
+            panic!("one token: {tokens:?}")
+        };
         assert_eq!(token.len(), 2 * TOKEN_BYTES);
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(
             read_or_create(&path).unwrap(),
-            token,
+            tokens,
             "the same token again"
         );
         // Only the token file is left, no temporary one.
@@ -141,6 +158,6 @@ mod tests {
             .collect();
         assert_eq!(names, ["token"]);
         let other = tempfile::tempdir().unwrap();
-        assert_ne!(read_or_create(&other.path().join("t")).unwrap(), token);
+        assert_ne!(read_or_create(&other.path().join("t")).unwrap(), tokens);
     }
 }

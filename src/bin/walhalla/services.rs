@@ -19,21 +19,23 @@ use walhalla::server::Server;
 use crate::output::{emit, pretty_json};
 
 /// A watch that turns true at the first SIGTERM or SIGINT; a second one exits at once.
-fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+fn stop_on_signal(
+    tokens: Option<Arc<walhalla::server::auth::ServedToken>>,
+) -> anyhow::Result<watch::Receiver<bool>> {
     let (stop, stopped) = watch::channel(false);
     let (mut term, mut int) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
-    // A hangup (a closed terminal, a reload by habit) does not stop a daemon: said, and
-    // otherwise ignored; the token file is followed for changes without it.
+    // A hangup (a closed terminal, a reload) does not stop a daemon: it reads the fetch
+    // server's token file again, when there is one.
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP ignored: the fetch server's token file is read again when it changes; \
-                 SIGTERM stops"
-            );
+            match &tokens {
+                Some(tokens) => tokens.reload().await,
+                None => tracing::info!("SIGHUP: nothing to read again (SIGTERM stops)"),
+            }
         }
     });
     tokio::spawn(async move {
@@ -82,7 +84,7 @@ pub async fn serve(config: &Config, listen: &ListenArgs) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared::serving(archive, cluster));
     let server = Server::bind(&options, shared.clone()).await?;
-    let stopped = stop_on_signal()?;
+    let stopped = stop_on_signal(server.token())?;
     if let Some(interval) = listen.survey_interval() {
         tokio::spawn(walhalla::survey::run(shared, interval, stopped.clone()));
     }
@@ -150,12 +152,13 @@ pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     }
     let archive = hooks::open_archive(config, true, None).await?;
     let shared = Arc::new(Shared::new(archive.clone()));
-    let stopped = stop_on_signal()?;
     if args.listen.listen.is_none() {
+        let stopped = stop_on_signal(None)?;
         return walhalla::receiver::run(options, archive, stopped, shared).await;
     }
     // Bound before streaming starts: a listener that cannot start is a configuration error.
     let server = Server::bind(&args.listen.options(), shared.clone()).await?;
+    let stopped = stop_on_signal(server.token())?;
     let serving = tokio::spawn(server.run(stopped.clone()));
     if let Some(interval) = args.listen.survey_interval() {
         tokio::spawn(walhalla::survey::run(
