@@ -212,7 +212,13 @@ pub async fn run(options: &CheckOptions) -> Report {
         // A standby fed by a fetch server alone (as the README shows one): the server is what
         // it reads, and the fetch_server check covers it.
         None if connected.as_ref().is_some_and(|(_, _, facts)| {
-            facts.in_recovery && facts.restore_hook.fetch_server.server.is_some()
+            let restore = &facts.restore_hook;
+            facts.in_recovery
+                && restore.runs_walhalla
+                && restore.subcommand.as_deref() == Some("fetch")
+                && restore.fetch_server.server.is_some()
+                // A walhalla push whose archive could not be told still needs one.
+                && !facts.archive_hook.runs_walhalla
         }) =>
         {
             checks.push(Check::skip(
