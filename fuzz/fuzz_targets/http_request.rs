@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 use walhalla::daemon::Shared;
+use walhalla::server::auth::ServedToken;
 use walhalla::server::router;
 
 const TOKEN: &str = "fuzz-token";
@@ -44,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = request.uri().path().to_owned();
-    let app = router(Arc::new(Shared::default()), Some(TOKEN.to_owned()));
+    let tokens = ServedToken::new(vec![TOKEN.to_owned()], None);
+    let app = router(Arc::new(Shared::default()), Some(Arc::new(tokens)));
     let status = RUNTIME.block_on(app.oneshot(request)).unwrap().status();
     assert!(
         !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
