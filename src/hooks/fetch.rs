@@ -42,7 +42,7 @@ pub async fn fetch(
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
     let mut sources = Sources::new(config, &options.client, Some(deadline))?;
     if !in_standby_mode() {
-        sources = sources.ending_recovery_on_a_miss();
+        sources = sources.ending_recovery_on_failure();
     }
     if options.prefetch > 0 && !options.partial && options.client.server.is_none() {
         // A live readahead worker with these settings started after a file of this cluster

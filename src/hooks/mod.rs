@@ -66,21 +66,19 @@ pub async fn open_archive(
         // is left to its next start, after a short wait (a synchronous receiver's commits wait
         // for it to stream).
         let checking = archive.ensure_create_only();
+        let wait = DAEMON_PROBE_WAIT.min(config.timeout);
         let checked = match deadline {
             Some(_) => checking.await,
-            None => {
-                match tokio::time::timeout(DAEMON_PROBE_WAIT.min(config.timeout), checking).await {
-                    Ok(checked) => checked,
-                    Err(_) => {
-                        tracing::warn!(
-                            "cannot check now that {location_text} honours create-only writes: no \
-                         answer within {} s",
-                            DAEMON_PROBE_WAIT.min(config.timeout).as_secs()
-                        );
-                        Ok(())
-                    }
-                }
-            }
+            None => tokio::time::timeout(wait, checking)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(
+                        "cannot check now that {location_text} honours create-only writes: no \
+                     answer within {} s",
+                        wait.as_secs()
+                    );
+                    Ok(())
+                }),
         };
         match checked {
             Ok(()) => {}

@@ -55,7 +55,7 @@ pub struct Sources {
     durable_names: bool,
     /// Whether a failure ends recovery (archive recovery, not a standby): a server that
     /// cannot be reached, with no archive to fall back to, is then asked again.
-    miss_ends_recovery: bool,
+    failure_ends_recovery: bool,
 }
 
 impl Sources {
@@ -78,14 +78,14 @@ impl Sources {
             decodes: None,
             vouch: None,
             durable_names: true,
-            miss_ends_recovery: false,
+            failure_ends_recovery: false,
         })
     }
 
     /// For a restore whose failure stops recovery (archive recovery, where a standby would
     /// stream instead): an unreachable server is asked again until the deadline.
-    pub fn ending_recovery_on_a_miss(mut self) -> Sources {
-        self.miss_ends_recovery = true;
+    pub fn ending_recovery_on_failure(mut self) -> Sources {
+        self.failure_ends_recovery = true;
         self
     }
 
@@ -154,7 +154,7 @@ impl Sources {
                 .unwrap_or_else(Instant::now);
             // With no archive to fall back to, in a recovery that a failure stops, a server
             // that cannot be reached (restarting, say) is asked again until its deadline.
-            let patient = self.miss_ends_recovery && self.config.archive.is_none();
+            let patient = self.failure_ends_recovery && self.config.archive.is_none();
             let backoff = crate::backoff::Backoff::new(SERVER_RETRY_FIRST, SERVER_RETRY_MAX);
             let asking = crate::backoff::retry(
                 backoff,
@@ -433,12 +433,6 @@ pub fn nothing_archived(error: &anyhow::Error) -> bool {
 #[error("{0}")]
 struct NoAnswer(String);
 
-/// Whether `error` says that a source could not be reached in time: the fetch server
-/// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
-/// started), the archive's store failing in a way that passes (a refused connection, a
-/// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
-/// corrupt object, which need someone to act. In standby mode such a miss is taken for
-/// "not available": the standby streams meanwhile and asks again.
 /// The first pause before asking an unreachable server again, and the longest.
 const SERVER_RETRY_FIRST: Duration = Duration::from_millis(500);
 const SERVER_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -456,6 +450,12 @@ impl crate::backoff::Transient for Asked {
     }
 }
 
+/// Whether `error` says that a source could not be reached in time: the fetch server
+/// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
+/// started), the archive's store failing in a way that passes (a refused connection, a
+/// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
+/// corrupt object, which need someone to act. In standby mode such a miss is taken for
+/// "not available": the standby streams meanwhile and asks again.
 pub fn unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<NoAnswer>()

@@ -35,6 +35,12 @@ impl ServedToken {
         }
     }
 
+    /// The tokens of `file`, followed on SIGHUP (`remedy`: what to do about a short one).
+    pub fn read(file: std::path::PathBuf, remedy: &'static str) -> anyhow::Result<Self> {
+        let tokens = super::token::read_served(&file, remedy)?;
+        Ok(Self::new(tokens, Some((file, remedy))))
+    }
+
     /// Reads the token file again (off the reactor); on an error the tokens read before stay,
     /// with a warning.
     pub async fn reload(&self) {
@@ -164,8 +170,7 @@ mod tests {
             "new-token-0123456789abcdef\n\nold-token-0123456789abcdef\n",
         )
         .unwrap();
-        let read = crate::server::token::read_served(&file, "r").unwrap();
-        let tokens = ServedToken::new(read, Some((file.clone(), "r")));
+        let tokens = ServedToken::read(file.clone(), "r").unwrap();
         assert!(tokens.accepts("new-token-0123456789abcdef"));
         assert!(tokens.accepts("old-token-0123456789abcdef"));
         assert!(!tokens.accepts("new-token"));

@@ -106,10 +106,7 @@ impl Server {
         const GIVEN: &str = "write a random one, e.g. openssl rand -hex 32";
         const DEFAULT: &str = "remove the file to have the server make a random one";
         let token = match (&options.token_file, options.no_auth) {
-            (Some(path), _) => Some(auth::ServedToken::new(
-                token::read_served(path, GIVEN)?,
-                Some((path.clone(), GIVEN)),
-            )),
+            (Some(path), _) => Some(auth::ServedToken::read(path.clone(), GIVEN)?),
             (None, true) => {
                 tracing::warn!(
                     %listen,

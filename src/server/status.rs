@@ -330,38 +330,41 @@ fn describe_archive(archive: &serde_json::Value, line: &mut impl FnMut(&str, Str
         line("  listing failed", error.to_string());
     }
     if let Some(survey) = archive["survey"].as_object() {
-        // The window's line says when the survey was; without a window, the next line does.
-        let dated = survey["window_start"].is_f64() && survey["window_end_lsn"].is_string();
+        // Of the last survey, which a prune or a backup since has not changed yet: the
+        // window's line says when it was, or without a window the next line does.
         let window = match (
             survey["window_start"].as_f64(),
             survey["window_end_lsn"].as_str(),
         ) {
-            // Of the last survey, which a prune or a backup since has not changed yet.
             (Some(_), Some(end)) => {
                 let from = time(&survey["window_start"]);
                 let surveyed = time(&survey["checked_at"]);
-                match survey["window_end"].as_f64() {
+                Some(match survey["window_end"].as_f64() {
                     Some(_) => format!(
                         "from {from} to {end}, last commit {}; surveyed {surveyed}",
                         time(&survey["window_end"])
                     ),
                     None => format!("from {from} to {end}; surveyed {surveyed}"),
-                }
+                })
             }
-            _ => "none at the last survey: no backup could be restored then (walhalla list \
-                  reads the archive now)"
-                .to_string(),
+            _ => None,
         };
-        line("  restorable window", window);
-        let missing = if dated {
-            survey["gap_segments"].to_string()
-        } else {
-            format!(
+        let missing = match window {
+            Some(_) => survey["gap_segments"].to_string(),
+            None => format!(
                 "{} (surveyed {})",
                 survey["gap_segments"],
                 time(&survey["checked_at"])
-            )
+            ),
         };
+        line(
+            "  restorable window",
+            window.unwrap_or_else(|| {
+                "none at the last survey: no backup could be restored then (walhalla list \
+                 reads the archive now)"
+                    .to_string()
+            }),
+        );
         line("  missing segments", missing);
     }
 }

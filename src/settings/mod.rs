@@ -149,8 +149,7 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, clap::Error> {
     let mut cli = Cli::from_arg_matches(&matches)?;
     let mut notes = Vec::new();
     if let Command::Prune(prune) = &mut cli.command {
-        // prune's own usage line under its errors, not walhalla's.
-        let mut prune_cmd = cmd.find_subcommand_mut("prune").cloned().unwrap_or(cmd);
+        let mut prune_cmd = subcommand(&mut cmd, "prune");
         let prune_matches = matches.subcommand_matches("prune").unwrap_or(&matches);
         notes = prune_rule::resolve(prune, prune_matches)
             .map_err(|e| prune_cmd.error(ErrorKind::ArgumentConflict, e))?;
@@ -161,12 +160,44 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, clap::Error> {
             ));
         }
     }
+    if let Command::Restore(restore) = &cli.command
+        && restore.server.is_none()
+    {
+        let restore_matches = matches.subcommand_matches("restore").unwrap_or(&matches);
+        if let Some(flag) = unsent_server_option(restore_matches) {
+            let mut restore_cmd = subcommand(&mut cmd, "restore");
+            return Err(restore_cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                format!(
+                    "{flag} is for the fetch server the restore_command asks: give --server too \
+                     (without it, restore_command reads the archive directly)"
+                ),
+            ));
+        }
+    }
     Ok(Parsed {
         cli,
         file,
         matches,
         notes,
     })
+}
+
+/// The definition of command `name`, whose errors print its own usage line, not walhalla's.
+fn subcommand(cmd: &mut clap::Command, name: &str) -> clap::Command {
+    cmd.find_subcommand_mut(name)
+        .cloned()
+        .unwrap_or_else(|| cmd.clone())
+}
+
+/// A restore without `--server` writes a restore_command that reads the archive alone: a
+/// token file or CA given for it on the command line would go unused (set in the environment
+/// or the config file, for `fetch` say, they are ignored). The flag, if one was.
+fn unsent_server_option(restore: &ArgMatches) -> Option<&'static str> {
+    [("token_file", "--token-file"), ("server_ca", "--server-ca")]
+        .into_iter()
+        .find(|(id, _)| restore.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|(_, flag)| flag)
 }
 
 /// The config file to read and whether it must exist: `--config` (before or after the command

@@ -105,20 +105,21 @@ fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
     let mut https_only = s3.env();
     https_only.retain(|(name, _)| name != "AWS_ALLOW_HTTP");
     let url = format!("s3://{}/x", s3.bucket);
+    let fetch_history = |env: &[(String, String)]| {
+        let args = [
+            "--system-id",
+            SYSTEM_ID,
+            "fetch",
+            "00000002.history",
+            "back",
+        ];
+        run(&wh, work.path(), &url, &args, env)
+    };
     fails_at_once(
         255,
         Duration::from_secs(2),
         &["AWS_ALLOW_HTTP=true"],
-        || {
-            let args = [
-                "--system-id",
-                SYSTEM_ID,
-                "fetch",
-                "00000002.history",
-                "back",
-            ];
-            run(&wh, work.path(), &url, &args, &https_only)
-        },
+        || fetch_history(&https_only),
     );
     // An endpoint without a scheme: said so (object_store would panic on it).
     let mut no_scheme = s3.env();
@@ -131,16 +132,7 @@ fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
         255,
         Duration::from_secs(2),
         &["AWS_ENDPOINT_URL", "is not a URL such as"],
-        || {
-            let args = [
-                "--system-id",
-                SYSTEM_ID,
-                "fetch",
-                "00000002.history",
-                "back",
-            ];
-            run(&wh, work.path(), &url, &args, &no_scheme)
-        },
+        || fetch_history(&no_scheme),
     );
 }
 

@@ -146,12 +146,7 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
         Command::Demo { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Receive(args) => receive(&config, args).await.map(|()| 0),
         Command::Backup(args) => backup(&config, args).await,
-        Command::Restore(args) => {
-            if args.server.is_none() {
-                refuse_unsent_server_options(&settings.matches)?;
-            }
-            restore(&config, args).await.map(|()| 0)
-        }
+        Command::Restore(args) => restore(&config, args).await.map(|()| 0),
         Command::List { json } => list(&config, json).await.map(|()| 0),
         Command::Verify(args) => verify(&config, args).await,
         Command::Check(args) => check(&config, args).await,
@@ -184,25 +179,6 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
             .await
             .map(|()| 0),
     }
-}
-
-/// A restore without `--server` writes a restore_command that reads the archive alone: a
-/// token file or CA given for it on the command line would go unused, so it is a usage
-/// error. Set in the environment or the config file (for `fetch`, say), they are ignored.
-fn refuse_unsent_server_options(matches: &clap::ArgMatches) -> anyhow::Result<()> {
-    let Some(restore) = matches.subcommand_matches("restore") else {
-        return Ok(());
-    };
-    for (id, flag) in [("token_file", "--token-file"), ("server_ca", "--server-ca")] {
-        if restore.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
-            return Err(UsageError(format!(
-                "{flag} is for the fetch server the restore_command asks: give --server too \
-                 (without it, restore_command reads the archive directly)"
-            ))
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// The directories `command` creates files and folders in, whose modes decide whether its
