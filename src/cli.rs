@@ -231,6 +231,13 @@ pub struct FetchArgs {
     /// reaches the last archived byte. Never use it on a standby that keeps following.
     #[arg(long)]
     pub partial: bool,
+    /// For a recovery that replays the archive to its end (no recovery target, not a
+    /// standby), as `walhalla restore` writes it: a segment missing while the archive holds a
+    /// later one of its timeline is a hole, and fetch fails (after a minute's wait for an
+    /// upload in flight) so that recovery stops instead of ending early without the WAL
+    /// after it. A copy in pg_wal, or standby.signal, makes the miss a plain one again.
+    #[arg(long)]
+    pub to_end: bool,
     /// Segments to fetch ahead in the background; 0 turns readahead off.
     #[arg(long, env = "WALHALLA_PREFETCH", value_name = "N", default_value_t = DEFAULT_PREFETCH,
           value_parser = clap::value_parser!(u16).range(0..=256))]

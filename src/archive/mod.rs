@@ -436,6 +436,32 @@ impl ClusterArchive {
         self.get_key(&self.key(name)).await
     }
 
+    /// The content length `name`'s stored envelope declares (its header alone is read), or
+    /// `None` when the archive lacks it.
+    pub async fn content_length(&self, name: &WalFileName) -> Result<Option<u64>> {
+        let key = self.key(name);
+        let store = &self.archive.store;
+        let range = 0..envelope::HEADER_BYTES as u64;
+        let read = self
+            .archive
+            .retrying("read", &key, || store.get_range(&key, range.clone()))
+            .await;
+        let header = match read {
+            Ok(bytes) => bytes,
+            Err(Error::Store {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        envelope::Header::parse(&header)
+            .map(|header| Some(header.content_len))
+            .map_err(|error| Error::Corrupt {
+                key: key.to_string(),
+                error,
+            })
+    }
+
     async fn get_key(&self, key: &Path) -> Result<Option<Bytes>> {
         let store = &self.archive.store;
         let read = self

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::anyhow;
 use tokio::time::Instant;
 
-use super::in_standby_mode;
 use super::prefetch::{self, Cache};
 use super::sources::{FetchOutcome, Sources, nothing_archived, unreachable};
+use super::{hole, in_standby_mode};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -27,6 +27,9 @@ pub struct FetchOptions {
     pub client: ClientSettings,
     /// Segments to fetch ahead in the background (0: none).
     pub prefetch: usize,
+    /// The recovery replays the archive to its end: a segment missing while a later one of
+    /// its timeline is archived is a hole, refused (see [`super::hole`]).
+    pub to_end: bool,
 }
 
 /// Restores `name` to `dest`; the data directory is the current directory. The whole call
@@ -43,6 +46,9 @@ pub async fn fetch(
     let mut sources = Sources::new(config, &options.client, Some(deadline))?;
     if !in_standby_mode() {
         sources = sources.ending_recovery_on_failure();
+    }
+    if options.to_end {
+        sources = sources.checking_holes();
     }
     if options.prefetch > 0 && !options.partial && options.client.server.is_none() {
         // A live readahead worker with these settings started after a file of this cluster
@@ -112,7 +118,12 @@ pub async fn fetch(
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
     }
-    Ok(outcome)
+    match (outcome, name) {
+        (FetchOutcome::NotFound, WalFileName::Segment(segment)) if options.to_end => {
+            hole::settle_miss(&sources, segment, dest, options.partial, deadline).await
+        }
+        (outcome, _) => Ok(outcome),
+    }
 }
 
 /// Records the request for readahead, by the deadline; the file is already in place, so a

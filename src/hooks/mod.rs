@@ -4,6 +4,7 @@
 //! Their exit codes are a contract with PostgreSQL: see [`EXIT_CODES`], which `--help` prints.
 
 mod fetch;
+mod hole;
 mod namespace;
 mod prefetch;
 mod push;
@@ -160,8 +161,9 @@ Exit codes (the contract with PostgreSQL):
   fetch  255  the file cannot be delivered: corrupt object, missing bucket or directory, a
               --server that refuses; outside standby mode also an archive unreachable or
               empty for this cluster, a --server that does not answer with no archive to
-              fall back to, --timeout passed (one deadline for the whole call); recovery
-              stops instead of ending early
+              fall back to, --timeout passed (one deadline for the whole call); with
+              --to-end also a segment missing while the archive holds a later one of its
+              timeline (a hole); recovery stops instead of ending early
   any    255  usage error (a mistyped restore_command must not read as \"not found\")";
 
 /// push: the file was not archived; PostgreSQL keeps it and retries.

@@ -132,6 +132,10 @@ impl Recovery {
         if self.partial {
             command.push_str(" --partial");
         }
+        // Without a target, recovery replays to the archive's end: a hole must not pass for it.
+        if matches!(self.target, Target::End) {
+            command.push_str(" --to-end");
+        }
         if let Some(server) = &self.server {
             command.push_str(&format!(" --server {}", part(server)));
             for (flag, value) in &self.server_flags {
@@ -331,6 +335,9 @@ mod tests {
         };
         let settings = defaults.settings(SystemId(7));
         assert!(settings.iter().all(|(name, _)| *name != "archive_mode"));
+        // Without a target, fetch tells a hole from the archive's end.
+        let command = &settings[0].1;
+        assert!(command.ends_with(" --to-end --server http://127.0.0.1:7480 --token-file '/etc/walhalla/token file' %f %p"), "{command}");
         for (name, value) in [
             ("recovery_target_inclusive", "on"),
             ("recovery_target_action", "pause"),

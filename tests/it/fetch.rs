@@ -512,3 +512,127 @@ fn a_restarting_fetch_server_is_asked_again_in_archive_recovery() {
     );
     assert!(copy.data.join("pg_wal/RECOVERYXLOG").exists());
 }
+
+/// A segment deleted after `restore` checked the archive (while its recovery runs, say), with
+/// later ones still there: the restore_command restore writes for a recovery to the end
+/// (`fetch --to-end`) refuses the miss, directly and through a fetch server, and PostgreSQL
+/// stops instead of ending recovery at the hole and promoting without the WAL after it. The
+/// archive's real end, a copy in pg_wal and a fetch without `--to-end` stay plain misses. With
+/// the segment put back, the same recovery goes on to the end.
+#[test]
+fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it() {
+    use crate::backup::{insert_batch, primary_with_batches, restore, take_backup};
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    take_backup(&wh, &archive, &pg);
+    insert_batch(&pg, "A");
+    let hole = pg.switch_wal();
+    insert_batch(&pg, "B");
+    let last = pg.switch_wal();
+    pg.wait_archived(&last);
+    let dir = TestDir::new("deleted");
+    let data = dir.path().join("data");
+    let (code, report, stderr) = restore(&wh, &archive, &data, &["--archive-mode", "off"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let command = report.unwrap()["settings"]["restore_command"].to_string();
+    assert!(command.contains(" fetch --to-end %f %p"), "{command}");
+    let key = key_of(pg.system_id(), &hole);
+    let saved = archive.object(&key).expect("the segment is archived");
+    archive.remove(&key);
+
+    let server = Server::start(&wh, &archive, &["--system-id", &pg.system_id().to_string()]);
+    let fetch = |args: &[&str], name: &str| {
+        let run = as_pg_user(wh.path())
+            .current_dir(&data)
+            .args(["--timeout", "6", "fetch"])
+            .args(args)
+            .args([name, "pg_wal/RECOVERYXLOG"])
+            .output()
+            .expect("run walhalla fetch");
+        (run.status.code(), describe(&run))
+    };
+    let past_the_end = {
+        let next = u32::from_str_radix(&last[16..], 16).unwrap() + 1;
+        format!("{}{next:08X}", &last[..16])
+    };
+    for source in [["--archive", archive.url()], ["--server", &server.url()]] {
+        let (code, run) = fetch(&[&source[..], &["--to-end"]].concat(), &hole);
+        assert_eq!(code, Some(255), "{source:?}: {run}");
+        assert!(
+            run.contains(&format!("but {last}, later on its timeline, is: a hole")),
+            "{source:?}: {run}"
+        );
+        let (code, run) = fetch(&[&source[..], &["--to-end"]].concat(), &past_the_end);
+        assert_eq!(code, Some(1), "{source:?}: {run}");
+        let (code, run) = fetch(&source, &hole);
+        assert_eq!(code, Some(1), "{source:?}: {run}");
+    }
+    // A copy in pg_wal: PostgreSQL reads it there after the archive's miss.
+    let in_pg_wal = data.join("pg_wal").join(&hole);
+    std::fs::write(&in_pg_wal, b"").unwrap();
+    let (code, run) = fetch(&["--archive", archive.url(), "--to-end"], &hole);
+    assert_eq!(code, Some(1), "{run}");
+    std::fs::remove_file(&in_pg_wal).unwrap();
+    drop(server);
+
+    let mut copy = PgCluster::adopt(dir, data);
+    let mut env = archive.env();
+    env.push(("WALHALLA_TIMEOUT".into(), "6".into()));
+    copy.set_env(env);
+    copy.start_without_waiting();
+    wait_for("recovery to stop", Duration::from_secs(90), || {
+        copy.log().contains("exit code 255").then_some(())
+    });
+    assert!(copy.log().contains("FATAL"), "{}", copy.log_tail());
+    assert!(
+        copy.log()
+            .contains(&format!("{hole} is not in the archive")),
+        "{}",
+        copy.log_tail()
+    );
+    assert!(!copy.log().contains("selected new timeline ID"));
+
+    archive.overwrite(&key, saved);
+    wait_for("the server to stop", Duration::from_secs(30), || {
+        (!copy.data.join("postmaster.pid").exists()).then_some(())
+    });
+    copy.start();
+    wait_for("recovery to end", Duration::from_secs(120), || {
+        (copy.try_sql("SELECT pg_is_in_recovery()")? == "f").then_some(())
+    });
+    let batches = copy.sql("SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM batches");
+    assert_eq!(batches, "A,B");
+}
+
+/// A restore of a timeline-1 backup to the end after a failover made timeline 2, whose later
+/// segments the archive holds: recovery follows timeline 2 to its end, and `fetch --to-end`
+/// takes none of its asks for a hole. (PostgreSQL 13 before 13.3 asked timeline 2's name for
+/// segments before timeline 2 began; the unit test of `later_segment` covers those.)
+#[test]
+fn a_restore_to_the_end_across_a_failover_takes_misses_before_the_new_timeline_as_misses() {
+    use crate::backup::{insert_batch, primary_with_batches, restored_batches, take_backup};
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = primary_with_batches(&wh, &archive);
+    take_backup(&wh, &archive, &pg);
+    for batch in ["A", "B"] {
+        insert_batch(&pg, batch);
+        pg.switch_wal();
+    }
+    let (standby, _) = crate::push::promoted_archiving_standby(&wh, &archive, &pg, "");
+    insert_batch(&standby, "C");
+    standby.switch_wal();
+    insert_batch(&standby, "D");
+    let last = standby.switch_wal();
+    standby.wait_archived(&last);
+
+    let (batches, report) = restored_batches(&wh, &archive, &[]);
+    assert!(
+        report["settings"]["restore_command"]
+            .as_str()
+            .is_some_and(|c| c.contains(" --to-end ")),
+        "{report}"
+    );
+    assert_eq!(batches, "A,B,C,D");
+}

@@ -163,6 +163,7 @@ async fn run(cli: Cli, settings: SettingsView) -> anyhow::Result<u8> {
                 partial: args.partial,
                 client: args.client.settings(),
                 prefetch: usize::from(args.prefetch),
+                to_end: args.to_end,
             };
             Ok(
                 match hooks::fetch(&config, &args.name, &args.dest, &options).await? {
