@@ -20,13 +20,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::blocking;
+use crate::config::UsageError;
 use crate::daemon::{ServerFacts, Shared};
 
 pub use routes::{
@@ -65,30 +66,40 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     /// Checks the settings before anything starts; returns the address to listen on. A
-    /// listener other hosts can reach must authenticate its clients.
+    /// listener other hosts can reach must authenticate its clients. Each refusal is a usage
+    /// error (exit 255): no run of the same settings can succeed.
     pub fn check(&self) -> anyhow::Result<SocketAddr> {
         let listen = match self.listen {
             Some(addr) => addr,
             None => DEFAULT_LISTEN.parse().expect("valid default"),
         };
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            bail!("--tls-client-ca needs TLS: give --tls-cert and --tls-key too");
+            return Err(usage(
+                "--tls-client-ca needs TLS: give --tls-cert and --tls-key too".into(),
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!("TLS needs both --tls-cert and --tls-key");
+            return Err(usage("TLS needs both --tls-cert and --tls-key".into()));
         }
         if self.no_auth && self.token_file.is_some() {
-            bail!("--no-auth and --token-file contradict each other: give one");
+            return Err(usage(
+                "--no-auth and --token-file contradict each other: give one".into(),
+            ));
         }
         if !listen.ip().is_loopback() && self.no_auth && self.tls_client_ca.is_none() {
-            bail!(
+            return Err(usage(format!(
                 "refusing to listen on {listen}, which other hosts can reach, without client \
                  authentication: leave out --no-auth (bearer token), give --tls-client-ca (TLS \
                  client certificates), or listen on a loopback address"
-            );
+            )));
         }
         Ok(listen)
     }
+}
+
+/// A refusal of settings no run can succeed with (exit 255).
+fn usage(message: String) -> anyhow::Error {
+    UsageError(message).into()
 }
 
 /// A server bound to its address, ready to run.

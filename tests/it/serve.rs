@@ -391,12 +391,12 @@ fn only_authenticated_clients_reach_a_server() {
     let archive = TestArchive::new(Backend::Local);
     let dir = TestDir::new("secrets");
 
-    // Reachable from other hosts and no client authentication: refused before binding.
+    // Reachable from other hosts and no client authentication: a usage error before binding.
     let port = free_port();
     let everywhere = format!("0.0.0.0:{port}");
     let open = ["serve", "--listen", &everywhere, "--no-auth"];
     let run = refused_start(&wh, &archive, &open);
-    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
         "{}",
@@ -412,7 +412,7 @@ fn only_authenticated_clients_reach_a_server() {
         "--no-auth",
     ];
     let run = refused_start(&wh, &archive, &args);
-    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("refusing to listen"),
         "{}",
