@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::ArgMatches;
+use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use serde::Serialize;
 
@@ -66,46 +67,73 @@ impl Report {
     /// The settings of every visible command of `root` (or only `only`), as this process
     /// resolves them: `config` holds the `config` command's own matches, whose flags (those
     /// before or after `config`) count as given for every command.
+    ///
+    /// A value from the environment the command itself would refuse is an error here too
+    /// (the file's values are checked when it is read).
     pub fn new(
         root: &clap::Command,
         file: Option<&ConfigFile>,
         config: &ArgMatches,
         only: Option<&str>,
-    ) -> Report {
+    ) -> Result<Report, String> {
         let commands = commands(root)
             .filter(|c| c.get_name() != "config" && only.is_none_or(|o| o == c.get_name()))
-            .map(|command| CommandSettings {
-                command: command.get_name().to_owned(),
-                settings: settings_of(command)
-                    .filter(|a| !a.is_hide_set())
-                    .map(|arg| {
-                        let id = arg.get_id().as_str();
-                        let (values, source) = resolve(command.get_name(), arg, file, config);
-                        let values = match id {
-                            "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
-                            "server" | "archive" => values
-                                .iter()
-                                .map(|v| crate::client::masked_userinfo(v).unwrap_or(v.clone()))
-                                .collect(),
-                            _ => values,
-                        };
-                        Setting {
-                            key: id.to_owned(),
-                            flag: arg
-                                .get_long()
-                                .map_or_else(|| id.to_owned(), |l| format!("--{l}")),
-                            variable: arg.get_env().map_or_else(|| env_name(id), os_str_text),
-                            values,
-                            source,
-                        }
-                    })
-                    .collect(),
+            .map(|command| {
+                check_env_values(root, command.get_name())?;
+                Ok(CommandSettings {
+                    command: command.get_name().to_owned(),
+                    settings: settings_of(command)
+                        .filter(|a| !a.is_hide_set())
+                        .map(|arg| {
+                            let id = arg.get_id().as_str();
+                            let (values, source) = resolve(command.get_name(), arg, file, config);
+                            let values = match id {
+                                "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
+                                "server" | "archive" => values
+                                    .iter()
+                                    .map(|v| crate::client::masked_userinfo(v).unwrap_or(v.clone()))
+                                    .collect(),
+                                _ => values,
+                            };
+                            Ok(Setting {
+                                key: id.to_owned(),
+                                flag: arg
+                                    .get_long()
+                                    .map_or_else(|| id.to_owned(), |l| format!("--{l}")),
+                                variable: arg.get_env().map_or_else(|| env_name(id), os_str_text),
+                                values,
+                                source,
+                            })
+                        })
+                        .collect::<Result<_, String>>()?,
+                })
             })
-            .collect();
-        Report {
+            .collect::<Result<_, String>>()?;
+        Ok(Report {
             file: file.map(|f| f.path.clone()),
             commands,
+        })
+    }
+}
+
+/// Refuses what `command` would refuse of the environment's values: clap reads them when the
+/// command is parsed, before it asks for what the command requires.
+fn check_env_values(root: &clap::Command, command: &str) -> Result<(), String> {
+    match root.clone().try_get_matches_from(["walhalla", command]) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            let why = e.to_string();
+            let why = why.lines().next().unwrap_or_default();
+            Err(format!(
+                "{command}, from the environment: {}",
+                why.trim_start_matches("error: ")
+            ))
         }
+        _ => Ok(()),
     }
 }
 

@@ -257,7 +257,7 @@ fn the_report_names_each_source_and_masks_passwords() {
     let mut root = command();
     root.build();
     let config = parsed.matches.subcommand_matches("config").unwrap();
-    let report = Report::new(&root, parsed.file.as_ref(), config, Some("receive"));
+    let report = Report::new(&root, parsed.file.as_ref(), config, Some("receive")).unwrap();
     assert_eq!(report.commands.len(), 1);
     let setting = |key: &str| {
         report.commands[0]

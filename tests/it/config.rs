@@ -163,8 +163,29 @@ fn config_names_each_source_and_masks_the_password() {
         crate::harness::describe(&output)
     );
 
-    // So is a setting that cannot be right, found once the command line is parsed.
     let empty = private_file(&dir, "empty.toml", "");
+    // config refuses a variable the command it shows would refuse, as that command does.
+    for args in [
+        &["--archive", "/x", "config", "receive"][..],
+        &["--archive", "/x", "config"],
+    ] {
+        let output = std::process::Command::new(wh.binary())
+            .args(args)
+            .env("WALHALLA_CONFIG", &empty)
+            .env("WALHALLA_SPOOL_MAX_BYTES", "bogus")
+            .output()
+            .expect("run walhalla config");
+        let described = crate::harness::describe(&output);
+        assert_eq!(output.status.code(), Some(255), "{args:?}: {described}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(
+                "receive, from the environment: invalid value 'bogus' for '--spool-max-bytes"
+            ),
+            "{args:?}: {described}"
+        );
+    }
+
+    // So is a setting that cannot be right, found once the command line is parsed.
     for (args, says) in [
         (
             &["--archive", "ftp://x/y", "list"][..],

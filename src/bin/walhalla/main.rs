@@ -230,7 +230,8 @@ fn print_settings(settings: &SettingsView, args: &ConfigArgs) -> anyhow::Result<
         settings.file.as_ref(),
         config,
         args.command.as_deref(),
-    );
+    )
+    .map_err(UsageError)?;
     if args.json {
         emit(&pretty_json(&report)?)?;
     } else {
