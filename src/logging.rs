@@ -16,12 +16,15 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// The log filter `command` uses when none is given: `info` for the long-running and the
 /// operator-run commands, `warn` for the others (`push` and `fetch` log only what needs
 /// attention); the demo shows its own output only. The AWS credential chain's warnings about
-/// each source it tried stay out: walhalla reports the outcome in one line.
+/// each source it tried, and the certificate verifier's error for each refused handshake, stay
+/// out: walhalla reports the outcome, with its cause, in one line.
 pub fn default_filter(command: &str) -> &'static str {
     match command {
-        "receive" | "serve" | "backup" | "restore" => "info,aws_config=error",
-        "demo" => "walhalla=warn,aws_config=error",
-        _ => "warn,aws_config=error",
+        "receive" | "serve" | "backup" | "restore" => {
+            "info,aws_config=error,rustls_platform_verifier=off"
+        }
+        "demo" => "walhalla=warn,aws_config=error,rustls_platform_verifier=off",
+        _ => "warn,aws_config=error,rustls_platform_verifier=off",
     }
 }
 

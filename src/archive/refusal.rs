@@ -19,6 +19,9 @@ pub enum Refusal {
     NoCredentials,
     /// The store rejected the request for another reason (a wrong region, an invalid name).
     Rejected,
+    /// The endpoint's TLS certificate was refused: issued by a CA this host does not trust,
+    /// expired, or for another name.
+    Untrusted,
 }
 
 /// Marks the error of a credential provider that found no credentials, so that it reads as
@@ -66,6 +69,9 @@ impl Refusal {
             if e.is::<NoCredentials>() {
                 return Some(Refusal::NoCredentials);
             }
+            if refused_certificate(e) {
+                return Some(Refusal::Untrusted);
+            }
             cause = e.source();
         }
         let answer = Answer::of(&error.to_string());
@@ -95,6 +101,10 @@ impl Refusal {
         match error {
             object_store::Error::PermissionDenied { .. } => Some(Refusal::AccessDenied),
             object_store::Error::Unauthenticated { .. } => Some(Refusal::BadCredentials),
+            // A redirect is the answer of another region's endpoint: it stays.
+            object_store::Error::Generic { .. } if error.to_string().contains("redirect") => {
+                Some(Refusal::Rejected)
+            }
             object_store::Error::Generic { .. } => match answer.status {
                 // Timeouts, conflicts between concurrent requests and throttling pass.
                 Some(400..=499) if !matches!(answer.status, Some(408 | 409 | 429)) => {
@@ -124,6 +134,10 @@ impl Refusal {
             },
             Refusal::BadCredentials | Refusal::NoCredentials => format!("set {credentials}"),
             Refusal::Rejected => "check --archive, the endpoint and the region".into(),
+            Refusal::Untrusted => "for an endpoint whose certificate a private CA issued, set \
+                 SSL_CERT_FILE to a PEM file holding that CA; check that the endpoint's name is \
+                 one its certificate names, and that the certificate has not expired"
+                .into(),
         }
     }
 
@@ -135,6 +149,7 @@ impl Refusal {
             Refusal::BadCredentials => "the store refused the credentials",
             Refusal::NoCredentials => "no credentials found",
             Refusal::Rejected => "the store rejected the request",
+            Refusal::Untrusted => "the endpoint's TLS certificate was refused",
         };
         let mut said = Brief(error).to_string();
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -155,6 +170,20 @@ impl Refusal {
         }
         format!("{what} ({said}); {hint}")
     }
+}
+
+/// Whether `error` is rustls refusing the peer's certificate, directly or as the error an
+/// I/O error carries, maybe inside another I/O error (the TLS stream and the HTTP connector
+/// report it so; `source()` skips what an I/O error carries).
+fn refused_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    use tokio_rustls::rustls::Error as Tls;
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        return io.get_ref().is_some_and(|inner| refused_certificate(inner));
+    }
+    matches!(
+        error.downcast_ref::<Tls>(),
+        Some(Tls::InvalidCertificate(_) | Tls::PeerIncompatible(_))
+    )
 }
 
 /// Where the credentials for an archive at `location` come from.
@@ -348,20 +377,24 @@ mod tests {
         assert!(!line.contains("may be wrong"), "{line}");
     }
 
+    /// The HTTP client's error around a transport error, as object_store's carries it.
+    #[derive(Debug)]
+    struct Sending(std::io::Error);
+
+    impl std::fmt::Display for Sending {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "HTTP error: error sending request")
+        }
+    }
+
+    impl std::error::Error for Sending {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     #[test]
     fn a_transport_error_ends_with_its_root_cause() {
-        #[derive(Debug)]
-        struct Sending(std::io::Error);
-        impl std::fmt::Display for Sending {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "HTTP error: error sending request")
-            }
-        }
-        impl std::error::Error for Sending {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
         let refused = std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "invalid peer certificate: UnknownIssuer",
@@ -374,6 +407,41 @@ mod tests {
             Brief(&error).to_string(),
             "Generic S3 error: HTTP error: error sending request: invalid peer certificate: UnknownIssuer"
         );
+    }
+
+    /// rustls's refusal of a certificate, as the TLS stream carries it inside an I/O error
+    /// under the HTTP client's errors: permanent, with what to do. A reset connection is not.
+    #[test]
+    fn a_refused_certificate_is_permanent_and_says_what_to_do() {
+        use crate::backoff::Transient;
+        use tokio_rustls::rustls::{CertificateError, Error as Tls};
+        let wrapped = |io: std::io::Error| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Sending(io)),
+        };
+        let tls = Tls::InvalidCertificate(CertificateError::UnknownIssuer);
+        let refused = wrapped(std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            tls,
+        )));
+        assert_eq!(Refusal::of(&refused), Some(Refusal::Untrusted));
+        assert!(!refused.is_transient());
+        let location: Location = "s3://bucket/x".parse().unwrap();
+        let line = Refusal::Untrusted.describe(&location, &refused);
+        assert!(
+            line.starts_with("the endpoint's TLS certificate was refused (")
+                && line.contains("UnknownIssuer")
+                && line.contains("SSL_CERT_FILE"),
+            "{line}"
+        );
+        let reset = wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(Refusal::of(&reset), None);
+        assert!(reset.is_transient());
+        let redirect = object_store::Error::Generic {
+            store: "S3",
+            source: "Received redirect without LOCATION, this normally indicates an incorrectly configured region".into(),
+        };
+        assert_eq!(Refusal::of(&redirect), Some(Refusal::Rejected));
     }
 
     #[test]

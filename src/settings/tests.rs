@@ -279,7 +279,10 @@ fn the_report_names_each_source_and_masks_passwords() {
     assert_eq!(setting("partial_interval").values, ["60"]);
     // The logging defaults come from where logging starts, per command.
     assert_eq!(setting("log_level").source, report::Source::Default);
-    assert_eq!(setting("log_level").values, ["info,aws_config=error"]);
+    assert_eq!(
+        setting("log_level").values,
+        ["info,aws_config=error,rustls_platform_verifier=off"]
+    );
     assert_eq!(setting("log_format").values, ["text"]);
     assert!(
         report.commands[0]

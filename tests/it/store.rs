@@ -136,6 +136,54 @@ fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
     );
 }
 
+/// An HTTPS endpoint whose certificate a CA this host does not trust issued (a TLS server
+/// walhalla runs itself: the handshake fails before any S3 request): refused at once, not
+/// retried until the deadline, in one line saying how to trust a private CA.
+#[test]
+fn an_endpoint_whose_certificate_is_not_trusted_fails_at_once() {
+    use rcgen::ExtendedKeyUsagePurpose;
+    let wh = Walhalla::install();
+    let dir = TestDir::new("pki");
+    let ca = crate::harness::TestCa::new();
+    let (cert, key) = ca.leaf("127.0.0.1", "server", ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert_file, key_file) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let local = TestArchive::new(Backend::Local);
+    let server = crate::harness::Server::start(
+        &wh,
+        &local,
+        &[
+            "--system-id",
+            SYSTEM_ID,
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let mut env = S3Server::env_for(&format!("https://127.0.0.1:{}", server.port));
+    env.retain(|(name, _)| name != "AWS_ALLOW_HTTP");
+    let work = TestDir::new("work");
+    let args = [
+        "--system-id",
+        SYSTEM_ID,
+        "fetch",
+        "00000002.history",
+        "RECOVERYHISTORY",
+    ];
+    fails_at_once(
+        255,
+        Duration::from_secs(10),
+        &[
+            "the endpoint's TLS certificate was refused",
+            "UnknownIssuer",
+            "SSL_CERT_FILE",
+        ],
+        || run(&wh, work.path(), "s3://bucket/x", &args, &env),
+    );
+}
+
 #[test]
 fn credentials_come_from_an_aws_profile_and_none_anywhere_fails_fast() {
     let wh = Walhalla::install();
