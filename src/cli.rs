@@ -18,7 +18,7 @@ use crate::client::ClientSettings;
 use crate::config::{COMPRESSION_LEVELS, Overrides};
 use crate::logging::LogFormat;
 use crate::server::ServerOptions;
-use crate::wal::{Lsn, SystemId};
+use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
 
 /// Keeps a PostgreSQL cluster's write-ahead log safe off the database host.
 #[derive(Debug, Parser)]
@@ -232,18 +232,27 @@ pub struct FetchArgs {
     #[arg(long)]
     pub partial: bool,
     /// For a recovery that replays the archive to its end (no recovery target, not a
-    /// standby), as `walhalla restore` writes it: a segment missing while the archive holds a
-    /// later one of its timeline is a hole, and fetch fails (after a minute's wait for an
-    /// upload in flight) so that recovery stops instead of ending early without the WAL
-    /// after it. A copy in pg_wal, or standby.signal, makes the miss a plain one again.
-    #[arg(long)]
-    pub to_end: bool,
+    /// standby), as `walhalla restore` writes it: the newest segment it found the archive
+    /// holding, with every one before it that recovery needs. A miss of one of those (deleted
+    /// since) is a hole, and fetch fails so that recovery stops instead of ending early
+    /// without the WAL after it. A miss past it, a valid copy in pg_wal, or standby.signal is
+    /// a plain miss.
+    #[arg(long, value_name = "SEGMENT", value_parser = parse_segment_name)]
+    pub to_end: Option<SegmentName>,
     /// Segments to fetch ahead in the background; 0 turns readahead off.
     #[arg(long, env = "WALHALLA_PREFETCH", value_name = "N", default_value_t = DEFAULT_PREFETCH,
           value_parser = clap::value_parser!(u16).range(0..=256))]
     pub prefetch: u16,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// A WAL segment's name, as `--to-end` takes it.
+fn parse_segment_name(text: &str) -> Result<SegmentName, String> {
+    match text.parse::<WalFileName>()? {
+        WalFileName::Segment(segment) => Ok(segment),
+        _ => Err(format!("{text:?} is not a WAL segment's name")),
+    }
 }
 
 /// How a client reaches the fetch server.

@@ -220,21 +220,13 @@ impl ServerClient {
     /// server says its archive holds nothing for the cluster.
     /// With `partial`, a segment nobody has in full may come from its newest snapshot,
     /// zero-padded.
-    /// With `later`, a 404 for a segment names in [`crate::server::LATER_HEADER`] a later segment of its
-    /// timeline the archive holds, if any (a hole, not the archive's end).
     pub async fn wal(
         &self,
         name: &WalFileName,
         system_id: Option<SystemId>,
         partial: bool,
-        later: bool,
     ) -> Result<reqwest::Response, ServerError> {
-        let query = match (partial, later) {
-            (true, true) => "?partial=1&later=1",
-            (true, false) => "?partial=1",
-            (false, true) => "?later=1",
-            (false, false) => "",
-        };
+        let query = if partial { "?partial=1" } else { "" };
         let url = self
             .base
             .join(&format!("wal/{name}{query}"))

@@ -132,52 +132,28 @@ impl ClusterArchive {
         Ok(held)
     }
 
-    /// A complete segment of `segment`'s timeline after it, looked for in its group and the
-    /// next (two listings at most): the archive goes on past `segment`, so its absence is a
-    /// hole, not the archive's end. `None` also when `segment` lies before its timeline
-    /// began, as the timeline's history file and the later segment's size tell: PostgreSQL
-    /// 13 asks the newest timeline's name for every segment, and misses there are expected.
-    pub async fn later_segment(&self, segment: SegmentName) -> Result<Option<SegmentName>> {
-        let Some(later) = self.next_held(segment).await? else {
-            return Ok(None);
-        };
-        match self.timeline_begin(segment.timeline, later).await? {
-            Some(begin) if segment.segno(begin.1).is_some_and(|n| n >= begin.0) => Ok(Some(later)),
-            // Timeline 1 begins at the start.
-            None if segment.timeline.0 < 2 => Ok(Some(later)),
-            // Before the timeline began, or its history is gone: not taken for a hole.
-            _ => Ok(None),
+    /// Whether `segment` lies at or after where its timeline began (the segment holding the
+    /// parent's switch point, as the timeline's history file says), with the cluster's segment
+    /// size read from `sized_by`, a segment the archive holds: PostgreSQL 13 before 13.3 asks
+    /// the newest timeline's name for every segment, and misses before it began are expected.
+    /// Timeline 1 began at the start. `None` when the history file or `sized_by` is gone.
+    pub async fn timeline_begun_by(
+        &self,
+        segment: SegmentName,
+        sized_by: SegmentName,
+    ) -> Result<Option<bool>> {
+        if segment.timeline.0 < 2 {
+            return Ok(Some(true));
         }
-    }
-
-    /// The nearest complete segment of `segment`'s timeline after it, in its group or the
-    /// next.
-    async fn next_held(&self, segment: SegmentName) -> Result<Option<SegmentName>> {
-        let group = WalGroup::of(segment);
-        let later = |segments: Vec<SegmentName>| {
-            segments
-                .into_iter()
-                .filter(|s| {
-                    s.timeline == segment.timeline && (s.log, s.seg) > (segment.log, segment.seg)
-                })
-                .min_by_key(|s| (s.log, s.seg))
-        };
-        if let Some(found) = later(self.segments_in(group).await?) {
-            return Ok(Some(found));
-        }
-        let Some(log) = segment.log.checked_add(1) else {
-            return Ok(None);
-        };
-        let next = WalGroup {
-            timeline: segment.timeline,
-            log,
-        };
-        Ok(later(self.segments_in(next).await?))
+        Ok(self
+            .timeline_begin(segment.timeline, sized_by)
+            .await?
+            .map(|(begin, size)| segment.segno(size).is_some_and(|n| n >= begin)))
     }
 
     /// The first segment of `timeline` (the one holding its parent's switch point, as its
     /// history file says) and the cluster's segment size (the content length of `held`, a
-    /// segment of it the archive holds). `None` for timeline 1, or when either is gone.
+    /// segment the archive holds). `None` for timeline 1, or when either is gone.
     async fn timeline_begin(
         &self,
         timeline: TimelineId,
@@ -256,11 +232,11 @@ mod tests {
         }
     }
 
-    /// A hole is a missing segment with a later one of its timeline held, from the timeline's
-    /// first segment on (the history file's switch point, with the segment size the held
-    /// one's envelope declares); before it, or past the last segment, a miss is no hole.
+    /// Where a timeline began: from its history file's switch point, with the segment size
+    /// the held segment's envelope declares; timeline 1 at the start; unknown without the
+    /// history or the held segment.
     #[tokio::test]
-    async fn a_later_segment_tells_a_hole_from_the_end_and_from_before_a_timeline() {
+    async fn a_segment_is_on_its_timeline_from_where_the_history_says_it_began() {
         let dir = tempfile::tempdir().unwrap();
         let options = ArchiveOptions {
             timeout: Duration::from_secs(10),
@@ -278,47 +254,31 @@ mod tests {
                 .await
                 .unwrap();
         };
-        let segment_bytes = vec![0u8; 1 << 20];
-        for held in [
-            "000000010000000000000002",
-            "000000010000000000000004",
-            // Timeline 2 begins in segment 5 (1-MiB segments: 0/500028 lies in it).
-            "000000020000000000000005",
-            "000000020000000000000006",
-            "000000020000000000000008",
-        ] {
-            put(held, segment_bytes.clone()).await;
-        }
+        // Timeline 2 begins in segment 5 (1-MiB segments: 0/500028 lies in it).
+        put("000000020000000000000008", vec![0u8; 1 << 20]).await;
         put(
             "00000002.history",
             b"1\t0/500028\tno recovery target specified\n".to_vec(),
         )
         .await;
 
-        let later = async |text: &str| {
+        let begun = async |text: &str, sized_by: &str| {
             cluster
-                .later_segment(segment(text))
+                .timeline_begun_by(segment(text), segment(sized_by))
                 .await
                 .unwrap()
-                .map(|s| s.to_string())
         };
+        let held = "000000020000000000000008";
+        assert_eq!(begun("000000010000000000000003", held).await, Some(true));
+        assert_eq!(begun("000000020000000000000003", held).await, Some(false));
+        assert_eq!(begun("000000020000000000000004", held).await, Some(false));
+        assert_eq!(begun("000000020000000000000005", held).await, Some(true));
+        assert_eq!(begun("000000020000000000000007", held).await, Some(true));
+        // The size's source gone, or the timeline's history: unknown.
         assert_eq!(
-            later("000000010000000000000003").await.as_deref(),
-            Some("000000010000000000000004")
+            begun("000000020000000000000007", "000000020000000000000009").await,
+            None
         );
-        assert_eq!(
-            later("000000020000000000000007").await.as_deref(),
-            Some("000000020000000000000008")
-        );
-        // Before timeline 2 began (PostgreSQL 13 asks its name first): no hole.
-        assert_eq!(later("000000020000000000000003").await, None);
-        assert_eq!(later("000000020000000000000004").await, None);
-        // Past the end of each timeline: no hole.
-        assert_eq!(later("000000010000000000000005").await, None);
-        assert_eq!(later("000000020000000000000009").await, None);
-        // A timeline whose history is gone is not judged.
-        put("000000030000000000000009", segment_bytes.clone()).await;
-        put("00000003000000000000000B", segment_bytes).await;
-        assert_eq!(later("00000003000000000000000A").await, None);
+        assert_eq!(begun("00000003000000000000000A", held).await, None);
     }
 }

@@ -27,9 +27,10 @@ pub struct FetchOptions {
     pub client: ClientSettings,
     /// Segments to fetch ahead in the background (0: none).
     pub prefetch: usize,
-    /// The recovery replays the archive to its end: a segment missing while a later one of
-    /// its timeline is archived is a hole, refused (see [`super::hole`]).
-    pub to_end: bool,
+    /// The recovery replays the archive to its end, and `restore` found every segment it
+    /// needs through this one: a miss of one of them is a hole, refused (see
+    /// [`super::hole`]).
+    pub to_end: Option<SegmentName>,
 }
 
 /// Restores `name` to `dest`; the data directory is the current directory. The whole call
@@ -46,9 +47,6 @@ pub async fn fetch(
     let mut sources = Sources::new(config, &options.client, Some(deadline))?;
     if !in_standby_mode() {
         sources = sources.ending_recovery_on_failure();
-    }
-    if options.to_end {
-        sources = sources.checking_holes();
     }
     if options.prefetch > 0 && !options.partial && options.client.server.is_none() {
         // A live readahead worker with these settings started after a file of this cluster
@@ -118,12 +116,12 @@ pub async fn fetch(
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
     }
-    match (outcome, name) {
-        (FetchOutcome::NotFound, WalFileName::Segment(segment)) if options.to_end => {
-            hole::settle_miss(&sources, segment, dest, options.partial, deadline).await
-        }
-        (outcome, _) => Ok(outcome),
+    if let (FetchOutcome::NotFound, WalFileName::Segment(segment), Some(last)) =
+        (&outcome, name, options.to_end)
+    {
+        hole::refuse(&sources, segment, last).await?;
     }
+    Ok(outcome)
 }
 
 /// Records the request for readahead, by the deadline; the file is already in place, so a

@@ -1,75 +1,51 @@
-//! A hole in the archive told from its end, for `fetch --to-end`: a recovery that replays the
-//! archive to its end (no recovery target, not a standby) ends at the first segment
-//! restore_command does not deliver, and promotes. A segment missing while the archive holds a
-//! later one of its timeline would end it early, silently, without the WAL after the hole:
-//! fetch fails instead, and PostgreSQL stops.
+//! A hole in the archive, for `fetch --to-end LAST`: `restore` checked that the archive held
+//! every segment the recovery needs through LAST, its newest, and wrote the flag. A recovery
+//! to the end (no recovery target, not a standby) ends at the first segment restore_command
+//! does not deliver, and promotes: a segment through LAST missing now was deleted since, and
+//! ending there would lose the WAL after it, silently. fetch fails instead, and PostgreSQL
+//! stops.
 //!
-//! Only where "not found" can mean nothing else: a copy in `pg_wal` (PostgreSQL reads it
-//! after the archive's miss) or a segment before its timeline began (PostgreSQL 13 asks the
-//! newest timeline's name for every segment) is a plain miss, and a segment whose upload is
-//! still in flight (the receiver uploads in parallel) is waited for.
+//! A miss past LAST is the archive's end (or WAL that arrived after `restore`, maybe with gaps
+//! between backups' own WAL): a plain miss, as without the flag. So are a valid copy in
+//! `pg_wal` (PostgreSQL reads it after the archive's miss), a segment before its timeline began
+//! (PostgreSQL 13 before 13.3 asks the newest timeline's name for every segment) and standby
+//! mode (a standby only waits, and streams).
 
 use std::path::Path;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use super::in_standby_mode;
-use super::sources::{FetchOutcome, Sources};
-use crate::wal::{SegmentName, WalFileName};
+use super::sources::{Sources, check_segment_file};
+use crate::wal::SegmentName;
 
-/// How long a hole is asked again before it is one: uploads in flight, retried through a
-/// short outage of the store, land within it.
-const LATE_UPLOAD_WAIT: Duration = Duration::from_secs(60);
-/// The pause between two asks.
-const ASK_AGAIN_EVERY: Duration = Duration::from_secs(2);
-/// Kept for the answer, out of the call's deadline: past the deadline fetch fails anyway.
-const MARGIN: Duration = Duration::from_secs(1);
-
-/// The outcome of a miss of `segment` (a restore to `dest` that found nothing): still a miss
-/// when the archive ends there, the segment when it arrives late, an error naming the hole
-/// when the archive goes on past it. A standby (`standby.signal`) only waits and streams, so
-/// for it a miss stays a miss.
-pub(super) async fn settle_miss(
+/// Fails when the miss of `segment` is a hole in what `restore` checked, through `last`.
+pub(super) async fn refuse(
     sources: &Sources,
     segment: SegmentName,
-    dest: &Path,
-    partial: bool,
-    deadline: Instant,
-) -> anyhow::Result<FetchOutcome> {
-    if in_standby_mode() || in_pg_wal(segment) {
-        return Ok(FetchOutcome::NotFound);
+    last: SegmentName,
+) -> anyhow::Result<()> {
+    if (segment.log, segment.seg) > (last.log, last.seg) || in_standby_mode() {
+        return Ok(());
     }
-    let Some(later) = sources.later_segment(segment).await? else {
-        return Ok(FetchOutcome::NotFound);
-    };
-    let until = (Instant::now() + LATE_UPLOAD_WAIT).min(deadline - MARGIN);
-    tracing::warn!(
-        "{segment} is not in the archive, but {later}, later on its timeline, is: asking again \
-         for {}s in case its upload is still under way",
-        until.saturating_duration_since(Instant::now()).as_secs()
-    );
-    let name = WalFileName::Segment(segment);
-    while Instant::now() + ASK_AGAIN_EVERY < until {
-        tokio::time::sleep(ASK_AGAIN_EVERY).await;
-        if let (FetchOutcome::Restored, _) = sources.restore(&name, dest, partial).await? {
-            tracing::info!("{segment} arrived");
-            return Ok(FetchOutcome::Restored);
-        }
+    let declared = sources.declared_system_id()?;
+    let copy = Path::new("pg_wal").join(segment.to_string());
+    if check_segment_file(&copy, segment, declared).is_ok() {
+        return Ok(());
+    }
+    match sources.timeline_begun_by(segment, last).await? {
+        Some(false) => return Ok(()),
+        Some(true) => {}
+        // Without the timeline's history (or an archive to read it from), PostgreSQL 13.3 and
+        // later ask only for segments of the timeline that holds them.
+        None => tracing::debug!(
+            "{segment}: where timeline {} began is unknown; taken as on it",
+            segment.timeline.0
+        ),
     }
     anyhow::bail!(
-        "{segment} is not in the archive, but {later}, later on its timeline, is: a hole \
-         (deleted, or never archived), and ending recovery here would lose the WAL after it. \
-         Put {segment} back into the archive (a replica's or the old primary's pg_wal may have \
-         it) and start the server again, or restore again with a recovery target before it"
+        "{segment} is not in the archive, though it was when walhalla restore checked the WAL \
+         through {last}: a hole (deleted since), and ending recovery here would lose the WAL \
+         after it. Put {segment} back into the archive (a replica's or the old primary's \
+         pg_wal may have it) and start the server again; or, to end recovery at the hole, \
+         remove --to-end from restore_command in postgresql.auto.conf"
     )
-}
-
-/// Whether `pg_wal` (under the data directory, the current directory) holds `segment`:
-/// PostgreSQL reads it there after the archive's miss.
-fn in_pg_wal(segment: SegmentName) -> bool {
-    Path::new("pg_wal")
-        .join(segment.to_string())
-        .metadata()
-        .is_ok_and(|m| m.is_file())
 }

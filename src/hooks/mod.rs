@@ -162,8 +162,8 @@ Exit codes (the contract with PostgreSQL):
               --server that refuses; outside standby mode also an archive unreachable or
               empty for this cluster, a --server that does not answer with no archive to
               fall back to, --timeout passed (one deadline for the whole call); with
-              --to-end also a segment missing while the archive holds a later one of its
-              timeline (a hole); recovery stops instead of ending early
+              --to-end LAST also a miss of a segment through LAST, which restore found
+              archived (a hole); recovery stops instead of ending early
   any    255  usage error (a mistyped restore_command must not read as \"not found\")";
 
 /// push: the file was not archived; PostgreSQL keeps it and retries.

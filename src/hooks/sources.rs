@@ -56,11 +56,6 @@ pub struct Sources {
     /// Whether a failure ends recovery (archive recovery, not a standby): a server that
     /// cannot be reached, with no archive to fall back to, is then asked again.
     failure_ends_recovery: bool,
-    /// Whether a miss of a segment is checked for a hole (see [`Sources::later_segment`]):
-    /// the server is then asked whether the archive goes on past it.
-    holes_checked: bool,
-    /// A later segment the server said the archive holds, on the last miss.
-    later_from_server: std::sync::Mutex<Option<SegmentName>>,
 }
 
 impl Sources {
@@ -84,8 +79,6 @@ impl Sources {
             vouch: None,
             durable_names: true,
             failure_ends_recovery: false,
-            holes_checked: false,
-            later_from_server: std::sync::Mutex::new(None),
         })
     }
 
@@ -93,13 +86,6 @@ impl Sources {
     /// stream instead): an unreachable server is asked again until the deadline.
     pub fn ending_recovery_on_failure(mut self) -> Sources {
         self.failure_ends_recovery = true;
-        self
-    }
-
-    /// For a recovery that replays the archive to its end: a miss of a segment is checked
-    /// for a hole (see [`Sources::later_segment`]).
-    pub fn checking_holes(mut self) -> Sources {
-        self.holes_checked = true;
         self
     }
 
@@ -223,8 +209,7 @@ impl Sources {
         declared: Option<SystemId>,
         partial: bool,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let later = self.holes_checked && matches!(name, WalFileName::Segment(_));
-        let mut response = match server.wal(name, declared, partial, later).await {
+        let mut response = match server.wal(name, declared, partial).await {
             Ok(response) => response,
             Err(ServerError::NothingArchived { system_id, .. })
                 if declared.is_some_and(|ours| ours != system_id) =>
@@ -263,16 +248,6 @@ impl Sources {
             );
         }
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let later = header(crate::server::LATER_HEADER)
-                .and_then(|v| v.parse::<WalFileName>().ok())
-                .and_then(|name| match name {
-                    WalFileName::Segment(segment) => Some(segment),
-                    _ => None,
-                });
-            *self
-                .later_from_server
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = later;
             return Ok((FetchOutcome::NotFound, None));
         }
         let crc = header(CRC_HEADER)
@@ -399,16 +374,17 @@ impl Sources {
         Ok((FetchOutcome::Restored, size))
     }
 
-    /// A later segment of `segment`'s timeline the archive holds (see
-    /// [`ClusterArchive::later_segment`]), as the server said on the miss or the archive
-    /// says; `None` without an archive to ask.
-    pub async fn later_segment(&self, segment: SegmentName) -> anyhow::Result<Option<SegmentName>> {
-        let told = *self
-            .later_from_server
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if told.is_some() || self.config.archive.is_none() {
-            return Ok(told);
+    /// Whether `segment` lies at or after where its timeline began (see
+    /// [`ClusterArchive::timeline_begun_by`]; `sized_by` is a segment the archive holds, whose
+    /// size is the cluster's), as the archive says; `None` when it cannot tell, or without an
+    /// archive to ask.
+    pub async fn timeline_begun_by(
+        &self,
+        segment: SegmentName,
+        sized_by: SegmentName,
+    ) -> anyhow::Result<Option<bool>> {
+        if self.config.archive.is_none() {
+            return Ok(None);
         }
         let archive = self
             .archive
@@ -416,7 +392,10 @@ impl Sources {
             .await?;
         let declared = self.declared_system_id()?;
         let system_id = super::resolve_system_id(declared, Path::new("."), None, archive).await?;
-        Ok(archive.cluster(system_id).later_segment(segment).await?)
+        Ok(archive
+            .cluster(system_id)
+            .timeline_begun_by(segment, sized_by)
+            .await?)
     }
 
     /// Quiet when the archive is simply at its end (PostgreSQL probes for history files that

@@ -234,7 +234,13 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     })
     .await?;
 
-    let settings = options.recovery.settings(cluster.system_id());
+    // The newest segment checked above, through which every one recovery needs is held.
+    let checked_through = (ranges.last())
+        .filter(|(_, from, to)| to > from)
+        .map(|&(timeline, _, to)| SegmentName::new(timeline, SegNo(to.0 - 1), size));
+    let settings = options
+        .recovery
+        .settings(cluster.system_id(), checked_through);
     let signal = if options.standby {
         "standby.signal"
     } else {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::plan::Target;
-use crate::wal::SystemId;
+use crate::wal::{SegmentName, SystemId};
 
 /// What happens when the target is reached (`recovery_target_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,8 +116,13 @@ impl Recovery {
     }
 
     /// The settings for restoring cluster `system_id`, as name and unquoted value, in the
-    /// order they are written.
-    pub fn settings(&self, system_id: SystemId) -> Vec<(&'static str, String)> {
+    /// order they are written. `checked_through`: the newest segment the archive was found
+    /// holding, with every one before it that recovery needs.
+    pub fn settings(
+        &self,
+        system_id: SystemId,
+        checked_through: Option<SegmentName>,
+    ) -> Vec<(&'static str, String)> {
         // PostgreSQL replaces %f, %p and %r in restore_command, and from 16 on refuses any
         // other %: a literal one is written %%.
         let part = |text: &str| shell_quote(text).replace('%', "%%");
@@ -132,9 +137,10 @@ impl Recovery {
         if self.partial {
             command.push_str(" --partial");
         }
-        // Without a target, recovery replays to the archive's end: a hole must not pass for it.
-        if matches!(self.target, Target::End) {
-            command.push_str(" --to-end");
+        // Without a target, recovery replays to the archive's end: a segment deleted since it
+        // was checked must not pass for that end.
+        if let (Target::End, Some(last)) = (&self.target, checked_through) {
+            command.push_str(&format!(" --to-end {last}"));
         }
         if let Some(server) = &self.server {
             command.push_str(&format!(" --server {}", part(server)));
@@ -304,7 +310,7 @@ mod tests {
             archive_off: true,
             partial: false,
         };
-        let block = conf_block("20260101T000000Z", &recovery.settings(SystemId(7)));
+        let block = conf_block("20260101T000000Z", &recovery.settings(SystemId(7), None));
         let lines: Vec<&str> = block.lines().collect();
         assert_eq!(
             lines,
@@ -333,11 +339,15 @@ mod tests {
             archive_off: false,
             ..recovery
         };
-        let settings = defaults.settings(SystemId(7));
+        let last = match "00000002000000000000000A".parse() {
+            Ok(crate::wal::WalFileName::Segment(s)) => Some(s),
+            other => panic!("{other:?}"),
+        };
+        let settings = defaults.settings(SystemId(7), last);
         assert!(settings.iter().all(|(name, _)| *name != "archive_mode"));
         // Without a target, fetch tells a hole from the archive's end.
         let command = &settings[0].1;
-        assert!(command.ends_with(" --to-end --server http://127.0.0.1:7480 --token-file '/etc/walhalla/token file' %f %p"), "{command}");
+        assert!(command.ends_with(" --to-end 00000002000000000000000A --server http://127.0.0.1:7480 --token-file '/etc/walhalla/token file' %f %p"), "{command}");
         for (name, value) in [
             ("recovery_target_inclusive", "on"),
             ("recovery_target_action", "pause"),

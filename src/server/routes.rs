@@ -39,9 +39,6 @@ pub const LENGTH_HEADER: &str = "x-walhalla-length";
 /// Response header of a 500: the archive holds nothing for the cluster `X-Walhalla-System-Id`
 /// names (which a standby takes for "not found").
 pub const NOTHING_ARCHIVED_HEADER: &str = "x-walhalla-nothing-archived";
-/// On a 404 for a segment asked with `?later=1`: a later segment of its timeline the archive
-/// holds, so the miss is a hole, not the archive's end.
-pub const LATER_HEADER: &str = "x-walhalla-later-segment";
 
 /// Files read and verified at once, at most: each holds up to a segment in memory until sent.
 const CONCURRENT_FILES: usize = 8;
@@ -212,13 +209,6 @@ async fn wal(
                     .parse()
                     .expect("digits"),
             );
-            if let (Some(1), WalFileName::Segment(segment)) = (query.later, name) {
-                // Unknown when the archive does not answer: the client decides as before.
-                if let Ok(Some(later)) = cluster.archive.later_segment(segment).await {
-                    let value = later.to_string().parse().expect("a segment's name");
-                    response.headers_mut().insert(LATER_HEADER, value);
-                }
-            }
             response
         }
         Err(e) => {
@@ -269,8 +259,6 @@ fn failure_status(error: &anyhow::Error) -> StatusCode {
 struct WalQuery {
     /// `1`: a missing segment may be answered with its newest snapshot, zero-padded.
     partial: Option<u8>,
-    /// `1`: a 404 for a segment names a later one the archive holds ([`LATER_HEADER`]).
-    later: Option<u8>,
 }
 
 /// The last-resort copy of a segment the archive lacks in full (its newest snapshot, or the

@@ -33,6 +33,7 @@ pub const INVOCATION_ONLY: &[&str] = &[
     "force",
     "keep",
     "partial",
+    "to_end",
     "to",
     "backup",
     "label",

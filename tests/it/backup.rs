@@ -966,7 +966,7 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
     let command = report["settings"]["restore_command"].as_str().unwrap();
     assert!(
         command.contains(
-            "fetch --to-end --server https://127.0.0.1:9 --token-file /etc/token --server-ca /etc/ca.pem %f %p"
+            "--server https://127.0.0.1:9 --token-file /etc/token --server-ca /etc/ca.pem %f %p"
         ),
         "{report:#}"
     );

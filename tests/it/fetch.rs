@@ -513,12 +513,14 @@ fn a_restarting_fetch_server_is_asked_again_in_archive_recovery() {
     assert!(copy.data.join("pg_wal/RECOVERYXLOG").exists());
 }
 
-/// A segment deleted after `restore` checked the archive (while its recovery runs, say), with
-/// later ones still there: the restore_command restore writes for a recovery to the end
-/// (`fetch --to-end`) refuses the miss, directly and through a fetch server, and PostgreSQL
-/// stops instead of ending recovery at the hole and promoting without the WAL after it. The
-/// archive's real end, a copy in pg_wal and a fetch without `--to-end` stay plain misses. With
-/// the segment put back, the same recovery goes on to the end.
+/// A segment deleted after `restore` checked the archive (while its recovery runs, say): the
+/// restore_command restore writes for a recovery to the end (`fetch --to-end LAST`, LAST the
+/// newest segment it checked) refuses the miss, directly and through a fetch server, and
+/// PostgreSQL stops instead of ending recovery at the hole and promoting without the WAL after
+/// it. A miss past LAST (even with a later object there, as when another backup's own WAL
+/// arrives after a gap), a valid copy in pg_wal and a fetch without `--to-end` stay plain
+/// misses; a junk copy in pg_wal does not. With the segment put back, the same recovery goes
+/// on to the end.
 #[test]
 fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it() {
     use crate::backup::{insert_batch, primary_with_batches, restore, take_backup};
@@ -536,7 +538,10 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
     let (code, report, stderr) = restore(&wh, &archive, &data, &["--archive-mode", "off"]);
     assert_eq!(code, Some(0), "{stderr}");
     let command = report.unwrap()["settings"]["restore_command"].to_string();
-    assert!(command.contains(" fetch --to-end %f %p"), "{command}");
+    assert!(
+        command.contains(&format!(" fetch --to-end {last} %f %p")),
+        "{command}"
+    );
     let key = key_of(pg.system_id(), &hole);
     let saved = archive.object(&key).expect("the segment is archived");
     archive.remove(&key);
@@ -545,41 +550,50 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
     let fetch = |args: &[&str], name: &str| {
         let run = as_pg_user(wh.path())
             .current_dir(&data)
-            .args(["--timeout", "6", "fetch"])
+            .arg("fetch")
             .args(args)
             .args([name, "pg_wal/RECOVERYXLOG"])
             .output()
             .expect("run walhalla fetch");
         (run.status.code(), describe(&run))
     };
-    let past_the_end = {
-        let next = u32::from_str_radix(&last[16..], 16).unwrap() + 1;
-        format!("{}{next:08X}", &last[..16])
+    let after = |name: &str, n: u32| {
+        let next = u32::from_str_radix(&name[16..], 16).unwrap() + n;
+        format!("{}{next:08X}", &name[..16])
     };
+    let (past_the_end, later) = (after(&last, 1), after(&last, 2));
+    archive.overwrite(&key_of(pg.system_id(), &later), b"arrived later".to_vec());
+    let to_end = ["--to-end", last.as_str()];
     for source in [["--archive", archive.url()], ["--server", &server.url()]] {
-        let (code, run) = fetch(&[&source[..], &["--to-end"]].concat(), &hole);
+        let (code, run) = fetch(&[&source[..], &to_end].concat(), &hole);
         assert_eq!(code, Some(255), "{source:?}: {run}");
         assert!(
-            run.contains(&format!("but {last}, later on its timeline, is: a hole")),
+            run.contains(&format!(
+                "{hole} is not in the archive, though it was when walhalla restore checked the WAL through {last}: a hole"
+            )),
             "{source:?}: {run}"
         );
-        let (code, run) = fetch(&[&source[..], &["--to-end"]].concat(), &past_the_end);
+        let (code, run) = fetch(&[&source[..], &to_end].concat(), &past_the_end);
         assert_eq!(code, Some(1), "{source:?}: {run}");
         let (code, run) = fetch(&source, &hole);
         assert_eq!(code, Some(1), "{source:?}: {run}");
     }
-    // A copy in pg_wal: PostgreSQL reads it there after the archive's miss.
+    archive.remove(&key_of(pg.system_id(), &later));
+    // A copy in pg_wal, which PostgreSQL reads after the archive's miss: a valid one is left
+    // to it, a junk one is not taken for one.
     let in_pg_wal = data.join("pg_wal").join(&hole);
-    std::fs::write(&in_pg_wal, b"").unwrap();
-    let (code, run) = fetch(&["--archive", archive.url(), "--to-end"], &hole);
+    let with_archive = [&["--archive", archive.url()][..], &to_end].concat();
+    std::fs::write(&in_pg_wal, walhalla::envelope::decode(&saved).unwrap()).unwrap();
+    let (code, run) = fetch(&with_archive, &hole);
     assert_eq!(code, Some(1), "{run}");
+    std::fs::write(&in_pg_wal, b"").unwrap();
+    let (code, run) = fetch(&with_archive, &hole);
+    assert_eq!(code, Some(255), "{run}");
     std::fs::remove_file(&in_pg_wal).unwrap();
     drop(server);
 
     let mut copy = PgCluster::adopt(dir, data);
-    let mut env = archive.env();
-    env.push(("WALHALLA_TIMEOUT".into(), "6".into()));
-    copy.set_env(env);
+    copy.set_env(archive.env());
     copy.start_without_waiting();
     wait_for("recovery to stop", Duration::from_secs(90), || {
         copy.log().contains("exit code 255").then_some(())
@@ -631,7 +645,7 @@ fn a_restore_to_the_end_across_a_failover_takes_misses_before_the_new_timeline_a
     assert!(
         report["settings"]["restore_command"]
             .as_str()
-            .is_some_and(|c| c.contains(" --to-end ")),
+            .is_some_and(|c| c.contains(" fetch --to-end 00000002")),
         "{report}"
     );
     assert_eq!(batches, "A,B,C,D");
