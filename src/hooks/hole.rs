@@ -6,7 +6,8 @@
 //! stops.
 //!
 //! A miss past LAST is the archive's end (or WAL that arrived after `restore`, maybe with gaps
-//! between backups' own WAL): a plain miss, as without the flag. So are a valid copy in
+//! between backups' own WAL): a plain miss, as without the flag; so is a miss on a timeline
+//! newer than LAST's, which restore did not check. So are a valid copy in
 //! `pg_wal` (PostgreSQL reads it after the archive's miss), a segment before its timeline began
 //! (PostgreSQL 13 before 13.3 asks the newest timeline's name for every segment) and standby
 //! mode (a standby only waits, and streams).
@@ -23,7 +24,11 @@ pub(super) async fn refuse(
     segment: SegmentName,
     last: SegmentName,
 ) -> anyhow::Result<()> {
-    if (segment.log, segment.seg) > (last.log, last.seg) || in_standby_mode() {
+    // A newer timeline than the one restore checked began after it (another server promoted
+    // into this archive meanwhile): nothing of it was checked.
+    let checked =
+        segment.timeline <= last.timeline && (segment.log, segment.seg) <= (last.log, last.seg);
+    if !checked || in_standby_mode() {
         return Ok(());
     }
     let declared = sources.declared_system_id()?;

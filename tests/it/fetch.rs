@@ -577,6 +577,12 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
         assert_eq!(code, Some(1), "{source:?}: {run}");
         let (code, run) = fetch(&source, &hole);
         assert_eq!(code, Some(1), "{source:?}: {run}");
+        // A timeline newer than the one restore checked (a server promoted since).
+        let (code, run) = fetch(
+            &[&source[..], &to_end].concat(),
+            &format!("00000002{}", &hole[8..]),
+        );
+        assert_eq!(code, Some(1), "{source:?}: {run}");
     }
     archive.remove(&key_of(pg.system_id(), &later));
     // A copy in pg_wal, which PostgreSQL reads after the archive's miss: a valid one is left
