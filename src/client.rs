@@ -73,7 +73,7 @@ pub enum ServerError {
         system_id: SystemId,
     },
     /// The server answered with an error status.
-    #[error("server {url} answered {status}: {body}")]
+    #[error("server {url} answered {status}: {body}{}", hint.map(|h| format!("; {h}")).unwrap_or_default())]
     Status {
         /// The URL asked.
         url: String,
@@ -81,6 +81,8 @@ pub enum ServerError {
         status: StatusCode,
         /// The start of the body.
         body: String,
+        /// What to do, when the status says (a refused or missing token).
+        hint: Option<&'static str>,
     },
 }
 
@@ -204,13 +206,27 @@ impl ServerClient {
             })
     }
 
-    async fn error_status(response: reqwest::Response) -> ServerError {
+    async fn error_status(&self, response: reqwest::Response) -> ServerError {
         let (url, status) = (response.url().to_string(), response.status());
         let body = response.text().await.unwrap_or_default();
+        let hint = (status == StatusCode::UNAUTHORIZED).then(|| self.token_hint());
         ServerError::Status {
             url,
             status,
             body: body.trim().chars().take(500).collect(),
+            hint,
+        }
+    }
+
+    /// What to do about a 401: the token this client sent, or its lack of one.
+    fn token_hint(&self) -> &'static str {
+        if self.sends_token() {
+            "the server refused the token sent: is --token-file the server's own (rotated \
+             since?)"
+        } else {
+            "the server wants its bearer token: give its file with --token-file (a server \
+             keeps it in its user's $XDG_STATE_HOME/walhalla/token, by default \
+             ~/.local/state/walhalla/token, unless told otherwise)"
         }
     }
 
@@ -253,7 +269,7 @@ impl ServerClient {
                     system_id,
                 })
             }
-            _ => Err(Self::error_status(response).await),
+            _ => Err(self.error_status(response).await),
         }
     }
 
@@ -278,7 +294,7 @@ impl ServerClient {
         let url = self.base.join(path).expect("a relative path joins");
         let response = self.send(self.http.get(url.clone()), &url).await?;
         if response.status() != StatusCode::OK {
-            return Err(Self::error_status(response).await);
+            return Err(self.error_status(response).await);
         }
         Ok(())
     }
@@ -287,20 +303,8 @@ impl ServerClient {
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join("status").expect("a relative path joins");
         let response = self.send(self.http.get(url.clone()), &url).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            let refused = Self::error_status(response).await;
-            let hint = if self.sends_token() {
-                "the server refused the token sent: is --token-file the server's own (rotated \
-                 since?)"
-            } else {
-                "the server wants its bearer token: give its file with --token-file (a server \
-                 keeps it in its user's $XDG_STATE_HOME/walhalla/token, by default \
-                 ~/.local/state/walhalla/token, unless told otherwise)"
-            };
-            return Err(anyhow::Error::new(refused).context(hint));
-        }
         if response.status() != StatusCode::OK {
-            return Err(Self::error_status(response).await.into());
+            return Err(self.error_status(response).await.into());
         }
         let body = response
             .bytes()

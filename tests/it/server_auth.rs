@@ -60,6 +60,23 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
         "{}",
         describe(&status)
     );
+    // So does fetch, refused (255: outside standby mode, no archive to fall back to).
+    let scratch = crate::harness::TestDir::new("scratch");
+    let fetch = std::process::Command::new(wh.binary())
+        .current_dir(scratch.path())
+        .env_remove("WALHALLA_TOKEN_FILE")
+        .env_remove("WALHALLA_ARCHIVE")
+        .env("XDG_STATE_HOME", "/nonexistent")
+        .args(["fetch", "--server", &server.url(), "00000002.history", "h"])
+        .output()
+        .unwrap();
+    assert_eq!(fetch.status.code(), Some(255), "{}", describe(&fetch));
+    assert!(
+        String::from_utf8_lossy(&fetch.stderr).contains("401 Unauthorized")
+            && String::from_utf8_lossy(&fetch.stderr).contains("give its file with --token-file"),
+        "{}",
+        describe(&fetch)
+    );
     wait_for(
         "the refusals in the log",
         std::time::Duration::from_secs(10),
