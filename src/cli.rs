@@ -231,12 +231,13 @@ pub struct FetchArgs {
     /// reaches the last archived byte. Never use it on a standby that keeps following.
     #[arg(long)]
     pub partial: bool,
-    /// For a recovery that replays the archive to its end (no recovery target, not a
-    /// standby), as `walhalla restore` writes it: the newest segment it found the archive
-    /// holding, with every one before it that recovery needs. A miss of one of those (deleted
-    /// since) is a hole, and fetch fails so that recovery stops instead of ending early
-    /// without the WAL after it. A miss past it, a valid copy in pg_wal, or standby.signal is
-    /// a plain miss.
+    /// For a recovery that replays the archive to its end (no recovery target), as `walhalla
+    /// restore` writes it: the newest segment it found the archive holding, with every one
+    /// before it that recovery needs. A miss of a segment through it, on its timeline or an
+    /// older one (deleted since), is a hole, and fetch fails so that recovery stops instead of
+    /// ending early without the WAL after it (nor is the hole filled from a snapshot with
+    /// --partial). A miss past it or on a newer timeline, of a segment before its timeline
+    /// began, with a valid copy in pg_wal, or in standby mode is a plain miss.
     #[arg(long, value_name = "SEGMENT", value_parser = parse_segment_name)]
     pub to_end: Option<SegmentName>,
     /// Segments to fetch ahead in the background; 0 turns readahead off.

@@ -123,6 +123,21 @@ impl Error {
         }
     }
 
+    /// Whether this may pass without anyone acting: a transient failure, or a refused TLS
+    /// certificate (a clock not yet synchronized, a certificate being renewed, a load balancer
+    /// restarting). Retrying does not wait for the latter, but a standby, which streams
+    /// meanwhile, takes either for "not available", and a fetch server answers 503 for it.
+    pub fn may_pass(&self) -> bool {
+        self.is_transient()
+            || matches!(
+                self,
+                Error::Refused {
+                    refusal: super::Refusal::Untrusted,
+                    ..
+                }
+            )
+    }
+
     /// Whether the archive holds something that contradicts what was offered: retrying the
     /// same write can never succeed, and going on could hide a real problem.
     pub fn is_contradiction(&self) -> bool {

@@ -102,7 +102,7 @@ impl Refusal {
             object_store::Error::PermissionDenied { .. } => Some(Refusal::AccessDenied),
             object_store::Error::Unauthenticated { .. } => Some(Refusal::BadCredentials),
             // A redirect is the answer of another region's endpoint: it stays.
-            object_store::Error::Generic { .. } if error.to_string().contains("redirect") => {
+            object_store::Error::Generic { .. } if is_redirect(&error.to_string()) => {
                 Some(Refusal::Rejected)
             }
             object_store::Error::Generic { .. } => match answer.status {
@@ -134,10 +134,14 @@ impl Refusal {
             },
             Refusal::BadCredentials | Refusal::NoCredentials => format!("set {credentials}"),
             Refusal::Rejected => "check --archive, the endpoint and the region".into(),
-            Refusal::Untrusted => "for an endpoint whose certificate a private CA issued, set \
-                 SSL_CERT_FILE to a PEM file holding that CA; check that the endpoint's name is \
-                 one its certificate names, and that the certificate has not expired"
-                .into(),
+            Refusal::Untrusted => match unusable_ssl_cert_file() {
+                Some(why) => why,
+                None => "for an endpoint whose certificate a private CA issued, set \
+                     SSL_CERT_FILE to a PEM file holding that CA; check that the endpoint's name \
+                     is one its certificate names, that the certificate has not expired, and \
+                     this host's clock"
+                    .into(),
+            },
         }
     }
 
@@ -170,6 +174,36 @@ impl Refusal {
         }
         format!("{what} ({said}); {hint}")
     }
+}
+
+/// What is wrong with the `SSL_CERT_FILE` the environment names, if anything: unreadable by
+/// this user, or holding no PEM certificate. (The verifier's own warning about it is kept out
+/// of the log with its per-handshake errors.)
+fn unusable_ssl_cert_file() -> Option<String> {
+    let path = std::env::var_os("SSL_CERT_FILE")?;
+    let shown = std::path::Path::new(&path).display();
+    match std::fs::read(&path) {
+        Err(e) => Some(format!(
+            "SSL_CERT_FILE={shown} cannot be read by this user ({e}): make it readable, or \
+             point it at a readable PEM file holding the endpoint's CA"
+        )),
+        Ok(bytes)
+            if !bytes
+                .windows(27)
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----") =>
+        {
+            Some(format!(
+                "SSL_CERT_FILE={shown} holds no PEM certificate: point it at the endpoint's CA"
+            ))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// Whether object_store's `text` says a request ended at a redirect (its own wording: an
+/// endpoint of another region answers with one), not merely that a key holds the word.
+fn is_redirect(text: &str) -> bool {
+    text.contains("Received redirect without LOCATION") || text.contains("error following redirect")
 }
 
 /// Whether `error` is rustls refusing the peer's certificate, directly or as the error an
@@ -442,6 +476,12 @@ mod tests {
             source: "Received redirect without LOCATION, this normally indicates an incorrectly configured region".into(),
         };
         assert_eq!(Refusal::of(&redirect), Some(Refusal::Rejected));
+        // The word in a key or a prefix is not a redirect.
+        let in_a_key = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET https://s3/wal/redirect-svc/x after 3 retries: connection reset".into(),
+        };
+        assert_eq!(Refusal::of(&in_a_key), None);
     }
 
     #[test]

@@ -86,7 +86,12 @@ pub async fn fetch(
             }
         }
     }
-    let mut restored = sources.restore(&name, dest, options.partial).await;
+    // A segment restore found archived is not made up from a snapshot: gone since, it is a
+    // hole (below), not the end of the WAL.
+    let partial = options.partial
+        && !matches!((name, options.to_end), (WalFileName::Segment(segment), Some(last))
+            if hole::was_checked(segment, last));
+    let mut restored = sources.restore(&name, dest, partial).await;
     if let (Err(e), Some((_, cache))) = (&restored, &prefetching) {
         if out_of_space(e) {
             // The readahead cache shares pg_wal's filesystem: the segment asked for comes first.
@@ -94,7 +99,7 @@ pub async fn fetch(
             match blocking::run(move || releasing.release()).await {
                 Ok(()) => {
                     tracing::warn!("{e:#}: emptied the readahead cache {cache} and trying again");
-                    restored = sources.restore(&name, dest, options.partial).await;
+                    restored = sources.restore(&name, dest, partial).await;
                 }
                 Err(why) => tracing::warn!("{cache}: not emptied: {why}"),
             }

@@ -18,17 +18,20 @@ use super::in_standby_mode;
 use super::sources::{Sources, check_segment_file};
 use crate::wal::SegmentName;
 
+/// Whether `restore` may have found `segment` archived, checking through `last`: not past it,
+/// nor on a newer timeline (one begun after it, by a server promoted into this archive
+/// meanwhile).
+pub(super) fn was_checked(segment: SegmentName, last: SegmentName) -> bool {
+    segment.timeline <= last.timeline && (segment.log, segment.seg) <= (last.log, last.seg)
+}
+
 /// Fails when the miss of `segment` is a hole in what `restore` checked, through `last`.
 pub(super) async fn refuse(
     sources: &Sources,
     segment: SegmentName,
     last: SegmentName,
 ) -> anyhow::Result<()> {
-    // A newer timeline than the one restore checked began after it (another server promoted
-    // into this archive meanwhile): nothing of it was checked.
-    let checked =
-        segment.timeline <= last.timeline && (segment.log, segment.seg) <= (last.log, last.seg);
-    if !checked || in_standby_mode() {
+    if !was_checked(segment, last) || in_standby_mode() {
         return Ok(());
     }
     let declared = sources.declared_system_id()?;
@@ -50,7 +53,7 @@ pub(super) async fn refuse(
         "{segment} is not in the archive, though it was when walhalla restore checked the WAL \
          through {last}: a hole (deleted since), and ending recovery here would lose the WAL \
          after it. Put {segment} back into the archive (a replica's or the old primary's \
-         pg_wal may have it) and start the server again; or, to end recovery at the hole, \
-         remove --to-end from restore_command in postgresql.auto.conf"
+         pg_wal may have it) and run recovery again; or, to end recovery at the hole, remove \
+         --to-end from restore_command in postgresql.auto.conf"
     )
 }

@@ -383,6 +383,9 @@ impl Sources {
         segment: SegmentName,
         sized_by: SegmentName,
     ) -> anyhow::Result<Option<bool>> {
+        if segment.timeline.0 < 2 {
+            return Ok(Some(true));
+        }
         if self.config.archive.is_none() {
             return Ok(None);
         }
@@ -477,8 +480,8 @@ impl crate::backoff::Transient for Asked {
 /// Whether `error` says that a source could not be reached in time: the fetch server
 /// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
 /// started), the archive's store failing in a way that passes (a refused connection, a
-/// timeout, a 503), or either silent until the deadline. Not a refusal, a missing bucket or a
-/// corrupt object, which need someone to act. In standby mode such a miss is taken for
+/// timeout, a 503, a refused TLS certificate), or either silent until the deadline. Not a
+/// refusal of the store, a missing bucket or a corrupt object, which need someone to act. In standby mode such a miss is taken for
 /// "not available": the standby streams meanwhile and asks again.
 pub fn unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
@@ -493,7 +496,7 @@ pub fn unreachable(error: &anyhow::Error) -> bool {
             )
             || cause
                 .downcast_ref::<archive::Error>()
-                .is_some_and(archive::Error::is_transient)
+                .is_some_and(archive::Error::may_pass)
     })
 }
 

@@ -234,8 +234,10 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     })
     .await?;
 
-    // The newest segment checked above, through which every one recovery needs is held.
+    // The newest segment checked above, through which every one recovery needs is held; not
+    // for a standby, which never ends recovery on a miss.
     let checked_through = (ranges.last())
+        .filter(|_| !options.standby)
         .filter(|(_, from, to)| to > from)
         .map(|&(timeline, _, to)| SegmentName::new(timeline, SegNo(to.0 - 1), size));
     let settings = options

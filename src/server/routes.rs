@@ -238,14 +238,15 @@ async fn wal(
 }
 
 /// The answer to a WAL file the server could not serve: 503 for an archive that cannot be
-/// reached for now (connections refused, a timeout, a store error that passes), which a client
+/// reached for now (connections refused, a timeout, a store error that passes, a refused TLS
+/// certificate), which a client
 /// in standby mode takes for "not available" and asks again; 500 for a file that cannot be
 /// served intact, a refusal of the store, or anything else.
 fn failure_status(error: &anyhow::Error) -> StatusCode {
     let passing = error.chain().any(|cause| {
         cause
             .downcast_ref::<archive::Error>()
-            .is_some_and(archive::Error::is_transient)
+            .is_some_and(archive::Error::may_pass)
     });
     if passing {
         StatusCode::SERVICE_UNAVAILABLE

@@ -585,6 +585,37 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
         assert_eq!(code, Some(1), "{source:?}: {run}");
     }
     archive.remove(&key_of(pg.system_id(), &later));
+    // With --partial (the last recovery after losing the primary), a snapshot of the deleted
+    // segment is no stand-in for it: the hole stays a hole. Without --to-end it is served.
+    let snapshot = {
+        use walhalla::wal::{Lsn, SegmentSize, SystemId, WalFileName};
+        let WalFileName::Segment(segment) = hole.parse().unwrap() else {
+            panic!("{hole}")
+        };
+        let start = segment
+            .start_lsn(SegmentSize::new(16 << 20).unwrap())
+            .unwrap();
+        let key = walhalla::archive::partial_snapshot_key(
+            &Default::default(),
+            SystemId(pg.system_id()),
+            segment,
+            Lsn(start.0 + 8192),
+        );
+        let content = walhalla::envelope::decode(&saved).unwrap();
+        let object = walhalla::envelope::Encoder::new(1, 1)
+            .unwrap()
+            .encode(&content[..8192])
+            .unwrap();
+        archive.overwrite(key.as_ref(), object);
+        key
+    };
+    let partial = ["--archive", archive.url(), "--partial", "--prefetch", "0"];
+    let (code, run) = fetch(&[&partial[..], &to_end].concat(), &hole);
+    assert_eq!(code, Some(255), "{run}");
+    let (code, run) = fetch(&partial, &hole);
+    assert_eq!(code, Some(0), "{run}");
+    std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG")).unwrap();
+    archive.remove(snapshot.as_ref());
     // A copy in pg_wal, which PostgreSQL reads after the archive's miss: a valid one is left
     // to it, a junk one is not taken for one.
     let in_pg_wal = data.join("pg_wal").join(&hole);

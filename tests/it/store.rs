@@ -138,7 +138,8 @@ fn a_missing_bucket_or_a_plain_http_endpoint_fails_fetch_at_once_in_one_line() {
 
 /// An HTTPS endpoint whose certificate a CA this host does not trust issued (a TLS server
 /// walhalla runs itself: the handshake fails before any S3 request): refused at once, not
-/// retried until the deadline, in one line saying how to trust a private CA.
+/// retried until the deadline, in one line saying how to trust a private CA, or what is wrong
+/// with the SSL_CERT_FILE given. In standby mode, a plain miss with a warning.
 #[test]
 fn an_endpoint_whose_certificate_is_not_trusted_fails_at_once() {
     use rcgen::ExtendedKeyUsagePurpose;
@@ -181,6 +182,25 @@ fn an_endpoint_whose_certificate_is_not_trusted_fails_at_once() {
             "SSL_CERT_FILE",
         ],
         || run(&wh, work.path(), "s3://bucket/x", &args, &env),
+    );
+    // An SSL_CERT_FILE this user cannot read is named.
+    let mut unreadable = env.clone();
+    unreadable.push(("SSL_CERT_FILE".into(), "/nonexistent/ca.pem".into()));
+    fails_at_once(
+        255,
+        Duration::from_secs(10),
+        &["SSL_CERT_FILE=/nonexistent/ca.pem cannot be read"],
+        || run(&wh, work.path(), "s3://bucket/x", &args, &unreadable),
+    );
+    // A standby takes it for "not available" (a clock not yet synchronized, a certificate
+    // being renewed), and streams meanwhile.
+    std::fs::write(work.path().join("standby.signal"), "").unwrap();
+    let standby = run(&wh, work.path(), "s3://bucket/x", &args, &env);
+    assert_eq!(standby.status.code(), Some(1), "{}", describe(&standby));
+    assert!(
+        stderr(&standby).contains("the endpoint's TLS certificate was refused"),
+        "{}",
+        describe(&standby)
     );
 }
 
