@@ -167,12 +167,20 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     // archive holds, and the rest is its source's.
     let past_end = plan::past_the_end(&ranges, &newest);
     if let Some(last) = past_end {
+        let needed = match last.1 {
+            Some(n) => format!(
+                "WAL after {}, the newest segment of timeline {}",
+                SegmentName::new(last.0, n, size),
+                last.0.0
+            ),
+            None => format!(
+                "WAL of timeline {}, which has no segment archived yet",
+                last.0.0
+            ),
+        };
         let problem = format!(
-            "{target} lies past the archive's end: recovery from backup {} would need WAL after \
-             {}, the newest segment of timeline {}",
+            "{target} lies past the archive's end: recovery from backup {} would need {needed}",
             backup.id,
-            SegmentName::new(last.0, last.1, size),
-            last.0.0
         );
         match more_wal {
             None => bail!(

@@ -246,21 +246,25 @@ pub fn missing_before_consistency(
 
 /// The last timeline's newest segment, when the last range of `ranges` runs past it: the
 /// target lies past the archive's end (a hole on that timeline is a missing segment before
-/// it). `None` when the timeline has no segment at all.
+/// it). `Some((timeline, None))` when that timeline, one the path switched to, has no segment
+/// archived yet (just after a failover); `None` when its first range (the backup's own WAL)
+/// has none.
 pub fn past_the_end(
     ranges: &[(TimelineId, SegNo, SegNo)],
     newest: &BTreeMap<TimelineId, SegNo>,
-) -> Option<(TimelineId, SegNo)> {
+) -> Option<(TimelineId, Option<SegNo>)> {
     let &(timeline, _, to) = ranges.last()?;
-    let &last = newest.get(&timeline)?;
-    (to.0 > last.0 + 1).then_some((timeline, last))
+    match newest.get(&timeline) {
+        Some(&last) => (to.0 > last.0 + 1).then_some((timeline, Some(last))),
+        None => (ranges.len() > 1).then_some((timeline, None)),
+    }
 }
 
-/// `ranges` cut after segment `last.1` of timeline `last.0`, the last one's (see
-/// [`past_the_end`]).
-pub fn clip_to(ranges: &mut Vec<(TimelineId, SegNo, SegNo)>, last: (TimelineId, SegNo)) {
+/// `ranges` cut after segment `last.1` of timeline `last.0`, the last one's, or without that
+/// timeline's range when it has none (see [`past_the_end`]).
+pub fn clip_to(ranges: &mut Vec<(TimelineId, SegNo, SegNo)>, last: (TimelineId, Option<SegNo>)) {
     if let Some(range) = ranges.last_mut().filter(|r| r.0 == last.0) {
-        range.2 = SegNo(last.1.0 + 1);
+        range.2 = last.1.map_or(range.1, |n| SegNo(n.0 + 1));
         if range.1 >= range.2 {
             ranges.pop();
         }
@@ -403,20 +407,29 @@ pub(crate) mod tests {
         let newest = BTreeMap::from([(one, SegNo(4)), (two, SegNo(9))]);
         // Timeline 1 up to its fork in segment 7 (three segments it lacks: holes), then 2.
         let mut ranges = vec![(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(20))];
-        assert_eq!(past_the_end(&ranges, &newest), Some((two, SegNo(9))));
-        clip_to(&mut ranges, (two, SegNo(9)));
+        assert_eq!(past_the_end(&ranges, &newest), Some((two, Some(SegNo(9)))));
+        clip_to(&mut ranges, (two, Some(SegNo(9))));
         assert_eq!(
             ranges,
             [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(10))]
         );
         assert_eq!(past_the_end(&ranges, &newest), None);
         // Timeline 1's own shortfall before the fork is not "past the end".
-        assert_eq!(past_the_end(&ranges[..1], &newest), Some((one, SegNo(4))));
+        assert_eq!(
+            past_the_end(&ranges[..1], &newest),
+            Some((one, Some(SegNo(4))))
+        );
         let ranges = [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(9))];
         assert_eq!(past_the_end(&ranges, &newest), None);
-        // No segment at all on the last timeline: nothing to call its end.
+        // No segment at all on the backup's own timeline: missing WAL, not an end.
         let ranges = [(TimelineId(3), SegNo(1), SegNo(5))];
         assert_eq!(past_the_end(&ranges, &newest), None);
+        // None yet on the timeline a failover just began: the archive ends before it.
+        let three = TimelineId(3);
+        let mut ranges = vec![(two, SegNo(5), SegNo(9)), (three, SegNo(9), SegNo(12))];
+        assert_eq!(past_the_end(&ranges, &newest), Some((three, None)));
+        clip_to(&mut ranges, (three, None));
+        assert_eq!(ranges, [(two, SegNo(5), SegNo(9))]);
     }
 
     #[test]

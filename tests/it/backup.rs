@@ -925,6 +925,39 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
         assert!(to.join("standby.signal").exists(), "{args:?}");
     }
 
+    // Just after a failover, timeline 2's history is archived but none of its segments: a
+    // target on it lies past the archive's end too, refused, or taken as a standby (which
+    // streams the rest from the new primary).
+    let switch = (segno + 1) * size + 0x1000;
+    let history = format!(
+        "1\t{:X}/{:X}\tno recovery target specified\n",
+        switch >> 32,
+        switch & 0xFFFF_FFFF
+    );
+    let history_key = crate::push::key_of(pg.system_id(), "00000002.history");
+    let encoded = walhalla::envelope::Encoder::new(1, 1)
+        .unwrap()
+        .encode(history.as_bytes())
+        .unwrap();
+    archive.overwrite(&history_key, encoded);
+    let dir = TestDir::new("failover");
+    let (code, _, stderr) = restore(
+        &wh,
+        &archive,
+        &dir.path().join("a"),
+        &["--target-lsn", "FF/0"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("would need WAL of timeline 2, which has no segment archived yet"),
+        "{stderr}"
+    );
+    let args = ["--target-lsn", "FF/0", "--standby"];
+    let (code, _, stderr) = restore(&wh, &archive, &dir.path().join("b"), &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("a standby waits"), "{stderr}");
+    archive.remove(&history_key);
+
     // A --to mistyped as the data directory of the running primary: refused, --force or not.
     let (code, _, stderr) = restore(&wh, &archive, &pg.data, &["--force"]);
     assert_eq!(code, Some(1), "{stderr}");
