@@ -55,7 +55,7 @@ impl ClusterArchive {
         if let Location::Local(root) = &self.archive.location {
             // A directory left behind would list as a backup without metadata.
             let path = root.join(folder.as_ref());
-            crate::blocking::run(move || remove_empty_dirs(&path))
+            crate::blocking::run(move || remove_folder(&path))
                 .await
                 .map_err(|e| Error::Store {
                     op: "delete",
@@ -86,8 +86,11 @@ impl ClusterArchive {
     }
 }
 
-/// Removes `dir` and the directories under it, which must be empty of files.
-fn remove_empty_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+/// Removes `dir` and the directories under it, which must hold no files but the staging
+/// files of uploads into the deleted backup interrupted by a kill ([`super::leftovers`]):
+/// listings never show those, and the folder could not go with them in it, failing every
+/// prune after.
+fn remove_folder(dir: &std::path::Path) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -95,9 +98,56 @@ fn remove_empty_dirs(dir: &std::path::Path) -> std::io::Result<()> {
     };
     for entry in entries {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_empty_dirs(&entry.path())?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            remove_folder(&entry.path())?;
+        } else if kind.is_file()
+            && super::leftovers::is_staging_name(&entry.file_name().to_string_lossy())
+        {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
     std::fs::remove_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::archive::{Archive, ArchiveOptions, StoreOptions};
+    use crate::wal::SystemId;
+
+    /// A backup killed mid-upload leaves a staging file in its folder: deleting the backup
+    /// removes it with the folder (it failed every later prune with "Directory not empty").
+    #[tokio::test]
+    async fn deleting_a_backup_takes_its_interrupted_uploads_with_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ArchiveOptions {
+            timeout: Duration::from_secs(10),
+            deadline: None,
+            create: false,
+            store: StoreOptions::default(),
+        };
+        let archive = Archive::open(&Location::Local(dir.path().to_path_buf()), &options).unwrap();
+        let cluster = archive.cluster(SystemId(7));
+        let folder = dir.path().join("7/backups");
+        for (id, stray) in [
+            ("20261205T213021Z", "00000146.zst#1"),
+            ("20261205T213022Z", "notes.txt"),
+        ] {
+            let base = folder.join(id).join("base");
+            std::fs::create_dir_all(&base).unwrap();
+            std::fs::write(base.join("00000000.zst"), b"piece").unwrap();
+            std::fs::write(base.join(stray), b"half a piece").unwrap();
+        }
+        let id = BackupId::new("20261205T213021Z", 1).unwrap();
+        cluster.delete_backup(&id).await.unwrap();
+        assert!(!folder.join("20261205T213021Z").exists());
+        // The other backup keeps its folder.
+        assert!(folder.join("20261205T213022Z/base/notes.txt").exists());
+    }
 }

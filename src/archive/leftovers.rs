@@ -132,7 +132,7 @@ fn idle(metadata: &std::fs::Metadata, now: SystemTime) -> Duration {
 
 /// Whether `name` is a staging file's: a name, `#`, and digits (object_store's own rule for
 /// the files its listings leave out).
-fn is_staging_name(name: &str) -> bool {
+pub(super) fn is_staging_name(name: &str) -> bool {
     name.split_once('#').is_some_and(|(stem, suffix)| {
         !stem.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
     })
