@@ -385,7 +385,7 @@ fn commits_a_synchronous_receiver_confirmed_survive_the_primary() {
         report["settings"]["restore_command"]
             .as_str()
             .unwrap()
-            .contains(" fetch --partial %f %p"),
+            .contains(" fetch --partial --to-end "),
         "{report:#}"
     );
     let last_resort = crate::backup::start_restored(&archive, last, data);
