@@ -127,10 +127,10 @@ impl Uploads {
         self.tasks.spawn(async move {
             let envelope = envelope(&content, level).await?;
             let stored = envelope.len() as u64;
+            // The archive's error names the operation and the key.
             cluster
                 .put_backup_object(&id, &object, content, envelope)
-                .await
-                .with_context(|| format!("store {}", cluster.backup_object_key(&id, &object)))?;
+                .await?;
             drop(slot);
             let archive = match object {
                 BackupObject::Piece { archive, .. } => archive,

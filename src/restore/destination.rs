@@ -17,8 +17,9 @@ pub(super) struct Destination {
     role: Role,
     /// Whether `--force` was given.
     force: bool,
-    /// Whether it existed before the restore (else a failed restore removes it).
-    existed: bool,
+    /// Its permission bits before the restore, when it existed (else a failed restore
+    /// removes it; if it did, they are put back).
+    mode_before: Option<u32>,
 }
 
 /// What a destination is, which decides what `--force` may do to it.
@@ -37,7 +38,7 @@ impl Destination {
     /// The data directory, `--to`.
     pub(super) fn data_directory(dir: PathBuf, force: bool) -> Destination {
         Destination {
-            existed: dir.exists(),
+            mode_before: mode_of(&dir),
             dir,
             role: Role::DataDirectory,
             force,
@@ -53,7 +54,7 @@ impl Destination {
             Role::OriginalTablespace(oid)
         };
         Destination {
-            existed: dir.exists(),
+            mode_before: mode_of(&dir),
             dir,
             role,
             force,
@@ -288,17 +289,58 @@ fn empty_directory(dir: &Path) -> std::io::Result<()> {
 /// Removes what a failed restore wrote (the destinations were empty or new, or emptied), and
 /// the directories it created.
 pub(super) fn remove_partial(destinations: &[Destination]) {
+    use std::os::unix::fs::PermissionsExt;
     for destination in destinations {
         let _ = empty_directory(&destination.dir);
-        if !destination.existed {
-            let _ = std::fs::remove_dir(&destination.dir);
+        match destination.mode_before {
+            // A mount point, say, keeps the mode it had (1777 for a scratch file system).
+            Some(mode) => {
+                let _ = std::fs::set_permissions(
+                    &destination.dir,
+                    std::fs::Permissions::from_mode(mode),
+                );
+            }
+            None => {
+                let _ = std::fs::remove_dir(&destination.dir);
+            }
         }
     }
+}
+
+/// The permission bits of `dir`, when it exists.
+fn mode_of(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.metadata().ok().map(|m| m.permissions().mode() & 0o7777)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed restore into a directory that existed (a mount point, say) empties it and
+    /// puts its mode back; one it created goes.
+    #[test]
+    fn a_failed_restore_leaves_an_existing_directory_as_it_found_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mount = root.path().join("scratch");
+        std::fs::create_dir(&mount).unwrap();
+        std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let new = root.path().join("new");
+        let destinations = [
+            Destination::data_directory(mount.clone(), false),
+            Destination::data_directory(new.clone(), false),
+        ];
+        for destination in &destinations {
+            destination.prepare().unwrap();
+            std::fs::write(destination.dir.join("PG_VERSION"), "18\n").unwrap();
+        }
+        assert_eq!(mode_of(&mount), Some(0o700));
+        remove_partial(&destinations);
+        assert_eq!(mode_of(&mount), Some(0o1777));
+        assert_eq!(std::fs::read_dir(&mount).unwrap().count(), 0);
+        assert!(!new.exists());
+    }
 
     #[test]
     fn the_archive_is_never_a_destination_even_with_force() {

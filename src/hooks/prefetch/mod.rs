@@ -214,9 +214,14 @@ impl Cache {
         self.prune(&HashSet::new())
     }
 
-    /// Removes the complete segments not in `keep`.
+    /// Removes the complete segments not in `keep`; no cache directory holds none.
     fn prune(&self, keep: &HashSet<SegmentName>) -> io::Result<()> {
-        for entry in std::fs::read_dir(&self.dir)? {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let Some(Ok(WalFileName::Segment(segment))) =
                 entry.file_name().to_str().map(str::parse::<WalFileName>)
