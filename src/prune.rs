@@ -155,30 +155,41 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
     if options.dry_run {
         return Ok(report);
     }
-    for backup in &plan.delete_backups {
-        let without_meta = matches!(backup.why, Doomed::Interrupted | Doomed::AssumedInterrupted);
-        if without_meta && cluster.has_backup_meta(&backup.id).await? {
-            // A backup that was running after all has finished since the listing.
-            let note = format!(
-                "backup {} wrote its metadata while prune ran: it was running, and is kept",
-                backup.id
-            );
-            tracing::warn!("{note}");
-            report
-                .deleted_backups
-                .retain(|b| b.id != backup.id.as_str());
-            report.notes.push(note);
-            continue;
+    let mut gone: Vec<&str> = Vec::new();
+    let deleting = async {
+        for backup in &plan.delete_backups {
+            let without_meta =
+                matches!(backup.why, Doomed::Interrupted | Doomed::AssumedInterrupted);
+            if without_meta && cluster.has_backup_meta(&backup.id).await? {
+                // A backup that was running after all has finished since the listing.
+                let note = format!(
+                    "backup {} wrote its metadata while prune ran: it was running, and is kept",
+                    backup.id
+                );
+                tracing::warn!("{note}");
+                report
+                    .deleted_backups
+                    .retain(|b| b.id != backup.id.as_str());
+                report.notes.push(note);
+                continue;
+            }
+            let objects = cluster.delete_backup(&backup.id).await?;
+            tracing::info!(backup = %backup.id, objects, "deleted backup");
+            gone.push(backup.id.as_str());
         }
-        let objects = cluster.delete_backup(&backup.id).await?;
-        tracing::info!(backup = %backup.id, objects, "deleted backup");
-    }
-    for (name, _) in &plan.delete_objects {
-        cluster.delete_wal_object(name).await?;
-    }
-    if !plan.delete_objects.is_empty() {
-        tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
-    }
+        for (name, _) in &plan.delete_objects {
+            cluster.delete_wal_object(name).await?;
+        }
+        if !plan.delete_objects.is_empty() {
+            tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
+        }
+        anyhow::Ok(())
+    };
+    // What went before a failure is said: the next run's plan no longer shows it.
+    deleting.await.with_context(|| match gone.as_slice() {
+        [] => "prune stopped before deleting any backup".to_string(),
+        ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
+    })?;
     leftovers::remove(report.deleted_leftovers.clone(), leftovers::SETTLED)
         .await
         .context("removing files interrupted uploads left")?;
