@@ -28,14 +28,14 @@ pub struct ClientSettings {
     pub client_key: Option<PathBuf>,
 }
 
-/// The token in the user's default token file, if there is a readable one.
-fn default_token() -> Option<String> {
+/// The token in the user's default token file, if there is a readable one, and that file.
+fn default_token() -> Option<(String, PathBuf)> {
     let path = token::default_path();
     if !path.exists() {
         return None;
     }
     match token::read(&path) {
-        Ok(token) => Some(token),
+        Ok(token) => Some((token, path)),
         Err(e) => {
             tracing::warn!("{e:#}: sending no bearer token");
             None
@@ -48,7 +48,8 @@ fn default_token() -> Option<String> {
 pub struct ServerClient {
     base: Url,
     http: reqwest::Client,
-    token: Option<String>,
+    /// The bearer token sent, and the file it was read from.
+    token: Option<(String, PathBuf)>,
 }
 
 /// Why a request to the server did not give an answer to act on.
@@ -73,7 +74,7 @@ pub enum ServerError {
         system_id: SystemId,
     },
     /// The server answered with an error status.
-    #[error("server {url} answered {status}: {body}{}", hint.map(|h| format!("; {h}")).unwrap_or_default())]
+    #[error("server {url} answered {status}: {body}{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     Status {
         /// The URL asked.
         url: String,
@@ -82,7 +83,7 @@ pub enum ServerError {
         /// The start of the body.
         body: String,
         /// What to do, when the status says (a refused or missing token).
-        hint: Option<&'static str>,
+        hint: Option<String>,
     },
 }
 
@@ -167,7 +168,7 @@ impl ServerClient {
             None => false,
         };
         let token = match &settings.token_file {
-            Some(path) => Some(token::read(path)?),
+            Some(path) => Some((token::read(path)?, path.clone())),
             // The token a server of this user created; never sent to another host.
             None if loopback => default_token(),
             None => None,
@@ -194,7 +195,7 @@ impl ServerClient {
         mut request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<reqwest::Response, ServerError> {
-        if let Some(token) = &self.token {
+        if let Some((token, _)) = &self.token {
             request = request.bearer_auth(token);
         }
         request
@@ -208,8 +209,13 @@ impl ServerClient {
 
     async fn error_status(&self, response: reqwest::Response) -> ServerError {
         let (url, status) = (response.url().to_string(), response.status());
+        // Only a walhalla server's own refusal (a bearer challenge) is about its token: a
+        // proxy in front may ask for its own login.
+        let bearer = (response.headers().get(reqwest::header::WWW_AUTHENTICATE))
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer"));
         let body = response.text().await.unwrap_or_default();
-        let hint = (status == StatusCode::UNAUTHORIZED).then(|| self.token_hint());
+        let hint = (status == StatusCode::UNAUTHORIZED && bearer).then(|| self.token_hint());
         ServerError::Status {
             url,
             status,
@@ -218,15 +224,19 @@ impl ServerClient {
         }
     }
 
-    /// What to do about a 401: the token this client sent, or its lack of one.
-    fn token_hint(&self) -> &'static str {
-        if self.sends_token() {
-            "the server refused the token sent: is --token-file the server's own (rotated \
-             since?)"
-        } else {
-            "the server wants its bearer token: give its file with --token-file (a server \
-             keeps it in its user's $XDG_STATE_HOME/walhalla/token, by default \
-             ~/.local/state/walhalla/token, unless told otherwise)"
+    /// What to do about a 401: the token this client sent (and the file it came from), or
+    /// its lack of one.
+    fn token_hint(&self) -> String {
+        match &self.token {
+            Some((_, file)) => format!(
+                "the server refused the token sent, from {}: is it the server's own token file \
+                 (rotated since?)",
+                file.display()
+            ),
+            None => "the server wants its bearer token: give its file with --token-file (a \
+                     server keeps it in its user's $XDG_STATE_HOME/walhalla/token, by default \
+                     ~/.local/state/walhalla/token, unless told otherwise)"
+                .into(),
         }
     }
 
@@ -271,11 +281,6 @@ impl ServerClient {
             }
             _ => Err(self.error_status(response).await),
         }
-    }
-
-    /// Whether requests carry a bearer token.
-    fn sends_token(&self) -> bool {
-        self.token.is_some()
     }
 
     /// Asks `/healthz`, which needs no token: `Ok` when the server answers `ok`.

@@ -156,6 +156,8 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         return Ok(report);
     }
     let mut gone: Vec<&str> = Vec::new();
+    let mut current: Option<&str> = None;
+    let mut wal_gone = 0usize;
     let deleting = async {
         for backup in &plan.delete_backups {
             let without_meta =
@@ -173,12 +175,15 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
                 report.notes.push(note);
                 continue;
             }
+            current = Some(backup.id.as_str());
             let objects = cluster.delete_backup(&backup.id).await?;
             tracing::info!(backup = %backup.id, objects, "deleted backup");
             gone.push(backup.id.as_str());
+            current = None;
         }
         for (name, _) in &plan.delete_objects {
             cluster.delete_wal_object(name).await?;
+            wal_gone += 1;
         }
         if !plan.delete_objects.is_empty() {
             tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
@@ -186,9 +191,21 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         anyhow::Ok(())
     };
     // What went before a failure is said: the next run's plan no longer shows it.
-    deleting.await.with_context(|| match gone.as_slice() {
-        [] => "prune stopped before deleting any backup".to_string(),
-        ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
+    deleting.await.with_context(|| {
+        let mut said = match gone.as_slice() {
+            [] => "prune stopped before deleting any backup".to_string(),
+            ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
+        };
+        if let Some(id) = current {
+            said.push_str(&format!(
+                ", while deleting backup {id} (its metadata already gone, it cannot be restored; \
+                 prune --assume-interrupted deletes the rest of it)"
+            ));
+        }
+        if wal_gone > 0 {
+            said.push_str(&format!(" and {wal_gone} WAL objects"));
+        }
+        said
     })?;
     leftovers::remove(report.deleted_leftovers.clone(), leftovers::SETTLED)
         .await

@@ -125,8 +125,9 @@ impl Error {
 
     /// Whether this may pass without anyone acting: a transient failure, or a refused TLS
     /// certificate (a clock not yet synchronized, a certificate being renewed, a load balancer
-    /// restarting). Retrying does not wait for the latter, but a standby, which streams
-    /// meanwhile, takes either for "not available", and a fetch server answers 503 for it.
+    /// restarting). A command reading the archive itself does not retry the latter, but a
+    /// standby, which streams meanwhile, takes either for "not available", and a fetch server
+    /// answers 503 for it (which a client in archive recovery asks again, until its deadline).
     pub fn may_pass(&self) -> bool {
         self.is_transient()
             || matches!(

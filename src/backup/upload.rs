@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::meta::{ArchiveMeta, StreamCompression};
 use super::take::BackupOptions;
-use crate::archive::{BackupId, BackupObject, ClusterArchive};
+use crate::archive::{self, BackupId, BackupObject, ClusterArchive};
 use crate::blocking;
 use crate::envelope::Encoder;
 
@@ -127,10 +127,15 @@ impl Uploads {
         self.tasks.spawn(async move {
             let envelope = envelope(&content, level).await?;
             let stored = envelope.len() as u64;
-            // The archive's error names the operation and the key.
-            cluster
+            // The archive's error names the operation and the key, but for a refusal.
+            let put = cluster
                 .put_backup_object(&id, &object, content, envelope)
-                .await?;
+                .await;
+            if let Err(e @ (archive::Error::Refused { .. } | archive::Error::Unsafe { .. })) = put {
+                let key = cluster.backup_object_key(&id, &object);
+                return Err(anyhow::Error::new(e).context(format!("store {key}")));
+            }
+            put?;
             drop(slot);
             let archive = match object {
                 BackupObject::Piece { archive, .. } => archive,

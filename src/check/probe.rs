@@ -143,10 +143,13 @@ async fn token_tried(
             name,
             format!("{answers} and accepts requests with the token in {file}"),
         ),
-        Err(e @ ServerError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403) => {
+        Err(ServerError::Status {
+            url, status, body, ..
+        }) if matches!(status.as_u16(), 401 | 403) => {
+            // The fix line says what to do: the error's own hint would say it twice.
             Check::fail(
                 name,
-                format!("{e:#}"),
+                format!("server {url} answered {status}: {body}"),
                 format!(
                     "{file}, the token file restore_command names, must hold the server's token (its --token-file, by default `token` in its user's state directory)"
                 ),

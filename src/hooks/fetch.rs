@@ -97,7 +97,8 @@ pub async fn fetch(
             // The readahead cache shares pg_wal's filesystem: the segment asked for comes first.
             let releasing = cache.clone();
             match blocking::run(move || releasing.release()).await {
-                Ok(()) => {
+                Ok(0) => {}
+                Ok(_) => {
                     tracing::warn!("{e:#}: emptied the readahead cache {cache} and trying again");
                     restored = sources.restore(&name, dest, partial).await;
                 }

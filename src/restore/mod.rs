@@ -165,7 +165,8 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     // archive's end. Refused, unless the restored server may get more WAL than the archive
     // holds (a standby, a fetch server, the receiver's snapshots): then it replays what the
     // archive holds, and the rest is its source's.
-    let past_end = plan::past_the_end(&ranges, &newest);
+    let last_byte = Lsn(backup.stop().map_err(|e| anyhow!(e))?.0.saturating_sub(1));
+    let past_end = plan::past_the_end(&ranges, &newest, SegNo::containing(last_byte, size));
     if let Some(last) = past_end {
         let needed = match last.1 {
             Some(n) => format!(

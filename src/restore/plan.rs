@@ -246,17 +246,18 @@ pub fn missing_before_consistency(
 
 /// The last timeline's newest segment, when the last range of `ranges` runs past it: the
 /// target lies past the archive's end (a hole on that timeline is a missing segment before
-/// it). `Some((timeline, None))` when that timeline, one the path switched to, has no segment
-/// archived yet (just after a failover); `None` when its first range (the backup's own WAL)
-/// has none.
+/// it). `Some((timeline, None))` when that timeline, one the path switched to after
+/// `stop` (the segment holding the backup's last byte), has no segment archived yet (just after
+/// a failover); `None` when the range holds the backup's own WAL (missing, not an end).
 pub fn past_the_end(
     ranges: &[(TimelineId, SegNo, SegNo)],
     newest: &BTreeMap<TimelineId, SegNo>,
+    stop: SegNo,
 ) -> Option<(TimelineId, Option<SegNo>)> {
-    let &(timeline, _, to) = ranges.last()?;
+    let &(timeline, from, to) = ranges.last()?;
     match newest.get(&timeline) {
         Some(&last) => (to.0 > last.0 + 1).then_some((timeline, Some(last))),
-        None => (ranges.len() > 1).then_some((timeline, None)),
+        None => (from > stop).then_some((timeline, None)),
     }
 }
 
@@ -407,27 +408,33 @@ pub(crate) mod tests {
         let newest = BTreeMap::from([(one, SegNo(4)), (two, SegNo(9))]);
         // Timeline 1 up to its fork in segment 7 (three segments it lacks: holes), then 2.
         let mut ranges = vec![(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(20))];
-        assert_eq!(past_the_end(&ranges, &newest), Some((two, Some(SegNo(9)))));
+        let stop = SegNo(3);
+        assert_eq!(
+            past_the_end(&ranges, &newest, stop),
+            Some((two, Some(SegNo(9))))
+        );
         clip_to(&mut ranges, (two, Some(SegNo(9))));
         assert_eq!(
             ranges,
             [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(10))]
         );
-        assert_eq!(past_the_end(&ranges, &newest), None);
+        assert_eq!(past_the_end(&ranges, &newest, stop), None);
         // Timeline 1's own shortfall before the fork is not "past the end".
         assert_eq!(
-            past_the_end(&ranges[..1], &newest),
+            past_the_end(&ranges[..1], &newest, stop),
             Some((one, Some(SegNo(4))))
         );
         let ranges = [(one, SegNo(2), SegNo(8)), (two, SegNo(7), SegNo(9))];
-        assert_eq!(past_the_end(&ranges, &newest), None);
+        assert_eq!(past_the_end(&ranges, &newest, stop), None);
         // No segment at all on the backup's own timeline: missing WAL, not an end.
         let ranges = [(TimelineId(3), SegNo(1), SegNo(5))];
-        assert_eq!(past_the_end(&ranges, &newest), None);
-        // None yet on the timeline a failover just began: the archive ends before it.
+        assert_eq!(past_the_end(&ranges, &newest, stop), None);
+        // None yet on the timeline a failover just began: the archive ends before it; not
+        // when the backup's own WAL runs into it (a backup across a promotion).
         let three = TimelineId(3);
         let mut ranges = vec![(two, SegNo(5), SegNo(9)), (three, SegNo(9), SegNo(12))];
-        assert_eq!(past_the_end(&ranges, &newest), Some((three, None)));
+        assert_eq!(past_the_end(&ranges, &newest, SegNo(9)), None);
+        assert_eq!(past_the_end(&ranges, &newest, stop), Some((three, None)));
         clip_to(&mut ranges, (three, None));
         assert_eq!(ranges, [(two, SegNo(5), SegNo(9))]);
     }

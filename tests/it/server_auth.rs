@@ -77,6 +77,26 @@ fn a_default_server_requires_its_token_which_local_clients_find() {
         "{}",
         describe(&fetch)
     );
+    // With a token the server refuses: the file it came from is named.
+    let wrong = scratch.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-servers-token\n").unwrap();
+    let fetch = std::process::Command::new(wh.binary())
+        .current_dir(scratch.path())
+        .env_remove("WALHALLA_ARCHIVE")
+        .args(["fetch", "--server", &server.url(), "--token-file"])
+        .arg(&wrong)
+        .args(["00000002.history", "h"])
+        .output()
+        .unwrap();
+    assert_eq!(fetch.status.code(), Some(255), "{}", describe(&fetch));
+    assert!(
+        String::from_utf8_lossy(&fetch.stderr).contains(&format!(
+            "the server refused the token sent, from {}",
+            wrong.display()
+        )),
+        "{}",
+        describe(&fetch)
+    );
     wait_for(
         "the refusals in the log",
         std::time::Duration::from_secs(10),

@@ -210,17 +210,19 @@ impl Cache {
     }
 
     /// Removes every segment the cache holds, for the room a fetch needs.
-    pub fn release(&self) -> io::Result<()> {
+    pub fn release(&self) -> io::Result<usize> {
         self.prune(&HashSet::new())
     }
 
-    /// Removes the complete segments not in `keep`; no cache directory holds none.
-    fn prune(&self, keep: &HashSet<SegmentName>) -> io::Result<()> {
+    /// Removes the complete segments not in `keep`; returns how many went. No cache directory
+    /// holds none.
+    fn prune(&self, keep: &HashSet<SegmentName>) -> io::Result<usize> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        let mut removed = 0;
         for entry in entries {
             let entry = entry?;
             let Some(Ok(WalFileName::Segment(segment))) =
@@ -230,12 +232,13 @@ impl Cache {
             };
             if !keep.contains(&segment) {
                 match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                    Err(_) => {}
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
