@@ -481,8 +481,9 @@ impl crate::backoff::Transient for Asked {
 /// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
 /// started), the archive's store failing in a way that passes (a refused connection, a
 /// timeout, a 503, a refused TLS certificate), or either silent until the deadline. Not a
-/// refusal of the store, a missing bucket or a corrupt object, which need someone to act. In standby mode such a miss is taken for
-/// "not available": the standby streams meanwhile and asks again.
+/// refusal of the store, a missing bucket or a corrupt object, which need someone to act. In
+/// standby mode such a miss is taken for "not available": the standby streams meanwhile and
+/// asks again.
 pub fn unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<NoAnswer>()
