@@ -115,10 +115,7 @@ fn remove_folder(dir: &std::path::Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::archive::{Archive, ArchiveOptions, StoreOptions};
     use crate::wal::SystemId;
 
     /// A backup killed mid-upload leaves a staging file in its folder: deleting the backup
@@ -126,13 +123,7 @@ mod tests {
     #[tokio::test]
     async fn deleting_a_backup_takes_its_interrupted_uploads_with_its_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let options = ArchiveOptions {
-            timeout: Duration::from_secs(10),
-            deadline: None,
-            create: false,
-            store: StoreOptions::default(),
-        };
-        let archive = Archive::open(&Location::Local(dir.path().to_path_buf()), &options).unwrap();
+        let archive = crate::archive::local_for_tests(dir.path());
         let cluster = archive.cluster(SystemId(7));
         let folder = dir.path().join("7/backups");
         for (id, stray) in [

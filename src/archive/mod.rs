@@ -481,6 +481,18 @@ impl ClusterArchive {
     }
 }
 
+/// A local archive at `root`, as the archive's own tests open one.
+#[cfg(test)]
+pub(super) fn local_for_tests(root: &std::path::Path) -> Archive {
+    let options = ArchiveOptions {
+        timeout: Duration::from_secs(10),
+        deadline: None,
+        create: false,
+        store: StoreOptions::default(),
+    };
+    Archive::open(&Location::Local(root.to_path_buf()), &options).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,13 +543,7 @@ mod tests {
             std::fs::create_dir_all(root.join(level).join(non_utf8).with_extension("d")).unwrap();
         }
 
-        let options = ArchiveOptions {
-            timeout: Duration::from_secs(10),
-            deadline: None,
-            create: false,
-            store: StoreOptions::default(),
-        };
-        let archive = Archive::open(&Location::Local(root.to_path_buf()), &options).unwrap();
+        let archive = local_for_tests(root);
         assert_eq!(archive.clusters().await.unwrap(), vec![SystemId(7)]);
         let cluster = archive.cluster(SystemId(7));
         let newest: Vec<String> = cluster

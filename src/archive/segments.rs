@@ -153,15 +153,12 @@ impl ClusterArchive {
 
     /// The first segment of `timeline` (the one holding its parent's switch point, as its
     /// history file says) and the cluster's segment size (the content length of `held`, a
-    /// segment the archive holds). `None` for timeline 1, or when either is gone.
+    /// segment the archive holds), for a timeline after the first. `None` when either is gone.
     async fn timeline_begin(
         &self,
         timeline: TimelineId,
         held: SegmentName,
     ) -> Result<Option<(SegNo, SegmentSize)>> {
-        if timeline.0 < 2 {
-            return Ok(None);
-        }
         let name = WalFileName::History(timeline);
         let Some(content) = self.get_verified(&name).await? else {
             return Ok(None);
@@ -215,10 +212,7 @@ impl ClusterArchive {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::archive::{Archive, ArchiveOptions, Location, StoreOptions};
     use crate::wal::SystemId;
 
     fn name(text: &str) -> WalFileName {
@@ -238,13 +232,7 @@ mod tests {
     #[tokio::test]
     async fn a_segment_is_on_its_timeline_from_where_the_history_says_it_began() {
         let dir = tempfile::tempdir().unwrap();
-        let options = ArchiveOptions {
-            timeout: Duration::from_secs(10),
-            deadline: None,
-            create: false,
-            store: StoreOptions::default(),
-        };
-        let archive = Archive::open(&Location::Local(dir.path().to_path_buf()), &options).unwrap();
+        let archive = crate::archive::local_for_tests(dir.path());
         let cluster = archive.cluster(SystemId(7));
         let mut encoder = envelope::Encoder::new(1, 1).unwrap();
         let mut put = async |text: &str, content: Vec<u8>| {

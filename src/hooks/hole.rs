@@ -16,6 +16,7 @@ use std::path::Path;
 
 use super::in_standby_mode;
 use super::sources::{Sources, check_segment_file};
+use crate::blocking;
 use crate::wal::SegmentName;
 
 /// Whether `restore` may have found `segment` archived, checking through `last`: not past it,
@@ -36,7 +37,8 @@ pub(super) async fn refuse(
     }
     let declared = sources.declared_system_id()?;
     let copy = Path::new("pg_wal").join(segment.to_string());
-    if check_segment_file(&copy, segment, declared).is_ok() {
+    let valid_copy = blocking::run(move || check_segment_file(&copy, segment, declared).is_ok());
+    if valid_copy.await {
         return Ok(());
     }
     match sources.timeline_begun_by(segment, last).await? {

@@ -314,12 +314,7 @@ impl Sources {
         partial: bool,
         declared: Option<SystemId>,
     ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        // A hook's archive ends every operation by its deadline; a worker's gives each its
-        // own `--timeout`, and `restore` bounds each call.
-        let archive = self
-            .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
-            .await?;
+        let archive = self.archive().await?;
         let system_id = super::resolve_system_id(declared, Path::new("."), None, archive)
             .await
             .with_context(|| format!("fetch {name}"))?;
@@ -389,16 +384,21 @@ impl Sources {
         if self.config.archive.is_none() {
             return Ok(None);
         }
-        let archive = self
-            .archive
-            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
-            .await?;
+        let archive = self.archive().await?;
         let declared = self.declared_system_id()?;
         let system_id = super::resolve_system_id(declared, Path::new("."), None, archive).await?;
         Ok(archive
             .cluster(system_id)
             .timeline_begun_by(segment, sized_by)
             .await?)
+    }
+
+    /// The archive, opened at its first use. A hook's archive ends every operation by its
+    /// deadline; a worker's gives each its own `--timeout`, and `restore` bounds each call.
+    async fn archive(&self) -> anyhow::Result<&Archive> {
+        self.archive
+            .get_or_try_init(|| super::open_archive(&self.config, false, self.deadline))
+            .await
     }
 
     /// Quiet when the archive is simply at its end (PostgreSQL probes for history files that
