@@ -125,7 +125,8 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     };
     let (choice, path) = choose(&cluster, &backups, options, newest_timeline, &newest).await?;
     let (backup, reason) = (choice.backup, choice.reason);
-    tracing::info!(backup = %backup.id, "restoring: {reason}");
+    // Chosen, not yet restored: the checks below may still refuse it.
+    tracing::info!(backup = %backup.id, "backup chosen: {reason}");
     let size = backup.segment_size().map_err(|e| anyhow!(e))?;
     let until = match target {
         Target::Lsn(lsn) => Some(*lsn),
