@@ -61,6 +61,7 @@ fn synthesized() -> (WalInventory, Vec<BackupMeta>) {
                 archives: Vec::new(),
                 manifest_bytes: 0,
                 bytes: 0,
+                data_bytes: None,
                 stored_bytes: 0,
                 wal_complete: true,
                 wal_missing: None,

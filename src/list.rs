@@ -489,7 +489,7 @@ fn describe_backups(cluster: &ClusterListing, out: &mut String) {
             b.start_lsn,
             b.stop_lsn,
             b.stop_timeline,
-            b.bytes >> 20,
+            b.size() >> 20,
             b.stored_bytes >> 20,
         );
     }

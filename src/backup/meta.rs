@@ -50,6 +50,11 @@ pub struct BackupMeta {
     pub manifest_bytes: u64,
     /// Bytes as the server sent them (tar streams and manifest).
     pub bytes: u64,
+    /// The size of the files the backup holds, by its manifest: the database's size, which
+    /// `bytes` is not when the server compressed the streams. Absent in backups taken
+    /// before walhalla recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<u64>,
     /// Bytes as stored (compressed, with envelopes).
     pub stored_bytes: u64,
     /// Whether every WAL segment from the start to the stop was in the archive.
@@ -119,6 +124,12 @@ impl BackupMeta {
     /// The backup's identifier.
     pub fn backup_id(&self) -> Result<BackupId, String> {
         BackupId::parse(&self.id).ok_or_else(|| format!("backup.json names backup {:?}", self.id))
+    }
+
+    /// The size of the files it holds: by its manifest, or, for a backup that did not record
+    /// that, as the server sent them.
+    pub fn size(&self) -> u64 {
+        self.data_bytes.unwrap_or(self.bytes)
     }
 
     /// Whether its WAL was all archived (else it was stored, marked incomplete).
@@ -207,6 +218,7 @@ pub mod testing {
             archives: Vec::new(),
             manifest_bytes: 0,
             bytes: 0,
+            data_bytes: None,
             stored_bytes: 0,
             wal_complete: true,
             wal_missing: None,

@@ -30,6 +30,6 @@ pub fn describe(meta: &BackupMeta) -> String {
         meta.stop_lsn,
         meta.stop_timeline,
         meta.stored_bytes >> 20,
-        meta.bytes >> 20,
+        meta.size() >> 20,
     )
 }

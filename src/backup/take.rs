@@ -201,6 +201,7 @@ impl Backup<'_> {
             from_standby: found.from_standby,
             manifest_bytes: received.manifest_bytes,
             bytes: received.archives.iter().map(|a| a.bytes).sum::<u64>() + received.manifest_bytes,
+            data_bytes: Some(received.data_bytes),
             stored_bytes: received.stored_bytes,
             archives: received.archives,
             wal_complete: missing.is_none(),
@@ -345,6 +346,8 @@ struct Received {
     sets: Vec<Vec<Row>>,
     archives: Vec<ArchiveMeta>,
     manifest_bytes: u64,
+    /// The files' sizes by the manifest, summed.
+    data_bytes: u64,
     stored_bytes: u64,
     label: Option<BackupLabel>,
 }
@@ -483,6 +486,7 @@ async fn receive(
         );
     }
     let manifest_bytes = manifest.len() as u64;
+    let data_bytes = parsed.files.iter().map(|f| f.size).sum();
     uploads
         .submit(BackupObject::Manifest, Bytes::from(manifest), uploads.level)
         .await?;
@@ -498,6 +502,7 @@ async fn receive(
         sets,
         archives,
         manifest_bytes,
+        data_bytes,
         stored_bytes,
         label,
     })

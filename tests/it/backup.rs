@@ -802,6 +802,29 @@ fn a_backup_the_server_compressed_restores() {
     // What arrived is the server's zstd stream, far smaller than the tar it holds.
     let files: u64 = backup["bytes"].as_u64().unwrap();
     assert!(files < 8 << 20, "{backup}");
+    // Its size is the files', by the server's manifest, not the compressed stream's: what
+    // `list` shows.
+    let suffix = format!(
+        "backups/{}/backup_manifest.zst",
+        backup["id"].as_str().unwrap()
+    );
+    let key = archive.keys().into_iter().find(|k| k.ends_with(&suffix));
+    let manifest = archive.object(&key.expect("the manifest")).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&walhalla::envelope::decode(&manifest).unwrap()).unwrap();
+    let sizes: u64 = (manifest["Files"].as_array().unwrap().iter())
+        .map(|f| f["Size"].as_u64().unwrap())
+        .sum();
+    assert!(sizes > files, "{sizes} {backup}");
+    assert_eq!(backup["data_bytes"], sizes, "{backup}");
+    let listing = wh.run(&archive, Path::new("/"), &["list"]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let row = listing
+        .lines()
+        .find(|l| l.contains(backup["id"].as_str().unwrap()));
+    let columns: Vec<&str> = row.expect("the backup's row").split_whitespace().collect();
+    // BACKUP, STOPPED, START LSN, STOP LSN, TLI, SIZE MiB, STORED MiB.
+    assert_eq!(columns[5], (sizes >> 20).to_string(), "{listing}");
     insert_batch(&pg, "B");
     let last = pg.switch_wal();
     pg.wait_archived(&last);
