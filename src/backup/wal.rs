@@ -10,7 +10,7 @@
 //! as the receiver's always do (spool, create-only upload). The backup then waits
 //! for them like for WAL archived by anyone else.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::archive::{Archive, ClusterArchive};
+use crate::archive::{Archive, BackupId, ClusterArchive};
 use crate::daemon::Shared;
 use crate::protocol::conninfo::ConnParams;
 use crate::receiver::{self, BackupWal, Mode, ReceiveOptions};
@@ -100,7 +100,14 @@ impl WalStream {
         compression_level: i32,
         name: &str,
     ) -> anyhow::Result<WalStream> {
-        let spool = receiver::spool_root().join(format!("backup-{system_id}-{name}"));
+        let root = receiver::spool_root();
+        let own = spool_name(system_id, name);
+        let leftovers = root.clone();
+        let removing = crate::blocking::run(move || remove_leftover_spools(&leftovers, &own));
+        if let Err(e) = removing.await {
+            tracing::warn!("{e:#}");
+        }
+        let spool = root.join(spool_name(system_id, name));
         let (ready_tx, mut ready) = watch::channel(false);
         let (start, start_rx) = watch::channel(None);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -172,6 +179,62 @@ impl WalStream {
     }
 }
 
+/// The spool directory's name of backup `name`'s WAL stream.
+fn spool_name(system_id: SystemId, name: &str) -> String {
+    format!("{SPOOL_PREFIX}{system_id}-{name}")
+}
+
+/// What every backup's spool name starts with.
+const SPOOL_PREFIX: &str = "backup-";
+
+/// How long a backup's spool must have been left unchanged before another backup removes it
+/// (when no process holds it): a backup starting at this moment creates its spool a moment
+/// before it holds it.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60);
+
+/// Removes the spools that backups killed before their end left in `root` (the stream's
+/// spool goes with the backup otherwise), but `own`, those a running backup holds, and those
+/// changed within [`LEFTOVER_AGE`]. What they hold belonged to backups that never completed:
+/// the WAL a later backup needs, it streams itself.
+fn remove_leftover_spools(root: &Path, own: &str) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("list {}", root.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("list {}", root.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| *n != own) else {
+            continue;
+        };
+        let settled = entry.metadata().is_ok_and(|m| {
+            m.is_dir()
+                && m.modified()
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= LEFTOVER_AGE))
+        });
+        if !is_backup_spool(name) || !settled {
+            continue;
+        }
+        let dir = entry.path();
+        let removed = crate::spool::remove_unless_held(&dir)
+            .with_context(|| format!("remove the spool {} a killed backup left", dir.display()))?;
+        if removed {
+            tracing::info!(spool = %dir.display(), "removed the WAL spool of a backup that was killed");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a backup's spool name: `backup-SYSTEMID-BACKUPID`.
+fn is_backup_spool(name: &str) -> bool {
+    name.strip_prefix(SPOOL_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(system_id, id)| {
+            system_id.parse::<u64>().is_ok() && BackupId::parse(id).is_some()
+        })
+}
+
 impl Drop for WalStream {
     /// Ends the receiver (its temporary slot goes with its connection) and removes its spool:
     /// what mattered was archived, or the backup failed.
@@ -184,5 +247,40 @@ impl Drop for WalStream {
                 tracing::warn!(spool = %self.spool.display(), "could not remove the backup's WAL spool: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_backups_spool_is_removed_by_the_next_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let make = |name: &str, age: Duration| {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("000000010000000000000003"), b"wal").unwrap();
+            let when = std::time::SystemTime::now() - age;
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            dir
+        };
+        let old = Duration::from_secs(3600);
+        let killed = make("backup-7-20261201T000000Z", old);
+        let killed_too = make("backup-8-20261201T000000Z-2", old);
+        let own = make("backup-7-20261202T000000Z", old);
+        let starting = make("backup-7-20261202T000001Z", Duration::ZERO);
+        let receivers = make("7", old);
+        let not_a_backups = make("backup-7-latest", old);
+        remove_leftover_spools(root.path(), "backup-7-20261202T000000Z").unwrap();
+        assert!(!killed.exists() && !killed_too.exists());
+        for kept in [own, starting, receivers, not_a_backups] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        // No state directory yet: nothing to do.
+        remove_leftover_spools(&root.path().join("none"), "x").unwrap();
     }
 }

@@ -160,6 +160,11 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&spool, &link).unwrap();
         let refused = open(&link, SystemId(9), false).unwrap_err();
+        assert!(
+            !crate::spool::remove_unless_held(&spool).unwrap(),
+            "a held spool is not removed"
+        );
+        assert!(spool.is_dir());
         let _ = other.kill();
         other.wait().unwrap();
         assert_eq!(refused.kind(), io::ErrorKind::WouldBlock, "{refused}");

@@ -116,6 +116,19 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
 }
 
+/// Removes the spool `dir` with what it holds, unless another process holds it: it is held
+/// first, so that no process starts using it while it goes. Returns whether it was removed.
+/// For spools nothing needs once their process is gone (a killed backup's).
+pub fn remove_unless_held(dir: &Path) -> io::Result<bool> {
+    match hold::hold(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(true)
+}
+
 /// Whether `dir` is still the spool [`open`] made for `system_id`: a directory holding its
 /// marker. `false` when the marker is missing (a directory made anew) or names another
 /// cluster; an error when `dir` is gone or not a directory.

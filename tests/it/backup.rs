@@ -741,10 +741,44 @@ fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
     pg.start();
     pg.sql("CREATE TABLE batches (batch text, n int)");
     insert_batch(&pg, "A");
-    let run = run_backup(&wh, &archive, &pg, "60", &["--wal", "stream"]);
+    // A backup killed an hour ago left its stream's spool in the state directory.
+    let state = TestDir::new("state");
+    state.subdir("walhalla");
+    let killed = state.subdir(&format!(
+        "walhalla/backup-{}-20200101T000000Z",
+        pg.system_id()
+    ));
+    std::fs::write(killed.join("000000010000000000000002"), b"WAL").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(&killed)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let conninfo = pg.conninfo();
+    let run = crate::harness::as_pg_user(wh.path())
+        .env("XDG_STATE_HOME", state.path())
+        .envs(archive.env())
+        .args([
+            "--archive",
+            archive.url(),
+            "backup",
+            "-d",
+            &conninfo,
+            "--fast",
+            "--json",
+        ])
+        .args(["--wal-timeout", "60", "--wal", "stream"])
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     let backup: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
     assert_eq!(backup["wal_complete"], true, "{backup}");
+    // Its own spool went with it, and the killed one's too.
+    let left: Vec<_> = std::fs::read_dir(state.path().join("walhalla"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // The temporary slot went with the backup's stream.
     assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0");
     insert_batch(&pg, "B");
