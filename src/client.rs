@@ -87,6 +87,22 @@ pub enum ServerError {
     },
 }
 
+impl ServerError {
+    /// Whether `error` comes of the server refusing the token sent (401): its file's token
+    /// was rotated away, or the wrong file was given.
+    pub fn refused_token(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref(),
+                Some(ServerError::Status {
+                    status: StatusCode::UNAUTHORIZED,
+                    ..
+                })
+            )
+        })
+    }
+}
+
 /// `url` with the user and password before its host replaced by `********`, when it has any
 /// (read from the text, so that a URL that does not parse is masked too); `None` without.
 pub fn masked_userinfo(url: &str) -> Option<String> {

@@ -314,3 +314,86 @@ fn an_unusable_prefetch_cache_degrades_to_a_direct_fetch() {
         }
     }
 }
+
+#[test]
+fn a_worker_whose_token_was_rotated_away_stops_and_the_next_fetch_starts_one_with_the_new() {
+    use std::os::unix::fs::PermissionsExt;
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, names) = archived_segments(&wh, &archive, 6);
+    let state = TestDir::new("state");
+    let server = Server::start_in_state(&wh, &archive, state.path(), &[]);
+    let server_tokens = state.path().join("walhalla/token");
+    let old = std::fs::read_to_string(&server_tokens).unwrap();
+    let old = old.trim().to_string();
+    // The clients' copy of the token, as restore_command names it.
+    let out = TestDir::new("out");
+    let client_token = out.path().join("token");
+    let give = |token: &str| {
+        std::fs::write(&client_token, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&client_token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    give(&old);
+    let dest = out.path().join("RECOVERYXLOG");
+    let cache = out.path().join("walhalla-prefetch");
+    let url = server.url();
+    let client = [
+        "--prefetch",
+        "2",
+        "--server",
+        url.as_str(),
+        "--token-file",
+        client_token.to_str().unwrap(),
+    ];
+    let fetch_ok = |name: &str| {
+        let run = fetch_command(&wh, &primary.data, &client, name, &dest)
+            .env_remove("WALHALLA_TOKEN_FILE")
+            .env_remove("WALHALLA_ARCHIVE")
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(0), "{name}: {}", describe(&run));
+    };
+    fetch_ok(&names[0]);
+    wait_for("two segments ahead", Duration::from_secs(60), || {
+        (cached(&cache) == names[1..3]).then_some(())
+    });
+
+    // The token rotated as the README says: the new one given to the server and the clients,
+    // then the old one removed.
+    let rotated = "rotated-0123456789abcdef0123456789abcdef";
+    let hangup = |lines: usize| {
+        // SAFETY: kill() on the pid of a server this test started and has not reaped.
+        unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+        let said = format!("count={lines}");
+        wait_for("the token file read again", Duration::from_secs(10), || {
+            (server.log().lines())
+                .any(|l| l.contains("read the token file again") && l.contains(&said))
+                .then_some(())
+        });
+    };
+    std::fs::write(&server_tokens, format!("{rotated}\n{old}\n")).unwrap();
+    hangup(2);
+    give(rotated);
+    std::fs::write(&server_tokens, format!("{rotated}\n")).unwrap();
+    hangup(1);
+
+    // The worker, asked for the next segment with the old token, is refused and stops.
+    fetch_ok(&names[1]);
+    wait_for("the worker to stop", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(cache.join("worker.log")).unwrap_or_default();
+        (log.contains("401") && log.contains("this worker stops") && cached(&cache).is_empty())
+            .then_some(())
+    });
+    // The next fetch asks the server itself, and starts a worker with the token as it is now.
+    fetch_ok(&names[2]);
+    wait_for(
+        "two segments ahead with the new token",
+        Duration::from_secs(60),
+        || (cached(&cache) == names[3..5]).then_some(()),
+    );
+    fetch_ok(&names[3]);
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(primary.data.join("pg_wal").join(&names[3])).unwrap()
+    );
+}

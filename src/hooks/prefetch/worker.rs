@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{Cache, SETTINGS, WANTED};
 use crate::blocking;
-use crate::client::ClientSettings;
+use crate::client::{ClientSettings, ServerError};
 use crate::config::Config;
 use crate::hooks::in_standby_mode;
 use crate::hooks::sources::{FetchOutcome, Sources};
@@ -273,6 +273,12 @@ pub async fn run_worker(
                         misses.insert(segment, Instant::now());
                         missed = true;
                         at_end = true;
+                    }
+                    Err(e) if ServerError::refused_token(&e) => {
+                        // Read at this worker's start, the token was rotated away since: a
+                        // worker the next fetch starts reads the file as it is now.
+                        tracing::warn!(%segment, "prefetch failed: {e:#}; this worker stops");
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(%segment, "prefetch failed: {e:#}");
