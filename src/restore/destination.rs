@@ -28,10 +28,20 @@ enum Role {
     /// The new data directory (`--to`).
     DataDirectory,
     /// A tablespace's directory named with `--tablespace-map`.
-    MappedTablespace,
+    MappedTablespace(u32),
     /// A tablespace's location on the backed-up server, which may be that server's own: never
     /// emptied.
     OriginalTablespace(u32),
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::DataDirectory => f.write_str("the data directory"),
+            Role::MappedTablespace(oid) => write!(f, "tablespace {oid}"),
+            Role::OriginalTablespace(oid) => write!(f, "tablespace {oid}, where it was"),
+        }
+    }
 }
 
 impl Destination {
@@ -49,7 +59,7 @@ impl Destination {
     /// original location.
     pub(super) fn tablespace(oid: u32, dir: PathBuf, mapped: bool, force: bool) -> Destination {
         let role = if mapped {
-            Role::MappedTablespace
+            Role::MappedTablespace(oid)
         } else {
             Role::OriginalTablespace(oid)
         };
@@ -102,7 +112,7 @@ impl Destination {
                  may be that server's own, so --force never empties it); give the tablespace \
                  an empty directory with --tablespace-map {oid}=DIR"
             ),
-            Role::DataDirectory | Role::MappedTablespace => bail!(
+            Role::DataDirectory | Role::MappedTablespace(_) => bail!(
                 "{dir} is not empty; restore into an empty directory, or add --force to empty \
                  it first"
             ),
@@ -140,6 +150,31 @@ pub(super) fn refuse_the_archive(destination: &Destination, archive: &Path) -> a
             destination.dir.display(),
             archive.display()
         );
+    }
+    Ok(())
+}
+
+/// Refuses destinations that are, hold or lie in one another (`..` and symbolic links
+/// resolved): two tablespaces in one directory, or one in the data directory, would be written
+/// over each other, and emptied by each other's `--force`.
+pub(super) fn refuse_overlaps(destinations: &[Destination]) -> anyhow::Result<()> {
+    let resolved: Vec<(&Destination, PathBuf)> = destinations
+        .iter()
+        .map(|d| (d, resolved(&d.dir).unwrap_or_else(|| d.dir.clone())))
+        .collect();
+    for (i, (a, a_dir)) in resolved.iter().enumerate() {
+        for (b, b_dir) in &resolved[i + 1..] {
+            if a_dir.starts_with(b_dir) || b_dir.starts_with(a_dir) {
+                bail!(
+                    "{} ({}) and {} ({}) would share {}: give each its own directory",
+                    a.dir.display(),
+                    a.role,
+                    b.dir.display(),
+                    b.role,
+                    a_dir.min(b_dir).display()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -340,6 +375,38 @@ mod tests {
         assert_eq!(mode_of(&mount), Some(0o1777));
         assert_eq!(std::fs::read_dir(&mount).unwrap().count(), 0);
         assert!(!new.exists());
+    }
+
+    #[test]
+    fn destinations_that_share_a_directory_are_refused_however_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
+        let at = |parts: &str| dir.path().join(parts);
+        let refused = |destinations: &[Destination]| {
+            refuse_overlaps(destinations)
+                .map_err(|e| e.to_string())
+                .unwrap_err()
+        };
+        let data_dir = Destination::data_directory(data.clone(), false);
+        let space = |oid, path: PathBuf| Destination::tablespace(oid, path, true, false);
+        // Inside the data directory through `..`, or through a symbolic link to it.
+        let error = refused(&[data_dir.clone(), space(16384, at("other/../data/ts"))]);
+        assert!(
+            error.contains("the data directory") && error.contains("tablespace 16384"),
+            "{error}"
+        );
+        refused(&[data_dir.clone(), space(16384, at("link/ts"))]);
+        // Two tablespaces in one directory, one written with a trailing `.`.
+        let error = refused(&[
+            data_dir.clone(),
+            space(16384, at("ts")),
+            Destination::tablespace(16385, at("ts/."), false, false),
+        ]);
+        assert!(error.contains("tablespace 16385, where it was"), "{error}");
+        // Apart, even when one's name begins with the other's.
+        refuse_overlaps(&[data_dir, space(16384, at("ts")), space(16385, at("ts2"))]).unwrap();
     }
 
     #[test]

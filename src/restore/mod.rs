@@ -235,6 +235,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         _ => None,
     };
     blocking::run(move || {
+        destination::refuse_overlaps(&checked)?;
         checked.iter().try_for_each(|destination| {
             if let Some(archive) = &local_archive {
                 destination::refuse_the_archive(destination, archive)?;

@@ -38,15 +38,6 @@ pub(super) fn tablespace_destinations(
                 dir.display()
             );
         }
-        let clash = destinations
-            .iter()
-            .find(|(other, d)| *other != oid && (d.starts_with(dir) || dir.starts_with(d)));
-        if let Some((other, _)) = clash {
-            bail!(
-                "tablespaces {oid} and {other} would share {}",
-                dir.display()
-            );
-        }
     }
     if let Some(unknown) = map.keys().find(|oid| !destinations.contains_key(oid)) {
         bail!(
