@@ -102,12 +102,11 @@ impl WalStream {
     ) -> anyhow::Result<WalStream> {
         let root = receiver::spool_root();
         let own = spool_name(system_id, name);
-        let leftovers = root.clone();
-        let removing = crate::blocking::run(move || remove_leftover_spools(&leftovers, &own));
+        let spool = root.join(&own);
+        let removing = crate::blocking::run(move || remove_leftover_spools(&root, &own));
         if let Err(e) = removing.await {
             tracing::warn!("{e:#}");
         }
-        let spool = root.join(spool_name(system_id, name));
         let (ready_tx, mut ready) = watch::channel(false);
         let (start, start_rx) = watch::channel(None);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -217,10 +216,15 @@ fn remove_leftover_spools(root: &Path, own: &str) -> anyhow::Result<()> {
             continue;
         }
         let dir = entry.path();
-        let removed = crate::spool::remove_unless_held(&dir)
-            .with_context(|| format!("remove the spool {} a killed backup left", dir.display()))?;
-        if removed {
-            tracing::info!(spool = %dir.display(), "removed the WAL spool of a backup that was killed");
+        match crate::spool::remove_unless_held(&dir) {
+            Ok(true) => {
+                tracing::info!(spool = %dir.display(), "removed the WAL spool of a backup that was killed");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "could not remove the spool {} a killed backup left: {e}",
+                dir.display()
+            ),
         }
     }
     Ok(())
