@@ -218,6 +218,9 @@ fn why(why: &Why) -> String {
         Why::Newest => "the newest complete backup".into(),
         Why::AmongNewest => "among the newest --keep-backups".into(),
         Why::Within => "stopped within --keep-within".into(),
+        Why::WindowStart => {
+            "the one restore chooses for the start of --keep-within (the newest before it)".into()
+        }
         Why::NewestTimeline(t) => format!("the one restore chooses for timeline {t}"),
     }
 }

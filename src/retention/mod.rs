@@ -10,6 +10,10 @@
 //!
 //! - it is among the `keep` newest complete backups (by identifier, that is start time);
 //! - it stopped (`stop_time`) within `within` before [`Policy::now`];
+//! - it is the backup a restore to the start of `within` chooses on the newest timeline's
+//!   path (of those that stopped before then, the one consistent last along it), so that
+//!   every point of the duration can be restored, as pgBackRest's and Barman's time-based
+//!   retention keep it;
 //! - it is the newest complete backup: always, whatever the policy;
 //! - it is the backup `restore` chooses for the newest timeline (the one it follows by
 //!   default): of the complete backups on that timeline's path, the one consistent last along
@@ -156,6 +160,11 @@ pub enum Why {
     AmongNewest,
     /// Stopped within the `within` duration.
     Within,
+    /// The one a restore to the start of the `within` duration chooses on the newest
+    /// timeline's path: of those that stopped before it, the one consistent last along the
+    /// path. So every point of the duration can be restored, not only those after the oldest
+    /// backup within it.
+    WindowStart,
     /// The backup `restore` chooses for the newest timeline, this one, by default: of those
     /// on its path, the one consistent last along it. It differs from the newest (by start)
     /// after a promotion, or when two backups overlapped (started in the same second, or a
@@ -458,6 +467,17 @@ fn retain(
 ) -> Result<Vec<Retained>, PruneError> {
     let since = within.map(|d| back_from(now, d));
     let reaching_newest = timelines.newest_reaching_latest(complete.iter().map(|b| b.meta));
+    let stops = (complete.iter())
+        .map(|b| b.meta.stop_timestamp().map_err(invalid))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The backup a restore to the window's start chooses on the newest timeline's path: the
+    // one consistent last of those that stopped before it. Without it, the window would begin
+    // only where the oldest backup within it stopped.
+    let window_start = since.and_then(|since| {
+        let before: Vec<usize> = (0..complete.len()).filter(|&i| stops[i] < since).collect();
+        let chosen = timelines.newest_reaching_latest(before.iter().map(|&i| complete[i].meta));
+        chosen.map(|k| before[k])
+    });
     let count = complete.len();
     let mut retained = Vec::new();
     for (index, backup) in complete.iter().enumerate() {
@@ -470,9 +490,11 @@ fn retain(
         if keep.is_some_and(|keep| rank <= keep) {
             why.push(Why::AmongNewest);
         }
-        let stopped = meta.stop_timestamp().map_err(invalid)?;
-        if since.is_some_and(|since| stopped >= since) {
+        if since.is_some_and(|since| stops[index] >= since) {
             why.push(Why::Within);
+        }
+        if window_start == Some(index) {
+            why.push(Why::WindowStart);
         }
         if reaching_newest == Some(index) && rank != 1 {
             why.push(Why::NewestTimeline(timelines.latest()));

@@ -227,6 +227,57 @@ fn keep_one_of_three_backups() {
 }
 
 #[test]
+fn keep_within_keeps_the_backup_a_restore_to_the_start_of_the_duration_needs() {
+    // Now is 03-10 12:00; three days back is 03-07 12:00. Only b3 stopped since: without b2,
+    // no point between 03-07 12:00 and b3's stop could be restored.
+    let b1 = backup(1, at(2, 0x28), at(2, 0x100), "2026-03-01T10:00:00Z");
+    let b2 = backup(1, at(5, 0x28), at(5, 0x100), "2026-03-04T10:00:00Z");
+    let b3 = backup(1, at(8, 0x28), at(9, 0x100), "2026-03-08T10:00:00Z");
+    let mut objects: Vec<StoredObject> = segments(1, 1, 12).collect();
+    objects.extend([&b1, &b2, &b3].map(backup_file));
+    let inventory = inventory(vec![b1.clone(), b2.clone(), b3.clone()], objects);
+    let within = policy(Rule::Backups {
+        keep: None,
+        within: Some(Duration::from_secs(3 * 86_400)),
+    });
+    let plan = plan(&inventory, &within).unwrap();
+    assert_eq!(
+        ids(&plan),
+        (vec![b2.id.clone(), b3.id.clone()], vec![b1.id.clone()])
+    );
+    assert_eq!(plan.retained[0].why, vec![Why::WindowStart]);
+    assert_eq!(plan.retained[1].why, vec![Why::Newest, Why::Within]);
+    assert_eq!(plan.kept[&TimelineId(1)], Kept::From(segment(1, 5)));
+
+    // A restore to the start of the duration chooses b2, and has its WAL.
+    let after = pruned(&inventory, &plan);
+    let start = Target::Time {
+        at: time("2026-03-07T12:00:00Z"),
+        text: "2026-03-07 12:00:00+00".into(),
+    };
+    let chosen = crate::restore::plan::choose(&after.backups, &start, &path(TimelineId(1), &[]));
+    assert_eq!(chosen.unwrap().backup.id, b2.id);
+    assert!(restorable(&after, &b2, 1));
+    let again = super::plan(&after, &within).unwrap();
+    assert!(again.delete_objects.is_empty() && again.delete_backups.is_empty());
+
+    // A duration all three stopped within keeps none before it; one that begins after the
+    // newest keeps the newest for its start.
+    for days in [30, 1] {
+        let within = policy(Rule::Backups {
+            keep: None,
+            within: Some(Duration::from_secs(days * 86_400)),
+        });
+        let plan = super::plan(&inventory, &within).unwrap();
+        let kept = plan
+            .retained
+            .iter()
+            .filter(|r| r.why.contains(&Why::WindowStart));
+        assert_eq!(kept.count(), usize::from(days == 1), "{days} days");
+    }
+}
+
+#[test]
 fn the_newest_backup_is_the_one_restore_would_choose_when_backups_overlap() {
     // Two backups started in the same second: the second (`-2`) was consistent first. By
     // their identifiers it is the newer; restore chooses the other, consistent later. Before,

@@ -10,7 +10,8 @@
 //! one restore chooses for the newest timeline; (5) pruning the result again with the same policy and time deletes
 //! nothing; (6) if a complete backup could restore the newest timeline, a retained one can;
 //! (7) a complete backup missing a segment before its consistency point is never retained,
-//! and counts as incomplete in (3)-(6).
+//! and counts as incomplete in (3)-(6); (8) with `--keep-within`, the backup restore chooses
+//! for the duration's start on the newest timeline is retained.
 
 use super::*;
 
@@ -378,6 +379,26 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
                     "restore's {}",
                     chosen.id
                 );
+            }
+            // (8) With a duration, so is the one restore chooses for its start: of those that
+            // stopped before it, the one consistent last along the newest timeline's path.
+            if let Rule::Backups {
+                within: Some(within),
+                ..
+            } = policy.rule
+            {
+                let since = super::super::back_from(policy.now, within);
+                let window_start = (complete.iter())
+                    .filter(|b| b.stop_timestamp().unwrap() < since)
+                    .filter_map(|b| Some((along(b)?, b)))
+                    .max_by_key(|(at, _)| *at);
+                if let Some((_, start)) = window_start {
+                    assert!(
+                        retained.contains(start.id.as_str()),
+                        "{} for the start of {within:?}",
+                        start.id
+                    );
+                }
             }
         }
         // (6) So is one that restores the newest timeline, if any did.
