@@ -350,6 +350,31 @@ fn more_wal(options: &RestoreOptions) -> Option<&'static str> {
     }
 }
 
+/// Why named backup `backup` cannot be restored along `path`, and what to give instead.
+fn off_the_path(backup: &BackupMeta, path: &[Leg]) -> String {
+    let timelines: Vec<String> = path.iter().map(|l| l.timeline.to_string()).collect();
+    let own = backup.stop_timeline;
+    let leg = |timeline: u32| path.iter().find(|l| l.timeline.0 == timeline);
+    let why = match leg(own) {
+        None => format!("timeline {own}, where it is consistent, is not on it"),
+        Some(Leg { end: Some(end), .. }) => format!(
+            "that path leaves timeline {own} at {end}, before the backup is consistent ({})",
+            backup.stop_lsn
+        ),
+        Some(_) => format!(
+            "timeline {}, where it starts, is not on it",
+            backup.start_timeline
+        ),
+    };
+    format!(
+        "backup {} cannot be restored along timeline path {}: {why}; give --target-timeline {own} \
+         to restore it on its own timeline, or name a backup on the path (walhalla list shows \
+         each backup's timeline)",
+        backup.id,
+        timelines.join(" → ")
+    )
+}
+
 /// Chooses the backup and the timeline path.
 async fn choose<'a>(
     cluster: &ClusterArchive,
@@ -382,6 +407,9 @@ async fn choose<'a>(
             newest_timeline,
         )
         .await?;
+        if plan::on_path(backup, &path).is_none() {
+            bail!("{}", off_the_path(backup, &path));
+        }
         // The target must lie after the named backup's consistency point, by the test that
         // chooses a backup: PostgreSQL cannot tell when it does not. Recovery to a time from a
         // backup that already holds later commits would stop after them and promote the wrong
@@ -601,5 +629,51 @@ mod tests {
         );
         assert_eq!(timeline_hint(&forked, Some(TimelineChoice::Id(2))), "");
         assert_eq!(timeline_hint(&plan::path(TimelineId(1), &[]), None), "");
+    }
+
+    #[test]
+    fn a_named_backup_off_the_path_is_refused_saying_where_it_lies() {
+        use crate::backup::meta::testing::backup;
+        let path = plan::path(
+            TimelineId(3),
+            &[
+                crate::wal::HistoryEntry {
+                    timeline: TimelineId(1),
+                    switch_point: Lsn(0x300_0000),
+                },
+                crate::wal::HistoryEntry {
+                    timeline: TimelineId(2),
+                    switch_point: Lsn(0x500_0000),
+                },
+            ],
+        );
+        // Taken on timeline 1 after the promotion that began timeline 2 (an old primary that
+        // went on): past the fork.
+        let zombie = backup(
+            "20261205T235218Z",
+            1,
+            "0/4000028",
+            "0/4000100",
+            "2026-12-05T23:52:30Z",
+        );
+        assert!(plan::on_path(&zombie, &path).is_none());
+        assert_eq!(
+            off_the_path(&zombie, &path),
+            "backup 20261205T235218Z cannot be restored along timeline path 1 → 2 → 3: that path \
+             leaves timeline 1 at 0/3000000, before the backup is consistent (0/4000100); give \
+             --target-timeline 1 to restore it on its own timeline, or name a backup on the path \
+             (walhalla list shows each backup's timeline)"
+        );
+        let elsewhere = backup(
+            "20261205T235300Z",
+            4,
+            "0/6000028",
+            "0/6000100",
+            "2026-12-05T23:53:30Z",
+        );
+        assert!(
+            off_the_path(&elsewhere, &path)
+                .contains("timeline 4, where it is consistent, is not on it")
+        );
     }
 }
