@@ -462,7 +462,8 @@ pub struct ReceiveArgs {
     pub spool: Option<PathBuf>,
 
     /// Stop reading from the server while the spool holds this much (the slot then keeps
-    /// the WAL on the primary); accepts kB, MB, GB suffixes (powers of 1024).
+    /// the WAL on the primary), at least two WAL segments; accepts kB, MB, GB suffixes
+    /// (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1GB", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,
 

@@ -116,6 +116,8 @@ pub struct Context {
     pub(super) spool: PathBuf,
     /// Whether spool segments are fsynced (see [`spool::open`]).
     pub(super) durable_spool: bool,
+    /// The bytes the spool may hold before the stream stops reading (see [`spool_limit`]).
+    pub(super) spool_limit: u64,
     pub(super) cluster: ClusterArchive,
     pub(super) uploader: Uploader,
     pub(super) shared: Arc<Shared>,
@@ -516,6 +518,7 @@ pub async fn new_context(
     Ok(Context {
         system_id,
         segment_size,
+        spool_limit: spool_limit(options.spool_max_bytes, segment_size),
         spool,
         durable_spool,
         cluster,
@@ -525,6 +528,25 @@ pub async fn new_context(
         slot_seen: false,
         slot_warned: false,
     })
+}
+
+/// What the spool may hold before the stream stops reading: `--spool-max-bytes`, but at least
+/// two segments, one being received and one being archived. Below one segment the stream
+/// would stop inside a segment it can never complete, keeping nothing archived; below two,
+/// it would stop reading (and, in `--synchronous` mode, confirming commits) while each segment
+/// is archived. A raised limit is said once.
+fn spool_limit(asked: u64, segment_size: SegmentSize) -> u64 {
+    let floor = 2 * u64::from(segment_size.bytes());
+    if asked < floor {
+        tracing::warn!(
+            "--spool-max-bytes {} is less than two of this cluster's {} WAL segments (one being \
+             received, one being archived): the spool may hold {} instead",
+            crate::progress::bytes(asked),
+            crate::progress::bytes(u64::from(segment_size.bytes())),
+            crate::progress::bytes(floor)
+        );
+    }
+    asked.max(floor)
 }
 
 /// The spool used when none is given: per cluster, under the user's state directory.

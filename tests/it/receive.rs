@@ -549,6 +549,34 @@ fn killed_receivers_leave_an_archive_that_restores() {
 }
 
 #[test]
+fn a_spool_limit_below_two_segments_is_raised_not_a_stall() {
+    // 512 kB of spool for 1 MiB segments: a stream that stopped reading there could never
+    // complete a segment, and nothing would be archived again.
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let conninfo = pg.conninfo();
+    let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &["--spool-max-bytes", "512kB"]);
+    wait_streaming(&pg);
+    let mut last = String::new();
+    for _ in 0..3 {
+        pg.write_rows(2000);
+        last = pg.switch_wal();
+    }
+    wait_archive_holds(&archive, &last);
+    assert_contiguous(&archive);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let log = receiver.log();
+    assert!(
+        log.contains(
+            "--spool-max-bytes 512.0 KiB is less than two of this cluster's 1.0 MiB WAL segments"
+        ) && log.contains("the spool may hold 2.0 MiB instead"),
+        "{log}"
+    );
+}
+
+#[test]
 fn an_archive_outage_loses_nothing() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::S3);

@@ -165,7 +165,7 @@ impl<'a> Stream<'a> {
                 }
             }
             let spool_full =
-                self.spool_bytes() >= self.options.spool_max_bytes || self.out_of_space.is_some();
+                self.spool_bytes() >= self.ctx.spool_limit || self.out_of_space.is_some();
             if spool_full {
                 // Nothing is read while the spool is full, so silence proves nothing.
                 last_message = Instant::now();
