@@ -4,6 +4,7 @@
 //! verified content only.
 
 mod backups;
+mod compare;
 mod credentials;
 mod delete;
 mod error;
@@ -49,6 +50,7 @@ use tokio::time::Instant;
 use crate::backoff::{GaveUp, Transient, retry};
 use crate::envelope;
 use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
+use compare::Comparing;
 use retry::STORE_BACKOFF;
 
 /// Settings for opening an archive.
@@ -377,17 +379,19 @@ impl ClusterArchive {
         })?;
         let key_text = key.to_string();
         crate::blocking::run(move || {
-            let existing = envelope::decode(&stored).map_err(|error| Error::Corrupt {
+            // Compared as it is decoded: a segment's worth of memory is not needed for it.
+            let mut existing = Comparing::new(&content);
+            envelope::decode_into(&stored, &mut existing).map_err(|error| Error::Corrupt {
                 key: key_text.clone(),
                 error,
             })?;
-            if existing == content[..] {
+            if existing.is_same() {
                 return Ok(PutOutcome::AlreadyArchived);
             }
             Err(Error::Conflict {
                 key: key_text,
-                stored_len: existing.len() as u64,
-                stored_crc: crc32fast::hash(&existing),
+                stored_len: existing.len(),
+                stored_crc: existing.crc(),
                 offered_len: content.len() as u64,
                 offered_crc: crc32fast::hash(&content),
             })
