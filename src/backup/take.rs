@@ -146,6 +146,7 @@ impl Backup<'_> {
                     &options.conn,
                     self.archive,
                     self.system_id,
+                    self.segment_size,
                     options.compression_level,
                     &id.to_string(),
                 )

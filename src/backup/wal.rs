@@ -97,6 +97,7 @@ impl WalStream {
         conn: &ConnParams,
         archive: &Archive,
         system_id: SystemId,
+        segment_size: SegmentSize,
         compression_level: i32,
         name: &str,
     ) -> anyhow::Result<WalStream> {
@@ -117,7 +118,8 @@ impl WalStream {
             start_lsn: None,
             endpos: None,
             spool: Some(spool.clone()),
-            spool_max_bytes: 1 << 30,
+            // 1 GiB, or two segments when they are larger (the receiver's least).
+            spool_max_bytes: (1 << 30).max(2 * u64::from(segment_size.bytes())),
             partial_interval: None,
             status_interval: Duration::from_secs(10),
             receive_timeout: Some(Duration::from_secs(60)),
@@ -186,10 +188,11 @@ fn spool_name(system_id: SystemId, name: &str) -> String {
 /// What every backup's spool name starts with.
 const SPOOL_PREFIX: &str = "backup-";
 
-/// How long a backup's spool must have been left unchanged before another backup removes it
-/// (when no process holds it): a backup starting at this moment creates its spool a moment
-/// before it holds it.
-const LEFTOVER_AGE: Duration = Duration::from_secs(60);
+/// How long a backup's spool, and everything in it, must have been left unchanged before
+/// another backup removes it (when no process here holds it): a backup starting at this moment
+/// creates its spool a moment before it holds it, and a backup in another network namespace
+/// (a container sharing the state directory) holds it where this one cannot see.
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// Removes the spools that backups killed before their end left in `root` (the stream's
 /// spool goes with the backup otherwise), but `own`, those a running backup holds, and those
@@ -207,15 +210,13 @@ fn remove_leftover_spools(root: &Path, own: &str) -> anyhow::Result<()> {
         let Some(name) = name.to_str().filter(|n| *n != own) else {
             continue;
         };
-        let settled = entry.metadata().is_ok_and(|m| {
-            m.is_dir()
-                && m.modified()
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= LEFTOVER_AGE))
-        });
-        if !is_backup_spool(name) || !settled {
+        let dir = entry.path();
+        if !is_backup_spool(name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let dir = entry.path();
+        if !unchanged_for(&dir, LEFTOVER_AGE) {
+            continue;
+        }
         match crate::spool::remove_unless_held(&dir) {
             Ok(true) => {
                 tracing::info!(spool = %dir.display(), "removed the WAL spool of a backup that was killed");
@@ -228,6 +229,23 @@ fn remove_leftover_spools(root: &Path, own: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether neither directory `dir` nor anything in it changed within `age` (a file that
+/// cannot be looked at counts as changed).
+fn unchanged_for(dir: &Path, age: Duration) -> bool {
+    let old = |metadata: std::io::Result<std::fs::Metadata>| {
+        metadata
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|elapsed| elapsed >= age))
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    old(std::fs::metadata(dir))
+        && entries
+            .into_iter()
+            .all(|entry| entry.is_ok_and(|entry| old(entry.metadata())))
 }
 
 /// Whether `name` is a backup's spool name: `backup-SYSTEMID-BACKUPID`.
@@ -261,27 +279,34 @@ mod tests {
     #[test]
     fn a_killed_backups_spool_is_removed_by_the_next_backup() {
         let root = tempfile::tempdir().unwrap();
-        let make = |name: &str, age: Duration| {
-            let dir = root.path().join(name);
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::write(dir.join("000000010000000000000003"), b"wal").unwrap();
+        let age = |path: &Path, age: Duration| {
             let when = std::time::SystemTime::now() - age;
-            std::fs::File::open(&dir)
+            std::fs::File::open(path)
                 .unwrap()
                 .set_modified(when)
                 .unwrap();
+        };
+        let make = |name: &str, dir_age: Duration, file_age: Duration| {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let file = dir.join("000000010000000000000003.partial");
+            std::fs::write(&file, b"wal").unwrap();
+            age(&file, file_age);
+            age(&dir, dir_age);
             dir
         };
-        let old = Duration::from_secs(3600);
-        let killed = make("backup-7-20261201T000000Z", old);
-        let killed_too = make("backup-8-20261201T000000Z-2", old);
-        let own = make("backup-7-20261202T000000Z", old);
-        let starting = make("backup-7-20261202T000001Z", Duration::ZERO);
-        let receivers = make("7", old);
-        let not_a_backups = make("backup-7-latest", old);
+        let (old, now) = (Duration::from_secs(7200), Duration::ZERO);
+        let killed = make("backup-7-20261201T000000Z", old, old);
+        let killed_too = make("backup-8-20261201T000000Z-2", old, old);
+        let own = make("backup-7-20261202T000000Z", old, old);
+        let starting = make("backup-7-20261202T000001Z", now, now);
+        // Another container's backup, streaming into a segment it already has.
+        let writing = make("backup-7-20261202T000002Z", old, now);
+        let receivers = make("7", old, old);
+        let not_a_backups = make("backup-7-latest", old, old);
         remove_leftover_spools(root.path(), "backup-7-20261202T000000Z").unwrap();
         assert!(!killed.exists() && !killed_too.exists());
-        for kept in [own, starting, receivers, not_a_backups] {
+        for kept in [own, starting, writing, receivers, not_a_backups] {
             assert!(kept.exists(), "{}", kept.display());
         }
         // No state directory yet: nothing to do.

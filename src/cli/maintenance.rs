@@ -49,8 +49,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "N", group = "rule", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_backups: Option<u64>,
     /// Retain every complete backup that stopped within this long (`14d`, `12h`, `2w`), and
-    /// the newest before it, so that every point of it can be restored; with --keep-backups,
-    /// the union of both.
+    /// the newest before it on the newest timeline's path, so that every point of it can be
+    /// restored; with --keep-backups, the union of both.
     #[arg(long, value_name = "DURATION", group = "rule", value_parser = parse_duration)]
     pub keep_within: Option<std::time::Duration>,
     /// For an archive without backups: keep the WAL stored within this long, and at least

@@ -66,6 +66,13 @@ pub(super) fn hold(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether this process holds the spool `dir` already.
+pub(super) fn held_here(dir: &Path) -> io::Result<bool> {
+    let name = hold_name(dir)?;
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(held.contains(&name))
+}
+
 /// The abstract socket name that holds the spool `dir`: a hash of the identity of the
 /// directory it is in (device and inode) and of its own name. The same spool reached by
 /// another path (a symbolic link, a bind mount of a directory above it) has the same name,
@@ -177,6 +184,10 @@ mod tests {
         // The other process ended: this one holds it, and opening it again (a later session,
         // a spool removed and made anew) keeps its hold.
         open(&spool, SystemId(9), false).unwrap();
+        assert!(
+            !crate::spool::remove_unless_held(&spool).unwrap(),
+            "a spool this process holds is not removed"
+        );
         open(&spool, SystemId(9), false).unwrap();
         std::fs::remove_dir_all(&spool).unwrap();
         open(&spool, SystemId(9), false).unwrap();

@@ -116,10 +116,13 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
 }
 
-/// Removes the spool `dir` with what it holds, unless another process holds it: it is held
-/// first, so that no process starts using it while it goes. Returns whether it was removed.
+/// Removes the spool `dir` with what it holds, unless a process (this one too) holds it: it
+/// is held first, so that no process starts using it while it goes. Returns whether it was removed.
 /// For spools nothing needs once their process is gone (a killed backup's).
 pub fn remove_unless_held(dir: &Path) -> io::Result<bool> {
+    if hold::held_here(dir)? {
+        return Ok(false);
+    }
     match hold::hold(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

@@ -741,19 +741,20 @@ fn a_backup_streams_its_own_wal_when_nothing_archives_it() {
     pg.start();
     pg.sql("CREATE TABLE batches (batch text, n int)");
     insert_batch(&pg, "A");
-    // A backup killed an hour ago left its stream's spool in the state directory.
+    // A backup killed two hours ago left its stream's spool in the state directory.
     let state = TestDir::new("state");
     state.subdir("walhalla");
     let killed = state.subdir(&format!(
         "walhalla/backup-{}-20200101T000000Z",
         pg.system_id()
     ));
-    std::fs::write(killed.join("000000010000000000000002"), b"WAL").unwrap();
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::open(&killed)
-        .unwrap()
-        .set_modified(an_hour_ago)
-        .unwrap();
+    let wal = killed.join("000000010000000000000002");
+    std::fs::write(&wal, b"WAL").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for path in [&wal, &killed] {
+        let file = std::fs::File::open(path).unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
     let conninfo = pg.conninfo();
     let run = crate::harness::as_pg_user(wh.path())
         .env("XDG_STATE_HOME", state.path())
