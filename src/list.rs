@@ -152,6 +152,14 @@ const COMMIT_SEARCH_SEGMENTS: u64 = 32;
 type Indexes = BTreeMap<TimelineId, BTreeMap<SegNo, SegmentIndex>>;
 
 /// Where each window span ends: its timeline and the segment just past its end.
+/// Whether RFC 3339 time `a` is before `b` (`false` when either does not parse).
+fn is_before(a: &str, b: &str) -> bool {
+    match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
 fn span_ends(listing: &ClusterListing, size: SegmentSize) -> Vec<(TimelineId, SegNo)> {
     listing
         .windows
@@ -431,10 +439,14 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
                 Some(missing) => format!(", then {missing} is missing"),
                 None => ", the end of the archive".to_string(),
             };
-            let until = s
-                .to_time
-                .as_ref()
-                .map_or(String::new(), |t| format!(" (last commit {t})"));
+            let until = match &s.to_time {
+                None => String::new(),
+                // A backup taken while nothing committed: no time target lies in the span.
+                Some(t) if is_before(t, &s.from_time) => {
+                    format!(" (last commit {t}, before the backup: no time target in this span)")
+                }
+                Some(t) => format!(" (last commit {t})"),
+            };
             let _ = writeln!(
                 out,
                 "      {} ({}, backup {}) to {}{until}{end}",
@@ -498,5 +510,55 @@ fn describe_backups(cluster: &ClusterListing, out: &mut String) {
     }
     if cluster.backups.is_empty() && cluster.unusable.is_empty() {
         out.push_str("  no backups\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coverage::window::Span;
+
+    #[test]
+    fn a_span_whose_last_commit_precedes_its_backup_says_no_time_lies_in_it() {
+        let span = |to_time: &str| Span {
+            from_lsn: "0/6100100".into(),
+            from_time: "2026-12-05T23:55:09Z".into(),
+            from_backup: "20261205T235508Z".into(),
+            to_lsn: "0/6200000".into(),
+            to_time: Some(to_time.into()),
+            broken_by: None,
+        };
+        let cluster = ClusterListing {
+            system_id: "7".into(),
+            postgres_major: Some(17),
+            segment_size: Some(1 << 20),
+            backups: Vec::new(),
+            unusable: Vec::new(),
+            timelines: Vec::new(),
+            unreadable_histories: Vec::new(),
+            windows: vec![Window {
+                timeline: 1,
+                path: vec![1],
+                spans: vec![
+                    span("2026-12-05T23:48:59.123456Z"),
+                    span("2026-12-05T23:58:00.5Z"),
+                ],
+                unrestorable: Vec::new(),
+            }],
+        };
+        let mut out = String::new();
+        describe_cluster(&cluster, &mut out);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("last commit")).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].contains(
+                "(last commit 2026-12-05T23:48:59.123456Z, before the backup: no time target in this span)"
+            ),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("(last commit 2026-12-05T23:58:00.5Z), the end"),
+            "{out}"
+        );
     }
 }

@@ -175,7 +175,8 @@ pub fn check_time(
             };
             let problem = format!(
                 "the archived WAL from backup {} does not reach {target}: {latest}, so PostgreSQL would replay to the end \
-                 and fail with \"recovery ended before configured recovery target was reached\"",
+                 and fail with \"recovery ended before configured recovery target was reached\" (a time target \
+                 needs a commit or abort after it; without a target, restore replays all the archive holds)",
                 backup.id
             );
             return refuse_unless(more_wal, problem);
