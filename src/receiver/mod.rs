@@ -21,6 +21,7 @@ mod readback;
 mod server;
 mod session;
 mod slot;
+mod spool_place;
 mod start;
 mod stream;
 mod upload;
@@ -42,7 +43,7 @@ use crate::spool;
 use crate::wal::{Lsn, SystemId, TimelineId};
 use session::SessionEnd;
 
-pub use session::spool_root;
+pub use spool_place::spool_root;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(60));
@@ -140,7 +141,7 @@ pub async fn run(
         let dir = options
             .spool
             .clone()
-            .unwrap_or_else(|| session::default_spool(system_id));
+            .unwrap_or_else(|| spool_place::default_spool(system_id));
         // Before anything is served from it: what an earlier run left unsynced before a
         // restart of the host is discarded first (the session opens it again, to no effect).
         let (opening, synchronous) = (dir.clone(), options.mode == Mode::Synchronous);

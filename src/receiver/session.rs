@@ -16,6 +16,7 @@ use super::pace::Pace;
 use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
 use super::slot::{create_temporary_slot, ensure_slot};
+use super::spool_place::{self, default_spool};
 use super::start::{StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
 use super::upload::{UploadSettings, Uploader};
@@ -116,7 +117,7 @@ pub struct Context {
     pub(super) spool: PathBuf,
     /// Whether spool segments are fsynced (see [`spool::open`]).
     pub(super) durable_spool: bool,
-    /// The bytes the spool may hold before the stream stops reading (see [`spool_limit`]).
+    /// The bytes the spool may hold before the stream stops reading (see [`spool_place::limit`]).
     pub(super) spool_limit: u64,
     pub(super) cluster: ClusterArchive,
     pub(super) uploader: Uploader,
@@ -518,7 +519,7 @@ pub async fn new_context(
     Ok(Context {
         system_id,
         segment_size,
-        spool_limit: spool_limit(options.spool_max_bytes, segment_size),
+        spool_limit: spool_place::limit(options.spool_max_bytes, segment_size),
         spool,
         durable_spool,
         cluster,
@@ -528,35 +529,6 @@ pub async fn new_context(
         slot_seen: false,
         slot_warned: false,
     })
-}
-
-/// What the spool may hold before the stream stops reading: `--spool-max-bytes`, but at least
-/// two segments, one being received and one being archived. Below one segment the stream
-/// would stop inside a segment it can never complete, keeping nothing archived; below two,
-/// it would stop reading (and, in `--synchronous` mode, confirming commits) while each segment
-/// is archived. A raised limit is said once.
-fn spool_limit(asked: u64, segment_size: SegmentSize) -> u64 {
-    let floor = 2 * u64::from(segment_size.bytes());
-    if asked < floor {
-        tracing::warn!(
-            "--spool-max-bytes {} is less than two of this cluster's {} WAL segments (one being \
-             received, one being archived): the spool may hold {} instead",
-            crate::progress::bytes(asked),
-            crate::progress::bytes(u64::from(segment_size.bytes())),
-            crate::progress::bytes(floor)
-        );
-    }
-    asked.max(floor)
-}
-
-/// The spool used when none is given: per cluster, under the user's state directory.
-pub fn default_spool(system_id: SystemId) -> PathBuf {
-    spool_root().join(format!("spool-{system_id}"))
-}
-
-/// The directory default spools go in: `walhalla` in the user's state directory.
-pub fn spool_root() -> PathBuf {
-    crate::osuser::state_dir()
 }
 
 /// Archives the history file of `timeline` as the server has it (before any segment of that
