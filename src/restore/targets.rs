@@ -221,9 +221,13 @@ pub fn choose_for_name<'a>(
             oldest.stop_time
         ),
         None => format!(
-            "the archive holds no restore point {name:?} after the oldest complete backup, {} \
-             (every archived segment from its start on has a time index, and none names it): \
-             PostgreSQL would replay to the end and fail",
+            "the archive holds no restore point {name:?} along timeline path {} after the oldest \
+             complete backup, {} (every archived segment from its start on has a time index, and \
+             none names it): PostgreSQL would replay to the end and fail",
+            path.iter()
+                .map(|leg| leg.timeline.to_string())
+                .collect::<Vec<_>>()
+                .join(" → "),
             oldest.id
         ),
     })

@@ -943,7 +943,7 @@ fn a_restore_point_chooses_the_newest_backup_before_it() {
     for (args, refusal) in [
         (
             ["--target-name", "never_made"],
-            "holds no restore point \"never_made\"",
+            "holds no restore point \"never_made\" along timeline path 1 after",
         ),
         (
             ["--target-lsn", unused.as_str()],
