@@ -10,8 +10,8 @@
 //! one restore chooses for the newest timeline; (5) pruning the result again with the same policy and time deletes
 //! nothing; (6) if a complete backup could restore the newest timeline, a retained one can;
 //! (7) a complete backup missing a segment before its consistency point is never retained,
-//! and counts as incomplete in (3)-(6); (8) with `--keep-within`, the backup restore chooses
-//! for the duration's start on the newest timeline is retained.
+//! and counts as incomplete in (3)-(6); (8) with `--keep-within`, a time at the duration's
+//! start that restore's own choice reached along the newest timeline before, it reaches after.
 
 use super::*;
 
@@ -284,6 +284,18 @@ fn newest_legs(inventory: &Inventory) -> Option<Vec<(u32, Option<Lsn>)>> {
     )
 }
 
+/// The path to the newest timeline, as restore follows it; `None` when its history is
+/// missing.
+fn newest_path(inventory: &Inventory) -> Option<Vec<crate::restore::plan::Leg>> {
+    let legs = newest_legs(inventory)?;
+    let (newest, _) = *legs.last()?;
+    let history = inventory.timelines.get(&TimelineId(newest));
+    Some(path(
+        TimelineId(newest),
+        history.map_or(&[][..], Vec::as_slice),
+    ))
+}
+
 /// Whether some backup of `backups` can restore the newest timeline.
 fn newest_restorable(inventory: &Inventory, backups: &[&BackupMeta]) -> bool {
     let Some(legs) = newest_legs(inventory) else {
@@ -380,23 +392,35 @@ fn check(inventory: &Inventory, policy: &Policy, plan: &Plan) -> bool {
                     chosen.id
                 );
             }
-            // (8) With a duration, so is the one restore chooses for its start: of those that
-            // stopped before it, the one consistent last along the newest timeline's path.
+            // (8) With a duration, a time at its start that restore could reach before the
+            // prune (restore's own choice, among the backups that can become consistent) it
+            // still can after it, from a backup kept. Any later time then can too.
             if let Rule::Backups {
                 within: Some(within),
                 ..
             } = policy.rule
             {
                 let since = super::super::back_from(policy.now, within);
-                let window_start = (complete.iter())
-                    .filter(|b| b.stop_timestamp().unwrap() < since)
-                    .filter_map(|b| Some((along(b)?, b)))
-                    .max_by_key(|(at, _)| *at);
-                if let Some((_, start)) = window_start {
+                let start = Target::Time {
+                    at: since,
+                    text: since.to_string(),
+                };
+                let path = newest_path(inventory);
+                let before: Vec<BackupMeta> = complete.iter().map(|b| (*b).clone()).collect();
+                let kept: Vec<BackupMeta> = (before.iter())
+                    .filter(|b| retained.contains(b.id.as_str()))
+                    .cloned()
+                    .collect();
+                let reached = |backups: &[BackupMeta]| {
+                    let path = path.as_deref()?;
+                    crate::restore::plan::choose(backups, &start, path)
+                        .ok()
+                        .map(|c| c.backup.id.clone())
+                };
+                if let Some(chosen) = reached(&before) {
                     assert!(
-                        retained.contains(start.id.as_str()),
-                        "{} for the start of {within:?}",
-                        start.id
+                        reached(&kept).is_some(),
+                        "{chosen} restored to {since} before the prune; nothing kept does\n{policy:?}"
                     );
                 }
             }
