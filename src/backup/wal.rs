@@ -118,8 +118,8 @@ impl WalStream {
             start_lsn: None,
             endpos: None,
             spool: Some(spool.clone()),
-            // 1 GiB, or two segments when they are larger (the receiver's least).
-            spool_max_bytes: (1 << 30).max(2 * u64::from(segment_size.bytes())),
+            // 1 GiB, or the receiver's least when segments are larger.
+            spool_max_bytes: (1 << 30).max(receiver::least_spool_bytes(segment_size)),
             partial_interval: None,
             status_interval: Duration::from_secs(10),
             receive_timeout: Some(Duration::from_secs(60)),

@@ -43,7 +43,7 @@ use crate::spool;
 use crate::wal::{Lsn, SystemId, TimelineId};
 use session::SessionEnd;
 
-pub use spool_place::spool_root;
+pub use spool_place::{least_spool_bytes, spool_root};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(60));

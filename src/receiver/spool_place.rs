@@ -10,7 +10,7 @@ use crate::wal::{SegmentSize, SystemId};
 /// it would stop reading (and, in `--synchronous` mode, confirming commits) while each segment
 /// is archived. A raised limit is said once.
 pub(super) fn limit(asked: u64, segment_size: SegmentSize) -> u64 {
-    let floor = 2 * u64::from(segment_size.bytes());
+    let floor = least_spool_bytes(segment_size);
     if asked < floor {
         tracing::warn!(
             "--spool-max-bytes {} is less than two of this cluster's {} WAL segments (one being \
@@ -31,4 +31,10 @@ pub fn default_spool(system_id: SystemId) -> PathBuf {
 /// The directory default spools go in: `walhalla` in the user's state directory.
 pub fn spool_root() -> PathBuf {
     crate::osuser::state_dir()
+}
+
+/// The least a spool may hold: two segments, one being received and one being archived (see
+/// [`limit`]).
+pub fn least_spool_bytes(segment_size: SegmentSize) -> u64 {
+    2 * u64::from(segment_size.bytes())
 }

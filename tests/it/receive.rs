@@ -556,9 +556,7 @@ fn a_spool_limit_below_two_segments_is_raised_not_a_stall() {
     let archive = TestArchive::new(Backend::Local);
     let mut pg = PgCluster::init("primary");
     pg.start();
-    let conninfo = pg.conninfo();
-    let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &["--spool-max-bytes", "512kB"]);
-    wait_streaming(&pg);
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &["--spool-max-bytes", "512kB"]);
     let mut last = String::new();
     for _ in 0..3 {
         pg.write_rows(2000);
