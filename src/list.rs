@@ -169,9 +169,13 @@ fn span_ends(listing: &ClusterListing, size: SegmentSize) -> Vec<(TimelineId, Se
         .collect()
 }
 
-/// Fills in the time each window span ends at: the newest commit (or abort) that the time
-/// indexes of the last [`COMMIT_SEARCH_SEGMENTS`] segments before its end record (none for
-/// segments archived without an index, or without a commit there).
+/// Fills in where each window span ends, from the time indexes of the segments before its end
+/// (none for segments archived without an index):
+/// - the time: the newest commit (or abort) the last [`COMMIT_SEARCH_SEGMENTS`] segments
+///   record, if any does;
+/// - the position: just past the last whole record of the span's last segment, where its WAL
+///   ends, rather than that segment's end. A record that runs on into a segment the archive
+///   lacks cannot be replayed, and a switch leaves the rest of its segment unused.
 fn set_end_times(listing: &mut ClusterListing, size: SegmentSize, indexes: &Indexes) {
     for window in &mut listing.windows {
         let Some(of_timeline) = indexes.get(&TimelineId(window.timeline)) else {
@@ -182,6 +186,16 @@ fn set_end_times(listing: &mut ClusterListing, size: SegmentSize, indexes: &Inde
                 continue;
             };
             let to = SegNo::containing(end, size);
+            let from = span.from_lsn.parse::<Lsn>().unwrap_or(end);
+            let last_whole = (to.0.checked_sub(1))
+                .and_then(|last| of_timeline.get(&SegNo(last)))
+                .map(|index| index.valid_end)
+                .filter(|&at| at >= from && at < end);
+            if to.start_lsn(size) == end
+                && let Some(at) = last_whole
+            {
+                span.to_lsn = at.to_string();
+            }
             span.to_time = of_timeline
                 .range(SegNo(to.0.saturating_sub(COMMIT_SEARCH_SEGMENTS))..to)
                 .rev()
@@ -517,18 +531,22 @@ fn describe_backups(cluster: &ClusterListing, out: &mut String) {
 mod tests {
     use super::*;
     use crate::coverage::window::Span;
+    use crate::wal::SegmentName;
 
-    #[test]
-    fn a_span_whose_last_commit_precedes_its_backup_says_no_time_lies_in_it() {
-        let span = |to_time: &str| Span {
+    fn span(to_lsn: &str, to_time: Option<&str>) -> Span {
+        Span {
             from_lsn: "0/6100100".into(),
             from_time: "2026-12-05T23:55:09Z".into(),
             from_backup: "20261205T235508Z".into(),
-            to_lsn: "0/6200000".into(),
-            to_time: Some(to_time.into()),
+            to_lsn: to_lsn.into(),
+            to_time: to_time.map(Into::into),
             broken_by: None,
-        };
-        let cluster = ClusterListing {
+        }
+    }
+
+    /// A cluster of 1 MiB segments on timeline 1 with these window spans.
+    fn cluster_with(spans: Vec<Span>) -> ClusterListing {
+        ClusterListing {
             system_id: "7".into(),
             postgres_major: Some(17),
             segment_size: Some(1 << 20),
@@ -539,13 +557,61 @@ mod tests {
             windows: vec![Window {
                 timeline: 1,
                 path: vec![1],
-                spans: vec![
-                    span("2026-12-05T23:48:59.123456Z"),
-                    span("2026-12-05T23:58:00.5Z"),
-                ],
+                spans,
                 unrestorable: Vec::new(),
             }],
+        }
+    }
+
+    #[test]
+    fn a_span_ends_where_its_last_segments_wal_ends_when_the_index_tells() {
+        let size = SegmentSize::new(1 << 20).unwrap();
+        let index = |segno: u64, valid_end: u64| {
+            let segment = SegmentName::new(TimelineId(1), SegNo(segno), size);
+            let index = SegmentIndex {
+                format: timeindex::INDEX_FORMAT,
+                segment,
+                records: 1,
+                commits: 0,
+                aborts: 0,
+                earliest_xact: None,
+                latest_xact: None,
+                restore_points: Vec::new(),
+                valid_end: Lsn(valid_end),
+                end: timeindex::IndexEnd::Switch,
+            };
+            (SegNo(segno), index)
         };
+        let indexes = Indexes::from([(
+            TimelineId(1),
+            BTreeMap::from([index(0x61, 0x61FF0A8), index(0x63, 0x63FFFE0)]),
+        )]);
+        let mut listing = cluster_with(vec![
+            // Ends at 0x62's start: its WAL ends in 0x61, which its index tells.
+            span("0/6200000", None),
+            // A backup's stop past the last segment: kept.
+            span("0/6300028", None),
+            // No index for 0x64: the segment's end stays.
+            span("0/6500000", None),
+            // An index whose end lies before the span's start (it cannot): ignored.
+            Span {
+                from_lsn: "0/63FFFF0".into(),
+                ..span("0/6400000", None)
+            },
+        ]);
+        set_end_times(&mut listing, size, &indexes);
+        let ends: Vec<&str> = (listing.windows[0].spans.iter())
+            .map(|s| s.to_lsn.as_str())
+            .collect();
+        assert_eq!(ends, ["0/61FF0A8", "0/6300028", "0/6500000", "0/6400000"]);
+    }
+
+    #[test]
+    fn a_span_whose_last_commit_precedes_its_backup_says_no_time_lies_in_it() {
+        let cluster = cluster_with(vec![
+            span("0/6200000", Some("2026-12-05T23:48:59.123456Z")),
+            span("0/6200000", Some("2026-12-05T23:58:00.5Z")),
+        ]);
         let mut out = String::new();
         describe_cluster(&cluster, &mut out);
         let lines: Vec<&str> = out.lines().filter(|l| l.contains("last commit")).collect();

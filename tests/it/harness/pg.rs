@@ -381,8 +381,16 @@ impl PgCluster {
     /// first: `pg_switch_wal()` does nothing at the very start of a segment, where a base
     /// backup's end leaves PostgreSQL 17 and later.
     pub fn switch_wal(&self) -> String {
+        self.switch_wal_ending().0
+    }
+
+    /// [`Self::switch_wal`], with where the closed segment's WAL ends: just past the switch
+    /// record, as `pg_switch_wal()` returns it.
+    pub fn switch_wal_ending(&self) -> (String, String) {
         self.sql("SELECT pg_logical_emit_message(false, 'walhalla-test', 'switch')");
-        self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        let ending = self.sql("SELECT pg_switch_wal()");
+        let name = self.sql(&format!("SELECT pg_walfile_name('{ending}')"));
+        (name, ending)
     }
 
     /// Writes `rows` rows of about 1 kB into table `t` (created if missing).
