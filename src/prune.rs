@@ -155,9 +155,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
     if options.dry_run {
         return Ok(report);
     }
-    let mut gone: Vec<&str> = Vec::new();
-    let mut current: Option<&str> = None;
-    let mut wal_gone = 0usize;
+    let mut progress = Progress::default();
     let deleting = async {
         for backup in &plan.delete_backups {
             let without_meta =
@@ -175,15 +173,17 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
                 report.notes.push(note);
                 continue;
             }
-            current = Some(backup.id.as_str());
-            let objects = cluster.delete_backup(&backup.id).await?;
+            progress.at = Some((backup.id.as_str(), Step::Meta));
+            cluster.delete_backup_meta(&backup.id).await?;
+            progress.at = Some((backup.id.as_str(), Step::Rest));
+            let objects = cluster.delete_backup_rest(&backup.id).await?;
             tracing::info!(backup = %backup.id, objects, "deleted backup");
-            gone.push(backup.id.as_str());
-            current = None;
+            progress.backups.push(backup.id.as_str());
+            progress.at = None;
         }
         for (name, _) in &plan.delete_objects {
             cluster.delete_wal_object(name).await?;
-            wal_gone += 1;
+            progress.wal_objects += 1;
         }
         if !plan.delete_objects.is_empty() {
             tracing::info!(objects = plan.delete_objects.len(), "deleted WAL");
@@ -191,22 +191,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
         anyhow::Ok(())
     };
     // What went before a failure is said: the next run's plan no longer shows it.
-    deleting.await.with_context(|| {
-        let mut said = match gone.as_slice() {
-            [] => "prune stopped before deleting any backup".to_string(),
-            ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
-        };
-        if let Some(id) = current {
-            said.push_str(&format!(
-                ", while deleting backup {id} (its metadata already gone, it cannot be restored; \
-                 prune --assume-interrupted deletes the rest of it)"
-            ));
-        }
-        if wal_gone > 0 {
-            said.push_str(&format!(" and {wal_gone} WAL objects"));
-        }
-        said
-    })?;
+    deleting.await.with_context(|| progress.stopped())?;
     leftovers::remove(report.deleted_leftovers.clone(), leftovers::SETTLED)
         .await
         .context("removing files interrupted uploads left")?;
@@ -290,9 +275,86 @@ pub fn describe(report: &PruneReport) -> String {
     out
 }
 
+/// How far a prune's deletions went, for the message when one fails.
+#[derive(Default)]
+struct Progress<'a> {
+    /// The backups deleted whole.
+    backups: Vec<&'a str>,
+    /// The backup being deleted, and its step.
+    at: Option<(&'a str, Step)>,
+    /// The WAL objects deleted.
+    wal_objects: usize,
+}
+
+/// A step of deleting one backup.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Its metadata: until it goes, the backup is whole.
+    Meta,
+    /// The rest of its folder, its metadata gone.
+    Rest,
+}
+
+impl Progress<'_> {
+    /// What went before the failure, which the next run's plan no longer shows.
+    fn stopped(&self) -> String {
+        let mut said = match self.backups.as_slice() {
+            [] => "prune stopped before deleting any backup".to_string(),
+            ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
+        };
+        match self.at {
+            Some((id, Step::Meta)) => said.push_str(&format!(
+                ", at backup {id}: deleting its metadata failed, so the backup is whole unless \
+                 that delete took effect unanswered (`walhalla list` shows it)"
+            )),
+            Some((id, Step::Rest)) => said.push_str(&format!(
+                ", while deleting backup {id} (its metadata already gone, it cannot be restored; \
+                 prune --assume-interrupted deletes the rest of it)"
+            )),
+            None => {}
+        }
+        if self.wal_objects > 0 {
+            said.push_str(&format!(" and {} WAL objects", self.wal_objects));
+        }
+        said
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prune_cut_short_says_how_far_it_went() {
+        let at = |backups: Vec<&'static str>, at, wal_objects| {
+            Progress {
+                backups,
+                at,
+                wal_objects,
+            }
+            .stopped()
+        };
+        assert_eq!(
+            at(Vec::new(), None, 0),
+            "prune stopped before deleting any backup"
+        );
+        // The store refused the first request: the backup is untouched.
+        assert_eq!(
+            at(vec!["A"], Some(("B", Step::Meta)), 0),
+            "prune stopped after deleting backups A, at backup B: deleting its metadata failed, \
+             so the backup is whole unless that delete took effect unanswered (`walhalla list` \
+             shows it)"
+        );
+        assert_eq!(
+            at(vec!["A", "B"], Some(("C", Step::Rest)), 0),
+            "prune stopped after deleting backups A, B, while deleting backup C (its metadata \
+             already gone, it cannot be restored; prune --assume-interrupted deletes the rest of it)"
+        );
+        assert_eq!(
+            at(vec!["A"], None, 3),
+            "prune stopped after deleting backups A and 3 WAL objects"
+        );
+    }
 
     #[test]
     fn sizes_are_in_the_units_of_the_total() {

@@ -30,14 +30,25 @@ impl ClusterArchive {
     }
 
     /// Deletes backup `id`: its metadata first (a delete cut short then leaves what looks
-    /// like an interrupted backup, never one that seems restorable), then every other object
-    /// in its folder, then its metadata again: a backup still running (a prune told none
-    /// runs) may have written it meanwhile, over pieces now gone. Returns how many objects
-    /// went.
+    /// like an interrupted backup, never one that seems restorable), then the rest
+    /// ([`Self::delete_backup_rest`]). Returns how many objects went.
     pub async fn delete_backup(&self, id: &BackupId) -> Result<u64> {
-        let meta =
-            keys::backup_object_key(&self.archive.root, self.system_id, id, &BackupObject::Meta);
-        self.delete_key(&meta).await?;
+        self.delete_backup_meta(id).await?;
+        self.delete_backup_rest(id).await
+    }
+
+    /// Deletes backup `id`'s metadata, the first step of [`Self::delete_backup`]: once it is
+    /// gone, the backup cannot be restored.
+    pub async fn delete_backup_meta(&self, id: &BackupId) -> Result<()> {
+        self.delete_key(&self.backup_meta_key(id)).await
+    }
+
+    /// Deletes every object in backup `id`'s folder once [`Self::delete_backup_meta`] has
+    /// deleted its metadata, then its metadata again: a backup still running (a prune told
+    /// none runs) may have written it meanwhile, over pieces now gone. Returns how many
+    /// objects went, the metadata counted once.
+    pub async fn delete_backup_rest(&self, id: &BackupId) -> Result<u64> {
+        let meta = self.backup_meta_key(id);
         let folder = keys::backups_prefix(&self.archive.root, self.system_id).join(id.as_str());
         let mut deleted = 1;
         let mut folders = vec![folder.clone()];
@@ -67,6 +78,10 @@ impl ClusterArchive {
                 })?;
         }
         Ok(deleted)
+    }
+
+    fn backup_meta_key(&self, id: &BackupId) -> Path {
+        keys::backup_object_key(&self.archive.root, self.system_id, id, &BackupObject::Meta)
     }
 
     async fn delete_key(&self, key: &Path) -> Result<()> {
