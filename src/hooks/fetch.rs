@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::prefetch::{self, Cache};
 use super::sources::{FetchOutcome, Sources, nothing_archived, unreachable};
-use super::{hole, in_standby_mode};
+use super::{hole, in_standby_mode, promotion};
 use crate::blocking;
 use crate::client::ClientSettings;
 use crate::config::Config;
@@ -44,6 +44,13 @@ pub async fn fetch(
 ) -> anyhow::Result<FetchOutcome> {
     let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
+    if promotion::copied_from_pg_wal(&name, dest) {
+        tracing::info!(
+            "recovery has ended (no standby.signal or recovery.signal): PostgreSQL copies {name} \
+             from pg_wal, which holds it, so the archive is not asked"
+        );
+        return Ok(FetchOutcome::NotFound);
+    }
     let mut sources = Sources::new(config, &options.client, Some(deadline))?;
     if !in_standby_mode() {
         sources = sources.ending_recovery_on_failure();
@@ -121,6 +128,12 @@ pub async fn fetch(
     };
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
+    }
+    if matches!(outcome, FetchOutcome::Restored) {
+        let (kept, to) = (name, dest.to_path_buf());
+        if let Err(e) = blocking::run(move || promotion::keep_in_pg_wal(&kept, &to)).await {
+            tracing::warn!("{name} not kept in pg_wal for a promotion: {e}");
+        }
     }
     if let (FetchOutcome::NotFound, WalFileName::Segment(segment), Some(last)) =
         (&outcome, name, options.to_end)

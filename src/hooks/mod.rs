@@ -7,6 +7,7 @@ mod fetch;
 mod hole;
 mod namespace;
 mod prefetch;
+mod promotion;
 mod push;
 mod sources;
 

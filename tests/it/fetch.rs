@@ -441,6 +441,24 @@ fn a_streaming_standby_outlives_an_unreachable_fetch_server_and_archive() {
         "{}",
         standby.log_tail()
     );
+
+    // The primary dies and the standby is promoted while its fetch server is still down.
+    // Once recovery has ended, PostgreSQL asks for the parent timeline's history (timeline
+    // 1's, which no cluster has): "not here", at once. A refusal (255) would stop the
+    // promotion with FATAL and shut the server down.
+    primary.stop("immediate");
+    standby.promote();
+    assert_eq!(
+        standby.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002",
+        "{}",
+        standby.log_tail()
+    );
+    assert!(
+        !standby.log().contains("could not restore file"),
+        "{}",
+        standby.log_tail()
+    );
 }
 
 #[test]
