@@ -4,7 +4,7 @@
 //! switched segment in the archive within a deadline. Every check ends with a verdict and,
 //! when it did not pass, a hint.
 //!
-//! - [`sql`]: the SQL connection from walhalla's connection settings, TLS by rustls.
+//! The SQL connection is [`crate::protocol::sql`]'s.
 //! - [`server`]: what the server says about itself.
 //! - [`settings`]: verdicts on its settings, pure; [`commands`] reads archive_command and
 //!   restore_command.
@@ -16,7 +16,6 @@ mod probe;
 mod round_trip;
 mod server;
 mod settings;
-mod sql;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -26,6 +25,7 @@ use tokio_postgres::Client;
 
 use crate::archive::{Archive, ArchiveOptions, Location};
 use crate::protocol::conninfo::ConnParams;
+use crate::protocol::sql;
 use crate::wal::SystemId;
 use server::{ArchiverStats, ServerFacts, SlotFacts};
 

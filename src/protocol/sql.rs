@@ -54,6 +54,12 @@ pub async fn connect(params: &ConnParams) -> anyhow::Result<SqlConnection> {
     anyhow::bail!("{}", failures.join("; "))
 }
 
+/// Connects to `host` alone, whatever it is (primary or standby): to ask the server a
+/// replication connection reached what only SQL tells.
+pub async fn connect_to_host(params: &ConnParams, host: &HostAddr) -> anyhow::Result<Client> {
+    connect_host(params, host, TargetSessionAttrs::Any).await
+}
+
 /// Connects to `host`: to the database `params` names, else to libpq's default, the user's
 /// name; when that one does not exist or pg_hba.conf lets the user into `postgres` only, to
 /// `postgres`. A role made for replication alone rarely has a database of its name, and the
