@@ -282,9 +282,18 @@ impl Connection {
     /// Connects to the first host of `params` that accepts the connection and matches its
     /// `target_session_attrs`, trying them in order.
     pub async fn connect(params: &ConnParams) -> Result<Connection> {
+        Self::connect_trying_last(params, &[]).await
+    }
+
+    /// [`Self::connect`], trying the hosts in `last` after the others (in each pass of
+    /// `target_session_attrs`): hosts found unfit for a reason the server's own attributes do
+    /// not tell, such as an old primary left running after a failover.
+    pub async fn connect_trying_last(params: &ConnParams, last: &[HostAddr]) -> Result<Connection> {
+        let (later, first): (Vec<&HostAddr>, Vec<&HostAddr>) =
+            params.hosts.iter().partition(|host| last.contains(host));
         let mut errors = Vec::new();
         for attrs in params.target_session_attrs.passes() {
-            for host in &params.hosts {
+            for host in first.iter().chain(&later).copied() {
                 match Self::connect_host(params, host, *attrs).await {
                     Ok(conn) => return Ok(conn),
                     Err(e) => errors.push((host.to_string(), e)),

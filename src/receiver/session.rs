@@ -17,7 +17,7 @@ use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
 use super::slot::{create_temporary_slot, ensure_slot};
 use super::spool_place::{self, default_spool};
-use super::start::{StartPlan, start_point};
+use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
 use super::upload::{UploadSettings, Uploader};
 use super::{BackupWal, Mode, ReceiveOptions};
@@ -128,6 +128,9 @@ pub struct Context {
     pub(super) slot_seen: bool,
     /// Whether this run warned that the slot keeps no WAL.
     pub(super) slot_warned: bool,
+    /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
+    /// after the others.
+    pub(super) behind: Vec<HostAddr>,
 }
 
 impl Context {
@@ -224,7 +227,8 @@ pub async fn run(
     if let Some(ctx) = context.as_mut() {
         ctx.check_spool(options.mode == Mode::Synchronous).await?;
     }
-    let mut conn = Connection::connect(&options.conn)
+    let behind = context.as_ref().map_or(&[][..], |ctx| &ctx.behind[..]);
+    let mut conn = Connection::connect_trying_last(&options.conn, behind)
         .await
         .map_err(from_conn)?;
     // At debug: the "streaming" line says it at info once the session streams, and a session
@@ -292,7 +296,7 @@ pub async fn run(
             }
             None => None,
         };
-        start_point(
+        let planned = start_point(
             options,
             ctx,
             &mut conn,
@@ -300,7 +304,14 @@ pub async fn run(
             slot_restart,
             slot_restart.unwrap_or(server_lsn),
         )
-        .await?
+        .await;
+        ctx.behind.retain(|host| host != conn.host());
+        if let Err(e) = &planned
+            && let Some(behind) = e.error.downcast_ref::<BehindArchive>()
+        {
+            ctx.behind.push(behind.host.clone());
+        }
+        planned?
     };
     let (mut timeline, mut start) = (plan.timeline, plan.segment);
     let pace = Pace::new(options.status_interval, sender_timeout(&mut conn).await);
@@ -528,6 +539,7 @@ pub async fn new_context(
         lost: BTreeSet::new(),
         slot_seen: false,
         slot_warned: false,
+        behind: Vec::new(),
     })
 }
 

@@ -18,6 +18,7 @@ use super::session::{Context, SessionError, archive_history};
 use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
+use crate::protocol::conninfo::HostAddr;
 use crate::spool;
 use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
 
@@ -87,6 +88,25 @@ pub fn plan(
     }
 }
 
+/// A server on an older timeline than the archive holds: an old primary left running after a
+/// failover (or a standby that has not followed it yet). The receiver tries its other hosts
+/// first from then on, since one of them may be the promoted server.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{host} is on timeline {} but the archive already holds timeline {}: waiting for a server \
+     on a newer timeline (the other hosts are tried first)",
+    server.0,
+    archive.0
+)]
+pub struct BehindArchive {
+    /// The server's host.
+    pub host: HostAddr,
+    /// Its timeline.
+    pub server: TimelineId,
+    /// The archive's newest.
+    pub archive: TimelineId,
+}
+
 /// Where to start, and on which timeline. After the newest segment the spool or the archive
 /// holds, or at the first hole the server can still fill; on an empty archive at
 /// `--start-lsn`, else `fallback` (the slot's restart position or the server's current
@@ -144,12 +164,11 @@ pub async fn start_point(
     let (timeline, resume) = if timeline == server_timeline {
         (timeline, next)
     } else if timeline > server_timeline {
-        return Err(anyhow!(
-            "{} is on timeline {} but the archive already holds timeline {}: waiting for a server on a newer timeline",
-            conn.host(),
-            server_timeline.0,
-            timeline.0
-        )
+        return Err(anyhow::Error::new(BehindArchive {
+            host: conn.host().clone(),
+            server: server_timeline,
+            archive: timeline,
+        })
         .into());
     } else {
         past_fork(conn, &history, timeline, next, server_timeline, size)?

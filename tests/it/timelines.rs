@@ -115,6 +115,53 @@ fn follows_a_failover_to_the_promoted_standby() {
     assert_eq!(backup.table_fingerprint(), standby.table_fingerprint());
 }
 
+/// An old primary left running after a failover, listed first among the hosts: the receiver
+/// refuses it (its timeline is older than the archive's) and then tries the promoted standby
+/// first, instead of asking the old primary again and again while nothing is archived.
+#[test]
+fn an_old_primary_left_running_is_passed_over_for_the_promoted_standby() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, standby, mut receiver) = pair_with_receiver(&wh, &archive, &[]);
+    let system_id = primary.system_id();
+    primary.write_rows(300);
+    standby.wait_replayed(&primary);
+    primary.stop("fast");
+    standby.promote();
+    standby.write_rows(300);
+    let after = standby.switch_wal();
+    wait_object(&archive, system_id, &after);
+
+    // The old primary comes back as a primary (unfenced), and the stream from the promoted
+    // one breaks.
+    primary.start();
+    let streaming_from_new = || {
+        standby.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
+    };
+    standby.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'walhalla'",
+    );
+    wait_for(
+        "the receiver to refuse the old primary",
+        Duration::from_secs(60),
+        || {
+            receiver
+                .log()
+                .contains("the other hosts are tried first")
+                .then_some(())
+        },
+    );
+    wait_for(
+        "the receiver to stream from the promoted standby again",
+        Duration::from_secs(60),
+        || (streaming_from_new() == "1").then_some(()),
+    );
+    standby.write_rows(100);
+    let later = standby.switch_wal();
+    wait_object(&archive, system_id, &later);
+    assert!(receiver.stop().success());
+}
+
 /// A failover to a standby that had not received everything the receiver archived: the new
 /// timeline forks before the archive's end on the old one. The receiver restarts at the fork
 /// and says where the WAL only the archive holds lies, and how to restore it.
