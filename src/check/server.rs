@@ -60,6 +60,10 @@ pub struct SlotFacts {
     pub active: bool,
     /// The application_name of the client streaming from it.
     pub client: Option<String>,
+    /// `pg_replication_slots.wal_status`: `reserved` or `extended` while it keeps its WAL,
+    /// `unreserved` when the next checkpoint may remove some (past `max_slot_wal_keep_size`),
+    /// `lost` once invalidated; none for a slot that never reserved WAL.
+    pub wal_status: Option<String>,
     /// WAL bytes between the server's position and what the slot keeps.
     pub lag_bytes: Option<i64>,
     /// `pg_stat_replication.flush_lag` in seconds (none when the client is idle).
@@ -129,7 +133,7 @@ impl SlotFacts {
     pub async fn read(client: &Client, name: &str) -> anyhow::Result<Option<SlotFacts>> {
         let row = client
             .query_opt(
-                "SELECT s.slot_type, s.active, r.application_name, \
+                "SELECT s.slot_type, s.active, r.application_name, s.wal_status, \
                  ((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                    ELSE pg_current_wal_lsn() END) - s.restart_lsn)::bigint, \
                  extract(epoch FROM r.flush_lag)::float8, r.flush_lsn::text \
@@ -144,9 +148,10 @@ impl SlotFacts {
             slot_type: row.get(0),
             active: row.get(1),
             client: row.get(2),
-            lag_bytes: row.get(3),
-            lag_seconds: row.get(4),
-            flush_lsn: row.get(5),
+            wal_status: row.get(3),
+            lag_bytes: row.get(4),
+            lag_seconds: row.get(5),
+            flush_lsn: row.get(6),
         }))
     }
 }

@@ -218,6 +218,17 @@ pub fn usable_slot<'a>(
             format!("{name:?} is a {} slot", facts.slot_type),
             "walhalla receive streams from a physical slot: give one".to_owned(),
         )),
+        Some(facts) if facts.wal_status.as_deref() == Some("lost") => Err((
+            format!(
+                "slot {name:?} was invalidated (wal_status 'lost', by max_slot_wal_keep_size): it \
+                 keeps no WAL, and from PostgreSQL 16 on it never will again"
+            ),
+            format!(
+                "SELECT pg_drop_replication_slot('{name}'), then start walhalla receive -S {name} \
+                 --create-slot (which, from PostgreSQL 16 on, drops and creates an invalidated \
+                 slot itself); WAL the server removed meanwhile shows as lost in walhalla list"
+            ),
+        )),
         Some(facts) => Ok(facts),
     }
 }
@@ -229,7 +240,7 @@ pub fn slot(name: &str, facts: Option<&SlotFacts>) -> Vec<Check> {
         Err((detail, hint)) => {
             return vec![
                 Check::fail("slot", detail, hint),
-                Check::skip("slot_active", "no physical slot of that name"),
+                Check::skip("slot_active", "no usable physical slot of that name"),
             ];
         }
     };
@@ -242,7 +253,18 @@ pub fn slot(name: &str, facts: Option<&SlotFacts>) -> Vec<Check> {
             .lag_seconds
             .map_or_else(|| "no recent flush lag".to_owned(), |s| format!("{s:.1} s")),
     );
-    let exists = Check::pass("slot", format!("physical slot {name:?}; {lag}"));
+    let exists = if facts.wal_status.as_deref() == Some("unreserved") {
+        Check::fail(
+            "slot",
+            format!(
+                "slot {name:?} is past max_slot_wal_keep_size (wal_status 'unreserved'; {lag}): \
+                 the next checkpoint may remove WAL it needs and invalidate it"
+            ),
+            "let the receiver catch up (its log says why it lags), or raise max_slot_wal_keep_size",
+        )
+    } else {
+        Check::pass("slot", format!("physical slot {name:?}; {lag}"))
+    };
     let active = if facts.active {
         Check::pass(
             "slot_active",
@@ -385,6 +407,7 @@ mod tests {
             slot_type: "physical".into(),
             active: false,
             client: None,
+            wal_status: Some("reserved".into()),
             lag_bytes: Some(4096),
             lag_seconds: None,
             flush_lsn: None,
@@ -397,5 +420,17 @@ mod tests {
         assert!(idle[0].detail.contains("4096 bytes"), "{:?}", idle[0]);
         facts.active = true;
         assert_eq!(slot("wh", Some(&facts))[1].verdict, Verdict::Pass);
+        // Past max_slot_wal_keep_size: about to lose WAL.
+        facts.wal_status = Some("unreserved".into());
+        let unreserved = slot("wh", Some(&facts));
+        assert_eq!(unreserved[0].verdict, Verdict::Fail, "{unreserved:?}");
+        // Invalidated: streaming from it (PostgreSQL 16 and 17 allow that) protects nothing.
+        facts.wal_status = Some("lost".into());
+        let lost = slot("wh", Some(&facts));
+        assert_eq!(
+            verdicts(&lost),
+            [("slot", Verdict::Fail), ("slot_active", Verdict::Skip)]
+        );
+        assert!(lost[0].detail.contains("invalidated"), "{lost:?}");
     }
 }

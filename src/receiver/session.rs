@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::pace::Pace;
 use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
-use super::slot::{create_temporary_slot, ensure_slot};
+use super::slot::{create_temporary_slot, ensure_usable_slot};
 use super::spool_place::{self, default_spool};
 use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -274,7 +274,14 @@ pub async fn run(
     } else {
         let slot_restart = match &options.slot {
             Some(slot) => {
-                let found = ensure_slot(&mut conn, slot, options.create_slot).await?;
+                let found = ensure_usable_slot(
+                    &mut conn,
+                    &options.conn,
+                    slot,
+                    options.create_slot,
+                    !ctx.slot_seen,
+                )
+                .await?;
                 if found.created && ctx.slot_seen {
                     tracing::warn!(
                         slot,

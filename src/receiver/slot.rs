@@ -1,11 +1,20 @@
 //! The physical replication slot: make sure it exists (creating it when asked) and read where
-//! it keeps WAL from, which is what the receiver last reported as flushed.
+//! it keeps WAL from, which is what the receiver last reported as flushed; and, from
+//! PostgreSQL 16 on, replace one the server invalidated, which keeps nothing however long it
+//! is streamed from.
+
+use std::time::Duration;
 
 use anyhow::anyhow;
 
 use super::session::{SessionError, from_conn};
 use crate::protocol::connection::Connection;
+use crate::protocol::conninfo::{ConnParams, HostAddr};
+use crate::protocol::sql;
 use crate::wal::Lsn;
+
+/// How long asking `pg_replication_slots` may take, connecting included.
+const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`ensure_slot`] found.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +97,93 @@ pub async fn ensure_slot(
             .and_then(|l| l.parse().ok());
     }
     Ok(SlotFound { restart, created })
+}
+
+/// [`ensure_slot`], then, from PostgreSQL 16 on, a slot the server invalidated (past
+/// `max_slot_wal_keep_size`) is found by asking `pg_replication_slots` over SQL, since the
+/// replication protocol does not tell: it keeps no WAL, and unlike PostgreSQL 13 to 15, 16
+/// and 17 do not make it keep any again when a client streams from it (18 refuses it). It is
+/// asked when the slot reports no position and at a run's first session (`first`), since a
+/// slot streamed from since reports one again. With `create`, it is dropped and created
+/// anew; without, 16 and 17 stream on with an error logged, and 18 refuses the stream with
+/// what to do. When SQL cannot ask (a role or pg_hba.conf for replication only), nothing is
+/// known and nothing changes.
+pub async fn ensure_usable_slot(
+    conn: &mut Connection,
+    params: &ConnParams,
+    slot: &str,
+    create: bool,
+    first: bool,
+) -> Result<SlotFound, SessionError> {
+    let found = ensure_slot(conn, slot, create).await?;
+    let major = conn.server_major_version().unwrap_or(0);
+    if found.created || major < 16 || (found.restart.is_some() && !first) {
+        return Ok(found);
+    }
+    let host = conn.host().clone();
+    match invalidated(params, &host, slot).await {
+        Ok(false) => Ok(found),
+        Ok(true) if create => {
+            conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
+                .await
+                .map_err(from_conn)?;
+            tracing::warn!(
+                slot,
+                %host,
+                "the replication slot was invalidated (wal_status 'lost', by \
+                 max_slot_wal_keep_size) and kept no WAL, which streaming from it does not change \
+                 from PostgreSQL 16 on: dropped and created again; WAL the server removed \
+                 meanwhile and the archive lacks is reported as lost"
+            );
+            let again = ensure_slot(conn, slot, true).await?;
+            Ok(SlotFound {
+                created: false,
+                ..again
+            })
+        }
+        // The server refuses it when streaming starts, and the error says what to do.
+        Ok(true) if major >= 18 => Ok(found),
+        Ok(true) => {
+            tracing::error!(
+                slot,
+                %host,
+                "the replication slot was invalidated (wal_status 'lost', by \
+                 max_slot_wal_keep_size): it keeps no WAL, and streaming from it does not change \
+                 that on PostgreSQL 16 and 17, so the server may remove WAL before it is archived; \
+                 streaming on. Drop it (SELECT pg_drop_replication_slot('{slot}')) and start again \
+                 with --create-slot, or pass --create-slot and walhalla does so"
+            );
+            Ok(found)
+        }
+        Err(why) => {
+            tracing::debug!(
+                slot,
+                %host,
+                "could not ask pg_replication_slots whether the slot was invalidated: {why}"
+            );
+            Ok(found)
+        }
+    }
+}
+
+/// Whether slot `slot` on `host` was invalidated (`wal_status` 'lost'), over an ordinary SQL
+/// connection to that host; `Err` says why that could not be asked.
+async fn invalidated(params: &ConnParams, host: &HostAddr, slot: &str) -> Result<bool, String> {
+    let asking = async {
+        let client = sql::connect_to_host(params, host).await?;
+        let row = client
+            .query_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        let status: Option<String> = row.and_then(|row| row.get(0));
+        anyhow::Ok(status.as_deref() == Some("lost"))
+    };
+    match tokio::time::timeout(SQL_TIMEOUT, asking).await {
+        Ok(answer) => answer.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {} s", SQL_TIMEOUT.as_secs())),
+    }
 }
 
 /// Creates a temporary physical slot that keeps WAL from the server's current redo position

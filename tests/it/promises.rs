@@ -672,8 +672,15 @@ fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
     );
 }
 
+/// The reports of WAL lost to the archive in `log`, and the first one's segment count.
+fn lost_reports(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("lost to the archive"))
+        .collect()
+}
+
 #[test]
-fn an_invalidated_slot_reports_what_the_archive_lost_once_and_streams_on() {
+fn an_invalidated_slot_reports_what_the_archive_lost_once_and_is_replaced() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let pg = recycling_primary();
@@ -700,49 +707,91 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_streams_on() {
     );
     let gone = name(segno_of(&archived_last) + 1);
     pg.churn_until_recycled(&gone);
+    // From here on the slot alone keeps WAL for the receiver.
+    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = -1");
+    pg.sql("SELECT pg_reload_conf()");
 
-    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    // Without --create-slot: PostgreSQL 18 refuses the stream, and the receiver stops saying
+    // what to do; 16 and 17 stream from it though it keeps nothing, and the receiver says so
+    // as an error; earlier majors make it keep WAL again once streamed from.
+    let conninfo = pg.conninfo();
+    let plain = ["-d", &conninfo, "-S", "walhalla", "--status-interval", "1"];
+    let mut receiver = Receiver::start(&wh, &archive, &plain);
     if major >= 18 {
-        // PostgreSQL 18 refuses to stream from an invalidated slot: the receiver stops and
-        // says what to do, instead of retrying forever.
         exits_saying_to_recreate_the_slot(&mut receiver);
-        return;
+    } else {
+        // The run the server no longer has is reported once, whole, and archiving goes on
+        // from the first segment it has.
+        wait_streaming(&pg);
+        let newest = segno_of(&write_segments(&pg, 2));
+        wait_for(
+            "new WAL archived past the gap",
+            Duration::from_secs(60),
+            || archived(&archive).0.contains(&newest).then_some(()),
+        );
+        let log = receiver.log();
+        let reports = lost_reports(&log);
+        assert_eq!(reports.len(), 1, "{log}");
+        let segments: u64 = reports[0]
+            .split("segments=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            reports[0].contains(&format!("first={gone}")) && segments > 1,
+            "{log}"
+        );
+        assert_eq!(
+            log.contains("ERROR") && log.contains("was invalidated"),
+            (16..=17).contains(&major),
+            "{log}"
+        );
+        assert!(receiver.stop().success(), "{}", receiver.log());
     }
-    // Earlier majors stream from it: the run the server no longer has is reported once,
-    // whole, and archiving goes on from the first segment it has.
+
+    // With --create-slot, from PostgreSQL 16 on the invalidated slot is dropped and made
+    // anew; earlier majors keep it, reserving WAL again.
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
     wait_streaming(&pg);
-    let newest = segno_of(&write_segments(&pg, 2));
+    let streamed = segno_of(&write_segments(&pg, 2));
+    wait_for("new WAL archived", Duration::from_secs(60), || {
+        archived(&archive).0.contains(&streamed).then_some(())
+    });
+    assert_eq!(
+        receiver.log().contains("dropped and created again"),
+        major >= 16,
+        "{}",
+        receiver.log()
+    );
+    assert_ne!(pg.sql(status), "lost");
+    assert!(receiver.stop().success(), "{}", receiver.log());
+
+    // The slot keeps WAL again: what the server writes while the receiver is down, past
+    // max_wal_size, is still there for it, and the archive gets all of it. (The run lost
+    // before stays a hole, which each new run reports again.)
+    let down_from = streamed + 1;
+    write_segments(&pg, 40);
+    pg.sql("CHECKPOINT");
+    assert!(
+        pg.data.join("pg_wal").join(name(down_from)).exists(),
+        "the slot did not keep {}",
+        name(down_from)
+    );
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    let newest = segno_of(&write_segments(&pg, 1));
     wait_for(
-        "new WAL archived past the gap",
+        "the WAL written while the receiver was down archived",
         Duration::from_secs(60),
         || archived(&archive).0.contains(&newest).then_some(()),
     );
-    let log = receiver.log();
-    let reports: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("lost to the archive"))
-        .collect();
-    assert_eq!(reports.len(), 1, "{log}");
-    let segments: u64 = reports[0]
-        .split("segments=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let held = archived(&archive).0;
     assert!(
-        reports[0].contains(&format!("first={gone}")) && segments > 1,
-        "{log}"
+        (down_from..=newest).all(|n| held.contains(&n)),
+        "a hole after {down_from}: {}",
+        receiver.log()
     );
     assert!(receiver.stop().success(), "{}", receiver.log());
-    if !(16..=17).contains(&major) {
-        return;
-    }
-    // PostgreSQL 16 and 17 moved the invalidated slot's restart position as it streamed, but
-    // it keeps nothing: once the server removes WAL past it, the receiver stops, saying what
-    // to do, instead of failing on every start with only the server's error.
-    let newest = *archived(&archive).0.last().unwrap();
-    pg.churn_until_recycled(&name(newest + 1));
-    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
-    exits_saying_to_recreate_the_slot(&mut receiver);
 }
 
 /// That `receiver` exits 1 soon, saying to drop its slot and create it again.
