@@ -74,6 +74,9 @@ struct State {
 pub struct Attempt {
     failures: u64,
     recoveries: u64,
+    /// When it began: an attempt that fails is taken to have found the archive failing then,
+    /// so one that gets no answer until its deadline dates the outage from its start.
+    began: (SystemTime, Instant),
 }
 
 impl Health {
@@ -93,6 +96,7 @@ impl Health {
         Attempt {
             failures: state.failures,
             recoveries: state.recoveries,
+            began: (SystemTime::now(), Instant::now()),
         }
     }
 
@@ -107,7 +111,7 @@ impl Health {
             );
             return;
         }
-        let line = state.record_failure(error, permanent, Instant::now());
+        let line = state.record_failure(error, permanent, Instant::now(), attempt.began);
         log(direction, line, error);
     }
 
@@ -157,11 +161,22 @@ enum Line {
 
 impl State {
     /// Takes note of a failure at `now`; says what to log.
-    fn record_failure(&mut self, error: &str, permanent: bool, now: Instant) -> Line {
+    fn record_failure(
+        &mut self,
+        error: &str,
+        permanent: bool,
+        now: Instant,
+        began: (SystemTime, Instant),
+    ) -> Line {
         self.failures += 1;
         self.last_error = Some((error.to_string(), SystemTime::now()));
         let Some((_, since)) = self.failing_since else {
-            self.failing_since = Some((SystemTime::now(), now));
+            // Since the failed attempt began, but not before the last recovery.
+            let since = match self.recovered_at {
+                Some(at) if at > began.1 => (SystemTime::now() - now.duration_since(at), at),
+                _ => began,
+            };
+            self.failing_since = Some(since);
             self.permanent = permanent;
             let calm = self
                 .recovered_at
@@ -327,19 +342,47 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_that_got_no_answer_dates_the_outage_from_its_start() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        // An upload that hung for 60 s before its deadline: failing since it began.
+        state.record_failure(
+            "no answer within 60s",
+            false,
+            t0 + Duration::from_secs(60),
+            (wall, t0),
+        );
+        let (since, _) = state.failing_since.expect("failing");
+        assert_eq!(since, wall);
+        match state.record_success(t0 + Duration::from_secs(100)) {
+            Line::Recovered { down, .. } => assert_eq!(down, Duration::from_secs(100)),
+            other => panic!("{other:?}"),
+        }
+        // Not from before the recovery, though: an attempt begun then proves nothing earlier.
+        state.record_failure("503", false, t0 + Duration::from_secs(130), (wall, t0));
+        let (_, since) = state.failing_since.expect("failing");
+        assert_eq!(since, t0 + Duration::from_secs(100));
+    }
+
+    #[test]
     fn a_store_that_flaps_after_a_recovery_is_logged_once_a_failure_lasts() {
         let mut state = State::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_millis(s * 100);
+        let began = |at: Instant| (SystemTime::now(), at);
         // The first failure is logged at once, its retries are not.
         assert_eq!(
-            state.record_failure("503 SlowDown", false, at(0)),
+            state.record_failure("503 SlowDown", false, at(0), began(at(0))),
             Line::Failing {
                 lasted: None,
                 brief: 0
             }
         );
-        assert_eq!(state.record_failure("503", false, at(5)), Line::Quiet);
+        assert_eq!(
+            state.record_failure("503", false, at(5), began(at(5))),
+            Line::Quiet
+        );
         assert!(matches!(
             state.record_success(at(10)),
             Line::Recovered { brief: 0, .. }
@@ -347,21 +390,36 @@ mod tests {
         // Flapping within the minute after that: every failure is brief, none is logged.
         for flip in 0..20 {
             let t = 20 + flip * 10;
-            assert_eq!(state.record_failure("500", false, at(t)), Line::Brief);
-            assert_eq!(state.record_failure("500", false, at(t + 3)), Line::Quiet);
+            assert_eq!(
+                state.record_failure("500", false, at(t), began(at(t))),
+                Line::Brief
+            );
+            assert_eq!(
+                state.record_failure("500", false, at(t + 3), began(at(t + 3))),
+                Line::Quiet
+            );
             assert_eq!(state.record_success(at(t + 5)), Line::Quiet);
         }
         // One that lasts 5 s is logged, with the count of brief ones before it.
-        assert_eq!(state.record_failure("500", false, at(300)), Line::Brief);
-        assert_eq!(state.record_failure("500", false, at(340)), Line::Quiet);
         assert_eq!(
-            state.record_failure("500", false, at(350)),
+            state.record_failure("500", false, at(300), began(at(300))),
+            Line::Brief
+        );
+        assert_eq!(
+            state.record_failure("500", false, at(340), began(at(340))),
+            Line::Quiet
+        );
+        assert_eq!(
+            state.record_failure("500", false, at(350), began(at(350))),
             Line::Failing {
                 lasted: Some(Duration::from_secs(5)),
                 brief: 20
             }
         );
-        assert_eq!(state.record_failure("500", false, at(360)), Line::Quiet);
+        assert_eq!(
+            state.record_failure("500", false, at(360), began(at(360))),
+            Line::Quiet
+        );
         assert_eq!(
             state.record_success(at(400)),
             Line::Recovered {
@@ -371,7 +429,7 @@ mod tests {
         );
         // A permanent error is logged at once, calm window or not.
         assert_eq!(
-            state.record_failure("access denied", true, at(410)),
+            state.record_failure("access denied", true, at(410), began(at(410))),
             Line::Permanent { still: false }
         );
         assert!(matches!(
@@ -380,7 +438,12 @@ mod tests {
         ));
         // Past the window, a failure is news again.
         assert_eq!(
-            state.record_failure("connection refused", false, at(420 + 600)),
+            state.record_failure(
+                "connection refused",
+                false,
+                at(420 + 600),
+                began(at(420 + 600))
+            ),
             Line::Failing {
                 lasted: None,
                 brief: 0
