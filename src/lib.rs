@@ -30,10 +30,12 @@
 //! - [`list`]: `walhalla list`: backups, WAL runs and gaps, the restorable window.
 //! - [`prune`]: `walhalla prune`: the retention rule ([`retention`], pure) carried out.
 //! - [`check`]: `walhalla check`: the server's archiving settings, the archive and a WAL
-//!   round trip, each with a verdict; over SQL (tokio-postgres).
+//!   round trip, each with a verdict; over SQL.
 //! - [`verify`]: `walhalla verify`: every object read back, histories, backups against their
 //!   manifests, continuity.
-//! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing.
+//! - [`protocol`]: the replication client: conninfo, connection, TLS, message framing; and
+//!   an ordinary SQL connection from the same settings (tokio-postgres), for `check` and for
+//!   what the receiver can ask only over SQL.
 //! - [`receiver`]: `receive`, streaming into a spool and uploading complete segments.
 //! - [`survey`]: the daemon's periodic look at its archive: gaps and the restorable window as
 //!   metrics.
