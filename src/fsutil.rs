@@ -242,22 +242,6 @@ impl TempFile {
         fsync_dir(parent_dir(&dest))
     }
 
-    /// [`Self::persist`] without replacing a file already at the destination: the file is
-    /// linked there, so one that appeared meanwhile stays. Returns whether this one went in;
-    /// the temporary name goes either way.
-    pub fn persist_unless_there(mut self) -> io::Result<bool> {
-        self.file().sync_data()?;
-        let dest = self.dest.clone();
-        let linked = std::fs::hard_link(&self.temp_path, &dest);
-        // Dropping the still-held file removes the temporary name.
-        drop(self);
-        match linked {
-            Ok(()) => fsync_dir(parent_dir(&dest)).map(|()| true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Flushes the data to disk and renames the file to its destination, leaving the rename
     /// itself to the next commit of the file system: for a file whose name nobody relies on
     /// after a crash (the readahead cache, which a new worker empties).

@@ -44,7 +44,7 @@ pub async fn fetch(
 ) -> anyhow::Result<FetchOutcome> {
     let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
-    if promotion::copied_from_pg_wal(&name, dest) {
+    if promotion::copied_from_pg_wal(Path::new("."), &name, dest) {
         tracing::info!(
             "recovery has ended (no standby.signal or recovery.signal): PostgreSQL copies {name} \
              from pg_wal, which holds it, so the archive is not asked"
@@ -128,12 +128,6 @@ pub async fn fetch(
     };
     if let (Some((segment, cache)), Some(size)) = (&prefetching, size) {
         record(cache, *segment, size, config, options, deadline).await;
-    }
-    if matches!(outcome, FetchOutcome::Restored) {
-        let (kept, to) = (name, dest.to_path_buf());
-        if let Err(e) = blocking::run(move || promotion::keep_in_pg_wal(&kept, &to)).await {
-            tracing::warn!("{name} not kept in pg_wal for a promotion: {e}");
-        }
     }
     if let (FetchOutcome::NotFound, WalFileName::Segment(segment), Some(last)) =
         (&outcome, name, options.to_end)

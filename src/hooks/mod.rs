@@ -142,6 +142,10 @@ fn warn_of_unsafe_local_archive(location: &crate::archive::Location) {
 /// over `recovery.signal`, in PostgreSQL as here).
 const STANDBY_SIGNAL: &str = "standby.signal";
 
+/// The file whose presence in the data directory starts archive recovery (without
+/// `standby.signal`, not in standby mode).
+const RECOVERY_SIGNAL: &str = "recovery.signal";
+
 /// Whether PostgreSQL recovers in standby mode: `standby.signal` in the data directory, which
 /// is the current directory of a restore_command and of the readahead worker it starts.
 fn in_standby_mode() -> bool {

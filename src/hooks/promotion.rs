@@ -9,15 +9,12 @@
 //! a fetch that cannot reach its sources and exits above 125 stops the promotion with FATAL,
 //! and the server shuts down.
 //!
-//! Two things keep a promotion independent of the archive:
-//! - once recovery has ended, a history file that `pg_wal` holds (and timeline 1's, which
-//!   does not exist) is answered "not here" at once, so PostgreSQL copies its own
-//!   ([`copied_from_pg_wal`]); history files are immutable, so that copy is the archive's;
-//! - a history file restored for recovery is kept in `pg_wal` under its name
-//!   ([`keep_in_pg_wal`]), as PostgreSQL keeps those it restores when it switches timeline,
-//!   since it does not keep the one its recovery starts on.
+//! So once recovery has ended, a history file that `pg_wal` holds (and timeline 1's, which
+//! does not exist) is answered "not here" at once, and PostgreSQL copies its own
+//! ([`copied_from_pg_wal`]); history files are immutable, so that copy is the archive's.
+//! PostgreSQL keeps in `pg_wal` every history file its recovery reads (`readTimeLineHistory`,
+//! `restoreTimeLineHistoryFiles`), so the parent's is normally there.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use crate::fsutil;
@@ -31,40 +28,23 @@ fn for_recovery(dest: &Path) -> bool {
     dest.file_name().is_some_and(|n| n == RECOVERY_HISTORY)
 }
 
-/// Whether PostgreSQL asks for `name` (to `dest`) after its recovery ended, for a file it
-/// copies from `pg_wal` when restore_command has none, and `pg_wal` holds it (or it is
-/// timeline 1's, which no cluster has). The data directory is the current directory.
-pub fn copied_from_pg_wal(name: &WalFileName, dest: &Path) -> bool {
+/// Whether PostgreSQL, in data directory `data`, asks for `name` (to `dest`, relative to
+/// `data`) after its recovery ended, for a file it copies from `pg_wal` when restore_command
+/// has none, and `pg_wal` holds it (or it is timeline 1's, which no cluster has).
+pub fn copied_from_pg_wal(data: &Path, name: &WalFileName, dest: &Path) -> bool {
     let WalFileName::History(timeline) = name else {
         return false;
     };
-    let recovery_ended = Path::new("PG_VERSION").is_file()
-        && !Path::new(super::STANDBY_SIGNAL).exists()
-        && !Path::new(RECOVERY_SIGNAL).exists();
+    let recovery_ended = data.join("PG_VERSION").is_file()
+        && !data.join(super::STANDBY_SIGNAL).exists()
+        && !data.join(super::RECOVERY_SIGNAL).exists();
     recovery_ended
         && for_recovery(dest)
-        && (timeline.0 == 1 || fsutil::parent_dir(dest).join(name.to_string()).is_file())
-}
-
-/// The file whose presence in the data directory starts archive recovery.
-const RECOVERY_SIGNAL: &str = "recovery.signal";
-
-/// Keeps a copy of history file `name`, just restored to `dest` for recovery, in `pg_wal`
-/// (`dest`'s directory) under its own name, unless one is there: written whole under a
-/// temporary name, made durable, then linked in place, so a copy there is always complete
-/// and one PostgreSQL wrote meanwhile stays.
-pub fn keep_in_pg_wal(name: &WalFileName, dest: &Path) -> std::io::Result<()> {
-    if !matches!(name, WalFileName::History(_)) || !for_recovery(dest) {
-        return Ok(());
-    }
-    let kept = fsutil::parent_dir(dest).join(name.to_string());
-    if kept.exists() {
-        return Ok(());
-    }
-    let content = std::fs::read(dest)?;
-    let mut copy = fsutil::TempFile::create(&kept)?;
-    copy.file().write_all(&content)?;
-    copy.persist_unless_there().map(|_| ())
+        && (timeline.0 == 1
+            || data
+                .join(fsutil::parent_dir(dest))
+                .join(name.to_string())
+                .is_file())
 }
 
 #[cfg(test)]
@@ -72,31 +52,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_restored_history_file_is_kept_once_and_never_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join(RECOVERY_HISTORY);
-        let name: WalFileName = "00000002.history".parse().unwrap();
-        std::fs::write(&dest, "1\t0/3000000\tno recovery target specified\n").unwrap();
-        keep_in_pg_wal(&name, &dest).unwrap();
-        let kept = dir.path().join("00000002.history");
-        assert_eq!(std::fs::read(&kept).unwrap(), std::fs::read(&dest).unwrap());
-        // One there already (PostgreSQL's own) stays as it is.
-        std::fs::write(&kept, "theirs").unwrap();
-        keep_in_pg_wal(&name, &dest).unwrap();
-        assert_eq!(std::fs::read(&kept).unwrap(), b"theirs");
-        // Segments, and files restored elsewhere than for recovery, are not kept.
-        let elsewhere = dir.path().join("by-hand");
-        std::fs::write(&elsewhere, "x").unwrap();
-        let three: WalFileName = "00000003.history".parse().unwrap();
-        keep_in_pg_wal(&three, &elsewhere).unwrap();
-        assert!(!dir.path().join("00000003.history").exists());
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            !names.iter().any(|n| n.ends_with("-tmp")),
-            "no temporary file left: {names:?}"
-        );
+    fn only_a_history_file_pg_wal_holds_after_recovery_is_left_to_postgresql() {
+        let data = tempfile::tempdir().unwrap();
+        let data = data.path();
+        std::fs::create_dir(data.join("pg_wal")).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "17\n").unwrap();
+        std::fs::write(
+            data.join("pg_wal/00000002.history"),
+            "1\t0/3000000\treason\n",
+        )
+        .unwrap();
+        let dest = Path::new("pg_wal/RECOVERYHISTORY");
+        let name = |text: &str| text.parse::<WalFileName>().unwrap();
+        let asked = |n: &str, dest: &Path| copied_from_pg_wal(data, &name(n), dest);
+        // Recovery ended (no signal file): the parent's history pg_wal holds, and timeline 1's.
+        assert!(asked("00000002.history", dest));
+        assert!(asked("00000001.history", dest));
+        // One pg_wal lacks: asked of the archive, whose failure must stop the promotion.
+        assert!(!asked("00000003.history", dest));
+        // Not to RECOVERYHISTORY (a fetch by hand), or a segment: asked of the archive.
+        assert!(!asked("00000002.history", Path::new("/tmp/x")));
+        assert!(!asked(
+            "000000020000000000000003",
+            Path::new("pg_wal/RECOVERYXLOG")
+        ));
+        // Still recovering: asked of the archive.
+        for signal in ["standby.signal", "recovery.signal"] {
+            std::fs::write(data.join(signal), "").unwrap();
+            assert!(!asked("00000002.history", dest), "{signal}");
+            std::fs::remove_file(data.join(signal)).unwrap();
+        }
+        // Not a data directory.
+        std::fs::remove_file(data.join("PG_VERSION")).unwrap();
+        assert!(!asked("00000002.history", dest));
     }
 }
