@@ -151,7 +151,6 @@ const COMMIT_SEARCH_SEGMENTS: u64 = 32;
 /// Time indexes read, per timeline and segment.
 type Indexes = BTreeMap<TimelineId, BTreeMap<SegNo, SegmentIndex>>;
 
-/// Where each window span ends: its timeline and the segment just past its end.
 /// Whether RFC 3339 time `a` is before `b` (`false` when either does not parse).
 fn is_before(a: &str, b: &str) -> bool {
     match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
@@ -160,6 +159,7 @@ fn is_before(a: &str, b: &str) -> bool {
     }
 }
 
+/// Where each window span ends: its timeline and the segment just past its end.
 fn span_ends(listing: &ClusterListing, size: SegmentSize) -> Vec<(TimelineId, SegNo)> {
     listing
         .windows

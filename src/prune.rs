@@ -173,7 +173,7 @@ pub async fn run(cluster: &ClusterArchive, options: PruneOptions) -> anyhow::Res
                 report.notes.push(note);
                 continue;
             }
-            progress.at = Some((backup.id.as_str(), Step::Meta));
+            progress.at = Some((backup.id.as_str(), Step::Meta { without_meta }));
             cluster.delete_backup_meta(&backup.id).await?;
             progress.at = Some((backup.id.as_str(), Step::Rest));
             let objects = cluster.delete_backup_rest(&backup.id).await?;
@@ -289,8 +289,12 @@ struct Progress<'a> {
 /// A step of deleting one backup.
 #[derive(Clone, Copy)]
 enum Step {
-    /// Its metadata: until it goes, the backup is whole.
-    Meta,
+    /// Its metadata: until it goes, the backup is as it was (whole, unless it was
+    /// interrupted and has none).
+    Meta {
+        /// Interrupted: it has no metadata to delete, and is not whole.
+        without_meta: bool,
+    },
     /// The rest of its folder, its metadata gone.
     Rest,
 }
@@ -303,7 +307,15 @@ impl Progress<'_> {
             ids => format!("prune stopped after deleting backups {}", ids.join(", ")),
         };
         match self.at {
-            Some((id, Step::Meta)) => said.push_str(&format!(
+            Some((id, Step::Meta { without_meta: true })) => said.push_str(&format!(
+                ", at backup {id}, an interrupted one: nothing of it deleted yet"
+            )),
+            Some((
+                id,
+                Step::Meta {
+                    without_meta: false,
+                },
+            )) => said.push_str(&format!(
                 ", at backup {id}: deleting its metadata failed, so the backup is whole unless \
                  that delete took effect unanswered (`walhalla list` shows it)"
             )),
@@ -340,10 +352,28 @@ mod tests {
         );
         // The store refused the first request: the backup is untouched.
         assert_eq!(
-            at(vec!["A"], Some(("B", Step::Meta)), 0),
+            at(
+                vec!["A"],
+                Some((
+                    "B",
+                    Step::Meta {
+                        without_meta: false
+                    }
+                )),
+                0
+            ),
             "prune stopped after deleting backups A, at backup B: deleting its metadata failed, \
              so the backup is whole unless that delete took effect unanswered (`walhalla list` \
              shows it)"
+        );
+        assert_eq!(
+            at(
+                Vec::new(),
+                Some(("B", Step::Meta { without_meta: true })),
+                0
+            ),
+            "prune stopped before deleting any backup, at backup B, an interrupted one: nothing \
+             of it deleted yet"
         );
         assert_eq!(
             at(vec!["A", "B"], Some(("C", Step::Rest)), 0),

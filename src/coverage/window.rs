@@ -24,7 +24,9 @@ pub struct Window {
     pub unrestorable: Vec<Unrestorable>,
 }
 
-/// A stretch of the window: every position from `from_lsn` to `to_lsn` can be restored to.
+/// A stretch of the window: restores can reach from `from_lsn` to `to_lsn`, where its WAL
+/// ends (PostgreSQL stops at the first record starting at or past a target position, so
+/// one past the start of the last record is not reached).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Span {
     /// The oldest backup's consistency point (its stop).
