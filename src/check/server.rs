@@ -62,7 +62,9 @@ pub struct SlotFacts {
     pub client: Option<String>,
     /// `pg_replication_slots.wal_status`: `reserved` or `extended` while it keeps its WAL,
     /// `unreserved` when the next checkpoint may remove some (past `max_slot_wal_keep_size`),
-    /// `lost` once invalidated; none for a slot that never reserved WAL.
+    /// `lost` once invalidated (also when PostgreSQL 17's `invalidation_reason` says so, since
+    /// an invalidated slot a client streams from reads `unreserved`); none for a slot that
+    /// never reserved WAL.
     pub wal_status: Option<String>,
     /// WAL bytes between the server's position and what the slot keeps.
     pub lag_bytes: Option<i64>,
@@ -133,7 +135,9 @@ impl SlotFacts {
     pub async fn read(client: &Client, name: &str) -> anyhow::Result<Option<SlotFacts>> {
         let row = client
             .query_opt(
-                "SELECT s.slot_type, s.active, r.application_name, s.wal_status, \
+                "SELECT s.slot_type, s.active, r.application_name, \
+                 CASE WHEN to_jsonb(s) ->> 'invalidation_reason' IS NOT NULL THEN 'lost' \
+                 ELSE s.wal_status END, \
                  ((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                    ELSE pg_current_wal_lsn() END) - s.restart_lsn)::bigint, \
                  extract(epoch FROM r.flush_lag)::float8, r.flush_lsn::text \

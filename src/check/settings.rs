@@ -258,7 +258,8 @@ pub fn slot(name: &str, facts: Option<&SlotFacts>) -> Vec<Check> {
             "slot",
             format!(
                 "slot {name:?} is past max_slot_wal_keep_size (wal_status 'unreserved'; {lag}): \
-                 the next checkpoint may remove WAL it needs and invalidate it"
+                 the next checkpoint may remove WAL it needs and invalidate it (on PostgreSQL 16, \
+                 a slot already invalidated that a client streams from reads the same)"
             ),
             "let the receiver catch up (its log says why it lags), or raise max_slot_wal_keep_size",
         )

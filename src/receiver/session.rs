@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::pace::Pace;
 use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
-use super::slot::{create_temporary_slot, ensure_usable_slot};
+use super::slot::{SlotWatch, create_temporary_slot, ensure_usable_slot};
 use super::spool_place::{self, default_spool};
 use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -128,6 +128,8 @@ pub struct Context {
     pub(super) slot_seen: bool,
     /// Whether this run warned that the slot keeps no WAL.
     pub(super) slot_warned: bool,
+    /// What this run learned of the slot's invalidation.
+    pub(super) slot_watch: SlotWatch,
     /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
     /// after the others.
     pub(super) behind: Vec<HostAddr>,
@@ -279,7 +281,8 @@ pub async fn run(
                     &options.conn,
                     slot,
                     options.create_slot,
-                    !ctx.slot_seen,
+                    system_id,
+                    &mut ctx.slot_watch,
                 )
                 .await?;
                 if found.created && ctx.slot_seen {
@@ -546,6 +549,7 @@ pub async fn new_context(
         lost: BTreeSet::new(),
         slot_seen: false,
         slot_warned: false,
+        slot_watch: SlotWatch::default(),
         behind: Vec::new(),
     })
 }

@@ -11,7 +11,7 @@ use super::session::{SessionError, from_conn};
 use crate::protocol::connection::Connection;
 use crate::protocol::conninfo::{ConnParams, HostAddr};
 use crate::protocol::sql;
-use crate::wal::Lsn;
+use crate::wal::{Lsn, SystemId};
 
 /// How long asking `pg_replication_slots` may take, connecting included.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,30 +99,48 @@ pub async fn ensure_slot(
     Ok(SlotFound { restart, created })
 }
 
+/// What a run learned of its slot's invalidation ([`ensure_usable_slot`]).
+#[derive(Debug, Default)]
+pub struct SlotWatch {
+    /// `pg_replication_slots` gave a clear answer this run.
+    checked: bool,
+    /// This run said that it could not ask.
+    warned: bool,
+}
+
 /// [`ensure_slot`], then, from PostgreSQL 16 on, a slot the server invalidated (past
 /// `max_slot_wal_keep_size`) is found by asking `pg_replication_slots` over SQL, since the
 /// replication protocol does not tell: it keeps no WAL, and unlike PostgreSQL 13 to 15, 16
 /// and 17 do not make it keep any again when a client streams from it (18 refuses it). It is
-/// asked when the slot reports no position and at a run's first session (`first`), since a
-/// slot streamed from since reports one again. With `create`, it is dropped and created
-/// anew; without, 16 and 17 stream on with an error logged, and 18 refuses the stream with
-/// what to do. When SQL cannot ask (a role or pg_hba.conf for replication only), nothing is
-/// known and nothing changes.
+/// asked at every session until a clear answer, and again whenever the slot reports no
+/// position (a slot streamed from reports one again). With `create`, it is dropped and
+/// created anew; without, 16 and 17 stream on with an error logged, and 18 refuses the
+/// stream with what to do. When SQL cannot ask (a role or pg_hba.conf for replication only),
+/// a warning says so once and nothing changes.
 pub async fn ensure_usable_slot(
     conn: &mut Connection,
     params: &ConnParams,
     slot: &str,
     create: bool,
-    first: bool,
+    system_id: SystemId,
+    watch: &mut SlotWatch,
 ) -> Result<SlotFound, SessionError> {
     let found = ensure_slot(conn, slot, create).await?;
     let major = conn.server_major_version().unwrap_or(0);
-    if found.created || major < 16 || (found.restart.is_some() && !first) {
+    if found.created || major < 16 || (watch.checked && found.restart.is_some()) {
         return Ok(found);
     }
     let host = conn.host().clone();
-    match invalidated(params, &host, slot).await {
-        Ok(false) => Ok(found),
+    let seen = Seen {
+        system_id,
+        restart: found.restart,
+        major,
+    };
+    match invalidated(params, &host, slot, &seen).await {
+        Ok(false) => {
+            watch.checked = true;
+            Ok(found)
+        }
         Ok(true) if create => {
             conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
                 .await
@@ -130,12 +148,13 @@ pub async fn ensure_usable_slot(
             tracing::warn!(
                 slot,
                 %host,
-                "the replication slot was invalidated (wal_status 'lost', by \
-                 max_slot_wal_keep_size) and kept no WAL, which streaming from it does not change \
-                 from PostgreSQL 16 on: dropped and created again; WAL the server removed \
-                 meanwhile and the archive lacks is reported as lost"
+                "the replication slot was invalidated (by max_slot_wal_keep_size) and kept no \
+                 WAL, which streaming from it does not change from PostgreSQL 16 on: dropped and \
+                 created again; WAL the server removed meanwhile and the archive lacks is \
+                 reported as lost"
             );
             let again = ensure_slot(conn, slot, true).await?;
+            watch.checked = true;
             Ok(SlotFound {
                 created: false,
                 ..again
@@ -144,46 +163,94 @@ pub async fn ensure_usable_slot(
         // The server refuses it when streaming starts, and the error says what to do.
         Ok(true) if major >= 18 => Ok(found),
         Ok(true) => {
+            watch.checked = true;
             tracing::error!(
                 slot,
                 %host,
-                "the replication slot was invalidated (wal_status 'lost', by \
-                 max_slot_wal_keep_size): it keeps no WAL, and streaming from it does not change \
-                 that on PostgreSQL 16 and 17, so the server may remove WAL before it is archived; \
-                 streaming on. Drop it (SELECT pg_drop_replication_slot('{slot}')) and start again \
-                 with --create-slot, or pass --create-slot and walhalla does so"
+                "the replication slot was invalidated (by max_slot_wal_keep_size): it keeps no \
+                 WAL, and streaming from it does not change that on PostgreSQL 16 and 17, so the \
+                 server may remove WAL before it is archived; streaming on. Drop it (SELECT \
+                 pg_drop_replication_slot('{slot}')) and start again with --create-slot, or pass \
+                 --create-slot and walhalla does so"
+            );
+            Ok(found)
+        }
+        Err(why) if !watch.warned => {
+            watch.warned = true;
+            tracing::warn!(
+                slot,
+                %host,
+                "could not ask pg_replication_slots whether the slot was invalidated, which from \
+                 PostgreSQL 16 on only SQL tells ({why}); asked again at the next connection"
             );
             Ok(found)
         }
         Err(why) => {
-            tracing::debug!(
-                slot,
-                %host,
-                "could not ask pg_replication_slots whether the slot was invalidated: {why}"
-            );
+            tracing::debug!(slot, %host, "could not ask pg_replication_slots: {why}");
             Ok(found)
         }
     }
 }
 
-/// Whether slot `slot` on `host` was invalidated (`wal_status` 'lost'), over an ordinary SQL
-/// connection to that host; `Err` says why that could not be asked.
-async fn invalidated(params: &ConnParams, host: &HostAddr, slot: &str) -> Result<bool, String> {
+/// What the replication connection said: the server's cluster, the slot's position, the
+/// server's major version.
+struct Seen {
+    system_id: SystemId,
+    restart: Option<Lsn>,
+    major: u32,
+}
+
+/// Whether slot `slot` on `host` was invalidated, over an ordinary SQL connection to that
+/// host; `Err` says why there is no clear answer: SQL could not ask, another server answered
+/// (the host name resolved elsewhere: another cluster, or the slot elsewhere), or on 16 the
+/// slot is held by a process, which makes an invalidated slot read `unreserved`.
+async fn invalidated(
+    params: &ConnParams,
+    host: &HostAddr,
+    slot: &str,
+    seen: &Seen,
+) -> Result<bool, String> {
+    // 17 names the reason; on 16 `lost` is the sign, unless a process holds the slot.
+    let invalidated = if seen.major >= 17 {
+        "s.invalidation_reason IS NOT NULL"
+    } else {
+        "s.wal_status = 'lost'"
+    };
+    let query = format!(
+        "SELECT {invalidated}, s.active_pid IS NOT NULL, s.restart_lsn::text, \
+         c.system_identifier::text FROM pg_control_system() c \
+         JOIN pg_replication_slots s ON s.slot_name = $1"
+    );
     let asking = async {
         let client = sql::connect_to_host(params, host).await?;
-        let row = client
-            .query_opt(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        let status: Option<String> = row.and_then(|row| row.get(0));
-        anyhow::Ok(status.as_deref() == Some("lost"))
+        let row = client.query_opt(&query, &[&slot]).await?;
+        anyhow::Ok(row.map(|row| {
+            let state: (Option<bool>, bool, Option<String>, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            state
+        }))
     };
-    match tokio::time::timeout(SQL_TIMEOUT, asking).await {
-        Ok(answer) => answer.map_err(|e| format!("{e:#}")),
-        Err(_) => Err(format!("no answer within {} s", SQL_TIMEOUT.as_secs())),
+    let answer = match tokio::time::timeout(SQL_TIMEOUT, asking).await {
+        Ok(answer) => answer.map_err(|e| format!("{e:#}"))?,
+        Err(_) => return Err(format!("no answer within {} s", SQL_TIMEOUT.as_secs())),
+    };
+    let Some((invalidated, held, restart, system_id)) = answer else {
+        return Err("the slot is not in pg_replication_slots there".into());
+    };
+    let restart: Option<Lsn> = restart.and_then(|lsn| lsn.parse().ok());
+    if system_id.parse::<SystemId>().ok() != Some(seen.system_id) || restart != seen.restart {
+        return Err(format!(
+            "another server answered over SQL (system {system_id}, slot at {}), not the one \
+             streaming (system {}, slot at {})",
+            restart.map_or("none".into(), |l| l.to_string()),
+            seen.system_id,
+            seen.restart.map_or("none".into(), |l| l.to_string())
+        ));
     }
+    if held && seen.major < 17 {
+        return Err("a process holds the slot, so its wal_status does not tell".into());
+    }
+    Ok(invalidated.unwrap_or(false))
 }
 
 /// Creates a temporary physical slot that keeps WAL from the server's current redo position

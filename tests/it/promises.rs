@@ -672,7 +672,7 @@ fn a_receiver_restarted_while_the_primary_is_down_archives_what_it_confirmed() {
     );
 }
 
-/// The reports of WAL lost to the archive in `log`, and the first one's segment count.
+/// The lines of `log` that report WAL lost to the archive.
 fn lost_reports(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("lost to the archive"))
@@ -751,6 +751,10 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_is_replaced() {
 
     // With --create-slot, from PostgreSQL 16 on the invalidated slot is dropped and made
     // anew; earlier majors keep it, reserving WAL again.
+    let released = "SELECT active FROM pg_replication_slots WHERE slot_name = 'walhalla'";
+    wait_for("the slot to be released", Duration::from_secs(30), || {
+        (pg.sql(released) == "f").then_some(())
+    });
     let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
     wait_streaming(&pg);
     let streamed = segno_of(&write_segments(&pg, 2));
