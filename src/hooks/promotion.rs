@@ -17,16 +17,12 @@
 
 use std::path::Path;
 
-use crate::fsutil;
 use crate::wal::WalFileName;
 
-/// The name PostgreSQL gives `%p` when it restores a history file (xlogarchive.c).
-const RECOVERY_HISTORY: &str = "RECOVERYHISTORY";
-
-/// Whether `dest` is where PostgreSQL's recovery restores a history file: `RECOVERYHISTORY`.
-fn for_recovery(dest: &Path) -> bool {
-    dest.file_name().is_some_and(|n| n == RECOVERY_HISTORY)
-}
+/// The `%p` PostgreSQL gives restore_command for a history file, relative to the data
+/// directory (`XLOGDIR "/RECOVERYHISTORY"` in xlogarchive.c): a fetch by hand to anywhere else
+/// is never taken for PostgreSQL's.
+const RECOVERY_HISTORY: &str = "pg_wal/RECOVERYHISTORY";
 
 /// Whether PostgreSQL, in data directory `data`, asks for `name` (to `dest`, relative to
 /// `data`) after its recovery ended, for a file it copies from `pg_wal` when restore_command
@@ -39,12 +35,8 @@ pub fn copied_from_pg_wal(data: &Path, name: &WalFileName, dest: &Path) -> bool 
         && !data.join(super::STANDBY_SIGNAL).exists()
         && !data.join(super::RECOVERY_SIGNAL).exists();
     recovery_ended
-        && for_recovery(dest)
-        && (timeline.0 == 1
-            || data
-                .join(fsutil::parent_dir(dest))
-                .join(name.to_string())
-                .is_file())
+        && dest == Path::new(RECOVERY_HISTORY)
+        && (timeline.0 == 1 || data.join("pg_wal").join(name.to_string()).is_file())
 }
 
 #[cfg(test)]
@@ -70,8 +62,13 @@ mod tests {
         assert!(asked("00000001.history", dest));
         // One pg_wal lacks: asked of the archive, whose failure must stop the promotion.
         assert!(!asked("00000003.history", dest));
-        // Not to RECOVERYHISTORY (a fetch by hand), or a segment: asked of the archive.
+        // Not to PostgreSQL's pg_wal/RECOVERYHISTORY (a fetch by hand), or a segment: asked
+        // of the archive.
         assert!(!asked("00000002.history", Path::new("/tmp/x")));
+        assert!(!asked(
+            "00000002.history",
+            Path::new("/tmp/RECOVERYHISTORY")
+        ));
         assert!(!asked(
             "000000020000000000000003",
             Path::new("pg_wal/RECOVERYXLOG")
