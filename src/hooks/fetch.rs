@@ -46,8 +46,8 @@ pub async fn fetch(
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
     if promotion::copied_from_pg_wal(Path::new("."), &name, dest) {
         tracing::info!(
-            "recovery has ended (no standby.signal or recovery.signal): PostgreSQL copies {name} \
-             from pg_wal, which holds it, so the archive is not asked"
+            "recovery has ended (no standby.signal or recovery.signal): PostgreSQL takes {name} \
+             from pg_wal (timeline 1 has none), so the archive is not asked"
         );
         return Ok(FetchOutcome::NotFound);
     }
