@@ -26,7 +26,7 @@ const RECOVERY_HISTORY: &str = "pg_wal/RECOVERYHISTORY";
 
 /// Whether PostgreSQL, in data directory `data`, asks for `name` (to `dest`, relative to
 /// `data`) after its recovery ended, for a file it copies from `pg_wal` when restore_command
-/// has none, and `pg_wal` holds it (or it is timeline 1's, which no cluster has).
+/// has none, and `pg_wal` holds it; or asks for timeline 1's, which no cluster has.
 pub fn copied_from_pg_wal(data: &Path, name: &WalFileName, dest: &Path) -> bool {
     let WalFileName::History(timeline) = name else {
         return false;
@@ -34,9 +34,12 @@ pub fn copied_from_pg_wal(data: &Path, name: &WalFileName, dest: &Path) -> bool 
     let recovery_ended = data.join("PG_VERSION").is_file()
         && !data.join(super::STANDBY_SIGNAL).exists()
         && !data.join(super::RECOVERY_SIGNAL).exists();
+    // Timeline 1's whatever `%p` (a restore_command that fetches elsewhere, then copies):
+    // no cluster has it, so "not here" is the answer anyway.
     recovery_ended
-        && dest == Path::new(RECOVERY_HISTORY)
-        && (timeline.0 == 1 || data.join("pg_wal").join(name.to_string()).is_file())
+        && (timeline.0 == 1
+            || (dest == Path::new(RECOVERY_HISTORY)
+                && data.join("pg_wal").join(name.to_string()).is_file()))
 }
 
 #[cfg(test)]
@@ -69,6 +72,8 @@ mod tests {
             "00000002.history",
             Path::new("/tmp/RECOVERYHISTORY")
         ));
+        // Timeline 1's is nobody's, wherever it is to go.
+        assert!(asked("00000001.history", Path::new("/tmp/x")));
         assert!(!asked(
             "000000020000000000000003",
             Path::new("pg_wal/RECOVERYXLOG")

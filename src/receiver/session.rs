@@ -412,6 +412,19 @@ pub async fn run(
                     && options.for_backup.is_none() =>
             {
                 let slot = options.slot.as_deref().unwrap_or_default();
+                if options.create_slot {
+                    // The server's refusal tells what SQL may not have (a role for replication
+                    // only): the next session replaces the slot on this host.
+                    ctx.slot_watch.replace_on(conn.host().clone());
+                    return Err(SessionError {
+                        fatal: false,
+                        error: e.error.context(format!(
+                            "{command} on {host}: the slot no longer keeps WAL (invalidated by \
+                             max_slot_wal_keep_size); with --create-slot it is dropped and \
+                             created again at the next connection"
+                        )),
+                    });
+                }
                 return Err(SessionError::fatal(e.error.context(format!(
                     "{command} on {host}: the slot no longer keeps WAL (invalidated by \
                      max_slot_wal_keep_size: wal_status 'lost' in pg_replication_slots). Drop it \

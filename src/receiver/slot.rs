@@ -106,6 +106,17 @@ pub struct SlotWatch {
     checked: bool,
     /// This run said that it could not ask.
     warned: bool,
+    /// The host whose server refused to stream what the slot should have kept: the slot
+    /// there is replaced at the next session that reaches it, with `--create-slot`.
+    replace_on: Option<HostAddr>,
+}
+
+impl SlotWatch {
+    /// The server on `host` refused to stream what the slot should have kept (removed WAL,
+    /// or 18's refusal of an invalidated slot): invalidated, whatever SQL could tell.
+    pub fn replace_on(&mut self, host: HostAddr) {
+        self.replace_on = Some(host);
+    }
 }
 
 /// [`ensure_slot`], then, from PostgreSQL 16 on, a slot the server invalidated (past
@@ -126,11 +137,15 @@ pub async fn ensure_usable_slot(
     watch: &mut SlotWatch,
 ) -> Result<SlotFound, SessionError> {
     let found = ensure_slot(conn, slot, create).await?;
+    let host = conn.host().clone();
+    if create && !found.created && watch.replace_on.as_ref() == Some(&host) {
+        watch.replace_on = None;
+        return replace(conn, slot, &host, watch).await;
+    }
     let major = conn.server_major_version().unwrap_or(0);
     if found.created || major < 16 || (watch.checked && found.restart.is_some()) {
         return Ok(found);
     }
-    let host = conn.host().clone();
     let seen = Seen {
         system_id,
         restart: found.restart,
@@ -141,25 +156,7 @@ pub async fn ensure_usable_slot(
             watch.checked = true;
             Ok(found)
         }
-        Ok(true) if create => {
-            conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
-                .await
-                .map_err(from_conn)?;
-            tracing::warn!(
-                slot,
-                %host,
-                "the replication slot was invalidated (by max_slot_wal_keep_size) and kept no \
-                 WAL, which streaming from it does not change from PostgreSQL 16 on: dropped and \
-                 created again; WAL the server removed meanwhile and the archive lacks is \
-                 reported as lost"
-            );
-            let again = ensure_slot(conn, slot, true).await?;
-            watch.checked = true;
-            Ok(SlotFound {
-                created: false,
-                ..again
-            })
-        }
+        Ok(true) if create => replace(conn, slot, &host, watch).await,
         // The server refuses it when streaming starts, and the error says what to do.
         Ok(true) if major >= 18 => Ok(found),
         Ok(true) => {
@@ -190,6 +187,31 @@ pub async fn ensure_usable_slot(
             Ok(found)
         }
     }
+}
+
+/// Drops slot `slot`, invalidated, and creates it again.
+async fn replace(
+    conn: &mut Connection,
+    slot: &str,
+    host: &HostAddr,
+    watch: &mut SlotWatch,
+) -> Result<SlotFound, SessionError> {
+    conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
+        .await
+        .map_err(from_conn)?;
+    tracing::warn!(
+        slot,
+        %host,
+        "the replication slot was invalidated (by max_slot_wal_keep_size) and kept no WAL, \
+         which streaming from it does not change from PostgreSQL 16 on: dropped and created \
+         again; WAL the server removed meanwhile and the archive lacks is reported as lost"
+    );
+    let again = ensure_slot(conn, slot, true).await?;
+    watch.checked = true;
+    Ok(SlotFound {
+        created: false,
+        ..again
+    })
 }
 
 /// What the replication connection said: the server's cluster, the slot's position, the

@@ -692,24 +692,10 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_is_replaced() {
     assert!(receiver.stop().success(), "{}", receiver.log());
 
     // While the receiver is down, the slot keeps more than max_slot_wal_keep_size allows:
-    // PostgreSQL invalidates it and removes the WAL it kept.
-    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '2MB'");
-    pg.sql("SELECT pg_reload_conf()");
+    // PostgreSQL invalidates it and removes the WAL it kept. From then on the slot alone
+    // keeps WAL for the receiver.
+    let gone = invalidate_the_slot(&pg, &archived_last);
     let status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhalla'";
-    wait_for(
-        "the slot to be invalidated",
-        Duration::from_secs(120),
-        || {
-            write_segments(&pg, 3);
-            pg.sql("CHECKPOINT");
-            (pg.sql(status) == "lost").then_some(())
-        },
-    );
-    let gone = name(segno_of(&archived_last) + 1);
-    pg.churn_until_recycled(&gone);
-    // From here on the slot alone keeps WAL for the receiver.
-    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = -1");
-    pg.sql("SELECT pg_reload_conf()");
 
     // Without --create-slot: PostgreSQL 18 refuses the stream, and the receiver stops saying
     // what to do; 16 and 17 stream from it though it keeps nothing, and the receiver says so
@@ -796,6 +782,82 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_is_replaced() {
         receiver.log()
     );
     assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
+/// Invalidates slot "walhalla" of `pg` (a receiver archived `segments` segments and
+/// stopped): past `max_slot_wal_keep_size`, PostgreSQL invalidates it and removes the WAL it
+/// kept. Returns the first segment gone. The limit is lifted again after.
+fn invalidate_the_slot(pg: &PgCluster, archived_last: &str) -> String {
+    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '2MB'");
+    pg.sql("SELECT pg_reload_conf()");
+    let status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhalla'";
+    wait_for(
+        "the slot to be invalidated",
+        Duration::from_secs(120),
+        || {
+            write_segments(pg, 3);
+            pg.sql("CHECKPOINT");
+            (pg.sql(status) == "lost").then_some(())
+        },
+    );
+    let gone = name(segno_of(archived_last) + 1);
+    pg.churn_until_recycled(&gone);
+    pg.sql("ALTER SYSTEM SET max_slot_wal_keep_size = -1");
+    pg.sql("SELECT pg_reload_conf()");
+    gone
+}
+
+/// With --create-slot, an invalidated slot is replaced even where SQL cannot ask about it (a
+/// role for replication only; here a database that does not exist): from the server's
+/// refusal to stream what the slot should have kept.
+#[test]
+fn an_invalidated_slot_is_replaced_where_sql_cannot_tell() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = recycling_primary();
+    let major = pg.sql("SHOW server_version_num").parse::<u32>().unwrap() / 10_000;
+    if major < 16 {
+        return; // 13 to 15 make an invalidated slot keep WAL again once streamed from
+    }
+    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
+    wait_streaming(&pg);
+    let archived_last = write_segments(&pg, 2);
+    wait_archive_holds(&archive, &archived_last);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    invalidate_the_slot(&pg, &archived_last);
+
+    // Replication connections ignore the database; SQL ones need it.
+    let no_sql = format!("{} dbname=no_such_database", pg.conninfo());
+    let mut receiver = Receiver::on_slot(&wh, &archive, &no_sql, &[]);
+    wait_streaming(&pg);
+    let streamed = segno_of(&write_segments(&pg, 2));
+    wait_for("new WAL archived", Duration::from_secs(60), || {
+        archived(&archive).0.contains(&streamed).then_some(())
+    });
+    let first = receiver.log();
+    assert!(
+        first.contains("could not ask pg_replication_slots"),
+        "{first}"
+    );
+    assert!(receiver.stop().success(), "{first}");
+    // 16 and 17 streamed from the invalidated slot, which kept nothing: the server removes
+    // WAL past it. The next start is refused what the slot should have kept, and replaces it
+    // instead of exiting (18 refused the slot at once and replaced it then).
+    write_segments(&pg, 40);
+    pg.sql("CHECKPOINT");
+    let mut receiver = Receiver::on_slot(&wh, &archive, &no_sql, &[]);
+    wait_streaming(&pg);
+    let newest = segno_of(&write_segments(&pg, 2));
+    wait_for(
+        "WAL archived after the slot was replaced",
+        Duration::from_secs(90),
+        || archived(&archive).0.contains(&newest).then_some(()),
+    );
+    let log = format!("{first}{}", receiver.log());
+    assert!(log.contains("dropped and created again"), "{log}");
+    let status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhalla'";
+    assert_ne!(pg.sql(status), "lost", "{log}");
+    assert!(receiver.stop().success(), "{log}");
 }
 
 /// That `receiver` exits 1 soon, saying to drop its slot and create it again.
