@@ -127,7 +127,8 @@ impl SlotWatch {
 /// position (a slot streamed from reports one again). With `create`, it is dropped and
 /// created anew; without, 16 and 17 stream on with an error logged, and 18 refuses the
 /// stream with what to do. When SQL cannot ask (a role or pg_hba.conf for replication only),
-/// a warning says so once and nothing changes.
+/// a warning says so once, and with `create` the slot is replaced once the server refuses to
+/// stream what it should have kept ([`SlotWatch::replace_on`]).
 pub async fn ensure_usable_slot(
     conn: &mut Connection,
     params: &ConnParams,
