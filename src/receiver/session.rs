@@ -133,6 +133,8 @@ pub struct Context {
     /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
     /// after the others.
     pub(super) behind: Vec<HostAddr>,
+    /// Set when a stream received WAL; the reconnect loop takes it to reset its backoff.
+    pub(super) received_wal: bool,
 }
 
 impl Context {
@@ -363,6 +365,7 @@ pub async fn run(
                 let ended = stream.run(&mut shutdown).await;
                 received = stream.written() > start_lsn;
                 let stored_through = stream.snapshot_end();
+                ctx.received_wal |= received;
                 match (ctx.keep_tail(stored_through).await, &ended) {
                     (Ok(()), _) => {}
                     (Err(e), Ok(_)) => return Err(e),
@@ -562,6 +565,7 @@ pub async fn new_context(
         lost: BTreeSet::new(),
         slot_seen: false,
         slot_warned: false,
+        received_wal: false,
         slot_watch: SlotWatch::default(),
         behind: Vec::new(),
     })

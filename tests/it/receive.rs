@@ -342,6 +342,45 @@ fn primary_restarts_leave_no_gap() {
     assert!(receiver.stop().success());
 }
 
+/// The pauses the receiver logged before reconnecting, in seconds, in order.
+fn reconnect_pauses(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|line| line.split("reconnecting in ").nth(1))
+        .filter_map(|rest| rest.split('s').next()?.parse().ok())
+        .collect()
+}
+
+/// A stream that received WAL and then broke is resumed at the first step of the backoff, not
+/// at the step the failed attempts before it reached (helper-71: 7.5 s after a short session
+/// that followed a failover's failed attempts).
+#[test]
+fn a_stream_that_received_wal_resets_the_reconnect_backoff() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = streaming_receiver(&wh, &archive, &pg, &[]);
+    pg.stop("immediate");
+    // Failed attempts grow the backoff: the third pause is drawn from the 4 s step.
+    wait_for("three failed attempts", Duration::from_secs(60), || {
+        (reconnect_pauses(&receiver.log()).len() >= 3).then_some(())
+    });
+    pg.start();
+    wait_streaming(&pg);
+    pg.write_rows(100);
+    let written = pg.switch_wal();
+    wait_archive_holds(&archive, &written);
+    let before = reconnect_pauses(&receiver.log()).len();
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'walhalla'");
+    let pause = wait_for("the receiver to reconnect", Duration::from_secs(60), || {
+        reconnect_pauses(&receiver.log()).get(before).copied()
+    });
+    // The first step is 1 s (jittered down to half); without the reset it would be 4 s or more.
+    assert!(pause <= 1.0, "paused {pause}s: {}", receiver.log());
+    wait_streaming(&pg);
+    assert!(receiver.stop().success());
+}
+
 /// Waits for a receiver expected to stop on its own with a fatal error; returns its log.
 pub(crate) fn fails_at_once(mut receiver: Receiver) -> String {
     let status = receiver
