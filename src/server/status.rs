@@ -270,13 +270,20 @@ fn describe_receiver(receiver: &serde_json::Value, line: &mut impl FnMut(&str, S
             text(&receiver["archived_lsn"])
         ),
     );
+    // Measured against the server's end as last reported: while not connected nothing tells
+    // how far the server went since, so a lag of 0 would be a guess.
+    let lag = format!(
+        "{}, {:.1} s",
+        bytes(number("replication_lag_bytes") as u64),
+        number("replication_lag_seconds")
+    );
     line(
         "  replication lag",
-        format!(
-            "{}, {:.1} s",
-            bytes(number("replication_lag_bytes") as u64),
-            number("replication_lag_seconds")
-        ),
+        if receiver["connected"] == true {
+            lag
+        } else {
+            format!("unknown while not connected ({lag} when last connected)")
+        },
     );
     line(
         "  not yet archived",
@@ -450,6 +457,11 @@ mod tests {
         assert!(text.contains("slot walhalla"), "{text}");
         assert!(!text.contains("listening on"), "{text}");
         assert!(!text.contains("why not connected"), "{text}");
+        let lag = |text: &str| {
+            let line = text.lines().find(|l| l.contains("replication lag"));
+            line.map(str::to_string).unwrap_or_default()
+        };
+        assert!(lag(&text).contains("unknown while not connected"), "{text}");
 
         let why = "db1 is on timeline 1 but the archive already holds timeline 2";
         shared.metrics.disconnected(why.into());
@@ -465,7 +477,10 @@ mod tests {
         shared.metrics.set_connected(true);
         let json = serde_json::to_value(report(&shared).await).unwrap();
         assert_eq!(json["receiver"]["last_disconnect_reason"], why, "{json}");
-        assert!(!describe_status(&json).contains("why not connected"));
+        let text = describe_status(&json);
+        assert!(!text.contains("why not connected"), "{text}");
+        assert!(lag(&text).contains("0 B, 0.0 s"), "{text}");
+        assert!(!lag(&text).contains("unknown"), "{text}");
     }
 
     #[tokio::test]
