@@ -205,6 +205,9 @@ impl Context {
             .context("keep the end of the stream in the spool")?;
         if let Some((segment, end)) = kept {
             if end <= stored_through {
+                // Said at info level like a tail archived now: where the stream ended is what
+                // a last-resort recovery reaches.
+                tracing::info!(%segment, %end, "the end of the stream is archived already (a snapshot stored while streaming)");
                 let dir = self.spool.clone();
                 blocking::run(move || spool::remove_tail(&dir, segment, end))
                     .await

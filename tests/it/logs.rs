@@ -1,12 +1,15 @@
 //! Logs: `--log-format json` writes one JSON object per line, the command's last error
 //! included; a log filter that does not parse (`WALHALLA_LOG`, `--log-level`) is a usage
 //! error, exit 255, rather than silence; a primary that stays down is one warning, not one
-//! per reconnection attempt. The receiver's JSON log is checked in `status`.
+//! per reconnection attempt; the end of a stream is said at info level. The receiver's JSON log
+//! is checked in `status`.
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::harness::{Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe};
+use crate::harness::{
+    Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
+};
 use crate::receive::wait_streaming;
 
 /// `walhalla --archive … ARGS` in `dir` with `env`, not as the PostgreSQL user (nothing here
@@ -127,4 +130,40 @@ fn a_primary_that_stays_down_is_one_warning_not_one_per_attempt() {
     assert!(attempts.len() >= 4, "{log}");
     // The stream's end, then the first refused connection; the rest at debug level.
     assert!(warnings <= 2, "{warnings} warnings:\n{log}");
+}
+
+/// A stream that ends where a snapshot stored while streaming already ends still says so at
+/// info level, as a tail archived at the end does (helper-68: in synchronous mode, a
+/// disconnect at `--receive-timeout` left the archived end of the stream unmentioned).
+#[test]
+fn the_end_of_a_stream_is_logged_when_a_snapshot_had_stored_it_already() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let mut receiver = Receiver::on_slot(
+        &wh,
+        &archive,
+        &pg.conninfo(),
+        &["--synchronous", "--partial-interval", "1"],
+    );
+    wait_streaming(&pg);
+    pg.write_rows(100);
+    // Idle: the snapshot taken within a second holds everything received.
+    std::thread::sleep(Duration::from_secs(3));
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'walhalla'");
+    let said = |log: &str| {
+        log.lines().any(|l| {
+            l.contains(" INFO ")
+                && (l.contains("the end of the stream is archived already")
+                    || l.contains("archived a snapshot of the end of the stream"))
+        })
+    };
+    wait_for(
+        "the end of the stream to be logged",
+        Duration::from_secs(30),
+        || said(&receiver.log()).then_some(()),
+    );
+    wait_streaming(&pg);
+    assert!(receiver.stop().success(), "{}", receiver.log());
 }
