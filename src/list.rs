@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::archive::{Archive, BackupId, ClusterArchive, ObjectName, WalInventory};
 use crate::backup::catalog::{self, NoMeta};
 use crate::backup::meta::BackupMeta;
-use crate::coverage::{self, TimelineWal, window::Window};
+use crate::coverage::{self, SegmentRun, TimelineWal, window::Window};
 use crate::progress::bytes;
 use crate::timeindex::{self, SegmentIndex};
 use crate::wal::{
@@ -377,6 +377,11 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
     let _ = writeln!(out, "cluster {}{major}{size}", cluster.system_id);
     describe_backups(cluster, out);
     out.push_str("  WAL\n");
+    // With backups, a gap that breaks no window and no backup is WAL no restore needs, as
+    // prune leaves before the oldest backup it keeps: named, but not as a hole.
+    let has_backups = cluster.backups.iter().any(|b| b.is_restorable());
+    let breaking = coverage::breaking_gaps(&cluster.timelines, &cluster.windows, has_backups);
+    let needed = |gap: &SegmentRun| !has_backups || breaking.iter().any(|(g, _)| g == gap);
     for t in &cluster.timelines {
         let parent = t.parent.as_ref().map_or(String::new(), |(p, at)| {
             format!(" (from timeline {p} at {at})")
@@ -404,10 +409,15 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
                 )
             })
             .chain(t.gaps.iter().map(|g| {
-                (
-                    g.first.as_str(),
-                    format!("GAP {} .. {}  {} missing", g.first, g.last, g.segments),
-                )
+                let line = if needed(g) {
+                    format!("GAP {} .. {}  {} missing", g.first, g.last, g.segments)
+                } else {
+                    format!(
+                        "absent {} .. {}  {} segments, which no restore from these backups needs",
+                        g.first, g.last, g.segments
+                    )
+                };
+                (g.first.as_str(), line)
             }))
             .collect();
         runs.sort_by(|a, b| a.0.cmp(b.0));
@@ -625,6 +635,64 @@ mod tests {
         assert!(
             lines[1].contains("(last commit 2026-12-05T23:58:00.5Z), the end"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn a_gap_no_backup_needs_is_not_named_a_hole() {
+        let run = |first: u64, last: u64| SegmentRun {
+            first: format!("0000000100000000{first:08X}"),
+            last: format!("0000000100000000{last:08X}"),
+            segments: last - first + 1,
+        };
+        // Pruned before the backup at 0x10; a hole at 0x13 breaks its window.
+        let mut broken = span("0/12000000", None);
+        broken.broken_by = Some(run(0x13, 0x13).first);
+        let mut cluster = cluster_with(vec![broken]);
+        cluster.timelines = vec![TimelineWal {
+            timeline: 1,
+            parent: None,
+            history_file: false,
+            ranges: vec![run(0x10, 0x12), run(0x14, 0x15)],
+            gaps: vec![run(0x05, 0x0F), run(0x13, 0x13)],
+            partial_files: Vec::new(),
+            backup_files: 0,
+            snapshots: 0,
+            stored_bytes: 6 << 20,
+            indexed_segments: 0,
+            restore_points: Vec::new(),
+        }];
+        let lines = |cluster: &ClusterListing| {
+            let mut out = String::new();
+            describe_cluster(cluster, &mut out);
+            let wanted = |l: &&str| l.contains("GAP") || l.contains("absent");
+            out.lines()
+                .filter(wanted)
+                .map(str::trim)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        // Without a backup every gap is a hole.
+        assert_eq!(
+            lines(&cluster),
+            [
+                "GAP 000000010000000000000005 .. 00000001000000000000000F  11 missing",
+                "GAP 000000010000000000000013 .. 000000010000000000000013  1 missing",
+            ]
+        );
+        cluster.backups = vec![crate::backup::meta::testing::backup(
+            "b1",
+            1,
+            "0/10000028",
+            "0/10000100",
+            "2026-12-05T23:55:09Z",
+        )];
+        assert_eq!(
+            lines(&cluster),
+            [
+                "absent 000000010000000000000005 .. 00000001000000000000000F  11 segments, which no restore from these backups needs",
+                "GAP 000000010000000000000013 .. 000000010000000000000013  1 missing",
+            ]
         );
     }
 }
