@@ -119,6 +119,9 @@ pub enum Error {
     /// No host could be used; the error of each, in order.
     #[error("{}", .0.iter().map(|(h, e)| format!("{h}: {e}")).collect::<Vec<_>>().join("; "))]
     AllHostsFailed(Vec<(String, Error)>),
+    /// Each attempt `sslmode` allows failed, with TLS (`true`) or without; in order.
+    #[error("{}", .0.iter().map(|(tls, e)| format!("{}: {e}", if *tls { "with TLS" } else { "without TLS" })).collect::<Vec<_>>().join("; "))]
+    Attempts(Vec<(bool, Error)>),
 }
 
 impl Error {
@@ -133,6 +136,7 @@ impl Error {
             | Error::Tls(_)
             | Error::TlsRefused(_) => true,
             Error::AllHostsFailed(errors) => errors.iter().all(|(_, e)| e.is_fatal()),
+            Error::Attempts(errors) => errors.last().is_some_and(|(_, e)| e.is_fatal()),
             Error::Io(_) | Error::Timeout(_) | Error::Protocol(_) | Error::WrongSessionKind(..) => {
                 false
             }
@@ -144,8 +148,20 @@ impl Error {
         match self {
             Error::Server(e) => Some(e),
             Error::AllHostsFailed(errors) => errors.last().and_then(|(_, e)| e.server_error()),
+            Error::Attempts(errors) => errors.last().and_then(|(_, e)| e.server_error()),
             _ => None,
         }
+    }
+
+    /// Whether libpq would try the other way after this failure of one attempt
+    /// ([`SslMode::attempts`]): TLS could not be set up, or the server refused the session
+    /// (`CONNECTION_FAILED()` in fe-connect.c). What the client itself refuses
+    /// (`require_auth`, a missing password) and an unreachable server end the attempts.
+    fn fails_the_encryption(&self) -> bool {
+        matches!(
+            self,
+            Error::Tls(_) | Error::TlsRefused(_) | Error::Server(_)
+        )
     }
 }
 
@@ -317,7 +333,33 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Opens an authenticated connection to `host`, trying with and without TLS as
+    /// `sslmode` says ([`SslMode::attempts`]).
     async fn open(params: &ConnParams, host: &HostAddr) -> Result<Connection> {
+        let attempts = match host {
+            HostAddr::Unix { .. } => &[false][..],
+            HostAddr::Tcp { .. } => params.sslmode.attempts(),
+        };
+        let mut failed = Vec::new();
+        for (n, &tls) in attempts.iter().enumerate() {
+            match Self::open_with(params, host, tls).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if n + 1 < attempts.len() && e.fails_the_encryption() => {
+                    tracing::debug!(%host, tls, "connection attempt failed: {e}; trying the other way");
+                    failed.push((tls, e));
+                }
+                Err(e) if failed.is_empty() => return Err(e),
+                Err(e) => {
+                    failed.push((tls, e));
+                    return Err(Error::Attempts(failed));
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// [`Self::open`] with TLS or without (`tls`).
+    async fn open_with(params: &ConnParams, host: &HostAddr, tls: bool) -> Result<Connection> {
         let (io, server_certificate): (Box<dyn Io>, _) = match host {
             // libpq does not use TLS on unix sockets either.
             HostAddr::Unix { .. } => {
@@ -327,7 +369,7 @@ impl Connection {
             HostAddr::Tcp { host: name, port } => {
                 let tcp = TcpStream::connect((name.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
-                match Self::negotiate_tls(params, name, tcp).await? {
+                match Self::negotiate_tls(params, name, tcp, tls).await? {
                     Ok((tls, certificate)) => (tls, Some(certificate)),
                     Err(plain) => (Box::new(plain), None),
                 }
@@ -345,15 +387,16 @@ impl Connection {
         Ok(conn)
     }
 
-    /// Sends SSLRequest when `sslmode` asks for TLS; returns the TLS stream and the server's
-    /// certificate, or the plain stream when TLS is not to be used.
+    /// Sends SSLRequest when this attempt uses TLS (`tls`); returns the TLS stream and the
+    /// server's certificate, or the plain stream when TLS is not to be used.
     async fn negotiate_tls(
         params: &ConnParams,
         name: &str,
         mut tcp: TcpStream,
+        tls: bool,
     ) -> Result<Result<(Box<dyn Io>, Vec<u8>), TcpStream>> {
         let mode = params.sslmode;
-        if matches!(mode, SslMode::Disable | SslMode::Allow) {
+        if !tls {
             return Ok(Err(tcp));
         }
         let mut request = BytesMut::new();

@@ -132,6 +132,20 @@ impl RequireAuth {
     pub fn requires_authentication(&self) -> bool {
         self.required
     }
+
+    /// Why `request` (`None`: AuthenticationOk) is refused, worded as libpq's
+    /// `check_expected_areq`, or `None` when it may go on; `finished`: the client has answered
+    /// a request completely (a password sent, a SCRAM exchange verified).
+    pub fn refusal(&self, request: Option<Method>, finished: bool) -> Option<String> {
+        let reason = match request {
+            None if self.required && !finished => "server did not complete authentication",
+            Some(method) if !self.allows(method) => method.requested(),
+            _ => return None,
+        };
+        Some(format!(
+            "authentication method requirement \"{self}\" failed: {reason}"
+        ))
+    }
 }
 
 impl fmt::Display for RequireAuth {

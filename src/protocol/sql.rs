@@ -1,24 +1,28 @@
 //! An ordinary SQL connection (tokio-postgres) built from the same connection settings as the
 //! replication connection ([`ConnParams`]: libpq keywords, `PG*` variables, the password
-//! file), without `replication=true`. TLS goes through rustls with the replication
-//! connection's client configuration ([`tls::client_config`]), so every `sslmode` means what
-//! it means for `receive` and `backup`.
+//! file), without `replication=true`. The socket is opened here and handed to tokio-postgres:
+//! TLS goes through rustls with the replication connection's client configuration
+//! ([`tls::client_config`]), each `sslmode` tries with and without TLS in libpq's order, and
+//! `require_auth`, which tokio-postgres lacks, is applied to the server's messages
+//! ([`AuthGuard`]), so every setting means what it means for `receive` and `backup`.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::Client;
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, NoTls, TlsConnect, TlsStream};
-use tokio_rustls::rustls::ClientConfig;
+use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect, TlsStream};
 
-use crate::protocol::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
+use crate::protocol::auth_guard::{AuthGuard, AuthRefused};
+use crate::protocol::conninfo::{ConnParams, HostAddr, TargetSessionAttrs};
 use crate::protocol::tls;
 
 /// How long connecting to one host may take unless `connect_timeout` says.
@@ -101,62 +105,181 @@ fn refused_database(e: &anyhow::Error) -> bool {
         })
 }
 
+/// Connects to `database` on `host`, trying with and without TLS as `sslmode` says
+/// ([`SslMode::attempts`]), then checks `attrs`.
 async fn connect_to(
     params: &ConnParams,
     host: &HostAddr,
     attrs: TargetSessionAttrs,
     database: &str,
 ) -> anyhow::Result<Client> {
+    let attempts = match host {
+        HostAddr::Unix { .. } => &[false][..],
+        HostAddr::Tcp { .. } => params.sslmode.attempts(),
+    };
+    let timeout = params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let mut failed: Vec<String> = Vec::new();
+    for (n, &tls) in attempts.iter().enumerate() {
+        let attempt = tokio::time::timeout(timeout, attempt(params, host, database, tls)).await;
+        let error = match attempt {
+            Ok(Ok(client)) => {
+                check_session_attrs(&client, attrs).await?;
+                return Ok(client);
+            }
+            Ok(Err(Attempt { error, other_way })) if other_way && n + 1 < attempts.len() => error,
+            Ok(Err(Attempt { error, .. })) => {
+                return Err(match failed.is_empty() {
+                    true => error,
+                    false => error.context(format!("{}; {}", failed.join("; "), way(tls))),
+                });
+            }
+            Err(_) => anyhow::bail!("no answer within {timeout:?}"),
+        };
+        tracing::debug!(%host, tls, "connection attempt failed: {error:#}; trying the other way");
+        failed.push(format!("{}: {error:#}", way(tls)));
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// How an attempt connected, for messages.
+fn way(tls: bool) -> &'static str {
+    if tls { "with TLS" } else { "without TLS" }
+}
+
+/// A failed connection attempt.
+struct Attempt {
+    error: anyhow::Error,
+    /// Whether libpq would try the other way: TLS could not be set up, or the server refused
+    /// the session (`CONNECTION_FAILED()` in fe-connect.c); not what the client refused
+    /// itself (`require_auth`, a missing password) nor an unreachable server.
+    other_way: bool,
+}
+
+/// One connection attempt, with TLS or without: the socket is opened here and guarded by
+/// `require_auth` ([`AuthGuard`]) below TLS or, without, right on it.
+async fn attempt(
+    params: &ConnParams,
+    host: &HostAddr,
+    database: &str,
+    tls: bool,
+) -> Result<Client, Attempt> {
+    let unreachable = |error: io::Error| Attempt {
+        error: anyhow::Error::new(error).context(format!("connect to {host}")),
+        other_way: false,
+    };
     let mut config = tokio_postgres::Config::new();
     config
         .user(&params.user)
         .dbname(database)
         .application_name(&params.application_name)
-        .port(host.port())
-        .connect_timeout(params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
         .channel_binding(match params.channel_binding {
             crate::protocol::conninfo::ChannelBinding::Disable => PgChannelBinding::Disable,
             crate::protocol::conninfo::ChannelBinding::Prefer => PgChannelBinding::Prefer,
             crate::protocol::conninfo::ChannelBinding::Require => PgChannelBinding::Require,
+        })
+        // TLS, when used, is asked for here and set up by `RustlsConnect`, which verifies the
+        // certificate as `sslmode` demands.
+        .ssl_mode(if tls {
+            PgSslMode::Require
+        } else {
+            PgSslMode::Disable
         });
     if let Some(password) = params.password_for_database(host, database) {
         config.password(password);
     }
-    let tls_config = match host {
-        HostAddr::Tcp { host: name, .. } => {
-            config.host(name);
-            config.ssl_mode(match params.sslmode {
-                // tokio-postgres has no "allow"; like the replication connection, it connects
-                // without TLS and does not retry with it.
-                SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
-                SslMode::Prefer => PgSslMode::Prefer,
-                // The rustls configuration verifies the certificate as these modes demand.
-                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
-            });
-            let identity =
-                tls::client_identity(params.sslcert.as_deref(), params.sslkey.as_deref())?;
-            tls::client_config(params.sslmode, params.sslrootcert.as_deref(), identity)?
+    let policy = params.require_auth.clone();
+    let connected = match host {
+        HostAddr::Tcp { host: name, port } => {
+            let tcp = TcpStream::connect((name.as_str(), *port))
+                .await
+                .map_err(unreachable)?;
+            let _ = tcp.set_nodelay(true);
+            if tls {
+                let connect = rustls_connect(params, name, policy).map_err(|error| Attempt {
+                    error,
+                    other_way: true,
+                })?;
+                let handshaken = connect.handshaken.clone();
+                return match config.connect_raw(tcp, connect).await {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        Ok(client)
+                    }
+                    Err(e) => {
+                        let other_way =
+                            !handshaken.load(Ordering::Relaxed) || is_server_refusal(&e);
+                        Err(Attempt {
+                            error: refusal_or(e),
+                            other_way,
+                        })
+                    }
+                };
+            }
+            without_tls(&config, tcp, policy).await
         }
         // libpq does not use TLS on unix sockets either.
-        HostAddr::Unix { socket_dir, .. } => {
-            config.host_path(socket_dir).ssl_mode(PgSslMode::Disable);
-            None
+        HostAddr::Unix { .. } => {
+            let path = host.socket_path().expect("a unix host has a socket path");
+            let unix = UnixStream::connect(path).await.map_err(unreachable)?;
+            without_tls(&config, unix, policy).await
         }
     };
-    let client = match tls_config {
-        Some(tls_config) => {
-            let (client, connection) = config.connect(MakeRustls(tls_config)).await?;
-            tokio::spawn(connection);
-            client
+    connected.map_err(|e| {
+        let other_way = is_server_refusal(&e);
+        Attempt {
+            error: refusal_or(e),
+            other_way,
         }
-        None => {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(connection);
-            client
-        }
-    };
-    check_session_attrs(&client, attrs).await?;
+    })
+}
+
+/// Starts a session on `stream` without TLS, guarded by `require_auth`'s `policy`.
+async fn without_tls<S>(
+    config: &tokio_postgres::Config,
+    stream: S,
+    policy: Option<crate::protocol::require_auth::RequireAuth>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = config
+        .connect_raw(AuthGuard::new(stream, policy), NoTls)
+        .await?;
+    tokio::spawn(connection);
     Ok(client)
+}
+
+/// Whether the server refused the session with an error of its own (no pg_hba.conf entry, a
+/// wrong password, too many connections).
+fn is_server_refusal(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some()
+}
+
+/// The error as is, or `require_auth`'s refusal alone when that is what ended the attempt.
+fn refusal_or(error: tokio_postgres::Error) -> anyhow::Error {
+    match AuthRefused::in_chain(&error) {
+        Some(refused) => anyhow::anyhow!("{refused}"),
+        None => error.into(),
+    }
+}
+
+/// The TLS handshake for `name` with the replication connection's client configuration.
+fn rustls_connect(
+    params: &ConnParams,
+    name: &str,
+    policy: Option<crate::protocol::require_auth::RequireAuth>,
+) -> anyhow::Result<RustlsConnect> {
+    let identity = tls::client_identity(params.sslcert.as_deref(), params.sslkey.as_deref())?;
+    let config = tls::client_config(params.sslmode, params.sslrootcert.as_deref(), identity)?
+        .context("TLS without a configuration")?;
+    let server_name =
+        tls::server_name(name).ok_or_else(|| anyhow::anyhow!("invalid server name {name:?}"))?;
+    Ok(RustlsConnect {
+        connector: tokio_rustls::TlsConnector::from(config),
+        server_name,
+        policy,
+        handshaken: Arc::new(AtomicBool::new(false)),
+    })
 }
 
 /// Refuses a server that is not the kind `attrs` asks for, as libpq does.
@@ -188,36 +311,14 @@ async fn check_session_attrs(client: &Client, attrs: TargetSessionAttrs) -> anyh
     Ok(())
 }
 
-/// tokio-postgres' TLS hook over the replication connection's rustls configuration.
-#[derive(Clone)]
-struct MakeRustls(Arc<ClientConfig>);
-
-impl<S> MakeTlsConnect<S> for MakeRustls
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        let server_name = tls::server_name(domain).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid server name {domain:?}"),
-            )
-        })?;
-        Ok(RustlsConnect {
-            connector: tokio_rustls::TlsConnector::from(self.0.clone()),
-            server_name,
-        })
-    }
-}
-
-/// One TLS handshake to a named server.
+/// One TLS handshake to a named server (tokio-postgres' TLS hook over the replication
+/// connection's rustls configuration), the stream then guarded by `require_auth`.
 struct RustlsConnect {
     connector: tokio_rustls::TlsConnector,
     server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+    policy: Option<crate::protocol::require_auth::RequireAuth>,
+    /// Set once the handshake succeeded: an attempt that failed before, failed to set up TLS.
+    handshaken: Arc<AtomicBool>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -231,19 +332,21 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let tls = self.connector.connect(self.server_name, stream).await?;
-            Ok(RustlsStream(tls))
+            self.handshaken.store(true, Ordering::Relaxed);
+            Ok(RustlsStream(AuthGuard::new(tls, self.policy)))
         })
     }
 }
 
 /// A TLS stream, offering SCRAM channel binding to the server's certificate
 /// (`tls-server-end-point`), as the replication connection does.
-struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+struct RustlsStream<S>(AuthGuard<tokio_rustls::client::TlsStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
         let certificate = self
             .0
+            .get_ref()
             .get_ref()
             .1
             .peer_certificates()

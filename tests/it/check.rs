@@ -21,7 +21,12 @@ fn check(wh: &Walhalla, archive: &TestArchive, pg: &PgCluster, args: &[&str]) ->
 }
 
 /// Like [`check`] with a connection string of its own.
-fn check_as(wh: &Walhalla, archive: &TestArchive, conninfo: &str, args: &[&str]) -> (i32, Value) {
+pub(crate) fn check_as(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    conninfo: &str,
+    args: &[&str],
+) -> (i32, Value) {
     let mut all = vec!["check", "-d", conninfo, "--json"];
     all.extend_from_slice(args);
     let output = wh.run(archive, std::path::Path::new("/tmp"), &all);
@@ -41,12 +46,12 @@ fn named<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The verdict of check `name`.
-fn verdict<'a>(report: &'a Value, name: &str) -> &'a str {
+pub(crate) fn verdict<'a>(report: &'a Value, name: &str) -> &'a str {
     named(report, name)["verdict"].as_str().expect("a verdict")
 }
 
 /// The detail and hint of check `name`, as one text.
-fn said(report: &Value, name: &str) -> String {
+pub(crate) fn said(report: &Value, name: &str) -> String {
     let check = named(report, name);
     let text = |field: &str| check[field].as_str().unwrap_or_default().to_owned();
     format!("{} / {}", text("detail"), text("hint"))

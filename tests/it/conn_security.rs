@@ -228,3 +228,108 @@ fn without_user_the_receiver_connects_as_its_operating_system_user() {
     let slot = pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's'");
     assert_eq!(slot, "1");
 }
+
+/// `sslmode` tries with and without TLS in libpq's order, on the replication connection and
+/// on the SQL connection (`check`; `receive` asks its slot over one): `prefer` goes on without
+/// TLS when the server refuses the TLS session (`hostnossl` lines only), `allow` with TLS when
+/// it refuses the plain one. And the SQL connection keeps `require_auth` (helper-73: `check`
+/// sent a password in clear to a server asking for `password`).
+#[test]
+fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
+    use crate::check::{check_as, said, verdict};
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let mut pg = PgCluster::init("primary");
+    let (_pki, _ca) = pg.enable_tls();
+    let hba = pg.data.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "hostnossl all u_plain 127.0.0.1/32 trust\n\
+             hostnossl replication u_plain 127.0.0.1/32 trust\n\
+             hostssl all u_plain 127.0.0.1/32 reject\n\
+             hostssl replication u_plain 127.0.0.1/32 reject\n\
+             hostssl all u_tls 127.0.0.1/32 trust\n\
+             hostssl replication u_tls 127.0.0.1/32 trust\n\
+             hostnossl all u_tls 127.0.0.1/32 reject\n\
+             hostnossl replication u_tls 127.0.0.1/32 reject\n\
+             host all u_password 127.0.0.1/32 password\n{original}"
+        ),
+    )
+    .unwrap();
+    pg.start();
+    for role in ["u_plain", "u_tls"] {
+        pg.sql(&format!("CREATE ROLE {role} LOGIN SUPERUSER"));
+    }
+    pg.sql("CREATE ROLE u_password LOGIN SUPERUSER PASSWORD 'secret-p'");
+    let as_user =
+        |user: &str, more: &str| format!("host=127.0.0.1 port={} user={user} {more}", pg.port);
+
+    // The default sslmode, prefer: the TLS session is refused, the plain one accepted.
+    let (_, report) = check_as(&wh, &archive, &as_user("u_plain", ""), &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "pass", "{report:#}");
+    assert!(
+        said(&report, "connection").contains("without TLS"),
+        "{report:#}"
+    );
+    reaches_the_end(receive_to_now(
+        &wh,
+        &archive,
+        &pg,
+        &as_user("u_plain", ""),
+        &[],
+    ));
+    pg.sql("SELECT pg_drop_replication_slot('s')");
+    // allow: the plain session is refused, the TLS one accepted.
+    let allow = as_user("u_tls", "sslmode=allow");
+    let (_, report) = check_as(&wh, &archive, &allow, &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "pass", "{report:#}");
+    assert!(
+        said(&report, "connection").contains("over TLS"),
+        "{report:#}"
+    );
+    reaches_the_end(receive_to_now(&wh, &archive, &pg, &allow, &[]));
+    // disable never tries TLS: both ways are named only when both were tried.
+    let (_, report) = check_as(
+        &wh,
+        &archive,
+        &as_user("u_tls", "sslmode=disable"),
+        &["--wait", "5"],
+    );
+    assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+    assert!(
+        !said(&report, "connection").contains("with TLS"),
+        "{report:#}"
+    );
+
+    // require_auth on the SQL connection: the password is never sent.
+    let cleartext = as_user(
+        "u_password",
+        "password=wrong-p require_auth=scram-sha-256 sslmode=disable",
+    );
+    let (code, report) = check_as(&wh, &archive, &cleartext, &["--wait", "5"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        said(&report, "connection").contains(
+            "authentication method requirement \"scram-sha-256\" failed: server requested a cleartext password"
+        ),
+        "{report:#}"
+    );
+    assert!(
+        !pg.log().contains("password authentication failed"),
+        "a password was sent: {}",
+        pg.log()
+    );
+    // Allowed, it is sent (and refused: the password is wrong).
+    let allowed = as_user(
+        "u_password",
+        "password=wrong-p require_auth=password sslmode=disable",
+    );
+    let (_, report) = check_as(&wh, &archive, &allowed, &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+    assert!(
+        pg.log().contains("password authentication failed"),
+        "{report:#}"
+    );
+}

@@ -156,19 +156,10 @@ impl Connection {
 /// rules out, before anything is answered: a password never goes to a server that was not
 /// supposed to ask for it.
 fn check_expected(params: &ConnParams, request: Option<Method>, exchange: &Exchange) -> Result<()> {
-    if let Some(policy) = &params.require_auth {
-        let reason = match request {
-            None if policy.requires_authentication() && !exchange.finished => {
-                Some("server did not complete authentication")
-            }
-            Some(method) if !policy.allows(method) => Some(method.requested()),
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            return Err(Error::AuthenticationRefused(format!(
-                "authentication method requirement \"{policy}\" failed: {reason}"
-            )));
-        }
+    if let Some(refusal) =
+        (params.require_auth.as_ref()).and_then(|policy| policy.refusal(request, exchange.finished))
+    {
+        return Err(Error::AuthenticationRefused(refusal));
     }
     if params.channel_binding == ChannelBinding::Require {
         match request {

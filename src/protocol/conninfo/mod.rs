@@ -141,9 +141,9 @@ keyword_enum! {
     SslMode, "sslmode", {
         /// Plain connection only.
         Disable = "disable",
-        /// Plain first, TLS if the server insists.
+        /// Plain first, TLS if the server refuses that.
         Allow = "allow",
-        /// TLS if the server offers it, else plain (the default).
+        /// TLS if the server offers it and the TLS attempt works, else plain (the default).
         Prefer = "prefer",
         /// TLS, without verifying the server certificate.
         Require = "require",
@@ -151,6 +151,21 @@ keyword_enum! {
         VerifyCa = "verify-ca",
         /// TLS, with the certificate verified and matching the host name.
         VerifyFull = "verify-full",
+    }
+}
+
+impl SslMode {
+    /// Whether each connection attempt uses TLS, in libpq's order (fe-connect.c,
+    /// `select_next_encryption_method`): `prefer` tries TLS, then without when the TLS attempt
+    /// fails (its handshake, or the server's error before the session starts, such as a
+    /// `pg_hba.conf` with `hostnossl` lines only); `allow` the other way round.
+    pub fn attempts(self) -> &'static [bool] {
+        match self {
+            SslMode::Disable => &[false],
+            SslMode::Allow => &[false, true],
+            SslMode::Prefer => &[true, false],
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => &[true],
+        }
     }
 }
 
