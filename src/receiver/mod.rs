@@ -24,6 +24,7 @@ mod slot;
 mod spool_place;
 mod start;
 mod stream;
+mod superseded;
 mod upload;
 
 use std::path::{Path, PathBuf};

@@ -439,6 +439,9 @@ pub async fn run(
                 ))));
             }
             Err(SessionError { fatal, error }) => {
+                if let Some(behind) = error.downcast_ref::<BehindArchive>() {
+                    ctx.behind.push(behind.host.clone());
+                }
                 return Err(SessionError {
                     fatal,
                     error: error.context(format!("{command} on {host}")),

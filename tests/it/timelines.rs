@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Backend, PgCluster, Receiver, TestArchive, Walhalla, wait_for};
+use crate::harness::{Backend, PgCluster, Receiver, TestArchive, Walhalla, describe, wait_for};
 use crate::push::key_of;
 
 /// Waits until the archive holds `name`'s object.
@@ -160,6 +160,77 @@ fn an_old_primary_left_running_is_passed_over_for_the_promoted_standby() {
     let later = standby.switch_wal();
     wait_object(&archive, system_id, &later);
     assert!(receiver.stop().success());
+}
+
+/// A failover in which the old primary keeps running and writing (a split brain), and the
+/// promoted standby has archived only its history file: a new receiver on the old primary is
+/// refused at once, and a synchronous receiver already streaming from it leaves it once it
+/// writes past the fork and goes on from the promoted node (helper-72: it kept confirming the
+/// old primary's commits, which the promoted node will never have).
+#[test]
+fn an_old_primary_in_a_split_brain_is_left_once_the_archive_holds_the_promotion() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, standby, mut receiver) = pair_with_receiver(&wh, &archive, &["--synchronous"]);
+    primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'walhalla'");
+    primary.sql("SELECT pg_reload_conf()");
+    primary.write_rows(100);
+    standby.wait_replayed(&primary);
+    standby.promote();
+    // What the new primary's archive_command does first.
+    let pushed = wh.run(
+        &archive,
+        &standby.data,
+        &["push", "pg_wal/00000002.history"],
+    );
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+
+    // A receiver starting now on the old primary alone (its own slot and spool) is refused.
+    let only_old = format!("host=127.0.0.1 port={} user=postgres", primary.port);
+    let mut second = Receiver::start(
+        &wh,
+        &archive,
+        &["-d", &only_old, "-S", "second", "--create-slot"],
+    );
+    wait_for(
+        "the old primary to be refused",
+        Duration::from_secs(60),
+        || {
+            (second.log())
+                .contains("is on timeline 1 but the archive already holds timeline 2")
+                .then_some(())
+        },
+    );
+    assert!(second.stop().success(), "{}", second.log());
+
+    // The old primary writes on (its commits no longer wait for the receiver once it left).
+    primary.sql("SET synchronous_commit = local; CREATE TABLE split_brain AS SELECT 1 AS x");
+    wait_for(
+        "the receiver to leave the old primary",
+        Duration::from_secs(60),
+        || receiver.log().contains("a split brain").then_some(()),
+    );
+    wait_for(
+        "the receiver to stream from the promoted node",
+        Duration::from_secs(60),
+        || {
+            let streaming = standby.sql(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'",
+            );
+            (streaming == "1").then_some(())
+        },
+    );
+    wait_for(
+        "the old primary's walsender to end",
+        Duration::from_secs(30),
+        || {
+            let on_old = primary.sql(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'",
+            );
+            (on_old == "0").then_some(())
+        },
+    );
+    assert!(receiver.stop().success(), "{}", receiver.log());
 }
 
 /// A failover to a standby that had not received everything the receiver archived: the new

@@ -6,7 +6,7 @@
 //! receiver keeps sending status updates, so after half of `--receive-timeout` of silence the
 //! receiver asks for a reply, and only after the whole of it gives up on the connection.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use super::pace::Pace;
 use super::readback;
 use super::server::refuse_page;
 use super::session::{Context, SessionEnd, SessionError, from_conn};
+use super::start::BehindArchive;
+use super::superseded::{Fork, SupersededWatch};
 use super::{Mode, ReceiveOptions};
 use crate::blocking;
 use crate::mapped::SequentialMap;
@@ -29,6 +31,13 @@ use crate::protocol::replication::{ServerMessage, parse_server_message, status_u
 use crate::spool::SegmentWriter;
 use crate::wal::page_stream::PageChecker;
 use crate::wal::{Lsn, SegmentName, TimelineId};
+
+/// How often the archive is asked for a newer timeline while one streams
+/// ([`super::superseded`]): in synchronous mode, how long a split brain's commits may be
+/// confirmed at most, past the archive's listing.
+const SUPERSEDED_CHECK_SYNCHRONOUS: Duration = Duration::from_secs(5);
+/// The same when the flush position is what the archive holds.
+const SUPERSEDED_CHECK: Duration = Duration::from_secs(30);
 
 /// The streaming part of a session.
 pub struct Stream<'a> {
@@ -62,6 +71,8 @@ pub struct Stream<'a> {
     /// five minutes (catching up through a small spool) is logged at debug level
     /// ([`spooling`]).
     full_warned: Option<Instant>,
+    /// A newer timeline the archive holds, once found: WAL past its fork is a split brain's.
+    superseded: Option<Fork>,
 }
 
 /// How streaming one timeline ended.
@@ -138,6 +149,7 @@ impl<'a> Stream<'a> {
             unwritten: Bytes::new(),
             out_of_space: None,
             full_warned: None,
+            superseded: None,
         }
     }
 
@@ -158,7 +170,17 @@ impl<'a> Stream<'a> {
         let timeout = self.options.receive_timeout;
         let mut last_message = Instant::now();
         let mut ping_sent = false;
+        let every = match self.options.mode {
+            Mode::Synchronous => SUPERSEDED_CHECK_SYNCHRONOUS,
+            Mode::Archived => SUPERSEDED_CHECK,
+        };
+        let mut newer = SupersededWatch::start(self.ctx.cluster.clone(), self.timeline, every);
         loop {
+            if let Some(fork) = self.superseded
+                && self.written() > fork.at
+            {
+                return Err(self.split_brain(fork));
+            }
             if let Some(end) = self.options.endpos {
                 if self.written() >= end {
                     return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
@@ -200,6 +222,7 @@ impl<'a> Stream<'a> {
                     self.write(data).await?;
                 }
                 _ = status.tick() => self.send_status(false).await?,
+                fork = newer.found(), if self.superseded.is_none() => self.superseded = Some(fork),
                 _ = async { partial.as_mut().expect("guarded").tick().await }, if partial.is_some() => {
                     self.start_snapshot().await?;
                 }
@@ -226,6 +249,28 @@ impl<'a> Stream<'a> {
                 }
             }
         }
+    }
+
+    /// The end of a stream from a server that wrote past where a newer timeline in the archive
+    /// forked from its own: an old primary left running after a failover.
+    fn split_brain(&self, fork: Fork) -> SessionError {
+        tracing::warn!(
+            host = %self.conn.host(),
+            timeline = self.timeline.0,
+            newer = fork.newer.0,
+            fork = %fork.at,
+            received = %self.written(),
+            "the server sent WAL past where the archive's newer timeline forked from its own: \
+             an old primary left running after a failover (a split brain), or a standby promoted \
+             with WAL it had not replayed; nothing past the fork is confirmed, and the other \
+             hosts are tried first"
+        );
+        anyhow::Error::new(BehindArchive {
+            host: self.conn.host().clone(),
+            server: self.timeline,
+            archive: fork.newer,
+        })
+        .into()
     }
 
     /// Takes note of a finished snapshot upload; says whether it moved what is stored.
