@@ -103,7 +103,7 @@ impl ClusterArchive {
         crate::failpoint::hit(crate::failpoint::TIME_INDEX_WRITE);
         let key = index_key(&self.archive.root, self.system_id, prepared.segment);
         match self.put_key(key, prepared.json, prepared.envelope).await {
-            Ok(PutOutcome::Stored | PutOutcome::AlreadyArchived) => {}
+            Ok(PutOutcome::Stored | PutOutcome::AlreadyArchived | PutOutcome::AtFork) => {}
             Err(e @ Error::Conflict { .. }) => {
                 tracing::debug!(%segment, "keeping the time index already stored: {e}")
             }

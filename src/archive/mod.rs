@@ -8,6 +8,7 @@ mod compare;
 mod credentials;
 mod delete;
 mod error;
+mod fork_copies;
 mod health;
 mod index;
 mod inventory;
@@ -49,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::backoff::{GaveUp, Transient, retry};
 use crate::envelope;
-use crate::wal::{Lsn, SegmentName, SystemId, WalFileName};
+use crate::wal::{Lsn, SegmentName, SegmentSize, SystemId, WalFileName};
 use compare::Comparing;
 use retry::STORE_BACKOFF;
 
@@ -73,6 +74,9 @@ pub enum PutOutcome {
     Stored,
     /// The archive already held identical content.
     AlreadyArchived,
+    /// The archive already held the other copy of the segment a newer timeline begins in
+    /// ([`fork_copies`]): the same WAL up to the switch point.
+    AtFork,
 }
 
 /// An archive, which may hold the WAL of several clusters.
@@ -301,7 +305,22 @@ impl ClusterArchive {
         content: Bytes,
         envelope: Vec<u8>,
     ) -> Result<PutOutcome> {
-        self.put_key(self.key(name), content, envelope).await
+        let conflict = match self
+            .put_key(self.key(name), content.clone(), envelope)
+            .await
+        {
+            Err(conflict @ Error::Conflict { .. }) => conflict,
+            outcome => return outcome,
+        };
+        let (WalFileName::Segment(segment), Some(size)) =
+            (name, SegmentSize::new(content.len() as u32))
+        else {
+            return Err(conflict);
+        };
+        match self.copies_at_fork(*segment, size, &content).await? {
+            Some(_) => Ok(PutOutcome::AtFork),
+            None => Err(conflict),
+        }
     }
 
     /// Stores a snapshot of `segment` as received up to `end` (the bytes from the segment's

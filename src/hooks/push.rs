@@ -85,7 +85,8 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         }
     }
     let outcome = cluster.put(&name, content.clone(), envelope).await?;
-    if let Some((segment, prepared)) = index {
+    // The archive's copy at a fork is not this one: its index is made from its own content.
+    if let Some((segment, prepared)) = index.filter(|_| outcome != PutOutcome::AtFork) {
         cluster.store_index(segment, prepared).await;
     }
     match outcome {
@@ -93,6 +94,8 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         PutOutcome::AlreadyArchived => {
             tracing::info!(%name, %system_id, "already archived with identical content")
         }
+        // Said by the archive, with the switch point.
+        PutOutcome::AtFork => {}
     }
     Ok(outcome)
 }

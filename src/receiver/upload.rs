@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::outstanding::{Job, Outstanding};
 use super::readback::{Expect, SpoolFile, read_back};
-use crate::archive::{self, ClusterArchive, PreparedIndex};
+use crate::archive::{self, ClusterArchive, PreparedIndex, PutOutcome};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
@@ -525,12 +525,17 @@ async fn upload(
     };
     let (original_bytes, stored_bytes) =
         (encoded.content.len() as u64, encoded.envelope.len() as u64);
+    let mut index = encoded.index;
     match job {
         Job::Segment(segment, _) => {
             let name = WalFileName::Segment(segment);
-            archive
+            let outcome = archive
                 .put(&name, encoded.content, encoded.envelope)
                 .await?;
+            // The archive's copy at a fork is not this one: no index from this one's content.
+            if outcome == PutOutcome::AtFork {
+                index = None;
+            }
         }
         Job::Tail(segment, end) => {
             archive
@@ -538,7 +543,6 @@ async fn upload(
                 .await?;
         }
     }
-    let index = encoded.index;
     Ok(Uploaded::Stored(Stored {
         original_bytes,
         stored_bytes,

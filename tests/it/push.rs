@@ -408,6 +408,59 @@ fn a_standby_archiving_always_archives_the_segment_its_upstream_switched_timelin
     );
 }
 
+/// The same, when the old primary had completed and archived that segment whole: its
+/// upstream had stopped inside it while the primary wrote on. The standby's copy, cut at the
+/// switch point, is the same WAL up to there: taken as archived, not a conflict that stops
+/// its archiver for good (helper-72: `failed_count` grew, pg_wal filled). The archive keeps
+/// the primary's copy.
+#[test]
+fn a_standby_archiving_always_is_not_stuck_on_the_old_primarys_whole_copy_of_the_fork() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (mut primary, mut standby1, mut standby2) = PgCluster::cascade();
+    let archiving = format!(
+        "archive_command = '{} --archive {} push %p'",
+        wh.path().display(),
+        archive.url()
+    );
+    primary.append_conf(&format!("archive_mode = on\n{archiving}"));
+    primary.set_env(archive.env());
+    primary.stop("fast");
+    primary.start();
+    standby2.append_conf(&format!("archive_mode = always\n{archiving}"));
+    standby2.set_env(archive.env());
+    standby2.start();
+    primary.write_rows(300);
+    standby1.wait_replayed(&primary);
+    standby2.wait_replayed(&primary);
+
+    // The upstream stops inside a segment; the primary writes on, completes and archives it.
+    standby1.stop("immediate");
+    let fork_in = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    primary.write_rows(300);
+    let whole = primary.switch_wal();
+    assert_eq!(whole, fork_in, "the rows fit in the segment");
+    primary.wait_archived(&whole);
+    let id = primary.system_id();
+    let stored = archive
+        .object(&key_of(id, &whole))
+        .expect("the primary's copy");
+    primary.stop("immediate");
+
+    standby1.start();
+    standby1.promote();
+    standby1.write_rows(300);
+    let after = standby1.switch_wal();
+    standby2.wait_archived(&after);
+    assert_eq!(
+        standby2.sql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        standby2.log()
+    );
+    assert_eq!(archive.object(&key_of(id, &whole)), Some(stored));
+}
+
 /// `content` with every WAL page's magic replaced by `magic`.
 fn with_page_magic(content: &[u8], magic: u16) -> Vec<u8> {
     let mut patched = content.to_vec();
