@@ -64,6 +64,16 @@ pub enum ServerError {
         /// The transport error.
         source: reqwest::Error,
     },
+    /// The request cannot be made as configured: the TLS handshake failed (a certificate
+    /// refused either way, a client certificate the server requires), or the request could not
+    /// be built (a token that is no header value). Asking again cannot help.
+    #[error("server {url}: the request cannot be made")]
+    Unusable {
+        /// The URL asked.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
     /// The server's archive holds nothing for the cluster it answered for (a 500 marked
     /// `X-Walhalla-Nothing-Archived`).
     #[error("server {url}: its archive holds nothing for cluster {system_id}")]
@@ -214,13 +224,14 @@ impl ServerClient {
         if let Some((token, _)) = &self.token {
             request = request.bearer_auth(token);
         }
-        request
-            .send()
-            .await
-            .map_err(|source| ServerError::Unreachable {
-                url: url.to_string(),
-                source: source.without_url(),
-            })
+        request.send().await.map_err(|source| {
+            let (url, source) = (url.to_string(), source.without_url());
+            if source.is_builder() || is_tls_failure(&source) {
+                ServerError::Unusable { url, source }
+            } else {
+                ServerError::Unreachable { url, source }
+            }
+        })
     }
 
     async fn error_status(&self, response: reqwest::Response) -> ServerError {
@@ -335,9 +346,59 @@ impl ServerClient {
     }
 }
 
+/// Whether `error` is a TLS failure: a certificate refused by either side, a protocol
+/// mismatch. The TLS layer hands rustls's error up as an `InvalidData` I/O error, by its text
+/// alone; a connection dropped during the handshake is not one.
+fn is_tls_failure(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<tokio_rustls::rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+            && let Some(inner) = io.get_ref()
+        {
+            let text = inner.to_string();
+            return inner.is::<tokio_rustls::rustls::Error>()
+                || TLS_FAILURES.iter().any(|prefix| text.starts_with(prefix));
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// How rustls's errors about the peer begin (its `Display`), as they reach here as text.
+const TLS_FAILURES: [&str; 5] = [
+    "received fatal alert",
+    "invalid peer certificate",
+    "peer sent no certificates",
+    "peer is incompatible",
+    "peer misbehaved",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_still_words_its_peer_errors_as_the_tls_check_reads_them() {
+        use tokio_rustls::rustls::{AlertDescription, CertificateError, Error, PeerMisbehaved};
+        let errors = [
+            Error::AlertReceived(AlertDescription::CertificateRequired),
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            Error::NoCertificatesPresented,
+            Error::PeerIncompatible(tokio_rustls::rustls::PeerIncompatible::Tls12NotOffered),
+            Error::PeerMisbehaved(PeerMisbehaved::IllegalMiddleboxChangeCipherSpec),
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(
+                TLS_FAILURES.iter().any(|prefix| text.starts_with(prefix)),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn a_user_or_password_in_a_server_url_is_masked_even_unparsed() {

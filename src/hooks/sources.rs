@@ -473,7 +473,9 @@ struct Asked {
 
 impl crate::backoff::Transient for Asked {
     fn is_transient(&self) -> bool {
-        self.patient && unreachable(&self.error)
+        let unusable = (self.error.chain())
+            .any(|cause| matches!(cause.downcast_ref(), Some(ServerError::Unusable { .. })));
+        self.patient && unreachable(&self.error) && !unusable
     }
 }
 
@@ -489,7 +491,7 @@ pub fn unreachable(error: &anyhow::Error) -> bool {
         cause.is::<NoAnswer>()
             || matches!(
                 cause.downcast_ref(),
-                Some(ServerError::Unreachable { .. })
+                Some(ServerError::Unreachable { .. } | ServerError::Unusable { .. })
                     | Some(ServerError::Status {
                         status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
                         ..
