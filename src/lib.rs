@@ -11,7 +11,7 @@
 //! `retention` (pure) → `restore::plan`; `check` → `archive`, `protocol`. `cli` sees
 //! `restore::settings`' value types and `restore::plan`'s time format; `settings` → `cli` (the definitions it gives variables
 //! and config-file keys); `protocol`, `server` → `pem`; `protocol`, `server`, `receiver`, `spool` →
-//! `osuser`.
+//! `osuser`; `archive`, `check` → `mask`.
 //!
 //! - [`wal`]: PostgreSQL's WAL concepts, pure: positions, file names, page headers, histories.
 //! - [`envelope`]: the archived-object byte format (zstd + CRC-32), pure.
@@ -50,6 +50,8 @@
 //! - [`server`]: the fetch server (`/wal`, `/metrics`, `/status`); [`metrics`] and [`daemon`]
 //!   hold what it shares with the receiver.
 //! - [`osuser`]: the operating-system user: name, home, state directory.
+//! - [`mask`]: secrets hidden in text shown but not written here (a command read from the
+//!   server, a URL in a store's message), pure.
 //! - [`pem`]: certificates and keys from PEM files, for every TLS endpoint.
 //! - [`fsutil`], [`mapped`], [`blocking`], [`backoff`], [`progress`]: durable file writes;
 //!   files read through a mapping, and a mapped page that cannot be read; blocking work off
@@ -73,6 +75,7 @@ pub mod hooks;
 pub mod list;
 pub mod logging;
 pub mod mapped;
+pub mod mask;
 pub mod metrics;
 pub mod osuser;
 pub mod pem;

@@ -291,7 +291,8 @@ fn without_staging_suffix(text: &str) -> String {
 
 /// `text` with every run of white space, line breaks included, as one space.
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    // A store's message may quote its endpoint with a user and password in it.
+    crate::mask::mask_urls(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use super::Check;
 use super::commands::HookCommand;
 use super::server::{ArchiverStats, ServerFacts, SlotFacts};
 use crate::archive::Location;
+use crate::mask::{mask_command, mask_urls};
 
 /// The check `wal_level`.
 pub fn wal_level(facts: &ServerFacts) -> Check {
@@ -65,7 +66,9 @@ const DISABLED: &str = "(disabled)";
 /// The check `archive_command`.
 fn archive_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
     const NAME: &str = "archive_command";
-    let command = facts.archive_command.as_str();
+    // Shown with its secrets masked; read unmasked.
+    let shown = mask_command(&facts.archive_command);
+    let command = shown.as_str();
     let set_it = "set archive_command = 'walhalla --archive URL push %p' and reload";
     if command.trim().is_empty() {
         return Check::fail(NAME, "empty: nothing archives the WAL", set_it);
@@ -106,7 +109,8 @@ fn archive_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
 /// The check `restore_command`, where set; on a standby, where it is not set too.
 pub fn restore_command(facts: &ServerFacts, checked: Option<&Location>) -> Check {
     const NAME: &str = "restore_command";
-    let command = facts.restore_command.as_str();
+    let shown = mask_command(&facts.restore_command);
+    let command = shown.as_str();
     let set_it = "set restore_command = 'walhalla --archive URL fetch %f %p'";
     if command.trim().is_empty() {
         return if facts.in_recovery {
@@ -160,13 +164,20 @@ fn named_archive(
             Check::fail(
                 name,
                 format!(
-                    "{command:?} names archive {url}{}, not the one checked ({checked})",
+                    "{command:?} names archive {}{}, not the one checked ({checked})",
+                    mask_urls(url),
                     parsed.source()
                 ),
-                format!("point it at {checked}, or check the archive it names (--archive {url})"),
+                format!(
+                    "point it at {checked}, or check the archive it names (--archive {})",
+                    mask_urls(url)
+                ),
             )
         }
-        (Some(url), _) => Check::pass(name, format!("walhalla into {url}{}", parsed.source())),
+        (Some(url), _) => Check::pass(
+            name,
+            format!("walhalla into {}{}", mask_urls(url), parsed.source()),
+        ),
         (None, _) => {
             let from = match &parsed.config_file {
                 Some(file) => format!("its config file {file}, which cannot be read here"),
@@ -316,6 +327,21 @@ mod tests {
 
     fn verdicts(checks: &[Check]) -> Vec<(&str, Verdict)> {
         checks.iter().map(|c| (c.name, c.verdict)).collect()
+    }
+
+    #[test]
+    fn commands_are_shown_without_their_secrets() {
+        let here: Location = "/srv/wh".parse().unwrap();
+        for command in [
+            "AWS_SECRET_ACCESS_KEY=S3cret /usr/bin/walhalla --archive /srv/wh push",
+            "PGPASSWORD=S3cret wrapper %p",
+            "walhalla --archive 's3://b/x?secret=S3cret' push %p",
+        ] {
+            let checks = archiving(&facts("on", command, false), Some(&here));
+            let shown = format!("{checks:?}");
+            assert!(!shown.contains("S3cret"), "{shown}");
+            assert!(shown.contains("********"), "{shown}");
+        }
     }
 
     #[test]
