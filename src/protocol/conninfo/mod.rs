@@ -16,8 +16,10 @@
 //!
 //! Where walhalla differs from libpq: an empty value counts as not set (so the environment
 //! or the default applies); `hostaddr` is used as the host list only when no `host` is given
-//! (explicit settings first, then `PGHOST`, then `PGHOSTADDR`); in a URI, the last `@` ends the
-//! user information.
+//! (explicit settings first, then `PGHOST`, then `PGHOSTADDR`), and both set are refused;
+//! service files are not read (`PGSERVICE` and `PGSERVICEFILE` set are refused), nor the
+//! system's roots (`sslrootcert=system` is refused); in a URI, the last `@` ends the user
+//! information.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -92,6 +94,23 @@ pub enum ConninfoError {
          set user in the connection string or PGUSER"
     )]
     NoUser,
+    /// Both `host` and `hostaddr` (or their variables) set.
+    #[error(
+        "host and hostaddr are both set: walhalla connects to one of them only (give the address \
+         as host; TLS then verifies it), where libpq would connect to hostaddr and verify host"
+    )]
+    HostAndHostaddr,
+    /// A service file named by the environment, which walhalla does not read.
+    #[error(
+        "{0} is set, but walhalla does not read service files: put the settings in the connection string"
+    )]
+    Service(&'static str),
+    /// `sslrootcert=system` (libpq 16: the system's trusted roots), which walhalla does not offer.
+    #[error(
+        "sslrootcert=system (the system's trusted roots) is not supported: name the root \
+         certificate file"
+    )]
+    SystemRootCert,
     /// A `require_auth` list libpq would refuse (mixed negation, a repeated method).
     #[error("{0}")]
     RequireAuth(String),
@@ -353,6 +372,29 @@ impl ConnParams {
         let env_of = |var: &str| env(var).filter(|v| !v.is_empty());
         let lookup = |key: &str, var: &str| given_of(key).or_else(|| env_of(var));
 
+        // libpq connects to hostaddr and uses host for TLS and the password file; walhalla
+        // takes one of them, so both would connect elsewhere than libpq does: refused.
+        let host = given_of("host").or_else(|| env_of("PGHOST"));
+        let hostaddr = given_of("hostaddr").or_else(|| env_of("PGHOSTADDR"));
+        if given_of("host").is_some() && hostaddr.is_some()
+            || given_of("hostaddr").is_none() && host.is_some() && hostaddr.is_some()
+        {
+            return Err(ConninfoError::HostAndHostaddr);
+        }
+        // Service files are not read: a service named would be ignored silently.
+        if let Some(var) = ["PGSERVICE", "PGSERVICEFILE"]
+            .into_iter()
+            .find(|v| env_of(v).is_some())
+        {
+            return Err(ConninfoError::Service(var));
+        }
+        if given_of("sslrootcert")
+            .or_else(|| env_of("PGSSLROOTCERT"))
+            .as_deref()
+            == Some("system")
+        {
+            return Err(ConninfoError::SystemRootCert);
+        }
         let host_spec = given_of("host")
             .map(|h| (h, false))
             .or_else(|| given_of("hostaddr").map(|h| (h, true)))
@@ -689,10 +731,29 @@ mod tests {
         ];
         assert_eq!(hosts("host=a,,/tmp port=5433"), expected);
         assert_eq!(hosts("host=a,b port=1,"), [tcp("a", 1), tcp("b", 5432)]);
-        // hostaddr stands in for host only when host is absent.
+        // hostaddr stands in for host when host is absent; both are refused, since libpq
+        // would connect to hostaddr (helper-73: walhalla connected to host).
         let expected = [tcp("10.0.0.1", 5432), tcp("::1", 5432)];
         assert_eq!(hosts("hostaddr=10.0.0.1,::1"), expected);
-        assert_eq!(hosts("host=db hostaddr=10.0.0.1"), [tcp("db", 5432)]);
+        let none = |_: &str| None;
+        let both = ConnParams::parse("host=db hostaddr=10.0.0.1", &none).unwrap_err();
+        assert!(matches!(both, ConninfoError::HostAndHostaddr), "{both}");
+        let env = |var: &str| (var == "PGHOSTADDR").then(|| "10.0.0.1".to_owned());
+        let both = ConnParams::parse("host=db", &env).unwrap_err();
+        assert!(matches!(both, ConninfoError::HostAndHostaddr), "{both}");
+    }
+
+    #[test]
+    fn settings_walhalla_cannot_honour_are_refused_not_ignored() {
+        let env = |var: &str| (var == "PGSERVICE").then(|| "main".to_owned());
+        let refused = ConnParams::parse("host=db", &env).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "PGSERVICE is set, but walhalla does not read service files: put the settings in the connection string"
+        );
+        let none = |_: &str| None;
+        let system = ConnParams::parse("host=db sslrootcert=system", &none).unwrap_err();
+        assert!(matches!(system, ConninfoError::SystemRootCert), "{system}");
     }
 
     #[test]
