@@ -17,8 +17,20 @@ use std::sync::OnceLock;
 /// Nothing may truncate the file while the mapping lives (reading a truncated page raises
 /// SIGBUS); removing its name is fine.
 pub unsafe fn map_immutable_file(path: &Path) -> io::Result<bytes::Bytes> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened without waiting: a FIFO would block the open until a writer came.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if metadata.len() == 0 {
         return Ok(bytes::Bytes::new());
     }
     // SAFETY: read-only, and the caller guarantees the file keeps its length.
@@ -170,6 +182,18 @@ pub(crate) fn resident_kb(start: *const u8) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("000000010000000000000001");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path, a plain call.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        // SAFETY: nothing is mapped.
+        let refused = unsafe { map_immutable_file(&fifo) }.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput, "{refused}");
+    }
 
     #[test]
     fn a_sequential_map_hands_back_the_windows_a_pass_has_left() {
