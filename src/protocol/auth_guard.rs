@@ -2,10 +2,14 @@
 //! connection: tokio-postgres, which has no such setting). The server's messages are read as
 //! they arrive until authentication ends; one that `require_auth` rules out ends the stream
 //! with an error before the client sees it, so no password goes to a server that was not
-//! supposed to ask for it. [`AuthWatch`] is the pure part; [`AuthGuard`] the stream around it.
+//! supposed to ask for it. The guard also tells whether the server let the client in, which
+//! decides whether a failed attempt may be tried the other way (with or without TLS).
+//! [`AuthWatch`] is the pure part; [`AuthGuard`] the stream around it.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -45,7 +49,8 @@ impl AuthRefused {
 /// Reads the server's messages up to the end of authentication and applies `require_auth`.
 #[derive(Debug)]
 pub struct AuthWatch {
-    policy: RequireAuth,
+    /// `None`: nothing is refused, authentication is only followed.
+    policy: Option<RequireAuth>,
     /// Bytes of a message not yet whole.
     pending: Vec<u8>,
     /// The client has answered a request completely (as far as the server's messages tell: a
@@ -58,15 +63,17 @@ pub struct AuthWatch {
 pub enum Seen {
     /// Authentication goes on: keep watching.
     Watching,
-    /// Authentication ended (AuthenticationOk, or the server's error): nothing more to watch.
+    /// The server let the client in (AuthenticationOk): nothing more to watch.
+    LoggedIn,
+    /// The server ended authentication with an error: nothing more to watch.
     Done,
     /// A request, or an end, that `require_auth` rules out.
     Refused(String),
 }
 
 impl AuthWatch {
-    /// A watch applying `policy`.
-    pub fn new(policy: RequireAuth) -> AuthWatch {
+    /// A watch applying `policy` (`None`: following authentication only).
+    pub fn new(policy: Option<RequireAuth>) -> AuthWatch {
         AuthWatch {
             policy,
             pending: Vec::new(),
@@ -117,11 +124,13 @@ impl AuthWatch {
                         // Others (Kerberos, SCM credentials) the client refuses itself.
                         _ => return Seen::Done,
                     };
-                    if let Some(refusal) = self.policy.refusal(request, self.finished) {
+                    let refusal = (self.policy.as_ref())
+                        .and_then(|policy| policy.refusal(request, self.finished));
+                    if let Some(refusal) = refusal {
                         return Seen::Refused(refusal);
                     }
                     if request.is_none() {
-                        return Seen::Done;
+                        return Seen::LoggedIn;
                     }
                     if matches!(request, Some(Method::Password | Method::Md5)) {
                         self.finished = true;
@@ -140,14 +149,18 @@ impl AuthWatch {
 pub struct AuthGuard<S> {
     inner: S,
     watch: Option<AuthWatch>,
+    /// Set when the server lets the client in.
+    logged_in: Arc<AtomicBool>,
 }
 
 impl<S> AuthGuard<S> {
-    /// Guards `inner` with `policy` (`None`: passes everything through).
-    pub fn new(inner: S, policy: Option<RequireAuth>) -> AuthGuard<S> {
+    /// Guards `inner` with `policy` (`None`: refusing nothing); `logged_in` turns true at
+    /// AuthenticationOk.
+    pub fn new(inner: S, policy: Option<RequireAuth>, logged_in: Arc<AtomicBool>) -> AuthGuard<S> {
         AuthGuard {
             inner,
-            watch: policy.map(AuthWatch::new),
+            watch: Some(AuthWatch::new(policy)),
+            logged_in,
         }
     }
 
@@ -170,6 +183,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthGuard<S> {
         };
         match watch.feed(&buf.filled()[before..]) {
             Seen::Watching => {}
+            Seen::LoggedIn => {
+                self.logged_in.store(true, Ordering::Relaxed);
+                self.watch = None;
+            }
             Seen::Done => self.watch = None,
             Seen::Refused(why) => {
                 // What the server asked for never reaches the client.
@@ -214,7 +231,7 @@ mod tests {
     }
 
     fn watch(policy: &str) -> AuthWatch {
-        AuthWatch::new(RequireAuth::parse(policy).unwrap())
+        AuthWatch::new(Some(RequireAuth::parse(policy).unwrap()))
     }
 
     #[test]
@@ -245,10 +262,14 @@ mod tests {
         scram.extend(auth(11, b"r=nonce"));
         scram.extend(auth(12, b"v=signature"));
         scram.extend(auth(0, b""));
-        assert_eq!(watch("scram-sha-256").feed(&scram), Seen::Done);
+        assert_eq!(watch("scram-sha-256").feed(&scram), Seen::LoggedIn);
         let mut w = watch("password");
         assert_eq!(w.feed(&auth(3, b"")), Seen::Watching);
-        assert_eq!(w.feed(&auth(0, b"")), Seen::Done);
+        assert_eq!(w.feed(&auth(0, b"")), Seen::LoggedIn);
+        // Without a policy, authentication is only followed.
+        let mut follow = AuthWatch::new(None);
+        assert_eq!(follow.feed(&auth(3, b"")), Seen::Watching);
+        assert_eq!(follow.feed(&auth(0, b"")), Seen::LoggedIn);
         // The server's error ends the watch: the client reports it.
         assert_eq!(watch("scram-sha-256").feed(b"E\0\0\0\x05x"), Seen::Done);
     }
@@ -260,7 +281,10 @@ mod tests {
             watch("scram-sha-256").feed(&auth(0, b"")),
             Seen::Refused(_)
         ));
-        assert_eq!(watch("scram-sha-256,none").feed(&auth(0, b"")), Seen::Done);
+        assert_eq!(
+            watch("scram-sha-256,none").feed(&auth(0, b"")),
+            Seen::LoggedIn
+        );
         // SCRAM begun, then Ok without the server's final message.
         let mut cut = auth(10, b"SCRAM-SHA-256\0\0");
         cut.extend(auth(0, b""));

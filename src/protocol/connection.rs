@@ -153,10 +153,11 @@ impl Error {
         }
     }
 
-    /// Whether libpq would try the other way after this failure of one attempt
-    /// ([`SslMode::attempts`]): TLS could not be set up, or the server refused the session
-    /// (`CONNECTION_FAILED()` in fe-connect.c). What the client itself refuses
-    /// (`require_auth`, a missing password) and an unreachable server end the attempts.
+    /// Whether libpq would try the other way after this failure of an attempt, before the
+    /// server let the client in ([`SslMode::attempts`]): TLS could not be set up, or the
+    /// server refused the session (`CONNECTION_FAILED()` in fe-connect.c). What the client
+    /// itself refuses (`require_auth`, a missing password) and an unreachable server end the
+    /// attempts.
     fn fails_the_encryption(&self) -> bool {
         matches!(
             self,
@@ -182,6 +183,13 @@ impl From<TlsError> for Error {
 
 /// Result of connection operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failed connection attempt: its error, and whether libpq would try the other way
+/// ([`SslMode::attempts`]).
+struct Failed {
+    error: Error,
+    other_way: bool,
+}
 
 /// A row of a simple query's result, every column as text.
 pub type Row = Vec<Option<String>>;
@@ -342,36 +350,47 @@ impl Connection {
         };
         let mut failed = Vec::new();
         for (n, &tls) in attempts.iter().enumerate() {
-            match Self::open_with(params, host, tls).await {
+            let error = match Self::open_with(params, host, tls).await {
                 Ok(conn) => return Ok(conn),
-                Err(e) if n + 1 < attempts.len() && e.fails_the_encryption() => {
-                    tracing::debug!(%host, tls, "connection attempt failed: {e}; trying the other way");
-                    failed.push((tls, e));
-                }
-                Err(e) if failed.is_empty() => return Err(e),
-                Err(e) => {
-                    failed.push((tls, e));
+                Err(Failed { error, other_way }) if other_way && n + 1 < attempts.len() => error,
+                Err(Failed { error, .. }) if failed.is_empty() => return Err(error),
+                Err(Failed { error, .. }) => {
+                    failed.push((tls, error));
                     return Err(Error::Attempts(failed));
                 }
-            }
+            };
+            tracing::debug!(%host, tls, "connection attempt failed: {error}; trying the other way");
+            failed.push((tls, error));
         }
         unreachable!("the last attempt returns")
     }
 
     /// [`Self::open`] with TLS or without (`tls`).
-    async fn open_with(params: &ConnParams, host: &HostAddr, tls: bool) -> Result<Connection> {
+    async fn open_with(
+        params: &ConnParams,
+        host: &HostAddr,
+        tls: bool,
+    ) -> std::result::Result<Connection, Failed> {
+        // Until the server has let the client in, a failure may be tried the other way.
+        let before_login = |error: Error| Failed {
+            other_way: error.fails_the_encryption(),
+            error,
+        };
         let (io, server_certificate): (Box<dyn Io>, _) = match host {
             // libpq does not use TLS on unix sockets either.
             HostAddr::Unix { .. } => {
                 let path = host.socket_path().expect("a unix host has a socket path");
-                (Box::new(UnixStream::connect(path).await?), None)
+                let unix = UnixStream::connect(path).await;
+                (Box::new(unix.map_err(|e| before_login(e.into()))?), None)
             }
             HostAddr::Tcp { host: name, port } => {
-                let tcp = TcpStream::connect((name.as_str(), *port)).await?;
-                tcp.set_nodelay(true)?;
-                match Self::negotiate_tls(params, name, tcp, tls).await? {
-                    Ok((tls, certificate)) => (tls, Some(certificate)),
-                    Err(plain) => (Box::new(plain), None),
+                let tcp = TcpStream::connect((name.as_str(), *port)).await;
+                let tcp = tcp.map_err(|e| before_login(e.into()))?;
+                tcp.set_nodelay(true).map_err(|e| before_login(e.into()))?;
+                match Self::negotiate_tls(params, name, tcp, tls).await {
+                    Ok(Ok((tls, certificate))) => (tls, Some(certificate)),
+                    Ok(Err(plain)) => (Box::new(plain), None),
+                    Err(e) => return Err(before_login(e)),
                 }
             }
         };
@@ -383,7 +402,13 @@ impl Connection {
             server_certificate,
             parameters: HashMap::new(),
         };
-        conn.startup(params).await?;
+        conn.log_in(params).await.map_err(before_login)?;
+        // Past AuthenticationOk an error ends the attempts, as in libpq: the password was
+        // accepted, and trying again without TLS would only send it in the clear.
+        conn.settle().await.map_err(|error| Failed {
+            error,
+            other_way: false,
+        })?;
         Ok(conn)
     }
 
@@ -434,7 +459,9 @@ impl Connection {
         }
     }
 
-    async fn startup(&mut self, params: &ConnParams) -> Result<()> {
+    /// Sends the startup message and answers the server's authentication requests, up to
+    /// AuthenticationOk.
+    async fn log_in(&mut self, params: &ConnParams) -> Result<()> {
         let startup = [
             ("user", params.user.as_str()),
             ("replication", "true"),
@@ -442,7 +469,11 @@ impl Connection {
         ];
         frontend::startup_message(startup.iter().copied(), &mut self.write_buf)?;
         self.flush().await?;
-        self.authenticate(params).await?;
+        self.authenticate(params).await
+    }
+
+    /// Reads what follows AuthenticationOk up to the first ReadyForQuery.
+    async fn settle(&mut self) -> Result<()> {
         loop {
             match self.read_message().await? {
                 Message::ReadyForQuery(_) => return Ok(()),

@@ -106,7 +106,7 @@ fn refused_database(e: &anyhow::Error) -> bool {
 }
 
 /// Connects to `database` on `host`, trying with and without TLS as `sslmode` says
-/// ([`SslMode::attempts`]), then checks `attrs`.
+/// ([`SslMode::attempts`]) within one `connect_timeout`, then checks `attrs`.
 async fn connect_to(
     params: &ConnParams,
     host: &HostAddr,
@@ -118,22 +118,26 @@ async fn connect_to(
         HostAddr::Tcp { .. } => params.sslmode.attempts(),
     };
     let timeout = params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut failed: Vec<String> = Vec::new();
     for (n, &tls) in attempts.iter().enumerate() {
-        let attempt = tokio::time::timeout(timeout, attempt(params, host, database, tls)).await;
-        let error = match attempt {
+        let attempt = tokio::time::timeout_at(deadline, attempt(params, host, database, tls));
+        let error = match attempt.await {
             Ok(Ok(client)) => {
                 check_session_attrs(&client, attrs).await?;
                 return Ok(client);
             }
             Ok(Err(Attempt { error, other_way })) if other_way && n + 1 < attempts.len() => error,
+            Ok(Err(Attempt { error, .. })) if failed.is_empty() => return Err(error),
             Ok(Err(Attempt { error, .. })) => {
-                return Err(match failed.is_empty() {
-                    true => error,
-                    false => error.context(format!("{}; {}", failed.join("; "), way(tls))),
-                });
+                return Err(error.context(format!("{}; {}", failed.join("; "), way(tls))));
             }
-            Err(_) => anyhow::bail!("no answer within {timeout:?}"),
+            Err(_) if failed.is_empty() => anyhow::bail!("no answer within {timeout:?}"),
+            Err(_) => anyhow::bail!(
+                "{}; {}: no answer within {timeout:?}",
+                failed.join("; "),
+                way(tls)
+            ),
         };
         tracing::debug!(%host, tls, "connection attempt failed: {error:#}; trying the other way");
         failed.push(format!("{}: {error:#}", way(tls)));
@@ -150,13 +154,15 @@ fn way(tls: bool) -> &'static str {
 struct Attempt {
     error: anyhow::Error,
     /// Whether libpq would try the other way: TLS could not be set up, or the server refused
-    /// the session (`CONNECTION_FAILED()` in fe-connect.c); not what the client refused
-    /// itself (`require_auth`, a missing password) nor an unreachable server.
+    /// the session before letting the client in (`CONNECTION_FAILED()` in fe-connect.c); not
+    /// an error after AuthenticationOk (the password was accepted: trying without TLS would
+    /// only send it in the clear), what the client refused itself (`require_auth`, a missing
+    /// password), nor an unreachable server.
     other_way: bool,
 }
 
-/// One connection attempt, with TLS or without: the socket is opened here and guarded by
-/// `require_auth` ([`AuthGuard`]) below TLS or, without, right on it.
+/// One connection attempt, with TLS or without: the socket is opened here and followed by an
+/// [`AuthGuard`] (applying `require_auth`) below TLS or, without, right on it.
 async fn attempt(
     params: &ConnParams,
     host: &HostAddr,
@@ -188,71 +194,66 @@ async fn attempt(
         config.password(password);
     }
     let policy = params.require_auth.clone();
-    let connected = match host {
+    let logged_in = Arc::new(AtomicBool::new(false));
+    let failed = |e: tokio_postgres::Error, set_up: bool| {
+        let refused = e.as_db_error().is_some() && !logged_in.load(Ordering::Relaxed);
+        Attempt {
+            other_way: !set_up || refused,
+            error: refusal_or(e),
+        }
+    };
+    match host {
         HostAddr::Tcp { host: name, port } => {
             let tcp = TcpStream::connect((name.as_str(), *port))
                 .await
                 .map_err(unreachable)?;
             let _ = tcp.set_nodelay(true);
-            if tls {
-                let connect = rustls_connect(params, name, policy).map_err(|error| Attempt {
-                    error,
-                    other_way: true,
-                })?;
-                let handshaken = connect.handshaken.clone();
-                return match config.connect_raw(tcp, connect).await {
-                    Ok((client, connection)) => {
-                        tokio::spawn(connection);
-                        Ok(client)
-                    }
-                    Err(e) => {
-                        let other_way =
-                            !handshaken.load(Ordering::Relaxed) || is_server_refusal(&e);
-                        Err(Attempt {
-                            error: refusal_or(e),
-                            other_way,
-                        })
-                    }
-                };
+            if !tls {
+                let guarded = AuthGuard::new(tcp, policy, logged_in.clone());
+                return start(&config, guarded, NoTls)
+                    .await
+                    .map_err(|e| failed(e, true));
             }
-            without_tls(&config, tcp, policy).await
+            let connect =
+                rustls_connect(params, name, policy, logged_in.clone()).map_err(|error| {
+                    Attempt {
+                        error,
+                        other_way: true,
+                    }
+                })?;
+            let handshaken = connect.handshaken.clone();
+            start(&config, tcp, connect)
+                .await
+                .map_err(|e| failed(e, handshaken.load(Ordering::Relaxed)))
         }
         // libpq does not use TLS on unix sockets either.
         HostAddr::Unix { .. } => {
             let path = host.socket_path().expect("a unix host has a socket path");
             let unix = UnixStream::connect(path).await.map_err(unreachable)?;
-            without_tls(&config, unix, policy).await
+            let guarded = AuthGuard::new(unix, policy, logged_in.clone());
+            start(&config, guarded, NoTls)
+                .await
+                .map_err(|e| failed(e, true))
         }
-    };
-    connected.map_err(|e| {
-        let other_way = is_server_refusal(&e);
-        Attempt {
-            error: refusal_or(e),
-            other_way,
-        }
-    })
+    }
 }
 
-/// Starts a session on `stream` without TLS, guarded by `require_auth`'s `policy`.
-async fn without_tls<S>(
+/// Starts a session on `stream` (TLS set up by `tls` when the config asks for it), its
+/// connection on a task of its own.
+async fn start<S, T>(
     config: &tokio_postgres::Config,
     stream: S,
-    policy: Option<crate::protocol::require_auth::RequireAuth>,
+    tls: T,
 ) -> Result<Client, tokio_postgres::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: TlsConnect<S> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::Future: Send,
 {
-    let (client, connection) = config
-        .connect_raw(AuthGuard::new(stream, policy), NoTls)
-        .await?;
+    let (client, connection) = config.connect_raw(stream, tls).await?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-/// Whether the server refused the session with an error of its own (no pg_hba.conf entry, a
-/// wrong password, too many connections).
-fn is_server_refusal(error: &tokio_postgres::Error) -> bool {
-    error.as_db_error().is_some()
 }
 
 /// The error as is, or `require_auth`'s refusal alone when that is what ended the attempt.
@@ -268,6 +269,7 @@ fn rustls_connect(
     params: &ConnParams,
     name: &str,
     policy: Option<crate::protocol::require_auth::RequireAuth>,
+    logged_in: Arc<AtomicBool>,
 ) -> anyhow::Result<RustlsConnect> {
     let identity = tls::client_identity(params.sslcert.as_deref(), params.sslkey.as_deref())?;
     let config = tls::client_config(params.sslmode, params.sslrootcert.as_deref(), identity)?
@@ -279,6 +281,7 @@ fn rustls_connect(
         server_name,
         policy,
         handshaken: Arc::new(AtomicBool::new(false)),
+        logged_in,
     })
 }
 
@@ -319,6 +322,8 @@ struct RustlsConnect {
     policy: Option<crate::protocol::require_auth::RequireAuth>,
     /// Set once the handshake succeeded: an attempt that failed before, failed to set up TLS.
     handshaken: Arc<AtomicBool>,
+    /// Set by the guard when the server lets the client in.
+    logged_in: Arc<AtomicBool>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -333,7 +338,11 @@ where
         Box::pin(async move {
             let tls = self.connector.connect(self.server_name, stream).await?;
             self.handshaken.store(true, Ordering::Relaxed);
-            Ok(RustlsStream(AuthGuard::new(tls, self.policy)))
+            Ok(RustlsStream(AuthGuard::new(
+                tls,
+                self.policy,
+                self.logged_in,
+            )))
         })
     }
 }

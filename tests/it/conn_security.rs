@@ -254,6 +254,8 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
              hostssl replication u_tls 127.0.0.1/32 trust\n\
              hostnossl all u_tls 127.0.0.1/32 reject\n\
              hostnossl replication u_tls 127.0.0.1/32 reject\n\
+             hostssl all u_tls_pw 127.0.0.1/32 password\n\
+             hostnossl all u_tls_pw 127.0.0.1/32 reject\n\
              host all u_password 127.0.0.1/32 password\n{original}"
         ),
     )
@@ -263,6 +265,7 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
         pg.sql(&format!("CREATE ROLE {role} LOGIN SUPERUSER"));
     }
     pg.sql("CREATE ROLE u_password LOGIN SUPERUSER PASSWORD 'secret-p'");
+    pg.sql("CREATE ROLE u_tls_pw LOGIN SUPERUSER PASSWORD 'secret-t'");
     let as_user =
         |user: &str, more: &str| format!("host=127.0.0.1 port={} user={user} {more}", pg.port);
 
@@ -301,6 +304,23 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
     assert!(
         !said(&report, "connection").contains("with TLS"),
         "{report:#}"
+    );
+
+    // Once the server has let the client in over TLS, an error (no database of the role's
+    // name) is not tried again without TLS, which would send the password in the clear: the
+    // role's database is refused, then `postgres` is reached, over TLS both times (review).
+    let tls_pw = as_user("u_tls_pw", "password=secret-t");
+    let (_, report) = check_as(&wh, &archive, &tls_pw, &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "pass", "{report:#}");
+    assert!(
+        said(&report, "connection").contains("over TLS"),
+        "{report:#}"
+    );
+    assert!(
+        !pg.log()
+            .contains("user \"u_tls_pw\", database \"u_tls_pw\", no encryption"),
+        "tried again without TLS after logging in: {}",
+        pg.log()
     );
 
     // require_auth on the SQL connection: the password is never sent.
