@@ -1,16 +1,19 @@
 //! Two copies of the segment a newer timeline begins in, under the same name. The old
 //! primary's is whole; a standby with `archive_mode = always` archives its own, cut at the
-//! switch point and zero after it, when its upstream switches timeline (walreceiver.c). They
-//! agree up to the switch point, which is all of that WAL the cluster follows from there on.
-//! Whichever arrives second is not a contradiction: the archive keeps the first (it never
-//! overwrites), and the second counts as archived, so that neither a standby's archiver nor a
-//! receiver is stuck on it for good.
+//! switch point, when its upstream switches timeline (walreceiver.c): past the switch point's
+//! page it holds no page of this segment (zeros, or a recycled file's stale pages, whose
+//! headers name an older segment). They agree up to the switch point, which is all of that WAL
+//! the cluster follows from there on. Whichever arrives second is not a contradiction: the
+//! archive keeps the first (it never overwrites), and the second counts as archived, so that
+//! neither a standby's archiver nor a receiver is stuck on it for good. A whole copy offered
+//! second is kept beside it as a snapshot (`SEGMENT.partial.END`): its WAL past the switch point
+//! is on the old timeline alone, an old primary's last WAL or a split brain's.
 //!
-//! Both copies are held in memory to be compared (a segment each): this happens once per
-//! failover at most.
+//! The archive's copy is read and decoded whole to compare (about twice a segment of memory,
+//! on the blocking pool), each time such a conflict comes up.
 
 use super::{ClusterArchive, Result};
-use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName, parse_history};
+use crate::wal::{LongPageHeader, Lsn, SegmentName, SegmentSize, WalFileName, parse_history};
 
 /// Which copy is cut at the switch point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,13 +21,13 @@ pub enum Cut {
     /// The one offered: the archive's copy holds the same WAL and more.
     Offered,
     /// The one stored: the offered copy's WAL past the switch point (the old timeline's
-    /// alone) stays out of the archive.
+    /// alone) is kept beside it as a snapshot.
     Stored,
 }
 
 /// How `stored` and `offered`, copies of a segment that starts at `start`, relate at
-/// `switch` (a position inside the segment): `None` when they differ before it, or neither
-/// is zero after it.
+/// `switch` (a position inside the segment): `None` when they differ before it, or neither is
+/// cut there.
 pub fn cut_at(start: Lsn, switch: Lsn, stored: &[u8], offered: &[u8]) -> Option<Cut> {
     let at = usize::try_from(switch.0.checked_sub(start.0)?).ok()?;
     if at == 0 || stored.len() != offered.len() || at >= stored.len() {
@@ -33,26 +36,41 @@ pub fn cut_at(start: Lsn, switch: Lsn, stored: &[u8], offered: &[u8]) -> Option<
     if stored[..at] != offered[..at] {
         return None;
     }
-    let zero = |bytes: &[u8]| bytes.iter().all(|&b| b == 0);
-    if zero(&offered[at..]) {
+    if cut_after(start, at, offered)? {
         Some(Cut::Offered)
-    } else if zero(&stored[at..]) {
+    } else if cut_after(start, at, stored)? {
         Some(Cut::Stored)
     } else {
         None
     }
 }
 
+/// Whether `copy` holds no page of its own segment (one whose header gives the page's own
+/// address) past the page holding offset `at`; `None` when its first page cannot be read.
+fn cut_after(start: Lsn, at: usize, copy: &[u8]) -> Option<bool> {
+    let page = usize::try_from(LongPageHeader::parse(copy).ok()?.block_size_bytes).ok()?;
+    if page == 0 || copy.len() % page != 0 {
+        return None;
+    }
+    let first_after = (at / page + 1) * page;
+    let own = (first_after..copy.len()).step_by(page).any(|offset| {
+        let address: Option<[u8; 8]> = copy[offset + 8..offset + 16].try_into().ok();
+        address.map(u64::from_le_bytes) == Some(start.0 + offset as u64)
+    });
+    Some(!own)
+}
+
 impl ClusterArchive {
     /// Whether `offered`, refused because the archive holds other content under `segment`'s
-    /// name, and the archive's copy are the same segment on either side of a newer
-    /// timeline's switch point that the archive's history files place inside it; with that
-    /// timeline's number. Logged when so.
+    /// name, and the archive's copy are the same segment on either side of a newer timeline's
+    /// switch point that the archive's history files place inside it. Logged when so; a whole
+    /// copy offered second is kept as a snapshot.
     pub(super) async fn copies_at_fork(
         &self,
         segment: SegmentName,
         size: SegmentSize,
-        offered: &[u8],
+        offered: bytes::Bytes,
+        envelope: bytes::Bytes,
     ) -> Result<Option<Cut>> {
         let Some(segno) = segment.segno(size) else {
             return Ok(None);
@@ -82,28 +100,39 @@ impl ClusterArchive {
         let Some(stored) = self.get_verified(&WalFileName::Segment(segment)).await? else {
             return Ok(None);
         };
-        for (timeline, switch) in switches {
-            match cut_at(start, switch, &stored, offered) {
-                Some(Cut::Offered) => tracing::info!(
-                    %segment,
-                    "already archived: the archive's copy holds the same WAL up to {switch}, \
-                     where timeline {} begins, and the old timeline's past it (this copy is \
-                     cut there, as a standby with archive_mode = always archives it)",
-                    timeline.0
-                ),
-                Some(Cut::Stored) => tracing::warn!(
+        let compared = offered.clone();
+        let found = crate::blocking::run(move || {
+            switches.into_iter().find_map(|(timeline, switch)| {
+                cut_at(start, switch, &stored, &compared).map(|cut| (timeline, switch, cut))
+            })
+        })
+        .await;
+        let Some((timeline, switch, cut)) = found else {
+            return Ok(None);
+        };
+        match cut {
+            Cut::Offered => tracing::info!(
+                %segment,
+                "already archived: the archive's copy holds the same WAL up to {switch}, where \
+                 timeline {} begins, and the old timeline's past it (this copy is cut there, as \
+                 a standby with archive_mode = always archives it)",
+                timeline.0
+            ),
+            Cut::Stored => {
+                let end = Lsn(start.0 + offered.len() as u64);
+                self.put_partial_snapshot(segment, end, offered, envelope)
+                    .await?;
+                tracing::warn!(
                     %segment,
                     "the archive holds this segment cut at {switch}, where timeline {} begins \
-                     (a standby's copy): the same WAL up to there; what this copy holds past \
-                     it is on the old timeline alone (an old primary's last WAL, or a split \
-                     brain's) and is not archived",
+                     (a standby's copy): the same WAL up to there. This copy's WAL past it is \
+                     on the old timeline alone (an old primary's last WAL, or a split brain's): \
+                     kept beside it as a snapshot, {segment}.partial.{end}",
                     timeline.0
-                ),
-                None => continue,
+                );
             }
-            return Ok(cut_at(start, switch, &stored, offered));
         }
-        Ok(None)
+        Ok(Some(cut))
     }
 }
 
@@ -111,23 +140,59 @@ impl ClusterArchive {
 mod tests {
     use super::*;
 
+    const PAGE: usize = 8192;
+    /// 1 MiB, the smallest segment PostgreSQL makes.
+    const PAGES: usize = 128;
+
+    /// A segment of `pages` pages starting at `start`, each page's header naming its address
+    /// (the first a long header), the rest of each page filled with `fill`.
+    fn segment(start: Lsn, pages: usize, fill: u8) -> Vec<u8> {
+        let mut bytes = vec![fill; pages * PAGE];
+        for page in 0..pages {
+            let header = &mut bytes[page * PAGE..page * PAGE + 40];
+            header[..2].copy_from_slice(&0xD110u16.to_le_bytes());
+            header[2..4].copy_from_slice(&(if page == 0 { 2u16 } else { 0 }).to_le_bytes());
+            header[4..8].copy_from_slice(&1u32.to_le_bytes());
+            header[8..16].copy_from_slice(&(start.0 + (page * PAGE) as u64).to_le_bytes());
+            if page == 0 {
+                header[16..24].fill(0);
+                header[24..32].copy_from_slice(&7u64.to_le_bytes());
+                header[32..36].copy_from_slice(&((pages * PAGE) as u32).to_le_bytes());
+                header[36..40].copy_from_slice(&(PAGE as u32).to_le_bytes());
+            }
+        }
+        bytes
+    }
+
     #[test]
-    fn copies_agreeing_up_to_the_switch_with_one_zero_after_it_are_one_segment() {
+    fn copies_agreeing_up_to_the_switch_one_without_pages_after_it_are_one_segment() {
         let start = Lsn(0x5000000);
-        let whole: Vec<u8> = (0..64u8).map(|b| b | 1).collect();
-        let mut cut = whole.clone();
-        cut[40..].fill(0);
-        let switch = Lsn(start.0 + 40);
-        assert_eq!(cut_at(start, switch, &whole, &cut), Some(Cut::Offered));
-        assert_eq!(cut_at(start, switch, &cut, &whole), Some(Cut::Stored));
-        // Cut elsewhere than the switch, or different before it: a contradiction.
-        assert_eq!(cut_at(start, Lsn(start.0 + 48), &whole, &cut), None);
-        let mut other = cut.clone();
-        other[3] ^= 0xff;
+        assert!(LongPageHeader::parse(&segment(start, PAGES, 0)).is_ok());
+        let whole = segment(start, PAGES, 0x5a);
+        let switch = Lsn(start.0 + 3 * PAGE as u64 + 100);
+        // Cut: zeros past the switch.
+        let mut zeroed = whole.clone();
+        zeroed[3 * PAGE + 100..].fill(0);
+        assert_eq!(cut_at(start, switch, &whole, &zeroed), Some(Cut::Offered));
+        assert_eq!(cut_at(start, switch, &zeroed, &whole), Some(Cut::Stored));
+        // Cut: a recycled file's stale pages past the switch page, naming an older segment.
+        let mut stale = whole.clone();
+        let old = segment(Lsn(0x1000000), PAGES, 0x33);
+        stale[3 * PAGE + 100..].copy_from_slice(&old[3 * PAGE + 100..]);
+        assert_eq!(cut_at(start, switch, &whole, &stale), Some(Cut::Offered));
+        // Different before the switch, or with a page of this segment after it: no.
+        let mut other = zeroed.clone();
+        other[PAGE + 50] ^= 0xff;
         assert_eq!(cut_at(start, switch, &whole, &other), None);
+        let mut resumed = zeroed.clone();
+        resumed[6 * PAGE..7 * PAGE].copy_from_slice(&whole[6 * PAGE..7 * PAGE]);
+        assert_eq!(cut_at(start, switch, &whole, &resumed), None);
         // A switch at the segment's start, past its end, or before it.
-        assert_eq!(cut_at(start, start, &whole, &cut), None);
-        assert_eq!(cut_at(start, Lsn(start.0 + 64), &whole, &cut), None);
-        assert_eq!(cut_at(start, Lsn(start.0 - 1), &whole, &cut), None);
+        assert_eq!(cut_at(start, start, &whole, &zeroed), None);
+        assert_eq!(
+            cut_at(start, Lsn(start.0 + (PAGES * PAGE) as u64), &whole, &zeroed),
+            None
+        );
+        assert_eq!(cut_at(start, Lsn(start.0 - 1), &whole, &zeroed), None);
     }
 }

@@ -305,8 +305,10 @@ impl ClusterArchive {
         content: Bytes,
         envelope: Vec<u8>,
     ) -> Result<PutOutcome> {
+        // Shared, not copied: the fork's case below may store it again as a snapshot.
+        let envelope = Bytes::from(envelope);
         let conflict = match self
-            .put_key(self.key(name), content.clone(), envelope)
+            .put_key(self.key(name), content.clone(), envelope.clone())
             .await
         {
             Err(conflict @ Error::Conflict { .. }) => conflict,
@@ -317,7 +319,7 @@ impl ClusterArchive {
         else {
             return Err(conflict);
         };
-        match self.copies_at_fork(*segment, size, &content).await? {
+        match (self.copies_at_fork(*segment, size, content, envelope)).await? {
             Some(_) => Ok(PutOutcome::AtFork),
             None => Err(conflict),
         }
@@ -331,14 +333,19 @@ impl ClusterArchive {
         segment: SegmentName,
         end: Lsn,
         content: Bytes,
-        envelope: Vec<u8>,
+        envelope: impl Into<PutPayload>,
     ) -> Result<PutOutcome> {
         let key = partial_snapshot_key(&self.archive.root, self.system_id, segment, end);
         self.put_key(key, content, envelope).await
     }
 
-    async fn put_key(&self, key: Path, content: Bytes, envelope: Vec<u8>) -> Result<PutOutcome> {
-        let payload = PutPayload::from(envelope);
+    async fn put_key(
+        &self,
+        key: Path,
+        content: Bytes,
+        envelope: impl Into<PutPayload>,
+    ) -> Result<PutOutcome> {
+        let payload: PutPayload = envelope.into();
         let attributes: object_store::Attributes = (self.archive.storage_class.clone())
             .map(|class| {
                 let value = object_store::AttributeValue::from(class);

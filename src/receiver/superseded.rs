@@ -91,10 +91,10 @@ pub async fn newer_fork(
     if newer <= timeline {
         return Ok(None);
     }
-    let content = cluster
-        .get_verified(&WalFileName::History(newer))
-        .await?
-        .unwrap_or_default();
+    // Listed but gone (pruned by hand meanwhile): no newer timeline to go by.
+    let Some(content) = cluster.get_verified(&WalFileName::History(newer)).await? else {
+        return Ok(None);
+    };
     let entries = parse_history(newer, &content).map_err(anyhow::Error::msg)?;
     Ok(fork_of(timeline, newer, &entries))
 }
