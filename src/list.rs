@@ -381,7 +381,11 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
     // prune leaves before the oldest backup it keeps: named, but not as a hole.
     let has_backups = cluster.backups.iter().any(|b| b.is_restorable());
     let breaking = coverage::breaking_gaps(&cluster.timelines, &cluster.windows, has_backups);
-    let needed = |gap: &SegmentRun| !has_backups || breaking.iter().any(|(g, _)| g == gap);
+    // A breaking run may start inside a gap (a backup's first missing segment), and names of
+    // one timeline sort as they number.
+    let needed = |gap: &SegmentRun| {
+        !has_backups || (breaking.iter()).any(|(g, _)| gap.first <= g.first && g.first <= gap.last)
+    };
     for t in &cluster.timelines {
         let parent = t.parent.as_ref().map_or(String::new(), |(p, at)| {
             format!(" (from timeline {p} at {at})")
@@ -693,6 +697,16 @@ mod tests {
                 "absent 000000010000000000000005 .. 00000001000000000000000F  11 segments, which no restore from these backups needs",
                 "GAP 000000010000000000000013 .. 000000010000000000000013  1 missing",
             ]
+        );
+        // A backup whose WAL is missing from inside the first gap: that gap is a hole.
+        cluster.windows[0].unrestorable = vec![crate::coverage::window::Unrestorable {
+            backup: "b0".into(),
+            missing: run(0x09, 0x09).first,
+        }];
+        assert!(
+            lines(&cluster)[0].starts_with("GAP 000000010000000000000005"),
+            "{:?}",
+            lines(&cluster)
         );
     }
 }

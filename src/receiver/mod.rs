@@ -52,7 +52,7 @@ const RECONNECT_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_se
 /// retries at most this far apart, as PostgreSQL's walreceiver does by default
 /// (`wal_retrieve_retry_interval`).
 const SYNCHRONOUS_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(5));
-/// A session that lasted this long resets the backoff (as does one that received WAL).
+/// A session that lasted this long resets the backoff (as does one that made progress).
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// What the receiver reports as flushed.
@@ -169,14 +169,15 @@ pub async fn run(
         if let Err(e) = &outcome {
             shared.metrics.error(error_kind(&e.error));
         }
-        // A session that received WAL made progress: the next attempt starts from the first
-        // step, so a stream broken after a failover is not resumed at the step the failover's
-        // own failed attempts reached. One ended before receiving anything (a server that
-        // accepts and then refuses) keeps growing it.
-        let received = context
+        // A session that received WAL past what any before it had made progress: the next
+        // attempt starts from the first step, so a stream broken after a failover is not
+        // resumed at the step the failover's own failed attempts reached. One that made none
+        // (a server that accepts and then refuses, a failure that recurs at the same WAL)
+        // keeps growing it.
+        let progressed = context
             .as_mut()
-            .is_some_and(|ctx| std::mem::take(&mut ctx.received_wal));
-        if received || started.elapsed() >= HEALTHY_SESSION {
+            .is_some_and(|ctx| std::mem::take(&mut ctx.progressed));
+        if progressed || started.elapsed() >= HEALTHY_SESSION {
             backoff.reset();
         }
         let pause = match outcome {

@@ -133,8 +133,12 @@ pub struct Context {
     /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
     /// after the others.
     pub(super) behind: Vec<HostAddr>,
-    /// Set when a stream received WAL; the reconnect loop takes it to reset its backoff.
-    pub(super) received_wal: bool,
+    /// The furthest position a stream of this run has written to.
+    pub(super) furthest: Lsn,
+    /// Set when a stream wrote past [`Self::furthest`]: progress, which the reconnect loop
+    /// takes to reset its backoff (a session failing the same way after re-receiving the same
+    /// WAL makes none).
+    pub(super) progressed: bool,
 }
 
 impl Context {
@@ -368,7 +372,11 @@ pub async fn run(
                 let ended = stream.run(&mut shutdown).await;
                 received = stream.written() > start_lsn;
                 let stored_through = stream.snapshot_end();
-                ctx.received_wal |= received;
+                let written = stream.written();
+                if written > ctx.furthest {
+                    ctx.furthest = written;
+                    ctx.progressed = true;
+                }
                 match (ctx.keep_tail(stored_through).await, &ended) {
                     (Ok(()), _) => {}
                     (Err(e), Ok(_)) => return Err(e),
@@ -571,7 +579,8 @@ pub async fn new_context(
         lost: BTreeSet::new(),
         slot_seen: false,
         slot_warned: false,
-        received_wal: false,
+        furthest: Lsn(0),
+        progressed: false,
         slot_watch: SlotWatch::default(),
         behind: Vec::new(),
     })

@@ -95,8 +95,10 @@ pub fn plan(
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{host} is on timeline {} but the archive already holds timeline {}: waiting for a server \
-     on a newer timeline (the other hosts are tried first)",
+     on a newer timeline (the other hosts are tried first; if that timeline's promotion was a \
+     mistake and its server is gone, remove its segments and {:08X}.history from the archive)",
     server.0,
+    archive.0,
     archive.0
 )]
 pub struct BehindArchive {

@@ -71,7 +71,8 @@ pub struct Stream<'a> {
     /// five minutes (catching up through a small spool) is logged at debug level
     /// ([`spooling`]).
     full_warned: Option<Instant>,
-    /// A newer timeline the archive holds, once found: WAL past its fork is a split brain's.
+    /// A newer timeline the archive holds, once found: WAL the server sends past its fork
+    /// from then on is a split brain's.
     superseded: Option<Fork>,
 }
 
@@ -175,12 +176,10 @@ impl<'a> Stream<'a> {
             Mode::Archived => SUPERSEDED_CHECK,
         };
         let mut newer = SupersededWatch::start(self.ctx.cluster.clone(), self.timeline, every);
+        // Once a newer timeline is known, how long the server has to end this one (a standby
+        // being promoted does at once; an old primary never does).
+        let mut ends_by: Option<Instant> = None;
         loop {
-            if let Some(fork) = self.superseded
-                && self.written() > fork.at
-            {
-                return Err(self.split_brain(fork));
-            }
             if let Some(end) = self.options.endpos {
                 if self.written() >= end {
                     return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
@@ -222,7 +221,14 @@ impl<'a> Stream<'a> {
                     self.write(data).await?;
                 }
                 _ = status.tick() => self.send_status(false).await?,
-                fork = newer.found(), if self.superseded.is_none() => self.superseded = Some(fork),
+                fork = newer.found(), if self.superseded.is_none() => {
+                    self.superseded = Some(fork);
+                    ends_by = Some(Instant::now() + every);
+                }
+                _ = tokio::time::sleep_until(ends_by.unwrap_or_else(Instant::now)), if ends_by.is_some() => {
+                    let fork = self.superseded.expect("set with ends_by");
+                    return Err(self.split_brain(fork, "did not end its timeline at"));
+                }
                 _ = async { partial.as_mut().expect("guarded").tick().await }, if partial.is_some() => {
                     self.start_snapshot().await?;
                 }
@@ -251,19 +257,22 @@ impl<'a> Stream<'a> {
         }
     }
 
-    /// The end of a stream from a server that wrote past where a newer timeline in the archive
-    /// forked from its own: an old primary left running after a failover.
-    fn split_brain(&self, fork: Fork) -> SessionError {
+    /// The end of a stream from a server that goes on with a timeline the archive holds a
+    /// newer one of (`what` it did at the fork): an old primary left running after a failover.
+    fn split_brain(&self, fork: Fork, what: &str) -> SessionError {
         tracing::warn!(
             host = %self.conn.host(),
             timeline = self.timeline.0,
             newer = fork.newer.0,
             fork = %fork.at,
             received = %self.written(),
-            "the server sent WAL past where the archive's newer timeline forked from its own: \
-             an old primary left running after a failover (a split brain), or a standby promoted \
-             with WAL it had not replayed; nothing past the fork is confirmed, and the other \
-             hosts are tried first"
+            "the server {what} the point where the archive's timeline {} forked from its own: \
+             an old primary left running after a failover (a split brain); nothing past the \
+             fork is confirmed, and the other hosts are tried first (if that promotion was a \
+             mistake and its server is gone, remove {:08X}.history from the archive's \
+             timelines)",
+            fork.newer.0,
+            fork.newer.0
         );
         anyhow::Error::new(BehindArchive {
             host: self.conn.host().clone(),
@@ -399,6 +408,15 @@ impl<'a> Stream<'a> {
                     }
                     _ => data,
                 };
+                // Known superseded: WAL the server sends past the fork now is a split brain's,
+                // written and confirmed up to the fork and no further.
+                if let Some(fork) = self.superseded
+                    && start.0 + data.len() as u64 > fork.at.0
+                {
+                    let before_fork = data.slice(..(fork.at.0.saturating_sub(start.0)) as usize);
+                    self.write(before_fork).await?;
+                    return Err(self.split_brain(fork, "sent WAL past"));
+                }
                 self.write(data).await?;
                 if self.options.mode == Mode::Synchronous && !self.conn.has_buffered_message() {
                     self.sync().await?;
