@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
+use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs, attempt_way};
 use super::frame::{Frame, FrameError, take_frame};
 use super::tls::{self, TlsError};
 
@@ -120,7 +120,7 @@ pub enum Error {
     #[error("{}", .0.iter().map(|(h, e)| format!("{h}: {e}")).collect::<Vec<_>>().join("; "))]
     AllHostsFailed(Vec<(String, Error)>),
     /// Each attempt `sslmode` allows failed, with TLS (`true`) or without; in order.
-    #[error("{}", .0.iter().map(|(tls, e)| format!("{}: {e}", if *tls { "with TLS" } else { "without TLS" })).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(|(tls, e)| format!("{}: {e}", attempt_way(*tls))).collect::<Vec<_>>().join("; "))]
     Attempts(Vec<(bool, Error)>),
 }
 

@@ -22,7 +22,7 @@ use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSs
 use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect, TlsStream};
 
 use crate::protocol::auth_guard::{AuthGuard, AuthRefused};
-use crate::protocol::conninfo::{ConnParams, HostAddr, TargetSessionAttrs};
+use crate::protocol::conninfo::{ConnParams, HostAddr, TargetSessionAttrs, attempt_way};
 use crate::protocol::tls;
 
 /// How long connecting to one host may take unless `connect_timeout` says.
@@ -130,24 +130,19 @@ async fn connect_to(
             Ok(Err(Attempt { error, other_way })) if other_way && n + 1 < attempts.len() => error,
             Ok(Err(Attempt { error, .. })) if failed.is_empty() => return Err(error),
             Ok(Err(Attempt { error, .. })) => {
-                return Err(error.context(format!("{}; {}", failed.join("; "), way(tls))));
+                return Err(error.context(format!("{}; {}", failed.join("; "), attempt_way(tls))));
             }
             Err(_) if failed.is_empty() => anyhow::bail!("no answer within {timeout:?}"),
             Err(_) => anyhow::bail!(
                 "{}; {}: no answer within {timeout:?}",
                 failed.join("; "),
-                way(tls)
+                attempt_way(tls)
             ),
         };
         tracing::debug!(%host, tls, "connection attempt failed: {error:#}; trying the other way");
-        failed.push(format!("{}: {error:#}", way(tls)));
+        failed.push(format!("{}: {error:#}", attempt_way(tls)));
     }
     unreachable!("the last attempt returns")
-}
-
-/// How an attempt connected, for messages.
-fn way(tls: bool) -> &'static str {
-    if tls { "with TLS" } else { "without TLS" }
 }
 
 /// A failed connection attempt.
