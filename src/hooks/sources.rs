@@ -128,9 +128,16 @@ impl Sources {
 
     /// The cluster named by `--system-id`, else by `pg_control` in the current directory.
     pub fn declared_system_id(&self) -> anyhow::Result<Option<SystemId>> {
-        match self.config.system_id {
-            Some(id) => Ok(Some(id)),
-            None => system_id_from_control_file(Path::new(".")).context("read pg_control"),
+        let control = system_id_from_control_file(Path::new(".")).context("read pg_control");
+        match (self.config.system_id, control) {
+            // In a data directory, another cluster's WAL is never what PostgreSQL asks for.
+            (Some(id), Ok(Some(here))) if id != here => anyhow::bail!(
+                "--system-id {id} names another cluster than this data directory's ({here}, in \
+                 global/pg_control): its WAL would be refused by PostgreSQL; fix --system-id (or \
+                 the config file), or fetch from outside the data directory"
+            ),
+            (Some(id), _) => Ok(Some(id)),
+            (None, control) => control,
         }
     }
 

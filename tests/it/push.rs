@@ -116,6 +116,19 @@ fn archived_files_are_identical_to_the_servers(backend: Backend) {
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} archived files compared");
+    // Another cluster named in this data directory: refused, nothing written (helper-72: the
+    // other cluster's segment reached PostgreSQL).
+    let dest = out.path().join("OTHER");
+    let other = ["--system-id", "123", "fetch", &last, dest.to_str().unwrap()];
+    let run = wh.run(&archive, &pg.data, &other);
+    assert_eq!(run.status.code(), Some(255), "{}", describe(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("names another cluster than this data directory's"),
+        "{}",
+        describe(&run)
+    );
+    assert!(!dest.exists());
     let keys = archive.keys();
     assert!(
         keys.iter().any(|k| k.ends_with(".backup.zst")),
