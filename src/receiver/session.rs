@@ -350,6 +350,8 @@ pub async fn run(
         let started = conn.start_copy_both(&command).await;
         // Whether this stream received anything: an error after that is not about its start.
         let mut received = false;
+        // How far it came.
+        let mut reached = start_lsn;
         let ended = match started {
             Err(e) => Err(from_conn(e)),
             // The archive holds the old timeline up to where it ends: go on with the next.
@@ -373,6 +375,7 @@ pub async fn run(
                 received = stream.written() > start_lsn;
                 let stored_through = stream.snapshot_end();
                 let written = stream.written();
+                reached = written;
                 if written > ctx.furthest {
                     ctx.furthest = written;
                     ctx.progressed = true;
@@ -450,9 +453,14 @@ pub async fn run(
                 if let Some(behind) = error.downcast_ref::<BehindArchive>() {
                     ctx.behind.push(behind.host.clone());
                 }
+                // The command says where the stream began; say how far it came too.
+                let reached = match received {
+                    true => format!(", having received up to {reached}"),
+                    false => String::new(),
+                };
                 return Err(SessionError {
                     fatal,
-                    error: error.context(format!("{command} on {host}")),
+                    error: error.context(format!("{command} on {host}{reached}")),
                 });
             }
         }
