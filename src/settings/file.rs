@@ -229,6 +229,14 @@ fn check_value(command: &clap::Command, arg: &Arg, values: &[String]) -> anyhow:
             "a password does not belong in the config file: put it in a file named by password_file (or in a .pgpass file named by passfile=), readable by walhalla's user only"
         );
     }
+    if arg.get_id() == "conninfo" {
+        // Read as the connection would read it (the environment left out): a mistyped
+        // keyword fails here, not at the first connection.
+        for value in values {
+            crate::protocol::conninfo::ConnParams::parse(value, &|_| None)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
     // The flag alone, with its parser: parsing the value as a flag names what is wrong.
     let long = arg.get_long().unwrap_or(arg.get_id().as_str()).to_owned();
     let mut flag = clap::Arg::new("value")

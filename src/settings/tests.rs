@@ -125,6 +125,12 @@ fn the_file_is_checked_like_flags() {
             "password",
         ),
         ("archive = [", "config file"),
+        // A connection string is read as the connection would read it (helper-73).
+        (
+            "[receive]\nconninfo = \"host=db bogus=1\"\n",
+            "invalid connection option \"bogus\"",
+        ),
+        ("[receive]\nconninfo = 5\n", "[receive] conninfo"),
         // A syntax error on a secret's line: the parser's quotation of the line is left out.
         (
             "[backup]\nconninfo = \"host=db password=hunter2 user=rep\n",
