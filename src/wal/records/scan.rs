@@ -244,11 +244,33 @@ impl<'a> Scanner<'a> {
     /// `XLogFindNextRecord` finds it. The segment's end when the continuation fills it.
     fn first_record(&mut self) -> Result<usize, ScanEnd> {
         let mut index = 0;
+        // What the continued record still needs, as the page before said.
+        let mut still: Option<u32> = None;
         loop {
             let page = self.page(index)?;
             let page_start = index * self.page_size;
-            if page.info & XLP_FIRST_IS_CONTRECORD == 0 {
+            let problem = |problem| ScanEnd::Invalid {
+                at: self.lsn(page_start),
+                problem,
+            };
+            // A continuation lost in a crash is abandoned by a page marked so (PostgreSQL 15
+            // and later): the record there overwrites it.
+            if page.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
                 return Ok(page_start + page.header_len);
+            }
+            if page.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                if still.is_some() {
+                    return Err(problem(InvalidWal::MissingContinuation));
+                }
+                return Ok(page_start + page.header_len);
+            }
+            // A continuation of nothing, or not of what the page before left (xlogreader.c's
+            // "invalid contrecord length").
+            if page.rem_len == 0 || still.is_some_and(|needed| needed != page.rem_len) {
+                return Err(problem(InvalidWal::ContinuationLength {
+                    expected: still.unwrap_or(0),
+                    found: page.rem_len,
+                }));
             }
             let room = self.page_size - page.header_len;
             if (page.rem_len as usize) < room {
@@ -256,6 +278,7 @@ impl<'a> Scanner<'a> {
                     page_start + page.header_len + page.rem_len as usize,
                 ));
             }
+            still = Some(page.rem_len - room as u32);
             index += 1;
             if index * self.page_size >= self.segment_len {
                 return Ok(self.segment_len);

@@ -430,15 +430,42 @@ fn the_last_segment_of_the_lsn_space_does_not_overflow() {
             at: Lsn(start.0 + 40)
         }
     );
-    // Pages that all continue a record from the previous segment: the scan ends at the end.
+    // Pages that all continue a record from the previous segment, each by what the one before
+    // left: the scan ends at the end.
+    let mut rem_len = u32::MAX;
     for page in (0..bytes.len()).step_by(8192) {
         bytes.copy_within(0..8, page); // magic, flags, timeline
         bytes[page + 2] = if page == 0 { 0x03 } else { 0x01 }; // XLP_FIRST_IS_CONTRECORD
         bytes[page + 8..page + 16].copy_from_slice(&(start.0 + page as u64).to_le_bytes());
-        bytes[page + 16..page + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[page + 16..page + 20].copy_from_slice(&rem_len.to_le_bytes());
+        rem_len -= 8192 - if page == 0 { 40 } else { 24 };
     }
     let found = scan_segment(&bytes, start).unwrap();
     assert_eq!(found.end, ScanEnd::SegmentEnd);
     assert_eq!(found.valid_end, Lsn(u64::MAX));
     assert_eq!(found.records, 0);
+}
+
+#[test]
+fn a_first_page_continuing_nothing_or_not_what_it_says_is_invalid() {
+    let start = Lsn(0x5000000);
+    let segment = |rem_len: u32| {
+        let mut bytes = crate::wal::page::tests::header_bytes(1, start.0, 42, 1 << 20);
+        bytes.resize(1 << 20, 0);
+        bytes[2] = 0x03; // XLP_LONG_HEADER | XLP_FIRST_IS_CONTRECORD
+        bytes[16..20].copy_from_slice(&rem_len.to_le_bytes());
+        // The second page a plain one, not continuing anything.
+        bytes.copy_within(0..8, 8192);
+        bytes[8192 + 2] = 0;
+        bytes[8192 + 8..8192 + 16].copy_from_slice(&(start.0 + 8192).to_le_bytes());
+        scan_segment(&bytes, start).unwrap().end
+    };
+    // helper-73: both were stored, and would have ended a recovery there.
+    for rem_len in [0, 20000] {
+        assert!(
+            matches!(segment(rem_len), ScanEnd::Invalid { .. }),
+            "{rem_len}: {:?}",
+            segment(rem_len)
+        );
+    }
 }
