@@ -71,8 +71,9 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         match fork_in(&cluster, wal_dir, *segment, &content, valid_end).await {
             Some((timeline, switch)) => tracing::info!(
                 %name,
-                "its WAL ends at {valid_end}, past {switch} where timeline {} begins: the \
-                 old timeline's last segment, as a standby with archive_mode = always archives it",
+                "its WAL ends at {valid_end}{} timeline {} begins: the old timeline's last \
+                 segment, as a standby with archive_mode = always archives it",
+                if valid_end == switch { ", where".to_owned() } else { format!(", past {switch} where") },
                 timeline.0
             ),
             None => anyhow::bail!(

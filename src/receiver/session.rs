@@ -19,6 +19,7 @@ use super::slot::{SlotWatch, create_temporary_slot, ensure_usable_slot};
 use super::spool_place::{self, default_spool};
 use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
+use super::superseded::newer_fork;
 use super::upload::{UploadSettings, Uploader};
 use super::{BackupWal, Mode, ReceiveOptions};
 use crate::archive::{Archive, ClusterArchive};
@@ -283,6 +284,21 @@ pub async fn run(
         };
         plan
     } else {
+        // A promotion the archive knows of by its history file alone (the new primary has not
+        // archived a segment yet): a server still on an older timeline is an old primary left
+        // running, or a standby that has not followed yet. Refused like one behind the
+        // archive's segments ([`start_point`]), before its slot is touched, so that a
+        // synchronous receiver never confirms a split brain's commits.
+        if let Some(fork) = newer_fork(&ctx.cluster, timeline).await? {
+            ctx.behind.retain(|host| host != conn.host());
+            ctx.behind.push(conn.host().clone());
+            return Err(anyhow::Error::new(BehindArchive {
+                host: conn.host().clone(),
+                server: timeline,
+                archive: fork.newer,
+            })
+            .into());
+        }
         let slot_restart = match &options.slot {
             Some(slot) => {
                 let found = ensure_usable_slot(

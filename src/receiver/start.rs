@@ -15,7 +15,6 @@ use anyhow::{Context as _, anyhow};
 use super::ReceiveOptions;
 use super::readback::Expect;
 use super::session::{Context, SessionError, archive_history};
-use super::superseded::newer_fork;
 use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
@@ -146,18 +145,6 @@ pub async fn start_point(
         1 => Vec::new(),
         _ => archive_history(conn, &ctx.cluster, server_timeline).await?,
     };
-    // A promotion the archive knows of by its history file alone (the new primary has not
-    // archived a segment yet): a server still on an older timeline is an old primary left
-    // running, or a standby that has not followed yet. Refused like one behind the archive's
-    // segments, so that a synchronous receiver never confirms a split brain's commits.
-    if let Some(fork) = newer_fork(&ctx.cluster, server_timeline).await? {
-        return Err(anyhow::Error::new(BehindArchive {
-            host: conn.host().clone(),
-            server: server_timeline,
-            archive: fork.newer,
-        })
-        .into());
-    }
     let Some((timeline, next)) = held else {
         let segment = SegNo::containing(options.start_lsn.unwrap_or(fallback), size);
         return Ok(StartPlan {

@@ -202,6 +202,9 @@ fn an_old_primary_in_a_split_brain_is_left_once_the_archive_holds_the_promotion(
         },
     );
     assert!(second.stop().success(), "{}", second.log());
+    // Refused before its slot was made: nothing holds WAL on the old primary (helper-75).
+    let slots = primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'second'");
+    assert_eq!(slots, "0");
 
     // The old primary writes on (its commits no longer wait for the receiver once it left).
     primary.sql("SET synchronous_commit = local; CREATE TABLE split_brain AS SELECT 1 AS x");
