@@ -134,6 +134,9 @@ pub struct Context {
     /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
     /// after the others.
     pub(super) behind: Vec<HostAddr>,
+    /// The timeline the server of the current session is on: one streamed below it is
+    /// historic, ended by the server at its switch point.
+    pub(super) server_timeline: TimelineId,
     /// The furthest position a stream of this run has written to.
     pub(super) furthest: Lsn,
     /// Set when a stream wrote past [`Self::furthest`]: progress, which the reconnect loop
@@ -348,6 +351,7 @@ pub async fn run(
         }
         planned?
     };
+    ctx.server_timeline = timeline;
     let (mut timeline, mut start) = (plan.timeline, plan.segment);
     let pace = Pace::new(options.status_interval, sender_timeout(&mut conn).await);
     // Stream one timeline after the other: when the server ends one, continue on the next.
@@ -603,6 +607,7 @@ pub async fn new_context(
         lost: BTreeSet::new(),
         slot_seen: false,
         slot_warned: false,
+        server_timeline: TimelineId(0),
         furthest: Lsn(0),
         progressed: false,
         slot_watch: SlotWatch::default(),

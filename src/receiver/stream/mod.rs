@@ -175,7 +175,10 @@ impl<'a> Stream<'a> {
             Mode::Synchronous => SUPERSEDED_CHECK_SYNCHRONOUS,
             Mode::Archived => SUPERSEDED_CHECK,
         };
-        let mut newer = SupersededWatch::start(self.ctx.cluster.clone(), self.timeline, every);
+        // Only for the server's own timeline: one it streams below it is historic, and ends
+        // at its switch point however long catching up takes.
+        let mut newer = (self.timeline >= self.ctx.server_timeline)
+            .then(|| SupersededWatch::start(self.ctx.cluster.clone(), self.timeline, every));
         // Once a newer timeline is known, how long the server has to end this one (a standby
         // being promoted does at once; an old primary never does).
         let mut ends_by: Option<Instant> = None;
@@ -221,7 +224,7 @@ impl<'a> Stream<'a> {
                     self.write(data).await?;
                 }
                 _ = status.tick() => self.send_status(false).await?,
-                fork = newer.found(), if self.superseded.is_none() => {
+                fork = async { newer.as_mut().expect("guarded").found().await }, if newer.is_some() && self.superseded.is_none() => {
                     self.superseded = Some(fork);
                     ends_by = Some(Instant::now() + every);
                 }
