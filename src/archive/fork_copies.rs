@@ -13,7 +13,7 @@
 //! on the blocking pool), each time such a conflict comes up.
 
 use super::{ClusterArchive, Result};
-use crate::wal::{LongPageHeader, Lsn, SegmentName, SegmentSize, WalFileName, parse_history};
+use crate::wal::{Lsn, OwnPageAfter, SegmentName, SegmentSize, WalFileName, parse_history};
 
 /// Which copy is cut at the switch point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,19 +45,12 @@ pub fn cut_at(start: Lsn, switch: Lsn, stored: &[u8], offered: &[u8]) -> Option<
     }
 }
 
-/// Whether `copy` holds no page of its own segment (one whose header gives the page's own
-/// address) past the page holding offset `at`; `None` when its first page cannot be read.
+/// Whether `copy` holds no page of its own segment past the page holding offset `at`
+/// ([`OwnPageAfter`]); `None` when its first page cannot be read.
 fn cut_after(start: Lsn, at: usize, copy: &[u8]) -> Option<bool> {
-    let page = usize::try_from(LongPageHeader::parse(copy).ok()?.block_size_bytes).ok()?;
-    if page == 0 || copy.len() % page != 0 {
-        return None;
-    }
-    let first_after = (at / page + 1) * page;
-    let own = (first_after..copy.len()).step_by(page).any(|offset| {
-        let address: Option<[u8; 8]> = copy[offset + 8..offset + 16].try_into().ok();
-        address.map(u64::from_le_bytes) == Some(start.0 + offset as u64)
-    });
-    Some(!own)
+    let mut watch = OwnPageAfter::new(start, at as u64);
+    std::io::Write::write_all(&mut watch, copy).ok()?;
+    watch.found().map(|own| !own)
 }
 
 impl ClusterArchive {
@@ -139,6 +132,7 @@ impl ClusterArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::LongPageHeader;
 
     const PAGE: usize = 8192;
     /// 1 MiB, the smallest segment PostgreSQL makes.
@@ -162,6 +156,36 @@ mod tests {
             }
         }
         bytes
+    }
+
+    #[test]
+    fn own_pages_are_seen_however_the_segment_is_split_into_writes() {
+        use std::io::Write;
+        let start = Lsn(0x5000000);
+        let whole = segment(start, PAGES, 0x5a);
+        let mut cut = whole.clone();
+        cut[3 * PAGE + 100..].fill(0);
+        // A stale page of an older segment past the cut is not one of its own.
+        cut[9 * PAGE..10 * PAGE]
+            .copy_from_slice(&segment(Lsn(0x1000000), PAGES, 1)[9 * PAGE..10 * PAGE]);
+        let mut last_only = cut.clone();
+        last_only[(PAGES - 1) * PAGE..].copy_from_slice(&whole[(PAGES - 1) * PAGE..]);
+        for (copy, own) in [(&whole, true), (&cut, false), (&last_only, true)] {
+            for chunk in [1, 7, 16, 40, 8191, PAGE, 3 * PAGE + 5, copy.len()] {
+                let mut watch = OwnPageAfter::new(start, 3 * PAGE as u64 + 100);
+                for part in copy.chunks(chunk) {
+                    watch.write_all(part).unwrap();
+                }
+                assert_eq!(watch.found(), Some(own), "chunks of {chunk}");
+            }
+        }
+        // Not whole pages, or no readable first page: no answer.
+        let mut watch = OwnPageAfter::new(start, 100);
+        watch.write_all(&cut[..PAGE + 10]).unwrap();
+        assert_eq!(watch.found(), None);
+        let mut watch = OwnPageAfter::new(start, 100);
+        watch.write_all(&[0; PAGE]).unwrap();
+        assert_eq!(watch.found(), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::archive::{ObjectInfo, ObjectName, WalInventory};
 use crate::timeindex::RestorePointMark;
-use crate::wal::{HistoryEntry, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
+use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// A run of consecutive segments of one timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -189,6 +189,71 @@ pub fn breaking_gaps(
     found
 }
 
+/// What the archive holds of a timeline past the point where a child timeline branched off
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PastFork {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// The timeline that branched off it.
+    pub child: TimelineId,
+    /// Where the child begins.
+    pub at: Lsn,
+    /// The complete segment the child begins in, when held and the fork lies inside it: it
+    /// may hold WAL past the fork or not (a standby's copy is cut there), which only reading
+    /// it tells.
+    pub fork_segment: Option<SegmentName>,
+    /// The complete segments wholly past the fork.
+    pub runs: Vec<SegmentRun>,
+    /// The end of the newest receiver snapshot past the fork.
+    pub snapshot_end: Option<Lsn>,
+}
+
+/// For each timeline whose history file names its parent, what the archive holds of the
+/// parent past the switch point: WAL no restore along the child replays (a point-in-time
+/// restore's abandoned future, WAL a failover lost, or a split brain's). Forks past which
+/// nothing may lie are left out.
+pub fn past_forks(
+    inventory: &WalInventory,
+    histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>,
+    size: SegmentSize,
+) -> Vec<PastFork> {
+    let held = held_segments(&inventory.objects, size);
+    let empty = BTreeSet::new();
+    histories
+        .iter()
+        .filter_map(|(child, entries)| {
+            let parent = entries.last()?;
+            let (timeline, at) = (parent.timeline, parent.switch_point);
+            let segments = held.get(&timeline).unwrap_or(&empty);
+            let first_past = SegNo(at.0.div_ceil(u64::from(size.bytes())));
+            let forked_in = SegNo::containing(at, size);
+            let fork_segment = (forked_in != first_past && segments.contains(&forked_in))
+                .then(|| SegmentName::new(timeline, forked_in, size));
+            let snapshot_end = (inventory.objects.iter())
+                .filter_map(|(name, _)| match name {
+                    ObjectName::Snapshot { segment, end } if segment.timeline == timeline => {
+                        Some(*end)
+                    }
+                    _ => None,
+                })
+                .filter(|end| *end > at)
+                .max();
+            let runs = runs(segments.range(first_past..).copied(), timeline, size);
+            (fork_segment.is_some() || !runs.is_empty() || snapshot_end.is_some()).then_some(
+                PastFork {
+                    timeline,
+                    child: *child,
+                    at,
+                    fork_segment,
+                    runs,
+                    snapshot_end,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Consecutive numbers of `segments` (ascending) as runs.
 fn runs(
     segments: impl IntoIterator<Item = SegNo>,
@@ -234,7 +299,6 @@ fn missing_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::Lsn;
 
     const SIZE: u32 = 16 << 20;
 
@@ -255,6 +319,71 @@ mod tests {
                 .collect(),
             histories: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_parents_segments_past_a_fork_are_found_and_the_one_it_begins_in_is_not() {
+        let size = SegmentSize::new(SIZE).unwrap();
+        let inv = inventory(&[
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000008",
+            "000000020000000000000005",
+            "000000020000000000000006",
+            "000000030000000000000003",
+            "000000010000000000000009.partial.0000000009000100",
+            "000000020000000000000005.partial.0000000005000000",
+        ]);
+        let fork = |timeline, at| HistoryEntry {
+            timeline: TimelineId(timeline),
+            switch_point: Lsn(at),
+        };
+        // Timeline 2 begins inside segment 5, timeline 3 (from 2) at segment 6's first byte,
+        // timeline 4 (from 3) past everything timeline 3 holds.
+        let histories = BTreeMap::from([
+            (TimelineId(2), vec![fork(1, 0x0500_0100)]),
+            (
+                TimelineId(3),
+                vec![fork(1, 0x0500_0100), fork(2, 0x0600_0000)],
+            ),
+            (
+                TimelineId(4),
+                vec![
+                    fork(1, 0x0500_0100),
+                    fork(2, 0x0600_0000),
+                    fork(3, 0x0400_0000),
+                ],
+            ),
+        ]);
+        let past = past_forks(&inv, &histories, size);
+        assert_eq!(past.len(), 2, "{past:?}");
+        assert_eq!(
+            (past[0].timeline, past[0].child),
+            (TimelineId(1), TimelineId(2))
+        );
+        assert_eq!(past[0].at, Lsn(0x0500_0100));
+        // Segment 5 holds timeline 1's WAL up to the fork, and may hold more.
+        assert_eq!(
+            past[0].fork_segment,
+            Some(SegmentName::new(TimelineId(1), SegNo(5), size))
+        );
+        assert_eq!(
+            past[0].runs,
+            [
+                runs([SegNo(6)], TimelineId(1), size),
+                runs([SegNo(8)], TimelineId(1), size)
+            ]
+            .concat()
+        );
+        assert_eq!(past[0].snapshot_end, Some(Lsn(0x0900_0100)));
+        // Segment 6 of timeline 2 begins exactly where timeline 3 does: all of it is past.
+        assert_eq!(
+            (past[1].timeline, past[1].child),
+            (TimelineId(2), TimelineId(3))
+        );
+        assert_eq!(past[1].runs, runs([SegNo(6)], TimelineId(2), size));
+        assert_eq!((past[1].fork_segment, past[1].snapshot_end), (None, None));
     }
 
     #[test]

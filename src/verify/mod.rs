@@ -16,11 +16,15 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::archive::ObjectName;
 use crate::archive::leftovers::{self, Leftover};
 use crate::archive::{Archive, ClusterArchive};
 use crate::coverage::{self, TimelineWal, window::Window};
+use crate::envelope;
 use crate::list::{listing_of, survey};
-use crate::wal::{HistoryEntry, SystemId, TimelineId, WalFileName};
+use crate::wal::{
+    HistoryEntry, Lsn, OwnPageAfter, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
+};
 
 /// The version of the `verify --json` schema.
 pub const VERIFY_FORMAT: u32 = 1;
@@ -67,6 +71,8 @@ pub struct ClusterReport {
     pub backups: Tally,
     /// Everything wrong; empty when the cluster's part of the archive is clean.
     pub findings: Vec<Finding>,
+    /// What is worth knowing but not wrong (WAL past a fork): they leave the cluster clean.
+    pub notes: Vec<Finding>,
     /// Files interrupted uploads left in a local archive (not archived objects; prune
     /// removes them): worth cleaning, not damage, so they leave the cluster clean.
     pub leftovers: Vec<Leftover>,
@@ -131,6 +137,16 @@ async fn verify_cluster(
     findings.extend(found);
     let inventory_empty = survey.inventory.objects.is_empty();
     let histories = survey.histories.clone();
+    let mut notes = Vec::new();
+    if let Some(size) = survey.segment_size {
+        for past in coverage::past_forks(&survey.inventory, &histories, size) {
+            let fork_segment = match past.fork_segment {
+                Some(segment) => written_past(cluster, segment, past.at, size).await,
+                None => false,
+            };
+            notes.extend(wal_past_fork(&past, fork_segment));
+        }
+    }
     let listing = listing_of(cluster.system_id(), survey);
     findings.extend(listing.unreadable_histories.iter().map(|h| Finding {
         object: h.id.clone(),
@@ -158,7 +174,73 @@ async fn verify_cluster(
         wal,
         backups,
         findings,
+        notes,
         leftovers,
+    })
+}
+
+/// Whether the archive's `segment` holds a page of its own past the page holding `at`: WAL
+/// written on past the fork, not a standby's copy cut there. Streamed through, nothing kept;
+/// an object that cannot be read is a finding of its own already.
+async fn written_past(
+    cluster: &ClusterArchive,
+    segment: SegmentName,
+    at: Lsn,
+    size: SegmentSize,
+) -> bool {
+    let Ok(Some(stored)) = cluster
+        .get_wal_object(&ObjectName::File(WalFileName::Segment(segment)))
+        .await
+    else {
+        return false;
+    };
+    let Some(start) = segment.start_lsn(size) else {
+        return false;
+    };
+    crate::blocking::run(move || {
+        let mut watch = OwnPageAfter::new(start, at.0 - start.0);
+        envelope::decode_into(&stored, &mut watch).ok()?;
+        watch.found()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A note on what a timeline holds past where a child branched off it: not damage (a
+/// point-in-time restore's abandoned future, WAL a failover lost, a split brain's), but WAL
+/// restores along the child never replay, which an operator should know is there.
+fn wal_past_fork(past: &coverage::PastFork, fork_segment: bool) -> Option<Finding> {
+    let mut held = Vec::new();
+    if let Some(segment) = past.fork_segment.filter(|_| fork_segment) {
+        held.push(format!("the rest of segment {segment}"));
+    }
+    let segments: u64 = past.runs.iter().map(|r| r.segments).sum();
+    match (past.runs.first(), past.runs.last()) {
+        (Some(first), _) if segments == 1 => held.push(format!("segment {}", first.first)),
+        (Some(first), Some(last)) => held.push(format!(
+            "{segments} segments, {} through {}",
+            first.first, last.last
+        )),
+        _ => {}
+    }
+    if let Some(end) = past.snapshot_end {
+        held.push(format!("a snapshot reaching {end}"));
+    }
+    if held.is_empty() {
+        return None;
+    }
+    Some(Finding {
+        object: format!("timeline {}", past.timeline.0),
+        problem: format!(
+            "WAL past where timeline {} branched off at {} ({}): restores along timeline {} \
+             never replay it (a point-in-time restore's abandoned future, WAL a failover lost, \
+             or a split brain's); walhalla restore --target-timeline {} reaches it",
+            past.child.0,
+            past.at,
+            held.join(", "),
+            past.child.0,
+            past.timeline.0
+        ),
     })
 }
 
@@ -257,6 +339,9 @@ pub fn describe(report: &Report) -> String {
         for f in &c.findings {
             out.push_str(&format!("  {}: {}\n", f.object, f.problem));
         }
+        for n in &c.notes {
+            out.push_str(&format!("  note, {}: {}\n", n.object, n.problem));
+        }
         if !c.leftovers.is_empty() {
             let bytes = c.leftovers.iter().map(|l| l.bytes).sum();
             out.push_str(&format!(
@@ -281,7 +366,6 @@ pub fn describe(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::Lsn;
 
     fn entry(timeline: u32, switch_point: u64) -> HistoryEntry {
         HistoryEntry {

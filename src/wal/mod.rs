@@ -20,7 +20,7 @@ pub use history::{HistoryEntry, parse_history};
 pub use lsn::Lsn;
 pub(crate) use name::upper_hex;
 pub use name::{SegmentName, WalFileName};
-pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, PageHeaderError};
+pub use page::{HeadCapture, LONG_HEADER_BYTES, LongPageHeader, OwnPageAfter, PageHeaderError};
 pub use records::{
     Crossing, InvalidWal, PgTimestamp, RecordError, RestorePoint, ScanEnd, SegmentRecords, XactEnd,
     XactKind, scan_segment, scan_segment_sequentially,

@@ -205,6 +205,102 @@ impl<W: std::io::Write> std::io::Write for HeadCapture<W> {
     }
 }
 
+/// Watches a segment's bytes, written in order from its start, for a page of its own (one
+/// whose header gives the page's own address) past the page holding a given offset: whether
+/// the segment was written on past that point, rather than cut there (zeros after it, or a
+/// recycled file's stale pages, whose headers name an older segment). Writing to it stores
+/// nothing, so a segment of any size can be streamed through it.
+pub struct OwnPageAfter {
+    start: Lsn,
+    at: u64,
+    head: [u8; LONG_HEADER_BYTES],
+    page: Option<u64>,
+    unreadable: bool,
+    pos: u64,
+    address: [u8; 8],
+    found: bool,
+}
+
+impl OwnPageAfter {
+    /// Watches a segment starting at `start` for pages of its own past the page holding
+    /// offset `at`.
+    pub fn new(start: Lsn, at: u64) -> Self {
+        OwnPageAfter {
+            start,
+            at,
+            head: [0; LONG_HEADER_BYTES],
+            page: None,
+            unreadable: false,
+            pos: 0,
+            address: [0; 8],
+            found: false,
+        }
+    }
+
+    /// Whether a page of its own followed: `None` when the first page could not be read or
+    /// what was written is not whole pages.
+    pub fn found(&self) -> Option<bool> {
+        let page = self.page.filter(|_| !self.unreadable)?;
+        (self.found || self.pos % page == 0).then_some(self.found)
+    }
+
+    fn observe(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() && !self.found && !self.unreadable {
+            let Some(page) = self.page else {
+                let have = self.pos as usize;
+                let take = (LONG_HEADER_BYTES - have).min(buf.len());
+                self.head[have..have + take].copy_from_slice(&buf[..take]);
+                self.pos += take as u64;
+                buf = &buf[take..];
+                if self.pos as usize == LONG_HEADER_BYTES {
+                    match LongPageHeader::parse(&self.head) {
+                        Ok(h) if h.block_size_bytes >= LONG_HEADER_BYTES as u32 => {
+                            self.page = Some(h.block_size_bytes.into())
+                        }
+                        _ => self.unreadable = true,
+                    }
+                }
+                continue;
+            };
+            let in_page = self.pos % page;
+            let page_start = self.pos - in_page;
+            let first_after = (self.at / page + 1) * page;
+            // xlp_pageaddr is bytes 8 to 16 of every page header.
+            if page_start < first_after || in_page >= 16 {
+                let next = first_after.max(page_start + page);
+                let skip = (next - self.pos).min(buf.len() as u64) as usize;
+                self.pos += skip as u64;
+                buf = &buf[skip..];
+                continue;
+            }
+            let take = ((16 - in_page) as usize).min(buf.len());
+            for (i, byte) in buf[..take].iter().enumerate() {
+                if let Some(slot) = (in_page as usize + i).checked_sub(8) {
+                    self.address[slot] = *byte;
+                }
+            }
+            self.pos += take as u64;
+            buf = &buf[take..];
+            if self.pos - page_start == 16 {
+                self.found = u64::from_le_bytes(self.address) == self.start.0 + page_start;
+            }
+        }
+        // Past the answer, only the length counts.
+        self.pos += buf.len() as u64;
+    }
+}
+
+impl std::io::Write for OwnPageAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.observe(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

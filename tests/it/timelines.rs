@@ -266,6 +266,18 @@ fn a_failover_to_a_standby_behind_the_archive_restarts_at_the_fork() {
         "{log}"
     );
     assert!(receiver.stop().success(), "{}", receiver.log());
+
+    // verify notes the orphaned WAL, and the archive stays clean.
+    let (code, report) = crate::verify::json_of(&wh, &archive, &["verify", "--json"]);
+    let cluster = &report["clusters"][0];
+    assert_eq!(code, Some(0), "{report:#}");
+    let note = cluster["notes"][0]["problem"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&orphan)
+            && note.contains("past where timeline 2 branched off")
+            && note.contains("--target-timeline 1"),
+        "{report:#}"
+    );
 }
 
 /// The same, the primary's last WAL held only by a snapshot of the segment the timeline
