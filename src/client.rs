@@ -113,18 +113,6 @@ impl ServerError {
     }
 }
 
-/// `url` with the user and password before its host replaced by `********`, when it has any
-/// (read from the text, so that a URL that does not parse is masked too); `None` without.
-pub fn masked_userinfo(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (_, host) = rest[..authority_end].rsplit_once('@')?;
-    Some(format!(
-        "{scheme}://********@{host}{}",
-        &rest[authority_end..]
-    ))
-}
-
 impl ServerClient {
     /// A client for `settings.server`; `None` when no server is configured.
     pub fn new(settings: &ClientSettings, timeout: Duration) -> anyhow::Result<Option<Self>> {
@@ -133,11 +121,12 @@ impl ServerClient {
         };
         // A URL walhalla cannot use is a usage error (exit 255), whichever command reads it.
         let usage = |message: String| anyhow::Error::new(UsageError(message));
-        if masked_userinfo(server).is_some() {
+        if crate::mask::mask_urls(server) != *server {
             // Not quoted: the URL holds the secret.
             return Err(usage(
-                "the server URL carries a user or password, which would show in every message \
-                 naming it: the fetch server authenticates with a bearer token (--token-file)"
+                "the server URL carries a user, a password or a secret parameter, which would \
+                 show in every message naming it: the fetch server authenticates with a bearer \
+                 token (--token-file)"
                     .into(),
             ));
         }
@@ -401,26 +390,12 @@ mod tests {
     }
 
     #[test]
-    fn a_user_or_password_in_a_server_url_is_masked_even_unparsed() {
-        for (url, masked) in [
-            (
-                "http://u:pw@127.0.0.1:7480",
-                Some("http://********@127.0.0.1:7480"),
-            ),
-            (
-                "https://pw@h:99999/x?y",
-                Some("https://********@h:99999/x?y"),
-            ),
-            ("http://h:7480/wal?a=b@c", None),
-            ("http://127.0.0.1:7480", None),
-            ("not a url", None),
-        ] {
-            assert_eq!(masked_userinfo(url).as_deref(), masked, "{url}");
-        }
+    fn a_secret_in_a_server_url_is_refused_and_never_quoted_even_unparsed() {
         for url in [
             "http://u:s3cret@127.0.0.1:bad",
             "http://u:pa/s3cret@127.0.0.1:7480",
             "u:s3cret@127.0.0.1:7480",
+            "http://127.0.0.1:7480/?token=s3cret",
         ] {
             let settings = ClientSettings {
                 server: Some(url.into()),

@@ -6,7 +6,7 @@
 const MASK: &str = "********";
 
 /// Whether a variable or parameter named `name` holds a secret, by its name.
-fn secret_name(name: &str) -> bool {
+pub(crate) fn secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     [
         "PASSWORD",
@@ -168,5 +168,16 @@ mod tests {
             "HEAD http://********@127.0.0.1:9000/b/k: connection refused"
         );
         assert_eq!(mask_urls("no url here"), "no url here");
+        for (url, masked) in [
+            ("https://pw@h:99999/x?y", "https://********@h:99999/x?y"),
+            ("http://h:7480/wal?a=b@c", "http://h:7480/wal?a=b@c"),
+            (
+                "http://h:7480/wal?token=t0k&a=b",
+                "http://h:7480/wal?token=********&a=b",
+            ),
+            ("http://127.0.0.1:7480", "http://127.0.0.1:7480"),
+        ] {
+            assert_eq!(mask_urls(url), masked, "{url}");
+        }
     }
 }

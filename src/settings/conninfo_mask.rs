@@ -46,10 +46,11 @@ pub fn mask_conninfo(conninfo: &str) -> String {
     format!("{scheme}{authority}{tail}")
 }
 
-/// Whether a connection-string key's value is a secret: the password, and the passphrase of
-/// the client key (`sslpassword`, which libpq takes and this walhalla refuses at use).
+/// Whether a connection-string key's value is a secret (`password`, and `sslpassword`, the
+/// client key's passphrase, which libpq takes and this walhalla refuses at use): by the rule
+/// every mask shares.
 fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "sslpassword")
+    crate::mask::secret_name(key)
 }
 
 /// Whether `byte` separates keys and values: libpq's white space, vertical tab included.

@@ -89,10 +89,9 @@ impl Report {
                             let (values, source) = resolve(command.get_name(), arg, file, config);
                             let values = match id {
                                 "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
-                                "server" | "archive" => values
-                                    .iter()
-                                    .map(|v| crate::client::masked_userinfo(v).unwrap_or(v.clone()))
-                                    .collect(),
+                                "server" | "archive" => {
+                                    values.iter().map(|v| crate::mask::mask_urls(v)).collect()
+                                }
                                 _ => values,
                             };
                             Ok(Setting {
