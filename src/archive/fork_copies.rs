@@ -13,7 +13,7 @@
 //! on the blocking pool), each time such a conflict comes up.
 
 use super::{ClusterArchive, Result};
-use crate::wal::{Lsn, OwnPageAfter, SegmentName, SegmentSize, WalFileName, parse_history};
+use crate::wal::{Lsn, OwnPageAfter, SegmentName, SegmentSize, WalFileName};
 
 /// Which copy is cut at the switch point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,24 +69,7 @@ impl ClusterArchive {
             return Ok(None);
         };
         let start = segno.start_lsn(size);
-        let mut switches = Vec::new();
-        for timeline in self.history_timelines().await? {
-            if timeline <= segment.timeline {
-                continue;
-            }
-            let Some(content) = self.get_verified(&WalFileName::History(timeline)).await? else {
-                continue;
-            };
-            let Ok(entries) = parse_history(timeline, &content) else {
-                continue;
-            };
-            switches.extend(
-                (entries.iter())
-                    .filter(|e| e.timeline == segment.timeline)
-                    .filter(|e| e.switch_point.0 / u64::from(size.bytes()) == segno.0)
-                    .map(|e| (timeline, e.switch_point)),
-            );
-        }
+        let switches = self.forks_inside(segment, size).await?;
         if switches.is_empty() {
             return Ok(None);
         }

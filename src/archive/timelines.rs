@@ -5,7 +5,9 @@ use bytes::Bytes;
 use super::keys::{parse_timeline_object, timelines_prefix};
 use super::{ClusterArchive, Error, Result};
 use crate::envelope;
-use crate::wal::{TimelineId, WalFileName};
+use crate::wal::{
+    Lsn, SegmentName, SegmentSize, TimelineId, WalFileName, parse_history, switch_point_in,
+};
 
 impl ClusterArchive {
     /// The timelines whose history file the archive holds.
@@ -15,6 +17,32 @@ impl ClusterArchive {
         let mut timelines = listing.objects_as(&dir, parse_timeline_object);
         timelines.sort();
         Ok(timelines)
+    }
+
+    /// The newer timelines whose history files in the archive branch off `segment`'s
+    /// timeline inside that segment, each with its switch point. A history file that is
+    /// corrupt or does not parse names none (`verify` reports it).
+    pub async fn forks_inside(
+        &self,
+        segment: SegmentName,
+        size: SegmentSize,
+    ) -> Result<Vec<(TimelineId, Lsn)>> {
+        let mut forks = Vec::new();
+        for timeline in self.history_timelines().await? {
+            if timeline <= segment.timeline {
+                continue;
+            }
+            let content = match self.get_verified(&WalFileName::History(timeline)).await {
+                Ok(Some(content)) => content,
+                Ok(None) | Err(Error::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let switch = parse_history(timeline, &content)
+                .ok()
+                .and_then(|entries| switch_point_in(&entries, segment, size));
+            forks.extend(switch.map(|at| (timeline, at)));
+        }
+        Ok(forks)
     }
 
     /// The content of `name`, verified (length and CRC-32); `None` when the archive lacks it.

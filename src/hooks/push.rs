@@ -12,7 +12,8 @@ use crate::blocking;
 use crate::config::Config;
 use crate::envelope::Encoder;
 use crate::wal::{
-    LongPageHeader, Lsn, SegmentName, TimelineId, WalFileName, parse_history, validate_file,
+    LongPageHeader, Lsn, SegmentName, SegmentSize, TimelineId, WalFileName, parse_history,
+    switch_point_in, validate_file,
 };
 
 /// Compression worker threads at most.
@@ -113,41 +114,41 @@ async fn fork_in(
     content: &[u8],
     valid_end: Lsn,
 ) -> Option<(TimelineId, Lsn)> {
-    let start = LongPageHeader::parse(content).ok()?.page_address;
+    let header = LongPageHeader::parse(content).ok()?;
+    let start = header.page_address;
+    let size = SegmentSize::new(header.segment_size_bytes)?;
     let dir = wal_dir.to_path_buf();
-    let mut histories: Vec<(TimelineId, Vec<u8>)> = blocking::run(move || {
+    let mut forks: Vec<(TimelineId, Lsn)> = blocking::run(move || {
         std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|entry| {
-                let name = entry.file_name().to_str()?.parse().ok()?;
-                match name {
-                    WalFileName::History(timeline) => {
-                        Some((timeline, std::fs::read(entry.path()).ok()?))
-                    }
-                    _ => None,
-                }
+                let WalFileName::History(timeline) = entry.file_name().to_str()?.parse().ok()?
+                else {
+                    return None;
+                };
+                let content = std::fs::read(entry.path()).ok()?;
+                let entries = parse_history(timeline, &content).ok()?;
+                Some((timeline, switch_point_in(&entries, segment, size)?))
             })
+            .filter(|(timeline, _)| *timeline > segment.timeline)
             .collect()
     })
     .await;
-    for timeline in cluster.history_timelines().await.unwrap_or_default() {
-        if let Ok(Some(content)) = cluster.get_verified(&WalFileName::History(timeline)).await {
-            histories.push((timeline, content.to_vec()));
-        }
-    }
-    histories
+    forks.extend(
+        cluster
+            .forks_inside(segment, size)
+            .await
+            .unwrap_or_default(),
+    );
+    forks
         .into_iter()
-        .filter(|(timeline, _)| *timeline > segment.timeline)
-        .filter_map(|(timeline, content)| {
-            let entries = parse_history(timeline, &content).ok()?;
-            let parent = entries.iter().find(|e| e.timeline == segment.timeline)?;
-            let switch = parent.switch_point;
+        .filter(|(_, switch)| {
             // Valid WAL ends at the switch point (at most past the page header of a page
             // that begins there), not merely somewhere after it.
-            let ends_there = switch <= valid_end && valid_end.0 - switch.0 <= LONG_PAGE_HEADER;
-            (switch > start && ends_there).then_some((timeline, switch))
+            let ends_there = *switch <= valid_end && valid_end.0 - switch.0 <= LONG_PAGE_HEADER;
+            *switch > start && ends_there
         })
         .min_by_key(|(timeline, _)| *timeline)
 }

@@ -4,7 +4,7 @@
 //! nothing less: the reason is free text in the database's encoding, and only the timelines
 //! are checked (increasing, below the file's own).
 
-use super::{Lsn, TimelineId};
+use super::{Lsn, SegmentName, SegmentSize, TimelineId};
 
 /// One ancestor of a timeline: the timeline and the position where its child branched off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +13,18 @@ pub struct HistoryEntry {
     pub timeline: TimelineId,
     /// The first position that is no longer on `timeline`.
     pub switch_point: Lsn,
+}
+
+/// Where a timeline with these ancestors branched off `segment`'s timeline, when that lies
+/// inside `segment` (its first byte included).
+pub fn switch_point_in(
+    ancestors: &[HistoryEntry],
+    segment: SegmentName,
+    size: SegmentSize,
+) -> Option<Lsn> {
+    let fork = ancestors.iter().find(|e| e.timeline == segment.timeline)?;
+    (Some(super::SegNo::containing(fork.switch_point, size)) == segment.segno(size))
+        .then_some(fork.switch_point)
 }
 
 /// Parses the history file of `timeline`.
@@ -71,6 +83,27 @@ pub fn parse_history(timeline: TimelineId, content: &[u8]) -> Result<Vec<History
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switch_point_is_found_in_the_segment_of_the_parent_timeline_holding_it() {
+        let size = SegmentSize::new(16 << 20).unwrap();
+        let ancestors =
+            parse_history(TimelineId(3), b"1\t0/3000000\tr\n2\t0/5000A28\tr\n").unwrap();
+        let name =
+            |tli: u32, seg: u64| SegmentName::new(TimelineId(tli), super::super::SegNo(seg), size);
+        assert_eq!(
+            switch_point_in(&ancestors, name(2, 5), size),
+            Some(Lsn(0x5000A28))
+        );
+        // Timeline 1 ends at the first byte of segment 3.
+        assert_eq!(
+            switch_point_in(&ancestors, name(1, 3), size),
+            Some(Lsn(0x3000000))
+        );
+        assert_eq!(switch_point_in(&ancestors, name(1, 2), size), None);
+        assert_eq!(switch_point_in(&ancestors, name(2, 4), size), None);
+        assert_eq!(switch_point_in(&ancestors, name(3, 5), size), None);
+    }
 
     #[test]
     fn parses_what_postgres_writes() {

@@ -16,7 +16,7 @@ mod validate;
 pub mod version;
 
 pub use control::{CONTROL_FILE_PATH, parse_control_file, system_id_from_control_file};
-pub use history::{HistoryEntry, parse_history};
+pub use history::{HistoryEntry, parse_history, switch_point_in};
 pub use lsn::Lsn;
 pub(crate) use name::upper_hex;
 pub use name::{SegmentName, WalFileName};
