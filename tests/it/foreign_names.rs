@@ -142,12 +142,7 @@ fn push_fetch_receive_and_status_ignore_foreign_names_in_a_local_archive() {
 
     // push: PostgreSQL's archiver goes on without a failure.
     let pushed = archive_one_more(&pg);
-    assert_eq!(
-        pg.sql("SELECT failed_count FROM pg_stat_archiver"),
-        "0",
-        "{}",
-        pg.log_tail()
-    );
+    assert_eq!(pg.archive_failures(), 0, "{}", pg.log_tail());
     assert!(archive.object(&key_of(id, &pushed)).is_some());
 
     // serve: /status lists wal/ and its groups (the cluster named, so that the listing of
@@ -172,10 +167,7 @@ fn push_fetch_receive_and_status_ignore_foreign_names_in_a_local_archive() {
         &["--listen", &listen, "--partial-interval", "1"],
     );
     wait_until_listening(port);
-    wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (state == "streaming").then_some(())
-    });
+    crate::receive::wait_streaming(&pg);
     pg.write_rows(500);
     let received = pg.switch_wal();
     wait_for(
@@ -217,7 +209,7 @@ fn push_fetch_and_status_ignore_foreign_keys_on_s3() {
         archive.overwrite(&key, b"not walhalla's".to_vec());
     }
     let pushed = archive_one_more(&pg);
-    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    assert_eq!(pg.archive_failures(), 0);
     let server = Server::start(&wh, &archive, &["--system-id", &id.to_string()]);
     wait_status_shows(server.port, &pushed);
     assert_fetch_works(&wh, &archive, &pg, &pushed);

@@ -74,10 +74,7 @@ fn receive_and_push_under_umask_022_create_nothing_others_can_read() {
             "1",
         ],
     );
-    wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (state == "streaming").then_some(())
-    });
+    crate::receive::wait_streaming(&pg);
     pg.write_rows(500);
     let received = pg.switch_wal();
     let id = pg.system_id();

@@ -402,17 +402,7 @@ fn a_standby_archiving_always_archives_the_segment_its_upstream_switched_timelin
     standby2.wait_replayed(&primary);
 
     primary.stop("fast");
-    standby1.promote();
-    standby1.write_rows(300);
-    let after = standby1.switch_wal();
-    assert!(after.starts_with("00000002"), "{after}");
-    standby2.wait_archived(&after);
-    assert_eq!(
-        standby2.sql("SELECT failed_count FROM pg_stat_archiver"),
-        "0",
-        "{}",
-        standby2.log()
-    );
+    promote_and_wait_for_the_cascaded_archiver(&standby1, &standby2);
     let id = standby2.system_id();
     assert!(
         archive.object(&key_of(id, &switched_in)).is_some(),
@@ -461,17 +451,20 @@ fn a_standby_archiving_always_is_not_stuck_on_the_old_primarys_whole_copy_of_the
     primary.stop("immediate");
 
     standby1.start();
-    standby1.promote();
-    standby1.write_rows(300);
-    let after = standby1.switch_wal();
-    standby2.wait_archived(&after);
-    assert_eq!(
-        standby2.sql("SELECT failed_count FROM pg_stat_archiver"),
-        "0",
-        "{}",
-        standby2.log()
-    );
+    promote_and_wait_for_the_cascaded_archiver(&standby1, &standby2);
     assert_eq!(archive.object(&key_of(id, &whole)), Some(stored));
+}
+
+/// Promotes `upstream`, completes a segment on its new timeline, and waits until `standby`,
+/// which streams from it with `archive_mode = always`, has archived that segment with no
+/// failed attempt.
+fn promote_and_wait_for_the_cascaded_archiver(upstream: &PgCluster, standby: &PgCluster) {
+    upstream.promote();
+    upstream.write_rows(300);
+    let after = upstream.switch_wal();
+    assert!(after.starts_with("00000002"), "{after}");
+    standby.wait_archived(&after);
+    assert_eq!(standby.archive_failures(), 0, "{}", standby.log());
 }
 
 /// `content` with every WAL page's magic replaced by `magic`.
@@ -639,12 +632,7 @@ fn a_promotion_archives_the_history_and_partial_files() {
     let first_on_2 = standby.switch_wal();
     assert!(first_on_2.starts_with("00000002"), "{first_on_2}");
     standby.wait_archived(&first_on_2);
-    assert_eq!(
-        standby.sql("SELECT failed_count FROM pg_stat_archiver"),
-        "0",
-        "{}",
-        standby.log_tail()
-    );
+    assert_eq!(standby.archive_failures(), 0, "{}", standby.log_tail());
 
     let sysid = standby.system_id();
     let out = TestDir::new("out");

@@ -80,8 +80,7 @@ pub fn lsn(pg: &PgCluster, query: &str) -> Lsn {
 
 pub fn wait_streaming(pg: &PgCluster) {
     wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (state == "streaming").then_some(())
+        (pg.receiver_state() == "streaming").then_some(())
     });
 }
 

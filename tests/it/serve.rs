@@ -38,10 +38,7 @@ fn serving_receiver(
     args.extend_from_slice(extra);
     let receiver = Receiver::on_slot_via(wh, archive, env, &pg.conninfo(), &args);
     wait_until_listening(port);
-    wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let state = pg.sql("SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (state == "streaming").then_some(())
-    });
+    crate::receive::wait_streaming(pg);
     (receiver, port)
 }
 

@@ -66,9 +66,7 @@ fn pair_with_receiver(
     let receiver = Receiver::on_slot(wh, archive, &hosts, extra);
     // Its slot must exist before the test writes: it starts where the slot was created.
     wait_for("the receiver to stream", Duration::from_secs(60), || {
-        let streaming = primary
-            .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'");
-        (streaming == "1").then_some(())
+        (primary.receiver_connections() == 1).then_some(())
     });
     (primary, standby, receiver)
 }
@@ -135,9 +133,7 @@ fn an_old_primary_left_running_is_passed_over_for_the_promoted_standby() {
     // The old primary comes back as a primary (unfenced), and the stream from the promoted
     // one breaks.
     primary.start();
-    let streaming_from_new = || {
-        standby.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
-    };
+    let streaming_from_new = || standby.receiver_connections();
     standby.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'walhalla'",
     );
@@ -154,7 +150,7 @@ fn an_old_primary_left_running_is_passed_over_for_the_promoted_standby() {
     wait_for(
         "the receiver to stream from the promoted standby again",
         Duration::from_secs(60),
-        || (streaming_from_new() == "1").then_some(()),
+        || (streaming_from_new() == 1).then_some(()),
     );
     standby.write_rows(100);
     let later = standby.switch_wal();
@@ -216,22 +212,12 @@ fn an_old_primary_in_a_split_brain_is_left_once_the_archive_holds_the_promotion(
     wait_for(
         "the receiver to stream from the promoted node",
         Duration::from_secs(60),
-        || {
-            let streaming = standby.sql(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'",
-            );
-            (streaming == "1").then_some(())
-        },
+        || (standby.receiver_connections() == 1).then_some(()),
     );
     wait_for(
         "the old primary's walsender to end",
         Duration::from_secs(30),
-        || {
-            let on_old = primary.sql(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'",
-            );
-            (on_old == "0").then_some(())
-        },
+        || (primary.receiver_connections() == 0).then_some(()),
     );
     assert!(receiver.stop().success(), "{}", receiver.log());
 }
@@ -397,9 +383,7 @@ fn partial_uploads_bound_what_losing_the_host_loses() {
     let conninfo = pg.conninfo();
     let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &["--partial-interval", "1"]);
     wait_for("the receiver to stream", Duration::from_secs(60), || {
-        (pg.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
-            == "1")
-            .then_some(())
+        (pg.receiver_connections() == 1).then_some(())
     });
     let mut restored = PgCluster::from_backup(&pg, "restored", "none");
     pg.write_rows(100);
@@ -518,10 +502,7 @@ fn follows_two_promotions_to_timeline_3() {
     let conninfo = standby2.conninfo();
     let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
     wait_for("the receiver to stream", Duration::from_secs(60), || {
-        (standby2
-            .sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
-            == "1")
-            .then_some(())
+        (standby2.receiver_connections() == 1).then_some(())
     });
     let mut backup = PgCluster::from_backup(&primary, "restored", "none");
     primary.write_rows(500);
@@ -599,7 +580,7 @@ fn a_second_primary_on_the_same_timeline_cannot_change_the_archive() {
     wait_for(
         "the twin's archiver to fail",
         Duration::from_secs(60),
-        || (twin.sql("SELECT failed_count FROM pg_stat_archiver") != "0").then_some(()),
+        || (twin.archive_failures() != 0).then_some(()),
     );
     let log = twin.log();
     assert!(

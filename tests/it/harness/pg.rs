@@ -281,6 +281,29 @@ impl PgCluster {
         });
     }
 
+    /// The state of the walsender serving walhalla (`application_name` walhalla) in
+    /// `pg_stat_replication`, `""` when none is.
+    pub fn receiver_state(&self) -> String {
+        self.sql(
+            "SELECT coalesce(max(state), '') FROM pg_stat_replication \
+             WHERE application_name = 'walhalla'",
+        )
+    }
+
+    /// How many walsenders serve walhalla.
+    pub fn receiver_connections(&self) -> usize {
+        self.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhalla'")
+            .parse()
+            .expect("a count")
+    }
+
+    /// `pg_stat_archiver.failed_count`.
+    pub fn archive_failures(&self) -> u64 {
+        self.sql("SELECT failed_count FROM pg_stat_archiver")
+            .parse()
+            .expect("a count")
+    }
+
     /// Writes and checkpoints until `segment` is gone from pg_wal (recycled or removed), at
     /// least a few rounds; needs a small max_wal_size and nothing holding the WAL back.
     pub fn churn_until_recycled(&self, segment: &str) {
