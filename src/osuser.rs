@@ -17,6 +17,18 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// When walhalla runs as root and `dir` belongs to another user: that user's name (or
+/// `uid N`). What root writes there is root's, which that user (PostgreSQL's, as a rule)
+/// cannot read or replace.
+pub fn root_in_others_dir(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return None;
+    }
+    let owner = std::fs::metadata(dir).ok()?.uid();
+    (owner != 0).then(|| name_of(owner).unwrap_or_else(|| format!("uid {owner}")))
+}
+
 /// The effective user's password-database entry: name and home directory.
 struct Passwd {
     name: String,

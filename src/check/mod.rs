@@ -334,6 +334,15 @@ async fn archive_checks(
     options: &CheckOptions,
     system_id: Option<SystemId>,
 ) -> (Vec<Check>, Option<Archive>) {
+    if let Location::Local(dir) = location
+        && let Some(user) = crate::osuser::root_in_others_dir(dir)
+    {
+        tracing::warn!(
+            "checking as root an archive that belongs to {user}: the archive checks tell what \
+             root may do there, not what {user}, who runs archive_command and restore_command, \
+             may; run walhalla check as {user} (e.g. runuser -u {user} -- walhalla check …)"
+        );
+    }
     let archive_options = ArchiveOptions {
         timeout: options.timeout,
         deadline: None,

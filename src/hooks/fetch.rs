@@ -44,6 +44,15 @@ pub async fn fetch(
 ) -> anyhow::Result<FetchOutcome> {
     let deadline = Instant::now() + config.timeout;
     let name: WalFileName = name.parse().map_err(|e: String| anyhow!(e))?;
+    let dest_dir = crate::fsutil::parent_dir(dest);
+    if let Some(user) = crate::osuser::root_in_others_dir(dest_dir) {
+        tracing::warn!(
+            "fetching as root into {}, which belongs to {user}: the file written (and a \
+             readahead cache) is root's and private, which PostgreSQL running as {user} cannot \
+             read; run walhalla as {user} (e.g. runuser -u {user} -- walhalla …)",
+            dest_dir.display()
+        );
+    }
     if promotion::copied_from_pg_wal(Path::new("."), &name, dest) {
         tracing::info!(
             "recovery has ended (no standby.signal or recovery.signal): PostgreSQL takes {name} \

@@ -110,9 +110,7 @@ fn warn_of_unsafe_local_archive(location: &crate::archive::Location) {
     let Ok(metadata) = std::fs::metadata(dir) else {
         return;
     };
-    let owner = metadata.uid();
-    if crate::osuser::is_root() && owner != 0 {
-        let user = crate::osuser::name_of(owner).unwrap_or_else(|| format!("uid {owner}"));
+    if let Some(user) = crate::osuser::root_in_others_dir(dir) {
         tracing::warn!(
             "writing as root into {}, which belongs to {user}: what root stores there, {user} \
              cannot read (archive_command, restore_command and walhalla run as {user} then fail \

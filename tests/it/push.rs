@@ -377,6 +377,34 @@ fn push_refuses_files_that_do_not_match_their_name_or_cluster() {
             stderr.contains("writing as root into") && stderr.contains("run walhalla as postgres"),
             "{stderr}"
         );
+
+        // Root fetching into PostgreSQL's directory, and checking its archive: warned that
+        // the file is root's, and that the checks speak for root (helper-73 #7).
+        let dest = pg.data.join("pg_wal").join("FETCHED_BY_ROOT");
+        let run = std::process::Command::new(wh.path())
+            .args(["--archive", archive.url(), "fetch", &segments[1]])
+            .arg(&dest)
+            .current_dir(&pg.data)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+        std::fs::remove_file(&dest).unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("fetching as root into") && stderr.contains("run walhalla as postgres"),
+            "{stderr}"
+        );
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres", pg.port);
+        let run = std::process::Command::new(wh.path())
+            .args(["--archive", archive.url(), "check", "-d", &conninfo])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("checking as root an archive that belongs to postgres"),
+            "{}",
+            describe(&run)
+        );
     }
 }
 
