@@ -23,15 +23,46 @@ pub fn default_path() -> PathBuf {
     crate::osuser::state_dir().join(FILE_NAME)
 }
 
-/// Reads the token from its file: the first line, without surrounding whitespace.
+/// Reads the token from its file: the first line, without surrounding whitespace. Warns when
+/// other users can read the file.
 pub fn read(path: &Path) -> anyhow::Result<String> {
+    warn_if_others_read(path)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
     }
+    sendable(path, 1, token)?;
     Ok(token.to_string())
+}
+
+/// Warns when other users can read the token file at `path`.
+fn warn_if_others_read(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("read the token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "other users can read the token file: chmod 600 it"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a token (on line `line` of `path`) that an HTTP client cannot send in an
+/// `Authorization` header: only printable ASCII, spaces and tabs can be sent, so a server
+/// would wait for a token no client ever offers.
+fn sendable(path: &Path, line: usize, token: &str) -> anyhow::Result<()> {
+    if token.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+        return Ok(());
+    }
+    bail!(
+        "line {line} of the token file {} holds characters other than printable ASCII, which \
+         an HTTP client cannot send as a bearer token: write a token of printable ASCII, e.g. \
+         openssl rand -hex 32",
+        path.display()
+    )
 }
 
 /// The token in `path`, or a new random one written there first when the file does not
@@ -58,22 +89,17 @@ const SHORT_TOKEN: usize = 16;
 /// added, the clients given it, the old one removed. Warns when other users can read the file
 /// or when a token is short enough to guess (`remedy` says what to do then).
 pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("read the token file {}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
-        tracing::warn!(
-            path = %path.display(),
-            "other users can read the token file: chmod 600 it"
-        );
-    }
+    warn_if_others_read(path)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(String::from)
-        .collect();
+    let mut tokens = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let token = line.trim();
+        if !token.is_empty() {
+            sendable(path, number + 1, token)?;
+            tokens.push(token.to_string());
+        }
+    }
     if tokens.is_empty() {
         bail!("the token file {} is empty", path.display());
     }
@@ -132,6 +158,29 @@ mod tests {
         assert_eq!(read(&path).unwrap(), "s3cr3t");
         std::fs::write(&path, "\n").unwrap();
         assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_token_no_client_can_send_is_refused_on_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "good-token-0123456789\nsécret-0123456789\n").unwrap();
+        let error = format!("{:#}", read_served(&path, "remedy").unwrap_err());
+        assert!(error.contains("line 2 of the token file"), "{error}");
+        assert!(
+            !error.contains("sécret"),
+            "the token is never shown: {error}"
+        );
+        // The client sends the first line, which is fine; a first line that is not is refused.
+        assert_eq!(read(&path).unwrap(), "good-token-0123456789");
+        std::fs::write(&path, "sécret-0123456789\n").unwrap();
+        assert!(format!("{:#}", read(&path).unwrap_err()).contains("line 1 of"));
+        // Inner spaces and tabs can be sent.
+        std::fs::write(&path, "a token\twith spaces\n").unwrap();
+        assert_eq!(
+            read_served(&path, "remedy").unwrap(),
+            ["a token\twith spaces"]
+        );
     }
 
     #[test]
