@@ -27,7 +27,7 @@ use crate::protocol::tls;
 
 /// How long connecting to one host may take unless `connect_timeout` says.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The database connected to when none is named and the user's name is not one.
+/// The database connected to first when none is named.
 const FALLBACK_DATABASE: &str = "postgres";
 
 /// A connected client and the host it reached.
@@ -64,28 +64,32 @@ pub async fn connect_to_host(params: &ConnParams, host: &HostAddr) -> anyhow::Re
     connect_host(params, host, TargetSessionAttrs::Any).await
 }
 
-/// Connects to `host`: to the database `params` names, else to libpq's default, the user's
-/// name; when that one does not exist or pg_hba.conf lets the user into `postgres` only, to
-/// `postgres`. A role made for replication alone rarely has a database of its name, and the
-/// connection string `receive` takes needs none.
+/// Connects to `host`: to the database `params` names, else to `postgres`, and when that one
+/// does not exist or pg_hba.conf does not let the user in, to libpq's default, the user's
+/// name. The queries asked are about the whole cluster, so any database serves; `postgres`
+/// first, because a role made for replication alone rarely has a database of its name, and a
+/// refused first try leaves a FATAL line in the server's log at every connection.
 async fn connect_host(
     params: &ConnParams,
     host: &HostAddr,
     attrs: TargetSessionAttrs,
 ) -> anyhow::Result<Client> {
-    let database = params.dbname.as_deref().unwrap_or(&params.user);
+    let (database, then) = match &params.dbname {
+        Some(database) => (database.as_str(), None),
+        None if params.user == FALLBACK_DATABASE => (FALLBACK_DATABASE, None),
+        None => (FALLBACK_DATABASE, Some(params.user.as_str())),
+    };
     match connect_to(params, host, attrs, database).await {
-        Err(e)
-            if params.dbname.is_none() && database != FALLBACK_DATABASE && refused_database(&e) =>
-        {
+        Err(e) if then.is_some() && refused_database(&e) => {
+            let then = then.expect("matched");
             tracing::debug!(
-                "{host}: database {database:?} refused ({e:#}); connecting to {FALLBACK_DATABASE:?}"
+                "{host}: database {database:?} refused ({e:#}); connecting to {then:?}"
             );
-            connect_to(params, host, attrs, FALLBACK_DATABASE)
+            connect_to(params, host, attrs, then)
                 .await
-                .map_err(|fallback| {
+                .map_err(|second| {
                     anyhow::anyhow!(
-                        "database {database:?} (no dbname given): {e:#}; database {FALLBACK_DATABASE:?}: {fallback:#}"
+                        "database {database:?} (no dbname given): {e:#}; database {then:?}: {second:#}"
                     )
                 })
         }

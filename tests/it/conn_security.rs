@@ -306,9 +306,8 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
         "{report:#}"
     );
 
-    // Once the server has let the client in over TLS, an error (no database of the role's
-    // name) is not tried again without TLS, which would send the password in the clear: the
-    // role's database is refused, then `postgres` is reached, over TLS both times (review).
+    // Without a dbname the SQL connection goes to `postgres` first: a role without a
+    // database of its name leaves no FATAL line in the server's log.
     let tls_pw = as_user("u_tls_pw", "password=secret-t");
     let (_, report) = check_as(&wh, &archive, &tls_pw, &["--wait", "5"]);
     assert_eq!(verdict(&report, "connection"), "pass", "{report:#}");
@@ -317,8 +316,24 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
         "{report:#}"
     );
     assert!(
+        !pg.log().contains("database \"u_tls_pw\" does not exist"),
+        "{}",
+        pg.log()
+    );
+    // Once the server has let the client in over TLS, an error (a database that does not
+    // exist) is not tried again without TLS, which would send the password in the clear
+    // (review).
+    let missing_db = as_user("u_tls_pw", "password=secret-t dbname=no_such_db");
+    let (_, report) = check_as(&wh, &archive, &missing_db, &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "fail", "{report:#}");
+    assert!(
+        pg.log().contains("database \"no_such_db\" does not exist"),
+        "{}",
+        pg.log()
+    );
+    assert!(
         !pg.log()
-            .contains("user \"u_tls_pw\", database \"u_tls_pw\", no encryption"),
+            .contains("user \"u_tls_pw\", database \"no_such_db\", no encryption"),
         "tried again without TLS after logging in: {}",
         pg.log()
     );
