@@ -9,10 +9,11 @@
 //! second is kept beside it as a snapshot (`SEGMENT.partial.END`): its WAL past the switch point
 //! is on the old timeline alone, an old primary's last WAL or a split brain's.
 //!
-//! The archive's copy is read and decoded whole to compare (about twice a segment of memory,
-//! on the blocking pool), each time such a conflict comes up.
+//! The archive's copy is read and compared as it is decoded, on the blocking pool, each time
+//! such a conflict comes up: memory holds its stored (compressed) object, not the segment.
 
-use super::{ClusterArchive, Result};
+use super::{ClusterArchive, Error, Result};
+use crate::envelope;
 use crate::wal::{Lsn, OwnPageAfter, SegmentName, SegmentSize, WalFileName};
 
 /// Which copy is cut at the switch point.
@@ -25,23 +26,65 @@ pub enum Cut {
     Stored,
 }
 
-/// How `stored` and `offered`, copies of a segment that starts at `start`, relate at
-/// `switch` (a position inside the segment): `None` when they differ before it, or neither is
-/// cut there.
-pub fn cut_at(start: Lsn, switch: Lsn, stored: &[u8], offered: &[u8]) -> Option<Cut> {
+/// How the archive's copy and `offered`, copies of a segment that starts at `start`, relate
+/// at `switch` (a position inside the segment): `None` when they differ before it, or neither
+/// is cut there. `stored` writes the archive's copy into the writer it is given, as it
+/// decodes it, and returns its length (`None` when it cannot be read): it is compared as it
+/// streams, never held whole.
+pub fn cut_at(
+    start: Lsn,
+    switch: Lsn,
+    stored: impl FnOnce(&mut dyn std::io::Write) -> Option<u64>,
+    offered: &[u8],
+) -> Option<Cut> {
     let at = usize::try_from(switch.0.checked_sub(start.0)?).ok()?;
-    if at == 0 || stored.len() != offered.len() || at >= stored.len() {
+    if at == 0 || at >= offered.len() {
         return None;
     }
-    if stored[..at] != offered[..at] {
+    let mut watch = StoredCopy {
+        offered,
+        at,
+        pos: 0,
+        agrees: true,
+        own: OwnPageAfter::new(start, at as u64),
+    };
+    let length = stored(&mut watch)?;
+    if !watch.agrees || length != offered.len() as u64 {
         return None;
     }
     if cut_after(start, at, offered)? {
         Some(Cut::Offered)
-    } else if cut_after(start, at, stored)? {
+    } else if !watch.own.found()? {
         Some(Cut::Stored)
     } else {
         None
+    }
+}
+
+/// The archive's copy as it streams: whether it agrees with the offered copy up to `at`, and
+/// whether it holds pages of its own past it.
+struct StoredCopy<'a> {
+    offered: &'a [u8],
+    at: usize,
+    pos: usize,
+    agrees: bool,
+    own: OwnPageAfter,
+}
+
+impl std::io::Write for StoredCopy<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.pos + buf.len();
+        if self.pos < self.at {
+            let upto = end.min(self.at);
+            let compared = &buf[..upto - self.pos];
+            self.agrees &= self.offered.get(self.pos..upto) == Some(compared);
+        }
+        self.pos = end;
+        self.own.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -73,16 +116,33 @@ impl ClusterArchive {
         if switches.is_empty() {
             return Ok(None);
         }
-        let Some(stored) = self.get_verified(&WalFileName::Segment(segment)).await? else {
+        let name = WalFileName::Segment(segment);
+        let Some(stored) = self.get(&name).await? else {
             return Ok(None);
         };
         let compared = offered.clone();
+        let key = self.key(&name).to_string();
         let found = crate::blocking::run(move || {
-            switches.into_iter().find_map(|(timeline, switch)| {
-                cut_at(start, switch, &stored, &compared).map(|cut| (timeline, switch, cut))
-            })
+            let mut corrupt = None;
+            let found = switches.into_iter().find_map(|(timeline, switch)| {
+                let decode = |out: &mut dyn std::io::Write| match envelope::decode_into(
+                    &stored,
+                    &mut &mut *out,
+                ) {
+                    Ok(header) => Some(header.content_len),
+                    Err(error) => {
+                        corrupt = Some(error);
+                        None
+                    }
+                };
+                cut_at(start, switch, decode, &compared).map(|cut| (timeline, switch, cut))
+            });
+            match (found, corrupt) {
+                (None, Some(error)) => Err(Error::Corrupt { key, error }),
+                (found, _) => Ok(found),
+            }
         })
-        .await;
+        .await?;
         let Some((timeline, switch, cut)) = found else {
             return Ok(None);
         };
@@ -118,6 +178,18 @@ mod tests {
     use crate::wal::LongPageHeader;
 
     const PAGE: usize = 8192;
+
+    /// [`cut_at`] with the archive's copy in memory.
+    fn cut(start: Lsn, switch: Lsn, stored: &[u8], offered: &[u8]) -> Option<Cut> {
+        let write = |out: &mut dyn std::io::Write| {
+            // In pieces, as a decoder writes.
+            for piece in stored.chunks(5000) {
+                out.write_all(piece).ok()?;
+            }
+            Some(stored.len() as u64)
+        };
+        cut_at(start, switch, write, offered)
+    }
     /// 1 MiB, the smallest segment PostgreSQL makes.
     const PAGES: usize = 128;
 
@@ -180,26 +252,26 @@ mod tests {
         // Cut: zeros past the switch.
         let mut zeroed = whole.clone();
         zeroed[3 * PAGE + 100..].fill(0);
-        assert_eq!(cut_at(start, switch, &whole, &zeroed), Some(Cut::Offered));
-        assert_eq!(cut_at(start, switch, &zeroed, &whole), Some(Cut::Stored));
+        assert_eq!(cut(start, switch, &whole, &zeroed), Some(Cut::Offered));
+        assert_eq!(cut(start, switch, &zeroed, &whole), Some(Cut::Stored));
         // Cut: a recycled file's stale pages past the switch page, naming an older segment.
         let mut stale = whole.clone();
         let old = segment(Lsn(0x1000000), PAGES, 0x33);
         stale[3 * PAGE + 100..].copy_from_slice(&old[3 * PAGE + 100..]);
-        assert_eq!(cut_at(start, switch, &whole, &stale), Some(Cut::Offered));
+        assert_eq!(cut(start, switch, &whole, &stale), Some(Cut::Offered));
         // Different before the switch, or with a page of this segment after it: no.
         let mut other = zeroed.clone();
         other[PAGE + 50] ^= 0xff;
-        assert_eq!(cut_at(start, switch, &whole, &other), None);
+        assert_eq!(cut(start, switch, &whole, &other), None);
         let mut resumed = zeroed.clone();
         resumed[6 * PAGE..7 * PAGE].copy_from_slice(&whole[6 * PAGE..7 * PAGE]);
-        assert_eq!(cut_at(start, switch, &whole, &resumed), None);
+        assert_eq!(cut(start, switch, &whole, &resumed), None);
         // A switch at the segment's start, past its end, or before it.
-        assert_eq!(cut_at(start, start, &whole, &zeroed), None);
+        assert_eq!(cut(start, start, &whole, &zeroed), None);
         assert_eq!(
-            cut_at(start, Lsn(start.0 + (PAGES * PAGE) as u64), &whole, &zeroed),
+            cut(start, Lsn(start.0 + (PAGES * PAGE) as u64), &whole, &zeroed),
             None
         );
-        assert_eq!(cut_at(start, Lsn(start.0 - 1), &whole, &zeroed), None);
+        assert_eq!(cut(start, Lsn(start.0 - 1), &whole, &zeroed), None);
     }
 }
