@@ -50,17 +50,27 @@ pub struct ServerClient {
     http: reqwest::Client,
     /// The bearer token sent, and the file it was read from.
     token: Option<(String, PathBuf)>,
+    /// Whether TLS is used without a client certificate.
+    tls_without_identity: bool,
 }
+
+/// Said of a connection an https server closed once the handshake was done, when the client
+/// has no certificate: in TLS 1.3 a server that requires one refuses it only then, and the
+/// client may see its alert or only the connection closing.
+const CLIENT_CERT_HINT: &str = "a server that requires a client certificate closes the \
+    connection at the first request: give --client-cert and --client-key";
 
 /// Why a request to the server did not give an answer to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The server could not be reached or did not answer in time. (The transport error,
     /// stripped of the URL it repeats, is the source: `{:#}` prints it after this.)
-    #[error("server {url} unreachable")]
+    #[error("server {url} unreachable{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
     Unreachable {
         /// The URL asked.
         url: String,
+        /// What may be wrong, when the way it failed suggests it.
+        hint: Option<&'static str>,
         /// The transport error.
         source: reqwest::Error,
     },
@@ -194,6 +204,7 @@ impl ServerClient {
             );
         }
         Ok(Some(ServerClient {
+            tls_without_identity: base.scheme() == "https" && settings.client_cert.is_none(),
             base,
             http: builder.build().context("HTTP client")?,
             token,
@@ -218,7 +229,9 @@ impl ServerClient {
             if source.is_builder() || is_tls_failure(&source) {
                 ServerError::Unusable { url, source }
             } else {
-                ServerError::Unreachable { url, source }
+                let closed = !source.is_connect() && !source.is_timeout();
+                let hint = (closed && self.tls_without_identity).then_some(CLIENT_CERT_HINT);
+                ServerError::Unreachable { url, source, hint }
             }
         })
     }

@@ -64,41 +64,69 @@ pub async fn connect_to_host(params: &ConnParams, host: &HostAddr) -> anyhow::Re
     connect_host(params, host, TargetSessionAttrs::Any).await
 }
 
-/// Connects to `host`: to the database `params` names, else to `postgres`, and when that one
-/// does not exist or pg_hba.conf does not let the user in, to libpq's default, the user's
-/// name. The queries asked are about the whole cluster, so any database serves; `postgres`
-/// first, because a role made for replication alone rarely has a database of its name, and a
-/// refused first try leaves a FATAL line in the server's log at every connection.
+/// Connects to `host`: to the database `params` names; else to `postgres` or the user's
+/// database (libpq's default), trying the other when the first does not exist or the user
+/// may not connect to it. The queries asked are about the whole cluster, so either serves.
+/// `postgres` comes first, since a role made for replication rarely has a database of its
+/// name and each refused try leaves a FATAL line in the server's log; the user's database
+/// first when only it has a password in the password file, or when it was the one reached on
+/// this host before (a receiver connects again at every session).
 async fn connect_host(
     params: &ConnParams,
     host: &HostAddr,
     attrs: TargetSessionAttrs,
 ) -> anyhow::Result<Client> {
-    let (database, then) = match &params.dbname {
-        Some(database) => (database.as_str(), None),
-        None if params.user == FALLBACK_DATABASE => (FALLBACK_DATABASE, None),
-        None => (FALLBACK_DATABASE, Some(params.user.as_str())),
+    let own = params.user.as_str();
+    if let Some(database) = &params.dbname {
+        return connect_to(params, host, attrs, database).await;
+    }
+    if own == FALLBACK_DATABASE {
+        return connect_to(params, host, attrs, own).await;
+    }
+    let key = (host.to_string(), own.to_string());
+    let remembered = reached().get(&key).cloned();
+    let only_own_password = params
+        .password_for_database(host, FALLBACK_DATABASE)
+        .is_none()
+        && params.password_for_database(host, own).is_some();
+    let (first, then) = match remembered {
+        Some(db) if db == own => (own, FALLBACK_DATABASE),
+        None if only_own_password => (own, FALLBACK_DATABASE),
+        _ => (FALLBACK_DATABASE, own),
     };
-    match connect_to(params, host, attrs, database).await {
-        Err(e) if then.is_some() && refused_database(&e) => {
-            let then = then.expect("matched");
-            tracing::debug!(
-                "{host}: database {database:?} refused ({e:#}); connecting to {then:?}"
-            );
-            connect_to(params, host, attrs, then)
+    let (client, database) = match connect_to(params, host, attrs, first).await {
+        Err(e) if refused_database(&e) => {
+            tracing::debug!("{host}: database {first:?} refused ({e:#}); connecting to {then:?}");
+            let client = connect_to(params, host, attrs, then)
                 .await
                 .map_err(|second| {
                     anyhow::anyhow!(
-                        "database {database:?} (no dbname given): {e:#}; database {then:?}: {second:#}"
+                        "database {first:?} (no dbname given): {e:#}; database {then:?}: {second:#}"
                     )
-                })
+                })?;
+            (client, then)
         }
-        connected => connected,
-    }
+        connected => (connected?, first),
+    };
+    reached().insert(key, database.to_string());
+    Ok(client)
 }
 
-/// Whether connecting failed because of the database: it does not exist (SQLSTATE 3D000), or
-/// no pg_hba.conf line lets the user into it (28000; a wrong password is 28P01).
+/// The database reached per host and user when none was named, for this process's life.
+fn reached() -> std::sync::MutexGuard<'static, std::collections::HashMap<(String, String), String>>
+{
+    static REACHED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    > = std::sync::OnceLock::new();
+    REACHED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether connecting failed because of the database: it does not exist (SQLSTATE 3D000), no
+/// pg_hba.conf line lets the user into it (28000; a wrong password is 28P01), or the user
+/// lacks its CONNECT privilege (42501).
 fn refused_database(e: &anyhow::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.downcast_ref::<tokio_postgres::Error>()
@@ -106,6 +134,7 @@ fn refused_database(e: &anyhow::Error) -> bool {
         .is_some_and(|code| {
             *code == SqlState::INVALID_CATALOG_NAME
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INSUFFICIENT_PRIVILEGE
         })
 }
 

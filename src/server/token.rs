@@ -29,11 +29,13 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
     warn_if_others_read(path)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim();
+    let token = token_of(text.lines().next().unwrap_or(""));
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
     }
-    sendable(path, 1, token)?;
+    if let Some(refusal) = unsendable(path, 1, token) {
+        bail!("{refusal}: write a token of printable ASCII, e.g. openssl rand -hex 32");
+    }
     Ok(token.to_string())
 }
 
@@ -50,19 +52,24 @@ fn warn_if_others_read(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a token (on line `line` of `path`) that an HTTP client cannot send in an
-/// `Authorization` header: only printable ASCII, spaces and tabs can be sent, so a server
-/// would wait for a token no client ever offers.
-fn sendable(path: &Path, line: usize, token: &str) -> anyhow::Result<()> {
-    if token.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
-        return Ok(());
-    }
-    bail!(
-        "line {line} of the token file {} holds characters other than printable ASCII, which \
-         an HTTP client cannot send as a bearer token: write a token of printable ASCII, e.g. \
-         openssl rand -hex 32",
-        path.display()
-    )
+/// A line's token: without surrounding white space, nor the byte-order mark an editor may
+/// put at a file's start.
+fn token_of(line: &str) -> &str {
+    line.trim().trim_start_matches('\u{feff}').trim()
+}
+
+/// Why a token (on line `line` of `path`) cannot be used, if it cannot: an HTTP client sends
+/// only printable ASCII, spaces and tabs in an `Authorization` header, so no client could
+/// ever offer it.
+fn unsendable(path: &Path, line: usize, token: &str) -> Option<String> {
+    let sendable = token.chars().all(|c| c == '\t' || (' '..='~').contains(&c));
+    (!sendable).then(|| {
+        format!(
+            "line {line} of the token file {} holds characters other than printable ASCII, \
+             which an HTTP client cannot send as a bearer token",
+            path.display()
+        )
+    })
 }
 
 /// The token in `path`, or a new random one written there first when the file does not
@@ -94,14 +101,19 @@ pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
         .with_context(|| format!("read the token file {}", path.display()))?;
     let mut tokens = Vec::new();
     for (number, line) in text.lines().enumerate() {
-        let token = line.trim();
-        if !token.is_empty() {
-            sendable(path, number + 1, token)?;
-            tokens.push(token.to_string());
+        let token = token_of(line);
+        match unsendable(path, number + 1, token) {
+            _ if token.is_empty() => {}
+            // Passed over: it could never match, and the other lines still serve.
+            Some(refusal) => tracing::warn!("{refusal}: passed over ({remedy})"),
+            None => tokens.push(token.to_string()),
         }
     }
     if tokens.is_empty() {
-        bail!("the token file {} is empty", path.display());
+        bail!(
+            "the token file {} holds no token a client can send ({remedy})",
+            path.display()
+        );
     }
     for token in &tokens {
         if token.chars().count() < SHORT_TOKEN {
@@ -161,20 +173,29 @@ mod tests {
     }
 
     #[test]
-    fn a_token_no_client_can_send_is_refused_on_both_sides() {
+    fn a_token_no_client_can_send_is_passed_over_and_never_shown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "good-token-0123456789\nsécret-0123456789\n").unwrap();
+        // A byte-order mark is not part of the token.
+        std::fs::write(&path, "\u{feff}good-token-0123456789\nsécret-0123456789\n").unwrap();
+        assert_eq!(
+            read_served(&path, "remedy").unwrap(),
+            ["good-token-0123456789"]
+        );
+        assert_eq!(read(&path).unwrap(), "good-token-0123456789");
+        // No line left: refused, the line named, the token never shown.
+        std::fs::write(&path, "sécret-0123456789\n").unwrap();
         let error = format!("{:#}", read_served(&path, "remedy").unwrap_err());
-        assert!(error.contains("line 2 of the token file"), "{error}");
+        assert!(
+            error.contains("holds no token a client can send"),
+            "{error}"
+        );
+        let error = format!("{:#}", read(&path).unwrap_err());
+        assert!(error.contains("line 1 of the token file"), "{error}");
         assert!(
             !error.contains("sécret"),
             "the token is never shown: {error}"
         );
-        // The client sends the first line, which is fine; a first line that is not is refused.
-        assert_eq!(read(&path).unwrap(), "good-token-0123456789");
-        std::fs::write(&path, "sécret-0123456789\n").unwrap();
-        assert!(format!("{:#}", read(&path).unwrap_err()).contains("line 1 of"));
         // Inner spaces and tabs can be sent.
         std::fs::write(&path, "a token\twith spaces\n").unwrap();
         assert_eq!(

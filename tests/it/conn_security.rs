@@ -256,7 +256,10 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
              hostnossl replication u_tls 127.0.0.1/32 reject\n\
              hostssl all u_tls_pw 127.0.0.1/32 password\n\
              hostnossl all u_tls_pw 127.0.0.1/32 reject\n\
-             host all u_password 127.0.0.1/32 password\n{original}"
+             host all u_password 127.0.0.1/32 password\n\
+             hostssl postgres u_own 127.0.0.1/32 reject\n\
+             hostssl all u_own 127.0.0.1/32 password\n\
+             hostnossl all u_own 127.0.0.1/32 reject\n{original}"
         ),
     )
     .unwrap();
@@ -266,6 +269,8 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
     }
     pg.sql("CREATE ROLE u_password LOGIN SUPERUSER PASSWORD 'secret-p'");
     pg.sql("CREATE ROLE u_tls_pw LOGIN SUPERUSER PASSWORD 'secret-t'");
+    pg.sql("CREATE ROLE u_own LOGIN SUPERUSER PASSWORD 'secret-o'");
+    pg.sql("CREATE DATABASE u_own OWNER u_own");
     let as_user =
         |user: &str, more: &str| format!("host=127.0.0.1 port={} user={user} {more}", pg.port);
 
@@ -319,6 +324,14 @@ fn both_connections_try_tls_as_libpq_does_and_the_sql_one_keeps_require_auth() {
         !pg.log().contains("database \"u_tls_pw\" does not exist"),
         "{}",
         pg.log()
+    );
+    // A role kept out of `postgres` reaches its own database, over TLS still.
+    let own = as_user("u_own", "password=secret-o");
+    let (_, report) = check_as(&wh, &archive, &own, &["--wait", "5"]);
+    assert_eq!(verdict(&report, "connection"), "pass", "{report:#}");
+    assert!(
+        said(&report, "connection").contains("over TLS"),
+        "{report:#}"
     );
     // Once the server has let the client in over TLS, an error (a database that does not
     // exist) is not tried again without TLS, which would send the password in the clear

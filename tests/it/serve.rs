@@ -569,6 +569,19 @@ fn tls_client_certificates_are_required_when_configured() {
         "{stderr}"
     );
     assert!(!dest.exists());
+    // In standby mode the refusal is "not available" (the standby streams meanwhile), and the
+    // warning says what is missing even when only a closed connection was seen.
+    let signal = primary.data.join("standby.signal");
+    std::fs::write(&signal, "").unwrap();
+    let denied = fetch(false);
+    std::fs::remove_file(&signal).unwrap();
+    assert_eq!(denied.status.code(), Some(1), "{}", describe(&denied));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("standby mode")
+            && (stderr.contains("CertificateRequired") || stderr.contains("give --client-cert")),
+        "{stderr}"
+    );
     let allowed = fetch(true);
     assert_eq!(allowed.status.code(), Some(0), "{}", describe(&allowed));
     assert_eq!(

@@ -222,6 +222,46 @@ fn an_old_primary_in_a_split_brain_is_left_once_the_archive_holds_the_promotion(
     assert!(receiver.stop().success(), "{}", receiver.log());
 }
 
+/// The same split brain with the old primary idle at the fork: it never sends WAL past the
+/// fork, and never ends its timeline either, so the synchronous receiver would stay on it for
+/// good, away from the promoted node whose commits then wait. It leaves the old primary one
+/// check interval after the archive holds the promotion (the stop-42 review's #5).
+#[test]
+fn an_old_primary_idle_at_the_fork_is_left_for_the_promoted_node() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (primary, standby, mut receiver) = pair_with_receiver(&wh, &archive, &["--synchronous"]);
+    // Idle for good: the background writer logs one more running-transactions record within
+    // 15 s of the last writes (bgwriter.c), then none while nothing else is written.
+    std::thread::sleep(Duration::from_secs(16));
+    standby.wait_replayed(&primary);
+    standby.promote();
+    let pushed = wh.run(
+        &archive,
+        &standby.data,
+        &["push", "pg_wal/00000002.history"],
+    );
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    wait_for(
+        "the receiver to leave the idle old primary",
+        Duration::from_secs(60),
+        || {
+            (receiver.log())
+                .contains(
+                    "did not end its timeline at the point where the archive's timeline 2 forked",
+                )
+                .then_some(())
+        },
+    );
+    wait_for(
+        "the receiver to stream from the promoted node",
+        Duration::from_secs(60),
+        || (standby.receiver_connections() == 1).then_some(()),
+    );
+    assert_eq!(primary.receiver_connections(), 0);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+}
+
 /// A failover to a standby that had not received everything the receiver archived: the new
 /// timeline forks before the archive's end on the old one. The receiver restarts at the fork
 /// and says where the WAL only the archive holds lies, and how to restore it.
