@@ -131,7 +131,7 @@ impl ServerClient {
         };
         // A URL walhalla cannot use is a usage error (exit 255), whichever command reads it.
         let usage = |message: String| anyhow::Error::new(UsageError(message));
-        if crate::mask::mask_urls(server) != *server {
+        if crate::mask::mask_url(server) != *server {
             // Not quoted: the URL holds the secret.
             return Err(usage(
                 "the server URL carries a user, a password or a secret parameter, which would \

@@ -43,6 +43,15 @@ pub fn mask_urls(text: &str) -> String {
     out
 }
 
+/// One URL (a setting's whole value), masked as [`mask_urls`] says, white space and quotes
+/// in it included: the user information is whatever precedes the last `@` before the path.
+pub fn mask_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", mask_url_tail(rest)),
+        None => url.to_owned(),
+    }
+}
+
 /// A URL after its `scheme://`, masked as [`mask_urls`] says.
 fn mask_url_tail(url: &str) -> String {
     let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
@@ -178,6 +187,20 @@ mod tests {
             ("http://127.0.0.1:7480", "http://127.0.0.1:7480"),
         ] {
             assert_eq!(mask_urls(url), masked, "{url}");
+            assert_eq!(mask_url(url), masked, "{url}");
         }
+        // A setting's whole value: quotes and spaces in the user information are masked too.
+        for url in [
+            "http://u:p'w@h:1/x",
+            "http://u:p w@h:1/x",
+            "s3://u:p\"w@bucket/p",
+        ] {
+            let masked = mask_url(url);
+            assert!(
+                masked.ends_with("********@h:1/x") || masked.ends_with("********@bucket/p"),
+                "{masked}"
+            );
+        }
+        assert_eq!(mask_url("/var/lib/walhalla"), "/var/lib/walhalla");
     }
 }

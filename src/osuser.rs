@@ -21,12 +21,22 @@ pub fn euid() -> u32 {
 /// `uid N`). What root writes there is root's, which that user (PostgreSQL's, as a rule)
 /// cannot read or replace.
 pub fn root_in_others_dir(dir: &std::path::Path) -> Option<String> {
+    owner_if_root(dir)
+        .filter(|(uid, _)| *uid != 0)
+        .map(|(_, name)| name)
+}
+
+/// When walhalla runs as root: the user id and name (or `uid N`) of `dir`'s owner.
+pub fn owner_if_root(dir: &std::path::Path) -> Option<(u32, String)> {
     use std::os::unix::fs::MetadataExt;
     if !is_root() {
         return None;
     }
     let owner = std::fs::metadata(dir).ok()?.uid();
-    (owner != 0).then(|| name_of(owner).unwrap_or_else(|| format!("uid {owner}")))
+    Some((
+        owner,
+        name_of(owner).unwrap_or_else(|| format!("uid {owner}")),
+    ))
 }
 
 /// The effective user's password-database entry: name and home directory.

@@ -335,12 +335,13 @@ async fn archive_checks(
     system_id: Option<SystemId>,
 ) -> (Vec<Check>, Option<Archive>) {
     if let Location::Local(dir) = location
-        && let Some(user) = crate::osuser::root_in_others_dir(dir)
+        && let Some((_, owner)) = crate::osuser::owner_if_root(dir)
     {
         tracing::warn!(
-            "checking as root an archive that belongs to {user}: the archive checks tell what \
-             root may do there, not what {user}, who runs archive_command and restore_command, \
-             may; run walhalla check as {user} (e.g. runuser -u {user} -- walhalla check …)"
+            "checking as root an archive that belongs to {owner}: the archive checks tell what \
+             root may do there, not what PostgreSQL's user, who runs archive_command and \
+             restore_command, may; run walhalla check as that user (e.g. runuser -u postgres \
+             -- walhalla check …)"
         );
     }
     let archive_options = ArchiveOptions {

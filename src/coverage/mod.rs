@@ -189,15 +189,15 @@ pub fn breaking_gaps(
     found
 }
 
-/// What the archive holds of a timeline past the point where a child timeline branched off
-/// it.
+/// What the archive holds of a timeline past the last point where a newer timeline branched
+/// off it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PastFork {
     /// The timeline.
     pub timeline: TimelineId,
-    /// The timeline that branched off it.
+    /// The timeline that branched off it last.
     pub child: TimelineId,
-    /// Where the child begins.
+    /// Where that child begins.
     pub at: Lsn,
     /// The complete segment the child begins in, when held and the fork lies inside it: it
     /// may hold WAL past the fork or not (a standby's copy is cut there), which only reading
@@ -209,22 +209,31 @@ pub struct PastFork {
     pub snapshot_end: Option<Lsn>,
 }
 
-/// For each timeline whose history file names its parent, what the archive holds of the
-/// parent past the switch point: WAL no restore along the child replays (a point-in-time
-/// restore's abandoned future, WAL a failover lost, or a split brain's). Forks past which
-/// nothing may lie are left out.
+/// For each timeline that newer ones branched off, what the archive holds of it past the last
+/// such point (every history file names each ancestor with its switch point): WAL no other
+/// timeline replays (a point-in-time restore's abandoned future, WAL a failover lost, or a
+/// split brain's). Timelines past whose last fork nothing may lie are left out.
 pub fn past_forks(
     inventory: &WalInventory,
     histories: &BTreeMap<TimelineId, Vec<HistoryEntry>>,
     size: SegmentSize,
 ) -> Vec<PastFork> {
     let held = held_segments(&inventory.objects, size);
+    let mut last: BTreeMap<TimelineId, (Lsn, TimelineId)> = BTreeMap::new();
+    for (timeline, entries) in histories {
+        for (i, entry) in entries.iter().enumerate() {
+            let child = entries.get(i + 1).map_or(*timeline, |next| next.timeline);
+            let fork = last
+                .entry(entry.timeline)
+                .or_insert((entry.switch_point, child));
+            if entry.switch_point > fork.0 {
+                *fork = (entry.switch_point, child);
+            }
+        }
+    }
     let empty = BTreeSet::new();
-    histories
-        .iter()
-        .filter_map(|(child, entries)| {
-            let parent = entries.last()?;
-            let (timeline, at) = (parent.timeline, parent.switch_point);
+    last.into_iter()
+        .filter_map(|(timeline, (at, child))| {
             let segments = held.get(&timeline).unwrap_or(&empty);
             let first_past = SegNo(at.0.div_ceil(u64::from(size.bytes())));
             let forked_in = SegNo::containing(at, size);
@@ -243,7 +252,7 @@ pub fn past_forks(
             (fork_segment.is_some() || !runs.is_empty() || snapshot_end.is_some()).then_some(
                 PastFork {
                     timeline,
-                    child: *child,
+                    child,
                     at,
                     fork_segment,
                     runs,
@@ -384,6 +393,20 @@ mod tests {
         );
         assert_eq!(past[1].runs, runs([SegNo(6)], TimelineId(2), size));
         assert_eq!((past[1].fork_segment, past[1].snapshot_end), (None, None));
+
+        // A later branch off timeline 1 (a point-in-time restore from it): only what lies past
+        // that one is on no other timeline, and timeline 1 is noted once.
+        let mut histories = histories;
+        histories.insert(TimelineId(5), vec![fork(1, 0x0700_0000)]);
+        let past = past_forks(&inv, &histories, size);
+        assert_eq!(past.len(), 2, "{past:?}");
+        assert_eq!(
+            (past[0].child, past[0].at),
+            (TimelineId(5), Lsn(0x0700_0000))
+        );
+        assert_eq!(past[0].fork_segment, None);
+        assert_eq!(past[0].runs, runs([SegNo(8)], TimelineId(1), size));
+        assert_eq!(past[0].snapshot_end, Some(Lsn(0x0900_0100)));
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn push(config: &Config, path: &Path) -> anyhow::Result<PutOutcome> {
         && let (Some(damage), Some(valid_end)) = (prepared.damage(), prepared.valid_end())
     {
         let wal_dir = crate::fsutil::parent_dir(path);
-        match fork_in(&cluster, wal_dir, *segment, &content, valid_end).await {
+        match fork_in(&cluster, wal_dir, *segment, &content, valid_end).await? {
             Some((timeline, switch)) => tracing::info!(
                 %name,
                 "its WAL ends at {valid_end}{} timeline {} begins: the old timeline's last \
@@ -113,10 +113,14 @@ async fn fork_in(
     segment: SegmentName,
     content: &[u8],
     valid_end: Lsn,
-) -> Option<(TimelineId, Lsn)> {
-    let header = LongPageHeader::parse(content).ok()?;
+) -> anyhow::Result<Option<(TimelineId, Lsn)>> {
+    let Ok(header) = LongPageHeader::parse(content) else {
+        return Ok(None);
+    };
     let start = header.page_address;
-    let size = SegmentSize::new(header.segment_size_bytes)?;
+    let Some(size) = SegmentSize::new(header.segment_size_bytes) else {
+        return Ok(None);
+    };
     let dir = wal_dir.to_path_buf();
     let mut forks: Vec<(TimelineId, Lsn)> = blocking::run(move || {
         std::fs::read_dir(dir)
@@ -136,13 +140,10 @@ async fn fork_in(
             .collect()
     })
     .await;
-    forks.extend(
-        cluster
-            .forks_inside(segment, size)
-            .await
-            .unwrap_or_default(),
-    );
-    forks
+    let archived = (cluster.forks_inside(segment, size).await)
+        .context("looking in the archive's history files for a timeline beginning in it")?;
+    forks.extend(archived);
+    Ok(forks
         .into_iter()
         .filter(|(_, switch)| {
             // Valid WAL ends at the switch point (at most past the page header of a page
@@ -150,7 +151,7 @@ async fn fork_in(
             let ends_there = *switch <= valid_end && valid_end.0 - switch.0 <= LONG_PAGE_HEADER;
             *switch > start && ends_there
         })
-        .min_by_key(|(timeline, _)| *timeline)
+        .min_by_key(|(timeline, _)| *timeline))
 }
 
 /// The longest page header (`SizeOfXLogLongPHD`): where valid WAL that ends at a page boundary

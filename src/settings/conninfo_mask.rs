@@ -1,8 +1,9 @@
-//! Hides the password in a libpq connection string, in either of its forms.
+//! Hides the secrets in a libpq connection string, in either of its forms.
 
 use crate::protocol::conninfo::{is_space, percent_decode};
 
-/// `conninfo` with the value of every `password` (and `sslpassword`) replaced by `********`: in `key=value` form
+/// `conninfo` with the value of every key named like a secret ([`crate::mask`]: `password`,
+/// `sslpassword`, `oauth_client_secret`) replaced by `********`: in `key=value` form
 /// (values bare or single-quoted, `\` escaping) and in a `postgres://user:password@host` URI
 /// (there and as a `password=` parameter, its key percent-encoded or not). White space and
 /// keys are read as [`crate::protocol::conninfo`] reads them, so that whatever password the

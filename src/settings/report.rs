@@ -90,7 +90,7 @@ impl Report {
                             let values = match id {
                                 "conninfo" => values.iter().map(|v| mask_conninfo(v)).collect(),
                                 "server" | "archive" => {
-                                    values.iter().map(|v| crate::mask::mask_urls(v)).collect()
+                                    values.iter().map(|v| crate::mask::mask_url(v)).collect()
                                 }
                                 _ => values,
                             };

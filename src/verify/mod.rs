@@ -180,18 +180,17 @@ async fn verify_cluster(
 }
 
 /// Whether the archive's `segment` holds a page of its own past the page holding `at`: WAL
-/// written on past the fork, not a standby's copy cut there. Streamed through, nothing kept;
-/// an object that cannot be read is a finding of its own already.
+/// written on past the fork, not a standby's copy cut there. Decoded through
+/// [`OwnPageAfter`], the stored (compressed) object in memory; an object that cannot be read
+/// answers no here (`verify` names it when it reads the object, unless `--since` skips it).
 async fn written_past(
     cluster: &ClusterArchive,
     segment: SegmentName,
     at: Lsn,
     size: SegmentSize,
 ) -> bool {
-    let Ok(Some(stored)) = cluster
-        .get_wal_object(&ObjectName::File(WalFileName::Segment(segment)))
-        .await
-    else {
+    let name = ObjectName::File(WalFileName::Segment(segment));
+    let Ok(Some(stored)) = cluster.get_wal_object(&name).await else {
         return false;
     };
     let Some(start) = segment.start_lsn(size) else {
@@ -206,9 +205,10 @@ async fn written_past(
     .unwrap_or(false)
 }
 
-/// A note on what a timeline holds past where a child branched off it: not damage (a
-/// point-in-time restore's abandoned future, WAL a failover lost, a split brain's), but WAL
-/// restores along the child never replay, which an operator should know is there.
+/// A note on what a timeline holds past the last point where a newer timeline branched off
+/// it: not damage (a point-in-time restore's abandoned future, WAL a failover lost, a split
+/// brain's), but WAL no other timeline replays, which restores (following the newest
+/// timeline by default) never reach unless told to, and an operator should know is there.
 fn wal_past_fork(past: &coverage::PastFork, fork_segment: bool) -> Option<Finding> {
     let mut held = Vec::new();
     if let Some(segment) = past.fork_segment.filter(|_| fork_segment) {
@@ -232,13 +232,13 @@ fn wal_past_fork(past: &coverage::PastFork, fork_segment: bool) -> Option<Findin
     Some(Finding {
         object: format!("timeline {}", past.timeline.0),
         problem: format!(
-            "WAL past where timeline {} branched off at {} ({}): restores along timeline {} \
-             never replay it (a point-in-time restore's abandoned future, WAL a failover lost, \
-             or a split brain's); walhalla restore --target-timeline {} reaches it",
-            past.child.0,
+            "WAL past {}, where timeline {} branched off it, the last to do so ({}): no newer \
+             timeline replays it, and restores follow the newest timeline unless told otherwise \
+             (a point-in-time restore's abandoned future, WAL a failover lost, or a split \
+             brain's); walhalla restore --target-timeline {} reaches it",
             past.at,
-            held.join(", "),
             past.child.0,
+            held.join(", "),
             past.timeline.0
         ),
     })

@@ -300,7 +300,7 @@ fn a_failover_to_a_standby_behind_the_archive_restarts_at_the_fork() {
     let note = cluster["notes"][0]["problem"].as_str().unwrap_or_default();
     assert!(
         note.contains(&orphan)
-            && note.contains("past where timeline 2 branched off")
+            && note.contains("where timeline 2 branched off it")
             && note.contains("--target-timeline 1"),
         "{report:#}"
     );
@@ -572,6 +572,14 @@ fn follows_two_promotions_to_timeline_3() {
         );
     }
     assert!(receiver.stop().success());
+    // Ordinary promotions leave nothing past a fork: verify notes nothing.
+    let (code, report) = crate::verify::json_of(&wh, &archive, &["verify", "--json"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(
+        report["clusters"][0]["notes"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
 
     backup.recover_from_archive(&format!(
         "{} --archive {} fetch %f %p",
