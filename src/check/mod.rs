@@ -398,10 +398,14 @@ async fn round_trip(
         return vec![
             Check::fail(
                 "switch_privilege",
-                format!("role {} may not run pg_switch_wal()", facts.user),
                 format!(
-                    "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO \"{}\"; (or connect as a superuser)",
-                    facts.user
+                    "role {} may not run pg_switch_wal() in database {}",
+                    facts.user, facts.database
+                ),
+                format!(
+                    "in database {} (privileges on functions are per database): GRANT EXECUTE ON \
+                     FUNCTION pg_switch_wal() TO \"{}\"; (or connect as a superuser)",
+                    facts.database, facts.user
                 ),
             ),
             Check::skip("round_trip", "needs pg_switch_wal()"),

@@ -32,6 +32,8 @@ pub struct ServerFacts {
     pub may_switch_wal: bool,
     /// The connected role.
     pub user: String,
+    /// The database connected to (a function's privileges are granted per database).
+    pub database: String,
     /// Whether this connection is encrypted (`pg_stat_ssl`).
     pub ssl: bool,
 }
@@ -84,7 +86,8 @@ impl ServerFacts {
                  current_setting('wal_level'), current_setting('archive_mode'), \
                  current_setting('archive_command'), current_setting('restore_command'), \
                  has_function_privilege('pg_switch_wal()', 'EXECUTE'), current_user::text, \
-                 coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                 coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false), \
+                 current_database()::text",
                 &[],
             )
             .await
@@ -104,6 +107,7 @@ impl ServerFacts {
             may_switch_wal: row.get(7),
             user: row.get(8),
             ssl: row.get(9),
+            database: row.get(10),
         })
     }
 }

@@ -315,6 +315,7 @@ mod tests {
             archive_hook: HookCommand::parse(archive_command),
             restore_hook: HookCommand::default(),
             may_switch_wal: true,
+            database: "postgres".into(),
             user: "postgres".into(),
             ssl: false,
         }

@@ -97,7 +97,7 @@ pub enum Error {
     Server(ServerError),
     /// The server asked for a password and none is configured.
     #[error(
-        "the server requires a password and none was given (password, PGPASSWORD or the password file)"
+        "the server requires a password and none was given (password, PGPASSWORD or the password file, whose lines for a replication connection name the database replication, as libpq reads them)"
     )]
     NoPassword,
     /// The server asked for an authentication method this client does not support.

@@ -599,7 +599,7 @@ pub fn describe(report: &RestoreReport) -> String {
         out.push_str(
             "archiving is as the backup's configuration says: once promoted, the server archives its new \
              timeline where that sends it, which may be this archive; there the new timeline becomes the \
-             newest, and a receiver of the original cluster, within seconds of its history file's arrival, \
+             newest, and a receiver of the original cluster, within about a minute of its history file's arrival, \
              waits for a server on it instead of streaming (restore with --archive-mode off for a copy \
              that must not)\n",
         );

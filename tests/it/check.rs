@@ -239,7 +239,8 @@ fn check_names_a_missing_switch_privilege_and_its_grant() {
     assert_eq!(verdict(&report, "switch_privilege"), "fail", "{report:#}");
     let grant = "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO \"checker\"";
     assert!(
-        said(&report, "switch_privilege").contains(grant),
+        said(&report, "switch_privilege").contains(grant)
+            && said(&report, "switch_privilege").contains("in database postgres"),
         "{report:#}"
     );
     assert_eq!(verdict(&report, "round_trip"), "skip", "{report:#}");

@@ -270,10 +270,10 @@ impl<'a> Stream<'a> {
             fork = %fork.at,
             received = %self.written(),
             "the server {what} the point where the archive's timeline {} forked from its own: \
-             an old primary left running after a failover (a split brain); nothing past the \
-             fork is confirmed, and the other hosts are tried first (if that promotion was a \
-             mistake and its server is gone, remove {:08X}.history from the archive's \
-             timelines)",
+             an old primary left running after a failover (a split brain), or a restored copy \
+             archiving its new timeline into this archive; nothing past the fork is confirmed, \
+             and the other hosts are tried first (if that promotion was a mistake and its server \
+             is gone, remove its segments and {:08X}.history from the archive)",
             fork.newer.0,
             fork.newer.0
         );
