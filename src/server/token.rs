@@ -106,7 +106,18 @@ pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
             _ if token.is_empty() => {}
             // Passed over: it could never match, and the other lines still serve.
             Some(refusal) => tracing::warn!("{refusal}: passed over ({remedy})"),
-            None => tokens.push(token.to_string()),
+            None => {
+                let length = token.chars().count();
+                if length < SHORT_TOKEN {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the token on line {} is {length} characters long: a short token can be \
+                         guessed ({remedy}, or write at least {SHORT_TOKEN})",
+                        number + 1
+                    );
+                }
+                tokens.push(token.to_string());
+            }
         }
     }
     if tokens.is_empty() {
@@ -114,16 +125,6 @@ pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
             "the token file {} holds no token a client can send ({remedy})",
             path.display()
         );
-    }
-    for token in &tokens {
-        if token.chars().count() < SHORT_TOKEN {
-            tracing::warn!(
-                path = %path.display(),
-                "a token is {} characters long: a short token can be guessed ({remedy}, or \
-                 write at least {SHORT_TOKEN})",
-                token.chars().count()
-            );
-        }
     }
     Ok(tokens)
 }
