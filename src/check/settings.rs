@@ -5,7 +5,7 @@ use super::Check;
 use super::commands::HookCommand;
 use super::server::{ArchiverStats, ServerFacts, SlotFacts};
 use crate::archive::Location;
-use crate::mask::{mask_command, mask_urls};
+use crate::mask::{mask_command, mask_url};
 
 /// The check `wal_level`.
 pub fn wal_level(facts: &ServerFacts) -> Check {
@@ -165,18 +165,18 @@ fn named_archive(
                 name,
                 format!(
                     "{command:?} names archive {}{}, not the one checked ({checked})",
-                    mask_urls(url),
+                    mask_url(url),
                     parsed.source()
                 ),
                 format!(
                     "point it at {checked}, or check the archive it names (--archive {})",
-                    mask_urls(url)
+                    mask_url(url)
                 ),
             )
         }
         (Some(url), _) => Check::pass(
             name,
-            format!("walhalla into {}{}", mask_urls(url), parsed.source()),
+            format!("walhalla into {}{}", mask_url(url), parsed.source()),
         ),
         (None, _) => {
             let from = match &parsed.config_file {

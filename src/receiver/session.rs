@@ -146,6 +146,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// Records whether `host` was last found on an older timeline than the archive's
+    /// ([`BehindArchive`]): such hosts are tried after the others.
+    pub(super) fn note_behind(&mut self, host: &HostAddr, behind: bool) {
+        self.behind.retain(|h| h != host);
+        if behind {
+            self.behind.push(host.clone());
+        }
+    }
+
     /// A spool that disappeared while the receiver runs (unmounted for a repair, or removed)
     /// is not created again behind the operator's back: it may come back with WAL to archive,
     /// and in synchronous mode it held WAL already confirmed to the server. Until it is back,
@@ -293,14 +302,8 @@ pub async fn run(
         // archive's segments ([`start_point`]), before its slot is touched, so that a
         // synchronous receiver never confirms a split brain's commits.
         if let Some(fork) = newer_fork(&ctx.cluster, timeline).await? {
-            ctx.behind.retain(|host| host != conn.host());
-            ctx.behind.push(conn.host().clone());
-            return Err(anyhow::Error::new(BehindArchive {
-                host: conn.host().clone(),
-                server: timeline,
-                archive: fork.newer,
-            })
-            .into());
+            ctx.note_behind(conn.host(), true);
+            return Err(BehindArchive::refusal(conn.host(), timeline, fork.newer));
         }
         let slot_restart = match &options.slot {
             Some(slot) => {
@@ -343,12 +346,10 @@ pub async fn run(
             slot_restart.unwrap_or(server_lsn),
         )
         .await;
-        ctx.behind.retain(|host| host != conn.host());
-        if let Err(e) = &planned
-            && let Some(behind) = e.error.downcast_ref::<BehindArchive>()
-        {
-            ctx.behind.push(behind.host.clone());
-        }
+        let behind = planned
+            .as_ref()
+            .is_err_and(|e| e.error.is::<BehindArchive>());
+        ctx.note_behind(conn.host(), behind);
         planned?
     };
     ctx.server_timeline = timeline;
@@ -471,7 +472,7 @@ pub async fn run(
             }
             Err(SessionError { fatal, error }) => {
                 if let Some(behind) = error.downcast_ref::<BehindArchive>() {
-                    ctx.behind.push(behind.host.clone());
+                    ctx.note_behind(&behind.host, true);
                 }
                 // The command says where the stream began; say how far it came too.
                 let reached = match received {

@@ -109,6 +109,18 @@ pub struct BehindArchive {
     pub archive: TimelineId,
 }
 
+impl BehindArchive {
+    /// The session's end for `host`, on timeline `server` where the archive holds `archive`.
+    pub fn refusal(host: &HostAddr, server: TimelineId, archive: TimelineId) -> SessionError {
+        anyhow::Error::new(BehindArchive {
+            host: host.clone(),
+            server,
+            archive,
+        })
+        .into()
+    }
+}
+
 /// Where to start, and on which timeline. After the newest segment the spool or the archive
 /// holds, or at the first hole the server can still fill; on an empty archive at
 /// `--start-lsn`, else `fallback` (the slot's restart position or the server's current
@@ -166,12 +178,11 @@ pub async fn start_point(
     let (timeline, resume) = if timeline == server_timeline {
         (timeline, next)
     } else if timeline > server_timeline {
-        return Err(anyhow::Error::new(BehindArchive {
-            host: conn.host().clone(),
-            server: server_timeline,
-            archive: timeline,
-        })
-        .into());
+        return Err(BehindArchive::refusal(
+            conn.host(),
+            server_timeline,
+            timeline,
+        ));
     } else {
         past_fork(conn, &history, timeline, next, server_timeline, size)?
     };

@@ -158,6 +158,14 @@ fn an_old_primary_left_running_is_passed_over_for_the_promoted_standby() {
     assert!(receiver.stop().success());
 }
 
+/// Promotes `standby` to timeline 2 and archives its history file, as the new primary's
+/// archive_command does first: the archive knows of the promotion by that file alone.
+fn promote_and_archive_the_history(wh: &Walhalla, archive: &TestArchive, standby: &PgCluster) {
+    standby.promote();
+    let pushed = wh.run(archive, &standby.data, &["push", "pg_wal/00000002.history"]);
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+}
+
 /// A failover in which the old primary keeps running and writing (a split brain), and the
 /// promoted standby has archived only its history file: a new receiver on the old primary is
 /// refused at once, and a synchronous receiver already streaming from it leaves it once it
@@ -172,14 +180,7 @@ fn an_old_primary_in_a_split_brain_is_left_once_the_archive_holds_the_promotion(
     primary.sql("SELECT pg_reload_conf()");
     primary.write_rows(100);
     standby.wait_replayed(&primary);
-    standby.promote();
-    // What the new primary's archive_command does first.
-    let pushed = wh.run(
-        &archive,
-        &standby.data,
-        &["push", "pg_wal/00000002.history"],
-    );
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    promote_and_archive_the_history(&wh, &archive, &standby);
 
     // A receiver starting now on the old primary alone (its own slot and spool) is refused.
     let only_old = format!("host=127.0.0.1 port={} user=postgres", primary.port);
@@ -235,13 +236,7 @@ fn an_old_primary_idle_at_the_fork_is_left_for_the_promoted_node() {
     // 15 s of the last writes (bgwriter.c), then none while nothing else is written.
     std::thread::sleep(Duration::from_secs(16));
     standby.wait_replayed(&primary);
-    standby.promote();
-    let pushed = wh.run(
-        &archive,
-        &standby.data,
-        &["push", "pg_wal/00000002.history"],
-    );
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    promote_and_archive_the_history(&wh, &archive, &standby);
     wait_for(
         "the receiver to leave the idle old primary",
         Duration::from_secs(60),

@@ -378,12 +378,13 @@ impl ConnParams {
         let lookup = |key: &str, var: &str| given_of(key).or_else(|| env_of(var));
 
         // libpq connects to hostaddr and uses host for TLS and the password file; walhalla
-        // takes one of them, so both would connect elsewhere than libpq does: refused.
+        // takes one of them, so both would connect elsewhere than libpq does: refused. Not a
+        // hostaddr given with PGHOST alone: walhalla takes hostaddr, where libpq connects too.
         let host = given_of("host").or_else(|| env_of("PGHOST"));
         let hostaddr = given_of("hostaddr").or_else(|| env_of("PGHOSTADDR"));
-        if given_of("host").is_some() && hostaddr.is_some()
-            || given_of("hostaddr").is_none() && host.is_some() && hostaddr.is_some()
-        {
+        let (host_given, hostaddr_given) =
+            (given_of("host").is_some(), given_of("hostaddr").is_some());
+        if host.is_some() && hostaddr.is_some() && (host_given || !hostaddr_given) {
             return Err(ConninfoError::HostAndHostaddr);
         }
         // Service files are not read: a service named would be ignored silently.

@@ -277,12 +277,7 @@ impl<'a> Stream<'a> {
             fork.newer.0,
             fork.newer.0
         );
-        anyhow::Error::new(BehindArchive {
-            host: self.conn.host().clone(),
-            server: self.timeline,
-            archive: fork.newer,
-        })
-        .into()
+        BehindArchive::refusal(self.conn.host(), self.timeline, fork.newer)
     }
 
     /// Takes note of a finished snapshot upload; says whether it moved what is stored.
