@@ -1,5 +1,6 @@
 //! Named fail points where a test kills the receiver (SIGKILL) to prove that a crash at any
-//! step of storing WAL loses nothing.
+//! step of storing WAL loses nothing, or holds it there (the `fail` crate's `sleep(MS)`, which
+//! blocks the thread) to force an order between its tasks that is otherwise a rare race.
 //!
 //! Only a build with the cargo feature `failpoints` has them: without it [`hit`] and
 //! [`during`] compile to nothing, so release builds carry no fail point. With it, the
@@ -40,9 +41,12 @@ pub const TIMELINE_SWITCH: &str = "timeline-switch";
 pub const SPOOL_RECOVERY: &str = "spool-recovery";
 /// Spool: the end of a stream is kept as a tail (renamed), not yet handed to the uploader.
 pub const TAIL_KEPT: &str = "tail-kept";
+/// Start: the spool is taken over and the archive listed, where to stream from not yet
+/// planned.
+pub const START_PLAN: &str = "start-plan";
 
 /// Every fail point, for checking a configuration's names.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     SPOOL_BEFORE_FSYNC,
     SPOOL_BEFORE_RENAME,
     SPOOL_AFTER_RENAME,
@@ -57,6 +61,7 @@ pub const ALL: [&str; 14] = [
     TIMELINE_SWITCH,
     SPOOL_RECOVERY,
     TAIL_KEPT,
+    START_PLAN,
 ];
 
 /// The variable that configures the fail points.

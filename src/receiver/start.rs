@@ -43,20 +43,26 @@ pub struct StartPlan {
 
 /// Plans where to stream from on one timeline: at the first segment missing from what the
 /// archive and the spool hold (`held`, at least from the start of the listing) that is not
-/// known `lost`, else at `resume` (one past the newest held). `keeps_from` is the first
-/// segment the slot keeps on the server, when known: missing segments from there on are
-/// guaranteed; those before it (and after the oldest held) are tried all the same, since
-/// the server may still have them, and become lost only when it says it has not.
+/// known `lost`, else at `resume` (one past the newest held). A segment the uploader
+/// `refused` (its spool file did not read back as received) counts as missing even when its
+/// file is listed: it must come from the server again. `keeps_from` is the first segment the
+/// slot keeps on the server, when known: missing segments from there on are guaranteed; those
+/// before it (and after the oldest held or refused) are tried all the same, since the server
+/// may still have them, and become lost only when it says it has not.
 pub fn plan(
     timeline: TimelineId,
     held: &BTreeSet<SegNo>,
+    refused: &BTreeSet<SegNo>,
     resume: SegNo,
     keeps_from: Option<SegNo>,
     lost: &BTreeSet<SegNo>,
 ) -> StartPlan {
-    let oldest = held.first().copied().unwrap_or(resume);
+    let oldest = (held.first().into_iter().chain(refused.first()))
+        .min()
+        .copied()
+        .unwrap_or(resume);
     let from = keeps_from.map_or(oldest, |k| k.min(oldest));
-    let missing = |n: SegNo| !held.contains(&n) && !lost.contains(&n);
+    let missing = |n: SegNo| (!held.contains(&n) || refused.contains(&n)) && !lost.contains(&n);
     let segment = (from.0..resume.0)
         .map(SegNo)
         .find(|&n| missing(n))
@@ -205,9 +211,18 @@ pub async fn start_point(
             .filter(|s| s.timeline == timeline)
             .filter_map(|s| s.segno(size)),
     );
+    crate::failpoint::hit(crate::failpoint::START_PLAN);
+    // Refused before this plan (a file the uploader found damaged while the archive was
+    // listed, say): streamed again, not counted as held. One refused later ends the stream.
+    let refused: BTreeSet<SegNo> = (ctx.uploader.refused_segments().into_iter())
+        .filter(|s| s.timeline == timeline)
+        .filter_map(|s| s.segno(size))
+        .filter(|n| (scan_from..resume).contains(n))
+        .collect();
     let plan = plan(
         timeline,
         &held,
+        &refused,
         resume,
         keeps_from.map(|k| k.max(scan_from)),
         &ctx.lost,
@@ -404,8 +419,38 @@ mod tests {
     }
 
     fn start(held: &[u64], resume: u64, keeps: Option<u64>, lost: &[u64]) -> (u64, u64, bool) {
-        let p = plan(TL, &set(held), SegNo(resume), keeps.map(SegNo), &set(lost));
+        refused_start(held, &[], resume, keeps, lost)
+    }
+
+    fn refused_start(
+        held: &[u64],
+        refused: &[u64],
+        resume: u64,
+        keeps: Option<u64>,
+        lost: &[u64],
+    ) -> (u64, u64, bool) {
+        let (held, refused, lost) = (set(held), set(refused), set(lost));
+        let p = plan(TL, &held, &refused, SegNo(resume), keeps.map(SegNo), &lost);
         (p.segment.0, p.missing_until.0, p.guaranteed)
+    }
+
+    #[test]
+    fn a_refused_segment_is_streamed_again_though_its_file_is_listed() {
+        // CI67: a repaired spool gave back 5C empty; the uploader refused it while the archive
+        // was listed, and the plan counted the listed file as held, so started at 5D.
+        assert_eq!(
+            refused_start(&[0x5a, 0x5b, 0x5c], &[0x5c], 0x5d, Some(0x5a), &[]),
+            (0x5c, 0x5d, true)
+        );
+        // The newest spooled file refused, with no slot: still tried, not skipped.
+        assert_eq!(refused_start(&[4, 5, 6], &[6], 7, None, &[]), (6, 7, false));
+        // Refused and gone from the spool, nothing else held: from it, not from resume.
+        assert_eq!(refused_start(&[], &[6], 7, None, &[]), (6, 7, false));
+        // Already known lost (the server said it no longer has it): not tried again.
+        assert_eq!(
+            refused_start(&[4, 5, 6], &[5], 7, Some(4), &[5]),
+            (7, 8, true)
+        );
     }
 
     #[test]

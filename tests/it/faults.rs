@@ -375,6 +375,61 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
     );
 }
 
+/// CI67's race, forced: a restart finds a segment in the spool that its filesystem's repair left
+/// empty, the next segment the archive lacks; the uploader refuses it (and removes it) after
+/// the start listed the spool, before the start planned where to stream from. The slot still
+/// keeps that WAL, so it must be streamed again, not reported lost with a hole left in the
+/// archive. The fail points hold the first upload until the start has listed the spool, and
+/// the plan until the uploader has refused the file.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
+    pg.write_rows(100);
+    wait_archive_holds(&archive, &pg.switch_wal());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    // The segment the receiver stopped in, and one more, written while it is away.
+    let lacking = pg.switch_wal();
+    pg.write_rows(100);
+    let last = pg.switch_wal();
+    let empty = receiver.spool.join(&lacking);
+    std::fs::File::create(&empty).expect("an empty spool file");
+    let owner = std::fs::metadata(&receiver.spool).expect("the spool");
+    use std::os::unix::fs::MetadataExt as _;
+    std::os::unix::fs::chown(&empty, Some(owner.uid()), Some(owner.gid())).expect("chown");
+    let mut vars = archive.env();
+    vars.push((
+        walhalla::failpoint::VARIABLE.into(),
+        format!(
+            "{}=1*sleep(1500);{}=1*sleep(4000)",
+            walhalla::failpoint::UPLOAD_START,
+            walhalla::failpoint::START_PLAN
+        ),
+    ));
+    let args = [
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+    ];
+    let mut again = Receiver::restart_via(&wh, &archive, vars, &receiver.spool, &args);
+    wait_archive_holds(&archive, &last);
+    let log = again.log();
+    assert!(
+        log.contains(&format!("file={lacking}")) && log.contains("holds 0 bytes"),
+        "the uploader did not refuse the empty file: {log}"
+    );
+    assert!(
+        !log.contains("lost to the archive"),
+        "a segment the slot keeps was reported lost: {log}"
+    );
+    assert!(again.stop().success(), "{log}");
+}
+
 /// Once three complete segments wait in `spool` (the store away), damages the newest as a lost
 /// write would (its second page reads back as zeros), and gives the uploader's next attempt
 /// (`--timeout 3`) time to read it back. Returns its name.

@@ -26,7 +26,8 @@ use crate::faults::{current_segment, primary_with_receiver, settle_and_compare};
 use crate::harness::faults::{Damage, FaultRow, PgBench};
 use crate::harness::{Backend, PgCluster, Receiver, TestArchive, Walhalla};
 
-/// The points killed at: all but the timeline switch, which a single primary never makes.
+/// The points killed at: all but the timeline switch, which a single primary never makes, and
+/// the start plan, a point to hold a start at (it stores nothing).
 const POINTS: [&str; 13] = [
     failpoint::SPOOL_BEFORE_FSYNC,
     failpoint::SPOOL_BEFORE_RENAME,

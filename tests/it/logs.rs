@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::harness::{
     Backend, PgCluster, Receiver, TestArchive, TestDir, Walhalla, describe, wait_for,
 };
-use crate::receive::wait_streaming;
+use crate::receive::{streaming_primary, wait_streaming};
 
 /// `walhalla --archive … ARGS` in `dir` with `env`, not as the PostgreSQL user (nothing here
 /// reads a data directory).
@@ -114,10 +114,7 @@ fn json_logs_are_one_object_a_line_to_the_last_error() {
 fn a_primary_that_stays_down_is_one_warning_not_one_per_attempt() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
-    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
-    wait_streaming(&pg);
+    let (mut pg, mut receiver) = streaming_primary(&wh, &archive, &[]);
     pg.stop("fast");
     // Backoff from 1 s, doubling: several attempts in 12 s.
     std::thread::sleep(Duration::from_secs(12));

@@ -14,7 +14,8 @@ use crate::harness::{
 };
 use crate::push::key_of;
 use crate::receive::{
-    SEGMENT, archive_end, archived, lsn, segno_of, wait_archive_holds, wait_streaming,
+    SEGMENT, archive_end, archived, lsn, segno_of, streaming_primary, wait_archive_holds,
+    wait_streaming,
 };
 
 const SLOT_RESTART: &str =
@@ -580,12 +581,9 @@ fn shutdown_during_an_archive_outage_keeps_its_deadline_and_loses_nothing() {
 fn a_permanent_archive_error_is_reported_as_one_until_it_is_fixed() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::S3);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--listen", &listen]);
-    wait_streaming(&pg);
+    let (pg, receiver) = streaming_primary(&wh, &archive, &["--listen", &listen]);
     wait_until_listening(port);
     let before = write_segments(&pg, 1);
     wait_archive_holds(&archive, &before);

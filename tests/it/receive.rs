@@ -78,6 +78,20 @@ pub fn lsn(pg: &PgCluster, query: &str) -> Lsn {
     pg.sql(query).parse().expect("an LSN")
 }
 
+/// A started primary and a receiver streaming from it into `archive` on slot "walhalla", with
+/// `extra` arguments.
+pub fn streaming_primary(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    extra: &[&str],
+) -> (PgCluster, Receiver) {
+    let mut pg = PgCluster::init("primary");
+    pg.start();
+    let receiver = Receiver::on_slot(wh, archive, &pg.conninfo(), extra);
+    wait_streaming(&pg);
+    (pg, receiver)
+}
+
 pub fn wait_streaming(pg: &PgCluster) {
     wait_for("the receiver to stream", Duration::from_secs(60), || {
         (pg.receiver_state() == "streaming").then_some(())
@@ -792,10 +806,7 @@ fn a_spool_removed_while_running_is_waited_for_and_nothing_is_lost() {
     use std::os::unix::fs::DirBuilderExt;
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
-    let mut receiver = Receiver::on_slot(&wh, &archive, &pg.conninfo(), &[]);
-    wait_streaming(&pg);
+    let (pg, mut receiver) = streaming_primary(&wh, &archive, &[]);
     pg.write_rows(300);
     let before = pg.switch_wal();
     wait_archive_holds(&archive, &before);

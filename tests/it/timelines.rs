@@ -460,11 +460,8 @@ fn a_last_resort_restore_passes_a_snapshot_ending_before_its_timeline_begins() {
     use walhalla::wal::{Lsn, SystemId, WalFileName};
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
-    let mut receiver =
-        Receiver::on_slot(&wh, &archive, &pg.conninfo(), &["--partial-interval", "1"]);
-    crate::receive::wait_streaming(&pg);
+    let (mut pg, mut receiver) =
+        crate::receive::streaming_primary(&wh, &archive, &["--partial-interval", "1"]);
     let mut restored = PgCluster::from_backup(&pg, "restored", "none");
     pg.write_rows(100);
     let written: Lsn = pg.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
