@@ -16,7 +16,8 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs, attempt_way};
+use super::attempts::{self, Failed};
+use super::conninfo::{ConnParams, HostAddr, SslMode, TargetSessionAttrs};
 use super::frame::{Frame, FrameError, take_frame};
 use super::tls::{self, TlsError};
 
@@ -120,7 +121,7 @@ pub enum Error {
     #[error("{}", .0.iter().map(|(h, e)| format!("{h}: {e}")).collect::<Vec<_>>().join("; "))]
     AllHostsFailed(Vec<(String, Error)>),
     /// Each attempt `sslmode` allows failed, with TLS (`true`) or without; in order.
-    #[error("{}", .0.iter().map(|(tls, e)| format!("{}: {e}", attempt_way(*tls))).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(|(tls, e)| format!("{}: {e}", attempts::way(*tls))).collect::<Vec<_>>().join("; "))]
     Attempts(Vec<(bool, Error)>),
 }
 
@@ -183,13 +184,6 @@ impl From<TlsError> for Error {
 
 /// Result of connection operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A failed connection attempt: its error, and whether libpq would try the other way
-/// ([`SslMode::attempts`]).
-struct Failed {
-    error: Error,
-    other_way: bool,
-}
 
 /// A row of a simple query's result, every column as text.
 pub type Row = Vec<Option<String>>;
@@ -344,25 +338,13 @@ impl Connection {
     /// Opens an authenticated connection to `host`, trying with and without TLS as
     /// `sslmode` says ([`SslMode::attempts`]).
     async fn open(params: &ConnParams, host: &HostAddr) -> Result<Connection> {
-        let attempts = match host {
-            HostAddr::Unix { .. } => &[false][..],
-            HostAddr::Tcp { .. } => params.sslmode.attempts(),
-        };
-        let mut failed = Vec::new();
-        for (n, &tls) in attempts.iter().enumerate() {
-            let error = match Self::open_with(params, host, tls).await {
-                Ok(conn) => return Ok(conn),
-                Err(Failed { error, other_way }) if other_way && n + 1 < attempts.len() => error,
-                Err(Failed { error, .. }) if failed.is_empty() => return Err(error),
-                Err(Failed { error, .. }) => {
-                    failed.push((tls, error));
-                    return Err(Error::Attempts(failed));
-                }
-            };
-            tracing::debug!(%host, tls, "connection attempt failed: {error}; trying the other way");
-            failed.push((tls, error));
-        }
-        unreachable!("the last attempt returns")
+        let ways = attempts::ways(params.sslmode, host);
+        attempts::each_way(host, ways, |tls| Self::open_with(params, host, tls))
+            .await
+            .map_err(|mut failed| match failed.len() {
+                1 => failed.pop().expect("one attempt").1,
+                _ => Error::Attempts(failed),
+            })
     }
 
     /// [`Self::open`] with TLS or without (`tls`).
@@ -370,7 +352,7 @@ impl Connection {
         params: &ConnParams,
         host: &HostAddr,
         tls: bool,
-    ) -> std::result::Result<Connection, Failed> {
+    ) -> std::result::Result<Connection, Failed<Error>> {
         // Until the server has let the client in, a failure may be tried the other way.
         let before_login = |error: Error| Failed {
             other_way: error.fails_the_encryption(),

@@ -3,6 +3,7 @@
 //! streaming replication messages; and [`sql`], an ordinary SQL connection from the same
 //! settings, for what only SQL can ask.
 
+pub mod attempts;
 pub mod auth_guard;
 pub mod channel_binding;
 pub mod commands;

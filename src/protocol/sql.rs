@@ -14,15 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::Client;
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
 use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect, TlsStream};
 
+use crate::protocol::attempts::{self, Failed};
 use crate::protocol::auth_guard::{AuthGuard, AuthRefused};
-use crate::protocol::conninfo::{ConnParams, HostAddr, TargetSessionAttrs, attempt_way};
+use crate::protocol::conninfo::{ConnParams, HostAddr, TargetSessionAttrs};
 use crate::protocol::tls;
 
 /// How long connecting to one host may take unless `connect_timeout` says.
@@ -146,47 +147,32 @@ async fn connect_to(
     attrs: TargetSessionAttrs,
     database: &str,
 ) -> anyhow::Result<Client> {
-    let attempts = match host {
-        HostAddr::Unix { .. } => &[false][..],
-        HostAddr::Tcp { .. } => params.sslmode.attempts(),
-    };
     let timeout = params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut failed: Vec<String> = Vec::new();
-    for (n, &tls) in attempts.iter().enumerate() {
-        let attempt = tokio::time::timeout_at(deadline, attempt(params, host, database, tls));
-        let error = match attempt.await {
-            Ok(Ok(client)) => {
-                check_session_attrs(&client, attrs).await?;
-                return Ok(client);
+    let ways = attempts::ways(params.sslmode, host);
+    let within = |tls| async move {
+        match tokio::time::timeout_at(deadline, attempt(params, host, database, tls)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Failed {
+                error: anyhow!("no answer within {timeout:?}"),
+                other_way: false,
+            }),
+        }
+    };
+    let client = attempts::each_way(host, ways, within)
+        .await
+        .map_err(|mut failed| {
+            let (tls, last) = failed.pop().expect("an attempt was made");
+            if failed.is_empty() {
+                return last;
             }
-            Ok(Err(Attempt { error, other_way })) if other_way && n + 1 < attempts.len() => error,
-            Ok(Err(Attempt { error, .. })) if failed.is_empty() => return Err(error),
-            Ok(Err(Attempt { error, .. })) => {
-                return Err(error.context(format!("{}; {}", failed.join("; "), attempt_way(tls))));
-            }
-            Err(_) if failed.is_empty() => anyhow::bail!("no answer within {timeout:?}"),
-            Err(_) => anyhow::bail!(
-                "{}; {}: no answer within {timeout:?}",
-                failed.join("; "),
-                attempt_way(tls)
-            ),
-        };
-        tracing::debug!(%host, tls, "connection attempt failed: {error:#}; trying the other way");
-        failed.push(format!("{}: {error:#}", attempt_way(tls)));
-    }
-    unreachable!("the last attempt returns")
-}
-
-/// A failed connection attempt.
-struct Attempt {
-    error: anyhow::Error,
-    /// Whether libpq would try the other way: TLS could not be set up, or the server refused
-    /// the session before letting the client in (`CONNECTION_FAILED()` in fe-connect.c); not
-    /// an error after AuthenticationOk (the password was accepted: trying without TLS would
-    /// only send it in the clear), what the client refused itself (`require_auth`, a missing
-    /// password), nor an unreachable server.
-    other_way: bool,
+            let earlier: Vec<String> = (failed.iter())
+                .map(|(tls, e)| format!("{}: {e:#}", attempts::way(*tls)))
+                .collect();
+            last.context(format!("{}; {}", earlier.join("; "), attempts::way(tls)))
+        })?;
+    check_session_attrs(&client, attrs).await?;
+    Ok(client)
 }
 
 /// One connection attempt, with TLS or without: the socket is opened here and followed by an
@@ -196,8 +182,8 @@ async fn attempt(
     host: &HostAddr,
     database: &str,
     tls: bool,
-) -> Result<Client, Attempt> {
-    let unreachable = |error: io::Error| Attempt {
+) -> Result<Client, Failed<anyhow::Error>> {
+    let unreachable = |error: io::Error| Failed {
         error: anyhow::Error::new(error).context(format!("connect to {host}")),
         other_way: false,
     };
@@ -225,7 +211,7 @@ async fn attempt(
     let logged_in = Arc::new(AtomicBool::new(false));
     let failed = |e: tokio_postgres::Error, set_up: bool| {
         let refused = e.as_db_error().is_some() && !logged_in.load(Ordering::Relaxed);
-        Attempt {
+        Failed {
             other_way: !set_up || refused,
             error: refusal_or(e),
         }
@@ -244,7 +230,7 @@ async fn attempt(
             }
             let connect =
                 rustls_connect(params, name, policy, logged_in.clone()).map_err(|error| {
-                    Attempt {
+                    Failed {
                         error,
                         other_way: true,
                     }

@@ -188,11 +188,6 @@ impl SslMode {
     }
 }
 
-/// How an attempt of [`SslMode::attempts`] connects, for messages.
-pub fn attempt_way(tls: bool) -> &'static str {
-    if tls { "with TLS" } else { "without TLS" }
-}
-
 keyword_enum! {
     /// Whether SCRAM binds the authentication to the TLS channel (`channel_binding`), proving
     /// the server that authenticates the client is the one at the other end of the TLS
