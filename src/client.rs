@@ -141,7 +141,8 @@ impl ServerClient {
             ));
         }
         // Quoted with anything before an `@` hidden: a URL that does not parse, or has no
-        // scheme, may still carry a password there.
+        // scheme, may still carry a password there, one with a `/` in it too, which ends the
+        // authority for `mask_url` (`http://u:pa/ss@host`).
         let shown = server
             .rsplit_once('@')
             .map_or_else(|| server.clone(), |(_, host)| format!("********@{host}"));

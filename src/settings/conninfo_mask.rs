@@ -1,5 +1,8 @@
-//! Hides the secrets in a libpq connection string, in either of its forms.
+//! Hides the secrets in a libpq connection string, in either of its forms: the values of the
+//! keys [`secret_name`] names (`password`, and `sslpassword`, the client key's passphrase, which
+//! libpq takes and walhalla refuses at use), by the rule every mask shares.
 
+use crate::mask::secret_name;
 use crate::protocol::conninfo::{is_space, percent_decode};
 
 /// `conninfo` with the value of every key named like a secret ([`crate::mask`]: `password`,
@@ -34,7 +37,7 @@ pub fn mask_conninfo(conninfo: &str) -> String {
             let params: Vec<String> = query
                 .split('&')
                 .map(|p| match p.split_once('=') {
-                    Some((key, _)) if percent_decode(key).is_ok_and(|k| is_secret(&k)) => {
+                    Some((key, _)) if percent_decode(key).is_ok_and(|k| secret_name(&k)) => {
                         format!("{key}={MASK}")
                     }
                     _ => p.to_owned(),
@@ -45,13 +48,6 @@ pub fn mask_conninfo(conninfo: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}{authority}{tail}")
-}
-
-/// Whether a connection-string key's value is a secret (`password`, and `sslpassword`, the
-/// client key's passphrase, which libpq takes and this walhalla refuses at use): by the rule
-/// every mask shares.
-fn is_secret(key: &str) -> bool {
-    crate::mask::secret_name(key)
 }
 
 /// Whether `byte` separates keys and values: libpq's white space, vertical tab included.
@@ -101,12 +97,12 @@ fn mask_key_values(text: &str, mask: &str) -> String {
             }
         }
         let i_end = i.min(bytes.len());
-        if is_secret(key) && quoted {
+        if secret_name(key) && quoted {
             // Quoted as given: a key may follow the closing quote without a space.
             out.push('\'');
             out.push_str(mask);
             out.push('\'');
-        } else if is_secret(key) {
+        } else if secret_name(key) {
             out.push_str(mask);
         } else {
             out.push_str(&text[value_start..i_end]);
