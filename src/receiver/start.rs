@@ -57,7 +57,8 @@ pub fn plan(
     keeps_from: Option<SegNo>,
     lost: &BTreeSet<SegNo>,
 ) -> StartPlan {
-    let oldest = (held.first().into_iter().chain(refused.first()))
+    let again = refused.iter().find(|n| !lost.contains(n));
+    let oldest = (held.first().into_iter().chain(again))
         .min()
         .copied()
         .unwrap_or(resume);
@@ -192,50 +193,125 @@ pub async fn start_point(
     } else {
         past_fork(conn, &history, timeline, next, server_timeline, size)?
     };
-    let begin = SegNo::containing(timeline_begin(&history, timeline), size);
+    plan_on(ctx, &history, (timeline, resume), slot_restart, &spooled).await
+}
+
+/// Plans the start on `timeline`, where streaming resumes at `resume` unless the archive has a
+/// hole the server can still fill ([`plan`]) or the uploader refused a segment that must come
+/// from the server again. The server's `history` leads to `timeline`; `slot_restart` is
+/// where its slot keeps WAL from; `spooled`, what the spool held at this start.
+async fn plan_on(
+    ctx: &Context,
+    history: &[HistoryEntry],
+    (timeline, resume): (TimelineId, SegNo),
+    slot_restart: Option<Lsn>,
+    spooled: &spool::SpoolContents,
+) -> Result<StartPlan, SessionError> {
+    let size = ctx.segment_size;
+    let begin = SegNo::containing(timeline_begin(history, timeline), size);
     let keeps_from = slot_restart.map(|l| SegNo::containing(l, size).max(begin));
+    let on_timeline = |s: &SegmentName| (s.timeline == timeline).then(|| s.segno(size)).flatten();
+    let spooled_here: BTreeSet<SegNo> = spooled.complete.iter().filter_map(on_timeline).collect();
     let per_group = size.segments_per_xlog_id();
+    let group_start = |n: SegNo| SegNo(n.0 / per_group * per_group).max(begin);
     let newest_group = resume.0.saturating_sub(1) / per_group;
-    let first_group = keeps_from
-        .map_or(newest_group, |k| k.0 / per_group)
-        .max(newest_group.saturating_sub(MAX_GROUPS_CHECKED - 1));
-    let scan_from = SegNo(first_group * per_group).max(begin);
+    let first_group = match keeps_from {
+        Some(keeps) => keeps.0 / per_group,
+        // Nothing says where the server's WAL begins: look back from the oldest segment the
+        // spool holds, one group further, for where the archive ends before it.
+        None => (spooled_here.first())
+            .map_or(newest_group, |n| n.0 / per_group)
+            .min(newest_group)
+            .saturating_sub(1),
+    };
+    let first_group = first_group.max(newest_group.saturating_sub(MAX_GROUPS_CHECKED - 1));
+    let mut scan_from = SegNo(first_group * per_group).max(begin);
     let mut held = ctx
         .cluster
         .segments_between(timeline, scan_from, resume, size)
         .await?;
-    held.extend(
-        spooled
-            .complete
-            .iter()
-            .filter(|s| s.timeline == timeline)
-            .filter_map(|s| s.segno(size)),
-    );
     crate::failpoint::hit(crate::failpoint::START_PLAN);
-    // Refused before this plan (a file the uploader found damaged while the archive was
-    // listed, say): streamed again, not counted as held. One refused later ends the stream.
-    let refused: BTreeSet<SegNo> = (ctx.uploader.refused_segments().into_iter())
-        .filter(|s| s.timeline == timeline)
-        .filter_map(|s| s.segno(size))
-        .filter(|n| (scan_from..resume).contains(n))
+    // One reading of what the uploader refused (a file found damaged while the archive was
+    // listed, say), for the plan and for what it leaves behind; one refused after it ends the
+    // stream instead ([`super::upload::Uploader::refused_before`]).
+    let refused = ctx.uploader.refused_segments();
+    if let Some((timeline, segment)) = refused_on_ancestor(&refused, history, timeline, size) {
+        let plan = StartPlan {
+            timeline,
+            segment,
+            missing_until: SegNo(segment.0 + 1),
+            guaranteed: slot_restart.is_some_and(|l| SegNo::containing(l, size) <= segment),
+            resume: SegNo(segment.0 + 1),
+        };
+        tracing::warn!(
+            segment = %SegmentName::new(timeline, segment, size),
+            "a segment of an earlier timeline did not read back from the spool as it was \
+             received: streaming again from it, then along the server's history"
+        );
+        ctx.give_up_refused_behind(&refused, &plan);
+        return Ok(plan);
+    }
+    let refused_here: BTreeSet<SegNo> = (refused.iter())
+        .filter_map(on_timeline)
+        .filter(|n| (begin..resume).contains(n))
         .collect();
+    // One refused before what was listed (possible in --synchronous mode, where refusals do
+    // not hold the slot back): list back to it, so that what lies between is not taken for
+    // missing.
+    if let Some(&oldest) = refused_here.first().filter(|&&n| n < scan_from) {
+        let from = group_start(oldest);
+        held.extend(
+            ctx.cluster
+                .segments_between(timeline, from, scan_from, size)
+                .await?,
+        );
+        scan_from = from;
+    }
+    held.extend(spooled_here);
     let plan = plan(
         timeline,
         &held,
-        &refused,
+        &refused_here,
         resume,
         keeps_from.map(|k| k.max(scan_from)),
         &ctx.lost,
     );
-    if plan.segment < resume {
+    if refused_here.contains(&plan.segment) {
+        tracing::warn!(
+            segment = %SegmentName::new(timeline, plan.segment, size),
+            "a spool segment did not read back as it was received: streaming again from it"
+        );
+    } else if plan.segment < resume {
         tracing::warn!(
             first_missing = %SegmentName::new(timeline, plan.segment, size),
             newest_held = %SegmentName::new(timeline, SegNo(resume.0 - 1), size),
             "the archive has a hole: streaming again from its start"
         );
     }
-    ctx.give_up_refused_behind(&plan);
+    ctx.give_up_refused_behind(&refused, &plan);
     Ok(plan)
+}
+
+/// The oldest segment the uploader `refused` on an ancestor of `timeline` that the server's
+/// `history` still leads through (at or before the segment where that timeline was left): the
+/// server streams it on that timeline, then follows the history to `timeline` again.
+fn refused_on_ancestor(
+    refused: &[SegmentName],
+    history: &[HistoryEntry],
+    timeline: TimelineId,
+    size: SegmentSize,
+) -> Option<(TimelineId, SegNo)> {
+    (refused.iter())
+        .filter(|s| s.timeline < timeline)
+        .filter_map(|s| {
+            let n = s.segno(size)?;
+            let left = history
+                .iter()
+                .find(|e| e.timeline == s.timeline)?
+                .switch_point;
+            (n <= SegNo::containing(left, size)).then_some((s.timeline, n))
+        })
+        .min_by_key(|&(timeline, n)| (n, timeline))
 }
 
 /// What the archive and the spool hold at their newest: a complete segment, a snapshot, the
@@ -366,13 +442,14 @@ impl Context {
         Ok(spooled)
     }
 
-    /// Reports as lost the segments the uploader refused that a stream started at `plan` will
-    /// not receive again (on an older timeline, or before the plan's start: outside what the
-    /// start looks at, or already lost). Otherwise each session would end over them again,
-    /// and the flush position would never pass them.
-    fn give_up_refused_behind(&self, plan: &StartPlan) {
+    /// Reports as lost the segments of `refused` (the uploader's, read once for `plan`) that a
+    /// stream started at `plan` will not receive again (on an older timeline the server's
+    /// history does not lead through, or before the plan's start: outside what the start
+    /// looks at, or already lost). Otherwise each session would end over them again, and the
+    /// flush position would never pass them.
+    fn give_up_refused_behind(&self, refused: &[SegmentName], plan: &StartPlan) {
         let size = self.segment_size;
-        for refused in self.uploader.refused_segments() {
+        for &refused in refused {
             let Some(segno) = refused.segno(size) else {
                 continue;
             };
@@ -446,6 +523,21 @@ mod tests {
         assert_eq!(refused_start(&[4, 5, 6], &[6], 7, None, &[]), (6, 7, false));
         // Refused and gone from the spool, nothing else held: from it, not from resume.
         assert_eq!(refused_start(&[], &[6], 7, None, &[]), (6, 7, false));
+        // Refused before the slot's start (--synchronous, where refusals do not hold it back).
+        assert_eq!(
+            refused_start(&[10, 11, 12], &[8], 13, Some(10), &[]),
+            (8, 10, false)
+        );
+        // A refused run, ending at a held segment.
+        assert_eq!(
+            refused_start(&[4, 5, 6, 7], &[5, 6], 8, Some(4), &[]),
+            (5, 7, true)
+        );
+        // Refused at or past where streaming resumes anyway.
+        assert_eq!(refused_start(&[4, 5], &[6], 6, Some(4), &[]), (6, 7, true));
+        assert_eq!(refused_start(&[], &[9], 6, None, &[]), (6, 7, false));
+        // Refused again after it was reported lost: not where the start looks back to.
+        assert_eq!(refused_start(&[7], &[5], 8, None, &[5]), (8, 9, false));
         // Already known lost (the server said it no longer has it): not tried again.
         assert_eq!(
             refused_start(&[4, 5, 6], &[5], 7, Some(4), &[5]),
@@ -474,6 +566,36 @@ mod tests {
         assert_eq!(
             start(&held, 11, Some(14), &[4, 5, 8, 9, 11, 12, 13]),
             (14, 15, true)
+        );
+    }
+
+    #[test]
+    fn a_refused_segment_of_an_earlier_timeline_is_streamed_again_while_the_history_leads_there() {
+        let size = SegmentSize::new(1 << 24).unwrap();
+        let name = |t: u32, n: u64| SegmentName::new(TimelineId(t), SegNo(n), size);
+        let entry = |t: u32, segment: u64, offset: u64| HistoryEntry {
+            timeline: TimelineId(t),
+            switch_point: Lsn(SegNo(segment).start_lsn(size).0 + offset),
+        };
+        // Timeline 1 left inside 0x20, timeline 2 inside 0x30; streaming on timeline 3.
+        let history = [entry(1, 0x20, 0x100), entry(2, 0x30, 0x200)];
+        let on = |refused: &[SegmentName]| {
+            refused_on_ancestor(refused, &history, TimelineId(3), size).map(|(t, n)| (t.0, n.0))
+        };
+        assert_eq!(on(&[name(1, 0x1f)]), Some((1, 0x1f)));
+        // The segment the switch lies in is on the old timeline up to the switch.
+        assert_eq!(on(&[name(1, 0x20)]), Some((1, 0x20)));
+        // Past where timeline 1 was left: no server streams it.
+        assert_eq!(on(&[name(1, 0x21)]), None);
+        // The oldest position first, whatever its timeline.
+        assert_eq!(on(&[name(2, 0x2a), name(1, 0x1e)]), Some((1, 0x1e)));
+        // The current timeline's and a timeline off the history: left to the plan and to
+        // what it leaves behind.
+        assert_eq!(on(&[name(3, 0x31), name(4, 0x10)]), None);
+        let sibling = [entry(1, 0x20, 0x100)];
+        assert_eq!(
+            refused_on_ancestor(&[name(2, 0x22)], &sibling, TimelineId(3), size),
+            None
         );
     }
 

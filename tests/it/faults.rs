@@ -379,8 +379,9 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
 /// empty, the next segment the archive lacks; the uploader refuses it (and removes it) after
 /// the start listed the spool, before the start planned where to stream from. The slot still
 /// keeps that WAL, so it must be streamed again, not reported lost with a hole left in the
-/// archive. The fail points hold the first upload until the start has listed the spool, and
-/// the plan until the uploader has refused the file.
+/// archive. The fail points hold the first upload (of the file, which the receiver's own start
+/// lists once before its first session) until that session's start has listed the spool too,
+/// and the plan until the uploader has refused the file; the log shows the order.
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
@@ -403,7 +404,7 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     vars.push((
         walhalla::failpoint::VARIABLE.into(),
         format!(
-            "{}=1*sleep(1500);{}=1*sleep(4000)",
+            "{}=1*sleep(1500);{}=1*sleep(5000)",
             walhalla::failpoint::UPLOAD_START,
             walhalla::failpoint::START_PLAN
         ),
@@ -426,6 +427,18 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     assert!(
         !log.contains("lost to the archive"),
         "a segment the slot keeps was reported lost: {log}"
+    );
+    // Refused before the plan, which streams it again; not refused after it (which the stream
+    // would catch, so the test would pass without the plan's part).
+    assert!(
+        log.lines().any(|l| l.contains("receiver::start")
+            && l.contains("did not read back as it was received")
+            && l.contains(&format!("segment={lacking}"))),
+        "the start did not plan to stream the refused segment again: {log}"
+    );
+    assert!(
+        !log.contains(&format!("{lacking} did not read back")),
+        "refused after the plan, not before it: {log}"
     );
     assert!(again.stop().success(), "{log}");
 }
