@@ -14,6 +14,7 @@
 //! and commits wait only for the local fsync.
 
 mod flush;
+mod history;
 mod outstanding;
 mod pace;
 mod probe;

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
-use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::history::archive_history;
 use super::pace::Pace;
 use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
-use super::slot::{SlotWatch, create_temporary_slot, ensure_usable_slot};
+use super::slot::{SlotWatch, create_temporary_slot, keeps_no_more, session_slot};
 use super::spool_place::{self, default_spool};
 use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -25,16 +25,12 @@ use super::{BackupWal, Mode, ReceiveOptions};
 use crate::archive::{Archive, ClusterArchive};
 use crate::blocking;
 use crate::daemon::{ServedCluster, Shared};
-use crate::envelope::Encoder;
 use crate::protocol::commands::Identity;
 use crate::protocol::connection::{Connection, CopyStart, Error as ConnError};
 use crate::protocol::conninfo::HostAddr;
 use crate::spool::{self, SegmentWriter};
 use crate::wal::page_stream::PageChecker;
-use crate::wal::{
-    HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName,
-    parse_history,
-};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId};
 
 /// SQLSTATE of "replication slot does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
@@ -125,11 +121,7 @@ pub struct Context {
     pub(super) shared: Arc<Shared>,
     /// Segments found missing from the archive and gone from the server: not asked for again.
     pub(super) lost: BTreeSet<SegNo>,
-    /// Whether a session of this run found the slot: created again later, it was dropped.
-    pub(super) slot_seen: bool,
-    /// Whether this run warned that the slot keeps no WAL.
-    pub(super) slot_warned: bool,
-    /// What this run learned of the slot's invalidation.
+    /// What this run learned of the slot.
     pub(super) slot_watch: SlotWatch,
     /// Hosts last found on an older timeline than the archive's ([`BehindArchive`]), tried
     /// after the others.
@@ -307,33 +299,15 @@ pub async fn run(
         }
         let slot_restart = match &options.slot {
             Some(slot) => {
-                let found = ensure_usable_slot(
+                let found = session_slot(
                     &mut conn,
                     &options.conn,
                     slot,
                     options.create_slot,
                     system_id,
                     &mut ctx.slot_watch,
-                )
-                .await?;
-                if found.created && ctx.slot_seen {
-                    tracing::warn!(
-                        slot,
-                        host = %conn.host(),
-                        "the replication slot was gone (dropped, or this is another server) and is created again: WAL the server removed meanwhile and the archive lacks is reported as lost"
-                    );
-                }
-                let reads_position = conn.server_major_version().unwrap_or(0) >= 15;
-                if found.restart.is_none() && reads_position && !ctx.slot_warned {
-                    tracing::warn!(
-                        slot,
-                        host = %conn.host(),
-                        "the replication slot keeps no WAL (invalidated by max_slot_wal_keep_size, or never used): WAL the server has removed since and the archive lacks is reported as lost"
-                    );
-                    ctx.slot_warned = true;
-                }
-                ctx.slot_seen = true;
-                found.restart
+                );
+                found.await?
             }
             None => None,
         };
@@ -450,25 +424,8 @@ pub async fn run(
                     && options.for_backup.is_none() =>
             {
                 let slot = options.slot.as_deref().unwrap_or_default();
-                if options.create_slot {
-                    // The server's refusal tells what SQL may not have (a role for replication
-                    // only): the next session replaces the slot on this host.
-                    ctx.slot_watch.replace_on(conn.host().clone());
-                    return Err(SessionError {
-                        fatal: false,
-                        error: e.error.context(format!(
-                            "{command} on {host}: the slot no longer keeps WAL (invalidated by \
-                             max_slot_wal_keep_size); with --create-slot it is dropped and \
-                             created again at the next connection"
-                        )),
-                    });
-                }
-                return Err(SessionError::fatal(e.error.context(format!(
-                    "{command} on {host}: the slot no longer keeps WAL (invalidated by \
-                     max_slot_wal_keep_size: wal_status 'lost' in pg_replication_slots). Drop it \
-                     (SELECT pg_drop_replication_slot('{slot}')) and start again with \
-                     --create-slot: what the archive lacks is then reported as lost"
-                ))));
+                let (create, watch) = (options.create_slot, &mut ctx.slot_watch);
+                return Err(keeps_no_more(e, &command, conn.host(), slot, create, watch));
             }
             Err(SessionError { fatal, error }) => {
                 if let Some(behind) = error.downcast_ref::<BehindArchive>() {
@@ -606,71 +563,10 @@ pub async fn new_context(
         uploader,
         shared: shared.clone(),
         lost: BTreeSet::new(),
-        slot_seen: false,
-        slot_warned: false,
         server_timeline: TimelineId(0),
         furthest: Lsn(0),
         progressed: false,
         slot_watch: SlotWatch::default(),
         behind: Vec::new(),
     })
-}
-
-/// Archives the history file of `timeline` as the server has it (before any segment of that
-/// timeline), and returns its entries.
-pub async fn archive_history(
-    conn: &mut Connection,
-    cluster: &ClusterArchive,
-    timeline: TimelineId,
-) -> Result<Vec<HistoryEntry>, SessionError> {
-    let rows = conn
-        .simple_query_raw(&format!("TIMELINE_HISTORY {}", timeline.0))
-        .await
-        .map_err(|e| history_missing(e, timeline, conn.host()))?;
-    let name = WalFileName::History(timeline);
-    let (file, content) = match rows
-        .first()
-        .map(|r| (r.first().cloned().flatten(), r.get(1).cloned().flatten()))
-    {
-        Some((Some(file), Some(content))) => (file, content),
-        _ => return Err(anyhow!("TIMELINE_HISTORY {} returned no file", timeline.0).into()),
-    };
-    if file != name.to_string().as_bytes() {
-        return Err(anyhow!(
-            "TIMELINE_HISTORY {} returned a file named {:?}",
-            timeline.0,
-            String::from_utf8_lossy(&file)
-        )
-        .into());
-    }
-    let entries = parse_history(timeline, &content)
-        .map_err(|e| anyhow!("{name} from {}: {e}", conn.host()))?;
-    let content = Bytes::from(content);
-    let encoded = content.clone();
-    let envelope = blocking::run(move || {
-        Encoder::new(crate::envelope::DEFAULT_LEVEL, 1).and_then(|mut e| e.encode(&encoded))
-    })
-    .await
-    .context("compress a history file")?;
-    cluster
-        .put(&name, content, envelope)
-        .await
-        .map_err(|e| match e.is_contradiction() {
-            true => SessionError::fatal(e.into()),
-            false => e.into(),
-        })?;
-    Ok(entries)
-}
-
-/// A failed TIMELINE_HISTORY. A server without the file (SQLSTATE 58P01) may be a standby
-/// that has not received it yet, or a server restored without it: ask again later, since
-/// going on without the history would leave the archive unable to follow the switch.
-fn history_missing(error: ConnError, timeline: TimelineId, host: &HostAddr) -> SessionError {
-    if error.server_error().map(|e| e.code.as_str()) != Some(UNDEFINED_FILE) {
-        return from_conn(error);
-    }
-    SessionError::from(anyhow!(error).context(format!(
-        "{host} has no history file for timeline {timeline} ({}); retrying: the archive needs it before any WAL of that timeline",
-        WalFileName::History(timeline)
-    )))
 }

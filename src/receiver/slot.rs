@@ -99,9 +99,13 @@ pub async fn ensure_slot(
     Ok(SlotFound { restart, created })
 }
 
-/// What a run learned of its slot's invalidation ([`ensure_usable_slot`]).
+/// What a run learned of its slot ([`session_slot`], [`ensure_usable_slot`]).
 #[derive(Debug, Default)]
 pub struct SlotWatch {
+    /// A session of this run found the slot: created again later, it was dropped.
+    seen: bool,
+    /// This run warned that the slot keeps no WAL.
+    warned_empty: bool,
     /// `pg_replication_slots` gave a clear answer this run.
     checked: bool,
     /// This run said that it could not ask.
@@ -114,9 +118,76 @@ pub struct SlotWatch {
 impl SlotWatch {
     /// The server on `host` refused to stream what the slot should have kept (removed WAL,
     /// or 18's refusal of an invalidated slot): invalidated, whatever SQL could tell.
-    pub fn replace_on(&mut self, host: HostAddr) {
+    fn replace_on(&mut self, host: HostAddr) {
         self.replace_on = Some(host);
     }
+}
+
+/// The slot for one session ([`ensure_usable_slot`]), with what its state means for the
+/// archive said once a run: created again after this run found it (dropped, or another server
+/// behind the address), or keeping no WAL (invalidated, or never used), WAL the server removed
+/// meanwhile is reported lost. Returns where it keeps WAL from, when the server says.
+pub async fn session_slot(
+    conn: &mut Connection,
+    params: &ConnParams,
+    slot: &str,
+    create: bool,
+    system_id: SystemId,
+    watch: &mut SlotWatch,
+) -> Result<Option<Lsn>, SessionError> {
+    let found = ensure_usable_slot(conn, params, slot, create, system_id, watch).await?;
+    let host = conn.host();
+    if found.created && watch.seen {
+        tracing::warn!(
+            slot,
+            %host,
+            "the replication slot was gone (dropped, or this is another server) and is created \
+             again: WAL the server removed meanwhile and the archive lacks is reported as lost"
+        );
+    }
+    let reads_position = conn.server_major_version().unwrap_or(0) >= 15;
+    if found.restart.is_none() && reads_position && !watch.warned_empty {
+        tracing::warn!(
+            slot,
+            %host,
+            "the replication slot keeps no WAL (invalidated by max_slot_wal_keep_size, or never \
+             used): WAL the server has removed since and the archive lacks is reported as lost"
+        );
+        watch.warned_empty = true;
+    }
+    watch.seen = true;
+    Ok(found.restart)
+}
+
+/// The server on `host` refused `command` (`error`): it no longer has WAL the slot should
+/// have kept, or (PostgreSQL 18) refuses the invalidated slot. With `create`, the next
+/// session replaces the slot on that host; without, the run ends with what to do.
+pub fn keeps_no_more(
+    error: SessionError,
+    command: &str,
+    host: &HostAddr,
+    slot: &str,
+    create: bool,
+    watch: &mut SlotWatch,
+) -> SessionError {
+    if create {
+        // The server's refusal tells what SQL may not have (a role for replication only).
+        watch.replace_on(host.clone());
+        return SessionError {
+            fatal: false,
+            error: error.error.context(format!(
+                "{command} on {host}: the slot no longer keeps WAL (invalidated by \
+                 max_slot_wal_keep_size); with --create-slot it is dropped and created again at \
+                 the next connection"
+            )),
+        };
+    }
+    SessionError::fatal(error.error.context(format!(
+        "{command} on {host}: the slot no longer keeps WAL (invalidated by \
+         max_slot_wal_keep_size: wal_status 'lost' in pg_replication_slots). Drop it (SELECT \
+         pg_drop_replication_slot('{slot}')) and start again with --create-slot: what the \
+         archive lacks is then reported as lost"
+    )))
 }
 
 /// [`ensure_slot`], then, from PostgreSQL 16 on, a slot the server invalidated (past
@@ -129,7 +200,7 @@ impl SlotWatch {
 /// stream with what to do. When SQL cannot ask (a role or pg_hba.conf for replication only),
 /// a warning says so once, and with `create` the slot is replaced once the server refuses to
 /// stream what it should have kept ([`SlotWatch::replace_on`]).
-pub async fn ensure_usable_slot(
+async fn ensure_usable_slot(
     conn: &mut Connection,
     params: &ConnParams,
     slot: &str,

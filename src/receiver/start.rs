@@ -13,8 +13,9 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, anyhow};
 
 use super::ReceiveOptions;
+use super::history::archive_history;
 use super::readback::Expect;
-use super::session::{Context, SessionError, archive_history};
+use super::session::{Context, SessionError};
 use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
