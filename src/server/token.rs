@@ -3,9 +3,11 @@
 //! clients of the same user on the same host find it there on their own. The token itself is
 //! never logged.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use tokio_rustls::rustls::crypto::aws_lc_rs;
@@ -26,7 +28,7 @@ pub fn default_path() -> PathBuf {
 /// Reads the token from its file: the first line, without surrounding whitespace. Warns when
 /// other users can read the file.
 pub fn read(path: &Path) -> anyhow::Result<String> {
-    warn_if_others_read(path)?;
+    warn_if_others_read(path, false)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
     let token = token_of(text.lines().next().unwrap_or(""));
@@ -39,17 +41,28 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
     Ok(token.to_string())
 }
 
-/// Warns when other users can read the token file at `path`.
-fn warn_if_others_read(path: &Path) -> anyhow::Result<()> {
+/// Warns when other users can read the token file at `path`: a client once per file in a
+/// process (`check` reads it more than once), the server at every reading (`repeat`), since
+/// the file may have been replaced.
+fn warn_if_others_read(path: &Path, repeat: bool) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
+    if meta.permissions().mode() & 0o004 != 0 && (warns_first(path) || repeat) {
         tracing::warn!(
             path = %path.display(),
             "other users can read the token file: chmod 600 it"
         );
     }
     Ok(())
+}
+
+/// Whether this is the process's first warning about the token file at `path`.
+fn warns_first(path: &Path) -> bool {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    warned.insert(path.to_path_buf())
 }
 
 /// A line's token: without surrounding white space, nor the byte-order mark an editor may
@@ -96,7 +109,7 @@ const SHORT_TOKEN: usize = 16;
 /// added, the clients given it, the old one removed. Warns when other users can read the file
 /// or when a token is short enough to guess (`remedy` says what to do then).
 pub fn read_served(path: &Path, remedy: &str) -> anyhow::Result<Vec<String>> {
-    warn_if_others_read(path)?;
+    warn_if_others_read(path, true)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the token file {}", path.display()))?;
     let mut tokens = Vec::new();
@@ -171,6 +184,17 @@ mod tests {
         assert_eq!(read(&path).unwrap(), "s3cr3t");
         std::fs::write(&path, "\n").unwrap();
         assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_readable_token_file_is_warned_about_once_per_file() {
+        let (a, b) = (
+            Path::new("/nonexistent/a/token"),
+            Path::new("/nonexistent/b/token"),
+        );
+        assert!(warns_first(a));
+        assert!(!warns_first(a), "a second reading of the same file");
+        assert!(warns_first(b));
     }
 
     #[test]
