@@ -397,9 +397,7 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     let last = pg.switch_wal();
     let empty = receiver.spool.join(&lacking);
     std::fs::File::create(&empty).expect("an empty spool file");
-    let owner = std::fs::metadata(&receiver.spool).expect("the spool");
-    use std::os::unix::fs::MetadataExt as _;
-    std::os::unix::fs::chown(&empty, Some(owner.uid()), Some(owner.gid())).expect("chown");
+    crate::harness::give_tree_to_pg(&empty);
     let mut vars = archive.env();
     vars.push((
         walhalla::failpoint::VARIABLE.into(),

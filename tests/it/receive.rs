@@ -710,11 +710,8 @@ fn a_spool_copy_of_an_archived_segment_damaged_inside_its_pages_is_dropped_not_a
     // the uploader stopped on the contradiction.)
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
+    let (pg, mut receiver) = streaming_primary(&wh, &archive, &[]);
     let conninfo = pg.conninfo();
-    let mut receiver = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
-    wait_streaming(&pg);
     // After a switch, the next segment starts with a record of its own, not the rest of one.
     pg.switch_wal();
     pg.write_rows(300);
@@ -761,11 +758,8 @@ fn a_second_receiver_is_refused_the_spool_of_a_running_one() {
     // archived it as a snapshot; the first then found its file gone and reported WAL lost.
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let mut pg = PgCluster::init("primary");
-    pg.start();
+    let (pg, mut first) = streaming_primary(&wh, &archive, &[]);
     let conninfo = pg.conninfo();
-    let mut first = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
-    wait_streaming(&pg);
     pg.write_rows(300);
     let before = pg.switch_wal();
     wait_archive_holds(&archive, &before);
