@@ -103,6 +103,26 @@ impl Outstanding {
             .min()
     }
 
+    /// Segment `segment`'s file read back well, with content CRC `crc`: an earlier run's file
+    /// is known for what it holds from now on, and checked by that at later attempts.
+    pub(super) fn read_back(&mut self, segment: SegmentName, crc: u32) {
+        if let Some((_, expect @ Expect::Pages)) = self.segments.get_mut(&segment) {
+            *expect = Expect::Crc(crc);
+        }
+    }
+
+    /// The start of the oldest segment an earlier run left in the spool ([`Expect::Pages`])
+    /// that has not read back yet, or was refused: nothing from there on is known
+    /// stored, whatever the spool's files say, until it is checked or received again.
+    pub(super) fn oldest_unverified_start(&self, size: SegmentSize) -> Option<Lsn> {
+        let left = |(s, expect): (&SegmentName, &Expect)| (*expect == Expect::Pages).then_some(*s);
+        let outstanding = self.segments.iter().map(|(s, (_, e))| (s, e));
+        (outstanding.chain(self.refused.iter()))
+            .filter_map(left)
+            .filter_map(|s| s.start_lsn(size))
+            .min()
+    }
+
     /// Bytes of WAL these files hold in the spool.
     pub(super) fn bytes(&self, size: SegmentSize) -> u64 {
         let tails: u64 = self
@@ -187,6 +207,37 @@ mod tests {
         o.insert(Job::Segment(name(2, 3), Expect::Pages));
         assert_eq!(o.oldest_segment_start(size), Some(SegNo(3).start_lsn(size)));
         assert_eq!(o.bytes(size), 2 * (1 << 20) + 100);
+    }
+
+    #[test]
+    fn an_earlier_runs_segment_bounds_what_is_stored_until_it_is_checked() {
+        let size = SegmentSize::new(1 << 20).unwrap();
+        let name = |n: u64| SegmentName::new(TimelineId(1), SegNo(n), size);
+        let mut o = Outstanding::default();
+        // Received by this run: known by its CRC, not bounding the spool's position.
+        o.insert(Job::Segment(name(4), Expect::Crc(4)));
+        assert_eq!(o.oldest_unverified_start(size), None);
+        // Left by an earlier run: bounds it until read back (the archive may be away).
+        o.insert(Job::Segment(name(6), Expect::Pages));
+        o.insert(Job::Segment(name(7), Expect::Pages));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(6).start_lsn(size))
+        );
+        o.read_back(name(6), 66);
+        assert_eq!(o.expectation(name(6), Expect::Pages), Expect::Crc(66));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(7).start_lsn(size))
+        );
+        // Refused: still, until received again.
+        o.refuse(Job::Segment(name(7), Expect::Pages));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(7).start_lsn(size))
+        );
+        assert!(o.hand_over(Job::Segment(name(7), Expect::Crc(7))));
+        assert_eq!(o.oldest_unverified_start(size), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::wal::{SegmentName, SegmentSize, SystemId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Expect {
     /// The CRC-32 of the bytes the stream wrote
-    /// ([`content_crc`](crate::spool::SegmentWriter::content_crc)): segments of this run.
+    /// ([`content_crc`](crate::spool::SegmentWriter::content_crc)): segments of this run,
+    /// and an earlier run's once its file read back well.
     Crc(u32),
     /// What the page headers say ([`check_stored`]), and for a complete segment its records
     /// read to its end: files an earlier run left, and kept tails (fsynced before they get

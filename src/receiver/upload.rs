@@ -183,6 +183,12 @@ impl Uploader {
         lock(&self.outstanding).oldest_segment_start(self.size)
     }
 
+    /// The start of the oldest segment an earlier run left in the spool that has not read back
+    /// yet, or was refused: `--synchronous` may not report anything from there on as flushed.
+    pub fn oldest_unverified(&self) -> Option<Lsn> {
+        lock(&self.outstanding).oldest_unverified_start(self.size)
+    }
+
     /// A segment refused since it was last handed over that starts before `position`: a
     /// stream that began at `position` will not receive it again, so its session must end
     /// (see the module's documentation).
@@ -523,6 +529,9 @@ async fn upload(
         }
         Err(e) => return Err(failed(e)),
     };
+    if let Job::Segment(segment, _) = job {
+        lock(outstanding).read_back(segment, encoded.crc);
+    }
     let (original_bytes, stored_bytes) =
         (encoded.content.len() as u64, encoded.envelope.len() as u64);
     let mut index = encoded.index;

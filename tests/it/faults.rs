@@ -441,6 +441,64 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     assert!(again.stop().success(), "{log}");
 }
 
+/// helper-79's loss: a receiver restarted in `--synchronous` mode on a spool holding a damaged
+/// copy of the next segment the archive lacks. The start counts the file as held and streams
+/// past it; until the file reads back, the flush position must stay before it, or the slot
+/// lets the server recycle the segment and it is lost when the file is refused. The fail
+/// point holds that read-back while the primary writes and checkpoints.
+#[cfg(feature = "failpoints")]
+#[test]
+fn synchronous_a_spool_segment_left_damaged_is_not_confirmed_before_it_reads_back() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
+    pg.write_rows(100);
+    wait_archive_holds(&archive, &pg.switch_wal());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let lacking = pg.switch_wal();
+    pg.write_rows(100);
+    pg.switch_wal();
+    let empty = receiver.spool.join(&lacking);
+    std::fs::File::create(&empty).expect("an empty spool file");
+    crate::harness::give_tree_to_pg(&empty);
+    let mut vars = archive.env();
+    vars.push((
+        walhalla::failpoint::VARIABLE.into(),
+        format!("{}=1*sleep(4000)", walhalla::failpoint::UPLOAD_START),
+    ));
+    let conninfo = pg.conninfo();
+    let args = [
+        "-d",
+        &conninfo,
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+        "--synchronous",
+    ];
+    let mut again = Receiver::restart_via(&wh, &archive, vars, &receiver.spool, &args);
+    wait_streaming(&pg);
+    // What would recycle the segment if the slot let it go.
+    for _ in 0..8 {
+        pg.write_rows(500);
+        pg.switch_wal();
+        pg.sql("CHECKPOINT");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    let log = again.log();
+    assert!(
+        log.contains(&format!("file={lacking}")) && log.contains("holds 0 bytes"),
+        "the uploader did not refuse the empty file: {log}"
+    );
+    assert!(
+        !log.contains("lost to the archive"),
+        "a segment the slot kept was reported lost: {log}"
+    );
+    assert!(again.stop().success(), "{log}");
+}
+
 /// Once three complete segments wait in `spool` (the store away), damages the newest as a lost
 /// write would (its second page reads back as zeros), and gives the uploader's next attempt
 /// (`--timeout 3`) time to read it back. Returns its name.
