@@ -254,8 +254,18 @@ async fn take_over_spool(
             );
             size
         }
-        Ok((None, _)) => {
+        Ok((None, found)) if found.complete.is_empty() && found.tails.is_empty() => {
             tracing::info!(spool = %dir.display(), "the spool holds no WAL of an earlier run");
+            return Ok(None);
+        }
+        Ok((None, found)) => {
+            tracing::warn!(
+                spool = %dir.display(),
+                files = found.complete.len() + found.tails.len(),
+                "the spool holds files an earlier run left, none with a readable first page: \
+                 each is checked once the server gives the segment size, and one that does not \
+                 read back as WAL is received again"
+            );
             return Ok(None);
         }
         Err(e) => {

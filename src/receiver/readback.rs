@@ -54,9 +54,7 @@ pub(super) fn read_back(
     let (len, segment) = (file.len, file.segment);
     let found = std::fs::metadata(&file.path)?.len();
     if found < len as u64 {
-        return Err(corrupt(format!(
-            "it holds {found} bytes, {len} were received"
-        )));
+        return Err(corrupt(format!("it holds {found} of its {len} bytes")));
     }
     // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
     // after its upload.
@@ -147,12 +145,9 @@ pub(super) fn encode_map(
 
 /// The first `len` bytes of `map`, those received; [`corrupt`] when the file is shorter.
 fn received_part(map: &SequentialMap, len: usize) -> std::io::Result<&[u8]> {
-    map.bytes().get(..len).ok_or_else(|| {
-        corrupt(format!(
-            "it holds {} bytes, {len} were received",
-            map.bytes().len()
-        ))
-    })
+    map.bytes()
+        .get(..len)
+        .ok_or_else(|| corrupt(format!("it holds {} of its {len} bytes", map.bytes().len())))
 }
 
 /// A spool file compressed (and indexed), ready to upload.

@@ -433,6 +433,21 @@ pub async fn run(
                 let (create, watch) = (options.create_slot, &mut ctx.slot_watch);
                 return Err(keeps_no_more(e, &command, conn.host(), slot, create, watch));
             }
+            // Without a slot nothing kept the WAL the receiver needs to go on: streaming from
+            // what the server has would leave a hole, so the run ends, saying how to go on.
+            Err(e)
+                if e.sqlstate() == Some(UNDEFINED_FILE)
+                    && options.slot.is_none()
+                    && options.for_backup.is_none() =>
+            {
+                let segment = SegmentName::new(timeline, start, segment_size);
+                return Err(SessionError::fatal(e.error.context(format!(
+                    "{command} on {host}: the server no longer has {segment}, which the archive \
+                     lacks, and without a slot nothing kept it. To go on, start with -S NAME \
+                     --create-slot: what the archive lacks is then reported as lost, and the slot \
+                     keeps WAL for the receiver from then on"
+                ))));
+            }
             Err(SessionError { fatal, error }) => {
                 if let Some(behind) = error.downcast_ref::<BehindArchive>() {
                     ctx.note_behind(&behind.host, true);

@@ -419,7 +419,7 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     wait_archive_holds(&archive, &last);
     let log = again.log();
     assert!(
-        log.contains(&format!("file={lacking}")) && log.contains("holds 0 bytes"),
+        log.contains(&format!("file={lacking}")) && log.contains("it holds 0 of its"),
         "the uploader did not refuse the empty file: {log}"
     );
     assert!(
@@ -489,7 +489,7 @@ fn synchronous_a_spool_segment_left_damaged_is_not_confirmed_before_it_reads_bac
     wait_archive_holds(&archive, &last);
     let log = again.log();
     assert!(
-        log.contains(&format!("file={lacking}")) && log.contains("holds 0 bytes"),
+        log.contains(&format!("file={lacking}")) && log.contains("it holds 0 of its"),
         "the uploader did not refuse the empty file: {log}"
     );
     assert!(

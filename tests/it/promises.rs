@@ -74,6 +74,54 @@ fn archive_without_a_slot(
 }
 
 #[test]
+fn a_receiver_without_a_slot_whose_wal_was_recycled_stops_saying_how_to_go_on() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let pg = recycling_primary();
+    let start = pg
+        .sql("SELECT pg_current_wal_lsn()")
+        .parse()
+        .expect("an LSN");
+    archive_without_a_slot(&wh, &archive, &pg, start, 2);
+    // The segment after the archive's end, recycled.
+    let next = name(archive_end(&archive).0 / SEGMENT);
+    pg.churn_until_recycled(&next);
+
+    let conninfo = pg.conninfo();
+    let mut plain = Receiver::start(&wh, &archive, &["-d", &conninfo]);
+    let status = plain.wait(Duration::from_secs(60)).expect("it must stop");
+    let log = plain.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "the server no longer has {next}, which the archive lacks"
+        )) && log.contains("start with -S NAME --create-slot"),
+        "{log}"
+    );
+
+    // What it says to do: the loss is reported, and archiving goes on.
+    let mut slotted = Receiver::on_slot(&wh, &archive, &conninfo, &[]);
+    wait_streaming(&pg);
+    let last = write_segments(&pg, 2);
+    wait_for(
+        "the receiver to archive again",
+        Duration::from_secs(60),
+        || {
+            archived(&archive)
+                .0
+                .contains(&segno_of(&last))
+                .then_some(())
+        },
+    );
+    let log = slotted.log();
+    assert!(
+        log.contains("lost to the archive") && log.contains(&format!("first={next}")),
+        "{log}"
+    );
+    assert!(slotted.stop().success(), "{log}");
+}
+
+#[test]
 fn a_restarted_receiver_fills_a_hole_the_slot_still_keeps() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
