@@ -102,15 +102,18 @@ pub fn timelines(
                 .filter(|_| followed)
                 .map(|(_, at)| SegNo::containing(at, size));
             // A receiver's snapshot older than every complete segment: the archive began with
-            // it, and its segment never arrived whole, so from there on it is a hole.
-            let first_snapshot = (inventory.objects.iter())
+            // it, and its segment never arrived whole, so from there on it is a hole. One newer
+            // than every complete segment is of the segment being received: what lies between
+            // is a hole too.
+            let snapshots: BTreeSet<SegNo> = (inventory.objects.iter())
                 .filter_map(|(name, _)| match name {
                     ObjectName::Snapshot { segment, .. } if segment.timeline == timeline => {
                         segment.segno(size)
                     }
                     _ => None,
                 })
-                .min();
+                .collect();
+            let first_snapshot = snapshots.first().copied();
             let begins = match (begins, first_snapshot) {
                 (Some(b), Some(s)) => Some(b.min(s)),
                 (b, s) => b.or(s),
@@ -120,7 +123,7 @@ pub fn timelines(
                 parent: parent.map(|(t, at)| (t.0, at.to_string())),
                 history_file: with_history.contains(&timeline),
                 ranges: runs(segments.iter().copied(), timeline, size),
-                gaps: missing_runs(segments, begins, timeline, size),
+                gaps: missing_runs(segments, begins, snapshots.last().copied(), timeline, size),
                 partial_files: Vec::new(),
                 backup_files: 0,
                 snapshots: 0,
@@ -291,6 +294,7 @@ fn runs(
 fn missing_runs(
     held: &BTreeSet<SegNo>,
     begins: Option<SegNo>,
+    snapshot: Option<SegNo>,
     timeline: TimelineId,
     size: SegmentSize,
 ) -> Vec<SegmentRun> {
@@ -298,8 +302,9 @@ fn missing_runs(
         return Vec::new();
     };
     let from = begins.map_or(oldest, |b| b.min(oldest));
+    let until = snapshot.map_or(newest, |s| s.max(newest));
     runs(
-        (from.0..newest.0).map(SegNo).filter(|n| !held.contains(n)),
+        (from.0..until.0).map(SegNo).filter(|n| !held.contains(n)),
         timeline,
         size,
     )
@@ -472,6 +477,20 @@ mod tests {
             "000000010000000000000025.partial.0000000025000100",
         ]);
         assert_eq!(timelines(&inv, &BTreeMap::new(), size)[0].gaps, vec![]);
+        // Segments lost before it are (helper-79: 0x0B to 0x12 reported lost by the receiver,
+        // then only a snapshot of 0x13).
+        let inv = inventory(&[
+            "00000001000000000000000A",
+            "000000010000000000000013.partial.0000000013000100",
+        ]);
+        assert_eq!(
+            timelines(&inv, &BTreeMap::new(), size)[0].gaps,
+            vec![SegmentRun {
+                first: "00000001000000000000000B".into(),
+                last: "000000010000000000000012".into(),
+                segments: 8,
+            }]
+        );
     }
 
     #[test]
