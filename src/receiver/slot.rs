@@ -106,6 +106,8 @@ pub struct SlotWatch {
     seen: bool,
     /// This run warned that the slot keeps no WAL.
     warned_empty: bool,
+    /// This run said that the slot was invalidated (PostgreSQL 16 and 17, streamed on).
+    said_invalidated: bool,
     /// `pg_replication_slots` gave a clear answer this run.
     checked: bool,
     /// This run said that it could not ask.
@@ -231,8 +233,13 @@ async fn ensure_usable_slot(
         Ok(true) if create => replace(conn, slot, &host, watch).await,
         // The server refuses it when streaming starts, and the error says what to do.
         Ok(true) if major >= 18 => Ok(found),
+        Ok(true) if watch.said_invalidated => {
+            tracing::debug!(slot, %host, "the replication slot is still invalidated");
+            Ok(found)
+        }
         Ok(true) => {
             watch.checked = true;
+            watch.said_invalidated = true;
             tracing::error!(
                 slot,
                 %host,

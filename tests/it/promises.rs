@@ -773,11 +773,11 @@ fn an_invalidated_slot_reports_what_the_archive_lost_once_and_is_replaced() {
             reports[0].contains(&format!("first={gone}")) && segments > 1,
             "{log}"
         );
-        assert_eq!(
-            log.contains("ERROR") && log.contains("was invalidated"),
-            (16..=17).contains(&major),
-            "{log}"
-        );
+        // Said once a run, not at every reconnect (helper-79 saw it three times).
+        let said = (log.lines())
+            .filter(|l| l.contains(" ERROR ") && l.contains("was invalidated"))
+            .count();
+        assert_eq!(said, usize::from((16..=17).contains(&major)), "{log}");
         assert!(receiver.stop().success(), "{}", receiver.log());
     }
 
