@@ -375,6 +375,61 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
     );
 }
 
+/// A stopped receiver's spool holding an empty file (as an e2fsck can leave one) named as the
+/// next segment the archive lacks, which the slot keeps; written while the receiver is away:
+/// that segment and one more. Returns the primary, the receiver, the empty file's segment and
+/// the newest segment written.
+#[cfg(feature = "failpoints")]
+fn an_empty_spool_file_the_archive_lacks(
+    wh: &Walhalla,
+    archive: &TestArchive,
+) -> (PgCluster, Receiver, String, String) {
+    let (pg, mut receiver) = crate::receive::streaming_primary(wh, archive, &[]);
+    pg.write_rows(100);
+    wait_archive_holds(archive, &pg.switch_wal());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let lacking = pg.switch_wal();
+    pg.write_rows(100);
+    let last = pg.switch_wal();
+    let empty = receiver.spool.join(&lacking);
+    std::fs::File::create(&empty).expect("an empty spool file");
+    crate::harness::give_tree_to_pg(&empty);
+    (pg, receiver, lacking, last)
+}
+
+/// `receiver` started again on its spool and slot "walhalla" of `pg`, with `failpoints` armed
+/// and `extra` arguments.
+#[cfg(feature = "failpoints")]
+fn restart_with_failpoints(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    receiver: &Receiver,
+    failpoints: String,
+    extra: &[&str],
+) -> Receiver {
+    let mut vars = archive.env();
+    vars.push((walhalla::failpoint::VARIABLE.into(), failpoints));
+    let conninfo = pg.conninfo();
+    let mut args = vec!["-d", &conninfo, "-S", "walhalla", "--status-interval", "1"];
+    args.extend_from_slice(extra);
+    Receiver::restart_via(wh, archive, vars, &receiver.spool, &args)
+}
+
+/// Fails unless the uploader refused the empty spool file of `lacking` and nothing was
+/// reported lost.
+#[cfg(feature = "failpoints")]
+fn assert_refused_not_lost(log: &str, lacking: &str) {
+    assert!(
+        log.contains(&format!("file={lacking}")) && log.contains("it holds 0 of its"),
+        "the uploader did not refuse the empty file: {log}"
+    );
+    assert!(
+        !log.contains("lost to the archive"),
+        "a segment the slot kept was reported lost: {log}"
+    );
+}
+
 /// CI67's race, forced: a restart finds a segment in the spool that its filesystem's repair left
 /// empty, the next segment the archive lacks; the uploader refuses it (and removes it) after
 /// the start listed the spool, before the start planned where to stream from. The slot still
@@ -387,45 +442,16 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
 fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
-    pg.write_rows(100);
-    wait_archive_holds(&archive, &pg.switch_wal());
-    assert!(receiver.stop().success(), "{}", receiver.log());
-    // The segment the receiver stopped in, and one more, written while it is away.
-    let lacking = pg.switch_wal();
-    pg.write_rows(100);
-    let last = pg.switch_wal();
-    let empty = receiver.spool.join(&lacking);
-    std::fs::File::create(&empty).expect("an empty spool file");
-    crate::harness::give_tree_to_pg(&empty);
-    let mut vars = archive.env();
-    vars.push((
-        walhalla::failpoint::VARIABLE.into(),
-        format!(
-            "{}=1*sleep(1500);{}=1*sleep(5000)",
-            walhalla::failpoint::UPLOAD_START,
-            walhalla::failpoint::START_PLAN
-        ),
-    ));
-    let args = [
-        "-d",
-        &pg.conninfo(),
-        "-S",
-        "walhalla",
-        "--status-interval",
-        "1",
-    ];
-    let mut again = Receiver::restart_via(&wh, &archive, vars, &receiver.spool, &args);
+    let (pg, receiver, lacking, last) = an_empty_spool_file_the_archive_lacks(&wh, &archive);
+    let holds = format!(
+        "{}=1*sleep(1500);{}=1*sleep(5000)",
+        walhalla::failpoint::UPLOAD_START,
+        walhalla::failpoint::START_PLAN
+    );
+    let mut again = restart_with_failpoints(&wh, &archive, &pg, &receiver, holds, &[]);
     wait_archive_holds(&archive, &last);
     let log = again.log();
-    assert!(
-        log.contains(&format!("file={lacking}")) && log.contains("it holds 0 of its"),
-        "the uploader did not refuse the empty file: {log}"
-    );
-    assert!(
-        !log.contains("lost to the archive"),
-        "a segment the slot keeps was reported lost: {log}"
-    );
+    assert_refused_not_lost(&log, &lacking);
     // Refused before the plan, which streams it again; not refused after it (which the stream
     // would catch, so the test would pass without the plan's part).
     assert!(
@@ -451,32 +477,10 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
 fn synchronous_a_spool_segment_left_damaged_is_not_confirmed_before_it_reads_back() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
-    pg.write_rows(100);
-    wait_archive_holds(&archive, &pg.switch_wal());
-    assert!(receiver.stop().success(), "{}", receiver.log());
-    let lacking = pg.switch_wal();
-    pg.write_rows(100);
-    pg.switch_wal();
-    let empty = receiver.spool.join(&lacking);
-    std::fs::File::create(&empty).expect("an empty spool file");
-    crate::harness::give_tree_to_pg(&empty);
-    let mut vars = archive.env();
-    vars.push((
-        walhalla::failpoint::VARIABLE.into(),
-        format!("{}=1*sleep(4000)", walhalla::failpoint::UPLOAD_START),
-    ));
-    let conninfo = pg.conninfo();
-    let args = [
-        "-d",
-        &conninfo,
-        "-S",
-        "walhalla",
-        "--status-interval",
-        "1",
-        "--synchronous",
-    ];
-    let mut again = Receiver::restart_via(&wh, &archive, vars, &receiver.spool, &args);
+    let (pg, receiver, lacking, _) = an_empty_spool_file_the_archive_lacks(&wh, &archive);
+    let hold = format!("{}=1*sleep(4000)", walhalla::failpoint::UPLOAD_START);
+    let synchronous = ["--synchronous"];
+    let mut again = restart_with_failpoints(&wh, &archive, &pg, &receiver, hold, &synchronous);
     wait_streaming(&pg);
     // What would recycle the segment if the slot let it go.
     for _ in 0..8 {
@@ -488,14 +492,7 @@ fn synchronous_a_spool_segment_left_damaged_is_not_confirmed_before_it_reads_bac
     let last = pg.switch_wal();
     wait_archive_holds(&archive, &last);
     let log = again.log();
-    assert!(
-        log.contains(&format!("file={lacking}")) && log.contains("it holds 0 of its"),
-        "the uploader did not refuse the empty file: {log}"
-    );
-    assert!(
-        !log.contains("lost to the archive"),
-        "a segment the slot kept was reported lost: {log}"
-    );
+    assert_refused_not_lost(&log, &lacking);
     assert!(again.stop().success(), "{log}");
 }
 
