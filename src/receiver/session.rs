@@ -440,7 +440,12 @@ pub async fn run(
                     && options.slot.is_none()
                     && options.for_backup.is_none() =>
             {
-                let segment = SegmentName::new(timeline, start, segment_size);
+                // Where the stream was when the server found the WAL gone.
+                let at = match received {
+                    true => SegNo::containing(reached, segment_size),
+                    false => start,
+                };
+                let segment = SegmentName::new(timeline, at, segment_size);
                 return Err(SessionError::fatal(e.error.context(format!(
                     "{command} on {host}: the server no longer has {segment}, which the archive \
                      lacks, and without a slot nothing kept it. To go on, start with -S NAME \

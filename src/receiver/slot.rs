@@ -228,6 +228,8 @@ async fn ensure_usable_slot(
     match invalidated(params, &host, slot, &seen).await {
         Ok(false) => {
             watch.checked = true;
+            // Valid again (replaced by the operator): a later invalidation is said again.
+            watch.said_invalidated = false;
             Ok(found)
         }
         Ok(true) if create => replace(conn, slot, &host, watch).await,
