@@ -26,6 +26,7 @@ mod spool_place;
 mod start;
 mod stream;
 mod superseded;
+mod takeover;
 mod upload;
 
 use std::path::{Path, PathBuf};

@@ -31,6 +31,11 @@ pub(super) struct Outstanding {
 }
 
 impl Outstanding {
+    /// Whether segment `segment` is handed over and not yet archived or refused.
+    pub(super) fn has_segment(&self, segment: SegmentName) -> bool {
+        self.segments.contains_key(&segment)
+    }
+
     fn contains(&self, job: Job) -> bool {
         match job {
             Job::Segment(s, _) => self.segments.contains_key(&s),

@@ -14,8 +14,8 @@ use anyhow::{Context as _, anyhow};
 
 use super::ReceiveOptions;
 use super::history::archive_history;
-use super::readback::Expect;
 use super::session::{Context, SessionError};
+use super::takeover::LeftSegment;
 use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
@@ -421,20 +421,27 @@ fn past_fork(
 }
 
 impl Context {
-    /// Takes over what an earlier run left in the spool: complete segments and kept tails
-    /// are queued for upload, and a `.partial` is kept as a tail (it may hold WAL whose
-    /// flush was confirmed) before any new stream could truncate it.
+    /// Takes over what an earlier run left in the spool: complete segments that read back
+    /// ([`super::takeover`]) and kept tails are queued for upload, and a `.partial` is kept as a
+    /// tail (it may hold WAL whose flush was confirmed) before any new stream could truncate it.
+    /// The listing returned holds the complete segments that read back.
     pub async fn take_over_spool(&self) -> Result<spool::SpoolContents, SessionError> {
         self.keep_tail(Lsn(0)).await?;
         let dir = self.spool.clone();
-        let spooled = blocking::run(move || spool::scan(&dir))
+        let mut spooled = blocking::run(move || spool::scan(&dir))
             .await
             .context("scan the spool")?;
+        let mut held = Vec::with_capacity(spooled.complete.len());
         for &segment in &spooled.complete {
-            self.uploader
-                .enqueue(segment, Expect::Pages)
-                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+            let left = self
+                .uploader
+                .take_over_segment(&self.cluster, segment)
+                .await;
+            if left.map_err(|e| SessionError::fatal(anyhow!(e)))? == LeftSegment::Held {
+                held.push(segment);
+            }
         }
+        spooled.complete = held;
         for &(segment, end) in &spooled.tails {
             self.uploader
                 .enqueue_tail(segment, end)

@@ -66,6 +66,7 @@ pub struct Uploader {
     outstanding: Arc<Mutex<Outstanding>>,
     size: SegmentSize,
     shared: Arc<Shared>,
+    settings: Arc<UploadSettings>,
 }
 
 /// Settings of an uploader.
@@ -101,6 +102,7 @@ impl Uploader {
         let size = settings.segment_size;
         let (progress_tx, progress) = watch::channel(Progress::default());
         let settings = Arc::new(settings);
+        let kept_settings = settings.clone();
         let outstanding = Arc::new(Mutex::new(Outstanding::default()));
         let in_flight = outstanding.clone();
         let uploader_shared = shared.clone();
@@ -150,7 +152,26 @@ impl Uploader {
             outstanding,
             size,
             shared: uploader_shared,
+            settings: kept_settings,
         }
+    }
+
+    /// Its settings.
+    pub(super) fn settings(&self) -> &UploadSettings {
+        &self.settings
+    }
+
+    /// Whether `segment` is handed over and not yet archived or refused.
+    pub(super) fn is_outstanding(&self, segment: SegmentName) -> bool {
+        lock(&self.outstanding).has_segment(segment)
+    }
+
+    /// Takes note that `segment`, which an earlier run left in the spool, did not read back:
+    /// refused like a job's file ([`Self::refused_before`]), to be streamed again.
+    pub(super) fn refuse_left(&self, segment: SegmentName) {
+        let mut outstanding = lock(&self.outstanding);
+        outstanding.refuse(Job::Segment(segment, Expect::Pages));
+        outstanding.publish(&self.shared);
     }
 
     /// Queues a complete spool segment, unless it is queued already, with how to check that

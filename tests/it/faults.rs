@@ -430,13 +430,12 @@ fn assert_refused_not_lost(log: &str, lacking: &str) {
     );
 }
 
-/// CI67's race, forced: a restart finds a segment in the spool that its filesystem's repair left
-/// empty, the next segment the archive lacks; the uploader refuses it (and removes it) after
-/// the start listed the spool, before the start planned where to stream from. The slot still
-/// keeps that WAL, so it must be streamed again, not reported lost with a hole left in the
-/// archive. The fail points hold the first upload (of the file, which the receiver's own start
-/// lists once before its first session) until that session's start has listed the spool too,
-/// and the plan until the uploader has refused the file; the log shows the order.
+/// CI67's race: a restart finds a segment in the spool that its filesystem's repair left
+/// empty, the next segment the archive lacks. The start planned where to stream from while
+/// the uploader checked the file, and counted it as held. Now the take-over reads it back
+/// before any plan; the fail points still hold the first upload and the plan, the order CI67
+/// met. The slot keeps that WAL, so it must be streamed again, not reported lost with a hole
+/// left in the archive, and the start must say why it streams it again.
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
@@ -452,13 +451,13 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     wait_archive_holds(&archive, &last);
     let log = again.log();
     assert_refused_not_lost(&log, &lacking);
-    // Refused before the plan, which streams it again; not refused after it (which the stream
-    // would catch, so the test would pass without the plan's part).
+    // Refused at the take-over, before any plan; not after the plan (which the stream would
+    // catch, so the test would pass without the take-over's part).
     assert!(
-        log.lines().any(|l| l.contains("receiver::start")
-            && l.contains("did not read back as it was received")
-            && l.contains(&format!("segment={lacking}"))),
-        "the start did not plan to stream the refused segment again: {log}"
+        log.lines().any(|l| l.contains("receiver::takeover")
+            && l.contains("did not give back")
+            && l.contains(&format!("file={lacking}"))),
+        "the take-over did not refuse the empty file: {log}"
     );
     assert!(
         !log.contains(&format!("{lacking} did not read back")),
