@@ -31,9 +31,17 @@ pub(super) struct Outstanding {
 }
 
 impl Outstanding {
-    /// Whether segment `segment` is handed over and not yet archived or refused.
-    pub(super) fn has_segment(&self, segment: SegmentName) -> bool {
-        self.segments.contains_key(&segment)
+    /// How segment `segment` is checked: `Some` with its expectation while it is handed over
+    /// and not yet archived or refused; else, for one refused, `None` with the expectation it
+    /// was refused under (a CRC received this run is kept), or `None` with [`Expect::Pages`].
+    pub(super) fn known(&self, segment: SegmentName) -> (Option<Expect>, Expect) {
+        match self.segments.get(&segment) {
+            Some((_, expect)) => (Some(*expect), *expect),
+            None => (
+                None,
+                self.refused.get(&segment).copied().unwrap_or(Expect::Pages),
+            ),
+        }
     }
 
     fn contains(&self, job: Job) -> bool {
@@ -235,8 +243,10 @@ mod tests {
             o.oldest_unverified_start(size),
             Some(SegNo(7).start_lsn(size))
         );
+        assert_eq!(o.known(name(7)), (Some(Expect::Pages), Expect::Pages));
         // Refused: still, until received again.
         o.refuse(Job::Segment(name(7), Expect::Pages));
+        assert_eq!(o.known(name(7)), (None, Expect::Pages));
         assert_eq!(
             o.oldest_unverified_start(size),
             Some(SegNo(7).start_lsn(size))
@@ -255,6 +265,8 @@ mod tests {
         }
         o.refuse(Job::Segment(name(5), Expect::Crc(5)));
         o.remove(Job::Segment(name(6), Expect::Crc(6)));
+        // Known by the CRC it was received with, should its file be found again.
+        assert_eq!(o.known(name(5)), (None, Expect::Crc(5)));
         // Its file is gone from the spool, but nothing from 5 on counts as archived.
         assert_eq!(o.segments.len(), 0);
         assert_eq!(o.bytes(size), 0);

@@ -37,9 +37,14 @@ impl Uploader {
         archive: &ClusterArchive,
         segment: SegmentName,
     ) -> Result<LeftSegment, String> {
-        if self.is_outstanding(segment) {
-            return Ok(LeftSegment::Held);
-        }
+        // Handed over before (at the process's start, or streamed by this run): held if known
+        // by its CRC; one that could not be checked then is streamed again.
+        let expect = match self.known(segment) {
+            (Some(Expect::Crc(_)), _) => return Ok(LeftSegment::Held),
+            (Some(Expect::Pages), _) => return Ok(LeftSegment::NotHeld),
+            // A segment this run refused keeps the CRC it was received with.
+            (None, expect) => expect,
+        };
         let settings = self.settings();
         let size = settings.segment_size;
         let file = SpoolFile {
@@ -47,13 +52,14 @@ impl Uploader {
             segment,
             len: size.bytes() as usize,
             complete: true,
-            expect: Expect::Pages,
+            expect,
         };
         let system_id = settings.system_id;
         let read =
             blocking::run(move || read_back(&file, CHECK_LEVEL, size, system_id).map(|e| e.crc));
         let why = match read.await {
             Ok(crc) => {
+                // Checked by the received CRC if there was one, so `crc` is that one.
                 self.enqueue(segment, Expect::Crc(crc))?;
                 return Ok(LeftSegment::Held);
             }
@@ -65,13 +71,13 @@ impl Uploader {
                     "cannot read what an earlier run left in the spool ({e}): it is received \
                      again from the server, and its upload is tried again meanwhile"
                 );
-                self.enqueue(segment, Expect::Pages)?;
+                self.enqueue(segment, expect)?;
                 return Ok(LeftSegment::NotHeld);
             }
         };
         match archive.holds(&WalFileName::Segment(segment)).await {
             Ok(true) => tracing::warn!(
-                %segment,
+                file = %segment,
                 "the spool's copy is damaged ({why}), but the archive holds the segment \
                  already: removing the copy"
             ),
@@ -82,7 +88,7 @@ impl Uploader {
                      archived; removing it to receive it again from the server (its filesystem \
                      may be failing)"
                 );
-                self.refuse_left(segment);
+                self.refuse_left(segment, expect);
             }
             Err(e) => {
                 tracing::warn!(
@@ -90,7 +96,7 @@ impl Uploader {
                     "the spool's copy is damaged ({why}) and the archive cannot say whether it \
                      holds the segment ({e}): it is received again from the server"
                 );
-                self.enqueue(segment, Expect::Pages)?;
+                self.enqueue(segment, expect)?;
                 return Ok(LeftSegment::NotHeld);
             }
         }

@@ -161,16 +161,17 @@ impl Uploader {
         &self.settings
     }
 
-    /// Whether `segment` is handed over and not yet archived or refused.
-    pub(super) fn is_outstanding(&self, segment: SegmentName) -> bool {
-        lock(&self.outstanding).has_segment(segment)
+    /// How `segment` is checked: see [`Outstanding::known`].
+    pub(super) fn known(&self, segment: SegmentName) -> (Option<Expect>, Expect) {
+        lock(&self.outstanding).known(segment)
     }
 
-    /// Takes note that `segment`, which an earlier run left in the spool, did not read back:
-    /// refused like a job's file ([`Self::refused_before`]), to be streamed again.
-    pub(super) fn refuse_left(&self, segment: SegmentName) {
+    /// Takes note that `segment`'s file, found in the spool at a start and checked by
+    /// `expect`, did not read back: refused like a job's file ([`Self::refused_before`]), to
+    /// be streamed again.
+    pub(super) fn refuse_left(&self, segment: SegmentName, expect: Expect) {
         let mut outstanding = lock(&self.outstanding);
-        outstanding.refuse(Job::Segment(segment, Expect::Pages));
+        outstanding.refuse(Job::Segment(segment, expect));
         outstanding.publish(&self.shared);
     }
 
