@@ -41,12 +41,9 @@ pub const TIMELINE_SWITCH: &str = "timeline-switch";
 pub const SPOOL_RECOVERY: &str = "spool-recovery";
 /// Spool: the end of a stream is kept as a tail (renamed), not yet handed to the uploader.
 pub const TAIL_KEPT: &str = "tail-kept";
-/// Start: the spool is taken over and the archive listed, where to stream from not yet
-/// planned.
-pub const START_PLAN: &str = "start-plan";
 
 /// Every fail point, for checking a configuration's names.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 14] = [
     SPOOL_BEFORE_FSYNC,
     SPOOL_BEFORE_RENAME,
     SPOOL_AFTER_RENAME,
@@ -61,7 +58,6 @@ pub const ALL: [&str; 15] = [
     TIMELINE_SWITCH,
     SPOOL_RECOVERY,
     TAIL_KEPT,
-    START_PLAN,
 ];
 
 /// The variable that configures the fail points.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::archive::{self, PreparedIndex};
 use crate::envelope;
 use crate::mapped::SequentialMap;
+use crate::timeindex::SegmentIndex;
 use crate::wal::page_stream::check_stored;
 use crate::wal::{SegmentName, SegmentSize, SystemId};
 
@@ -51,31 +52,15 @@ pub(super) fn read_back(
     size: SegmentSize,
     system_id: SystemId,
 ) -> std::io::Result<Encoded> {
-    let (len, segment) = (file.len, file.segment);
-    let found = std::fs::metadata(&file.path)?.len();
-    if found < len as u64 {
-        return Err(corrupt(format!("it holds {found} of its {len} bytes")));
-    }
-    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
-    // after its upload.
-    let map = unsafe { SequentialMap::open(&file.path)? };
-    if file.expect == Expect::Pages {
-        // A pass of its own, before the compression's, handing its pages back as it goes.
-        check_stored(
-            segment,
-            received_part(&map, len)?,
-            size,
-            system_id,
-            file.complete,
-            &mut |end| map.done_before(end),
-        )
-        .map_err(|e| corrupt(e.to_string()))?;
-        map.done_before(usize::MAX);
-        map.rewind();
-    }
-    let encoded = encode_map(map, Some(len), level, file.complete.then_some(segment))?;
+    let map = open_checked(file, size, system_id)?;
+    let encoded = encode_map(
+        map,
+        Some(file.len),
+        level,
+        file.complete.then_some(file.segment),
+    )?;
     match file.expect {
-        Expect::Crc(received) => check_crc(&encoded, received)?,
+        Expect::Crc(received) => check_crc(encoded.crc, received)?,
         // Page headers say nothing of the bytes between them: a complete segment an earlier
         // run left must also read as WAL to its end, every record with its CRC-32C, as the
         // scan for its time index reads it (a filesystem repaired after an error can leave a
@@ -91,14 +76,86 @@ pub(super) fn read_back(
     Ok(encoded)
 }
 
-/// Fails with [`corrupt`] unless `encoded` holds bytes with the CRC-32 `received`.
-pub(super) fn check_crc(encoded: &Encoded, received: u32) -> std::io::Result<()> {
-    if encoded.crc == received {
+/// Checks `file` as [`read_back`] does, without compressing or indexing it: returns the CRC-32
+/// of what it holds. For a file whose content is only to be known, not archived yet: one pass
+/// over it (two for an unchecked file, three for an unchecked complete segment), each handing
+/// its pages back.
+pub(super) fn check_back(
+    file: &SpoolFile,
+    size: SegmentSize,
+    system_id: SystemId,
+) -> std::io::Result<u32> {
+    let map = open_checked(file, size, system_id)?;
+    let content = received_part(&map, file.len)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut done = 0;
+    for chunk in content.chunks(SequentialMap::WINDOW) {
+        hasher.update(chunk);
+        done += chunk.len();
+        map.done_before(done);
+    }
+    map.done_before(usize::MAX);
+    let crc = hasher.finalize();
+    match file.expect {
+        Expect::Crc(received) => check_crc(crc, received)?,
+        // Read as WAL to its end, as `read_back` reads it.
+        Expect::Pages if file.complete => {
+            map.rewind();
+            let scanned =
+                SegmentIndex::of_segment_sequentially(file.segment, content, &mut |pos| {
+                    map.done_before(pos)
+                });
+            map.done_before(usize::MAX);
+            if let Ok(index) = scanned
+                && let Some(damage) = index.end.damage()
+            {
+                return Err(corrupt(damage));
+            }
+        }
+        Expect::Pages => {}
+    }
+    Ok(crc)
+}
+
+/// Maps `file` once it is long enough to hold what was received and, for a file checked by its
+/// pages, once they pass [`check_stored`]: the mapping comes back rewound, none of it resident.
+fn open_checked(
+    file: &SpoolFile,
+    size: SegmentSize,
+    system_id: SystemId,
+) -> std::io::Result<SequentialMap> {
+    let len = file.len;
+    let found = std::fs::metadata(&file.path)?.len();
+    if found < len as u64 {
+        return Err(corrupt(format!("it holds {found} of its {len} bytes")));
+    }
+    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
+    // after its upload.
+    let map = unsafe { SequentialMap::open(&file.path)? };
+    if file.expect == Expect::Pages {
+        // A pass of its own, before the next one's, handing its pages back as it goes.
+        check_stored(
+            file.segment,
+            received_part(&map, len)?,
+            size,
+            system_id,
+            file.complete,
+            &mut |end| map.done_before(end),
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+        map.done_before(usize::MAX);
+        map.rewind();
+    }
+    Ok(map)
+}
+
+/// Fails with [`corrupt`] unless `found`, the CRC-32 of a file's bytes, is `received`.
+pub(super) fn check_crc(found: u32, received: u32) -> std::io::Result<()> {
+    if found == received {
         return Ok(());
     }
     Err(corrupt(format!(
-        "its CRC-32 is {:08x}, {received:08x} was received",
-        encoded.crc
+        "its CRC-32 is {found:08x}, {received:08x} was received"
     )))
 }
 
@@ -217,27 +274,53 @@ mod tests {
         std::fs::write(&file.path, &good).unwrap();
         let encoded = read_back(&file, 1, size, head.system_id).unwrap();
         assert_eq!(envelope::decode(&encoded.envelope).unwrap(), good);
+        let crc = check_back(&file, size, head.system_id).unwrap();
+        assert_eq!(
+            crc,
+            crc32fast::hash(&good),
+            "the check gives the content's CRC"
+        );
+        // Both readings refuse the same damage, and say it the same way.
+        let refused = |file: &SpoolFile| {
+            let e = read_back(file, 1, size, head.system_id).err().unwrap();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            let checked = check_back(file, size, head.system_id).err().unwrap();
+            assert_eq!(checked.kind(), std::io::ErrorKind::InvalidData, "{checked}");
+            assert_eq!(checked.to_string(), e.to_string());
+            e.to_string()
+        };
         // One byte inside a commit record, far from any page header: the page check passes
         // it, the record's CRC-32C does not.
         let mut bad = good.clone();
         bad[0x35140 + 30] ^= 0x10;
         std::fs::write(&file.path, &bad).unwrap();
-        let e = read_back(&file, 1, size, head.system_id).err().unwrap();
-        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-        assert!(e.to_string().contains("invalid WAL at 0/735140"), "{e}");
+        let e = refused(&file);
+        assert!(e.contains("invalid WAL at 0/735140"), "{e}");
         // The 4 kB after a page's first half zeroed, as a filesystem that lost a block leaves
         // it: no record where one must be, or one that fails its CRC.
         let mut bad = good.clone();
         bad[0x40000 + 4096..0x40000 + 8192].fill(0);
         std::fs::write(&file.path, &bad).unwrap();
-        let e = read_back(&file, 1, size, head.system_id).err().unwrap();
-        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        refused(&file);
+        // Short, and a page header out of place.
+        std::fs::write(&file.path, &good[..good.len() - 1]).unwrap();
+        assert!(refused(&file).contains("holds"));
+        let mut bad = good.clone();
+        bad[0x40000 + 8..0x40000 + 16].fill(0);
+        std::fs::write(&file.path, &bad).unwrap();
+        refused(&file);
         // A segment this run wrote is checked against the CRC-32 it was received with instead.
         let file = SpoolFile {
             expect: Expect::Crc(crc32fast::hash(&bad)),
             ..file
         };
         assert!(read_back(&file, 1, size, head.system_id).is_ok());
+        assert_eq!(
+            check_back(&file, size, head.system_id).unwrap(),
+            crc32fast::hash(&bad)
+        );
+        std::fs::write(&file.path, &good).unwrap();
+        refused(&file);
     }
 
     #[test]

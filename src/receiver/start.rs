@@ -10,13 +10,11 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 
 use super::ReceiveOptions;
 use super::history::archive_history;
 use super::session::{Context, SessionError};
-use super::takeover::LeftSegment;
-use crate::blocking;
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
 use crate::protocol::conninfo::HostAddr;
@@ -231,7 +229,6 @@ async fn plan_on(
         .cluster
         .segments_between(timeline, scan_from, resume, size)
         .await?;
-    crate::failpoint::hit(crate::failpoint::START_PLAN);
     // One reading of what the uploader refused (a file found damaged while the archive was
     // listed, say), for the plan and for what it leaves behind; one refused after it ends the
     // stream instead ([`super::upload::Uploader::refused_before`]).
@@ -421,35 +418,6 @@ fn past_fork(
 }
 
 impl Context {
-    /// Takes over what an earlier run left in the spool: complete segments that read back
-    /// ([`super::takeover`]) and kept tails are queued for upload, and a `.partial` is kept as a
-    /// tail (it may hold WAL whose flush was confirmed) before any new stream could truncate it.
-    /// The listing returned holds the complete segments that read back.
-    pub async fn take_over_spool(&self) -> Result<spool::SpoolContents, SessionError> {
-        self.keep_tail(Lsn(0)).await?;
-        let dir = self.spool.clone();
-        let mut spooled = blocking::run(move || spool::scan(&dir))
-            .await
-            .context("scan the spool")?;
-        let mut held = Vec::with_capacity(spooled.complete.len());
-        for &segment in &spooled.complete {
-            let left = self
-                .uploader
-                .take_over_segment(&self.cluster, segment)
-                .await;
-            if left.map_err(|e| SessionError::fatal(anyhow!(e)))? == LeftSegment::Held {
-                held.push(segment);
-            }
-        }
-        spooled.complete = held;
-        for &(segment, end) in &spooled.tails {
-            self.uploader
-                .enqueue_tail(segment, end)
-                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
-        }
-        Ok(spooled)
-    }
-
     /// Reports as lost the segments of `refused` (the uploader's, read once for `plan`) that a
     /// stream started at `plan` will not receive again (on an older timeline the server's
     /// history does not lead through, or before the plan's start: outside what the start

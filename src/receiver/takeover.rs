@@ -4,27 +4,85 @@
 //! with other bytes inside its pages). A good file is handed to the uploader with its CRC; a
 //! damaged one is removed and streamed again from the server, whose slot keeps it; one that
 //! cannot be read is streamed again too, its upload tried again meanwhile.
+//!
+//! The check only reads ([`check_back`]): the upload compresses the file later. Checks run
+//! in the uploader's reading turns, as many at once as its uploads compress.
 
 use std::io::ErrorKind;
+use std::panic::AssertUnwindSafe;
 
-use super::readback::{Expect, SpoolFile, read_back};
-use super::upload::Uploader;
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow};
+use futures_util::{StreamExt, stream};
+
+use super::readback::{Expect, SpoolFile, check_back};
+use super::session::{Context, SessionError};
+use super::upload::{Uploader, archived_already};
 use crate::archive::ClusterArchive;
 use crate::blocking;
 use crate::spool;
-use crate::wal::{SegmentName, WalFileName};
+use crate::wal::{Lsn, SegmentName};
 
-/// The zstd level of the read-back's compression, whose output is thrown away (only the
-/// content's CRC is kept): the fastest.
-const CHECK_LEVEL: i32 = 1;
+/// Files taken over at once. Their checks wait for the uploader's reading turns, so this
+/// bounds only the archive lookups for damaged files and the names in hand.
+const TAKEN_OVER_AT_ONCE: usize = 8;
+
+impl Context {
+    /// Takes over what an earlier run left in the spool: complete segments that read back
+    /// (see the module's documentation) and kept tails are queued for upload, and a `.partial`
+    /// is kept as a tail (it may hold WAL whose flush was confirmed) before any new stream
+    /// could truncate it. The listing returned holds the complete segments that read back.
+    pub async fn take_over_spool(&self) -> Result<spool::SpoolContents, SessionError> {
+        self.keep_tail(Lsn(0)).await?;
+        let dir = self.spool.clone();
+        let mut spooled = blocking::run(move || spool::scan(&dir))
+            .await
+            .context("scan the spool")?;
+        let started = Instant::now();
+        let left: Vec<Result<LeftSegment, String>> = stream::iter(spooled.complete.clone())
+            .map(|segment| self.uploader.take_over_segment(&self.cluster, segment))
+            .buffered(TAKEN_OVER_AT_ONCE)
+            .collect()
+            .await;
+        let mut held = Vec::with_capacity(spooled.complete.len());
+        let (mut damaged, mut not_held) = (0, 0);
+        for (&segment, left) in spooled.complete.iter().zip(left) {
+            match left.map_err(|e| SessionError::fatal(anyhow!(e)))? {
+                LeftSegment::Held => held.push(segment),
+                LeftSegment::Damaged => damaged += 1,
+                LeftSegment::NotHeld => not_held += 1,
+            }
+        }
+        if !spooled.complete.is_empty() {
+            tracing::info!(
+                files = spooled.complete.len(),
+                held = held.len(),
+                damaged,
+                received_again = not_held,
+                seconds = started.elapsed().as_secs_f64(),
+                "read back the complete segments in the spool"
+            );
+        }
+        spooled.complete = held;
+        for &(segment, end) in &spooled.tails {
+            self.uploader
+                .enqueue_tail(segment, end)
+                .map_err(|e| SessionError::fatal(anyhow!(e)))?;
+        }
+        Ok(spooled)
+    }
+}
 
 /// What the take-over found of one complete segment an earlier run left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum LeftSegment {
     /// It reads back as this cluster's WAL (or was handed over before): held by the spool.
     Held,
-    /// Not held by the spool: damaged (removed; refused unless the archive holds it),
-    /// unreadable, or gone.
+    /// Damaged: removed, and refused unless the archive holds it.
+    Damaged,
+    /// Not held by the spool: unreadable, damaged while the archive cannot say whether it
+    /// holds it, handed over before unchecked, or gone.
     NotHeld,
 }
 
@@ -55,9 +113,20 @@ impl Uploader {
             expect,
         };
         let system_id = settings.system_id;
-        let read =
-            blocking::run(move || read_back(&file, CHECK_LEVEL, size, system_id).map(|e| e.crc));
-        let why = match read.await {
+        let checked = self
+            .in_reading_turn(move || {
+                // A panic in the WAL checks over bytes no one wrote ends this check, not the
+                // start (which would meet it again at every restart).
+                std::panic::catch_unwind(AssertUnwindSafe(|| check_back(&file, size, system_id)))
+                    .unwrap_or_else(|panic| {
+                        Err(std::io::Error::other(format!(
+                            "the check failed: {}",
+                            panic_text(&*panic)
+                        )))
+                    })
+            })
+            .await;
+        let why = match checked {
             Ok(crc) => {
                 // Checked by the received CRC if there was one, so `crc` is that one.
                 self.enqueue(segment, Expect::Crc(crc))?;
@@ -75,21 +144,9 @@ impl Uploader {
                 return Ok(LeftSegment::NotHeld);
             }
         };
-        match archive.holds(&WalFileName::Segment(segment)).await {
-            Ok(true) => tracing::warn!(
-                file = %segment,
-                "the spool's copy is damaged ({why}), but the archive holds the segment \
-                 already: removing the copy"
-            ),
-            Ok(false) => {
-                tracing::error!(
-                    file = %segment,
-                    "the spool did not give back what an earlier run received ({why}): not \
-                     archived; removing it to receive it again from the server (its filesystem \
-                     may be failing)"
-                );
-                self.refuse_left(segment, expect);
-            }
+        match archived_already(archive, segment, &why.to_string()).await {
+            Ok(true) => {}
+            Ok(false) => self.refuse_left(segment, expect, &why),
             Err(e) => {
                 tracing::warn!(
                     file = %segment,
@@ -104,6 +161,15 @@ impl Uploader {
         if let Err(e) = blocking::run(move || spool::remove_complete(&dir, segment)).await {
             tracing::warn!(file = %segment, "cannot remove the damaged copy from the spool: {e}");
         }
-        Ok(LeftSegment::NotHeld)
+        Ok(LeftSegment::Damaged)
     }
+}
+
+/// What a panic said, when it said it in text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }

@@ -67,6 +67,9 @@ pub struct Uploader {
     size: SegmentSize,
     shared: Arc<Shared>,
     settings: Arc<UploadSettings>,
+    /// Turns to read a spool file back ([`ENCODING_AT_ONCE`]), for the uploads and the
+    /// take-over's checks alike.
+    encoding: Arc<Semaphore>,
 }
 
 /// Settings of an uploader.
@@ -106,9 +109,11 @@ impl Uploader {
         let outstanding = Arc::new(Mutex::new(Outstanding::default()));
         let in_flight = outstanding.clone();
         let uploader_shared = shared.clone();
+        let encoding = Arc::new(Semaphore::new(ENCODING_AT_ONCE));
+        let uploads_encoding = encoding.clone();
         tokio::spawn(async move {
+            let encoding = uploads_encoding;
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
-            let encoding = Arc::new(Semaphore::new(ENCODING_AT_ONCE));
             let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Done, String>>();
             let mut open = true;
             loop {
@@ -153,6 +158,7 @@ impl Uploader {
             size,
             shared: uploader_shared,
             settings: kept_settings,
+            encoding,
         }
     }
 
@@ -161,15 +167,32 @@ impl Uploader {
         &self.settings
     }
 
+    /// Runs `check` on the blocking pool in one of the turns the uploads read files back in
+    /// ([`ENCODING_AT_ONCE`]), so that checks and uploads together read that many at most.
+    pub(super) async fn in_reading_turn<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        // Never closed: it lives as long as the uploader.
+        let _turn = self.encoding.acquire().await.ok();
+        blocking::run(check).await
+    }
+
     /// How `segment` is checked: see [`Outstanding::known`].
     pub(super) fn known(&self, segment: SegmentName) -> (Option<Expect>, Expect) {
         lock(&self.outstanding).known(segment)
     }
 
     /// Takes note that `segment`'s file, found in the spool at a start and checked by
-    /// `expect`, did not read back: refused like a job's file ([`Self::refused_before`]), to
-    /// be streamed again.
-    pub(super) fn refuse_left(&self, segment: SegmentName, expect: Expect) {
+    /// `expect`, did not read back (`why`): refused like a job's file
+    /// ([`Self::refused_before`]), to be streamed again.
+    pub(super) fn refuse_left(
+        &self,
+        segment: SegmentName,
+        expect: Expect,
+        why: &dyn std::fmt::Display,
+    ) {
+        say_refused(&self.shared, &segment, why);
         let mut outstanding = lock(&self.outstanding);
         outstanding.refuse(Job::Segment(segment, expect));
         outstanding.publish(&self.shared);
@@ -203,12 +226,6 @@ impl Uploader {
     /// be reported as archived.
     pub fn oldest_outstanding(&self) -> Option<Lsn> {
         lock(&self.outstanding).oldest_segment_start(self.size)
-    }
-
-    /// The start of the oldest segment an earlier run left in the spool that has not read back
-    /// yet, or was refused: `--synchronous` may not report anything from there on as flushed.
-    pub fn oldest_unverified(&self) -> Option<Lsn> {
-        lock(&self.outstanding).oldest_unverified_start(self.size)
     }
 
     /// A segment refused since it was last handed over that starts before `position`: a
@@ -346,12 +363,7 @@ async fn upload_until_stored(
     };
     let stored = match uploaded {
         Uploaded::Corrupt(why) => {
-            shared.metrics.error(ErrorKind::Spool);
-            tracing::error!(
-                file = %what,
-                "the spool did not give back what was received ({why}): not archived; removing \
-                 it to receive it again from the server (its filesystem may be failing)"
-            );
+            say_refused(shared, &what, &why);
             remove_from_spool(&settings.spool, job, &what, "refused").await;
             return Ok(Done::Refused);
         }
@@ -376,6 +388,38 @@ async fn upload_until_stored(
     }
     failpoint::hit(failpoint::UPLOAD_REMOVED);
     Ok(Done::Stored)
+}
+
+/// Whether the archive holds `segment`, whose spool copy is damaged (`why`): then it was
+/// archived before, checked then, and only the copy is damaged, which the caller removes.
+pub(super) async fn archived_already(
+    archive: &ClusterArchive,
+    segment: SegmentName,
+    why: &str,
+) -> archive::Result<bool> {
+    let held = archive.holds(&WalFileName::Segment(segment)).await?;
+    if held {
+        tracing::warn!(
+            file = %segment,
+            "the spool's copy is damaged ({why}), but the archive holds the segment already: \
+             removing the copy"
+        );
+    }
+    Ok(held)
+}
+
+/// Says that spool file `what` is refused: it did not give back what was received (`why`).
+pub(super) fn say_refused(
+    shared: &Shared,
+    what: &dyn std::fmt::Display,
+    why: &dyn std::fmt::Display,
+) {
+    shared.metrics.error(ErrorKind::Spool);
+    tracing::error!(
+        file = %what,
+        "the spool did not give back what was received ({why}): not archived; removing it to \
+         receive it again from the server (its filesystem may be failing)"
+    );
 }
 
 /// Logs what one upload stored and stores a complete segment's time index.
@@ -540,12 +584,10 @@ async fn upload(
             };
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            if let Job::Segment(segment, _) = job {
-                if archive.holds(&WalFileName::Segment(segment)).await? {
-                    // Archived before (and checked then): only this copy is damaged.
-                    tracing::warn!(%segment, "the spool's copy is damaged ({e}), but the archive holds the segment already: removing the copy");
-                    return Ok(Uploaded::Gone);
-                }
+            if let Job::Segment(segment, _) = job
+                && archived_already(archive, segment, &e.to_string()).await?
+            {
+                return Ok(Uploaded::Gone);
             }
             return Ok(Uploaded::Corrupt(e.to_string()));
         }

@@ -433,21 +433,17 @@ fn assert_refused_not_lost(log: &str, lacking: &str) {
 /// CI67's race: a restart finds a segment in the spool that its filesystem's repair left
 /// empty, the next segment the archive lacks. The start planned where to stream from while
 /// the uploader checked the file, and counted it as held. Now the take-over reads it back
-/// before any plan; the fail points still hold the first upload and the plan, the order CI67
+/// before any plan; the fail point still holds the first upload's read-back, the order CI67
 /// met. The slot keeps that WAL, so it must be streamed again, not reported lost with a hole
-/// left in the archive, and the start must say why it streams it again.
+/// left in the archive.
 #[cfg(feature = "failpoints")]
 #[test]
-fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
+fn a_spool_file_left_empty_is_refused_before_the_start_plans_and_streamed_again() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let (pg, receiver, lacking, last) = an_empty_spool_file_the_archive_lacks(&wh, &archive);
-    let holds = format!(
-        "{}=1*sleep(1500);{}=1*sleep(5000)",
-        walhalla::failpoint::UPLOAD_START,
-        walhalla::failpoint::START_PLAN
-    );
-    let mut again = restart_with_failpoints(&wh, &archive, &pg, &receiver, holds, &[]);
+    let hold = format!("{}=1*sleep(1500)", walhalla::failpoint::UPLOAD_START);
+    let mut again = restart_with_failpoints(&wh, &archive, &pg, &receiver, hold, &[]);
     wait_archive_holds(&archive, &last);
     let log = again.log();
     assert_refused_not_lost(&log, &lacking);
@@ -455,8 +451,8 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
     // catch, so the test would pass without the take-over's part).
     assert!(
         log.lines().any(|l| l.contains("receiver::takeover")
-            && l.contains("did not give back")
-            && l.contains(&format!("file={lacking}"))),
+            && l.contains("read back the complete segments in the spool")
+            && l.contains("damaged=1")),
         "the take-over did not refuse the empty file: {log}"
     );
     assert!(
@@ -467,13 +463,14 @@ fn a_spool_segment_refused_while_the_start_is_planned_is_streamed_again() {
 }
 
 /// helper-79's loss: a receiver restarted in `--synchronous` mode on a spool holding a damaged
-/// copy of the next segment the archive lacks. The start counts the file as held and streams
-/// past it; until the file reads back, the flush position must stay before it, or the slot
-/// lets the server recycle the segment and it is lost when the file is refused. The fail
-/// point holds that read-back while the primary writes and checkpoints.
+/// copy of the next segment the archive lacks. The start counted the file as held and
+/// streamed past it, the flush position (the fsynced spool) let the server recycle the
+/// segment, and it was lost when the upload refused the file. Now the take-over refuses it
+/// before the start plans, so it is streamed again. The fail point holds the upload's
+/// read-back, where that refusal came from, while the primary writes and checkpoints.
 #[cfg(feature = "failpoints")]
 #[test]
-fn synchronous_a_spool_segment_left_damaged_is_not_confirmed_before_it_reads_back() {
+fn synchronous_a_spool_file_left_damaged_is_streamed_again_not_confirmed() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
     let (pg, receiver, lacking, _) = an_empty_spool_file_the_archive_lacks(&wh, &archive);
