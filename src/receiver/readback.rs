@@ -324,6 +324,40 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_an_earlier_run_left_with_bytes_after_its_switch_is_corrupt() {
+        use crate::wal::{LongPageHeader, sample};
+        // helper-79 A4: such a file was archived, and PostgreSQL's own copy, pushed later,
+        // was then refused as different content.
+        let good = sample::segment_8();
+        let head = LongPageHeader::parse(&good).unwrap();
+        let size = head.segment_size().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = SpoolFile {
+            path: dir.path().join("000000010000000000000008"),
+            segment: sample::name(8),
+            len: good.len(),
+            complete: true,
+            expect: Expect::Pages,
+        };
+        std::fs::write(&file.path, &good).unwrap();
+        assert_eq!(
+            check_back(&file, size, head.system_id).unwrap(),
+            crc32fast::hash(&good)
+        );
+        let mut bad = good.clone();
+        bad[0x80000 + 100] = 0x5a;
+        std::fs::write(&file.path, &bad).unwrap();
+        for e in [
+            check_back(&file, size, head.system_id).err().unwrap(),
+            read_back(&file, 1, size, head.system_id).err().unwrap(),
+        ] {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("invalid WAL at 0/880064"), "{e}");
+            assert!(e.to_string().contains("after the WAL switch"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_kept_tail_is_checked_and_compressed_with_none_of_it_left_resident() {
         use crate::wal::page::tests::header_bytes;
         use crate::wal::{SegNo, TimelineId};
