@@ -4,8 +4,8 @@
 //! The physical slot's `restart_lsn` becomes the reported flush position as is, and a
 //! synchronous commit waits for it, so it must never pass WAL that is not safely stored: the
 //! archive (default) or the fsynced spool (`--synchronous`; a file an earlier run left there
-//! counts only once the take-over read it back as received, [`super::takeover`]). Within one
-//! connection it never goes back, and once anything is stored it is never 0 (which the server shows as a NULL
+//! counts once it read back as received). Within one connection it never
+//! goes back, and once anything is stored it is never 0 (which the server shows as a NULL
 //! `flush_lsn`).
 
 use super::Mode;
@@ -23,6 +23,9 @@ pub struct Stored {
     pub segment_start: Lsn,
     /// The start of the oldest complete segment not yet archived, if any.
     pub oldest_unarchived: Option<Lsn>,
+    /// The start of the oldest segment an earlier run left in the spool that is not yet read
+    /// back, or did not read back as received: its file is no proof of what it holds.
+    pub oldest_unverified: Option<Lsn>,
     /// The end of the newest snapshot of the segment being received stored in the archive.
     pub snapshot_end: Lsn,
 }
@@ -46,7 +49,11 @@ impl Stored {
     /// What `mode` may call flushed.
     pub fn flushed(&self, mode: Mode) -> Lsn {
         match mode {
-            Mode::Synchronous => self.synced.min(self.written),
+            Mode::Synchronous => {
+                let synced = self.synced.min(self.written);
+                self.oldest_unverified
+                    .map_or(synced, |start| start.min(synced))
+            }
             Mode::Archived => self.archived(),
         }
     }
@@ -79,8 +86,20 @@ mod tests {
             synced: Lsn(written),
             segment_start: Lsn(segment * MIB),
             oldest_unarchived: oldest.map(|n| Lsn(n * MIB)),
+            oldest_unverified: None,
             snapshot_end: Lsn(snapshot),
         }
+    }
+
+    #[test]
+    fn synchronous_stops_at_a_spool_file_not_yet_read_back() {
+        // Streaming resumed past segment 5, which an earlier run left in the spool: until it
+        // reads back as received, nothing from it on counts as stored.
+        let mut s = stored(7 * MIB + 10, 7, Some(5), 0);
+        s.oldest_unverified = Some(Lsn(5 * MIB));
+        assert_eq!(s.flushed(Mode::Synchronous), Lsn(5 * MIB));
+        s.oldest_unverified = None;
+        assert_eq!(s.flushed(Mode::Synchronous), Lsn(7 * MIB + 10));
     }
 
     #[test]

@@ -124,6 +124,18 @@ impl Outstanding {
         }
     }
 
+    /// The start of the oldest segment an earlier run left in the spool ([`Expect::Pages`])
+    /// that has not read back yet, or was refused: nothing from there on is known
+    /// stored, whatever the spool's files say, until it is checked or received again.
+    pub(super) fn oldest_unverified_start(&self, size: SegmentSize) -> Option<Lsn> {
+        let left = |(s, expect): (&SegmentName, &Expect)| (*expect == Expect::Pages).then_some(*s);
+        let outstanding = self.segments.iter().map(|(s, (_, e))| (s, e));
+        (outstanding.chain(self.refused.iter()))
+            .filter_map(left)
+            .filter_map(|s| s.start_lsn(size))
+            .min()
+    }
+
     /// Bytes of WAL these files hold in the spool.
     pub(super) fn bytes(&self, size: SegmentSize) -> u64 {
         let tails: u64 = self
@@ -211,24 +223,36 @@ mod tests {
     }
 
     #[test]
-    fn an_earlier_runs_segment_is_known_by_its_crc_once_it_reads_back() {
+    fn an_earlier_runs_segment_bounds_what_is_stored_until_it_is_checked() {
         let size = SegmentSize::new(1 << 20).unwrap();
         let name = |n: u64| SegmentName::new(TimelineId(1), SegNo(n), size);
         let mut o = Outstanding::default();
-        // Received by this run: known by its CRC.
+        // Received by this run: known by its CRC, not bounding the spool's position.
         o.insert(Job::Segment(name(4), Expect::Crc(4)));
-        assert_eq!(o.known(name(4)), (Some(Expect::Crc(4)), Expect::Crc(4)));
-        // Left by an earlier run: known by its pages until it reads back.
+        assert_eq!(o.oldest_unverified_start(size), None);
+        // Left by an earlier run: bounds it until read back (the archive may be away).
         o.insert(Job::Segment(name(6), Expect::Pages));
         o.insert(Job::Segment(name(7), Expect::Pages));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(6).start_lsn(size))
+        );
         o.read_back(name(6), 66);
         assert_eq!(o.expectation(name(6), Expect::Pages), Expect::Crc(66));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(7).start_lsn(size))
+        );
         assert_eq!(o.known(name(7)), (Some(Expect::Pages), Expect::Pages));
-        // Refused: no longer outstanding, and checked as before when it shows up again.
+        // Refused: still, until received again.
         o.refuse(Job::Segment(name(7), Expect::Pages));
         assert_eq!(o.known(name(7)), (None, Expect::Pages));
+        assert_eq!(
+            o.oldest_unverified_start(size),
+            Some(SegNo(7).start_lsn(size))
+        );
         assert!(o.hand_over(Job::Segment(name(7), Expect::Crc(7))));
-        assert_eq!(o.known(name(7)), (Some(Expect::Crc(7)), Expect::Crc(7)));
+        assert_eq!(o.oldest_unverified_start(size), None);
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct Context {
     /// The timeline the server of the current session is on: one streamed below it is
     /// historic, ended by the server at its switch point.
     pub(super) server_timeline: TimelineId,
+    /// Where the slot kept WAL from when the current session began, when known: a flush
+    /// position reported below it would move the slot back over WAL the server may have
+    /// removed already.
+    pub(super) slot_kept_from: Option<Lsn>,
     /// The furthest position a stream of this run has written to.
     pub(super) furthest: Lsn,
     /// Set when a stream wrote past [`Self::furthest`]: progress, which the reconnect loop
@@ -276,6 +280,7 @@ pub async fn run(
         )));
     }
 
+    ctx.slot_kept_from = None;
     let plan = if let Some(backup) = &options.for_backup {
         let slot = options
             .slot
@@ -311,6 +316,7 @@ pub async fn run(
             }
             None => None,
         };
+        ctx.slot_kept_from = slot_restart;
         let planned = start_point(
             options,
             ctx,
@@ -584,6 +590,7 @@ pub async fn new_context(
         shared: shared.clone(),
         lost: BTreeSet::new(),
         server_timeline: TimelineId(0),
+        slot_kept_from: None,
         furthest: Lsn(0),
         progressed: false,
         slot_watch: SlotWatch::default(),

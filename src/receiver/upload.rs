@@ -228,6 +228,16 @@ impl Uploader {
         lock(&self.outstanding).oldest_segment_start(self.size)
     }
 
+    /// The start of the oldest segment an earlier run left in the spool that has not read back
+    /// (the take-over could not read it, or could not ask the archive whether it holds a
+    /// damaged one), or was refused: `--synchronous` may not report anything from there on as
+    /// flushed. The take-over leaves such a segment out of what the start counts as held, but
+    /// a start may still begin past it (on a later timeline, or past where it looks back), and
+    /// only this bound then keeps the slot from letting the server recycle it.
+    pub fn oldest_unverified(&self) -> Option<Lsn> {
+        lock(&self.outstanding).oldest_unverified_start(self.size)
+    }
+
     /// A segment refused since it was last handed over that starts before `position`: a
     /// stream that began at `position` will not receive it again, so its session must end
     /// (see the module's documentation).

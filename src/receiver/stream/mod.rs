@@ -362,6 +362,13 @@ impl<'a> Stream<'a> {
             synced: writer.synced_lsn(),
             segment_start: writer.start_lsn(),
             oldest_unarchived: self.ctx.uploader.oldest_outstanding(),
+            // Not below where the slot kept WAL from at this session's start: files before it
+            // were confirmed by an earlier run, and the slot no longer keeps what they hold.
+            oldest_unverified: (self.ctx.uploader.oldest_unverified()).map(|start| {
+                self.ctx
+                    .slot_kept_from
+                    .map_or(start, |kept| start.max(kept))
+            }),
             snapshot_end: self.snapshot_end,
         }
     }
