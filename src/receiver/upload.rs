@@ -572,11 +572,16 @@ async fn upload(
             Err(e) => return Err(failed(e)),
         },
     };
-    let encoded = {
+    let path = file.path.clone();
+    let (checked, encoded) = {
         // Never closed: it lives as long as the uploader.
         let _turn = encoding.acquire().await.ok();
         let (level, system_id) = (settings.compression_level, settings.system_id);
-        blocking::run(move || read_back(&file, level, size, system_id)).await
+        blocking::run(move || {
+            let checked = spool::file_identity(&file.path);
+            (checked, read_back(&file, level, size, system_id))
+        })
+        .await
     };
     let encoded = match encoded {
         Ok(encoded) => encoded,
@@ -598,6 +603,15 @@ async fn upload(
                 && archived_already(archive, segment, &e.to_string()).await?
             {
                 return Ok(Uploaded::Gone);
+            }
+            // A segment received again meanwhile replaced the file this attempt read: the
+            // caller must not remove the new one. The next attempt checks it.
+            if checked.is_some()
+                && blocking::run(move || spool::file_identity(&path)).await != checked
+            {
+                return Err(failed(std::io::Error::other(
+                    "received again while this copy was checked; checking the new one",
+                )));
             }
             return Ok(Uploaded::Corrupt(e.to_string()));
         }

@@ -399,6 +399,14 @@ pub fn complete_path(dir: &Path, segment: SegmentName) -> PathBuf {
     dir.join(segment.to_string())
 }
 
+/// Which file `path` names now (its device and inode), to tell whether it was replaced
+/// since; `None` when it names none.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let found = std::fs::metadata(path).ok()?;
+    Some((found.dev(), found.ino()))
+}
+
 /// Removes a segment once the archive holds it.
 pub fn remove_complete(dir: &Path, segment: SegmentName) -> io::Result<()> {
     match std::fs::remove_file(complete_path(dir, segment)) {
