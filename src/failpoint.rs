@@ -41,9 +41,12 @@ pub const TIMELINE_SWITCH: &str = "timeline-switch";
 pub const SPOOL_RECOVERY: &str = "spool-recovery";
 /// Spool: the end of a stream is kept as a tail (renamed), not yet handed to the uploader.
 pub const TAIL_KEPT: &str = "tail-kept";
+/// Take-over: a complete segment an earlier run left is being checked (`panic` stands for a
+/// bug the check meets).
+pub const TAKEOVER_CHECK: &str = "takeover-check";
 
 /// Every fail point, for checking a configuration's names.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     SPOOL_BEFORE_FSYNC,
     SPOOL_BEFORE_RENAME,
     SPOOL_AFTER_RENAME,
@@ -58,6 +61,7 @@ pub const ALL: [&str; 14] = [
     TIMELINE_SWITCH,
     SPOOL_RECOVERY,
     TAIL_KEPT,
+    TAKEOVER_CHECK,
 ];
 
 /// The variable that configures the fail points.

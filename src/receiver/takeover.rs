@@ -9,7 +9,6 @@
 //! in the uploader's reading turns, as many at once as its uploads compress.
 
 use std::io::ErrorKind;
-use std::panic::AssertUnwindSafe;
 
 use std::time::Instant;
 
@@ -117,13 +116,13 @@ impl Uploader {
             .in_reading_turn(move || {
                 // A panic in the WAL checks over bytes no one wrote ends this check, not the
                 // start (which would meet it again at every restart).
-                std::panic::catch_unwind(AssertUnwindSafe(|| check_back(&file, size, system_id)))
-                    .unwrap_or_else(|panic| {
-                        Err(std::io::Error::other(format!(
-                            "the check failed: {}",
-                            panic_text(&*panic)
-                        )))
-                    })
+                blocking::catching_panic(|| {
+                    crate::failpoint::hit(crate::failpoint::TAKEOVER_CHECK);
+                    check_back(&file, size, system_id)
+                })
+                .unwrap_or_else(|panic| {
+                    Err(std::io::Error::other(format!("the check failed: {panic}")))
+                })
             })
             .await;
         let why = match checked {
@@ -163,13 +162,4 @@ impl Uploader {
         }
         Ok(LeftSegment::Damaged)
     }
-}
-
-/// What a panic said, when it said it in text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic")
 }

@@ -492,6 +492,28 @@ fn synchronous_a_spool_file_left_damaged_is_streamed_again_not_confirmed() {
     assert!(again.stop().success(), "{log}");
 }
 
+/// A check of what an earlier run left that panics (a bug the bytes meet, stood for by the
+/// fail point's `panic`) fails that check alone: the receiver goes on, receives the segment
+/// again and archives everything, where the panic used to end every start.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_panic_while_checking_a_spool_file_fails_that_check_not_the_receiver() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, receiver, lacking, last) = an_empty_spool_file_the_archive_lacks(&wh, &archive);
+    let panic = format!("{}=1*panic(bad bytes)", walhalla::failpoint::TAKEOVER_CHECK);
+    let mut again = restart_with_failpoints(&wh, &archive, &pg, &receiver, panic, &[]);
+    wait_archive_holds(&archive, &last);
+    wait_archive_holds(&archive, &lacking);
+    let log = again.log();
+    assert!(
+        log.contains("the check failed: bad bytes") && log.contains(&format!("file={lacking}")),
+        "the panic was not taken as an unreadable file: {log}"
+    );
+    assert!(!log.contains("lost to the archive"), "{log}");
+    assert!(again.stop().success(), "{log}");
+}
+
 /// Once three complete segments wait in `spool` (the store away), damages the newest as a lost
 /// write would (its second page reads back as zeros), and gives the uploader's next attempt
 /// (`--timeout 3`) time to read it back. Returns its name.

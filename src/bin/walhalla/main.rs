@@ -285,7 +285,8 @@ fn limit_allocator_caching() {
 }
 
 /// A panic must not exit with Rust's 101, which restore_command would read as "not found".
-/// Under JSON logging its message is a JSON line like the others.
+/// Under JSON logging its message is a JSON line like the others. One that
+/// [`walhalla::blocking::catching_panic`] catches is reported, and unwinds to it.
 fn exit_with_on_panic(command: &'static str, code: u8, format: LogFormat) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -300,6 +301,8 @@ fn exit_with_on_panic(command: &'static str, code: u8, format: LogFormat) {
                 )
             }
         }
-        std::process::exit(i32::from(code));
+        if !walhalla::blocking::panic_is_caught() {
+            std::process::exit(i32::from(code));
+        }
     }));
 }
