@@ -14,6 +14,7 @@ use anyhow::anyhow;
 
 use super::ReceiveOptions;
 use super::history::archive_history;
+use super::readback::Expect;
 use super::session::{Context, SessionError};
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
@@ -274,14 +275,20 @@ async fn plan_on(
         keeps_from.map(|k| k.max(scan_from)),
         &ctx.lost,
     );
+    let planned = SegmentName::new(timeline, plan.segment, size);
     if refused_here.contains(&plan.segment) {
         tracing::warn!(
-            segment = %SegmentName::new(timeline, plan.segment, size),
+            segment = %planned,
             "a spool segment did not read back as it was received: streaming again from it"
+        );
+    } else if ctx.uploader.known(planned).0 == Some(Expect::Pages) {
+        tracing::warn!(
+            segment = %planned,
+            "a spool segment an earlier run left could not be checked: streaming again from it"
         );
     } else if plan.segment < resume {
         tracing::warn!(
-            first_missing = %SegmentName::new(timeline, plan.segment, size),
+            first_missing = %planned,
             newest_held = %SegmentName::new(timeline, SegNo(resume.0 - 1), size),
             "the archive has a hole: streaming again from its start"
         );

@@ -45,22 +45,28 @@ impl Context {
             .collect()
             .await;
         let mut held = Vec::with_capacity(spooled.complete.len());
-        let (mut damaged, mut not_held) = (0, 0);
+        let mut found = std::collections::BTreeMap::<LeftSegment, usize>::new();
         for (&segment, left) in spooled.complete.iter().zip(left) {
-            match left.map_err(|e| SessionError::fatal(anyhow!(e)))? {
-                LeftSegment::Held => held.push(segment),
-                LeftSegment::Damaged => damaged += 1,
-                LeftSegment::NotHeld => not_held += 1,
+            let left = left.map_err(|e| SessionError::fatal(anyhow!(e)))?;
+            if left.held() {
+                held.push(segment);
             }
+            *found.entry(left).or_default() += 1;
         }
-        if !spooled.complete.is_empty() {
+        let count = |kind| found.get(&kind).copied().unwrap_or(0);
+        let checked = count(LeftSegment::Good)
+            + count(LeftSegment::Refused)
+            + count(LeftSegment::ArchivedAlready)
+            + count(LeftSegment::Unchecked);
+        if checked > 0 {
             tracing::info!(
-                files = spooled.complete.len(),
-                held = held.len(),
-                damaged,
-                received_again = not_held,
+                checked,
+                good = count(LeftSegment::Good),
+                refused = count(LeftSegment::Refused),
+                damaged_but_archived = count(LeftSegment::ArchivedAlready),
+                unchecked = count(LeftSegment::Unchecked),
                 seconds = started.elapsed().as_secs_f64(),
-                "read back the complete segments in the spool"
+                "read back the complete segments an earlier run left in the spool"
             );
         }
         spooled.complete = held;
@@ -73,16 +79,31 @@ impl Context {
     }
 }
 
-/// What the take-over found of one complete segment an earlier run left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the take-over found of one complete segment in the spool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum LeftSegment {
-    /// It reads back as this cluster's WAL (or was handed over before): held by the spool.
-    Held,
-    /// Damaged: removed, and refused unless the archive holds it.
-    Damaged,
-    /// Not held by the spool: unreadable, damaged while the archive cannot say whether it
-    /// holds it, handed over before unchecked, or gone.
-    NotHeld,
+    /// Handed over before, known by its CRC: held, not read again.
+    Known,
+    /// Handed over before without being checked: received again.
+    KnownUnchecked,
+    /// No longer in the spool (archived meanwhile).
+    Gone,
+    /// Read back now as this cluster's WAL: held.
+    Good,
+    /// Damaged, and the archive lacks it: removed, refused, received again.
+    Refused,
+    /// Damaged, but the archive holds it: the copy removed.
+    ArchivedAlready,
+    /// Unreadable, or damaged while the archive cannot say whether it holds it: received
+    /// again, its upload tried meanwhile.
+    Unchecked,
+}
+
+impl LeftSegment {
+    /// Whether the spool holds the segment for the start's plan.
+    fn held(self) -> bool {
+        matches!(self, LeftSegment::Known | LeftSegment::Good)
+    }
 }
 
 impl Uploader {
@@ -97,8 +118,8 @@ impl Uploader {
         // Handed over before (at the process's start, or streamed by this run): held if known
         // by its CRC; one that could not be checked then is streamed again.
         let expect = match self.known(segment) {
-            (Some(Expect::Crc(_)), _) => return Ok(LeftSegment::Held),
-            (Some(Expect::Pages), _) => return Ok(LeftSegment::NotHeld),
+            (Some(Expect::Crc(_)), _) => return Ok(LeftSegment::Known),
+            (Some(Expect::Pages), _) => return Ok(LeftSegment::KnownUnchecked),
             // A segment this run refused keeps the CRC it was received with.
             (None, expect) => expect,
         };
@@ -129,9 +150,9 @@ impl Uploader {
             Ok(crc) => {
                 // Checked by the received CRC if there was one, so `crc` is that one.
                 self.enqueue(segment, Expect::Crc(crc))?;
-                return Ok(LeftSegment::Held);
+                return Ok(LeftSegment::Good);
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(LeftSegment::NotHeld),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(LeftSegment::Gone),
             Err(e) if e.kind() == ErrorKind::InvalidData => e,
             Err(e) => {
                 tracing::warn!(
@@ -140,12 +161,15 @@ impl Uploader {
                      again from the server, and its upload is tried again meanwhile"
                 );
                 self.enqueue(segment, expect)?;
-                return Ok(LeftSegment::NotHeld);
+                return Ok(LeftSegment::Unchecked);
             }
         };
-        match archived_already(archive, segment, &why.to_string()).await {
-            Ok(true) => {}
-            Ok(false) => self.refuse_left(segment, expect, &why),
+        let left = match archived_already(archive, segment, &why.to_string()).await {
+            Ok(true) => LeftSegment::ArchivedAlready,
+            Ok(false) => {
+                self.refuse_left(segment, expect, &why);
+                LeftSegment::Refused
+            }
             Err(e) => {
                 tracing::warn!(
                     file = %segment,
@@ -153,13 +177,13 @@ impl Uploader {
                      holds the segment ({e}): it is received again from the server"
                 );
                 self.enqueue(segment, expect)?;
-                return Ok(LeftSegment::NotHeld);
+                return Ok(LeftSegment::Unchecked);
             }
-        }
+        };
         let dir = settings.spool.clone();
         if let Err(e) = blocking::run(move || spool::remove_complete(&dir, segment)).await {
             tracing::warn!(file = %segment, "cannot remove the damaged copy from the spool: {e}");
         }
-        Ok(LeftSegment::Damaged)
+        Ok(left)
     }
 }

@@ -451,8 +451,8 @@ fn a_spool_file_left_empty_is_refused_before_the_start_plans_and_streamed_again(
     // catch, so the test would pass without the take-over's part).
     assert!(
         log.lines().any(|l| l.contains("receiver::takeover")
-            && l.contains("read back the complete segments in the spool")
-            && l.contains("damaged=1")),
+            && l.contains("read back the complete segments an earlier run left")
+            && l.contains("refused=1")),
         "the take-over did not refuse the empty file: {log}"
     );
     assert!(
@@ -509,6 +509,12 @@ fn a_panic_while_checking_a_spool_file_fails_that_check_not_the_receiver() {
     assert!(
         log.contains("the check failed: bad bytes") && log.contains(&format!("file={lacking}")),
         "the panic was not taken as an unreadable file: {log}"
+    );
+    // The start says why it streams that segment again, not that the archive has a hole.
+    assert!(
+        log.contains("could not be checked: streaming again from it")
+            && !log.contains("the archive has a hole"),
+        "{log}"
     );
     assert!(!log.contains("lost to the archive"), "{log}");
     assert!(again.stop().success(), "{log}");
