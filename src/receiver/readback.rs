@@ -52,6 +52,12 @@ pub(super) fn read_back(
     size: SegmentSize,
     system_id: SystemId,
 ) -> std::io::Result<Encoded> {
+    if file.expect == Expect::Pages {
+        // A file an earlier run left may sit on a failing disk: read once first, so that an
+        // error reading it comes back as one instead of a SIGBUS in the mapped passes (see
+        // `check_back`).
+        crc_by_reading(&file.path, file.len)?;
+    }
     let map = open_checked(file, size, system_id)?;
     let encoded = encode_map(
         map,
@@ -77,44 +83,61 @@ pub(super) fn read_back(
 }
 
 /// Checks `file` as [`read_back`] does, without compressing or indexing it: returns the CRC-32
-/// of what it holds. For a file whose content is only to be known, not archived yet: one pass
-/// over it (two for an unchecked file, three for an unchecked complete segment), each handing
-/// its pages back.
+/// of what it holds. For a file whose content is only to be known, not archived yet. A read
+/// pass comes first, for the CRC: an error reading the file (EIO from a failing disk) comes
+/// back from it as an error, where touching a mapping would raise SIGBUS, which ends the
+/// process ([`crate::mapped`]). A file checked by its pages then takes the mapped passes of
+/// [`read_back`]'s check (two for a complete segment), each handing its pages back.
 pub(super) fn check_back(
     file: &SpoolFile,
     size: SegmentSize,
     system_id: SystemId,
 ) -> std::io::Result<u32> {
-    let map = open_checked(file, size, system_id)?;
-    let content = received_part(&map, file.len)?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut done = 0;
-    for chunk in content.chunks(SequentialMap::WINDOW) {
-        hasher.update(chunk);
-        done += chunk.len();
-        map.done_before(done);
-    }
-    map.done_before(usize::MAX);
-    let crc = hasher.finalize();
+    let crc = crc_by_reading(&file.path, file.len)?;
     match file.expect {
         Expect::Crc(received) => check_crc(crc, received)?,
         // Read as WAL to its end, as `read_back` reads it.
-        Expect::Pages if file.complete => {
-            map.rewind();
-            let scanned =
-                SegmentIndex::of_segment_sequentially(file.segment, content, &mut |pos| {
-                    map.done_before(pos)
-                });
-            map.done_before(usize::MAX);
-            if let Ok(index) = scanned
-                && let Some(damage) = index.end.damage()
-            {
-                return Err(corrupt(damage));
+        Expect::Pages => {
+            let map = open_checked(file, size, system_id)?;
+            if file.complete {
+                let content = received_part(&map, file.len)?;
+                let scanned =
+                    SegmentIndex::of_segment_sequentially(file.segment, content, &mut |pos| {
+                        map.done_before(pos)
+                    });
+                map.done_before(usize::MAX);
+                if let Ok(index) = scanned
+                    && let Some(damage) = index.end.damage()
+                {
+                    return Err(corrupt(damage));
+                }
             }
         }
-        Expect::Pages => {}
     }
     Ok(crc)
+}
+
+/// The CRC-32 of the first `len` bytes of the file at `path`, read with `read(2)` through one
+/// buffer of [`SequentialMap::WINDOW`] bytes; [`corrupt`] when it holds fewer.
+fn crc_by_reading(path: &std::path::Path, len: usize) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut reader = std::fs::File::open(path)?;
+    let mut buffer = vec![0; SequentialMap::WINDOW.min(len.max(1))];
+    let mut hasher = crc32fast::Hasher::new();
+    let mut read = 0;
+    while read < len {
+        let want = (len - read).min(buffer.len());
+        match reader.read(&mut buffer[..want]) {
+            Ok(0) => return Err(corrupt(format!("it holds {read} of its {len} bytes"))),
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                read += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finalize())
 }
 
 /// Maps `file` once it is long enough to hold what was received and, for a file checked by its
