@@ -243,13 +243,23 @@ async fn take_over_spool(
         Ok::<_, std::io::Error>((spool::segment_size(&scanned)?, spool::scan(&scanned)?))
     })
     .await;
+    if let Ok((_, found)) = &found
+        && !found.unknown.is_empty()
+    {
+        tracing::warn!(
+            spool = %dir.display(),
+            files = %found.unknown.join(", "),
+            "the spool holds files named like WAL that no PostgreSQL cluster writes: left alone, \
+             never archived"
+        );
+    }
     let size = match found {
         Ok((Some(size), found)) => {
             tracing::info!(
                 spool = %dir.display(),
                 complete_segments = found.complete.len(),
                 kept_tails = found.tails.len(),
-                partial = %found.partial.map_or(String::new(), |s| s.to_string()),
+                partial = found.partial.map(|s| s.to_string()).as_deref(),
                 "the spool holds WAL an earlier run left: archiving it (an object the archive \
                  holds already must have the same bytes)"
             );

@@ -67,6 +67,9 @@ pub struct SpoolContents {
     pub partial: Option<SegmentName>,
     /// Kept tails not yet archived: the segment and the end of what it holds.
     pub tails: Vec<(SegmentName, Lsn)>,
+    /// Names that begin like a WAL file's (24 hexadecimal digits) but name none walhalla
+    /// writes (timeline 0, say): left alone.
+    pub unknown: Vec<String>,
 }
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process (a
@@ -320,12 +323,17 @@ pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
             _ => {
                 if let Some(tail) = parse_tail_name(name) {
                     contents.tails.push(tail);
+                } else if name.len() >= 24
+                    && name.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit)
+                {
+                    contents.unknown.push(name.to_owned());
                 }
             }
         }
     }
     contents.complete.sort();
     contents.tails.sort();
+    contents.unknown.sort();
     Ok(contents)
 }
 
@@ -620,6 +628,13 @@ mod tests {
         assert_eq!(scan(dir.path()).unwrap().partial, Some(w2.segment()));
         remove_complete(dir.path(), done).unwrap();
         assert!(scan(dir.path()).unwrap().complete.is_empty());
+        // Names like WAL that no cluster writes are listed apart; walhalla's own are not.
+        for name in ["000000000000000000000005", "00000001000000000000000G.x"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let contents = scan(dir.path()).unwrap();
+        assert_eq!(contents.unknown, ["000000000000000000000005"]);
+        assert!(contents.complete.is_empty());
     }
 
     #[test]
