@@ -15,7 +15,7 @@ use super::history::archive_history;
 use super::pace::Pace;
 use super::probe::{UNDEFINED_FILE, Upstream, first_kept};
 use super::server::{identify, sender_timeout, warn_if_named_synchronous};
-use super::slot::{SlotWatch, create_temporary_slot, keeps_no_more, session_slot};
+use super::slot::{SlotRequest, SlotWatch, create_temporary_slot, keeps_no_more, session_slot};
 use super::spool_place::{self, default_spool};
 use super::start::{BehindArchive, StartPlan, start_point};
 use super::stream::{Stream, StreamEnd, next_timeline};
@@ -304,15 +304,13 @@ pub async fn run(
         }
         let slot_restart = match &options.slot {
             Some(slot) => {
-                let found = session_slot(
-                    &mut conn,
-                    &options.conn,
-                    slot,
-                    options.create_slot,
+                let request = SlotRequest {
+                    params: &options.conn,
+                    name: slot,
+                    create: options.create_slot,
                     system_id,
-                    &mut ctx.slot_watch,
-                );
-                found.await?
+                };
+                session_slot(&mut conn, request, &mut ctx.slot_watch).await?
             }
             None => None,
         };

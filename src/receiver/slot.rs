@@ -125,19 +125,30 @@ impl SlotWatch {
     }
 }
 
+/// The slot a session streams from, and how it is had.
+#[derive(Clone, Copy)]
+pub struct SlotRequest<'a> {
+    /// How to reach the server over SQL, to ask `pg_replication_slots`.
+    pub params: &'a ConnParams,
+    /// The slot's name.
+    pub name: &'a str,
+    /// Whether it is created when missing, and replaced when invalidated (`--create-slot`).
+    pub create: bool,
+    /// The cluster it must belong to.
+    pub system_id: SystemId,
+}
+
 /// The slot for one session ([`ensure_usable_slot`]), with what its state means for the
 /// archive said once a run: created again after this run found it (dropped, or another server
 /// behind the address), or keeping no WAL (invalidated, or never used), WAL the server removed
 /// meanwhile is reported lost. Returns where it keeps WAL from, when the server says.
 pub async fn session_slot(
     conn: &mut Connection,
-    params: &ConnParams,
-    slot: &str,
-    create: bool,
-    system_id: SystemId,
+    request: SlotRequest<'_>,
     watch: &mut SlotWatch,
 ) -> Result<Option<Lsn>, SessionError> {
-    let found = ensure_usable_slot(conn, params, slot, create, system_id, watch).await?;
+    let found = ensure_usable_slot(conn, request, watch).await?;
+    let slot = request.name;
     let host = conn.host();
     if found.created && watch.seen {
         tracing::warn!(
@@ -204,12 +215,15 @@ pub fn keeps_no_more(
 /// stream what it should have kept ([`SlotWatch::replace_on`]).
 async fn ensure_usable_slot(
     conn: &mut Connection,
-    params: &ConnParams,
-    slot: &str,
-    create: bool,
-    system_id: SystemId,
+    request: SlotRequest<'_>,
     watch: &mut SlotWatch,
 ) -> Result<SlotFound, SessionError> {
+    let SlotRequest {
+        params,
+        name: slot,
+        create,
+        system_id,
+    } = request;
     let found = ensure_slot(conn, slot, create).await?;
     let host = conn.host().clone();
     if create && !found.created && watch.replace_on.as_ref() == Some(&host) {
