@@ -35,8 +35,10 @@ pub struct TimelineWal {
     pub history_file: bool,
     /// The complete segments held, as runs.
     pub ranges: Vec<SegmentRun>,
-    /// The segments missing between the timeline's first (where it branched, when known,
-    /// else the oldest held) and its newest held segment.
+    /// The segments missing between the timeline's first (where it branched, when the archive
+    /// follows it there, or its oldest receiver snapshot, else its oldest complete segment)
+    /// and its newest complete segment or receiver snapshot (a snapshot is of the segment
+    /// being received, so every segment before it should be complete).
     pub gaps: Vec<SegmentRun>,
     /// `.partial` segments archived at promotions.
     pub partial_files: Vec<String>,
@@ -298,11 +300,13 @@ fn missing_runs(
     timeline: TimelineId,
     size: SegmentSize,
 ) -> Vec<SegmentRun> {
-    let (Some(&oldest), Some(&newest)) = (held.first(), held.last()) else {
+    // A timeline whose archive holds only snapshots has gaps too, from where it begins.
+    let (Some(from), Some(until)) = (
+        [begins, held.first().copied()].into_iter().flatten().min(),
+        [snapshot, held.last().copied()].into_iter().flatten().max(),
+    ) else {
         return Vec::new();
     };
-    let from = begins.map_or(oldest, |b| b.min(oldest));
-    let until = snapshot.map_or(newest, |s| s.max(newest));
     runs(
         (from.0..until.0).map(SegNo).filter(|n| !held.contains(n)),
         timeline,
@@ -450,6 +454,29 @@ mod tests {
             (two.snapshots, two.history_file, two.stored_bytes),
             (1, true, 20)
         );
+    }
+
+    #[test]
+    fn a_timeline_holding_only_snapshots_has_a_gap_from_where_it_begins() {
+        // Timeline 2 branched in segment 5; the archive holds only a snapshot of segment 8.
+        let size = SegmentSize::new(SIZE).unwrap();
+        let mut inv = inventory(&[
+            "000000010000000000000004",
+            "000000020000000000000008.partial.0000000008000100",
+        ]);
+        inv.histories.push((TimelineId(2), ObjectInfo::default()));
+        let histories = BTreeMap::from([(
+            TimelineId(2),
+            vec![HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: Lsn(0x0500_0100),
+            }],
+        )]);
+        let wal = timelines(&inv, &histories, size);
+        assert_eq!(wal[1].gaps, runs((5..8).map(SegNo), TimelineId(2), size));
+        // One snapshot alone, where nothing says where its timeline begins: no gap.
+        let inv = inventory(&["000000010000000000000008.partial.0000000008000100"]);
+        assert!(timelines(&inv, &BTreeMap::new(), size)[0].gaps.is_empty());
     }
 
     #[test]
