@@ -303,6 +303,13 @@ impl SegmentIndex {
         Ok(index)
     }
 
+    /// Where the segment's WAL switch record ends (rounded up to 8 bytes), when the segment
+    /// ends in one: PostgreSQL (11 and later) writes nothing but zeros from there to the
+    /// segment's end, its page headers included (xlog.c `CopyXLogRecordToWAL`).
+    pub fn switch_end(&self) -> Option<Lsn> {
+        (self.end == IndexEnd::Switch).then_some(self.valid_end)
+    }
+
     /// Whether the scan read the whole segment, so the index lists everything in it but a
     /// record continuing into the next segment ([`Self::crossing`]). A scan that stopped at
     /// an invalid record or short of the end may have missed what follows (what recovery

@@ -34,6 +34,8 @@ pub struct PreparedIndex {
     envelope: Vec<u8>,
     /// Why the scan stopped.
     end: IndexEnd,
+    /// Where the segment's WAL switch record ends, when it ends in one.
+    switch_end: Option<Lsn>,
 }
 
 impl PreparedIndex {
@@ -45,6 +47,12 @@ impl PreparedIndex {
     /// Where valid WAL ends, when it ends before the segment does.
     pub fn valid_end(&self) -> Option<Lsn> {
         self.end.valid_end()
+    }
+
+    /// Where the segment's WAL switch record ends, when it ends in one
+    /// ([`SegmentIndex::switch_end`]).
+    pub fn switch_end(&self) -> Option<Lsn> {
+        self.switch_end
     }
 }
 
@@ -80,6 +88,7 @@ pub fn index_now(
         segment,
         json: Bytes::from(json),
         envelope,
+        switch_end: index.switch_end(),
         end: index.end,
     })
 }

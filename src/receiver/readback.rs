@@ -5,7 +5,7 @@
 //! (an error that turned it read-only, a crash of the host under unsynced pages), or a
 //! stale page was read. Such a file is [`corrupt`], and never archived.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
@@ -14,7 +14,7 @@ use crate::envelope;
 use crate::mapped::SequentialMap;
 use crate::timeindex::SegmentIndex;
 use crate::wal::page_stream::check_stored;
-use crate::wal::{SegmentName, SegmentSize, SystemId};
+use crate::wal::{Lsn, SegmentName, SegmentSize, SystemId};
 
 /// How the uploader knows a spool file holds what was received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,10 +72,9 @@ pub(super) fn read_back(
         // scan for its time index reads it (a filesystem repaired after an error can leave a
         // block of other bytes inside a page).
         Expect::Pages => {
-            if let Some((_, Ok(index))) = &encoded.index
-                && let Some(damage) = index.damage()
-            {
-                return Err(corrupt(damage));
+            if let Some((_, scanned)) = &encoded.index {
+                let scanned = scanned.as_ref().map(|i| (i.damage(), i.switch_end()));
+                check_records(file, size, scanned.map_err(Clone::clone))?;
             }
         }
     }
@@ -106,38 +105,85 @@ pub(super) fn check_back(
                         map.done_before(pos)
                     });
                 map.done_before(usize::MAX);
-                if let Ok(index) = scanned
-                    && let Some(damage) = index.end.damage()
-                {
-                    return Err(corrupt(damage));
-                }
+                let scanned = scanned.map(|i| (i.end.damage(), i.switch_end()));
+                check_records(file, size, scanned)?;
             }
         }
     }
     Ok(crc)
 }
 
-/// The CRC-32 of the first `len` bytes of the file at `path`, read with `read(2)` through one
-/// buffer of [`SequentialMap::WINDOW`] bytes; [`corrupt`] when it holds fewer.
-fn crc_by_reading(path: &std::path::Path, len: usize) -> std::io::Result<u32> {
-    use std::io::Read;
-    let mut reader = std::fs::File::open(path)?;
-    let mut buffer = vec![0; SequentialMap::WINDOW.min(len.max(1))];
+/// The verdict on the records of a complete segment an earlier run left, from their scan
+/// (`scanned`: where valid WAL ends early and why, and where a switch record ends): it must
+/// read as WAL to its end or to a switch, and after a switch hold nothing but zeros, as
+/// PostgreSQL writes it ([`SegmentIndex::switch_end`]), or it is [`corrupt`]. A scan that
+/// failed is too: the page check passed, so only bytes PostgreSQL did not write fail it.
+fn check_records(
+    file: &SpoolFile,
+    size: SegmentSize,
+    scanned: Result<(Option<String>, Option<Lsn>), String>,
+) -> std::io::Result<()> {
+    let (damage, switch_end) = scanned.map_err(corrupt)?;
+    if let Some(damage) = damage {
+        return Err(corrupt(damage));
+    }
+    let (Some(end), Some(start)) = (switch_end, file.segment.start_lsn(size)) else {
+        return Ok(());
+    };
+    let from = end.0.saturating_sub(start.0) as usize;
+    let mut at = from;
+    read_through(&file.path, from, file.len, &mut |bytes| {
+        if let Some(other) = bytes.iter().position(|&b| b != 0) {
+            return Err(corrupt(format!(
+                "bytes other than zeros at {} after the WAL switch record that ends at {end}, \
+                 where PostgreSQL writes zeros",
+                Lsn(start.0 + (at + other) as u64)
+            )));
+        }
+        at += bytes.len();
+        Ok(())
+    })
+}
+
+/// The CRC-32 of the first `len` bytes of the file at `path`, read with `read(2)`
+/// ([`read_through`]); [`corrupt`] when it holds fewer.
+fn crc_by_reading(path: &Path, len: usize) -> std::io::Result<u32> {
     let mut hasher = crc32fast::Hasher::new();
-    let mut read = 0;
-    while read < len {
-        let want = (len - read).min(buffer.len());
+    read_through(path, 0, len, &mut |bytes| {
+        hasher.update(bytes);
+        Ok(())
+    })?;
+    Ok(hasher.finalize())
+}
+
+/// Reads bytes `from..until` of the file at `path` with `read(2)`, through one buffer of
+/// [`SequentialMap::WINDOW`] bytes, handing each piece to `each`; [`corrupt`] when the file
+/// ends before `until`. An error reading it (EIO) comes back as one, where a mapping would
+/// raise SIGBUS.
+fn read_through(
+    path: &Path,
+    from: usize,
+    until: usize,
+    each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = std::fs::File::open(path)?;
+    reader.seek(SeekFrom::Start(from as u64))?;
+    let mut buffer = vec![0; SequentialMap::WINDOW.min(until.saturating_sub(from).max(1))];
+    let mut read = from;
+    while read < until {
+        let want = (until - read).min(buffer.len());
         match reader.read(&mut buffer[..want]) {
-            Ok(0) => return Err(corrupt(format!("it holds {read} of its {len} bytes"))),
+            Ok(0) => return Err(corrupt(format!("it holds {read} of its {until} bytes"))),
             Ok(n) => {
-                hasher.update(&buffer[..n]);
+                each(&buffer[..n])?;
                 read += n;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(hasher.finalize())
+    Ok(())
 }
 
 /// Maps `file` once it is long enough to hold what was received and, for a file checked by its
@@ -367,16 +413,24 @@ mod tests {
             check_back(&file, size, head.system_id).unwrap(),
             crc32fast::hash(&good)
         );
-        let mut bad = good.clone();
-        bad[0x80000 + 100] = 0x5a;
-        std::fs::write(&file.path, &bad).unwrap();
-        for e in [
-            check_back(&file, size, head.system_id).err().unwrap(),
-            read_back(&file, 1, size, head.system_id).err().unwrap(),
+        // The switch record ends at 0/809568 (what pg_switch_wal returned): a byte in its
+        // page after it, inside a later page, or the segment's last.
+        for (offset, at) in [
+            (0x9568 + 7, "0/80956F"),
+            (0x80000 + 100, "0/880064"),
+            (0xF_FFFF, "0/8FFFFF"),
         ] {
-            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-            assert!(e.to_string().contains("invalid WAL at 0/880064"), "{e}");
-            assert!(e.to_string().contains("after the WAL switch"), "{e}");
+            let mut bad = good.clone();
+            bad[offset] = 0x5a;
+            std::fs::write(&file.path, &bad).unwrap();
+            for e in [
+                check_back(&file, size, head.system_id).err().unwrap(),
+                read_back(&file, 1, size, head.system_id).err().unwrap(),
+            ] {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                let said = format!("bytes other than zeros at {at} after the WAL switch record");
+                assert!(e.to_string().contains(&said), "{e}");
+            }
         }
     }
 

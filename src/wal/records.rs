@@ -244,10 +244,6 @@ pub enum InvalidWal {
     /// The record's parts are inconsistent.
     #[error("malformed record: {0}")]
     Malformed(&'static str),
-    /// A byte other than zero after a WAL switch record, where PostgreSQL (11 and later)
-    /// leaves nothing but zeros, page headers included, to the segment's end.
-    #[error("bytes other than zeros after the WAL switch record, where PostgreSQL writes zeros")]
-    AfterSwitch,
 }
 
 /// Why a segment's bytes cannot be scanned at all.

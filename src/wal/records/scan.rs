@@ -169,37 +169,12 @@ impl<'a> Scanner<'a> {
                     time,
                 }),
                 Meaning::Switch => {
-                    out.end = match self.not_zero_from(pos, done_before) {
-                        None => ScanEnd::Switch,
-                        Some(at) => ScanEnd::Invalid {
-                            at: self.lsn(at),
-                            problem: InvalidWal::AfterSwitch,
-                        },
-                    };
+                    out.end = ScanEnd::Switch;
                     return out;
                 }
                 Meaning::Other => {}
             }
         }
-    }
-
-    /// The first byte from `offset` on that is not zero, past a switch record ending there:
-    /// PostgreSQL fills the rest of the segment with zeros, its page headers too
-    /// (xlog.c `CopyXLogRecordToWAL`), so another byte there is damage, invisible to recovery
-    /// but not what PostgreSQL wrote. Not checked for a release this walhalla does not know.
-    fn not_zero_from(&self, offset: usize, done_before: &mut dyn FnMut(usize)) -> Option<usize> {
-        const CHUNK: usize = 64 << 10;
-        if self.major == 0 {
-            return None;
-        }
-        let rest = self.bytes.get(offset..)?;
-        for (n, chunk) in rest.chunks(CHUNK).enumerate() {
-            if let Some(at) = chunk.iter().position(|&b| b != 0) {
-                return Some(offset + n * CHUNK + at);
-            }
-            done_before(offset + (n + 1) * CHUNK);
-        }
-        None
     }
 
     /// Checks the header of page `index` as xlogreader.c `XLogReaderValidatePageHeader` does.
