@@ -256,7 +256,11 @@ pub(super) fn encode_map(
         .content_crc;
     let index = index.map(|segment| {
         map.rewind();
-        let index = archive::index_now(segment, content, &mut |pos| map.done_before(pos));
+        // A bug the scan meets fails the index (archived without one), not the process.
+        let index = crate::blocking::catching_panic(|| {
+            archive::index_now(segment, content, &mut |pos| map.done_before(pos))
+        })
+        .unwrap_or_else(|panic| Err(format!("the scan of {segment} failed: {panic}")));
         (segment, index)
     });
     // A scan that stopped early (at a switch, say) left its last window behind.

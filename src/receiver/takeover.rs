@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow};
 use futures_util::{StreamExt, stream};
 
-use super::readback::{Expect, SpoolFile, check_back};
+use super::readback::{Expect, SpoolFile, check_back, corrupt};
 use super::session::{Context, SessionError};
 use super::upload::{Uploader, archived_already};
 use crate::archive::ClusterArchive;
@@ -141,9 +141,9 @@ impl Uploader {
                     crate::failpoint::hit(crate::failpoint::TAKEOVER_CHECK);
                     check_back(&file, size, system_id)
                 })
-                .unwrap_or_else(|panic| {
-                    Err(std::io::Error::other(format!("the check failed: {panic}")))
-                })
+                // Only bytes no one wrote make the check meet such a bug: the file is damaged,
+                // and taken so (removed, received again), not uploaded to meet it again.
+                .unwrap_or_else(|panic| Err(corrupt(format!("the check failed: {panic}"))))
             })
             .await;
         let why = match checked {

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::outstanding::{Job, Outstanding};
-use super::readback::{Expect, SpoolFile, read_back};
+use super::readback::{Expect, SpoolFile, corrupt, read_back};
 use crate::archive::{self, ClusterArchive, PreparedIndex, PutOutcome};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
@@ -579,7 +579,10 @@ async fn upload(
         let (level, system_id) = (settings.compression_level, settings.system_id);
         blocking::run(move || {
             let checked = spool::file_identity(&file.path);
-            (checked, read_back(&file, level, size, system_id))
+            // A bug the checks meet in a damaged file refuses the file, not the process.
+            let read = blocking::catching_panic(|| read_back(&file, level, size, system_id))
+                .unwrap_or_else(|panic| Err(corrupt(format!("the check failed: {panic}"))));
+            (checked, read)
         })
         .await
     };
