@@ -13,6 +13,7 @@
 //! local spool, reported after every fsync, so the receiver can serve as a synchronous standby
 //! and commits wait only for the local fsync.
 
+mod attempt;
 mod flush;
 mod history;
 mod outstanding;

@@ -15,9 +15,10 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow};
 use futures_util::{StreamExt, stream};
 
+use super::attempt::archived_already;
 use super::readback::{Expect, SpoolFile, check_back, corrupt};
 use super::session::{Context, SessionError};
-use super::upload::{Uploader, archived_already};
+use super::upload::Uploader;
 use crate::archive::ClusterArchive;
 use crate::blocking;
 use crate::spool;

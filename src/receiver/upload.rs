@@ -26,16 +26,17 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::attempt::{Stored, Uploaded, say_refused, upload};
 use super::outstanding::{Job, Outstanding};
-use super::readback::{Expect, SpoolFile, corrupt, read_back};
-use crate::archive::{self, ClusterArchive, PreparedIndex, PutOutcome};
+use super::readback::Expect;
+use crate::archive::{self, ClusterArchive};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
 use crate::daemon::Shared;
 use crate::failpoint;
 use crate::metrics::ErrorKind;
 use crate::spool;
-use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId, WalFileName};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId};
 
 const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 /// Segments compressed and indexed at once, each on a blocking thread. Each pass holds a few
@@ -43,7 +44,7 @@ const UPLOAD_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::f
 /// time was slower than the stream on two cores: compressing and indexing a segment takes
 /// longer than receiving it (the pgbench corpus was received in 4.0 s one at a time, in 3.2 s
 /// two at a time, for 4 MiB more peak RSS; benches/README.md).
-const ENCODING_AT_ONCE: usize = 2;
+pub(super) const ENCODING_AT_ONCE: usize = 2;
 
 /// What the uploader reports back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -314,7 +315,7 @@ impl Uploader {
     }
 }
 
-fn lock(outstanding: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstanding> {
+pub(super) fn lock(outstanding: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstanding> {
     outstanding
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -348,37 +349,44 @@ async fn upload_until_stored(
         Job::Tail(segment, end) => format!("{segment} up to {end}"),
     };
     let started = Instant::now();
-    let stored = retry(
-        UPLOAD_BACKOFF,
-        None,
-        || async {
-            upload(archive, settings, encoding, job, outstanding)
-                .await
-                .map_err(UploadError)
-        },
-        |UploadError(e), pause| {
-            shared.metrics.error(ErrorKind::Archive);
-            tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
-        },
-    )
-    .await;
-    let uploaded = match stored {
-        Ok(uploaded) => uploaded,
-        Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
-            shared.metrics.error(ErrorKind::Archive);
-            tracing::error!(file = %what, "cannot archive: {e}");
-            return Err(format!("archive {what}: {e}"));
+    let stored = loop {
+        let stored = retry(
+            UPLOAD_BACKOFF,
+            None,
+            || async {
+                upload(archive, settings, encoding, job, outstanding)
+                    .await
+                    .map_err(UploadError)
+            },
+            |UploadError(e), pause| {
+                shared.metrics.error(ErrorKind::Archive);
+                tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
+            },
+        )
+        .await;
+        let uploaded = match stored {
+            Ok(uploaded) => uploaded,
+            Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
+                shared.metrics.error(ErrorKind::Archive);
+                tracing::error!(file = %what, "cannot archive: {e}");
+                return Err(format!("archive {what}: {e}"));
+            }
+            Err(GaveUp::Deadline(None)) => Uploaded::Gone,
+        };
+        match uploaded {
+            Uploaded::Corrupt(why, checked) => {
+                say_refused(shared, &what, &why);
+                if remove_from_spool(&settings.spool, job, checked, &what, "refused").await {
+                    return Ok(Done::Refused);
+                }
+            }
+            Uploaded::Stored(stored) => break Some(stored),
+            Uploaded::Gone => break None,
+            Uploaded::Replaced => {}
         }
-        Err(GaveUp::Deadline(None)) => Uploaded::Gone,
-    };
-    let stored = match uploaded {
-        Uploaded::Corrupt(why) => {
-            say_refused(shared, &what, &why);
-            remove_from_spool(&settings.spool, job, &what, "refused").await;
-            return Ok(Done::Refused);
-        }
-        Uploaded::Stored(stored) => Some(stored),
-        Uploaded::Gone => None,
+        // The segment was received again while its damaged copy was checked: the new copy
+        // is checked now, and kept.
+        tracing::info!(file = %what, "received again meanwhile: checking the new copy");
     };
     failpoint::hit(failpoint::UPLOAD_STORED);
     // Logged and indexed before the spool file goes: a crash in between then leaves the file,
@@ -389,7 +397,7 @@ async fn upload_until_stored(
     } else {
         tracing::debug!(file = %what, "archived before");
     }
-    remove_from_spool(&settings.spool, job, &what, "archived").await;
+    remove_from_spool(&settings.spool, job, None, &what, "archived").await;
     if let Job::Segment(segment, _) = job {
         shared.metrics.segment_archived(
             segment.to_string(),
@@ -398,38 +406,6 @@ async fn upload_until_stored(
     }
     failpoint::hit(failpoint::UPLOAD_REMOVED);
     Ok(Done::Stored)
-}
-
-/// Whether the archive holds `segment`, whose spool copy is damaged (`why`): then it was
-/// archived before, checked then, and only the copy is damaged, which the caller removes.
-pub(super) async fn archived_already(
-    archive: &ClusterArchive,
-    segment: SegmentName,
-    why: &str,
-) -> archive::Result<bool> {
-    let held = archive.holds(&WalFileName::Segment(segment)).await?;
-    if held {
-        tracing::warn!(
-            file = %segment,
-            "the spool's copy is damaged ({why}), but the archive holds the segment already: \
-             removing the copy"
-        );
-    }
-    Ok(held)
-}
-
-/// Says that spool file `what` is refused: it did not give back what was received (`why`).
-pub(super) fn say_refused(
-    shared: &Shared,
-    what: &dyn std::fmt::Display,
-    why: &dyn std::fmt::Display,
-) {
-    shared.metrics.error(ErrorKind::Spool);
-    tracing::error!(
-        file = %what,
-        "the spool did not give back what was received ({why}): not archived; removing it to \
-         receive it again from the server (its filesystem may be failing)"
-    );
 }
 
 /// Logs what one upload stored and stores a complete segment's time index.
@@ -467,7 +443,13 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
 /// until that works: a spool turned read-only (a filesystem error) must not stop the receiver
 /// over WAL that is safe in the archive. The job stays outstanding meanwhile, its file taking
 /// room in the spool.
-async fn remove_from_spool(dir: &Path, job: Job, what: &str, done: &str) {
+async fn remove_from_spool(
+    dir: &Path,
+    job: Job,
+    only: Option<(u64, u64)>,
+    what: &str,
+    done: &str,
+) -> bool {
     let mut failing = false;
     let removed = retry(
         UPLOAD_BACKOFF,
@@ -475,9 +457,16 @@ async fn remove_from_spool(dir: &Path, job: Job, what: &str, done: &str) {
         || {
             let dir = dir.to_path_buf();
             async move {
-                blocking::run(move || match job {
-                    Job::Segment(segment, _) => spool::remove_complete(&dir, segment),
-                    Job::Tail(segment, end) => spool::remove_tail(&dir, segment, end),
+                blocking::run(move || match (job, only) {
+                    (Job::Segment(segment, _), Some(file)) => {
+                        spool::remove_complete_if(&dir, segment, file)
+                    }
+                    (Job::Segment(segment, _), None) => {
+                        spool::remove_complete(&dir, segment).map(|()| true)
+                    }
+                    (Job::Tail(segment, end), _) => {
+                        spool::remove_tail(&dir, segment, end).map(|()| true)
+                    }
                 })
                 .await
                 .map_err(SpoolError)
@@ -500,6 +489,8 @@ async fn remove_from_spool(dir: &Path, job: Job, what: &str, done: &str) {
     if removed.is_ok() && failing {
         tracing::info!(file = %what, "removed from the spool at last");
     }
+    // Retried until it works (no deadline).
+    removed.unwrap_or(true)
 }
 
 /// A spool file that could not be removed: always retried.
@@ -509,143 +500,4 @@ impl Transient for SpoolError {
     fn is_transient(&self) -> bool {
         true
     }
-}
-
-/// How one upload attempt ended.
-enum Uploaded {
-    /// Stored now.
-    Stored(Stored),
-    /// No longer in the spool: archived before.
-    Gone,
-    /// The file does not hold what was received (why): never archived.
-    Corrupt(String),
-}
-
-/// What one upload stored.
-struct Stored {
-    /// The file's bytes.
-    original_bytes: u64,
-    /// The archived object's bytes (compressed).
-    stored_bytes: u64,
-    /// For a complete segment: its time index, made while the segment was stored, for the
-    /// caller to store once the segment is archived.
-    index: Option<(SegmentName, Result<PreparedIndex, String>)>,
-}
-
-/// Archives one job's file, once [`read_back`] found it holds what was received.
-///
-/// Memory: at most [`ENCODING_AT_ONCE`] files (`encoding`) are compressed and, for a segment,
-/// then indexed, each a pass over its mapping that hands the pages behind it back
-/// ([`SequentialMap`](crate::mapped::SequentialMap)), so a segment costs a few windows of
-/// memory (2 MiB at the default level), not 16 MiB; the upload, which may wait long on a slow
-/// archive, keeps a mapping of the file that is read only if the archive already holds the
-/// object (to compare), so while uploads wait the files take no memory.
-async fn upload(
-    archive: &ClusterArchive,
-    settings: &UploadSettings,
-    encoding: &Semaphore,
-    job: Job,
-    outstanding: &Mutex<Outstanding>,
-) -> archive::Result<Uploaded> {
-    failpoint::hit(failpoint::UPLOAD_START);
-    let failed = |e: std::io::Error| archive::Error::Open {
-        location: archive.location().clone(),
-        reason: format!("read {job:?} from the spool: {e}"),
-    };
-    let size = settings.segment_size;
-    let file = match job {
-        Job::Segment(segment, handed) => SpoolFile {
-            path: spool::complete_path(&settings.spool, segment),
-            segment,
-            len: size.bytes() as usize,
-            complete: true,
-            expect: lock(outstanding).expectation(segment, handed),
-        },
-        Job::Tail(segment, end) => match spool::tail_len(segment, end, size) {
-            Ok(len) => SpoolFile {
-                path: spool::tail_path(&settings.spool, segment, end),
-                segment,
-                len,
-                complete: false,
-                expect: Expect::Pages,
-            },
-            Err(e) => return Err(failed(e)),
-        },
-    };
-    let path = file.path.clone();
-    let (checked, encoded) = {
-        // Never closed: it lives as long as the uploader.
-        let _turn = encoding.acquire().await.ok();
-        let (level, system_id) = (settings.compression_level, settings.system_id);
-        blocking::run(move || {
-            let checked = spool::file_identity(&file.path);
-            // A bug the checks meet in a damaged file refuses the file, not the process.
-            let read = blocking::catching_panic(|| read_back(&file, level, size, system_id))
-                .unwrap_or_else(|panic| Err(corrupt(format!("the check failed: {panic}"))));
-            (checked, read)
-        })
-        .await
-    };
-    let encoded = match encoded {
-        Ok(encoded) => encoded,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Queued again after its upload, or refused meanwhile: only the archive can say.
-            return match job {
-                Job::Segment(segment, _)
-                    if !archive.holds(&WalFileName::Segment(segment)).await? =>
-                {
-                    Ok(Uploaded::Corrupt(
-                        "it left the spool, and the archive lacks it".into(),
-                    ))
-                }
-                _ => Ok(Uploaded::Gone),
-            };
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            if let Job::Segment(segment, _) = job
-                && archived_already(archive, segment, &e.to_string()).await?
-            {
-                return Ok(Uploaded::Gone);
-            }
-            // A segment received again meanwhile replaced the file this attempt read: the
-            // caller must not remove the new one. The next attempt checks it.
-            if checked.is_some()
-                && blocking::run(move || spool::file_identity(&path)).await != checked
-            {
-                return Err(failed(std::io::Error::other(
-                    "received again while this copy was checked; checking the new one",
-                )));
-            }
-            return Ok(Uploaded::Corrupt(e.to_string()));
-        }
-        Err(e) => return Err(failed(e)),
-    };
-    if let Job::Segment(segment, _) = job {
-        lock(outstanding).read_back(segment, encoded.crc);
-    }
-    let (original_bytes, stored_bytes) =
-        (encoded.content.len() as u64, encoded.envelope.len() as u64);
-    let mut index = encoded.index;
-    match job {
-        Job::Segment(segment, _) => {
-            let name = WalFileName::Segment(segment);
-            let outcome = archive
-                .put(&name, encoded.content, encoded.envelope)
-                .await?;
-            // The archive's copy at a fork is not this one: no index from this one's content.
-            if outcome == PutOutcome::AtFork {
-                index = None;
-            }
-        }
-        Job::Tail(segment, end) => {
-            archive
-                .put_partial_snapshot(segment, end, encoded.content, encoded.envelope)
-                .await?;
-        }
-    }
-    Ok(Uploaded::Stored(Stored {
-        original_bytes,
-        stored_bytes,
-        index,
-    }))
 }

@@ -57,6 +57,8 @@ const UNSYNCED: &str = "walhalla.spool.unsynced";
 /// Linux's identifier of the current boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PARTIAL_SUFFIX: &str = ".partial";
+/// Suffix of a refused segment's file while [`remove_complete_if`] tells which file it is.
+const ASIDE_SUFFIX: &str = ".aside";
 
 /// What a spool directory holds.
 #[derive(Debug, Default)]
@@ -115,8 +117,30 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     let probe = dir.join(".walhalla-write-probe");
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)?;
+    put_back_aside(dir)?;
     let boot = std::fs::read_to_string(BOOT_ID).ok();
     settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
+}
+
+/// Puts back a segment's file an earlier run stopped with aside ([`remove_complete_if`]), to
+/// be checked like any it left; one whose segment has a file again is the older copy, removed.
+fn put_back_aside(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(segment) = name.to_str().and_then(|n| n.strip_suffix(ASIDE_SUFFIX)) else {
+            continue;
+        };
+        let Ok(WalFileName::Segment(segment)) = segment.parse::<WalFileName>() else {
+            continue;
+        };
+        let (aside, path) = (dir.join(&name), complete_path(dir, segment));
+        if path.exists() {
+            std::fs::remove_file(&aside)?;
+        } else {
+            std::fs::rename(&aside, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the spool `dir` with what it holds, unless a process (this one too) holds it: it
@@ -323,7 +347,9 @@ pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
             _ => {
                 if let Some(tail) = parse_tail_name(name) {
                     contents.tails.push(tail);
-                } else if name.len() >= 24
+                } else if name.parse::<WalFileName>().is_err()
+                    && !name.ends_with(ASIDE_SUFFIX)
+                    && name.len() >= 24
                     && name.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit)
                 {
                     contents.unknown.push(name.to_owned());
@@ -413,6 +439,36 @@ pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let found = std::fs::metadata(path).ok()?;
     Some((found.dev(), found.ino()))
+}
+
+/// Removes complete segment `segment`'s file only if it is the file `identity` names
+/// ([`file_identity`]): the file is renamed aside first, atomically, so that a copy received
+/// again and renamed in meanwhile is never removed; one found aside instead (or left there by
+/// an earlier try) is put back. Returns whether that file is gone; `false` when the path names
+/// another file, left in place.
+pub fn remove_complete_if(
+    dir: &Path,
+    segment: SegmentName,
+    identity: (u64, u64),
+) -> io::Result<bool> {
+    let path = complete_path(dir, segment);
+    let aside = dir.join(format!("{segment}{ASIDE_SUFFIX}"));
+    if let Err(e) = std::fs::rename(&path, &aside)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        return Err(e);
+    }
+    match file_identity(&aside) {
+        None => Ok(true),
+        Some(found) if found == identity => {
+            std::fs::remove_file(&aside)?;
+            Ok(true)
+        }
+        Some(_) => {
+            std::fs::rename(&aside, &path)?;
+            Ok(false)
+        }
+    }
 }
 
 /// Removes a segment once the archive holds it.
@@ -635,6 +691,40 @@ mod tests {
         let contents = scan(dir.path()).unwrap();
         assert_eq!(contents.unknown, ["000000000000000000000005"]);
         assert!(contents.complete.is_empty());
+    }
+
+    #[test]
+    fn a_refused_copy_is_removed_only_while_its_path_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = SegmentSize::new(MIB).unwrap();
+        let segment = SegmentName::new(TimelineId(1), SegNo(7), size);
+        let path = complete_path(dir.path(), segment);
+        let write = |content: &[u8]| {
+            // As the stream completes a segment: a new file renamed over the path.
+            let temp = dir.path().join("new");
+            std::fs::write(&temp, content).unwrap();
+            std::fs::rename(&temp, &path).unwrap();
+            file_identity(&path).unwrap()
+        };
+        let damaged = write(b"damaged");
+        let _received_again = write(b"good");
+        assert!(!remove_complete_if(dir.path(), segment, damaged).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"good", "the new copy is kept");
+        let damaged = write(b"damaged");
+        assert!(remove_complete_if(dir.path(), segment, damaged).unwrap());
+        assert!(!path.exists());
+        assert!(remove_complete_if(dir.path(), segment, damaged).unwrap());
+        // A copy an earlier try or run left aside is put back, by the next try or at open.
+        // (The removed file's inode may be the new one's: another identity stands for it.)
+        let aside = dir.path().join(format!("{segment}{ASIDE_SUFFIX}"));
+        std::fs::write(&aside, b"good").unwrap();
+        assert!(!remove_complete_if(dir.path(), segment, (0, 0)).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"good");
+        std::fs::rename(&path, &aside).unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"good");
+        assert!(!aside.exists());
+        assert!(scan(dir.path()).unwrap().unknown.is_empty());
     }
 
     #[test]
