@@ -44,7 +44,8 @@ pub(super) fn say_refused(
     tracing::error!(
         file = %what,
         "the spool did not give back what was received ({why}): not archived; removing it to \
-         receive it again from the server (its filesystem may be failing)"
+         receive it again from the server, if the server still has it (its filesystem may be \
+         failing)"
     );
 }
 

@@ -74,7 +74,12 @@ pub(super) fn read_back(
         Expect::Pages => {
             if let Some((_, scanned)) = &encoded.index {
                 let scanned = scanned.as_ref().map(|i| (i.damage(), i.switch_end()));
-                check_records(file, size, scanned.map_err(Clone::clone))?;
+                if let Some(from) = check_records(file, size, scanned.map_err(Clone::clone))? {
+                    // Read again once repaired: what was compressed is not what is archived.
+                    drop(encoded);
+                    zero_after_switch(file, from)?;
+                    return read_back(file, level, size, system_id);
+                }
             }
         }
     }
@@ -96,18 +101,24 @@ pub(super) fn check_back(
     match file.expect {
         Expect::Crc(received) => check_crc(crc, received)?,
         // Read as WAL to its end, as `read_back` reads it.
-        Expect::Pages => {
-            let map = open_checked(file, size, system_id)?;
-            if file.complete {
+        Expect::Pages if file.complete => {
+            let scanned = {
+                let map = open_checked(file, size, system_id)?;
                 let content = received_part(&map, file.len)?;
                 let scanned =
                     SegmentIndex::of_segment_sequentially(file.segment, content, &mut |pos| {
                         map.done_before(pos)
                     });
                 map.done_before(usize::MAX);
-                let scanned = scanned.map(|i| (i.end.damage(), i.switch_end()));
-                check_records(file, size, scanned)?;
+                scanned.map(|i| (i.end.damage(), i.switch_end()))
+            };
+            if let Some(from) = check_records(file, size, scanned)? {
+                zero_after_switch(file, from)?;
+                return check_back(file, size, system_id);
             }
+        }
+        Expect::Pages => {
+            open_checked(file, size, system_id)?;
         }
     }
     Ok(crc)
@@ -115,34 +126,61 @@ pub(super) fn check_back(
 
 /// The verdict on the records of a complete segment an earlier run left, from their scan
 /// (`scanned`: where valid WAL ends early and why, and where a switch record ends): it must
-/// read as WAL to its end or to a switch, and after a switch hold nothing but zeros, as
-/// PostgreSQL writes it ([`SegmentIndex::switch_end`]), or it is [`corrupt`]. A scan that
-/// failed is too: the page check passed, so only bytes PostgreSQL did not write fail it.
+/// read as WAL to its end or to a switch, or it is [`corrupt`]. A scan that failed is too:
+/// the page check passed, so only bytes PostgreSQL did not write fail it. After a switch
+/// PostgreSQL writes nothing but zeros ([`SegmentIndex::switch_end`]): other bytes there are
+/// damage too, but every record before them checked, so the file is repaired rather than
+/// refused (in `--synchronous` mode the server may no longer have the segment): returns the
+/// offset of the switch record's end, from which [`zero_after_switch`] zeroes it.
 fn check_records(
     file: &SpoolFile,
     size: SegmentSize,
     scanned: Result<(Option<String>, Option<Lsn>), String>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<usize>> {
     let (damage, switch_end) = scanned.map_err(corrupt)?;
     if let Some(damage) = damage {
         return Err(corrupt(damage));
     }
     let (Some(end), Some(start)) = (switch_end, file.segment.start_lsn(size)) else {
-        return Ok(());
+        return Ok(None);
     };
     let from = end.0.saturating_sub(start.0) as usize;
+    let mut other = None;
     let mut at = from;
     read_through(&file.path, from, file.len, &mut |bytes| {
-        if let Some(other) = bytes.iter().position(|&b| b != 0) {
-            return Err(corrupt(format!(
-                "bytes other than zeros at {} after the WAL switch record that ends at {end}, \
-                 where PostgreSQL writes zeros",
-                Lsn(start.0 + (at + other) as u64)
-            )));
+        if let Some(found) = bytes.iter().position(|&b| b != 0) {
+            other = Some(Lsn(start.0 + (at + found) as u64));
+            return Err(std::io::Error::other("stop"));
         }
         at += bytes.len();
         Ok(())
     })
+    .or_else(|e| if other.is_some() { Ok(()) } else { Err(e) })?;
+    let Some(other) = other else {
+        return Ok(None);
+    };
+    tracing::warn!(
+        file = %file.segment,
+        "the spool's copy holds other bytes than zeros at {other}, after the WAL switch record \
+         that ends at {end}, where PostgreSQL writes zeros: zeroing them (the records before \
+         all check)"
+    );
+    Ok(Some(from))
+}
+
+/// Writes zeros into `file` from offset `from` (a switch record's end) to what it holds, and
+/// fsyncs it: what PostgreSQL wrote there ([`check_records`]).
+fn zero_after_switch(file: &SpoolFile, from: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let out = std::fs::OpenOptions::new().write(true).open(&file.path)?;
+    let zeros = vec![0; SequentialMap::WINDOW.min(file.len.saturating_sub(from).max(1))];
+    let mut at = from;
+    while at < file.len {
+        let n = (file.len - at).min(zeros.len());
+        out.write_all_at(&zeros[..n], at as u64)?;
+        at += n;
+    }
+    out.sync_all()
 }
 
 /// The CRC-32 of the first `len` bytes of the file at `path`, read with `read(2)`
@@ -397,10 +435,11 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_an_earlier_run_left_with_bytes_after_its_switch_is_corrupt() {
+    fn a_segment_an_earlier_run_left_with_bytes_after_its_switch_is_repaired() {
         use crate::wal::{LongPageHeader, sample};
         // helper-79 A4: such a file was archived, and PostgreSQL's own copy, pushed later,
-        // was then refused as different content.
+        // was then refused as different content; refused instead, its segment was lost in
+        // --synchronous mode where the server no longer had it (helper-84).
         let good = sample::segment_8();
         let head = LongPageHeader::parse(&good).unwrap();
         let size = head.segment_size().unwrap();
@@ -412,30 +451,32 @@ mod tests {
             complete: true,
             expect: Expect::Pages,
         };
-        std::fs::write(&file.path, &good).unwrap();
-        assert_eq!(
-            check_back(&file, size, head.system_id).unwrap(),
-            crc32fast::hash(&good)
-        );
         // The switch record ends at 0/809568 (what pg_switch_wal returned): a byte in its
         // page after it, inside a later page, or the segment's last.
-        for (offset, at) in [
-            (0x9568 + 7, "0/80956F"),
-            (0x80000 + 100, "0/880064"),
-            (0xF_FFFF, "0/8FFFFF"),
-        ] {
+        for offset in [0x9568 + 7, 0x80000 + 100, 0xF_FFFF] {
             let mut bad = good.clone();
             bad[offset] = 0x5a;
             std::fs::write(&file.path, &bad).unwrap();
-            for e in [
-                check_back(&file, size, head.system_id).err().unwrap(),
-                read_back(&file, 1, size, head.system_id).err().unwrap(),
-            ] {
-                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-                let said = format!("bytes other than zeros at {at} after the WAL switch record");
-                assert!(e.to_string().contains(&said), "{e}");
-            }
+            assert_eq!(
+                check_back(&file, size, head.system_id).unwrap(),
+                crc32fast::hash(&good)
+            );
+            assert_eq!(
+                std::fs::read(&file.path).unwrap(),
+                good,
+                "zeroed in the file"
+            );
+            std::fs::write(&file.path, &bad).unwrap();
+            let encoded = read_back(&file, 1, size, head.system_id).unwrap();
+            assert_eq!(envelope::decode(&encoded.envelope).unwrap(), good);
+            assert_eq!(encoded.crc, crc32fast::hash(&good));
         }
+        // A byte before the switch record's end is damage the records show: refused.
+        let mut bad = good.clone();
+        bad[0x9568 - 3] ^= 0x10;
+        std::fs::write(&file.path, &bad).unwrap();
+        let e = check_back(&file, size, head.system_id).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]

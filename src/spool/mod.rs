@@ -709,7 +709,11 @@ mod tests {
         let damaged = write(b"damaged");
         let _received_again = write(b"good");
         assert!(!remove_complete_if(dir.path(), segment, damaged).unwrap());
-        assert_eq!(std::fs::read(&path).unwrap(), b"good", "the new copy is kept");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"good",
+            "the new copy is kept"
+        );
         let damaged = write(b"damaged");
         assert!(remove_complete_if(dir.path(), segment, damaged).unwrap());
         assert!(!path.exists());
