@@ -236,7 +236,8 @@ fn open_checked(
     if found < len as u64 {
         return Err(corrupt(format!("it holds {found} of its {len} bytes")));
     }
-    // SAFETY: a complete segment or a kept tail is never written again; it is only removed,
+    // SAFETY: a complete segment or a kept tail is never written again while mapped (only
+    // `zero_after_switch` writes one, once its reader dropped the mapping); it is only removed,
     // after its upload.
     let map = unsafe { SequentialMap::open(&file.path)? };
     if file.expect == Expect::Pages {
