@@ -46,6 +46,14 @@ impl Stored {
         .min(self.written)
     }
 
+    /// Where a spool file an earlier run left that has not read back holds the synchronous
+    /// flush position, when it holds it below what is fsynced: commits waiting on the
+    /// receiver wait there.
+    pub fn held_by_unverified(&self) -> Option<Lsn> {
+        self.oldest_unverified
+            .filter(|&start| start < self.synced.min(self.written))
+    }
+
     /// What `mode` may call flushed.
     pub fn flushed(&self, mode: Mode) -> Lsn {
         match mode {
@@ -98,6 +106,9 @@ mod tests {
         let mut s = stored(7 * MIB + 10, 7, Some(5), 0);
         s.oldest_unverified = Some(Lsn(5 * MIB));
         assert_eq!(s.flushed(Mode::Synchronous), Lsn(5 * MIB));
+        assert_eq!(s.held_by_unverified(), Some(Lsn(5 * MIB)));
+        s.oldest_unverified = Some(Lsn(8 * MIB));
+        assert_eq!(s.held_by_unverified(), None, "not past what is fsynced");
         s.oldest_unverified = None;
         assert_eq!(s.flushed(Mode::Synchronous), Lsn(7 * MIB + 10));
     }

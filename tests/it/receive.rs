@@ -694,6 +694,12 @@ fn an_archive_outage_loses_nothing() {
         1,
         "{log}"
     );
+    // The stream paused at --spool-max-bytes, and said so, and when it read again.
+    assert!(
+        count(" WARN ", "the spool holds --spool-max-bytes") >= 1
+            && count(" INFO ", "the spool has room again") >= 1,
+        "{log}"
+    );
     assert_eq!(
         count(" INFO ", "archive writes work again after"),
         1,

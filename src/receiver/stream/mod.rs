@@ -67,6 +67,12 @@ pub struct Stream<'a> {
     unwritten: Bytes,
     /// While the spool is full: since when, and when to try writing again.
     out_of_space: Option<(Instant, Instant)>,
+    /// Where a file an earlier run left, not read back, holds the synchronous flush position,
+    /// since when, and whether that was said ([`Self::say_held`]).
+    held_at: Option<(Lsn, Instant, bool)>,
+    /// Since when the spool holds `--spool-max-bytes` and nothing is read, and whether that
+    /// was warned about ([`spooling`]).
+    at_limit: Option<(Instant, bool)>,
     /// When a full spool was last warned about: a spool that fills again within
     /// five minutes (catching up through a small spool) is logged at debug level
     /// ([`spooling`]).
@@ -149,6 +155,8 @@ impl<'a> Stream<'a> {
             report: FlushReport::default(),
             unwritten: Bytes::new(),
             out_of_space: None,
+            at_limit: None,
+            held_at: None,
             full_warned: None,
             superseded: None,
         }
@@ -188,8 +196,9 @@ impl<'a> Stream<'a> {
                     return Ok(StreamEnd::Session(self.finish_at_endpos(end).await?));
                 }
             }
-            let spool_full =
-                self.spool_bytes() >= self.ctx.spool_limit || self.out_of_space.is_some();
+            let at_limit = self.spool_bytes() >= self.ctx.spool_limit;
+            self.note_spool_limit(at_limit);
+            let spool_full = at_limit || self.out_of_space.is_some();
             if spool_full {
                 // Nothing is read while the spool is full, so silence proves nothing.
                 last_message = Instant::now();
@@ -375,6 +384,9 @@ impl<'a> Stream<'a> {
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), SessionError> {
         let stored = self.stored();
+        if self.options.mode == Mode::Synchronous {
+            self.say_held(stored.held_by_unverified());
+        }
         let flushed = self.report.next(stored.flushed(self.options.mode));
         let message = status_update(self.written(), flushed, SystemTime::now(), reply_requested);
         let metrics = &self.ctx.shared.metrics;

@@ -1,6 +1,7 @@
 //! Writing the stream into the spool: segments completed there are handed to the uploader,
-//! and a full filesystem stops reading from the server until there is room (backpressure:
-//! the slot keeps the WAL), with status updates going on meanwhile.
+//! and a full filesystem, or a spool at `--spool-max-bytes`, stops reading from the server
+//! until there is room (backpressure: the slot keeps the WAL), with status updates going on
+//! meanwhile.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 
 use super::Stream;
 use crate::blocking;
+use crate::receiver::Mode;
 use crate::receiver::readback::Expect;
 use crate::receiver::session::SessionError;
 use crate::spool::{self, SegmentWriter};
@@ -17,6 +19,9 @@ use crate::wal::{Lsn, SegNo};
 
 /// How long after a warning that the spool is full the next ones are logged at debug level.
 const FULL_AGAIN_QUIET: Duration = Duration::from_secs(300);
+/// How long a spool file an earlier run left holds the synchronous flush position before
+/// that is said ([`Stream::say_held`]).
+const HELD_SAID_AFTER: Duration = Duration::from_secs(10);
 /// How often a write the full spool refused is tried again.
 const SPACE_RETRY: Duration = Duration::from_secs(1);
 
@@ -88,6 +93,86 @@ impl Stream<'_> {
             self.writer = Some(next.context("start the next segment in the spool")?);
         }
         Ok(())
+    }
+
+    /// Says when the spool reaches `--spool-max-bytes` (`at_limit`), so that reading pauses, and
+    /// when it reads again: a line each. In `--synchronous` mode commits waiting on this
+    /// receiver wait meanwhile, so the pause must not be silent; one within five minutes of
+    /// the last warning (catching up through a small spool) is logged at debug level, like a
+    /// full filesystem.
+    pub(super) fn note_spool_limit(&mut self, at_limit: bool) {
+        match (at_limit, self.at_limit) {
+            (true, None) => {
+                let now = Instant::now();
+                let waiting = match self.options.mode {
+                    Mode::Synchronous => "; synchronous commits waiting on this receiver wait too",
+                    Mode::Archived => "",
+                };
+                let message = format!(
+                    "the spool holds --spool-max-bytes ({} bytes) of WAL not yet archived: not \
+                     reading from the server until uploads make room (the slot keeps the \
+                     WAL){waiting}",
+                    self.ctx.spool_limit
+                );
+                let warn = self
+                    .full_warned
+                    .is_none_or(|warned| now.duration_since(warned) >= FULL_AGAIN_QUIET);
+                if warn {
+                    tracing::warn!("{message}");
+                    self.full_warned = Some(now);
+                } else {
+                    tracing::debug!("{message}");
+                }
+                self.at_limit = Some((now, warn));
+            }
+            (false, Some((since, warned))) => {
+                self.at_limit = None;
+                let paused_s = since.elapsed().as_secs();
+                if warned {
+                    tracing::info!(
+                        paused_s,
+                        "the spool has room again: reading from the server"
+                    );
+                } else {
+                    tracing::debug!(
+                        paused_s,
+                        "the spool has room again: reading from the server"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Says where a spool file an earlier run left, not read back yet, holds the synchronous
+    /// flush position (`held`), once it has for [`HELD_SAID_AFTER`] (receiving such a segment
+    /// again holds it briefly), and when it no longer does: commits waiting on this receiver
+    /// wait meanwhile, which must not be silent.
+    pub(super) fn say_held(&mut self, held: Option<Lsn>) {
+        let now = Instant::now();
+        match (held, self.held_at) {
+            (Some(at), Some((was, since, said))) if at == was => {
+                if !said && now.duration_since(since) >= HELD_SAID_AFTER {
+                    tracing::warn!(
+                        flush_held_at = %at,
+                        "a spool file an earlier run left has not read back (see the warnings \
+                         about it): the flush position stays before it, so synchronous commits \
+                         waiting on this receiver wait until it reads back, or is refused and \
+                         received again"
+                    );
+                    self.held_at = Some((at, since, true));
+                }
+            }
+            (Some(at), _) => self.held_at = Some((at, now, false)),
+            (None, Some((_, since, true))) => {
+                tracing::info!(
+                    held_s = now.duration_since(since).as_secs(),
+                    "the flush position is no longer held by a spool file"
+                );
+                self.held_at = None;
+            }
+            (None, _) => self.held_at = None,
+        }
     }
 
     /// The spool's filesystem is full: keeps `unwritten` to write again in [`SPACE_RETRY`]
