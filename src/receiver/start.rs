@@ -446,11 +446,41 @@ impl Context {
 
     /// Reports missing segments the server no longer keeps: an error line, `/status` and
     /// `walhalla_archive_gap_segments`.
+    /// A segment held only by a spool file the take-over could not check is not lost yet: its
+    /// upload goes on, and a refusal reports it then ([`Self::give_up_refused_behind`]).
     pub(super) fn report_gap(&self, timeline: TimelineId, first: SegNo, last: SegNo) {
         let size = self.segment_size;
         // Refused segments among them can no longer be streamed again.
         self.uploader
             .forget_refused(timeline, first, SegNo(last.0 + 1));
+        let unchecked = |n: SegNo| {
+            let segment = SegmentName::new(timeline, n, size);
+            self.uploader.known(segment).0 == Some(Expect::Pages)
+        };
+        let mut run: Option<(SegNo, SegNo)> = None;
+        for n in (first.0..=last.0).map(SegNo) {
+            if unchecked(n) {
+                tracing::warn!(
+                    segment = %SegmentName::new(timeline, n, size),
+                    "the server no longer has this segment, and only a spool file an earlier run \
+                     left holds it, which has not read back yet: archived if it does, else \
+                     reported lost then"
+                );
+                if let Some((a, b)) = run.take() {
+                    self.report_lost(timeline, a, b);
+                }
+            } else {
+                run = Some(run.map_or((n, n), |(a, _)| (a, n)));
+            }
+        }
+        if let Some((a, b)) = run {
+            self.report_lost(timeline, a, b);
+        }
+    }
+
+    /// Reports segments `first` to `last` of `timeline` lost (see [`Self::report_gap`]).
+    fn report_lost(&self, timeline: TimelineId, first: SegNo, last: SegNo) {
+        let size = self.segment_size;
         let segments = last.0 + 1 - first.0;
         let (first, last) = (
             SegmentName::new(timeline, first, size),
