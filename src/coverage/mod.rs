@@ -418,6 +418,21 @@ mod tests {
         assert_eq!(past[0].snapshot_end, Some(Lsn(0x0900_0100)));
     }
 
+    /// Timeline 2's history file in `inv`, and its history: branched from timeline 1 at
+    /// 0/5000100, in segment 5.
+    fn timeline_2_from_0_5000100(
+        inv: &mut WalInventory,
+    ) -> BTreeMap<TimelineId, Vec<HistoryEntry>> {
+        inv.histories.push((TimelineId(2), ObjectInfo::default()));
+        BTreeMap::from([(
+            TimelineId(2),
+            vec![HistoryEntry {
+                timeline: TimelineId(1),
+                switch_point: Lsn(0x0500_0100),
+            }],
+        )])
+    }
+
     #[test]
     fn runs_and_gaps_per_timeline() {
         let size = SegmentSize::new(SIZE).unwrap();
@@ -430,14 +445,7 @@ mod tests {
             "000000020000000000000007",
             "000000020000000000000008.partial.0000000008000100",
         ]);
-        inv.histories.push((TimelineId(2), ObjectInfo::default()));
-        let histories = BTreeMap::from([(
-            TimelineId(2),
-            vec![HistoryEntry {
-                timeline: TimelineId(1),
-                switch_point: Lsn(0x0500_0100),
-            }],
-        )]);
+        let histories = timeline_2_from_0_5000100(&mut inv);
         let wal = timelines(&inv, &histories, size);
         assert_eq!(wal.len(), 2);
         let one = &wal[0];
@@ -464,14 +472,7 @@ mod tests {
             "000000010000000000000004",
             "000000020000000000000008.partial.0000000008000100",
         ]);
-        inv.histories.push((TimelineId(2), ObjectInfo::default()));
-        let histories = BTreeMap::from([(
-            TimelineId(2),
-            vec![HistoryEntry {
-                timeline: TimelineId(1),
-                switch_point: Lsn(0x0500_0100),
-            }],
-        )]);
+        let histories = timeline_2_from_0_5000100(&mut inv);
         let wal = timelines(&inv, &histories, size);
         assert_eq!(wal[1].gaps, runs((5..8).map(SegNo), TimelineId(2), size));
         // One snapshot alone, where nothing says where its timeline begins: no gap.

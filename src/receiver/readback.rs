@@ -5,6 +5,7 @@
 //! (an error that turned it read-only, a crash of the host under unsynced pages), or a
 //! stale page was read. Such a file is [`corrupt`], and never archived.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -150,12 +151,11 @@ fn check_records(
     read_through(&file.path, from, file.len, &mut |bytes| {
         if let Some(found) = bytes.iter().position(|&b| b != 0) {
             other = Some(Lsn(start.0 + (at + found) as u64));
-            return Err(std::io::Error::other("stop"));
+            return ControlFlow::Break(());
         }
         at += bytes.len();
-        Ok(())
-    })
-    .or_else(|e| if other.is_some() { Ok(()) } else { Err(e) })?;
+        ControlFlow::Continue(())
+    })?;
     let Some(other) = other else {
         return Ok(None);
     };
@@ -189,20 +189,20 @@ fn crc_by_reading(path: &Path, len: usize) -> std::io::Result<u32> {
     let mut hasher = crc32fast::Hasher::new();
     read_through(path, 0, len, &mut |bytes| {
         hasher.update(bytes);
-        Ok(())
+        ControlFlow::Continue(())
     })?;
     Ok(hasher.finalize())
 }
 
 /// Reads bytes `from..until` of the file at `path` with `read(2)`, through one buffer of
-/// [`SequentialMap::WINDOW`] bytes, handing each piece to `each`; [`corrupt`] when the file
-/// ends before `until`. An error reading it (EIO) comes back as one, where a mapping would
+/// [`SequentialMap::WINDOW`] bytes, handing each piece to `each` until it breaks; [`corrupt`]
+/// when the file ends before `until`. An error reading it (EIO) comes back as one, where a mapping would
 /// raise SIGBUS.
 fn read_through(
     path: &Path,
     from: usize,
     until: usize,
-    each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    each: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
 ) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let mut reader = std::fs::File::open(path)?;
@@ -214,7 +214,9 @@ fn read_through(
         match reader.read(&mut buffer[..want]) {
             Ok(0) => return Err(corrupt(format!("it holds {read} of its {until} bytes"))),
             Ok(n) => {
-                each(&buffer[..n])?;
+                if each(&buffer[..n]).is_break() {
+                    return Ok(());
+                }
                 read += n;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -369,21 +371,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_segment_an_earlier_run_left_damaged_inside_a_page_is_corrupt() {
-        use crate::wal::{LongPageHeader, sample};
-        let good = sample::segment_7();
-        let head = LongPageHeader::parse(&good).unwrap();
+    /// PostgreSQL 15 sample segment `n` (`good`) written to a spool file of a fresh directory,
+    /// as an earlier run would leave it: checked by its pages.
+    fn left_sample(
+        n: u64,
+        good: Vec<u8>,
+    ) -> (
+        tempfile::TempDir,
+        SpoolFile,
+        Vec<u8>,
+        SegmentSize,
+        crate::wal::LongPageHeader,
+    ) {
+        let head = crate::wal::LongPageHeader::parse(&good).unwrap();
         let size = head.segment_size().unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let segment = crate::wal::sample::name(n);
         let file = SpoolFile {
-            path: dir.path().join("000000010000000000000007"),
-            segment: sample::name(7),
+            path: dir.path().join(segment.to_string()),
+            segment,
             len: good.len(),
             complete: true,
             expect: Expect::Pages,
         };
         std::fs::write(&file.path, &good).unwrap();
+        (dir, file, good, size, head)
+    }
+
+    #[test]
+    fn a_segment_an_earlier_run_left_damaged_inside_a_page_is_corrupt() {
+        let (_dir, file, good, size, head) = left_sample(7, crate::wal::sample::segment_7());
         let encoded = read_back(&file, 1, size, head.system_id).unwrap();
         assert_eq!(envelope::decode(&encoded.envelope).unwrap(), good);
         let crc = check_back(&file, size, head.system_id).unwrap();
@@ -437,21 +454,10 @@ mod tests {
 
     #[test]
     fn a_segment_an_earlier_run_left_with_bytes_after_its_switch_is_repaired() {
-        use crate::wal::{LongPageHeader, sample};
         // helper-79 A4: such a file was archived, and PostgreSQL's own copy, pushed later,
         // was then refused as different content; refused instead, its segment was lost in
         // --synchronous mode where the server no longer had it (helper-84).
-        let good = sample::segment_8();
-        let head = LongPageHeader::parse(&good).unwrap();
-        let size = head.segment_size().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = SpoolFile {
-            path: dir.path().join("000000010000000000000008"),
-            segment: sample::name(8),
-            len: good.len(),
-            complete: true,
-            expect: Expect::Pages,
-        };
+        let (_dir, file, good, size, head) = left_sample(8, crate::wal::sample::segment_8());
         // The switch record ends at 0/809568 (what pg_switch_wal returned): a byte in its
         // page after it, inside a later page, or the segment's last.
         for offset in [0x9568 + 7, 0x80000 + 100, 0xF_FFFF] {

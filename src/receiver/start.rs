@@ -14,7 +14,6 @@ use anyhow::anyhow;
 
 use super::ReceiveOptions;
 use super::history::archive_history;
-use super::readback::Expect;
 use super::session::{Context, SessionError};
 use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
@@ -281,7 +280,7 @@ async fn plan_on(
             segment = %planned,
             "a spool segment did not read back as it was received: streaming again from it"
         );
-    } else if ctx.uploader.known(planned).0 == Some(Expect::Pages) {
+    } else if ctx.uploader.is_unchecked(planned) {
         tracing::warn!(
             segment = %planned,
             "a spool segment an earlier run left could not be checked: streaming again from it"
@@ -454,8 +453,8 @@ impl Context {
         self.uploader
             .forget_refused(timeline, first, SegNo(last.0 + 1));
         let unchecked = |n: SegNo| {
-            let segment = SegmentName::new(timeline, n, size);
-            self.uploader.known(segment).0 == Some(Expect::Pages)
+            self.uploader
+                .is_unchecked(SegmentName::new(timeline, n, size))
         };
         let mut run: Option<(SegNo, SegNo)> = None;
         for n in (first.0..=last.0).map(SegNo) {

@@ -184,6 +184,12 @@ impl Uploader {
         lock(&self.outstanding).known(segment)
     }
 
+    /// Whether `segment` is outstanding with a file an earlier run left that has not read
+    /// back (checked by its pages only): no stream received it, and no check vouched for it.
+    pub(super) fn is_unchecked(&self, segment: SegmentName) -> bool {
+        self.known(segment).0 == Some(Expect::Pages)
+    }
+
     /// Takes note that `segment`'s file, found in the spool at a start and checked by
     /// `expect`, did not read back (`why`): refused like a job's file
     /// ([`Self::refused_before`]), to be streamed again.
