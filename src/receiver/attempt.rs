@@ -43,8 +43,8 @@ pub(super) fn say_refused(
     shared.metrics.error(ErrorKind::Spool);
     tracing::error!(
         file = %what,
-        "the spool did not give back what was received ({why}): not archived; removing it to \
-         receive it again from the server, if the server still has it (its filesystem may be \
+        "the spool did not give back what was received ({why}): not archived; receiving it \
+         again from the server, if the server still has it (the spool's filesystem may be \
          failing)"
     );
 }
@@ -56,7 +56,7 @@ pub(super) enum Uploaded {
     /// No longer in the spool: archived before.
     Gone,
     /// The file does not hold what was received (why): never archived. For a segment, which
-    /// file that was ([`spool::file_identity`]), so that only that one is removed.
+    /// file that was ([`spool::file_identity`]), so that only that one is set aside.
     Corrupt(String, Option<(u64, u64)>),
     /// The segment was received again while the file, damaged, was checked: the path names
     /// the new copy.

@@ -14,6 +14,7 @@
 //! and commits wait only for the local fsync.
 
 mod attempt;
+mod damaged;
 mod flush;
 mod history;
 mod outstanding;

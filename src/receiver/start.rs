@@ -477,9 +477,11 @@ impl Context {
         }
     }
 
-    /// Reports segments `first` to `last` of `timeline` lost (see [`Self::report_gap`]).
+    /// Reports segments `first` to `last` of `timeline` lost (see [`Self::report_gap`]), and
+    /// the damaged copies the spool keeps of them.
     fn report_lost(&self, timeline: TimelineId, first: SegNo, last: SegNo) {
         let size = self.segment_size;
+        let copies = self.uploader.damaged().within(timeline, first, last, size);
         let segments = last.0 + 1 - first.0;
         let (first, last) = (
             SegmentName::new(timeline, first, size),
@@ -494,6 +496,14 @@ impl Context {
             last: last.to_string(),
             segments,
         });
+        for (segment, copy) in copies {
+            tracing::warn!(
+                %segment,
+                copy = %copy.display(),
+                "the spool keeps a damaged copy of this lost segment: it holds the WAL the \
+                 receiver got up to the damage; keep it (see the README, \"Damaged spool files\")"
+            );
+        }
     }
 }
 

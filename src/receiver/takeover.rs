@@ -2,8 +2,9 @@
 //! back before the start plans where to stream from, so that no plan counts a file that does
 //! not hold what was received (a filesystem repaired after an error can leave one empty, or
 //! with other bytes inside its pages). A good file is handed to the uploader with its CRC; a
-//! damaged one is removed and streamed again from the server, whose slot keeps it; one that
-//! cannot be read is streamed again too, its upload tried again meanwhile.
+//! damaged one is kept aside as a damaged copy ([`super::damaged`]) and streamed again from
+//! the server, whose slot keeps it in the default mode; one that cannot be read is streamed
+//! again too, its upload tried again meanwhile.
 //!
 //! The check only reads ([`check_back`]): the upload compresses the file later. Checks run
 //! in the uploader's reading turns, as many at once as its uploads compress.
@@ -39,6 +40,11 @@ impl Context {
         let mut spooled = blocking::run(move || spool::scan(&dir))
             .await
             .context("scan the spool")?;
+        let damaged = std::mem::take(&mut spooled.damaged);
+        self.uploader
+            .damaged()
+            .take_over(&self.cluster, damaged)
+            .await;
         let started = Instant::now();
         let left: Vec<Result<LeftSegment, String>> = stream::iter(spooled.complete.clone())
             .map(|segment| self.uploader.take_over_segment(&self.cluster, segment))
@@ -91,7 +97,8 @@ pub(super) enum LeftSegment {
     Gone,
     /// Read back now as this cluster's WAL: held.
     Good,
-    /// Damaged, and the archive lacks it: removed, refused, received again.
+    /// Damaged, and the archive lacks it: kept aside as a damaged copy, refused, received
+    /// again.
     Refused,
     /// Damaged, but the archive holds it: the copy removed.
     ArchivedAlready,
@@ -143,7 +150,7 @@ impl Uploader {
                     check_back(&file, size, system_id)
                 })
                 // Only bytes no one wrote make the check meet such a bug: the file is damaged,
-                // and taken so (removed, received again), not uploaded to meet it again.
+                // and taken so (kept aside, received again), not uploaded to meet it again.
                 .unwrap_or_else(|panic| Err(corrupt(format!("the check failed: {panic}"))))
             })
             .await;
@@ -182,7 +189,16 @@ impl Uploader {
             }
         };
         let dir = settings.spool.clone();
-        if let Err(e) = blocking::run(move || spool::remove_complete(&dir, segment)).await {
+        if left == LeftSegment::Refused {
+            let path = spool::complete_path(&dir, segment);
+            match blocking::run(move || spool::set_aside_damaged(&path)).await {
+                Ok(copy) => self.damaged().set_aside(segment, &segment, copy),
+                Err(e) => tracing::warn!(
+                    file = %segment,
+                    "cannot set the damaged file aside in the spool: {e}"
+                ),
+            }
+        } else if let Err(e) = blocking::run(move || spool::remove_complete(&dir, segment)).await {
             tracing::warn!(file = %segment, "cannot remove the damaged copy from the spool: {e}");
         }
         Ok(left)

@@ -15,7 +15,8 @@
 //! Nothing is archived before it is checked against what was received: a segment written in
 //! this run must read back with the CRC-32 the stream computed as it wrote it, a file an
 //! earlier run left must pass the page-header checks ([`read_back`]). A file that fails
-//! (its filesystem lost writes) is removed and refused: it stays outstanding, so the flush
+//! (its filesystem lost writes) is refused, kept aside as a damaged copy
+//! ([`DamagedCopies`]), never archived: it stays outstanding, so the flush
 //! position never passes it and the slot keeps it on the server, and the stream ends its
 //! session so that the next one streams it again ([`Uploader::refused_before`]).
 
@@ -27,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Stored, Uploaded, say_refused, upload};
+use super::damaged::DamagedCopies;
 use super::outstanding::{Job, Outstanding};
 use super::readback::Expect;
 use crate::archive::{self, ClusterArchive};
@@ -71,6 +73,8 @@ pub struct Uploader {
     /// Turns to read a spool file back ([`ENCODING_AT_ONCE`]), for the uploads and the
     /// take-over's checks alike.
     encoding: Arc<Semaphore>,
+    /// The spool's damaged copies.
+    damaged: Arc<DamagedCopies>,
 }
 
 /// Settings of an uploader.
@@ -91,7 +95,7 @@ pub struct UploadSettings {
 enum Done {
     /// Archived (or found archived before), and removed from the spool.
     Stored,
-    /// Its file did not read back as received: removed, not archived.
+    /// Its file did not read back as received: kept aside as a damaged copy, not archived.
     Refused,
 }
 
@@ -112,8 +116,10 @@ impl Uploader {
         let uploader_shared = shared.clone();
         let encoding = Arc::new(Semaphore::new(ENCODING_AT_ONCE));
         let uploads_encoding = encoding.clone();
+        let damaged = Arc::new(DamagedCopies::default());
+        let uploads_damaged = damaged.clone();
         tokio::spawn(async move {
-            let encoding = uploads_encoding;
+            let (encoding, damaged) = (uploads_encoding, uploads_damaged);
             let permits = Arc::new(Semaphore::new(settings.parallelism.max(1)));
             let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Done, String>>();
             let mut open = true;
@@ -124,8 +130,10 @@ impl Uploader {
                         let permit = permits.clone().acquire_owned().await.expect("never closed");
                         let (archive, settings, done_tx) = (archive.clone(), settings.clone(), done_tx.clone());
                         let (in_flight, shared, encoding) = (in_flight.clone(), shared.clone(), encoding.clone());
+                        let damaged = damaged.clone();
                         tokio::spawn(async move {
-                            let result = upload_until_stored(&archive, &settings, &encoding, job, &shared, &in_flight).await;
+                            let uploading = Uploading { archive: &archive, settings: &settings, encoding: &encoding, shared: &shared, outstanding: &in_flight, damaged: &damaged };
+                            let result = uploading.until_stored(job).await;
                             drop(permit);
                             if let Ok(done) = &result {
                                 let mut in_flight = lock(&in_flight);
@@ -160,6 +168,7 @@ impl Uploader {
             shared: uploader_shared,
             settings: kept_settings,
             encoding,
+            damaged,
         }
     }
 
@@ -177,6 +186,11 @@ impl Uploader {
         // Never closed: it lives as long as the uploader.
         let _turn = self.encoding.acquire().await.ok();
         blocking::run(check).await
+    }
+
+    /// The spool's damaged copies.
+    pub(super) fn damaged(&self) -> &DamagedCopies {
+        &self.damaged
     }
 
     /// How `segment` is checked: see [`Outstanding::known`].
@@ -337,81 +351,157 @@ impl Transient for UploadError {
     }
 }
 
-/// Archives one job, retrying until it is stored; then removes its file from the spool. A
-/// file that does not read back as received is removed unarchived ([`Done::Refused`]).
-/// Returns an error only for a contradiction, which retrying cannot fix. The archive's
-/// health logs when uploads start failing and when they work again; each retry is counted
-/// and logged at debug level.
-async fn upload_until_stored(
-    archive: &ClusterArchive,
-    settings: &UploadSettings,
-    encoding: &Semaphore,
-    job: Job,
-    shared: &Shared,
-    outstanding: &Mutex<Outstanding>,
-) -> Result<Done, String> {
-    let what = match job {
-        Job::Segment(segment, _) => segment.to_string(),
-        Job::Tail(segment, end) => format!("{segment} up to {end}"),
-    };
-    let started = Instant::now();
-    let stored = loop {
-        let stored = retry(
+/// What one upload task works with.
+struct Uploading<'a> {
+    archive: &'a ClusterArchive,
+    settings: &'a UploadSettings,
+    encoding: &'a Semaphore,
+    shared: &'a Shared,
+    outstanding: &'a Mutex<Outstanding>,
+    damaged: &'a DamagedCopies,
+}
+
+/// What becomes of a job's file in the spool.
+#[derive(Clone, Copy)]
+enum Leaving {
+    /// Archived: removed, with the segment's damaged copies.
+    Archived,
+    /// Refused: kept aside as a damaged copy; for a segment, only if it is still the file the
+    /// attempt read (its identity).
+    Refused(Option<(u64, u64)>),
+}
+
+impl Uploading<'_> {
+    /// Archives one job, retrying until it is stored; then removes its file from the spool. A
+    /// file that does not read back as received is kept aside, unarchived ([`Done::Refused`]).
+    /// Returns an error only for a contradiction, which retrying cannot fix. The archive's
+    /// health logs when uploads start failing and when they work again; each retry is counted
+    /// and logged at debug level.
+    async fn until_stored(&self, job: Job) -> Result<Done, String> {
+        let (archive, settings, shared) = (self.archive, self.settings, self.shared);
+        let what = match job {
+            Job::Segment(segment, _) => segment.to_string(),
+            Job::Tail(segment, end) => format!("{segment} up to {end}"),
+        };
+        let started = Instant::now();
+        let stored = loop {
+            let stored = retry(
+                UPLOAD_BACKOFF,
+                None,
+                || async {
+                    upload(archive, settings, self.encoding, job, self.outstanding)
+                        .await
+                        .map_err(UploadError)
+                },
+                |UploadError(e), pause| {
+                    shared.metrics.error(ErrorKind::Archive);
+                    tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
+                },
+            )
+            .await;
+            let uploaded = match stored {
+                Ok(uploaded) => uploaded,
+                Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
+                    shared.metrics.error(ErrorKind::Archive);
+                    tracing::error!(file = %what, "cannot archive: {e}");
+                    return Err(format!("archive {what}: {e}"));
+                }
+                Err(GaveUp::Deadline(None)) => Uploaded::Gone,
+            };
+            match uploaded {
+                Uploaded::Corrupt(why, checked) => {
+                    say_refused(shared, &what, &why);
+                    if self.leave(job, Leaving::Refused(checked), &what).await {
+                        return Ok(Done::Refused);
+                    }
+                }
+                Uploaded::Stored(stored) => break Some(stored),
+                Uploaded::Gone => break None,
+                Uploaded::Replaced => {}
+            }
+            // The segment was received again while its damaged copy was checked: the new copy
+            // is checked now, and kept.
+            tracing::info!(file = %what, "received again meanwhile: checking the new copy");
+        };
+        failpoint::hit(failpoint::UPLOAD_STORED);
+        // Logged and indexed before the spool file goes: a crash in between then leaves the
+        // file, archived again (the same bytes) and indexed at the next start; after its
+        // removal nothing would make the index any more.
+        if let Some(stored) = stored {
+            report_and_index(archive, &what, started, stored).await;
+        } else {
+            tracing::debug!(file = %what, "archived before");
+        }
+        self.leave(job, Leaving::Archived, &what).await;
+        if let Job::Segment(segment, _) = job {
+            shared.metrics.segment_archived(
+                segment.to_string(),
+                u64::from(settings.segment_size.bytes()),
+            );
+        }
+        failpoint::hit(failpoint::UPLOAD_REMOVED);
+        Ok(Done::Stored)
+    }
+
+    /// Removes a job's archived file from the spool, or keeps a refused one aside as a
+    /// damaged copy, retrying until that works: a spool turned read-only (a filesystem error)
+    /// must not stop the receiver over WAL that is safe in the archive. The job stays
+    /// outstanding meanwhile, its file taking room in the spool. Returns whether the file is
+    /// gone from its name; `false` when a refused segment's name holds a copy received again.
+    async fn leave(&self, job: Job, leaving: Leaving, what: &str) -> bool {
+        let dir = &self.settings.spool;
+        let (done, doing) = match leaving {
+            Leaving::Archived => ("archived", "remove it from the spool"),
+            Leaving::Refused(_) => ("refused", "set it aside in the spool"),
+        };
+        let mut failing = false;
+        let left = retry(
             UPLOAD_BACKOFF,
             None,
-            || async {
-                upload(archive, settings, encoding, job, outstanding)
-                    .await
-                    .map_err(UploadError)
+            || {
+                let dir = dir.to_path_buf();
+                async move {
+                    blocking::run(move || leave_file(&dir, job, leaving))
+                        .await
+                        .map_err(SpoolError)
+                }
             },
-            |UploadError(e), pause| {
-                shared.metrics.error(ErrorKind::Archive);
-                tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "upload failed: {e}");
+            |SpoolError(e), pause| {
+                if failing {
+                    tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "cannot {doing}: {e}");
+                } else {
+                    tracing::warn!(
+                        file = %what,
+                        "{done}, but cannot {doing}: {e}; retrying (it takes room in the spool \
+                         until then)"
+                    );
+                    failing = true;
+                }
             },
         )
         .await;
-        let uploaded = match stored {
-            Ok(uploaded) => uploaded,
-            Err(GaveUp::Error(UploadError(e)) | GaveUp::Deadline(Some(UploadError(e)))) => {
-                shared.metrics.error(ErrorKind::Archive);
-                tracing::error!(file = %what, "cannot archive: {e}");
-                return Err(format!("archive {what}: {e}"));
-            }
-            Err(GaveUp::Deadline(None)) => Uploaded::Gone,
-        };
-        match uploaded {
-            Uploaded::Corrupt(why, checked) => {
-                say_refused(shared, &what, &why);
-                if remove_from_spool(&settings.spool, job, checked, &what, "refused").await {
-                    return Ok(Done::Refused);
-                }
-            }
-            Uploaded::Stored(stored) => break Some(stored),
-            Uploaded::Gone => break None,
-            Uploaded::Replaced => {}
+        if left.is_ok() && failing {
+            tracing::info!(file = %what, "done at last: {doing}");
         }
-        // The segment was received again while its damaged copy was checked: the new copy
-        // is checked now, and kept.
-        tracing::info!(file = %what, "received again meanwhile: checking the new copy");
-    };
-    failpoint::hit(failpoint::UPLOAD_STORED);
-    // Logged and indexed before the spool file goes: a crash in between then leaves the file,
-    // archived again (the same bytes) and indexed at the next start; after its removal
-    // nothing would make the index any more.
-    if let Some(stored) = stored {
-        report_and_index(archive, &what, started, stored).await;
-    } else {
-        tracing::debug!(file = %what, "archived before");
+        let segment = match job {
+            Job::Segment(segment, _) | Job::Tail(segment, _) => segment,
+        };
+        // Retried until it works (no deadline).
+        match (left.unwrap_or(spool::SetAside::Gone), leaving) {
+            (spool::SetAside::Replaced, _) => false,
+            (spool::SetAside::Kept(path), _) => {
+                self.damaged.set_aside(segment, &what, path);
+                true
+            }
+            (spool::SetAside::Gone, Leaving::Archived) => {
+                if let Job::Segment(segment, _) = job {
+                    self.damaged.remove_archived(segment).await;
+                }
+                true
+            }
+            (spool::SetAside::Gone, Leaving::Refused(_)) => true,
+        }
     }
-    remove_from_spool(&settings.spool, job, None, &what, "archived").await;
-    if let Job::Segment(segment, _) = job {
-        shared.metrics.segment_archived(
-            segment.to_string(),
-            u64::from(settings.segment_size.bytes()),
-        );
-    }
-    failpoint::hit(failpoint::UPLOAD_REMOVED);
-    Ok(Done::Stored)
 }
 
 /// Logs what one upload stored and stores a complete segment's time index.
@@ -445,58 +535,29 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
     }
 }
 
-/// Removes a job's file, archived or refused (`done` says which), from the spool, retrying
-/// until that works: a spool turned read-only (a filesystem error) must not stop the receiver
-/// over WAL that is safe in the archive. The job stays outstanding meanwhile, its file taking
-/// room in the spool.
-async fn remove_from_spool(
-    dir: &Path,
-    job: Job,
-    only: Option<(u64, u64)>,
-    what: &str,
-    done: &str,
-) -> bool {
-    let mut failing = false;
-    let removed = retry(
-        UPLOAD_BACKOFF,
-        None,
-        || {
-            let dir = dir.to_path_buf();
-            async move {
-                blocking::run(move || match (job, only) {
-                    (Job::Segment(segment, _), Some(file)) => {
-                        spool::remove_complete_if(&dir, segment, file)
-                    }
-                    (Job::Segment(segment, _), None) => {
-                        spool::remove_complete(&dir, segment).map(|()| true)
-                    }
-                    (Job::Tail(segment, end), _) => {
-                        spool::remove_tail(&dir, segment, end).map(|()| true)
-                    }
-                })
-                .await
-                .map_err(SpoolError)
+/// What [`Uploading::leave`] does to a job's file, on the blocking pool.
+fn leave_file(dir: &Path, job: Job, leaving: Leaving) -> std::io::Result<spool::SetAside> {
+    match (leaving, job) {
+        (Leaving::Archived, Job::Segment(segment, _)) => {
+            spool::remove_complete(dir, segment).map(|()| spool::SetAside::Gone)
+        }
+        (Leaving::Archived, Job::Tail(segment, end)) => {
+            spool::remove_tail(dir, segment, end).map(|()| spool::SetAside::Gone)
+        }
+        (Leaving::Refused(Some(identity)), Job::Segment(segment, _)) => {
+            spool::set_aside_damaged_if(dir, segment, identity)
+        }
+        (Leaving::Refused(_), job) => {
+            let path = match job {
+                Job::Segment(segment, _) => spool::complete_path(dir, segment),
+                Job::Tail(segment, end) => spool::tail_path(dir, segment, end),
+            };
+            match spool::set_aside_damaged(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(spool::SetAside::Gone),
+                kept => kept.map(spool::SetAside::Kept),
             }
-        },
-        |SpoolError(e), pause| {
-            if failing {
-                tracing::debug!(file = %what, retry_in_s = pause.as_secs(), "cannot remove from the spool: {e}");
-            } else {
-                tracing::warn!(
-                    file = %what,
-                    "{done}, but cannot remove it from the spool: {e}; retrying (it takes room \
-                     in the spool until then)"
-                );
-                failing = true;
-            }
-        },
-    )
-    .await;
-    if removed.is_ok() && failing {
-        tracing::info!(file = %what, "removed from the spool at last");
+        }
     }
-    // Retried until it works (no deadline).
-    removed.unwrap_or(true)
 }
 
 /// A spool file that could not be removed: always retried.

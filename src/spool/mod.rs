@@ -8,6 +8,9 @@
 //!   and then deleted. A stream that ends for any reason (lost connection, crash, shutdown,
 //!   a timeline's end) leaves its `.partial` to be kept this way, so WAL whose flush was
 //!   confirmed in `--synchronous` mode reaches the archive and is never truncated first.
+//! - `SEGMENT.damaged`, `SEGMENT.partial.END.damaged`: a file that did not read back as
+//!   received, never archived but kept until the archive holds its segment (see `aside.rs`):
+//!   in `--synchronous` mode it may be the only copy of the WAL before its damage.
 //! - `walhalla.spool`: the system identifier of the cluster the spool belongs to, so a spool is
 //!   never shared by two clusters.
 //! - `walhalla.spool.unsynced`: present while segments may have been written without fsync
@@ -42,7 +45,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+mod aside;
 mod hold;
+
+use aside::{ASIDE_SUFFIX, DAMAGED_SUFFIX, damaged_copy_of, put_back_aside};
+pub use aside::{SetAside, remove_damaged, set_aside_damaged, set_aside_damaged_if};
 
 use crate::failpoint;
 use crate::fsutil::{WritebackCursor, fsync_dir};
@@ -57,8 +64,6 @@ const UNSYNCED: &str = "walhalla.spool.unsynced";
 /// Linux's identifier of the current boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PARTIAL_SUFFIX: &str = ".partial";
-/// Suffix of a refused segment's file while [`remove_complete_if`] tells which file it is.
-const ASIDE_SUFFIX: &str = ".aside";
 
 /// What a spool directory holds.
 #[derive(Debug, Default)]
@@ -72,6 +77,8 @@ pub struct SpoolContents {
     /// Names that begin like a WAL file's (24 hexadecimal digits) but name none walhalla
     /// writes (timeline 0, say): left alone.
     pub unknown: Vec<String>,
+    /// Damaged copies ([`set_aside_damaged`]): the segment each is a copy of, and its path.
+    pub damaged: Vec<(SegmentName, PathBuf)>,
 }
 
 /// Opens (creating) the spool at `dir` for cluster `system_id`: holds it for this process (a
@@ -120,27 +127,6 @@ pub fn open(dir: &Path, system_id: SystemId, durable: bool) -> io::Result<bool> 
     put_back_aside(dir)?;
     let boot = std::fs::read_to_string(BOOT_ID).ok();
     settle_unsynced(dir, boot.as_deref().map(str::trim), durable)
-}
-
-/// Puts back a segment's file an earlier run stopped with aside ([`remove_complete_if`]), to
-/// be checked like any it left; one whose segment has a file again is the older copy, removed.
-fn put_back_aside(dir: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(segment) = name.to_str().and_then(|n| n.strip_suffix(ASIDE_SUFFIX)) else {
-            continue;
-        };
-        let Ok(WalFileName::Segment(segment)) = segment.parse::<WalFileName>() else {
-            continue;
-        };
-        let (aside, path) = (dir.join(&name), complete_path(dir, segment));
-        if path.exists() {
-            std::fs::remove_file(&aside)?;
-        } else {
-            std::fs::rename(&aside, &path)?;
-        }
-    }
-    Ok(())
 }
 
 /// Removes the spool `dir` with what it holds, unless a process (this one too) holds it: it
@@ -347,8 +333,11 @@ pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
             _ => {
                 if let Some(tail) = parse_tail_name(name) {
                     contents.tails.push(tail);
+                } else if let Some(segment) = damaged_copy_of(name) {
+                    contents.damaged.push((segment, dir.join(name)));
                 } else if name.parse::<WalFileName>().is_err()
                     && !name.ends_with(ASIDE_SUFFIX)
+                    && !name.ends_with(DAMAGED_SUFFIX)
                     && name.len() >= 24
                     && name.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit)
                 {
@@ -360,6 +349,7 @@ pub fn scan(dir: &Path) -> io::Result<SpoolContents> {
     contents.complete.sort();
     contents.tails.sort();
     contents.unknown.sort();
+    contents.damaged.sort();
     Ok(contents)
 }
 
@@ -439,36 +429,6 @@ pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let found = std::fs::metadata(path).ok()?;
     Some((found.dev(), found.ino()))
-}
-
-/// Removes complete segment `segment`'s file only if it is the file `identity` names
-/// ([`file_identity`]): the file is renamed aside first, atomically, so that a copy received
-/// again and renamed in meanwhile is never removed; one found aside instead (or left there by
-/// an earlier try) is put back. Returns whether that file is gone; `false` when the path names
-/// another file, left in place.
-pub fn remove_complete_if(
-    dir: &Path,
-    segment: SegmentName,
-    identity: (u64, u64),
-) -> io::Result<bool> {
-    let path = complete_path(dir, segment);
-    let aside = dir.join(format!("{segment}{ASIDE_SUFFIX}"));
-    if let Err(e) = std::fs::rename(&path, &aside)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        return Err(e);
-    }
-    match file_identity(&aside) {
-        None => Ok(true),
-        Some(found) if found == identity => {
-            std::fs::remove_file(&aside)?;
-            Ok(true)
-        }
-        Some(_) => {
-            std::fs::rename(&aside, &path)?;
-            Ok(false)
-        }
-    }
 }
 
 /// Removes a segment once the archive holds it.
@@ -694,11 +654,12 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_copy_is_removed_only_while_its_path_names_it() {
+    fn a_refused_copy_is_set_aside_only_while_its_path_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let size = SegmentSize::new(MIB).unwrap();
         let segment = SegmentName::new(TimelineId(1), SegNo(7), size);
         let path = complete_path(dir.path(), segment);
+        let kept = dir.path().join(format!("{segment}.damaged"));
         let write = |content: &[u8]| {
             // As the stream completes a segment: a new file renamed over the path.
             let temp = dir.path().join("new");
@@ -708,27 +669,51 @@ mod tests {
         };
         let damaged = write(b"damaged");
         let _received_again = write(b"good");
-        assert!(!remove_complete_if(dir.path(), segment, damaged).unwrap());
+        let set_aside = |identity| set_aside_damaged_if(dir.path(), segment, identity).unwrap();
+        assert_eq!(set_aside(damaged), SetAside::Replaced);
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"good",
             "the new copy is kept"
         );
+        assert!(!kept.exists());
         let damaged = write(b"damaged");
-        assert!(remove_complete_if(dir.path(), segment, damaged).unwrap());
+        assert_eq!(set_aside(damaged), SetAside::Kept(kept.clone()));
         assert!(!path.exists());
-        assert!(remove_complete_if(dir.path(), segment, damaged).unwrap());
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"damaged",
+            "the copy is kept"
+        );
+        assert_eq!(set_aside(damaged), SetAside::Gone);
+        // Damaged copies are listed apart, never as segments to archive.
+        let tail = dir
+            .path()
+            .join(format!("{segment}.partial.0000000000780000.damaged"));
+        std::fs::write(&tail, b"damaged tail").unwrap();
+        let contents = scan(dir.path()).unwrap();
+        assert_eq!(contents.damaged, [(segment, kept.clone()), (segment, tail)]);
+        assert!(contents.complete.is_empty() && contents.tails.is_empty());
+        assert!(contents.unknown.is_empty());
         // A copy an earlier try or run left aside is put back, by the next try or at open.
         // (The removed file's inode may be the new one's: another identity stands for it.)
         let aside = dir.path().join(format!("{segment}{ASIDE_SUFFIX}"));
         std::fs::write(&aside, b"good").unwrap();
-        assert!(!remove_complete_if(dir.path(), segment, (0, 0)).unwrap());
+        assert_eq!(set_aside((0, 0)), SetAside::Replaced);
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
         std::fs::rename(&path, &aside).unwrap();
         open(dir.path(), SystemId(9), true).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
         assert!(!aside.exists());
+        // One whose segment has a file again is the older copy: kept as a damaged one.
+        std::fs::write(&aside, b"older").unwrap();
+        open(dir.path(), SystemId(9), true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"good");
+        assert_eq!(std::fs::read(&kept).unwrap(), b"older");
         assert!(scan(dir.path()).unwrap().unknown.is_empty());
+        remove_damaged(&kept).unwrap();
+        remove_damaged(&kept).unwrap();
+        assert!(!kept.exists());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::harness::{
     Backend, FaultyS3, PgCluster, Receiver, S3Server, SpoolFs, TcpProxy, TestArchive, Walhalla,
     wait_for,
 };
-use crate::receive::{wait_archive_holds, wait_streaming};
+use crate::receive::{segno_of, wait_archive_holds, wait_streaming};
 
 /// A primary with pgbench's tables that keeps all its WAL, a receiver streaming it into
 /// `archive`, and a base backup without WAL taken before the load (not started).
@@ -459,6 +459,17 @@ fn a_spool_file_left_empty_is_refused_before_the_start_plans_and_streamed_again(
         !log.contains(&format!("{lacking} did not read back")),
         "refused after the plan, not before it: {log}"
     );
+    // Kept aside while refused; removed once its segment is archived, received again.
+    let kept = receiver.spool.join(format!("{lacking}.damaged"));
+    wait_for("the damaged copy to go", Duration::from_secs(30), || {
+        (!kept.exists()).then_some(())
+    });
+    let log = again.log();
+    assert!(
+        log.contains("kept the refused file aside as a damaged copy")
+            && log.contains("removed the damaged copy the spool kept"),
+        "{log}"
+    );
     assert!(again.stop().success(), "{log}");
 }
 
@@ -516,6 +527,102 @@ fn a_panic_while_checking_a_spool_file_refuses_it_not_the_receiver() {
     assert!(!log.contains("the archive has a hole"), "{log}");
     assert!(!log.contains("lost to the archive"), "{log}");
     assert!(again.stop().success(), "{log}");
+}
+
+/// helper-84's loss: a spool file an earlier run left that does not read back, of a segment
+/// the server no longer has (in `--synchronous` mode a checkpoint recycles WAL the receiver
+/// confirmed; here the slot is moved past it by hand while the receiver is stopped). It was
+/// removed, and with it the only copy of the WAL before its damage. Now it is kept as
+/// `SEGMENT.damaged`, never archived, named where the segment is reported lost, and kept (and
+/// named again) at the next start.
+#[test]
+fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
+    pg.write_rows(100);
+    wait_archive_holds(&archive, &pg.switch_wal());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    // The next segment (1 MiB) as the receiver spools it, records past its first 256 kB, with
+    // a byte flipped inside one of them.
+    pg.write_rows(300);
+    let lacking = pg.switch_wal();
+    let mut damaged = std::fs::read(pg.data.join("pg_wal").join(&lacking)).expect("pg_wal copy");
+    damaged[200_000] ^= 0xff;
+    let spooled = receiver.spool.join(&lacking);
+    std::fs::write(&spooled, &damaged).expect("a damaged spool file");
+    crate::harness::give_tree_to_pg(&spooled);
+    pg.sql("SELECT pg_replication_slot_advance('walhalla', pg_current_wal_lsn())");
+    wait_for(
+        "the primary to recycle the damaged segment",
+        Duration::from_secs(60),
+        || {
+            pg.write_rows(10);
+            pg.switch_wal();
+            pg.sql("CHECKPOINT");
+            let left = format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{lacking}'");
+            (pg.sql(&left) == "0").then_some(())
+        },
+    );
+    let args = [
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+    ];
+    let mut again = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    let kept = receiver.spool.join(format!("{lacking}.damaged"));
+    let named = format!("copy={}", kept.display());
+    wait_for(
+        "the loss to name the damaged copy",
+        Duration::from_secs(60),
+        || {
+            again
+                .log()
+                .lines()
+                .any(|l| l.contains("damaged copy of this lost segment") && l.contains(&named))
+                .then_some(())
+        },
+    );
+    let last = pg.switch_wal();
+    let archived = |segment: &str| {
+        crate::receive::archived(&archive)
+            .0
+            .contains(&segno_of(segment))
+    };
+    wait_for("streaming to go on", Duration::from_secs(60), || {
+        archived(&last).then_some(())
+    });
+    let log = again.log();
+    assert!(log.contains("lost to the archive"), "{log}");
+    assert!(!archived(&lacking), "a damaged file was archived: {log}");
+    assert_eq!(
+        std::fs::read(&kept).ok().as_deref(),
+        Some(&damaged[..]),
+        "the damaged copy is not kept as it was: {log}"
+    );
+    assert!(
+        log.matches("the spool keeps damaged copies").count() <= 1,
+        "named again at every session: {log}"
+    );
+    assert!(again.stop().success(), "{log}");
+    // Kept, and named, at the next start too.
+    let mut third = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    wait_streaming(&pg);
+    wait_for(
+        "the start to name the damaged copy",
+        Duration::from_secs(30),
+        || {
+            let log = third.log();
+            (log.contains("the spool keeps damaged copies")
+                && log.contains(&kept.display().to_string()))
+            .then_some(())
+        },
+    );
+    assert!(kept.exists(), "{}", third.log());
+    assert!(third.stop().success(), "{}", third.log());
 }
 
 /// Once three complete segments wait in `spool` (the store away), damages the newest as a lost

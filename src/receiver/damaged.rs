@@ -1,0 +1,151 @@
+//! Damaged copies the spool keeps ([`spool::set_aside_damaged`]): files that did not read back
+//! as received, never archived. The segment is received again from the server if it still
+//! has it; once the archive holds the segment, its damaged copies go. If the server no longer
+//! has it (in `--synchronous` mode a checkpoint may have recycled it), the segment is reported
+//! lost and its damaged copy is named there: it may be the only copy of the WAL before the
+//! damage, which PostgreSQL can replay up to the damaged record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::archive::ClusterArchive;
+use crate::blocking;
+use crate::spool;
+use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
+
+/// The damaged copies in the spool, by the segment each is a copy of.
+#[derive(Debug, Default)]
+pub(super) struct DamagedCopies(Mutex<BTreeMap<SegmentName, BTreeSet<PathBuf>>>);
+
+impl DamagedCopies {
+    fn copies(&self) -> std::sync::MutexGuard<'_, BTreeMap<SegmentName, BTreeSet<PathBuf>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes note of a damaged copy of `segment` at `path`.
+    pub(super) fn keep(&self, segment: SegmentName, path: PathBuf) {
+        self.copies().entry(segment).or_default().insert(path);
+    }
+
+    /// Takes note of file `what`, refused, set aside as a damaged copy of `segment` at `path`,
+    /// and says so.
+    pub(super) fn set_aside(
+        &self,
+        segment: SegmentName,
+        what: &dyn std::fmt::Display,
+        path: PathBuf,
+    ) {
+        tracing::warn!(
+            file = %what,
+            copy = %path.display(),
+            "kept the refused file aside as a damaged copy, never archived: it goes once the \
+             archive holds the segment"
+        );
+        self.keep(segment, path);
+    }
+
+    /// The damaged copies of segments `first` to `last` of `timeline`.
+    pub(super) fn within(
+        &self,
+        timeline: TimelineId,
+        first: SegNo,
+        last: SegNo,
+        size: SegmentSize,
+    ) -> Vec<(SegmentName, PathBuf)> {
+        let range =
+            SegmentName::new(timeline, first, size)..=SegmentName::new(timeline, last, size);
+        self.copies()
+            .range(range)
+            .flat_map(|(&segment, paths)| paths.iter().map(move |p| (segment, p.clone())))
+            .collect()
+    }
+
+    /// Removes `segment`'s damaged copies, which the archive holds now: logged; one that
+    /// cannot be removed is left, with a warning.
+    pub(super) async fn remove_archived(&self, segment: SegmentName) {
+        let Some(paths) = self.copies().remove(&segment) else {
+            return;
+        };
+        for path in paths {
+            let removing = path.clone();
+            match blocking::run(move || spool::remove_damaged(&removing)).await {
+                Ok(()) => tracing::info!(
+                    %segment,
+                    copy = %path.display(),
+                    "removed the damaged copy the spool kept: the archive holds the segment now"
+                ),
+                Err(e) => tracing::warn!(
+                    %segment,
+                    copy = %path.display(),
+                    "the archive holds the segment now, but its damaged copy cannot be removed \
+                     from the spool ({e}): remove it by hand"
+                ),
+            }
+        }
+    }
+
+    /// Takes over the damaged copies an earlier run left (`found`, listed at each session's
+    /// start): those of a segment the archive holds go; the others are kept, and the ones not
+    /// known before named in one warning.
+    pub(super) async fn take_over(
+        &self,
+        archive: &ClusterArchive,
+        found: Vec<(SegmentName, PathBuf)>,
+    ) {
+        let new: Vec<(SegmentName, PathBuf)> = {
+            let copies = self.copies();
+            found
+                .into_iter()
+                .filter(|(segment, path)| !copies.get(segment).is_some_and(|p| p.contains(path)))
+                .collect()
+        };
+        let mut kept = Vec::new();
+        for (segment, path) in new {
+            self.keep(segment, path.clone());
+            if let Ok(true) = archive.holds(&WalFileName::Segment(segment)).await {
+                self.remove_archived(segment).await;
+            } else {
+                kept.push(path.display().to_string());
+            }
+        }
+        if !kept.is_empty() {
+            tracing::warn!(
+                copies = %kept.join(", "),
+                "the spool keeps damaged copies of segments the archive lacks (they did not read \
+                 back as received): each goes once its segment is archived; if the server no \
+                 longer has the segment, its copy holds the WAL before the damage (see the \
+                 README, \"Damaged spool files\")"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_found_by_segment_range_and_timeline() {
+        let size = SegmentSize::new(1 << 24).unwrap();
+        let name = |tl, n| SegmentName::new(TimelineId(tl), SegNo(n), size);
+        let copies = DamagedCopies::default();
+        copies.keep(name(1, 5), "a".into());
+        copies.keep(name(1, 5), "a.tail".into());
+        copies.keep(name(1, 9), "b".into());
+        copies.keep(name(2, 6), "c".into());
+        let within = |tl, a, b| {
+            copies
+                .within(TimelineId(tl), SegNo(a), SegNo(b), size)
+                .into_iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(within(1, 5, 5), ["a", "a.tail"]);
+        assert_eq!(within(1, 4, 9), ["a", "a.tail", "b"]);
+        assert_eq!(within(1, 6, 8), Vec::<String>::new());
+        assert_eq!(within(2, 0, 100), ["c"]);
+    }
+}

@@ -1,0 +1,119 @@
+//! Spool files set aside. A file that did not read back as received is never archived, but
+//! it is not removed either: in `--synchronous` mode the server may have recycled its WAL,
+//! and then the file is the only copy of what it holds up to its damage. It is kept as
+//! `NAME.damaged` ([`DAMAGED_SUFFIX`]), next to its name, until the archive holds its segment.
+//! While a refused complete segment's file is being told apart from a copy received again
+//! meanwhile ([`set_aside_damaged_if`]), it is named `SEGMENT.aside` ([`ASIDE_SUFFIX`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{complete_path, file_identity, parse_tail_name};
+use crate::fsutil::fsync_dir;
+use crate::wal::{SegmentName, WalFileName};
+
+/// Suffix of a refused segment's file while [`set_aside_damaged_if`] tells which file it is.
+pub(super) const ASIDE_SUFFIX: &str = ".aside";
+/// Suffix of a damaged copy: a refused file kept, never archived.
+pub(super) const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// What became of a refused complete segment's file ([`set_aside_damaged_if`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetAside {
+    /// Kept as a damaged copy, at this path.
+    Kept(PathBuf),
+    /// Neither the path nor its aside name holds a file (set aside by an earlier try).
+    Gone,
+    /// The path names another file (the segment received again), left in place.
+    Replaced,
+}
+
+/// Keeps the file at `path` (a complete segment's or a kept tail's), refused, as a damaged
+/// copy: renamed durably to its name with [`DAMAGED_SUFFIX`], replacing an older damaged copy
+/// of the same file (both are damaged; the newer one was received last). Returns its path.
+pub fn set_aside_damaged(path: &Path) -> io::Result<PathBuf> {
+    let damaged = damaged_path(path);
+    std::fs::rename(path, &damaged)?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(damaged)
+}
+
+/// Sets complete segment `segment`'s file aside as a damaged copy ([`set_aside_damaged`]) only
+/// if it is the file `identity` names ([`file_identity`]): the file is renamed aside first,
+/// atomically, so that a copy received again and renamed in meanwhile is never taken for the
+/// damaged one; one found aside instead (or left there by an earlier try) is put back.
+pub fn set_aside_damaged_if(
+    dir: &Path,
+    segment: SegmentName,
+    identity: (u64, u64),
+) -> io::Result<SetAside> {
+    let path = complete_path(dir, segment);
+    let aside = dir.join(format!("{segment}{ASIDE_SUFFIX}"));
+    if let Err(e) = std::fs::rename(&path, &aside)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        return Err(e);
+    }
+    match file_identity(&aside) {
+        None => Ok(SetAside::Gone),
+        Some(found) if found == identity => {
+            let damaged = damaged_path(&path);
+            std::fs::rename(&aside, &damaged)?;
+            fsync_dir(dir)?;
+            Ok(SetAside::Kept(damaged))
+        }
+        Some(_) => {
+            std::fs::rename(&aside, &path)?;
+            Ok(SetAside::Replaced)
+        }
+    }
+}
+
+/// The path a damaged copy of the file at `path` is kept at.
+fn damaged_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(DAMAGED_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The segment a damaged copy named `name` (of a complete segment or of a kept tail) is a
+/// copy of; `None` for other names.
+pub(super) fn damaged_copy_of(name: &str) -> Option<SegmentName> {
+    let kept = name.strip_suffix(DAMAGED_SUFFIX)?;
+    match kept.parse::<WalFileName>() {
+        Ok(WalFileName::Segment(segment)) => Some(segment),
+        _ => parse_tail_name(kept).map(|(segment, _)| segment),
+    }
+}
+
+/// Removes a damaged copy, once the archive holds its segment.
+pub fn remove_damaged(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Puts back a segment's file an earlier run stopped with aside ([`set_aside_damaged_if`]),
+/// to be checked like any it left; one whose segment has a file again is the older copy,
+/// kept as a damaged one.
+pub(super) fn put_back_aside(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(segment) = name.to_str().and_then(|n| n.strip_suffix(ASIDE_SUFFIX)) else {
+            continue;
+        };
+        let Ok(WalFileName::Segment(segment)) = segment.parse::<WalFileName>() else {
+            continue;
+        };
+        let (aside, path) = (dir.join(&name), complete_path(dir, segment));
+        if path.exists() {
+            std::fs::rename(&aside, damaged_path(&path))?;
+        } else {
+            std::fs::rename(&aside, &path)?;
+        }
+    }
+    Ok(())
+}
