@@ -259,6 +259,33 @@ fn open_checked(
     Ok(map)
 }
 
+/// Where the WAL in damaged copy `path` of complete segment `segment` stops being what
+/// PostgreSQL wrote: the start of its first record that fails PostgreSQL's checks, or the
+/// end of a copy cut short. `None` when nothing valid precedes it (or its first page does
+/// not read as WAL), or the whole segment reads as WAL.
+pub(super) fn valid_end(
+    path: &Path,
+    segment: SegmentName,
+    size: SegmentSize,
+) -> std::io::Result<Option<Lsn>> {
+    let len = std::fs::metadata(path)?.len().min(u64::from(size.bytes())) as usize;
+    // read(2) first: a disk error is an error then, not a SIGBUS in the mapped pass.
+    crc_by_reading(path, len)?;
+    // SAFETY: a damaged copy is never written; it is only renamed or removed.
+    let map = unsafe { SequentialMap::open(path)? };
+    let content = received_part(&map, len)?;
+    let scanned =
+        SegmentIndex::of_segment_sequentially(segment, content, &mut |pos| map.done_before(pos));
+    map.done_before(usize::MAX);
+    let first_record = segment
+        .start_lsn(size)
+        .map(|start| Lsn(start.0 + crate::wal::LONG_HEADER_BYTES as u64));
+    Ok(scanned
+        .ok()
+        .and_then(|index| index.end.valid_end())
+        .filter(|&end| Some(end) > first_record))
+}
+
 /// Fails with [`corrupt`] unless `found`, the CRC-32 of a file's bytes, is `received`.
 pub(super) fn check_crc(found: u32, received: u32) -> std::io::Result<()> {
     if found == received {
@@ -396,6 +423,33 @@ mod tests {
         };
         std::fs::write(&file.path, &good).unwrap();
         (dir, file, good, size, head)
+    }
+
+    #[test]
+    fn a_damaged_copy_keeps_the_wal_before_its_damage() {
+        let (dir, file, good, size, _) = left_sample(7, crate::wal::sample::segment_7());
+        let segment = file.segment;
+        let valid_end = |bytes: &[u8]| {
+            std::fs::write(&file.path, bytes).unwrap();
+            valid_end(&file.path, segment, size).unwrap()
+        };
+        assert_eq!(valid_end(&good), None, "a good copy has no damage");
+        let mut bad = good.clone();
+        bad[0x35140 + 30] ^= 0x10;
+        let end = valid_end(&bad).unwrap();
+        assert_eq!(end, Lsn(0x735140), "the damaged record's start");
+        let cut = valid_end(&good[..0x50000]).unwrap();
+        assert!(cut > Lsn(0x740000) && cut <= Lsn(0x750000), "{cut}");
+        // Kept as a tail holding those bytes, which the spool lists.
+        std::fs::write(&file.path, &bad).unwrap();
+        crate::spool::keep_valid_prefix(dir.path(), &file.path, segment, end, size).unwrap();
+        let tail = crate::spool::tail_path(dir.path(), segment, end);
+        assert_eq!(std::fs::read(&tail).unwrap(), &good[..0x35140]);
+        assert_eq!(crate::spool::scan(dir.path()).unwrap().tails, [(segment, end)]);
+        // A page header out of place in the first page: nothing before it is WAL.
+        let mut bad = good.clone();
+        bad[8..16].fill(0);
+        assert_eq!(valid_end(&bad), None);
     }
 
     #[test]

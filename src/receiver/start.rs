@@ -503,6 +503,10 @@ impl Context {
                 "the spool keeps a damaged copy of this lost segment: it holds the WAL the \
                  receiver got up to the damage; keep it (see the README, \"Damaged spool files\")"
             );
+            // A complete segment's: a kept tail's copy ends before the stream did anyway.
+            if copy == spool::complete_damaged_path(&self.spool, segment) {
+                self.uploader.archive_valid_prefix(segment, copy);
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::attempt::{Stored, Uploaded, say_refused, upload};
 use super::damaged::DamagedCopies;
 use super::outstanding::{Job, Outstanding};
-use super::readback::Expect;
+use super::readback::{self, Expect};
 use crate::archive::{self, ClusterArchive};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
@@ -231,16 +231,60 @@ impl Uploader {
     }
 
     fn submit(&self, job: Job) -> Result<(), String> {
-        {
-            let mut outstanding = lock(&self.outstanding);
-            if !outstanding.hand_over(job) {
-                return Ok(());
-            }
-            outstanding.publish(&self.shared);
+        self.queue()
+            .submit(job)
+            .map_err(|()| self.fatal_or("uploader stopped"))
+    }
+
+    /// A handle that queues jobs, for a task of its own.
+    fn queue(&self) -> Queue {
+        Queue {
+            queue: self.queue.clone(),
+            outstanding: self.outstanding.clone(),
+            shared: self.shared.clone(),
         }
-        self.queue
-            .send(job)
-            .map_err(|_| self.fatal_or("uploader stopped"))
+    }
+
+    /// Archives the WAL of damaged copy `copy` of lost segment `segment` up to its damage
+    /// ([`readback::valid_end`]) as a snapshot: kept as a tail in the spool
+    /// ([`spool::keep_valid_prefix`]) and queued, in a task of its own. The copy stays.
+    pub(super) fn archive_valid_prefix(&self, segment: SegmentName, copy: PathBuf) {
+        let (queue, dir, size) = (self.queue(), self.settings.spool.clone(), self.size);
+        tokio::spawn(async move {
+            let shown = copy.display().to_string();
+            let kept = blocking::run(move || {
+                let Some(end) = readback::valid_end(&copy, segment, size)? else {
+                    return Ok(None);
+                };
+                spool::keep_valid_prefix(&dir, &copy, segment, end, size)?;
+                Ok::<_, std::io::Error>(Some(end))
+            })
+            .await;
+            match kept {
+                Ok(Some(end)) => {
+                    tracing::warn!(
+                        %segment,
+                        %end,
+                        copy = %shown,
+                        "archiving the lost segment's WAL up to the damage in its copy, as a \
+                         snapshot: a restore with --partial replays up to there"
+                    );
+                    // Stopped only with the receiver: the next start archives the tail.
+                    let _ = queue.submit(Job::Tail(segment, end));
+                }
+                Ok(None) => tracing::warn!(
+                    %segment,
+                    copy = %shown,
+                    "the lost segment's damaged copy holds no WAL that checks before its damage: \
+                     nothing of it archived"
+                ),
+                Err(e) => tracing::warn!(
+                    %segment,
+                    copy = %shown,
+                    "cannot archive the lost segment's WAL up to the damage in its copy: {e}"
+                ),
+            }
+        });
     }
 
     /// The start of the oldest complete segment not yet archived: nothing from there on may
@@ -332,6 +376,27 @@ impl Uploader {
             .fatal
             .clone()
             .unwrap_or_else(|| default.into())
+    }
+}
+
+/// Queues jobs for the uploader ([`Uploader::queue`]).
+struct Queue {
+    queue: mpsc::UnboundedSender<Job>,
+    outstanding: Arc<Mutex<Outstanding>>,
+    shared: Arc<Shared>,
+}
+
+impl Queue {
+    /// Queues `job` unless it is queued already; `Err` once the uploader stopped.
+    fn submit(&self, job: Job) -> Result<(), ()> {
+        {
+            let mut outstanding = lock(&self.outstanding);
+            if !outstanding.hand_over(job) {
+                return Ok(());
+            }
+            outstanding.publish(&self.shared);
+        }
+        self.queue.send(job).map_err(|_| ())
     }
 }
 

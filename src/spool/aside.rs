@@ -5,12 +5,13 @@
 //! While a refused complete segment's file is being told apart from a copy received again
 //! meanwhile ([`set_aside_damaged_if`]), it is named `SEGMENT.aside` ([`ASIDE_SUFFIX`]).
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::{complete_path, file_identity, parse_tail_name};
+use super::{complete_path, file_identity, parse_tail_name, tail_len, tail_path};
 use crate::fsutil::fsync_dir;
-use crate::wal::{SegmentName, WalFileName};
+use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
 
 /// Suffix of a refused segment's file while [`set_aside_damaged_if`] tells which file it is.
 pub(super) const ASIDE_SUFFIX: &str = ".aside";
@@ -71,6 +72,11 @@ pub fn set_aside_damaged_if(
     }
 }
 
+/// The path a damaged copy of complete segment `segment`'s file is kept at.
+pub fn complete_damaged_path(dir: &Path, segment: SegmentName) -> PathBuf {
+    damaged_path(&complete_path(dir, segment))
+}
+
 /// The path a damaged copy of the file at `path` is kept at.
 fn damaged_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -86,6 +92,37 @@ pub(super) fn damaged_copy_of(name: &str) -> Option<SegmentName> {
         Ok(WalFileName::Segment(segment)) => Some(segment),
         _ => parse_tail_name(kept).map(|(segment, _)| segment),
     }
+}
+
+/// Keeps the bytes of damaged copy `copy` of complete segment `segment` up to `end` (where its
+/// valid WAL ends) as a kept tail, `SEGMENT.partial.END`, to be archived as a snapshot: fsynced
+/// under a temporary name, then renamed durably. A tail already there with that end is left.
+pub fn keep_valid_prefix(
+    dir: &Path,
+    copy: &Path,
+    segment: SegmentName,
+    end: Lsn,
+    size: SegmentSize,
+) -> io::Result<()> {
+    let tail = tail_path(dir, segment, end);
+    if tail.exists() {
+        return Ok(());
+    }
+    let len = tail_len(segment, end, size)? as u64;
+    // Hidden from the spool's scan; a leftover is overwritten by the next try.
+    let temp = dir.join(format!(".{segment}.prefix.tmp"));
+    let mut out = File::create(&temp)?;
+    let copied = io::copy(&mut File::open(copy)?.take(len), &mut out)?;
+    if copied != len {
+        return Err(io::Error::other(format!(
+            "{} holds {copied} of {len} bytes",
+            copy.display()
+        )));
+    }
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&temp, &tail)?;
+    fsync_dir(dir)
 }
 
 /// Removes a damaged copy, once the archive holds its segment.

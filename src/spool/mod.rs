@@ -49,7 +49,10 @@ mod aside;
 mod hold;
 
 use aside::{ASIDE_SUFFIX, DAMAGED_SUFFIX, damaged_copy_of, put_back_aside};
-pub use aside::{SetAside, remove_damaged, set_aside_damaged, set_aside_damaged_if};
+pub use aside::{
+    SetAside, complete_damaged_path, keep_valid_prefix, remove_damaged, set_aside_damaged,
+    set_aside_damaged_if,
+};
 
 use crate::failpoint;
 use crate::fsutil::{WritebackCursor, fsync_dir};

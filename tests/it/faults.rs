@@ -607,6 +607,34 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
         log.matches("the spool keeps damaged copies").count() <= 1,
         "named again at every session: {log}"
     );
+    // Its WAL up to the damaged record is archived as a snapshot, which `fetch --partial`
+    // serves zero-padded: PostgreSQL's bytes up to there.
+    wait_for(
+        "the snapshot of the valid WAL",
+        Duration::from_secs(30),
+        || {
+            let (_, snapshots) = crate::receive::archived(&archive);
+            snapshots
+                .iter()
+                .any(|&(segno, _)| segno == segno_of(&lacking))
+                .then_some(())
+        },
+    );
+    let dir = crate::harness::TestDir::new("fetch");
+    let dest = dir.path().join("RESTORED");
+    let fetched = wh.run(
+        &archive,
+        dir.path(),
+        &["fetch", "--partial", &lacking, &dest.display().to_string()],
+    );
+    assert!(fetched.status.success(), "{fetched:?}");
+    let fetched = std::fs::read(&dest).expect("the fetched segment");
+    let valid = fetched.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+    assert!(
+        (64..=200_000).contains(&valid) && fetched[..valid] == damaged[..valid],
+        "fetch --partial served {valid} bytes of WAL, not those before the damage at 200000: {log}"
+    );
+    assert!(fetched[valid..].iter().all(|&b| b == 0));
     assert!(again.stop().success(), "{log}");
     // Kept, and named, at the next start too.
     let mut third = Receiver::restart(&wh, &archive, &receiver.spool, &args);
