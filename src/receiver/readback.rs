@@ -445,7 +445,10 @@ mod tests {
         crate::spool::keep_valid_prefix(dir.path(), &file.path, segment, end, size).unwrap();
         let tail = crate::spool::tail_path(dir.path(), segment, end);
         assert_eq!(std::fs::read(&tail).unwrap(), &good[..0x35140]);
-        assert_eq!(crate::spool::scan(dir.path()).unwrap().tails, [(segment, end)]);
+        assert_eq!(
+            crate::spool::scan(dir.path()).unwrap().tails,
+            [(segment, end)]
+        );
         // A page header out of place in the first page: nothing before it is WAL.
         let mut bad = good.clone();
         bad[8..16].fill(0);

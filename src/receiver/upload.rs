@@ -275,8 +275,8 @@ impl Uploader {
                 Ok(None) => tracing::warn!(
                     %segment,
                     copy = %shown,
-                    "the lost segment's damaged copy holds no WAL that checks before its damage: \
-                     nothing of it archived"
+                    "no WAL of the lost segment's damaged copy is archived: its damage is before \
+                     its first record, or where no record's check covers it"
                 ),
                 Err(e) => tracing::warn!(
                     %segment,
@@ -432,7 +432,7 @@ enum Leaving {
     /// Archived: removed, with the segment's damaged copies.
     Archived,
     /// Refused: kept aside as a damaged copy; for a segment, only if it is still the file the
-    /// attempt read (its identity).
+    /// attempt read (its identity; none when the attempt found no file).
     Refused(Option<(u64, u64)>),
 }
 
@@ -612,12 +612,10 @@ fn leave_file(dir: &Path, job: Job, leaving: Leaving) -> std::io::Result<spool::
         (Leaving::Refused(Some(identity)), Job::Segment(segment, _)) => {
             spool::set_aside_damaged_if(dir, segment, identity)
         }
-        (Leaving::Refused(_), job) => {
-            let path = match job {
-                Job::Segment(segment, _) => spool::complete_path(dir, segment),
-                Job::Tail(segment, end) => spool::tail_path(dir, segment, end),
-            };
-            match spool::set_aside_damaged(&path) {
+        // The attempt found no file: whatever the path names now is a copy received again.
+        (Leaving::Refused(None), Job::Segment(..)) => Ok(spool::SetAside::Gone),
+        (Leaving::Refused(_), Job::Tail(segment, end)) => {
+            match spool::set_aside_damaged(&spool::tail_path(dir, segment, end)) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(spool::SetAside::Gone),
                 kept => kept.map(spool::SetAside::Kept),
             }
