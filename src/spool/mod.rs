@@ -242,11 +242,20 @@ fn sync_segments(dir: &Path) -> io::Result<()> {
         .map(|&s| complete_path(dir, s))
         .chain(partial)
     {
-        match File::open(path) {
-            Ok(file) => file.sync_all()?,
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        match File::open(&path) {
+            Ok(file) => file.sync_all().map_err(named)?,
             // Archived and removed meanwhile.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            // Not this process's to read (its mode changed): the start reads every file back
+            // before it counts it, and one that does not read back is not counted, so a file
+            // this cannot fsync must not keep the receiver from starting or stopping.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                file = %path.display(),
+                "cannot open a spool file to fsync it ({e}): left as it is; it is archived \
+                 once it can be read and reads back as received"
+            ),
+            Err(e) => return Err(named(e)),
         }
     }
     fsync_dir(dir)

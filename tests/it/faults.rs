@@ -529,6 +529,95 @@ fn a_panic_while_checking_a_spool_file_refuses_it_not_the_receiver() {
     assert!(again.stop().success(), "{log}");
 }
 
+/// A stopped receiver's spool holding a file an earlier run left of the next segment the
+/// archive lacks (1 MiB, records past its first 256 kB), as PostgreSQL wrote it but for
+/// `damage`, which the server then no longer has (its slot moved past it by hand, as
+/// `--synchronous` mode's confirmations move it). Returns the primary, the receiver, the
+/// segment and the file's bytes.
+fn a_spool_file_of_a_segment_the_server_recycled(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> (PgCluster, Receiver, String, Vec<u8>) {
+    let (pg, mut receiver) = crate::receive::streaming_primary(wh, archive, &[]);
+    pg.write_rows(100);
+    wait_archive_holds(archive, &pg.switch_wal());
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    pg.write_rows(300);
+    let lacking = pg.switch_wal();
+    let mut bytes = std::fs::read(pg.data.join("pg_wal").join(&lacking)).expect("pg_wal copy");
+    damage(&mut bytes);
+    let spooled = receiver.spool.join(&lacking);
+    std::fs::write(&spooled, &bytes).expect("a spool file");
+    crate::harness::give_tree_to_pg(&spooled);
+    pg.sql("SELECT pg_replication_slot_advance('walhalla', pg_current_wal_lsn())");
+    wait_for(
+        "the primary to recycle the segment",
+        Duration::from_secs(60),
+        || {
+            pg.write_rows(10);
+            pg.switch_wal();
+            pg.sql("CHECKPOINT");
+            let left = format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{lacking}'");
+            (pg.sql(&left) == "0").then_some(())
+        },
+    );
+    (pg, receiver, lacking, bytes)
+}
+
+/// helper-84's stall: in `--synchronous` mode a spool file an earlier run left that cannot be
+/// read (here: its mode 000; the receiver runs as PostgreSQL's user) holds the flush position,
+/// and so synchronous commits, until it reads back. That must be said, and its segment, which
+/// the server no longer has, not reported lost while the file may still read back: once it
+/// can be read, it is archived and the archive has no hole.
+#[test]
+fn synchronous_an_unreadable_spool_file_holds_the_flush_says_so_and_is_archived_later() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, receiver, lacking, _) =
+        a_spool_file_of_a_segment_the_server_recycled(&wh, &archive, |_| {});
+    let spooled = receiver.spool.join(&lacking);
+    let mode = |mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&spooled, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(0o000);
+    let args = [
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+        "--synchronous",
+    ];
+    let mut again = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    wait_for("the hold to be said", Duration::from_secs(60), || {
+        again
+            .log()
+            .contains("the flush position stays before it")
+            .then_some(())
+    });
+    let log = again.log();
+    assert!(
+        log.contains("cannot read what an earlier run left in the spool")
+            && log.contains("which has not read back yet"),
+        "{log}"
+    );
+    mode(0o640);
+    let last = pg.switch_wal();
+    wait_archive_holds(&archive, &last);
+    wait_for("the hold's end to be said", Duration::from_secs(60), || {
+        again
+            .log()
+            .contains("the flush position is no longer held by a spool file")
+            .then_some(())
+    });
+    let log = again.log();
+    assert!(!log.contains("lost to the archive"), "{log}");
+    assert!(again.stop().success(), "{log}");
+}
+
 /// helper-84's loss: a spool file an earlier run left that does not read back, of a segment
 /// the server no longer has (in `--synchronous` mode a checkpoint recycles WAL the receiver
 /// confirmed; here the slot is moved past it by hand while the receiver is stopped). It was
@@ -539,31 +628,11 @@ fn a_panic_while_checking_a_spool_file_refuses_it_not_the_receiver() {
 fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     let wh = Walhalla::install();
     let archive = TestArchive::new(Backend::Local);
-    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
-    pg.write_rows(100);
-    wait_archive_holds(&archive, &pg.switch_wal());
-    assert!(receiver.stop().success(), "{}", receiver.log());
-    // The next segment (1 MiB) as the receiver spools it, records past its first 256 kB, with
-    // a byte flipped inside one of them.
-    pg.write_rows(300);
-    let lacking = pg.switch_wal();
-    let mut damaged = std::fs::read(pg.data.join("pg_wal").join(&lacking)).expect("pg_wal copy");
-    damaged[200_000] ^= 0xff;
-    let spooled = receiver.spool.join(&lacking);
-    std::fs::write(&spooled, &damaged).expect("a damaged spool file");
-    crate::harness::give_tree_to_pg(&spooled);
-    pg.sql("SELECT pg_replication_slot_advance('walhalla', pg_current_wal_lsn())");
-    wait_for(
-        "the primary to recycle the damaged segment",
-        Duration::from_secs(60),
-        || {
-            pg.write_rows(10);
-            pg.switch_wal();
-            pg.sql("CHECKPOINT");
-            let left = format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{lacking}'");
-            (pg.sql(&left) == "0").then_some(())
-        },
-    );
+    // A byte flipped inside a record, past the segment's first 256 kB.
+    let (pg, receiver, lacking, damaged) =
+        a_spool_file_of_a_segment_the_server_recycled(&wh, &archive, |bytes| {
+            bytes[200_000] ^= 0xff
+        });
     let args = [
         "-d",
         &pg.conninfo(),
