@@ -134,6 +134,20 @@ pub fn remove_access_for_others(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Renames `from` to `to` unless `to` exists (then `AlreadyExists`), atomically
+/// (`RENAME_NOREPLACE`); on a filesystem without it, by a hard link then an unlink, after which
+/// a crash in between leaves both names for the one file.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        result => result.map_err(io::Error::from),
+    }
+}
+
 /// Fsyncs a directory so that the entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -6,13 +6,16 @@
 //! damage, which PostgreSQL can replay up to the damaged record.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::outstanding::Job;
+use super::readback;
+use super::upload::Queue;
 use crate::archive::ClusterArchive;
 use crate::blocking;
 use crate::spool;
-use crate::wal::{SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
+use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// The damaged copies in the spool, by the segment each is a copy of.
 #[derive(Debug, Default)]
@@ -120,6 +123,87 @@ impl DamagedCopies {
                  README, \"Damaged spool files\")"
             );
         }
+    }
+}
+
+/// Archives the WAL of lost segment `segment` up to the damage in its damaged `copies` (the
+/// copy that holds the most, [`readback::valid_end`]) as a snapshot: kept as a tail in the
+/// spool `dir` ([`spool::keep_valid_prefix`]) and queued. Not when the archive holds a
+/// snapshot of the segment that reaches as far already (an earlier run's, or the stream's):
+/// that one serves a recovery at least as far, and an object of that name holds those bytes.
+/// The copies stay.
+pub(super) async fn archive_valid_prefix(
+    archive: &ClusterArchive,
+    queue: &Queue,
+    dir: &Path,
+    size: SegmentSize,
+    segment: SegmentName,
+    copies: Vec<PathBuf>,
+) {
+    let shown = (copies.iter())
+        .map(|c| c.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let best = blocking::run(move || {
+        let mut best: Option<(Lsn, PathBuf)> = None;
+        for copy in copies {
+            if let Some(end) = readback::valid_end(&copy, segment, size)?
+                && best.as_ref().is_none_or(|&(was, _)| end > was)
+            {
+                best = Some((end, copy));
+            }
+        }
+        Ok::<_, std::io::Error>(best)
+    })
+    .await;
+    let (end, copy) = match best {
+        Ok(Some(best)) => best,
+        Ok(None) => {
+            tracing::warn!(
+                %segment,
+                copies = %shown,
+                "no WAL of the lost segment's damaged copies is archived: no position was found \
+                 where their WAL stops checking (damage before the first record, or where no \
+                 record's check covers it)"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%segment, copies = %shown, "cannot read the lost segment's damaged copies: {e}");
+            return;
+        }
+    };
+    if let Ok(Some(archived)) = archive.newest_snapshot_end(segment).await
+        && archived >= end
+    {
+        tracing::info!(
+            %segment,
+            %end,
+            archived_snapshot_end = %archived,
+            "the archive holds a snapshot of the lost segment that reaches as far as its damaged \
+             copies do"
+        );
+        return;
+    }
+    let (tail_dir, source) = (dir.to_path_buf(), copy.clone());
+    match blocking::run(move || spool::keep_valid_prefix(&tail_dir, &source, segment, end, size))
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(
+                %segment,
+                %end,
+                copy = %copy.display(),
+                "archiving the lost segment's WAL up to the damage in its copy, as a snapshot"
+            );
+            // Stopped only with the receiver: the next start archives the tail.
+            let _ = queue.submit(Job::Tail(segment, end));
+        }
+        Err(e) => tracing::warn!(
+            %segment,
+            copy = %copy.display(),
+            "cannot keep the lost segment's WAL up to the damage in its copy: {e}"
+        ),
     }
 }
 

@@ -8,7 +8,8 @@
 //! (create-only with identical bytes). Missing segments the server no longer keeps are
 //! reported as gaps, loudly, and never treated as archived.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use anyhow::anyhow;
 
@@ -496,6 +497,7 @@ impl Context {
             last: last.to_string(),
             segments,
         });
+        let mut complete = BTreeMap::<SegmentName, Vec<PathBuf>>::new();
         for (segment, copy) in copies {
             tracing::warn!(
                 %segment,
@@ -504,9 +506,12 @@ impl Context {
                  receiver got up to the damage; keep it (see the README, \"Damaged spool files\")"
             );
             // A complete segment's: a kept tail's copy ends before the stream did anyway.
-            if copy == spool::complete_damaged_path(&self.spool, segment) {
-                self.uploader.archive_valid_prefix(segment, copy);
+            if spool::is_complete_copy(&copy, segment) {
+                complete.entry(segment).or_default().push(copy);
             }
+        }
+        for (segment, copies) in complete {
+            (self.uploader).archive_valid_prefix(self.cluster.clone(), segment, copies);
         }
     }
 }

@@ -28,9 +28,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Stored, Uploaded, say_refused, upload};
-use super::damaged::DamagedCopies;
+use super::damaged::{self, DamagedCopies};
 use super::outstanding::{Job, Outstanding};
-use super::readback::{self, Expect};
+use super::readback::Expect;
 use crate::archive::{self, ClusterArchive};
 use crate::backoff::{Backoff, GaveUp, Transient, retry};
 use crate::blocking;
@@ -245,45 +245,21 @@ impl Uploader {
         }
     }
 
-    /// Archives the WAL of damaged copy `copy` of lost segment `segment` up to its damage
-    /// ([`readback::valid_end`]) as a snapshot: kept as a tail in the spool
-    /// ([`spool::keep_valid_prefix`]) and queued, in a task of its own. The copy stays.
-    pub(super) fn archive_valid_prefix(&self, segment: SegmentName, copy: PathBuf) {
-        let (queue, dir, size) = (self.queue(), self.settings.spool.clone(), self.size);
+    /// Archives the WAL of lost segment `segment` up to the damage in its damaged `copies`
+    /// as a snapshot ([`damaged::archive_valid_prefix`]), in a task of its own, in a reading
+    /// turn ([`ENCODING_AT_ONCE`]).
+    pub(super) fn archive_valid_prefix(
+        &self,
+        archive: ClusterArchive,
+        segment: SegmentName,
+        copies: Vec<PathBuf>,
+    ) {
+        let (queue, encoding) = (self.queue(), self.encoding.clone());
+        let (dir, size) = (self.settings.spool.clone(), self.size);
         tokio::spawn(async move {
-            let shown = copy.display().to_string();
-            let kept = blocking::run(move || {
-                let Some(end) = readback::valid_end(&copy, segment, size)? else {
-                    return Ok(None);
-                };
-                spool::keep_valid_prefix(&dir, &copy, segment, end, size)?;
-                Ok::<_, std::io::Error>(Some(end))
-            })
-            .await;
-            match kept {
-                Ok(Some(end)) => {
-                    tracing::warn!(
-                        %segment,
-                        %end,
-                        copy = %shown,
-                        "archiving the lost segment's WAL up to the damage in its copy, as a \
-                         snapshot: a restore with --partial replays up to there"
-                    );
-                    // Stopped only with the receiver: the next start archives the tail.
-                    let _ = queue.submit(Job::Tail(segment, end));
-                }
-                Ok(None) => tracing::warn!(
-                    %segment,
-                    copy = %shown,
-                    "no WAL of the lost segment's damaged copy is archived: its damage is before \
-                     its first record, or where no record's check covers it"
-                ),
-                Err(e) => tracing::warn!(
-                    %segment,
-                    copy = %shown,
-                    "cannot archive the lost segment's WAL up to the damage in its copy: {e}"
-                ),
-            }
+            // Never closed: it lives as long as the uploader.
+            let _turn = encoding.acquire().await.ok();
+            damaged::archive_valid_prefix(&archive, &queue, &dir, size, segment, copies).await;
         });
     }
 
@@ -380,7 +356,7 @@ impl Uploader {
 }
 
 /// Queues jobs for the uploader ([`Uploader::queue`]).
-struct Queue {
+pub(super) struct Queue {
     queue: mpsc::UnboundedSender<Job>,
     outstanding: Arc<Mutex<Outstanding>>,
     shared: Arc<Shared>,
@@ -388,7 +364,7 @@ struct Queue {
 
 impl Queue {
     /// Queues `job` unless it is queued already; `Err` once the uploader stopped.
-    fn submit(&self, job: Job) -> Result<(), ()> {
+    pub(super) fn submit(&self, job: Job) -> Result<(), ()> {
         {
             let mut outstanding = lock(&self.outstanding);
             if !outstanding.hand_over(job) {

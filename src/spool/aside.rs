@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::{complete_path, file_identity, parse_tail_name, tail_len, tail_path};
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{fsync_dir, rename_no_replace};
 use crate::wal::{Lsn, SegmentName, SegmentSize, WalFileName};
 
 /// Suffix of a refused segment's file while [`set_aside_damaged_if`] tells which file it is.
@@ -23,28 +23,52 @@ pub(super) const DAMAGED_SUFFIX: &str = ".damaged";
 pub enum SetAside {
     /// Kept as a damaged copy, at this path.
     Kept(PathBuf),
-    /// Neither the path nor its aside name holds a file (set aside by an earlier try).
+    /// No file to set aside: neither the path nor its aside name holds one (set aside by an
+    /// earlier try).
     Gone,
     /// The path names another file (the segment received again), left in place.
     Replaced,
 }
 
 /// Keeps the file at `path` (a complete segment's or a kept tail's), refused, as a damaged
-/// copy: renamed durably to its name with [`DAMAGED_SUFFIX`], replacing an older damaged copy
-/// of the same file (both are damaged; the newer one was received last). Returns its path.
+/// copy ([`set_aside_as_damaged`]). Returns its path.
 pub fn set_aside_damaged(path: &Path) -> io::Result<PathBuf> {
-    let damaged = damaged_path(path);
-    std::fs::rename(path, &damaged)?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(damaged)
+    set_aside_as_damaged(path, path)
 }
+
+/// Renames `file` durably to the first free damaged-copy name of the file at `path`
+/// (`NAME.damaged`, then `NAME.damaged.2`...): never over another copy, which may hold more
+/// of the WAL before its damage. Returns its new path.
+fn set_aside_as_damaged(file: &Path, path: &Path) -> io::Result<PathBuf> {
+    for n in 1..=MAX_COPIES {
+        let damaged = damaged_path(path, n);
+        match rename_no_replace(file, &damaged) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    fsync_dir(dir)?;
+                }
+                return Ok(damaged);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{MAX_COPIES} damaged copies of {} are in the spool already: remove those no longer \
+         needed",
+        path.display()
+    )))
+}
+
+/// Damaged copies of one file kept at most.
+const MAX_COPIES: u32 = 100;
 
 /// Sets complete segment `segment`'s file aside as a damaged copy ([`set_aside_damaged`]) only
 /// if it is the file `identity` names ([`file_identity`]): the file is renamed aside first,
 /// atomically, so that a copy received again and renamed in meanwhile is never taken for the
-/// damaged one; one found aside instead (or left there by an earlier try) is put back.
+/// damaged one; one found aside instead is put back, unless the path names a newer copy
+/// (then it is kept as a damaged copy too). A file an earlier try left aside is dealt with
+/// first, and no rename replaces a file.
 pub fn set_aside_damaged_if(
     dir: &Path,
     segment: SegmentName,
@@ -52,42 +76,69 @@ pub fn set_aside_damaged_if(
 ) -> io::Result<SetAside> {
     let path = complete_path(dir, segment);
     let aside = dir.join(format!("{segment}{ASIDE_SUFFIX}"));
-    if let Err(e) = std::fs::rename(&path, &aside)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        return Err(e);
+    if file_identity(&aside).is_none() {
+        match rename_no_replace(&path, &aside) {
+            Err(e)
+                if e.kind() != io::ErrorKind::NotFound
+                    && e.kind() != io::ErrorKind::AlreadyExists =>
+            {
+                return Err(e);
+            }
+            _ => {}
+        }
     }
     match file_identity(&aside) {
         None => Ok(SetAside::Gone),
         Some(found) if found == identity => {
-            let damaged = damaged_path(&path);
-            std::fs::rename(&aside, &damaged)?;
-            fsync_dir(dir)?;
-            Ok(SetAside::Kept(damaged))
+            Ok(SetAside::Kept(set_aside_as_damaged(&aside, &path)?))
         }
         Some(_) => {
-            std::fs::rename(&aside, &path)?;
+            put_back(&aside, &path)?;
             Ok(SetAside::Replaced)
         }
     }
 }
 
-/// The path a damaged copy of complete segment `segment`'s file is kept at.
-pub fn complete_damaged_path(dir: &Path, segment: SegmentName) -> PathBuf {
-    damaged_path(&complete_path(dir, segment))
+/// Puts `aside` back at `path`, unless `path` names a file again (a newer copy): then `aside`
+/// is the older copy, kept as a damaged one.
+fn put_back(aside: &Path, path: &Path) -> io::Result<()> {
+    match rename_no_replace(aside, path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            set_aside_as_damaged(aside, path).map(|_| ())
+        }
+        result => result,
+    }
 }
 
-/// The path a damaged copy of the file at `path` is kept at.
-fn damaged_path(path: &Path) -> PathBuf {
+/// The path of damaged copy `n` (from 1) of the file at `path`.
+fn damaged_path(path: &Path, n: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(DAMAGED_SUFFIX);
+    if n > 1 {
+        name.push(format!(".{n}"));
+    }
     PathBuf::from(name)
+}
+
+/// Whether `copy` is a damaged copy of complete segment `segment`'s file (not of a kept
+/// tail's).
+pub fn is_complete_copy(copy: &Path, segment: SegmentName) -> bool {
+    let complete = format!("{segment}{DAMAGED_SUFFIX}");
+    copy.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n == complete
+            || n.strip_prefix(&complete)
+                .is_some_and(|n| n.starts_with('.'))
+    })
 }
 
 /// The segment a damaged copy named `name` (of a complete segment or of a kept tail) is a
 /// copy of; `None` for other names.
 pub(super) fn damaged_copy_of(name: &str) -> Option<SegmentName> {
-    let kept = name.strip_suffix(DAMAGED_SUFFIX)?;
+    let kept = name.strip_suffix(DAMAGED_SUFFIX).or_else(|| {
+        let (kept, n) = name.rsplit_once('.')?;
+        n.parse::<u32>().ok()?;
+        kept.strip_suffix(DAMAGED_SUFFIX)
+    })?;
     match kept.parse::<WalFileName>() {
         Ok(WalFileName::Segment(segment)) => Some(segment),
         _ => parse_tail_name(kept).map(|(segment, _)| segment),
@@ -109,19 +160,26 @@ pub fn keep_valid_prefix(
         return Ok(());
     }
     let len = tail_len(segment, end, size)? as u64;
-    // Hidden from the spool's scan; a leftover is overwritten by the next try.
+    // Hidden from the spool's scan; removed if this fails, overwritten by a later try if a
+    // crash left it.
     let temp = dir.join(format!(".{segment}.prefix.tmp"));
-    let mut out = File::create(&temp)?;
-    let copied = io::copy(&mut File::open(copy)?.take(len), &mut out)?;
-    if copied != len {
-        return Err(io::Error::other(format!(
-            "{} holds {copied} of {len} bytes",
-            copy.display()
-        )));
+    let written = (|| {
+        let mut out = File::create(&temp)?;
+        let copied = io::copy(&mut File::open(copy)?.take(len), &mut out)?;
+        if copied != len {
+            return Err(io::Error::other(format!(
+                "{} holds {copied} of {len} bytes",
+                copy.display()
+            )));
+        }
+        out.sync_all()?;
+        drop(out);
+        std::fs::rename(&temp, &tail)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
     }
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&temp, &tail)?;
     fsync_dir(dir)
 }
 
@@ -145,12 +203,7 @@ pub(super) fn put_back_aside(dir: &Path) -> io::Result<()> {
         let Ok(WalFileName::Segment(segment)) = segment.parse::<WalFileName>() else {
             continue;
         };
-        let (aside, path) = (dir.join(&name), complete_path(dir, segment));
-        if path.exists() {
-            std::fs::rename(&aside, damaged_path(&path))?;
-        } else {
-            std::fs::rename(&aside, &path)?;
-        }
+        put_back(&dir.join(&name), &complete_path(dir, segment))?;
     }
     Ok(())
 }

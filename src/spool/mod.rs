@@ -50,7 +50,7 @@ mod hold;
 
 use aside::{ASIDE_SUFFIX, DAMAGED_SUFFIX, damaged_copy_of, put_back_aside};
 pub use aside::{
-    SetAside, complete_damaged_path, keep_valid_prefix, remove_damaged, set_aside_damaged,
+    SetAside, is_complete_copy, keep_valid_prefix, remove_damaged, set_aside_damaged,
     set_aside_damaged_if,
 };
 
@@ -717,12 +717,26 @@ mod tests {
         open(dir.path(), SystemId(9), true).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
         assert!(!aside.exists());
-        // One whose segment has a file again is the older copy: kept as a damaged one.
+        // One whose segment has a file again is the older copy: kept as a damaged one, beside
+        // the first (never over it: either may hold more of the WAL).
         std::fs::write(&aside, b"older").unwrap();
         open(dir.path(), SystemId(9), true).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
-        assert_eq!(std::fs::read(&kept).unwrap(), b"older");
-        assert!(scan(dir.path()).unwrap().unknown.is_empty());
+        assert_eq!(std::fs::read(&kept).unwrap(), b"damaged");
+        let second = dir.path().join(format!("{segment}.damaged.2"));
+        assert_eq!(std::fs::read(&second).unwrap(), b"older");
+        // The refused file an earlier try left aside, a copy received again at the path: the
+        // aside one is kept, the new one left alone.
+        std::fs::write(&aside, b"refused").unwrap();
+        let refused = file_identity(&aside).unwrap();
+        assert_eq!(
+            set_aside(refused),
+            SetAside::Kept(dir.path().join(format!("{segment}.damaged.3")))
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"good");
+        let contents = scan(dir.path()).unwrap();
+        assert_eq!(contents.damaged.len(), 4, "{:?}", contents.damaged);
+        assert!(contents.unknown.is_empty());
         remove_damaged(&kept).unwrap();
         remove_damaged(&kept).unwrap();
         assert!(!kept.exists());
