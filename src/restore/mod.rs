@@ -13,6 +13,7 @@ mod indexed;
 pub mod pieces;
 pub mod plan;
 pub mod settings;
+mod snapshot_hole;
 mod target_time;
 pub mod targets;
 mod write;
@@ -193,6 +194,26 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
                 tracing::warn!("{problem}; going on, since {why}");
                 plan::clip_to(&mut ranges, last);
             }
+        }
+    }
+    if let Some(missing) = plan::first_missing(&ranges, &held, size) {
+        let last_resort =
+            matches!(target, Target::End) && options.recovery.partial && !options.standby;
+        let backup_end = SegNo::containing(last_byte, size);
+        let stop = match last_resort {
+            true => {
+                snapshot_hole::stop_in_snapshot(&cluster, &mut ranges, missing, backup_end, size)
+                    .await?
+            }
+            false => None,
+        };
+        if let Some(end) = stop {
+            tracing::warn!(
+                "WAL segment {missing} is not in the archive, which holds a snapshot of it up to \
+                 {end}: with --partial, recovery from backup {} replays it and ends there; the \
+                 archive's WAL after it is not replayed",
+                backup.id
+            );
         }
     }
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {

@@ -530,10 +530,10 @@ fn a_panic_while_checking_a_spool_file_refuses_it_not_the_receiver() {
 }
 
 /// A stopped receiver's spool holding a file an earlier run left of the next segment the
-/// archive lacks (1 MiB, records past its first 256 kB), as PostgreSQL wrote it but for
-/// `damage`, which the server then no longer has (its slot moved past it by hand, as
-/// `--synchronous` mode's confirmations move it). Returns the primary, the receiver, the
-/// segment and the file's bytes.
+/// archive lacks (1 MiB: 30 transactions of 10 rows of table `t`, about 330 kB, after a base
+/// backup), as PostgreSQL wrote it but for `damage`, which the server then no longer has (its
+/// slot moved past it by hand, as `--synchronous` mode's confirmations move it). Returns the
+/// primary, the receiver, the segment and the file's bytes.
 fn a_spool_file_of_a_segment_the_server_recycled(
     wh: &Walhalla,
     archive: &TestArchive,
@@ -541,9 +541,12 @@ fn a_spool_file_of_a_segment_the_server_recycled(
 ) -> (PgCluster, Receiver, String, Vec<u8>) {
     let (pg, mut receiver) = crate::receive::streaming_primary(wh, archive, &[]);
     pg.write_rows(100);
+    crate::backup::take_backup(wh, archive, &pg);
     wait_archive_holds(archive, &pg.switch_wal());
     assert!(receiver.stop().success(), "{}", receiver.log());
-    pg.write_rows(300);
+    for _ in 0..30 {
+        pg.write_rows(10);
+    }
     let lacking = pg.switch_wal();
     let mut bytes = std::fs::read(pg.data.join("pg_wal").join(&lacking)).expect("pg_wal copy");
     damage(&mut bytes);
@@ -700,10 +703,26 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     let fetched = std::fs::read(&dest).expect("the fetched segment");
     let valid = fetched.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
     assert!(
-        (64..=200_000).contains(&valid) && fetched[..valid] == damaged[..valid],
+        (200_000 - 16_384..=200_000).contains(&valid) && fetched[..valid] == damaged[..valid],
         "fetch --partial served {valid} bytes of WAL, not those before the damage at 200000: {log}"
     );
     assert!(fetched[valid..].iter().all(|&b| b == 0));
+    // `restore --partial` goes on through the hole, and recovery ends at the damage: the
+    // transactions committed before it (of 30 in the segment), none after.
+    let restored = crate::harness::TestDir::new("restored");
+    let data = restored.path().join("data");
+    let (code, _, stderr) = crate::backup::restore(&wh, &archive, &data, &["--partial"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("which holds a snapshot of it up to"),
+        "{stderr}"
+    );
+    let restored = crate::backup::start_restored(&archive, restored, data);
+    let rows: u32 = restored.sql("SELECT count(*) FROM t").parse().unwrap();
+    assert!(
+        rows > 100 && rows < 400 && rows % 10 == 0,
+        "{rows} rows: not those committed before the damage"
+    );
     assert!(again.stop().success(), "{log}");
     // Kept, and named, at the next start too.
     let mut third = Receiver::restart(&wh, &archive, &receiver.spool, &args);
