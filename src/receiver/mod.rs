@@ -30,6 +30,7 @@ mod stream;
 mod superseded;
 mod takeover;
 mod upload;
+mod uploading;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -31,7 +31,8 @@ pub enum SetAside {
 }
 
 /// Keeps the file at `path` (a complete segment's or a kept tail's), refused, as a damaged
-/// copy ([`set_aside_as_damaged`]). Returns its path.
+/// copy: renamed durably to the first free damaged-copy name (`NAME.damaged`, then
+/// `NAME.damaged.2`...), never over another copy. Returns its path.
 pub fn set_aside_damaged(path: &Path) -> io::Result<PathBuf> {
     set_aside_as_damaged(path, path)
 }
