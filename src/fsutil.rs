@@ -134,6 +134,14 @@ pub fn remove_access_for_others(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes the file at `path`, if there is one.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Renames `from` to `to` unless `to` exists (then `AlreadyExists`), atomically
 /// (`RENAME_NOREPLACE`); on a filesystem without it, by a hard link then an unlink, after which
 /// a crash in between leaves both names for the one file.

@@ -35,7 +35,7 @@ impl DamagedCopies {
 
     /// Takes note of file `what`, refused, set aside as a damaged copy of `segment` at `path`,
     /// and says so.
-    pub(super) fn set_aside(
+    pub(super) fn note_set_aside(
         &self,
         segment: SegmentName,
         what: &dyn std::fmt::Display,

@@ -192,7 +192,7 @@ impl Uploader {
         if left == LeftSegment::Refused {
             let path = spool::complete_path(&dir, segment);
             match blocking::run(move || spool::set_aside_damaged(&path)).await {
-                Ok(copy) => self.damaged().set_aside(segment, &segment, copy),
+                Ok(copy) => self.damaged().note_set_aside(segment, &segment, copy),
                 Err(e) => tracing::warn!(
                     file = %segment,
                     "cannot set the damaged file aside in the spool: {e}"

@@ -125,8 +125,9 @@ impl Uploading<'_> {
     /// Removes a job's archived file from the spool, or keeps a refused one aside as a
     /// damaged copy, retrying until that works: a spool turned read-only (a filesystem error)
     /// must not stop the receiver over WAL that is safe in the archive. The job stays
-    /// outstanding meanwhile, its file taking room in the spool. Returns whether the file is
-    /// gone from its name; `false` when a refused segment's name holds a copy received again.
+    /// outstanding meanwhile, its file taking room in the spool. Returns `false` when the
+    /// refused file turned out to be replaced by a copy received again (left to be checked),
+    /// `true` otherwise.
     async fn leave(&self, job: Job, leaving: Leaving, what: &str) -> bool {
         let dir = &self.settings.spool;
         let (done, doing) = match leaving {
@@ -169,7 +170,7 @@ impl Uploading<'_> {
         match (left.unwrap_or(spool::SetAside::Gone), leaving) {
             (spool::SetAside::Replaced, _) => false,
             (spool::SetAside::Kept(path), _) => {
-                self.damaged.set_aside(segment, &what, path);
+                self.damaged.note_set_aside(segment, &what, path);
                 true
             }
             (spool::SetAside::Gone, Leaving::Archived) => {
@@ -214,7 +215,8 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
     }
 }
 
-/// What [`Uploading::leave`] does to a job's file, on the blocking pool.
+/// What [`Uploading::leave`] does to a job's file, on the blocking pool: `Gone` for a file
+/// removed, or none to set aside.
 fn leave_file(dir: &Path, job: Job, leaving: Leaving) -> std::io::Result<spool::SetAside> {
     match (leaving, job) {
         (Leaving::Archived, Job::Segment(segment, _)) => {

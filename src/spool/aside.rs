@@ -23,8 +23,8 @@ pub(super) const DAMAGED_SUFFIX: &str = ".damaged";
 pub enum SetAside {
     /// Kept as a damaged copy, at this path.
     Kept(PathBuf),
-    /// No file to set aside: neither the path nor its aside name holds one (set aside by an
-    /// earlier try).
+    /// Nothing set aside: no file was found under the path or its aside name (set aside by
+    /// an earlier try).
     Gone,
     /// The path names another file (the segment received again), left in place.
     Replaced,
@@ -186,10 +186,7 @@ pub fn keep_valid_prefix(
 
 /// Removes a damaged copy, once the archive holds its segment.
 pub fn remove_damaged(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    crate::fsutil::remove_if_present(path)
 }
 
 /// Puts back a segment's file an earlier run stopped with aside ([`set_aside_damaged_if`]),

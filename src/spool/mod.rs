@@ -55,7 +55,7 @@ pub use aside::{
 };
 
 use crate::failpoint;
-use crate::fsutil::{WritebackCursor, fsync_dir};
+use crate::fsutil::{WritebackCursor, fsync_dir, remove_if_present};
 use crate::wal::{
     LONG_HEADER_BYTES, LongPageHeader, Lsn, SegNo, SegmentName, SegmentSize, SystemId, TimelineId,
     WalFileName,
@@ -419,10 +419,7 @@ pub fn tail_len(segment: SegmentName, end: Lsn, size: SegmentSize) -> io::Result
 
 /// Removes a kept tail once the archive holds it.
 pub fn remove_tail(dir: &Path, segment: SegmentName, end: Lsn) -> io::Result<()> {
-    match std::fs::remove_file(tail_path(dir, segment, end)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    remove_if_present(&tail_path(dir, segment, end))
 }
 
 /// Whether `error` says the spool's filesystem is full (`ENOSPC`) or its user's quota is used
@@ -445,10 +442,7 @@ pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
 
 /// Removes a segment once the archive holds it.
 pub fn remove_complete(dir: &Path, segment: SegmentName) -> io::Result<()> {
-    match std::fs::remove_file(complete_path(dir, segment)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    remove_if_present(&complete_path(dir, segment))
 }
 
 /// The segment being received: `SEGMENT.partial`, written from the segment's start.

@@ -364,14 +364,27 @@ fn a_spool_segment_read_back_damaged_is_received_again_never_archived() {
         damage: Damage::default(),
         recovery,
     };
+    let spool = receiver.spool.clone();
     settle_and_record(&wh, &archive, &pg, load, &first, copy, row);
+    // Removed once its segment, received again, is archived.
+    let copies = || -> Vec<String> {
+        (std::fs::read_dir(&spool).unwrap())
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains(".damaged"))
+            .collect()
+    };
+    wait_for("no damaged copy left", Duration::from_secs(30), || {
+        copies().is_empty().then_some(())
+    });
     assert_logged(
         receiver,
         &[
             "did not give back what was received",
             "did not read back from the spool as it was received: streaming again",
+            "kept the refused file aside as a damaged copy",
+            "removed the damaged copy the spool kept",
         ],
-        "no line says the damaged segment was refused and streamed again",
+        "no line says the damaged segment was refused, kept aside, streamed again and its copy removed",
     );
 }
 
@@ -568,7 +581,7 @@ fn a_spool_file_of_a_segment_the_server_recycled(
     (pg, receiver, lacking, bytes)
 }
 
-/// helper-84's stall: in `--synchronous` mode a spool file an earlier run left that cannot be
+/// In `--synchronous` mode a spool file an earlier run left that cannot be
 /// read (here: its mode 000; the receiver runs as PostgreSQL's user) holds the flush position,
 /// and so synchronous commits, until it reads back. That must be said, and its segment, which
 /// the server no longer has, not reported lost while the file may still read back: once it
@@ -621,7 +634,7 @@ fn synchronous_an_unreadable_spool_file_holds_the_flush_says_so_and_is_archived_
     assert!(again.stop().success(), "{log}");
 }
 
-/// helper-84's loss: a spool file an earlier run left that does not read back, of a segment
+/// A spool file an earlier run left that does not read back, of a segment
 /// the server no longer has (in `--synchronous` mode a checkpoint recycles WAL the receiver
 /// confirmed; here the slot is moved past it by hand while the receiver is stopped). It was
 /// removed, and with it the only copy of the WAL before its damage. Now it is kept as
