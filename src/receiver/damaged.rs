@@ -117,7 +117,7 @@ impl DamagedCopies {
         if !kept.is_empty() {
             tracing::warn!(
                 copies = %kept.join(", "),
-                "the spool keeps damaged copies of segments the archive lacks (they did not read \
+                "the spool keeps damaged copies of segments not archived yet (they did not read \
                  back as received): each goes once its segment is archived; if the server no \
                  longer has the segment, its copy holds the WAL before the damage (see the \
                  README, \"Damaged spool files\")"

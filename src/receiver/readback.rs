@@ -260,9 +260,10 @@ fn open_checked(
 }
 
 /// Where the WAL in damaged copy `path` of complete segment `segment` stops being what
-/// PostgreSQL wrote: the start of its first record that fails PostgreSQL's checks, or the
-/// end of a copy cut short. `None` when nothing valid precedes it (or its first page does
-/// not read as WAL), or the whole segment reads as WAL.
+/// PostgreSQL wrote, at a record's start: that of the first record that fails PostgreSQL's
+/// checks, that crosses into a page whose header does, or that a copy cut short cuts. `None`
+/// when no record ends before that (or the first page does not read as WAL), or when the
+/// whole segment reads as WAL (the damage is where no check covers it).
 pub(super) fn valid_end(
     path: &Path,
     segment: SegmentName,
@@ -282,7 +283,8 @@ pub(super) fn valid_end(
         .map(|start| Lsn(start.0 + crate::wal::LONG_HEADER_BYTES as u64));
     Ok(scanned
         .ok()
-        .and_then(|index| index.end.valid_end())
+        .filter(|index| index.end.valid_end().is_some())
+        .map(|index| index.valid_end)
         .filter(|&end| Some(end) > first_record))
 }
 
@@ -438,8 +440,27 @@ mod tests {
         bad[0x35140 + 30] ^= 0x10;
         let end = valid_end(&bad).unwrap();
         assert_eq!(end, Lsn(0x735140), "the damaged record's start");
+        // Cut short, or a page header out of place: at the start of the record it cuts, or
+        // that crosses into that page.
         let cut = valid_end(&good[..0x50000]).unwrap();
         assert!(cut > Lsn(0x740000) && cut <= Lsn(0x750000), "{cut}");
+        let at_record = (cut.0 - 0x700000) as usize;
+        assert_eq!(
+            valid_end(&good[..at_record]),
+            Some(cut),
+            "{cut} is a record's start"
+        );
+        let mut bad_page = good.clone();
+        bad_page[0x40000 + 8..0x40000 + 16].fill(0);
+        let before_page = valid_end(&bad_page).unwrap();
+        assert!(
+            before_page < Lsn(0x740000) && before_page > Lsn(0x73e000),
+            "{before_page}"
+        );
+        assert_eq!(
+            valid_end(&good[..(before_page.0 - 0x700000) as usize]),
+            Some(before_page)
+        );
         // Kept as a tail holding those bytes, which the spool lists.
         std::fs::write(&file.path, &bad).unwrap();
         crate::spool::keep_valid_prefix(dir.path(), &file.path, segment, end, size).unwrap();

@@ -611,7 +611,7 @@ fn synchronous_an_unreadable_spool_file_holds_the_flush_says_so_and_is_archived_
     wait_for("the hold to be said", Duration::from_secs(60), || {
         again
             .log()
-            .contains("the flush position stays before it")
+            .contains("has not read back (see the warnings about it): the flush position is held")
             .then_some(())
     });
     let log = again.log();

@@ -156,7 +156,7 @@ impl Stream<'_> {
                     tracing::warn!(
                         flush_held_at = %at,
                         "a spool file an earlier run left has not read back (see the warnings \
-                         about it): the flush position stays before it, so synchronous commits \
+                         about it): the flush position is held, so synchronous commits \
                          waiting on this receiver wait until it reads back, or is refused and \
                          received again"
                     );
