@@ -56,7 +56,9 @@ pub struct RestoreArgs {
     pub standby: bool,
     /// The last recovery after losing the primary and the receiver's host: restore_command
     /// runs `fetch --partial`, so recovery replays the receiver's snapshots past the last
-    /// complete segment, to the last byte archived.
+    /// complete segment, to the last byte archived. Without a target, a segment missing
+    /// before the archive's end that a snapshot holds (a lost segment's WAL up to its damage)
+    /// is replayed from it, and recovery ends there, with a warning.
     #[arg(long)]
     pub partial: bool,
     /// Empty the data directory, and the tablespace directories named with --tablespace-map,

@@ -79,6 +79,11 @@ pub struct RestoreReport {
     /// replay (without `--partial`): the segment and where the snapshot ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_beyond: Option<(String, String)>,
+    /// With `--partial`, the segment missing after `wal` whose snapshot recovery replays last,
+    /// and where that snapshot (and so recovery) ends: the archive's WAL after it is not
+    /// replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends_in_snapshot: Option<(String, String)>,
     /// The settings added to postgresql.auto.conf.
     pub settings: BTreeMap<String, String>,
     /// The signal file written.
@@ -196,6 +201,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
             }
         }
     }
+    let mut ends_in_snapshot = None;
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
         let last_resort =
             matches!(target, Target::End) && options.recovery.partial && !options.standby;
@@ -214,6 +220,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
                  archive's WAL after it is not replayed",
                 backup.id
             );
+            ends_in_snapshot = Some((missing.to_string(), end.to_string()));
         }
     }
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
@@ -324,6 +331,7 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
         bytes,
         wal: wal_span,
         snapshot_beyond,
+        ends_in_snapshot,
         settings: settings
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -602,6 +610,12 @@ pub fn describe(report: &RestoreReport) -> String {
         "recovery to {} will replay WAL {} to {} (checked present in the archive)\n",
         report.target, report.wal.0, report.wal.1
     ));
+    if let Some((segment, end)) = &report.ends_in_snapshot {
+        out.push_str(&format!(
+            "then the snapshot of {segment}, which the archive lacks, up to {end}, where recovery \
+             ends: the archive's WAL after that hole is not replayed\n"
+        ));
+    }
     if let Some((segment, end)) = &report.snapshot_beyond {
         out.push_str(&format!(
             "the archive also holds a receiver's snapshot of {segment} up to {end}, past the last \

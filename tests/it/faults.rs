@@ -724,11 +724,17 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     // transactions committed before it (of 30 in the segment), none after.
     let restored = crate::harness::TestDir::new("restored");
     let data = restored.path().join("data");
-    let (code, _, stderr) = crate::backup::restore(&wh, &archive, &data, &["--partial"]);
+    let (code, report, stderr) = crate::backup::restore(&wh, &archive, &data, &["--partial"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("which holds a snapshot of it up to"),
         "{stderr}"
+    );
+    let report = report.expect("restore --json");
+    assert_eq!(
+        report["ends_in_snapshot"][0],
+        lacking.as_str(),
+        "{report:#}"
     );
     let restored = crate::backup::start_restored(&archive, restored, data);
     let rows: u32 = restored.sql("SELECT count(*) FROM t").parse().unwrap();
