@@ -423,10 +423,39 @@ fn restart_with_failpoints(
 ) -> Receiver {
     let mut vars = archive.env();
     vars.push((walhalla::failpoint::VARIABLE.into(), failpoints));
-    let conninfo = pg.conninfo();
-    let mut args = vec!["-d", &conninfo, "-S", "walhalla", "--status-interval", "1"];
-    args.extend_from_slice(extra);
+    let args = restart_args(pg, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Receiver::restart_via(wh, archive, vars, &receiver.spool, &args)
+}
+
+/// The arguments that start a receiver again on slot "walhalla" of `pg`, with status updates
+/// every second, and `extra`.
+fn restart_args(pg: &PgCluster, extra: &[&str]) -> Vec<String> {
+    let mut args = [
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walhalla",
+        "--status-interval",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// `receiver` started again on its spool and slot "walhalla" of `pg`, with `extra` arguments.
+fn restart_on_slot(
+    wh: &Walhalla,
+    archive: &TestArchive,
+    pg: &PgCluster,
+    receiver: &Receiver,
+    extra: &[&str],
+) -> Receiver {
+    let args = restart_args(pg, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Receiver::restart(wh, archive, &receiver.spool, &args)
 }
 
 /// Fails unless the uploader refused the empty spool file of `lacking` and nothing was
@@ -598,16 +627,7 @@ fn synchronous_an_unreadable_spool_file_holds_the_flush_says_so_and_is_archived_
         std::fs::set_permissions(&spooled, std::fs::Permissions::from_mode(mode)).unwrap()
     };
     mode(0o000);
-    let args = [
-        "-d",
-        &pg.conninfo(),
-        "-S",
-        "walhalla",
-        "--status-interval",
-        "1",
-        "--synchronous",
-    ];
-    let mut again = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    let mut again = restart_on_slot(&wh, &archive, &pg, &receiver, &["--synchronous"]);
     wait_for("the hold to be said", Duration::from_secs(60), || {
         again
             .log()
@@ -649,15 +669,7 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
         a_spool_file_of_a_segment_the_server_recycled(&wh, &archive, |bytes| {
             bytes[200_000] ^= 0xff
         });
-    let args = [
-        "-d",
-        &pg.conninfo(),
-        "-S",
-        "walhalla",
-        "--status-interval",
-        "1",
-    ];
-    let mut again = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    let mut again = restart_on_slot(&wh, &archive, &pg, &receiver, &[]);
     let kept = receiver.spool.join(format!("{lacking}.damaged"));
     let named = format!("copy={}", kept.display());
     wait_for(
@@ -744,7 +756,7 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     );
     assert!(again.stop().success(), "{log}");
     // Kept, and named, at the next start too.
-    let mut third = Receiver::restart(&wh, &archive, &receiver.spool, &args);
+    let mut third = restart_on_slot(&wh, &archive, &pg, &receiver, &[]);
     wait_streaming(&pg);
     wait_for(
         "the start to name the damaged copy",
