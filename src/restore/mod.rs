@@ -203,32 +203,37 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     }
     let mut ends_in_snapshot = None;
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
+        let backup_end = SegNo::containing(last_byte, size);
+        let snapshot =
+            snapshot_hole::snapshot_in_reach(&cluster, &ranges, missing, backup_end, size).await?;
         let last_resort =
             matches!(target, Target::End) && options.recovery.partial && !options.standby;
-        let backup_end = SegNo::containing(last_byte, size);
-        let stop = match last_resort {
-            true => {
-                snapshot_hole::stop_in_snapshot(&cluster, &mut ranges, missing, backup_end, size)
-                    .await?
+        match snapshot {
+            Some(end) if last_resort => {
+                tracing::warn!(
+                    "WAL segment {missing} is not in the archive, which holds a snapshot of it up \
+                     to {end}: with --partial, recovery from backup {} replays it and ends there; \
+                     the archive's WAL after it is not replayed",
+                    backup.id
+                );
+                snapshot_hole::cut_before(&mut ranges, missing, size);
+                ends_in_snapshot = Some((missing.to_string(), end.to_string()));
             }
-            false => None,
-        };
-        if let Some(end) = stop {
-            tracing::warn!(
-                "WAL segment {missing} is not in the archive, which holds a snapshot of it up to \
-                 {end}: with --partial, recovery from backup {} replays it and ends there; the \
-                 archive's WAL after it is not replayed",
-                backup.id
-            );
-            ends_in_snapshot = Some((missing.to_string(), end.to_string()));
+            _ => {
+                let snapshot = snapshot.map_or(String::new(), |end| {
+                    format!(
+                        ". The archive holds a snapshot of it, its WAL up to {end}: `restore \
+                         --partial` with no recovery target (and not --standby) replays up to \
+                         there and ends recovery, leaving out the archive's WAL after it"
+                    )
+                });
+                bail!(
+                    "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}{snapshot}",
+                    backup.id,
+                    timeline_hint(&path, options.recovery.timeline)
+                );
+            }
         }
-    }
-    if let Some(missing) = plan::first_missing(&ranges, &held, size) {
-        bail!(
-            "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}",
-            backup.id,
-            timeline_hint(&path, options.recovery.timeline)
-        );
     }
     indexed::check_time(backup, target, exclusive, &steps, more_wal)?;
     if past_end.is_none() {
