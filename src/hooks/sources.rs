@@ -19,7 +19,7 @@ use crate::client::{ClientSettings, ServerClient, ServerError};
 use crate::config::Config;
 use crate::envelope;
 use crate::fsutil::TempFile;
-use crate::server::{CRC_HEADER, LENGTH_HEADER, SYSTEM_ID_HEADER};
+use crate::server::{CRC_HEADER, LENGTH_HEADER, SNAPSHOT_HEADER, SYSTEM_ID_HEADER};
 use crate::wal::{
     HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
     WalFileName, system_id_from_control_file, validate_segment_head,
@@ -265,6 +265,7 @@ impl Sources {
             .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
             .ok_or_else(|| anyhow!("the server sent no valid {LENGTH_HEADER} header"))?;
         let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v == "zstd");
+        let snapshot = header(SNAPSHOT_HEADER);
         // An encoded body is at most a little larger than its content.
         let body_length = response.content_length().unwrap_or(0);
         if body_length > length + length / 8 + 4096 {
@@ -311,6 +312,9 @@ impl Sources {
         })
         .await
         .with_context(|| format!("{name} from the server failed verification; nothing was written"))?;
+        if let Some(object) = snapshot {
+            say_served_snapshot(&name, &object);
+        }
         Ok((FetchOutcome::Restored, size))
     }
 
@@ -373,6 +377,9 @@ impl Sources {
         })
         .await
         .with_context(|| format!("fetch {name} (object {key})"))?;
+        if padded {
+            say_served_snapshot(&name, &key);
+        }
         Ok((FetchOutcome::Restored, size))
     }
 
@@ -508,6 +515,16 @@ pub fn unreachable(error: &anyhow::Error) -> bool {
                 .downcast_ref::<archive::Error>()
                 .is_some_and(archive::Error::may_pass)
     })
+}
+
+/// Says that segment `name`, which the archive lacks in full, was written from snapshot
+/// `object` (`--partial`): PostgreSQL logs "restored log file" for it as for a whole segment.
+fn say_served_snapshot(name: &WalFileName, object: &str) {
+    tracing::warn!(
+        snapshot = %object,
+        "{name} is not archived whole: wrote its snapshot, zero-padded (--partial); its WAL ends \
+         where the snapshot ends, which PostgreSQL takes for the end of the WAL"
+    );
 }
 
 /// Writes what `produce` writes into a temporary file beside `dest`, checks it against its

@@ -31,7 +31,8 @@ use crate::config::UsageError;
 use crate::daemon::{ServerFacts, Shared};
 
 pub use routes::{
-    CRC_HEADER, LENGTH_HEADER, NOTHING_ARCHIVED_HEADER, SOURCE_HEADER, SYSTEM_ID_HEADER, router,
+    CRC_HEADER, LENGTH_HEADER, NOTHING_ARCHIVED_HEADER, SNAPSHOT_HEADER, SOURCE_HEADER,
+    SYSTEM_ID_HEADER, router,
 };
 pub use status::describe_status;
 

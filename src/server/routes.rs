@@ -36,6 +36,9 @@ pub const SYSTEM_ID_HEADER: &str = "x-walhalla-system-id";
 pub const SOURCE_HEADER: &str = "x-walhalla-source";
 /// Response header: the length of the original bytes (the body may be zstd-encoded).
 pub const LENGTH_HEADER: &str = "x-walhalla-length";
+/// Response header of a segment answered from a snapshot (`?partial=1`), zero-padded: the
+/// name of the snapshot's object.
+pub const SNAPSHOT_HEADER: &str = "x-walhalla-snapshot";
 /// Response header of a 500: the archive holds nothing for the cluster `X-Walhalla-System-Id`
 /// names (which a standby takes for "not found").
 pub const NOTHING_ARCHIVED_HEADER: &str = "x-walhalla-nothing-archived";
@@ -166,16 +169,25 @@ async fn wal(
     let metrics = &state.shared.metrics;
     let found = match find(cluster, &name, &state.archive_seen, accepts_zstd).await {
         Ok(None) if query.partial == Some(1) => snapshot(cluster, &name).await,
-        other => other,
+        other => other.map(|found| found.map(|(payload, source)| (payload, source, None))),
     };
     match found {
-        Ok(Some((payload, source))) => {
+        Ok(Some((payload, source, snapshot))) => {
             metrics.fetch_answered(Some(source), started.elapsed());
             tracing::debug!(%name, source = source.label(), "served");
             let response = Response::builder()
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .header(SYSTEM_ID_HEADER, cluster.archive.system_id().to_string())
                 .header(SOURCE_HEADER, source.label());
+            // The object's name: a prefix may hold what a header cannot.
+            let snapshot = snapshot.and_then(|key| {
+                let name = key.rsplit('/').next().unwrap_or_default();
+                header::HeaderValue::from_str(name).ok()
+            });
+            let response = match snapshot {
+                Some(name) => response.header(SNAPSHOT_HEADER, name),
+                None => response,
+            };
             let (response, bytes) = match payload {
                 Payload::Original { content, crc } => {
                     let response = response
@@ -267,7 +279,7 @@ struct WalQuery {
 async fn snapshot(
     cluster: &ServedCluster,
     name: &WalFileName,
-) -> anyhow::Result<Option<(Payload, FetchSource)>> {
+) -> anyhow::Result<Option<(Payload, FetchSource, Option<String>)>> {
     let WalFileName::Segment(segment) = *name else {
         return Ok(None);
     };
@@ -290,7 +302,7 @@ async fn snapshot(
     .await
     .with_context(|| format!("snapshot {key}"))?;
     tracing::info!(%name, snapshot = %key, "served a snapshot, zero-padded");
-    Ok(Some((original(padded), FetchSource::Archive)))
+    Ok(Some((original(padded), FetchSource::Archive, Some(key))))
 }
 
 /// What a request is answered with.

@@ -630,8 +630,18 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
     let partial = ["--archive", archive.url(), "--partial", "--prefetch", "0"];
     let (code, run) = fetch(&[&partial[..], &to_end].concat(), &hole);
     assert_eq!(code, Some(255), "{run}");
+    // Served, and said: PostgreSQL logs "restored log file" for it as for a whole segment.
+    let served = "is not archived whole: wrote its snapshot, zero-padded";
     let (code, run) = fetch(&partial, &hole);
     assert_eq!(code, Some(0), "{run}");
+    assert!(run.contains(served), "{run}");
+    std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG")).unwrap();
+    // The same through the fetch server, which names the snapshot's object.
+    let through_server = ["--server", &server.url(), "--partial", "--prefetch", "0"];
+    let (code, run) = fetch(&through_server, &hole);
+    assert_eq!(code, Some(0), "{run}");
+    let object = snapshot.as_ref().rsplit('/').next().unwrap();
+    assert!(run.contains(served) && run.contains(object), "{run}");
     std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG")).unwrap();
     archive.remove(snapshot.as_ref());
     // A copy in pg_wal, which PostgreSQL reads after the archive's miss: a valid one is left
