@@ -414,7 +414,14 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
             })
             .chain(t.gaps.iter().map(|g| {
                 let line = if needed(g) {
-                    format!("GAP {} .. {}  {} missing", g.first, g.last, g.segments)
+                    let snapshot = coverage::gap_snapshot(&cluster.timelines, &g.first)
+                        .map_or(String::new(), |s| {
+                            format!("; a snapshot holds {}'s WAL up to {}", s.segment, s.end)
+                        });
+                    format!(
+                        "GAP {} .. {}  {} missing{snapshot}",
+                        g.first, g.last, g.segments
+                    )
                 } else {
                     format!(
                         "absent {} .. {}  {} segments, which no restore from these backups needs",
@@ -464,7 +471,20 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
         let _ = writeln!(out, "    timeline {} (path {path})", w.timeline);
         for s in &w.spans {
             let end = match &s.broken_by {
-                Some(missing) => format!(", then {missing} is missing"),
+                // `restore --partial` with no target replays a snapshot of a missing segment
+                // on the timeline it ends on.
+                Some(missing) => match coverage::gap_snapshot(&cluster.timelines, missing)
+                    .filter(|_| {
+                        matches!(missing.parse(), Ok(WalFileName::Segment(m)) if m.timeline.0 == w.timeline)
+                    })
+                {
+                    Some(snapshot) => format!(
+                        ", then {missing} is missing; a snapshot holds its WAL up to {} \
+                         (restore --partial with no target replays it)",
+                        snapshot.end
+                    ),
+                    None => format!(", then {missing} is missing"),
+                },
                 None => ", the end of the archive".to_string(),
             };
             let until = match &s.to_time {
@@ -659,6 +679,7 @@ mod tests {
             history_file: false,
             ranges: vec![run(0x10, 0x12), run(0x14, 0x15)],
             gaps: vec![run(0x05, 0x0F), run(0x13, 0x13)],
+            gap_snapshots: Vec::new(),
             partial_files: Vec::new(),
             backup_files: 0,
             snapshots: 0,
@@ -697,6 +718,26 @@ mod tests {
                 "absent 000000010000000000000005 .. 00000001000000000000000F  11 segments, which no restore from these backups needs",
                 "GAP 000000010000000000000013 .. 000000010000000000000013  1 missing",
             ]
+        );
+        // A snapshot of the hole's segment (a lost segment's WAL up to its damage) is named
+        // with the gap and where the window stops.
+        cluster.timelines[0].gap_snapshots = vec![crate::coverage::GapSnapshot {
+            segment: run(0x13, 0x13).first,
+            end: "0/13002000".into(),
+        }];
+        assert_eq!(
+            lines(&cluster)[1],
+            "GAP 000000010000000000000013 .. 000000010000000000000013  1 missing; a snapshot \
+             holds 000000010000000000000013's WAL up to 0/13002000"
+        );
+        let mut out = String::new();
+        describe_cluster(&cluster, &mut out);
+        assert!(
+            out.contains(
+                ", then 000000010000000000000013 is missing; a snapshot holds its WAL up to \
+                 0/13002000 (restore --partial with no target replays it)"
+            ),
+            "{out}"
         );
         // A backup whose WAL is missing from inside the first gap: that gap is a hole.
         cluster.windows[0].unrestorable = vec![crate::coverage::window::Unrestorable {

@@ -40,6 +40,10 @@ pub struct TimelineWal {
     /// and its newest complete segment or receiver snapshot (a snapshot is of the segment
     /// being received, so every segment before it should be complete).
     pub gaps: Vec<SegmentRun>,
+    /// The gaps whose first segment a receiver snapshot holds the start of (a lost segment's
+    /// WAL up to its damage, or a stream's end): `restore --partial` with no target may replay
+    /// up to there.
+    pub gap_snapshots: Vec<GapSnapshot>,
     /// `.partial` segments archived at promotions.
     pub partial_files: Vec<String>,
     /// `.backup` history files.
@@ -52,6 +56,22 @@ pub struct TimelineWal {
     pub indexed_segments: u64,
     /// The restore points its time indexes record, in WAL order.
     pub restore_points: Vec<RestorePointMark>,
+}
+
+/// A receiver snapshot of a gap's first segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GapSnapshot {
+    /// The segment, the gap's first.
+    pub segment: String,
+    /// Where the newest snapshot of it ends (`X/Y`).
+    pub end: String,
+}
+
+/// The snapshot of `segment`, the first of a gap, if the archive holds one.
+pub fn gap_snapshot<'a>(timelines: &'a [TimelineWal], segment: &str) -> Option<&'a GapSnapshot> {
+    (timelines.iter())
+        .flat_map(|t| &t.gap_snapshots)
+        .find(|s| s.segment == segment)
 }
 
 /// The complete segments held per timeline.
@@ -107,25 +127,38 @@ pub fn timelines(
             // it, and its segment never arrived whole, so from there on it is a hole. One newer
             // than every complete segment is of the segment being received: what lies between
             // is a hole too.
-            let snapshots: BTreeSet<SegNo> = (inventory.objects.iter())
-                .filter_map(|(name, _)| match name {
-                    ObjectName::Snapshot { segment, .. } if segment.timeline == timeline => {
-                        segment.segno(size)
-                    }
-                    _ => None,
-                })
-                .collect();
-            let first_snapshot = snapshots.first().copied();
+            // The newest end of each segment's snapshots.
+            let mut snapshots: BTreeMap<SegNo, Lsn> = BTreeMap::new();
+            for (name, _) in &inventory.objects {
+                if let ObjectName::Snapshot { segment, end } = name
+                    && segment.timeline == timeline
+                    && let Some(n) = segment.segno(size)
+                {
+                    let newest = snapshots.entry(n).or_insert(*end);
+                    *newest = (*newest).max(*end);
+                }
+            }
+            let first_snapshot = snapshots.first_key_value().map(|(n, _)| *n);
             let begins = match (begins, first_snapshot) {
                 (Some(b), Some(s)) => Some(b.min(s)),
                 (b, s) => b.or(s),
             };
+            let newest_snapshot = snapshots.last_key_value().map(|(n, _)| *n);
+            let gaps = missing_runs(segments, begins, newest_snapshot, timeline, size);
+            let gap_snapshots = (snapshots.iter())
+                .map(|(n, end)| GapSnapshot {
+                    segment: SegmentName::new(timeline, *n, size).to_string(),
+                    end: end.to_string(),
+                })
+                .filter(|s| gaps.iter().any(|g| g.first == s.segment))
+                .collect();
             let mut wal = TimelineWal {
                 timeline: timeline.0,
                 parent: parent.map(|(t, at)| (t.0, at.to_string())),
                 history_file: with_history.contains(&timeline),
                 ranges: runs(segments.iter().copied(), timeline, size),
-                gaps: missing_runs(segments, begins, snapshots.last().copied(), timeline, size),
+                gaps,
+                gap_snapshots,
                 partial_files: Vec::new(),
                 backup_files: 0,
                 snapshots: 0,
@@ -519,6 +552,38 @@ mod tests {
                 segments: 8,
             }]
         );
+    }
+
+    #[test]
+    fn a_gaps_first_segment_names_its_newest_snapshot() {
+        // 5 lost, its WAL up to the damage kept in two snapshots; 8 being received.
+        let size = SegmentSize::new(SIZE).unwrap();
+        let inv = inventory(&[
+            "000000010000000000000004",
+            "000000010000000000000005.partial.0000000005002000",
+            "000000010000000000000005.partial.0000000005001000",
+            "000000010000000000000006",
+            "000000010000000000000007",
+            "000000010000000000000008.partial.0000000008000100",
+        ]);
+        let wal = timelines(&inv, &BTreeMap::new(), size);
+        assert_eq!(wal[0].gaps, runs([SegNo(5)], TimelineId(1), size));
+        let expected = GapSnapshot {
+            segment: "000000010000000000000005".into(),
+            end: "0/5002000".into(),
+        };
+        assert_eq!(wal[0].gap_snapshots, std::slice::from_ref(&expected));
+        assert_eq!(gap_snapshot(&wal, &expected.segment), Some(&expected));
+        assert_eq!(gap_snapshot(&wal, "000000010000000000000008"), None);
+        // A gap that begins past a segment's snapshot names none.
+        let inv = inventory(&[
+            "000000010000000000000004",
+            "000000010000000000000006.partial.0000000006001000",
+            "000000010000000000000007",
+        ]);
+        let wal = timelines(&inv, &BTreeMap::new(), size);
+        assert_eq!(wal[0].gaps, runs([SegNo(5), SegNo(6)], TimelineId(1), size));
+        assert_eq!(wal[0].gap_snapshots, []);
     }
 
     #[test]

@@ -292,15 +292,22 @@ fn history_chain(
 fn continuity(timelines: &[TimelineWal], windows: &[Window], has_backups: bool) -> Vec<Finding> {
     coverage::breaking_gaps(timelines, windows, has_backups)
         .into_iter()
-        .map(|(gap, backup)| Finding {
-            object: gap.first.clone(),
-            problem: match (backup, has_backups) {
+        .map(|(gap, backup)| {
+            let problem = match (backup, has_backups) {
                 (Some(backup), _) => {
                     format!("{}: backup {backup} cannot be restored", missing(&gap))
                 }
                 (None, true) => format!("{}: the restorable window stops before it", missing(&gap)),
                 (None, false) => missing(&gap),
-            },
+            };
+            let snapshot = coverage::gap_snapshot(timelines, &gap.first)
+                .map_or(String::new(), |s| {
+                    format!(" (a snapshot holds its WAL up to {})", s.end)
+                });
+            Finding {
+                object: gap.first.clone(),
+                problem: problem + &snapshot,
+            }
         })
         .collect()
 }
