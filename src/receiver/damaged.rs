@@ -50,6 +50,11 @@ impl DamagedCopies {
         self.keep(segment, path);
     }
 
+    /// Every damaged copy's path, by segment.
+    pub(super) fn paths(&self) -> Vec<PathBuf> {
+        self.copies().values().flatten().cloned().collect()
+    }
+
     /// The damaged copies of segments `first` to `last` of `timeline`.
     pub(super) fn within(
         &self,

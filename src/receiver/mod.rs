@@ -32,7 +32,7 @@ mod takeover;
 mod upload;
 mod uploading;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,7 +224,7 @@ pub async fn run(
                     tracing::info!("shutting down: archiving what the spool holds");
                     let left = ctx.drain(Some(Instant::now() + options.shutdown_timeout)).await?;
                     ctx.keep_durable(left).await?;
-                    report_left_in_spool(left, options.shutdown_timeout, &ctx.spool, options.mode);
+                    report_left_in_spool(ctx, left, options.shutdown_timeout, options.mode);
                 }
                 return Ok(());
             }
@@ -269,7 +269,17 @@ async fn take_over_spool(
             size
         }
         Ok((None, found)) if found.complete.is_empty() && found.tails.is_empty() => {
-            tracing::info!(spool = %dir.display(), "the spool holds no WAL of an earlier run");
+            match found.damaged.len() {
+                0 => {
+                    tracing::info!(spool = %dir.display(), "the spool holds no WAL of an earlier run")
+                }
+                copies => tracing::info!(
+                    spool = %dir.display(),
+                    copies,
+                    "the spool holds no WAL of an earlier run to archive, only damaged copies \
+                     (named once the session starts)"
+                ),
+            }
             return Ok(None);
         }
         Ok((None, found)) => {
@@ -297,9 +307,12 @@ async fn take_over_spool(
     Ok(Some(ctx))
 }
 
-/// Says what a shutdown left in the spool for the next start, or that it left nothing. In
-/// synchronous mode the server may have recycled that WAL: the spool then holds its only copy.
-fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode) {
+/// Says what a shutdown left in `ctx`'s spool for the next start (`left` files not archived,
+/// and the damaged copies kept), or that it left nothing. In synchronous mode the server may
+/// have recycled that WAL: the spool then holds its only copy.
+fn report_left_in_spool(ctx: &session::Context, left: usize, waited: Duration, mode: Mode) {
+    let spool = &ctx.spool;
+    let damaged = ctx.uploader.damaged().paths();
     if left > 0 {
         let keeper = match mode {
             Mode::Synchronous => {
@@ -325,8 +338,19 @@ fn report_left_in_spool(left: usize, waited: Duration, spool: &Path, mode: Mode)
             spool = %spool.display(),
             "stopped; the spool is gone (removed or unmounted while the receiver ran): {kept}"
         );
-    } else {
+    } else if damaged.is_empty() {
         tracing::info!(spool = %spool.display(), "stopped: everything received is archived");
+    } else {
+        let copies = (damaged.iter())
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(
+            spool = %spool.display(),
+            %copies,
+            "stopped: everything received is archived but the segments of the damaged copies \
+             the spool keeps (see the README, \"Damaged spool files\")"
+        );
     }
 }
 

@@ -203,14 +203,15 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
             );
             archive.store_index(segment, index).await;
         }
-        // A kept tail: the end of a stream (a lost server, a timeline's end, a shutdown), so
-        // rare, and what a last-resort recovery reaches: at info level.
+        // A kept tail: the end of a stream (a lost server, a timeline's end, a shutdown) or a
+        // lost segment's WAL up to its damage, so rare, and what a last-resort recovery
+        // reaches: at info level.
         None => tracing::info!(
             file = %what,
             bytes = stored.original_bytes,
             stored_bytes = stored.stored_bytes,
             ms,
-            "archived a snapshot of the end of the stream"
+            "archived a snapshot, which a last-resort recovery replays (fetch --partial)"
         ),
     }
 }

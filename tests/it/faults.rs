@@ -719,12 +719,12 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     );
     let dir = crate::harness::TestDir::new("fetch");
     let dest = dir.path().join("RESTORED");
-    let fetched = wh.run(
+    let fetched_run = wh.run(
         &archive,
         dir.path(),
         &["fetch", "--partial", &lacking, &dest.display().to_string()],
     );
-    assert!(fetched.status.success(), "{fetched:?}");
+    assert!(fetched_run.status.success(), "{fetched_run:?}");
     let fetched = std::fs::read(&dest).expect("the fetched segment");
     let valid = fetched.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
     assert!(
@@ -732,6 +732,33 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
         "fetch --partial served {valid} bytes of WAL, not those before the damage at 200000: {log}"
     );
     assert!(fetched[valid..].iter().all(|&b| b == 0));
+    let said = String::from_utf8_lossy(&fetched_run.stderr);
+    assert!(
+        said.contains("is not archived whole: wrote its snapshot"),
+        "{said}"
+    );
+    // `list` and `verify` name the snapshot with the hole.
+    let listing = wh.run(&archive, dir.path(), &["list"]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let named = format!("1 missing; a snapshot holds {lacking}'s WAL up to");
+    assert!(listing.contains(&named), "{listing}");
+    let verified = wh.run(&archive, dir.path(), &["verify"]);
+    let findings = format!("{verified:?}");
+    assert_eq!(verified.status.code(), Some(1), "{findings}");
+    assert!(
+        findings.contains("(a snapshot holds its WAL up to"),
+        "{findings}"
+    );
+    // Without --partial the hole is refused, and the refusal says what --partial would do.
+    let refused = crate::harness::TestDir::new("refused");
+    let (code, _, stderr) =
+        crate::backup::restore(&wh, &archive, &refused.path().join("data"), &[]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("The archive holds a snapshot of it, its WAL up to")
+            && stderr.contains("`restore --partial` with no recovery target"),
+        "{stderr}"
+    );
     // `restore --partial` goes on through the hole, and recovery ends at the damage: the
     // transactions committed before it (of 30 in the segment), none after.
     let restored = crate::harness::TestDir::new("restored");
@@ -755,6 +782,13 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
         "{rows} rows: not those committed before the damage"
     );
     assert!(again.stop().success(), "{log}");
+    let log = again.log();
+    assert!(
+        log.lines().any(|l| l.contains(
+            "stopped: everything received is archived but the segments of the damaged copies"
+        ) && l.contains(&kept.display().to_string())),
+        "{log}"
+    );
     // Kept, and named, at the next start too.
     let mut third = restart_on_slot(&wh, &archive, &pg, &receiver, &[]);
     wait_streaming(&pg);

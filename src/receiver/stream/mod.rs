@@ -561,9 +561,9 @@ impl<'a> Stream<'a> {
         self.ctx.keep_durable(left).await?;
         self.send_status(false).await?;
         super::report_left_in_spool(
+            self.ctx,
             left,
             self.options.shutdown_timeout,
-            &self.ctx.spool,
             self.options.mode,
         );
         Ok(SessionEnd::Shutdown)
