@@ -69,6 +69,9 @@ pub(super) struct Stored {
     pub(super) original_bytes: u64,
     /// The archived object's bytes (compressed).
     pub(super) stored_bytes: u64,
+    /// Whether the archive held the object already, with the same bytes (the file was
+    /// queued twice, or an earlier run stopped between its upload and its removal).
+    pub(super) already: bool,
     /// For a complete segment: its time index, made while the segment was stored, for the
     /// caller to store once the segment is archived.
     pub(super) index: Option<(SegmentName, Result<PreparedIndex, String>)>,
@@ -172,26 +175,27 @@ pub(super) async fn upload(
     let (original_bytes, stored_bytes) =
         (encoded.content.len() as u64, encoded.envelope.len() as u64);
     let mut index = encoded.index;
-    match job {
+    let outcome = match job {
         Job::Segment(segment, _) => {
             let name = WalFileName::Segment(segment);
-            let outcome = archive
+            archive
                 .put(&name, encoded.content, encoded.envelope)
-                .await?;
-            // The archive's copy at a fork is not this one: no index from this one's content.
-            if outcome == PutOutcome::AtFork {
-                index = None;
-            }
+                .await?
         }
         Job::Tail(segment, end) => {
             archive
                 .put_partial_snapshot(segment, end, encoded.content, encoded.envelope)
-                .await?;
+                .await?
         }
+    };
+    // The archive's copy at a fork is not this one: no index from this one's content.
+    if outcome == PutOutcome::AtFork {
+        index = None;
     }
     Ok(Uploaded::Stored(Stored {
         original_bytes,
         stored_bytes,
+        already: outcome == PutOutcome::AlreadyArchived,
         index,
     }))
 }

@@ -189,6 +189,13 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
     let ms = started.elapsed().as_millis() as u64;
     let ratio = stored.original_bytes as f64 / stored.stored_bytes.max(1) as f64;
     let ratio = (ratio * 10.0).round() / 10.0;
+    // Stored already (queued twice, an attempt whose answer was lost, or an earlier run that
+    // stopped between the upload and the removal): said, so that a second line for a file is
+    // explained.
+    let already = match stored.already {
+        true => " (the archive held the same bytes already)",
+        false => "",
+    };
     match stored.index {
         // One line per segment at info level: at 25 segments a second (400 MB/s of WAL) that
         // is 25 short lines a second, well under what journald or a log collector takes.
@@ -199,7 +206,7 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
                 stored_bytes = stored.stored_bytes,
                 ratio,
                 ms,
-                "archived"
+                "archived{already}"
             );
             archive.store_index(segment, index).await;
         }
@@ -211,7 +218,7 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
             bytes = stored.original_bytes,
             stored_bytes = stored.stored_bytes,
             ms,
-            "archived a snapshot, which a last-resort recovery replays (fetch --partial)"
+            "archived a snapshot, which a last-resort recovery replays (fetch --partial){already}"
         ),
     }
 }

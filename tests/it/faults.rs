@@ -428,6 +428,46 @@ fn restart_with_failpoints(
     Receiver::restart_via(wh, archive, vars, &receiver.spool, &args)
 }
 
+/// A receiver killed once the archive holds a file, before the file leaves the spool: the
+/// next start uploads it again, and the line that says so says the archive held the same
+/// bytes already, so that a second "archived" line for one file is explained.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_file_stored_before_a_crash_is_said_to_be_held_already_when_archived_again() {
+    let wh = Walhalla::install();
+    let archive = TestArchive::new(Backend::Local);
+    let (pg, mut receiver) = crate::receive::streaming_primary(&wh, &archive, &[]);
+    assert!(receiver.stop().success(), "{}", receiver.log());
+    let point = walhalla::failpoint::UPLOAD_STORED;
+    let mut killed = restart_with_failpoints(
+        &wh,
+        &archive,
+        &pg,
+        &receiver,
+        format!("{point}=return"),
+        &[],
+    );
+    pg.write_rows(10);
+    let segment = pg.switch_wal();
+    let status = killed
+        .wait(Duration::from_secs(60))
+        .expect("killed at the fail point");
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    assert_eq!(signal, Some(9), "{}", killed.log());
+    let mut again = restart_on_slot(&wh, &archive, &pg, &receiver, &[]);
+    wait_archive_holds(&archive, &segment);
+    wait_for(
+        "the file archived again to be said",
+        Duration::from_secs(30),
+        || {
+            (again.log().lines())
+                .any(|l| l.contains("(the archive held the same bytes already)"))
+                .then_some(())
+        },
+    );
+    assert!(again.stop().success(), "{}", again.log());
+}
+
 /// The arguments that start a receiver again on slot "walhalla" of `pg`, with status updates
 /// every second, and `extra`.
 fn restart_args(pg: &PgCluster, extra: &[&str]) -> Vec<String> {
