@@ -471,16 +471,9 @@ fn describe_cluster(cluster: &ClusterListing, out: &mut String) {
         let _ = writeln!(out, "    timeline {} (path {path})", w.timeline);
         for s in &w.spans {
             let end = match &s.broken_by {
-                // `restore --partial` with no target replays a snapshot of a missing segment
-                // on the timeline it ends on.
-                Some(missing) => match coverage::gap_snapshot(&cluster.timelines, missing)
-                    .filter(|_| {
-                        matches!(missing.parse(), Ok(WalFileName::Segment(m)) if m.timeline.0 == w.timeline)
-                    })
-                {
+                Some(missing) => match coverage::gap_snapshot(&cluster.timelines, missing) {
                     Some(snapshot) => format!(
-                        ", then {missing} is missing; a snapshot holds its WAL up to {} \
-                         (restore --partial with no target replays it)",
+                        ", then {missing} is missing; a snapshot holds its WAL up to {}",
                         snapshot.end
                     ),
                     None => format!(", then {missing} is missing"),
@@ -735,7 +728,7 @@ mod tests {
         assert!(
             out.contains(
                 ", then 000000010000000000000013 is missing; a snapshot holds its WAL up to \
-                 0/13002000 (restore --partial with no target replays it)"
+                 0/13002000"
             ),
             "{out}"
         );

@@ -41,8 +41,8 @@ pub struct TimelineWal {
     /// being received, so every segment before it should be complete).
     pub gaps: Vec<SegmentRun>,
     /// The gaps whose first segment a receiver snapshot holds the start of (a lost segment's
-    /// WAL up to its damage, or a stream's end): `restore --partial` with no target may replay
-    /// up to there.
+    /// WAL up to its damage, or a stream's end): a last-resort recovery may replay up to
+    /// there.
     pub gap_snapshots: Vec<GapSnapshot>,
     /// `.partial` segments archived at promotions.
     pub partial_files: Vec<String>,

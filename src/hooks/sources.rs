@@ -517,13 +517,15 @@ pub fn unreachable(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Says that segment `name`, which the archive lacks in full, was written from snapshot
-/// `object` (`--partial`): PostgreSQL logs "restored log file" for it as for a whole segment.
+/// Says that segment `name`, which the archive lacks in full, was written from last-resort
+/// copy `object` (`--partial`: its newest snapshot, or its parent timeline's copy cut at the
+/// switch point): PostgreSQL logs "restored log file" for it as for a whole segment.
 fn say_served_snapshot(name: &WalFileName, object: &str) {
     tracing::warn!(
-        snapshot = %object,
-        "{name} is not archived whole: wrote its snapshot, zero-padded (--partial); its WAL ends \
-         where the snapshot ends, which PostgreSQL takes for the end of the WAL"
+        copy = %object,
+        "{name} is not archived whole: wrote its last-resort copy, zero-padded (--partial); its \
+         WAL ends where the copy ends (a snapshot's end, or the switch point for a parent \
+         timeline's copy), which PostgreSQL takes for the end of the WAL"
     );
 }
 

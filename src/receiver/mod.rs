@@ -320,10 +320,17 @@ fn report_left_in_spool(ctx: &session::Context, left: usize, waited: Duration, m
             }
             Mode::Archived => "the slot keeps this WAL on the server",
         };
+        let copies = match damaged.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; it also keeps damaged copies of segments not archived: {}",
+                shown(&damaged)
+            ),
+        };
         tracing::warn!(
             files = left,
             spool = %spool.display(),
-            "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start ({keeper})",
+            "not archived within --shutdown-timeout ({}s): left in the spool, archived at the next start ({keeper}){copies}",
             waited.as_secs()
         );
     } else if !spool.is_dir() {
@@ -341,17 +348,19 @@ fn report_left_in_spool(ctx: &session::Context, left: usize, waited: Duration, m
     } else if damaged.is_empty() {
         tracing::info!(spool = %spool.display(), "stopped: everything received is archived");
     } else {
-        let copies = (damaged.iter())
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
         tracing::warn!(
             spool = %spool.display(),
-            %copies,
+            copies = %shown(&damaged),
             "stopped: everything received is archived but the segments of the damaged copies \
              the spool keeps (see the README, \"Damaged spool files\")"
         );
     }
+}
+
+/// `paths`, for a message.
+fn shown(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// How far apart reconnections go in `mode`.

@@ -218,7 +218,8 @@ async fn report_and_index(archive: &ClusterArchive, what: &str, started: Instant
             bytes = stored.original_bytes,
             stored_bytes = stored.stored_bytes,
             ms,
-            "archived a snapshot, which a last-resort recovery replays (fetch --partial){already}"
+            "archived a snapshot, which a last-resort recovery (fetch --partial) serves while the \
+             segment is not archived whole{already}"
         ),
     }
 }

@@ -207,11 +207,11 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
     if let Some(missing) = plan::first_missing(&ranges, &held, size) {
         let backup_end = SegNo::containing(last_byte, size);
         let snapshot =
-            snapshot_hole::snapshot_in_reach(&cluster, &ranges, missing, backup_end, size).await?;
-        let last_resort =
-            matches!(target, Target::End) && options.recovery.partial && !options.standby;
-        match snapshot {
-            Some(end) if last_resort => {
+            snapshot_hole::snapshot_in_reach(&cluster, &ranges, missing, backup_end, size).await;
+        let to_end = matches!(target, Target::End);
+        let last_resort = to_end && options.recovery.partial && !options.standby;
+        match (snapshot, last_resort) {
+            (Ok(Some(end)), true) => {
                 tracing::warn!(
                     "WAL segment {missing} is not in the archive, which holds a snapshot of it up \
                      to {end}: with --partial, recovery from backup {} replays it and ends there; \
@@ -221,14 +221,20 @@ pub async fn run(options: &RestoreOptions, archive: &Archive) -> anyhow::Result<
                 snapshot_hole::cut_before(&mut ranges, missing, size);
                 ends_in_snapshot = Some((missing.to_string(), end.to_string()));
             }
-            _ => {
-                let snapshot = snapshot.map_or(String::new(), |end| {
-                    format!(
+            (Err(e), true) => return Err(e),
+            (snapshot, _) => {
+                // Only a restore to the end chooses the same backup and path with --partial.
+                let snapshot = match snapshot {
+                    Ok(Some(end)) if to_end => format!(
                         ". The archive holds a snapshot of it, its WAL up to {end}: `restore \
-                         --partial` with no recovery target (and not --standby) replays up to \
-                         there and ends recovery, leaving out the archive's WAL after it"
-                    )
-                });
+                         --partial` (not --standby) replays up to there and ends recovery, \
+                         leaving out the archive's WAL after it"
+                    ),
+                    Ok(Some(end)) => {
+                        format!(". The archive holds a snapshot of it, its WAL up to {end}")
+                    }
+                    _ => String::new(),
+                };
                 bail!(
                     "WAL segment {missing} is not in the archive, and recovery from backup {} to {target} needs it; nothing was written{}{snapshot}",
                     backup.id,

@@ -36,8 +36,9 @@ pub const SYSTEM_ID_HEADER: &str = "x-walhalla-system-id";
 pub const SOURCE_HEADER: &str = "x-walhalla-source";
 /// Response header: the length of the original bytes (the body may be zstd-encoded).
 pub const LENGTH_HEADER: &str = "x-walhalla-length";
-/// Response header of a segment answered from a snapshot (`?partial=1`), zero-padded: the
-/// name of the snapshot's object.
+/// Response header of a segment answered with its last-resort copy (`?partial=1`: its newest
+/// snapshot, or its parent timeline's copy cut at the switch point), zero-padded: the name of
+/// the object served.
 pub const SNAPSHOT_HEADER: &str = "x-walhalla-snapshot";
 /// Response header of a 500: the archive holds nothing for the cluster `X-Walhalla-System-Id`
 /// names (which a standby takes for "not found").

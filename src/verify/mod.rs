@@ -302,7 +302,7 @@ fn continuity(timelines: &[TimelineWal], windows: &[Window], has_backups: bool) 
             };
             let snapshot = coverage::gap_snapshot(timelines, &gap.first)
                 .map_or(String::new(), |s| {
-                    format!(" (a snapshot holds its WAL up to {})", s.end)
+                    format!(" (a snapshot holds {}'s WAL up to {})", s.segment, s.end)
                 });
             Finding {
                 object: gap.first.clone(),

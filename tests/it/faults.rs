@@ -774,7 +774,7 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     assert!(fetched[valid..].iter().all(|&b| b == 0));
     let said = String::from_utf8_lossy(&fetched_run.stderr);
     assert!(
-        said.contains("is not archived whole: wrote its snapshot"),
+        said.contains("is not archived whole: wrote its last-resort copy"),
         "{said}"
     );
     // `list` and `verify` name the snapshot with the hole.
@@ -786,7 +786,7 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     let findings = format!("{verified:?}");
     assert_eq!(verified.status.code(), Some(1), "{findings}");
     assert!(
-        findings.contains("(a snapshot holds its WAL up to"),
+        findings.contains(&format!("(a snapshot holds {lacking}'s WAL up to")),
         "{findings}"
     );
     // Without --partial the hole is refused, and the refusal says what --partial would do.
@@ -796,7 +796,7 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("The archive holds a snapshot of it, its WAL up to")
-            && stderr.contains("`restore --partial` with no recovery target"),
+            && stderr.contains("`restore --partial` (not --standby) replays up to there"),
         "{stderr}"
     );
     // `restore --partial` goes on through the hole, and recovery ends at the damage: the

@@ -631,7 +631,7 @@ fn a_segment_deleted_during_a_restore_to_the_end_stops_it_instead_of_ending_it()
     let (code, run) = fetch(&[&partial[..], &to_end].concat(), &hole);
     assert_eq!(code, Some(255), "{run}");
     // Served, and said: PostgreSQL logs "restored log file" for it as for a whole segment.
-    let served = "is not archived whole: wrote its snapshot, zero-padded";
+    let served = "is not archived whole: wrote its last-resort copy, zero-padded";
     let (code, run) = fetch(&partial, &hole);
     assert_eq!(code, Some(0), "{run}");
     assert!(run.contains(served), "{run}");

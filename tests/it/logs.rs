@@ -153,7 +153,7 @@ fn the_end_of_a_stream_is_logged_when_a_snapshot_had_stored_it_already() {
         log.lines().any(|l| {
             l.contains(" INFO ")
                 && (l.contains("the end of the stream is archived already")
-                    || l.contains("archived a snapshot, which a last-resort recovery replays"))
+                    || l.contains("archived a snapshot, which a last-resort recovery"))
         })
     };
     wait_for(
