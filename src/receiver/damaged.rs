@@ -19,13 +19,35 @@ use crate::wal::{Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// The damaged copies in the spool, by the segment each is a copy of.
 #[derive(Debug, Default)]
-pub(super) struct DamagedCopies(Mutex<BTreeMap<SegmentName, BTreeSet<PathBuf>>>);
+pub(super) struct DamagedCopies {
+    copies: Mutex<BTreeMap<SegmentName, BTreeSet<PathBuf>>>,
+    /// Lost segments whose WAL up to the damage this process archives or has archived
+    /// ([`archive_valid_prefix`]): once each, however many sessions find them lost.
+    prefixed: Mutex<BTreeSet<SegmentName>>,
+}
 
 impl DamagedCopies {
     fn copies(&self) -> std::sync::MutexGuard<'_, BTreeMap<SegmentName, BTreeSet<PathBuf>>> {
-        self.0
+        self.copies
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn prefixed(&self) -> std::sync::MutexGuard<'_, BTreeSet<SegmentName>> {
+        self.prefixed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether lost segment `segment`'s WAL up to the damage is to be archived now: not when
+    /// this process does or did already.
+    pub(super) fn begin_prefix(&self, segment: SegmentName) -> bool {
+        self.prefixed().insert(segment)
+    }
+
+    /// `segment`'s prefix could not be archived this time: a later session tries again.
+    pub(super) fn prefix_failed(&self, segment: SegmentName) {
+        self.prefixed().remove(&segment);
     }
 
     /// Takes note of a damaged copy of `segment` at `path`.
@@ -136,7 +158,8 @@ impl DamagedCopies {
 /// spool `dir` ([`spool::keep_valid_prefix`]) and queued. Not when the archive holds a
 /// snapshot of the segment that reaches as far already (an earlier run's, or the stream's):
 /// that one serves a recovery at least as far, and an object of that name holds those bytes.
-/// The copies stay.
+/// The copies stay. Returns false when it failed in a way a later try may not (a copy that
+/// cannot be read, a spool that cannot be written).
 pub(super) async fn archive_valid_prefix(
     archive: &ClusterArchive,
     queue: &Queue,
@@ -144,7 +167,7 @@ pub(super) async fn archive_valid_prefix(
     size: SegmentSize,
     segment: SegmentName,
     copies: Vec<PathBuf>,
-) {
+) -> bool {
     let shown = (copies.iter())
         .map(|c| c.display().to_string())
         .collect::<Vec<_>>()
@@ -171,11 +194,11 @@ pub(super) async fn archive_valid_prefix(
                  where their WAL stops checking (damage before the first record, or where no \
                  record's check covers it)"
             );
-            return;
+            return true;
         }
         Err(e) => {
             tracing::warn!(%segment, copies = %shown, "cannot read the lost segment's damaged copies: {e}");
-            return;
+            return false;
         }
     };
     if let Ok(Some(archived)) = archive.newest_snapshot_end(segment).await
@@ -188,7 +211,7 @@ pub(super) async fn archive_valid_prefix(
             "the archive holds a snapshot of the lost segment that reaches as far as its damaged \
              copies do"
         );
-        return;
+        return true;
     }
     let (tail_dir, source) = (dir.to_path_buf(), copy.clone());
     match blocking::run(move || spool::keep_valid_prefix(&tail_dir, &source, segment, end, size))
@@ -203,12 +226,17 @@ pub(super) async fn archive_valid_prefix(
             );
             // Stopped only with the receiver: the next start archives the tail.
             let _ = queue.submit(Job::Tail(segment, end));
+            true
         }
-        Err(e) => tracing::warn!(
-            %segment,
-            copy = %copy.display(),
-            "cannot keep the lost segment's WAL up to the damage in its copy: {e}"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                %segment,
+                copy = %copy.display(),
+                "cannot keep the lost segment's WAL up to the damage in its copy: {e}; the next \
+                 session tries again"
+            );
+            false
+        }
     }
 }
 

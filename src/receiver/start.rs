@@ -20,7 +20,7 @@ use crate::metrics::ArchiveGap;
 use crate::protocol::connection::Connection;
 use crate::protocol::conninfo::HostAddr;
 use crate::spool;
-use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId};
+use crate::wal::{HistoryEntry, Lsn, SegNo, SegmentName, SegmentSize, TimelineId, WalFileName};
 
 /// At most this many groups (4 GiB of WAL each) are listed to look for holes.
 const MAX_GROUPS_CHECKED: u64 = 64;
@@ -193,7 +193,9 @@ pub async fn start_point(
     } else {
         past_fork(conn, &history, timeline, next, server_timeline, size)?
     };
-    plan_on(ctx, &history, (timeline, resume), slot_restart, &spooled).await
+    let plan = plan_on(ctx, &history, (timeline, resume), slot_restart, &spooled).await?;
+    ctx.archive_copies_behind(&plan, &spooled).await;
+    Ok(plan)
 }
 
 /// Plans the start on `timeline`, where streaming resumes at `resume` unless the archive has a
@@ -497,23 +499,55 @@ impl Context {
             last: last.to_string(),
             segments,
         });
-        let mut complete = BTreeMap::<SegmentName, Vec<PathBuf>>::new();
-        for (segment, copy) in copies {
+        for (segment, copy) in &copies {
             tracing::warn!(
                 %segment,
                 copy = %copy.display(),
                 "the spool keeps a damaged copy of this lost segment: it holds the WAL the \
                  receiver got up to the damage; keep it (see the README, \"Damaged spool files\")"
             );
-            // A complete segment's: a kept tail's copy ends before the stream did anyway.
-            if spool::is_complete_copy(&copy, segment) {
-                complete.entry(segment).or_default().push(copy);
-            }
         }
-        for (segment, copies) in complete {
+        for (segment, copies) in complete_copies(copies) {
             (self.uploader).archive_valid_prefix(self.cluster.clone(), segment, copies);
         }
     }
+
+    /// Archives the WAL up to the damage of the damaged copies of segments of `plan`'s
+    /// timeline before where it streams from, which the archive lacks and of which the spool
+    /// (`spooled`) holds no good file: this run will not receive them, so they are lost to the
+    /// archive. A loss an earlier run reported, whose snapshot was not stored (it stopped
+    /// before the task ran, or the spool was full), gets it now. Once a process per segment
+    /// ([`super::damaged::DamagedCopies::begin_prefix`]); nothing is stored when the archive
+    /// holds a snapshot of the segment that reaches as far.
+    async fn archive_copies_behind(&self, plan: &StartPlan, spooled: &spool::SpoolContents) {
+        let Some(before) = plan.segment.0.checked_sub(1) else {
+            return;
+        };
+        let size = self.segment_size;
+        let copies = (self.uploader.damaged())
+            .within(plan.timeline, SegNo(0), SegNo(before), size)
+            .into_iter()
+            .filter(|(segment, _)| !spooled.complete.contains(segment));
+        for (segment, copies) in complete_copies(copies) {
+            if let Ok(false) = self.cluster.holds(&WalFileName::Segment(segment)).await {
+                (self.uploader).archive_valid_prefix(self.cluster.clone(), segment, copies);
+            }
+        }
+    }
+}
+
+/// The damaged copies of complete segments among `copies`, by segment: a kept tail's copy
+/// ends before the stream did anyway.
+fn complete_copies(
+    copies: impl IntoIterator<Item = (SegmentName, PathBuf)>,
+) -> BTreeMap<SegmentName, Vec<PathBuf>> {
+    let mut complete = BTreeMap::<SegmentName, Vec<PathBuf>>::new();
+    for (segment, copy) in copies {
+        if spool::is_complete_copy(&copy, segment) {
+            complete.entry(segment).or_default().push(copy);
+        }
+    }
+    complete
 }
 
 #[cfg(test)]

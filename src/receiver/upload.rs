@@ -246,19 +246,25 @@ impl Uploader {
 
     /// Archives the WAL of lost segment `segment` up to the damage in its damaged `copies`
     /// as a snapshot ([`damaged::archive_valid_prefix`]), in a task of its own, in a reading
-    /// turn ([`ENCODING_AT_ONCE`]).
+    /// turn ([`ENCODING_AT_ONCE`]); once a process, unless it fails.
     pub(super) fn archive_valid_prefix(
         &self,
         archive: ClusterArchive,
         segment: SegmentName,
         copies: Vec<PathBuf>,
     ) {
+        if !self.damaged.begin_prefix(segment) {
+            return;
+        }
         let (queue, encoding) = (self.queue(), self.encoding.clone());
-        let (dir, size) = (self.settings.spool.clone(), self.size);
+        let (dir, size, copies_kept) =
+            (self.settings.spool.clone(), self.size, self.damaged.clone());
         tokio::spawn(async move {
             // Never closed: it lives as long as the uploader.
             let _turn = encoding.acquire().await.ok();
-            damaged::archive_valid_prefix(&archive, &queue, &dir, size, segment, copies).await;
+            if !damaged::archive_valid_prefix(&archive, &queue, &dir, size, segment, copies).await {
+                copies_kept.prefix_failed(segment);
+            }
         });
     }
 

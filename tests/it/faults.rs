@@ -829,9 +829,21 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
         ) && l.contains(&kept.display().to_string())),
         "{log}"
     );
-    // Kept, and named, at the next start too.
+    // Kept, and named, at the next start too; and a snapshot missing from the archive (a
+    // stop before its task ran, a full spool: here deleted) is stored again.
+    let snapshots = || {
+        (archive.keys().into_iter())
+            .filter(|k| k.contains(&format!("{lacking}.partial.")))
+            .collect::<Vec<_>>()
+    };
+    let stored = snapshots();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    archive.remove(&stored[0]);
     let mut third = restart_on_slot(&wh, &archive, &pg, &receiver, &[]);
     wait_streaming(&pg);
+    wait_for("the snapshot stored again", Duration::from_secs(30), || {
+        (snapshots() == stored).then_some(())
+    });
     wait_for(
         "the start to name the damaged copy",
         Duration::from_secs(30),
