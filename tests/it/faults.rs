@@ -799,6 +799,26 @@ fn a_damaged_spool_file_of_a_segment_the_server_recycled_is_kept_and_named() {
             && stderr.contains("`restore --partial` (not --standby) replays up to there"),
         "{stderr}"
     );
+    // With a target inside the snapshot, it is named, but nothing is promised: a restore
+    // with another target may choose another backup and path.
+    let key = (archive.keys().into_iter())
+        .find(|k| k.contains(&format!("{lacking}.partial.")))
+        .expect("the snapshot");
+    let end = key.rsplit('.').nth(1).expect("SEGMENT.partial.END.zst");
+    let inside = u64::from_str_radix(end, 16).unwrap() - 8;
+    let target = format!("{:X}/{:X}", inside >> 32, inside & 0xffff_ffff);
+    let (code, _, stderr) = crate::backup::restore(
+        &wh,
+        &archive,
+        &refused.path().join("data"),
+        &["--partial", "--target-lsn", &target],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("The archive holds a snapshot of it, its WAL up to")
+            && !stderr.contains("replays up to there"),
+        "{stderr}"
+    );
     // `restore --partial` goes on through the hole, and recovery ends at the damage: the
     // transactions committed before it (of 30 in the segment), none after.
     let restored = crate::harness::TestDir::new("restored");
