@@ -158,7 +158,7 @@ impl DamagedCopies {
 /// spool `dir` ([`spool::keep_valid_prefix`]) and queued. Not when the archive holds a
 /// snapshot of the segment that reaches as far already (an earlier run's, or the stream's):
 /// that one serves a recovery at least as far, and an object of that name holds those bytes.
-/// The copies stay. Returns false when it failed in a way a later try may not (a copy that
+/// The copies stay. Returns false when it failed where a later try may succeed (a copy that
 /// cannot be read, a spool that cannot be written).
 pub(super) async fn archive_valid_prefix(
     archive: &ClusterArchive,
