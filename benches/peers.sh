@@ -10,7 +10,7 @@
 # stream runs walhalla receive beside pg_receivewal ($BENCH/stream.sh) at each level in LEVELS, and
 # at level 3 with --synchronous. s3 runs walhalla fetch beside pgBackRest in $BENCH/s3_recovery.sh:
 # moto behind a TLS latency proxy at each RTT in RTTS (default "0 20 60"), with the default
-# readahead and with --prefetch 32 at the largest RTT.
+# readahead and with each --prefetch depth in S3_PREFETCH.
 #
 # Env: BENCH     the shared harness (default ../shared/bench beside this checkout)
 #      CORPUS    corpus built by $BENCH/corpus.sh (default /tmp/walcorpus; LOAD=mixed for a realistic one)
@@ -18,6 +18,7 @@
 #      PREFETCH  recovery: --prefetch depths from the local archive (default "0 4 8 16"; 8 is the default)
 #      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
 #      RTTS      s3: round-trip times in ms (default "0 20 60")
+#      S3_PREFETCH s3: --prefetch depths run beside the default at each RTT (default "32")
 #      REPS      as in the harness (default 3)
 #      BEFORE    another walhalla binary (say, a build of the previous commit): every walhalla
 #                variant also runs with it, labelled "before", in the same run
@@ -120,16 +121,19 @@ stream_variants() {
 # s3: the variables stay unexpanded here; recovery.sh runs each restore_command in
 # s3_recovery.sh's environment, which has $S3_URL_<rtt>, $S3_BUCKET and the AWS_* keys.
 s3_variants() {
-  local rtt wh tool
+  local rtt wh tool depth label
   local url="s3://\$S3_BUCKET/walhalla"
   local fill="$bin_dir/fill_s3.sh $WH $url"
   for tool in "${tools[@]}"; do
     for rtt in ${RTTS:-0 20 60}; do
       wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
       s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$(calls_log "${tool%%|*} s3 rtt$rtt")$wh fetch %f \"%p\""$'\n'
+      # The issue's question: does a deeper readahead help, and at which RTT?
+      for depth in ${S3_PREFETCH:-32}; do
+        label="${tool%%|*} s3 rtt$rtt prefetch $depth"
+        s3_extra+="$label|$fill|$(calls_log "$label")$wh fetch --prefetch $depth %f \"%p\""$'\n'
+      done
     done
-    # The issue's question: does a deeper readahead help at the largest RTT?
-    s3_extra+="${tool%%|*} s3 rtt$rtt prefetch 32|$fill|$(calls_log "${tool%%|*} s3 rtt$rtt prefetch 32")$wh fetch --prefetch 32 %f \"%p\""$'\n'
   done
 }
 
