@@ -45,6 +45,12 @@ impl DamagedCopies {
         self.prefixed().insert(segment)
     }
 
+    /// Whether this process archives or has archived lost segment `segment`'s WAL up to the
+    /// damage already, so a start need not ask the archive about it again.
+    pub(super) fn prefix_begun(&self, segment: SegmentName) -> bool {
+        self.prefixed().contains(&segment)
+    }
+
     /// `segment`'s prefix could not be archived this time: a later session tries again.
     pub(super) fn prefix_failed(&self, segment: SegmentName) {
         self.prefixed().remove(&segment);
@@ -264,5 +270,18 @@ mod tests {
         assert_eq!(within(1, 4, 9), ["a", "a.tail", "b"]);
         assert_eq!(within(1, 6, 8), Vec::<String>::new());
         assert_eq!(within(2, 0, 100), ["c"]);
+    }
+    #[test]
+    fn a_prefix_is_begun_once_a_process_and_again_after_a_failure() {
+        let size = SegmentSize::new(1 << 24).unwrap();
+        let segment = SegmentName::new(TimelineId(1), SegNo(5), size);
+        let copies = DamagedCopies::default();
+        assert!(!copies.prefix_begun(segment));
+        assert!(copies.begin_prefix(segment));
+        assert!(copies.prefix_begun(segment));
+        assert!(!copies.begin_prefix(segment), "begun already");
+        copies.prefix_failed(segment);
+        assert!(!copies.prefix_begun(segment), "a later session tries again");
+        assert!(copies.begin_prefix(segment));
     }
 }

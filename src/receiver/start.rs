@@ -524,10 +524,14 @@ impl Context {
             return;
         };
         let size = self.segment_size;
-        let copies = (self.uploader.damaged())
-            .within(plan.timeline, SegNo(0), SegNo(before), size)
+        let damaged = self.uploader.damaged();
+        // A segment this process archives or archived the prefix of costs no request to the
+        // archive: every session start comes here.
+        let copies = (damaged.within(plan.timeline, SegNo(0), SegNo(before), size))
             .into_iter()
-            .filter(|(segment, _)| !spooled.complete.contains(segment));
+            .filter(|(segment, _)| {
+                !spooled.complete.contains(segment) && !damaged.prefix_begun(*segment)
+            });
         for (segment, copies) in complete_copies(copies) {
             if let Ok(false) = self.cluster.holds(&WalFileName::Segment(segment)).await {
                 (self.uploader).archive_valid_prefix(self.cluster.clone(), segment, copies);
