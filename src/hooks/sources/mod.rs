@@ -2,13 +2,12 @@
 //! server (`--server`) first, then the archive; and the checks every file passes before it
 //! gets its final name. A file that fails verification is never handed to PostgreSQL.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use reqwest::header::CONTENT_ENCODING;
+use anyhow::Context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -17,13 +16,13 @@ use crate::archive::{self, Archive, ClusterArchive};
 use crate::blocking;
 use crate::client::{ClientSettings, ServerClient, ServerError};
 use crate::config::Config;
-use crate::envelope;
-use crate::fsutil::TempFile;
-use crate::server::{CRC_HEADER, LENGTH_HEADER, SNAPSHOT_HEADER, SYSTEM_ID_HEADER};
-use crate::wal::{
-    HeadCapture, LONG_HEADER_BYTES, LongPageHeader, SegmentName, SegmentSize, SystemId,
-    WalFileName, system_id_from_control_file, validate_segment_head,
-};
+use crate::wal::{SegmentName, SegmentSize, SystemId, WalFileName, system_id_from_control_file};
+use checked::{decode_verified, say_served_snapshot, write_checked};
+
+mod checked;
+mod server;
+
+pub use checked::check_segment_file;
 
 /// How a fetch ended, short of an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,41 +154,10 @@ impl Sources {
         let deadline = self.deadline.unwrap_or_else(|| Instant::now() + timeout);
         let declared = self.declared_system_id()?;
         if let Some(server) = &self.server {
-            let share = Self::server_share(&self.config);
-            let server_until = deadline
-                .checked_sub(timeout - share)
-                .unwrap_or_else(Instant::now);
-            // With no archive to fall back to, in a recovery that a failure stops, a server
-            // that cannot be reached (restarting, say) is asked again until its deadline.
-            let patient = self.failure_ends_recovery && self.config.archive.is_none();
-            let backoff = crate::backoff::Backoff::new(SERVER_RETRY_FIRST, SERVER_RETRY_MAX);
-            let asking = crate::backoff::retry(
-                backoff,
-                Some(server_until),
-                || async {
-                    self.ask_server(server, name, dest, declared, partial)
-                        .await
-                        .map_err(|error| Asked { error, patient })
-                },
-                |asked, pause| {
-                    tracing::warn!(
-                        "{:#}; asking again in {:.1} s",
-                        asked.error,
-                        pause.as_secs_f32()
-                    )
-                },
-            );
-            let answer = match asking.await {
-                Ok(answer) => Ok(answer),
-                Err(crate::backoff::GaveUp::Error(asked)) => Err(asked.error),
-                Err(crate::backoff::GaveUp::Deadline(_)) => Err(NoAnswer(format!(
-                    "server {} gave no answer for {name} within {}s",
-                    server.url(),
-                    share.as_secs_f32()
-                ))
-                .into()),
-            };
-            match answer {
+            match self
+                .restore_from_server(server, name, dest, declared, partial, deadline)
+                .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(e) if self.config.archive.is_some() => {
                     tracing::warn!("{e:#}; reading the archive directly");
@@ -206,116 +174,6 @@ impl Sources {
                 ))
                 .into())
             })
-    }
-
-    async fn ask_server(
-        &self,
-        server: &ServerClient,
-        name: &WalFileName,
-        dest: &Path,
-        declared: Option<SystemId>,
-        partial: bool,
-    ) -> anyhow::Result<(FetchOutcome, Option<SegmentSize>)> {
-        let mut response = match server.wal(name, declared, partial).await {
-            Ok(response) => response,
-            Err(ServerError::NothingArchived { system_id, .. })
-                if declared.is_some_and(|ours| ours != system_id) =>
-            {
-                bail!(
-                    "server {} answered for cluster {system_id}, not this cluster",
-                    server.url()
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let header = |h: &str| {
-            response
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let server_system_id: Option<SystemId> =
-            header(SYSTEM_ID_HEADER).and_then(|v| v.parse().ok());
-        let system_id = match (declared, server_system_id) {
-            (Some(ours), Some(theirs)) if ours != theirs => bail!(
-                "server {} serves cluster {theirs}, not this cluster {ours}",
-                server.url()
-            ),
-            (Some(id), _) | (None, Some(id)) => id,
-            (None, None) => bail!("the server did not say which cluster it serves"),
-        };
-        // A 404 counts as "not archived" only from a walhalla server that answered for this
-        // cluster (not, say, a proxy's or a wrong URL's 404).
-        if server_system_id.is_none() {
-            bail!(
-                "server {} answered {} without saying which cluster it serves: is --server a walhalla server?",
-                server.url(),
-                response.status()
-            );
-        }
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok((FetchOutcome::NotFound, None));
-        }
-        let crc = header(CRC_HEADER)
-            .and_then(|v| u32::from_str_radix(&v, 16).ok())
-            .ok_or_else(|| anyhow!("the server sent no valid {CRC_HEADER} header"))?;
-        let length: u64 = header(LENGTH_HEADER)
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n <= envelope::MAX_CONTENT_BYTES)
-            .ok_or_else(|| anyhow!("the server sent no valid {LENGTH_HEADER} header"))?;
-        let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v == "zstd");
-        let snapshot = header(SNAPSHOT_HEADER);
-        // An encoded body is at most a little larger than its content.
-        let body_length = response.content_length().unwrap_or(0);
-        if body_length > length + length / 8 + 4096 {
-            bail!("the server announced {body_length} bytes for {name} of {length}");
-        }
-        let mut body = Vec::with_capacity(body_length as usize);
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .with_context(|| format!("read {name} from the server"))?
-        {
-            if (body.len() + chunk.len()) as u64 > body_length {
-                bail!("the server sent more than the {body_length} bytes it announced for {name}");
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if body.len() as u64 != body_length {
-            bail!(
-                "the server sent {} of the {body_length} bytes of {name}",
-                body.len()
-            );
-        }
-        let (name, dest, durable) = (*name, dest.to_path_buf(), self.durable_names);
-        let _slot = self.decode_slot().await;
-        let size = blocking::run(move || {
-            write_checked(&name, system_id, &dest, false, durable, |out| {
-                if encoded {
-                    let recorded = envelope::Header::parse(&body)?;
-                    if (recorded.content_crc, recorded.content_len) != (crc, length) {
-                        bail!("the object does not match the server's {CRC_HEADER} and {LENGTH_HEADER}");
-                    }
-                    return decode_verified(&body, out);
-                }
-                let found = crc32fast::hash(&body);
-                if (found, body.len() as u64) != (crc, length) {
-                    bail!(
-                        "{} bytes with CRC {found:08x} arrived, the server announced {length} with {crc:08x}",
-                        body.len()
-                    );
-                }
-                out.write_all(&body)?;
-                Ok(length)
-            })
-        })
-        .await
-        .with_context(|| format!("{name} from the server failed verification; nothing was written"))?;
-        if let Some(object) = snapshot {
-            say_served_snapshot(&name, &object);
-        }
-        Ok((FetchOutcome::Restored, size))
     }
 
     async fn read_archive(
@@ -444,16 +302,6 @@ enum Found {
     LastResort(archive::LastResortCopy),
 }
 
-/// Decodes an archived object into `out`, verifying it; returns the content's length.
-fn decode_verified(object: &[u8], out: &mut impl Write) -> anyhow::Result<u64> {
-    match envelope::decode_into(object, out) {
-        Ok(header) => Ok(header.content_len),
-        Err(envelope::Error::Write(e)) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context("the archived object failed verification; nothing was written")),
-    }
-}
-
 /// Whether `error` says that the archive holds nothing for this cluster (read directly, as
 /// the fetch server reports it, or no cluster at all when none is named): the one refusal a
 /// standby takes for "not found".
@@ -473,25 +321,6 @@ pub fn nothing_archived(error: &anyhow::Error) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct NoAnswer(String);
-
-/// The first pause before asking an unreachable server again, and the longest.
-const SERVER_RETRY_FIRST: Duration = Duration::from_millis(500);
-const SERVER_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// A failed request to the server, to be asked again when `patient` and the server could not
-/// be reached (see [`unreachable`]).
-struct Asked {
-    error: anyhow::Error,
-    patient: bool,
-}
-
-impl crate::backoff::Transient for Asked {
-    fn is_transient(&self) -> bool {
-        let unusable = (self.error.chain())
-            .any(|cause| matches!(cause.downcast_ref(), Some(ServerError::Unusable { .. })));
-        self.patient && unreachable(&self.error) && !unusable
-    }
-}
 
 /// Whether `error` says that a source could not be reached in time: the fetch server
 /// unreachable or answering 503 (its archive cannot be reached, or its receiver has not
@@ -515,81 +344,4 @@ pub fn unreachable(error: &anyhow::Error) -> bool {
                 .downcast_ref::<archive::Error>()
                 .is_some_and(archive::Error::may_pass)
     })
-}
-
-/// Says that segment `name`, which the archive lacks in full, was written from last-resort
-/// copy `object` (`--partial`: its newest snapshot, or its parent timeline's copy cut at the
-/// switch point): PostgreSQL logs "restored log file" for it as for a whole segment.
-fn say_served_snapshot(name: &WalFileName, object: &str) {
-    tracing::warn!(
-        copy = %object,
-        "{name} is not archived whole: wrote its last-resort copy, zero-padded (--partial); its \
-         WAL ends where the copy ends (a snapshot's end, or the switch point for a parent \
-         timeline's copy), which PostgreSQL takes for the end of the WAL"
-    );
-}
-
-/// Writes what `produce` writes into a temporary file beside `dest`, checks it against its
-/// name and cluster, fsyncs it and renames it into place (fsyncing the directory too when
-/// `durable_name`); for a segment, returns its size.
-/// `produce` returns the length it wrote and must fail on content it cannot vouch for.
-fn write_checked(
-    name: &WalFileName,
-    system_id: SystemId,
-    dest: &Path,
-    pad_to_segment: bool,
-    durable_name: bool,
-    produce: impl FnOnce(&mut HeadCapture<crate::fsutil::EarlyWriteback<'_>>) -> anyhow::Result<u64>,
-) -> anyhow::Result<Option<SegmentSize>> {
-    let mut temp = TempFile::create(dest)
-        .with_context(|| format!("create a temporary file beside {}", dest.display()))?;
-    let mut out = HeadCapture::new(temp.early_writeback_writer());
-    let mut length = produce(&mut out).with_context(|| format!("write {}", dest.display()))?;
-    let mut segment_size = None;
-    if let Some(segment) = name
-        .segment()
-        .filter(|_| !matches!(name, WalFileName::Backup { .. }))
-    {
-        let page = LongPageHeader::parse(out.head()).context("the content is not a WAL segment")?;
-        let size = page.segment_size()?;
-        if pad_to_segment {
-            // A snapshot holds the segment up to the last byte received: the rest reads as
-            // the end of the WAL.
-            let size = u64::from(size.bytes());
-            if length > size {
-                bail!("the snapshot is longer than a segment");
-            }
-            std::io::copy(&mut std::io::repeat(0).take(size - length), &mut out)?;
-            length = size;
-        }
-        validate_segment_head(segment, out.head(), length)
-            .and_then(|facts| facts.check_cluster(system_id))
-            .context("the content does not match its name and cluster")?;
-        segment_size = Some(size);
-    }
-    out.flush()?;
-    if durable_name {
-        temp.persist()
-    } else {
-        temp.persist_data()
-    }
-    .with_context(|| format!("write {} durably", dest.display()))?;
-    Ok(segment_size)
-}
-
-/// Checks a segment file already in place: its first page must match its name and cluster,
-/// and its length the segment size. Returns the segment size.
-pub fn check_segment_file(
-    path: &Path,
-    segment: SegmentName,
-    system_id: Option<SystemId>,
-) -> anyhow::Result<SegmentSize> {
-    let mut file = std::fs::File::open(path)?;
-    let mut head = [0u8; LONG_HEADER_BYTES];
-    file.read_exact(&mut head)?;
-    let facts = validate_segment_head(segment, &head, file.metadata()?.len())?;
-    if let Some(expected) = system_id {
-        facts.check_cluster(expected)?;
-    }
-    Ok(LongPageHeader::parse(&head)?.segment_size()?)
 }
