@@ -47,11 +47,60 @@ fn default_token() -> Option<(String, PathBuf)> {
 #[derive(Clone, Debug)]
 pub struct ServerClient {
     base: Url,
-    http: reqwest::Client,
+    http: LazyHttp,
     /// The bearer token sent, and the file it was read from.
     token: Option<(String, PathBuf)>,
     /// Whether TLS is used without a client certificate.
     tls_without_identity: bool,
+}
+
+/// The HTTP client, built at its first request. Building it loads the system's root
+/// certificates (a bundle and some 150 files on Debian): milliseconds that a `fetch` taking
+/// its file from the readahead cache, which asks no server, would spend on every call.
+#[derive(Clone)]
+struct LazyHttp {
+    timeout: Duration,
+    /// The CA certificates the server's must chain to, instead of the system's.
+    roots: Option<Vec<reqwest::Certificate>>,
+    /// The client certificate and key presented.
+    identity: Option<reqwest::Identity>,
+    built: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl std::fmt::Debug for LazyHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyHttp")
+            .field("timeout", &self.timeout)
+            .field("roots", &self.roots.as_ref().map(Vec::len))
+            .field("identity", &self.identity.is_some())
+            .field("built", &self.built.get().is_some())
+            .finish()
+    }
+}
+
+impl LazyHttp {
+    /// The client, built now if it was not; a failure (which asking again cannot mend) is
+    /// told as [`ServerError::Unusable`] for `url`.
+    fn client(&self, url: &Url) -> Result<&reqwest::Client, ServerError> {
+        if let Some(client) = self.built.get() {
+            return Ok(client);
+        }
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .timeout(self.timeout);
+        if let Some(roots) = &self.roots {
+            builder = builder.tls_certs_only(roots.iter().cloned());
+        }
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
+        }
+        let client = builder.build().map_err(|source| ServerError::Unusable {
+            url: url.to_string(),
+            source,
+        })?;
+        Ok(self.built.get_or_init(|| client))
+    }
 }
 
 /// Said of a connection an https server closed once the handshake was done, when the client
@@ -161,30 +210,28 @@ impl ServerClient {
                 "server URL {shown:?}: only http:// and https:// are supported"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout);
-        if let Some(ca) = &settings.server_ca {
-            let certs = crate::pem::certificates(ca)?
-                .iter()
-                .map(|cert| reqwest::Certificate::from_der(cert))
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("certificates in {}", ca.display()))?;
-            builder = builder.tls_certs_only(certs);
-        }
-        match (&settings.client_cert, &settings.client_key) {
+        // The files are read and parsed now, so that a wrong one is told at once; the client
+        // is built at the first request ([`LazyHttp`]).
+        let roots = match &settings.server_ca {
+            Some(ca) => Some(
+                crate::pem::certificates(ca)?
+                    .iter()
+                    .map(|cert| reqwest::Certificate::from_der(cert))
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("certificates in {}", ca.display()))?,
+            ),
+            None => None,
+        };
+        let identity = match (&settings.client_cert, &settings.client_key) {
             (Some(cert), Some(key)) => {
                 let mut pem =
                     std::fs::read(cert).with_context(|| format!("read {}", cert.display()))?;
                 pem.extend(std::fs::read(key).with_context(|| format!("read {}", key.display()))?);
-                builder = builder.identity(
-                    reqwest::Identity::from_pem(&pem).context("the client certificate and key")?,
-                );
+                Some(reqwest::Identity::from_pem(&pem).context("the client certificate and key")?)
             }
-            (None, None) => {}
+            (None, None) => None,
             _ => bail!("a client certificate needs both --client-cert and --client-key"),
-        }
+        };
         let loopback = match base.host_str() {
             Some("localhost") => true,
             Some(host) => host
@@ -207,7 +254,12 @@ impl ServerClient {
         Ok(Some(ServerClient {
             tls_without_identity: base.scheme() == "https" && settings.client_cert.is_none(),
             base,
-            http: builder.build().context("HTTP client")?,
+            http: LazyHttp {
+                timeout,
+                roots,
+                identity,
+                built: std::sync::OnceLock::new(),
+            },
             token,
         }))
     }
@@ -288,8 +340,7 @@ impl ServerClient {
             .join(&format!("wal/{name}{query}"))
             .expect("a relative path joins");
         // The archived object as stored (a zstd stream) is a tenth of the bytes.
-        let mut request = self
-            .http
+        let mut request = (self.http.client(&url)?)
             .get(url.clone())
             .header(reqwest::header::ACCEPT_ENCODING, "zstd");
         if let Some(id) = system_id {
@@ -327,7 +378,9 @@ impl ServerClient {
     /// `Ok` when `GET path` answers 200 (the body unread), else the answer as an error.
     async fn answers_ok(&self, path: &str) -> Result<(), ServerError> {
         let url = self.base.join(path).expect("a relative path joins");
-        let response = self.send(self.http.get(url.clone()), &url).await?;
+        let response = self
+            .send(self.http.client(&url)?.get(url.clone()), &url)
+            .await?;
         if response.status() != StatusCode::OK {
             return Err(self.error_status(response).await);
         }
@@ -337,7 +390,9 @@ impl ServerClient {
     /// Asks `/status`: the server's state as JSON.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join("status").expect("a relative path joins");
-        let response = self.send(self.http.get(url.clone()), &url).await?;
+        let response = self
+            .send(self.http.client(&url)?.get(url.clone()), &url)
+            .await?;
         if response.status() != StatusCode::OK {
             return Err(self.error_status(response).await.into());
         }
@@ -420,5 +475,19 @@ mod tests {
                 .to_string();
             assert!(!error.contains("s3cret"), "{url}: {error}");
         }
+    }
+    #[test]
+    fn the_http_client_is_built_at_the_first_request_once() {
+        let settings = ClientSettings {
+            server: Some("https://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let server = ServerClient::new(&settings, Duration::from_secs(1))
+            .expect("valid settings")
+            .expect("a server is set");
+        assert!(server.http.built.get().is_none(), "built before a request");
+        let first: *const reqwest::Client = server.http.client(&server.base).expect("built");
+        let again: *const reqwest::Client = server.http.client(&server.base).expect("built");
+        assert_eq!(first, again, "built once");
     }
 }
