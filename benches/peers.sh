@@ -18,13 +18,16 @@
 #      PREFETCH  recovery: --prefetch depths from the local archive (default "0 4 8 16"; 8 is the default)
 #      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
 #      RTTS      s3: round-trip times in ms (default "0 20 60")
-#      S3_PREFETCH s3: --prefetch depths run beside the default at each RTT (default "32")
+#      S3_PREFETCH s3: --prefetch depths run beside the default at each RTT (default "32"; empty: none)
+#      S3_SERVE  s3: 1 also runs each RTT through `walhalla serve` in front of the store
+#                (benches/serve_s3.sh), which the restore_commands ask with fetch --server
 #      REPS      as in the harness (default 3)
 #      BEFORE    another walhalla binary (say, a build of the previous commit): every walhalla
 #                variant also runs with it, labelled "before", in the same run
 #      CALLS     s3: 1 logs every walhalla fetch (benches/fetch_calls.sh) and, after the run,
 #                prints per variant the calls that found their file in the prefetch cache and
-#                those that waited for the store, with the time each group took
+#                those that waited for the store, with the time each group took, and each
+#                file that missed the cache
 # Needs root (the harness runs PostgreSQL and the commands as user postgres), a built corpus, and
 # pgbackrest, hyperfine and GNU time installed (see $BENCH/README.md).
 set -euo pipefail
@@ -39,9 +42,11 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 # PostgreSQL's user must be able to run the binary: the checkout may be under a root-only dir.
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$bin_dir" /tmp/walbench-floor' EXIT
+# serve_s3.sh records the servers it starts in $bin_dir/serve-PORT.pid.
+trap 'for p in "${pids[@]}" $(cat "$bin_dir"/serve-*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+      rm -rf "$bin_dir" /tmp/walbench-floor' EXIT
 install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$root/benches/fill_s3.sh" \
-  "$root/benches/fetch_calls.sh" "$bin_dir/"
+  "$root/benches/fetch_calls.sh" "$root/benches/serve_s3.sh" "$bin_dir/"
 # Each variant runs with every binary here: the build, and BEFORE's labelled "before".
 tools=("walhalla|$bin_dir/walhalla")
 if [ -n "${BEFORE:-}" ]; then
@@ -121,18 +126,27 @@ stream_variants() {
 # s3: the variables stay unexpanded here; recovery.sh runs each restore_command in
 # s3_recovery.sh's environment, which has $S3_URL_<rtt>, $S3_BUCKET and the AWS_* keys.
 s3_variants() {
-  local rtt wh tool depth label
+  local rtt wh tool depth label port serve token=$bin_dir/serve-token
   local url="s3://\$S3_BUCKET/walhalla"
+  # serve runs as root and fetch as postgres, whose default token files differ: one explicit file.
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$token"
+  chown postgres: "$token"; chmod 600 "$token"
   local fill="$bin_dir/fill_s3.sh $WH $url"
   for tool in "${tools[@]}"; do
     for rtt in ${RTTS:-0 20 60}; do
       wh="env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive $url"
       s3_extra+="${tool%%|*} s3 rtt$rtt|$fill|$(calls_log "${tool%%|*} s3 rtt$rtt")$wh fetch %f \"%p\""$'\n'
       # The issue's question: does a deeper readahead help, and at which RTT?
-      for depth in ${S3_PREFETCH:-32}; do
+      for depth in ${S3_PREFETCH-32}; do
         label="${tool%%|*} s3 rtt$rtt prefetch $depth"
         s3_extra+="$label|$fill|$(calls_log "$label")$wh fetch --prefetch $depth %f \"%p\""$'\n'
       done
+      if [ "${S3_SERVE:-0}" = 1 ]; then
+        # The restore_commands ask `walhalla serve`, which keeps its connections to the store.
+        port=$(free_port) label="${tool%%|*} s3 rtt$rtt via serve"
+        serve="$bin_dir/serve_s3.sh ${tool#*|} $url \$S3_URL_$rtt $port $token"
+        s3_extra+="$label|$fill && $serve|$(calls_log "$label")${tool#*|} fetch --server http://127.0.0.1:$port --token-file $token %f \"%p\""$'\n'
+      fi
     done
   done
 }
@@ -151,10 +165,12 @@ calls_report() {
   for log in "$bin_dir"/calls-*.log; do
     [ -s "$log" ] || continue
     awk -v name="$(basename "$log" .log | sed 's/^calls-//; s/_/ /g')" '
-      { n[$4]++; t[$4] += $2 - $1 }
+      { n[$4]++; t[$4] += $2 - $1
+        if ($4 == "miss") { mn[$3]++; mt[$3] += $2 - $1 } }
       END { printf "%-36s", name
             for (k in n) printf "  %s: %d calls, %.0f ms", k, n[k], t[k] * 1000
-            print "" }' "$log"
+            print ""
+            for (f in mn) printf "    missed %s: %d calls, %.0f ms each\n", f, mn[f], mt[f] * 1000 / mn[f] }' "$log"
   done
 }
 
