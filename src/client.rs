@@ -476,6 +476,7 @@ mod tests {
             assert!(!error.contains("s3cret"), "{url}: {error}");
         }
     }
+
     #[test]
     fn the_http_client_is_built_at_the_first_request_once() {
         let settings = ClientSettings {
