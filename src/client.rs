@@ -55,8 +55,8 @@ pub struct ServerClient {
 }
 
 /// The HTTP client, built at its first request. Building it loads the system's root
-/// certificates (a bundle and some 150 files on Debian): milliseconds that a `fetch` taking
-/// its file from the readahead cache, which asks no server, would spend on every call.
+/// certificates: milliseconds (benches/README.md) that a `fetch` taking its file from the
+/// readahead cache, which asks no server, would spend on every call.
 #[derive(Clone)]
 struct LazyHttp {
     timeout: Duration,
