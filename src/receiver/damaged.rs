@@ -271,6 +271,7 @@ mod tests {
         assert_eq!(within(1, 6, 8), Vec::<String>::new());
         assert_eq!(within(2, 0, 100), ["c"]);
     }
+
     #[test]
     fn a_prefix_is_begun_once_a_process_and_again_after_a_failure() {
         let size = SegmentSize::new(1 << 24).unwrap();
