@@ -2,7 +2,7 @@
 # peers.sh - walhalla beside cp and pgBackRest (and pg's own tools) in ONE run of the shared WAL
 # benchmark harness, so every figure compares tools measured on the same machine at the same time.
 #
-#   benches/peers.sh push|get|recovery|stream|s3 [more...]
+#   benches/peers.sh push|get|recovery|stream|s3|s3push [more...]
 #
 # recovery runs walhalla fetch from a local archive at each readahead depth in PREFETCH, a floor
 # (mv of segments already synced on pg_wal's file system), then walhalla from an S3 archive
@@ -10,14 +10,15 @@
 # stream runs walhalla receive beside pg_receivewal ($BENCH/stream.sh) at each level in LEVELS, and
 # at level 3 with --synchronous. s3 runs walhalla fetch beside pgBackRest in $BENCH/s3_recovery.sh:
 # moto behind a TLS latency proxy at each RTT in RTTS (default "0 20 60"), with the default
-# readahead and with each --prefetch depth in S3_PREFETCH.
+# readahead and with each --prefetch depth in S3_PREFETCH. s3push runs walhalla push beside
+# pgBackRest archive-push into moto behind the same TLS latency proxy (benches/s3_push.sh).
 #
 # Env: BENCH     the shared harness (default ../shared/bench beside this checkout)
 #      CORPUS    corpus built by $BENCH/corpus.sh (default /tmp/walcorpus; LOAD=mixed for a realistic one)
 #      LEVELS    zstd levels to run walhalla at in push/get (default "1 3"); recovery uses level 3
 #      PREFETCH  recovery: --prefetch depths from the local archive (default "0 4 8 16"; 8 is the default)
 #      MOTO      moto_server for the S3 variants (default: from PATH, else /root/.pyenv/shims/moto_server)
-#      RTTS      s3: round-trip times in ms (default "0 20 60")
+#      RTTS      s3: round-trip times in ms (default "0 20 60"); s3push: (default "0 60")
 #      S3_PREFETCH s3: --prefetch depths run beside the default at each RTT (default "32"; empty: none)
 #      S3_SERVE  s3: 1 also runs each RTT through `walhalla serve` in front of the store
 #                (benches/serve_s3.sh), which the restore_commands ask with fetch --server
@@ -151,6 +152,18 @@ s3_variants() {
   done
 }
 
+# s3push: walhalla's push at its default level into the store of benches/s3_push.sh, at each RTT;
+# the variables stay unexpanded (s3_push.sh exports them), each variant under a prefix of its own.
+s3push_variants() {
+  local rtt tool prefix
+  for tool in "${tools[@]}"; do
+    for rtt in ${RTTS:-0 60}; do
+      prefix=$(echo "${tool%%|*}" | tr ' ' '-')-rtt$rtt
+      s3push_extra+="${tool%%|*} s3 rtt$rtt|s3_empty $prefix/|$IN_DATA env AWS_ENDPOINT_URL=\$S3_URL_$rtt AWS_ALLOW_INVALID_CERTIFICATES=true ${tool#*|} --archive s3://\$S3_BUCKET/$prefix push %p"$'\n'
+    done
+  done
+}
+
 # With CALLS=1, the prefix that logs each fetch of variant LABEL to a file of its own.
 calls_log() {
   [ "${CALLS:-0}" = 1 ] || return 0
@@ -174,7 +187,7 @@ calls_report() {
   done
 }
 
-stream_extra="" s3_extra=""
+stream_extra="" s3_extra="" s3push_extra=""
 for what in "$@"; do
   case $what in
     push) PUSH_EXTRA=${push_extra%$'\n'} "$BENCH/archive_push.sh" ;;
@@ -183,6 +196,7 @@ for what in "$@"; do
     stream) stream_variants; STREAM_EXTRA=${stream_extra%$'\n'} "$BENCH/stream.sh" ;;
     s3) s3_variants; RTTS=${RTTS:-"0 20 60"} S3_RECOVERY_EXTRA=${s3_extra%$'\n'} "$BENCH/s3_recovery.sh"
         calls_report ;;
-    *) echo "usage: $0 push|get|recovery|stream|s3 ..." >&2; exit 2 ;;
+    s3push) s3push_variants; S3_PUSH_EXTRA=${s3push_extra%$'\n'} "$root/benches/s3_push.sh" "$bin_dir" ;;
+    *) echo "usage: $0 push|get|recovery|stream|s3|s3push ..." >&2; exit 2 ;;
   esac
 done
