@@ -218,6 +218,20 @@ fn client_settings(timeout: Duration) -> [(Key, String); 2] {
 mod tests {
     use super::not_a_directory;
 
+    /// `.cargo/config.toml` builds aws-lc without its CPU jitter entropy collector, which
+    /// costs every process about 55 ms of CPU at its first TLS handshake (a restore_command
+    /// that misses the readahead cache, a push to S3): see benches/README.md.
+    #[test]
+    fn aws_lc_is_built_without_the_cpu_jitter_entropy_collector() {
+        // SAFETY: takes no arguments and only reads which entropy source the build selected.
+        let jitter = unsafe { aws_lc_sys::FIPS_is_entropy_cpu_jitter() };
+        assert_eq!(
+            jitter, 0,
+            "aws-lc seeds from CPU jitter: build with AWS_LC_SYS_NO_JITTER_ENTROPY=1 \
+             (.cargo/config.toml)"
+        );
+    }
+
     #[test]
     fn a_local_archive_path_that_cannot_be_a_directory_says_why() {
         let dir = tempfile::tempdir().unwrap();
