@@ -56,7 +56,8 @@ PORT=${PORT:-5493}
 SPARE=$((PORT + 1))
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+# In the checkout, so that its .cargo/config.toml applies (cargo reads it from the current directory).
+(cd "$root" && cargo build --release --quiet)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 chown postgres: "$WORK"

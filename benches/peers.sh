@@ -39,7 +39,8 @@ LEVELS=${LEVELS:-"1 3"}
 PREFETCH=${PREFETCH:-"0 4 8 16"}
 MOTO=${MOTO:-$(command -v moto_server || echo /root/.pyenv/shims/moto_server)}
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+# In the checkout, so that its .cargo/config.toml applies (cargo reads it from the current directory).
+(cd "$root" && cargo build --release --quiet)
 # PostgreSQL's user must be able to run the binary: the checkout may be under a root-only dir.
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 pids=()  # background servers started here, stopped by pid on exit
@@ -195,8 +196,11 @@ for what in "$@"; do
     recovery) recovery_variants; RECOVERY_EXTRA=${recovery_extra%$'\n'} "$BENCH/recovery.sh" ;;
     stream) stream_variants; STREAM_EXTRA=${stream_extra%$'\n'} "$BENCH/stream.sh" ;;
     s3) s3_variants; RTTS=${RTTS:-"0 20 60"} S3_RECOVERY_EXTRA=${s3_extra%$'\n'} "$BENCH/s3_recovery.sh"
-        calls_report ;;
-    s3push) s3push_variants; S3_PUSH_EXTRA=${s3push_extra%$'\n'} "$root/benches/s3_push.sh" "$bin_dir" ;;
+        if [ "${CALLS:-0}" = 1 ]; then
+          calls_report | tee "$BENCH/results/$(date +%Y%m%d-%H%M%S)-s3-calls.txt"
+        fi ;;
+    s3push) s3push_variants
+            BENCH=$BENCH MOTO=$MOTO S3_PUSH_EXTRA=${s3push_extra%$'\n'} "$root/benches/s3_push.sh" "$bin_dir" ;;
     *) echo "usage: $0 push|get|recovery|stream|s3|s3push ..." >&2; exit 2 ;;
   esac
 done

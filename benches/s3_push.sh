@@ -9,9 +9,12 @@
 #                    unexpanded, $S3_URL_<rtt> (the endpoint at that RTT), $S3_BUCKET and the
 #                    exported AWS_* keys, and call s3_empty PREFIX in their setup.
 # The store only grows between runs, so each variant's setup empties its prefix first; after the
-# last run, the bytes each prefix holds are printed (archive_push.sh's size column measures a
-# local $DEST, which the S3 variants leave empty). pgBackRest runs synchronously: its asynchronous
-# push reads pg_wal/archive_status, which the corpus does not have.
+# last run, the bytes each prefix holds are printed and added to archive_push.sh's saved results
+# (its size column measures a local $DEST, which the S3 variants leave empty). pgBackRest runs
+# synchronously: its asynchronous push reads pg_wal/archive_status, which the corpus does not
+# have. walhalla probes a store for create-only writes once and remembers it in the pushing
+# user's cache (~/.cache/walhalla/verified-stores), as every archive_command after the first
+# does: only the first run of a variant pays that probe.
 set -euo pipefail
 scratch=$1
 H=${BENCH:?}
@@ -26,7 +29,12 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 S3_PORT=$(free_port)
 "$MOTO" -H 127.0.0.1 -p "$S3_PORT" > "$scratch/moto-push.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" && break; sleep 0.2; done
+# wait_for URL [curl options]: until URL answers, at most 20 s.
+wait_for() {
+  for _ in $(seq 100); do curl -sf -o /dev/null "$@" && return; sleep 0.2; done
+  echo "s3_push.sh: no answer from $1" >&2; exit 1
+}
+wait_for "http://127.0.0.1:$S3_PORT/moto-api/"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
   -addext subjectAltName=IP:127.0.0.1 -keyout "$scratch/key.pem" -out "$scratch/cert.pem" 2>/dev/null
 for rtt in $RTTS; do
@@ -35,8 +43,8 @@ for rtt in $RTTS; do
     --delay-ms "$(calc "$rtt / 2" 1)" --tls-cert "$scratch/cert.pem" --tls-key "$scratch/key.pem" \
     > /dev/null 2>&1 & pids+=($!)
   export "S3_URL_$rtt=https://127.0.0.1:$port" "S3_PORT_$rtt=$port"
+  wait_for -k "https://127.0.0.1:$port/moto-api/"
 done
-sleep 1
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
   AWS_DEFAULT_REGION=us-east-1 S3_BUCKET=bench S3_PORT
 curl -sf -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$S3_BUCKET"
@@ -88,6 +96,8 @@ PUSH_EXTRA=${extra%$'\n'} "$H/archive_push.sh"
 
 # The ratio as archive_push.sh reckons it: the segments' full size over the bytes stored.
 bytes=$(( $(find "$CORPUS/wal" -type f -name '????????????????????????' | wc -l) * SEG_BYTES ))
+saved=$(find "$RESULTS" -name '*-archive_push.txt' -newer "$scratch/cert.pem" | sort | tail -n1)
+{
 echo "# bytes stored under each S3 prefix after the last run; ratio = $bytes segment bytes / stored:"
 python3 - "$bytes" <<'PY'
 import os, sys, boto3
@@ -100,3 +110,4 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=os.environ["S3_B
 for top, size in sorted(sizes.items()):
     print(f"  {top:<28} {size / 1048576:8.1f} MiB  ratio {int(sys.argv[1]) / size:.2f}")
 PY
+} | tee -a "${saved:-/dev/null}"

@@ -23,7 +23,8 @@ cpus=$(nproc)
 # shellcheck source=/dev/null
 . "$BENCH/lib.sh"
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+# In the checkout, so that its .cargo/config.toml applies (cargo reads it from the current directory).
+(cd "$root" && cargo build --release --quiet)
 bin_dir=$(mktemp -d /tmp/walhalla-bench-bin.XXXXXX)
 trap 'rm -rf "$bin_dir"' EXIT
 install -m 755 "$root/target/release/walhalla" "$root/benches/fill_archive.sh" "$bin_dir/"

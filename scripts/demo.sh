@@ -15,5 +15,6 @@ if [ -z "${PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
   echo "== installing PostgreSQL server binaries"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+# In the checkout, so that its .cargo/config.toml applies (cargo reads it from the current directory).
+(cd "$root" && cargo build --release --quiet)
 exec "$root/target/release/walhalla" demo "$@"
