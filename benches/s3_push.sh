@@ -43,7 +43,7 @@ for rtt in $RTTS; do
     --delay-ms "$(calc "$rtt / 2" 1)" --tls-cert "$scratch/cert.pem" --tls-key "$scratch/key.pem" \
     > /dev/null 2>&1 & pids+=($!)
   export "S3_URL_$rtt=https://127.0.0.1:$port" "S3_PORT_$rtt=$port"
-  wait_for -k "https://127.0.0.1:$port/moto-api/"
+  wait_for "https://127.0.0.1:$port/moto-api/" -k
 done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
   AWS_DEFAULT_REGION=us-east-1 S3_BUCKET=bench S3_PORT
