@@ -73,6 +73,8 @@ done
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$@" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# benches/s3_push.sh, run from here, uses both.
+export -f free_port wait_http
 
 # s3_up: moto_server on a free loopback port with bucket walhalla-bench holding the corpus at level 3,
 # and `walhalla serve` in front of it; sets S3ENV (the AWS_* settings as an `env` prefix), S3 and SERVER.

@@ -23,18 +23,14 @@ source "$H/lib.sh"
 load_meta
 RTTS=${RTTS:-"0 60"}
 MOTO=${MOTO:-$(command -v moto_server)}
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# free_port and wait_http (URL [curl options]) come from peers.sh.
+declare -F free_port wait_http > /dev/null || { echo "s3_push.sh: run it through benches/peers.sh s3push" >&2; exit 2; }
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 S3_PORT=$(free_port)
 "$MOTO" -H 127.0.0.1 -p "$S3_PORT" > "$scratch/moto-push.log" 2>&1 & pids+=($!)
-# wait_for URL [curl options]: until URL answers, at most 20 s.
-wait_for() {
-  for _ in $(seq 100); do curl -sf -o /dev/null "$@" && return; sleep 0.2; done
-  echo "s3_push.sh: no answer from $1" >&2; exit 1
-}
-wait_for "http://127.0.0.1:$S3_PORT/moto-api/"
+wait_http "http://127.0.0.1:$S3_PORT/moto-api/"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
   -addext subjectAltName=IP:127.0.0.1 -keyout "$scratch/key.pem" -out "$scratch/cert.pem" 2>/dev/null
 for rtt in $RTTS; do
@@ -43,7 +39,7 @@ for rtt in $RTTS; do
     --delay-ms "$(calc "$rtt / 2" 1)" --tls-cert "$scratch/cert.pem" --tls-key "$scratch/key.pem" \
     > /dev/null 2>&1 & pids+=($!)
   export "S3_URL_$rtt=https://127.0.0.1:$port" "S3_PORT_$rtt=$port"
-  wait_for "https://127.0.0.1:$port/moto-api/" -k
+  wait_http "https://127.0.0.1:$port/moto-api/" -k
 done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
   AWS_DEFAULT_REGION=us-east-1 S3_BUCKET=bench S3_PORT
